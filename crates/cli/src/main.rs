@@ -1,7 +1,10 @@
 //! `xenvault`: the command line. Each area's subcommands live in their own module and
 //! are flattened into one verb list here; the work itself lives in the library crates.
 
+mod exit;
+
 use clap::{Parser, Subcommand};
+use std::process::ExitCode;
 
 #[derive(Parser)]
 #[command(name = "xenvault", version, about = "Agentless image-level backup for XenServer / XCP-ng")]
@@ -13,10 +16,40 @@ struct Cli {
     command: Command,
 }
 
+// Each area adds one flattened variant: `#[command(flatten)] Area(area::Commands)`,
+// and one arm in `run` calling `area::run(cmd).await`.
 #[derive(Subcommand)]
 enum Command {}
 
-fn main() -> std::process::ExitCode {
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {}
+}
+
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {}
+    let filter = match cli.verbose {
+        0 => "warn",
+        1 => "info,xenvault=debug",
+        _ => "debug",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| filter.into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return exit::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            exit::code_for(&e)
+        }
+    }
 }

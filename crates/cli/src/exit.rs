@@ -1,0 +1,33 @@
+//! Exit codes scripts can rely on. clap itself exits 2 on a usage error.
+
+use std::process::ExitCode;
+
+/// The command failed (any error not classified below).
+pub const FAILURE: ExitCode = ExitCode::from(1);
+/// `verify` (or a check) ran to the end and found damage or problems.
+pub const DAMAGE_FOUND: ExitCode = ExitCode::from(3);
+/// Some items of a multi-item job (VMs, disks) failed while others succeeded.
+pub const PARTIAL: ExitCode = ExitCode::from(4);
+/// Wrong passphrase or key, or credentials refused.
+pub const AUTH: ExitCode = ExitCode::from(5);
+
+/// Maps an error to an exit code: areas attach an [`ExitKind`] with `.context(...)`
+/// or return it as the error itself when a specific code matters.
+pub fn code_for(error: &anyhow::Error) -> ExitCode {
+    match error.downcast_ref::<ExitKind>() {
+        Some(ExitKind::Auth) => AUTH,
+        Some(ExitKind::DamageFound) => DAMAGE_FOUND,
+        Some(ExitKind::Partial) => PARTIAL,
+        None => FAILURE,
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExitKind {
+    #[error("authentication failed")]
+    Auth,
+    #[error("damage found")]
+    DamageFound,
+    #[error("some items failed")]
+    Partial,
+}
