@@ -3,23 +3,24 @@
 use std::process::ExitCode;
 
 /// The command failed (any error not classified below).
-pub const FAILURE: ExitCode = ExitCode::from(1);
+pub const FAILURE: u8 = 1;
 /// `verify` (or a check) ran to the end and found damage or problems.
-pub const DAMAGE_FOUND: ExitCode = ExitCode::from(3);
+pub const DAMAGE_FOUND: u8 = 3;
 /// Some items of a multi-item job (VMs, disks) failed while others succeeded.
-pub const PARTIAL: ExitCode = ExitCode::from(4);
+pub const PARTIAL: u8 = 4;
 /// Wrong passphrase or key, or credentials refused.
-pub const AUTH: ExitCode = ExitCode::from(5);
+pub const AUTH: u8 = 5;
 
-/// Maps an error to an exit code: areas attach an [`ExitKind`] with `.context(...)`
-/// or return it as the error itself when a specific code matters.
+/// Maps an error to an exit code: an area returns an [`ExitKind`] as the error (or
+/// wraps one with `.context(...)`) when a specific code matters.
 pub fn code_for(error: &anyhow::Error) -> ExitCode {
-    match error.downcast_ref::<ExitKind>() {
+    let code = match error.downcast_ref::<ExitKind>() {
         Some(ExitKind::Auth) => AUTH,
         Some(ExitKind::DamageFound) => DAMAGE_FOUND,
         Some(ExitKind::Partial) => PARTIAL,
         None => FAILURE,
-    }
+    };
+    ExitCode::from(code)
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -42,7 +42,7 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
-            return exit::FAILURE;
+            return ExitCode::from(exit::FAILURE);
         }
     };
     match runtime.block_on(run(cli.command)) {
