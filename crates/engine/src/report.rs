@@ -1,0 +1,189 @@
+//! What a backup job did, per VM and per disk: the `--json` document and the summary.
+
+use serde::Serialize;
+
+use crate::strategy::{Level, Strategy, Transport};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct JobReport {
+    pub job_id: String,
+    pub pool: String,
+    pub repository: String,
+    pub level: Level,
+    pub started: String,
+    pub duration_secs: f64,
+    pub vms: Vec<VmReport>,
+    pub totals: Totals,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Totals {
+    pub vms_ok: usize,
+    pub vms_failed: usize,
+    pub bytes_read: u64,
+    pub bytes_changed: u64,
+    pub bytes_stored: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Ok,
+    Failed,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VmReport {
+    pub vm_uuid: String,
+    pub vm_name: String,
+    pub status: Status,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The level actually used (INC/DIFF become FULL when nothing to build on exists).
+    pub level: Level,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub level_reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restore_point: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<SnapshotReport>,
+    pub disks: Vec<DiskReport>,
+    pub excluded_disks: Vec<ExcludedDisk>,
+    /// Snapshots of earlier runs this run removed (interrupted runs, superseded bases).
+    pub cleaned_snapshots: Vec<String>,
+    pub duration_secs: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SnapshotReport {
+    pub uuid: String,
+    pub quiesce_requested: bool,
+    pub quiesced: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// What became of the snapshot: kept as the next base (with or without its data) or removed.
+    pub kept_as: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ExcludedDisk {
+    pub position: String,
+    pub vdi_uuid: String,
+    pub name: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DiskReport {
+    pub position: String,
+    pub vdi_uuid: String,
+    pub snapshot_vdi_uuid: String,
+    pub name: String,
+    pub size: u64,
+    pub strategy: Strategy,
+    pub transport: Transport,
+    /// Why this strategy: the choice, or the fallback and its cause.
+    pub reason: String,
+    /// Bytes received from the host.
+    pub bytes_read: u64,
+    /// Bytes known to have changed since the base, at `changed_granularity`
+    /// (the whole disk for a full read without a base).
+    pub bytes_changed: u64,
+    pub changed_granularity: u64,
+    /// Bytes written to the repository (after dedup and compression).
+    pub bytes_stored: u64,
+    /// Logical bytes of the disk image per stored byte.
+    pub dedup_ratio: f64,
+    pub duration_secs: f64,
+    pub throughput_bytes_per_sec: f64,
+    pub attempts: u32,
+}
+
+impl JobReport {
+    pub fn compute_totals(&mut self) {
+        let mut totals = Totals::default();
+        for vm in &self.vms {
+            match vm.status {
+                Status::Ok => totals.vms_ok += 1,
+                Status::Failed => totals.vms_failed += 1,
+            }
+            for disk in &vm.disks {
+                totals.bytes_read += disk.bytes_read;
+                totals.bytes_changed += disk.bytes_changed;
+                totals.bytes_stored += disk.bytes_stored;
+            }
+        }
+        self.totals = totals;
+    }
+
+    /// Human summary, one block per VM, one line per disk.
+    pub fn summary(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        for vm in &self.vms {
+            let _ = writeln!(
+                out,
+                "{} ({}): {} level {}{}{}",
+                vm.vm_name,
+                vm.vm_uuid,
+                match vm.status {
+                    Status::Ok => "ok",
+                    Status::Failed => "FAILED",
+                },
+                vm.level,
+                vm.restore_point.as_deref().map(|id| format!(", restore point {id}")).unwrap_or_default(),
+                vm.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default(),
+            );
+            if let Some(snapshot) = &vm.snapshot {
+                if let Some(note) = &snapshot.note {
+                    let _ = writeln!(out, "  snapshot: {note}");
+                }
+            }
+            for disk in &vm.disks {
+                let _ = writeln!(
+                    out,
+                    "  disk {} {:<12} {:>9} {:<9} read {:>9} changed {:>9} stored {:>9} in {:.2}s ({}/s) - {}",
+                    disk.position,
+                    truncate(&disk.name, 12),
+                    human_bytes(disk.size),
+                    disk.strategy,
+                    human_bytes(disk.bytes_read),
+                    human_bytes(disk.bytes_changed),
+                    human_bytes(disk.bytes_stored),
+                    disk.duration_secs,
+                    human_bytes(disk.throughput_bytes_per_sec as u64),
+                    disk.reason,
+                );
+            }
+            for disk in &vm.excluded_disks {
+                let _ = writeln!(out, "  disk {} {} excluded: {}", disk.position, disk.name, disk.reason);
+            }
+        }
+        let _ = writeln!(
+            out,
+            "{} VM(s) ok, {} failed; read {}, changed {}, stored {} in {:.1}s",
+            self.totals.vms_ok,
+            self.totals.vms_failed,
+            human_bytes(self.totals.bytes_read),
+            human_bytes(self.totals.bytes_changed),
+            human_bytes(self.totals.bytes_stored),
+            self.duration_secs,
+        );
+        out
+    }
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    text.chars().take(max).collect()
+}
+
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+}
