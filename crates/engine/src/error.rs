@@ -10,8 +10,14 @@ pub enum Error {
     AmbiguousVm(String, usize),
     #[error("no host matches {0:?}")]
     NoSuchHost(String),
+    #[error("XVA: {0}")]
+    Xva(String),
+    /// A transfer that ended before its end (connection cut, short body).
+    #[error("transfer interrupted: {0}")]
+    Cut(String),
     #[error("unexpected answer from the host: {0}")]
     Protocol(String),
     #[error("{0}")]
     Hook(String),
 }
+

@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod error;
+pub mod hooks;
 pub mod hygiene;
 pub mod records;
 pub mod report;

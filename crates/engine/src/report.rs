@@ -51,6 +51,8 @@ pub struct VmReport {
     pub excluded_disks: Vec<ExcludedDisk>,
     /// Snapshots of earlier runs this run removed (interrupted runs, superseded bases).
     pub cleaned_snapshots: Vec<String>,
+    /// Things that went wrong without failing the backup (post command, clean-up).
+    pub warnings: Vec<String>,
     pub duration_secs: f64,
 }
 
@@ -154,6 +156,9 @@ impl JobReport {
                     human_bytes(disk.throughput_bytes_per_sec as u64),
                     disk.reason,
                 );
+            }
+            for warning in &vm.warnings {
+                let _ = writeln!(out, "  warning: {warning}");
             }
             for disk in &vm.excluded_disks {
                 let _ = writeln!(out, "  disk {} {} excluded: {}", disk.position, disk.name, disk.reason);

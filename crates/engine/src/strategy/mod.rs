@@ -2,8 +2,6 @@
 //! (with its reason) among CBT + NBD, VHD delta export, and a full read.
 
 pub mod cbt;
-pub mod full;
-pub mod vhd;
 
 use serde::Serialize;
 use std::fmt;

@@ -1,0 +1,538 @@
+//! A backup job: for each selected VM (several at once), clean what earlier runs left,
+//! snapshot, read each disk (several at once) with the best strategy, commit one restore
+//! point, and keep exactly one base snapshot for the next incremental.
+
+use futures::StreamExt;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::error::Error;
+use crate::host::Host;
+use crate::hygiene::{self, TAG_BASE, TAG_RESTORE_POINT};
+use crate::records::{Vbd, Vdi, Vm};
+use crate::report::{DiskReport, ExcludedDisk, JobReport, SnapshotReport, Status, VmReport};
+use crate::selection::{self, SelectOptions, Selector};
+use crate::snapshot;
+use crate::strategy::{self, Attempt, BaseDisk, BaseSnapshotVdi, DiskFacts, Level, Requested};
+use crate::transfer::{self, DiskTarget, Progress};
+use crate::store::{DiskEntry, PastPoint, Point, Store};
+
+/// Restore point tries per disk beyond the first, when transfers break mid-way.
+const MAX_RETRIES: usize = 3;
+
+/// Marker in a VDI name that keeps the disk out of backups (as Xen Orchestra does).
+pub const NOBAK: &str = "[NOBAK]";
+
+#[derive(Debug, Clone)]
+pub struct BackupOptions {
+    pub selectors: Vec<Selector>,
+    pub select: SelectOptions,
+    pub level: Level,
+    pub strategy: Requested,
+    pub quiesce: bool,
+    pub pre_cmd: Option<String>,
+    pub post_cmd: Option<String>,
+    /// Device positions (VBD userdevice) to leave out.
+    pub exclude_disks: Vec<String>,
+    pub vm_concurrency: usize,
+    pub disk_concurrency: usize,
+    /// NBD connections per disk.
+    pub nbd_connections: usize,
+}
+
+impl Default for BackupOptions {
+    fn default() -> Self {
+        Self {
+            selectors: Vec::new(),
+            select: SelectOptions::default(),
+            level: Level::Inc,
+            strategy: Requested::Auto,
+            quiesce: false,
+            pre_cmd: None,
+            post_cmd: None,
+            exclude_disks: Vec::new(),
+            vm_concurrency: 2,
+            disk_concurrency: 2,
+            nbd_connections: 4,
+        }
+    }
+}
+
+struct Ctx<'a> {
+    host: &'a Host,
+    store: &'a Store,
+    options: &'a BackupOptions,
+    job_id: String,
+    progress: Arc<dyn Progress>,
+}
+
+/// Runs a backup job; per-VM failures are in the report, not an `Err`.
+pub async fn backup(
+    host: &Host,
+    store: &Store,
+    options: &BackupOptions,
+    progress: Arc<dyn Progress>,
+) -> Result<JobReport, Error> {
+    let started_at = chrono::Utc::now();
+    let started = Instant::now();
+    let vms = host.vms().await?;
+    let hosts = host.hosts().await?;
+    let selected = selection::select(&vms, &hosts, &options.selectors, options.select)?;
+    let ctx = Ctx {
+        host,
+        store,
+        options,
+        job_id: uuid::Uuid::new_v4().to_string(),
+        progress,
+    };
+    let vms: Vec<VmReport> = futures::stream::iter(selected.iter())
+        .map(|vm| backup_vm(&ctx, vm))
+        .buffer_unordered(options.vm_concurrency.max(1))
+        .collect()
+        .await;
+    let mut report = JobReport {
+        job_id: ctx.job_id.clone(),
+        pool: host.pool_name.clone(),
+        repository: store.location().to_owned(),
+        level: options.level,
+        started: started_at.to_rfc3339(),
+        duration_secs: started.elapsed().as_secs_f64(),
+        vms,
+        totals: Default::default(),
+    };
+    report.vms.sort_by(|a, b| a.vm_name.cmp(&b.vm_name).then_with(|| a.vm_uuid.cmp(&b.vm_uuid)));
+    report.compute_totals();
+    Ok(report)
+}
+
+async fn backup_vm(ctx: &Ctx<'_>, vm: &Vm) -> VmReport {
+    let started = Instant::now();
+    let mut report = VmReport {
+        vm_uuid: vm.uuid.clone(),
+        vm_name: vm.name_label.clone(),
+        status: Status::Ok,
+        error: None,
+        level: ctx.options.level,
+        level_reason: None,
+        restore_point: None,
+        snapshot: None,
+        disks: Vec::new(),
+        excluded_disks: Vec::new(),
+        cleaned_snapshots: Vec::new(),
+        warnings: Vec::new(),
+        duration_secs: 0.0,
+    };
+    if let Err(e) = run_vm(ctx, vm, &mut report).await {
+        report.status = Status::Failed;
+        report.error = Some(e.to_string());
+    }
+    report.duration_secs = started.elapsed().as_secs_f64();
+    report
+}
+
+/// One disk chosen for backup, with its snapshot and what it can build on.
+struct DiskWork {
+    vbd: Vbd,
+    source: Vdi,
+    snapshot: Vdi,
+    base: Option<BaseDisk>,
+    base_record: Option<xenvault_repo::DiskRecord>,
+}
+
+async fn run_vm(ctx: &Ctx<'_>, vm: &Vm, report: &mut VmReport) -> Result<(), Error> {
+    let host = ctx.host;
+    let options = ctx.options;
+
+    // What earlier runs left: the base to build on, and leftovers to remove.
+    let cleanup = hygiene::sort_out(snapshot::ours(host, vm).await?, &ctx.job_id);
+    for stale in &cleanup.remove {
+        snapshot::destroy(host, &stale.reference).await;
+        report.cleaned_snapshots.push(stale.uuid.clone());
+    }
+
+    let history = ctx.store.history(&vm.uuid).await?;
+    let (level, base_point) = effective_level(options.level, &history);
+    report.level = level;
+    if level != options.level {
+        report.level_reason = Some(format!("{} requested but no restore point to build on: full", options.level));
+    }
+
+    let mut disks = Vec::new();
+    for (vbd, vdi) in host.disks(vm).await? {
+        if let Some(reason) = exclusion(&vbd, &vdi, &options.exclude_disks) {
+            report.excluded_disks.push(ExcludedDisk {
+                position: vbd.userdevice.clone(),
+                vdi_uuid: vdi.uuid.clone(),
+                name: vdi.name_label.clone(),
+                reason,
+            });
+        } else {
+            disks.push((vbd, vdi));
+        }
+    }
+
+    // CBT must be on before the snapshot for the snapshot to serve as a CBT base.
+    let wants_cbt = level != Level::Copy && matches!(options.strategy, Requested::Auto | Requested::Cbt);
+    if wants_cbt {
+        for (_, vdi) in disks.iter_mut().filter(|(_, vdi)| !vdi.cbt_enabled) {
+            match host.call("VDI.enable_cbt", vec![vdi.reference.as_str().into()]).await {
+                Ok(_) => vdi.cbt_enabled = true,
+                Err(e) => report.warnings.push(format!("could not enable CBT on {}: {e}", vdi.uuid)),
+            }
+        }
+    }
+
+    let hook_ctx = |snapshot_uuid| crate::hooks::HookContext {
+        pool: &host.pool_name,
+        job_id: &ctx.job_id,
+        vm,
+        snapshot_uuid,
+    };
+    if let Some(cmd) = &options.pre_cmd {
+        crate::hooks::run("pre", cmd, &hook_ctx(None)).await?;
+    }
+    let taken = snapshot::take(host, vm, &ctx.job_id, options.quiesce).await;
+    if let Some(cmd) = &options.post_cmd {
+        let uuid = taken.as_ref().ok().map(|t| t.vm.uuid.as_str());
+        if let Err(e) = crate::hooks::run("post", cmd, &hook_ctx(uuid)).await {
+            report.warnings.push(e.to_string());
+        }
+    }
+    let taken = taken?;
+    report.snapshot = Some(SnapshotReport {
+        uuid: taken.vm.uuid.clone(),
+        quiesce_requested: options.quiesce,
+        quiesced: taken.quiesced,
+        note: taken.note.clone(),
+        kept_as: "removed".into(),
+    });
+
+    // From here on, any failure removes the snapshot we made.
+    match back_up_snapshot(ctx, vm, &taken.vm, level, &history, base_point, cleanup.keep.as_ref(), disks, report).await {
+        Ok(keep) => {
+            let kept_as = settle_snapshots(ctx, &taken.vm, cleanup.keep.as_ref(), keep, report).await;
+            if let Some(s) = report.snapshot.as_mut() {
+                s.kept_as = kept_as;
+            }
+            Ok(())
+        }
+        Err(e) => {
+            snapshot::destroy(host, &taken.vm.reference).await;
+            Err(e)
+        }
+    }
+}
+
+/// The level a run really has, and the restore point an incremental builds on.
+fn effective_level(requested: Level, history: &[PastPoint]) -> (Level, Option<&PastPoint>) {
+    // `history` is newest first; COPY restore points are outside the chain.
+    let base = match requested {
+        Level::Copy | Level::Full => return (requested, None),
+        Level::Inc => history.iter().find(|p| p.level != Level::Copy),
+        Level::Diff => history.iter().find(|p| p.level == Level::Full),
+    };
+    match base {
+        Some(point) => (requested, Some(point)),
+        None => (Level::Full, None),
+    }
+}
+
+fn exclusion(vbd: &Vbd, vdi: &Vdi, excluded_positions: &[String]) -> Option<String> {
+    if excluded_positions.iter().any(|p| p == &vbd.userdevice) {
+        Some(format!("device position {} excluded", vbd.userdevice))
+    } else if vdi.name_label.contains(NOBAK) {
+        Some(format!("{NOBAK} in the VDI name"))
+    } else {
+        None
+    }
+}
+
+/// What to do with the new snapshot once its restore point is committed.
+enum Keep {
+    /// Remove it (COPY, DIFF: the chain's base does not move).
+    Remove,
+    /// Make it the base; `data` false frees its data with `VDI.data_destroy`.
+    Base { restore_point: String, data: bool },
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn back_up_snapshot(
+    ctx: &Ctx<'_>,
+    vm: &Vm,
+    snap: &Vm,
+    level: Level,
+    history: &[PastPoint],
+    base_point: Option<&PastPoint>,
+    base_snapshot: Option<&Vm>,
+    disks: Vec<(Vbd, Vdi)>,
+    report: &mut VmReport,
+) -> Result<Keep, Error> {
+    let host = ctx.host;
+    let snapshot_disks = snapshot::disks_by_origin(host, snap).await?;
+    let mut work = Vec::new();
+    for (vbd, source) in disks {
+        let snapshot = snapshot_disks
+            .iter()
+            .find(|(origin, _)| *origin == source.reference)
+            .map(|(_, vdi)| vdi.clone())
+            .ok_or_else(|| Error::Protocol(format!("the snapshot has no copy of VDI {}", source.uuid)))?;
+        let (base, base_record) = match base_point {
+            Some(point) => base_of(host, history, point, &source, base_snapshot).await?,
+            None => (None, None),
+        };
+        work.push(DiskWork { vbd, source, snapshot, base, base_record });
+    }
+    // Snapshot copies of excluded disks are dropped at once (as Xen Orchestra does for [NOBAK]).
+    for (origin, vdi) in &snapshot_disks {
+        if !work.iter().any(|w| &w.source.reference == origin) {
+            if let Err(e) = snapshot::destroy_snapshot_vdi(host, &vdi.reference).await {
+                report.warnings.push(format!("could not drop the snapshot of excluded VDI {}: {e}", vdi.uuid));
+            }
+        }
+    }
+
+    let metadata = host.vm_metadata(vm, snap).await?;
+    let mut failures: Vec<Vec<(Attempt, String)>> = vec![Vec::new(); work.len()];
+    let (id, disk_reports) = loop {
+        let point = ctx.store.start(vm, base_point.map(|p| p.id.as_str())).await?;
+        let results: Vec<Result<(DiskReport, xenvault_repo::DiskRecord), DiskError>> =
+            futures::stream::iter(work.iter().zip(failures.iter()))
+                .map(|(disk, failed)| back_up_disk(ctx, &point, vm, level, disk, failed))
+                .buffered(ctx.options.disk_concurrency.max(1))
+                .collect()
+                .await;
+        let mut retry = false;
+        let mut reports = Vec::new();
+        for (index, result) in results.into_iter().enumerate() {
+            match result {
+                Ok((report, _)) => reports.push(report),
+                Err(DiskError::Fatal(e)) => {
+                    point.abort().await;
+                    return Err(e);
+                }
+                Err(DiskError::Retry(e)) => {
+                    retry = true;
+                    if let Some(list) = failures.get_mut(index) {
+                        list.push((e.attempt, e.error));
+                    }
+                }
+            }
+        }
+        if !retry {
+            reports.sort_by_key(|d| d.position.parse::<u32>().unwrap_or(u32::MAX));
+            let entries: Vec<DiskEntry> = reports.iter().map(DiskEntry::from_report).collect();
+            let metadata = serde_json::json!({
+                "vm": metadata,
+                "backup": { "job_id": ctx.job_id, "level": level, "disks": entries },
+            });
+            break (point.commit(level, metadata).await?, reports);
+        }
+        point.abort().await;
+        if failures.iter().map(Vec::len).sum::<usize>() > MAX_RETRIES * work.len().max(1) {
+            return Err(Error::Protocol("the disk transfers kept failing".into()));
+        }
+    };
+    report.restore_point = Some(id.clone());
+    report.disks = disk_reports;
+
+    let keep = match level {
+        Level::Copy | Level::Diff => Keep::Remove,
+        Level::Full | Level::Inc => {
+            // Metadata-only bases are enough when the next run can use CBT + NBD.
+            let cbt_ready = !work.is_empty()
+                && work.iter().all(|w| w.source.cbt_enabled)
+                && ctx.options.strategy != Requested::Vhd
+                && report.disks.iter().all(|d| d.transport == strategy::Transport::Nbd);
+            Keep::Base { restore_point: id, data: !cbt_ready }
+        }
+    };
+    Ok(keep)
+}
+
+/// The base of one disk: its image in the base restore point, and our older snapshot
+/// of the VDI if it is still on the host and safe to diff against.
+async fn base_of(
+    host: &Host,
+    history: &[PastPoint],
+    point: &PastPoint,
+    source: &Vdi,
+    base_snapshot: Option<&Vm>,
+) -> Result<(Option<BaseDisk>, Option<xenvault_repo::DiskRecord>), Error> {
+    let Some(past) = point.disks.iter().find(|d| d.vdi_uuid == source.uuid) else {
+        return Ok((None, None));
+    };
+    // The snapshot must be from this restore point or an older one: what changed since
+    // the snapshot then covers everything that changed since the restore point.
+    let made_from = base_snapshot
+        .and_then(|s| s.other_config.get(TAG_RESTORE_POINT))
+        .and_then(|id| history.iter().find(|p| &p.id == id))
+        .filter(|p| p.time <= point.time);
+    let snapshot_uuid = made_from
+        .and_then(|p| p.disks.iter().find(|d| d.vdi_uuid == source.uuid))
+        .map(|d| d.snapshot_vdi_uuid.as_str())
+        .filter(|uuid| !uuid.is_empty());
+    let snapshot_vdi = match snapshot_uuid {
+        Some(uuid) => host
+            .vdi_by_uuid(uuid)
+            .await?
+            .filter(|vdi| vdi.snapshot_of == source.reference)
+            .map(|vdi| BaseSnapshotVdi { has_data: !vdi.is_cbt_metadata(), reference: vdi.reference, uuid: vdi.uuid }),
+        None => None,
+    };
+    let base = BaseDisk { restore_point: point.id.clone(), snapshot_vdi };
+    Ok((Some(base), Some(past.record.clone())))
+}
+
+/// A strategy tried on a disk and how it failed, carried into the next try.
+pub struct DiskFailure {
+    attempt: Attempt,
+    error: String,
+}
+
+async fn back_up_disk(
+    ctx: &Ctx<'_>,
+    point: &Point,
+    vm: &Vm,
+    level: Level,
+    disk: &DiskWork,
+    failed: &[(Attempt, String)],
+) -> Result<(DiskReport, xenvault_repo::DiskRecord), DiskError> {
+    let host = ctx.host;
+    let nbd = host.nbd_info(&disk.snapshot.reference).await.unwrap_or_default();
+    let facts = DiskFacts {
+        level,
+        requested: ctx.options.strategy,
+        base: disk.base.clone(),
+        cbt_enabled: disk.source.cbt_enabled,
+        nbd_available: !nbd.is_empty(),
+    };
+    let plan = strategy::plan(&facts);
+    let mut notes = plan.notes.clone();
+    for (attempt, error) in failed {
+        notes.push(format!("{} over {:?} failed: {error}", attempt.strategy, attempt.transport));
+    }
+    let label = format!("{} disk {}", vm.name_label, disk.vbd.userdevice);
+    let target = DiskTarget {
+        name: disk.vbd.userdevice.clone(),
+        vdi_uuid: disk.source.uuid.clone(),
+        snapshot: disk.snapshot.clone(),
+        base_snapshot: disk.base.as_ref().and_then(|b| b.snapshot_vdi.clone()),
+        base_record: disk.base_record.clone(),
+        nbd,
+        nbd_connections: ctx.options.nbd_connections,
+    };
+    // A strategy that broke twice mid-transfer gives way to the next one.
+    let attempts = plan.attempts.iter().filter(|a| failed.iter().filter(|(f, _)| f == *a).count() < 2);
+    for attempt in attempts {
+        let started = Instant::now();
+        match transfer::read_disk(host, point, &target, attempt, &label, ctx.progress.as_ref()).await {
+            Ok(outcome) => {
+                let seconds = started.elapsed().as_secs_f64();
+                let stats = &outcome.record.stats;
+                let report = DiskReport {
+                    position: disk.vbd.userdevice.clone(),
+                    vdi_uuid: disk.source.uuid.clone(),
+                    snapshot_vdi_uuid: disk.snapshot.uuid.clone(),
+                    name: disk.source.name_label.clone(),
+                    size: disk.snapshot.virtual_size,
+                    strategy: attempt.strategy,
+                    transport: attempt.transport,
+                    reason: strategy::reason(&notes, attempt),
+                    bytes_read: outcome.bytes_read,
+                    bytes_changed: outcome.bytes_changed,
+                    changed_granularity: outcome.granularity,
+                    bytes_stored: stats.bytes_stored,
+                    dedup_ratio: disk.snapshot.virtual_size as f64 / stats.bytes_stored.max(1) as f64,
+                    duration_secs: seconds,
+                    throughput_bytes_per_sec: outcome.bytes_read as f64 / seconds.max(1e-6),
+                    attempts: failed.len() as u32 + 1,
+                };
+                return Ok((report, outcome.record));
+            }
+            Err(transfer::Failure::Unusable(why)) => {
+                notes.push(format!("{} failed: {why}", attempt.strategy));
+            }
+            Err(transfer::Failure::Retry(e)) => {
+                return Err(DiskError::Retry(DiskFailure { attempt: attempt.clone(), error: e.to_string() }));
+            }
+            Err(transfer::Failure::Fatal(e)) => return Err(DiskError::Fatal(e)),
+        }
+    }
+    Err(DiskError::Fatal(Error::Protocol(format!(
+        "no strategy could read disk {} ({}): {}",
+        disk.vbd.userdevice,
+        disk.source.uuid,
+        notes.join("; ")
+    ))))
+}
+
+enum DiskError {
+    /// The restore point must be tried again; this strategy failed mid-transfer.
+    Retry(DiskFailure),
+    Fatal(Error),
+}
+
+/// After a commit: the new snapshot becomes the base (or goes), and older bases go.
+async fn settle_snapshots(
+    ctx: &Ctx<'_>,
+    snap: &Vm,
+    old_base: Option<&Vm>,
+    keep: Keep,
+    report: &mut VmReport,
+) -> String {
+    let host = ctx.host;
+    match keep {
+        Keep::Remove => {
+            snapshot::destroy(host, &snap.reference).await;
+            "removed (the chain's base does not move)".into()
+        }
+        Keep::Base { restore_point, data } => {
+            let mut kept = "base with data (for a VHD delta)".to_owned();
+            if !data {
+                let mut freed = true;
+                for (_, vdi) in snapshot::disks_by_origin(host, snap).await.unwrap_or_default() {
+                    if let Err(e) = host.call("VDI.data_destroy", vec![vdi.reference.as_str().into()]).await {
+                        freed = false;
+                        report.warnings.push(format!("VDI.data_destroy of {} failed: {e}", vdi.uuid));
+                    }
+                }
+                if freed {
+                    kept = "base, CBT metadata only (VDI.data_destroy)".into();
+                }
+            }
+            let tagged = async {
+                host.add_to_other_config("VM", &snap.reference, TAG_RESTORE_POINT, &restore_point).await?;
+                host.add_to_other_config("VM", &snap.reference, TAG_BASE, "1").await
+            };
+            if let Err(e) = tagged.await {
+                report.warnings.push(format!("could not mark the snapshot as base: {e}"));
+                snapshot::destroy(host, &snap.reference).await;
+                return "removed (could not be marked as base)".into();
+            }
+            if let Some(old) = old_base {
+                snapshot::destroy(host, &old.reference).await;
+                report.cleaned_snapshots.push(old.uuid.clone());
+            }
+            kept
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nobak_and_positions_exclude() {
+        let vbd = |d: &str| Vbd { reference: "r".into(), vdi: "v".into(), userdevice: d.into(), kind: "Disk".into() };
+        let vdi = |n: &str| {
+            let record = xenvault_xapi_wire::Value::Struct(
+                [("name_label".to_owned(), xenvault_xapi_wire::Value::from(n))].into_iter().collect(),
+            );
+            Vdi::parse("OpaqueRef:v", &record)
+        };
+        assert!(exclusion(&vbd("1"), &vdi("data"), &["1".into()]).is_some());
+        assert!(exclusion(&vbd("0"), &vdi("scratch [NOBAK]"), &[]).is_some());
+        assert!(exclusion(&vbd("0"), &vdi("root"), &["1".into()]).is_none());
+    }
+}

@@ -1,0 +1,117 @@
+//! Taking and removing our VM snapshots.
+
+use xenvault_xapi_wire::Value;
+
+use crate::error::Error;
+use crate::host::Host;
+use crate::hygiene::{TAG_JOB, TAG_SNAPSHOT};
+use crate::records::{self, Vbd, Vm};
+
+/// A snapshot we made, and how.
+#[derive(Debug, Clone)]
+pub struct Taken {
+    pub vm: Vm,
+    pub quiesced: bool,
+    /// Why a requested quiesce did not happen.
+    pub note: Option<String>,
+}
+
+/// Snapshots `vm`, quiesced if asked and the guest supports it, else plain (and says
+/// so), then tags it as ours before anything else can fail.
+pub async fn take(host: &Host, vm: &Vm, job_id: &str, quiesce: bool) -> Result<Taken, Error> {
+    let name = format!("[xenvault] {} {}", vm.name_label, chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ"));
+    let args = || vec![Value::from(vm.reference.as_str()), Value::from(name.as_str())];
+    let (reference, quiesced, note) = if quiesce {
+        match host.call("VM.snapshot_with_quiesce", args()).await {
+            Ok(r) => (r, true, None),
+            Err(e) if e.xapi_code().is_some() => {
+                let note = format!("quiesced snapshot refused ({e}): plain snapshot taken");
+                (host.call("VM.snapshot", args()).await?, false, Some(note))
+            }
+            Err(e) => return Err(e),
+        }
+    } else {
+        (host.call("VM.snapshot", args()).await?, false, None)
+    };
+    let reference = reference
+        .as_str()
+        .filter(|r| r.starts_with("OpaqueRef:"))
+        .ok_or_else(|| Error::Protocol(format!("VM.snapshot returned {reference:?}")))?
+        .to_owned();
+    let tagged = async {
+        host.add_to_other_config("VM", &reference, TAG_SNAPSHOT, "1").await?;
+        host.add_to_other_config("VM", &reference, TAG_JOB, job_id).await?;
+        host.vm(&reference).await
+    };
+    match tagged.await {
+        Ok(vm) => Ok(Taken { vm, quiesced, note }),
+        Err(e) => {
+            destroy(host, &reference).await;
+            Err(e)
+        }
+    }
+}
+
+/// Removes a snapshot VM and its snapshot disks, never a VDI that is not a snapshot
+/// (a shared ISO, a disk of the live VM). Best effort: a failure is logged, and the
+/// next run's hygiene finds the snapshot by its tag.
+pub async fn destroy(host: &Host, snapshot: &str) {
+    if let Err(e) = try_destroy(host, snapshot).await {
+        tracing::warn!("could not remove snapshot {snapshot}: {e}");
+    }
+}
+
+async fn try_destroy(host: &Host, snapshot: &str) -> Result<(), Error> {
+    let vm = host.vm(snapshot).await?;
+    if !vm.is_a_snapshot {
+        return Err(Error::Protocol(format!("{snapshot} is not a snapshot: not removing it")));
+    }
+    let mut vdis = Vec::new();
+    for vbd_ref in &vm.vbds {
+        let vbd = Vbd::parse(vbd_ref, &host.record("VBD", vbd_ref).await?);
+        if vbd.is_disk() {
+            vdis.push(vbd.vdi);
+        }
+    }
+    host.call("VM.destroy", vec![Value::from(snapshot)]).await?;
+    for vdi in vdis {
+        destroy_snapshot_vdi(host, &vdi).await?;
+    }
+    Ok(())
+}
+
+/// Destroys one snapshot VDI (data or CBT metadata); refuses a VDI that is not a snapshot.
+pub async fn destroy_snapshot_vdi(host: &Host, vdi: &str) -> Result<(), Error> {
+    match host.vdi(vdi).await {
+        Ok(record) if record.is_a_snapshot => {
+            host.call("VDI.destroy", vec![Value::from(vdi)]).await.map(drop)
+        }
+        Ok(_) => Ok(()),
+        // Already gone (destroyed with its VM by the host): nothing to do.
+        Err(e) if e.xapi_code() == Some("HANDLE_INVALID") => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Our snapshots of `vm` (every one tagged by us, whatever its state).
+pub async fn ours(host: &Host, vm: &Vm) -> Result<Vec<Vm>, Error> {
+    let mut list = Vec::new();
+    for reference in &vm.snapshots {
+        match host.vm(reference).await {
+            Ok(snapshot) if crate::hygiene::is_ours(&snapshot.other_config) => list.push(snapshot),
+            Ok(_) => {}
+            Err(e) if e.xapi_code() == Some("HANDLE_INVALID") => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(list)
+}
+
+/// The snapshot VDIs of a snapshot VM, keyed by the live VDI they were taken from.
+pub async fn disks_by_origin(host: &Host, snapshot: &Vm) -> Result<Vec<(String, records::Vdi)>, Error> {
+    let mut out = Vec::new();
+    for (_, vdi) in host.disks(snapshot).await? {
+        out.push((vdi.snapshot_of.clone(), vdi));
+    }
+    Ok(out)
+}

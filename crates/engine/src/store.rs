@@ -1,0 +1,246 @@
+//! The repository as the engine uses it: restore points of VMs, their history, and a
+//! disk sink that turns "changed ranges over a base" into the whole chunks the
+//! repository writer takes (reading the unchanged rest of a chunk from the base restore
+//! point, locally, instead of from the host).
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+use xenvault_repo::{BackupSession, DiskReader, DiskRecord, Manifest, Repository, SourceInfo};
+
+use crate::error::Error;
+use crate::records::Vm;
+use crate::strategy::Level;
+
+/// `SourceInfo::kind` of a VM restore point.
+pub const SOURCE_KIND: &str = "xen-vm";
+/// Tag prefix giving a restore point's level.
+const LEVEL_TAG: &str = "level:";
+
+pub struct Store {
+    repo: Repository,
+}
+
+/// Per-disk facts the engine keeps in the manifest's metadata (`metadata.backup.disks`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DiskEntry {
+    pub position: String,
+    pub vdi_uuid: String,
+    pub snapshot_vdi_uuid: String,
+    pub strategy: String,
+    pub reason: String,
+}
+
+/// An earlier restore point of a VM.
+#[derive(Debug, Clone)]
+pub struct PastPoint {
+    pub id: String,
+    pub time: chrono::DateTime<chrono::Utc>,
+    pub level: Level,
+    pub disks: Vec<PastDisk>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PastDisk {
+    pub vdi_uuid: String,
+    pub snapshot_vdi_uuid: String,
+    pub record: DiskRecord,
+}
+
+impl Store {
+    pub async fn open(location: &str, passphrase: Option<&str>) -> Result<Self, Error> {
+        let secret = passphrase.map(xenvault_repo::keys::Secret::passphrase);
+        Ok(Self { repo: Repository::open(location, secret.as_ref()).await? })
+    }
+
+    pub fn from_repository(repo: Repository) -> Self {
+        Self { repo }
+    }
+
+    pub fn repository(&self) -> &Repository {
+        &self.repo
+    }
+
+    pub fn location(&self) -> &str {
+        self.repo.location()
+    }
+
+    pub fn chunk_size(&self) -> u64 {
+        u64::from(self.repo.config().chunk_size)
+    }
+
+    /// Restore points of the VM, newest first.
+    pub async fn history(&self, vm_uuid: &str) -> Result<Vec<PastPoint>, Error> {
+        let mut points: Vec<PastPoint> = self
+            .repo
+            .snapshots()
+            .await?
+            .into_iter()
+            .filter(|m| m.source.kind == SOURCE_KIND && m.source.id == vm_uuid)
+            .filter_map(|m| past_point(&m))
+            .collect();
+        points.sort_by(|a, b| b.time.cmp(&a.time).then_with(|| b.id.cmp(&a.id)));
+        Ok(points)
+    }
+
+    pub async fn start(&self, vm: &Vm, base: Option<&str>) -> Result<Point, Error> {
+        let source = SourceInfo { id: vm.uuid.clone(), kind: SOURCE_KIND.into(), name: vm.name_label.clone() };
+        let mut session = self.repo.start_backup(source).await?;
+        if let Some(base) = base {
+            session.set_base(base);
+        }
+        Ok(Point { session, repo: self.repo.clone() })
+    }
+}
+
+fn past_point(manifest: &Manifest) -> Option<PastPoint> {
+    let level = manifest
+        .tags
+        .iter()
+        .find_map(|t| t.strip_prefix(LEVEL_TAG))
+        .and_then(|l| l.parse().ok())?;
+    let entries: Vec<DiskEntry> = manifest
+        .metadata
+        .get("backup")
+        .and_then(|b| b.get("disks"))
+        .and_then(|d| serde_json::from_value(d.clone()).ok())
+        .unwrap_or_default();
+    let disks = manifest
+        .disks
+        .iter()
+        .map(|record| PastDisk {
+            vdi_uuid: record.uuid.clone(),
+            snapshot_vdi_uuid: entries
+                .iter()
+                .find(|e| e.vdi_uuid == record.uuid)
+                .map(|e| e.snapshot_vdi_uuid.clone())
+                .unwrap_or_default(),
+            record: record.clone(),
+        })
+        .collect();
+    Some(PastPoint { id: manifest.id.clone(), time: manifest.time, level, disks })
+}
+
+/// A restore point being written.
+pub struct Point {
+    session: BackupSession,
+    repo: Repository,
+}
+
+impl Point {
+    pub async fn disk_sink(&self, name: &str, vdi_uuid: &str, size: u64, base: Option<&DiskRecord>) -> Result<DiskSink, Error> {
+        let writer = self.session.disk_writer(name, vdi_uuid, size, base).await?;
+        let base_reader = match base {
+            Some(record) => Some(DiskReader::new(&self.repo, record).await?),
+            None => None,
+        };
+        Ok(DiskSink {
+            chunk: writer.chunk_size(),
+            size,
+            state: Mutex::new(SinkState { writer, base: base_reader, pending: None }),
+        })
+    }
+
+    /// Publishes the restore point; returns its id.
+    pub async fn commit(self, level: Level, metadata: serde_json::Value) -> Result<String, Error> {
+        let tags = vec![SOURCE_KIND.to_owned(), format!("{LEVEL_TAG}{level}")];
+        Ok(self.session.commit(metadata, tags).await?.id)
+    }
+
+    pub async fn abort(self) {
+        if let Err(e) = self.session.abort().await {
+            tracing::warn!("could not release the repository lock: {e}");
+        }
+    }
+}
+
+/// Takes disk data in ascending offsets, whole or in pieces, and hands the repository
+/// whole chunks; with a base, chunk parts not written come from the base image.
+pub struct DiskSink {
+    chunk: u64,
+    size: u64,
+    state: Mutex<SinkState>,
+}
+
+struct SinkState {
+    writer: xenvault_repo::DiskWriter,
+    base: Option<DiskReader>,
+    /// The chunk being assembled: its start and its bytes (base bytes filled at flush).
+    pending: Option<PendingChunk>,
+}
+
+struct PendingChunk {
+    start: u64,
+    data: Vec<u8>,
+    /// Ranges (relative to `start`) already written, ascending.
+    filled: Vec<(usize, usize)>,
+}
+
+impl DiskSink {
+    pub async fn write(&self, offset: u64, data: Bytes) -> Result<(), Error> {
+        let mut state = self.state.lock().await;
+        if state.base.is_none() {
+            // A full read arrives complete and in order: the writer takes it as is.
+            return Ok(state.writer.write(offset, &data).await?);
+        }
+        let mut at = offset;
+        let mut rest = &data[..];
+        while !rest.is_empty() {
+            let start = at / self.chunk * self.chunk;
+            let len = (self.size - start).min(self.chunk);
+            let within = (at - start) as usize;
+            let take = rest.len().min(len as usize - within);
+            let (piece, tail) = rest.split_at(take);
+            if state.pending.as_ref().is_some_and(|p| p.start != start) {
+                state.flush().await?;
+            }
+            if state.pending.is_none() && within == 0 && take as u64 == len {
+                state.writer.write(start, piece).await?;
+            } else {
+                let pending = state
+                    .pending
+                    .get_or_insert_with(|| PendingChunk { start, data: vec![0; len as usize], filled: Vec::new() });
+                if let Some(slot) = pending.data.get_mut(within..within + take) {
+                    slot.copy_from_slice(piece);
+                }
+                pending.filled.push((within, within + take));
+            }
+            at += take as u64;
+            rest = tail;
+        }
+        Ok(())
+    }
+
+    pub async fn finish(self) -> Result<DiskRecord, Error> {
+        let mut state = self.state.into_inner();
+        state.flush().await?;
+        Ok(state.writer.finish().await?)
+    }
+}
+
+impl SinkState {
+    /// Completes the pending chunk from the base and writes it.
+    async fn flush(&mut self) -> Result<(), Error> {
+        let Some(mut pending) = self.pending.take() else { return Ok(()) };
+        if let Some(base) = &self.base {
+            let mut gaps = Vec::new();
+            let mut cursor = 0;
+            for &(from, to) in &pending.filled {
+                if from > cursor {
+                    gaps.push((cursor, from));
+                }
+                cursor = cursor.max(to);
+            }
+            if cursor < pending.data.len() {
+                gaps.push((cursor, pending.data.len()));
+            }
+            for (from, to) in gaps {
+                if let Some(buf) = pending.data.get_mut(from..to) {
+                    base.read_at(pending.start + from as u64, buf).await?;
+                }
+            }
+        }
+        self.writer.write(pending.start, &pending.data).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,184 @@
+//! Reading one disk from the host with one strategy and feeding the repository. A
+//! failure before anything is written makes the strategy unusable (fall back); a
+//! failure while writing needs a new restore point try (the writer cannot be undone).
+
+use futures::{StreamExt, TryStreamExt};
+
+use crate::error::Error;
+use crate::host::Host;
+use crate::records::{NbdInfo, Vdi};
+use crate::nbd_pool::NbdPool;
+use crate::store::{DiskSink, Point};
+use crate::strategy::cbt::{self, CBT_BLOCK, Extent};
+use crate::strategy::{Attempt, BaseSnapshotVdi, Strategy, Transport};
+
+/// Longest single NBD read: big enough to amortise a round trip, small enough to
+/// spread over several connections.
+pub const NBD_READ_MAX: u64 = 2 << 20;
+
+/// Progress of disk transfers, shown as bars by the CLI.
+pub trait Progress: Send + Sync {
+    fn start(&self, key: &str, label: &str, total: u64);
+    fn advance(&self, key: &str, bytes: u64);
+    fn finish(&self, key: &str);
+}
+
+/// For callers that show nothing.
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn start(&self, _: &str, _: &str, _: u64) {}
+    fn advance(&self, _: &str, _: u64) {}
+    fn finish(&self, _: &str) {}
+}
+
+/// One disk to read: the new snapshot, what it can build on, where to read it.
+pub struct DiskTarget {
+    pub name: String,
+    pub vdi_uuid: String,
+    pub snapshot: Vdi,
+    pub base_snapshot: Option<BaseSnapshotVdi>,
+    pub base_record: Option<xenvault_repo::DiskRecord>,
+    pub nbd: Vec<NbdInfo>,
+    pub nbd_connections: usize,
+}
+
+pub struct Outcome {
+    pub record: xenvault_repo::DiskRecord,
+    pub bytes_read: u64,
+    pub bytes_changed: u64,
+    pub granularity: u64,
+}
+
+pub enum Failure {
+    /// This strategy cannot work here (and why): try the next one. Nothing was written.
+    Unusable(String),
+    /// The transfer broke after the disk writer started (a cut export): the restore
+    /// point must be started again.
+    Retry(Error),
+    /// Nothing else will do better: the disk, and the VM, fail.
+    Fatal(Error),
+}
+
+/// Reads one disk with one strategy into a new disk writer of `point`.
+pub async fn read_disk(
+    host: &Host,
+    point: &Point,
+    target: &DiskTarget,
+    attempt: &Attempt,
+    label: &str,
+    progress: &dyn Progress,
+) -> Result<Outcome, Failure> {
+    let key = format!("{}:{}", target.snapshot.uuid, attempt.strategy);
+    progress.start(&key, label, target.snapshot.virtual_size);
+    let result = try_once(host, point, target, attempt, &key, progress).await;
+    progress.finish(&key);
+    result
+}
+
+/// Errors before the writer exists make the strategy unusable; after, they need a new try.
+fn before_writing(e: Error) -> Failure {
+    if e.is_fatal() { Failure::Fatal(e) } else { Failure::Unusable(e.to_string()) }
+}
+
+fn while_writing(e: Error) -> Failure {
+    if e.is_fatal() { Failure::Fatal(e) } else { Failure::Retry(e) }
+}
+
+async fn try_once(
+    host: &Host,
+    point: &Point,
+    target: &DiskTarget,
+    attempt: &Attempt,
+    key: &str,
+    progress: &dyn Progress,
+) -> Result<Outcome, Failure> {
+    let size = target.snapshot.virtual_size;
+    let base = || {
+        let snapshot = target.base_snapshot.as_ref().ok_or_else(|| Failure::Unusable("no base snapshot".into()))?;
+        let record = target.base_record.as_ref().ok_or_else(|| Failure::Unusable("no base restore point".into()))?;
+        Ok::<_, Failure>((snapshot, record))
+    };
+    match (attempt.strategy, attempt.transport) {
+        (Strategy::Cbt, _) => {
+            let (base, base_record) = base()?;
+            let bitmap = host
+                .call(
+                    "VDI.list_changed_blocks",
+                    vec![base.reference.as_str().into(), target.snapshot.reference.as_str().into()],
+                )
+                .await
+                .map_err(|e| Failure::Unusable(format!("VDI.list_changed_blocks: {e}")))?;
+            let changed = bitmap
+                .as_str()
+                .ok_or_else(|| "not a string".to_owned())
+                .and_then(|b| xenvault_xapi_wire::cbt::ChangedBlocks::decode(b).map_err(|e| e.to_string()))
+                .map_err(|e| Failure::Unusable(format!("bad CBT bitmap: {e}")))?;
+            let extents = cbt::extents(changed.changed_blocks(), CBT_BLOCK, size, NBD_READ_MAX);
+            let changed_bytes: u64 = extents.iter().map(|e| e.length).sum();
+            let pool = NbdPool::connect(&target.nbd, target.nbd_connections).await.map_err(before_writing)?;
+            let sink = point.disk_sink(&target.name, &target.vdi_uuid, size, Some(base_record)).await.map_err(while_writing)?;
+            let read = nbd_extents(&pool, extents, &sink, key, progress).await.map_err(while_writing)?;
+            pool.close().await;
+            let record = sink.finish().await.map_err(while_writing)?;
+            Ok(Outcome { record, bytes_read: read, bytes_changed: changed_bytes, granularity: CBT_BLOCK })
+        }
+        (Strategy::Vhd, _) => {
+            let (base, base_record) = base()?;
+            let body = host
+                .export_raw_vdi(&target.snapshot.reference, "vhd", Some(&base.reference))
+                .await
+                .map_err(before_writing)?;
+            let sink = point.disk_sink(&target.name, &target.vdi_uuid, size, Some(base_record)).await.map_err(while_writing)?;
+            let delta = crate::strategy::vhd::read_delta(body, &target.snapshot, &sink, key, progress)
+                .await
+                .map_err(while_writing)?;
+            let record = sink.finish().await.map_err(while_writing)?;
+            Ok(Outcome { record, bytes_read: delta.read, bytes_changed: delta.changed, granularity: delta.block })
+        }
+        (Strategy::FullRead, transport) => {
+            let sink;
+            let read = if transport == Transport::Nbd {
+                let pool = NbdPool::connect(&target.nbd, target.nbd_connections).await.map_err(before_writing)?;
+                sink = point.disk_sink(&target.name, &target.vdi_uuid, size, None).await.map_err(while_writing)?;
+                let read = nbd_extents(&pool, cbt::whole_disk(size, NBD_READ_MAX), &sink, key, progress)
+                    .await
+                    .map_err(while_writing)?;
+                pool.close().await;
+                read
+            } else {
+                let body = host.export_raw_vdi(&target.snapshot.reference, "raw", None).await.map_err(before_writing)?;
+                sink = point.disk_sink(&target.name, &target.vdi_uuid, size, None).await.map_err(while_writing)?;
+                crate::strategy::full::read_raw(body, &target.snapshot, &sink, key, progress)
+                    .await
+                    .map_err(while_writing)?
+            };
+            let record = sink.finish().await.map_err(while_writing)?;
+            // Against an earlier restore point, "changed" is what the repository did not have.
+            let changed = if target.base_record.is_some() { record.stats.bytes_new } else { size };
+            Ok(Outcome { record, bytes_read: read, bytes_changed: changed, granularity: point.chunk_size() })
+        }
+    }
+}
+
+/// Reads `extents` over the pool's connections, several at once but delivered in
+/// order (the sink takes ascending offsets); returns the bytes read.
+async fn nbd_extents(
+    pool: &NbdPool,
+    extents: Vec<Extent>,
+    sink: &DiskSink,
+    key: &str,
+    progress: &dyn Progress,
+) -> Result<u64, Error> {
+    let mut total = 0u64;
+    let mut reads = futures::stream::iter(extents)
+        .map(|extent| async move { pool.read(extent.offset, extent.length).await.map(|data| (extent.offset, data)) })
+        .buffered(pool.connections());
+    while let Some((offset, data)) = reads.try_next().await? {
+        let len = data.len() as u64;
+        total += len;
+        sink.write(offset, data).await?;
+        progress.advance(key, len);
+    }
+    Ok(total)
+}
