@@ -1,0 +1,279 @@
+//! Streaming VHD writers.
+
+use std::io::{self, Write};
+
+use uuid::Uuid;
+
+use crate::format::{FOOTER_SIZE, HEADER_SIZE, bitmap_size};
+use crate::{
+    BAT_UNUSED, DEFAULT_BLOCK_SIZE, DiskType, DynamicHeader, Error, Footer, MAX_DISK_SIZE,
+    NO_DATA_OFFSET, PLATFORM_MACX, ParentLocator, Result, SECTOR_SIZE,
+};
+
+/// Where xapi puts the header and the BAT; the sector between them is reserved for the
+/// parent locator's data, which xapi leaves zero-filled.
+const HEADER_OFFSET: u64 = FOOTER_SIZE as u64;
+const LOCATOR_OFFSET: u64 = HEADER_OFFSET + HEADER_SIZE as u64;
+const BAT_OFFSET: u64 = LOCATOR_OFFSET + SECTOR_SIZE;
+
+/// Identity of the VHD being written.
+#[derive(Debug, Clone, Copy)]
+pub struct WriterOptions {
+    /// The footer's unique id (xapi makes a fresh one for every export).
+    pub unique_id: Uuid,
+    /// The footer's time stamp, seconds since 2000-01-01 (xapi writes 0).
+    pub timestamp: u32,
+}
+
+impl Default for WriterOptions {
+    fn default() -> Self {
+        WriterOptions { unique_id: Uuid::new_v4(), timestamp: 0 }
+    }
+}
+
+/// The base a differencing VHD refers to.
+#[derive(Debug, Clone)]
+pub struct ParentInfo {
+    /// The unique id in the parent VHD's footer.
+    pub unique_id: Uuid,
+    /// The parent file's modification time, seconds since 2000-01-01.
+    pub timestamp: u32,
+    /// The parent's path on the host, e.g. `/var/run/sr-mount/SR/VDI.vhd`: xapi stores
+    /// it as the unicode name and in a `MacX` locator as `file://PATH`.
+    pub path: String,
+}
+
+/// Writes a dynamic or differencing VHD as a stream, in xapi's layout: footer copy at
+/// 0, header at 512, BAT at 2048, then the present blocks in disk order, each a fully
+/// set sector bitmap and the block's 2 MiB, then the footer.
+pub struct DynamicWriter<W: Write> {
+    out: W,
+    footer: [u8; FOOTER_SIZE],
+    disk_size: u64,
+    /// Present block indices, increasing; `next` indexes the one expected next.
+    present: Vec<u32>,
+    next: usize,
+    bitmap: Vec<u8>,
+}
+
+impl<W: Write> DynamicWriter<W> {
+    /// Size in bytes of the VHD that holds `present_blocks` blocks of a disk of
+    /// `disk_size` bytes: what a Content-Length must say.
+    pub fn output_size(disk_size: u64, present_blocks: u64) -> u64 {
+        let entries = disk_size.div_ceil(u64::from(DEFAULT_BLOCK_SIZE));
+        let bat = (entries * 4).next_multiple_of(SECTOR_SIZE);
+        let block = bitmap_size(DEFAULT_BLOCK_SIZE) + u64::from(DEFAULT_BLOCK_SIZE);
+        BAT_OFFSET + bat + present_blocks * block + FOOTER_SIZE as u64
+    }
+
+    /// Starts a dynamic VHD (disk type 3) and writes everything up to the first block.
+    pub fn dynamic(out: W, disk_size: u64, present_blocks: impl IntoIterator<Item = u32>, options: WriterOptions) -> Result<Self> {
+        Self::start(out, disk_size, present_blocks, options, None)
+    }
+
+    /// Starts a differencing VHD (disk type 4) whose blocks replace the parent's.
+    pub fn differencing(
+        out: W,
+        disk_size: u64,
+        present_blocks: impl IntoIterator<Item = u32>,
+        options: WriterOptions,
+        parent: &ParentInfo,
+    ) -> Result<Self> {
+        Self::start(out, disk_size, present_blocks, options, Some(parent))
+    }
+
+    fn start(
+        mut out: W,
+        disk_size: u64,
+        present_blocks: impl IntoIterator<Item = u32>,
+        options: WriterOptions,
+        parent: Option<&ParentInfo>,
+    ) -> Result<Self> {
+        check_disk_size(disk_size)?;
+        let block_size = u64::from(DEFAULT_BLOCK_SIZE);
+        let entries = disk_size.div_ceil(block_size);
+        let present: Vec<u32> = present_blocks.into_iter().collect();
+        if let Some(pair) = present.windows(2).find(|p| p[0] >= p[1]) {
+            return Err(Error::InvalidArgument(format!(
+                "present blocks must be strictly increasing ({} then {})",
+                pair[0], pair[1]
+            )));
+        }
+        if let Some(&last) = present.last()
+            && u64::from(last) >= entries
+        {
+            return Err(Error::InvalidArgument(format!(
+                "block {last} is past the end of a disk of {entries} blocks"
+            )));
+        }
+
+        let disk_type = if parent.is_some() { DiskType::Differencing } else { DiskType::Dynamic };
+        let footer = Footer::xapi(disk_type, disk_size, HEADER_OFFSET, options.unique_id, options.timestamp).to_bytes();
+        let mut header = DynamicHeader {
+            table_offset: BAT_OFFSET,
+            // At most MAX_DISK_SIZE / 2 MiB, which fits.
+            max_table_entries: entries as u32,
+            block_size: DEFAULT_BLOCK_SIZE,
+            parent_unique_id: Uuid::nil(),
+            parent_timestamp: 0,
+            parent_unicode_name: String::new(),
+            parent_locators: [ParentLocator::default(); 8],
+        };
+        if let Some(parent) = parent {
+            let uri_len = "file://".len() + parent.path.len();
+            header.parent_unique_id = parent.unique_id;
+            header.parent_timestamp = parent.timestamp;
+            header.parent_unicode_name = parent.path.clone();
+            header.parent_locators[0] = ParentLocator {
+                platform_code: PLATFORM_MACX,
+                // One sector, stored in sectors as the spec says.
+                data_space: 1,
+                data_length: u32::try_from(uri_len)
+                    .map_err(|_| Error::InvalidArgument("parent path too long".into()))?,
+                data_offset: LOCATOR_OFFSET,
+            };
+        }
+
+        let bat_size = (entries * 4).next_multiple_of(SECTOR_SIZE);
+        let block_span = bitmap_size(DEFAULT_BLOCK_SIZE) + block_size;
+        let first_block = BAT_OFFSET + bat_size;
+        let mut bat = vec![0xFFu8; bat_size as usize];
+        for (n, &block) in present.iter().enumerate() {
+            let sector = (first_block + n as u64 * block_span) / SECTOR_SIZE;
+            let entry = u32::try_from(sector)
+                .ok()
+                .filter(|&s| s != BAT_UNUSED)
+                .ok_or_else(|| Error::InvalidArgument("disk too large for a VHD".into()))?;
+            let at = block as usize * 4;
+            bat[at..at + 4].copy_from_slice(&entry.to_be_bytes());
+        }
+
+        out.write_all(&footer)?;
+        out.write_all(&header.to_bytes()?)?;
+        out.write_all(&[0u8; SECTOR_SIZE as usize])?;
+        out.write_all(&bat)?;
+        Ok(DynamicWriter {
+            out,
+            footer,
+            disk_size,
+            present,
+            next: 0,
+            bitmap: vec![0xFF; bitmap_size(DEFAULT_BLOCK_SIZE) as usize],
+        })
+    }
+
+    /// The block index expected by the next [`Self::write_block`], if any.
+    pub fn next_block(&self) -> Option<u32> {
+        self.present.get(self.next).copied()
+    }
+
+    /// Writes the next present block. `data` is the block's disk content: 2 MiB, or up
+    /// to the disk end for the last block of a disk whose size is not a multiple of it
+    /// (the rest of the block is written as zeros).
+    pub fn write_block(&mut self, index: u32, data: &[u8]) -> Result<()> {
+        let expected = self.next_block();
+        if expected != Some(index) {
+            return Err(Error::InvalidArgument(format!(
+                "block {index} written, the next present block is {expected:?}"
+            )));
+        }
+        let block_size = u64::from(DEFAULT_BLOCK_SIZE);
+        let start = u64::from(index) * block_size;
+        let len = (self.disk_size - start).min(block_size);
+        if data.len() as u64 != len {
+            return Err(Error::InvalidArgument(format!(
+                "block {index} needs {len} bytes of data, got {}",
+                data.len()
+            )));
+        }
+        self.out.write_all(&self.bitmap)?;
+        self.out.write_all(data)?;
+        write_zeros(&mut self.out, block_size - len)?;
+        self.next += 1;
+        Ok(())
+    }
+
+    /// Writes the footer after checking that every present block was written.
+    pub fn finish(mut self) -> Result<W> {
+        if let Some(missing) = self.next_block() {
+            return Err(Error::InvalidArgument(format!(
+                "finished before block {missing} was written"
+            )));
+        }
+        self.out.write_all(&self.footer)?;
+        self.out.flush()?;
+        Ok(self.out)
+    }
+}
+
+/// Writes a fixed VHD (the raw disk followed by a footer) as a stream: write the disk
+/// bytes through [`Write`], then call [`FixedWriter::finish`].
+pub struct FixedWriter<W: Write> {
+    out: W,
+    footer: [u8; FOOTER_SIZE],
+    disk_size: u64,
+    written: u64,
+}
+
+impl<W: Write> FixedWriter<W> {
+    pub fn output_size(disk_size: u64) -> u64 {
+        disk_size + FOOTER_SIZE as u64
+    }
+
+    pub fn new(out: W, disk_size: u64, options: WriterOptions) -> Result<Self> {
+        check_disk_size(disk_size)?;
+        let footer = Footer::xapi(DiskType::Fixed, disk_size, NO_DATA_OFFSET, options.unique_id, options.timestamp);
+        Ok(FixedWriter { out, footer: footer.to_bytes(), disk_size, written: 0 })
+    }
+
+    /// Writes the footer after checking that the whole disk was written.
+    pub fn finish(mut self) -> Result<W> {
+        if self.written != self.disk_size {
+            return Err(Error::InvalidArgument(format!(
+                "finished after {} of {} disk bytes",
+                self.written, self.disk_size
+            )));
+        }
+        self.out.write_all(&self.footer)?;
+        self.out.flush()?;
+        Ok(self.out)
+    }
+}
+
+impl<W: Write> Write for FixedWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let room = self.disk_size - self.written;
+        if buf.len() as u64 > room {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("write of {} bytes past the disk end ({room} bytes left)", buf.len()),
+            ));
+        }
+        let n = self.out.write(buf)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+fn check_disk_size(disk_size: u64) -> Result<()> {
+    if disk_size % SECTOR_SIZE != 0 || disk_size > MAX_DISK_SIZE {
+        return Err(Error::InvalidArgument(format!(
+            "disk size {disk_size} must be a multiple of 512 and at most {MAX_DISK_SIZE}"
+        )));
+    }
+    Ok(())
+}
+
+fn write_zeros(out: &mut impl Write, mut n: u64) -> io::Result<()> {
+    const ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+    while n > 0 {
+        let step = n.min(ZEROS.len() as u64) as usize;
+        out.write_all(&ZEROS[..step])?;
+        n -= step as u64;
+    }
+    Ok(())
+}

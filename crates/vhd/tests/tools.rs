@@ -1,0 +1,253 @@
+//! VHDs checked against independent implementations: qemu-img, vhdiinfo (libvhdi),
+//! python3-libvhdi, and qemu-made VHDs read by our readers.
+
+use std::fs::{self, File};
+use std::io::{BufWriter, Cursor};
+use std::path::Path;
+use std::process::Command;
+
+use uuid::Uuid;
+use xenvault_vhd::{
+    DiskType, DynamicWriter, FixedWriter, Layered, ParentInfo, RawDisk, ReadAt, VhdReader,
+    VhdStreamReader, WriterOptions,
+};
+
+const MIB: u64 = 1024 * 1024;
+const BLOCK: u64 = 2 * MIB;
+
+/// Deterministic bytes, different for every seed.
+fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// A disk of `size` bytes with data in the given 2 MiB blocks and zeros elsewhere.
+fn disk_with_blocks(size: u64, blocks: &[u64], seed: u64) -> Vec<u8> {
+    let mut disk = vec![0u8; size as usize];
+    for &b in blocks {
+        let start = (b * BLOCK) as usize;
+        let end = ((b + 1) * BLOCK).min(size) as usize;
+        disk[start..end].copy_from_slice(&pattern(end - start, seed + b));
+    }
+    disk
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Writes `disk` as a dynamic (or differencing) VHD holding the non-zero blocks (or
+/// the given ones), checking the announced output size.
+fn write_dynamic(path: &Path, disk: &[u8], present: &[u32], parent: Option<&ParentInfo>, uid: Uuid) {
+    let size = disk.len() as u64;
+    let options = WriterOptions { unique_id: uid, timestamp: 0 };
+    let out = BufWriter::new(File::create(path).unwrap());
+    let mut writer = match parent {
+        None => DynamicWriter::dynamic(out, size, present.iter().copied(), options).unwrap(),
+        Some(p) => DynamicWriter::differencing(out, size, present.iter().copied(), options, p).unwrap(),
+    };
+    for &b in present {
+        let start = u64::from(b) * BLOCK;
+        let end = (start + BLOCK).min(size);
+        writer.write_block(b, &disk[start as usize..end as usize]).unwrap();
+    }
+    writer.finish().unwrap();
+    assert_eq!(
+        fs::metadata(path).unwrap().len(),
+        DynamicWriter::<File>::output_size(size, present.len() as u64)
+    );
+}
+
+fn nonzero_blocks(disk: &[u8]) -> Vec<u32> {
+    disk.chunks(BLOCK as usize)
+        .enumerate()
+        .filter(|(_, c)| c.iter().any(|&b| b != 0))
+        .map(|(i, _)| i as u32)
+        .collect()
+}
+
+/// qemu sizes `caml` VHDs by CHS geometry unless told to use the footer's size.
+fn qemu_compare(vhd: &Path, raw: &Path) {
+    run(Command::new("qemu-img").args(["compare", "-q", "--image-opts"]).arg(format!(
+        "driver=vpc,force_size_calc=current_size,file.driver=file,file.filename={}",
+        vhd.display()
+    )).arg(format!("driver=raw,file.driver=file,file.filename={}", raw.display())));
+}
+
+fn read_all(r: &mut impl ReadAt, size: u64) -> Vec<u8> {
+    let mut out = vec![0u8; size as usize];
+    // Odd-sized pieces exercise partial sectors and block boundaries.
+    let piece = 3 * 1000 * 1000 + 7;
+    let mut pos = 0;
+    while pos < size {
+        let n = piece.min(size - pos);
+        r.read_exact_at(pos, &mut out[pos as usize..(pos + n) as usize]).unwrap();
+        pos += n;
+    }
+    out
+}
+
+fn stream_all(file: &Path) -> Vec<u8> {
+    let mut s = VhdStreamReader::new(File::open(file).unwrap()).unwrap();
+    let mut out = vec![0u8; s.disk_size() as usize];
+    let mut last_end = 0;
+    while let Some(e) = s.next_extent().unwrap() {
+        assert!(e.offset >= last_end, "extents go forward");
+        last_end = e.offset + e.data.len() as u64;
+        out[e.offset as usize..last_end as usize].copy_from_slice(e.data);
+    }
+    out
+}
+
+#[test]
+fn dynamic_vhd_we_write_reads_back_in_qemu_vhdiinfo_and_our_readers() {
+    let dir = tempfile::tempdir().unwrap();
+    // Not a multiple of 2 MiB nor of the CHS geometry: the last block is partial.
+    let size = 9 * MIB + 3 * 512;
+    let disk = disk_with_blocks(size, &[0, 2, 4], 1);
+    let raw = dir.path().join("disk.raw");
+    let vhd = dir.path().join("disk.vhd");
+    fs::write(&raw, &disk).unwrap();
+    write_dynamic(&vhd, &disk, &nonzero_blocks(&disk), None, Uuid::new_v4());
+
+    qemu_compare(&vhd, &raw);
+    let info = run(Command::new("vhdiinfo").arg(&vhd));
+    assert!(info.contains("Dynamic"), "{info}");
+    assert!(info.contains(&format!("{size} bytes")), "{info}");
+
+    let mut reader = VhdReader::open(File::open(&vhd).unwrap()).unwrap();
+    assert_eq!(reader.disk_type(), DiskType::Dynamic);
+    assert_eq!(&reader.footer().creator_application, b"caml");
+    assert_eq!(reader.present_blocks().collect::<Vec<_>>(), vec![0, 2, 4]);
+    assert_eq!(read_all(&mut reader, size), disk);
+    assert_eq!(stream_all(&vhd), disk);
+}
+
+#[test]
+fn differencing_vhd_on_its_parent_equals_the_newer_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let size = 12 * MIB;
+    let base = disk_with_blocks(size, &[0, 1, 3, 5], 10);
+    let mut newer = base.clone();
+    // Change part of block 1, all of block 4 (zero in base), and zero part of block 5.
+    newer[(BLOCK + 4096) as usize..(BLOCK + 8192) as usize].copy_from_slice(&pattern(4096, 99));
+    newer[(4 * BLOCK) as usize..(5 * BLOCK) as usize].copy_from_slice(&pattern(BLOCK as usize, 98));
+    newer[(5 * BLOCK) as usize..(5 * BLOCK + MIB) as usize].fill(0);
+    let changed: Vec<u32> = (0..6)
+        .filter(|&b| {
+            let r = (b * BLOCK) as usize..((b + 1) * BLOCK) as usize;
+            base[r.clone()] != newer[r]
+        })
+        .map(|b| b as u32)
+        .collect();
+    assert_eq!(changed, vec![1, 4, 5]);
+
+    let base_uid = Uuid::new_v4();
+    let base_vhd = dir.path().join("base.vhd");
+    let delta_vhd = dir.path().join("delta.vhd");
+    let newer_raw = dir.path().join("newer.raw");
+    let base_raw = dir.path().join("base.raw");
+    fs::write(&newer_raw, &newer).unwrap();
+    fs::write(&base_raw, &base).unwrap();
+    write_dynamic(&base_vhd, &base, &nonzero_blocks(&base), None, base_uid);
+    let parent = ParentInfo {
+        unique_id: base_uid,
+        timestamp: 12345,
+        path: base_vhd.to_string_lossy().into_owned(),
+    };
+    write_dynamic(&delta_vhd, &newer, &changed, Some(&parent), Uuid::new_v4());
+
+    let info = run(Command::new("vhdiinfo").arg(&delta_vhd));
+    assert!(info.contains("Differential"), "{info}");
+    assert!(info.contains(&base_uid.to_string()), "{info}");
+
+    // libvhdi applies the delta on its parent.
+    let script = r#"
+import sys, hashlib, pyvhdi
+child, parent = pyvhdi.file(), pyvhdi.file()
+child.open(sys.argv[1]); parent.open(sys.argv[2]); child.set_parent(parent)
+data = child.read_buffer_at_offset(child.get_media_size(), 0)
+print(hashlib.sha256(data).hexdigest())
+"#;
+    let digest = run(Command::new("/usr/bin/python3").arg("-c").arg(script).arg(&delta_vhd).arg(&base_vhd));
+    let expected = run(Command::new("sha256sum").arg(&newer_raw));
+    assert_eq!(digest.trim(), expected.split_whitespace().next().unwrap());
+
+    // Our reader layered on the raw base, and on the base VHD.
+    let delta = VhdReader::open(File::open(&delta_vhd).unwrap()).unwrap();
+    assert_eq!(delta.header().unwrap().parent_unique_id, base_uid);
+    let mut on_raw = Layered::new(delta, RawDisk(File::open(&base_raw).unwrap()));
+    assert_eq!(read_all(&mut on_raw, size), newer);
+    let (delta, _) = on_raw.into_parts();
+    let base_reader = VhdReader::open(File::open(&base_vhd).unwrap()).unwrap();
+    let mut on_vhd = Layered::new(delta, base_reader);
+    assert_eq!(read_all(&mut on_vhd, size), newer);
+
+    // The stream of the delta carries exactly the changed blocks, in full.
+    let mut s = VhdStreamReader::new(File::open(&delta_vhd).unwrap()).unwrap();
+    let mut seen = Vec::new();
+    while let Some(e) = s.next_extent().unwrap() {
+        assert_eq!(e.data, &newer[e.offset as usize..e.offset as usize + e.data.len()]);
+        seen.push((e.offset, e.data.len()));
+    }
+    let covered: u64 = seen.iter().map(|(_, n)| *n as u64).sum();
+    assert_eq!(covered, 3 * BLOCK);
+}
+
+#[test]
+fn fixed_vhd_we_write_matches_in_qemu() {
+    let dir = tempfile::tempdir().unwrap();
+    let size = 5 * MIB + 512;
+    let disk = disk_with_blocks(size, &[0, 2], 3);
+    let raw = dir.path().join("disk.raw");
+    let vhd = dir.path().join("disk.vhd");
+    fs::write(&raw, &disk).unwrap();
+    let mut w = FixedWriter::new(File::create(&vhd).unwrap(), size, WriterOptions::default()).unwrap();
+    std::io::copy(&mut Cursor::new(&disk), &mut w).unwrap();
+    w.finish().unwrap();
+    assert_eq!(fs::metadata(&vhd).unwrap().len(), FixedWriter::<File>::output_size(size));
+    qemu_compare(&vhd, &raw);
+    let info = run(Command::new("vhdiinfo").arg(&vhd));
+    assert!(info.contains("Fixed"), "{info}");
+    let mut reader = VhdReader::open(File::open(&vhd).unwrap()).unwrap();
+    assert_eq!(read_all(&mut reader, size), disk);
+}
+
+#[test]
+fn qemu_made_vhds_read_byte_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let size = 11 * MIB;
+    let mut disk = disk_with_blocks(size, &[1, 3, 5], 7);
+    // A block only partly written: qemu allocates it whole.
+    disk[(4 * BLOCK + 512) as usize..(4 * BLOCK + 1024) as usize].copy_from_slice(&pattern(512, 5));
+    let raw = dir.path().join("disk.raw");
+    fs::write(&raw, &disk).unwrap();
+    for subformat in ["dynamic", "fixed"] {
+        let vhd = dir.path().join(format!("{subformat}.vhd"));
+        run(Command::new("qemu-img")
+            .args(["convert", "-f", "raw", "-O", "vpc", "-o"])
+            .arg(format!("subformat={subformat},force_size=on"))
+            .arg(&raw)
+            .arg(&vhd));
+        let mut reader = VhdReader::open(File::open(&vhd).unwrap()).unwrap();
+        assert_eq!(reader.disk_size(), size, "{subformat}");
+        assert_eq!(read_all(&mut reader, size), disk, "{subformat}");
+        if subformat == "dynamic" {
+            assert_eq!(stream_all(&vhd), disk);
+        }
+    }
+}
