@@ -1,1 +1,77 @@
-//! placeholder
+//! xenvault-sim: a XenAPI pool simulator that speaks xapi's wire protocols (XML-RPC,
+//! JSON-RPC, the HTTP transfer handlers, NBD with TLS) over sparse copy-on-write
+//! disks with changed block tracking. Tests start it in-process with
+//! [`Simulator::start`]; `xenvault sim serve` runs it standalone.
+//!
+//! Simulator-only calls (not in xapi; int64 arguments as decimal strings):
+//! `sim.write(session, vdi, offset, base64)`, `sim.scribble(session, vdi, percent,
+//! write_size, seed)`, `sim.sha256(session, vdi)`, `sim.inject_fault(session,
+//! method, code, [params], times)`, `sim.clear_faults(session)`,
+//! `sim.set_cut(session, "http"|"nbd", bytes)`, `sim.set_latency(session, ms)`,
+//! `sim.set_bandwidth(session, bytes_per_second)` (`""` clears a limit).
+
+mod cbt;
+pub mod client;
+mod db;
+mod dump;
+mod error;
+pub mod faults;
+mod http;
+mod methods;
+mod nbd;
+mod persist;
+mod records;
+mod seed;
+mod server;
+mod state;
+mod storage;
+mod tls;
+mod wire;
+
+pub use error::ApiError;
+pub use faults::{CallFault, Faults};
+pub use seed::DemoDisks;
+pub use server::{SimError, SimHandle, Simulator};
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// How to run a simulator.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// Pool database, disks and certificate live here; reused on restart.
+    pub state_dir: PathBuf,
+    /// HTTP(S) address; port 0 picks a free one.
+    pub listen: SocketAddr,
+    /// root's password.
+    pub password: String,
+    /// Serve plain HTTP instead of HTTPS.
+    pub plain_http: bool,
+    /// NBD port (xapi uses 10809; 0 picks a free one), on the listen address.
+    pub nbd_port: u16,
+    /// What the demo VMs' disks hold on first start.
+    pub demo_disks: DemoDisks,
+    /// Faults active from the start.
+    pub faults: Faults,
+    /// Answer `VM.snapshot_with_quiesce` with `MESSAGE_REMOVED`, as xapi ≥ 24 does.
+    pub quiesce_removed: bool,
+}
+
+impl SimConfig {
+    /// Defaults for tests: loopback, any ports, password `xenvault`, HTTPS,
+    /// small blank demo disks.
+    pub fn new(state_dir: impl Into<PathBuf>) -> Self {
+        SimConfig {
+            state_dir: state_dir.into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            password: DEFAULT_PASSWORD.to_owned(),
+            plain_http: false,
+            nbd_port: 0,
+            demo_disks: DemoDisks::Blank(16 << 20),
+            faults: Faults::default(),
+            quiesce_removed: false,
+        }
+    }
+}
+
+pub const DEFAULT_PASSWORD: &str = "xenvault";

@@ -1,0 +1,102 @@
+//! A minimal JSON-RPC caller for the `xenvault sim ...` subcommands, which talk to
+//! a running simulator. The simulator's certificate is self-signed: pass its PEM
+//! to trust it, or trust any certificate (the simulator is a test tool).
+
+use std::sync::Arc;
+use xenvault_xapi_wire::{jsonrpc, Failure, Value};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{0}")]
+    Http(#[from] reqwest::Error),
+    #[error("bad answer: {0}")]
+    Wire(String),
+    #[error("XenAPI failure: {}", .0.to_description().iter().filter_map(Value::as_str).collect::<Vec<_>>().join(" "))]
+    Api(Failure),
+    #[error("TLS setup: {0}")]
+    Tls(String),
+}
+
+pub struct SimClient {
+    http: reqwest::Client,
+    url: String,
+    session: String,
+}
+
+impl SimClient {
+    /// Logs in as root.
+    pub async fn login(url: &str, password: &str) -> Result<Self, ClientError> {
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ClientError::Tls(e.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCert))
+            .with_no_client_auth();
+        let http = reqwest::Client::builder().use_preconfigured_tls(tls).build()?;
+        let mut client = SimClient { http, url: url.trim_end_matches('/').to_owned(), session: String::new() };
+        let session = client
+            .raw_call("session.login_with_password", vec!["root".into(), password.into(), "1.0".into(), "xenvault".into()])
+            .await?;
+        client.session = session.as_str().unwrap_or_default().to_owned();
+        Ok(client)
+    }
+
+    /// Calls `method` with the session first, then `params`.
+    pub async fn call(&self, method: &str, params: Vec<Value>) -> Result<Value, ClientError> {
+        let mut all = vec![Value::from(self.session.as_str())];
+        all.extend(params);
+        self.raw_call(method, all).await
+    }
+
+    async fn raw_call(&self, method: &str, params: Vec<Value>) -> Result<Value, ClientError> {
+        let body = jsonrpc::encode_call(method, &params, 1, jsonrpc::JsonRpcVersion::V2);
+        let response = self.http.post(format!("{}/jsonrpc", self.url)).body(body).send().await?.error_for_status()?;
+        let bytes = response.bytes().await?;
+        jsonrpc::decode_response(&bytes).map_err(|e| ClientError::Wire(e.to_string()))?.map_err(ClientError::Api)
+    }
+
+    pub async fn logout(self) -> Result<(), ClientError> {
+        self.call("session.logout", Vec::new()).await.map(|_| ())
+    }
+}
+
+/// Accepts any server certificate: the simulator's is self-signed.
+#[derive(Debug)]
+struct AnyCert;
+
+impl rustls::client::danger::ServerCertVerifier for AnyCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        let algs = rustls::crypto::ring::default_provider().signature_verification_algorithms;
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        let algs = rustls::crypto::ring::default_provider().signature_verification_algorithms;
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::ring::default_provider().signature_verification_algorithms.supported_schemes()
+    }
+}

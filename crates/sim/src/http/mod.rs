@@ -1,0 +1,185 @@
+//! The HTTP side of a host: RPC endpoints and the transfer handlers
+//! (`/export_raw_vdi`, `/import_raw_vdi`, `/export`, `/import`, `/pool/xmldbdump`),
+//! each authenticated by `session_id` and tracked by a task, as xapi does.
+
+mod raw;
+mod xva;
+
+use crate::error::ApiError;
+use crate::faults::Transfer;
+use crate::methods::{session, task};
+use crate::state::SharedSim;
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::Router;
+use std::collections::HashMap;
+use tokio::sync::mpsc;
+use xenvault_xapi_wire::Value;
+
+pub type Params = HashMap<String, String>;
+
+/// Largest RPC body accepted (a `sim.write` carries base64 data).
+const RPC_BODY_LIMIT: usize = 512 << 20;
+
+pub fn router(sim: SharedSim) -> Router {
+    Router::new()
+        .route("/", post(xmlrpc))
+        .route("/jsonrpc", post(jsonrpc))
+        .route("/export_raw_vdi", get(raw::export))
+        .route("/import_raw_vdi", put(raw::import))
+        .route("/export", get(xva::export))
+        .route("/import", put(xva::import))
+        .route("/pool/xmldbdump", get(xmldbdump))
+        .layer(DefaultBodyLimit::max(RPC_BODY_LIMIT))
+        .with_state(sim)
+}
+
+async fn xmlrpc(State(sim): State<SharedSim>, body: Bytes) -> Response {
+    match crate::wire::xmlrpc_call(&sim, &body).await {
+        Some(xml) => ([(header::CONTENT_TYPE, "text/xml")], xml).into_response(),
+        None => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+async fn jsonrpc(State(sim): State<SharedSim>, body: Bytes) -> Response {
+    match crate::wire::jsonrpc_call(&sim, &body).await {
+        Some(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
+        None => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+/// Checks `session_id` (401 like xapi without valid credentials) and returns the
+/// task to report on: `task_id` if given, else a new one.
+pub fn begin(sim: &SharedSim, q: &Params, name: &str) -> Result<String, Response> {
+    let session = q.get("session_id").map(String::as_str).unwrap_or_default();
+    if !session::is_valid(sim, session) {
+        return Err(StatusCode::UNAUTHORIZED.into_response());
+    }
+    if let Some(t) = q.get("task_id") {
+        if sim.lock().db.exists("task", t) {
+            return Ok(t.clone());
+        }
+    }
+    sim.with(|st| Ok(task::create(st, name, session))).map_err(|e| error_response(&e))
+}
+
+/// A handler failure before any body was sent: HTTP 500 with the error text.
+pub fn error_response(e: &ApiError) -> Response {
+    (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response()
+}
+
+/// Fails the task and answers 500.
+pub fn fail(sim: &SharedSim, task_ref: &str, e: ApiError) -> Response {
+    let response = error_response(&e);
+    task::complete(sim, task_ref, Err(e));
+    response
+}
+
+/// Looks up a `vdi=` parameter given as ref or uuid.
+pub fn vdi_param(sim: &SharedSim, q: &Params, key: &str) -> Result<String, ApiError> {
+    let v = q.get(key).ok_or_else(|| ApiError::internal(format!("Missing {key} query parameter")))?;
+    let st = sim.lock();
+    if st.db.exists("VDI", v) {
+        return Ok(v.clone());
+    }
+    st.db.by_uuid("VDI", v)
+}
+
+/// Headers of a streamed export: 200, task-id, type, attachment name, no length,
+/// connection closed afterwards (xapi's `http_200_ok ~keep_alive:false`).
+pub fn export_headers(task_ref: &str, content_type: &str, filename: &str) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    let mut put = |k: &'static str, v: String| {
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            h.insert(k, v);
+        }
+    };
+    put("task-id", task_ref.to_owned());
+    put("content-type", content_type.to_owned());
+    put("content-disposition", format!("attachment; filename=\"{filename}\""));
+    put("connection", "close".to_owned());
+    h
+}
+
+/// The sending half of a streamed body, applying the cut and bandwidth faults.
+pub struct BodySender {
+    tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
+    sim: SharedSim,
+    sent: u64,
+}
+
+impl BodySender {
+    /// Sends a chunk; `false` once the client is gone or the transfer is cut.
+    pub fn send(&mut self, data: Vec<u8>) -> bool {
+        let (cut, pause) = {
+            let st = self.sim.lock();
+            (st.faults.cut_after(Transfer::Http), st.faults.throttle(data.len() as u64))
+        };
+        if let Some(pause) = pause {
+            std::thread::sleep(pause);
+        }
+        let mut data = data;
+        if let Some(limit) = cut {
+            if self.sent + data.len() as u64 >= limit {
+                data.truncate(limit.saturating_sub(self.sent) as usize);
+                let _ = self.tx.blocking_send(Ok(Bytes::from(data)));
+                let cut = std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "transfer cut (fault injection)");
+                let _ = self.tx.blocking_send(Err(cut));
+                return false;
+            }
+        }
+        self.sent += data.len() as u64;
+        self.tx.blocking_send(Ok(Bytes::from(data))).is_ok()
+    }
+
+    /// Ends the body with an error (the connection drops mid-stream).
+    pub fn abort(&self, why: String) {
+        let _ = self.tx.blocking_send(Err(std::io::Error::other(why)));
+    }
+}
+
+/// A streamed body produced by `produce` on a blocking thread; the task completes
+/// with its result.
+pub fn stream_body(
+    sim: &SharedSim,
+    task_ref: String,
+    produce: impl FnOnce(&mut BodySender) -> Result<(), ApiError> + Send + 'static,
+) -> Body {
+    let (tx, rx) = mpsc::channel(4);
+    let mut sender = BodySender { tx, sim: sim.clone(), sent: 0 };
+    let sim = sim.clone();
+    tokio::task::spawn_blocking(move || {
+        let result = produce(&mut sender);
+        if let Err(e) = &result {
+            sender.abort(e.to_string());
+        }
+        task::complete(&sim, &task_ref, result.map(|()| Value::from("")));
+    });
+    Body::from_stream(tokio_stream_of(rx))
+}
+
+fn tokio_stream_of(
+    mut rx: mpsc::Receiver<Result<Bytes, std::io::Error>>,
+) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// `GET /pool/xmldbdump`: the database as XML (xapi's `<database>` layout: one
+/// `<table>` per class, one `<row>` per object, fields as attributes).
+async fn xmldbdump(State(sim): State<SharedSim>, Query(q): Query<Params>) -> Response {
+    let task_ref = match begin(&sim, &q, "pool.dump_database") {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let xml = {
+        let st = sim.lock();
+        crate::dump::database_xml(&st.db)
+    };
+    task::complete(&sim, &task_ref, Ok(Value::from("")));
+    let mut headers = export_headers(&task_ref, "text/xml", "xmldbdump.xml");
+    headers.remove("content-disposition");
+    (headers, xml).into_response()
+}

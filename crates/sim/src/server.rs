@@ -1,0 +1,161 @@
+//! Starting and stopping a simulator: state dir, certificate, listeners, and the
+//! HTTP(S) and NBD accept loops.
+
+use crate::cbt::CbtLogs;
+use crate::db::Db;
+use crate::state::{Runtime, SharedSim, Sim, State};
+use crate::storage::Storage;
+use crate::{persist, seed, tls, SimConfig};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error("state directory {path}: {source}")]
+    State { path: PathBuf, source: std::io::Error },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("certificate: {0}")]
+    Certificate(std::io::Error),
+    #[error("seeding the demo pool: {0}")]
+    Seed(crate::ApiError),
+}
+
+/// A running simulator. Dropping it stops the listeners.
+pub struct SimHandle {
+    /// `https://127.0.0.1:PORT` (or `http://` with plain HTTP).
+    pub url: String,
+    pub addr: SocketAddr,
+    /// The host certificate (PEM), also returned by `VDI.get_nbd_info`.
+    pub cert_pem: String,
+    pub user: String,
+    pub password: String,
+    pub nbd_port: u16,
+    pub state_dir: PathBuf,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    sim: SharedSim,
+}
+
+impl SimHandle {
+    /// Stops accepting connections and waits for the listeners to close.
+    pub async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks.drain(..) {
+            let _ = t.await;
+        }
+    }
+
+    /// The current fault settings (tests may adjust them directly).
+    pub fn set_faults(&self, faults: crate::Faults) {
+        self.sim.lock().faults = faults;
+    }
+}
+
+impl Drop for SimHandle {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+pub struct Simulator;
+
+impl Simulator {
+    /// Opens (or seeds) the pool in `config.state_dir` and starts serving.
+    pub async fn start(config: SimConfig) -> Result<SimHandle, SimError> {
+        let dir = config.state_dir.clone();
+        let state_err = |source| SimError::State { path: dir.clone(), source };
+        std::fs::create_dir_all(&dir).map_err(state_err)?;
+        let cert = tls::load_or_create(&dir).map_err(SimError::Certificate)?;
+        let storage = Storage::open(&dir.join("disks")).map_err(state_err)?;
+        let fresh = !persist::exists(&dir);
+        let (db, cbt) = if fresh { (Db::new(), CbtLogs::default()) } else { persist::load(&dir).map_err(state_err)? };
+
+        let listener =
+            TcpListener::bind(config.listen).await.map_err(|source| SimError::Listen { addr: config.listen, source })?;
+        let addr = listener.local_addr().map_err(|source| SimError::Listen { addr: config.listen, source })?;
+        let nbd_addr = SocketAddr::new(addr.ip(), config.nbd_port);
+        let nbd_listener =
+            TcpListener::bind(nbd_addr).await.map_err(|source| SimError::Listen { addr: nbd_addr, source })?;
+        let nbd_port = nbd_listener.local_addr().map_err(|source| SimError::Listen { addr: nbd_addr, source })?.port();
+
+        let runtime = Runtime {
+            state_dir: dir.clone(),
+            password: config.password.clone(),
+            cert_pem: cert.cert_pem.clone(),
+            cert_subject: tls::SUBJECT.to_owned(),
+            nbd_port,
+            quiesce_removed: config.quiesce_removed,
+        };
+        let state = State { db, storage, cbt, faults: config.faults.clone(), dirty: fresh };
+        let sim = Sim::new(state, runtime);
+        if fresh {
+            let host_ip = if addr.ip().is_unspecified() { "127.0.0.1".to_owned() } else { addr.ip().to_string() };
+            let demo = config.demo_disks.clone();
+            let seed_dir = dir.clone();
+            sim.with(|st| seed::seed(st, &host_ip, &demo, &seed_dir)).map_err(SimError::Seed)?;
+        }
+
+        let tls_config = tls::server_config(&cert).map_err(SimError::Certificate)?;
+        let (stop, stopped) = watch::channel(false);
+        let acceptor = (!config.plain_http).then(|| tokio_rustls::TlsAcceptor::from(tls_config.clone()));
+        let http_task = tokio::spawn(serve_http(listener, acceptor, sim.clone(), stopped.clone()));
+        let nbd_task = tokio::spawn(crate::nbd::serve(nbd_listener, tls_config, sim.clone(), stopped));
+        let scheme = if config.plain_http { "http" } else { "https" };
+        Ok(SimHandle {
+            url: format!("{scheme}://{addr}"),
+            addr,
+            cert_pem: cert.cert_pem,
+            user: "root".to_owned(),
+            password: config.password,
+            nbd_port,
+            state_dir: dir,
+            stop,
+            tasks: vec![http_task, nbd_task],
+            sim,
+        })
+    }
+}
+
+async fn serve_http(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    sim: SharedSim,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let router = crate::http::router(sim);
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stopped.changed() => return,
+        };
+        let Ok((stream, _)) = accepted else { continue };
+        let service = TowerToHyperService::new(router.clone());
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let builder = auto::Builder::new(TokioExecutor::new());
+            let result = match tls {
+                Some(acceptor) => match acceptor.accept(stream).await {
+                    Ok(s) => builder.serve_connection(TokioIo::new(s), service).await,
+                    Err(e) => {
+                        tracing::debug!("TLS handshake failed: {e}");
+                        return;
+                    }
+                },
+                None => builder.serve_connection(TokioIo::new(stream), service).await,
+            };
+            if let Err(e) = result {
+                tracing::debug!("HTTP connection ended: {e}");
+            }
+        });
+    }
+}

@@ -1,0 +1,69 @@
+//! The simulator's shared state: database, disk storage, CBT logs and faults behind
+//! one lock, plus what never changes after start (certificate, ports, password).
+
+use crate::cbt::CbtLogs;
+use crate::db::Db;
+use crate::error::{ApiError, ApiResult};
+use crate::faults::Faults;
+use crate::storage::Storage;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::Notify;
+
+pub struct State {
+    pub db: Db,
+    pub storage: Storage,
+    pub cbt: CbtLogs,
+    pub faults: Faults,
+    /// Set by changes worth persisting; cleared once saved.
+    pub dirty: bool,
+}
+
+/// Fixed facts about the running simulator.
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    pub state_dir: PathBuf,
+    pub password: String,
+    pub cert_pem: String,
+    /// DNS name from the certificate, as `get_nbd_info` reports it.
+    pub cert_subject: String,
+    pub nbd_port: u16,
+    /// xapi ≥ 24 (Quebec) removed `VM.snapshot_with_quiesce`: answer `MESSAGE_REMOVED`.
+    pub quiesce_removed: bool,
+}
+
+pub struct Sim {
+    state: Mutex<State>,
+    pub runtime: Runtime,
+    /// Woken on every change, for `event.from`.
+    pub changed: Notify,
+}
+
+pub type SharedSim = Arc<Sim>;
+
+impl Sim {
+    pub fn new(state: State, runtime: Runtime) -> SharedSim {
+        Arc::new(Sim { state: Mutex::new(state), runtime, changed: Notify::new() })
+    }
+
+    /// The state lock; a panic elsewhere must not wedge the simulator.
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` on the state, then saves what changed and wakes event waiters.
+    pub fn with<T>(&self, f: impl FnOnce(&mut State) -> ApiResult<T>) -> ApiResult<T> {
+        let mut st = self.lock();
+        let before = st.db.last_event_id();
+        let result = f(&mut st);
+        if st.db.last_event_id() != before {
+            st.dirty = true;
+            self.changed.notify_waiters();
+        }
+        if st.dirty {
+            crate::persist::save(&self.runtime.state_dir, &st).map_err(|e| ApiError::internal(format!("saving state: {e}")))?;
+            st.dirty = false;
+        }
+        result
+    }
+}
