@@ -1,0 +1,177 @@
+//! Reading restore points: random access for NBD serving and file-level restore, and a
+//! parallel sequential restore to a file.
+
+use crate::crypto::ChunkId;
+use crate::error::{Error, Result};
+use crate::manifest::DiskRecord;
+use crate::repository::Repository;
+use crate::writer::parse_page;
+use futures::StreamExt;
+use std::collections::HashMap;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+/// Decoded index pages and chunks kept for small random reads.
+const PAGE_CACHE: usize = 64;
+const CHUNK_CACHE: usize = 8;
+/// Chunks fetched and decrypted at once during a sequential restore.
+const RESTORE_CONCURRENCY: usize = 8;
+
+type Chunk = Arc<Vec<u8>>;
+
+pub struct DiskReader {
+    repo: Repository,
+    disk: DiskRecord,
+    pages: Mutex<HashMap<u64, Arc<Vec<ChunkId>>>>,
+    chunks: Mutex<Vec<(u64, Chunk)>>,
+}
+
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct RestoreStats {
+    pub bytes: u64,
+    pub bytes_zero: u64,
+    pub seconds: f64,
+}
+
+impl DiskReader {
+    pub async fn new(repo: &Repository, disk: &DiskRecord) -> Result<Self> {
+        repo.ensure_index().await?;
+        let expected_pages = disk.slot_count().div_ceil(disk.page_slots.max(1) as u64);
+        if disk.chunk_size == 0 || disk.page_slots == 0 || disk.pages.len() as u64 != expected_pages {
+            return Err(Error::corrupt(format!("disk {}", disk.name), "page list does not match disk size"));
+        }
+        Ok(DiskReader {
+            repo: repo.clone(),
+            disk: disk.clone(),
+            pages: Mutex::new(HashMap::new()),
+            chunks: Mutex::new(Vec::new()),
+        })
+    }
+
+    pub fn size(&self) -> u64 {
+        self.disk.size
+    }
+
+    pub fn chunk_size(&self) -> u64 {
+        self.disk.chunk_size as u64
+    }
+
+    pub fn disk(&self) -> &DiskRecord {
+        &self.disk
+    }
+
+    fn chunk_len(&self, slot: u64) -> usize {
+        (self.disk.size - slot * self.chunk_size()).min(self.chunk_size()) as usize
+    }
+
+    /// The ids of index page `page` (holes for a zero page).
+    pub async fn page(&self, page: u64) -> Result<Arc<Vec<ChunkId>>> {
+        if let Some(p) = self.pages.lock().unwrap_or_else(|p| p.into_inner()).get(&page) {
+            return Ok(p.clone());
+        }
+        let slots = self.disk.slot_count();
+        let first = page * self.disk.page_slots as u64;
+        let count = (slots.saturating_sub(first)).min(self.disk.page_slots as u64) as usize;
+        let id = *self.disk.pages.get(page as usize).ok_or_else(|| Error::Invalid(format!("page {page} out of range")))?;
+        let ids = if id.is_zero() {
+            vec![ChunkId::ZERO; count]
+        } else {
+            let raw = self.repo.read_chunk(&id).await?;
+            parse_page(&raw, count).ok_or_else(|| Error::corrupt(format!("index page {id}"), "wrong length"))?
+        };
+        let ids = Arc::new(ids);
+        let mut cache = self.pages.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= PAGE_CACHE {
+            cache.clear();
+        }
+        cache.insert(page, ids.clone());
+        Ok(ids)
+    }
+
+    pub async fn chunk_id(&self, slot: u64) -> Result<ChunkId> {
+        let per = self.disk.page_slots as u64;
+        let page = self.page(slot / per).await?;
+        page.get((slot % per) as usize).copied().ok_or_else(|| Error::Invalid(format!("slot {slot} out of range")))
+    }
+
+    /// Plaintext of chunk slot `slot`; `None` for a hole (zeros).
+    pub async fn read_slot(&self, slot: u64) -> Result<Option<Chunk>> {
+        let id = self.chunk_id(slot).await?;
+        if id.is_zero() {
+            return Ok(None);
+        }
+        let data = self.repo.read_chunk(&id).await?;
+        if data.len() != self.chunk_len(slot) {
+            return Err(Error::corrupt(format!("chunk {id}"), "length does not match its slot"));
+        }
+        Ok(Some(Arc::new(data)))
+    }
+
+    async fn cached_slot(&self, slot: u64) -> Result<Option<Chunk>> {
+        if let Some((_, c)) = self.chunks.lock().unwrap_or_else(|p| p.into_inner()).iter().find(|(s, _)| *s == slot) {
+            return Ok(Some(c.clone()));
+        }
+        let got = self.read_slot(slot).await?;
+        if let Some(c) = &got {
+            let mut cache = self.chunks.lock().unwrap_or_else(|p| p.into_inner());
+            if cache.len() >= CHUNK_CACHE {
+                cache.remove(0);
+            }
+            cache.push((slot, c.clone()));
+        }
+        Ok(got)
+    }
+
+    /// Fills `buf` with the disk's bytes at `offset` (random access).
+    pub async fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        if offset.checked_add(buf.len() as u64).is_none_or(|end| end > self.disk.size) {
+            return Err(Error::Invalid(format!("read at {offset}+{} past the disk end", buf.len())));
+        }
+        let cs = self.chunk_size();
+        let mut done = 0usize;
+        while done < buf.len() {
+            let at = offset + done as u64;
+            let slot = at / cs;
+            let within = (at % cs) as usize;
+            let n = (self.chunk_len(slot) - within).min(buf.len() - done);
+            match self.cached_slot(slot).await? {
+                Some(c) => buf[done..done + n].copy_from_slice(&c[within..within + n]),
+                None => buf[done..done + n].fill(0),
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Restores the whole disk into `path` (created or truncated; holes stay sparse).
+    pub async fn restore_to_file(&self, path: &Path, progress: Option<crate::writer::Progress>) -> Result<RestoreStats> {
+        let started = std::time::Instant::now();
+        let io = |e| Error::Io { path: path.to_path_buf(), source: e };
+        let file = std::fs::OpenOptions::new().create(true).write(true).truncate(true).open(path).map_err(io)?;
+        let is_regular = file.metadata().map_err(io)?.is_file();
+        if is_regular {
+            file.set_len(self.disk.size).map_err(io)?;
+        }
+        let zeros = vec![0u8; if is_regular { 0 } else { self.chunk_size() as usize }];
+        let mut stats = RestoreStats::default();
+        let mut stream =
+            futures::stream::iter(0..self.disk.slot_count()).map(|slot| async move { (slot, self.read_slot(slot).await) }).buffered(RESTORE_CONCURRENCY);
+        while let Some((slot, got)) = stream.next().await {
+            let offset = slot * self.chunk_size();
+            let len = self.chunk_len(slot);
+            match got? {
+                Some(data) => file.write_all_at(&data, offset).map_err(io)?,
+                None if is_regular => stats.bytes_zero += len as u64,
+                None => file.write_all_at(&zeros[..len], offset).map_err(io)?,
+            }
+            stats.bytes += len as u64;
+            if let Some(p) = &progress {
+                p(len as u64);
+            }
+        }
+        file.sync_all().map_err(io)?;
+        stats.seconds = started.elapsed().as_secs_f64();
+        Ok(stats)
+    }
+}

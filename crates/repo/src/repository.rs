@@ -1,0 +1,508 @@
+//! Opening, creating and unlocking a repository; sealed object I/O; the chunk index.
+
+use crate::cache::Cache;
+use crate::crypto::{ChunkId, Crypto, MasterKey};
+use crate::error::{Error, Result};
+use crate::index::{ChunkIndex, Location};
+use crate::keys::{CONFIG_OBJECT, Encryption, FORMAT_VERSION, KEYS_PREFIX, KdfParams, KeySlot, RepoConfig, Secret};
+use crate::manifest::{MAX_MANIFEST_LEN, Manifest, SNAPSHOTS_PREFIX};
+use crate::pack::{INDEX_PREFIX, PackEntry, PackName, chunk_aad, open_index};
+use crate::store::Store;
+use futures::{StreamExt, TryStreamExt};
+use serde::{Serialize, de::DeserializeOwned};
+use std::collections::HashSet;
+use std::sync::{Arc, RwLock};
+
+/// Objects below these prefixes never change once written: safe to cache.
+const IMMUTABLE: [&str; 2] = [SNAPSHOTS_PREFIX, INDEX_PREFIX];
+pub const DAMAGED_PREFIX: &str = "damaged/";
+pub const CONDEMNED_PREFIX: &str = "gc/";
+const MAX_SMALL_OBJECT: usize = 64 << 20;
+/// Parallel GETs when loading many small objects.
+const FETCH_CONCURRENCY: usize = 16;
+
+pub struct InitOptions {
+    pub encryption: Encryption,
+    pub secret: Option<Secret>,
+    pub kdf: KdfParams,
+    pub chunk_size: u32,
+    pub page_slots: u32,
+    pub pack_size: u32,
+    pub zstd_level: i32,
+    /// Share chunk ids with this repository (so `copy` between them moves only missing chunks).
+    pub chunk_ids_from: Option<Repository>,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        InitOptions {
+            encryption: Encryption::Aes256Gcm,
+            secret: None,
+            kdf: KdfParams::default(),
+            chunk_size: 1 << 20,
+            page_slots: 1024,
+            pack_size: 16 << 20,
+            zstd_level: 1,
+            chunk_ids_from: None,
+        }
+    }
+}
+
+/// A chunk that verify found bad: excluded from the index so the next backup stores it again.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct DamagedChunk {
+    pub id: ChunkId,
+    pub pack: String,
+}
+
+#[derive(Default)]
+pub(crate) struct IndexState {
+    pub chunks: ChunkIndex,
+    loaded: HashSet<PackName>,
+    /// Packs gc has condemned: readable, but never deduplicated against.
+    pub condemned: HashSet<PackName>,
+    damaged: HashSet<DamagedChunk>,
+}
+
+pub(crate) struct Inner {
+    store: Store,
+    config: RepoConfig,
+    crypto: Arc<Crypto>,
+    master: MasterKey,
+    cache: Option<Cache>,
+    index: RwLock<IndexState>,
+    index_loaded: tokio::sync::Mutex<bool>,
+}
+
+/// A handle on an open (unlocked) repository; cheap to clone.
+#[derive(Clone)]
+pub struct Repository {
+    inner: Arc<Inner>,
+}
+
+impl Repository {
+    /// Creates a repository at `location` (a path, `s3://bucket/prefix`, `azblob://container/prefix`).
+    pub async fn init(location: &str, opts: InitOptions) -> Result<Self> {
+        let store = Store::open(location).await?;
+        if store.get(CONFIG_OBJECT).await?.is_some() {
+            return Err(Error::AlreadyExists(location.to_string()));
+        }
+        let master = match &opts.chunk_ids_from {
+            Some(other) => {
+                let mut m = MasterKey::generate()?;
+                m.chunk_id = other.inner.master.chunk_id;
+                m
+            }
+            None => MasterKey::generate()?,
+        };
+        let config = RepoConfig {
+            version: FORMAT_VERSION,
+            id: crate::crypto::random_hex(16)?,
+            created: chrono::Utc::now(),
+            encryption: opts.encryption,
+            chunk_size: opts.chunk_size,
+            page_slots: opts.page_slots,
+            pack_size: opts.pack_size,
+            zstd_level: opts.zstd_level,
+            plain_master: (opts.encryption == Encryption::None).then(|| hex::encode(master.to_bytes().as_slice())),
+        };
+        config.validate().map_err(|_| Error::Invalid("chunk size must be a power of two from 64 KiB to 16 MiB".into()))?;
+        if opts.encryption == Encryption::Aes256Gcm {
+            let secret = opts.secret.as_ref().ok_or(Error::KeyNeeded)?;
+            let slot = KeySlot::create(&master, secret, opts.kdf, "initial")?;
+            store.put(&slot.object_name(), to_json(&slot)?).await?;
+        }
+        // The config goes last: a half-created repository is not a repository.
+        store.put(CONFIG_OBJECT, to_json(&config)?).await?;
+        Ok(Self::assemble(store, config, master))
+    }
+
+    /// Opens and unlocks the repository at `location`.
+    pub async fn open(location: &str, secret: Option<&Secret>) -> Result<Self> {
+        let store = Store::open(location).await?;
+        let raw = store.get(CONFIG_OBJECT).await?.ok_or_else(|| Error::NotARepository(location.to_string()))?;
+        let config: RepoConfig = from_json(CONFIG_OBJECT, &raw)?;
+        config.validate()?;
+        let master = match config.encryption {
+            Encryption::None => {
+                let hexed = config.plain_master.as_deref().unwrap_or_default();
+                let bytes = hex::decode(hexed).map_err(|_| Error::corrupt(CONFIG_OBJECT, "bad key material"))?;
+                MasterKey::from_bytes(&bytes).ok_or_else(|| Error::corrupt(CONFIG_OBJECT, "bad key material"))?
+            }
+            Encryption::Aes256Gcm => {
+                let secret = secret.ok_or(Error::KeyNeeded)?;
+                unlock(&store, secret).await?
+            }
+        };
+        Ok(Self::assemble(store, config, master))
+    }
+
+    fn assemble(store: Store, config: RepoConfig, master: MasterKey) -> Self {
+        let crypto = Arc::new(Crypto::new(&master, config.encryption == Encryption::Aes256Gcm, config.zstd_level));
+        let cache = crate::cache::default_dir().and_then(|dir| match Cache::open(&dir, &config.id) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!("running without the local cache: {e}");
+                None
+            }
+        });
+        Repository {
+            inner: Arc::new(Inner {
+                store,
+                config,
+                crypto,
+                master,
+                cache,
+                index: RwLock::new(IndexState::default()),
+                index_loaded: tokio::sync::Mutex::new(false),
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &RepoConfig {
+        &self.inner.config
+    }
+
+    pub fn id(&self) -> &str {
+        &self.inner.config.id
+    }
+
+    pub fn location(&self) -> &str {
+        self.inner.store.location()
+    }
+
+    pub(crate) fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub(crate) fn crypto(&self) -> &Arc<Crypto> {
+        &self.inner.crypto
+    }
+
+    /// True when both repositories derive chunk ids with the same key.
+    pub fn shares_chunk_ids_with(&self, other: &Repository) -> bool {
+        self.inner.master.chunk_id == other.inner.master.chunk_id
+    }
+
+    /// Largest plaintext a chunk or index page can have.
+    pub(crate) fn max_chunk_len(&self) -> usize {
+        let c = &self.inner.config;
+        (c.chunk_size as usize).max(c.page_slots as usize * 32)
+    }
+
+    // ---- sealed objects ----
+
+    /// Raw stored bytes of `name`, through the cache for immutable objects.
+    pub(crate) async fn fetch(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        let cacheable = IMMUTABLE.iter().any(|p| name.starts_with(p));
+        if let (true, Some(cache)) = (cacheable, &self.inner.cache) {
+            if let Some(hit) = cache.get(name)? {
+                return Ok(Some(hit));
+            }
+        }
+        let got = self.inner.store.get(name).await?;
+        if let (true, Some(cache), Some(data)) = (cacheable, &self.inner.cache, &got) {
+            cache.put(name, data)?;
+        }
+        Ok(got)
+    }
+
+    /// Stores `data` under `name`, remembering immutable objects in the cache.
+    pub(crate) async fn publish(&self, name: &str, data: Vec<u8>) -> Result<()> {
+        if let Some(cache) = self.inner.cache.as_ref().filter(|_| IMMUTABLE.iter().any(|p| name.starts_with(p))) {
+            cache.put(name, &data)?;
+        }
+        self.inner.store.put(name, data).await
+    }
+
+    pub(crate) async fn put_json<T: Serialize>(&self, name: &str, value: &T, compress: bool) -> Result<()> {
+        let plain = serde_json::to_vec(value).map_err(|e| Error::Json { object: name.into(), source: e })?;
+        let sealed = self.inner.crypto.seal(name.as_bytes(), &plain, compress)?;
+        self.publish(name, sealed).await
+    }
+
+    pub(crate) async fn get_json<T: DeserializeOwned>(&self, name: &str, max: usize) -> Result<Option<T>> {
+        let Some(sealed) = self.fetch(name).await? else { return Ok(None) };
+        let plain = self.inner.crypto.open(name.as_bytes(), &sealed, max)?;
+        from_json(name, &plain).map(Some)
+    }
+
+    pub(crate) async fn delete(&self, name: &str) -> Result<()> {
+        if let Some(cache) = &self.inner.cache {
+            cache.remove(name)?;
+        }
+        self.inner.store.delete(name).await
+    }
+
+    // ---- restore points ----
+
+    /// All restore points, oldest first. Unreadable manifests are reported, not skipped
+    /// silently: use `snapshots_checked` to see them.
+    pub async fn snapshots(&self) -> Result<Vec<Manifest>> {
+        let (good, bad) = self.snapshots_checked().await?;
+        if let Some((name, e)) = bad.into_iter().next() {
+            tracing::warn!("restore point {name} is unreadable: {e}");
+        }
+        Ok(good)
+    }
+
+    /// (readable manifests oldest first, (id, error) of unreadable ones).
+    pub async fn snapshots_checked(&self) -> Result<(Vec<Manifest>, Vec<(String, Error)>)> {
+        let names: Vec<String> = self.inner.store.list(SNAPSHOTS_PREFIX).await?.into_iter().map(|(n, _)| n).collect();
+        if let Some(cache) = &self.inner.cache {
+            cache.retain(SNAPSHOTS_PREFIX, &names.iter().cloned().collect())?;
+        }
+        let results: Vec<(String, Result<Option<Manifest>>)> = futures::stream::iter(names)
+            .map(|name| async move {
+                let r = self.get_json::<Manifest>(&name, MAX_MANIFEST_LEN).await;
+                (name, r)
+            })
+            .buffer_unordered(FETCH_CONCURRENCY)
+            .collect()
+            .await;
+        let mut good = Vec::new();
+        let mut bad = Vec::new();
+        for (name, r) in results {
+            let id = name.trim_start_matches(SNAPSHOTS_PREFIX).to_string();
+            match r {
+                Ok(Some(m)) if m.id == id => good.push(m),
+                Ok(Some(_)) => bad.push((id, Error::corrupt(name, "manifest id does not match its name"))),
+                Ok(None) => {}
+                Err(e) => bad.push((id, e)),
+            }
+        }
+        good.sort_by(|a, b| a.time.cmp(&b.time).then_with(|| a.id.cmp(&b.id)));
+        Ok((good, bad))
+    }
+
+    /// The restore point whose id is or starts with `prefix` ("latest" for the newest).
+    pub async fn snapshot(&self, prefix: &str) -> Result<Manifest> {
+        let all = self.snapshots().await?;
+        if prefix == "latest" {
+            return all.into_iter().last().ok_or_else(|| Error::SnapshotNotFound(prefix.into()));
+        }
+        let mut hits = all.into_iter().filter(|m| m.id.starts_with(prefix));
+        match (hits.next(), hits.next()) {
+            (Some(m), None) => Ok(m),
+            (Some(_), Some(_)) => Err(Error::AmbiguousSnapshot(prefix.into())),
+            _ => Err(Error::SnapshotNotFound(prefix.into())),
+        }
+    }
+
+    pub(crate) async fn write_manifest(&self, m: &Manifest) -> Result<()> {
+        self.put_json(&Manifest::object_name(&m.id), m, true).await
+    }
+
+    /// Removes a restore point (its data goes at the next `prune`).
+    pub async fn delete_snapshot(&self, id: &str) -> Result<()> {
+        self.delete(&Manifest::object_name(id)).await
+    }
+
+    // ---- key slots ----
+
+    pub async fn key_slots(&self) -> Result<Vec<KeySlot>> {
+        let mut out = Vec::new();
+        for (name, _) in self.inner.store.list(KEYS_PREFIX).await? {
+            if let Some(raw) = self.inner.store.get(&name).await? {
+                out.push(from_json::<KeySlot>(&name, &raw)?);
+            }
+        }
+        out.sort_by(|a, b| a.created.cmp(&b.created));
+        Ok(out)
+    }
+
+    pub async fn add_key(&self, secret: &Secret, params: KdfParams, label: &str) -> Result<KeySlot> {
+        if self.inner.config.encryption == Encryption::None {
+            return Err(Error::Invalid("an unencrypted repository has no keys".into()));
+        }
+        let master = self.inner.master.clone();
+        let (secret, label) = (secret.clone(), label.to_string());
+        let slot = tokio::task::spawn_blocking(move || KeySlot::create(&master, &secret, params, &label)).await??;
+        self.inner.store.put(&slot.object_name(), to_json(&slot)?).await?;
+        Ok(slot)
+    }
+
+    /// Removes a key slot; the last one cannot go (the repository would be lost).
+    pub async fn remove_key(&self, id: &str) -> Result<()> {
+        let slots = self.key_slots().await?;
+        if !slots.iter().any(|s| s.id == id) {
+            return Err(Error::Invalid(format!("no key slot {id}")));
+        }
+        if slots.len() < 2 {
+            return Err(Error::Invalid("refusing to remove the last key slot".into()));
+        }
+        self.inner.store.delete(&format!("{KEYS_PREFIX}{id}")).await
+    }
+
+    /// The key slot `secret` opens (to change that passphrase).
+    pub async fn slot_for(&self, secret: &Secret) -> Result<KeySlot> {
+        for slot in self.key_slots().await? {
+            let (s, sec) = (slot.clone(), secret.clone());
+            if tokio::task::spawn_blocking(move || s.open(&sec)).await??.is_some() {
+                return Ok(slot);
+            }
+        }
+        Err(Error::WrongKey)
+    }
+
+    // ---- chunk index ----
+
+    /// Loads new pack indexes (and the damaged / condemned lists) into memory.
+    pub async fn refresh_index(&self) -> Result<()> {
+        let mut loaded_once = self.inner.index_loaded.lock().await;
+        let damaged = self.load_damaged().await?;
+        let condemned = self.load_condemned().await?;
+        let names = self.inner.store.list(INDEX_PREFIX).await?;
+        let present: HashSet<String> = names.iter().map(|(n, _)| n.clone()).collect();
+        if let Some(cache) = &self.inner.cache {
+            cache.retain(INDEX_PREFIX, &present)?;
+        }
+        let rebuild = {
+            let st = self.read_index();
+            st.damaged != damaged || st.condemned != condemned || st.loaded.iter().any(|p| !present.contains(&p.index_object()))
+        };
+        let todo: Vec<PackName> = {
+            let st = self.read_index();
+            names
+                .iter()
+                .filter_map(|(n, _)| PackName::from_object(n))
+                .filter(|p| rebuild || !st.loaded.contains(p))
+                .collect()
+        };
+        let mut fresh = if rebuild { IndexState::default() } else { std::mem::take(&mut *self.write_index()) };
+        fresh.damaged = damaged;
+        fresh.condemned = condemned;
+        let mut loaded: Vec<(PackName, Vec<PackEntry>)> = futures::stream::iter(todo)
+            .map(|pack| async move {
+                match self.pack_entries(&pack).await {
+                    Ok(e) => Ok((pack, e)),
+                    // A damaged index is like a lost pack: verify reports it, backups re-store.
+                    Err(e) if e.is_damage() => {
+                        tracing::warn!("{e}");
+                        Ok((pack, Vec::new()))
+                    }
+                    Err(e) => Err(e),
+                }
+            })
+            .buffer_unordered(FETCH_CONCURRENCY)
+            .try_collect()
+            .await?;
+        // Live packs first: the index keeps the first location it sees for an id.
+        loaded.sort_by_key(|(p, _)| fresh.condemned.contains(p));
+        for (pack, entries) in loaded {
+            let damaged = &fresh.damaged;
+            let usable = entries.into_iter().filter(|e| !damaged.contains(&DamagedChunk { id: e.id, pack: pack.0.clone() }));
+            fresh.chunks.add_pack(&pack, usable);
+            fresh.loaded.insert(pack);
+        }
+        fresh.chunks.merge();
+        *self.write_index() = fresh;
+        *loaded_once = true;
+        Ok(())
+    }
+
+    /// Loads the index once; later calls are free.
+    pub async fn ensure_index(&self) -> Result<()> {
+        if *self.inner.index_loaded.lock().await {
+            return Ok(());
+        }
+        self.refresh_index().await
+    }
+
+    pub(crate) fn read_index(&self) -> std::sync::RwLockReadGuard<'_, IndexState> {
+        self.inner.index.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn write_index(&self) -> std::sync::RwLockWriteGuard<'_, IndexState> {
+        self.inner.index.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Entries of one pack, from its index object.
+    pub(crate) async fn pack_entries(&self, pack: &PackName) -> Result<Vec<PackEntry>> {
+        let name = pack.index_object();
+        let sealed = self.fetch(&name).await?.ok_or_else(|| Error::corrupt(&name, "missing"))?;
+        let crypto = self.inner.crypto.clone();
+        let pack = pack.clone();
+        tokio::task::spawn_blocking(move || open_index(&crypto, &pack, &sealed)).await?
+    }
+
+    pub(crate) async fn load_damaged(&self) -> Result<HashSet<DamagedChunk>> {
+        let mut out = HashSet::new();
+        for (name, _) in self.inner.store.list(DAMAGED_PREFIX).await? {
+            if let Some(list) = self.get_json::<Vec<DamagedChunk>>(&name, MAX_SMALL_OBJECT).await? {
+                out.extend(list);
+            }
+        }
+        Ok(out)
+    }
+
+    pub(crate) async fn load_condemned(&self) -> Result<HashSet<PackName>> {
+        let mut out = HashSet::new();
+        for (name, _) in self.inner.store.list(CONDEMNED_PREFIX).await? {
+            if let Some(g) = self.get_json::<crate::gc::Condemned>(&name, MAX_SMALL_OBJECT).await? {
+                out.extend(g.packs.into_iter().map(PackName));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Where chunk `id` is stored, if anywhere.
+    pub fn locate(&self, id: &ChunkId) -> Option<Location> {
+        self.read_index().chunks.locate(id)
+    }
+
+    /// True when a backup may reference `id` without storing it again.
+    pub(crate) fn has_usable_chunk(&self, id: &ChunkId) -> bool {
+        let st = self.read_index();
+        st.chunks.locate(id).is_some_and(|l| !st.condemned.contains(&l.pack))
+    }
+
+    /// Reads, authenticates and decompresses one chunk (or index page).
+    pub async fn read_chunk(&self, id: &ChunkId) -> Result<Vec<u8>> {
+        if id.is_zero() {
+            return Err(Error::Invalid("the zero chunk is never stored".into()));
+        }
+        let loc = self.locate(id).ok_or_else(|| Error::MissingChunk(id.to_hex()))?;
+        let sealed = self.inner.store.get_range(&loc.pack.data_object(), loc.offset as u64, loc.len as u64).await?;
+        let crypto = self.inner.crypto.clone();
+        let (id, max) = (*id, self.max_chunk_len());
+        tokio::task::spawn_blocking(move || {
+            let plain = crypto.open(&chunk_aad(&id), &sealed, max)?;
+            // Decryption authenticates; re-hashing also catches an unencrypted repository's damage.
+            if crypto.chunk_id(&plain) != id {
+                return Err(Error::corrupt(format!("chunk {id}"), "content does not match its id"));
+            }
+            Ok(plain)
+        })
+        .await?
+    }
+
+    /// Memory held by the chunk index (for reports).
+    pub fn index_memory(&self) -> usize {
+        self.read_index().chunks.memory_bytes()
+    }
+}
+
+async fn unlock(store: &Store, secret: &Secret) -> Result<MasterKey> {
+    let names = store.list(KEYS_PREFIX).await?;
+    if names.is_empty() {
+        return Err(Error::corrupt(KEYS_PREFIX, "no key slots"));
+    }
+    for (name, _) in names {
+        let Some(raw) = store.get(&name).await? else { continue };
+        let slot: KeySlot = from_json(&name, &raw)?;
+        let secret = secret.clone();
+        if let Some(master) = tokio::task::spawn_blocking(move || slot.open(&secret)).await?? {
+            return Ok(master);
+        }
+    }
+    Err(Error::WrongKey)
+}
+
+pub(crate) fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec_pretty(v).map_err(|e| Error::Json { object: "(new)".into(), source: e })
+}
+
+pub(crate) fn from_json<T: DeserializeOwned>(object: &str, raw: &[u8]) -> Result<T> {
+    serde_json::from_slice(raw).map_err(|e| Error::Json { object: object.into(), source: e })
+}

@@ -1,0 +1,613 @@
+//! Writing restore points.
+//!
+//! A [`BackupSession`] holds the repository lock and the pack builder shared by its disks;
+//! each disk goes through a [`DiskWriter`]: chunks are hashed, checked against the index,
+//! compressed and encrypted on blocking worker threads (a bounded number in flight), new
+//! ones are appended to packs that upload in the background. The manifest is written last,
+//! after every pack and index it references is stored.
+
+use crate::crypto::{ChunkId, is_zero};
+use crate::error::{Error, Result};
+use crate::lock::{LockGuard, LockKind};
+use crate::manifest::{DiskRecord, DiskStats, MANIFEST_VERSION, Manifest, SourceInfo};
+use crate::pack::{PackBuilder, chunk_aad};
+use crate::repository::Repository;
+use crate::source::BlockSource;
+use chrono::Utc;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+use tokio::sync::Semaphore;
+use tokio::task::{JoinHandle, JoinSet};
+
+/// Pack uploads in flight per session (each holds one pack in memory).
+const UPLOADS_IN_FLIGHT: usize = 3;
+/// Bytes of chunks being processed at once, whatever the chunk size.
+const BYTES_IN_FLIGHT: usize = 48 << 20;
+
+pub use crate::manifest::DiskStats as WriteStats;
+
+/// Progress callback: receives the number of disk bytes just processed.
+pub type Progress = Arc<dyn Fn(u64) + Send + Sync>;
+
+/// Collects new chunks into packs and uploads them.
+struct Packer {
+    repo: Repository,
+    state: Mutex<PackerState>,
+    permits: Arc<Semaphore>,
+    uploads: tokio::sync::Mutex<JoinSet<Result<()>>>,
+}
+
+struct PackerState {
+    current: Option<PackBuilder>,
+    /// Ids in the current pack or in uploads not yet indexed.
+    pending: HashSet<ChunkId>,
+}
+
+impl Packer {
+    fn new(repo: Repository) -> Self {
+        Packer {
+            repo,
+            state: Mutex::new(PackerState { current: None, pending: HashSet::new() }),
+            permits: Arc::new(Semaphore::new(UPLOADS_IN_FLIGHT)),
+            uploads: tokio::sync::Mutex::new(JoinSet::new()),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, PackerState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// True when `id` needs no storing (already in the repository or on its way).
+    fn known(&self, id: &ChunkId) -> bool {
+        self.state().pending.contains(id) || self.repo.has_usable_chunk(id)
+    }
+
+    /// Adds a sealed chunk; false when another worker stored the same id meanwhile.
+    async fn add(self: &Arc<Self>, id: ChunkId, sealed: &[u8], raw_len: u32) -> Result<bool> {
+        let pack_size = self.repo.config().pack_size as usize;
+        let full = {
+            let mut st = self.state();
+            if st.pending.contains(&id) || self.repo.has_usable_chunk(&id) {
+                return Ok(false);
+            }
+            st.pending.insert(id);
+            let current = match st.current.as_mut() {
+                Some(c) => c,
+                None => st.current.insert(PackBuilder::new(pack_size + pack_size / 8)?),
+            };
+            current.add(id, sealed, raw_len);
+            if current.len() >= pack_size { st.current.take() } else { None }
+        };
+        if let Some(pack) = full {
+            self.upload(pack).await?;
+        }
+        Ok(true)
+    }
+
+    async fn upload(self: &Arc<Self>, pack: PackBuilder) -> Result<()> {
+        let permit = self.permits.clone().acquire_owned().await.map_err(|e| Error::Task(e.to_string()))?;
+        let mut uploads = self.uploads.lock().await;
+        // Surface a failed upload early instead of at commit.
+        while let Some(done) = uploads.try_join_next() {
+            done??;
+        }
+        let packer = self.clone();
+        uploads.spawn(async move {
+            let _permit = permit;
+            let repo = &packer.repo;
+            let crypto = repo.crypto().clone();
+            let (name, data, index, entries) = tokio::task::spawn_blocking(move || pack.finish(&crypto)).await??;
+            // Data before index: an index never points at a pack that is not there.
+            repo.store().put(&name.data_object(), data).await?;
+            repo.publish(&name.index_object(), index).await?;
+            let ids: Vec<ChunkId> = entries.iter().map(|e| e.id).collect();
+            repo.write_index().chunks.add_pack(&name, entries);
+            let mut st = packer.state();
+            for id in &ids {
+                st.pending.remove(id);
+            }
+            Ok(())
+        });
+        Ok(())
+    }
+
+    /// Uploads the last partial pack and waits for every upload.
+    async fn flush(self: &Arc<Self>) -> Result<()> {
+        let last = self.state().current.take();
+        if let Some(pack) = last.filter(|p| !p.is_empty()) {
+            self.upload(pack).await?;
+        }
+        let mut uploads = self.uploads.lock().await;
+        while let Some(done) = uploads.join_next().await {
+            done??;
+        }
+        self.state().pending.clear();
+        Ok(())
+    }
+}
+
+/// One restore point being written. Create disk writers, finish them, then `commit`.
+pub struct BackupSession {
+    repo: Repository,
+    lock: LockGuard,
+    packer: Arc<Packer>,
+    source: SourceInfo,
+    disks: Arc<Mutex<Vec<Option<DiskRecord>>>>,
+    base: Option<String>,
+}
+
+impl Repository {
+    /// Starts a restore point of `source`. The lock is written before the index is read,
+    /// so gc keeps everything this backup may deduplicate against (see `gc`).
+    pub async fn start_backup(&self, source: SourceInfo) -> Result<BackupSession> {
+        let lock = LockGuard::acquire(self, LockKind::Backup).await?;
+        if let Err(e) = self.refresh_index().await {
+            let _ = lock.release().await;
+            return Err(e);
+        }
+        Ok(BackupSession {
+            repo: self.clone(),
+            lock,
+            packer: Arc::new(Packer::new(self.clone())),
+            source,
+            disks: Arc::new(Mutex::new(Vec::new())),
+            base: None,
+        })
+    }
+}
+
+impl BackupSession {
+    pub fn repository(&self) -> &Repository {
+        &self.repo
+    }
+
+    /// Records which restore point this one was written against (informational only).
+    pub fn set_base(&mut self, base_id: &str) {
+        self.base = Some(base_id.to_string());
+    }
+
+    /// A writer for one disk of `size` bytes. With `base`, slots never written inherit the
+    /// base disk's chunks (changed-block incrementals); without, they are zeros.
+    pub async fn disk_writer(&self, name: &str, uuid: &str, size: u64, base: Option<&DiskRecord>) -> Result<DiskWriter> {
+        let cfg = self.repo.config();
+        if let Some(b) = base {
+            if b.size != size || b.chunk_size != cfg.chunk_size || b.page_slots != cfg.page_slots {
+                return Err(Error::Invalid(format!(
+                    "base disk {} has size {} / chunk size {}: cannot inherit into size {size} / chunk size {}",
+                    b.name, b.size, b.chunk_size, cfg.chunk_size
+                )));
+            }
+        }
+        let position = {
+            let mut disks = self.disks.lock().unwrap_or_else(|p| p.into_inner());
+            disks.push(None);
+            disks.len() - 1
+        };
+        let chunk_size = cfg.chunk_size as u64;
+        let page_slots = cfg.page_slots as u64;
+        let slots = size.div_ceil(chunk_size);
+        let page_count = slots.div_ceil(page_slots) as usize;
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let max_jobs = (BYTES_IN_FLIGHT / cfg.chunk_size as usize).clamp(2, cores * 4);
+        Ok(DiskWriter {
+            repo: self.repo.clone(),
+            packer: self.packer.clone(),
+            disks: self.disks.clone(),
+            position,
+            name: name.to_string(),
+            uuid: uuid.to_string(),
+            size,
+            chunk_size,
+            page_slots,
+            base_pages: base.map(|b| b.pages.clone()),
+            pages: vec![ChunkId::ZERO; page_count],
+            open_pages: BTreeMap::new(),
+            next_page: 0,
+            cursor: 0,
+            partial: Vec::new(),
+            jobs: FuturesUnordered::new(),
+            max_jobs,
+            stats: DiskStats::default(),
+            started: Utc::now(),
+            progress: None,
+        })
+    }
+
+    /// Publishes the restore point: waits for every pack, then writes the manifest.
+    pub async fn commit(self, metadata: serde_json::Value, tags: Vec<String>) -> Result<Manifest> {
+        self.packer.flush().await?;
+        let disks = std::mem::take(&mut *self.disks.lock().unwrap_or_else(|p| p.into_inner()));
+        let disks = disks
+            .into_iter()
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| Error::Invalid("a disk writer was not finished".into()))?;
+        let now = Utc::now();
+        let manifest = Manifest {
+            version: MANIFEST_VERSION,
+            id: crate::crypto::random_hex(16)?,
+            time: self.lock.record.started,
+            source: self.source,
+            metadata,
+            tags,
+            disks,
+            base: self.base,
+            finished: now,
+        };
+        self.repo.write_manifest(&manifest).await?;
+        self.lock.release().await?;
+        Ok(manifest)
+    }
+
+    /// Gives up: uploaded packs stay until gc collects them; the lock goes.
+    pub async fn abort(self) -> Result<()> {
+        self.lock.release().await
+    }
+}
+
+enum JobInput {
+    Data(Vec<u8>),
+    Source { source: Arc<dyn BlockSource>, offset: u64, len: usize },
+}
+
+enum Outcome {
+    Zero,
+    Known,
+    New { sealed: Vec<u8> },
+}
+
+struct JobResult {
+    slot: u64,
+    len: u64,
+    id: ChunkId,
+    outcome: Outcome,
+}
+
+struct OpenPage {
+    ids: Vec<ChunkId>,
+    pending: usize,
+    written: usize,
+}
+
+/// Writes one disk of a restore point. Data must arrive in increasing offset order, in
+/// whole chunks (a chunk may arrive in several pieces, but completely).
+pub struct DiskWriter {
+    repo: Repository,
+    packer: Arc<Packer>,
+    disks: Arc<Mutex<Vec<Option<DiskRecord>>>>,
+    position: usize,
+    name: String,
+    uuid: String,
+    size: u64,
+    chunk_size: u64,
+    page_slots: u64,
+    base_pages: Option<Vec<ChunkId>>,
+    pages: Vec<ChunkId>,
+    open_pages: BTreeMap<u64, OpenPage>,
+    /// Pages below this one are final.
+    next_page: u64,
+    /// Every byte below this offset was submitted or will never be written.
+    cursor: u64,
+    /// Start of a chunk that arrived only partly so far.
+    partial: Vec<u8>,
+    jobs: FuturesUnordered<JoinHandle<Result<JobResult>>>,
+    max_jobs: usize,
+    stats: DiskStats,
+    started: chrono::DateTime<Utc>,
+    progress: Option<Progress>,
+}
+
+impl DiskWriter {
+    pub fn chunk_size(&self) -> u64 {
+        self.chunk_size
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub fn set_progress(&mut self, progress: Progress) {
+        self.progress = Some(progress);
+    }
+
+    /// Expands byte ranges to whole chunks and merges them: what a changed-block
+    /// incremental must read and `write`.
+    pub fn chunk_ranges(&self, ranges: &[std::ops::Range<u64>]) -> Vec<std::ops::Range<u64>> {
+        align_ranges(ranges, self.chunk_size, self.size)
+    }
+
+    fn chunk_len(&self, slot: u64) -> u64 {
+        (self.size - slot * self.chunk_size).min(self.chunk_size)
+    }
+
+    /// Writes `data` at `offset` (≥ the end of the previous write).
+    pub async fn write(&mut self, offset: u64, mut data: &[u8]) -> Result<()> {
+        let end = offset.checked_add(data.len() as u64).filter(|&e| e <= self.size);
+        if end.is_none() {
+            return Err(Error::Invalid(format!("write at {offset}+{} past the disk end {}", data.len(), self.size)));
+        }
+        let buffered_end = self.cursor + self.partial.len() as u64;
+        if offset < buffered_end || (!self.partial.is_empty() && offset != buffered_end) {
+            return Err(Error::Invalid(format!(
+                "write at {offset}: writes must move forward and complete every chunk they start (at {buffered_end})"
+            )));
+        }
+        if offset > self.cursor {
+            if offset % self.chunk_size != 0 {
+                return Err(Error::Invalid(format!("write at {offset} does not start a chunk")));
+            }
+            self.skip_to(offset).await?;
+        }
+        while !data.is_empty() {
+            let slot = self.cursor / self.chunk_size;
+            let want = (self.chunk_len(slot) as usize) - self.partial.len();
+            let (head, rest) = data.split_at(want.min(data.len()));
+            self.partial.extend_from_slice(head);
+            data = rest;
+            if self.partial.len() == self.chunk_len(slot) as usize {
+                let chunk = std::mem::take(&mut self.partial);
+                self.submit(slot, JobInput::Data(chunk)).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Marks whole chunks in `offset..offset+len` as zeros (e.g. discarded blocks).
+    pub async fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<()> {
+        if offset % self.chunk_size != 0 || (len % self.chunk_size != 0 && offset + len != self.size) {
+            return Err(Error::Invalid("write_zeroes must cover whole chunks".into()));
+        }
+        if offset < self.cursor || !self.partial.is_empty() {
+            return Err(Error::Invalid(format!("write_zeroes at {offset}: writes must move forward")));
+        }
+        let mut at = offset;
+        while at < offset + len {
+            let slot = at / self.chunk_size;
+            self.skip_to(at).await?;
+            self.submit(slot, JobInput::Data(Vec::new())).await?;
+            at += self.chunk_len(slot);
+        }
+        Ok(())
+    }
+
+    /// Backs up a whole source (or its allocated ranges): the reads happen on the workers.
+    pub async fn write_source(&mut self, source: Arc<dyn BlockSource>) -> Result<()> {
+        if source.size() != self.size {
+            return Err(Error::Invalid(format!("source size {} is not the disk size {}", source.size(), self.size)));
+        }
+        let ranges = match source.allocated()? {
+            Some(r) => align_ranges(&r, self.chunk_size, self.size),
+            None => vec![0..self.size],
+        };
+        for range in ranges {
+            let mut at = range.start.max(self.cursor);
+            while at < range.end {
+                let slot = at / self.chunk_size;
+                let len = self.chunk_len(slot);
+                self.skip_to(at).await?;
+                self.submit(slot, JobInput::Source { source: source.clone(), offset: at, len: len as usize }).await?;
+                at += len;
+            }
+        }
+        Ok(())
+    }
+
+    async fn skip_to(&mut self, offset: u64) -> Result<()> {
+        if offset > self.cursor {
+            self.cursor = offset;
+            self.finalize_ready().await?;
+        }
+        Ok(())
+    }
+
+    async fn submit(&mut self, slot: u64, input: JobInput) -> Result<()> {
+        let page = slot / self.page_slots;
+        if !self.open_pages.contains_key(&page) {
+            let ids = self.load_base_page(page).await?;
+            self.open_pages.insert(page, OpenPage { ids, pending: 0, written: 0 });
+        }
+        if let Some(p) = self.open_pages.get_mut(&page) {
+            p.pending += 1;
+            p.written += 1;
+        }
+        while self.jobs.len() >= self.max_jobs {
+            self.complete_one().await?;
+        }
+        let len = self.chunk_len(slot);
+        let packer = self.packer.clone();
+        self.jobs.push(tokio::task::spawn_blocking(move || process_chunk(&packer, slot, len, input)));
+        self.cursor = (slot + 1) * self.chunk_size;
+        self.finalize_ready().await
+    }
+
+    /// The base restore point's ids for `page`, or holes.
+    async fn load_base_page(&self, page: u64) -> Result<Vec<ChunkId>> {
+        let first = page * self.page_slots;
+        let count = (self.size.div_ceil(self.chunk_size) - first).min(self.page_slots) as usize;
+        let base_id = self.base_pages.as_ref().and_then(|p| p.get(page as usize)).copied().unwrap_or_default();
+        if base_id.is_zero() {
+            return Ok(vec![ChunkId::ZERO; count]);
+        }
+        let raw = self.repo.read_chunk(&base_id).await?;
+        parse_page(&raw, count).ok_or_else(|| Error::corrupt(format!("index page {base_id}"), "wrong length"))
+    }
+
+    async fn complete_one(&mut self) -> Result<()> {
+        let Some(done) = self.jobs.next().await else { return Ok(()) };
+        let r = done??;
+        self.stats.bytes_read += r.len;
+        match r.outcome {
+            Outcome::Zero => self.stats.bytes_zero += r.len,
+            Outcome::Known => self.stats.chunks_reused += 1,
+            Outcome::New { sealed } => {
+                if self.packer.add(r.id, &sealed, r.len as u32).await? {
+                    self.stats.chunks_new += 1;
+                    self.stats.bytes_new += r.len;
+                    self.stats.bytes_stored += sealed.len() as u64;
+                } else {
+                    self.stats.chunks_reused += 1;
+                }
+            }
+        }
+        let page = r.slot / self.page_slots;
+        let at = (r.slot % self.page_slots) as usize;
+        let p = self.open_pages.get_mut(&page).ok_or_else(|| Error::Task("chunk of a closed page".into()))?;
+        if let Some(x) = p.ids.get_mut(at) {
+            *x = r.id;
+        }
+        p.pending -= 1;
+        if let Some(progress) = &self.progress {
+            progress(r.len);
+        }
+        Ok(())
+    }
+
+    /// Closes every page that lies wholly below the cursor and has no chunk in flight.
+    async fn finalize_ready(&mut self) -> Result<()> {
+        let page_bytes = self.page_slots * self.chunk_size;
+        while (self.next_page as usize) < self.pages.len() {
+            let page = self.next_page;
+            let page_end = ((page + 1) * page_bytes).min(self.size);
+            if page_end > self.cursor {
+                return Ok(());
+            }
+            let first = page * self.page_slots;
+            let count = (self.size.div_ceil(self.chunk_size) - first).min(self.page_slots);
+            let inherited = self.base_pages.as_ref().and_then(|p| p.get(page as usize)).copied();
+            let id = match self.open_pages.get(&page) {
+                None => {
+                    if inherited.is_some_and(|id| !id.is_zero()) {
+                        self.stats.chunks_inherited += count;
+                    }
+                    inherited.unwrap_or_default()
+                }
+                Some(p) if p.pending > 0 => return Ok(()),
+                Some(p) => {
+                    if inherited.is_some() {
+                        self.stats.chunks_inherited += count - p.written as u64;
+                    }
+                    let ids = p.ids.clone();
+                    self.open_pages.remove(&page);
+                    self.store_page(&ids).await?
+                }
+            };
+            if let Some(slot) = self.pages.get_mut(page as usize) {
+                *slot = id;
+            }
+            self.next_page += 1;
+        }
+        Ok(())
+    }
+
+    async fn store_page(&self, ids: &[ChunkId]) -> Result<ChunkId> {
+        if ids.iter().all(ChunkId::is_zero) {
+            return Ok(ChunkId::ZERO);
+        }
+        let content: Vec<u8> = ids.iter().flat_map(|id| id.0).collect();
+        let crypto = self.repo.crypto();
+        let id = crypto.chunk_id(&content);
+        if !self.packer.known(&id) {
+            let sealed = crypto.seal(&chunk_aad(&id), &content, true)?;
+            self.packer.add(id, &sealed, content.len() as u32).await?;
+        }
+        Ok(id)
+    }
+
+    /// Finishes the disk: waits for its chunks and closes every page.
+    pub async fn finish(mut self) -> Result<DiskRecord> {
+        if !self.partial.is_empty() {
+            return Err(Error::Invalid(format!(
+                "the chunk at {} was only partly written ({} bytes)",
+                self.cursor,
+                self.partial.len()
+            )));
+        }
+        self.cursor = self.size;
+        while !self.jobs.is_empty() {
+            self.complete_one().await?;
+            self.finalize_ready().await?;
+        }
+        self.finalize_ready().await?;
+        if (self.next_page as usize) < self.pages.len() {
+            return Err(Error::Task("pages left open at the end of a disk".into()));
+        }
+        let record = DiskRecord {
+            name: self.name,
+            uuid: self.uuid,
+            size: self.size,
+            chunk_size: self.chunk_size as u32,
+            page_slots: self.page_slots as u32,
+            pages: self.pages,
+            stats: self.stats,
+            started: self.started,
+            finished: Utc::now(),
+        };
+        let mut disks = self.disks.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(slot) = disks.get_mut(self.position) {
+            *slot = Some(record.clone());
+        }
+        Ok(record)
+    }
+}
+
+/// Worker side: read, detect zeros, hash, skip known chunks, compress and encrypt.
+fn process_chunk(packer: &Packer, slot: u64, len: u64, input: JobInput) -> Result<JobResult> {
+    let data = match input {
+        JobInput::Data(d) if d.is_empty() => return Ok(JobResult { slot, len, id: ChunkId::ZERO, outcome: Outcome::Zero }),
+        JobInput::Data(d) => d,
+        JobInput::Source { source, offset, len } => {
+            let mut buf = vec![0u8; len];
+            source.read_at(offset, &mut buf)?;
+            buf
+        }
+    };
+    if is_zero(&data) {
+        return Ok(JobResult { slot, len, id: ChunkId::ZERO, outcome: Outcome::Zero });
+    }
+    let crypto = packer.repo.crypto();
+    let id = crypto.chunk_id(&data);
+    if packer.known(&id) {
+        return Ok(JobResult { slot, len, id, outcome: Outcome::Known });
+    }
+    let sealed = crypto.seal(&chunk_aad(&id), &data, true)?;
+    Ok(JobResult { slot, len, id, outcome: Outcome::New { sealed } })
+}
+
+pub(crate) fn parse_page(raw: &[u8], count: usize) -> Option<Vec<ChunkId>> {
+    if raw.len() != count * 32 {
+        return None;
+    }
+    raw.chunks_exact(32).map(ChunkId::from_slice).collect()
+}
+
+/// Expands ranges to chunk boundaries (clipped to `size`), sorted and merged.
+pub fn align_ranges(ranges: &[std::ops::Range<u64>], chunk: u64, size: u64) -> Vec<std::ops::Range<u64>> {
+    let mut v: Vec<_> = ranges
+        .iter()
+        .filter(|r| r.start < r.end && r.start < size)
+        .map(|r| (r.start / chunk * chunk)..(r.end.div_ceil(chunk).saturating_mul(chunk)).min(size))
+        .collect();
+    v.sort_by_key(|r| r.start);
+    let mut out: Vec<std::ops::Range<u64>> = Vec::with_capacity(v.len());
+    for r in v {
+        match out.last_mut() {
+            Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
+            _ => out.push(r),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_align_and_merge() {
+        let r = align_ranges(&[10..20, 4096..4097, 0..1, 9000..9001, 12000..13000], 4096, 10000);
+        assert_eq!(r, vec![0..10000]);
+        assert_eq!(align_ranges(&[0..1, 9000..9001], 4096, 10000), vec![0..4096, 8192..10000]);
+        assert!(align_ranges(&[5..5, 20000..20001], 4096, 10000).is_empty());
+    }
+}
