@@ -2,6 +2,7 @@
 //! are flattened into one verb list here; the work itself lives in the library crates.
 
 mod exit;
+mod sim_cmds;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -19,10 +20,15 @@ struct Cli {
 // Each area adds one flattened variant: `#[command(flatten)] Area(area::Commands)`,
 // and one arm in `run` calling `area::run(cmd).await`.
 #[derive(Subcommand)]
-enum Command {}
+enum Command {
+    #[command(flatten)]
+    Sim(sim_cmds::Commands),
+}
 
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
-    match command {}
+    match command {
+        Command::Sim(cmd) => sim_cmds::run(cmd).await,
+    }
 }
 
 fn main() -> ExitCode {
