@@ -27,6 +27,8 @@ const RPC_BODY_LIMIT: usize = 512 << 20;
 pub fn router(sim: SharedSim) -> Router {
     Router::new()
         .route("/", post(xmlrpc))
+        // xmlrpc.client (the Python SDK) posts to /RPC2; xapi answers there too.
+        .route("/RPC2", post(xmlrpc))
         .route("/jsonrpc", post(jsonrpc))
         .route("/export_raw_vdi", get(raw::export))
         .route("/import_raw_vdi", put(raw::import))
