@@ -55,6 +55,11 @@ pub(crate) fn read_header(input: &mut impl Read) -> Result<Option<Member>> {
         let mut block = [0u8; BLOCK];
         read_exact(input, &mut block, "a tar header")?;
         if block.iter().all(|&b| b == 0) {
+            // The end-of-archive marker is two zero blocks; one alone means a cut.
+            read_exact(input, &mut block, "the end-of-archive marker")?;
+            if block.iter().any(|&b| b != 0) {
+                return Err(Error::Corrupt("a zero block followed by data".into()));
+            }
             return Ok(None);
         }
         let header = tar::Header::from_byte_slice(&block);
