@@ -169,6 +169,11 @@ for name, data in members.items():
         assert data.decode() == xxhash.xxh64(members[name[:-7]]).hexdigest().upper(), name
         checked += 1
 assert members["ova.xml"].startswith(b"<value><struct><member><name>version</name>")
+# ocaml-tar's V7 header, as xapi writes it: no ustar magic, NUL type flag, 7-digit fields.
+raw = open(sys.argv[1], "rb").read(512)
+assert raw[100:108] == b"0000400\0" and raw[108:124] == b"0000000\0" * 2, raw[100:124]
+assert raw[136:148] == b"%011o\0" % 1700000000 and raw[156:157] == b"\0", raw[136:157]
+assert raw[148:155].isdigit() and raw[155:156] == b"\0" and raw[257:265] == bytes(8), raw[148:265]
 print(checked)
 "#;
     assert_eq!(python(script, &[&path]).trim(), "8");
