@@ -62,8 +62,12 @@ impl<R: Read> XvaReader<R> {
         if member.size > MAX_OVA_XML {
             return Err(Error::Metadata(format!("ova.xml of {} bytes is too large", member.size)));
         }
-        let mut text = vec![0u8; member.size as usize];
-        read_exact(&mut input, &mut text, OVA_XML)?;
+        // Grows with the data actually read, not with the size the header claims.
+        let mut text = Vec::new();
+        (&mut input).take(member.size).read_to_end(&mut text)?;
+        if (text.len() as u64) < member.size {
+            return Err(Error::Truncated("end of input inside ova.xml".into()));
+        }
         skip(&mut input, padding(member.size) as u64, OVA_XML)?;
         let text = String::from_utf8(text).map_err(|_| Error::Metadata("not UTF-8".into()))?;
         let (version, objects) = parse_ova_xml(&text)?;
