@@ -10,6 +10,12 @@ pub enum Error {
     AmbiguousVm(String, usize),
     #[error("no host matches {0:?}")]
     NoSuchHost(String),
+    #[error("XenAPI: {0}")]
+    Xapi(#[from] xenvault_xapi::Error),
+    #[error("NBD: {0}")]
+    Nbd(#[from] xenvault_nbd::Error),
+    #[error("repository: {0}")]
+    Repo(#[from] xenvault_repo::Error),
     #[error("XVA: {0}")]
     Xva(String),
     /// A transfer that ended before its end (connection cut, short body).
@@ -21,3 +27,28 @@ pub enum Error {
     Hook(String),
 }
 
+impl Error {
+    /// The XenAPI error code (`ErrorDescription[0]`), when the host refused a call.
+    pub fn xapi_code(&self) -> Option<&str> {
+        match self {
+            Error::Xapi(e) => e.failure().map(|f| f.code.as_str()),
+            _ => None,
+        }
+    }
+
+    /// Credentials refused: the CLI exits with its AUTH code.
+    pub fn is_auth(&self) -> bool {
+        matches!(self.xapi_code(), Some("SESSION_AUTHENTICATION_FAILED"))
+            || matches!(self, Error::Repo(xenvault_repo::Error::WrongKey | xenvault_repo::Error::KeyNeeded))
+    }
+
+    /// Errors no other strategy or try would avoid: the repository failing, a bad
+    /// configuration. Everything else (host refusals, cut or malformed transfers) may
+    /// go better with another strategy or another try.
+    pub fn is_fatal(&self) -> bool {
+        matches!(
+            self,
+            Error::Repo(_) | Error::Config(_) | Error::NoSuchVm(_) | Error::AmbiguousVm(..) | Error::NoSuchHost(_) | Error::Hook(_)
+        )
+    }
+}

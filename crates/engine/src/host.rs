@@ -2,16 +2,18 @@
 
 use serde::Serialize;
 use std::collections::BTreeMap;
+use futures::{StreamExt, TryStreamExt};
+use xenvault_xapi::{Client, Compression, DiskFormat, Ref, TlsMode};
 use xenvault_xapi_wire::Value;
 
-use crate::config::PoolLogin;
+use crate::config::{PoolLogin, TlsTrust};
 use crate::error::Error;
 use crate::records::{self, NbdInfo, Vbd, Vdi, Vm};
 use crate::selection::HostName;
 
 /// A logged-in session on a pool master.
 pub struct Host {
-    client: xenvault_xapi::Client,
+    client: Client,
     pub pool_name: String,
 }
 
@@ -25,13 +27,95 @@ pub struct PoolSummary {
     pub api_version: String,
 }
 
+/// A disk export body as it arrives.
+pub type ByteStream = futures::stream::BoxStream<'static, Result<bytes::Bytes, Error>>;
+
+/// Body pieces buffered between the network and a blocking parser.
+const BODY_DEPTH: usize = 8;
+
+/// Hands `body` to a synchronous parser (VHD, XVA) running on a blocking thread: the
+/// reader for that thread, and the future that pumps the body into it (resolving to
+/// the bytes received). Bounded channels keep memory flat.
+pub fn blocking_body(mut body: ByteStream) -> (BlockingBody, impl std::future::Future<Output = Result<u64, Error>>) {
+    let (tx, rx) = tokio::sync::mpsc::channel(BODY_DEPTH);
+    let pump = async move {
+        let mut read = 0u64;
+        loop {
+            match body.try_next().await {
+                Ok(Some(data)) => {
+                    read += data.len() as u64;
+                    if tx.send(Ok(data)).await.is_err() {
+                        break; // the parser stopped: its own error says why
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let _ = tx.send(Err(e.to_string())).await;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(read)
+    };
+    (BlockingBody { rx, current: bytes::Bytes::new() }, pump)
+}
+
+/// Blocking `Read` over the body pieces [`blocking_body`] pumps.
+pub struct BlockingBody {
+    rx: tokio::sync::mpsc::Receiver<Result<bytes::Bytes, String>>,
+    current: bytes::Bytes,
+}
+
+impl std::io::Read for BlockingBody {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Ok(data)) => self.current = data,
+                Some(Err(e)) => return Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, e)),
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        let piece = self.current.split_to(n);
+        if let Some(target) = buf.get_mut(..n) {
+            target.copy_from_slice(&piece);
+        }
+        Ok(n)
+    }
+}
+
 fn vref(s: &str) -> Value {
     Value::from(s)
 }
 
 impl Host {
+    /// Logs in to the pool master with the stored credentials and TLS trust.
+    pub async fn connect(login: &PoolLogin) -> Result<Self, Error> {
+        let tls = match &login.entry.tls {
+            TlsTrust::Verify => TlsMode::SystemRoots,
+            TlsTrust::Insecure => TlsMode::Insecure,
+            TlsTrust::Fingerprint(hex) => TlsMode::pin_sha256_hex(hex)?,
+        };
+        let client = Client::builder(login.entry.url.as_str()).tls(tls).build()?;
+        client.login_with_password(&login.entry.user, &login.password).await?;
+        Ok(Self { client, pool_name: login.name.clone() })
+    }
+
     pub async fn call(&self, method: &str, args: Vec<Value>) -> Result<Value, Error> {
-        Ok(self.client.call(method, args).await?)
+        Ok(self.client.call(method, &args).await?)
+    }
+
+    /// `GET /export` of a VM or snapshot as an uncompressed XVA.
+    pub async fn export_vm(&self, vm: &str) -> Result<ByteStream, Error> {
+        let download = self.client.export_vm(&Ref::new(vm), Compression::None).await?;
+        Ok(download.map_err(Error::from).boxed())
+    }
+
+    /// `GET /export_raw_vdi` of a VDI, whole or (with `base`) as a delta.
+    pub async fn export_raw_vdi(&self, vdi: &str, format: DiskFormat, base: Option<&str>) -> Result<ByteStream, Error> {
+        let base = base.map(Ref::new);
+        let download = self.client.export_raw_vdi(&Ref::new(vdi), format, base.as_ref()).await?;
+        Ok(download.map_err(Error::from).boxed())
     }
 
     pub async fn logout(&self) {

@@ -3,6 +3,7 @@
 //! point, and keep exactly one base snapshot for the next incremental.
 
 use futures::StreamExt;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -29,6 +30,8 @@ pub struct BackupOptions {
     pub select: SelectOptions,
     pub level: Level,
     pub strategy: Requested,
+    /// Full backup from an XVA export (re-exportable as an XVA); COPY or FULL only.
+    pub xva: bool,
     pub quiesce: bool,
     pub pre_cmd: Option<String>,
     pub post_cmd: Option<String>,
@@ -47,6 +50,7 @@ impl Default for BackupOptions {
             select: SelectOptions::default(),
             level: Level::Inc,
             strategy: Requested::Auto,
+            xva: false,
             quiesce: false,
             pre_cmd: None,
             post_cmd: None,
@@ -292,6 +296,12 @@ async fn back_up_snapshot(
     }
 
     let metadata = host.vm_metadata(vm, snap).await?;
+    if ctx.options.xva {
+        let (id, disks) = back_up_xva(ctx, vm, snap, level, &work, metadata).await?;
+        report.restore_point = Some(id);
+        report.disks = disks;
+        return Ok(if level == Level::Copy { Keep::Remove } else { keep_base(ctx, &work, report) });
+    }
     let mut failures: Vec<Vec<(Attempt, String)>> = vec![Vec::new(); work.len()];
     let (id, disk_reports) = loop {
         let point = ctx.store.start(vm, base_point.map(|p| p.id.as_str())).await?;
@@ -335,18 +345,91 @@ async fn back_up_snapshot(
     report.restore_point = Some(id.clone());
     report.disks = disk_reports;
 
-    let keep = match level {
+    Ok(match level {
         Level::Copy | Level::Diff => Keep::Remove,
-        Level::Full | Level::Inc => {
-            // Metadata-only bases are enough when the next run can use CBT + NBD.
-            let cbt_ready = !work.is_empty()
-                && work.iter().all(|w| w.source.cbt_enabled)
-                && ctx.options.strategy != Requested::Vhd
-                && report.disks.iter().all(|d| d.transport == strategy::Transport::Nbd);
-            Keep::Base { restore_point: id, data: !cbt_ready }
+        Level::Full | Level::Inc => keep_base(ctx, &work, report),
+    })
+}
+
+/// The new snapshot as the next base. Metadata-only is enough when the next run can
+/// use CBT + NBD; otherwise it keeps its data for a VHD delta.
+fn keep_base(ctx: &Ctx<'_>, work: &[DiskWork], report: &VmReport) -> Keep {
+    let cbt_ready = !work.is_empty()
+        && work.iter().all(|w| w.source.cbt_enabled)
+        && ctx.options.strategy != Requested::Vhd
+        && report.disks.iter().all(|d| d.transport == strategy::Transport::Nbd);
+    let restore_point = report.restore_point.clone().unwrap_or_default();
+    Keep::Base { restore_point, data: !cbt_ready }
+}
+
+/// The whole snapshot as one XVA export: disks stored, `ova.xml` kept in the manifest.
+async fn back_up_xva(
+    ctx: &Ctx<'_>,
+    vm: &Vm,
+    snap: &Vm,
+    level: Level,
+    work: &[DiskWork],
+    metadata: serde_json::Value,
+) -> Result<(String, Vec<DiskReport>), Error> {
+    let origin: BTreeMap<String, String> = work.iter().map(|w| (w.snapshot.uuid.clone(), w.source.uuid.clone())).collect();
+    let total: u64 = work.iter().map(|w| w.snapshot.virtual_size).sum();
+    let key = format!("{}:xva", snap.uuid);
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let point = ctx.store.start(vm, None).await?;
+        ctx.progress.start(&key, &format!("{} (XVA)", vm.name_label), total);
+        let result = async {
+            let body = ctx.host.export_vm(&snap.reference).await?;
+            crate::xva::store(body, &point, &origin, &key, ctx.progress.as_ref()).await
         }
-    };
-    Ok(keep)
+        .await;
+        ctx.progress.finish(&key);
+        let (stored, xva) = match result {
+            Ok(done) => done,
+            Err(e) => {
+                point.abort().await;
+                if e.is_fatal() || tries > MAX_RETRIES {
+                    return Err(e);
+                }
+                tracing::warn!("{}: XVA export try {tries} failed: {e}", vm.name_label);
+                continue;
+            }
+        };
+        let reports: Vec<DiskReport> = stored
+            .iter()
+            .map(|disk| DiskReport {
+                position: disk.name.clone(),
+                vdi_uuid: disk.record.uuid.clone(),
+                snapshot_vdi_uuid: disk.snapshot_vdi_uuid.clone(),
+                name: work
+                    .iter()
+                    .find(|w| w.snapshot.uuid == disk.snapshot_vdi_uuid)
+                    .map(|w| w.source.name_label.clone())
+                    .unwrap_or_default(),
+                size: disk.size,
+                strategy: strategy::Strategy::FullRead,
+                transport: strategy::Transport::HttpXva,
+                reason: format!("XVA backup (level {level}): the snapshot exported whole; all-zero chunks skipped by the host"),
+                bytes_read: disk.bytes_read,
+                bytes_changed: disk.size,
+                changed_granularity: xenvault_xva::CHUNK_SIZE,
+                bytes_stored: disk.record.stats.bytes_stored,
+                dedup_ratio: disk.size as f64 / disk.record.stats.bytes_stored.max(1) as f64,
+                duration_secs: disk.seconds,
+                throughput_bytes_per_sec: disk.bytes_read as f64 / disk.seconds.max(1e-6),
+                attempts: tries as u32,
+            })
+            .collect();
+        let entries: Vec<DiskEntry> = reports.iter().map(DiskEntry::from_report).collect();
+        let metadata = serde_json::json!({
+            "vm": metadata,
+            "backup": { "job_id": ctx.job_id, "level": level, "format": "xva", "disks": entries },
+            "xva": xva,
+        });
+        let id = point.commit(level, metadata).await?;
+        return Ok((id, reports));
+    }
 }
 
 /// The base of one disk: its image in the base restore point, and our older snapshot

@@ -5,10 +5,19 @@
 pub mod config;
 pub mod error;
 pub mod hooks;
+pub mod host;
 pub mod hygiene;
+pub mod job;
+pub mod nbd_pool;
 pub mod records;
 pub mod report;
 pub mod selection;
+pub mod snapshot;
+pub mod store;
 pub mod strategy;
+pub mod transfer;
+pub mod xva;
 
 pub use error::Error;
+/// XenAPI values, for callers of [`host::Host::call`].
+pub use xenvault_xapi_wire::Value;

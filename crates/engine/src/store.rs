@@ -6,7 +6,8 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
-use xenvault_repo::{BackupSession, DiskReader, DiskRecord, Manifest, Repository, SourceInfo};
+use xenvault_repo::writer::BackupSession;
+use xenvault_repo::{DiskReader, DiskRecord, Manifest, Repository, SourceInfo};
 
 use crate::error::Error;
 use crate::records::Vm;
@@ -31,6 +32,18 @@ pub struct DiskEntry {
     pub reason: String,
 }
 
+impl DiskEntry {
+    pub fn from_report(report: &crate::report::DiskReport) -> Self {
+        Self {
+            position: report.position.clone(),
+            vdi_uuid: report.vdi_uuid.clone(),
+            snapshot_vdi_uuid: report.snapshot_vdi_uuid.clone(),
+            strategy: report.strategy.to_string(),
+            reason: report.reason.clone(),
+        }
+    }
+}
+
 /// An earlier restore point of a VM.
 #[derive(Debug, Clone)]
 pub struct PastPoint {
@@ -48,9 +61,9 @@ pub struct PastDisk {
 }
 
 impl Store {
-    pub async fn open(location: &str, passphrase: Option<&str>) -> Result<Self, Error> {
+    pub async fn open(location: &str, backend: &xenvault_repo::backend::BackendOptions, passphrase: Option<&str>) -> Result<Self, Error> {
         let secret = passphrase.map(xenvault_repo::keys::Secret::passphrase);
-        Ok(Self { repo: Repository::open(location, secret.as_ref()).await? })
+        Ok(Self { repo: Repository::open(location, backend, secret.as_ref()).await? })
     }
 
     pub fn from_repository(repo: Repository) -> Self {
@@ -81,6 +94,27 @@ impl Store {
             .collect();
         points.sort_by(|a, b| b.time.cmp(&a.time).then_with(|| b.id.cmp(&a.id)));
         Ok(points)
+    }
+
+    /// SHA-256 (hex) of a disk of a restore point, rebuilt from the repository.
+    pub async fn disk_sha256(&self, id: &str, disk: &str) -> Result<String, Error> {
+        use sha2::Digest;
+        let manifest = self.repo.snapshot(id).await?;
+        let record = manifest
+            .disk(disk)
+            .ok_or_else(|| Error::Protocol(format!("restore point {id} has no disk {disk}")))?;
+        let reader = DiskReader::new(&self.repo, record).await?;
+        let mut hasher = sha2::Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut offset = 0;
+        while offset < record.size {
+            let len = (record.size - offset).min(buf.len() as u64) as usize;
+            let piece = buf.get_mut(..len).unwrap_or_default();
+            reader.read_at(offset, piece).await?;
+            hasher.update(&*piece);
+            offset += len as u64;
+        }
+        Ok(hex::encode(hasher.finalize()))
     }
 
     pub async fn start(&self, vm: &Vm, base: Option<&str>) -> Result<Point, Error> {
@@ -128,6 +162,10 @@ pub struct Point {
 }
 
 impl Point {
+    pub fn chunk_size(&self) -> u64 {
+        u64::from(self.repo.config().chunk_size)
+    }
+
     pub async fn disk_sink(&self, name: &str, vdi_uuid: &str, size: u64, base: Option<&DiskRecord>) -> Result<DiskSink, Error> {
         let writer = self.session.disk_writer(name, vdi_uuid, size, base).await?;
         let base_reader = match base {
@@ -137,7 +175,7 @@ impl Point {
         Ok(DiskSink {
             chunk: writer.chunk_size(),
             size,
-            state: Mutex::new(SinkState { writer, base: base_reader, pending: None }),
+            state: Mutex::new(SinkState { writer, base: base_reader, pending: None, cursor: 0 }),
         })
     }
 
@@ -154,6 +192,8 @@ impl Point {
     }
 }
 
+static ZEROS: [u8; 1 << 20] = [0; 1 << 20];
+
 /// Takes disk data in ascending offsets, whole or in pieces, and hands the repository
 /// whole chunks; with a base, chunk parts not written come from the base image.
 pub struct DiskSink {
@@ -167,6 +207,8 @@ struct SinkState {
     base: Option<DiskReader>,
     /// The chunk being assembled: its start and its bytes (base bytes filled at flush).
     pending: Option<PendingChunk>,
+    /// Without a base: the end of the data written so far.
+    cursor: u64,
 }
 
 struct PendingChunk {
@@ -180,8 +222,17 @@ impl DiskSink {
     pub async fn write(&self, offset: u64, data: Bytes) -> Result<(), Error> {
         let mut state = self.state.lock().await;
         if state.base.is_none() {
-            // A full read arrives complete and in order: the writer takes it as is.
-            return Ok(state.writer.write(offset, &data).await?);
+            // A full read arrives in order; an XVA skips all-zero chunks: write them as
+            // zeros (the repository stores none) so the writer sees whole chunks.
+            while state.cursor < offset {
+                let len = (offset - state.cursor).min(ZEROS.len() as u64) as usize;
+                let at = state.cursor;
+                state.writer.write(at, ZEROS.get(..len).unwrap_or_default()).await?;
+                state.cursor += len as u64;
+            }
+            state.writer.write(offset, &data).await?;
+            state.cursor = offset + data.len() as u64;
+            return Ok(());
         }
         let mut at = offset;
         let mut rest = &data[..];

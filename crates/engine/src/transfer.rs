@@ -2,19 +2,16 @@
 //! failure before anything is written makes the strategy unusable (fall back); a
 //! failure while writing needs a new restore point try (the writer cannot be undone).
 
-use futures::{StreamExt, TryStreamExt};
+use futures::TryStreamExt;
+use xenvault_nbd::MultiReader;
+use xenvault_xapi::DiskFormat;
 
 use crate::error::Error;
 use crate::host::Host;
 use crate::records::{NbdInfo, Vdi};
-use crate::nbd_pool::NbdPool;
 use crate::store::{DiskSink, Point};
 use crate::strategy::cbt::{self, CBT_BLOCK, Extent};
 use crate::strategy::{Attempt, BaseSnapshotVdi, Strategy, Transport};
-
-/// Longest single NBD read: big enough to amortise a round trip, small enough to
-/// spread over several connections.
-pub const NBD_READ_MAX: u64 = 2 << 20;
 
 /// Progress of disk transfers, shown as bars by the CLI.
 pub trait Progress: Send + Sync {
@@ -114,9 +111,9 @@ async fn try_once(
                 .ok_or_else(|| "not a string".to_owned())
                 .and_then(|b| xenvault_xapi_wire::cbt::ChangedBlocks::decode(b).map_err(|e| e.to_string()))
                 .map_err(|e| Failure::Unusable(format!("bad CBT bitmap: {e}")))?;
-            let extents = cbt::extents(changed.changed_blocks(), CBT_BLOCK, size, NBD_READ_MAX);
+            let extents = cbt::extents(changed.changed_blocks(), CBT_BLOCK, size, u64::MAX);
             let changed_bytes: u64 = extents.iter().map(|e| e.length).sum();
-            let pool = NbdPool::connect(&target.nbd, target.nbd_connections).await.map_err(before_writing)?;
+            let pool = crate::nbd_pool::connect(&target.nbd, target.nbd_connections).await.map_err(before_writing)?;
             let sink = point.disk_sink(&target.name, &target.vdi_uuid, size, Some(base_record)).await.map_err(while_writing)?;
             let read = nbd_extents(&pool, extents, &sink, key, progress).await.map_err(while_writing)?;
             pool.close().await;
@@ -126,7 +123,7 @@ async fn try_once(
         (Strategy::Vhd, _) => {
             let (base, base_record) = base()?;
             let body = host
-                .export_raw_vdi(&target.snapshot.reference, "vhd", Some(&base.reference))
+                .export_raw_vdi(&target.snapshot.reference, DiskFormat::Vhd, Some(&base.reference))
                 .await
                 .map_err(before_writing)?;
             let sink = point.disk_sink(&target.name, &target.vdi_uuid, size, Some(base_record)).await.map_err(while_writing)?;
@@ -139,15 +136,15 @@ async fn try_once(
         (Strategy::FullRead, transport) => {
             let sink;
             let read = if transport == Transport::Nbd {
-                let pool = NbdPool::connect(&target.nbd, target.nbd_connections).await.map_err(before_writing)?;
+                let pool = crate::nbd_pool::connect(&target.nbd, target.nbd_connections).await.map_err(before_writing)?;
                 sink = point.disk_sink(&target.name, &target.vdi_uuid, size, None).await.map_err(while_writing)?;
-                let read = nbd_extents(&pool, cbt::whole_disk(size, NBD_READ_MAX), &sink, key, progress)
+                let read = nbd_extents(&pool, vec![Extent { offset: 0, length: size }], &sink, key, progress)
                     .await
                     .map_err(while_writing)?;
                 pool.close().await;
                 read
             } else {
-                let body = host.export_raw_vdi(&target.snapshot.reference, "raw", None).await.map_err(before_writing)?;
+                let body = host.export_raw_vdi(&target.snapshot.reference, DiskFormat::Raw, None).await.map_err(before_writing)?;
                 sink = point.disk_sink(&target.name, &target.vdi_uuid, size, None).await.map_err(while_writing)?;
                 crate::strategy::full::read_raw(body, &target.snapshot, &sink, key, progress)
                     .await
@@ -161,20 +158,18 @@ async fn try_once(
     }
 }
 
-/// Reads `extents` over the pool's connections, several at once but delivered in
-/// order (the sink takes ascending offsets); returns the bytes read.
+/// Reads `extents` over the reader's connections (pieces arrive in offset order, as
+/// the sink needs); returns the bytes read.
 async fn nbd_extents(
-    pool: &NbdPool,
+    reader: &MultiReader,
     extents: Vec<Extent>,
     sink: &DiskSink,
     key: &str,
     progress: &dyn Progress,
 ) -> Result<u64, Error> {
     let mut total = 0u64;
-    let mut reads = futures::stream::iter(extents)
-        .map(|extent| async move { pool.read(extent.offset, extent.length).await.map(|data| (extent.offset, data)) })
-        .buffered(pool.connections());
-    while let Some((offset, data)) = reads.try_next().await? {
+    let mut pieces = reader.read_ranges(extents.into_iter().map(|e| (e.offset, e.length)));
+    while let Some((offset, data)) = pieces.try_next().await? {
         let len = data.len() as u64;
         total += len;
         sink.write(offset, data).await?;

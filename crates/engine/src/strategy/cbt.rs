@@ -1,5 +1,4 @@
-//! CBT + NBD: turn the changed-block bitmap into read ranges, read them over several
-//! NBD connections, and hand "base + changed ranges" to the repository.
+//! CBT + NBD: the changed-block bitmap as byte ranges to read over NBD.
 
 /// CBT granularity: one bit of `VDI.list_changed_blocks` per 64 KiB of disk.
 pub const CBT_BLOCK: u64 = 64 * 1024;
@@ -35,17 +34,6 @@ pub fn extents(changed_blocks: impl IntoIterator<Item = u64>, block: u64, disk_s
     out
 }
 
-/// Splits a whole disk into extents of `max_len` (for full reads over NBD).
-pub fn whole_disk(disk_size: u64, max_len: u64) -> Vec<Extent> {
-    let step = max_len.max(1);
-    (0..disk_size.div_ceil(step))
-        .map(|i| {
-            let offset = i * step;
-            Extent { offset, length: step.min(disk_size - offset) }
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -64,6 +52,5 @@ mod tests {
         );
         let e = extents([0, 1, 2], CBT_BLOCK, size, 2 * CBT_BLOCK);
         assert_eq!(e.len(), 2);
-        assert_eq!(whole_disk(size, 2 * CBT_BLOCK).iter().map(|e| e.length).sum::<u64>(), size);
     }
 }

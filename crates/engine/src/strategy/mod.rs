@@ -2,6 +2,8 @@
 //! (with its reason) among CBT + NBD, VHD delta export, and a full read.
 
 pub mod cbt;
+pub mod full;
+pub mod vhd;
 
 use serde::Serialize;
 use std::fmt;
@@ -96,6 +98,8 @@ pub enum Transport {
     Nbd,
     HttpRaw,
     HttpVhd,
+    /// `/export` of the snapshot VM as an XVA.
+    HttpXva,
 }
 
 /// The previous state of one disk that an incremental can build on.

@@ -1,19 +1,16 @@
 //! VHD delta: `/export_raw_vdi?format=vhd&base=` gives a differencing VHD holding only
 //! the 2 MiB blocks that differ from the base snapshot; its sectors are written over the
-//! base restore point. The VHD parser is synchronous, so it runs on a blocking thread
-//! fed by the HTTP body through bounded channels.
+//! base restore point. The VHD parser is synchronous: it runs on a blocking thread.
 
 use bytes::Bytes;
-use futures::TryStreamExt;
-use std::io::Read;
 
 use crate::error::Error;
-use crate::host::ByteStream;
+use crate::host::{BlockingBody, ByteStream, blocking_body};
 use crate::records::Vdi;
 use crate::store::DiskSink;
 use crate::transfer::Progress;
 
-/// Chunks of body or extents buffered between the stages.
+/// Extents buffered between the parser and the repository writer.
 const STAGE_DEPTH: usize = 8;
 
 pub struct Delta {
@@ -26,37 +23,16 @@ pub struct Delta {
 
 /// Applies the delta VHD arriving in `body` to `sink`.
 pub async fn read_delta(
-    mut body: ByteStream,
+    body: ByteStream,
     snapshot: &Vdi,
     sink: &DiskSink,
     key: &str,
     progress: &dyn Progress,
 ) -> Result<Delta, Error> {
-    let (body_tx, body_rx) = tokio::sync::mpsc::channel::<Result<Bytes, String>>(STAGE_DEPTH);
+    let (input, pump) = blocking_body(body);
     let (extent_tx, mut extent_rx) = tokio::sync::mpsc::channel::<(u64, Bytes)>(STAGE_DEPTH);
     let disk_size = snapshot.virtual_size;
-    let parser = tokio::task::spawn_blocking(move || parse(ChannelReader::new(body_rx), disk_size, extent_tx));
-
-    let pump = async {
-        let mut read = 0u64;
-        loop {
-            match body.try_next().await {
-                Ok(Some(data)) => {
-                    read += data.len() as u64;
-                    if body_tx.send(Ok(data)).await.is_err() {
-                        break; // the parser stopped: its error tells why
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    let _ = body_tx.send(Err(e.to_string())).await;
-                    return Err(e);
-                }
-            }
-        }
-        drop(body_tx);
-        Ok(read)
-    };
+    let parser = tokio::task::spawn_blocking(move || parse(input, disk_size, extent_tx));
     let apply = async {
         while let Some((offset, data)) = extent_rx.recv().await {
             let len = data.len() as u64;
@@ -75,7 +51,7 @@ pub async fn read_delta(
 
 /// Parses the stream, sending every present run of sectors; returns (changed bytes, block size).
 fn parse(
-    input: ChannelReader,
+    input: BlockingBody,
     disk_size: u64,
     out: tokio::sync::mpsc::Sender<(u64, Bytes)>,
 ) -> Result<(u64, u64), Error> {
@@ -106,30 +82,3 @@ fn vhd_error(e: xenvault_vhd::Error) -> Error {
     }
 }
 
-/// Blocking `Read` over the body chunks the async side sends.
-struct ChannelReader {
-    rx: tokio::sync::mpsc::Receiver<Result<Bytes, String>>,
-    current: Bytes,
-}
-
-impl ChannelReader {
-    fn new(rx: tokio::sync::mpsc::Receiver<Result<Bytes, String>>) -> Self {
-        Self { rx, current: Bytes::new() }
-    }
-}
-
-impl Read for ChannelReader {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        while self.current.is_empty() {
-            match self.rx.blocking_recv() {
-                Some(Ok(data)) => self.current = data,
-                Some(Err(e)) => return Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, e)),
-                None => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.current.len());
-        let chunk = self.current.split_to(n);
-        buf[..n].copy_from_slice(&chunk);
-        Ok(n)
-    }
-}

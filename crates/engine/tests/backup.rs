@@ -1,0 +1,281 @@
+//! End to end on the in-process simulator: every restore point, rebuilt from the
+//! repository, must equal `sim.sha256` of the disk at snapshot time, whatever the level,
+//! the strategy, or the faults; and no snapshot of ours may be left behind but the one
+//! base per VM.
+
+use base64::Engine;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use xenvault_engine::config::{PoolEntry, PoolLogin, TlsTrust};
+use xenvault_engine::host::Host;
+use xenvault_engine::hygiene;
+use xenvault_engine::job::{self, BackupOptions};
+use xenvault_engine::report::{JobReport, Status, VmReport};
+use xenvault_engine::selection::Selector;
+use xenvault_engine::store::Store;
+use xenvault_engine::strategy::{Level, Requested, Strategy};
+use xenvault_engine::transfer::NoProgress;
+use xenvault_sim::client::SimClient;
+use xenvault_sim::{SimConfig, SimHandle, Simulator};
+use xenvault_xapi_wire::Value;
+
+const VM: &str = "debian-web";
+
+struct Env {
+    _dir: tempfile::TempDir,
+    _sim: SimHandle,
+    sim: SimClient,
+    host: Host,
+    store: Store,
+}
+
+async fn env() -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Simulator::start(SimConfig::new(dir.path().join("sim"))).await.unwrap();
+    let fingerprint = xenvault_engine::config::fingerprint_of_pem(&sim.cert_pem).unwrap();
+    let login = PoolLogin {
+        name: "test".into(),
+        entry: PoolEntry { url: sim.url.clone(), user: "root".into(), tls: TlsTrust::Fingerprint(fingerprint) },
+        password: sim.password.clone(),
+    };
+    let host = Host::connect(&login).await.unwrap();
+    let repo_dir = dir.path().join("repo");
+    let options = xenvault_repo::InitOptions {
+        secret: Some(xenvault_repo::keys::Secret::passphrase("test")),
+        kdf: xenvault_repo::keys::KdfParams { memory_kib: 8 * 1024, iterations: 1, parallelism: 1 },
+        ..Default::default()
+    };
+    let repo = xenvault_repo::Repository::init(repo_dir.to_str().unwrap(), options).await.unwrap();
+    let client = SimClient::login(&sim.url, &sim.password).await.unwrap();
+    Env { _dir: dir, _sim: sim, sim: client, host, store: Store::from_repository(repo) }
+}
+
+fn options(level: Level, strategy: Requested) -> BackupOptions {
+    BackupOptions { selectors: vec![Selector::NameOrUuid(VM.into())], level, strategy, ..Default::default() }
+}
+
+impl Env {
+    async fn backup(&self, level: Level, strategy: Requested) -> VmReport {
+        self.backup_with(&options(level, strategy)).await
+    }
+
+    async fn backup_with(&self, options: &BackupOptions) -> VmReport {
+        let report: JobReport = job::backup(&self.host, &self.store, options, Arc::new(NoProgress)).await.unwrap();
+        report.vms.into_iter().next().unwrap()
+    }
+
+    /// uuid → sim.sha256 of each disk of the VM, now.
+    async fn digests(&self) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        for vdi in self.vdis().await {
+            let digest = self.sim.call("sim.sha256", vec![Value::from(vdi.as_str())]).await.unwrap();
+            out.insert(vdi, digest.as_str().unwrap().to_owned());
+        }
+        out
+    }
+
+    async fn vdis(&self) -> Vec<String> {
+        let vm = self.vm().await;
+        let mut uuids = Vec::new();
+        for (_, vdi) in self.host.disks(&vm).await.unwrap() {
+            uuids.push(vdi.uuid);
+        }
+        uuids
+    }
+
+    async fn vm(&self) -> xenvault_engine::records::Vm {
+        self.host.vms().await.unwrap().into_iter().find(|v| v.name_label == VM).unwrap()
+    }
+
+    async fn write(&self, vdi: &str, offset: u64, data: &[u8]) {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(data);
+        let args = vec![Value::from(vdi), Value::from(offset.to_string()), Value::from(b64)];
+        self.sim.call("sim.write", args).await.unwrap();
+    }
+
+    async fn scribble(&self, percent: &str, seed: u64) {
+        for vdi in self.vdis().await {
+            let args = vec![Value::from(vdi.as_str()), Value::from(percent), Value::from("4096"), Value::from(seed.to_string())];
+            self.sim.call("sim.scribble", args).await.unwrap();
+        }
+    }
+
+    /// Rebuilds every disk of the restore point and compares it with `expected`.
+    async fn assert_restores_to(&self, report: &VmReport, expected: &BTreeMap<String, String>) {
+        assert!(matches!(report.status, Status::Ok), "backup failed: {:?}", report.error);
+        let id = report.restore_point.as_deref().unwrap();
+        let manifest = self.store.repository().snapshot(id).await.unwrap();
+        assert_eq!(manifest.source.id, report.vm_uuid);
+        assert_eq!(manifest.disks.len(), expected.len());
+        for disk in &manifest.disks {
+            let digest = self.store.disk_sha256(id, &disk.name).await.unwrap();
+            assert_eq!(
+                Some(&digest),
+                expected.get(&disk.uuid),
+                "disk {} of restore point {id} differs from the VDI at snapshot time",
+                disk.name
+            );
+        }
+    }
+
+    /// Our snapshots on the host: none but at most one base.
+    async fn assert_tidy(&self) {
+        let vm = self.vm().await;
+        let ours = xenvault_engine::snapshot::ours(&self.host, &vm).await.unwrap();
+        let leftovers: Vec<_> = ours.iter().filter(|s| !hygiene::is_base(&s.other_config)).map(|s| &s.uuid).collect();
+        assert!(leftovers.is_empty(), "snapshots left behind: {leftovers:?}");
+        assert!(ours.len() <= 1, "{} base snapshots: the chain grows", ours.len());
+    }
+}
+
+#[tokio::test]
+async fn full_then_three_incrementals_restore_exactly() {
+    let env = env().await;
+    let first = env.backup(Level::Inc, Requested::Auto).await;
+    assert_eq!(first.level, Level::Full, "{:?}", first.level_reason);
+    env.assert_restores_to(&first, &env.digests().await).await;
+    let vdis = env.vdis().await;
+    for round in 1..=3u64 {
+        env.write(&vdis[0], round * 65536 * 7, b"guest data written between backups").await;
+        env.scribble("1", round).await;
+        let report = env.backup(Level::Inc, Requested::Auto).await;
+        env.assert_restores_to(&report, &env.digests().await).await;
+        assert_eq!(report.level, Level::Inc);
+        for disk in &report.disks {
+            assert_eq!(disk.strategy, Strategy::Cbt, "round {round}: {}", disk.reason);
+            assert!(disk.bytes_changed > 0);
+            assert!(disk.bytes_read <= 4 * disk.bytes_changed, "read {} for {} changed", disk.bytes_read, disk.bytes_changed);
+            assert!(disk.bytes_read < disk.size / 2, "an incremental read {} of {}", disk.bytes_read, disk.size);
+        }
+        env.assert_tidy().await;
+    }
+}
+
+#[tokio::test]
+async fn every_level_and_forced_strategy_is_exact() {
+    let env = env().await;
+    let cases = [
+        (Level::Full, Requested::Vhd, Strategy::FullRead),
+        (Level::Inc, Requested::Vhd, Strategy::Vhd),
+        (Level::Inc, Requested::FullRead, Strategy::FullRead),
+        (Level::Full, Requested::Cbt, Strategy::FullRead),
+        (Level::Inc, Requested::Cbt, Strategy::Cbt),
+        (Level::Diff, Requested::Auto, Strategy::FullRead),
+        (Level::Full, Requested::Auto, Strategy::FullRead),
+        (Level::Diff, Requested::Auto, Strategy::Cbt),
+        (Level::Copy, Requested::Auto, Strategy::FullRead),
+        (Level::Inc, Requested::Auto, Strategy::Cbt),
+    ];
+    let vdis = env.vdis().await;
+    for (round, (level, requested, expected)) in cases.into_iter().enumerate() {
+        env.write(&vdis[0], (round as u64 + 1) * 3 * 65536 + 512, format!("round {round}").as_bytes()).await;
+        env.scribble("0.5", round as u64).await;
+        let report = env.backup(level, requested).await;
+        env.assert_restores_to(&report, &env.digests().await).await;
+        assert_eq!(report.level, level, "round {round}");
+        for disk in &report.disks {
+            assert_eq!(disk.strategy, expected, "round {round} {level} {requested:?}: {}", disk.reason);
+        }
+        env.assert_tidy().await;
+    }
+}
+
+#[tokio::test]
+async fn cbt_disabled_or_reset_falls_back_with_reason() {
+    let env = env().await;
+    env.backup(Level::Full, Requested::Auto).await;
+    let vm = env.vm().await;
+    let disks = env.host.disks(&vm).await.unwrap();
+    let root = disks[0].1.reference.clone();
+
+    // Disabled: the engine says so and reads another way; it turns CBT back on.
+    env.host.call("VDI.disable_cbt", vec![root.as_str().into()]).await.unwrap();
+    env.scribble("1", 7).await;
+    let report = env.backup(Level::Inc, Requested::Auto).await;
+    env.assert_restores_to(&report, &env.digests().await).await;
+    let disk = &report.disks[0];
+    assert_ne!(disk.strategy, Strategy::Cbt);
+    assert!(disk.reason.contains("CBT"), "{}", disk.reason);
+
+    // Reset (disabled and enabled again between runs): the CBT log no longer links.
+    env.backup(Level::Inc, Requested::Auto).await;
+    env.host.call("VDI.disable_cbt", vec![root.as_str().into()]).await.unwrap();
+    env.host.call("VDI.enable_cbt", vec![root.as_str().into()]).await.unwrap();
+    env.scribble("1", 8).await;
+    let report = env.backup(Level::Inc, Requested::Auto).await;
+    env.assert_restores_to(&report, &env.digests().await).await;
+    let disk = &report.disks[0];
+    assert_ne!(disk.strategy, Strategy::Cbt, "{}", disk.reason);
+    assert!(disk.reason.contains("list_changed_blocks") || disk.reason.contains("CBT"), "{}", disk.reason);
+    // The other disk kept its chain.
+    assert_eq!(report.disks[1].strategy, Strategy::Cbt, "{}", report.disks[1].reason);
+    env.assert_tidy().await;
+}
+
+#[tokio::test]
+async fn xapi_error_fails_cleanly_and_removes_the_snapshot() {
+    let env = env().await;
+    env.backup(Level::Full, Requested::Auto).await;
+    // Every SR.get_record fails: metadata collection, after the snapshot, cannot finish.
+    let args = vec![Value::from("SR.get_record"), Value::from("INTERNAL_ERROR"), Value::Array(vec![Value::from("injected")]), Value::from("")];
+    env.sim.call("sim.inject_fault", args).await.unwrap();
+    let report = env.backup(Level::Inc, Requested::Auto).await;
+    assert!(matches!(report.status, Status::Failed));
+    assert!(report.error.as_deref().unwrap_or_default().contains("INTERNAL_ERROR"), "{:?}", report.error);
+    env.assert_tidy().await;
+    env.sim.call("sim.clear_faults", vec![]).await.unwrap();
+    env.scribble("1", 3).await;
+    let report = env.backup(Level::Inc, Requested::Auto).await;
+    env.assert_restores_to(&report, &env.digests().await).await;
+    assert_eq!(report.disks[0].strategy, Strategy::Cbt, "{}", report.disks[0].reason);
+}
+
+#[tokio::test]
+async fn cut_nbd_connections_are_retried() {
+    let env = env().await;
+    env.backup(Level::Full, Requested::Auto).await;
+    env.scribble("2", 5).await;
+    env.sim.call("sim.set_cut", vec![Value::from("nbd"), Value::from((3u64 << 20).to_string())]).await.unwrap();
+    let report = env.backup(Level::Full, Requested::Auto).await;
+    env.assert_restores_to(&report, &env.digests().await).await;
+    env.assert_tidy().await;
+}
+
+#[tokio::test]
+async fn cut_exports_fall_back_or_fail_cleanly() {
+    let env = env().await;
+    env.backup(Level::Full, Requested::Vhd).await;
+    env.scribble("1", 9).await;
+    env.sim.call("sim.set_cut", vec![Value::from("http"), Value::from((1u64 << 20).to_string())]).await.unwrap();
+    let report = env.backup(Level::Inc, Requested::Vhd).await;
+    match report.status {
+        Status::Ok => env.assert_restores_to(&report, &env.digests().await).await,
+        Status::Failed => assert!(report.error.is_some()),
+    }
+    env.assert_tidy().await;
+}
+
+#[tokio::test]
+async fn excluded_disks_and_quiesce_fallback_are_reported() {
+    let env = env().await;
+    let mut options = options(Level::Full, Requested::Auto);
+    options.exclude_disks = vec!["1".into()];
+    options.quiesce = true;
+    let report = env.backup_with(&options).await;
+    assert!(matches!(report.status, Status::Ok), "{:?}", report.error);
+    assert_eq!(report.disks.len(), 1);
+    assert_eq!(report.excluded_disks.len(), 1);
+    let snapshot = report.snapshot.as_ref().unwrap();
+    assert!(snapshot.quiesce_requested);
+    if !snapshot.quiesced {
+        assert!(snapshot.note.is_some());
+    }
+    let manifest = env.store.repository().snapshot(report.restore_point.as_deref().unwrap()).await.unwrap();
+    let vdis = env.vdis().await;
+    assert_eq!(manifest.disks[0].uuid, vdis[0]);
+    let metadata = &manifest.metadata["vm"];
+    for class in ["vm", "VBD", "VDI", "VIF", "network", "SR"] {
+        assert!(!metadata[class].is_null(), "metadata lacks {class}");
+    }
+    env.assert_tidy().await;
+}
