@@ -27,8 +27,12 @@ pub fn load_or_create(dir: &Path) -> io::Result<HostCert> {
         return Ok(HostCert { cert_pem: fs::read_to_string(cert_path)?, key_pem: fs::read_to_string(key_path)? });
     }
     let names = vec![SUBJECT.to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
-    let certified = rcgen::generate_simple_self_signed(names).map_err(other)?;
-    let cert = HostCert { cert_pem: certified.cert.pem(), key_pem: certified.signing_key.serialize_pem() };
+    let mut params = rcgen::CertificateParams::new(names).map_err(other)?;
+    // Marked as a CA so clients that pin it as their trust root (qemu, GnuTLS) accept it.
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let key = rcgen::KeyPair::generate().map_err(other)?;
+    let certified = params.self_signed(&key).map_err(other)?;
+    let cert = HostCert { cert_pem: certified.pem(), key_pem: key.serialize_pem() };
     fs::write(&key_path, &cert.key_pem)?;
     fs::write(&cert_path, &cert.cert_pem)?;
     Ok(cert)
