@@ -208,7 +208,7 @@ impl<R: Read + Seek> VhdReader<R> {
             return Ok(Vec::new());
         }
         if self.header.is_none() {
-            return Ok(vec![start..end]);
+            return Ok(std::iter::once(start..end).collect());
         }
         if self.block_offset(start).is_none() {
             return Ok(Vec::new());

@@ -260,7 +260,7 @@ impl<W: Write> Write for FixedWriter<W> {
 }
 
 fn check_disk_size(disk_size: u64) -> Result<()> {
-    if disk_size % SECTOR_SIZE != 0 || disk_size > MAX_DISK_SIZE {
+    if !disk_size.is_multiple_of(SECTOR_SIZE) || disk_size > MAX_DISK_SIZE {
         return Err(Error::InvalidArgument(format!(
             "disk size {disk_size} must be a multiple of 512 and at most {MAX_DISK_SIZE}"
         )));
@@ -269,7 +269,7 @@ fn check_disk_size(disk_size: u64) -> Result<()> {
 }
 
 fn write_zeros(out: &mut impl Write, mut n: u64) -> io::Result<()> {
-    const ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+    static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
     while n > 0 {
         let step = n.min(ZEROS.len() as u64) as usize;
         out.write_all(&ZEROS[..step])?;

@@ -298,7 +298,7 @@ fn hostile_archives_give_errors() {
     }
     // A chunk whose checksum file is missing.
     let mut b = tar::Builder::new(Vec::new());
-    for (name, body) in [("ova.xml", ova_xml(&version(), &objects(&disks)).into_bytes()), ("Ref:10/00000000".into(), vec![0u8; MIB])] {
+    for (name, body) in [("ova.xml", ova_xml(&version(), &objects(&disks)).into_bytes()), ("Ref:10/00000000", vec![0u8; MIB])] {
         let mut h = tar::Header::new_gnu();
         h.set_size(body.len() as u64);
         h.set_cksum();
