@@ -30,8 +30,8 @@ pub enum Error {
     Invalid(String),
     #[error("repository is locked: {0}")]
     Locked(String),
-    #[error("storage backend: {0}")]
-    Backend(String),
+    #[error(transparent)]
+    Backend(#[from] crate::backend::BackendError),
     #[error("I/O on {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error("I/O: {0}")]

@@ -53,8 +53,9 @@ impl ChunkIndex {
                 n
             }
         };
+        // The latest location of an id wins: callers add condemned packs first, live ones after.
         for e in entries {
-            self.recent.entry(key(&e.id)).or_insert(Slot { pack: number, offset: e.offset, len: e.len });
+            self.recent.insert(key(&e.id), Slot { pack: number, offset: e.offset, len: e.len });
         }
         if self.recent.len() >= MERGE_AT {
             self.merge();
@@ -66,10 +67,13 @@ impl ChunkIndex {
         if self.recent.is_empty() {
             return;
         }
-        self.sorted.extend(self.recent.drain());
-        self.sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        self.sorted.dedup_by(|a, b| a.0 == b.0);
-        self.sorted.shrink_to_fit();
+        // Recent entries first and a stable sort: dedup then keeps the newer location.
+        let mut merged: Vec<(Key, Slot)> = self.recent.drain().collect();
+        merged.append(&mut self.sorted);
+        merged.sort_by(|a, b| a.0.cmp(&b.0));
+        merged.dedup_by(|later, earlier| later.0 == earlier.0);
+        merged.shrink_to_fit();
+        self.sorted = merged;
     }
 
     pub fn contains(&self, id: &ChunkId) -> bool {
@@ -127,6 +131,11 @@ mod tests {
         idx.merge();
         assert_eq!(idx.locate(&id(3)).unwrap(), Location { pack: p, offset: 30, len: 5 });
         assert!(!idx.contains(&id(4)));
+        assert_eq!(idx.len(), 3);
+        let q = PackName::random().unwrap();
+        idx.add_pack(&q, [PackEntry { id: id(3), offset: 7, len: 5, raw_len: 5 }]);
+        idx.merge();
+        assert_eq!(idx.locate(&id(3)).unwrap().pack, q, "newer location wins");
         assert_eq!(idx.len(), 3);
     }
 }

@@ -5,9 +5,10 @@
 //! files. A restore point (manifest) lists, per disk, the ids of content-addressed index
 //! pages, so an incremental re-uses unchanged pages and every restore point stands alone.
 
-// pub mod backend;  (F2: not landed yet)
+pub mod backend;
 
 pub mod cache;
+pub mod copy;
 pub mod crypto;
 pub mod error;
 pub mod gc;
@@ -16,17 +17,19 @@ pub mod keys;
 pub mod lock;
 pub mod manifest;
 pub mod pack;
+pub mod prune;
 pub mod reader;
 pub mod repository;
 pub mod source;
 pub mod store;
+pub mod verify;
 pub mod writer;
 
 pub use error::{Error, Result};
 pub use manifest::{DiskRecord, Manifest, SourceInfo};
 pub use reader::DiskReader;
 pub use repository::{InitOptions, Repository};
-pub use source::{BlockSource, RawFileSource};
+pub use source::{BlockSource, RawFileSource, VhdFileSource, open_image};
 pub use writer::{DiskWriter, WriteStats};
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! Opening, creating and unlocking a repository; sealed object I/O; the chunk index.
 
+use crate::backend::BackendOptions;
 use crate::cache::Cache;
 use crate::crypto::{ChunkId, Crypto, MasterKey};
 use crate::error::{Error, Result};
@@ -82,8 +83,8 @@ pub struct Repository {
 
 impl Repository {
     /// Creates a repository at `location` (a path, `s3://bucket/prefix`, `azblob://container/prefix`).
-    pub async fn init(location: &str, opts: InitOptions) -> Result<Self> {
-        let store = Store::open(location).await?;
+    pub async fn init(location: &str, backend: &BackendOptions, opts: InitOptions) -> Result<Self> {
+        let store = Store::open(location, backend)?;
         if store.get(CONFIG_OBJECT).await?.is_some() {
             return Err(Error::AlreadyExists(location.to_string()));
         }
@@ -118,8 +119,8 @@ impl Repository {
     }
 
     /// Opens and unlocks the repository at `location`.
-    pub async fn open(location: &str, secret: Option<&Secret>) -> Result<Self> {
-        let store = Store::open(location).await?;
+    pub async fn open(location: &str, backend: &BackendOptions, secret: Option<&Secret>) -> Result<Self> {
+        let store = Store::open(location, backend)?;
         let raw = store.get(CONFIG_OBJECT).await?.ok_or_else(|| Error::NotARepository(location.to_string()))?;
         let config: RepoConfig = from_json(CONFIG_OBJECT, &raw)?;
         config.validate()?;
@@ -372,14 +373,14 @@ impl Repository {
         let mut fresh = if rebuild { IndexState::default() } else { std::mem::take(&mut *self.write_index()) };
         fresh.damaged = damaged;
         fresh.condemned = condemned;
-        let mut loaded: Vec<(PackName, Vec<PackEntry>)> = futures::stream::iter(todo)
+        let loaded: Vec<Option<(PackName, Vec<PackEntry>)>> = futures::stream::iter(todo)
             .map(|pack| async move {
                 match self.pack_entries(&pack).await {
-                    Ok(e) => Ok((pack, e)),
-                    // A damaged index is like a lost pack: verify reports it, backups re-store.
+                    Ok(e) => Ok(Some((pack, e))),
+                    // A damaged index is like a lost pack (verify rebuilds it); retried next refresh.
                     Err(e) if e.is_damage() => {
                         tracing::warn!("{e}");
-                        Ok((pack, Vec::new()))
+                        Ok(None)
                     }
                     Err(e) => Err(e),
                 }
@@ -387,8 +388,9 @@ impl Repository {
             .buffer_unordered(FETCH_CONCURRENCY)
             .try_collect()
             .await?;
-        // Live packs first: the index keeps the first location it sees for an id.
-        loaded.sort_by_key(|(p, _)| fresh.condemned.contains(p));
+        let mut loaded: Vec<(PackName, Vec<PackEntry>)> = loaded.into_iter().flatten().collect();
+        // Condemned packs first: the index keeps the last location it sees for an id.
+        loaded.sort_by_key(|(p, _)| !fresh.condemned.contains(p));
         for (pack, entries) in loaded {
             let damaged = &fresh.damaged;
             let usable = entries.into_iter().filter(|e| !damaged.contains(&DamagedChunk { id: e.id, pack: pack.0.clone() }));

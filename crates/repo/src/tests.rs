@@ -24,7 +24,7 @@ pub(crate) async fn new_repo(dir: &Path, chunk_size: u32) -> Repository {
         pack_size: 1 << 20,
         ..Default::default()
     };
-    Repository::init(dir.to_str().unwrap(), opts).await.unwrap()
+    Repository::init(dir.to_str().unwrap(), &Default::default(), opts).await.unwrap()
 }
 
 /// An image with zeros, random data, repeated data and a plaintext marker.
@@ -141,16 +141,16 @@ async fn wrong_passphrase_is_refused_and_unencrypted_needs_no_key() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("repo");
     new_repo(&path, 1 << 20).await;
-    let err = Repository::open(path.to_str().unwrap(), Some(&Secret::passphrase("nope"))).await.err().unwrap();
+    let err = Repository::open(path.to_str().unwrap(), &Default::default(), Some(&Secret::passphrase("nope"))).await.err().unwrap();
     assert!(matches!(err, crate::Error::WrongKey), "{err}");
-    let err = Repository::open(path.to_str().unwrap(), None).await.err().unwrap();
+    let err = Repository::open(path.to_str().unwrap(), &Default::default(), None).await.err().unwrap();
     assert!(matches!(err, crate::Error::KeyNeeded), "{err}");
-    assert!(Repository::open(path.to_str().unwrap(), Some(&secret())).await.is_ok());
+    assert!(Repository::open(path.to_str().unwrap(), &Default::default(), Some(&secret())).await.is_ok());
 
     let plain = dir.path().join("plain");
     let opts = InitOptions { encryption: Encryption::None, ..Default::default() };
-    Repository::init(plain.to_str().unwrap(), opts).await.unwrap();
-    let repo = Repository::open(plain.to_str().unwrap(), None).await.unwrap();
+    Repository::init(plain.to_str().unwrap(), &Default::default(), opts).await.unwrap();
+    let repo = Repository::open(plain.to_str().unwrap(), &Default::default(), None).await.unwrap();
     let img_path = dir.path().join("p.img");
     let img = make_image(&img_path, 2 << 20);
     let m = backup_file(&repo, &img_path, "p").await;
@@ -165,9 +165,178 @@ async fn key_slots_add_remove_change() {
     let second = Secret::passphrase("second");
     let slot = repo.add_key(&second, FAST_KDF, "ops").await.unwrap();
     let loc = path.to_str().unwrap();
-    assert!(Repository::open(loc, Some(&second)).await.is_ok());
+    assert!(Repository::open(loc, &Default::default(), Some(&second)).await.is_ok());
     let first = repo.slot_for(&secret()).await.unwrap();
     repo.remove_key(&first.id).await.unwrap();
-    assert!(matches!(Repository::open(loc, Some(&secret())).await, Err(crate::Error::WrongKey)));
+    assert!(matches!(Repository::open(loc, &Default::default(), Some(&secret())).await, Err(crate::Error::WrongKey)));
     assert!(repo.remove_key(&slot.id).await.is_err(), "last slot stays");
+}
+
+/// Flips one byte inside the stored blob of the first data chunk of `m`.
+async fn damage_first_chunk(repo: &Repository, repo_dir: &Path, m: &crate::Manifest) -> crate::crypto::ChunkId {
+    let reader = crate::DiskReader::new(repo, &m.disks[0]).await.unwrap();
+    let mut slot = 0;
+    let id = loop {
+        let id = reader.chunk_id(slot).await.unwrap();
+        if !id.is_zero() {
+            break id;
+        }
+        slot += 1;
+    };
+    let loc = repo.locate(&id).unwrap();
+    let file = repo_dir.join(loc.pack.data_object());
+    let mut data = std::fs::read(&file).unwrap();
+    data[loc.offset as usize + 20] ^= 0x40;
+    std::fs::write(&file, data).unwrap();
+    id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_names_damaged_restore_points_and_next_backup_heals() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo_dir = dir.path().join("repo");
+    let repo = new_repo(&repo_dir, 64 << 10).await;
+    let a = dir.path().join("a.img");
+    let img = make_image(&a, 2 << 20);
+    let s1 = backup_file(&repo, &a, "a").await;
+    let s2 = backup_file(&repo, &a, "a2").await;
+    let c = dir.path().join("c.img");
+    let mut other = vec![0u8; 1 << 20];
+    fill_random(&mut other).unwrap();
+    std::fs::write(&c, &other).unwrap();
+    let s3 = backup_file(&repo, &c, "c").await;
+    assert!(crate::verify::verify(&repo, None, None).await.unwrap().found_damage() == false);
+
+    damage_first_chunk(&repo, &repo_dir, &s1).await;
+    let report = crate::verify::verify(&repo, None, None).await.unwrap();
+    assert!(report.found_damage());
+    assert_eq!(report.bad_chunks.len(), 1, "{report:?}");
+    let named: Vec<&String> = report.damaged_snapshots.keys().collect();
+    let mut expected = vec![&s1.id, &s2.id];
+    expected.sort();
+    assert_eq!(named, expected, "exactly the restore points using the chunk");
+    assert!(!report.damaged_snapshots.contains_key(&s3.id));
+
+    // The next backup of the same data stores the chunk again: every restore point heals.
+    let s4 = backup_file(&repo, &a, "a").await;
+    assert_eq!(s4.disks[0].stats.chunks_new, 1);
+    let report = crate::verify::verify(&repo, None, None).await.unwrap();
+    assert!(!report.found_damage(), "{report:?}");
+    assert_eq!(report.superseded, 1);
+    assert_eq!(restore(&repo, &s1.id, &dir.path().join("s1.img")).await, img);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_pack_index_is_rebuilt_from_the_pack() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo_dir = dir.path().join("repo");
+    let repo = new_repo(&repo_dir, 64 << 10).await;
+    let a = dir.path().join("a.img");
+    let img = make_image(&a, 1 << 20);
+    let s1 = backup_file(&repo, &a, "a").await;
+    let index_dir = repo_dir.join("index");
+    let victim = std::fs::read_dir(&index_dir).unwrap().next().unwrap().unwrap().path();
+    let mut data = std::fs::read(&victim).unwrap();
+    data[30] ^= 1;
+    std::fs::write(&victim, &data).unwrap();
+    crate::cache::Cache::open(&crate::cache::default_dir().unwrap(), repo.id()).unwrap().remove(&format!("index/{}", victim.file_name().unwrap().to_str().unwrap())).unwrap();
+    let fresh = Repository::open(repo_dir.to_str().unwrap(), &Default::default(), Some(&secret())).await.unwrap();
+    let report = crate::verify::verify(&fresh, None, None).await.unwrap();
+    assert!(!report.found_damage(), "{report:?}");
+    assert_eq!(restore(&fresh, &s1.id, &dir.path().join("o.img")).await, img);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forget_and_prune_keep_the_right_restore_points() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo_dir = dir.path().join("repo");
+    let repo = new_repo(&repo_dir, 64 << 10).await;
+    let mut images = Vec::new();
+    let mut snaps = Vec::new();
+    for i in 0..3 {
+        let p = dir.path().join(format!("{i}.img"));
+        images.push(make_image(&p, 1 << 20));
+        snaps.push(backup_file(&repo, &p, "vm").await);
+    }
+    let all = repo.snapshots().await.unwrap();
+    let plan = crate::prune::plan(&all, &crate::prune::KeepPolicy { last: 1, ..Default::default() }).unwrap();
+    assert_eq!(plan.keep, vec![snaps[2].id.clone()]);
+    let packs_before = std::fs::read_dir(repo_dir.join("index")).unwrap().count();
+    for id in &plan.remove {
+        repo.delete_snapshot(id).await.unwrap();
+    }
+    let report = crate::gc::gc(&repo).await.unwrap();
+    assert!(report.packs_deleted > 0, "{report:?}");
+    let packs_after = std::fs::read_dir(repo_dir.join("index")).unwrap().count();
+    assert!(packs_after < packs_before);
+    assert!(!crate::verify::verify(&repo, None, None).await.unwrap().found_damage());
+    assert_eq!(restore(&repo, &snaps[2].id, &dir.path().join("o.img")).await, images[2]);
+    assert_eq!(repo.snapshots().await.unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_while_a_backup_runs_never_deletes_its_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo_dir = dir.path().join("repo");
+    let repo = new_repo(&repo_dir, 64 << 10).await;
+    let old = dir.path().join("old.img");
+    let old_img = make_image(&old, 2 << 20);
+    let gone = backup_file(&repo, &old, "old").await;
+
+    // A backup in progress has uploaded packs but not published its manifest.
+    let running = dir.path().join("run.img");
+    let mut run_img = vec![0u8; 3 << 20];
+    fill_random(&mut run_img).unwrap();
+    std::fs::write(&running, &run_img).unwrap();
+    let session = repo.start_backup(source("run")).await.unwrap();
+    let mut w = session.disk_writer("disk0", "", run_img.len() as u64, None).await.unwrap();
+    w.write(0, &run_img).await.unwrap();
+    w.finish().await.unwrap();
+
+    // Meanwhile the old restore point is forgotten and gc runs.
+    repo.delete_snapshot(&gone.id).await.unwrap();
+    let r = crate::gc::gc(&repo).await.unwrap();
+    assert_eq!(r.packs_deleted, 0, "{r:?}");
+    assert!(r.packs_waiting > 0 && r.backups_running == 1, "{r:?}");
+
+    // A backup starting now must not reuse chunks of condemned packs.
+    let again = backup_file(&repo, &old, "old").await;
+    assert!(again.disks[0].stats.chunks_new > 0, "condemned chunks are stored again");
+
+    let m = session.commit(serde_json::Value::Null, vec![]).await.unwrap();
+    let r = crate::gc::gc(&repo).await.unwrap();
+    assert!(r.packs_deleted > 0, "{r:?}");
+    assert_eq!(restore(&repo, &m.id, &dir.path().join("r.img")).await, run_img);
+    assert_eq!(restore(&repo, &again.id, &dir.path().join("o.img")).await, old_img);
+    assert!(!crate::verify::verify(&repo, None, None).await.unwrap().found_damage());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_moves_only_missing_chunks_reencrypted() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = new_repo(&dir.path().join("src"), 64 << 10).await;
+    let a = dir.path().join("a.img");
+    let img = make_image(&a, 2 << 20);
+    let s1 = backup_file(&src, &a, "a").await;
+    let s2 = backup_file(&src, &a, "a").await;
+
+    // A target with its own keys: everything is read and re-sealed.
+    let other = new_repo(&dir.path().join("other"), 1 << 20).await;
+    let r = crate::copy::copy(&src, &other, &[s1.id.clone()]).await.unwrap();
+    assert_eq!(r.copied, vec![s1.id.clone()]);
+    assert_eq!(restore(&other, &s1.id, &dir.path().join("o1.img")).await, img);
+
+    // A target sharing chunk ids: the second copy reads nothing.
+    let opts = InitOptions { secret: Some(Secret::passphrase("t")), kdf: FAST_KDF, chunk_size: 64 << 10, page_slots: 64, pack_size: 1 << 20, chunk_ids_from: Some(src.clone()), ..Default::default() };
+    let mirror = Repository::init(dir.path().join("mirror").to_str().unwrap(), &Default::default(), opts).await.unwrap();
+    let r1 = crate::copy::copy(&src, &mirror, &[s1.id.clone()]).await.unwrap();
+    assert!(r1.chunks_read > 0);
+    let r2 = crate::copy::copy(&src, &mirror, &[s1.id.clone(), s2.id.clone()]).await.unwrap();
+    assert_eq!(r2.skipped, vec![s1.id.clone()]);
+    assert_eq!(r2.chunks_read, 0);
+    assert_eq!(restore(&mirror, &s2.id, &dir.path().join("o2.img")).await, img);
+    for f in all_files(&dir.path().join("mirror")) {
+        let data = std::fs::read(&f).unwrap();
+        assert!(!data.windows(MARKER.len()).any(|w| w == MARKER), "marker in {f:?}");
+    }
 }

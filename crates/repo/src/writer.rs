@@ -217,23 +217,40 @@ impl BackupSession {
 
     /// Publishes the restore point: waits for every pack, then writes the manifest.
     pub async fn commit(self, metadata: serde_json::Value, tags: Vec<String>) -> Result<Manifest> {
+        let id = crate::crypto::random_hex(16)?;
+        let time = self.lock.record.started;
+        self.publish(id, time, metadata, tags).await
+    }
+
+    /// Publishes a restore point copied from another repository under its original identity.
+    pub(crate) async fn commit_copy(self, original: &Manifest) -> Result<Manifest> {
+        let (id, time) = (original.id.clone(), original.time);
+        self.publish(id, time, original.metadata.clone(), original.tags.clone()).await
+    }
+
+    async fn publish(
+        self,
+        id: String,
+        time: chrono::DateTime<Utc>,
+        metadata: serde_json::Value,
+        tags: Vec<String>,
+    ) -> Result<Manifest> {
         self.packer.flush().await?;
         let disks = std::mem::take(&mut *self.disks.lock().unwrap_or_else(|p| p.into_inner()));
         let disks = disks
             .into_iter()
             .collect::<Option<Vec<_>>>()
             .ok_or_else(|| Error::Invalid("a disk writer was not finished".into()))?;
-        let now = Utc::now();
         let manifest = Manifest {
             version: MANIFEST_VERSION,
-            id: crate::crypto::random_hex(16)?,
-            time: self.lock.record.started,
+            id,
+            time,
             source: self.source,
             metadata,
             tags,
             disks,
             base: self.base,
-            finished: now,
+            finished: Utc::now(),
         };
         self.repo.write_manifest(&manifest).await?;
         self.lock.release().await?;
@@ -248,6 +265,8 @@ impl BackupSession {
 
 enum JobInput {
     Data(Vec<u8>),
+    /// A chunk already stored in this repository (copying between repositories).
+    Known(ChunkId),
     Source { source: Arc<dyn BlockSource>, offset: u64, len: usize },
 }
 
@@ -369,6 +388,15 @@ impl DiskWriter {
             at += self.chunk_len(slot);
         }
         Ok(())
+    }
+
+    /// Sets the chunk at `offset` to `id`, which the caller checked is stored here.
+    pub(crate) async fn write_known(&mut self, offset: u64, id: ChunkId) -> Result<()> {
+        if offset % self.chunk_size != 0 || offset < self.cursor || !self.partial.is_empty() {
+            return Err(Error::Invalid(format!("write_known at {offset}: not the next chunk")));
+        }
+        self.skip_to(offset).await?;
+        self.submit(offset / self.chunk_size, JobInput::Known(id)).await
     }
 
     /// Backs up a whole source (or its allocated ranges): the reads happen on the workers.
@@ -556,6 +584,7 @@ fn process_chunk(packer: &Packer, slot: u64, len: u64, input: JobInput) -> Resul
     let data = match input {
         JobInput::Data(d) if d.is_empty() => return Ok(JobResult { slot, len, id: ChunkId::ZERO, outcome: Outcome::Zero }),
         JobInput::Data(d) => d,
+        JobInput::Known(id) => return Ok(JobResult { slot, len, id, outcome: Outcome::Known }),
         JobInput::Source { source, offset, len } => {
             let mut buf = vec![0u8; len];
             source.read_at(offset, &mut buf)?;

@@ -1,0 +1,228 @@
+//! `verify`: reads packs back, authenticates, decrypts and re-hashes every chunk (or a
+//! random share of packs), and names exactly the restore points that damage touches.
+//! Bad chunks are recorded under `damaged/`, which takes them out of the index: the next
+//! backup that meets the same data stores it again, healing every restore point using it.
+
+use crate::crypto::ChunkId;
+use crate::error::{Error, Result};
+use crate::pack::{DATA_PREFIX, INDEX_PREFIX, PackEntry, PackName, chunk_aad, open_index};
+use crate::repository::{DAMAGED_PREFIX, DamagedChunk, Repository};
+use futures::StreamExt;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+/// Whole packs checked at once (each is held in memory while checked).
+const PACKS_IN_FLIGHT: usize = 2;
+
+#[derive(Debug, Default, Serialize)]
+pub struct VerifyReport {
+    pub packs_total: usize,
+    pub packs_checked: usize,
+    pub chunks_checked: u64,
+    pub bytes_checked: u64,
+    /// Bad chunks found in this run and not known before.
+    pub bad_chunks: Vec<BadChunk>,
+    /// Bad copies already recorded whose chunk has a good copy or is no longer used.
+    pub superseded: usize,
+    /// Restore point id → what is wrong with it.
+    pub damaged_snapshots: BTreeMap<String, Vec<String>>,
+    pub snapshots_checked: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BadChunk {
+    pub id: ChunkId,
+    pub pack: String,
+    pub reason: String,
+}
+
+impl VerifyReport {
+    pub fn found_damage(&self) -> bool {
+        !self.bad_chunks.is_empty() || !self.damaged_snapshots.is_empty()
+    }
+}
+
+/// Checks the repository; `sample_percent` limits the pack check to a random share.
+pub async fn verify(repo: &Repository, sample_percent: Option<f64>, progress: Option<crate::writer::Progress>) -> Result<VerifyReport> {
+    repo.refresh_index().await?;
+    let mut report = VerifyReport::default();
+    let known_damaged = repo.load_damaged().await?;
+    let packs: Vec<PackName> =
+        repo.store().list(INDEX_PREFIX).await?.iter().filter_map(|(n, _)| PackName::from_object(n)).collect();
+    let present: HashSet<PackName> =
+        repo.store().list(DATA_PREFIX).await?.iter().filter_map(|(n, _)| PackName::from_object(n)).collect();
+    report.packs_total = packs.len();
+    let chosen: Vec<PackName> = match sample_percent {
+        Some(pct) => {
+            let mut picked: Vec<PackName> = packs.iter().filter(|_| random_below(pct)).cloned().collect();
+            if picked.is_empty() {
+                picked.extend(packs.first().cloned());
+            }
+            picked
+        }
+        None => packs.clone(),
+    };
+    report.packs_checked = chosen.len();
+    let results: Vec<Result<(u64, u64, Vec<BadChunk>)>> = futures::stream::iter(chosen)
+        .map(|pack| {
+            let present = present.contains(&pack);
+            let progress = progress.clone();
+            async move {
+                let r = check_pack(repo, &pack, present).await;
+                if let (Some(p), Ok((_, bytes, _))) = (&progress, &r) {
+                    p(*bytes);
+                }
+                r
+            }
+        })
+        .buffer_unordered(PACKS_IN_FLIGHT)
+        .collect()
+        .await;
+    let mut new_bad = Vec::new();
+    for r in results {
+        let (chunks, bytes, bad) = r?;
+        report.chunks_checked += chunks;
+        report.bytes_checked += bytes;
+        for b in bad {
+            let key = DamagedChunk { id: b.id, pack: b.pack.clone() };
+            if known_damaged.contains(&key) {
+                report.superseded += 1;
+            } else {
+                new_bad.push(b);
+            }
+        }
+    }
+    if !new_bad.is_empty() {
+        let list: Vec<DamagedChunk> = new_bad.iter().map(|b| DamagedChunk { id: b.id, pack: b.pack.clone() }).collect();
+        // Once recorded, the bad copies leave the index: what is left is what restore points can use.
+        repo.put_json(&format!("{DAMAGED_PREFIX}{}", crate::crypto::random_hex(8)?), &list, true).await?;
+    }
+    report.bad_chunks = new_bad;
+    // Picks up rebuilt pack indexes too.
+    repo.refresh_index().await?;
+    check_snapshots(repo, &mut report).await?;
+    Ok(report)
+}
+
+fn random_below(percent: f64) -> bool {
+    let mut b = [0u8; 4];
+    if crate::crypto::fill_random(&mut b).is_err() {
+        return true;
+    }
+    (u32::from_le_bytes(b) as f64 / u32::MAX as f64) * 100.0 < percent
+}
+
+/// Returns (chunks checked, bytes checked, bad chunks) of one pack.
+async fn check_pack(repo: &Repository, pack: &PackName, present: bool) -> Result<(u64, u64, Vec<BadChunk>)> {
+    let sealed_index = repo.fetch(&pack.index_object()).await?.unwrap_or_default();
+    let crypto = repo.crypto().clone();
+    let entries = {
+        let (c, p) = (crypto.clone(), pack.clone());
+        tokio::task::spawn_blocking(move || open_index(&c, &p, &sealed_index)).await?
+    };
+    let entries: Vec<PackEntry> = match entries {
+        Ok(e) => e,
+        // The index object is unreadable: rebuild it from the copy at the pack's tail.
+        Err(e) if e.is_damage() && present => rebuild_index(repo, pack).await.map_err(|_| e)?,
+        Err(e) => return Err(e),
+    };
+    let bad_all = |reason: &str| -> Vec<BadChunk> {
+        entries.iter().map(|e| BadChunk { id: e.id, pack: pack.0.clone(), reason: reason.to_string() }).collect()
+    };
+    if !present {
+        return Ok((entries.len() as u64, 0, bad_all("pack file missing")));
+    }
+    let data = match repo.store().get(&pack.data_object()).await? {
+        Some(d) => d,
+        None => return Ok((entries.len() as u64, 0, bad_all("pack file missing"))),
+    };
+    let max = repo.max_chunk_len();
+    let pack_name = pack.0.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut bad = Vec::new();
+        let mut bytes = 0u64;
+        for e in &entries {
+            let range = e.offset as usize..(e.offset as usize).saturating_add(e.len as usize);
+            let reason = match data.get(range) {
+                None => Some("blob lies past the end of the pack".to_string()),
+                Some(blob) => match crypto.open(&chunk_aad(&e.id), blob, max) {
+                    Err(err) => Some(err.to_string()),
+                    Ok(plain) if crypto.chunk_id(&plain) != e.id => Some("content does not match its id".into()),
+                    Ok(plain) if plain.len() != e.raw_len as usize => Some("length does not match the index".into()),
+                    Ok(plain) => {
+                        bytes += plain.len() as u64;
+                        None
+                    }
+                },
+            };
+            if let Some(reason) = reason {
+                bad.push(BadChunk { id: e.id, pack: pack_name.clone(), reason });
+            }
+        }
+        Ok((entries.len() as u64, bytes, bad))
+    })
+    .await?
+}
+
+/// Restores `index/<pack>` from the sealed copy at the end of the pack.
+async fn rebuild_index(repo: &Repository, pack: &PackName) -> Result<Vec<PackEntry>> {
+    let data = repo.store().get(&pack.data_object()).await?.ok_or_else(|| Error::corrupt(pack.data_object(), "missing"))?;
+    let sealed = crate::pack::index_from_pack_tail(pack, &data)?;
+    let entries = open_index(repo.crypto(), pack, &sealed)?;
+    repo.delete(&pack.index_object()).await?;
+    repo.publish(&pack.index_object(), sealed).await?;
+    tracing::warn!("rebuilt the damaged index of pack {} from the pack itself", pack.0);
+    Ok(entries)
+}
+
+/// Walks every restore point: a page or chunk that no good copy backs damages it.
+async fn check_snapshots(repo: &Repository, report: &mut VerifyReport) -> Result<()> {
+    let (good, bad) = repo.snapshots_checked().await?;
+    for (id, e) in bad {
+        report.damaged_snapshots.entry(id).or_default().push(format!("manifest unreadable: {e}"));
+    }
+    // Verdict per page id, shared between restore points.
+    let mut pages: HashMap<ChunkId, Vec<String>> = HashMap::new();
+    for m in &good {
+        report.snapshots_checked += 1;
+        let mut problems = Vec::new();
+        for disk in &m.disks {
+            for (n, page) in disk.pages.iter().enumerate() {
+                if page.is_zero() {
+                    continue;
+                }
+                if !pages.contains_key(page) {
+                    let verdict = check_page(repo, page).await?;
+                    pages.insert(*page, verdict);
+                }
+                for p in pages.get(page).into_iter().flatten() {
+                    problems.push(format!("disk {} page {n}: {p}", disk.name));
+                }
+            }
+        }
+        if !problems.is_empty() {
+            report.damaged_snapshots.insert(m.id.clone(), problems);
+        }
+    }
+    Ok(())
+}
+
+async fn check_page(repo: &Repository, page: &ChunkId) -> Result<Vec<String>> {
+    let raw = match repo.read_chunk(page).await {
+        Ok(r) => r,
+        Err(e) if e.is_damage() => return Ok(vec![format!("index page unreadable: {e}")]),
+        Err(e) => return Err(e),
+    };
+    let mut missing = 0usize;
+    let mut first = None;
+    for id in raw.chunks_exact(32).filter_map(ChunkId::from_slice) {
+        if !id.is_zero() && repo.locate(&id).is_none() {
+            missing += 1;
+            first.get_or_insert(id);
+        }
+    }
+    Ok(match first {
+        Some(id) => vec![format!("{missing} chunk(s) damaged or missing, first {id}")],
+        None => Vec::new(),
+    })
+}
