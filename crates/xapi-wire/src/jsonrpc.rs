@@ -307,7 +307,8 @@ mod tests {
         m.insert("list".to_owned(), Value::Array(vec![Value::from("a")]));
         let v = Value::Struct(m);
         for version in [JsonRpcVersion::V1, JsonRpcVersion::V2] {
-            let call = decode_call(&encode_call("VM.x", &[v.clone()], 7, version)).expect("call");
+            let call = decode_call(&encode_call("VM.x", std::slice::from_ref(&v), 7, version))
+                .expect("call");
             assert_eq!(call.method, "VM.x");
             assert_eq!(call.version, version);
             assert_eq!(call.id, Json::from(7));

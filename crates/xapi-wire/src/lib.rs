@@ -40,6 +40,16 @@ impl Value {
         }
     }
 
+    /// A float, whether it came as a double, an int or decimal text.
+    pub fn as_f64(&self) -> Option<f64> {
+        match self {
+            Value::Double(d) => Some(*d),
+            Value::Int(i) => Some(*i as f64),
+            Value::Str(s) => s.parse().ok(),
+            _ => None,
+        }
+    }
+
     pub fn as_bool(&self) -> Option<bool> {
         match self {
             Value::Bool(b) => Some(*b),

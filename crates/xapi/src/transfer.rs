@@ -1,0 +1,493 @@
+//! xapi's HTTP handlers (`/export_raw_vdi`, `/import_raw_vdi`, `/export`, `/import`,
+//! `/pool/xmldbdump`): streamed both ways, each tied to a task created with `task.create`
+//! (as Xen Orchestra does) so it can be watched and cancelled, and the transfer's real
+//! outcome is read from the task once the body has been moved.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use futures::future::BoxFuture;
+use futures::stream::{BoxStream, Stream, StreamExt, TryStream};
+use reqwest::Url;
+use xenvault_xapi_wire::Value;
+
+use crate::client::http_error;
+use crate::task::TaskStatus;
+use crate::{Client, Error, Ref};
+
+/// Disk image formats of `/export_raw_vdi` and `/import_raw_vdi`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskFormat {
+    Raw,
+    Vhd,
+    /// Export only; xapi uses it for disks past VHD's 2 TiB limit.
+    Qcow2,
+}
+
+impl DiskFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DiskFormat::Raw => "raw",
+            DiskFormat::Vhd => "vhd",
+            DiskFormat::Qcow2 => "qcow2",
+        }
+    }
+}
+
+/// `use_compression` of a VM export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Compression {
+    #[default]
+    None,
+    Gzip,
+    Zstd,
+}
+
+impl Compression {
+    fn query_value(self) -> &'static str {
+        match self {
+            Compression::None => "false",
+            Compression::Gzip => "true",
+            Compression::Zstd => "zstd",
+        }
+    }
+}
+
+/// Where `/import_raw_vdi` writes.
+#[derive(Debug, Clone, Copy)]
+pub enum ImportTarget<'a> {
+    /// Into this existing VDI (a VHD writes only the blocks it holds).
+    Vdi(&'a Ref),
+    /// Into a new VDI created in this SR.
+    Sr(&'a Ref),
+}
+
+/// Flags of a VM import.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct VmImportOptions {
+    /// Keep the exported identities (MACs, UUIDs) instead of making new ones.
+    pub restore: bool,
+    /// Import despite checksum or version problems.
+    pub force: bool,
+}
+
+/// A streamed download. It yields an error instead of ending quietly when the host reports
+/// the transfer failed.
+pub struct Download {
+    task: Ref,
+    content_length: Option<u64>,
+    body: BoxStream<'static, Result<Bytes, Error>>,
+}
+
+impl Download {
+    /// The task tracking the transfer (its progress can be read, and it can be cancelled).
+    pub fn task(&self) -> &Ref {
+        &self.task
+    }
+
+    /// The length announced by the host; xapi's exports usually announce none.
+    pub fn content_length(&self) -> Option<u64> {
+        self.content_length
+    }
+}
+
+impl Stream for Download {
+    type Item = Result<Bytes, Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.body.poll_next_unpin(cx)
+    }
+}
+
+impl std::fmt::Debug for Download {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Download")
+            .field("task", &self.task)
+            .field("content_length", &self.content_length)
+            .finish_non_exhaustive()
+    }
+}
+
+const MAX_REDIRECTS: usize = 10;
+
+impl Client {
+    /// `GET /export_raw_vdi`: the disk, or with `base` only what differs from it (a
+    /// differencing VHD, or a raw image with unchanged regions zeroed).
+    pub async fn export_raw_vdi(
+        &self,
+        vdi: &Ref,
+        format: DiskFormat,
+        base: Option<&Ref>,
+    ) -> Result<Download, Error> {
+        let mut query = vec![
+            ("vdi", vdi.to_string()),
+            ("format", format.as_str().to_owned()),
+        ];
+        if let Some(base) = base {
+            query.push(("base", base.to_string()));
+        }
+        self.download("export_raw_vdi", &query, "xenvault export_raw_vdi")
+            .await
+    }
+
+    /// `GET /export`: an XVA of a VM or snapshot.
+    pub async fn export_vm(&self, vm: &Ref, compression: Compression) -> Result<Download, Error> {
+        let query = [
+            ("ref", vm.to_string()),
+            ("use_compression", compression.query_value().into()),
+        ];
+        self.download("export", &query, "xenvault export").await
+    }
+
+    /// `GET /pool/xmldbdump`: the pool database.
+    pub async fn pool_xmldbdump(&self) -> Result<Download, Error> {
+        self.download("pool/xmldbdump", &[], "xenvault xmldbdump")
+            .await
+    }
+
+    /// `PUT /import_raw_vdi` of exactly `content_length` bytes (xapi refuses chunked
+    /// uploads). Returns the VDI written: the new one when importing into an SR.
+    pub async fn import_raw_vdi<S>(
+        &self,
+        target: ImportTarget<'_>,
+        format: DiskFormat,
+        body: S,
+        content_length: u64,
+    ) -> Result<Ref, Error>
+    where
+        S: TryStream + Send + 'static,
+        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        Bytes: From<S::Ok>,
+    {
+        let (key, reference) = match target {
+            ImportTarget::Vdi(r) => ("vdi", r),
+            ImportTarget::Sr(r) => ("sr_id", r),
+        };
+        let query = [
+            (key, reference.to_string()),
+            ("format", format.as_str().to_owned()),
+        ];
+        let body = reqwest::Body::wrap_stream(body);
+        let result = self
+            .upload(
+                "import_raw_vdi",
+                &query,
+                body,
+                content_length,
+                "xenvault import_raw_vdi",
+            )
+            .await?;
+        match (target, result.as_str()) {
+            (_, Some(r)) if r.starts_with("OpaqueRef:") => Ok(Ref::new(r)),
+            (ImportTarget::Vdi(vdi), _) => Ok(vdi.clone()),
+            (ImportTarget::Sr(_), _) => Err(Error::malformed(format!(
+                "import into an SR returned {result:?}"
+            ))),
+        }
+    }
+
+    /// `PUT /import` of an XVA of `content_length` bytes. Returns the new VMs.
+    pub async fn import_vm<S>(
+        &self,
+        sr: &Ref,
+        body: S,
+        content_length: u64,
+        options: VmImportOptions,
+    ) -> Result<Vec<Ref>, Error>
+    where
+        S: TryStream + Send + 'static,
+        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        Bytes: From<S::Ok>,
+    {
+        let mut query = vec![("sr_id", sr.to_string())];
+        if options.restore {
+            query.push(("restore", "true".into()));
+        }
+        if options.force {
+            query.push(("force", "true".into()));
+        }
+        let body = reqwest::Body::wrap_stream(body);
+        let result = self
+            .upload("import", &query, body, content_length, "xenvault import")
+            .await?;
+        match result {
+            Value::Array(items) => items.iter().map(Ref::from_value).collect(),
+            Value::Str(r) if r.starts_with("OpaqueRef:") => Ok(vec![Ref::new(r)]),
+            other => Err(Error::malformed(format!("import returned {other:?}"))),
+        }
+    }
+
+    /// The URL of a handler with its parameters, the session and, when given, the task.
+    fn transfer_url(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+        task: Option<&Ref>,
+    ) -> Result<Url, Error> {
+        let session = self.session_or_err()?;
+        let mut url = self.endpoint(path)?;
+        {
+            let mut pairs = url.query_pairs_mut();
+            for (k, v) in query {
+                pairs.append_pair(k, v);
+            }
+            pairs.append_pair("session_id", session.as_str());
+            if let Some(task) = task {
+                pairs.append_pair("task_id", task.as_str());
+            }
+        }
+        Ok(url)
+    }
+
+    async fn download(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+        label: &str,
+    ) -> Result<Download, Error> {
+        let task = self.create_task(label, "").await?;
+        let response = match self.get_following_redirects(path, query, &task).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.discard_task(&task).await;
+                return Err(e);
+            }
+        };
+        if !response.status().is_success() {
+            return Err(self.failed_transfer(&task, response).await);
+        }
+        let content_length = response.content_length();
+        let client = self.clone();
+        let waited = task.clone();
+        let finish =
+            Box::pin(async move { client.wait_task(&waited, |_| {}, None).await.map(drop) });
+        Ok(Download {
+            task,
+            content_length,
+            body: guard_body(response.bytes_stream().boxed(), finish),
+        })
+    }
+
+    async fn get_following_redirects(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+        task: &Ref,
+    ) -> Result<reqwest::Response, Error> {
+        let mut url = self.transfer_url(path, query, Some(task))?;
+        for _ in 0..MAX_REDIRECTS {
+            let response = self.inner.http.get(url.clone()).send().await?;
+            match redirect_target(&url, &response)? {
+                Some(next) => url = next,
+                None => return Ok(response),
+            }
+        }
+        Err(Error::Transport(format!(
+            "more than {MAX_REDIRECTS} redirects for /{path}"
+        )))
+    }
+
+    async fn upload(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+        body: reqwest::Body,
+        content_length: u64,
+        label: &str,
+    ) -> Result<Value, Error> {
+        let task = self.create_task(label, "").await?;
+        let response = match self
+            .put_body(path, query, &task, body, content_length)
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                self.discard_task(&task).await;
+                return Err(e);
+            }
+        };
+        if !response.status().is_success() {
+            return Err(self.failed_transfer(&task, response).await);
+        }
+        // The answer carries nothing: the outcome is the task's.
+        if let Err(e) = response.bytes().await {
+            tracing::debug!(error = %e, "reading the end of an upload answer");
+        }
+        self.wait_task(&task, |_| {}, None).await
+    }
+
+    /// Finds where the upload must go with an empty probe (a streamed body cannot be sent
+    /// twice, so a 302 must be learnt first; Xen Orchestra does the same), then sends it.
+    async fn put_body(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+        task: &Ref,
+        body: reqwest::Body,
+        content_length: u64,
+    ) -> Result<reqwest::Response, Error> {
+        // Without task_id: the probe is meant to fail and must not fail the task.
+        let mut url = self.transfer_url(path, query, None)?;
+        for hop in 0..=MAX_REDIRECTS {
+            let probe = self
+                .inner
+                .http
+                .put(url.clone())
+                .header(http::header::CONTENT_LENGTH, 0)
+                .send()
+                .await?;
+            match redirect_target(&url, &probe)? {
+                Some(next) if hop < MAX_REDIRECTS => url = next,
+                Some(_) => {
+                    return Err(Error::Transport(format!(
+                        "more than {MAX_REDIRECTS} redirects for /{path}"
+                    )));
+                }
+                None => break,
+            }
+        }
+        url.query_pairs_mut().append_pair("task_id", task.as_str());
+        Ok(self
+            .inner
+            .http
+            .put(url)
+            .header(http::header::CONTENT_LENGTH, content_length)
+            .body(body)
+            .send()
+            .await?)
+    }
+
+    /// The error of a transfer the host refused: the task's failure when it recorded one
+    /// (more precise), else the HTTP status.
+    async fn failed_transfer(&self, task: &Ref, response: reqwest::Response) -> Error {
+        let http = http_error(response).await;
+        let error = match self.task_status(task).await {
+            Ok(TaskStatus::Failure) => self.task_error(task).await,
+            _ => http,
+        };
+        self.discard_task(task).await;
+        error
+    }
+
+    async fn discard_task(&self, task: &Ref) {
+        if let Err(e) = self.call("task.destroy", &[task.into()]).await {
+            tracing::debug!(%task, error = %e, "task.destroy failed");
+        }
+    }
+}
+
+/// Where a redirect answer points, relative locations resolved. Query parameters the new
+/// location dropped (session, task) are carried over.
+fn redirect_target(current: &Url, response: &reqwest::Response) -> Result<Option<Url>, Error> {
+    if !response.status().is_redirection() {
+        return Ok(None);
+    }
+    let location = response
+        .headers()
+        .get(http::header::LOCATION)
+        .and_then(|l| l.to_str().ok())
+        .ok_or_else(|| Error::malformed(format!("HTTP {} without Location", response.status())))?;
+    let mut next = current
+        .join(location)
+        .map_err(|e| Error::malformed(format!("redirect to {location:?}: {e}")))?;
+    let present: Vec<String> = next.query_pairs().map(|(k, _)| k.into_owned()).collect();
+    let missing: Vec<(String, String)> = current
+        .query_pairs()
+        .filter(|(k, _)| !present.iter().any(|p| p == k))
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    if !missing.is_empty() {
+        next.query_pairs_mut().extend_pairs(missing);
+    }
+    tracing::debug!(to = %next.host_str().unwrap_or_default(), "following redirect");
+    Ok(Some(next))
+}
+
+/// Bytes read to recognise, and then describe, an error disguised as a body.
+const DISGUISED_HEAD: usize = 5;
+const DISGUISED_SHOWN: usize = 1024;
+
+/// Passes the body through, except that a body starting with `HTTP/` (xapi sometimes writes
+/// an error response after its 200 header) becomes an error, and at the end the task's
+/// outcome is awaited so a failed transfer does not look complete.
+fn guard_body(
+    body: BoxStream<'static, reqwest::Result<Bytes>>,
+    finish: BoxFuture<'static, Result<(), Error>>,
+) -> BoxStream<'static, Result<Bytes, Error>> {
+    struct State {
+        body: BoxStream<'static, reqwest::Result<Bytes>>,
+        head_checked: bool,
+        finish: Option<BoxFuture<'static, Result<(), Error>>>,
+    }
+    let state = State {
+        body,
+        head_checked: false,
+        finish: Some(finish),
+    };
+    futures::stream::unfold(Some(state), |state| async move {
+        let mut st = state?;
+        if !st.head_checked {
+            st.head_checked = true;
+            match read_head(&mut st.body).await {
+                Ok(head) if head.starts_with(b"HTTP/") => {
+                    return Some((Err(disguised_error(&head)), None));
+                }
+                Ok(head) if !head.is_empty() => return Some((Ok(head), Some(st))),
+                Ok(_) => {}
+                Err(e) => return Some((Err(e), None)),
+            }
+        }
+        match st.body.next().await {
+            Some(Ok(chunk)) => Some((Ok(chunk), Some(st))),
+            Some(Err(e)) => Some((Err(e.into()), None)),
+            None => match st.finish.take()?.await {
+                Ok(()) => None,
+                Err(e) => Some((Err(e), None)),
+            },
+        }
+    })
+    .boxed()
+}
+
+/// The first bytes of the body: enough to see `HTTP/`, and when it is there, enough to
+/// show the message.
+async fn read_head(body: &mut BoxStream<'static, reqwest::Result<Bytes>>) -> Result<Bytes, Error> {
+    let mut head = BytesMut::new();
+    loop {
+        let enough = if head.len() >= DISGUISED_HEAD && head.starts_with(b"HTTP/") {
+            head.len() >= DISGUISED_SHOWN
+        } else {
+            head.len() >= DISGUISED_HEAD
+        };
+        if enough {
+            return Ok(head.freeze());
+        }
+        match body.next().await {
+            Some(chunk) => head.extend_from_slice(&chunk?),
+            None => return Ok(head.freeze()),
+        }
+    }
+}
+
+fn disguised_error(head: &[u8]) -> Error {
+    let text = String::from_utf8_lossy(&head[..head.len().min(DISGUISED_SHOWN)]);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(http::StatusCode::BAD_GATEWAY.as_u16());
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .take(8)
+        .collect();
+    Error::Http {
+        status,
+        message: format!(
+            "the host answered 200 with an error as body: {}",
+            lines.join(" | ")
+        ),
+    }
+}
