@@ -153,6 +153,11 @@ async fn dispatch(sim: &SharedSim, method: &str, params: Vec<Value>) -> ApiResul
             session::check(sim, &args)?;
             return sim::call(sim, name, &args).await;
         }
+        // `event` has calls but no objects, so it is not in the class list.
+        "event" => {
+            session::check(sim, &args)?;
+            return event::call(sim, name, &args).await;
+        }
         _ => {}
     }
     let class = canonical_class(class_name).ok_or_else(|| ApiError::method_unknown(method))?;
@@ -164,7 +169,6 @@ async fn dispatch(sim: &SharedSim, method: &str, params: Vec<Value>) -> ApiResul
         return Err(error);
     }
     match class {
-        "event" => event::call(sim, name, &args).await,
         "VDI" if name == "data_destroy" => vdi::data_destroy(sim, &args).await,
         _ => sim.with(|st| {
             let specific = match class {
