@@ -162,6 +162,11 @@ impl<W: Write> DynamicWriter<W> {
         })
     }
 
+    /// Size in bytes of the whole VHD being written.
+    pub fn total_size(&self) -> u64 {
+        Self::output_size(self.disk_size, self.present.len() as u64)
+    }
+
     /// The block index expected by the next [`Self::write_block`], if any.
     pub fn next_block(&self) -> Option<u32> {
         self.present.get(self.next).copied()

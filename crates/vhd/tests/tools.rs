@@ -60,16 +60,15 @@ fn write_dynamic(path: &Path, disk: &[u8], present: &[u32], parent: Option<&Pare
         None => DynamicWriter::dynamic(out, size, present.iter().copied(), options).unwrap(),
         Some(p) => DynamicWriter::differencing(out, size, present.iter().copied(), options, p).unwrap(),
     };
+    let announced = writer.total_size();
     for &b in present {
         let start = u64::from(b) * BLOCK;
         let end = (start + BLOCK).min(size);
         writer.write_block(b, &disk[start as usize..end as usize]).unwrap();
     }
     writer.finish().unwrap();
-    assert_eq!(
-        fs::metadata(path).unwrap().len(),
-        DynamicWriter::<File>::output_size(size, present.len() as u64)
-    );
+    assert_eq!(fs::metadata(path).unwrap().len(), announced);
+    assert_eq!(announced, DynamicWriter::<File>::output_size(size, present.len() as u64));
 }
 
 fn nonzero_blocks(disk: &[u8]) -> Vec<u32> {

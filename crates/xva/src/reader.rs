@@ -34,7 +34,7 @@ pub struct Chunk<'a> {
 
 struct DiskCursor {
     reference: String,
-    size: Option<u64>,
+    size: u64,
     /// Index (name) of the previous chunk and whether it was an empty keep-alive.
     last: Option<(u64, bool)>,
     /// Disk offset following the previous chunk.
@@ -127,9 +127,9 @@ impl<R: Read> XvaReader<R> {
             return Err(Error::Corrupt(format!("chunk {} outside any disk", member.name)));
         };
         let offset = next_offset(disk, index, &member.name)?;
-        if member.size > CHUNK_SIZE || disk.size.is_some_and(|s| offset + member.size > s) {
+        if member.size > CHUNK_SIZE || offset + member.size > disk.size {
             return Err(Error::Corrupt(format!(
-                "chunk {} of {} bytes at disk offset {offset} does not fit the disk ({:?} bytes)",
+                "chunk {} of {} bytes at disk offset {offset} does not fit the disk ({} bytes)",
                 member.name, member.size, disk.size
             )));
         }
@@ -158,9 +158,12 @@ impl<R: Read> XvaReader<R> {
             .iter()
             .find(|o| o.class == "VDI" && o.id == reference)
             .ok_or_else(|| Error::Corrupt(format!("chunks for {reference}, which ova.xml does not describe as a VDI")))?;
+        // Without a size, chunk offsets could not be bounded.
+        let size = virtual_size(&object.snapshot)
+            .ok_or_else(|| Error::Metadata(format!("VDI {reference} has no valid virtual_size")))?;
         self.disk = Some(DiskCursor {
             reference: reference.to_owned(),
-            size: virtual_size(&object.snapshot),
+            size,
             last: None,
             end: 0,
         });
@@ -170,7 +173,7 @@ impl<R: Read> XvaReader<R> {
     /// xapi always writes a disk's last chunk, so a complete disk ends at its size.
     fn end_disk(&self) -> Result<()> {
         match &self.disk {
-            Some(DiskCursor { reference, size: Some(size), end, .. }) if end != size => Err(Error::Truncated(
+            Some(DiskCursor { reference, size, end, .. }) if end != size => Err(Error::Truncated(
                 format!("disk {reference} ends at byte {end} of {size}"),
             )),
             _ => Ok(()),
