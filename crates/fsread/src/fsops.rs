@@ -167,10 +167,7 @@ impl dyn FileSystem + '_ {
                             detail: format!("{} ends at {pos} of {} bytes", entry.path, entry.size),
                         });
                     }
-                    // All-zero chunks are skipped, leaving holes; set_len fills in the tail.
-                    if buf[..n].iter().any(|&b| b != 0) {
-                        out.write_all_at(&buf[..n], pos)?;
-                    }
+                    write_sparse(&out, &buf[..n], pos)?;
                     pos += n as u64;
                 }
                 out.set_len(entry.size)?;
@@ -187,6 +184,28 @@ impl dyn FileSystem + '_ {
         }
         Ok(())
     }
+}
+
+/// Writes `data` at `pos` skipping all-zero 4 KiB blocks, so holes stay holes (the
+/// final `set_len` covers a zero tail).
+fn write_sparse(out: &File, data: &[u8], pos: u64) -> io::Result<()> {
+    const BLOCK: usize = 4096;
+    let mut run_start = None;
+    for (i, block) in data.chunks(BLOCK).enumerate() {
+        let zero = block.iter().all(|&b| b == 0);
+        match (zero, run_start) {
+            (false, None) => run_start = Some(i * BLOCK),
+            (true, Some(start)) => {
+                out.write_all_at(&data[start..i * BLOCK], pos + start as u64)?;
+                run_start = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(start) = run_start {
+        out.write_all_at(&data[start..], pos + start as u64)?;
+    }
+    Ok(())
 }
 
 fn set_meta(file: &File, entry: &Entry) -> Result<(), Error> {

@@ -46,10 +46,10 @@ impl NtfsFs {
         Cursor::new(self.source.clone())
     }
 
-    /// (record number, name as stored) of `path`.
+    /// (record number, path with names as stored: lookups ignore case) of `path`.
     fn lookup(&self, path: &str) -> Result<(u64, String), Error> {
         let mut cur = self.cursor();
-        resolve((ROOT_RECORD, String::new()), path, |(dir, _), name, walked| {
+        resolve((ROOT_RECORD, "/".to_string()), path, |(dir, stored_dir), name, walked| {
             let file = self.ntfs.file(&mut cur, *dir).map_err(corrupt)?;
             if !file.is_directory() {
                 return Err(Error::NotADirectory(walked.rsplit_once('/').map_or("/", |p| p.0).to_string()));
@@ -64,7 +64,7 @@ impl NtfsFs {
                 Some(Ok(key)) => key.name().to_string_lossy(),
                 _ => name.to_string(),
             };
-            Ok(Some((found.file_reference().file_record_number(), stored)))
+            Ok(Some((found.file_reference().file_record_number(), join(stored_dir, &stored))))
         })
     }
 
@@ -106,11 +106,8 @@ impl FileSystem for NtfsFs {
     fn stat(&self, path: &str) -> Result<Entry, Error> {
         let path = normalize(path);
         guarded(|| {
-            let (record, name) = self.lookup(&path)?;
-            let path = match path.rsplit_once('/') {
-                Some((parent, _)) if !name.is_empty() => join(if parent.is_empty() { "/" } else { parent }, &name),
-                _ => path.clone(),
-            };
+            let (record, path) = self.lookup(&path)?;
+            let name = path.rsplit('/').next().unwrap_or_default().to_string();
             self.entry(&mut self.cursor(), record, path, name)
         })
     }
