@@ -45,17 +45,35 @@ pub struct MultiReader {
 }
 
 impl MultiReader {
-    /// Opens `config.connections` connections to the export.
+    /// Opens up to `config.connections` connections to the export. Goes on with fewer when some
+    /// are refused (xapi drops connections past its per-host limit); fails only if none opens.
     pub async fn connect(opts: ConnectOptions, config: MultiReaderConfig) -> Result<MultiReader> {
         let n = config.connections.max(1);
-        let clients = futures::future::try_join_all((0..n).map(|_| Client::connect(&opts))).await?;
-        let info = clients.first().map(|c| c.info().clone()).ok_or(Error::Malformed("no connection"))?;
+        let mut clients = Vec::with_capacity(n);
+        let mut first_error = None;
+        for attempt in futures::future::join_all((0..n).map(|_| Client::connect(&opts))).await {
+            match attempt {
+                Ok(c) => clients.push(c),
+                Err(e) => {
+                    tracing::info!("nbd: one of {n} connections failed: {e}");
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        let Some(info) = clients.first().map(|c| c.info().clone()) else {
+            return Err(first_error.unwrap_or(Error::Closed("before any connection opened")));
+        };
         let slots = clients.into_iter().map(|c| Mutex::new(Slot { client: Arc::new(c), generation: 0, reconnects: 0 })).collect();
         Ok(MultiReader { opts, config, info, slots })
     }
 
     pub fn info(&self) -> &ExportInfo {
         &self.info
+    }
+
+    /// Connections actually open (may be fewer than asked for).
+    pub fn connections(&self) -> usize {
+        self.slots.len()
     }
 
     /// Reads `(offset, len)` ranges as `(offset, bytes)` pieces of at most `piece_size`.

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
+use futures::StreamExt;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -186,6 +187,14 @@ async fn xapi_compat_serves_sixteen_connections_and_drops_the_seventeenth() {
         }
     };
     assert!(client.read(0, 512).await.unwrap()[..] == data[..512]);
+
+    // The multi-connection reader makes do with the connections the host grants.
+    let (fresh, _stop2) = start_server(ServerConfig::xapi(None), memory(&data, false)).await;
+    let config = MultiReaderConfig { connections: 20, ..Default::default() };
+    let reader = MultiReader::connect(options(fresh, EXPORT), config).await.unwrap();
+    assert_eq!(reader.connections(), 16);
+    let pieces: Vec<_> = reader.read_ranges([(0, 1 << 20)]).collect().await;
+    assert!(pieces.into_iter().map(|p| p.unwrap().1).collect::<Vec<_>>().concat() == data);
 }
 
 #[tokio::test]
