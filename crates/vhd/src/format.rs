@@ -144,12 +144,7 @@ impl Footer {
     }
 
     pub fn parse(buf: &[u8; FOOTER_SIZE]) -> Result<Footer> {
-        check_cookie("footer", &buf[..8], FOOTER_COOKIE)?;
-        check_checksum("footer", buf, FOOTER_CHECKSUM_AT)?;
-        let version = be_u32(buf, 12);
-        if version != FORMAT_VERSION {
-            return Err(Error::Unsupported(format!("footer version {version:#010x}")));
-        }
+        check_structure("footer", buf, FOOTER_COOKIE, FOOTER_CHECKSUM_AT, 12)?;
         let raw_type = be_u32(buf, 60);
         let disk_type = DiskType::from_u32(raw_type)
             .ok_or_else(|| Error::Unsupported(format!("disk type {raw_type}")))?;
@@ -231,12 +226,7 @@ pub struct DynamicHeader {
 
 impl DynamicHeader {
     pub fn parse(buf: &[u8; HEADER_SIZE]) -> Result<DynamicHeader> {
-        check_cookie("dynamic header", &buf[..8], HEADER_COOKIE)?;
-        check_checksum("dynamic header", buf, HEADER_CHECKSUM_AT)?;
-        let version = be_u32(buf, 24);
-        if version != FORMAT_VERSION {
-            return Err(Error::Unsupported(format!("dynamic header version {version:#010x}")));
-        }
+        check_structure("dynamic header", buf, HEADER_COOKIE, HEADER_CHECKSUM_AT, 24)?;
         let name_units: Vec<u16> = buf[UNICODE_NAME_AT..UNICODE_NAME_AT + UNICODE_NAME_LEN]
             .chunks_exact(2)
             .map(|c| u16::from_be_bytes([c[0], c[1]]))
@@ -324,25 +314,33 @@ fn checksum(buf: &[u8]) -> u32 {
     !buf.iter().fold(0u32, |acc, &b| acc.wrapping_add(u32::from(b)))
 }
 
-fn check_cookie(what: &'static str, found: &[u8], expected: &'static [u8; 8]) -> Result<()> {
-    if found == expected {
-        return Ok(());
+/// Cookie, checksum and format version, checked in that order so that the error says
+/// what is most likely wrong (not a VHD at all, damaged, or a newer format).
+fn check_structure(
+    what: &'static str,
+    buf: &[u8],
+    cookie: &'static [u8; 8],
+    checksum_at: usize,
+    version_at: usize,
+) -> Result<()> {
+    let found = &buf[..8];
+    if found != cookie {
+        return Err(Error::BadCookie {
+            what,
+            found: String::from_utf8_lossy(found).into_owned(),
+            expected: String::from_utf8_lossy(cookie).into_owned(),
+        });
     }
-    Err(Error::BadCookie {
-        what,
-        found: String::from_utf8_lossy(found).into_owned(),
-        expected: String::from_utf8_lossy(expected).into_owned(),
-    })
-}
-
-fn check_checksum(what: &'static str, buf: &[u8], checksum_at: usize) -> Result<()> {
     let stored = be_u32(buf, checksum_at);
     let computed = checksum_skipping(buf, checksum_at);
-    if stored == computed {
-        Ok(())
-    } else {
-        Err(Error::BadChecksum { what, stored, computed })
+    if stored != computed {
+        return Err(Error::BadChecksum { what, stored, computed });
     }
+    let version = be_u32(buf, version_at);
+    if version != FORMAT_VERSION {
+        return Err(Error::Unsupported(format!("{what} version {version:#010x}")));
+    }
+    Ok(())
 }
 
 // Fixed offsets into fixed-size structures: these slices cannot go out of bounds.

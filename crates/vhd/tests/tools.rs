@@ -15,17 +15,8 @@ use xenvault_vhd::{
 const MIB: u64 = 1024 * 1024;
 const BLOCK: u64 = 2 * MIB;
 
-/// Deterministic bytes, different for every seed.
 fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    xenvault_fixtures::random_bytes(seed, "vhd", len)
 }
 
 /// A disk of `size` bytes with data in the given 2 MiB blocks and zeros elsewhere.

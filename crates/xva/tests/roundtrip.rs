@@ -16,15 +16,7 @@ use xenvault_xva::{
 const MIB: usize = CHUNK_SIZE as usize;
 
 fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    xenvault_fixtures::random_bytes(seed, "xva", len)
 }
 
 /// Disks with zero regions: whole zero chunks, partly zero chunks, a zero first chunk,
