@@ -126,9 +126,13 @@ fn qemu_img_convert(image_opts: &str, tls_object: &str, out: &std::path::Path) -
     Ok(std::fs::read(out).unwrap())
 }
 
-/// The xapi-style export name percent-encoded as an NBD URI path.
-fn uri_export() -> String {
-    EXPORT.replace('?', "%3F").replace('=', "%3D").replace(':', "%3A")
+/// Runs `nbdinfo FLAG` and `nbdcopy` (into `work`) on our server's `EXPORT` over TLS.
+async fn nbdinfo_and_nbdcopy(port: u16, pki: &Pki, flag: &'static str, work: &tempfile::TempDir) -> (String, Vec<u8>) {
+    // The xapi-style export name, percent-encoded as the URI path.
+    let name = EXPORT.replace('?', "%3F").replace('=', "%3D").replace(':', "%3A");
+    let uri = format!("nbds://127.0.0.1:{port}/{name}?tls-certificates={}", pki.path().display());
+    let out = work.path().join("copy.raw");
+    tokio::task::spawn_blocking(move || (nbdinfo(&uri, &[flag]), nbdcopy_to_file(&uri, &out))).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -136,15 +140,8 @@ async fn nbdinfo_nbdcopy_qemu_img_read_xapi_compat_server_over_tls() {
     let pki = Pki::new();
     let data = disk_bytes();
     let (addr, _stop) = start_server(ServerConfig::xapi(Some(pki.server_config())), memory(&data, false)).await;
-    let uri = format!("nbds://127.0.0.1:{}/{}?tls-certificates={}", addr.port(), uri_export(), pki.path().display());
     let work = tempfile::tempdir().unwrap();
-
-    let (info, copy) = tokio::task::spawn_blocking({
-        let (uri, out) = (uri.clone(), work.path().join("copy.raw"));
-        move || (nbdinfo(&uri, &["--json"]), nbdcopy_to_file(&uri, &out))
-    })
-    .await
-    .unwrap();
+    let (info, copy) = nbdinfo_and_nbdcopy(addr.port(), &pki, "--json", &work).await;
     assert!(info.contains(&format!("\"export-size\": {}", data.len())), "{info}");
     assert!(info.contains("\"is_read_only\": true"), "{info}");
     assert!(copy == data, "nbdcopy from XapiCompat differs");
@@ -194,15 +191,8 @@ async fn nbdinfo_map_nbdcopy_qemu_img_read_modern_server_over_tls() {
     let data = disk_bytes();
     let export = std::sync::Arc::new(Sparse(xenvault_nbd::fuzzing::MemoryExport::new(data.clone(), false), data.clone()));
     let (addr, _stop) = start_server(ServerConfig::modern(Some(pki.server_config())), export).await;
-    let uri = format!("nbds://127.0.0.1:{}/{}?tls-certificates={}", addr.port(), uri_export(), pki.path().display());
     let work = tempfile::tempdir().unwrap();
-
-    let (map, copy) = tokio::task::spawn_blocking({
-        let (uri, out) = (uri.clone(), work.path().join("copy.raw"));
-        move || (nbdinfo(&uri, &["--map"]), nbdcopy_to_file(&uri, &out))
-    })
-    .await
-    .unwrap();
+    let (map, copy) = nbdinfo_and_nbdcopy(addr.port(), &pki, "--map", &work).await;
     // nbdinfo merges runs: data 0-3 MiB, hole 3-4, data 4-7, hole 7-8.
     let runs: Vec<Vec<&str>> = map.lines().map(|l| l.split_whitespace().take(3).collect()).collect();
     let expected = [["0", "3145728", "0"], ["3145728", "1048576", "3"], ["4194304", "3145728", "0"], ["7340032", "1048576", "3"]];
