@@ -182,3 +182,69 @@ async fn faults_fail_calls_and_cut_transfers() {
     c.call("sim.clear_faults", vec![]).await.unwrap();
     sim.stop().await;
 }
+
+const XXHASH_CHECK: &str = r#"
+import sys, tarfile, xxhash
+names = []
+with tarfile.open(sys.argv[1]) as t:
+    members = t.getmembers()
+    assert members[0].name == "ova.xml", members[0].name
+    for m in members:
+        if m.name.endswith(".xxhash"):
+            data = t.extractfile(m.name[:-len(".xxhash")]).read()
+            assert t.extractfile(m).read().decode() == "%016X" % xxhash.xxh64(data).intdigest(), m.name
+            names.append(m.name)
+assert names
+print(len(names))
+"#;
+
+#[tokio::test]
+async fn xva_export_reimports_to_identical_disks() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let p = |n: &str| work.path().join(n);
+    let sim = start(dir.path(), true).await;
+    let c = login(&sim).await;
+    let sid = session(&sim.url, &sim.password).await;
+    let (vm, vdi) = first_vdi(&c, "debian-web").await;
+    c.call("sim.scribble", vec![vdi.clone().into(), "5".into(), "65536".into(), "11".into()]).await.unwrap();
+    let snap = s(&c.call("VM.snapshot", vec![vm.into(), "for-xva".into()]).await.unwrap());
+    let snap_vdi = snapshot_vdi(&c, &snap, &vdi).await;
+    let digest = sha256(&c, &snap_vdi).await;
+
+    for compression in ["false", "zstd"] {
+        let file = p(&format!("vm-{compression}.xva"));
+        download(&format!("{}/export?session_id={sid}&ref={snap}&use_compression={compression}", sim.url), &file).await;
+        if compression == "false" {
+            let f = file.clone();
+            tokio::task::spawn_blocking(move || run(Command::new("python3").arg("-c").arg(XXHASH_CHECK).arg(&f)))
+                .await
+                .unwrap();
+        }
+        let r = upload(&format!("{}/import?session_id={sid}", sim.url), &file).await;
+        assert_eq!(r.status(), 200);
+        let task = r.headers().get("task-id").unwrap().to_str().unwrap().to_owned();
+        let result = s(&c.call("task.get_result", vec![task.into()]).await.unwrap());
+        let new_vm = result.split("OpaqueRef:").nth(1).and_then(|r| r.split('<').next()).map(|r| format!("OpaqueRef:{r}")).unwrap();
+        let vbds = c.call("VM.get_VBDs", vec![new_vm.clone().into()]).await.unwrap();
+        let mut digests = Vec::new();
+        for vbd in vbds.as_array().unwrap() {
+            let d = s(&c.call("VBD.get_VDI", vec![vbd.clone()]).await.unwrap());
+            digests.push(sha256(&c, &d).await);
+        }
+        assert!(digests.contains(&digest), "{compression}: {digests:?}");
+        assert_eq!(digests.len(), 2);
+    }
+
+    // A flipped byte inside a chunk fails the import and leaves no VM behind.
+    let mut bytes = std::fs::read(p("vm-false.xva")).unwrap();
+    let vms_before = c.call("VM.get_all", vec![]).await.unwrap().as_array().unwrap().len();
+    let name = bytes.windows(9).position(|w| w == b"/00000000").expect("first chunk member");
+    let data_start = name / 512 * 512 + 512;
+    bytes[data_start + 10] ^= 0xff;
+    std::fs::write(p("bad.xva"), &bytes).unwrap();
+    let r = upload(&format!("{}/import?session_id={sid}", sim.url), &p("bad.xva")).await;
+    assert_eq!(r.status(), 500);
+    assert_eq!(c.call("VM.get_all", vec![]).await.unwrap().as_array().unwrap().len(), vms_before);
+    sim.stop().await;
+}

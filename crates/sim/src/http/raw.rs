@@ -131,9 +131,9 @@ fn send_raw(sim: &SharedSim, task_ref: &str, src: &Source, out: &mut BodySender)
 }
 
 /// Buffers writes into 1 MiB body chunks.
-struct ChunkWriter<'a> {
-    out: &'a mut BodySender,
-    buf: Vec<u8>,
+pub struct ChunkWriter<'a> {
+    pub out: &'a mut BodySender,
+    pub buf: Vec<u8>,
 }
 
 impl Write for ChunkWriter<'_> {
