@@ -1,7 +1,9 @@
 //! `xenvault`: the command line. Each area's subcommands live in their own module and
 //! are flattened into one verb list here; the work itself lives in the library crates.
 
+mod benchmark_cmd;
 mod exit;
+mod repo_cmds;
 mod sim_cmds;
 
 use clap::{Parser, Subcommand};
@@ -22,11 +24,17 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     #[command(flatten)]
+    Benchmark(benchmark_cmd::Commands),
+    #[command(flatten)]
+    Repo(repo_cmds::Commands),
+    #[command(flatten)]
     Sim(sim_cmds::Commands),
 }
 
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
+        Command::Benchmark(cmd) => benchmark_cmd::run(cmd).await,
+        Command::Repo(cmd) => repo_cmds::run(cmd).await,
         Command::Sim(cmd) => sim_cmds::run(cmd).await,
     }
 }

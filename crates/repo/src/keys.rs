@@ -94,6 +94,10 @@ impl Secret {
     pub fn passphrase(s: impl Into<String>) -> Self {
         Secret::Passphrase(Zeroizing::new(s.into()))
     }
+
+    pub fn key_file(content: Vec<u8>) -> Self {
+        Secret::KeyFile(Zeroizing::new(content))
+    }
 }
 
 fn slot_aad(id: &str) -> Vec<u8> {

@@ -1,0 +1,707 @@
+//! Repository commands: init, backup-image, snapshots, restore-image, verify, forget,
+//! prune, key, copy. The work lives in `xenvault_repo`; this module parses, reports
+//! (text or `--json`) and maps errors to exit codes.
+
+use crate::exit::{self, ExitKind};
+use anyhow::{Context, Result, anyhow};
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use xenvault_repo::backend::BackendOptions;
+use xenvault_repo::keys::{Encryption, KdfParams, Secret, new_key_file_content};
+use xenvault_repo::{DiskReader, InitOptions, Repository, SourceInfo};
+
+#[derive(Subcommand)]
+pub enum Commands {
+    /// Create a repository.
+    Init(InitArgs),
+    /// Back up disk image files (raw or VHD) as one restore point.
+    BackupImage(BackupImageArgs),
+    /// List restore points.
+    Snapshots(SnapshotsArgs),
+    /// Restore one disk of a restore point into a file.
+    RestoreImage(RestoreImageArgs),
+    /// Check stored data; exits 3 when it finds damage.
+    Verify(VerifyArgs),
+    /// Remove restore points by id or by retention policy.
+    Forget(ForgetArgs),
+    /// Delete data no restore point references (safe while backups run).
+    Prune(PruneArgs),
+    /// Manage the keys that open the repository.
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Copy restore points to another repository (only missing chunks move).
+    Copy(CopyArgs),
+}
+
+/// Where the repository is and how to open it.
+#[derive(Args, Clone)]
+pub struct RepoArgs {
+    /// A path, s3://bucket/prefix or azblob://container/prefix.
+    #[arg(long, env = "XENVAULT_REPO")]
+    repo: String,
+    /// File holding the passphrase (else $XENVAULT_PASSPHRASE).
+    #[arg(long)]
+    passphrase_file: Option<PathBuf>,
+    /// Open with a key file instead of a passphrase.
+    #[arg(long)]
+    key_file: Option<PathBuf>,
+    /// S3 endpoint (else $AWS_ENDPOINT_URL).
+    #[arg(long)]
+    s3_endpoint: Option<String>,
+    /// S3 region (else $AWS_REGION).
+    #[arg(long)]
+    s3_region: Option<String>,
+    /// Azure Blob endpoint (else $AZURE_STORAGE_ENDPOINT).
+    #[arg(long)]
+    azure_endpoint: Option<String>,
+    /// Azure storage account (else $AZURE_STORAGE_ACCOUNT).
+    #[arg(long)]
+    azure_account: Option<String>,
+}
+
+impl RepoArgs {
+    fn backend(&self) -> BackendOptions {
+        BackendOptions {
+            s3_endpoint: self.s3_endpoint.clone(),
+            s3_region: self.s3_region.clone(),
+            azure_endpoint: self.azure_endpoint.clone(),
+            azure_account: self.azure_account.clone(),
+            ..Default::default()
+        }
+    }
+
+    fn secret(&self) -> Result<Option<Secret>> {
+        if let Some(path) = &self.key_file {
+            let bytes = std::fs::read(path).with_context(|| format!("reading key file {}", path.display()))?;
+            return Ok(Some(Secret::key_file(trim_newline(bytes))));
+        }
+        passphrase(self.passphrase_file.as_deref(), "XENVAULT_PASSPHRASE")
+    }
+
+    async fn open(&self) -> Result<Repository> {
+        let secret = self.secret()?;
+        Repository::open(&self.repo, &self.backend(), secret.as_ref()).await.map_err(classify)
+    }
+}
+
+fn trim_newline(mut b: Vec<u8>) -> Vec<u8> {
+    while b.last().is_some_and(|c| *c == b'\n' || *c == b'\r') {
+        b.pop();
+    }
+    b
+}
+
+/// A passphrase from `file`, else from the environment variable `var`.
+fn passphrase(file: Option<&Path>, var: &str) -> Result<Option<Secret>> {
+    if let Some(path) = file {
+        let raw = std::fs::read(path).with_context(|| format!("reading passphrase file {}", path.display()))?;
+        let text = String::from_utf8(trim_newline(raw)).map_err(|_| anyhow!("passphrase file is not UTF-8"))?;
+        return Ok(Some(Secret::passphrase(text)));
+    }
+    Ok(std::env::var(var).ok().filter(|p| !p.is_empty()).map(Secret::passphrase))
+}
+
+/// Wrong keys and refused credentials exit with AUTH; everything else with FAILURE.
+fn classify(e: xenvault_repo::Error) -> anyhow::Error {
+    use xenvault_repo::backend::BackendError;
+    let auth = matches!(
+        e,
+        xenvault_repo::Error::WrongKey
+            | xenvault_repo::Error::KeyNeeded
+            | xenvault_repo::Error::Backend(BackendError::AccessDenied { .. })
+    );
+    let e = anyhow::Error::new(e);
+    if auth { e.context(ExitKind::Auth) } else { e }
+}
+
+fn parse_size(s: &str) -> Result<u32, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((i, _)) => {
+            let m = match s[i..].to_ascii_lowercase().trim_end_matches("ib").trim_end_matches('b') {
+                "k" => 1u64 << 10,
+                "m" => 1 << 20,
+                "g" => 1 << 30,
+                "" => 1,
+                other => return Err(format!("unknown size unit {other:?}")),
+            };
+            (&s[..i], m)
+        }
+        None => (s, 1),
+    };
+    let n: u64 = num.trim().parse().map_err(|_| format!("not a size: {s:?}"))?;
+    u32::try_from(n * mult).map_err(|_| format!("size too large: {s}"))
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn bytes_bar(total: u64, hidden: bool, what: &str) -> ProgressBar {
+    if hidden {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_message(what.to_string());
+    bar
+}
+
+fn progress_of(bar: &ProgressBar) -> xenvault_repo::writer::Progress {
+    let bar = bar.clone();
+    Arc::new(move |n| bar.inc(n))
+}
+
+fn human(bytes: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    format!("{v:.1} {}", units[u])
+}
+
+#[derive(Args)]
+pub struct InitArgs {
+    #[command(flatten)]
+    repo: RepoArgs,
+    /// aes-256-gcm, or none (explicitly unencrypted).
+    #[arg(long, default_value = "aes-256-gcm", value_parser = ["aes-256-gcm", "none"])]
+    encryption: String,
+    /// Chunk size (64K … 16M; a power of two).
+    #[arg(long, default_value = "1M", value_parser = parse_size)]
+    chunk_size: u32,
+    /// Target pack file size.
+    #[arg(long, default_value = "16M", value_parser = parse_size)]
+    pack_size: u32,
+    #[arg(long, default_value_t = 1)]
+    zstd_level: i32,
+    /// Argon2id memory in MiB for the passphrase slot.
+    #[arg(long, default_value_t = 64)]
+    kdf_memory_mib: u32,
+    #[arg(long, default_value_t = 3)]
+    kdf_iterations: u32,
+    /// Create a new key file at this path and open the repository with it (instead of a passphrase).
+    #[arg(long, conflicts_with = "key_file")]
+    new_key_file: Option<PathBuf>,
+    /// Derive chunk ids like this repository (so `copy` from it moves only missing chunks).
+    #[arg(long)]
+    chunk_ids_from: Option<String>,
+    /// Passphrase file of --chunk-ids-from (else $XENVAULT_FROM_PASSPHRASE).
+    #[arg(long)]
+    from_passphrase_file: Option<PathBuf>,
+    #[arg(long)]
+    json: bool,
+}
+
+async fn init(a: InitArgs) -> Result<ExitCode> {
+    let encryption = if a.encryption == "none" { Encryption::None } else { Encryption::Aes256Gcm };
+    let secret = match &a.new_key_file {
+        Some(path) => {
+            let content = new_key_file_content()?;
+            write_private(path, &content)?;
+            Some(Secret::key_file(content))
+        }
+        None => a.repo.secret()?,
+    };
+    if encryption == Encryption::Aes256Gcm && secret.is_none() {
+        return Err(anyhow!(
+            "an encrypted repository needs a passphrase ($XENVAULT_PASSPHRASE or --passphrase-file) or --new-key-file; \
+             or choose --encryption none"
+        ));
+    }
+    let chunk_ids_from = match &a.chunk_ids_from {
+        Some(loc) => {
+            let s = passphrase(a.from_passphrase_file.as_deref(), "XENVAULT_FROM_PASSPHRASE")?;
+            Some(Repository::open(loc, &a.repo.backend(), s.as_ref()).await.map_err(classify)?)
+        }
+        None => None,
+    };
+    let opts = InitOptions {
+        encryption,
+        secret,
+        kdf: KdfParams { memory_kib: a.kdf_memory_mib.saturating_mul(1024), iterations: a.kdf_iterations, parallelism: 1 },
+        chunk_size: a.chunk_size,
+        pack_size: a.pack_size,
+        zstd_level: a.zstd_level,
+        chunk_ids_from,
+        ..Default::default()
+    };
+    let repo = Repository::init(&a.repo.repo, &a.repo.backend(), opts).await.map_err(classify)?;
+    if a.json {
+        print_json(&serde_json::json!({"id": repo.id(), "location": repo.location(), "config": repo.config()}))?;
+    } else {
+        println!("created repository {} at {}", repo.id(), repo.location());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn write_private(path: &Path, content: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating key file {}", path.display()))?;
+    f.write_all(content)?;
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct BackupImageArgs {
+    /// Image files; each becomes one disk of the restore point.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    #[command(flatten)]
+    repo: RepoArgs,
+    /// Groups restore points for retention (default: the first file's absolute path).
+    #[arg(long)]
+    source_id: Option<String>,
+    #[arg(long)]
+    tag: Vec<String>,
+    #[arg(long)]
+    json: bool,
+}
+
+async fn backup_image(a: BackupImageArgs) -> Result<ExitCode> {
+    let repo = a.repo.open().await?;
+    let first = std::path::absolute(&a.files[0])?;
+    let source_id = a.source_id.clone().unwrap_or_else(|| first.display().to_string());
+    let name = first.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let session = repo.start_backup(SourceInfo { id: source_id, kind: "image".into(), name }).await.map_err(classify)?;
+    let started = std::time::Instant::now();
+    let mut files = Vec::new();
+    for (i, path) in a.files.iter().enumerate() {
+        let source = xenvault_repo::open_image(path).map_err(classify)?;
+        let bar = bytes_bar(source.size(), a.json, &path.display().to_string());
+        let disk_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| format!("disk{i}"));
+        let mut w = session.disk_writer(&disk_name, "", source.size(), None).await.map_err(classify)?;
+        w.set_progress(progress_of(&bar));
+        w.write_source(source).await.map_err(classify)?;
+        w.finish().await.map_err(classify)?;
+        bar.finish_and_clear();
+        files.push(std::path::absolute(path)?.display().to_string());
+    }
+    let m = session.commit(serde_json::json!({ "files": files }), a.tag.clone()).await.map_err(classify)?;
+    let secs = started.elapsed().as_secs_f64();
+    let size = m.total_size();
+    if a.json {
+        print_json(&serde_json::json!({"snapshot": m, "seconds": secs, "bytes_per_second": size as f64 / secs}))?;
+    } else {
+        println!("restore point {} ({}) in {:.1} s, {}/s", m.id, human(size), secs, human((size as f64 / secs) as u64));
+        for d in &m.disks {
+            let s = &d.stats;
+            println!(
+                "  {}: {} read, {} zero, {} new → {} stored, {} chunks reused",
+                d.name,
+                human(s.bytes_read),
+                human(s.bytes_zero),
+                human(s.bytes_new),
+                human(s.bytes_stored),
+                s.chunks_reused
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
+pub struct SnapshotsArgs {
+    #[command(flatten)]
+    repo: RepoArgs,
+    /// Only restore points of this source id.
+    #[arg(long)]
+    source: Option<String>,
+    #[arg(long)]
+    json: bool,
+}
+
+async fn snapshots(a: SnapshotsArgs) -> Result<ExitCode> {
+    let repo = a.repo.open().await?;
+    let list: Vec<_> = repo
+        .snapshots()
+        .await
+        .map_err(classify)?
+        .into_iter()
+        .filter(|m| a.source.as_ref().is_none_or(|s| &m.source.id == s))
+        .collect();
+    if a.json {
+        print_json(&list)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{:<10} {:<20} {:<8} {:>10}  {:<30} tags", "id", "time (UTC)", "disks", "size", "source");
+    for m in &list {
+        println!(
+            "{:<10} {:<20} {:<8} {:>10}  {:<30} {}",
+            m.short_id(),
+            m.time.format("%Y-%m-%d %H:%M:%S"),
+            m.disks.len(),
+            human(m.total_size()),
+            m.source.name,
+            m.tags.join(",")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
+pub struct RestoreImageArgs {
+    /// Restore point id (or unique prefix, or "latest").
+    id: String,
+    #[command(flatten)]
+    repo: RepoArgs,
+    /// Output file (created or truncated; holes stay sparse).
+    #[arg(long)]
+    to: PathBuf,
+    /// Disk name, uuid or position (default: the first disk).
+    #[arg(long, default_value = "0")]
+    disk: String,
+    #[arg(long)]
+    json: bool,
+}
+
+async fn restore_image(a: RestoreImageArgs) -> Result<ExitCode> {
+    let repo = a.repo.open().await?;
+    let m = repo.snapshot(&a.id).await.map_err(classify)?;
+    let disk = m.disk(&a.disk).ok_or_else(|| classify(xenvault_repo::Error::DiskNotFound(a.disk.clone())))?;
+    let reader = DiskReader::new(&repo, disk).await.map_err(classify)?;
+    let bar = bytes_bar(disk.size, a.json, &disk.name);
+    let stats = reader.restore_to_file(&a.to, Some(progress_of(&bar))).await.map_err(classify)?;
+    bar.finish_and_clear();
+    if a.json {
+        print_json(&serde_json::json!({"snapshot": m.id, "disk": disk.name, "to": a.to, "stats": stats}))?;
+    } else {
+        println!(
+            "restored {} ({}) of {} to {} in {:.1} s, {}/s",
+            disk.name,
+            human(stats.bytes),
+            m.short_id(),
+            a.to.display(),
+            stats.seconds,
+            human((stats.bytes as f64 / stats.seconds.max(1e-9)) as u64)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    repo: RepoArgs,
+    /// Check only this share of packs (percent), chosen at random.
+    #[arg(long)]
+    sample: Option<f64>,
+    #[arg(long)]
+    json: bool,
+}
+
+async fn verify(a: VerifyArgs) -> Result<ExitCode> {
+    let repo = a.repo.open().await?;
+    let bar = bytes_bar(0, a.json, "verify");
+    let report = xenvault_repo::verify::verify(&repo, a.sample, Some(progress_of(&bar))).await.map_err(classify)?;
+    bar.finish_and_clear();
+    if a.json {
+        print_json(&report)?;
+    } else {
+        println!(
+            "checked {} of {} packs, {} chunks ({}), {} restore points",
+            report.packs_checked,
+            report.packs_total,
+            report.chunks_checked,
+            human(report.bytes_checked),
+            report.snapshots_checked
+        );
+        for b in &report.bad_chunks {
+            println!("bad chunk {} in pack {}: {}", b.id, b.pack, b.reason);
+        }
+        for (id, problems) in &report.damaged_snapshots {
+            println!("damaged restore point {id}:");
+            for p in problems {
+                println!("  {p}");
+            }
+        }
+        if report.found_damage() {
+            println!("damage found: the next backup of the same data re-stores the bad chunks");
+        } else {
+            println!("no damage found");
+        }
+    }
+    Ok(ExitCode::from(if report.found_damage() { exit::DAMAGE_FOUND } else { 0 }))
+}
+
+#[derive(Args)]
+pub struct ForgetArgs {
+    /// Restore point ids to remove (instead of a policy).
+    ids: Vec<String>,
+    #[command(flatten)]
+    repo: RepoArgs,
+    /// Apply the policy only to this source id.
+    #[arg(long)]
+    source: Option<String>,
+    #[arg(long, default_value_t = 0)]
+    keep_last: u32,
+    #[arg(long, default_value_t = 0)]
+    keep_hourly: u32,
+    #[arg(long, default_value_t = 0)]
+    keep_daily: u32,
+    #[arg(long, default_value_t = 0)]
+    keep_weekly: u32,
+    #[arg(long, default_value_t = 0)]
+    keep_monthly: u32,
+    #[arg(long, default_value_t = 0)]
+    keep_yearly: u32,
+    /// Show what would go, remove nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Prune afterwards.
+    #[arg(long)]
+    prune: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+async fn forget(a: ForgetArgs) -> Result<ExitCode> {
+    let repo = a.repo.open().await?;
+    let policy = xenvault_repo::prune::KeepPolicy {
+        last: a.keep_last,
+        hourly: a.keep_hourly,
+        daily: a.keep_daily,
+        weekly: a.keep_weekly,
+        monthly: a.keep_monthly,
+        yearly: a.keep_yearly,
+    };
+    let plan = if a.ids.is_empty() {
+        let all: Vec<_> = repo
+            .snapshots()
+            .await
+            .map_err(classify)?
+            .into_iter()
+            .filter(|m| a.source.as_ref().is_none_or(|s| &m.source.id == s))
+            .collect();
+        xenvault_repo::prune::plan(&all, &policy).map_err(classify)?
+    } else {
+        if !policy.is_empty() {
+            return Err(anyhow!("give restore point ids or --keep-* rules, not both"));
+        }
+        let mut remove = Vec::new();
+        for id in &a.ids {
+            remove.push(repo.snapshot(id).await.map_err(classify)?.id);
+        }
+        xenvault_repo::prune::ForgetPlan { keep: Vec::new(), remove }
+    };
+    if !a.dry_run {
+        for id in &plan.remove {
+            repo.delete_snapshot(id).await.map_err(classify)?;
+        }
+    }
+    let gc = match (a.prune, a.dry_run) {
+        (true, false) => Some(xenvault_repo::gc::gc(&repo).await.map_err(classify)?),
+        _ => None,
+    };
+    if a.json {
+        print_json(&serde_json::json!({"keep": plan.keep, "remove": plan.remove, "dry_run": a.dry_run, "prune": gc}))?;
+    } else {
+        let verb = if a.dry_run { "would remove" } else { "removed" };
+        for id in &plan.remove {
+            println!("{verb} {id}");
+        }
+        println!("{} kept, {} {verb}", plan.keep.len(), plan.remove.len());
+        if let Some(r) = gc {
+            print_gc(&r);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_gc(r: &xenvault_repo::gc::GcReport) {
+    println!(
+        "prune: {} packs, {} referenced, {} newly unreferenced, {} deleted, {} waiting for {} running backup(s)",
+        r.packs_total, r.packs_referenced, r.packs_condemned, r.packs_deleted, r.packs_waiting, r.backups_running
+    );
+}
+
+#[derive(Args)]
+pub struct PruneArgs {
+    #[command(flatten)]
+    repo: RepoArgs,
+    #[arg(long)]
+    json: bool,
+}
+
+async fn prune(a: PruneArgs) -> Result<ExitCode> {
+    let repo = a.repo.open().await?;
+    let r = xenvault_repo::gc::gc(&repo).await.map_err(classify)?;
+    if a.json { print_json(&r)? } else { print_gc(&r) }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Subcommand)]
+pub enum KeyCommand {
+    /// List key slots.
+    List {
+        #[command(flatten)]
+        repo: RepoArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a passphrase ($XENVAULT_NEW_PASSPHRASE or --new-passphrase-file) or a new key file.
+    Add {
+        #[command(flatten)]
+        repo: RepoArgs,
+        #[command(flatten)]
+        new: NewKeyArgs,
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+    /// Remove a key slot by id (never the last one).
+    Remove {
+        id: String,
+        #[command(flatten)]
+        repo: RepoArgs,
+    },
+    /// Change the passphrase of the slot the current passphrase opens.
+    Passwd {
+        #[command(flatten)]
+        repo: RepoArgs,
+        #[command(flatten)]
+        new: NewKeyArgs,
+    },
+}
+
+#[derive(Args)]
+pub struct NewKeyArgs {
+    #[arg(long)]
+    new_passphrase_file: Option<PathBuf>,
+    /// Create a key file here instead of a passphrase.
+    #[arg(long)]
+    new_key_file: Option<PathBuf>,
+    #[arg(long, default_value_t = 64)]
+    kdf_memory_mib: u32,
+    #[arg(long, default_value_t = 3)]
+    kdf_iterations: u32,
+}
+
+impl NewKeyArgs {
+    fn secret(&self) -> Result<Secret> {
+        if let Some(path) = &self.new_key_file {
+            let content = new_key_file_content()?;
+            write_private(path, &content)?;
+            return Ok(Secret::key_file(content));
+        }
+        passphrase(self.new_passphrase_file.as_deref(), "XENVAULT_NEW_PASSPHRASE")?
+            .ok_or_else(|| anyhow!("no new passphrase: set $XENVAULT_NEW_PASSPHRASE or --new-passphrase-file"))
+    }
+
+    fn params(&self) -> KdfParams {
+        KdfParams { memory_kib: self.kdf_memory_mib.saturating_mul(1024), iterations: self.kdf_iterations, parallelism: 1 }
+    }
+}
+
+async fn key(cmd: KeyCommand) -> Result<ExitCode> {
+    match cmd {
+        KeyCommand::List { repo, json } => {
+            let repo = repo.open().await?;
+            let slots = repo.key_slots().await.map_err(classify)?;
+            if json {
+                let list: Vec<_> = slots
+                    .iter()
+                    .map(|s| serde_json::json!({"id": s.id, "kind": s.kind(), "label": s.label, "created": s.created}))
+                    .collect();
+                print_json(&list)?;
+            } else {
+                for s in &slots {
+                    println!("{}  {:<10} {}  {}", s.id, s.kind(), s.created.format("%Y-%m-%d %H:%M:%S"), s.label);
+                }
+            }
+        }
+        KeyCommand::Add { repo, new, label } => {
+            let repo = repo.open().await?;
+            let slot = repo.add_key(&new.secret()?, new.params(), &label).await.map_err(classify)?;
+            println!("added key slot {}", slot.id);
+        }
+        KeyCommand::Remove { id, repo } => {
+            repo.open().await?.remove_key(&id).await.map_err(classify)?;
+            println!("removed key slot {id}");
+        }
+        KeyCommand::Passwd { repo: args, new } => {
+            let repo = args.open().await?;
+            let current = args.secret()?.ok_or_else(|| classify(xenvault_repo::Error::KeyNeeded))?;
+            let old = repo.slot_for(&current).await.map_err(classify)?;
+            let slot = repo.add_key(&new.secret()?, new.params(), &old.label).await.map_err(classify)?;
+            repo.remove_key(&old.id).await.map_err(classify)?;
+            println!("replaced key slot {} by {}", old.id, slot.id);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
+pub struct CopyArgs {
+    /// Restore point ids (or prefixes); none with --all.
+    ids: Vec<String>,
+    #[command(flatten)]
+    repo: RepoArgs,
+    /// Target repository.
+    #[arg(long)]
+    to: String,
+    /// Passphrase file of the target (else $XENVAULT_TO_PASSPHRASE).
+    #[arg(long)]
+    to_passphrase_file: Option<PathBuf>,
+    /// Copy every restore point the target lacks.
+    #[arg(long)]
+    all: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+async fn copy(a: CopyArgs) -> Result<ExitCode> {
+    let src = a.repo.open().await?;
+    let to_secret = passphrase(a.to_passphrase_file.as_deref(), "XENVAULT_TO_PASSPHRASE")?;
+    let dst = Repository::open(&a.to, &a.repo.backend(), to_secret.as_ref()).await.map_err(classify)?;
+    let ids = if a.all {
+        src.snapshots().await.map_err(classify)?.into_iter().map(|m| m.id).collect()
+    } else if a.ids.is_empty() {
+        return Err(anyhow!("name restore points to copy, or --all"));
+    } else {
+        a.ids.clone()
+    };
+    let r = xenvault_repo::copy::copy(&src, &dst, &ids).await.map_err(classify)?;
+    if a.json {
+        print_json(&r)?;
+    } else {
+        println!(
+            "copied {} restore point(s), {} already there; {} chunks read, {} new chunks ({})",
+            r.copied.len(),
+            r.skipped.len(),
+            r.chunks_read,
+            r.chunks_new,
+            human(r.bytes_new)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn run(cmd: Commands) -> Result<ExitCode> {
+    match cmd {
+        Commands::Init(a) => init(a).await,
+        Commands::BackupImage(a) => backup_image(a).await,
+        Commands::Snapshots(a) => snapshots(a).await,
+        Commands::RestoreImage(a) => restore_image(a).await,
+        Commands::Verify(a) => verify(a).await,
+        Commands::Forget(a) => forget(a).await,
+        Commands::Prune(a) => prune(a).await,
+        Commands::Key(c) => key(c).await,
+        Commands::Copy(a) => copy(a).await,
+    }
+}
