@@ -1,0 +1,361 @@
+//! Interop against the simulator (started in-process): the official Python SDK over
+//! XML-RPC and Xen Orchestra's `xen-api` over JSON-RPC run tests/interop/*; our own client
+//! runs the same CBT flow over both transports, pinned to the simulator's certificate, and
+//! moves disks through the HTTP handlers.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use base64::Engine;
+use futures::StreamExt;
+use rustls_pki_types::pem::PemObject;
+use sha2::{Digest, Sha256};
+use xenvault_sim::{DemoDisks, SimConfig, SimHandle, Simulator};
+use xenvault_xapi::wire::cbt::{BLOCK_SIZE, ChangedBlocks};
+use xenvault_xapi::{Client, DiskFormat, ImportTarget, Ref, TlsMode, Transport, Value};
+
+const DISK_SIZE: u64 = 8 << 20;
+
+async fn start_sim() -> (SimHandle, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = SimConfig::new(dir.path());
+    config.demo_disks = DemoDisks::Blank(DISK_SIZE);
+    let sim = Simulator::start(config).await.expect("simulator starts");
+    (sim, dir)
+}
+
+fn interop_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop")
+}
+
+/// Runs an interop script and returns its JSON report.
+async fn run_script(program: &str, script: &str, sim: &SimHandle) -> serde_json::Value {
+    let output = tokio::process::Command::new(program)
+        .current_dir(interop_dir())
+        .arg(script)
+        .args([&sim.url, &sim.user, &sim.password])
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let report = stdout
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok());
+    assert!(
+        output.status.success(),
+        "{script} failed ({})\n{stdout}\n{stderr}",
+        output.status
+    );
+    report.unwrap_or_else(|| panic!("{script} printed no JSON report\n{stdout}\n{stderr}"))
+}
+
+/// The blocks the scripts write (see `writes_for` there), computed here independently.
+fn expected_blocks(size: u64) -> Vec<u64> {
+    let writes = guest_writes(size);
+    let blocks: BTreeSet<u64> = writes
+        .iter()
+        .flat_map(|(off, len)| off / BLOCK_SIZE..=(off + len - 1) / BLOCK_SIZE)
+        .collect();
+    blocks.into_iter().collect()
+}
+
+/// Inside one block, across a block edge (and a block boundary at 10), the last sector.
+fn guest_writes(size: u64) -> Vec<(u64, u64)> {
+    vec![
+        (0, 4096),
+        (3 * BLOCK_SIZE + 100, BLOCK_SIZE),
+        (10 * BLOCK_SIZE - 1, 2),
+        (size - 512, 512),
+    ]
+}
+
+/// What every report must show: the bitmap decodes (with our decoder too) to exactly the
+/// written blocks, and covers the disk.
+fn check_report(report: &serde_json::Value) {
+    let size = report["virtual_size"].as_u64().expect("virtual_size");
+    let expected = expected_blocks(size);
+    let changed: Vec<u64> = serde_json::from_value(report["changed"].clone()).expect("changed");
+    assert_eq!(changed, expected, "client-side decoding: {report}");
+    let bitmap = report["bitmap"].as_str().expect("bitmap");
+    let ours = ChangedBlocks::decode(bitmap).expect("our decoder");
+    assert_eq!(ours.changed_blocks().collect::<Vec<_>>(), expected);
+    assert!(
+        ours.block_count() * BLOCK_SIZE >= size,
+        "bitmap shorter than the disk"
+    );
+    assert_eq!(report["base_type"], "cbt_metadata");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sdk_over_xml_rpc_sees_exactly_the_written_blocks() {
+    let (sim, _dir) = start_sim().await;
+    let report = run_script("python3", "xenapi_sdk_cbt.py", &sim).await;
+    check_report(&report);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xo_xen_api_over_json_rpc_sees_exactly_the_written_blocks() {
+    let dir = interop_dir();
+    if !dir.join("node_modules/xen-api").exists() {
+        // scripts/setup.sh normally did this already.
+        let status = tokio::process::Command::new("npm")
+            .current_dir(&dir)
+            .args(["ci", "--no-audit", "--no-fund", "--silent"])
+            .status()
+            .await
+            .expect("npm runs");
+        assert!(status.success(), "npm ci in tests/interop failed");
+    }
+    let (sim, _dir) = start_sim().await;
+    let report = run_script("node", "xen_api_cbt.mjs", &sim).await;
+    check_report(&report);
+    // Over JSON-RPC an int64 is a number, not XML-RPC's string.
+    assert_eq!(report["virtual_size_type"], "number");
+}
+
+fn pinned_client(sim: &SimHandle, transport: Transport) -> Client {
+    let der = rustls_pki_types::CertificateDer::from_pem_slice(sim.cert_pem.as_bytes())
+        .expect("simulator certificate");
+    let pin = xenvault_xapi::fingerprint_sha256(der.as_ref());
+    Client::builder(&sim.url)
+        .transport(transport)
+        .tls(TlsMode::pin_sha256_hex(&pin).expect("pin"))
+        .build()
+        .expect("client")
+}
+
+fn text(v: Value) -> String {
+    v.as_str()
+        .map(str::to_owned)
+        .unwrap_or_else(|| panic!("expected a string, got {v:?}"))
+}
+
+/// A non-template VM with a disk (the first by name), and that disk.
+async fn vm_with_disk(c: &Client) -> (Ref, Ref) {
+    let mut candidates = Vec::new();
+    for (vm, rec) in c.get_all_records("VM").await.expect("VMs") {
+        let flag = |k: &str| rec.get(k).and_then(Value::as_bool) == Some(true);
+        if flag("is_a_template") || flag("is_a_snapshot") || flag("is_control_domain") {
+            continue;
+        }
+        let vbds = rec
+            .get("VBDs")
+            .and_then(Value::as_array)
+            .unwrap_or_default()
+            .to_vec();
+        for vbd in vbds {
+            let vbd = Ref::from_value(&vbd).expect("VBD ref");
+            let vbd_rec = c.get_record("VBD", &vbd).await.expect("VBD");
+            let vdi = vbd_rec
+                .get("VDI")
+                .map(|v| Ref::from_value(v).expect("VDI ref"));
+            if let (Some("Disk"), Some(vdi)) = (vbd_rec.get("type").and_then(Value::as_str), vdi) {
+                if !vdi.is_null() {
+                    let name = rec
+                        .get("name_label")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default();
+                    candidates.push((name.to_owned(), vm.clone(), vdi));
+                    break;
+                }
+            }
+        }
+    }
+    candidates.sort();
+    let (_, vm, vdi) = candidates.into_iter().next().expect("a VM with a disk");
+    (vm, vdi)
+}
+
+async fn snapshot_vdi(c: &Client, vm: &Ref, label: &str, vdi: &Ref) -> Ref {
+    let snap = Ref::from_value(
+        &c.call("VM.snapshot", &[vm.into(), label.into()])
+            .await
+            .expect("snapshot"),
+    )
+    .expect("snapshot ref");
+    let vbds = c.call("VM.get_VBDs", &[snap.into()]).await.expect("VBDs");
+    for vbd in vbds.as_array().unwrap_or_default() {
+        let d = Ref::from_value(&c.call("VBD.get_VDI", &[vbd.clone()]).await.expect("VDI"))
+            .expect("ref");
+        if !d.is_null()
+            && text(
+                c.call("VDI.get_snapshot_of", &[(&d).into()])
+                    .await
+                    .expect("of"),
+            ) == vdi.as_str()
+        {
+            return d;
+        }
+    }
+    panic!("snapshot {label} has no copy of {vdi}");
+}
+
+async fn download_sha256(download: xenvault_xapi::Download) -> (String, u64) {
+    let mut hash = Sha256::new();
+    let mut len = 0;
+    let mut body = download;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.expect("download chunk");
+        len += chunk.len() as u64;
+        hash.update(&chunk);
+    }
+    (hex::encode(hash.finalize()), len)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_client_over_both_transports_with_a_pinned_certificate() {
+    let (sim, _dir) = start_sim().await;
+    for transport in [Transport::JsonRpc, Transport::XmlRpc] {
+        let c = pinned_client(&sim, transport);
+        c.login_with_password(&sim.user, &sim.password)
+            .await
+            .expect("login");
+        let (vm, vdi) = vm_with_disk(&c).await;
+        c.call("VDI.enable_cbt", &[(&vdi).into()])
+            .await
+            .expect("enable_cbt");
+        let size = c
+            .call("VDI.get_virtual_size", &[(&vdi).into()])
+            .await
+            .expect("size");
+        let size = size
+            .as_i64()
+            .and_then(|s| u64::try_from(s).ok())
+            .expect("int64 size");
+        let base = snapshot_vdi(&c, &vm, "ours-base", &vdi).await;
+        for (i, (offset, len)) in guest_writes(size).into_iter().enumerate() {
+            let data = vec![u8::try_from(i + 1).unwrap_or(1); usize::try_from(len).unwrap_or(0)];
+            let b64 = base64::engine::general_purpose::STANDARD.encode(&data);
+            let params = [(&vdi).into(), offset.to_string().into(), b64.into()];
+            c.call("sim.write", &params).await.expect("sim.write");
+        }
+        let incr = snapshot_vdi(&c, &vm, "ours-incr", &vdi).await;
+        // xapi refuses data_destroy while a VBD (the snapshot VM's) still uses the VDI.
+        let vbds = c
+            .call("VDI.get_VBDs", &[(&base).into()])
+            .await
+            .expect("VBDs");
+        for vbd in vbds.as_array().unwrap_or_default() {
+            c.call("VBD.destroy", &[vbd.clone()])
+                .await
+                .expect("VBD.destroy");
+        }
+        c.call("VDI.data_destroy", &[(&base).into()])
+            .await
+            .expect("data_destroy");
+        let bitmap = c
+            .call("VDI.list_changed_blocks", &[(&base).into(), (&incr).into()])
+            .await;
+        let bitmap = text(bitmap.expect("list_changed_blocks"));
+        let changed = ChangedBlocks::decode(&bitmap).expect("bitmap");
+        assert_eq!(
+            changed.changed_blocks().collect::<Vec<_>>(),
+            expected_blocks(size),
+            "{transport:?}"
+        );
+
+        // A full raw export of the newer snapshot is its content byte for byte.
+        let want = text(
+            c.call("sim.sha256", &[(&incr).into()])
+                .await
+                .expect("sim.sha256"),
+        );
+        let export = c
+            .export_raw_vdi(&incr, DiskFormat::Raw, None)
+            .await
+            .expect("export");
+        let (got, len) = download_sha256(export).await;
+        assert_eq!(
+            (got.as_str(), len),
+            (want.as_str(), size),
+            "{transport:?} raw export"
+        );
+
+        // ...and imported into a new VDI of the same SR it is the same disk again.
+        let sr = Ref::from_value(&c.call("VDI.get_SR", &[(&incr).into()]).await.expect("SR"))
+            .expect("ref");
+        let export = c
+            .export_raw_vdi(&incr, DiskFormat::Raw, None)
+            .await
+            .expect("export");
+        let new_vdi = c
+            .import_raw_vdi(ImportTarget::Sr(&sr), DiskFormat::Raw, export, size)
+            .await
+            .expect("import_raw_vdi");
+        let copy = text(
+            c.call("sim.sha256", &[(&new_vdi).into()])
+                .await
+                .expect("sim.sha256"),
+        );
+        assert_eq!(copy, want, "{transport:?} imported copy");
+
+        let dump = c.pool_xmldbdump().await.expect("xmldbdump");
+        let (_, dump_len) = download_sha256(dump).await;
+        assert!(dump_len > 0);
+        c.logout().await.expect("logout");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_transport_and_relogin_against_the_simulator() {
+    let (sim, _dir) = start_sim().await;
+    let c = pinned_client(&sim, Transport::Auto);
+    c.login_with_password(&sim.user, &sim.password)
+        .await
+        .expect("login");
+    assert_eq!(c.transport_in_use(), Some(Transport::JsonRpc));
+    // Log the session out behind the client's back: the next call must log in again.
+    let stale = c.session().expect("session");
+    c.call_raw("session.logout", &[stale.clone().into()])
+        .await
+        .expect("logout");
+    let pools = c
+        .get_all_records("pool")
+        .await
+        .expect("call after re-login");
+    assert_eq!(pools.len(), 1);
+    assert_ne!(c.session(), Some(stale));
+
+    let err = c
+        .call("VM.no_such_call", &[])
+        .await
+        .expect_err("unknown method");
+    assert!(err.is_failure("MESSAGE_METHOD_UNKNOWN"), "{err:?}");
+    let err = c
+        .get_by_uuid("VM", "not-a-uuid")
+        .await
+        .expect_err("unknown uuid");
+    assert!(err.is_failure("UUID_INVALID"), "{err:?}");
+
+    // An async call through a task.
+    let (vm, _) = vm_with_disk(&c).await;
+    let mut progress = Vec::new();
+    let snap = c
+        .call_and_wait(
+            "VM.snapshot",
+            &[(&vm).into(), "async".into()],
+            |p| progress.push(p),
+            None,
+        )
+        .await
+        .expect("Async.VM.snapshot");
+    let snap = Ref::from_value(&snap).expect("snapshot ref");
+    let is_snapshot = c
+        .call("VM.get_is_a_snapshot", &[(&snap).into()])
+        .await
+        .expect("field");
+    assert_eq!(is_snapshot.as_bool(), Some(true));
+    assert_eq!(progress.last(), Some(&1.0));
+
+    let batch = c
+        .event_from(&["vm"], "", std::time::Duration::from_secs(1))
+        .await
+        .expect("events");
+    assert!(!batch.token.is_empty());
+    assert!(
+        batch.events.iter().any(|e| e.reference == snap),
+        "the new snapshot is in the events"
+    );
+}
