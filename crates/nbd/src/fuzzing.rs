@@ -62,14 +62,18 @@ impl MemoryExport {
     }
 }
 
+fn range(offset: u64, len: usize) -> io::Result<std::ops::Range<usize>> {
+    let start = usize::try_from(offset).map_err(|_| io::ErrorKind::InvalidInput)?;
+    Ok(start..start.checked_add(len).ok_or(io::ErrorKind::InvalidInput)?)
+}
+
 impl Export for MemoryExport {
     fn size(&self) -> u64 {
         self.data.lock().map(|d| d.len() as u64).unwrap_or_default()
     }
     fn read_at(&self, offset: u64, len: u32) -> BoxFuture<'_, io::Result<Bytes>> {
         let data = self.data.lock().map_err(|_| io::Error::other("poisoned")).and_then(|d| {
-            let start = usize::try_from(offset).map_err(|_| io::ErrorKind::InvalidInput)?;
-            d.get(start..start + len as usize).map(Bytes::copy_from_slice).ok_or(io::ErrorKind::InvalidInput.into())
+            d.get(range(offset, len as usize)?).map(Bytes::copy_from_slice).ok_or(io::ErrorKind::InvalidInput.into())
         });
         Box::pin(async move { data })
     }
@@ -78,8 +82,7 @@ impl Export for MemoryExport {
     }
     fn write_at(&self, offset: u64, buf: Bytes) -> BoxFuture<'_, io::Result<()>> {
         let done = self.data.lock().map_err(|_| io::Error::other("poisoned")).and_then(|mut d| {
-            let start = usize::try_from(offset).map_err(|_| io::ErrorKind::InvalidInput)?;
-            let target = d.get_mut(start..start + buf.len()).ok_or(io::ErrorKind::InvalidInput)?;
+            let target = d.get_mut(range(offset, buf.len())?).ok_or(io::ErrorKind::InvalidInput)?;
             target.copy_from_slice(&buf);
             Ok(())
         });

@@ -553,10 +553,11 @@ impl Handler {
         if !self.structured {
             return vec![Bytes::copy_from_slice(&proto::encode_simple_reply(errno, req.handle))];
         }
+        let message = &message.as_bytes()[..message.len().min(1024)];
         let mut body = BytesMut::with_capacity(6 + message.len());
         body.put_u32(errno);
         body.put_u16(message.len() as u16);
-        body.put_slice(message.as_bytes());
+        body.put_slice(message);
         chunk(req.handle, proto::REPLY_TYPE_ERROR, body.freeze())
     }
 

@@ -233,6 +233,24 @@ async fn modern_server_gives_structured_reads_holes_block_status_and_writes() {
     client.close().await.unwrap();
 }
 
+#[tokio::test]
+async fn serve_stops_on_shutdown_and_closes_open_connections() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let resolver = Arc::new(Named(memory(&[5; 65536], false)));
+    let server = tokio::spawn(xenvault_nbd::serve(listener, ServerConfig::modern(None), resolver, async {
+        let _ = stopped.await;
+    }));
+    let client = Client::connect(&options(addr, EXPORT)).await.unwrap();
+    assert!(client.read(0, 4096).await.unwrap().iter().all(|&b| b == 5));
+
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), server).await.expect("serve did not return").unwrap().unwrap();
+    assert!(client.read(0, 4096).await.unwrap_err().is_connection_lost());
+    assert!(Client::connect(&options(addr, EXPORT)).await.is_err(), "still listening");
+}
+
 // ---- scripted misbehaving servers ----
 
 enum Script {
