@@ -188,11 +188,24 @@ impl Host {
         }
     }
 
+    /// The VBD records of a VM; VBDs removed meanwhile (with their VDI) are skipped.
+    pub async fn vbds(&self, vm: &Vm) -> Result<Vec<(String, Value)>, Error> {
+        let mut out = Vec::new();
+        for reference in &vm.vbds {
+            match self.record("VBD", reference).await {
+                Ok(record) => out.push((reference.clone(), record)),
+                Err(e) if e.xapi_code() == Some("HANDLE_INVALID") => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
     /// The disk VBDs of a VM with their VDIs, in device order.
     pub async fn disks(&self, vm: &Vm) -> Result<Vec<(Vbd, Vdi)>, Error> {
         let mut disks = Vec::new();
-        for vbd_ref in &vm.vbds {
-            let vbd = Vbd::parse(vbd_ref, &self.record("VBD", vbd_ref).await?);
+        for (vbd_ref, record) in self.vbds(vm).await? {
+            let vbd = Vbd::parse(&vbd_ref, &record);
             if vbd.is_disk() {
                 let vdi = self.vdi(&vbd.vdi).await?;
                 disks.push((vbd, vdi));
@@ -221,8 +234,7 @@ impl Host {
         let mut vbds = BTreeMap::new();
         let mut vdis = BTreeMap::new();
         let mut srs = BTreeMap::new();
-        for vbd_ref in &snapshot.vbds {
-            let vbd = self.record("VBD", vbd_ref).await?;
+        for (vbd_ref, vbd) in self.vbds(snapshot).await? {
             let vdi_ref = vbd.get("VDI").and_then(Value::as_str).unwrap_or(records::NULL_REF).to_owned();
             if vdi_ref != records::NULL_REF {
                 let vdi = self.record("VDI", &vdi_ref).await?;
@@ -233,7 +245,7 @@ impl Host {
                 }
                 vdis.insert(vdi_ref, records::to_json(&vdi));
             }
-            vbds.insert(vbd_ref.clone(), records::to_json(&vbd));
+            vbds.insert(vbd_ref, records::to_json(&vbd));
         }
         let mut vifs = BTreeMap::new();
         let mut networks = BTreeMap::new();

@@ -141,6 +141,7 @@ struct DiskWork {
     snapshot: Vdi,
     base: Option<BaseDisk>,
     base_record: Option<xenvault_repo::DiskRecord>,
+    cbt_reenabled: bool,
 }
 
 async fn run_vm(ctx: &Ctx<'_>, vm: &Vm, report: &mut VmReport) -> Result<(), Error> {
@@ -176,11 +177,15 @@ async fn run_vm(ctx: &Ctx<'_>, vm: &Vm, report: &mut VmReport) -> Result<(), Err
     }
 
     // CBT must be on before the snapshot for the snapshot to serve as a CBT base.
+    let mut cbt_turned_on = Vec::new();
     let wants_cbt = level != Level::Copy && matches!(options.strategy, Requested::Auto | Requested::Cbt);
     if wants_cbt {
         for (_, vdi) in disks.iter_mut().filter(|(_, vdi)| !vdi.cbt_enabled) {
             match host.call("VDI.enable_cbt", vec![vdi.reference.as_str().into()]).await {
-                Ok(_) => vdi.cbt_enabled = true,
+                Ok(_) => {
+                    vdi.cbt_enabled = true;
+                    cbt_turned_on.push(vdi.uuid.clone());
+                }
                 Err(e) => report.warnings.push(format!("could not enable CBT on {}: {e}", vdi.uuid)),
             }
         }
@@ -212,7 +217,7 @@ async fn run_vm(ctx: &Ctx<'_>, vm: &Vm, report: &mut VmReport) -> Result<(), Err
     });
 
     // From here on, any failure removes the snapshot we made.
-    match back_up_snapshot(ctx, vm, &taken.vm, level, &history, base_point, cleanup.keep.as_ref(), disks, report).await {
+    match back_up_snapshot(ctx, vm, &taken.vm, level, &history, base_point, cleanup.keep.as_ref(), disks, &cbt_turned_on, report).await {
         Ok(keep) => {
             let kept_as = settle_snapshots(ctx, &taken.vm, cleanup.keep.as_ref(), keep, report).await;
             if let Some(s) = report.snapshot.as_mut() {
@@ -269,6 +274,7 @@ async fn back_up_snapshot(
     base_point: Option<&PastPoint>,
     base_snapshot: Option<&Vm>,
     disks: Vec<(Vbd, Vdi)>,
+    cbt_turned_on: &[String],
     report: &mut VmReport,
 ) -> Result<Keep, Error> {
     let host = ctx.host;
@@ -284,7 +290,8 @@ async fn back_up_snapshot(
             Some(point) => base_of(host, history, point, &source, base_snapshot).await?,
             None => (None, None),
         };
-        work.push(DiskWork { vbd, source, snapshot, base, base_record });
+        let cbt_reenabled = cbt_turned_on.contains(&source.uuid);
+        work.push(DiskWork { vbd, source, snapshot, base, base_record, cbt_reenabled });
     }
     // Snapshot copies of excluded disks are dropped at once (as Xen Orchestra does for [NOBAK]).
     for (origin, vdi) in &snapshot_disks {
@@ -487,12 +494,13 @@ async fn back_up_disk(
         requested: ctx.options.strategy,
         base: disk.base.clone(),
         cbt_enabled: disk.source.cbt_enabled,
+        cbt_reenabled: disk.cbt_reenabled,
         nbd_available: !nbd.is_empty(),
     };
     let plan = strategy::plan(&facts);
     let mut notes = plan.notes.clone();
     for (attempt, error) in failed {
-        notes.push(format!("{} over {:?} failed: {error}", attempt.strategy, attempt.transport));
+        notes.push(format!("{} broke mid-transfer: {error}", attempt.strategy.label()));
     }
     let label = format!("{} disk {}", vm.name_label, disk.vbd.userdevice);
     let target = DiskTarget {
@@ -533,7 +541,7 @@ async fn back_up_disk(
                 return Ok((report, outcome.record));
             }
             Err(transfer::Failure::Unusable(why)) => {
-                notes.push(format!("{} failed: {why}", attempt.strategy));
+                notes.push(format!("{} failed: {why}", attempt.strategy.label()));
             }
             Err(transfer::Failure::Retry(e)) => {
                 return Err(DiskError::Retry(DiskFailure { attempt: attempt.clone(), error: e.to_string() }));

@@ -5,7 +5,7 @@ use xenvault_xapi_wire::Value;
 use crate::error::Error;
 use crate::host::Host;
 use crate::hygiene::{TAG_JOB, TAG_SNAPSHOT};
-use crate::records::{self, Vbd, Vm};
+use crate::records::{self, Vm};
 
 /// A snapshot we made, and how.
 #[derive(Debug, Clone)]
@@ -66,13 +66,7 @@ async fn try_destroy(host: &Host, snapshot: &str) -> Result<(), Error> {
     if !vm.is_a_snapshot {
         return Err(Error::Protocol(format!("{snapshot} is not a snapshot: not removing it")));
     }
-    let mut vdis = Vec::new();
-    for vbd_ref in &vm.vbds {
-        let vbd = Vbd::parse(vbd_ref, &host.record("VBD", vbd_ref).await?);
-        if vbd.is_disk() {
-            vdis.push(vbd.vdi);
-        }
-    }
+    let vdis: Vec<String> = host.disks(&vm).await?.into_iter().map(|(vbd, _)| vbd.vdi).collect();
     host.call("VM.destroy", vec![Value::from(snapshot)]).await?;
     for vdi in vdis {
         destroy_snapshot_vdi(host, &vdi).await?;

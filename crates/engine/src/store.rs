@@ -175,7 +175,7 @@ impl Point {
         Ok(DiskSink {
             chunk: writer.chunk_size(),
             size,
-            state: Mutex::new(SinkState { writer, base: base_reader, pending: None, cursor: 0 }),
+            state: Mutex::new(SinkState { writer, base: base_reader, pending: None }),
         })
     }
 
@@ -192,10 +192,9 @@ impl Point {
     }
 }
 
-static ZEROS: [u8; 1 << 20] = [0; 1 << 20];
-
-/// Takes disk data in ascending offsets, whole or in pieces, and hands the repository
-/// whole chunks; with a base, chunk parts not written come from the base image.
+/// Takes disk data in ascending offsets, in pieces of any size (HTTP bodies, NBD
+/// replies, VHD extents, XVA chunks), and hands the repository whole chunks: the parts
+/// of a chunk not written come from the base image, or are zeros without a base.
 pub struct DiskSink {
     chunk: u64,
     size: u64,
@@ -207,8 +206,6 @@ struct SinkState {
     base: Option<DiskReader>,
     /// The chunk being assembled: its start and its bytes (base bytes filled at flush).
     pending: Option<PendingChunk>,
-    /// Without a base: the end of the data written so far.
-    cursor: u64,
 }
 
 struct PendingChunk {
@@ -221,19 +218,6 @@ struct PendingChunk {
 impl DiskSink {
     pub async fn write(&self, offset: u64, data: Bytes) -> Result<(), Error> {
         let mut state = self.state.lock().await;
-        if state.base.is_none() {
-            // A full read arrives in order; an XVA skips all-zero chunks: write them as
-            // zeros (the repository stores none) so the writer sees whole chunks.
-            while state.cursor < offset {
-                let len = (offset - state.cursor).min(ZEROS.len() as u64) as usize;
-                let at = state.cursor;
-                state.writer.write(at, ZEROS.get(..len).unwrap_or_default()).await?;
-                state.cursor += len as u64;
-            }
-            state.writer.write(offset, &data).await?;
-            state.cursor = offset + data.len() as u64;
-            return Ok(());
-        }
         let mut at = offset;
         let mut rest = &data[..];
         while !rest.is_empty() {
@@ -273,6 +257,7 @@ impl SinkState {
     /// Completes the pending chunk from the base and writes it.
     async fn flush(&mut self) -> Result<(), Error> {
         let Some(mut pending) = self.pending.take() else { return Ok(()) };
+        // Without a base, the unwritten parts stay zeros.
         if let Some(base) = &self.base {
             let mut gaps = Vec::new();
             let mut cursor = 0;

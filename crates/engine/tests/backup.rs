@@ -45,7 +45,7 @@ async fn env() -> Env {
         kdf: xenvault_repo::keys::KdfParams { memory_kib: 8 * 1024, iterations: 1, parallelism: 1 },
         ..Default::default()
     };
-    let repo = xenvault_repo::Repository::init(repo_dir.to_str().unwrap(), options).await.unwrap();
+    let repo = xenvault_repo::Repository::init(repo_dir.to_str().unwrap(), &Default::default(), options).await.unwrap();
     let client = SimClient::login(&sim.url, &sim.password).await.unwrap();
     Env { _dir: dir, _sim: sim, sim: client, host, store: Store::from_repository(repo) }
 }

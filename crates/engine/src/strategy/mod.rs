@@ -91,6 +91,17 @@ impl fmt::Display for Strategy {
     }
 }
 
+impl Strategy {
+    /// How a reason text names the strategy.
+    pub fn label(self) -> &'static str {
+        match self {
+            Strategy::Cbt => "CBT + NBD",
+            Strategy::Vhd => "VHD delta",
+            Strategy::FullRead => "full read",
+        }
+    }
+}
+
 /// How the bytes came from the host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -127,6 +138,8 @@ pub struct DiskFacts {
     pub base: Option<BaseDisk>,
     /// CBT was on for the source VDI when the snapshot was taken.
     pub cbt_enabled: bool,
+    /// CBT had been turned off since the last run and this run turned it on again.
+    pub cbt_reenabled: bool,
     /// `VDI.get_nbd_info` of the new snapshot offered at least one endpoint.
     pub nbd_available: bool,
 }
@@ -204,6 +217,8 @@ pub fn plan(facts: &DiskFacts) -> Plan {
 fn cbt_blocker(facts: &DiskFacts, base: &BaseDisk) -> Option<&'static str> {
     if !facts.cbt_enabled {
         Some("CBT is disabled on the VDI")
+    } else if facts.cbt_reenabled {
+        Some("CBT was off at the last backup (turned on now, for the next run)")
     } else if base.snapshot_vdi.is_none() {
         Some("the previous snapshot is gone from the host")
     } else if !facts.nbd_available {
@@ -239,6 +254,7 @@ mod tests {
                 }),
             }),
             cbt_enabled: true,
+            cbt_reenabled: false,
             nbd_available: true,
         }
     }
