@@ -359,3 +359,74 @@ async fn auto_transport_and_relogin_against_the_simulator() {
         "the new snapshot is in the events"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xva_export_and_import_round_trip() {
+    let (sim, _dir) = start_sim().await;
+    let c = pinned_client(&sim, Transport::Auto);
+    c.login_with_password(&sim.user, &sim.password)
+        .await
+        .expect("login");
+    let (vm, vdi) = vm_with_disk(&c).await;
+    c.call(
+        "sim.write",
+        &[(&vdi).into(), "65536".into(), "eGVudmF1bHQ=".into()],
+    )
+    .await
+    .expect("sim.write");
+    let snap_vdi = snapshot_vdi(&c, &vm, "xva", &vdi).await;
+    let snap_vm = c
+        .call("VDI.get_VBDs", &[(&snap_vdi).into()])
+        .await
+        .expect("VBDs");
+    let snap_vbd = snap_vm
+        .as_array()
+        .and_then(|v| v.first())
+        .cloned()
+        .expect("a VBD");
+    let snap_vm =
+        Ref::from_value(&c.call("VBD.get_VM", &[snap_vbd]).await.expect("VM")).expect("ref");
+    let want = text(
+        c.call("sim.sha256", &[(&snap_vdi).into()])
+            .await
+            .expect("sha256"),
+    );
+
+    for compression in [
+        xenvault_xapi::Compression::None,
+        xenvault_xapi::Compression::Zstd,
+    ] {
+        let mut xva = Vec::new();
+        let mut export = c.export_vm(&snap_vm, compression).await.expect("export");
+        while let Some(chunk) = export.next().await {
+            xva.extend_from_slice(&chunk.expect("XVA chunk"));
+        }
+        let sr = Ref::from_value(&c.call("VDI.get_SR", &[(&vdi).into()]).await.expect("SR"))
+            .expect("ref");
+        let len = xva.len() as u64;
+        let body = futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(xva))]);
+        let vms = c
+            .import_vm(&sr, body, len, Default::default())
+            .await
+            .expect("import");
+        assert_eq!(vms.len(), 1, "{compression:?}");
+        let vbds = c
+            .call("VM.get_VBDs", &[(&vms[0]).into()])
+            .await
+            .expect("VBDs");
+        let mut hashes = Vec::new();
+        for vbd in vbds.as_array().unwrap_or_default() {
+            let d = Ref::from_value(&c.call("VBD.get_VDI", &[vbd.clone()]).await.expect("VDI"))
+                .expect("ref");
+            if !d.is_null() {
+                hashes.push(text(
+                    c.call("sim.sha256", &[(&d).into()]).await.expect("sha256"),
+                ));
+            }
+        }
+        assert!(
+            hashes.contains(&want),
+            "{compression:?}: imported disks {hashes:?}, want {want}"
+        );
+    }
+}
