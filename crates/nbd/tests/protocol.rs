@@ -369,6 +369,25 @@ async fn malformed_server_input_gives_typed_errors() {
     assert!(matches!(e, Error::Server { errno: EIO, ref message } if message == "bad!"), "{e}");
 }
 
+#[tokio::test]
+async fn fragmented_structured_read_is_reassembled() {
+    // Second half as data (not final), then the first half as a hole (final).
+    let addr = fake_server(Script::Reply {
+        structured: true,
+        bytes: |h| {
+            let mut data = ChunkHeader { flags: 0, kind: REPLY_TYPE_OFFSET_DATA, handle: h, len: 8 + 2048 }.encode().to_vec();
+            data.extend_from_slice(&2048u64.to_be_bytes());
+            data.extend_from_slice(&[0x77; 2048]);
+            [data, chunk(REPLY_TYPE_OFFSET_HOLE, h, &[&0u64.to_be_bytes()[..], &2048u32.to_be_bytes()].concat())].concat()
+        },
+    })
+    .await;
+    let client = Client::connect(&options(addr, "disk")).await.unwrap();
+    assert!(client.info().structured_replies);
+    let got = client.read(0, 4096).await.unwrap();
+    assert!(got[..2048].iter().all(|&b| b == 0) && got[2048..].iter().all(|&b| b == 0x77));
+}
+
 // ---- cut links ----
 
 /// Forwards to `backend`; the first `cut` connections are closed after `after` bytes downstream.
