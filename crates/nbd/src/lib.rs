@@ -19,5 +19,5 @@ mod tls;
 pub use client::{BlockSize, Client, ConnectOptions, ExportInfo, Extent};
 pub use error::{Error, Result};
 pub use multi::{MultiReader, MultiReaderConfig};
-pub use server::{serve, Behaviour, Export, ExportResolver, Refusal, Server, ServerConfig};
+pub use server::{Behaviour, Export, ExportResolver, Refusal, Server, ServerConfig, serve};
 pub use tls::{TlsOptions, Trust};

@@ -27,7 +27,13 @@ pub struct MultiReaderConfig {
 
 impl Default for MultiReaderConfig {
     fn default() -> Self {
-        Self { connections: 4, piece_size: 4 << 20, in_flight: 16, reconnects: 1, ordered: true }
+        Self {
+            connections: 4,
+            piece_size: 4 << 20,
+            in_flight: 16,
+            reconnects: 1,
+            ordered: true,
+        }
     }
 }
 
@@ -63,8 +69,22 @@ impl MultiReader {
         let Some(info) = clients.first().map(|c| c.info().clone()) else {
             return Err(first_error.unwrap_or(Error::Closed("before any connection opened")));
         };
-        let slots = clients.into_iter().map(|c| Mutex::new(Slot { client: Arc::new(c), generation: 0, reconnects: 0 })).collect();
-        Ok(MultiReader { opts, config, info, slots })
+        let slots = clients
+            .into_iter()
+            .map(|c| {
+                Mutex::new(Slot {
+                    client: Arc::new(c),
+                    generation: 0,
+                    reconnects: 0,
+                })
+            })
+            .collect();
+        Ok(MultiReader {
+            opts,
+            config,
+            info,
+            slots,
+        })
     }
 
     pub fn info(&self) -> &ExportInfo {
@@ -77,16 +97,31 @@ impl MultiReader {
     }
 
     /// Reads `(offset, len)` ranges as `(offset, bytes)` pieces of at most `piece_size`.
-    pub fn read_ranges(&self, ranges: impl IntoIterator<Item = (u64, u64)>) -> BoxStream<'_, Result<(u64, Bytes)>> {
+    pub fn read_ranges(
+        &self,
+        ranges: impl IntoIterator<Item = (u64, u64)>,
+    ) -> BoxStream<'_, Result<(u64, Bytes)>> {
         let piece = self.config.piece_size.clamp(1, self.info.max_request);
-        let pieces: Vec<(u64, u32)> = ranges.into_iter().flat_map(|(offset, len)| split(offset, len, piece)).collect();
-        let reads = stream::iter(pieces.into_iter().enumerate()).map(move |(i, (offset, len))| self.read_piece(i % self.slots.len(), offset, len));
+        let pieces: Vec<(u64, u32)> = ranges
+            .into_iter()
+            .flat_map(|(offset, len)| split(offset, len, piece))
+            .collect();
+        let reads = stream::iter(pieces.into_iter().enumerate())
+            .map(move |(i, (offset, len))| self.read_piece(i % self.slots.len(), offset, len));
         let window = self.config.in_flight.max(1);
-        if self.config.ordered { reads.buffered(window).boxed() } else { reads.buffer_unordered(window).boxed() }
+        if self.config.ordered {
+            reads.buffered(window).boxed()
+        } else {
+            reads.buffer_unordered(window).boxed()
+        }
     }
 
     /// Like `read_ranges`, handing each piece to `f`; stops at the first error from either side.
-    pub async fn read_ranges_with<E: From<Error>>(&self, ranges: impl IntoIterator<Item = (u64, u64)>, mut f: impl FnMut(u64, Bytes) -> Result<(), E>) -> Result<(), E> {
+    pub async fn read_ranges_with<E: From<Error>>(
+        &self,
+        ranges: impl IntoIterator<Item = (u64, u64)>,
+        mut f: impl FnMut(u64, Bytes) -> Result<(), E>,
+    ) -> Result<(), E> {
         let mut pieces = self.read_ranges(ranges);
         while let Some(piece) = pieces.next().await {
             let (offset, data) = piece?;
@@ -105,7 +140,9 @@ impl MultiReader {
     }
 
     async fn read_piece(&self, index: usize, offset: u64, len: u32) -> Result<(u64, Bytes)> {
-        let Some(slot) = self.slots.get(index) else { return Err(Error::Malformed("connection index")) };
+        let Some(slot) = self.slots.get(index) else {
+            return Err(Error::Malformed("connection index"));
+        };
         loop {
             let (client, generation) = {
                 let s = slot.lock().await;
@@ -113,19 +150,31 @@ impl MultiReader {
             };
             match client.read(offset, len).await {
                 Ok(data) => return Ok((offset, data)),
-                Err(e) if e.is_connection_lost() => self.reconnect(index, slot, generation, e).await?,
+                Err(e) if e.is_connection_lost() => {
+                    self.reconnect(index, slot, generation, e).await?
+                }
                 Err(e) => return Err(e),
             }
         }
     }
 
     /// Re-opens connection `index` unless another piece already did since `seen_generation`.
-    async fn reconnect(&self, index: usize, slot: &Mutex<Slot>, seen_generation: u64, cause: Error) -> Result<()> {
+    async fn reconnect(
+        &self,
+        index: usize,
+        slot: &Mutex<Slot>,
+        seen_generation: u64,
+        cause: Error,
+    ) -> Result<()> {
         let mut s = slot.lock().await;
         if s.generation != seen_generation {
             return Ok(());
         }
-        let give_up = |last| Error::RetriesExhausted { index, attempts: s.reconnects, last: Box::new(last) };
+        let give_up = |last| Error::RetriesExhausted {
+            index,
+            attempts: s.reconnects,
+            last: Box::new(last),
+        };
         if s.reconnects >= self.config.reconnects {
             return Err(give_up(cause));
         }

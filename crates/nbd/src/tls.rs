@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -54,7 +54,12 @@ impl TlsOptions {
         let provider = ring();
         let verifier: Arc<dyn ServerCertVerifier> = match &self.trust {
             Trust::Config(config) => return Ok(config.clone()),
-            Trust::Insecure => Arc::new(PinOrCa { pinned: Vec::new(), ca: None, algorithms: provider.signature_verification_algorithms, insecure: true }),
+            Trust::Insecure => Arc::new(PinOrCa {
+                pinned: Vec::new(),
+                ca: None,
+                algorithms: provider.signature_verification_algorithms,
+                insecure: true,
+            }),
             Trust::Pem(pem) => Arc::new(PinOrCa::from_pem(pem, provider.clone())?),
         };
         let config = ClientConfig::builder_with_provider(provider)
@@ -91,9 +96,16 @@ impl PinOrCa {
         let ca = if roots.is_empty() {
             None
         } else {
-            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider).build().ok()
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .ok()
         };
-        Ok(Self { pinned, ca, algorithms, insecure: false })
+        Ok(Self {
+            pinned,
+            ca,
+            algorithms,
+            insecure: false,
+        })
     }
 }
 
@@ -106,20 +118,37 @@ impl ServerCertVerifier for PinOrCa {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if self.insecure || self.pinned.iter().any(|p| p.as_ref() == end_entity.as_ref()) {
+        if self.insecure
+            || self
+                .pinned
+                .iter()
+                .any(|p| p.as_ref() == end_entity.as_ref())
+        {
             return Ok(ServerCertVerified::assertion());
         }
         match &self.ca {
             Some(ca) => ca.verify_server_cert(end_entity, intermediates, server_name, ocsp, now),
-            None => Err(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)),
+            None => Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::UnknownIssuer,
+            )),
         }
     }
 
-    fn verify_tls12_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
     }
 
-    fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
     }
 
