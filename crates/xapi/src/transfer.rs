@@ -247,16 +247,8 @@ impl Client {
         label: &str,
     ) -> Result<Download, Error> {
         let task = self.create_task(label, "").await?;
-        let response = match self.get_following_redirects(path, query, &task).await {
-            Ok(r) => r,
-            Err(e) => {
-                self.discard_task(&task).await;
-                return Err(e);
-            }
-        };
-        if !response.status().is_success() {
-            return Err(self.failed_transfer(&task, response).await);
-        }
+        let sent = self.get_following_redirects(path, query, &task).await;
+        let response = self.accepted(&task, sent).await?;
         let content_length = response.content_length();
         let client = self.clone();
         let waited = task.clone();
@@ -297,19 +289,10 @@ impl Client {
         label: &str,
     ) -> Result<Value, Error> {
         let task = self.create_task(label, "").await?;
-        let response = match self
+        let sent = self
             .put_body(path, query, &task, body, content_length)
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => {
-                self.discard_task(&task).await;
-                return Err(e);
-            }
-        };
-        if !response.status().is_success() {
-            return Err(self.failed_transfer(&task, response).await);
-        }
+            .await;
+        let response = self.accepted(&task, sent).await?;
         // The answer carries nothing: the outcome is the task's.
         if let Err(e) = response.bytes().await {
             tracing::debug!(error = %e, "reading the end of an upload answer");
@@ -356,6 +339,23 @@ impl Client {
             .body(body)
             .send()
             .await?)
+    }
+
+    /// The response of a transfer the host accepted. Otherwise the task is dropped and the
+    /// error returned.
+    async fn accepted(
+        &self,
+        task: &Ref,
+        sent: Result<reqwest::Response, Error>,
+    ) -> Result<reqwest::Response, Error> {
+        match sent {
+            Ok(response) if response.status().is_success() => Ok(response),
+            Ok(response) => Err(self.failed_transfer(task, response).await),
+            Err(e) => {
+                self.discard_task(task).await;
+                Err(e)
+            }
+        }
     }
 
     /// The error of a transfer the host refused: the task's failure when it recorded one

@@ -28,6 +28,18 @@ async fn logged_in(mock: &Mock) -> Client {
     client
 }
 
+/// Two hosts of one pool (shared sessions and tasks): the second sends transfers to the
+/// first with a 302.
+async fn redirecting_pair() -> (Mock, Mock) {
+    let serving = Mock::new(true);
+    let serving_url = serving.serve().await;
+    let front = Mock {
+        redirect_to: Some(serving_url),
+        ..serving.clone()
+    };
+    (serving, front)
+}
+
 async fn collect(download: xenvault_xapi::Download) -> Result<Vec<u8>, Error> {
     let mut out = Vec::new();
     let mut body = download;
@@ -190,13 +202,7 @@ async fn cancelling_a_wait_cancels_the_task() {
 
 #[tokio::test]
 async fn export_follows_a_redirect_keeping_session_and_task() {
-    let serving = Mock::new(true);
-    let serving_url = serving.serve().await;
-    // The redirecting host shares the pool state (sessions, tasks) with the serving one.
-    let front = Mock {
-        redirect_to: Some(serving_url),
-        ..serving.clone()
-    };
+    let (serving, front) = redirecting_pair().await;
     let client = logged_in(&front).await;
     let vdi = Ref::new("OpaqueRef:vdi-1");
     let download = client
@@ -252,12 +258,7 @@ async fn export_whose_task_fails_ends_with_the_failure() {
 
 #[tokio::test]
 async fn import_sends_content_length_not_chunks_and_follows_redirects() {
-    let serving = Mock::new(true);
-    let serving_url = serving.serve().await;
-    let front = Mock {
-        redirect_to: Some(serving_url),
-        ..serving.clone()
-    };
+    let (serving, front) = redirecting_pair().await;
     let client = logged_in(&front).await;
     let chunks: Vec<Result<bytes::Bytes, std::io::Error>> = DISK
         .chunks(7)

@@ -115,21 +115,54 @@ async fn xo_xen_api_over_json_rpc_sees_exactly_the_written_blocks() {
     assert_eq!(report["virtual_size_type"], "number");
 }
 
-fn pinned_client(sim: &SimHandle, transport: Transport) -> Client {
+/// A client logged in over `transport`, pinned to the simulator's certificate.
+async fn logged_in(sim: &SimHandle, transport: Transport) -> Client {
     let der = rustls_pki_types::CertificateDer::from_pem_slice(sim.cert_pem.as_bytes())
         .expect("simulator certificate");
     let pin = xenvault_xapi::fingerprint_sha256(der.as_ref());
-    Client::builder(&sim.url)
+    let c = Client::builder(&sim.url)
         .transport(transport)
         .tls(TlsMode::pin_sha256_hex(&pin).expect("pin"))
         .build()
-        .expect("client")
+        .expect("client");
+    c.login_with_password(&sim.user, &sim.password)
+        .await
+        .expect("login");
+    c
 }
 
-fn text(v: Value) -> String {
+/// A call that must succeed.
+async fn ok(c: &Client, method: &str, params: &[Value]) -> Value {
+    c.call(method, params)
+        .await
+        .unwrap_or_else(|e| panic!("{method}: {e}"))
+}
+
+async fn ok_ref(c: &Client, method: &str, params: &[Value]) -> Ref {
+    Ref::from_value(&ok(c, method, params).await).expect("a reference")
+}
+
+async fn ok_text(c: &Client, method: &str, params: &[Value]) -> String {
+    let v = ok(c, method, params).await;
     v.as_str()
         .map(str::to_owned)
-        .unwrap_or_else(|| panic!("expected a string, got {v:?}"))
+        .unwrap_or_else(|| panic!("{method}: expected a string, got {v:?}"))
+}
+
+/// The disks plugged into a VM.
+async fn vm_disks(c: &Client, vm: &Ref) -> Vec<Ref> {
+    let mut disks = Vec::new();
+    for vbd in ok(c, "VM.get_VBDs", &[vm.into()])
+        .await
+        .as_array()
+        .unwrap_or_default()
+    {
+        let vdi = ok_ref(c, "VBD.get_VDI", &[vbd.clone()]).await;
+        if !vdi.is_null() {
+            disks.push(vdi);
+        }
+    }
+    disks
 }
 
 /// A non-template VM with a disk (the first by name), and that disk.
@@ -140,27 +173,12 @@ async fn vm_with_disk(c: &Client) -> (Ref, Ref) {
         if flag("is_a_template") || flag("is_a_snapshot") || flag("is_control_domain") {
             continue;
         }
-        let vbds = rec
-            .get("VBDs")
-            .and_then(Value::as_array)
-            .unwrap_or_default()
-            .to_vec();
-        for vbd in vbds {
-            let vbd = Ref::from_value(&vbd).expect("VBD ref");
-            let vbd_rec = c.get_record("VBD", &vbd).await.expect("VBD");
-            let vdi = vbd_rec
-                .get("VDI")
-                .map(|v| Ref::from_value(v).expect("VDI ref"));
-            if let (Some("Disk"), Some(vdi)) = (vbd_rec.get("type").and_then(Value::as_str), vdi) {
-                if !vdi.is_null() {
-                    let name = rec
-                        .get("name_label")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default();
-                    candidates.push((name.to_owned(), vm.clone(), vdi));
-                    break;
-                }
-            }
+        if let Some(vdi) = vm_disks(c, &vm).await.into_iter().next() {
+            let name = rec
+                .get("name_label")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            candidates.push((name.to_owned(), vm, vdi));
         }
     }
     candidates.sort();
@@ -168,35 +186,21 @@ async fn vm_with_disk(c: &Client) -> (Ref, Ref) {
     (vm, vdi)
 }
 
-async fn snapshot_vdi(c: &Client, vm: &Ref, label: &str, vdi: &Ref) -> Ref {
-    let snap = Ref::from_value(
-        &c.call("VM.snapshot", &[vm.into(), label.into()])
-            .await
-            .expect("snapshot"),
-    )
-    .expect("snapshot ref");
-    let vbds = c.call("VM.get_VBDs", &[snap.into()]).await.expect("VBDs");
-    for vbd in vbds.as_array().unwrap_or_default() {
-        let d = Ref::from_value(&c.call("VBD.get_VDI", &[vbd.clone()]).await.expect("VDI"))
-            .expect("ref");
-        if !d.is_null()
-            && text(
-                c.call("VDI.get_snapshot_of", &[(&d).into()])
-                    .await
-                    .expect("of"),
-            ) == vdi.as_str()
-        {
-            return d;
+/// Snapshots `vm`; returns the snapshot VM and its copy of `vdi`.
+async fn snapshot(c: &Client, vm: &Ref, label: &str, vdi: &Ref) -> (Ref, Ref) {
+    let snap = ok_ref(c, "VM.snapshot", &[vm.into(), label.into()]).await;
+    for d in vm_disks(c, &snap).await {
+        if ok_text(c, "VDI.get_snapshot_of", &[(&d).into()]).await == vdi.as_str() {
+            return (snap, d);
         }
     }
     panic!("snapshot {label} has no copy of {vdi}");
 }
 
-async fn download_sha256(download: xenvault_xapi::Download) -> (String, u64) {
+async fn download_sha256(mut download: xenvault_xapi::Download) -> (String, u64) {
     let mut hash = Sha256::new();
     let mut len = 0;
-    let mut body = download;
-    while let Some(chunk) = body.next().await {
+    while let Some(chunk) = download.next().await {
         let chunk = chunk.expect("download chunk");
         len += chunk.len() as u64;
         hash.update(&chunk);
@@ -208,60 +212,47 @@ async fn download_sha256(download: xenvault_xapi::Download) -> (String, u64) {
 async fn our_client_over_both_transports_with_a_pinned_certificate() {
     let (sim, _dir) = start_sim().await;
     for transport in [Transport::JsonRpc, Transport::XmlRpc] {
-        let c = pinned_client(&sim, transport);
-        c.login_with_password(&sim.user, &sim.password)
-            .await
-            .expect("login");
+        let c = logged_in(&sim, transport).await;
         let (vm, vdi) = vm_with_disk(&c).await;
-        c.call("VDI.enable_cbt", &[(&vdi).into()])
-            .await
-            .expect("enable_cbt");
-        let size = c
-            .call("VDI.get_virtual_size", &[(&vdi).into()])
-            .await
-            .expect("size");
+        ok(&c, "VDI.enable_cbt", &[(&vdi).into()]).await;
+        let size = ok(&c, "VDI.get_virtual_size", &[(&vdi).into()]).await;
         let size = size
             .as_i64()
             .and_then(|s| u64::try_from(s).ok())
             .expect("int64 size");
-        let base = snapshot_vdi(&c, &vm, "ours-base", &vdi).await;
+        let (_, base) = snapshot(&c, &vm, "ours-base", &vdi).await;
         for (i, (offset, len)) in guest_writes(size).into_iter().enumerate() {
             let data = vec![u8::try_from(i + 1).unwrap_or(1); usize::try_from(len).unwrap_or(0)];
             let b64 = base64::engine::general_purpose::STANDARD.encode(&data);
-            let params = [(&vdi).into(), offset.to_string().into(), b64.into()];
-            c.call("sim.write", &params).await.expect("sim.write");
-        }
-        let incr = snapshot_vdi(&c, &vm, "ours-incr", &vdi).await;
-        // xapi refuses data_destroy while a VBD (the snapshot VM's) still uses the VDI.
-        let vbds = c
-            .call("VDI.get_VBDs", &[(&base).into()])
-            .await
-            .expect("VBDs");
-        for vbd in vbds.as_array().unwrap_or_default() {
-            c.call("VBD.destroy", &[vbd.clone()])
-                .await
-                .expect("VBD.destroy");
-        }
-        c.call("VDI.data_destroy", &[(&base).into()])
-            .await
-            .expect("data_destroy");
-        let bitmap = c
-            .call("VDI.list_changed_blocks", &[(&base).into(), (&incr).into()])
+            ok(
+                &c,
+                "sim.write",
+                &[(&vdi).into(), offset.to_string().into(), b64.into()],
+            )
             .await;
-        let bitmap = text(bitmap.expect("list_changed_blocks"));
+        }
+        let (_, incr) = snapshot(&c, &vm, "ours-incr", &vdi).await;
+        // xapi refuses data_destroy while a VBD (the snapshot VM's) still uses the VDI.
+        for vbd in ok(&c, "VDI.get_VBDs", &[(&base).into()])
+            .await
+            .as_array()
+            .unwrap_or_default()
+        {
+            ok(&c, "VBD.destroy", &[vbd.clone()]).await;
+        }
+        ok(&c, "VDI.data_destroy", &[(&base).into()]).await;
+        let bitmap = ok_text(
+            &c,
+            "VDI.list_changed_blocks",
+            &[(&base).into(), (&incr).into()],
+        )
+        .await;
         let changed = ChangedBlocks::decode(&bitmap).expect("bitmap");
-        assert_eq!(
-            changed.changed_blocks().collect::<Vec<_>>(),
-            expected_blocks(size),
-            "{transport:?}"
-        );
+        let changed: Vec<u64> = changed.changed_blocks().collect();
+        assert_eq!(changed, expected_blocks(size), "{transport:?}");
 
         // A full raw export of the newer snapshot is its content byte for byte.
-        let want = text(
-            c.call("sim.sha256", &[(&incr).into()])
-                .await
-                .expect("sim.sha256"),
-        );
+        let want = ok_text(&c, "sim.sha256", &[(&incr).into()]).await;
         let export = c
             .export_raw_vdi(&incr, DiskFormat::Raw, None)
             .await
@@ -274,8 +265,7 @@ async fn our_client_over_both_transports_with_a_pinned_certificate() {
         );
 
         // ...and imported into a new VDI of the same SR it is the same disk again.
-        let sr = Ref::from_value(&c.call("VDI.get_SR", &[(&incr).into()]).await.expect("SR"))
-            .expect("ref");
+        let sr = ok_ref(&c, "VDI.get_SR", &[(&incr).into()]).await;
         let export = c
             .export_raw_vdi(&incr, DiskFormat::Raw, None)
             .await
@@ -284,15 +274,10 @@ async fn our_client_over_both_transports_with_a_pinned_certificate() {
             .import_raw_vdi(ImportTarget::Sr(&sr), DiskFormat::Raw, export, size)
             .await
             .expect("import_raw_vdi");
-        let copy = text(
-            c.call("sim.sha256", &[(&new_vdi).into()])
-                .await
-                .expect("sim.sha256"),
-        );
+        let copy = ok_text(&c, "sim.sha256", &[(&new_vdi).into()]).await;
         assert_eq!(copy, want, "{transport:?} imported copy");
 
-        let dump = c.pool_xmldbdump().await.expect("xmldbdump");
-        let (_, dump_len) = download_sha256(dump).await;
+        let (_, dump_len) = download_sha256(c.pool_xmldbdump().await.expect("xmldbdump")).await;
         assert!(dump_len > 0);
         c.logout().await.expect("logout");
     }
@@ -301,10 +286,7 @@ async fn our_client_over_both_transports_with_a_pinned_certificate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_transport_and_relogin_against_the_simulator() {
     let (sim, _dir) = start_sim().await;
-    let c = pinned_client(&sim, Transport::Auto);
-    c.login_with_password(&sim.user, &sim.password)
-        .await
-        .expect("login");
+    let c = logged_in(&sim, Transport::Auto).await;
     assert_eq!(c.transport_in_use(), Some(Transport::JsonRpc));
     // Log the session out behind the client's back: the next call must log in again.
     let stale = c.session().expect("session");
@@ -332,27 +314,19 @@ async fn auto_transport_and_relogin_against_the_simulator() {
     // An async call through a task.
     let (vm, _) = vm_with_disk(&c).await;
     let mut progress = Vec::new();
+    let params = [(&vm).into(), "async".into()];
     let snap = c
-        .call_and_wait(
-            "VM.snapshot",
-            &[(&vm).into(), "async".into()],
-            |p| progress.push(p),
-            None,
-        )
-        .await
-        .expect("Async.VM.snapshot");
-    let snap = Ref::from_value(&snap).expect("snapshot ref");
-    let is_snapshot = c
-        .call("VM.get_is_a_snapshot", &[(&snap).into()])
-        .await
-        .expect("field");
+        .call_and_wait("VM.snapshot", &params, |p| progress.push(p), None)
+        .await;
+    let snap = Ref::from_value(&snap.expect("Async.VM.snapshot")).expect("snapshot ref");
+    let is_snapshot = ok(&c, "VM.get_is_a_snapshot", &[(&snap).into()]).await;
     assert_eq!(is_snapshot.as_bool(), Some(true));
     assert_eq!(progress.last(), Some(&1.0));
 
     let batch = c
         .event_from(&["vm"], "", std::time::Duration::from_secs(1))
-        .await
-        .expect("events");
+        .await;
+    let batch = batch.expect("events");
     assert!(!batch.token.is_empty());
     assert!(
         batch.events.iter().any(|e| e.reference == snap),
@@ -363,34 +337,17 @@ async fn auto_transport_and_relogin_against_the_simulator() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn xva_export_and_import_round_trip() {
     let (sim, _dir) = start_sim().await;
-    let c = pinned_client(&sim, Transport::Auto);
-    c.login_with_password(&sim.user, &sim.password)
-        .await
-        .expect("login");
+    let c = logged_in(&sim, Transport::Auto).await;
     let (vm, vdi) = vm_with_disk(&c).await;
-    c.call(
+    ok(
+        &c,
         "sim.write",
         &[(&vdi).into(), "65536".into(), "eGVudmF1bHQ=".into()],
     )
-    .await
-    .expect("sim.write");
-    let snap_vdi = snapshot_vdi(&c, &vm, "xva", &vdi).await;
-    let snap_vm = c
-        .call("VDI.get_VBDs", &[(&snap_vdi).into()])
-        .await
-        .expect("VBDs");
-    let snap_vbd = snap_vm
-        .as_array()
-        .and_then(|v| v.first())
-        .cloned()
-        .expect("a VBD");
-    let snap_vm =
-        Ref::from_value(&c.call("VBD.get_VM", &[snap_vbd]).await.expect("VM")).expect("ref");
-    let want = text(
-        c.call("sim.sha256", &[(&snap_vdi).into()])
-            .await
-            .expect("sha256"),
-    );
+    .await;
+    let (snap_vm, snap_vdi) = snapshot(&c, &vm, "xva", &vdi).await;
+    let want = ok_text(&c, "sim.sha256", &[(&snap_vdi).into()]).await;
+    let sr = ok_ref(&c, "VDI.get_SR", &[(&vdi).into()]).await;
 
     for compression in [
         xenvault_xapi::Compression::None,
@@ -401,8 +358,6 @@ async fn xva_export_and_import_round_trip() {
         while let Some(chunk) = export.next().await {
             xva.extend_from_slice(&chunk.expect("XVA chunk"));
         }
-        let sr = Ref::from_value(&c.call("VDI.get_SR", &[(&vdi).into()]).await.expect("SR"))
-            .expect("ref");
         let len = xva.len() as u64;
         let body = futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(xva))]);
         let vms = c
@@ -410,19 +365,9 @@ async fn xva_export_and_import_round_trip() {
             .await
             .expect("import");
         assert_eq!(vms.len(), 1, "{compression:?}");
-        let vbds = c
-            .call("VM.get_VBDs", &[(&vms[0]).into()])
-            .await
-            .expect("VBDs");
         let mut hashes = Vec::new();
-        for vbd in vbds.as_array().unwrap_or_default() {
-            let d = Ref::from_value(&c.call("VBD.get_VDI", &[vbd.clone()]).await.expect("VDI"))
-                .expect("ref");
-            if !d.is_null() {
-                hashes.push(text(
-                    c.call("sim.sha256", &[(&d).into()]).await.expect("sha256"),
-                ));
-            }
+        for disk in vm_disks(&c, &vms[0]).await {
+            hashes.push(ok_text(&c, "sim.sha256", &[(&disk).into()]).await);
         }
         assert!(
             hashes.contains(&want),
