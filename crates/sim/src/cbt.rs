@@ -39,11 +39,10 @@ impl CbtLogs {
 
     /// Deletes the live log and cuts the parent's link to it.
     pub fn disable(&mut self, vdi: &str) {
-        if let Some(log) = self.logs.remove(vdi) {
-            if let Some(parent) = log.parent.and_then(|p| self.logs.get_mut(&p)) {
+        if let Some(log) = self.logs.remove(vdi)
+            && let Some(parent) = log.parent.and_then(|p| self.logs.get_mut(&p)) {
                 parent.child = None;
             }
-        }
     }
 
     /// Records a guest write on a VDI (no-op without CBT).

@@ -228,11 +228,10 @@ impl Db {
 
     /// Events after `since`; `None` when the ring no longer holds them all.
     pub fn events_since(&self, since: u64) -> Option<Vec<&Event>> {
-        if let Some(first) = self.events.front() {
-            if since + 1 < first.id {
+        if let Some(first) = self.events.front()
+            && since + 1 < first.id {
                 return None;
             }
-        }
         Some(self.events.iter().filter(|e| e.id > since).collect())
     }
 }

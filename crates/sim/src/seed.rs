@@ -122,6 +122,10 @@ pub fn seed(st: &mut State, address: &str, disks: &DemoDisks, state_dir: &Path) 
     add_vif(st, &template, &management, "52:54:00:12:34:03")?;
     let clone = crate::methods::vm::clone_of(st, &template, "debian-clone")?;
     st.db.set("VM", &clone, "is_a_template", Value::Bool(false))?;
+    // The images now live in the disk store; their manifests stay for tests to read.
+    for image in images.iter().flat_map(|i| [&i.linux_root, &i.linux_data, &i.windows]) {
+        std::fs::remove_file(&image.path)?;
+    }
     Ok(())
 }
 

@@ -55,17 +55,16 @@ async fn jsonrpc(State(sim): State<SharedSim>, body: Bytes) -> Response {
 
 /// Checks `session_id` (401 like xapi without valid credentials) and returns the
 /// task to report on: `task_id` if given, else a new one.
-pub fn begin(sim: &SharedSim, q: &Params, name: &str) -> Result<String, Response> {
+pub fn begin(sim: &SharedSim, q: &Params, name: &str) -> Result<String, Box<Response>> {
     let session = q.get("session_id").map(String::as_str).unwrap_or_default();
     if !session::is_valid(sim, session) {
-        return Err(StatusCode::UNAUTHORIZED.into_response());
+        return Err(Box::new(StatusCode::UNAUTHORIZED.into_response()));
     }
-    if let Some(t) = q.get("task_id") {
-        if sim.lock().db.exists("task", t) {
+    if let Some(t) = q.get("task_id")
+        && sim.lock().db.exists("task", t) {
             return Ok(t.clone());
         }
-    }
-    sim.with(|st| Ok(task::create(st, name, session))).map_err(|e| error_response(&e))
+    sim.with(|st| Ok(task::create(st, name, session))).map_err(|e| Box::new(error_response(&e)))
 }
 
 /// A handler failure before any body was sent: HTTP 500 with the error text.
@@ -124,15 +123,14 @@ impl BodySender {
             std::thread::sleep(pause);
         }
         let mut data = data;
-        if let Some(limit) = cut {
-            if self.sent + data.len() as u64 >= limit {
+        if let Some(limit) = cut
+            && self.sent + data.len() as u64 >= limit {
                 data.truncate(limit.saturating_sub(self.sent) as usize);
                 let _ = self.tx.blocking_send(Ok(Bytes::from(data)));
                 let cut = std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "transfer cut (fault injection)");
                 let _ = self.tx.blocking_send(Err(cut));
                 return false;
             }
-        }
         self.sent += data.len() as u64;
         self.tx.blocking_send(Ok(Bytes::from(data))).is_ok()
     }
@@ -174,7 +172,7 @@ fn tokio_stream_of(
 async fn xmldbdump(State(sim): State<SharedSim>, Query(q): Query<Params>) -> Response {
     let task_ref = match begin(&sim, &q, "pool.dump_database") {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let xml = {
         let st = sim.lock();

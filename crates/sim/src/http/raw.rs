@@ -58,7 +58,7 @@ impl Source {
 pub async fn export(State(sim): State<SharedSim>, Query(q): Query<Params>) -> Response {
     let task_ref = match begin(&sim, &q, "VDI.export_raw_vdi") {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let Some(format) = format_of(&q) else {
         let e = ApiError::internal(format!("Unknown format {}", q.get("format").cloned().unwrap_or_default()));
@@ -269,7 +269,7 @@ pub fn content_length(headers: &HeaderMap) -> Option<u64> {
 pub async fn import(State(sim): State<SharedSim>, Query(q): Query<Params>, headers: HeaderMap, body: Body) -> Response {
     let task_ref = match begin(&sim, &q, "VDI.import_raw_vdi") {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let Some(format) = format_of(&q) else {
         task::complete(&sim, &task_ref, Err(ApiError::internal("Unknown format")));

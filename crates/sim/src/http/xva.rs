@@ -84,7 +84,7 @@ fn rename_refs(v: &Value, ids: &HashMap<&str, String>) -> Value {
 pub async fn export(State(sim): State<SharedSim>, Query(q): Query<Params>) -> Response {
     let task_ref = match begin(&sim, &q, "VM.export") {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let prepared = (|| {
         let st = sim.lock();
@@ -160,7 +160,7 @@ fn send_xva(
 pub async fn import(State(sim): State<SharedSim>, Query(q): Query<Params>, headers: HeaderMap, body: Body) -> Response {
     let task_ref = match begin(&sim, &q, "VM.import") {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if content_length(&headers).is_none() {
         return fail(&sim, &task_ref, ApiError::internal("import needs a Content-Length"));

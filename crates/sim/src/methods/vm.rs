@@ -276,11 +276,10 @@ pub fn destroy(st: &mut State, vm: &str) -> ApiResult<()> {
     }
     for class in ["VM_metrics", "VM_guest_metrics"] {
         let field = if class == "VM_metrics" { "metrics" } else { "guest_metrics" };
-        if let Some(r) = rec.get(field).and_then(Value::as_str) {
-            if st.db.exists(class, r) {
+        if let Some(r) = rec.get(field).and_then(Value::as_str)
+            && st.db.exists(class, r) {
                 st.db.remove(r);
             }
-        }
     }
     for field in ["snapshot_of", "parent"] {
         let other = rec.get(field).and_then(Value::as_str).unwrap_or(NULL_REF);
