@@ -759,17 +759,10 @@ async fn start_tls(mut s: BoxStream, tls: &TlsOptions) -> Result<BoxStream> {
     Ok(Box::new(stream))
 }
 
-fn name_payload(export: &str) -> Vec<u8> {
-    let mut p = Vec::with_capacity(4 + export.len());
-    p.extend_from_slice(&(export.len() as u32).to_be_bytes());
-    p.extend_from_slice(export.as_bytes());
-    p
-}
-
 async fn set_meta_context(s: &mut BoxStream, export: &str) -> Result<Option<u32>> {
-    let mut payload = name_payload(export);
+    let mut payload = proto::string32(export);
     payload.extend_from_slice(&1u32.to_be_bytes());
-    payload.extend_from_slice(&name_payload(proto::BASE_ALLOCATION));
+    payload.extend_from_slice(&proto::string32(proto::BASE_ALLOCATION));
     send_option(s, proto::OPT_SET_META_CONTEXT, &payload).await?;
     let mut context = None;
     loop {
@@ -794,7 +787,7 @@ async fn set_meta_context(s: &mut BoxStream, export: &str) -> Result<Option<u32>
 
 /// NBD_OPT_GO; Ok(false) when the server does not know GO (xapi) and EXPORT_NAME must be used.
 async fn go(s: &mut BoxStream, export: &str, info: &mut ExportInfo) -> Result<bool> {
-    let mut payload = name_payload(export);
+    let mut payload = proto::string32(export);
     payload.extend_from_slice(&1u16.to_be_bytes());
     payload.extend_from_slice(&proto::INFO_BLOCK_SIZE.to_be_bytes());
     send_option(s, proto::OPT_GO, &payload).await?;

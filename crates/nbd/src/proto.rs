@@ -157,6 +157,14 @@ fn be64(b: &[u8], at: usize) -> u64 {
     u64::from_be_bytes(x)
 }
 
+/// A u32 length followed by the string: export names, meta context names.
+pub fn string32(s: &str) -> Vec<u8> {
+    let mut v = Vec::with_capacity(4 + s.len());
+    v.extend_from_slice(&(s.len() as u32).to_be_bytes());
+    v.extend_from_slice(s.as_bytes());
+    v
+}
+
 /// Client option header: magic, option, length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OptionHeader {

@@ -244,12 +244,6 @@ async fn reply(s: &mut BoxStream, option: u32, reply: u32, payload: &[u8]) -> Re
     Ok(())
 }
 
-fn string32(s: &str) -> Vec<u8> {
-    let mut v = (s.len() as u32).to_be_bytes().to_vec();
-    v.extend_from_slice(s.as_bytes());
-    v
-}
-
 impl Connection<'_> {
     fn modern(&self) -> bool {
         self.config.behaviour == Behaviour::Modern
@@ -352,7 +346,7 @@ impl Connection<'_> {
                 _ if !self.modern() => reply(&mut s, option, proto::REP_ERR_UNSUP, &[]).await?,
                 proto::OPT_LIST => {
                     for name in self.resolver.list() {
-                        reply(&mut s, option, proto::REP_SERVER, &string32(&name)).await?;
+                        reply(&mut s, option, proto::REP_SERVER, &proto::string32(&name)).await?;
                     }
                     reply(&mut s, option, proto::REP_ACK, &[]).await?;
                 }

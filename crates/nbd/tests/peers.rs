@@ -197,11 +197,7 @@ async fn nbdinfo_and_nbdcopy(
 async fn nbdinfo_nbdcopy_qemu_img_read_xapi_compat_server_over_tls() {
     let pki = Pki::new();
     let data = disk_bytes();
-    let (addr, _stop) = start_server(
-        ServerConfig::xapi(Some(pki.server_config())),
-        memory(&data, false),
-    )
-    .await;
+    let (addr, _stop) = start_xapi_over_tls(&pki, &data).await;
     let work = tempfile::tempdir().unwrap();
     let (info, copy) = nbdinfo_and_nbdcopy(addr.port(), &pki, "--json", &work).await;
     assert!(

@@ -60,8 +60,7 @@ async fn greet(addr: SocketAddr) -> TcpStream {
 }
 
 fn go_payload(name: &str) -> Vec<u8> {
-    let mut p = (name.len() as u32).to_be_bytes().to_vec();
-    p.extend_from_slice(name.as_bytes());
+    let mut p = string32(name);
     p.extend_from_slice(&0u16.to_be_bytes());
     p
 }
@@ -86,11 +85,7 @@ fn tls_connector(pki: &Pki) -> tokio_rustls::TlsConnector {
 async fn xapi_compat_answers_options_and_commands_exactly_like_xapi_nbd() {
     let pki = Pki::new();
     let data = disk_bytes();
-    let (addr, _stop) = start_server(
-        ServerConfig::xapi(Some(pki.server_config())),
-        memory(&data, false),
-    )
-    .await;
+    let (addr, _stop) = start_xapi_over_tls(&pki, &data).await;
 
     // Before STARTTLS every option but EXPORT_NAME/ABORT gets TLS_REQD.
     let mut s = greet(addr).await;
@@ -187,11 +182,7 @@ async fn xapi_compat_answers_flush_trim_block_status_and_unaligned_reads_with_ei
 async fn our_client_falls_back_to_export_name_on_xapi_compat_over_tls() {
     let pki = Pki::new();
     let data = disk_bytes();
-    let (addr, _stop) = start_server(
-        ServerConfig::xapi(Some(pki.server_config())),
-        memory(&data, false),
-    )
-    .await;
+    let (addr, _stop) = start_xapi_over_tls(&pki, &data).await;
 
     let opts = options(addr, EXPORT).with_tls(pki.client_tls("server-cert.pem"));
     let client = Client::connect(&opts).await.unwrap();

@@ -49,15 +49,18 @@ impl Pki {
         )
         .unwrap();
         std::fs::write(d.join("server.info"), "cn = localhost\ndns_name = localhost\nip_address = 127.0.0.1\ntls_www_server\nsigning_key\nencryption_key\nexpiration_days = 2\n").unwrap();
-        certtool(&[
-            "--generate-privkey",
-            "--key-type",
-            "rsa",
-            "--bits",
-            "2048",
-            "--outfile",
-            "ca-key.pem",
-        ]);
+        let private_key = |file| {
+            certtool(&[
+                "--generate-privkey",
+                "--key-type",
+                "rsa",
+                "--bits",
+                "2048",
+                "--outfile",
+                file,
+            ])
+        };
+        private_key("ca-key.pem");
         certtool(&[
             "--generate-self-signed",
             "--load-privkey",
@@ -67,15 +70,7 @@ impl Pki {
             "--outfile",
             "ca-cert.pem",
         ]);
-        certtool(&[
-            "--generate-privkey",
-            "--key-type",
-            "rsa",
-            "--bits",
-            "2048",
-            "--outfile",
-            "server-key.pem",
-        ]);
+        private_key("server-key.pem");
         certtool(&[
             "--generate-certificate",
             "--load-ca-certificate",
@@ -258,6 +253,18 @@ pub async fn start_server(
         },
     ));
     (addr, stop)
+}
+
+/// Our server in xapi's behaviour with TLS required, serving `data` as `EXPORT`.
+pub async fn start_xapi_over_tls(
+    pki: &Pki,
+    data: &[u8],
+) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    start_server(
+        ServerConfig::xapi(Some(pki.server_config())),
+        memory(data, false),
+    )
+    .await
 }
 
 pub fn memory(data: &[u8], writable: bool) -> Arc<MemoryExport> {
