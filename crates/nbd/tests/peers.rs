@@ -5,7 +5,9 @@ mod common;
 use std::process::Command;
 
 use common::*;
-use xenvault_nbd::{Client, ConnectOptions, Error, MultiReader, MultiReaderConfig, ServerConfig};
+use xenvault_nbd::{
+    Client, ConnectOptions, Error, MultiReader, MultiReaderConfig, ServerConfig, TlsOptions, Trust,
+};
 
 #[tokio::test]
 async fn client_reads_qemu_nbd_tls_export_with_go_byte_exactly() {
@@ -48,6 +50,25 @@ async fn client_reads_qemu_nbd_tls_export_with_go_byte_exactly() {
     let wrong =
         ConnectOptions::new("127.0.0.1", port, "disk").with_tls(other.client_tls("ca-cert.pem"));
     assert!(matches!(Client::connect(&wrong).await, Err(Error::Tls(_))));
+    // So is the right CA under another name, while insecure mode (asked for) accepts anything.
+    let mut misnamed = pki.client_tls("ca-cert.pem");
+    misnamed.server_name = "other.example".into();
+    let misnamed = ConnectOptions::new("127.0.0.1", port, "disk").with_tls(misnamed);
+    assert!(matches!(
+        Client::connect(&misnamed).await,
+        Err(Error::Tls(_))
+    ));
+    let insecure = TlsOptions {
+        server_name: "other.example".into(),
+        trust: Trust::Insecure,
+    };
+    let insecure = ConnectOptions::new("127.0.0.1", port, "disk").with_tls(insecure);
+    Client::connect(&insecure)
+        .await
+        .unwrap()
+        .close()
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
