@@ -9,10 +9,8 @@ use std::process::Command;
 
 #[tokio::test]
 async fn cbt_reports_exactly_the_written_blocks_and_snapshots_are_cow() {
-    let dir = tempfile::tempdir().unwrap();
-    let sim = start(dir.path(), true).await;
-    let c = login(&sim).await;
-    let (vm, vdi) = first_vdi(&c, "debian-web").await;
+    let t = Setup::new().await;
+    let (c, vm, vdi) = (&t.c, t.vm.clone(), t.vdi.clone());
     c.call("VDI.enable_cbt", vec![vdi.clone().into()]).await.unwrap();
     let s1 = s(&c.call("VM.snapshot", vec![vm.clone().into(), "s1".into()]).await.unwrap());
     let before = sha256(&c, &vdi).await;
@@ -51,18 +49,13 @@ async fn cbt_reports_exactly_the_written_blocks_and_snapshots_are_cow() {
     assert!(broken.contains("SR_BACKEND_FAILURE_460"), "{broken}");
     let snap_cbt = c.call("VDI.data_destroy", vec![vdi.into()]).await.unwrap_err().to_string();
     assert!(snap_cbt.contains("OPERATION_NOT_ALLOWED"), "{snap_cbt}");
-    sim.stop().await;
 }
 
 #[tokio::test]
 async fn vhd_exports_match_raw_and_deltas_apply_on_their_base() {
-    let dir = tempfile::tempdir().unwrap();
-    let work = tempfile::tempdir().unwrap();
-    let p = |n: &str| work.path().join(n);
-    let sim = start(dir.path(), true).await;
-    let c = login(&sim).await;
-    let sid = session(&sim.url, &sim.password).await;
-    let (vm, vdi) = first_vdi(&c, "debian-web").await;
+    let t = Setup::new().await;
+    let (c, sid, vm, vdi, sim) = (&t.c, &t.sid, t.vm.clone(), t.vdi.clone(), &t.sim);
+    let p = |n: &str| t.path(n);
     write(&c, &vdi, 0, &[1u8; 3 << 20]).await;
     let s1 = s(&c.call("VM.snapshot", vec![vm.clone().into(), "s1".into()]).await.unwrap());
     c.call("sim.scribble", vec![vdi.clone().into(), "10".into(), "4096".into(), "7".into()]).await.unwrap();
@@ -99,17 +92,12 @@ async fn vhd_exports_match_raw_and_deltas_apply_on_their_base() {
     let result = s(&c.call("task.get_result", vec![task.into()]).await.unwrap());
     let new_vdi = result.trim_start_matches("<value>").trim_end_matches("</value>").to_owned();
     assert_eq!(sha256(&c, &new_vdi).await, sha256(&c, &v2).await);
-    sim.stop().await;
 }
 
 #[tokio::test]
 async fn nbd_with_tls_reads_what_the_raw_export_holds() {
-    let dir = tempfile::tempdir().unwrap();
-    let work = tempfile::tempdir().unwrap();
-    let sim = start(dir.path(), true).await;
-    let c = login(&sim).await;
-    let sid = session(&sim.url, &sim.password).await;
-    let (_, vdi) = first_vdi(&c, "debian-web").await;
+    let t = Setup::new().await;
+    let (c, sid, vdi, sim, work) = (&t.c, &t.sid, t.vdi.clone(), &t.sim, &t.work);
     c.call("sim.scribble", vec![vdi.clone().into(), "20".into(), "65536".into(), "3".into()]).await.unwrap();
     let raw = work.path().join("disk.raw");
     download(&format!("{}/export_raw_vdi?session_id={sid}&vdi={vdi}&format=raw", sim.url), &raw).await;
@@ -135,7 +123,6 @@ async fn nbd_with_tls_reads_what_the_raw_export_holds() {
     let out2 = out.clone();
     tokio::task::spawn_blocking(move || run(Command::new("nbdcopy").arg(&uri).arg(&out2))).await.unwrap();
     assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&raw).unwrap());
-    sim.stop().await;
 }
 
 #[tokio::test]
@@ -164,11 +151,8 @@ async fn state_survives_a_restart() {
 
 #[tokio::test]
 async fn faults_fail_calls_and_cut_transfers() {
-    let dir = tempfile::tempdir().unwrap();
-    let sim = start(dir.path(), true).await;
-    let c = login(&sim).await;
-    let sid = session(&sim.url, &sim.password).await;
-    let (vm, vdi) = first_vdi(&c, "debian-web").await;
+    let t = Setup::new().await;
+    let (c, sid, vm, vdi, sim) = (&t.c, &t.sid, t.vm.clone(), t.vdi.clone(), &t.sim);
     let params: Vec<xenvault_xapi_wire::Value> = vec!["OpaqueRef:x".into()];
     c.call("sim.inject_fault", vec!["VM.snapshot".into(), "SR_FULL".into(), params.into(), "1".into()]).await.unwrap();
     let e = c.call("VM.snapshot", vec![vm.clone().into(), "a".into()]).await.unwrap_err().to_string();
@@ -180,7 +164,6 @@ async fn faults_fail_calls_and_cut_transfers() {
     assert_eq!(r.status(), 200);
     assert!(r.bytes().await.is_err(), "a cut transfer must not look complete");
     c.call("sim.clear_faults", vec![]).await.unwrap();
-    sim.stop().await;
 }
 
 const XXHASH_CHECK: &str = r#"
@@ -200,13 +183,9 @@ print(len(names))
 
 #[tokio::test]
 async fn xva_export_reimports_to_identical_disks() {
-    let dir = tempfile::tempdir().unwrap();
-    let work = tempfile::tempdir().unwrap();
-    let p = |n: &str| work.path().join(n);
-    let sim = start(dir.path(), true).await;
-    let c = login(&sim).await;
-    let sid = session(&sim.url, &sim.password).await;
-    let (vm, vdi) = first_vdi(&c, "debian-web").await;
+    let t = Setup::new().await;
+    let (c, sid, vm, vdi, sim) = (&t.c, &t.sid, t.vm.clone(), t.vdi.clone(), &t.sim);
+    let p = |n: &str| t.path(n);
     c.call("sim.scribble", vec![vdi.clone().into(), "5".into(), "65536".into(), "11".into()]).await.unwrap();
     let snap = s(&c.call("VM.snapshot", vec![vm.into(), "for-xva".into()]).await.unwrap());
     let snap_vdi = snapshot_vdi(&c, &snap, &vdi).await;
@@ -246,5 +225,4 @@ async fn xva_export_reimports_to_identical_disks() {
     let r = upload(&format!("{}/import?session_id={sid}", sim.url), &p("bad.xva")).await;
     assert_eq!(r.status(), 500);
     assert_eq!(c.call("VM.get_all", vec![]).await.unwrap().as_array().unwrap().len(), vms_before);
-    sim.stop().await;
 }

@@ -121,27 +121,23 @@ pub fn random_mac() -> String {
 }
 
 pub fn remove_vbd(st: &mut State, vbd: &str) -> ApiResult<()> {
-    let vm = st.db.str_field("VBD", vbd, "VM")?;
-    let vdi = st.db.str_field("VBD", vbd, "VDI")?;
-    if st.db.exists("VM", &vm) {
-        st.db.remove_from_set("VM", &vm, "VBDs", vbd)?;
-    }
-    if st.db.exists("VDI", &vdi) {
-        st.db.remove_from_set("VDI", &vdi, "VBDs", vbd)?;
-    }
-    st.db.remove(vbd);
-    Ok(())
+    remove_device(st, "VBD", vbd, ("VDI", "VDI"))
 }
 
 pub fn remove_vif(st: &mut State, vif: &str) -> ApiResult<()> {
-    let vm = st.db.str_field("VIF", vif, "VM")?;
-    let network = st.db.str_field("VIF", vif, "network")?;
-    if st.db.exists("VM", &vm) {
-        st.db.remove_from_set("VM", &vm, "VIFs", vif)?;
+    remove_device(st, "VIF", vif, ("network", "network"))
+}
+
+/// Destroys a VBD or VIF and its entries in the VM's and the other end's sets
+/// (`other` is that end's field on the device and its class).
+fn remove_device(st: &mut State, class: &str, device: &str, other: (&str, &str)) -> ApiResult<()> {
+    let set = format!("{class}s");
+    for (field, owner_class) in [("VM", "VM"), other] {
+        let owner = st.db.str_field(class, device, field)?;
+        if st.db.exists(owner_class, &owner) {
+            st.db.remove_from_set(owner_class, &owner, &set, device)?;
+        }
     }
-    if st.db.exists("network", &network) {
-        st.db.remove_from_set("network", &network, "VIFs", vif)?;
-    }
-    st.db.remove(vif);
+    st.db.remove(device);
     Ok(())
 }

@@ -104,3 +104,30 @@ pub fn run(cmd: &mut Command) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// A running plain-HTTP simulator, a logged-in client, a session for transfers,
+/// the demo Linux VM with its root disk, and a scratch folder.
+pub struct Setup {
+    pub sim: SimHandle,
+    pub c: SimClient,
+    pub sid: String,
+    pub vm: String,
+    pub vdi: String,
+    pub work: tempfile::TempDir,
+    _state: tempfile::TempDir,
+}
+
+impl Setup {
+    pub async fn new() -> Setup {
+        let state = tempfile::tempdir().unwrap();
+        let sim = start(state.path(), true).await;
+        let c = login(&sim).await;
+        let sid = session(&sim.url, &sim.password).await;
+        let (vm, vdi) = first_vdi(&c, "debian-web").await;
+        Setup { sim, c, sid, vm, vdi, work: tempfile::tempdir().unwrap(), _state: state }
+    }
+
+    pub fn path(&self, name: &str) -> std::path::PathBuf {
+        self.work.path().join(name)
+    }
+}
