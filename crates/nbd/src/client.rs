@@ -37,6 +37,9 @@ pub struct ConnectOptions {
     pub block_status: bool,
     /// Limit for TCP connect plus handshake.
     pub connect_timeout: Duration,
+    /// A reply slower than this declares the connection dead (so a multi-connection reader
+    /// re-opens it instead of waiting forever on a stuck link).
+    pub request_timeout: Option<Duration>,
 }
 
 impl ConnectOptions {
@@ -50,6 +53,7 @@ impl ConnectOptions {
             structured_replies: true,
             block_status: true,
             connect_timeout: Duration::from_secs(30),
+            request_timeout: Some(Duration::from_secs(120)),
         }
     }
 
@@ -117,6 +121,7 @@ pub struct Client {
     shared: Arc<Shared>,
     outgoing: mpsc::Sender<Bytes>,
     next_handle: AtomicU64,
+    request_timeout: Option<Duration>,
     reader: JoinHandle<()>,
     writer: JoinHandle<()>,
 }
@@ -145,19 +150,15 @@ impl Client {
         };
         let (stream, info) = tokio::time::timeout(opts.connect_timeout, setup)
             .await
-            .map_err(|_| {
-                Error::Io(Arc::new(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "NBD connect timed out",
-                )))
-            })??;
-        Ok(Client::start(stream, info))
+            .map_err(|_| timed_out("NBD connect timed out"))??;
+        Ok(Client::start(stream, info, opts.request_timeout))
     }
 
     /// Runs the transmission phase over an already negotiated stream.
     pub(crate) fn start<S: AsyncRead + AsyncWrite + Send + 'static>(
         stream: S,
         info: ExportInfo,
+        request_timeout: Option<Duration>,
     ) -> Client {
         let (read_half, write_half) = tokio::io::split(stream);
         let shared = Arc::new(Shared {
@@ -171,6 +172,7 @@ impl Client {
             shared,
             outgoing,
             next_handle: AtomicU64::new(1),
+            request_timeout,
             reader,
             writer,
         }
@@ -328,12 +330,31 @@ impl Client {
                 .failure()
                 .unwrap_or(Error::Closed("before the request was sent")));
         }
-        rx.await.unwrap_or_else(|_| {
+        let reply = match self.request_timeout {
+            None => rx.await,
+            Some(limit) => match tokio::time::timeout(limit, rx).await {
+                Ok(reply) => reply,
+                Err(_) => {
+                    // The late reply would match no request: the link is of no further use.
+                    let e = timed_out("NBD reply timed out");
+                    self.shared.fail_all(e.clone(), []);
+                    return Err(e);
+                }
+            },
+        };
+        reply.unwrap_or_else(|_| {
             Err(self
                 .failure()
                 .unwrap_or(Error::Closed("before the reply arrived")))
         })
     }
+}
+
+fn timed_out(what: &str) -> Error {
+    Error::Io(Arc::new(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        what,
+    )))
 }
 
 #[derive(Debug)]

@@ -141,7 +141,7 @@ pub fn client(data: &[u8]) {
         let Ok((stream, info)) = handshake(Box::new(Scripted::new(data)), &opts).await else {
             return;
         };
-        let client = Client::start(stream, info);
+        let client = Client::start(stream, info, None);
         let len = client.size().min(64 << 10) as u32;
         let _ = futures::join!(
             client.read(0, len),

@@ -371,7 +371,7 @@ enum Script {
     /// Sent as the answer to the first option.
     OptionReply(Vec<u8>),
     /// After an xapi-like handshake (plus STRUCTURED_REPLY when `structured`), sent in answer to the
-    /// first request, given its handle; then the link is closed.
+    /// first request, given its handle; then the link is closed (nothing to send: kept open).
     Reply {
         structured: bool,
         bytes: fn(u64) -> Vec<u8>,
@@ -428,7 +428,12 @@ async fn fake_server(script: Script) -> SocketAddr {
         let mut req = [0; Request::SIZE];
         s.read_exact(&mut req).await.unwrap();
         if let Script::Reply { bytes, .. } = script {
-            let _ = s.write_all(&bytes(Request::decode(&req).handle)).await;
+            let reply = bytes(Request::decode(&req).handle);
+            if reply.is_empty() {
+                // Silent with the link open, until the client goes.
+                let _ = s.read(&mut [0; 1]).await;
+            }
+            let _ = s.write_all(&reply).await;
         }
     });
     addr
@@ -642,6 +647,24 @@ async fn fragmented_structured_read_is_reassembled() {
     assert!(client.info().structured_replies);
     let got = client.read(0, 4096).await.unwrap();
     assert!(got[..2048].iter().all(|&b| b == 0) && got[2048..].iter().all(|&b| b == 0x77));
+}
+
+#[tokio::test]
+async fn a_stuck_server_times_out_as_a_lost_connection() {
+    // The fake answers nothing to the request and keeps the link open.
+    let addr = fake_server(Script::Reply {
+        structured: false,
+        bytes: |_| Vec::new(),
+    })
+    .await;
+    let mut opts = options(addr, "disk");
+    opts.request_timeout = Some(Duration::from_millis(200));
+    let client = Client::connect(&opts).await.unwrap();
+    let err = client.read(0, 4096).await.unwrap_err();
+    assert!(
+        err.is_connection_lost() && err.to_string().contains("timed out"),
+        "{err}"
+    );
 }
 
 // ---- cut links ----
