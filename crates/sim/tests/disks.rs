@@ -160,9 +160,12 @@ async fn faults_fail_calls_and_cut_transfers() {
     c.call("VM.snapshot", vec![vm.into(), "b".into()]).await.unwrap();
 
     c.call("sim.set_cut", vec!["http".into(), "100000".into()]).await.unwrap();
-    let r = get(&format!("{}/export_raw_vdi?session_id={sid}&vdi={vdi}&format=raw", sim.url)).await;
-    assert_eq!(r.status(), 200);
-    assert!(r.bytes().await.is_err(), "a cut transfer must not look complete");
+    // The cut may come before or after the headers: either way no complete body.
+    let url = format!("{}/export_raw_vdi?session_id={sid}&vdi={vdi}&format=raw", sim.url);
+    if let Ok(r) = http().get(&url).send().await {
+        assert_eq!(r.status(), 200);
+        assert!(r.bytes().await.is_err(), "a cut transfer must not look complete");
+    }
     c.call("sim.clear_faults", vec![]).await.unwrap();
 }
 
