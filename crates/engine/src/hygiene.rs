@@ -11,6 +11,9 @@ pub const TAG_SNAPSHOT: &str = "xenvault.snapshot";
 pub const TAG_JOB: &str = "xenvault.job";
 /// Set once the restore point made from the snapshot is committed: the next incremental's base.
 pub const TAG_BASE: &str = "xenvault.base";
+/// On a snapshot VDI: the uuid of our snapshot VM it belonged to. Set before its VBD
+/// goes (`VDI.data_destroy` needs that), so the VDI is still found and removed with it.
+pub const TAG_SNAPSHOT_VM: &str = "xenvault.snapshot_vm";
 /// The restore point made from the snapshot.
 pub const TAG_RESTORE_POINT: &str = "xenvault.restore_point";
 

@@ -580,16 +580,11 @@ async fn settle_snapshots(
         Keep::Base { restore_point, data } => {
             let mut kept = "base with data (for a VHD delta)".to_owned();
             if !data {
-                let mut freed = true;
-                for (_, vdi) in snapshot::disks_by_origin(host, snap).await.unwrap_or_default() {
-                    if let Err(e) = host.call("VDI.data_destroy", vec![vdi.reference.as_str().into()]).await {
-                        freed = false;
-                        report.warnings.push(format!("VDI.data_destroy of {} failed: {e}", vdi.uuid));
-                    }
-                }
-                if freed {
+                let failures = snapshot::keep_cbt_metadata_only(host, snap).await;
+                if failures.is_empty() {
                     kept = "base, CBT metadata only (VDI.data_destroy)".into();
                 }
+                report.warnings.extend(failures);
             }
             let tagged = async {
                 host.add_to_other_config("VM", &snap.reference, TAG_RESTORE_POINT, &restore_point).await?;

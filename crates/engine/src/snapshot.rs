@@ -4,7 +4,7 @@ use xenvault_xapi_wire::Value;
 
 use crate::error::Error;
 use crate::host::Host;
-use crate::hygiene::{TAG_JOB, TAG_SNAPSHOT};
+use crate::hygiene::{TAG_JOB, TAG_SNAPSHOT, TAG_SNAPSHOT_VM};
 use crate::records::{self, Vm};
 
 /// A snapshot we made, and how.
@@ -66,7 +66,14 @@ async fn try_destroy(host: &Host, snapshot: &str) -> Result<(), Error> {
     if !vm.is_a_snapshot {
         return Err(Error::Protocol(format!("{snapshot} is not a snapshot: not removing it")));
     }
-    let vdis: Vec<String> = host.disks(&vm).await?.into_iter().map(|(vbd, _)| vbd.vdi).collect();
+    let mut vdis: Vec<String> = host.disks(&vm).await?.into_iter().map(|(vbd, _)| vbd.vdi).collect();
+    // Metadata-only VDIs lost their VBD: they carry the snapshot's uuid instead.
+    for (reference, record) in records::all_records(&host.call("VDI.get_all_records", vec![]).await?) {
+        let vdi = records::Vdi::parse(&reference, record);
+        if vdi.other_config.get(TAG_SNAPSHOT_VM) == Some(&vm.uuid) && !vdis.contains(&reference) {
+            vdis.push(reference);
+        }
+    }
     host.call("VM.destroy", vec![Value::from(snapshot)]).await?;
     for vdi in vdis {
         destroy_snapshot_vdi(host, &vdi).await?;
@@ -85,6 +92,28 @@ pub async fn destroy_snapshot_vdi(host: &Host, vdi: &str) -> Result<(), Error> {
         Err(e) if e.xapi_code() == Some("HANDLE_INVALID") => Ok(()),
         Err(e) => Err(e),
     }
+}
+
+/// Frees the data of a snapshot's disks, keeping their CBT logs: `VDI.data_destroy`
+/// wants the VDI without VBDs, so each VDI is tagged with the snapshot first (to be
+/// found when the snapshot goes) and its VBD removed. Returns the failures.
+pub async fn keep_cbt_metadata_only(host: &Host, snapshot: &Vm) -> Vec<String> {
+    let mut failures = Vec::new();
+    let disks = match host.disks(snapshot).await {
+        Ok(disks) => disks,
+        Err(e) => return vec![format!("reading the snapshot's disks: {e}")],
+    };
+    for (vbd, vdi) in disks {
+        let freed = async {
+            host.add_to_other_config("VDI", &vdi.reference, TAG_SNAPSHOT_VM, &snapshot.uuid).await?;
+            host.call("VBD.destroy", vec![Value::from(vbd.reference.as_str())]).await?;
+            host.call("VDI.data_destroy", vec![Value::from(vdi.reference.as_str())]).await
+        };
+        if let Err(e) = freed.await {
+            failures.push(format!("VDI.data_destroy of {}: {e}", vdi.uuid));
+        }
+    }
+    failures
 }
 
 /// Our snapshots of `vm` (every one tagged by us, whatever its state).

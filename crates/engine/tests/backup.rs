@@ -122,6 +122,15 @@ impl Env {
     async fn assert_tidy(&self) {
         let vm = self.vm().await;
         let ours = xenvault_engine::snapshot::ours(&self.host, &vm).await.unwrap();
+        // Snapshot VDIs (with data or CBT metadata) exist only for the one base.
+        let all = self.host.call("VDI.get_all_records", vec![]).await.unwrap();
+        let snapshot_vdis = xenvault_engine::records::all_records(&all)
+            .into_iter()
+            .map(|(r, v)| xenvault_engine::records::Vdi::parse(&r, v))
+            .filter(|v| v.is_a_snapshot)
+            .count();
+        let live = self.host.disks(&vm).await.unwrap().len();
+        assert!(snapshot_vdis <= live * ours.len(), "{snapshot_vdis} snapshot VDIs for {} base(s)", ours.len());
         let leftovers: Vec<_> = ours.iter().filter(|s| !hygiene::is_base(&s.other_config)).map(|s| &s.uuid).collect();
         assert!(leftovers.is_empty(), "snapshots left behind: {leftovers:?}");
         assert!(ours.len() <= 1, "{} base snapshots: the chain grows", ours.len());
@@ -141,6 +150,8 @@ async fn full_then_three_incrementals_restore_exactly() {
         let report = env.backup(Level::Inc, Requested::Auto).await;
         env.assert_restores_to(&report, &env.digests().await).await;
         assert_eq!(report.level, Level::Inc);
+        assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+        assert!(report.snapshot.as_ref().unwrap().kept_as.contains("metadata only"), "{:?}", report.snapshot);
         for disk in &report.disks {
             assert_eq!(disk.strategy, Strategy::Cbt, "round {round}: {}", disk.reason);
             assert!(disk.bytes_changed > 0);

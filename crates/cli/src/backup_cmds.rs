@@ -1,0 +1,212 @@
+//! `xenvault backup`: back up VMs of a registered pool into a repository.
+
+use clap::{Args, Subcommand};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+
+use xenvault_engine::host::Host;
+use xenvault_engine::job::{self, BackupOptions};
+use xenvault_engine::report::{JobReport, Status};
+use xenvault_engine::selection::{SelectOptions, Selector};
+use xenvault_engine::strategy::{Level, Requested};
+use xenvault_engine::transfer::Progress;
+
+use crate::exit::ExitKind;
+use crate::pool_cmds::ConfigArg;
+
+#[derive(Subcommand)]
+pub enum Commands {
+    /// Back up VMs of a pool (snapshot, read disks, store one restore point per VM).
+    Backup(BackupArgs),
+}
+
+#[derive(Args)]
+pub struct BackupArgs {
+    /// Pool name, as given to `pool add`.
+    #[arg(long)]
+    pub pool: String,
+    /// VM name or uuid (repeatable).
+    #[arg(long)]
+    pub vm: Vec<String>,
+    /// Every VM carrying this tag (repeatable; new VMs are picked up at each run).
+    #[arg(long)]
+    pub tag: Vec<String>,
+    /// Every VM on this host (name or uuid).
+    #[arg(long)]
+    pub host: Vec<String>,
+    /// Every VM of the pool.
+    #[arg(long)]
+    pub all: bool,
+    /// Include templates, snapshots and the control domain when selecting by tag/host/all.
+    #[arg(long)]
+    pub include_templates: bool,
+    #[arg(long)]
+    pub include_control_domain: bool,
+    #[command(flatten)]
+    pub repo: crate::repo_cmds::RepoArgs,
+    /// copy | full | inc | diff (inc: forever incremental, the default).
+    #[arg(long, default_value = "inc")]
+    pub level: Level,
+    /// auto | cbt | vhd | full-read.
+    #[arg(long, default_value = "auto")]
+    pub strategy: Requested,
+    /// `image` (disks by the chosen strategy) or `xva` (a full XVA export, re-exportable as XVA).
+    #[arg(long, default_value = "image")]
+    pub format: String,
+    /// Ask for a quiesced snapshot (falls back to a plain one, reported).
+    #[arg(long)]
+    pub quiesce: bool,
+    /// Shell command run before the snapshot (VM identity in XENVAULT_VM_* variables).
+    #[arg(long)]
+    pub pre_cmd: Option<String>,
+    /// Shell command run after the snapshot.
+    #[arg(long)]
+    pub post_cmd: Option<String>,
+    /// Leave out the disk at this device position (repeatable).
+    #[arg(long)]
+    pub exclude_disk: Vec<String>,
+    /// VMs backed up at once.
+    #[arg(long, default_value_t = 2)]
+    pub concurrency: usize,
+    /// Disks of one VM read at once.
+    #[arg(long, default_value_t = 2)]
+    pub disk_concurrency: usize,
+    /// NBD connections per disk.
+    #[arg(long, default_value_t = 4)]
+    pub nbd_connections: usize,
+    /// Print one JSON report on stdout.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub config: ConfigArg,
+}
+
+impl BackupArgs {
+    fn options(&self) -> anyhow::Result<BackupOptions> {
+        let mut selectors: Vec<Selector> = self.vm.iter().cloned().map(Selector::NameOrUuid).collect();
+        selectors.extend(self.tag.iter().cloned().map(Selector::Tag));
+        selectors.extend(self.host.iter().cloned().map(Selector::Host));
+        if self.all {
+            selectors.push(Selector::All);
+        }
+        if selectors.is_empty() {
+            anyhow::bail!("choose VMs with --vm, --tag, --host or --all");
+        }
+        let xva = match self.format.as_str() {
+            "image" => false,
+            "xva" => true,
+            other => anyhow::bail!("unknown format {other:?} (image, xva)"),
+        };
+        if xva && !matches!(self.level, Level::Copy | Level::Full) {
+            anyhow::bail!("--format xva is a full backup: use --level copy or full");
+        }
+        Ok(BackupOptions {
+            selectors,
+            select: SelectOptions {
+                include_templates: self.include_templates,
+                include_snapshots: false,
+                include_control_domain: self.include_control_domain,
+            },
+            level: self.level,
+            strategy: self.strategy,
+            xva,
+            quiesce: self.quiesce,
+            pre_cmd: self.pre_cmd.clone(),
+            post_cmd: self.post_cmd.clone(),
+            exclude_disks: self.exclude_disk.clone(),
+            vm_concurrency: self.concurrency,
+            disk_concurrency: self.disk_concurrency,
+            nbd_connections: self.nbd_connections,
+        })
+    }
+}
+
+pub async fn run(command: Commands) -> anyhow::Result<ExitCode> {
+    let Commands::Backup(args) = command;
+    let options = args.options()?;
+    let login = args.config.store()?.login(&args.pool)?;
+    let store = xenvault_engine::store::Store::from_repository(args.repo.open().await?);
+    let host = Host::connect(&login).await.map_err(auth_kind)?;
+    let progress = Bars::new();
+    let report = job::backup(&host, &store, &options, progress.clone()).await;
+    host.logout().await;
+    let report = report?;
+    progress.clear();
+    print_report(&report, args.json)
+}
+
+/// Prints the report and returns the exit code it deserves.
+pub fn print_report(report: &JobReport, json: bool) -> anyhow::Result<ExitCode> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else {
+        print!("{}", report.summary());
+    }
+    let failed = report.vms.iter().filter(|v| matches!(v.status, Status::Failed)).count();
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else if failed < report.vms.len() {
+        ExitCode::from(crate::exit::PARTIAL)
+    } else {
+        ExitCode::from(crate::exit::FAILURE)
+    })
+}
+
+/// Credentials refused by the pool get the AUTH exit code.
+pub fn auth_kind(e: xenvault_engine::Error) -> anyhow::Error {
+    if e.is_auth() {
+        anyhow::Error::new(e).context(ExitKind::Auth)
+    } else {
+        e.into()
+    }
+}
+
+/// One progress bar per disk, on a terminal only.
+pub struct Bars {
+    multi: Option<MultiProgress>,
+    bars: Mutex<HashMap<String, ProgressBar>>,
+}
+
+impl Bars {
+    pub fn new() -> Arc<Self> {
+        let multi = std::io::stderr().is_terminal().then(MultiProgress::new);
+        Arc::new(Self { multi, bars: Mutex::new(HashMap::new()) })
+    }
+
+    pub fn clear(&self) {
+        if let Some(multi) = &self.multi {
+            let _ = multi.clear();
+        }
+    }
+}
+
+impl Progress for Bars {
+    fn start(&self, key: &str, label: &str, total: u64) {
+        let Some(multi) = &self.multi else { return };
+        let bar = multi.add(ProgressBar::new(total));
+        if let Ok(style) = ProgressStyle::with_template(
+            "{msg:32} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+        ) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_message(label.to_owned());
+        if let Ok(mut bars) = self.bars.lock() {
+            bars.insert(key.to_owned(), bar);
+        }
+    }
+
+    fn advance(&self, key: &str, bytes: u64) {
+        if let Some(bar) = self.bars.lock().ok().and_then(|b| b.get(key).cloned()) {
+            bar.inc(bytes);
+        }
+    }
+
+    fn finish(&self, key: &str) {
+        if let Some(bar) = self.bars.lock().ok().and_then(|mut b| b.remove(key)) {
+            bar.finish_and_clear();
+        }
+    }
+}
