@@ -1,8 +1,11 @@
 //! `xenvault`: the command line. Each area's subcommands live in their own module and
 //! are flattened into one verb list here; the work itself lives in the library crates.
 
+mod backup_cmds;
 mod benchmark_cmd;
+mod demo_cmd;
 mod exit;
+mod pool_cmds;
 mod repo_cmds;
 mod sim_cmds;
 
@@ -24,6 +27,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     #[command(flatten)]
+    Backup(backup_cmds::Commands),
+    #[command(flatten)]
+    Demo(demo_cmd::Commands),
+    #[command(flatten)]
+    Pool(pool_cmds::Commands),
+    #[command(flatten)]
     Benchmark(benchmark_cmd::Commands),
     #[command(flatten)]
     Repo(repo_cmds::Commands),
@@ -33,6 +42,9 @@ enum Command {
 
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
+        Command::Backup(cmd) => backup_cmds::run(cmd).await,
+        Command::Demo(cmd) => demo_cmd::run(cmd).await,
+        Command::Pool(cmd) => pool_cmds::run(cmd).await,
         Command::Benchmark(cmd) => benchmark_cmd::run(cmd).await,
         Command::Repo(cmd) => repo_cmds::run(cmd).await,
         Command::Sim(cmd) => sim_cmds::run(cmd).await,

@@ -81,7 +81,7 @@ impl RepoArgs {
         passphrase(self.passphrase_file.as_deref(), "XENVAULT_PASSPHRASE")
     }
 
-    async fn open(&self) -> Result<Repository> {
+    pub(crate) async fn open(&self) -> Result<Repository> {
         let secret = self.secret()?;
         Repository::open(&self.repo, &self.backend(), secret.as_ref()).await.map_err(classify)
     }
