@@ -7,8 +7,7 @@
 use crate::error::{ApiError, ApiResult};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
-
-pub const CBT_BLOCK: u64 = 64 * 1024;
+use xenvault_xapi_wire::cbt::ChangedBlocks;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct CbtLog {
@@ -108,16 +107,13 @@ impl CbtLogs {
     }
 }
 
-/// Blocks of a disk as a bitmap, most significant bit first.
+/// Blocks of a disk as xapi's bitmap (most significant bit first).
 pub fn bitmap(size: u64, blocks: &BTreeSet<u64>) -> Vec<u8> {
-    let bits = size.div_ceil(CBT_BLOCK);
-    let mut map = vec![0u8; bits.div_ceil(8) as usize];
-    for &b in blocks.iter().filter(|&&b| b < bits) {
-        if let Some(byte) = map.get_mut((b / 8) as usize) {
-            *byte |= 0x80 >> (b % 8);
-        }
+    let mut map = ChangedBlocks::for_disk_size(size);
+    for &b in blocks {
+        map.mark(b);
     }
-    map
+    map.bitmap().to_vec()
 }
 
 #[cfg(test)]

@@ -31,8 +31,3 @@ pub fn task_result_text(v: &Value) -> String {
     out
 }
 
-/// `VDI.list_changed_blocks`' answer: the bitmap in base64.
-pub fn encode_cbt_bitmap(bitmap: &[u8]) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(bitmap)
-}

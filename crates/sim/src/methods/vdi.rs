@@ -64,7 +64,7 @@ pub fn call(st: &mut State, name: &str, args: &Args, rt: &Runtime) -> Option<Api
             let from = args.reference(st, 1, "VDI")?;
             let to = args.reference(st, 2, "VDI")?;
             let bitmap = st.cbt.changed_between(&disk_id(st, &from)?, &disk_id(st, &to)?)?;
-            Ok(Value::from(crate::wire::encode_cbt_bitmap(&bitmap)))
+            Ok(Value::from(xenvault_xapi_wire::cbt::encode_bitmap(&bitmap)))
         })(),
         "get_nbd_info" => (|| {
             args.expect(2)?;
