@@ -262,11 +262,12 @@ fn hand_made(disks: &[(&str, usize)], chunks: &[(&str, Vec<u8>)], kind: Checksum
 
 #[test]
 fn hostile_archives_give_errors() {
-    let disks = test_disks();
+    // One small disk keeps the many re-reads below fast.
+    let disks: Vec<_> = test_disks().into_iter().filter(|(r, _)| r == "Ref:2").collect();
     let archive = write_xva(&disks, WriterOptions::default(), Compression::None);
     // Truncation fails cleanly: inside data, at and inside every member header, and in
     // the end-of-archive blocks.
-    let mut cuts: Vec<usize> = (0..archive.len()).step_by(65_537).collect();
+    let mut cuts: Vec<usize> = (0..archive.len()).step_by(32_771).collect();
     let mut entries = tar::Archive::new(Cursor::new(&archive));
     for e in entries.entries().unwrap() {
         let at = e.unwrap().raw_header_position() as usize;
@@ -290,14 +291,14 @@ fn hostile_archives_give_errors() {
     }
     // A chunk whose checksum file is missing.
     let mut b = tar::Builder::new(Vec::new());
-    for (name, body) in [("ova.xml", ova_xml(&version(), &objects(&disks)).into_bytes()), ("Ref:10/00000000", vec![0u8; MIB])] {
+    for (name, body) in [("ova.xml", ova_xml(&version(), &objects(&disks)).into_bytes()), ("Ref:2/00000000", vec![0u8; MIB])] {
         let mut h = tar::Header::new_gnu();
         h.set_size(body.len() as u64);
         h.set_cksum();
         b.append_data(&mut h, name, body.as_slice()).unwrap();
     }
     let missing = b.into_inner().unwrap();
-    assert!(matches!(read_xva(&missing), Err(Error::Corrupt(_))));
+    assert!(matches!(read_xva(&missing), Err(Error::Corrupt(m)) if m.contains("no checksum file")));
     // Not even a tar.
     let mut junk = Vec::new();
     Cursor::new(pattern(10_000, 5)).read_to_end(&mut junk).unwrap();
