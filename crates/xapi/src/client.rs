@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use reqwest::Url;
 use xenvault_xapi_wire::jsonrpc::{self, JsonRpcVersion};
-use xenvault_xapi_wire::{Failure, SESSION_INVALID, Value, xmlrpc};
+use xenvault_xapi_wire::{Failure, HOST_IS_SLAVE, SESSION_INVALID, Value, xmlrpc};
 
 use crate::tls::{self, TlsMode};
 use crate::{Error, Ref};
@@ -88,7 +88,7 @@ impl ClientBuilder {
         Ok(Client {
             inner: Arc::new(Inner {
                 http,
-                base,
+                base: RwLock::new(base),
                 protocol: resolved,
                 session: RwLock::new(None),
                 credentials: Mutex::new(None),
@@ -133,7 +133,8 @@ pub struct Client {
 
 pub(crate) struct Inner {
     pub(crate) http: reqwest::Client,
-    pub(crate) base: Url,
+    /// Moves to the pool master when a login lands on another member.
+    base: RwLock<Url>,
     protocol: OnceLock<Protocol>,
     session: RwLock<Option<Ref>>,
     credentials: Mutex<Option<(String, String)>>,
@@ -147,7 +148,7 @@ pub(crate) struct Inner {
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("base", &self.inner.base.as_str())
+            .field("base", &self.base_url().as_str())
             .field("protocol", &self.inner.protocol.get())
             .finish_non_exhaustive()
     }
@@ -172,9 +173,14 @@ impl Client {
         }
     }
 
-    /// The host's base URL (`https://host:port/`).
-    pub fn base_url(&self) -> &Url {
-        &self.inner.base
+    /// The host's base URL (`https://host:port/`): the pool master's once a login was sent
+    /// there.
+    pub fn base_url(&self) -> Url {
+        self.inner
+            .base
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// The transport in use, once the first call has settled it.
@@ -225,13 +231,51 @@ impl Client {
             "1.0".into(),
             ORIGINATOR.into(),
         ];
-        let session = Ref::from_value(
-            &self
-                .call_raw("session.login_with_password", &params)
-                .await?,
-        )?;
+        let answer = match self.call_raw("session.login_with_password", &params).await {
+            // A pool member names its master: sessions are only made there.
+            Err(Error::Failure(f)) if f.code == HOST_IS_SLAVE => {
+                let master = f.params.first().ok_or_else(|| {
+                    Error::malformed("HOST_IS_SLAVE without the master's address")
+                })?;
+                self.move_to_master(master)?;
+                self.call_raw("session.login_with_password", &params)
+                    .await?
+            }
+            other => other?,
+        };
+        let session = Ref::from_value(&answer)?;
         self.set_session(Some(session.clone()));
         Ok(session)
+    }
+
+    /// Points the client at the master's address (an IP or name; keeps scheme and port
+    /// unless the address carries a port).
+    fn move_to_master(&self, master: &str) -> Result<(), Error> {
+        let mut base = self.base_url();
+        let bad = |e: String| Error::malformed(format!("master address {master:?}: {e}"));
+        match master.parse::<std::net::SocketAddr>() {
+            Ok(addr) => {
+                base.set_ip_host(addr.ip())
+                    .map_err(|()| bad("not a host".into()))?;
+                base.set_port(Some(addr.port()))
+                    .map_err(|()| bad("no port".into()))?;
+            }
+            Err(_) => match master.parse::<std::net::IpAddr>() {
+                Ok(ip) => base
+                    .set_ip_host(ip)
+                    .map_err(|()| bad("not a host".into()))?,
+                Err(_) => base
+                    .set_host(Some(master))
+                    .map_err(|e| bad(e.to_string()))?,
+            },
+        }
+        tracing::info!(master = %base, "host is a pool member, logging in to the master");
+        *self
+            .inner
+            .base
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = base;
+        Ok(())
     }
 
     /// Ends the session; an already expired session counts as logged out.
@@ -368,8 +412,14 @@ impl Client {
             .send()
             .await?;
         let status = response.status();
-        // Hosts without JSON-RPC (before xapi 1.x of 2016) answer these.
-        if matches!(status.as_u16(), 404 | 405 | 501) && self.inner.protocol.get().is_none() {
+        // Hosts without JSON-RPC refuse the path, or (old xapi) answer it as XML-RPC.
+        let xml_answer = response
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.contains("xml"));
+        let unsupported = matches!(status.as_u16(), 404 | 405 | 501) || xml_answer;
+        if unsupported && self.inner.protocol.get().is_none() {
             return Ok(None);
         }
         let bytes = checked_body(response).await?;
@@ -386,7 +436,7 @@ impl Client {
         let response = self
             .inner
             .http
-            .post(self.inner.base.clone())
+            .post(self.base_url())
             .header(http::header::CONTENT_TYPE, "text/xml")
             .timeout(timeout)
             .body(body)
@@ -397,8 +447,7 @@ impl Client {
     }
 
     pub(crate) fn endpoint(&self, path: &str) -> Result<Url, Error> {
-        self.inner
-            .base
+        self.base_url()
             .join(path)
             .map_err(|e| Error::Config(format!("URL path {path:?}: {e}")))
     }

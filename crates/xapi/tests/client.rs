@@ -83,6 +83,35 @@ async fn auto_falls_back_to_xml_rpc() {
 }
 
 #[tokio::test]
+async fn auto_falls_back_when_jsonrpc_is_answered_as_xml() {
+    let mut mock = Mock::new(false);
+    mock.jsonrpc_answers_xml = true;
+    let client = logged_in(&mock).await;
+    assert_eq!(client.transport_in_use(), Some(Transport::XmlRpc));
+    client.get_all_records("VM").await.expect("records");
+}
+
+#[tokio::test]
+async fn login_on_a_pool_member_moves_to_the_master() {
+    let master = Mock::new(true);
+    let master_url = master.serve().await;
+    let mut member = Mock::new(true);
+    // xapi names the master by address; the mock adds the port the test server got.
+    member.master = master_url.strip_prefix("http://").map(str::to_owned);
+    let client = client(&member.serve().await);
+    client
+        .login_with_password(USER, PASSWORD)
+        .await
+        .expect("login via the master");
+    assert_eq!(client.base_url().as_str(), format!("{master_url}/"));
+    client
+        .get_all_records("VM")
+        .await
+        .expect("calls go to the master");
+    assert_eq!(master.state().logins, 1);
+}
+
+#[tokio::test]
 async fn forced_json_rpc_reports_a_missing_endpoint() {
     let mock = Mock::new(false);
     let url = mock.serve().await;

@@ -157,7 +157,7 @@ async fn vm_disks(c: &Client, vm: &Ref) -> Vec<Ref> {
         .as_array()
         .unwrap_or_default()
     {
-        let vdi = ok_ref(c, "VBD.get_VDI", &[vbd.clone()]).await;
+        let vdi = ok_ref(c, "VBD.get_VDI", std::slice::from_ref(vbd)).await;
         if !vdi.is_null() {
             disks.push(vdi);
         }
@@ -238,7 +238,7 @@ async fn our_client_over_both_transports_with_a_pinned_certificate() {
             .as_array()
             .unwrap_or_default()
         {
-            ok(&c, "VBD.destroy", &[vbd.clone()]).await;
+            ok(&c, "VBD.destroy", std::slice::from_ref(vbd)).await;
         }
         ok(&c, "VDI.data_destroy", &[(&base).into()]).await;
         let bitmap = ok_text(

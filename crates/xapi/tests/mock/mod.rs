@@ -52,8 +52,12 @@ pub struct Shared {
 pub struct Mock {
     pub shared: Arc<Mutex<Shared>>,
     pub jsonrpc: bool,
+    /// Old xapi: `/jsonrpc` is answered as XML-RPC (text/xml) instead of 404.
+    pub jsonrpc_answers_xml: bool,
     /// Transfers answer 302 to this base URL.
     pub redirect_to: Option<String>,
+    /// A pool member: logins answer HOST_IS_SLAVE with this master address.
+    pub master: Option<String>,
 }
 
 impl Mock {
@@ -61,7 +65,9 @@ impl Mock {
         Mock {
             shared: Arc::default(),
             jsonrpc,
+            jsonrpc_answers_xml: false,
             redirect_to: None,
+            master: None,
         }
     }
 
@@ -107,6 +113,9 @@ impl Mock {
                 .to_owned()
         };
         if method == "session.login_with_password" {
+            if let Some(master) = &self.master {
+                return Err(Failure::new("HOST_IS_SLAVE", vec![master.clone()]));
+            }
             if text(0) != USER || text(1) != PASSWORD {
                 return Err(Failure::new("SESSION_AUTHENTICATION_FAILED", vec![text(0)]));
             }
@@ -208,6 +217,12 @@ async fn xml_rpc(State(mock): State<Mock>, body: Bytes) -> Response {
 }
 
 async fn json_rpc(State(mock): State<Mock>, body: Bytes) -> Response {
+    if mock.jsonrpc_answers_xml {
+        // What XO's client expects from such hosts: 200, text/xml.
+        let failure = Failure::new("INTERNAL_ERROR", vec!["not XML-RPC".into()]);
+        let answer = xmlrpc::encode_response(&Err(failure));
+        return ([(header::CONTENT_TYPE, "text/xml")], answer).into_response();
+    }
     if !mock.jsonrpc {
         return StatusCode::NOT_FOUND.into_response();
     }
