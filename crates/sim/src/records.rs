@@ -280,6 +280,9 @@ pub fn vm(name: &str, is_a_template: bool, metrics: &str, guest_metrics: &str) -
             ("domain_type", "hvm".into()),
             ("NVRAM", empty_map()),
             ("pending_guidances", empty_list()),
+            ("pending_guidances_recommended", empty_list()),
+            ("pending_guidances_full", empty_list()),
+            ("groups", empty_list()),
         ],
     )
 }

@@ -229,3 +229,32 @@ async fn xva_export_reimports_to_identical_disks() {
     assert_eq!(r.status(), 500);
     assert_eq!(c.call("VM.get_all", vec![]).await.unwrap().as_array().unwrap().len(), vms_before);
 }
+
+#[tokio::test]
+async fn nbd_refuses_bad_sessions_and_cuts_when_told() {
+    let t = Setup::new().await;
+    let (c, vdi, work) = (&t.c, t.vdi.clone(), &t.work);
+    let infos = c.call("VDI.get_nbd_info", vec![vdi.into()]).await.unwrap();
+    let info = &infos.as_array().unwrap()[0];
+    let get = |k: &str| s(info.get(k).unwrap());
+    let pki = work.path().join("pki");
+    std::fs::create_dir(&pki).unwrap();
+    std::fs::write(pki.join("ca-cert.pem"), get("cert")).unwrap();
+    let port = info.get("port").unwrap().as_i64().unwrap();
+    let uri = |export: &str| {
+        let name = export.trim_start_matches('/').replace('?', "%3F").replace(':', "%3A").replace('=', "%3D");
+        format!("nbds://{}:{port}/{name}?tls-certificates={}&tls-hostname={}", get("address"), pki.display(), get("subject"))
+    };
+    let nbdcopy = |uri: String, out: std::path::PathBuf| async move {
+        tokio::task::spawn_blocking(move || Command::new("nbdcopy").arg(uri).arg(out).output().unwrap().status.success())
+            .await
+            .unwrap()
+    };
+    let export = get("exportname");
+    let forged = format!("{}OpaqueRef:00000000-0000-0000-0000-000000000000", export.split("OpaqueRef:").next().unwrap());
+    assert!(!nbdcopy(uri(&forged), work.path().join("a.raw")).await, "a bad session must be refused");
+    c.call("sim.set_cut", vec!["nbd".into(), "1048576".into()]).await.unwrap();
+    assert!(!nbdcopy(uri(&export), work.path().join("b.raw")).await, "a cut connection must fail the copy");
+    c.call("sim.set_cut", vec!["nbd".into(), "".into()]).await.unwrap();
+    assert!(nbdcopy(uri(&export), work.path().join("c.raw")).await);
+}
