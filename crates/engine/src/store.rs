@@ -270,9 +270,14 @@ impl SinkState {
             if cursor < pending.data.len() {
                 gaps.push((cursor, pending.data.len()));
             }
-            for (from, to) in gaps {
-                if let Some(buf) = pending.data.get_mut(from..to) {
-                    base.read_at(pending.start + from as u64, buf).await?;
+            if !gaps.is_empty() {
+                // One read of the base chunk, however many gaps: it is decrypted once.
+                let mut original = vec![0u8; pending.data.len()];
+                base.read_at(pending.start, &mut original).await?;
+                for (from, to) in gaps {
+                    if let (Some(dst), Some(src)) = (pending.data.get_mut(from..to), original.get(from..to)) {
+                        dst.copy_from_slice(src);
+                    }
                 }
             }
         }

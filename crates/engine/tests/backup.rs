@@ -290,3 +290,35 @@ async fn excluded_disks_and_quiesce_fallback_are_reported() {
     }
     env.assert_tidy().await;
 }
+
+#[tokio::test]
+async fn xva_backup_exports_back_as_the_same_xva_disks() {
+    use sha2::Digest;
+    let env = env().await;
+    let vdis = env.vdis().await;
+    env.write(&vdis[1], 5 << 20, b"data disk content").await;
+    let mut options = options(Level::Copy, Requested::Auto);
+    options.xva = true;
+    let report = env.backup_with(&options).await;
+    let expected = env.digests().await;
+    env.assert_restores_to(&report, &expected).await;
+    assert!(report.disks.iter().all(|d| d.transport == xenvault_engine::strategy::Transport::HttpXva));
+    env.assert_tidy().await;
+
+    let manifest = env.store.repository().snapshot(report.restore_point.as_deref().unwrap()).await.unwrap();
+    let path = env._dir.path().join("again.xva");
+    xenvault_engine::xva::export(env.store.repository(), &manifest, std::fs::File::create(&path).unwrap()).await.unwrap();
+    let mut xva = xenvault_xva::XvaReader::new(std::io::BufReader::new(std::fs::File::open(&path).unwrap())).unwrap();
+    let disks = xva.disks();
+    let mut images: BTreeMap<String, Vec<u8>> =
+        disks.iter().map(|d| (d.reference.clone(), vec![0u8; d.size.unwrap() as usize])).collect();
+    while let Some(chunk) = xva.next_chunk().unwrap() {
+        let image = images.get_mut(chunk.disk).unwrap();
+        image[chunk.offset as usize..chunk.offset as usize + chunk.data.len()].copy_from_slice(chunk.data);
+    }
+    let mut rebuilt: Vec<String> = images.values().map(|i| hex::encode(sha2::Sha256::digest(i))).collect();
+    let mut wanted: Vec<String> = expected.into_values().collect();
+    rebuilt.sort();
+    wanted.sort();
+    assert_eq!(rebuilt, wanted);
+}
