@@ -151,7 +151,12 @@ pub fn decode_response(body: &[u8]) -> Result<Result<Value, Failure>, WireError>
                     .iter()
                     .map(|i| from_json_at(i, 0).map(|v| v.to_text().unwrap_or_default()))
                     .collect::<Result<_, _>>()?,
-                Some(other) => vec![other.to_string()],
+                // A lone parameter, as xapi's SDK test fixtures show it.
+                Some(other) => vec![
+                    from_json_at(other, 0)?
+                        .to_text()
+                        .unwrap_or_else(|| other.to_string()),
+                ],
             };
             return Ok(Err(Failure { code, params }));
         }
@@ -325,6 +330,13 @@ mod tests {
             let err = encode_response(version, &call.id, &Err(f.clone()));
             assert_eq!(decode_response(&err), Ok(Err(f)));
         }
+    }
+
+    #[test]
+    fn v2_error_with_a_lone_parameter() {
+        let body = br#"{"jsonrpc":"2.0","error":{"code":1,"message":"HANDLE_INVALID","data":"OpaqueRef:x"},"id":1}"#;
+        let want = Failure::new("HANDLE_INVALID", vec!["OpaqueRef:x".into()]);
+        assert_eq!(decode_response(body), Ok(Err(want)));
     }
 
     #[test]
