@@ -65,7 +65,12 @@ pub struct Db {
     by_uuid: HashMap<String, String>,
     events: VecDeque<Event>,
     next_event: u64,
+    /// Counts changes to objects that are saved (not sessions or tasks).
+    saved_changes: u64,
 }
+
+/// Classes xapi forgets on restart: never saved, and their changes need no save.
+pub const TRANSIENT: &[&str] = &["session", "task"];
 
 impl Db {
     pub fn new() -> Self {
@@ -207,6 +212,9 @@ impl Db {
 
     fn push_event(&mut self, class: &'static str, operation: &'static str, reference: &str) {
         self.next_event += 1;
+        if !TRANSIENT.contains(&class) {
+            self.saved_changes += 1;
+        }
         self.events.push_back(Event {
             id: self.next_event,
             class,
@@ -216,6 +224,10 @@ impl Db {
         if self.events.len() > EVENT_RING {
             self.events.pop_front();
         }
+    }
+
+    pub fn saved_changes(&self) -> u64 {
+        self.saved_changes
     }
 
     pub fn last_event_id(&self) -> u64 {

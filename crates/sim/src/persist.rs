@@ -2,7 +2,7 @@
 //! Sessions and tasks are not kept, as xapi forgets them on restart.
 
 use crate::cbt::CbtLogs;
-use crate::db::{canonical_class, Db, Record};
+use crate::db::{canonical_class, Db, Record, TRANSIENT};
 use crate::state::State;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value as Json};
@@ -33,7 +33,6 @@ struct SavedObject {
 }
 
 const FILE: &str = "db.json";
-const TRANSIENT: &[&str] = &["session", "task"];
 
 pub fn exists(dir: &Path) -> bool {
     dir.join(FILE).exists()

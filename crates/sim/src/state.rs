@@ -54,11 +54,13 @@ impl Sim {
     /// Runs `f` on the state, then saves what changed and wakes event waiters.
     pub fn with<T>(&self, f: impl FnOnce(&mut State) -> ApiResult<T>) -> ApiResult<T> {
         let mut st = self.lock();
-        let before = st.db.last_event_id();
+        let (events, saved) = (st.db.last_event_id(), st.db.saved_changes());
         let result = f(&mut st);
-        if st.db.last_event_id() != before {
-            st.dirty = true;
+        if st.db.last_event_id() != events {
             self.changed.notify_waiters();
+        }
+        if st.db.saved_changes() != saved {
+            st.dirty = true;
         }
         if st.dirty {
             crate::persist::save(&self.runtime.state_dir, &st).map_err(|e| ApiError::internal(format!("saving state: {e}")))?;
