@@ -499,8 +499,10 @@ async fn back_up_disk(
     };
     let plan = strategy::plan(&facts);
     let mut notes = plan.notes.clone();
+    let mut fallback_notes = plan.fallback_notes.clone();
     for (attempt, error) in failed {
         notes.push(format!("{} broke mid-transfer: {error}", attempt.strategy.label()));
+        notes.append(&mut fallback_notes);
     }
     let label = format!("{} disk {}", vm.name_label, disk.vbd.userdevice);
     let target = DiskTarget {
@@ -542,6 +544,7 @@ async fn back_up_disk(
             }
             Err(transfer::Failure::Unusable(why)) => {
                 notes.push(format!("{} failed: {why}", attempt.strategy.label()));
+                notes.append(&mut fallback_notes);
             }
             Err(transfer::Failure::Retry(e)) => {
                 return Err(DiskError::Retry(DiskFailure { attempt: attempt.clone(), error: e.to_string() }));

@@ -158,6 +158,8 @@ pub struct Attempt {
 pub struct Plan {
     pub attempts: Vec<Attempt>,
     pub notes: Vec<String>,
+    /// Why middle strategies were skipped, said only if the first attempt fails.
+    pub fallback_notes: Vec<String>,
 }
 
 pub fn plan(facts: &DiskFacts) -> Plan {
@@ -172,16 +174,17 @@ pub fn plan(facts: &DiskFacts) -> Plan {
         (Level::Copy | Level::Full, _) => {
             let why = format!("level {}: the whole disk is read", facts.level);
             attempts.push(Attempt { strategy: Strategy::FullRead, transport: full_transport, why });
-            return Plan { attempts, notes };
+            return Plan { attempts, notes, fallback_notes: Vec::new() };
         }
         (_, None) => {
             let why = "no earlier restore point of this disk: the whole disk is read".to_owned();
             attempts.push(Attempt { strategy: Strategy::FullRead, transport: full_transport, why });
-            return Plan { attempts, notes };
+            return Plan { attempts, notes, fallback_notes: Vec::new() };
         }
         (_, Some(base)) => base,
     };
 
+    let mut vhd_note = None;
     if facts.requested == Requested::FullRead {
         notes.push("full read requested".into());
     } else {
@@ -202,8 +205,8 @@ pub fn plan(facts: &DiskFacts) -> Plan {
                 transport: Transport::HttpVhd,
                 why: "base snapshot kept with its data: VHD delta export of changed 2 MiB blocks".into(),
             }),
-            Some(_) => notes.push("VHD delta not possible: the base snapshot holds CBT metadata only".into()),
-            None => notes.push("VHD delta not possible: the base snapshot is gone from the host".into()),
+            Some(_) => vhd_note = Some("VHD delta not possible: the base snapshot holds CBT metadata only"),
+            None => vhd_note = Some("VHD delta not possible: the base snapshot is gone from the host"),
         }
     }
     attempts.push(Attempt {
@@ -211,7 +214,12 @@ pub fn plan(facts: &DiskFacts) -> Plan {
         transport: full_transport,
         why: "full read; only chunks new to the repository are stored".into(),
     });
-    Plan { attempts, notes }
+    // Said now when nothing better was planned, else only if the better attempt fails.
+    let mut fallback_notes = Vec::new();
+    if let Some(note) = vhd_note {
+        if attempts.len() == 1 { notes.push(note.into()) } else { fallback_notes.push(note.into()) }
+    }
+    Plan { attempts, notes, fallback_notes }
 }
 
 fn cbt_blocker(facts: &DiskFacts, base: &BaseDisk) -> Option<&'static str> {
@@ -269,7 +277,7 @@ mod tests {
         assert_eq!(strategies(&p), [Strategy::Cbt, Strategy::Vhd, Strategy::FullRead]);
         let p = plan(&facts(Level::Inc, Requested::Auto, Some(false)));
         assert_eq!(strategies(&p), [Strategy::Cbt, Strategy::FullRead]);
-        assert!(p.notes[0].contains("metadata only"));
+        assert!(p.notes.is_empty() && p.fallback_notes[0].contains("metadata only"));
     }
 
     #[test]
