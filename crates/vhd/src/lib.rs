@@ -56,17 +56,46 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Random access to a disk image's contents: lets a differencing disk read the
 /// sectors it does not hold from whatever stands for its parent.
 pub trait ReadAt {
-    /// Fills `buf` with the disk's bytes at `offset`.
+    /// Fills `buf` with the disk's bytes at `offset`; the range lies within `size()`.
     fn read_exact_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<()>;
+
+    /// The disk's size in bytes. A child may be larger than its parent (the disk was
+    /// resized after the parent was taken): past the parent's end, it reads zeros.
+    fn size(&self) -> u64;
+}
+
+/// Reads `buf` at `offset` from `parent`, zeros past the parent's end.
+pub(crate) fn read_parent(parent: &mut dyn ReadAt, offset: u64, buf: &mut [u8]) -> Result<()> {
+    let inside = parent.size().saturating_sub(offset).min(buf.len() as u64) as usize;
+    let (head, tail) = buf.split_at_mut(inside);
+    if !head.is_empty() {
+        parent.read_exact_at(offset, head)?;
+    }
+    tail.fill(0);
+    Ok(())
 }
 
 /// A raw image (a plain file) as a [`ReadAt`] parent.
-pub struct RawDisk<R>(pub R);
+pub struct RawDisk<R> {
+    inner: R,
+    size: u64,
+}
+
+impl<R: Read + Seek> RawDisk<R> {
+    pub fn new(mut inner: R) -> Result<Self> {
+        let size = inner.seek(SeekFrom::End(0))?;
+        Ok(RawDisk { inner, size })
+    }
+}
 
 impl<R: Read + Seek> ReadAt for RawDisk<R> {
     fn read_exact_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        self.0.seek(SeekFrom::Start(offset))?;
-        read_exact(&mut self.0, buf, "raw parent image")
+        self.inner.seek(SeekFrom::Start(offset))?;
+        read_exact(&mut self.inner, buf, "raw parent image")
+    }
+
+    fn size(&self) -> u64 {
+        self.size
     }
 }
 
@@ -77,6 +106,10 @@ impl ReadAt for Zeros {
     fn read_exact_at(&mut self, _offset: u64, buf: &mut [u8]) -> Result<()> {
         buf.fill(0);
         Ok(())
+    }
+
+    fn size(&self) -> u64 {
+        u64::MAX
     }
 }
 

@@ -6,7 +6,7 @@ use std::ops::Range;
 use crate::format::{FOOTER_SIZE, HEADER_SIZE};
 use crate::{
     BAT_UNUSED, DiskType, DynamicHeader, Error, Footer, MAX_DISK_SIZE, ReadAt, Result,
-    SECTOR_SIZE, Zeros, read_exact,
+    SECTOR_SIZE, Zeros, read_exact, read_parent,
 };
 
 /// Bounds on the block size we accept: the spec fixes none, real tools use 512 KiB
@@ -251,7 +251,7 @@ impl<R: Read + Seek> VhdReader<R> {
             let block_end = ((pos / bs + 1) * bs).min(end);
             let out = &mut buf[(pos - offset) as usize..(block_end - offset) as usize];
             match self.block_offset(pos) {
-                None if differencing => parent.read_exact_at(pos, out)?,
+                None if differencing => read_parent(parent, pos, out)?,
                 None => out.fill(0),
                 Some(data_at) => {
                     self.load_bitmap(block)?;
@@ -261,7 +261,7 @@ impl<R: Read + Seek> VhdReader<R> {
                             self.inner.seek(SeekFrom::Start(data_at + run.start % bs))?;
                             read_exact(&mut self.inner, out, "block data")?;
                         } else if differencing {
-                            parent.read_exact_at(run.start, out)?;
+                            read_parent(parent, run.start, out)?;
                         } else {
                             out.fill(0);
                         }
@@ -300,6 +300,10 @@ impl<R: Read + Seek> VhdReader<R> {
 impl<R: Read + Seek> ReadAt for VhdReader<R> {
     fn read_exact_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
         self.read_at(offset, buf)
+    }
+
+    fn size(&self) -> u64 {
+        self.disk_size()
     }
 }
 
@@ -355,5 +359,9 @@ impl<C: Read + Seek, P: ReadAt> Layered<C, P> {
 impl<C: Read + Seek, P: ReadAt> ReadAt for Layered<C, P> {
     fn read_exact_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
         self.child.read_at_with_parent(offset, buf, &mut self.parent)
+    }
+
+    fn size(&self) -> u64 {
+        self.child.disk_size()
     }
 }

@@ -180,7 +180,7 @@ print(hashlib.sha256(data).hexdigest())
     // Our reader layered on the raw base, and on the base VHD.
     let delta = VhdReader::open(File::open(&delta_vhd).unwrap()).unwrap();
     assert_eq!(delta.header().unwrap().parent_unique_id, base_uid);
-    let mut on_raw = Layered::new(delta, RawDisk(File::open(&base_raw).unwrap()));
+    let mut on_raw = Layered::new(delta, RawDisk::new(File::open(&base_raw).unwrap()).unwrap());
     assert_eq!(read_all(&mut on_raw, size), newer);
     let (delta, _) = on_raw.into_parts();
     let base_reader = VhdReader::open(File::open(&base_vhd).unwrap()).unwrap();
@@ -240,4 +240,21 @@ fn qemu_made_vhds_read_byte_exactly() {
             assert_eq!(stream_all(&vhd), disk);
         }
     }
+}
+
+#[test]
+fn differencing_vhd_larger_than_its_parent_reads_zeros_past_the_parent() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = disk_with_blocks(4 * MIB, &[0, 1], 20);
+    // The disk grew to 10 MiB after the base: block 3 written, block 4 never.
+    let mut newer = disk_with_blocks(10 * MIB, &[0, 1, 3], 20);
+    newer[..4096].copy_from_slice(&pattern(4096, 21));
+    let base_raw = dir.path().join("base.raw");
+    let delta_vhd = dir.path().join("delta.vhd");
+    fs::write(&base_raw, &base).unwrap();
+    let parent = ParentInfo { unique_id: Uuid::new_v4(), timestamp: 0, path: "/base.vhd".into() };
+    write_dynamic(&delta_vhd, &newer, &[0, 3], Some(&parent), Uuid::new_v4());
+    let delta = VhdReader::open(File::open(&delta_vhd).unwrap()).unwrap();
+    let mut layered = Layered::new(delta, RawDisk::new(File::open(&base_raw).unwrap()).unwrap());
+    assert_eq!(read_all(&mut layered, 10 * MIB), newer);
 }
