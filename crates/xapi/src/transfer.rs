@@ -4,6 +4,8 @@
 //! outcome is read from the task once the body has been moved.
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
@@ -73,11 +75,33 @@ pub struct VmImportOptions {
 }
 
 /// A streamed download. It yields an error instead of ending quietly when the host reports
-/// the transfer failed.
+/// the transfer failed. Dropped before its end, it cancels and destroys its task.
 pub struct Download {
     task: Ref,
     content_length: Option<u64>,
     body: BoxStream<'static, Result<Bytes, Error>>,
+    /// Set once the task's outcome was read (which destroys it).
+    settled: Arc<AtomicBool>,
+    client: Client,
+}
+
+impl Drop for Download {
+    fn drop(&mut self) {
+        if self.settled.load(Ordering::Acquire) {
+            return;
+        }
+        // Abandoned or broken: do not leave the task pending on the host.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (client, task) = (self.client.clone(), self.task.clone());
+        runtime.spawn(async move {
+            if let Err(e) = client.cancel_task(&task).await {
+                tracing::debug!(%task, error = %e, "task.cancel of an abandoned download");
+            }
+            client.discard_task(&task).await;
+        });
+    }
 }
 
 impl Download {
@@ -250,14 +274,19 @@ impl Client {
         let sent = self.get_following_redirects(path, query, &task).await;
         let response = self.accepted(&task, sent).await?;
         let content_length = response.content_length();
-        let client = self.clone();
-        let waited = task.clone();
-        let finish =
-            Box::pin(async move { client.wait_task(&waited, |_| {}, None).await.map(drop) });
+        let settled = Arc::new(AtomicBool::new(false));
+        let (client, waited, done) = (self.clone(), task.clone(), settled.clone());
+        let finish = Box::pin(async move {
+            let outcome = client.wait_task(&waited, |_| {}, None).await;
+            done.store(true, Ordering::Release);
+            outcome.map(drop)
+        });
         Ok(Download {
             task,
             content_length,
             body: guard_body(response.bytes_stream().boxed(), finish),
+            settled,
+            client: self.clone(),
         })
     }
 

@@ -252,6 +252,8 @@ async fn export_follows_a_redirect_keeping_session_and_task() {
     assert_eq!(query.get("format").map(String::as_str), Some("raw"));
     assert_eq!(query.get("task_id"), Some(&task.to_string()));
     assert!(serving.state().destroyed_tasks.contains(&task.to_string()));
+    // Read to its end, the download settled its task: nothing to cancel.
+    assert!(!serving.state().calls.iter().any(|c| c == "task.cancel"));
 }
 
 #[tokio::test]
@@ -283,6 +285,27 @@ async fn export_whose_task_fails_ends_with_the_failure() {
         .expect("200");
     let err = collect(download).await.expect_err("task failure");
     assert!(err.is_failure("VDI_IO_ERROR"), "{err:?}");
+}
+
+#[tokio::test]
+async fn an_abandoned_download_cancels_and_destroys_its_task() {
+    let mock = Mock::new(true);
+    let client = logged_in(&mock).await;
+    let vdi = Ref::new("OpaqueRef:vdi-1");
+    let download = client
+        .export_raw_vdi(&vdi, DiskFormat::Raw, None)
+        .await
+        .expect("200");
+    let task = download.task().to_string();
+    drop(download);
+    for _ in 0..200 {
+        if mock.state().destroyed_tasks.contains(&task) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(mock.state().destroyed_tasks.contains(&task));
+    assert!(mock.state().calls.iter().any(|c| c == "task.cancel"));
 }
 
 #[tokio::test]
