@@ -40,6 +40,20 @@ async fn redirecting_pair() -> (Mock, Mock) {
     (serving, front)
 }
 
+fn forced(url: &str, transport: Transport) -> Client {
+    Client::builder(url)
+        .transport(transport)
+        .build()
+        .expect("client")
+}
+
+/// Starts the export of the mock's one disk.
+async fn export_vdi(client: &Client, format: DiskFormat) -> Result<xenvault_xapi::Download, Error> {
+    client
+        .export_raw_vdi(&Ref::new("OpaqueRef:vdi-1"), format, None)
+        .await
+}
+
 async fn collect(download: xenvault_xapi::Download) -> Result<Vec<u8>, Error> {
     let mut out = Vec::new();
     let mut body = download;
@@ -115,10 +129,7 @@ async fn login_on_a_pool_member_moves_to_the_master() {
 async fn forced_json_rpc_reports_a_missing_endpoint() {
     let mock = Mock::new(false);
     let url = mock.serve().await;
-    let client = Client::builder(&url)
-        .transport(Transport::JsonRpc)
-        .build()
-        .expect("client");
+    let client = forced(&url, Transport::JsonRpc);
     let err = client
         .login_with_password(USER, PASSWORD)
         .await
@@ -233,11 +244,7 @@ async fn cancelling_a_wait_cancels_the_task() {
 async fn export_follows_a_redirect_keeping_session_and_task() {
     let (serving, front) = redirecting_pair().await;
     let client = logged_in(&front).await;
-    let vdi = Ref::new("OpaqueRef:vdi-1");
-    let download = client
-        .export_raw_vdi(&vdi, DiskFormat::Raw, None)
-        .await
-        .expect("export");
+    let download = export_vdi(&client, DiskFormat::Raw).await.expect("export");
     let task = download.task().clone();
     assert_eq!(collect(download).await.expect("body"), DISK);
     let query = serving
@@ -261,11 +268,7 @@ async fn export_with_an_http_error_as_body_is_an_error() {
     let mock = Mock::new(true);
     mock.state().export_disguised_error = true;
     let client = logged_in(&mock).await;
-    let vdi = Ref::new("OpaqueRef:vdi-1");
-    let download = client
-        .export_raw_vdi(&vdi, DiskFormat::Vhd, None)
-        .await
-        .expect("200");
+    let download = export_vdi(&client, DiskFormat::Vhd).await.expect("200");
     let err = collect(download).await.expect_err("disguised error");
     assert!(
         matches!(&err, Error::Http { status: 500, message } if message.contains("VDI_IO_ERROR")),
@@ -278,11 +281,7 @@ async fn export_whose_task_fails_ends_with_the_failure() {
     let mock = Mock::new(true);
     mock.state().export_fails_with = Some(vec!["VDI_IO_ERROR".into(), "disk gone".into()]);
     let client = logged_in(&mock).await;
-    let vdi = Ref::new("OpaqueRef:vdi-1");
-    let download = client
-        .export_raw_vdi(&vdi, DiskFormat::Raw, None)
-        .await
-        .expect("200");
+    let download = export_vdi(&client, DiskFormat::Raw).await.expect("200");
     let err = collect(download).await.expect_err("task failure");
     assert!(err.is_failure("VDI_IO_ERROR"), "{err:?}");
 }
@@ -291,11 +290,7 @@ async fn export_whose_task_fails_ends_with_the_failure() {
 async fn an_abandoned_download_cancels_and_destroys_its_task() {
     let mock = Mock::new(true);
     let client = logged_in(&mock).await;
-    let vdi = Ref::new("OpaqueRef:vdi-1");
-    let download = client
-        .export_raw_vdi(&vdi, DiskFormat::Raw, None)
-        .await
-        .expect("200");
+    let download = export_vdi(&client, DiskFormat::Raw).await.expect("200");
     let task = download.task().to_string();
     drop(download);
     for _ in 0..200 {
@@ -350,19 +345,13 @@ async fn malformed_and_failed_answers_are_errors() {
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     tokio::spawn(async move { axum::serve(listener, router).await });
 
-    let json = Client::builder(&url)
-        .transport(Transport::JsonRpc)
-        .build()
-        .expect("client");
+    let json = forced(&url, Transport::JsonRpc);
     let err = json
         .login_with_password(USER, PASSWORD)
         .await
         .expect_err("garbage");
     assert!(matches!(err, Error::Malformed(_)), "{err:?}");
-    let xml = Client::builder(&url)
-        .transport(Transport::XmlRpc)
-        .build()
-        .expect("client");
+    let xml = forced(&url, Transport::XmlRpc);
     let err = xml
         .login_with_password(USER, PASSWORD)
         .await
