@@ -63,7 +63,10 @@ impl<W: Write> DynamicWriter<W> {
         let entries = disk_size.div_ceil(u64::from(DEFAULT_BLOCK_SIZE));
         let bat = (entries * 4).next_multiple_of(SECTOR_SIZE);
         let block = bitmap_size(DEFAULT_BLOCK_SIZE) + u64::from(DEFAULT_BLOCK_SIZE);
-        BAT_OFFSET + bat + present_blocks * block + FOOTER_SIZE as u64
+        // Saturating: absurd arguments give an absurd size, not an overflow panic.
+        present_blocks
+            .saturating_mul(block)
+            .saturating_add(BAT_OFFSET + bat + FOOTER_SIZE as u64)
     }
 
     /// Starts a dynamic VHD (disk type 3) and writes everything up to the first block.
@@ -222,7 +225,7 @@ pub struct FixedWriter<W: Write> {
 
 impl<W: Write> FixedWriter<W> {
     pub fn output_size(disk_size: u64) -> u64 {
-        disk_size + FOOTER_SIZE as u64
+        disk_size.saturating_add(FOOTER_SIZE as u64)
     }
 
     pub fn new(out: W, disk_size: u64, options: WriterOptions) -> Result<Self> {

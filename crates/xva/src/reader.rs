@@ -127,19 +127,20 @@ impl<R: Read> XvaReader<R> {
             return Err(Error::Corrupt(format!("chunk {} outside any disk", member.name)));
         };
         let offset = next_offset(disk, index, &member.name)?;
-        if member.size > CHUNK_SIZE || offset + member.size > disk.size {
+        let end = offset.checked_add(member.size).filter(|&end| end <= disk.size);
+        let Some(end) = end.filter(|_| member.size <= CHUNK_SIZE) else {
             return Err(Error::Corrupt(format!(
                 "chunk {} of {} bytes at disk offset {offset} does not fit the disk ({} bytes)",
                 member.name, member.size, disk.size
             )));
-        }
+        };
         // At most CHUNK_SIZE, checked above.
         self.buf.resize(member.size as usize, 0);
         read_exact(&mut self.input, &mut self.buf, &member.name)?;
         skip(&mut self.input, padding(member.size) as u64, &member.name)?;
         verify_checksum(&mut self.input, &member, &self.buf)?;
         disk.last = Some((index, member.size == 0));
-        disk.end = offset + member.size;
+        disk.end = end;
         Ok((member.size > 0).then_some(offset))
     }
 

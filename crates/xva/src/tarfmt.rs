@@ -84,7 +84,10 @@ pub(crate) fn read_header(input: &mut impl Read) -> Result<Option<Member>> {
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 return Ok(Some(Member { name, size }));
             }
-            tar::EntryType::Directory => skip(input, size + padding(size) as u64, &name)?,
+            tar::EntryType::Directory => {
+                let total = size.checked_add(padding(size) as u64);
+                skip(input, total.unwrap_or(u64::MAX), &name)?;
+            }
             other => {
                 return Err(Error::Corrupt(format!(
                     "tar member {name:?} has unsupported type {:?}",
