@@ -13,15 +13,15 @@ async fn cbt_reports_exactly_the_written_blocks_and_snapshots_are_cow() {
     let (c, vm, vdi) = (&t.c, t.vm.clone(), t.vdi.clone());
     c.call("VDI.enable_cbt", vec![vdi.clone().into()]).await.unwrap();
     let s1 = s(&c.call("VM.snapshot", vec![vm.clone().into(), "s1".into()]).await.unwrap());
-    let before = sha256(&c, &vdi).await;
+    let before = sha256(c, &vdi).await;
     // Block 2 and 3 (crossing), block 100, and block 5 rewritten with its own (zero) bytes.
-    write(&c, &vdi, 2 * 65536 + 100, &[7u8; 65536]).await;
-    write(&c, &vdi, 100 * 65536, b"x").await;
-    write(&c, &vdi, 5 * 65536, &[0u8; 512]).await;
+    write(c, &vdi, 2 * 65536 + 100, &[7u8; 65536]).await;
+    write(c, &vdi, 100 * 65536, b"x").await;
+    write(c, &vdi, 5 * 65536, &[0u8; 512]).await;
     let s2 = s(&c.call("VM.snapshot", vec![vm.clone().into(), "s2".into()]).await.unwrap());
-    let (v1, v2) = (snapshot_vdi(&c, &s1, &vdi).await, snapshot_vdi(&c, &s2, &vdi).await);
-    assert_eq!(sha256(&c, &v1).await, before, "snapshot keeps its data after writes");
-    assert_eq!(sha256(&c, &v2).await, sha256(&c, &vdi).await);
+    let (v1, v2) = (snapshot_vdi(c, &s1, &vdi).await, snapshot_vdi(c, &s2, &vdi).await);
+    assert_eq!(sha256(c, &v1).await, before, "snapshot keeps its data after writes");
+    assert_eq!(sha256(c, &v2).await, sha256(c, &vdi).await);
 
     let bitmap = c.call("VDI.list_changed_blocks", vec![v1.clone().into(), v2.clone().into()]).await.unwrap();
     use base64::Engine;
@@ -44,7 +44,7 @@ async fn cbt_reports_exactly_the_written_blocks_and_snapshots_are_cow() {
     c.call("VDI.disable_cbt", vec![vdi.clone().into()]).await.unwrap();
     c.call("VDI.enable_cbt", vec![vdi.clone().into()]).await.unwrap();
     let s3 = s(&c.call("VM.snapshot", vec![vm.into(), "s3".into()]).await.unwrap());
-    let v3 = snapshot_vdi(&c, &s3, &vdi).await;
+    let v3 = snapshot_vdi(c, &s3, &vdi).await;
     let broken = c.call("VDI.list_changed_blocks", vec![v2.into(), v3.into()]).await.unwrap_err().to_string();
     assert!(broken.contains("SR_BACKEND_FAILURE_460"), "{broken}");
     let snap_cbt = c.call("VDI.data_destroy", vec![vdi.into()]).await.unwrap_err().to_string();
@@ -56,11 +56,11 @@ async fn vhd_exports_match_raw_and_deltas_apply_on_their_base() {
     let t = Setup::new().await;
     let (c, sid, vm, vdi, sim) = (&t.c, &t.sid, t.vm.clone(), t.vdi.clone(), &t.sim);
     let p = |n: &str| t.path(n);
-    write(&c, &vdi, 0, &[1u8; 3 << 20]).await;
+    write(c, &vdi, 0, &[1u8; 3 << 20]).await;
     let s1 = s(&c.call("VM.snapshot", vec![vm.clone().into(), "s1".into()]).await.unwrap());
     c.call("sim.scribble", vec![vdi.clone().into(), "10".into(), "4096".into(), "7".into()]).await.unwrap();
     let s2 = s(&c.call("VM.snapshot", vec![vm.into(), "s2".into()]).await.unwrap());
-    let (v1, v2) = (snapshot_vdi(&c, &s1, &vdi).await, snapshot_vdi(&c, &s2, &vdi).await);
+    let (v1, v2) = (snapshot_vdi(c, &s1, &vdi).await, snapshot_vdi(c, &s2, &vdi).await);
 
     let url = |q: String| format!("{}/export_raw_vdi?session_id={sid}&{q}", sim.url);
     let h = download(&url(format!("vdi={v2}&format=raw")), &p("v2.raw")).await;
@@ -78,7 +78,7 @@ async fn vhd_exports_match_raw_and_deltas_apply_on_their_base() {
     let copy = s(&c.call("VDI.clone", vec![v1.clone().into()]).await.unwrap());
     let r = upload(&format!("{}/import_raw_vdi?session_id={sid}&vdi={copy}&format=vhd", sim.url), &p("delta.vhd")).await;
     assert_eq!(r.status(), 200);
-    assert_eq!(sha256(&c, &copy).await, sha256(&c, &v2).await);
+    assert_eq!(sha256(c, &copy).await, sha256(c, &v2).await);
 
     // A VHD made by qemu-img imports into a new VDI (sr_id=) byte-exactly.
     run(Command::new("qemu-img")
@@ -91,7 +91,7 @@ async fn vhd_exports_match_raw_and_deltas_apply_on_their_base() {
     let task = r.headers().get("task-id").unwrap().to_str().unwrap().to_owned();
     let result = s(&c.call("task.get_result", vec![task.into()]).await.unwrap());
     let new_vdi = result.trim_start_matches("<value>").trim_end_matches("</value>").to_owned();
-    assert_eq!(sha256(&c, &new_vdi).await, sha256(&c, &v2).await);
+    assert_eq!(sha256(c, &new_vdi).await, sha256(c, &v2).await);
 }
 
 #[tokio::test]
@@ -191,8 +191,8 @@ async fn xva_export_reimports_to_identical_disks() {
     let p = |n: &str| t.path(n);
     c.call("sim.scribble", vec![vdi.clone().into(), "5".into(), "65536".into(), "11".into()]).await.unwrap();
     let snap = s(&c.call("VM.snapshot", vec![vm.into(), "for-xva".into()]).await.unwrap());
-    let snap_vdi = snapshot_vdi(&c, &snap, &vdi).await;
-    let digest = sha256(&c, &snap_vdi).await;
+    let snap_vdi = snapshot_vdi(c, &snap, &vdi).await;
+    let digest = sha256(c, &snap_vdi).await;
 
     for compression in ["false", "zstd"] {
         let file = p(&format!("vm-{compression}.xva"));
@@ -212,7 +212,7 @@ async fn xva_export_reimports_to_identical_disks() {
         let mut digests = Vec::new();
         for vbd in vbds.as_array().unwrap() {
             let d = s(&c.call("VBD.get_VDI", vec![vbd.clone()]).await.unwrap());
-            digests.push(sha256(&c, &d).await);
+            digests.push(sha256(c, &d).await);
         }
         assert!(digests.contains(&digest), "{compression}: {digests:?}");
         assert_eq!(digests.len(), 2);
