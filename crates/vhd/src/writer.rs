@@ -285,3 +285,33 @@ fn write_zeros(out: &mut impl Write, mut n: u64) -> io::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fields xapi's vhd-tool sets that no reader tool shows.
+    #[test]
+    fn differencing_layout_matches_xapi() {
+        let parent = ParentInfo { unique_id: Uuid::from_u128(9), timestamp: 77, path: "/var/run/sr-mount/s/v.vhd".into() };
+        let options = WriterOptions { unique_id: Uuid::from_u128(3), timestamp: 0 };
+        let w = DynamicWriter::differencing(Vec::new(), 4 << 20, [1], options, &parent).unwrap();
+        let bytes = w.out.clone();
+        let footer = Footer::parse(bytes[..FOOTER_SIZE].try_into().unwrap()).unwrap();
+        assert_eq!(&footer.creator_application, b"caml");
+        assert_eq!((footer.creator_version, footer.creator_host_os, footer.features), (1, 0, 2));
+        assert_eq!((footer.data_offset, footer.timestamp, footer.disk_type), (512, 0, DiskType::Differencing));
+        let header = DynamicHeader::parse(bytes[512..1536].try_into().unwrap()).unwrap();
+        assert_eq!((header.table_offset, header.max_table_entries, header.block_size), (2048, 2, 2 << 20));
+        assert_eq!((header.parent_unique_id, header.parent_timestamp), (parent.unique_id, 77));
+        assert_eq!(header.parent_unicode_name, parent.path);
+        let locator = header.parent_locators[0];
+        assert_eq!(locator.platform_code, PLATFORM_MACX);
+        assert_eq!((locator.data_space, locator.data_offset), (1, 1536));
+        assert_eq!(locator.data_length as usize, "file://".len() + parent.path.len());
+        // xapi leaves the locator's sector zero-filled; block 1 is the first block.
+        assert!(bytes[1536..2048].iter().all(|&b| b == 0));
+        assert_eq!(&bytes[2048..2056], &[0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 5]);
+        assert_eq!(w.total_size(), 2048 + 512 + 512 + (2 << 20) + 512);
+    }
+}
