@@ -14,12 +14,17 @@ pub(crate) struct ExtFs {
 impl ExtFs {
     pub(crate) fn open(source: Arc<dyn ReadAt>) -> Result<Self, Error> {
         let fs = Self { source };
-        fs.load()?;
+        fs.with(|_| Ok(()))?;
         Ok(fs)
     }
 
     fn load(&self) -> Result<Ext4, Error> {
         Ext4::load(Box::new(Cursor::new(self.source.clone()))).map_err(|e| map_err(e, "/"))
+    }
+
+    /// Loads the file system and runs `f` on it, panics in the crate becoming errors.
+    fn with<T>(&self, f: impl FnOnce(&Ext4) -> Result<T, Error>) -> Result<T, Error> {
+        crate::guarded("ext2/3/4 file system", || f(&self.load()?))
     }
 }
 
@@ -74,45 +79,48 @@ impl FileSystem for ExtFs {
 
     fn stat(&self, path: &str) -> Result<Entry, Error> {
         let path = normalize(path);
-        let fs = self.load()?;
-        let meta = fs.symlink_metadata(path.as_str()).map_err(|e| map_err(e, &path))?;
-        entry(&fs, &path, &meta)
+        self.with(|fs| {
+            let meta = fs.symlink_metadata(path.as_str()).map_err(|e| map_err(e, &path))?;
+            entry(fs, &path, &meta)
+        })
     }
 
     fn list(&self, path: &str) -> Result<Vec<Entry>, Error> {
         let path = normalize(path);
-        let fs = self.load()?;
-        let mut out = Vec::new();
-        for item in fs.read_dir(path.as_str()).map_err(|e| map_err(e, &path))? {
-            let item = item.map_err(|e| map_err(e, &path))?;
-            let name = String::from_utf8_lossy(item.file_name().as_ref()).into_owned();
-            if name == "." || name == ".." {
-                continue;
+        self.with(|fs| {
+            let mut out = Vec::new();
+            for item in fs.read_dir(path.as_str()).map_err(|e| map_err(e, &path))? {
+                let item = item.map_err(|e| map_err(e, &path))?;
+                let name = String::from_utf8_lossy(item.file_name().as_ref()).into_owned();
+                if name == "." || name == ".." {
+                    continue;
+                }
+                let child = join(&path, &name);
+                let meta = item.metadata().map_err(|e| map_err(e, &child))?;
+                out.push(entry(fs, &child, &meta)?);
             }
-            let child = join(&path, &name);
-            let meta = item.metadata().map_err(|e| map_err(e, &child))?;
-            out.push(entry(&fs, &child, &meta)?);
-        }
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(out)
+            out.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok(out)
+        })
     }
 
     fn read_at(&self, entry: &Entry, offset: u64, buf: &mut [u8]) -> Result<usize, Error> {
         if offset >= entry.size {
             return Ok(0);
         }
-        let fs = self.load()?;
-        let err = |e| map_err(e, &entry.path);
-        let mut file = fs.open(entry.path.as_str()).map_err(err)?;
-        file.seek_to(offset).map_err(err)?;
-        let mut done = 0;
-        while done < buf.len() {
-            let n = file.read_bytes(&mut buf[done..]).map_err(err)?;
-            if n == 0 {
-                break;
+        self.with(|fs| {
+            let err = |e| map_err(e, &entry.path);
+            let mut file = fs.open(entry.path.as_str()).map_err(err)?;
+            file.seek_to(offset).map_err(err)?;
+            let mut done = 0;
+            while done < buf.len() {
+                let n = file.read_bytes(&mut buf[done..]).map_err(err)?;
+                if n == 0 {
+                    break;
+                }
+                done += n;
             }
-            done += n;
-        }
-        Ok(done)
+            Ok(done)
+        })
     }
 }

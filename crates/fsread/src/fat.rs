@@ -6,7 +6,6 @@ use crate::source::{Cursor, ReadAt};
 use crate::{Entry, EntryKind, Error, FileSystem, FsType, components, join, normalize};
 use fatfs::{DirEntry, FsOptions};
 use std::io::{Read, Seek, SeekFrom};
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
 type Fs = fatfs::FileSystem<Cursor>;
@@ -29,12 +28,11 @@ impl FatFs {
     /// Runs `f` on a freshly opened file system; a panic inside the crate on bad input
     /// becomes an error.
     fn with<T>(&self, f: impl FnOnce(&Fs) -> Result<T, Error>) -> Result<T, Error> {
-        catch_unwind(AssertUnwindSafe(|| {
+        crate::guarded("FAT file system", || {
             let fs = Fs::new(Cursor::new(self.source.clone()), FsOptions::new())
                 .map_err(|e| corrupt(format!("boot sector: {e}")))?;
             f(&fs)
-        }))
-        .unwrap_or_else(|_| Err(corrupt("the FAT reader failed on malformed data")))
+        })
     }
 }
 

@@ -95,6 +95,12 @@ pub trait FileSystem: Send + Sync {
     fn read_at(&self, entry: &Entry, offset: u64, buf: &mut [u8]) -> Result<usize, Error>;
 }
 
+/// Runs `f`, turning a panic inside a third-party reader on malformed data into an error.
+pub(crate) fn guarded<T>(what: &'static str, f: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .unwrap_or_else(|_| Err(Error::Corrupt { what, detail: "the reader failed on malformed data".into() }))
+}
+
 /// Splits an absolute or relative path into its components, ignoring empty ones and `.`.
 pub(crate) fn components(path: &str) -> impl Iterator<Item = &str> {
     path.split('/').filter(|c| !c.is_empty() && *c != ".")

@@ -9,7 +9,6 @@ use ntfs::indexes::NtfsFileNameIndex;
 use ntfs::structured_values::{NtfsFileAttributeFlags, NtfsFileNamespace};
 use ntfs::{Ntfs, NtfsFile, NtfsReadSeek};
 use std::io::SeekFrom;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
 const ROOT_RECORD: u64 = 5;
@@ -27,9 +26,8 @@ fn corrupt(detail: impl std::fmt::Display) -> Error {
     Error::Corrupt { what: "NTFS file system", detail: detail.to_string() }
 }
 
-/// Runs `f`, turning a panic inside the crate on malformed data into an error.
 fn guarded<T>(f: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> {
-    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| Err(corrupt("the NTFS reader failed on malformed data")))
+    crate::guarded("NTFS file system", f)
 }
 
 impl NtfsFs {

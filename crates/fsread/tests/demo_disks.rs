@@ -174,3 +174,123 @@ fn find_read_and_errors() {
     assert_eq!(xfs.list("/logs").unwrap().len(), 2000);
     assert!(matches!(xfs.stat("/www/index.html/x"), Err(Error::NotADirectory(_))));
 }
+
+/// A source with some bytes replaced, to corrupt metadata without copying images.
+struct Patched {
+    inner: Arc<dyn ReadAt>,
+    patches: Vec<(u64, Vec<u8>)>,
+}
+
+impl ReadAt for Patched {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read_at(offset, buf)?;
+        for (at, bytes) in &self.patches {
+            for (i, b) in bytes.iter().enumerate() {
+                let pos = at + i as u64;
+                if pos >= offset && pos < offset + n as u64 {
+                    buf[(pos - offset) as usize] = *b;
+                }
+            }
+        }
+        Ok(n)
+    }
+}
+
+fn patched(inner: Arc<dyn ReadAt>, patches: &[(u64, &[u8])]) -> Arc<dyn ReadAt> {
+    Arc::new(Patched { inner, patches: patches.iter().map(|(o, b)| (*o, b.to_vec())).collect() })
+}
+
+/// The four file system volumes of the demo disks.
+fn fs_volumes() -> Vec<(FsType, Arc<dyn ReadAt>)> {
+    let d = demo();
+    [(&d.linux_root, "p1"), (&d.linux_data, "vgdata/srv"), (&d.windows, "p1"), (&d.windows, "p2")]
+        .into_iter()
+        .map(|(disk, name)| {
+            let vols = volumes(disk);
+            let v = volume(&vols, name);
+            let Content::FileSystem(t) = v.content else { panic!("{name}") };
+            (t, v.source().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn corrupt_superblocks_give_clean_errors() {
+    for (t, src) in fs_volumes() {
+        // Signature gone: nothing recognisable.
+        let (magic_at, magic): (u64, &[u8]) = match t {
+            FsType::Ext => (1080, &[0, 0]),
+            FsType::Xfs => (0, b"XXXX"),
+            FsType::Ntfs => (3, b"XXXX"),
+            FsType::Fat => (54, b"XXXXX\0\0\0XXXXX"),
+        };
+        let err = xenvault_fsread::open_fs(patched(src.clone(), &[(magic_at, magic), (82, b"XXXXX")])).err();
+        assert!(matches!(err, Some(Error::UnknownFileSystem)), "{t}: {err:?}");
+
+        // Signature intact, geometry nonsense.
+        let geometry: &[(u64, &[u8])] = match t {
+            FsType::Ext => &[(1024 + 24, &[40, 0, 0, 0])], // log block size
+            FsType::Xfs => &[(4, &[0, 0, 0, 3])],          // block size 3
+            FsType::Ntfs => &[(11, &[3, 0])],              // bytes per sector 3
+            FsType::Fat => &[(14, &[0, 0]), (36, &[0xff, 0xff, 0xff, 0x7f])], // reserved sectors, FAT size
+        };
+        let err = xenvault_fsread::open_fs(patched(src.clone(), geometry)).err();
+        assert!(matches!(err, Some(Error::Corrupt { .. } | Error::Unsupported(_))), "{t}: {err:?}");
+        eprintln!("{t}: {}", err.map(|e| e.to_string()).unwrap_or_default());
+    }
+}
+
+/// Random bytes over metadata blocks: every outcome is fine except a panic or a hang.
+#[test]
+fn garbage_metadata_never_panics() {
+    for (t, src) in fs_volumes() {
+        for seed in 0..12u64 {
+            let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+            let mut next = || {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state
+            };
+            // Keep the first 4 KiB mostly (so the type is still detected), trash blocks
+            // in the first 4 MiB where superblocks, inodes, MFT and directories live.
+            let patches: Vec<(u64, Vec<u8>)> = (0..24)
+                .map(|_| {
+                    let at = 4096 + next() % (4 << 20);
+                    let len = 16 + (next() % 512) as usize;
+                    (at, (0..len).map(|_| next() as u8).collect())
+                })
+                .collect();
+            let src: Arc<dyn ReadAt> = Arc::new(Patched { inner: src.clone(), patches });
+            let Ok(fs) = xenvault_fsread::open_fs(src) else { continue };
+            let mut buf = vec![0; 65536];
+            for e in fs.walk("/").take(3000) {
+                let Ok(e) = e else { continue };
+                if e.kind == EntryKind::File {
+                    let _ = fs.read_at(&e, 0, &mut buf);
+                }
+            }
+            let _ = t;
+        }
+    }
+}
+
+#[test]
+fn corrupt_tables_and_lvm_metadata_give_errors() {
+    let disk = |d: &DemoDisk| -> Arc<dyn ReadAt> { Arc::new(std::fs::File::open(&d.path).unwrap()) };
+    // GPT header checksum.
+    let err = probe(patched(disk(&demo().windows), &[(512 + 40, &[1])])).unwrap_err();
+    assert!(err.to_string().contains("GPT header"), "{err}");
+    // MBR partition running past the end of the disk.
+    let err = probe(patched(disk(&demo().linux_root), &[(446 + 12, &[0xff, 0xff, 0xff, 0x7f])])).unwrap_err();
+    assert!(err.to_string().contains("past the disk"), "{err}");
+    // LVM metadata text changed: its checksum no longer matches.
+    let err = probe(patched(disk(&demo().linux_data), &[(4096 + 512 + 2, b"X")])).unwrap_err();
+    assert!(err.to_string().contains("checksum"), "{err}");
+    // A volume without a file system.
+    let vols = volumes(&demo().linux_root);
+    assert!(matches!(volume(&vols, "p5").open(), Err(Error::UnknownFileSystem)));
+}
