@@ -55,7 +55,9 @@ async fn from(sim: &SharedSim, args: &Args<'_>) -> ApiResult<Value> {
         Value::Double(d) => *d,
         v => v.as_i64().map(|i| i as f64).or_else(|| v.as_str().and_then(|s| s.parse().ok())).unwrap_or(0.0),
     };
-    let deadline = Instant::now() + Duration::from_secs_f64(timeout.clamp(0.0, 86_400.0));
+    // A NaN or negative timeout means "do not wait" (and must not panic).
+    let timeout = if timeout.is_finite() { timeout.clamp(0.0, 86_400.0) } else { 0.0 };
+    let deadline = Instant::now() + Duration::from_secs_f64(timeout);
     loop {
         let notified = sim.changed.notified();
         let answer = {

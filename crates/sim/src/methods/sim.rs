@@ -131,12 +131,18 @@ impl SplitMix {
     }
 }
 
+/// One scribble write is built in memory: keep it bounded.
+const MAX_SCRIBBLE_WRITE: u64 = 16 << 20;
+
 /// Random writes of `write_size` bytes at aligned offsets, covering `percent` of
 /// the disk in total (overlaps allowed, as with a real guest). Returns the count.
 pub fn scribble(st: &mut State, vdi: &str, percent: f64, write_size: u64, seed: u64) -> ApiResult<u64> {
     let size = st.storage.size(&super::vdi::disk_id(st, vdi)?)?;
-    if write_size == 0 || write_size > size || !(0.0..=100.0).contains(&percent) {
-        return Err(ApiError::new("VALUE_NOT_SUPPORTED", ["scribble", "percent 0..100, 0 < write_size <= disk size"]));
+    if write_size == 0 || write_size > size.min(MAX_SCRIBBLE_WRITE) || !(0.0..=100.0).contains(&percent) {
+        return Err(ApiError::new(
+            "VALUE_NOT_SUPPORTED",
+            ["scribble", "percent in 0..100, write_size in 1..min(disk size, 16 MiB)"],
+        ));
     }
     let slots = size / write_size;
     let count = ((size as f64 * percent / 100.0) / write_size as f64).ceil() as u64;
