@@ -238,10 +238,10 @@ impl Host {
             let vdi_ref = vbd.get("VDI").and_then(Value::as_str).unwrap_or(records::NULL_REF).to_owned();
             if vdi_ref != records::NULL_REF {
                 let vdi = self.record("VDI", &vdi_ref).await?;
-                if let Some(sr_ref) = vdi.get("SR").and_then(Value::as_str) {
-                    if !srs.contains_key(sr_ref) {
-                        srs.insert(sr_ref.to_owned(), records::to_json(&self.record("SR", sr_ref).await?));
-                    }
+                if let Some(sr_ref) = vdi.get("SR").and_then(Value::as_str)
+                    && !srs.contains_key(sr_ref)
+                {
+                    srs.insert(sr_ref.to_owned(), records::to_json(&self.record("SR", sr_ref).await?));
                 }
                 vdis.insert(vdi_ref, records::to_json(&vdi));
             }
@@ -251,10 +251,10 @@ impl Host {
         let mut networks = BTreeMap::new();
         for vif_ref in &vm.vifs {
             let vif = self.record("VIF", vif_ref).await?;
-            if let Some(net_ref) = vif.get("network").and_then(Value::as_str) {
-                if !networks.contains_key(net_ref) {
-                    networks.insert(net_ref.to_owned(), records::to_json(&self.record("network", net_ref).await?));
-                }
+            if let Some(net_ref) = vif.get("network").and_then(Value::as_str)
+                && !networks.contains_key(net_ref)
+            {
+                networks.insert(net_ref.to_owned(), records::to_json(&self.record("network", net_ref).await?));
             }
             vifs.insert(vif_ref.clone(), records::to_json(&vif));
         }

@@ -295,10 +295,10 @@ async fn back_up_snapshot(
     }
     // Snapshot copies of excluded disks are dropped at once (as Xen Orchestra does for [NOBAK]).
     for (origin, vdi) in &snapshot_disks {
-        if !work.iter().any(|w| &w.source.reference == origin) {
-            if let Err(e) = snapshot::destroy_snapshot_vdi(host, &vdi.reference).await {
-                report.warnings.push(format!("could not drop the snapshot of excluded VDI {}: {e}", vdi.uuid));
-            }
+        if !work.iter().any(|w| &w.source.reference == origin)
+            && let Err(e) = snapshot::destroy_snapshot_vdi(host, &vdi.reference).await
+        {
+            report.warnings.push(format!("could not drop the snapshot of excluded VDI {}: {e}", vdi.uuid));
         }
     }
 

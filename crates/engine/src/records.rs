@@ -176,19 +176,8 @@ impl NbdInfo {
     }
 }
 
-/// A XenAPI value as JSON, for the restore point's source metadata. int64s that came
-/// as XML-RPC strings stay strings: a restore reads them with the same leniency.
-pub fn to_json(value: &Value) -> serde_json::Value {
-    use serde_json::Value as J;
-    match value {
-        Value::Str(s) | Value::DateTime(s) => J::String(s.clone()),
-        Value::Int(i) => J::from(*i),
-        Value::Bool(b) => J::Bool(*b),
-        Value::Double(f) => serde_json::Number::from_f64(*f).map_or(J::Null, J::Number),
-        Value::Array(items) => J::Array(items.iter().map(to_json).collect()),
-        Value::Struct(m) => J::Object(m.iter().map(|(k, v)| (k.clone(), to_json(v))).collect()),
-    }
-}
+/// A XenAPI value as JSON, for the restore point's source metadata.
+pub use xenvault_xapi_wire::jsonrpc::to_json;
 
 #[cfg(test)]
 mod tests {

@@ -136,10 +136,8 @@ impl JobReport {
                 vm.restore_point.as_deref().map(|id| format!(", restore point {id}")).unwrap_or_default(),
                 vm.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default(),
             );
-            if let Some(snapshot) = &vm.snapshot {
-                if let Some(note) = &snapshot.note {
-                    let _ = writeln!(out, "  snapshot: {note}");
-                }
+            if let Some(note) = vm.snapshot.as_ref().and_then(|s| s.note.as_ref()) {
+                let _ = writeln!(out, "  snapshot: {note}");
             }
             for disk in &vm.disks {
                 let _ = writeln!(
