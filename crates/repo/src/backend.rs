@@ -91,7 +91,13 @@ pub enum BackendError {
     #[error("{location}: {what} is not supported by this backend")]
     Unsupported { location: String, what: String },
     #[error("{location}: {operation} {path}: {source}")]
-    Other { location: String, operation: &'static str, path: String, source: opendal::Error },
+    // Boxed: opendal::Error is large and every Result of this module carries the variant.
+    Other {
+        location: String,
+        operation: &'static str,
+        path: String,
+        source: Box<opendal::Error>,
+    },
 }
 
 impl BackendError {
@@ -125,17 +131,30 @@ pub struct Backend {
 pub fn open(url: &str, opts: &BackendOptions) -> Result<Backend> {
     // Installs the reqwest HTTP transport OpenDAL's HTTP services need (idempotent).
     opendal::install_default();
-    let invalid = |reason: &str| BackendError::InvalidUrl { url: url.to_string(), reason: reason.to_string() };
+    let invalid = |reason: &str| BackendError::InvalidUrl {
+        url: url.to_string(),
+        reason: reason.to_string(),
+    };
     let location = url.to_string();
-    let config_error = |e: opendal::Error| BackendError::Config { location: location.clone(), message: e.to_string() };
+    let config_error = |e: opendal::Error| BackendError::Config {
+        location: location.clone(),
+        message: e.to_string(),
+    };
 
     let (kind, op, fs_root) = if let Some(rest) = url.strip_prefix("s3://") {
         let (bucket, prefix) = split_bucket(rest).ok_or_else(|| invalid("expected s3://bucket[/prefix]"))?;
-        (BackendKind::S3, s3_operator(bucket, prefix, opts).map_err(config_error)?, None)
+        (
+            BackendKind::S3,
+            s3_operator(bucket, prefix, opts).map_err(config_error)?,
+            None,
+        )
     } else if let Some(rest) = url.strip_prefix("azblob://") {
-        let (container, prefix) =
-            split_bucket(rest).ok_or_else(|| invalid("expected azblob://container[/prefix]"))?;
-        (BackendKind::Azblob, azblob_operator(container, prefix, opts).map_err(config_error)?, None)
+        let (container, prefix) = split_bucket(rest).ok_or_else(|| invalid("expected azblob://container[/prefix]"))?;
+        (
+            BackendKind::Azblob,
+            azblob_operator(container, prefix, opts).map_err(config_error)?,
+            None,
+        )
     } else if url.contains("://") && !url.starts_with("file://") {
         return Err(invalid("supported: a local path, file://, s3://, azblob://"));
     } else {
@@ -159,7 +178,11 @@ pub fn open(url: &str, opts: &BackendOptions) -> Result<Backend> {
         BackendKind::S3 | BackendKind::Azblob => op
             // io_timeout bounds each read/write step, so a lost connection surfaces as a
             // retryable error instead of a hang; generous enough for 64 MiB objects.
-            .layer(TimeoutLayer::new().with_timeout(Duration::from_secs(120)).with_io_timeout(Duration::from_secs(60)))
+            .layer(
+                TimeoutLayer::new()
+                    .with_timeout(Duration::from_secs(120))
+                    .with_io_timeout(Duration::from_secs(60)),
+            )
             .layer(ConcurrentLimitLayer::new(opts.max_concurrency.max(1)))
             .layer(
                 RetryLayer::new()
@@ -169,7 +192,12 @@ pub fn open(url: &str, opts: &BackendOptions) -> Result<Backend> {
                     .with_jitter(),
             ),
     };
-    Ok(Backend { op, kind, location, fs_root })
+    Ok(Backend {
+        op,
+        kind,
+        location,
+        fs_root,
+    })
 }
 
 /// `bucket/some/prefix` → (`bucket`, `some/prefix`).
@@ -188,7 +216,11 @@ fn object_root(prefix: &str) -> String {
 
 fn s3_operator(bucket: &str, prefix: &str, opts: &BackendOptions) -> opendal::Result<Operator> {
     let mut builder = services::S3::default().bucket(bucket).root(&object_root(prefix));
-    let endpoint = opts.s3_endpoint.clone().or_else(|| env("AWS_ENDPOINT_URL_S3")).or_else(|| env("AWS_ENDPOINT_URL"));
+    let endpoint = opts
+        .s3_endpoint
+        .clone()
+        .or_else(|| env("AWS_ENDPOINT_URL_S3"))
+        .or_else(|| env("AWS_ENDPOINT_URL"));
     if let Some(endpoint) = &endpoint {
         // A custom endpoint is not AWS: asking EC2 metadata for keys would only add timeouts.
         builder = builder.endpoint(endpoint).disable_ec2_metadata();
@@ -260,7 +292,11 @@ impl Backend {
     /// Stores `data` at `path`, replacing any previous object; readers see the old object
     /// or the new one, never a part.
     pub async fn put(&self, path: &str, data: Bytes) -> Result<()> {
-        self.op.write(path, data).await.map(drop).map_err(|e| self.err("put", path, e))
+        self.op
+            .write(path, data)
+            .await
+            .map(drop)
+            .map_err(|e| self.err("put", path, e))
     }
 
     /// Stores `data` only if nothing is at `path` yet; returns false when something was.
@@ -275,7 +311,7 @@ impl Backend {
                     location: self.location.clone(),
                     operation: "put_if_absent",
                     path: path.to_string(),
-                    source: opendal::Error::new(ErrorKind::Unexpected, e.to_string()),
+                    source: Box::new(opendal::Error::new(ErrorKind::Unexpected, e.to_string())),
                 })?;
             return created.map_err(|e| self.err("put_if_absent", path, io_error(e)));
         }
@@ -293,7 +329,12 @@ impl Backend {
 
     /// Bytes `range` of the object; fails if the object is shorter than `range.end`.
     pub async fn get_range(&self, path: &str, range: Range<u64>) -> Result<Bytes> {
-        let buffer = self.op.read_with(path).range(range).await.map_err(|e| self.err("get_range", path, e))?;
+        let buffer = self
+            .op
+            .read_with(path)
+            .range(range)
+            .await
+            .map_err(|e| self.err("get_range", path, e))?;
         Ok(buffer.to_bytes())
     }
 
@@ -338,7 +379,10 @@ impl Backend {
 
     /// Removes many objects with batched requests where the backend has them.
     pub async fn delete_many(&self, paths: Vec<String>) -> Result<()> {
-        self.op.delete_iter(paths).await.map_err(|e| self.err("delete_many", "", e))
+        self.op
+            .delete_iter(paths)
+            .await
+            .map_err(|e| self.err("delete_many", "", e))
     }
 
     /// Whether [`Backend::put_retained`] can make objects immutable here. OpenDAL 0.59 sends
@@ -364,7 +408,9 @@ fn object_info(path: String, meta: &opendal::Metadata) -> ObjectInfo {
     ObjectInfo {
         path,
         size: meta.content_length(),
-        modified: meta.last_modified().map(|t| DateTime::<Utc>::from(std::time::SystemTime::from(t))),
+        modified: meta
+            .last_modified()
+            .map(|t| DateTime::<Utc>::from(std::time::SystemTime::from(t))),
     }
 }
 
@@ -374,7 +420,10 @@ fn fs_put_if_absent(root: &Path, path: &str, data: &[u8]) -> std::io::Result<boo
     use std::io::Write;
     let relative = Path::new(path);
     if path.is_empty() || relative.components().any(|c| !matches!(c, Component::Normal(_))) {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("bad object path {path:?}")));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("bad object path {path:?}"),
+        ));
     }
     let target = root.join(relative);
     if let Some(parent) = target.parent() {
@@ -414,29 +463,48 @@ fn classify(location: &str, operation: &'static str, path: &str, e: opendal::Err
     if message.contains("NoSuchBucket") || message.contains("ContainerNotFound") {
         return BackendError::NoSuchBucket { location };
     }
-    if io_source_kind(&e).is_some_and(|k| {
-        matches!(k, std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded)
-    }) {
+    if io_source_kind(&e)
+        .is_some_and(|k| matches!(k, std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded))
+    {
         return BackendError::DiskFull { location };
     }
     match e.kind() {
-        ErrorKind::NotFound => BackendError::NotFound { location, path: path.to_string() },
-        ErrorKind::PermissionDenied => BackendError::AccessDenied { location, message: e.to_string() },
-        ErrorKind::AlreadyExists | ErrorKind::ConditionNotMatch => {
-            BackendError::AlreadyExists { location, path: path.to_string() }
-        }
-        ErrorKind::ConfigInvalid => BackendError::Config { location, message: e.to_string() },
-        ErrorKind::Unsupported => BackendError::Unsupported { location, what: format!("{operation}: {message}") },
+        ErrorKind::NotFound => BackendError::NotFound {
+            location,
+            path: path.to_string(),
+        },
+        ErrorKind::PermissionDenied => BackendError::AccessDenied {
+            location,
+            message: e.to_string(),
+        },
+        ErrorKind::AlreadyExists | ErrorKind::ConditionNotMatch => BackendError::AlreadyExists {
+            location,
+            path: path.to_string(),
+        },
+        ErrorKind::ConfigInvalid => BackendError::Config {
+            location,
+            message: e.to_string(),
+        },
+        ErrorKind::Unsupported => BackendError::Unsupported {
+            location,
+            what: format!("{operation}: {message}"),
+        },
         // The reqwest transport reports connection failures as "send http request" and
         // broken bodies as "read data from http response"; timeouts come from TimeoutLayer.
         ErrorKind::Unexpected
-            if message.contains("http request")
-                || message.contains("http response")
-                || message.contains("timeout") =>
+            if message.contains("http request") || message.contains("http response") || message.contains("timeout") =>
         {
-            BackendError::Network { location, message: e.to_string() }
+            BackendError::Network {
+                location,
+                message: e.to_string(),
+            }
         }
-        _ => BackendError::Other { location, operation, path: path.to_string(), source: e },
+        _ => BackendError::Other {
+            location,
+            operation,
+            path: path.to_string(),
+            source: Box::new(e),
+        },
     }
 }
 

@@ -22,8 +22,7 @@ pub const S3_SECRET_KEY: &str = "xenvault-test-secret";
 pub const S3_BUCKET: &str = "xenvault-test";
 /// Azurite's fixed development account.
 pub const AZURE_ACCOUNT: &str = "devstoreaccount1";
-pub const AZURE_KEY: &str =
-    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+pub const AZURE_KEY: &str = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 pub const AZURE_CONTAINER: &str = "xenvault-test";
 
 /// The workspace's `tests/services` folder (servers' node modules and helper scripts).
@@ -109,7 +108,12 @@ impl ServerProcess {
             .spawn()
             .unwrap_or_else(|e| panic!("{name}: cannot run bash to start {program}: {e}"));
         let guard = child.stdin.take();
-        ServerProcess { name, child, guard, dir }
+        ServerProcess {
+            name,
+            child,
+            guard,
+            dir,
+        }
     }
 
     /// Panics with the server's log: the message a broken CI setup needs.
@@ -153,14 +157,20 @@ fn free_ports(n: usize) -> Vec<u16> {
     let listeners: Vec<TcpListener> = (0..n)
         .map(|_| TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("no free loopback port: {e}")))
         .collect();
-    listeners.iter().filter_map(|l| l.local_addr().ok()).map(|a| a.port()).collect()
+    listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .map(|a| a.port())
+        .collect()
 }
 
 /// One plain HTTP/1.1 request; returns the status code and body. Enough for the servers'
 /// unauthenticated admin endpoints, without an HTTP client dependency.
 fn http(port: u16, method: &str, path: &str) -> Result<(u16, String), String> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
-    stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
     let request =
         format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
@@ -171,50 +181,45 @@ fn http(port: u16, method: &str, path: &str) -> Result<(u16, String), String> {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| format!("malformed HTTP response {:?}", response.lines().next()))?;
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Ok((status, body))
 }
 
-pub struct S3Server {
-    pub endpoint: String,
-    pub bucket: &'static str,
+/// A running storage server and how to reach it, from the library (`options`) and
+/// from the `xenvault` binary (`env`).
+pub struct StorageServer {
+    scheme: &'static str,
+    bucket: &'static str,
+    options: BackendOptions,
+    env: Vec<(&'static str, String)>,
     _process: ServerProcess,
 }
 
-impl S3Server {
-    /// A fresh repository location in the shared bucket.
+impl StorageServer {
+    /// A fresh repository location in the shared bucket or container.
     pub fn url(&self, name: &str) -> String {
-        format!("s3://{}/{}", self.bucket, unique(name))
+        format!("{}://{}/{}", self.scheme, self.bucket, unique(name))
     }
 
     pub fn options(&self) -> BackendOptions {
-        BackendOptions {
-            s3_endpoint: Some(self.endpoint.clone()),
-            s3_region: Some("us-east-1".into()),
-            s3_access_key: Some(S3_ACCESS_KEY.into()),
-            s3_secret_key: Some(S3_SECRET_KEY.into()),
-            ..BackendOptions::default()
-        }
+        self.options.clone()
     }
 
-    /// Environment for the `xenvault` binary.
     pub fn env(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("AWS_ENDPOINT_URL", self.endpoint.clone()),
-            ("AWS_REGION", "us-east-1".into()),
-            ("AWS_ACCESS_KEY_ID", S3_ACCESS_KEY.into()),
-            ("AWS_SECRET_ACCESS_KEY", S3_SECRET_KEY.into()),
-        ]
+        self.env.clone()
     }
 }
 
 /// The shared SeaweedFS server (master, volume, filer and S3 gateway in one process).
-pub fn s3() -> &'static S3Server {
-    static SERVER: OnceLock<S3Server> = OnceLock::new();
+pub fn s3() -> &'static StorageServer {
+    static SERVER: OnceLock<StorageServer> = OnceLock::new();
     SERVER.get_or_init(start_seaweedfs)
 }
 
-fn start_seaweedfs() -> S3Server {
+fn start_seaweedfs() -> StorageServer {
     let [master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc] = free_ports(8)[..] else {
         panic!("could not reserve 8 loopback ports");
     };
@@ -251,59 +256,52 @@ fn start_seaweedfs() -> S3Server {
     });
 
     // A bucket is a directory under /buckets in the filer; a free volume is what writes need.
-    process.wait_for("create the bucket through the filer", || match http(filer, "POST", &format!("/buckets/{S3_BUCKET}/"))? {
-        (200..=299, _) => Ok(()),
-        (status, body) => Err(format!("filer answered {status}: {body}")),
+    process.wait_for("create the bucket through the filer", || {
+        match http(filer, "POST", &format!("/buckets/{S3_BUCKET}/"))? {
+            (200..=299, _) => Ok(()),
+            (status, body) => Err(format!("filer answered {status}: {body}")),
+        }
     });
-    process.wait_for("assign a writable volume", || match http(master, "GET", "/dir/assign")? {
-        (200, body) if body.contains("\"fid\"") => Ok(()),
-        (status, body) => Err(format!("master answered {status}: {body}")),
+    process.wait_for("assign a writable volume", || {
+        match http(master, "GET", "/dir/assign")? {
+            (200, body) if body.contains("\"fid\"") => Ok(()),
+            (status, body) => Err(format!("master answered {status}: {body}")),
+        }
     });
     process.wait_for("answer on the S3 port", || http(s3, "GET", "/").map(drop));
-    S3Server { endpoint: format!("http://127.0.0.1:{s3}"), bucket: S3_BUCKET, _process: process }
-}
-
-pub struct AzureServer {
-    pub endpoint: String,
-    pub container: &'static str,
-    _process: ServerProcess,
-}
-
-impl AzureServer {
-    /// A fresh repository location in the shared container.
-    pub fn url(&self, name: &str) -> String {
-        format!("azblob://{}/{}", self.container, unique(name))
-    }
-
-    pub fn options(&self) -> BackendOptions {
-        BackendOptions {
-            azure_endpoint: Some(self.endpoint.clone()),
-            azure_account: Some(AZURE_ACCOUNT.into()),
-            azure_key: Some(AZURE_KEY.into()),
+    let endpoint = format!("http://127.0.0.1:{s3}");
+    StorageServer {
+        scheme: "s3",
+        bucket: S3_BUCKET,
+        options: BackendOptions {
+            s3_endpoint: Some(endpoint.clone()),
+            s3_region: Some("us-east-1".into()),
+            s3_access_key: Some(S3_ACCESS_KEY.into()),
+            s3_secret_key: Some(S3_SECRET_KEY.into()),
             ..BackendOptions::default()
-        }
-    }
-
-    /// Environment for the `xenvault` binary.
-    pub fn env(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("AZURE_STORAGE_ENDPOINT", self.endpoint.clone()),
-            ("AZURE_STORAGE_ACCOUNT", AZURE_ACCOUNT.into()),
-            ("AZURE_STORAGE_KEY", AZURE_KEY.into()),
-        ]
+        },
+        env: vec![
+            ("AWS_ENDPOINT_URL", endpoint),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ACCESS_KEY_ID", S3_ACCESS_KEY.into()),
+            ("AWS_SECRET_ACCESS_KEY", S3_SECRET_KEY.into()),
+        ],
+        _process: process,
     }
 }
 
 /// The shared Azurite blob server, with the test container created.
-pub fn azurite() -> &'static AzureServer {
-    static SERVER: OnceLock<AzureServer> = OnceLock::new();
+pub fn azurite() -> &'static StorageServer {
+    static SERVER: OnceLock<StorageServer> = OnceLock::new();
     SERVER.get_or_init(start_azurite)
 }
 
-fn start_azurite() -> AzureServer {
+fn start_azurite() -> StorageServer {
     let services = services_dir();
     let main_js = services.join("node_modules/azurite/dist/src/blob/main.js");
-    let [port] = free_ports(1)[..] else { panic!("could not reserve a loopback port") };
+    let [port] = free_ports(1)[..] else {
+        panic!("could not reserve a loopback port")
+    };
     let mut process = ServerProcess::spawn("Azurite", "node", |dir| {
         vec![
             main_js.display().to_string(),
@@ -323,7 +321,9 @@ fn start_azurite() -> AzureServer {
     }
     let endpoint = format!("http://127.0.0.1:{port}/{AZURE_ACCOUNT}");
     process.wait_for("accept connections", || {
-        TcpStream::connect(("127.0.0.1", port)).map(drop).map_err(|e| e.to_string())
+        TcpStream::connect(("127.0.0.1", port))
+            .map(drop)
+            .map_err(|e| e.to_string())
     });
     let output = Command::new("node")
         .arg(services.join("create-container.js"))
@@ -331,7 +331,25 @@ fn start_azurite() -> AzureServer {
         .output()
         .unwrap_or_else(|e| process.fail(&format!("cannot run node: {e}")));
     if !output.status.success() {
-        process.fail(&format!("create the container: {}", String::from_utf8_lossy(&output.stderr)));
+        process.fail(&format!(
+            "create the container: {}",
+            String::from_utf8_lossy(&output.stderr)
+        ));
     }
-    AzureServer { endpoint, container: AZURE_CONTAINER, _process: process }
+    StorageServer {
+        scheme: "azblob",
+        bucket: AZURE_CONTAINER,
+        options: BackendOptions {
+            azure_endpoint: Some(endpoint.clone()),
+            azure_account: Some(AZURE_ACCOUNT.into()),
+            azure_key: Some(AZURE_KEY.into()),
+            ..BackendOptions::default()
+        },
+        env: vec![
+            ("AZURE_STORAGE_ENDPOINT", endpoint),
+            ("AZURE_STORAGE_ACCOUNT", AZURE_ACCOUNT.into()),
+            ("AZURE_STORAGE_KEY", AZURE_KEY.into()),
+        ],
+        _process: process,
+    }
 }
