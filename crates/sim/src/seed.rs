@@ -25,8 +25,8 @@ pub enum DemoDisks {
 
 const GIB: i64 = 1 << 30;
 
-/// Seeds `st` with the demo pool; `address` is where this host listens.
-pub fn seed(st: &mut State, address: &str, disks: &DemoDisks, state_dir: &Path) -> ApiResult<()> {
+/// Seeds `st` with the demo pool; `addresses` are where the two hosts listen.
+pub fn seed(st: &mut State, addresses: [&str; 2], disks: &DemoDisks, state_dir: &Path) -> ApiResult<()> {
     let images = match disks {
         DemoDisks::Fixtures => Some(
             xenvault_fixtures::build_demo_disks(&state_dir.join("fixtures"))
@@ -36,7 +36,8 @@ pub fn seed(st: &mut State, address: &str, disks: &DemoDisks, state_dir: &Path) 
     };
     let db = &mut st.db;
     let hosts: Vec<String> = (1..=2)
-        .map(|n| {
+        .zip(addresses)
+        .map(|(n, address)| {
             let metrics = new_ref();
             db.insert("host_metrics", metrics.clone(), records::host_metrics(64 * GIB));
             let host = new_ref();
@@ -70,7 +71,7 @@ pub fn seed(st: &mut State, address: &str, disks: &DemoDisks, state_dir: &Path) 
     db.insert("network", nbd.clone(), records::network("NBD network", "xenbr1", &["nbd"]));
     let internal = new_ref();
     db.insert("network", internal, records::network("Host internal management network", "xenapi", &[]));
-    for (n, host) in hosts.iter().enumerate() {
+    for ((n, host), address) in hosts.iter().enumerate().zip(addresses) {
         for (device, network, ip, mgmt) in [("eth0", &management, address, true), ("eth1", &nbd, "127.0.0.1", false)] {
             let pif = new_ref();
             let mac = format!("52:54:00:00:0{n}:{}", if mgmt { "01" } else { "02" });

@@ -83,6 +83,14 @@ impl Simulator {
         let listener =
             TcpListener::bind(config.listen).await.map_err(|source| SimError::Listen { addr: config.listen, source })?;
         let addr = listener.local_addr().map_err(|source| SimError::Listen { addr: config.listen, source })?;
+        // The second host listens on 127.0.0.2 when the first is on 127.0.0.1, so
+        // transfers of its local disks can be redirected there as xapi does.
+        let second = match addr.ip() {
+            ip if ip == std::net::Ipv4Addr::LOCALHOST => {
+                TcpListener::bind(SocketAddr::from(([127, 0, 0, 2], addr.port()))).await.ok()
+            }
+            _ => None,
+        };
         let nbd_addr = SocketAddr::new(addr.ip(), config.nbd_port);
         let nbd_listener =
             TcpListener::bind(nbd_addr).await.map_err(|source| SimError::Listen { addr: nbd_addr, source })?;
@@ -94,22 +102,27 @@ impl Simulator {
             cert_pem: cert.cert_pem.clone(),
             cert_subject: tls::SUBJECT.to_owned(),
             nbd_port,
+            plain_http: config.plain_http,
             quiesce_removed: config.quiesce_removed,
         };
         let state = State { db, storage, cbt, faults: config.faults.clone(), dirty: fresh };
         let sim = Sim::new(state, runtime);
         if fresh {
             let host_ip = if addr.ip().is_unspecified() { "127.0.0.1".to_owned() } else { addr.ip().to_string() };
+            let second_ip = if second.is_some() { "127.0.0.2".to_owned() } else { host_ip.clone() };
             let demo = config.demo_disks.clone();
             let seed_dir = dir.clone();
-            sim.with(|st| seed::seed(st, &host_ip, &demo, &seed_dir)).map_err(SimError::Seed)?;
+            sim.with(|st| seed::seed(st, [&host_ip, &second_ip], &demo, &seed_dir)).map_err(SimError::Seed)?;
         }
 
         let tls_config = tls::server_config(&cert).map_err(SimError::Certificate)?;
         let (stop, stopped) = watch::channel(false);
         let acceptor = (!config.plain_http).then(|| tokio_rustls::TlsAcceptor::from(tls_config.clone()));
-        let http_task = tokio::spawn(serve_http(listener, acceptor, sim.clone(), stopped.clone()));
-        let nbd_task = tokio::spawn(crate::nbd::serve(nbd_listener, tls_config, sim.clone(), stopped));
+        let mut tasks = vec![tokio::spawn(serve_http(listener, acceptor.clone(), sim.clone(), stopped.clone()))];
+        if let Some(second) = second {
+            tasks.push(tokio::spawn(serve_http(second, acceptor, sim.clone(), stopped.clone())));
+        }
+        tasks.push(tokio::spawn(crate::nbd::serve(nbd_listener, tls_config, sim.clone(), stopped)));
         let scheme = if config.plain_http { "http" } else { "https" };
         Ok(SimHandle {
             url: format!("{scheme}://{addr}"),
@@ -120,7 +133,7 @@ impl Simulator {
             nbd_port,
             state_dir: dir,
             stop,
-            tasks: vec![http_task, nbd_task],
+            tasks,
             sim,
         })
     }

@@ -28,6 +28,7 @@ pub struct Runtime {
     /// DNS name from the certificate, as `get_nbd_info` reports it.
     pub cert_subject: String,
     pub nbd_port: u16,
+    pub plain_http: bool,
     /// xapi ≥ 24 (Quebec) removed `VM.snapshot_with_quiesce`: answer `MESSAGE_REMOVED`.
     pub quiesce_removed: bool,
 }

@@ -26,7 +26,7 @@ pub fn load_or_create(dir: &Path) -> io::Result<HostCert> {
     if cert_path.exists() && key_path.exists() {
         return Ok(HostCert { cert_pem: fs::read_to_string(cert_path)?, key_pem: fs::read_to_string(key_path)? });
     }
-    let names = vec![SUBJECT.to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+    let names = vec![SUBJECT.to_owned(), "127.0.0.1".to_owned(), "127.0.0.2".to_owned(), "::1".to_owned()];
     let mut params = rcgen::CertificateParams::new(names).map_err(other)?;
     // Marked as a CA so clients that pin it as their trust root (qemu, GnuTLS) accept it.
     params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);

@@ -258,3 +258,21 @@ async fn nbd_refuses_bad_sessions_and_cuts_when_told() {
     c.call("sim.set_cut", vec!["nbd".into(), "".into()]).await.unwrap();
     assert!(nbdcopy(uri(&export), work.path().join("c.raw")).await);
 }
+
+#[tokio::test]
+async fn transfers_of_another_hosts_local_disk_are_redirected() {
+    let t = Setup::new().await;
+    let (c, sid, sim) = (&t.c, &t.sid, &t.sim);
+    let (_, win_vdi) = first_vdi(c, "win-fileserver").await;
+    write(c, &win_vdi, 4096, b"on host 2").await;
+    let url = format!("{}/export_raw_vdi?session_id={sid}&vdi={win_vdi}&format=raw", sim.url);
+    let no_follow = http_with(reqwest::redirect::Policy::none());
+    let r = no_follow.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 302);
+    let location = r.headers().get("location").unwrap().to_str().unwrap().to_owned();
+    assert!(location.starts_with("http://127.0.0.2:"), "{location}");
+    // Followed, the transfer works and carries the disk.
+    let body = get(&url).await.bytes().await.unwrap();
+    assert_eq!(body.len() as u64, DISK);
+    assert_eq!(&body[4096..4105], b"on host 2");
+}

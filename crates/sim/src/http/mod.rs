@@ -67,6 +67,42 @@ pub fn begin(sim: &SharedSim, q: &Params, name: &str) -> Result<String, Box<Resp
     sim.with(|st| Ok(task::create(st, name, session))).map_err(|e| Box::new(error_response(&e)))
 }
 
+/// The 302 for a transfer of `vdi=` that another host must serve (after the
+/// credentials check, as in xapi).
+pub fn maybe_redirect(sim: &SharedSim, q: &Params, headers: &HeaderMap, uri: &axum::http::Uri) -> Option<Response> {
+    let session = q.get("session_id")?;
+    if !session::is_valid(sim, session) {
+        return None;
+    }
+    let vdi = vdi_param(sim, q, "vdi").ok()?;
+    redirect_for(sim, &vdi, headers, uri)
+}
+
+/// xapi answers 302 when the disk's SR is not attached to the host asked: the
+/// transfer goes to a host that has it. `None`: this host serves it.
+fn redirect_for(sim: &SharedSim, vdi: &str, headers: &HeaderMap, uri: &axum::http::Uri) -> Option<Response> {
+    let host_header = headers.get(header::HOST)?.to_str().ok()?;
+    let (asked_ip, port) = host_header.rsplit_once(':').unwrap_or((host_header, ""));
+    let st = sim.lock();
+    let sr = st.db.str_field("VDI", vdi, "SR").ok()?;
+    let addresses: Vec<String> = st
+        .db
+        .find("PBD", "SR", &sr)
+        .iter()
+        .filter(|pbd| st.db.bool_field("PBD", pbd, "currently_attached").unwrap_or(false))
+        .filter_map(|pbd| st.db.str_field("PBD", pbd, "host").ok())
+        .filter_map(|host| st.db.str_field("host", &host, "address").ok())
+        .collect();
+    if addresses.iter().any(|a| a == asked_ip) {
+        return None;
+    }
+    let target = addresses.first()?;
+    let scheme = uri.scheme_str().unwrap_or(if sim.runtime.plain_http { "http" } else { "https" });
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let location = format!("{scheme}://{target}:{port}{path}");
+    Some((StatusCode::FOUND, [(header::LOCATION, location)]).into_response())
+}
+
 /// A handler failure before any body was sent: HTTP 500 with the error text.
 pub fn error_response(e: &ApiError) -> Response {
     (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response()

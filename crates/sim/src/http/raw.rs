@@ -2,14 +2,14 @@
 //! `base=` a delta (differencing VHD, or raw with unchanged regions zero), and
 //! imports into a VDI (`vdi=`) or a new one (`sr_id=`).
 
-use super::{begin, export_headers, fail, stream_body, vdi_param, BodySender, Params};
+use super::{begin, export_headers, fail, maybe_redirect, stream_body, vdi_param, BodySender, Params};
 use crate::error::{ApiError, ApiResult};
 use crate::methods::{task, vdi};
 use crate::state::SharedSim;
 use crate::storage::BLOCK;
 use axum::body::Body;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use std::io::{self, Read, Write};
 use xenvault_vhd::{DynamicWriter, ParentInfo, VhdStreamReader, WriterOptions, DEFAULT_BLOCK_SIZE, MAX_DISK_SIZE};
@@ -55,7 +55,10 @@ impl Source {
     }
 }
 
-pub async fn export(State(sim): State<SharedSim>, Query(q): Query<Params>) -> Response {
+pub async fn export(State(sim): State<SharedSim>, Query(q): Query<Params>, headers: HeaderMap, uri: Uri) -> Response {
+    if let Some(redirect) = maybe_redirect(&sim, &q, &headers, &uri) {
+        return redirect;
+    }
     let task_ref = match begin(&sim, &q, "VDI.export_raw_vdi") {
         Ok(t) => t,
         Err(r) => return *r,
@@ -266,7 +269,16 @@ pub fn content_length(headers: &HeaderMap) -> Option<u64> {
     headers.get("content-length")?.to_str().ok()?.parse().ok()
 }
 
-pub async fn import(State(sim): State<SharedSim>, Query(q): Query<Params>, headers: HeaderMap, body: Body) -> Response {
+pub async fn import(
+    State(sim): State<SharedSim>,
+    Query(q): Query<Params>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Body,
+) -> Response {
+    if let Some(redirect) = maybe_redirect(&sim, &q, &headers, &uri) {
+        return redirect;
+    }
     let task_ref = match begin(&sim, &q, "VDI.import_raw_vdi") {
         Ok(t) => t,
         Err(r) => return *r,

@@ -24,12 +24,16 @@ pub async fn login(sim: &SimHandle) -> SimClient {
 
 /// An HTTP client (the tests talk plain HTTP; rustls still wants a provider).
 pub fn http() -> reqwest::Client {
+    http_with(reqwest::redirect::Policy::default())
+}
+
+pub fn http_with(redirects: reqwest::redirect::Policy) -> reqwest::Client {
     let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_root_certificates(rustls::RootCertStore::empty())
         .with_no_client_auth();
-    reqwest::Client::builder().use_preconfigured_tls(tls).build().unwrap()
+    reqwest::Client::builder().use_preconfigured_tls(tls).redirect(redirects).build().unwrap()
 }
 
 pub async fn get(url: &str) -> reqwest::Response {
