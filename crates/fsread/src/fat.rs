@@ -29,10 +29,32 @@ impl FatFs {
     /// becomes an error.
     fn with<T>(&self, f: impl FnOnce(&Fs) -> Result<T, Error>) -> Result<T, Error> {
         crate::guarded("FAT file system", || {
-            let fs = Fs::new(Cursor::new(self.source.clone()), FsOptions::new())
+            let fs = Fs::new(Cursor::new(self.source.clone()), FsOptions::new().oem_cp_converter(&Cp850))
                 .map_err(|e| corrupt(format!("boot sector: {e}")))?;
             f(&fs)
         })
+    }
+}
+
+/// Short (8.3) names are in an OEM code page; Linux and mtools default to 850, and
+/// fatfs would otherwise turn every non-ASCII byte into U+FFFD.
+#[derive(Debug)]
+struct Cp850;
+
+const CP850_HIGH: &str = "ÇüéâäàåçêëèïîìÄÅÉæÆôöòûùÿÖÜø£Ø×ƒáíóúñÑªº¿®¬½¼¡«»░▒▓│┤ÁÂÀ©╣║╗╝¢¥┐└┴┬├─┼ãÃ╚╔╩╦╠═╬¤ðÐÊËÈıÍÎÏ┘┌█▄¦Ì▀ÓßÔÒõÕµþÞÚÛÙýÝ¯´\u{ad}±‗¾¶§÷¸°¨·¹³²■\u{a0}";
+
+impl fatfs::OemCpConverter for Cp850 {
+    fn decode(&self, oem_char: u8) -> char {
+        match oem_char.checked_sub(0x80) {
+            None => char::from(oem_char),
+            Some(i) => CP850_HIGH.chars().nth(usize::from(i)).unwrap_or(char::REPLACEMENT_CHARACTER),
+        }
+    }
+    fn encode(&self, uni_char: char) -> Option<u8> {
+        if uni_char.is_ascii() {
+            return u8::try_from(uni_char).ok();
+        }
+        CP850_HIGH.chars().position(|c| c == uni_char).and_then(|i| u8::try_from(i + 0x80).ok())
     }
 }
 

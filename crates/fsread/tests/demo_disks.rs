@@ -294,3 +294,25 @@ fn corrupt_tables_and_lvm_metadata_give_errors() {
     let vols = volumes(&demo().linux_root);
     assert!(matches!(volume(&vols, "p5").open(), Err(Error::UnknownFileSystem)));
 }
+
+#[test]
+fn fat12_and_fat16_and_bare_ext4_images() {
+    use xenvault_fixtures::{Tree, ext4_image, fat_image};
+    let mut tree = Tree::new();
+    tree.file("a/b c/ñame long.txt", "small\n", 0o644, 1_600_000_000)
+        .file("big.bin", xenvault_fixtures::Content::random(7, "big", 300_001), 0o644, 1_600_000_002)
+        .file("a/empty", "", 0o644, 1_600_000_004);
+    let dir = tempfile::tempdir().unwrap();
+    for (bits, size) in [(12u8, 4u64 << 20), (16, 20 << 20)] {
+        let img = dir.path().join(format!("fat{bits}"));
+        let manifest = fat_image(&img, size, Some(bits), &tree).unwrap();
+        let fs = xenvault_fsread::open_fs(Arc::new(std::fs::File::open(&img).unwrap())).unwrap();
+        check_volume(&*fs, &manifest, &format!("FAT{bits}"));
+    }
+    // A file system filling the whole disk (no partition table) is volume "disk".
+    let img = dir.path().join("ext4");
+    let manifest = ext4_image(&img, 8 << 20, &tree).unwrap();
+    let vols = probe(Arc::new(std::fs::File::open(&img).unwrap())).unwrap();
+    assert_eq!(vols.len(), 1);
+    check_volume(&*volume(&vols, "disk").open().unwrap(), &manifest, "bare ext4");
+}
