@@ -177,8 +177,9 @@ pub struct InitArgs {
     /// aes-256-gcm, or none (explicitly unencrypted).
     #[arg(long, default_value = "aes-256-gcm", value_parser = ["aes-256-gcm", "none"])]
     encryption: String,
-    /// Chunk size (64K … 16M; a power of two).
-    #[arg(long, default_value = "1M", value_parser = parse_size)]
+    /// Chunk size (64K … 16M; a power of two). 256K measured fastest here: chunks that
+    /// fit in L2 cache keep zero-check, hashing, compression and sealing in cache.
+    #[arg(long, default_value = "256K", value_parser = parse_size)]
     chunk_size: u32,
     /// Target pack file size.
     #[arg(long, default_value = "16M", value_parser = parse_size)]

@@ -40,7 +40,7 @@ impl Default for InitOptions {
             encryption: Encryption::Aes256Gcm,
             secret: None,
             kdf: KdfParams::default(),
-            chunk_size: 1 << 20,
+            chunk_size: 256 << 10,
             page_slots: 1024,
             pack_size: 16 << 20,
             zstd_level: 1,
