@@ -54,6 +54,12 @@ for call, args, code in [
         raise SystemExit("%s succeeded" % code)
     except XenAPI.Failure as e:
         assert e.details[0] == code, (code, e.details)
+try:
+    s.xenapi.VM.clean_shutdown(win)
+    s.xenapi.VM.hard_shutdown(win)
+    raise SystemExit("shutdown of a halted VM accepted")
+except XenAPI.Failure as e:
+    assert e.details == ["VM_BAD_POWER_STATE", win, "paused, suspended, running", "halted"], e.details
 q = s.xenapi.VM.snapshot_with_quiesce(vm, "quiesced")
 assert s.xenapi.VM.get_is_a_snapshot(q)
 task = s.xenapi.Async.VM.clone(s.xenapi.VM.get_by_name_label("debian-clone")[0], "async-clone")

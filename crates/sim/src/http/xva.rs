@@ -90,10 +90,7 @@ pub async fn export(State(sim): State<SharedSim>, Query(q): Query<Params>) -> Re
         let st = sim.lock();
         let wanted = q.get("ref").or_else(|| q.get("uuid")).ok_or_else(|| ApiError::internal("Missing ref query parameter"))?;
         let vm = if st.db.exists("VM", wanted) { wanted.clone() } else { st.db.by_uuid("VM", wanted)? };
-        let power = st.db.str_field("VM", &vm, "power_state")?;
-        if power == "Running" || power == "Paused" {
-            return Err(ApiError::bad_power_state(&vm, "halted", &power.to_lowercase()));
-        }
+        crate::methods::vm::require_state(&vm, &st.db.str_field("VM", &vm, "power_state")?, &["Halted", "Suspended"])?;
         let (objects, disks) = plan_export(&st, &vm)?;
         let host = crate::methods::session::master_host(&st);
         let hostname = st.db.str_field("host", &host, "hostname").unwrap_or_default();

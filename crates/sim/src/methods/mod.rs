@@ -126,7 +126,6 @@ const SPECIFIC: &[(&str, &[&str])] = &[
     ("VBD", &["create", "destroy", "plug", "unplug", "unplug_force"]),
     ("VIF", &["create", "destroy", "plug", "unplug"]),
     ("task", &["create", "cancel", "destroy", "set_status", "set_progress", "set_result", "set_error_info"]),
-    ("SR", &["scan"]),
     (
         "sim",
         &["write", "scribble", "sha256", "inject_fault", "clear_faults", "set_cut", "set_latency", "set_bandwidth"],

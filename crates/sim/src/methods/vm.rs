@@ -24,6 +24,7 @@ pub fn call(st: &mut State, name: &str, args: &Args, rt: &Runtime) -> Option<Api
             if rt.quiesce_removed {
                 return Err(ApiError::new("MESSAGE_REMOVED", Vec::<String>::new()));
             }
+            require_state(&vm, &power_state(st, &vm)?, &["Running"])?;
             check_quiesce(st, &vm)?;
             let snap = copy_vm(st, &vm, args.str(2)?, Kind::Snapshot, &[])?;
             st.db.update("VM", &snap, |r| {
@@ -71,12 +72,20 @@ fn power_state(st: &State, vm: &str) -> ApiResult<String> {
     st.db.str_field("VM", vm, "power_state")
 }
 
-fn require_halted(st: &State, vm: &str) -> ApiResult<()> {
-    let state = power_state(st, vm)?;
-    if state != "Halted" {
-        return Err(ApiError::bad_power_state(vm, "halted", &state.to_lowercase()));
+/// `VM_BAD_POWER_STATE [vm, "allowed, states", actual]` unless `state` is allowed.
+pub fn require_state(vm: &str, state: &str, allowed: &[&str]) -> ApiResult<()> {
+    if allowed.contains(&state) {
+        return Ok(());
     }
-    Ok(())
+    let expected = allowed.iter().map(|s| s.to_lowercase()).collect::<Vec<_>>().join(", ");
+    Err(ApiError::bad_power_state(vm, &expected, &state.to_lowercase()))
+}
+
+/// clone and copy: halted, or suspended for snapshots.
+fn require_halted(st: &State, vm: &str) -> ApiResult<()> {
+    let allowed: &[&str] =
+        if st.db.bool_field("VM", vm, "is_a_snapshot")? { &["Halted", "Suspended"] } else { &["Halted"] };
+    require_state(vm, &power_state(st, vm)?, allowed)
 }
 
 /// xapi (before VSS was removed) needs guest tools reporting `feature-quiesce`
@@ -110,22 +119,25 @@ fn power(st: &mut State, name: &str, args: &Args) -> ApiResult<Value> {
     if rec.get("is_control_domain").and_then(Value::as_bool) == Some(true) {
         return Err(ApiError::operation_not_allowed("This operation is not allowed on a control domain"));
     }
+    if rec.get("is_a_snapshot").and_then(Value::as_bool) == Some(true) {
+        return Err(ApiError::new("VM_IS_SNAPSHOT", [vm.as_str(), name]));
+    }
     if rec.get("is_a_template").and_then(Value::as_bool) == Some(true) {
         return Err(ApiError::new("VM_IS_TEMPLATE", [vm.as_str(), name]));
     }
     let state = power_state(st, &vm)?;
+    // Allowed states in xapi's order (Xapi_vm_lifecycle.allowed_power_states).
     let (from, to): (&[&str], &str) = match name {
         "start" | "start_on" => (&["Halted"], "Running"),
         "resume" | "resume_on" => (&["Suspended"], "Running"),
         "unpause" => (&["Paused"], "Running"),
         "pause" => (&["Running"], "Paused"),
         "suspend" => (&["Running"], "Suspended"),
-        "clean_shutdown" | "shutdown" | "clean_reboot" => (&["Running"], "Halted"),
-        _ => (&["Running", "Paused", "Suspended"], "Halted"),
+        "clean_shutdown" | "clean_reboot" => (&["Running"], "Halted"),
+        "hard_reboot" => (&["Paused", "Running"], "Halted"),
+        _ => (&["Paused", "Suspended", "Running"], "Halted"),
     };
-    if !from.contains(&state.as_str()) {
-        return Err(ApiError::bad_power_state(&vm, &from[0].to_lowercase(), &state.to_lowercase()));
-    }
+    require_state(&vm, &state, from)?;
     let to = if name.ends_with("reboot") { "Running" } else { to };
     let host = if name.ends_with("_on") {
         args.reference(st, 4, "host")?
@@ -265,9 +277,7 @@ pub fn destroy(st: &mut State, vm: &str) -> ApiResult<()> {
         return Err(ApiError::operation_not_allowed("This operation is not allowed on a control domain"));
     }
     let state = rec.get("power_state").and_then(Value::as_str).unwrap_or("Halted");
-    if state != "Halted" && state != "Suspended" {
-        return Err(ApiError::bad_power_state(vm, "halted", &state.to_lowercase()));
-    }
+    require_state(vm, state, &["Halted", "Suspended"])?;
     for vbd in rec.get("VBDs").map(string_list).unwrap_or_default() {
         devices::remove_vbd(st, &vbd)?;
     }
