@@ -12,12 +12,11 @@ pub const PARTIAL: u8 = 4;
 pub const AUTH: u8 = 5;
 
 /// Maps an error to an exit code: an area returns an [`ExitKind`] as the error (or
-/// wraps one with `.context(...)`) when a specific code matters.
+/// wraps one with `.context(...)`) when a failure needs a code of its own. Outcomes that
+/// are not errors (damage found, partial success) return their code directly.
 pub fn code_for(error: &anyhow::Error) -> ExitCode {
     let code = match error.downcast_ref::<ExitKind>() {
         Some(ExitKind::Auth) => AUTH,
-        Some(ExitKind::DamageFound) => DAMAGE_FOUND,
-        Some(ExitKind::Partial) => PARTIAL,
         None => FAILURE,
     };
     ExitCode::from(code)
@@ -27,8 +26,4 @@ pub fn code_for(error: &anyhow::Error) -> ExitCode {
 pub enum ExitKind {
     #[error("authentication failed")]
     Auth,
-    #[error("damage found")]
-    DamageFound,
-    #[error("some items failed")]
-    Partial,
 }
