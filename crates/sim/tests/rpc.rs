@@ -60,6 +60,10 @@ try:
     raise SystemExit("shutdown of a halted VM accepted")
 except XenAPI.Failure as e:
     assert e.details == ["VM_BAD_POWER_STATE", win, "paused, suspended, running", "halted"], e.details
+try:
+    s.xenapi.VM.snapshot(vm)
+except XenAPI.Failure as e:
+    assert e.details == ["MESSAGE_PARAMETER_COUNT_MISMATCH", "VM.snapshot", "2", "1"], e.details
 q = s.xenapi.VM.snapshot_with_quiesce(vm, "quiesced")
 assert s.xenapi.VM.get_is_a_snapshot(q)
 task = s.xenapi.Async.VM.clone(s.xenapi.VM.get_by_name_label("debian-clone")[0], "async-clone")

@@ -29,14 +29,16 @@ impl<'a> Args<'a> {
         self.expect_one_of(&[n])
     }
 
-    /// Calls with optional trailing parameters (xapi fills in defaults).
+    /// Calls with optional trailing parameters (xapi fills in defaults). Like xapi,
+    /// a mismatch reports counts without the session: the parameters without
+    /// default values, and what was received.
     pub fn expect_one_of(&self, counts: &[usize]) -> ApiResult<()> {
         if counts.contains(&self.params.len()) {
-            Ok(())
-        } else {
-            let expected = counts.iter().copied().max().unwrap_or_default();
-            Err(ApiError::parameter_count(self.method, expected, self.params.len()))
+            return Ok(());
         }
+        let session = usize::from(!self.method.starts_with("session.login"));
+        let expected = counts.iter().copied().min().unwrap_or_default().saturating_sub(session);
+        Err(ApiError::parameter_count(self.method, expected, self.params.len().saturating_sub(session)))
     }
 
     pub fn len(&self) -> usize {
