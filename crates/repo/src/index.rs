@@ -70,7 +70,7 @@ impl ChunkIndex {
         // Recent entries first and a stable sort: dedup then keeps the newer location.
         let mut merged: Vec<(Key, Slot)> = self.recent.drain().collect();
         merged.append(&mut self.sorted);
-        merged.sort_by(|a, b| a.0.cmp(&b.0));
+        merged.sort_by_key(|e| e.0);
         merged.dedup_by(|later, earlier| later.0 == earlier.0);
         merged.shrink_to_fit();
         self.sorted = merged;

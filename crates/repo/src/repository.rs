@@ -196,10 +196,10 @@ impl Repository {
     /// Raw stored bytes of `name`, through the cache for immutable objects.
     pub(crate) async fn fetch(&self, name: &str) -> Result<Option<Vec<u8>>> {
         let cacheable = IMMUTABLE.iter().any(|p| name.starts_with(p));
-        if let (true, Some(cache)) = (cacheable, &self.inner.cache) {
-            if let Some(hit) = cache.get(name)? {
-                return Ok(Some(hit));
-            }
+        if let (true, Some(cache)) = (cacheable, &self.inner.cache)
+            && let Some(hit) = cache.get(name)?
+        {
+            return Ok(Some(hit));
         }
         let got = self.inner.store.get(name).await?;
         if let (true, Some(cache), Some(data)) = (cacheable, &self.inner.cache, &got) {
@@ -308,7 +308,7 @@ impl Repository {
                 out.push(from_json::<KeySlot>(&name, &raw)?);
             }
         }
-        out.sort_by(|a, b| a.created.cmp(&b.created));
+        out.sort_by_key(|s| s.created);
         Ok(out)
     }
 

@@ -205,7 +205,7 @@ async fn verify_names_damaged_restore_points_and_next_backup_heals() {
     fill_random(&mut other).unwrap();
     std::fs::write(&c, &other).unwrap();
     let s3 = backup_file(&repo, &c, "c").await;
-    assert!(crate::verify::verify(&repo, None, None).await.unwrap().found_damage() == false);
+    assert!(!crate::verify::verify(&repo, None, None).await.unwrap().found_damage());
 
     damage_first_chunk(&repo, &repo_dir, &s1).await;
     let report = crate::verify::verify(&repo, None, None).await.unwrap();

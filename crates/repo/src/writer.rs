@@ -172,13 +172,13 @@ impl BackupSession {
     /// base disk's chunks (changed-block incrementals); without, they are zeros.
     pub async fn disk_writer(&self, name: &str, uuid: &str, size: u64, base: Option<&DiskRecord>) -> Result<DiskWriter> {
         let cfg = self.repo.config();
-        if let Some(b) = base {
-            if b.size != size || b.chunk_size != cfg.chunk_size || b.page_slots != cfg.page_slots {
-                return Err(Error::Invalid(format!(
-                    "base disk {} has size {} / chunk size {}: cannot inherit into size {size} / chunk size {}",
-                    b.name, b.size, b.chunk_size, cfg.chunk_size
-                )));
-            }
+        if let Some(b) = base
+            && (b.size != size || b.chunk_size != cfg.chunk_size || b.page_slots != cfg.page_slots)
+        {
+            return Err(Error::Invalid(format!(
+                "base disk {} has size {} / chunk size {}: cannot inherit into size {size} / chunk size {}",
+                b.name, b.size, b.chunk_size, cfg.chunk_size
+            )));
         }
         let position = {
             let mut disks = self.disks.lock().unwrap_or_else(|p| p.into_inner());
