@@ -9,6 +9,16 @@
 //! method, code, [params], times)`, `sim.clear_faults(session)`,
 //! `sim.set_cut(session, "http"|"nbd", bytes)`, `sim.set_latency(session, ms)`,
 //! `sim.set_bandwidth(session, bytes_per_second)` (`""` clears a limit).
+//!
+//! The demo pool: hosts `xenvault-sim-1` (master, the listen address) and
+//! `xenvault-sim-2` (127.0.0.2 when listening on 127.0.0.1: transfers of its local
+//! disks get a 302 there), a shared SR and a local SR per host, an `nbd` network
+//! whose PIFs have 127.0.0.1, VMs `debian-web` (running, tools with
+//! `feature-quiesce`, root + LVM data disk on the shared SR), `win-fileserver`
+//! (running on host 2, no tools, GPT+NTFS disk on host 2's local SR), the template
+//! `Debian 12 template` and `debian-clone` cloned from it. With
+//! [`DemoDisks::Fixtures`] the disks hold xenvault-fixtures' file systems and
+//! their manifests stay in `STATE_DIR/fixtures/*.manifest.json`.
 
 mod cbt;
 pub mod client;
