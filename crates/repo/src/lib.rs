@@ -30,7 +30,9 @@ pub use manifest::{DiskRecord, Manifest, SourceInfo};
 pub use reader::DiskReader;
 pub use repository::{InitOptions, Repository};
 pub use source::{BlockSource, RawFileSource, VhdFileSource, open_image};
-pub use writer::{DiskWriter, WriteStats};
+pub use backend::BackendOptions;
+pub use keys::{Encryption, KdfParams, Secret};
+pub use writer::{BackupSession, DiskWriter, Progress, WriteStats};
 
 #[cfg(test)]
 mod tests;

@@ -340,3 +340,28 @@ async fn copy_moves_only_missing_chunks_reencrypted() {
         assert!(!data.windows(MARKER.len()).any(|w| w == MARKER), "marker in {f:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vhd_images_back_up_like_their_raw_content() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = new_repo(&dir.path().join("repo"), 64 << 10).await;
+    let raw = dir.path().join("a.raw");
+    let img = make_image(&raw, 6 << 20);
+    let vhd = dir.path().join("a.vhd");
+    let status = std::process::Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "vpc", "-o", "subformat=dynamic,force_size=on"])
+        .arg(&raw)
+        .arg(&vhd)
+        .status()
+        .expect("qemu-img");
+    assert!(status.success());
+    let src = crate::open_image(&vhd).unwrap();
+    assert_eq!(src.size(), img.len() as u64);
+    assert!(src.allocated().unwrap().is_some(), "opened as a VHD");
+    let session = repo.start_backup(source("vhd")).await.unwrap();
+    let mut w = session.disk_writer("disk0", "", src.size(), None).await.unwrap();
+    w.write_source(src).await.unwrap();
+    w.finish().await.unwrap();
+    let m = session.commit(serde_json::Value::Null, vec![]).await.unwrap();
+    assert_eq!(restore(&repo, &m.id, &dir.path().join("o.raw")).await, img);
+}
