@@ -322,3 +322,17 @@ async fn xva_backup_exports_back_as_the_same_xva_disks() {
     wanted.sort();
     assert_eq!(rebuilt, wanted);
 }
+
+#[tokio::test]
+async fn a_later_run_cleans_what_an_interrupted_run_left() {
+    let env = env().await;
+    env.backup(Level::Full, Requested::Auto).await;
+    // An interrupted run: its snapshot is tagged as ours but was never committed.
+    let vm = env.vm().await;
+    let left = xenvault_engine::snapshot::take(&env.host, &vm, "crashed-job", false).await.unwrap();
+    env.scribble("1", 4).await;
+    let report = env.backup(Level::Inc, Requested::Auto).await;
+    env.assert_restores_to(&report, &env.digests().await).await;
+    assert!(report.cleaned_snapshots.contains(&left.vm.uuid), "{:?}", report.cleaned_snapshots);
+    env.assert_tidy().await;
+}
