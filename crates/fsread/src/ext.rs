@@ -7,6 +7,14 @@ use crate::{Entry, EntryKind, Error, FileSystem, FsType, join, normalize};
 use ext4_view::{Ext4, Ext4Error, Metadata};
 use std::sync::Arc;
 
+thread_local! {
+    /// The file last read on this thread, keyed by (source address, path): sequential
+    /// `read_at` calls continue where it stopped instead of re-walking its block map
+    /// (`ext4_view::File::seek_to` is linear in the offset). Not `Send`, so per thread.
+    static OPEN_FILE: std::cell::RefCell<Option<((usize, String), ext4_view::File)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
 pub(crate) struct ExtFs {
     source: Arc<dyn ReadAt>,
 }
@@ -108,10 +116,20 @@ impl FileSystem for ExtFs {
         if offset >= entry.size {
             return Ok(0);
         }
-        self.with(|fs| {
-            let err = |e| map_err(e, &entry.path);
-            let mut file = fs.open(entry.path.as_str()).map_err(err)?;
-            file.seek_to(offset).map_err(err)?;
+        let err = |e| map_err(e, &entry.path);
+        // The cached file holds a clone of the source Arc, so its address stays unique.
+        let key = (Arc::as_ptr(&self.source).cast::<()>() as usize, entry.path.clone());
+        let cached = OPEN_FILE.with(|c| c.borrow_mut().take()).filter(|(k, f)| *k == key && f.position() == offset);
+        let mut file = match cached {
+            Some((_, file)) => file,
+            None => self.with(|fs| {
+                let mut file = fs.open(entry.path.as_str()).map_err(err)?;
+                // Costs a walk over the blocks before `offset`, hence the cache.
+                file.seek_to(offset).map_err(err)?;
+                Ok(file)
+            })?,
+        };
+        let done = crate::guarded("ext2/3/4 file system", || {
             let mut done = 0;
             while done < buf.len() {
                 let n = file.read_bytes(&mut buf[done..]).map_err(err)?;
@@ -121,6 +139,8 @@ impl FileSystem for ExtFs {
                 done += n;
             }
             Ok(done)
-        })
+        })?;
+        OPEN_FILE.with(|c| *c.borrow_mut() = Some((key, file)));
+        Ok(done)
     }
 }
