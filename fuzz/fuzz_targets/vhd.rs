@@ -26,7 +26,9 @@ fuzz_target!(|data: &[u8]| {
         let mut head = vec![0u8; (reader.disk_size() as usize).min(MAX_READ)];
         let _ = reader.read_at(0, &mut head);
     }
-    let Ok(mut stream) = VhdStreamReader::new(Cursor::new(data)) else { return };
+    let Ok(mut stream) = VhdStreamReader::new(Cursor::new(data)) else {
+        return;
+    };
     let mut compared = 0;
     while let Ok(Some(extent)) = stream.next_extent() {
         if let Some(reader) = seekable.as_mut()

@@ -126,7 +126,13 @@ pub struct Footer {
 impl Footer {
     /// A footer as xapi's vhd library creates it: creator `caml` version 1, host OS 0,
     /// only the reserved feature bit, original size = current size.
-    pub fn xapi(disk_type: DiskType, current_size: u64, data_offset: u64, unique_id: Uuid, timestamp: u32) -> Footer {
+    pub fn xapi(
+        disk_type: DiskType,
+        current_size: u64,
+        data_offset: u64,
+        unique_id: Uuid,
+        timestamp: u32,
+    ) -> Footer {
         Footer {
             features: FEATURES_RESERVED,
             data_offset,
@@ -311,7 +317,8 @@ fn checksum_skipping(buf: &[u8], checksum_at: usize) -> u32 {
 
 /// Checksum of a buffer whose checksum field is still zero.
 fn checksum(buf: &[u8]) -> u32 {
-    !buf.iter().fold(0u32, |acc, &b| acc.wrapping_add(u32::from(b)))
+    !buf.iter()
+        .fold(0u32, |acc, &b| acc.wrapping_add(u32::from(b)))
 }
 
 /// Cookie, checksum and format version, checked in that order so that the error says
@@ -334,11 +341,17 @@ fn check_structure(
     let stored = be_u32(buf, checksum_at);
     let computed = checksum_skipping(buf, checksum_at);
     if stored != computed {
-        return Err(Error::BadChecksum { what, stored, computed });
+        return Err(Error::BadChecksum {
+            what,
+            stored,
+            computed,
+        });
     }
     let version = be_u32(buf, version_at);
     if version != FORMAT_VERSION {
-        return Err(Error::Unsupported(format!("{what} version {version:#010x}")));
+        return Err(Error::Unsupported(format!(
+            "{what} version {version:#010x}"
+        )));
     }
     Ok(())
 }
@@ -376,7 +389,10 @@ mod tests {
         let g = Geometry::for_size(10 << 20);
         assert_eq!((g.cylinders, g.heads, g.sectors_per_track), (301, 4, 17));
         let big = Geometry::for_size(3 << 40);
-        assert_eq!((big.cylinders, big.heads, big.sectors_per_track), (65535, 16, 255));
+        assert_eq!(
+            (big.cylinders, big.heads, big.sectors_per_track),
+            (65535, 16, 255)
+        );
     }
 
     #[test]
@@ -385,6 +401,9 @@ mod tests {
         let mut bytes = f.to_bytes();
         assert_eq!(Footer::parse(&bytes).ok(), Some(f));
         bytes[100] ^= 1;
-        assert!(matches!(Footer::parse(&bytes), Err(Error::BadChecksum { .. })));
+        assert!(matches!(
+            Footer::parse(&bytes),
+            Err(Error::BadChecksum { .. })
+        ));
     }
 }

@@ -37,9 +37,17 @@ pub enum Error {
     #[error("I/O error: {0}")]
     Io(#[from] io::Error),
     #[error("{what}: bad cookie {found:?}, expected {expected:?}")]
-    BadCookie { what: &'static str, found: String, expected: String },
+    BadCookie {
+        what: &'static str,
+        found: String,
+        expected: String,
+    },
     #[error("{what}: checksum mismatch (stored {stored:#010x}, computed {computed:#010x})")]
-    BadChecksum { what: &'static str, stored: u32, computed: u32 },
+    BadChecksum {
+        what: &'static str,
+        stored: u32,
+        computed: u32,
+    },
     #[error("truncated VHD: {0}")]
     Truncated(String),
     #[error("corrupt VHD: {0}")]

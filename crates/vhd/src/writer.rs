@@ -27,7 +27,10 @@ pub struct WriterOptions {
 
 impl Default for WriterOptions {
     fn default() -> Self {
-        WriterOptions { unique_id: Uuid::new_v4(), timestamp: 0 }
+        WriterOptions {
+            unique_id: Uuid::new_v4(),
+            timestamp: 0,
+        }
     }
 }
 
@@ -70,7 +73,12 @@ impl<W: Write> DynamicWriter<W> {
     }
 
     /// Starts a dynamic VHD (disk type 3) and writes everything up to the first block.
-    pub fn dynamic(out: W, disk_size: u64, present_blocks: impl IntoIterator<Item = u32>, options: WriterOptions) -> Result<Self> {
+    pub fn dynamic(
+        out: W,
+        disk_size: u64,
+        present_blocks: impl IntoIterator<Item = u32>,
+        options: WriterOptions,
+    ) -> Result<Self> {
         Self::start(out, disk_size, present_blocks, options, None)
     }
 
@@ -110,8 +118,19 @@ impl<W: Write> DynamicWriter<W> {
             )));
         }
 
-        let disk_type = if parent.is_some() { DiskType::Differencing } else { DiskType::Dynamic };
-        let footer = Footer::xapi(disk_type, disk_size, HEADER_OFFSET, options.unique_id, options.timestamp).to_bytes();
+        let disk_type = if parent.is_some() {
+            DiskType::Differencing
+        } else {
+            DiskType::Dynamic
+        };
+        let footer = Footer::xapi(
+            disk_type,
+            disk_size,
+            HEADER_OFFSET,
+            options.unique_id,
+            options.timestamp,
+        )
+        .to_bytes();
         let mut header = DynamicHeader {
             table_offset: BAT_OFFSET,
             // At most MAX_DISK_SIZE / 2 MiB, which fits.
@@ -230,8 +249,19 @@ impl<W: Write> FixedWriter<W> {
 
     pub fn new(out: W, disk_size: u64, options: WriterOptions) -> Result<Self> {
         check_disk_size(disk_size)?;
-        let footer = Footer::xapi(DiskType::Fixed, disk_size, NO_DATA_OFFSET, options.unique_id, options.timestamp);
-        Ok(FixedWriter { out, footer: footer.to_bytes(), disk_size, written: 0 })
+        let footer = Footer::xapi(
+            DiskType::Fixed,
+            disk_size,
+            NO_DATA_OFFSET,
+            options.unique_id,
+            options.timestamp,
+        );
+        Ok(FixedWriter {
+            out,
+            footer: footer.to_bytes(),
+            disk_size,
+            written: 0,
+        })
     }
 
     /// Writes the footer after checking that the whole disk was written.
@@ -254,7 +284,10 @@ impl<W: Write> Write for FixedWriter<W> {
         if buf.len() as u64 > room {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("write of {} bytes past the disk end ({room} bytes left)", buf.len()),
+                format!(
+                    "write of {} bytes past the disk end ({room} bytes left)",
+                    buf.len()
+                ),
             ));
         }
         let n = self.out.write(buf)?;
@@ -293,22 +326,52 @@ mod tests {
     /// The fields xapi's vhd-tool sets that no reader tool shows.
     #[test]
     fn differencing_layout_matches_xapi() {
-        let parent = ParentInfo { unique_id: Uuid::from_u128(9), timestamp: 77, path: "/var/run/sr-mount/s/v.vhd".into() };
-        let options = WriterOptions { unique_id: Uuid::from_u128(3), timestamp: 0 };
+        let parent = ParentInfo {
+            unique_id: Uuid::from_u128(9),
+            timestamp: 77,
+            path: "/var/run/sr-mount/s/v.vhd".into(),
+        };
+        let options = WriterOptions {
+            unique_id: Uuid::from_u128(3),
+            timestamp: 0,
+        };
         let w = DynamicWriter::differencing(Vec::new(), 4 << 20, [1], options, &parent).unwrap();
         let bytes = w.out.clone();
         let footer = Footer::parse(bytes[..FOOTER_SIZE].try_into().unwrap()).unwrap();
         assert_eq!(&footer.creator_application, b"caml");
-        assert_eq!((footer.creator_version, footer.creator_host_os, footer.features), (1, 0, 2));
-        assert_eq!((footer.data_offset, footer.timestamp, footer.disk_type), (512, 0, DiskType::Differencing));
+        assert_eq!(
+            (
+                footer.creator_version,
+                footer.creator_host_os,
+                footer.features
+            ),
+            (1, 0, 2)
+        );
+        assert_eq!(
+            (footer.data_offset, footer.timestamp, footer.disk_type),
+            (512, 0, DiskType::Differencing)
+        );
         let header = DynamicHeader::parse(bytes[512..1536].try_into().unwrap()).unwrap();
-        assert_eq!((header.table_offset, header.max_table_entries, header.block_size), (2048, 2, 2 << 20));
-        assert_eq!((header.parent_unique_id, header.parent_timestamp), (parent.unique_id, 77));
+        assert_eq!(
+            (
+                header.table_offset,
+                header.max_table_entries,
+                header.block_size
+            ),
+            (2048, 2, 2 << 20)
+        );
+        assert_eq!(
+            (header.parent_unique_id, header.parent_timestamp),
+            (parent.unique_id, 77)
+        );
         assert_eq!(header.parent_unicode_name, parent.path);
         let locator = header.parent_locators[0];
         assert_eq!(locator.platform_code, PLATFORM_MACX);
         assert_eq!((locator.data_space, locator.data_offset), (1, 1536));
-        assert_eq!(locator.data_length as usize, "file://".len() + parent.path.len());
+        assert_eq!(
+            locator.data_length as usize,
+            "file://".len() + parent.path.len()
+        );
         // xapi leaves the locator's sector zero-filled; block 1 is the first block.
         assert!(bytes[1536..2048].iter().all(|&b| b == 0));
         assert_eq!(&bytes[2048..2056], &[0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 5]);

@@ -31,7 +31,9 @@ fn disk_with_blocks(size: u64, blocks: &[u64], seed: u64) -> Vec<u8> {
 }
 
 fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed: {}{}",
@@ -43,23 +45,39 @@ fn run(cmd: &mut Command) -> String {
 
 /// Writes `disk` as a dynamic (or differencing) VHD holding the non-zero blocks (or
 /// the given ones), checking the announced output size.
-fn write_dynamic(path: &Path, disk: &[u8], present: &[u32], parent: Option<&ParentInfo>, uid: Uuid) {
+fn write_dynamic(
+    path: &Path,
+    disk: &[u8],
+    present: &[u32],
+    parent: Option<&ParentInfo>,
+    uid: Uuid,
+) {
     let size = disk.len() as u64;
-    let options = WriterOptions { unique_id: uid, timestamp: 0 };
+    let options = WriterOptions {
+        unique_id: uid,
+        timestamp: 0,
+    };
     let out = BufWriter::new(File::create(path).unwrap());
     let mut writer = match parent {
         None => DynamicWriter::dynamic(out, size, present.iter().copied(), options).unwrap(),
-        Some(p) => DynamicWriter::differencing(out, size, present.iter().copied(), options, p).unwrap(),
+        Some(p) => {
+            DynamicWriter::differencing(out, size, present.iter().copied(), options, p).unwrap()
+        }
     };
     let announced = writer.total_size();
     for &b in present {
         let start = u64::from(b) * BLOCK;
         let end = (start + BLOCK).min(size);
-        writer.write_block(b, &disk[start as usize..end as usize]).unwrap();
+        writer
+            .write_block(b, &disk[start as usize..end as usize])
+            .unwrap();
     }
     writer.finish().unwrap();
     assert_eq!(fs::metadata(path).unwrap().len(), announced);
-    assert_eq!(announced, DynamicWriter::<File>::output_size(size, present.len() as u64));
+    assert_eq!(
+        announced,
+        DynamicWriter::<File>::output_size(size, present.len() as u64)
+    );
 }
 
 fn nonzero_blocks(disk: &[u8]) -> Vec<u32> {
@@ -72,10 +90,16 @@ fn nonzero_blocks(disk: &[u8]) -> Vec<u32> {
 
 /// qemu sizes `caml` VHDs by CHS geometry unless told to use the footer's size.
 fn qemu_compare(vhd: &Path, raw: &Path) {
-    run(Command::new("qemu-img").args(["compare", "-q", "--image-opts"]).arg(format!(
-        "driver=vpc,force_size_calc=current_size,file.driver=file,file.filename={}",
-        vhd.display()
-    )).arg(format!("driver=raw,file.driver=file,file.filename={}", raw.display())));
+    run(Command::new("qemu-img")
+        .args(["compare", "-q", "--image-opts"])
+        .arg(format!(
+            "driver=vpc,force_size_calc=current_size,file.driver=file,file.filename={}",
+            vhd.display()
+        ))
+        .arg(format!(
+            "driver=raw,file.driver=file,file.filename={}",
+            raw.display()
+        )));
 }
 
 fn read_all(r: &mut impl ReadAt, size: u64) -> Vec<u8> {
@@ -85,7 +109,8 @@ fn read_all(r: &mut impl ReadAt, size: u64) -> Vec<u8> {
     let mut pos = 0;
     while pos < size {
         let n = piece.min(size - pos);
-        r.read_exact_at(pos, &mut out[pos as usize..(pos + n) as usize]).unwrap();
+        r.read_exact_at(pos, &mut out[pos as usize..(pos + n) as usize])
+            .unwrap();
         pos += n;
     }
     out
@@ -173,7 +198,11 @@ child.open(sys.argv[1]); parent.open(sys.argv[2]); child.set_parent(parent)
 data = child.read_buffer_at_offset(child.get_media_size(), 0)
 print(hashlib.sha256(data).hexdigest())
 "#;
-    let digest = run(Command::new("/usr/bin/python3").arg("-c").arg(script).arg(&delta_vhd).arg(&base_vhd));
+    let digest = run(Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(script)
+        .arg(&delta_vhd)
+        .arg(&base_vhd));
     let expected = run(Command::new("sha256sum").arg(&newer_raw));
     assert_eq!(digest.trim(), expected.split_whitespace().next().unwrap());
 
@@ -191,7 +220,10 @@ print(hashlib.sha256(data).hexdigest())
     let mut s = VhdStreamReader::new(File::open(&delta_vhd).unwrap()).unwrap();
     let mut seen = Vec::new();
     while let Some(e) = s.next_extent().unwrap() {
-        assert_eq!(e.data, &newer[e.offset as usize..e.offset as usize + e.data.len()]);
+        assert_eq!(
+            e.data,
+            &newer[e.offset as usize..e.offset as usize + e.data.len()]
+        );
         seen.push((e.offset, e.data.len()));
     }
     let covered: u64 = seen.iter().map(|(_, n)| *n as u64).sum();
@@ -206,10 +238,14 @@ fn fixed_vhd_we_write_matches_in_qemu() {
     let raw = dir.path().join("disk.raw");
     let vhd = dir.path().join("disk.vhd");
     fs::write(&raw, &disk).unwrap();
-    let mut w = FixedWriter::new(File::create(&vhd).unwrap(), size, WriterOptions::default()).unwrap();
+    let mut w =
+        FixedWriter::new(File::create(&vhd).unwrap(), size, WriterOptions::default()).unwrap();
     std::io::copy(&mut Cursor::new(&disk), &mut w).unwrap();
     w.finish().unwrap();
-    assert_eq!(fs::metadata(&vhd).unwrap().len(), FixedWriter::<File>::output_size(size));
+    assert_eq!(
+        fs::metadata(&vhd).unwrap().len(),
+        FixedWriter::<File>::output_size(size)
+    );
     qemu_compare(&vhd, &raw);
     let info = run(Command::new("vhdiinfo").arg(&vhd));
     assert!(info.contains("Fixed"), "{info}");
@@ -252,7 +288,11 @@ fn differencing_vhd_larger_than_its_parent_reads_zeros_past_the_parent() {
     let base_raw = dir.path().join("base.raw");
     let delta_vhd = dir.path().join("delta.vhd");
     fs::write(&base_raw, &base).unwrap();
-    let parent = ParentInfo { unique_id: Uuid::new_v4(), timestamp: 0, path: "/base.vhd".into() };
+    let parent = ParentInfo {
+        unique_id: Uuid::new_v4(),
+        timestamp: 0,
+        path: "/base.vhd".into(),
+    };
     write_dynamic(&delta_vhd, &newer, &[0, 3], Some(&parent), Uuid::new_v4());
     let delta = VhdReader::open(File::open(&delta_vhd).unwrap()).unwrap();
     let mut layered = Layered::new(delta, RawDisk::new(File::open(&base_raw).unwrap()).unwrap());

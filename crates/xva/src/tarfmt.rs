@@ -13,7 +13,9 @@ pub(crate) fn write_header(out: &mut impl Write, name: &str, size: u64, mtime: u
     let mut header = tar::Header::new_old();
     let field = &mut header.as_old_mut().name;
     if name.len() >= field.len() {
-        return Err(Error::InvalidArgument(format!("tar member name {name:?} is too long")));
+        return Err(Error::InvalidArgument(format!(
+            "tar member name {name:?} is too long"
+        )));
     }
     field[..name.len()].copy_from_slice(name.as_bytes());
     header.set_mode(0o400);
@@ -69,7 +71,13 @@ pub(crate) fn read_header(input: &mut impl Read) -> Result<Option<Member>> {
         let computed: u32 = block
             .iter()
             .enumerate()
-            .map(|(i, &b)| if CHECKSUM_FIELD.contains(&i) { 32 } else { u32::from(b) })
+            .map(|(i, &b)| {
+                if CHECKSUM_FIELD.contains(&i) {
+                    32
+                } else {
+                    u32::from(b)
+                }
+            })
             .sum();
         if stored != computed {
             return Err(Error::Corrupt(format!(

@@ -16,7 +16,10 @@ pub struct WriterOptions {
 
 impl Default for WriterOptions {
     fn default() -> Self {
-        WriterOptions { checksum: ChecksumKind::Xxhash, keepalive: Some(Duration::from_secs(5)) }
+        WriterOptions {
+            checksum: ChecksumKind::Xxhash,
+            keepalive: Some(Duration::from_secs(5)),
+        }
     }
 }
 
@@ -51,21 +54,33 @@ impl<W: Write> XvaWriter<W> {
         write_header(&mut out, OVA_XML, size, mtime)?;
         out.write_all(ova_xml.as_bytes())?;
         write_padding(&mut out, size)?;
-        Ok(XvaWriter { out, options, last_output: Instant::now(), previous_reference: None, disk: None })
+        Ok(XvaWriter {
+            out,
+            options,
+            last_output: Instant::now(),
+            previous_reference: None,
+            disk: None,
+        })
     }
 
     /// Starts the next disk, `reference` being its `Ref:N` in `ova.xml`. Disks must come
     /// in lexicographic order of their references (`Ref:10` before `Ref:2`).
     pub fn begin_disk(&mut self, reference: &str, size: u64) -> Result<()> {
         self.check_disk_complete()?;
-        if self.previous_reference.as_deref().is_some_and(|p| p >= reference) {
+        if self
+            .previous_reference
+            .as_deref()
+            .is_some_and(|p| p >= reference)
+        {
             return Err(Error::InvalidArgument(format!(
                 "disk {reference} after {:?}: disks go in lexicographic order",
                 self.previous_reference
             )));
         }
         if reference.is_empty() || reference.contains('/') {
-            return Err(Error::InvalidArgument(format!("bad disk reference {reference:?}")));
+            return Err(Error::InvalidArgument(format!(
+                "bad disk reference {reference:?}"
+            )));
         }
         self.previous_reference = Some(reference.to_owned());
         self.disk = Some(Disk {
@@ -82,7 +97,9 @@ impl<W: Write> XvaWriter<W> {
     pub fn write(&mut self, mut data: &[u8]) -> Result<()> {
         self.disk_with_room(data.len() as u64)?;
         while !data.is_empty() {
-            let Some(disk) = self.disk.as_mut() else { break };
+            let Some(disk) = self.disk.as_mut() else {
+                break;
+            };
             let room = (chunk_len(disk) - disk.chunk.len() as u64) as usize;
             let (now, rest) = data.split_at(room.min(data.len()));
             disk.chunk.extend_from_slice(now);
@@ -97,7 +114,9 @@ impl<W: Write> XvaWriter<W> {
     pub fn write_zeros(&mut self, mut len: u64) -> Result<()> {
         self.disk_with_room(len)?;
         while len > 0 {
-            let Some(disk) = self.disk.as_mut() else { break };
+            let Some(disk) = self.disk.as_mut() else {
+                break;
+            };
             let index = disk.received / CHUNK_SIZE;
             let whole_chunk = disk.chunk.is_empty() && len >= chunk_len(disk);
             let first_or_last = index == 0 || disk.received + CHUNK_SIZE >= disk.size;
@@ -132,7 +151,11 @@ impl<W: Write> XvaWriter<W> {
             .disk
             .as_mut()
             .ok_or_else(|| Error::InvalidArgument("disk data written before begin_disk".into()))?;
-        if disk.received.checked_add(len).is_none_or(|end| end > disk.size) {
+        if disk
+            .received
+            .checked_add(len)
+            .is_none_or(|end| end > disk.size)
+        {
             return Err(Error::InvalidArgument(format!(
                 "{len} bytes more than disk {} holds ({} of {} written)",
                 disk.reference, disk.received, disk.size
@@ -153,7 +176,9 @@ impl<W: Write> XvaWriter<W> {
 
     /// Emits the current chunk once it is full (or reaches the disk end).
     fn flush_full_chunk(&mut self) -> Result<()> {
-        let Some(disk) = self.disk.as_ref() else { return Ok(()) };
+        let Some(disk) = self.disk.as_ref() else {
+            return Ok(());
+        };
         if (disk.chunk.len() as u64) < chunk_len(disk) {
             return Ok(());
         }
@@ -163,7 +188,9 @@ impl<W: Write> XvaWriter<W> {
         if !first_or_last {
             self.maybe_keepalive(index)?;
         }
-        let Some(disk) = self.disk.as_mut() else { return Ok(()) };
+        let Some(disk) = self.disk.as_mut() else {
+            return Ok(());
+        };
         let mut chunk = std::mem::take(&mut disk.chunk);
         if first_or_last || !is_zero(&chunk) {
             let name = chunk_name(disk, index);
@@ -179,11 +206,15 @@ impl<W: Write> XvaWriter<W> {
     /// xapi's keep-alive: before a chunk that is neither first nor last, if nothing
     /// was written for too long, an empty chunk under that chunk's name.
     fn maybe_keepalive(&mut self, index: u64) -> Result<()> {
-        let Some(limit) = self.options.keepalive else { return Ok(()) };
+        let Some(limit) = self.options.keepalive else {
+            return Ok(());
+        };
         if self.last_output.elapsed() <= limit {
             return Ok(());
         }
-        let Some(disk) = self.disk.as_mut() else { return Ok(()) };
+        let Some(disk) = self.disk.as_mut() else {
+            return Ok(());
+        };
         let name = chunk_name(disk, index);
         disk.name_shift += 1;
         self.write_member(&name, &[])
@@ -193,7 +224,10 @@ impl<W: Write> XvaWriter<W> {
     fn write_member(&mut self, name: &str, data: &[u8]) -> Result<()> {
         let kind = self.options.checksum;
         let sum = kind.compute(data);
-        for (member, bytes) in [(name.to_owned(), data), (format!("{name}{}", kind.extension()), sum.as_bytes())] {
+        for (member, bytes) in [
+            (name.to_owned(), data),
+            (format!("{name}{}", kind.extension()), sum.as_bytes()),
+        ] {
             write_header(&mut self.out, &member, bytes.len() as u64, 0)?;
             self.out.write_all(bytes)?;
             write_padding(&mut self.out, bytes.len() as u64)?;
@@ -216,5 +250,8 @@ fn chunk_name(disk: &Disk, index: u64) -> String {
 fn is_zero(data: &[u8]) -> bool {
     // OR-folding fixed-size pieces vectorises; a byte loop with early exit does not.
     let (pieces, tail) = data.as_chunks::<64>();
-    pieces.iter().all(|p| p.iter().fold(0u8, |acc, &b| acc | b) == 0) && tail.iter().all(|&b| b == 0)
+    pieces
+        .iter()
+        .all(|p| p.iter().fold(0u8, |acc, &b| acc | b) == 0)
+        && tail.iter().all(|&b| b == 0)
 }

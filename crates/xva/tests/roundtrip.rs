@@ -29,7 +29,11 @@ fn test_disks() -> Vec<(String, Vec<u8>)> {
     b[..512].copy_from_slice(&pattern(512, 3));
     let c = vec![0u8; 5 * MIB + 512];
     // Ref:10 sorts before Ref:2.
-    vec![("Ref:10".into(), a), ("Ref:2".into(), b), ("Ref:3".into(), c)]
+    vec![
+        ("Ref:10".into(), a),
+        ("Ref:2".into(), b),
+        ("Ref:3".into(), c),
+    ]
 }
 
 fn version() -> OvaVersion {
@@ -49,7 +53,10 @@ fn objects(disks: &[(String, Vec<u8>)]) -> Vec<OvaObject> {
     let mut objects = vec![OvaObject {
         class: "VM".into(),
         id: "Ref:0".into(),
-        snapshot: Value::Struct(BTreeMap::from([("name_label".into(), Value::from("vm <&> 1"))])),
+        snapshot: Value::Struct(BTreeMap::from([(
+            "name_label".into(),
+            Value::from("vm <&> 1"),
+        )])),
     }];
     for (r, data) in disks {
         objects.push(OvaObject {
@@ -65,9 +72,19 @@ fn objects(disks: &[(String, Vec<u8>)]) -> Vec<OvaObject> {
 }
 
 /// Writes the disks, feeding zero runs through `write_zeros` as a sparse source would.
-fn write_xva(disks: &[(String, Vec<u8>)], options: WriterOptions, compression: Compression) -> Vec<u8> {
+fn write_xva(
+    disks: &[(String, Vec<u8>)],
+    options: WriterOptions,
+    compression: Compression,
+) -> Vec<u8> {
     let out = Compressor::new(Vec::new(), compression).unwrap();
-    let mut w = XvaWriter::new(out, &ova_xml(&version(), &objects(disks)), 1_700_000_000, options).unwrap();
+    let mut w = XvaWriter::new(
+        out,
+        &ova_xml(&version(), &objects(disks)),
+        1_700_000_000,
+        options,
+    )
+    .unwrap();
     for (r, data) in disks {
         w.begin_disk(r, data.len() as u64).unwrap();
         for piece in data.chunks(300_000) {
@@ -116,8 +133,16 @@ fn round_trip_is_byte_identical_and_skips_zero_chunks() {
         assert_eq!(detected, compression);
         assert_eq!(read_xva(&archive).unwrap(), disks, "{compression:?}");
     }
-    let names = member_names(&write_xva(&disks, WriterOptions::default(), Compression::None));
-    let chunks: Vec<&str> = names.iter().filter(|n| !n.ends_with(".xxhash")).map(String::as_str).collect();
+    let names = member_names(&write_xva(
+        &disks,
+        WriterOptions::default(),
+        Compression::None,
+    ));
+    let chunks: Vec<&str> = names
+        .iter()
+        .filter(|n| !n.ends_with(".xxhash"))
+        .map(String::as_str)
+        .collect();
     assert_eq!(
         chunks,
         [
@@ -135,8 +160,17 @@ fn round_trip_is_byte_identical_and_skips_zero_chunks() {
 }
 
 fn python(script: &str, args: &[&std::path::Path]) -> String {
-    let out = Command::new("python3").arg("-c").arg(script).args(args).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -144,7 +178,11 @@ fn python(script: &str, args: &[&std::path::Path]) -> String {
 fn python_tarfile_and_xxhash_accept_our_archive() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("vm.xva");
-    fs::write(&path, write_xva(&test_disks(), WriterOptions::default(), Compression::None)).unwrap();
+    fs::write(
+        &path,
+        write_xva(&test_disks(), WriterOptions::default(), Compression::None),
+    )
+    .unwrap();
     let script = r#"
 import sys, tarfile, xxhash
 members = {}
@@ -175,13 +213,22 @@ print(checked)
 fn xva_img_exports_our_disks_from_checksum_files() {
     let dir = tempfile::tempdir().unwrap();
     let disks = test_disks();
-    let options = WriterOptions { checksum: ChecksumKind::Sha1, ..WriterOptions::default() };
+    let options = WriterOptions {
+        checksum: ChecksumKind::Sha1,
+        ..WriterOptions::default()
+    };
     let archive = write_xva(&disks, options, Compression::None);
     let xva = dir.path().join("vm.xva");
     fs::write(&xva, &archive).unwrap();
     let unpacked = dir.path().join("unpacked");
     fs::create_dir(&unpacked).unwrap();
-    let tar = Command::new("tar").arg("-xf").arg(&xva).arg("-C").arg(&unpacked).status().unwrap();
+    let tar = Command::new("tar")
+        .arg("-xf")
+        .arg(&xva)
+        .arg("-C")
+        .arg(&unpacked)
+        .status()
+        .unwrap();
     assert!(tar.success());
     for (reference, data) in &disks {
         let out = dir.path().join(format!("{reference}.raw"));
@@ -192,7 +239,11 @@ fn xva_img_exports_our_disks_from_checksum_files() {
             .arg(&out)
             .output()
             .unwrap();
-        assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+        assert!(
+            status.status.success(),
+            "{}",
+            String::from_utf8_lossy(&status.stderr)
+        );
         assert_eq!(&fs::read(&out).unwrap(), data, "{reference}");
     }
 }
@@ -216,7 +267,10 @@ fn keepalive_chunks_are_accepted_both_ways() {
     let disks = test_disks();
     // xapi's way: a zero keep-alive limit sends one before every middle chunk, and the
     // chunk after each keep-alive takes the following name.
-    let options = WriterOptions { keepalive: Some(Duration::ZERO), ..WriterOptions::default() };
+    let options = WriterOptions {
+        keepalive: Some(Duration::ZERO),
+        ..WriterOptions::default()
+    };
     let archive = write_xva(&disks, options, Compression::None);
     let names = member_names(&archive);
     assert!(names.contains(&"Ref:10/00000002".to_string()), "{names:?}");
@@ -231,7 +285,10 @@ fn keepalive_chunks_are_accepted_both_ways() {
         ("Ref:1/00000002", data[2 * MIB..].to_vec()),
     ];
     let archive = hand_made(&[("Ref:1", data.len())], &entries, ChecksumKind::Xxhash);
-    assert_eq!(read_xva(&archive).unwrap(), vec![("Ref:1".to_string(), data)]);
+    assert_eq!(
+        read_xva(&archive).unwrap(),
+        vec![("Ref:1".to_string(), data)]
+    );
 }
 
 /// An archive built with the tar crate's own (GNU) headers, chunk by chunk.
@@ -241,7 +298,10 @@ fn hand_made(disks: &[(&str, usize)], chunks: &[(&str, Vec<u8>)], kind: Checksum
         .map(|(r, size)| OvaObject {
             class: "VDI".into(),
             id: (*r).into(),
-            snapshot: Value::Struct(BTreeMap::from([("virtual_size".into(), Value::Str(size.to_string()))])),
+            snapshot: Value::Struct(BTreeMap::from([(
+                "virtual_size".into(),
+                Value::Str(size.to_string()),
+            )])),
         })
         .collect();
     let mut b = tar::Builder::new(Vec::new());
@@ -255,7 +315,10 @@ fn hand_made(disks: &[(&str, usize)], chunks: &[(&str, Vec<u8>)], kind: Checksum
     add("ova.xml", ova_xml(&version(), &objects).as_bytes());
     for (name, data) in chunks {
         add(name, data);
-        add(&format!("{name}{}", kind.extension()), kind.compute(data).as_bytes());
+        add(
+            &format!("{name}{}", kind.extension()),
+            kind.compute(data).as_bytes(),
+        );
     }
     b.into_inner().unwrap()
 }
@@ -263,7 +326,10 @@ fn hand_made(disks: &[(&str, usize)], chunks: &[(&str, Vec<u8>)], kind: Checksum
 #[test]
 fn hostile_archives_give_errors() {
     // One small disk keeps the many re-reads below fast.
-    let disks: Vec<_> = test_disks().into_iter().filter(|(r, _)| r == "Ref:2").collect();
+    let disks: Vec<_> = test_disks()
+        .into_iter()
+        .filter(|(r, _)| r == "Ref:2")
+        .collect();
     let archive = write_xva(&disks, WriterOptions::default(), Compression::None);
     // Truncation fails cleanly: inside data, at and inside every member header, and in
     // the end-of-archive blocks.
@@ -279,19 +345,50 @@ fn hostile_archives_give_errors() {
     }
     let data = pattern(2 * MIB, 4);
     let sized = [("Ref:1", data.len())];
-    let chunk = |i: usize| (if i == 0 { "Ref:1/00000000" } else { "Ref:1/00000001" }, data[i * MIB..(i + 1) * MIB].to_vec());
+    let chunk = |i: usize| {
+        (
+            if i == 0 {
+                "Ref:1/00000000"
+            } else {
+                "Ref:1/00000001"
+            },
+            data[i * MIB..(i + 1) * MIB].to_vec(),
+        )
+    };
     let cases: Vec<(&str, Vec<u8>)> = vec![
-        ("chunks out of order", hand_made(&sized, &[chunk(1), chunk(0)], ChecksumKind::Sha1)),
-        ("missing last chunk", hand_made(&sized, &[chunk(0)], ChecksumKind::Sha1)),
-        ("repeated chunk", hand_made(&sized, &[chunk(0), chunk(0), chunk(1)], ChecksumKind::Sha1)),
-        ("unknown disk", hand_made(&[("Ref:9", 2 * MIB)], &[chunk(0), chunk(1)], ChecksumKind::Sha1)),
+        (
+            "chunks out of order",
+            hand_made(&sized, &[chunk(1), chunk(0)], ChecksumKind::Sha1),
+        ),
+        (
+            "missing last chunk",
+            hand_made(&sized, &[chunk(0)], ChecksumKind::Sha1),
+        ),
+        (
+            "repeated chunk",
+            hand_made(&sized, &[chunk(0), chunk(0), chunk(1)], ChecksumKind::Sha1),
+        ),
+        (
+            "unknown disk",
+            hand_made(
+                &[("Ref:9", 2 * MIB)],
+                &[chunk(0), chunk(1)],
+                ChecksumKind::Sha1,
+            ),
+        ),
     ];
     for (what, archive) in cases {
         assert!(read_xva(&archive).is_err(), "{what} accepted");
     }
     // A chunk whose checksum file is missing.
     let mut b = tar::Builder::new(Vec::new());
-    for (name, body) in [("ova.xml", ova_xml(&version(), &objects(&disks)).into_bytes()), ("Ref:2/00000000", vec![0u8; MIB])] {
+    for (name, body) in [
+        (
+            "ova.xml",
+            ova_xml(&version(), &objects(&disks)).into_bytes(),
+        ),
+        ("Ref:2/00000000", vec![0u8; MIB]),
+    ] {
         let mut h = tar::Header::new_gnu();
         h.set_size(body.len() as u64);
         h.set_cksum();
@@ -301,6 +398,8 @@ fn hostile_archives_give_errors() {
     assert!(matches!(read_xva(&missing), Err(Error::Corrupt(m)) if m.contains("no checksum file")));
     // Not even a tar.
     let mut junk = Vec::new();
-    Cursor::new(pattern(10_000, 5)).read_to_end(&mut junk).unwrap();
+    Cursor::new(pattern(10_000, 5))
+        .read_to_end(&mut junk)
+        .unwrap();
     assert!(read_xva(&junk).is_err());
 }
