@@ -1,0 +1,27 @@
+//! Typed errors of restore operations.
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Repo(#[from] xenvault_repo::Error),
+    #[error("{0}")]
+    Fs(#[from] xenvault_fsread::Error),
+    #[error("disk {disk} has no volume {name:?}; it has: {available}")]
+    NoSuchVolume { disk: String, name: String, available: String },
+    #[error("disk {disk} has several volumes with file systems ({available}): choose one with --partition")]
+    AmbiguousVolume { disk: String, available: String },
+    #[error("disk {0} holds no file system we can read")]
+    NoFileSystem(String),
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("background task failed: {0}")]
+    Task(String),
+}
+
+impl From<tokio::task::JoinError> for Error {
+    fn from(e: tokio::task::JoinError) -> Self {
+        Error::Task(e.to_string())
+    }
+}
