@@ -75,9 +75,10 @@ pub struct ServeArgs {
     /// Plain HTTP instead of HTTPS.
     #[arg(long)]
     plain_http: bool,
-    /// NBD port on the listen address (xapi: 10809; 0: any free port).
-    #[arg(long, default_value_t = 10809)]
-    nbd_port: u16,
+    /// NBD port on the listen address (0: any free port). Without it: xapi's 10809,
+    /// or any free port when another simulator already holds 10809.
+    #[arg(long)]
+    nbd_port: Option<u16>,
     /// Seed the demo VMs with blank disks of this many MiB instead of real file systems.
     #[arg(long)]
     blank_disks_mib: Option<u64>,
@@ -140,12 +141,18 @@ async fn sim_call(
     Ok(result)
 }
 
+/// The port xapi-nbd listens on.
+const XAPI_NBD_PORT: u16 = 10809;
+
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let mut config = SimConfig::new(&args.state_dir);
     config.listen = args.listen;
     config.password = args.password;
     config.plain_http = args.plain_http;
-    config.nbd_port = args.nbd_port;
+    config.nbd_port = args.nbd_port.unwrap_or_else(|| {
+        let xapi_port = SocketAddr::new(args.listen.ip(), XAPI_NBD_PORT);
+        if std::net::TcpListener::bind(xapi_port).is_ok() { XAPI_NBD_PORT } else { 0 }
+    });
     config.quiesce_removed = args.quiesce_removed;
     config.demo_disks = match args.blank_disks_mib {
         Some(mib) => DemoDisks::Blank(mib << 20),
