@@ -50,6 +50,7 @@ pub enum Error {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize), serde(rename_all = "lowercase"))]
 pub enum EntryKind {
     File,
     Dir,
@@ -61,6 +62,7 @@ pub enum EntryKind {
 /// A directory entry with its metadata. File systems without POSIX metadata (FAT, NTFS)
 /// report mode 0755 for directories, 0644 for files (0444 when read-only), uid/gid 0.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Entry {
     pub name: String,
     /// Absolute path inside the file system, e.g. `/etc/hostname`.
@@ -74,8 +76,10 @@ pub struct Entry {
     /// Modification time, seconds since the Unix epoch (UTC).
     pub mtime: i64,
     pub mtime_nsec: u32,
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
     pub symlink_target: Option<String>,
     /// File system's own id (inode or MFT record number) for fast reopening.
+    #[cfg_attr(feature = "serde", serde(skip))]
     pub(crate) id: u64,
 }
 
