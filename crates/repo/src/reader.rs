@@ -15,8 +15,9 @@ use std::sync::{Arc, Mutex};
 /// Decoded index pages and chunks kept for small random reads.
 const PAGE_CACHE: usize = 64;
 const CHUNK_CACHE: usize = 8;
-/// Chunks fetched and decrypted at once during a sequential restore.
-const RESTORE_CONCURRENCY: usize = 8;
+/// Bytes of chunks fetched and decrypted at once during a sequential restore: enough
+/// requests in flight to hide per-request latency whatever the chunk size.
+const RESTORE_BYTES_IN_FLIGHT: usize = 16 << 20;
 
 type Chunk = Arc<Vec<u8>>;
 
@@ -156,7 +157,7 @@ impl DiskReader {
         let zeros = vec![0u8; if is_regular { 0 } else { self.chunk_size() as usize }];
         let mut stats = RestoreStats::default();
         let mut stream =
-            futures::stream::iter(0..self.disk.slot_count()).map(|slot| async move { (slot, self.read_slot(slot).await) }).buffered(RESTORE_CONCURRENCY);
+            futures::stream::iter(0..self.disk.slot_count()).map(|slot| async move { (slot, self.read_slot(slot).await) }).buffered((RESTORE_BYTES_IN_FLIGHT / self.chunk_size() as usize).clamp(4, 64));
         while let Some((slot, got)) = stream.next().await {
             let offset = slot * self.chunk_size();
             let len = self.chunk_len(slot);
