@@ -105,7 +105,7 @@ fn passphrase(file: Option<&Path>, var: &str) -> Result<Option<Secret>> {
 }
 
 /// Wrong keys and refused credentials exit with AUTH; everything else with FAILURE.
-fn classify(e: xenvault_repo::Error) -> anyhow::Error {
+pub(crate) fn classify(e: xenvault_repo::Error) -> anyhow::Error {
     use xenvault_repo::backend::BackendError;
     let auth = matches!(
         e,
@@ -136,12 +136,12 @@ fn parse_size(s: &str) -> Result<u32, String> {
     u32::try_from(n * mult).map_err(|_| format!("size too large: {s}"))
 }
 
-fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
+pub(crate) fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }
 
-fn bytes_bar(total: u64, hidden: bool, what: &str) -> ProgressBar {
+pub(crate) fn bytes_bar(total: u64, hidden: bool, what: &str) -> ProgressBar {
     if hidden {
         return ProgressBar::hidden();
     }
@@ -154,12 +154,12 @@ fn bytes_bar(total: u64, hidden: bool, what: &str) -> ProgressBar {
     bar
 }
 
-fn progress_of(bar: &ProgressBar) -> xenvault_repo::writer::Progress {
+pub(crate) fn progress_of(bar: &ProgressBar) -> xenvault_repo::writer::Progress {
     let bar = bar.clone();
     Arc::new(move |n| bar.inc(n))
 }
 
-fn human(bytes: u64) -> String {
+pub(crate) fn human(bytes: u64) -> String {
     let units = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = bytes as f64;
     let mut u = 0;
