@@ -14,6 +14,10 @@ pub enum Error {
     AmbiguousVolume { disk: String, available: String },
     #[error("disk {0} holds no file system we can read")]
     NoFileSystem(String),
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    #[error("VHD: {0}")]
+    Vhd(#[from] xenvault_vhd::Error),
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
     #[error("background task failed: {0}")]

@@ -1,10 +1,12 @@
 //! xenvault-restore: getting data back out of restore points without restoring the VM:
 //! file-level access (list, find, extract) to the file systems of a stored disk, and
-//! instant access to a stored disk over NBD.
+//! instant access to a stored disk over NBD, and exports as raw, VHD or qcow2.
 
 mod error;
+pub mod export;
 pub mod files;
 pub mod nbd;
+pub mod qcow2;
 mod source;
 
 pub use error::{Error, Result};
