@@ -7,6 +7,7 @@ mod demo_cmd;
 mod exit;
 mod pool_cmds;
 mod repo_cmds;
+mod restore_cmds;
 mod sim_cmds;
 
 use clap::{Parser, Subcommand};
@@ -37,6 +38,8 @@ enum Command {
     #[command(flatten)]
     Repo(repo_cmds::Commands),
     #[command(flatten)]
+    Restore(restore_cmds::Commands),
+    #[command(flatten)]
     Sim(sim_cmds::Commands),
 }
 
@@ -47,6 +50,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Pool(cmd) => pool_cmds::run(cmd).await,
         Command::Benchmark(cmd) => benchmark_cmd::run(cmd).await,
         Command::Repo(cmd) => repo_cmds::run(cmd).await,
+        Command::Restore(cmd) => restore_cmds::run(cmd).await,
         Command::Sim(cmd) => sim_cmds::run(cmd).await,
     }
 }

@@ -1,0 +1,254 @@
+//! Restore commands: `files` (list, find, extract files of a restore point's disks),
+//! `serve-nbd` (instant access) and `export` (raw, VHD, qcow2). The work lives in
+//! `xenvault_restore`; this module parses and reports.
+
+use crate::repo_cmds::{RepoArgs, bytes_bar, classify, human, print_json};
+use anyhow::{Result, anyhow};
+use clap::{Args, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use xenvault_repo::{DiskReader, Repository};
+use xenvault_restore::RepoDisk;
+use xenvault_restore::export::{DiskFormat, export};
+use xenvault_restore::files::StoredFs;
+use xenvault_restore::nbd::{DiskExport, SingleExport};
+
+#[derive(Subcommand)]
+pub enum Commands {
+    /// Browse and extract files of a restore point without restoring the VM.
+    #[command(subcommand)]
+    Files(FilesCommand),
+    /// Serve one disk of a restore point over NBD until interrupted.
+    ServeNbd(ServeNbdArgs),
+    /// Write one disk of a restore point as raw, dynamic VHD or qcow2.
+    Export(ExportArgs),
+}
+
+/// A disk of a restore point.
+#[derive(Args)]
+pub struct DiskArgs {
+    /// Restore point id (or unique prefix, or "latest").
+    id: String,
+    #[command(flatten)]
+    repo: RepoArgs,
+    /// Disk name, uuid or position.
+    #[arg(long, default_value = "0")]
+    disk: String,
+}
+
+impl DiskArgs {
+    async fn open(&self) -> Result<(Repository, Arc<DiskReader>)> {
+        let repo = self.repo.open().await?;
+        let m = repo.snapshot(&self.id).await.map_err(classify)?;
+        let disk = m.disk(&self.disk).ok_or_else(|| classify(xenvault_repo::Error::DiskNotFound(self.disk.clone())))?;
+        let reader = DiskReader::new(&repo, disk).await.map_err(classify)?;
+        Ok((repo, Arc::new(reader)))
+    }
+
+    async fn repo_disk(&self) -> Result<RepoDisk> {
+        let (_, reader) = self.open().await?;
+        Ok(RepoDisk::new(reader, tokio::runtime::Handle::current()))
+    }
+
+    async fn file_system(&self, partition: Option<String>) -> Result<StoredFs> {
+        StoredFs::open(self.repo_disk().await?, partition).await.map_err(restore_error)
+    }
+}
+
+/// Wrong keys keep their exit code through the restore layer.
+fn restore_error(e: xenvault_restore::Error) -> anyhow::Error {
+    match e {
+        xenvault_restore::Error::Repo(e) => classify(e),
+        other => anyhow::Error::new(other),
+    }
+}
+
+#[derive(Subcommand)]
+pub enum FilesCommand {
+    /// List the volumes (partitions, LVs) of a disk.
+    Volumes {
+        #[command(flatten)]
+        disk: DiskArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List a directory (default `/`).
+    Ls {
+        #[command(flatten)]
+        disk: DiskArgs,
+        /// Volume: p1, p5, vg/lv or disk (default: the largest file system).
+        #[arg(long)]
+        partition: Option<String>,
+        #[arg(default_value = "/")]
+        path: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Find entries by glob: `*.conf` matches names, `/home/**/*.txt` whole paths.
+    Find {
+        #[command(flatten)]
+        disk: DiskArgs,
+        #[arg(long)]
+        partition: Option<String>,
+        pattern: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Extract a file or directory tree with permissions, times and symlinks.
+    Get {
+        #[command(flatten)]
+        disk: DiskArgs,
+        #[arg(long)]
+        partition: Option<String>,
+        path: String,
+        /// Destination: becomes the file or directory (must not exist for a directory tree's root files to be fresh).
+        #[arg(long)]
+        to: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn print_entries(entries: &[xenvault_restore::files::FileInfo], json: bool) -> Result<()> {
+    if json {
+        return print_json(&entries);
+    }
+    for e in entries {
+        let link = e.symlink_target.as_deref().map(|t| format!(" -> {t}")).unwrap_or_default();
+        println!("{:<7} {:04o} {:>5}:{:<5} {:>12} {:>11} {}{}", e.kind, e.mode, e.uid, e.gid, e.size, e.mtime, e.path, link);
+    }
+    Ok(())
+}
+
+async fn files(cmd: FilesCommand) -> Result<ExitCode> {
+    match cmd {
+        FilesCommand::Volumes { disk, json } => {
+            let vols = xenvault_restore::files::volumes(disk.repo_disk().await?).await.map_err(restore_error)?;
+            if json {
+                print_json(&vols)?;
+            } else {
+                for v in &vols {
+                    println!("{:<16} {:>10} {:<12} {}", v.name, human(v.size), v.content, v.description);
+                }
+            }
+        }
+        FilesCommand::Ls { disk, partition, path, json } => {
+            let fs = disk.file_system(partition).await?;
+            let entries = fs.list(&path).await.map_err(restore_error)?;
+            print_entries(&entries, json)?;
+        }
+        FilesCommand::Find { disk, partition, pattern, json } => {
+            let fs = disk.file_system(partition).await?;
+            let entries = fs.find(&pattern).await.map_err(restore_error)?;
+            print_entries(&entries, json)?;
+        }
+        FilesCommand::Get { disk, partition, path, to, json } => {
+            let fs = disk.file_system(partition).await?;
+            let started = std::time::Instant::now();
+            let stats = fs.extract(&path, &to).await.map_err(restore_error)?;
+            let secs = started.elapsed().as_secs_f64();
+            if json {
+                print_json(&serde_json::json!({
+                    "volume": fs.volume().name, "path": path, "to": to, "files": stats.files, "dirs": stats.dirs,
+                    "symlinks": stats.symlinks, "skipped": stats.skipped, "bytes": stats.bytes, "seconds": secs,
+                }))?;
+            } else {
+                println!(
+                    "extracted {} files, {} dirs, {} symlinks ({}) from {}:{} to {} in {:.1} s",
+                    stats.files,
+                    stats.dirs,
+                    stats.symlinks,
+                    human(stats.bytes),
+                    fs.volume().name,
+                    path,
+                    to.display(),
+                    secs
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
+pub struct ServeNbdArgs {
+    #[command(flatten)]
+    disk: DiskArgs,
+    /// Address to listen on, e.g. 127.0.0.1:10809.
+    #[arg(long, default_value = "127.0.0.1:10809")]
+    listen: String,
+    /// Accept writes into a throw-away in-memory overlay (the repository is never written).
+    #[arg(long)]
+    writable_overlay: bool,
+}
+
+async fn serve_nbd(a: ServeNbdArgs) -> Result<ExitCode> {
+    let (_repo, reader) = a.disk.open().await?;
+    let name = reader.disk().name.clone();
+    let export = if a.writable_overlay { DiskExport::with_overlay(reader) } else { DiskExport::read_only(reader) };
+    let listener = tokio::net::TcpListener::bind(&a.listen).await.map_err(|e| anyhow!("listening on {}: {e}", a.listen))?;
+    let addr = listener.local_addr()?;
+    println!("nbd://{addr}/{name}");
+    use std::io::Write;
+    std::io::stdout().flush()?;
+    let resolver = Arc::new(SingleExport { name, export: Arc::new(export) });
+    let stop = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    xenvault_nbd::serve(listener, xenvault_nbd::ServerConfig::modern(None), resolver, stop).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    disk: DiskArgs,
+    /// raw, vhd (dynamic) or qcow2.
+    #[arg(long)]
+    format: DiskFormat,
+    /// Output file, or - for stdout.
+    #[arg(long)]
+    to: PathBuf,
+    #[arg(long)]
+    json: bool,
+}
+
+async fn export_cmd(a: ExportArgs) -> Result<ExitCode> {
+    let disk = a.disk.repo_disk().await?;
+    let to_stdout = a.to.as_os_str() == "-";
+    let bar = bytes_bar(disk.reader().size(), a.json || to_stdout, &disk.reader().disk().name);
+    let progress: xenvault_restore::export::Progress = {
+        let bar = bar.clone();
+        Arc::new(move |n| bar.inc(n))
+    };
+    let out: Box<dyn std::io::Write + Send> = if to_stdout {
+        Box::new(std::io::stdout())
+    } else {
+        Box::new(std::fs::File::create(&a.to).map_err(|e| anyhow!("creating {}: {e}", a.to.display()))?)
+    };
+    let format = a.format;
+    let stats = tokio::task::spawn_blocking(move || export(&disk, format, out, Some(progress))).await?.map_err(restore_error)?;
+    bar.finish_and_clear();
+    if a.json {
+        print_json(&serde_json::json!({"format": a.format, "to": a.to, "stats": stats}))?;
+    } else if !to_stdout {
+        println!(
+            "exported {} as {:?} to {} ({} written) in {:.1} s",
+            human(stats.disk_bytes),
+            a.format,
+            a.to.display(),
+            human(stats.output_bytes),
+            stats.seconds
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn run(cmd: Commands) -> Result<ExitCode> {
+    match cmd {
+        Commands::Files(c) => files(c).await,
+        Commands::ServeNbd(a) => serve_nbd(a).await,
+        Commands::Export(a) => export_cmd(a).await,
+    }
+}
