@@ -90,6 +90,23 @@ pub enum BackendError {
     Network { location: String, message: String },
     #[error("{location}: {what} is not supported by this backend")]
     Unsupported { location: String, what: String },
+    #[error("{location}: the bucket has no object lock (it can only be enabled when the bucket is created)")]
+    ObjectLockDisabled { location: String },
+    #[error("{location}: {operation} {path}: S3 answered {status} {code}: {message}")]
+    S3 {
+        location: String,
+        operation: &'static str,
+        path: String,
+        status: u16,
+        code: String,
+        message: String,
+    },
+    #[error("{location}: {operation}: malformed answer: {message}")]
+    MalformedReply {
+        location: String,
+        operation: &'static str,
+        message: String,
+    },
     #[error("{location}: {operation} {path}: {source}")]
     // Boxed: opendal::Error is large and every Result of this module carries the variant.
     Other {
@@ -116,6 +133,8 @@ pub struct Backend {
     location: String,
     /// Root directory of a file-system backend, for the writes OpenDAL cannot make atomic.
     fs_root: Option<PathBuf>,
+    /// Requests OpenDAL cannot make (object lock), on S3 only.
+    s3: Option<std::sync::Arc<S3Control>>,
 }
 
 /// Opens a repository location:
@@ -141,8 +160,14 @@ pub fn open(url: &str, opts: &BackendOptions) -> Result<Backend> {
         message: e.to_string(),
     };
 
+    let mut s3 = None;
     let (kind, op, fs_root) = if let Some(rest) = url.strip_prefix("s3://") {
         let (bucket, prefix) = split_bucket(rest).ok_or_else(|| invalid("expected s3://bucket[/prefix]"))?;
+        let control = s3_control(bucket, prefix, opts).map_err(|message| BackendError::Config {
+            location: location.clone(),
+            message,
+        })?;
+        s3 = Some(std::sync::Arc::new(control));
         (
             BackendKind::S3,
             s3_operator(bucket, prefix, opts).map_err(config_error)?,
@@ -197,6 +222,7 @@ pub fn open(url: &str, opts: &BackendOptions) -> Result<Backend> {
         kind,
         location,
         fs_root,
+        s3,
     })
 }
 
@@ -214,24 +240,28 @@ fn object_root(prefix: &str) -> String {
     format!("/{prefix}")
 }
 
-fn s3_operator(bucket: &str, prefix: &str, opts: &BackendOptions) -> opendal::Result<Operator> {
-    let mut builder = services::S3::default().bucket(bucket).root(&object_root(prefix));
-    let endpoint = opts
-        .s3_endpoint
+fn s3_endpoint(opts: &BackendOptions) -> Option<String> {
+    opts.s3_endpoint
         .clone()
         .or_else(|| env("AWS_ENDPOINT_URL_S3"))
-        .or_else(|| env("AWS_ENDPOINT_URL"));
-    if let Some(endpoint) = &endpoint {
-        // A custom endpoint is not AWS: asking EC2 metadata for keys would only add timeouts.
-        builder = builder.endpoint(endpoint).disable_ec2_metadata();
-    }
-    let region = opts
-        .s3_region
+        .or_else(|| env("AWS_ENDPOINT_URL"))
+}
+
+fn s3_region(opts: &BackendOptions) -> String {
+    opts.s3_region
         .clone()
         .or_else(|| env("AWS_REGION"))
         .or_else(|| env("AWS_DEFAULT_REGION"))
-        .unwrap_or_else(|| "us-east-1".to_string());
-    builder = builder.region(&region);
+        .unwrap_or_else(|| "us-east-1".to_string())
+}
+
+fn s3_operator(bucket: &str, prefix: &str, opts: &BackendOptions) -> opendal::Result<Operator> {
+    let mut builder = services::S3::default().bucket(bucket).root(&object_root(prefix));
+    if let Some(endpoint) = &s3_endpoint(opts) {
+        // A custom endpoint is not AWS: asking EC2 metadata for keys would only add timeouts.
+        builder = builder.endpoint(endpoint).disable_ec2_metadata();
+    }
+    builder = builder.region(&s3_region(opts));
     if let Some(key) = opts.s3_access_key.clone().or_else(|| env("AWS_ACCESS_KEY_ID")) {
         builder = builder.access_key_id(&key);
     }
@@ -385,22 +415,397 @@ impl Backend {
             .map_err(|e| self.err("delete_many", "", e))
     }
 
-    /// Whether [`Backend::put_retained`] can make objects immutable here. OpenDAL 0.59 sends
-    /// no S3 object-lock headers (`x-amz-object-lock-*`) and has no bucket-configuration
-    /// call, so this is false everywhere for now. A bucket with a *default* retention rule
-    /// still locks every object we put.
-    pub fn supports_object_lock(&self) -> bool {
-        false
+    /// Whether objects here can be made immutable with [`Backend::retain`]: an S3 bucket
+    /// created with object lock (asked with `GET ?object-lock`). Always false on a file
+    /// system and on Azure Blob. A server without the call (`NotImplemented`) counts as false.
+    pub async fn supports_object_lock(&self) -> Result<bool> {
+        let Some(s3) = &self.s3 else {
+            return Ok(false);
+        };
+        let reply = s3.send(&self.location, reqwest::Method::GET, None, "object-lock", Bytes::new()).await?;
+        match reply.status {
+            200 => Ok(xml_field(&reply.body, "ObjectLockEnabled").as_deref() == Some("Enabled")),
+            _ if reply.code == "ObjectLockConfigurationNotFoundError" || reply.code == "NotImplemented" => Ok(false),
+            _ => Err(reply.into_error(&self.location, "get object-lock configuration", "")),
+        }
     }
 
-    /// Stores an object that cannot be deleted or overwritten before `retain_until`
-    /// (S3 object lock). Fails with [`BackendError::Unsupported`] where
-    /// [`Backend::supports_object_lock`] is false, rather than storing it unprotected.
-    pub async fn put_retained(&self, path: &str, _data: Bytes, retain_until: DateTime<Utc>) -> Result<()> {
-        Err(BackendError::Unsupported {
+    /// Fails with a message saying why objects cannot be locked here, if they cannot.
+    pub async fn require_object_lock(&self) -> Result<()> {
+        self.s3_for("object lock")?;
+        if self.supports_object_lock().await? {
+            Ok(())
+        } else {
+            Err(BackendError::ObjectLockDisabled {
+                location: self.location.clone(),
+            })
+        }
+    }
+
+    /// Protects the current version of the existing object `path` from deletion and
+    /// overwrite until `until` (S3 `PUT ?retention`). Retention can be extended, never
+    /// shortened in compliance mode. Fails with [`BackendError::ObjectLockDisabled`] on a
+    /// bucket without object lock and [`BackendError::Unsupported`] off S3.
+    pub async fn retain(&self, path: &str, mode: RetentionMode, until: DateTime<Utc>) -> Result<()> {
+        let s3 = self.s3_for("object lock")?;
+        if until <= Utc::now() {
+            return Err(BackendError::Config {
+                location: self.location.clone(),
+                message: format!("retention date {until} is not in the future"),
+            });
+        }
+        let body = format!(
+            "<Retention xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Mode>{}</Mode><RetainUntilDate>{}</RetainUntilDate></Retention>",
+            mode.s3_name(),
+            until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        );
+        let reply = s3
+            .send(&self.location, reqwest::Method::PUT, Some(path), "retention", Bytes::from(body))
+            .await?;
+        match reply.status {
+            200..=299 => Ok(()),
+            _ => Err(reply.into_error(&self.location, "put retention", path)),
+        }
+    }
+
+    /// The retention of the current version of `path`, or `None` when it has none.
+    pub async fn retention(&self, path: &str) -> Result<Option<ObjectRetention>> {
+        let s3 = self.s3_for("object lock")?;
+        let reply = s3
+            .send(&self.location, reqwest::Method::GET, Some(path), "retention", Bytes::new())
+            .await?;
+        if reply.status == 404 && reply.code == "NoSuchObjectLockConfiguration" {
+            return Ok(None);
+        }
+        if !(200..=299).contains(&reply.status) {
+            return Err(reply.into_error(&self.location, "get retention", path));
+        }
+        let malformed = |what: &str| BackendError::MalformedReply {
             location: self.location.clone(),
-            what: format!("object lock ({path} retained until {retain_until})"),
+            operation: "get retention",
+            message: what.to_string(),
+        };
+        let mode = xml_field(&reply.body, "Mode").ok_or_else(|| malformed("no <Mode>"))?;
+        let until = xml_field(&reply.body, "RetainUntilDate").ok_or_else(|| malformed("no <RetainUntilDate>"))?;
+        Ok(Some(ObjectRetention {
+            mode: mode.parse().map_err(|e: String| malformed(&e))?,
+            until: DateTime::parse_from_rfc3339(&until)
+                .map_err(|e| malformed(&format!("RetainUntilDate {until:?}: {e}")))?
+                .with_timezone(&Utc),
+        }))
+    }
+
+    fn s3_for(&self, what: &str) -> Result<&S3Control> {
+        self.s3.as_deref().ok_or_else(|| BackendError::Unsupported {
+            location: self.location.clone(),
+            what: match self.kind {
+                BackendKind::Azblob => format!("{what} (Azure immutability policies are not supported yet)"),
+                _ => format!("{what} (only S3 buckets with object lock have it)"),
+            },
         })
+    }
+}
+
+/// How S3 object lock protects a version: governance can be lifted by users with
+/// `s3:BypassGovernanceRetention`, compliance by nobody until the date passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RetentionMode {
+    Governance,
+    Compliance,
+}
+
+impl RetentionMode {
+    fn s3_name(self) -> &'static str {
+        match self {
+            RetentionMode::Governance => "GOVERNANCE",
+            RetentionMode::Compliance => "COMPLIANCE",
+        }
+    }
+}
+
+impl std::str::FromStr for RetentionMode {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "governance" => Ok(RetentionMode::Governance),
+            "compliance" => Ok(RetentionMode::Compliance),
+            _ => Err(format!("unknown retention mode {s:?} (governance or compliance)")),
+        }
+    }
+}
+
+/// The retention an object version carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct ObjectRetention {
+    pub mode: RetentionMode,
+    pub until: DateTime<Utc>,
+}
+
+/// Signed S3 requests for what OpenDAL 0.59 cannot send: the bucket's object-lock
+/// configuration and per-object retention (AWS Signature Version 4).
+struct S3Control {
+    http: std::sync::OnceLock<std::result::Result<reqwest::Client, String>>,
+    /// `scheme://host[:port]` of the bucket (the bucket is in the host in virtual-host style).
+    base: reqwest::Url,
+    /// `/bucket` in path style, empty in virtual-host style.
+    bucket_path: String,
+    /// The repository prefix inside the bucket, with a trailing `/` unless empty.
+    root: String,
+    region: String,
+    credentials: Option<(String, String)>,
+    session_token: Option<String>,
+    retries: usize,
+}
+
+impl std::fmt::Debug for S3Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the keys.
+        f.debug_struct("S3Control")
+            .field("base", &self.base.as_str())
+            .field("bucket_path", &self.bucket_path)
+            .field("root", &self.root)
+            .field("region", &self.region)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Status, S3 error code and body of one answer.
+struct S3Reply {
+    status: u16,
+    code: String,
+    body: String,
+}
+
+impl S3Reply {
+    fn into_error(self, location: &str, operation: &'static str, path: &str) -> BackendError {
+        let location = location.to_string();
+        let message = xml_field(&self.body, "Message").unwrap_or_default();
+        match (self.status, self.code.as_str()) {
+            (_, "NoSuchBucket") => BackendError::NoSuchBucket { location },
+            (_, "NoSuchKey") | (404, "") => BackendError::NotFound {
+                location,
+                path: path.to_string(),
+            },
+            (_, "InvalidRequest") if message.to_ascii_lowercase().contains("object lock") => {
+                BackendError::ObjectLockDisabled { location }
+            }
+            (403, _) => BackendError::AccessDenied {
+                location,
+                message: format!("{operation} {path}: {} {message}", self.code),
+            },
+            (status, code) => BackendError::S3 {
+                location,
+                operation,
+                path: path.to_string(),
+                status,
+                code: code.to_string(),
+                message,
+            },
+        }
+    }
+}
+
+fn s3_control(bucket: &str, prefix: &str, opts: &BackendOptions) -> std::result::Result<S3Control, String> {
+    let region = s3_region(opts);
+    let endpoint = s3_endpoint(opts).unwrap_or_else(|| format!("https://s3.{region}.amazonaws.com"));
+    let mut base = reqwest::Url::parse(&endpoint).map_err(|e| format!("S3 endpoint {endpoint:?}: {e}"))?;
+    let bucket_path = if opts.s3_virtual_host_style {
+        let host = base.host_str().ok_or_else(|| format!("S3 endpoint {endpoint:?} has no host"))?;
+        base.set_host(Some(&format!("{bucket}.{host}")))
+            .map_err(|e| format!("S3 endpoint {endpoint:?}: {e}"))?;
+        String::new()
+    } else {
+        format!("/{}", uri_encode(bucket))
+    };
+    base.set_path("");
+    let access = opts.s3_access_key.clone().or_else(|| env("AWS_ACCESS_KEY_ID"));
+    let secret = opts.s3_secret_key.clone().or_else(|| env("AWS_SECRET_ACCESS_KEY"));
+    Ok(S3Control {
+        http: std::sync::OnceLock::new(),
+        base,
+        bucket_path,
+        root: if prefix.is_empty() { String::new() } else { format!("{prefix}/") },
+        region,
+        credentials: access.zip(secret),
+        session_token: env("AWS_SESSION_TOKEN"),
+        retries: opts.retries,
+    })
+}
+
+impl S3Control {
+    fn client(&self) -> std::result::Result<&reqwest::Client, String> {
+        self.http
+            .get_or_init(|| {
+                let mut roots = rustls::RootCertStore::empty();
+                roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+                let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+                    rustls::crypto::ring::default_provider(),
+                ))
+                .with_safe_default_protocol_versions()
+                .map_err(|e| format!("TLS configuration: {e}"))?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+                reqwest::Client::builder()
+                    .tls_backend_preconfigured(tls)
+                    .timeout(Duration::from_secs(60))
+                    .build()
+                    .map_err(|e| format!("HTTP client: {e}"))
+            })
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    /// One signed request on the bucket (`key` None) or on an object, with the
+    /// sub-resource `subresource` (`object-lock`, `retention`); retries network errors,
+    /// 5xx and throttling with exponential backoff.
+    async fn send(
+        &self,
+        location: &str,
+        method: reqwest::Method,
+        key: Option<&str>,
+        subresource: &str,
+        body: Bytes,
+    ) -> Result<S3Reply> {
+        let client = self.client().map_err(|message| BackendError::Config {
+            location: location.to_string(),
+            message,
+        })?;
+        let path = match key {
+            Some(key) => format!("{}/{}", self.bucket_path, uri_encode(&format!("{}{key}", self.root))),
+            None if self.bucket_path.is_empty() => "/".to_string(),
+            None => self.bucket_path.clone(),
+        };
+        let mut url = self.base.clone();
+        url.set_path(&path);
+        url.set_query(Some(subresource));
+        let mut delay = Duration::from_millis(200);
+        let mut attempt = 0;
+        loop {
+            let request = self.sign(client.request(method.clone(), url.clone()), &method, &url, &path, subresource, &body);
+            let outcome = match request.body(body.clone()).send().await {
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    match response.text().await {
+                        Ok(text) => Ok(S3Reply {
+                            status,
+                            code: xml_field(&text, "Code").unwrap_or_default(),
+                            body: text,
+                        }),
+                        Err(e) => Err(e.to_string()),
+                    }
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            let retryable = match &outcome {
+                Ok(reply) => reply.status >= 500 || reply.status == 429 || reply.code == "SlowDown",
+                Err(_) => true,
+            };
+            if !retryable || attempt >= self.retries {
+                return outcome.map_err(|message| BackendError::Network {
+                    location: location.to_string(),
+                    message: format!("{method} ?{subresource}: {message}"),
+                });
+            }
+            attempt += 1;
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(20));
+        }
+    }
+
+    /// Adds the SigV4 headers (anonymous requests go unsigned).
+    fn sign(
+        &self,
+        request: reqwest::RequestBuilder,
+        method: &reqwest::Method,
+        url: &reqwest::Url,
+        path: &str,
+        subresource: &str,
+        body: &[u8],
+    ) -> reqwest::RequestBuilder {
+        use base64::Engine;
+        use md5::Digest;
+        let now = Utc::now();
+        let amz_date = now.format("%Y%m%dT%H%M%SZ").to_string();
+        let day = now.format("%Y%m%d").to_string();
+        let payload_hash = hex::encode(ring::digest::digest(&ring::digest::SHA256, body));
+        let host = match url.port() {
+            Some(port) => format!("{}:{port}", url.host_str().unwrap_or_default()),
+            None => url.host_str().unwrap_or_default().to_string(),
+        };
+        // Sorted by name, as the canonical request wants them.
+        let mut headers: Vec<(&str, String)> = Vec::new();
+        if !body.is_empty() {
+            headers.push((
+                "content-md5",
+                base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(body)),
+            ));
+        }
+        headers.push(("host", host));
+        headers.push(("x-amz-content-sha256", payload_hash.clone()));
+        headers.push(("x-amz-date", amz_date.clone()));
+        if let Some(token) = &self.session_token {
+            headers.push(("x-amz-security-token", token.clone()));
+        }
+        let mut request = request;
+        for (name, value) in &headers {
+            if *name != "host" {
+                request = request.header(*name, value);
+            }
+        }
+        let Some((access_key, secret_key)) = &self.credentials else {
+            return request;
+        };
+        let signed_headers = headers.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(";");
+        let canonical_headers: String = headers.iter().map(|(n, v)| format!("{n}:{}\n", v.trim())).collect();
+        let canonical_request =
+            format!("{method}\n{path}\n{subresource}=\n{canonical_headers}\n{signed_headers}\n{payload_hash}");
+        let scope = format!("{day}/{}/s3/aws4_request", self.region);
+        let string_to_sign = format!(
+            "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
+            hex::encode(ring::digest::digest(&ring::digest::SHA256, canonical_request.as_bytes()))
+        );
+        let hmac = |key: &[u8], data: &str| {
+            ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key), data.as_bytes())
+        };
+        let mut key = hmac(format!("AWS4{secret_key}").as_bytes(), &day);
+        for part in [self.region.as_str(), "s3", "aws4_request"] {
+            key = hmac(key.as_ref(), part);
+        }
+        let signature = hex::encode(hmac(key.as_ref(), &string_to_sign));
+        request.header(
+            "authorization",
+            format!("AWS4-HMAC-SHA256 Credential={access_key}/{scope}, SignedHeaders={signed_headers}, Signature={signature}"),
+        )
+    }
+}
+
+/// SigV4 URI encoding of an object path: unreserved characters and `/` stay, the rest is `%XX`.
+fn uri_encode(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for byte in path.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-_.~/".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// Text of the first element named `name` in an S3 XML document.
+fn xml_field(xml: &str, name: &str) -> Option<String> {
+    use quick_xml::events::Event;
+    let mut reader = quick_xml::Reader::from_str(xml);
+    let mut inside = false;
+    loop {
+        match reader.read_event().ok()? {
+            Event::Start(e) => inside = e.local_name().as_ref() == name.as_bytes(),
+            Event::Text(text) if inside => return text.unescape().ok().map(|t| t.trim().to_string()),
+            Event::End(_) => inside = false,
+            Event::Eof => return None,
+            _ => {}
+        }
     }
 }
 

@@ -20,6 +20,7 @@ pub mod pack;
 pub mod prune;
 pub mod reader;
 pub mod repository;
+pub mod retention;
 pub mod source;
 pub mod store;
 pub mod verify;
