@@ -18,6 +18,10 @@ pub enum Error {
     Unsupported(String),
     #[error("VHD: {0}")]
     Vhd(#[from] xenvault_vhd::Error),
+    #[error("XenAPI: {0}")]
+    Xapi(#[from] xenvault_xapi::Error),
+    #[error("restore point metadata: {0}")]
+    Metadata(String),
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
     #[error("background task failed: {0}")]

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::sync::Arc;
 
 /// xapi's VHD block size (crates/vhd writes only this one).
-const VHD_BLOCK: u64 = 2 << 20;
+pub const VHD_BLOCK: u64 = 2 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -80,6 +80,35 @@ pub(crate) fn present_units(disk: &RepoDisk, handle: &tokio::runtime::Handle, un
     Ok(present)
 }
 
+/// Writes a dynamic VHD of the disk holding only the 2 MiB `blocks` (increasing); returns
+/// the disk bytes read. Blocking.
+pub fn write_vhd(disk: &RepoDisk, blocks: &[u64], out: impl Write, progress: Option<&Progress>) -> Result<u64> {
+    let handle = tokio::runtime::Handle::current();
+    let reader = disk.reader();
+    let size = reader.size();
+    let blocks = blocks.iter().map(|&b| u32::try_from(b)).collect::<Result<Vec<_>, _>>();
+    let blocks = blocks.map_err(|_| Error::Unsupported("disk too large for a VHD".into()))?;
+    let mut w = xenvault_vhd::DynamicWriter::dynamic(out, size, blocks.iter().copied(), Default::default())?;
+    let mut read = 0;
+    for &b in &blocks {
+        let offset = u64::from(b) * VHD_BLOCK;
+        let mut buf = vec![0u8; (size - offset).min(VHD_BLOCK) as usize];
+        handle.block_on(reader.read_at(offset, &mut buf))?;
+        w.write_block(b, &buf)?;
+        read += buf.len() as u64;
+        if let Some(p) = progress {
+            p(buf.len() as u64);
+        }
+    }
+    w.finish()?;
+    Ok(read)
+}
+
+/// Size of the VHD [`write_vhd`] writes.
+pub fn vhd_size(disk_size: u64, blocks: usize) -> u64 {
+    xenvault_vhd::DynamicWriter::<std::io::Sink>::output_size(disk_size, blocks as u64)
+}
+
 /// Writes the disk to `out` in `format`. Blocking: call from `spawn_blocking`.
 pub fn export(disk: &RepoDisk, format: DiskFormat, out: impl Write, progress: Option<Progress>) -> Result<ExportStats> {
     let started = std::time::Instant::now();
@@ -116,16 +145,7 @@ pub fn export(disk: &RepoDisk, format: DiskFormat, out: impl Write, progress: Op
         }
         DiskFormat::Vhd => {
             let present = present_units(disk, &handle, VHD_BLOCK)?;
-            let blocks = present.iter().map(|&b| u32::try_from(b)).collect::<Result<Vec<_>, _>>();
-            let blocks = blocks.map_err(|_| Error::Unsupported("disk too large for a VHD".into()))?;
-            let mut w = xenvault_vhd::DynamicWriter::dynamic(&mut out, size, blocks.iter().copied(), Default::default())?;
-            for &b in &blocks {
-                let offset = u64::from(b) * VHD_BLOCK;
-                let len = (size - offset).min(VHD_BLOCK);
-                w.write_block(b, &read(offset, len)?)?;
-                stats.data_bytes += len;
-            }
-            w.finish()?;
+            stats.data_bytes = write_vhd(disk, &present, &mut out, progress.as_ref())?;
         }
         DiskFormat::Qcow2 => {
             let present = present_units(disk, &handle, crate::qcow2::CLUSTER)?;

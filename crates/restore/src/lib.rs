@@ -8,6 +8,7 @@ pub mod files;
 pub mod nbd;
 pub mod qcow2;
 mod source;
+pub mod vm;
 
 pub use error::{Error, Result};
 pub use source::RepoDisk;
