@@ -1,5 +1,5 @@
 //! Restore commands: `files` (list, find, extract files of a restore point's disks),
-//! `serve-nbd` (instant access) and `export` (raw, VHD, qcow2). The work lives in
+//! `serve-nbd` (instant access), `export` (raw, VHD, qcow2) and `restore vm`. The work lives in
 //! `xenvault_restore`; this module parses and reports.
 
 use crate::repo_cmds::{RepoArgs, bytes_bar, classify, human, print_json};
@@ -23,6 +23,75 @@ pub enum Commands {
     ServeNbd(ServeNbdArgs),
     /// Write one disk of a restore point as raw, dynamic VHD or qcow2.
     Export(ExportArgs),
+    /// Restore whole VMs to a pool.
+    #[command(subcommand)]
+    Restore(RestoreCommand),
+}
+
+#[derive(Subcommand)]
+pub enum RestoreCommand {
+    /// Restore the VM of a restore point: as a new VM (default) or over the original.
+    Vm(RestoreVmArgs),
+}
+
+#[derive(Args)]
+pub struct RestoreVmArgs {
+    /// Restore point id (or unique prefix, or "latest").
+    id: String,
+    #[command(flatten)]
+    repo: RepoArgs,
+    /// Pool name, as given to `pool add`.
+    #[arg(long)]
+    pool: String,
+    #[command(flatten)]
+    config: crate::pool_cmds::ConfigArg,
+    /// SR uuid for the new disks (default: the original SR, else the pool's default SR).
+    #[arg(long)]
+    sr: Option<String>,
+    /// Create a new VM beside the original (the default).
+    #[arg(long, conflicts_with = "overwrite")]
+    as_new: bool,
+    /// Write the disks over the original VM's (it is shut down first).
+    #[arg(long)]
+    overwrite: bool,
+    /// With --overwrite: read each target disk and send only the 2 MiB blocks that differ.
+    #[arg(long, requires = "overwrite")]
+    differential: bool,
+    /// Create the new VM as a template.
+    #[arg(long, conflicts_with = "overwrite")]
+    as_template: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+async fn restore_vm(a: RestoreVmArgs) -> Result<ExitCode> {
+    use xenvault_restore::vm::{Mode, VmRestoreOptions};
+    let repo = a.repo.open().await?;
+    let m = repo.snapshot(&a.id).await.map_err(classify)?;
+    let login = a.config.store()?.login(&a.pool)?;
+    let client = xenvault_restore::vm::connect(&login).await.map_err(restore_error)?;
+    let opts = VmRestoreOptions {
+        mode: if a.overwrite { Mode::Overwrite } else { Mode::AsNew },
+        differential: a.differential,
+        sr: a.sr.clone(),
+        as_template: a.as_template,
+    };
+    let bar = bytes_bar(m.total_size(), a.json, &m.source.name);
+    let progress: xenvault_restore::export::Progress = {
+        let bar = bar.clone();
+        Arc::new(move |n| bar.inc(n))
+    };
+    let report = xenvault_restore::vm::restore_vm(&client, &repo, &m, &opts, Some(progress)).await.map_err(restore_error)?;
+    bar.finish_and_clear();
+    if a.json {
+        print_json(&report)?;
+    } else {
+        println!("restored {} as VM {} ({}) in {:.1} s", m.short_id(), report.name_label, report.vm_uuid, report.seconds);
+        for d in &report.disks {
+            println!("  disk {}: {} written of {} ({})", d.position, human(d.bytes_written), human(d.size), d.vdi_uuid);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// A disk of a restore point.
@@ -56,10 +125,13 @@ impl DiskArgs {
     }
 }
 
-/// Wrong keys keep their exit code through the restore layer.
+/// Wrong keys and refused credentials keep their exit code through the restore layer.
 fn restore_error(e: xenvault_restore::Error) -> anyhow::Error {
     match e {
         xenvault_restore::Error::Repo(e) => classify(e),
+        xenvault_restore::Error::Xapi(e) if e.to_string().contains("SESSION_AUTHENTICATION_FAILED") => {
+            anyhow::Error::new(e).context(crate::exit::ExitKind::Auth)
+        }
         other => anyhow::Error::new(other),
     }
 }
@@ -250,5 +322,6 @@ pub async fn run(cmd: Commands) -> Result<ExitCode> {
         Commands::Files(c) => files(c).await,
         Commands::ServeNbd(a) => serve_nbd(a).await,
         Commands::Export(a) => export_cmd(a).await,
+        Commands::Restore(RestoreCommand::Vm(a)) => restore_vm(a).await,
     }
 }

@@ -54,6 +54,19 @@ pub struct VmRestoreReport {
 /// Called with the disk bytes done since the last call.
 pub type Progress = crate::export::Progress;
 
+/// Logs in to a registered pool (the uploads need the XenAPI client itself).
+pub async fn connect(login: &xenvault_engine::config::PoolLogin) -> Result<Client> {
+    use xenvault_engine::config::TlsTrust;
+    let tls = match &login.entry.tls {
+        TlsTrust::Verify => xenvault_xapi::TlsMode::SystemRoots,
+        TlsTrust::Insecure => xenvault_xapi::TlsMode::Insecure,
+        TlsTrust::Fingerprint(hex) => xenvault_xapi::TlsMode::pin_sha256_hex(hex)?,
+    };
+    let client = Client::builder(login.entry.url.as_str()).tls(tls).build()?;
+    client.login_with_password(&login.entry.user, &login.password).await?;
+    Ok(client)
+}
+
 fn invalid(what: impl Into<String>) -> Error {
     Error::Metadata(what.into())
 }

@@ -15,7 +15,7 @@ use xenvault_engine::transfer::NoProgress;
 use xenvault_restore::vm::{Mode, VmRestoreOptions, restore_vm};
 use xenvault_sim::client::SimClient;
 use xenvault_sim::{SimConfig, Simulator};
-use xenvault_xapi::{Client, TlsMode, Value};
+use xenvault_xapi::Value;
 
 const VM: &str = "debian-web";
 
@@ -36,12 +36,11 @@ async fn restore_as_new_over_the_original_and_differential() {
     let fingerprint = xenvault_engine::config::fingerprint_of_pem(&sim_handle.cert_pem).unwrap();
     let login = PoolLogin {
         name: "test".into(),
-        entry: PoolEntry { url: sim_handle.url.clone(), user: "root".into(), tls: TlsTrust::Fingerprint(fingerprint.clone()) },
+        entry: PoolEntry { url: sim_handle.url.clone(), user: "root".into(), tls: TlsTrust::Fingerprint(fingerprint) },
         password: sim_handle.password.clone(),
     };
     let host = Host::connect(&login).await.unwrap();
-    let client = Client::builder(sim_handle.url.as_str()).tls(TlsMode::pin_sha256_hex(&fingerprint).unwrap()).build().unwrap();
-    client.login_with_password("root", &sim_handle.password).await.unwrap();
+    let client = xenvault_restore::vm::connect(&login).await.unwrap();
     let sim = SimClient::login(&sim_handle.url, &sim_handle.password).await.unwrap();
     let options = xenvault_repo::InitOptions {
         secret: Some(xenvault_repo::keys::Secret::passphrase("test")),
