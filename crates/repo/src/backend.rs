@@ -474,7 +474,13 @@ impl Backend {
         let reply = s3
             .send(&self.location, reqwest::Method::GET, Some(path), "retention", Bytes::new())
             .await?;
-        if reply.status == 404 && reply.code == "NoSuchObjectLockConfiguration" {
+        // AWS says NoSuchObjectLockConfiguration, SeaweedFS ObjectLockConfigurationNotFoundError.
+        if reply.status == 404
+            && matches!(
+                reply.code.as_str(),
+                "NoSuchObjectLockConfiguration" | "ObjectLockConfigurationNotFoundError"
+            )
+        {
             return Ok(None);
         }
         if !(200..=299).contains(&reply.status) {
