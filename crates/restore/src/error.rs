@@ -18,6 +18,8 @@ pub enum Error {
     Unsupported(String),
     #[error("VHD: {0}")]
     Vhd(#[from] xenvault_vhd::Error),
+    #[error("XVA: {0}")]
+    Xva(#[from] xenvault_xva::Error),
     #[error("XenAPI: {0}")]
     Xapi(#[from] xenvault_xapi::Error),
     #[error("restore point metadata: {0}")]

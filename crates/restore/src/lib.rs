@@ -9,6 +9,7 @@ pub mod nbd;
 pub mod qcow2;
 mod source;
 pub mod vm;
+pub mod xva;
 
 pub use error::{Error, Result};
 pub use source::RepoDisk;

@@ -97,4 +97,21 @@ async fn restore_as_new_over_the_original_and_differential() {
     assert!(full.disks.iter().all(|d| d.bytes_written == d.size));
     assert_eq!(digests_of(&host, &sim, &original.uuid).await, expected);
     println!("{}", serde_json::to_string(&diff).unwrap());
+
+    // An XVA export of the restore point imports into the pool with the same disks.
+    let xva = dir.path().join("vm.xva");
+    let (r, mm, path) = (repo.clone(), m.clone(), xva.clone());
+    tokio::task::spawn_blocking(move || xenvault_restore::xva::export_xva(&r, &mm, std::fs::File::create(&path).unwrap(), None))
+        .await
+        .unwrap()
+        .unwrap();
+    let pool = client.call("pool.get_all", &[]).await.unwrap();
+    let pool = pool.as_array().unwrap()[0].as_str().unwrap().to_owned();
+    let sr = client.call("pool.get_default_SR", &[Value::from(pool.as_str())]).await.unwrap();
+    let sr = xenvault_xapi::Ref::new(sr.as_str().unwrap());
+    let len = std::fs::metadata(&xva).unwrap().len();
+    let body = futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(std::fs::read(&xva).unwrap()))]);
+    let vms = client.import_vm(&sr, body, len, Default::default()).await.unwrap();
+    let imported = host.vm(&vms[0].to_string()).await.unwrap();
+    assert_eq!(digests_of(&host, &sim, &imported.uuid).await, expected);
 }
