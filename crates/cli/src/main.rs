@@ -8,6 +8,7 @@ mod exit;
 mod pool_cmds;
 mod repo_cmds;
 mod restore_cmds;
+mod retention_cmd;
 mod sim_cmds;
 
 use clap::{Parser, Subcommand};
@@ -40,6 +41,8 @@ enum Command {
     #[command(flatten)]
     Restore(restore_cmds::Commands),
     #[command(flatten)]
+    Retention(retention_cmd::Commands),
+    #[command(flatten)]
     Sim(sim_cmds::Commands),
 }
 
@@ -51,6 +54,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Benchmark(cmd) => benchmark_cmd::run(cmd).await,
         Command::Repo(cmd) => repo_cmds::run(cmd).await,
         Command::Restore(cmd) => restore_cmds::run(cmd).await,
+        Command::Retention(cmd) => retention_cmd::run(cmd).await,
         Command::Sim(cmd) => sim_cmds::run(cmd).await,
     }
 }

@@ -63,7 +63,7 @@ pub struct RepoArgs {
 }
 
 impl RepoArgs {
-    fn backend(&self) -> BackendOptions {
+    pub(crate) fn backend(&self) -> BackendOptions {
         BackendOptions {
             s3_endpoint: self.s3_endpoint.clone(),
             s3_region: self.s3_region.clone(),

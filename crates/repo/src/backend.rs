@@ -530,6 +530,15 @@ impl RetentionMode {
     }
 }
 
+impl std::fmt::Display for RetentionMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RetentionMode::Governance => "governance",
+            RetentionMode::Compliance => "compliance",
+        })
+    }
+}
+
 impl std::str::FromStr for RetentionMode {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
