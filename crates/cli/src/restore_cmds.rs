@@ -276,9 +276,9 @@ async fn serve_nbd(a: ServeNbdArgs) -> Result<ExitCode> {
 pub struct ExportArgs {
     #[command(flatten)]
     disk: DiskArgs,
-    /// raw, vhd (dynamic) or qcow2.
-    #[arg(long)]
-    format: DiskFormat,
+    /// raw, vhd (dynamic), qcow2 (one disk), or xva (the whole VM; --disk is ignored).
+    #[arg(long, value_parser = ["raw", "vhd", "qcow2", "xva"])]
+    format: String,
     /// Output file, or - for stdout.
     #[arg(long)]
     to: PathBuf,
@@ -287,6 +287,10 @@ pub struct ExportArgs {
 }
 
 async fn export_cmd(a: ExportArgs) -> Result<ExitCode> {
+    if a.format == "xva" {
+        return export_xva(a).await;
+    }
+    let format: DiskFormat = a.format.parse().map_err(|e: String| anyhow!(e))?;
     let disk = a.disk.repo_disk().await?;
     let to_stdout = a.to.as_os_str() == "-";
     let bar = bytes_bar(disk.reader().size(), a.json || to_stdout, &disk.reader().disk().name);
@@ -294,25 +298,52 @@ async fn export_cmd(a: ExportArgs) -> Result<ExitCode> {
         let bar = bar.clone();
         Arc::new(move |n| bar.inc(n))
     };
-    let out: Box<dyn std::io::Write + Send> = if to_stdout {
-        Box::new(std::io::stdout())
-    } else {
-        Box::new(std::fs::File::create(&a.to).map_err(|e| anyhow!("creating {}: {e}", a.to.display()))?)
-    };
-    let format = a.format;
+    let out = output(&a.to)?;
     let stats = tokio::task::spawn_blocking(move || export(&disk, format, out, Some(progress))).await?.map_err(restore_error)?;
     bar.finish_and_clear();
     if a.json {
-        print_json(&serde_json::json!({"format": a.format, "to": a.to, "stats": stats}))?;
+        print_json(&serde_json::json!({"format": format, "to": a.to, "stats": stats}))?;
     } else if !to_stdout {
         println!(
             "exported {} as {:?} to {} ({} written) in {:.1} s",
             human(stats.disk_bytes),
-            a.format,
+            format,
             a.to.display(),
             human(stats.output_bytes),
             stats.seconds
         );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn output(to: &std::path::Path) -> Result<Box<dyn std::io::Write + Send>> {
+    Ok(if to.as_os_str() == "-" {
+        Box::new(std::io::stdout())
+    } else {
+        Box::new(std::fs::File::create(to).map_err(|e| anyhow!("creating {}: {e}", to.display()))?)
+    })
+}
+
+async fn export_xva(a: ExportArgs) -> Result<ExitCode> {
+    let repo = a.disk.repo.open().await?;
+    let m = repo.snapshot(&a.disk.id).await.map_err(classify)?;
+    let bar = bytes_bar(m.total_size(), a.json || a.to.as_os_str() == "-", &m.source.name);
+    let progress: xenvault_restore::export::Progress = {
+        let bar = bar.clone();
+        Arc::new(move |n| bar.inc(n))
+    };
+    let out = output(&a.to)?;
+    let started = std::time::Instant::now();
+    let m2 = m.clone();
+    let bytes = tokio::task::spawn_blocking(move || xenvault_restore::xva::export_xva(&repo, &m2, out, Some(progress)))
+        .await?
+        .map_err(restore_error)?;
+    bar.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64();
+    if a.json {
+        print_json(&serde_json::json!({"format": "xva", "to": a.to, "disk_bytes": bytes, "seconds": secs}))?;
+    } else if a.to.as_os_str() != "-" {
+        println!("exported VM {} ({}) as XVA to {} in {:.1} s", m.source.name, human(bytes), a.to.display(), secs);
     }
     Ok(ExitCode::SUCCESS)
 }
