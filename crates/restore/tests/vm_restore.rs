@@ -112,6 +112,6 @@ async fn restore_as_new_over_the_original_and_differential() {
     let len = std::fs::metadata(&xva).unwrap().len();
     let body = futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(std::fs::read(&xva).unwrap()))]);
     let vms = client.import_vm(&sr, body, len, Default::default()).await.unwrap();
-    let imported = host.vm(&vms[0].to_string()).await.unwrap();
+    let imported = host.vm(vms[0].as_ref()).await.unwrap();
     assert_eq!(digests_of(&host, &sim, &imported.uuid).await, expected);
 }
