@@ -154,6 +154,20 @@ async fn locked_restore_point_survives_version_delete_on_seaweedfs() {
     assert!(locked_backend.retention(&format!("snapshots/{}", other.id)).await.expect("retention").is_none());
     assert_eq!(delete_version(&endpoint, &bucket, &other_key), 204);
 
+    // The command line: `--all` now means `kept` only (`other` lost its manifest), and a
+    // governance retention may be extended.
+    let output = Command::new(common::xenvault_bin())
+        .args(["lock", "--all", "--days", "2", "--json", "--repo", &url])
+        .envs(server.env())
+        .env("XENVAULT_PASSPHRASE", "lock test")
+        .output()
+        .expect("run xenvault lock");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let cli: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON report");
+    assert_eq!(cli["restore_points"], serde_json::json!([kept.id]));
+    assert_eq!(cli["mode"], "governance");
+    let extended = locked_backend.retention(&format!("snapshots/{}", kept.id)).await.expect("retention");
+    assert!(extended.is_some_and(|r| r.until > until + Duration::hours(23)), "{extended:?}");
     // Retention on something that does not exist is a typed error, not a silent success.
     let missing = locked_backend.retain("snapshots/none", RetentionMode::Governance, until).await;
     assert!(matches!(missing, Err(BackendError::NotFound { .. })), "{missing:?}");
