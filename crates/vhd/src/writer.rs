@@ -1,6 +1,7 @@
 //! Streaming VHD writers.
 
 use std::io::{self, Write};
+use std::ops::Range;
 
 use uuid::Uuid;
 
@@ -47,8 +48,9 @@ pub struct ParentInfo {
 }
 
 /// Writes a dynamic or differencing VHD as a stream, in xapi's layout: footer copy at
-/// 0, header at 512, BAT at 2048, then the present blocks in disk order, each a fully
-/// set sector bitmap and the block's 2 MiB, then the footer.
+/// 0, header at 512, BAT at 2048, then the present blocks in disk order, each a sector
+/// bitmap (fully set, as xapi writes it, or only the chosen sectors) and the block's
+/// 2 MiB, then the footer.
 pub struct DynamicWriter<W: Write> {
     out: W,
     footer: [u8; FOOTER_SIZE],
@@ -57,6 +59,7 @@ pub struct DynamicWriter<W: Write> {
     present: Vec<u32>,
     next: usize,
     bitmap: Vec<u8>,
+    full_bitmap: Vec<u8>,
 }
 
 impl<W: Write> DynamicWriter<W> {
@@ -180,7 +183,8 @@ impl<W: Write> DynamicWriter<W> {
             disk_size,
             present,
             next: 0,
-            bitmap: vec![0xFF; bitmap_size(DEFAULT_BLOCK_SIZE) as usize],
+            bitmap: vec![0; bitmap_size(DEFAULT_BLOCK_SIZE) as usize],
+            full_bitmap: vec![0xFF; bitmap_size(DEFAULT_BLOCK_SIZE) as usize],
         })
     }
 
@@ -194,10 +198,53 @@ impl<W: Write> DynamicWriter<W> {
         self.present.get(self.next).copied()
     }
 
-    /// Writes the next present block. `data` is the block's disk content: 2 MiB, or up
-    /// to the disk end for the last block of a disk whose size is not a multiple of it
-    /// (the rest of the block is written as zeros).
+    /// Writes the next present block with every sector present. `data` is the block's
+    /// disk content: 2 MiB, or up to the disk end for the last block of a disk whose size
+    /// is not a multiple of it (the rest of the block is written as zeros).
     pub fn write_block(&mut self, index: u32, data: &[u8]) -> Result<()> {
+        self.check_block(index, data)?;
+        self.out.write_all(&self.full_bitmap)?;
+        self.write_data(data)
+    }
+
+    /// Writes the next present block with only the sectors in `sectors` (ranges of sector
+    /// numbers within the block) marked present: a reader takes the other sectors from
+    /// the parent (zeros for a dynamic disk) and xapi's import skips them, so only the
+    /// chosen sectors are written. `data` is as for [`Self::write_block`]; what it holds
+    /// outside `sectors` is carried but never used. Returns the bytes the sectors cover.
+    pub fn write_block_sectors(
+        &mut self,
+        index: u32,
+        data: &[u8],
+        sectors: &[Range<u32>],
+    ) -> Result<u64> {
+        self.check_block(index, data)?;
+        let in_block = data.len() as u64 / SECTOR_SIZE;
+        self.bitmap.fill(0);
+        let mut covered = 0;
+        for range in sectors {
+            if range.start > range.end || u64::from(range.end) > in_block {
+                return Err(Error::InvalidArgument(format!(
+                    "sectors {range:?} of block {index}, which has {in_block} sectors"
+                )));
+            }
+            for sector in range.clone() {
+                let bit = 0x80 >> (sector % 8);
+                // In bounds: sector < in_block <= bits of the bitmap.
+                if let Some(byte) = self.bitmap.get_mut((sector / 8) as usize)
+                    && *byte & bit == 0
+                {
+                    *byte |= bit;
+                    covered += SECTOR_SIZE;
+                }
+            }
+        }
+        self.out.write_all(&self.bitmap)?;
+        self.write_data(data)?;
+        Ok(covered)
+    }
+
+    fn check_block(&self, index: u32, data: &[u8]) -> Result<()> {
         let expected = self.next_block();
         if expected != Some(index) {
             return Err(Error::InvalidArgument(format!(
@@ -213,9 +260,15 @@ impl<W: Write> DynamicWriter<W> {
                 data.len()
             )));
         }
-        self.out.write_all(&self.bitmap)?;
+        Ok(())
+    }
+
+    fn write_data(&mut self, data: &[u8]) -> Result<()> {
         self.out.write_all(data)?;
-        write_zeros(&mut self.out, block_size - len)?;
+        write_zeros(
+            &mut self.out,
+            u64::from(DEFAULT_BLOCK_SIZE) - data.len() as u64,
+        )?;
         self.next += 1;
         Ok(())
     }

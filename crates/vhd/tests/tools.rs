@@ -298,3 +298,176 @@ fn differencing_vhd_larger_than_its_parent_reads_zeros_past_the_parent() {
     let mut layered = Layered::new(delta, RawDisk::new(File::open(&base_raw).unwrap()).unwrap());
     assert_eq!(read_all(&mut layered, 10 * MIB), newer);
 }
+
+type SectorChoice = [(u32, Vec<std::ops::Range<u32>>)];
+
+/// A delta over a base and a dynamic disk, both holding only the `chosen` sectors (the
+/// data carried for every other sector is garbage): the VHDs and the raw images they
+/// must read as.
+struct PartialCase {
+    size: u64,
+    base: Vec<u8>,
+    newer: Vec<u8>,
+    dynamic: Vec<u8>,
+    garbage: Vec<u8>,
+    base_vhd: std::path::PathBuf,
+    delta_vhd: std::path::PathBuf,
+    dynamic_vhd: std::path::PathBuf,
+    covered: u64,
+}
+
+fn partial_case(dir: &Path, size: u64, chosen: &SectorChoice) -> PartialCase {
+    let blocks: Vec<u64> = (0..size.div_ceil(BLOCK)).collect();
+    let base = disk_with_blocks(size, &blocks, 30);
+    let garbage = pattern(size as usize, 31);
+    let mut newer = base.clone();
+    let mut dynamic = vec![0u8; size as usize];
+    let mut covered = 0;
+    for (block, ranges) in chosen {
+        let mut sectors: Vec<u32> = ranges.iter().flat_map(|r| r.clone()).collect();
+        sectors.sort_unstable();
+        sectors.dedup();
+        covered += sectors.len() as u64 * 512;
+        for s in sectors {
+            let at = (u64::from(*block) * BLOCK + u64::from(s) * 512) as usize;
+            newer[at..at + 512].copy_from_slice(&garbage[at..at + 512]);
+            dynamic[at..at + 512].copy_from_slice(&garbage[at..at + 512]);
+        }
+    }
+    let write = |path: &Path, parent: Option<&ParentInfo>| {
+        let present = chosen.iter().map(|(b, _)| *b);
+        let out = BufWriter::new(File::create(path).unwrap());
+        let options = WriterOptions::default();
+        let mut w = match parent {
+            None => DynamicWriter::dynamic(out, size, present, options).unwrap(),
+            Some(p) => DynamicWriter::differencing(out, size, present, options, p).unwrap(),
+        };
+        let mut written = 0;
+        for (block, ranges) in chosen {
+            let start = u64::from(*block) * BLOCK;
+            let end = (start + BLOCK).min(size);
+            written += w
+                .write_block_sectors(*block, &garbage[start as usize..end as usize], ranges)
+                .unwrap();
+        }
+        let announced = w.total_size();
+        w.finish().unwrap();
+        assert_eq!(fs::metadata(path).unwrap().len(), announced);
+        assert_eq!(written, covered);
+    };
+    let base_uid = Uuid::new_v4();
+    let (base_vhd, delta_vhd, dynamic_vhd) = (
+        dir.join("base.vhd"),
+        dir.join("delta.vhd"),
+        dir.join("dynamic.vhd"),
+    );
+    write_dynamic(&base_vhd, &base, &nonzero_blocks(&base), None, base_uid);
+    let parent = ParentInfo {
+        unique_id: base_uid,
+        timestamp: 0,
+        path: base_vhd.to_string_lossy().into_owned(),
+    };
+    write(&delta_vhd, Some(&parent));
+    write(&dynamic_vhd, None);
+    PartialCase {
+        size,
+        base,
+        newer,
+        dynamic,
+        garbage,
+        base_vhd,
+        delta_vhd,
+        dynamic_vhd,
+        covered,
+    }
+}
+
+/// Our readers see the chosen sectors and nothing else; the stream reader (what the
+/// simulator's import applies, as xapi's vhd-tool does) yields exactly them.
+fn check_with_our_readers(case: &PartialCase) {
+    let delta = VhdReader::open(File::open(&case.delta_vhd).unwrap()).unwrap();
+    let base = VhdReader::open(File::open(&case.base_vhd).unwrap()).unwrap();
+    assert_eq!(
+        read_all(&mut Layered::new(delta, base), case.size),
+        case.newer
+    );
+    let mut dynamic = VhdReader::open(File::open(&case.dynamic_vhd).unwrap()).unwrap();
+    assert_eq!(read_all(&mut dynamic, case.size), case.dynamic);
+    let mut s = VhdStreamReader::new(File::open(&case.delta_vhd).unwrap()).unwrap();
+    let mut streamed = 0;
+    while let Some(e) = s.next_extent().unwrap() {
+        let at = e.offset as usize;
+        assert_eq!(e.data, &case.garbage[at..at + e.data.len()]);
+        streamed += e.data.len() as u64;
+    }
+    assert_eq!(streamed, case.covered);
+    assert_ne!(case.newer, case.base);
+}
+
+/// Blocks written with partial sector bitmaps hold only the chosen sectors, checked with
+/// libvhdi. libvhdi 20210425 misreads a clear bit that follows a set bit in the same
+/// bitmap byte (it shifts without masking), so here the ranges are whole bitmap bytes
+/// (8 sectors, a guest's 4 KiB page); the next test goes down to single sectors.
+#[test]
+fn partial_sector_bitmaps_read_in_libvhdi() {
+    let dir = tempfile::tempdir().unwrap();
+    // The last block is partial: 5 MiB + 3 sectors, its bitmap ends inside a byte.
+    let size = 5 * MIB + 3 * 512;
+    let chosen = [
+        (0, vec![0..8, 16..32, 24..40]),
+        (2, vec![2040..2048, 2048..2051]),
+    ];
+    let case = partial_case(dir.path(), size, &chosen);
+    let script = r#"
+import sys, hashlib, pyvhdi
+child = pyvhdi.file(); child.open(sys.argv[1])
+if len(sys.argv) > 2:
+    parent = pyvhdi.file(); parent.open(sys.argv[2]); child.set_parent(parent)
+print(hashlib.sha256(child.read_buffer_at_offset(child.get_media_size(), 0)).hexdigest())
+"#;
+    let sha = |data: &[u8]| {
+        let path = dir.path().join("expected.raw");
+        fs::write(&path, data).unwrap();
+        let out = run(Command::new("sha256sum").arg(&path));
+        out.split_whitespace().next().unwrap().to_owned()
+    };
+    let layered = run(Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(script)
+        .arg(&case.delta_vhd)
+        .arg(&case.base_vhd));
+    assert_eq!(layered.trim(), sha(&case.newer));
+    let alone = run(Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(script)
+        .arg(&case.dynamic_vhd));
+    assert_eq!(alone.trim(), sha(&case.dynamic));
+    check_with_our_readers(&case);
+}
+
+#[test]
+fn partial_sector_bitmaps_hold_single_sectors() {
+    let dir = tempfile::tempdir().unwrap();
+    let size = 5 * MIB + 3 * 512;
+    let chosen = [
+        (0, vec![3..4, 9..11, 10..12, 4095..4096]),
+        (2, vec![0..1, 2050..2051]),
+    ];
+    let case = partial_case(dir.path(), size, &chosen);
+    assert_eq!(case.covered, (1 + 3 + 1 + 1 + 1) * 512);
+    check_with_our_readers(&case);
+}
+
+#[test]
+fn sector_ranges_outside_the_block_are_refused() {
+    let size = 2 * BLOCK + 4 * 512;
+    let mut w = DynamicWriter::dynamic(Vec::new(), size, [0, 2], WriterOptions::default()).unwrap();
+    let block = vec![0u8; BLOCK as usize];
+    let past_end = 4096..4097;
+    assert!(w.write_block_sectors(0, &block, &[past_end]).is_err());
+    assert!(w.write_block_sectors(0, &block, &[0..4096]).is_ok());
+    // The last block has 4 sectors on the disk.
+    assert!(w.write_block_sectors(2, &[0u8; 2048], &[3..5]).is_err());
+    assert!(w.write_block_sectors(2, &[0u8; 2048], &[3..4]).is_ok());
+    assert!(w.finish().is_ok());
+}
