@@ -72,7 +72,7 @@ url=$(sed -n 's/^listening on //p' "$dir/sim.log" | head -1)
 # JSON-RPC helpers: load the image into the VM's disk, export the changed disk for restic.
 xapi() {
   python3 - "$url" "$@" <<'PY'
-import json, ssl, sys, urllib.request
+import json, ssl, sys, urllib.parse, urllib.request
 url, action, *args = sys.argv[1:]
 ctx = ssl._create_unverified_context()
 def call(method, *params):
@@ -86,16 +86,26 @@ session = call("session.login_with_password", "root", "xenvault", "1.0", "bench"
 vm = call("VM.get_by_name_label", session, "win-fileserver")[0]
 vbd = [v for v in call("VM.get_VBDs", session, vm) if call("VBD.get_userdevice", session, v) == "0"][0]
 vdi = call("VBD.get_VDI", session, vbd)
+def host_of(path):
+    # A raw transfer of a host-local disk must go to the host holding it (xapi answers 302).
+    sr = call("VDI.get_SR", session, vdi)
+    pbds = call("SR.get_PBDs", session, sr)
+    if call("SR.get_shared", session, sr) or not pbds:
+        return url + path
+    address = call("host.get_address", session, call("PBD.get_host", session, pbds[0]))
+    parts = urllib.parse.urlsplit(url)
+    return parts._replace(netloc=f"{address}:{parts.port}").geturl() + path
 if action == "vdi":
     print(call("VDI.get_uuid", session, vdi))
 elif action == "import":
     size = __import__("os").path.getsize(args[0])
+    target = host_of(f"/import_raw_vdi?session_id={session}&vdi={vdi}&format=raw")
     with open(args[0], "rb") as f:
-        req = urllib.request.Request(f"{url}/import_raw_vdi?session_id={session}&vdi={vdi}&format=raw",
-                                     data=f, method="PUT", headers={"Content-Length": str(size)})
+        req = urllib.request.Request(target, data=f, method="PUT", headers={"Content-Length": str(size)})
         urllib.request.urlopen(req, context=ctx).read()
 elif action == "export":
-    with urllib.request.urlopen(f"{url}/export_raw_vdi?session_id={session}&vdi={vdi}&format=raw", context=ctx) as r, open(args[0], "wb") as f:
+    target = host_of(f"/export_raw_vdi?session_id={session}&vdi={vdi}&format=raw")
+    with urllib.request.urlopen(target, context=ctx) as r, open(args[0], "wb") as f:
         while chunk := r.read(8 << 20):
             f.write(chunk)
 PY
