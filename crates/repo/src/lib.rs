@@ -16,6 +16,7 @@ pub mod index;
 pub mod keys;
 pub mod lock;
 pub mod manifest;
+pub mod ordered;
 pub mod pack;
 pub mod prune;
 pub mod reader;

@@ -1,23 +1,22 @@
-//! Reading restore points: random access for NBD serving and file-level restore, and a
-//! parallel sequential restore to a file.
+//! Reading restore points: random access for NBD serving and file-level restore, and
+//! sequential reads in disk order (see `ordered`) for restores and exports.
 
 use crate::crypto::ChunkId;
 use crate::error::{Error, Result};
 use crate::manifest::DiskRecord;
 use crate::repository::Repository;
 use crate::writer::parse_page;
-use futures::StreamExt;
+use crate::ordered::OrderedChunks;
 use std::collections::HashMap;
-use std::os::unix::fs::FileExt;
+use std::ops::Range;
+use std::io::Write;
+use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 /// Decoded index pages and chunks kept for small random reads.
 const PAGE_CACHE: usize = 64;
 const CHUNK_CACHE: usize = 8;
-/// Bytes of chunks fetched and decrypted at once during a sequential restore: enough
-/// requests in flight to hide per-request latency whatever the chunk size.
-const RESTORE_BYTES_IN_FLIGHT: usize = 16 << 20;
 
 type Chunk = Arc<Vec<u8>>;
 
@@ -71,17 +70,7 @@ impl DiskReader {
         if let Some(p) = self.pages.lock().unwrap_or_else(|p| p.into_inner()).get(&page) {
             return Ok(p.clone());
         }
-        let slots = self.disk.slot_count();
-        let first = page * self.disk.page_slots as u64;
-        let count = (slots.saturating_sub(first)).min(self.disk.page_slots as u64) as usize;
-        let id = *self.disk.pages.get(page as usize).ok_or_else(|| Error::Invalid(format!("page {page} out of range")))?;
-        let ids = if id.is_zero() {
-            vec![ChunkId::ZERO; count]
-        } else {
-            let raw = self.repo.read_chunk(&id).await?;
-            parse_page(&raw, count).ok_or_else(|| Error::corrupt(format!("index page {id}"), "wrong length"))?
-        };
-        let ids = Arc::new(ids);
+        let ids = Arc::new(load_page(&self.repo, &self.disk, page).await?);
         let mut cache = self.pages.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= PAGE_CACHE {
             cache.clear();
@@ -145,34 +134,72 @@ impl DiskReader {
         Ok(())
     }
 
-    /// Restores the whole disk into `path` (created or truncated; holes stay sparse).
+    /// The slots in `ranges` (increasing, non-overlapping) in disk order, read ahead in
+    /// parallel with bounded memory; every chunk is authenticated. Needs a Tokio runtime.
+    pub fn chunks_in_order(&self, ranges: Vec<Range<u64>>) -> Result<OrderedChunks> {
+        OrderedChunks::start(self.repo.clone(), self.disk.clone(), ranges)
+    }
+
+    /// Restores the whole disk into `path` (created or truncated): holes stay sparse in a
+    /// regular file and are written as zeros to a device or pipe.
     pub async fn restore_to_file(&self, path: &Path, progress: Option<crate::writer::Progress>) -> Result<RestoreStats> {
         let started = std::time::Instant::now();
-        let io = |e| Error::Io { path: path.to_path_buf(), source: e };
-        let file = std::fs::OpenOptions::new().create(true).write(true).truncate(true).open(path).map_err(io)?;
-        let is_regular = file.metadata().map_err(io)?.is_file();
+        let path = path.to_path_buf();
+        let io = {
+            let path = path.clone();
+            move |e| Error::Io { path: path.clone(), source: e }
+        };
+        let file = std::fs::OpenOptions::new().create(true).write(true).truncate(true).open(&path).map_err(&io)?;
+        let kind = file.metadata().map_err(&io)?.file_type();
+        let is_regular = kind.is_file();
+        // Pipes and character devices take neither positioned writes nor fsync.
+        let is_stream = !is_regular && !kind.is_block_device();
         if is_regular {
-            file.set_len(self.disk.size).map_err(io)?;
+            file.set_len(self.disk.size).map_err(&io)?;
         }
         let zeros = vec![0u8; if is_regular { 0 } else { self.chunk_size() as usize }];
-        let mut stats = RestoreStats::default();
-        let mut stream =
-            futures::stream::iter(0..self.disk.slot_count()).map(|slot| async move { (slot, self.read_slot(slot).await) }).buffered((RESTORE_BYTES_IN_FLIGHT / self.chunk_size() as usize).clamp(4, 64));
-        while let Some((slot, got)) = stream.next().await {
-            let offset = slot * self.chunk_size();
-            let len = self.chunk_len(slot);
-            match got? {
-                Some(data) => file.write_all_at(&data, offset).map_err(io)?,
-                None if is_regular => stats.bytes_zero += len as u64,
-                None => file.write_all_at(&zeros[..len], offset).map_err(io)?,
+        let mut chunks = self.chunks_in_order(vec![0..self.disk.slot_count()])?;
+        let mut stats = tokio::task::spawn_blocking(move || {
+            let mut stats = RestoreStats::default();
+            while let Some(got) = chunks.blocking_next() {
+                let s = got?;
+                let bytes = match &s.data {
+                    Some(data) => data,
+                    None if is_regular => {
+                        stats.bytes_zero += s.len as u64;
+                        &[][..]
+                    }
+                    None => zeros.get(..s.len).unwrap_or(&zeros),
+                };
+                if is_stream {
+                    (&file).write_all(bytes).map_err(&io)?;
+                } else {
+                    file.write_all_at(bytes, s.offset).map_err(&io)?;
+                }
+                stats.bytes += s.len as u64;
+                if let Some(p) = &progress {
+                    p(s.len as u64);
+                }
             }
-            stats.bytes += len as u64;
-            if let Some(p) = &progress {
-                p(len as u64);
+            if !is_stream {
+                file.sync_all().map_err(&io)?;
             }
-        }
-        file.sync_all().map_err(io)?;
+            Ok::<_, Error>(stats)
+        })
+        .await??;
         stats.seconds = started.elapsed().as_secs_f64();
         Ok(stats)
     }
+}
+
+/// Reads index page `page` of `disk`: the ids of its slots (holes for a zero page).
+pub(crate) async fn load_page(repo: &Repository, disk: &DiskRecord, page: u64) -> Result<Vec<ChunkId>> {
+    let first = page * disk.page_slots as u64;
+    let count = (disk.slot_count().saturating_sub(first)).min(disk.page_slots as u64) as usize;
+    let id = *disk.pages.get(page as usize).ok_or_else(|| Error::Invalid(format!("page {page} out of range")))?;
+    if id.is_zero() {
+        return Ok(vec![ChunkId::ZERO; count]);
+    }
+    let raw = repo.read_chunk(&id).await?;
+    parse_page(&raw, count).ok_or_else(|| Error::corrupt(format!("index page {id}"), "wrong length"))
 }

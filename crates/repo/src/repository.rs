@@ -180,6 +180,12 @@ impl Repository {
         &self.inner.crypto
     }
 
+    /// The id a chunk holding `data` has here (the zero id for all zeros, never stored):
+    /// compares content with a restore point without reading the restore point.
+    pub fn chunk_id_of(&self, data: &[u8]) -> ChunkId {
+        if crate::crypto::is_zero(data) { ChunkId::ZERO } else { self.inner.crypto.chunk_id(data) }
+    }
+
     /// True when both repositories derive chunk ids with the same key.
     pub fn shares_chunk_ids_with(&self, other: &Repository) -> bool {
         self.inner.master.chunk_id == other.inner.master.chunk_id
@@ -465,23 +471,47 @@ impl Repository {
             return Err(Error::Invalid("the zero chunk is never stored".into()));
         }
         let loc = self.locate(id).ok_or_else(|| Error::MissingChunk(id.to_hex()))?;
-        let sealed = self.inner.store.get_range(&loc.pack.data_object(), loc.offset as u64, loc.len as u64).await?;
-        let crypto = self.inner.crypto.clone();
-        let (id, max) = (*id, self.max_chunk_len());
-        tokio::task::spawn_blocking(move || {
-            let plain = crypto.open(&chunk_aad(&id), &sealed, max)?;
-            // Decryption authenticates; re-hashing also catches an unencrypted repository's damage.
-            if crypto.chunk_id(&plain) != id {
-                return Err(Error::corrupt(format!("chunk {id}"), "content does not match its id"));
-            }
-            Ok(plain)
-        })
-        .await?
+        let sealed = self.read_pack_range(&loc.pack, loc.offset as u64, loc.len as u64).await?;
+        let (opener, id) = (self.chunk_opener(), *id);
+        tokio::task::spawn_blocking(move || opener.open(&id, &sealed)).await?
+    }
+
+    /// `len` stored bytes of a pack's data object from `offset` (one or more sealed chunks).
+    pub(crate) async fn read_pack_range(&self, pack: &PackName, offset: u64, len: u64) -> Result<Vec<u8>> {
+        self.inner.store.get_range(&pack.data_object(), offset, len).await
+    }
+
+    /// Opens sealed chunks on any thread.
+    pub(crate) fn chunk_opener(&self) -> ChunkOpener {
+        ChunkOpener { crypto: self.inner.crypto.clone(), max_len: self.max_chunk_len() }
     }
 
     /// Memory held by the chunk index (for reports).
     pub fn index_memory(&self) -> usize {
         self.read_index().chunks.memory_bytes()
+    }
+}
+
+/// Authenticates stored chunks: what every read of chunk content goes through.
+#[derive(Clone)]
+pub(crate) struct ChunkOpener {
+    crypto: Arc<Crypto>,
+    max_len: usize,
+}
+
+impl ChunkOpener {
+    /// Decrypts (authenticating), decompresses and re-hashes the sealed chunk `id`.
+    pub(crate) fn open(&self, id: &ChunkId, sealed: &[u8]) -> Result<Vec<u8>> {
+        let plain = self.crypto.open(&chunk_aad(id), sealed, self.max_len).map_err(|e| match e {
+            // The aad is binary: name the chunk by its hex id instead.
+            Error::Corrupt { reason, .. } => Error::corrupt(format!("chunk {id}"), reason),
+            other => other,
+        })?;
+        // Decryption authenticates; re-hashing also catches an unencrypted repository's damage.
+        if self.crypto.chunk_id(&plain) != *id {
+            return Err(Error::corrupt(format!("chunk {id}"), "content does not match its id"));
+        }
+        Ok(plain)
     }
 }
 
