@@ -3,7 +3,7 @@
 use crate::crypto::fill_random;
 use crate::tests::{backup_file, new_repo};
 use crate::DiskReader;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 
 const CHUNK: usize = 64 << 10;
 
@@ -24,7 +24,14 @@ fn image() -> Vec<u8> {
 async fn stored(dir: &std::path::Path) -> (crate::Repository, DiskReader, Vec<u8>) {
     let img = image();
     let path = dir.join("disk.img");
-    std::fs::write(&path, &img).unwrap();
+    // Written sparse, so the backup also goes through the source's SEEK_DATA extents.
+    let file = std::fs::File::create(&path).unwrap();
+    file.set_len(img.len() as u64).unwrap();
+    for (i, chunk) in img.chunks(CHUNK).enumerate() {
+        if chunk.iter().any(|&b| b != 0) {
+            file.write_all_at(chunk, (i * CHUNK) as u64).unwrap();
+        }
+    }
     let repo = new_repo(&dir.join("repo"), CHUNK as u32).await;
     let m = backup_file(&repo, &path, "img").await;
     let reader = DiskReader::new(&repo, &m.disks[0]).await.unwrap();

@@ -44,6 +44,50 @@ impl BlockSource for RawFileSource {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         self.file.read_exact_at(buf, offset).map_err(|e| Error::Io { path: self.path.clone(), source: e })
     }
+
+    /// The data extents of a sparse image file, so its holes are never read.
+    fn allocated(&self) -> Result<Option<Vec<Range<u64>>>> {
+        let io = |e| Error::Io { path: self.path.clone(), source: e };
+        if !self.file.metadata().map_err(io)?.is_file() {
+            return Ok(None);
+        }
+        data_extents(&self.file, self.size).map_err(io)
+    }
+}
+
+/// Ranges holding data per SEEK_DATA / SEEK_HOLE; `None` when the file system cannot tell.
+fn data_extents(file: &std::fs::File, size: u64) -> std::io::Result<Option<Vec<Range<u64>>>> {
+    use std::os::fd::AsRawFd;
+    // Some(position), or None for ENXIO: no data (or hole) at or after `at`.
+    let seek = |at: u64, whence: libc::c_int| -> std::io::Result<Option<u64>> {
+        let at = libc::off_t::try_from(at).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+        // SAFETY: lseek only moves the position of a descriptor this file owns; reads use pread.
+        let got = unsafe { libc::lseek(file.as_raw_fd(), at, whence) };
+        match u64::try_from(got) {
+            Ok(pos) => Ok(Some(pos)),
+            Err(_) => {
+                let e = std::io::Error::last_os_error();
+                if e.raw_os_error() == Some(libc::ENXIO) { Ok(None) } else { Err(e) }
+            }
+        }
+    };
+    let mut extents = Vec::new();
+    let mut at = 0;
+    while at < size {
+        let start = match seek(at, libc::SEEK_DATA) {
+            Ok(Some(start)) if start < size => start,
+            Ok(_) => break,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let end = seek(start, libc::SEEK_HOLE)?.unwrap_or(size).min(size);
+        if end <= start {
+            return Ok(None);
+        }
+        extents.push(start..end);
+        at = end;
+    }
+    Ok(Some(extents))
 }
 
 /// A fixed or dynamic VHD file; its block allocation table tells which ranges to read.
@@ -95,4 +139,33 @@ pub fn open_image(path: &Path) -> Result<std::sync::Arc<dyn BlockSource>> {
     let mut cookie = [0u8; 8];
     let is_vhd = len >= 512 && file.read_exact_at(&mut cookie, len - 512).is_ok() && &cookie == b"conectix";
     Ok(if is_vhd { std::sync::Arc::new(VhdFileSource::open(path)?) } else { std::sync::Arc::new(RawFileSource::open(path)?) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sparse_raw_image_lists_only_its_data_extents() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sparse.img");
+        let file = std::fs::File::create(&path).unwrap();
+        file.set_len(256 << 20).unwrap();
+        let written = [(1u64 << 20, 4096u64), (100 << 20, 10_000), ((256 << 20) - 512, 512)];
+        for &(at, len) in &written {
+            file.write_all_at(&vec![0xa5; len as usize], at).unwrap();
+        }
+        let source = RawFileSource::open(&path).unwrap();
+        let extents = source.allocated().unwrap().expect("ext4 and tmpfs report holes");
+        assert!(extents.windows(2).all(|w| w[0].end < w[1].start), "{extents:?}");
+        for (at, len) in written {
+            assert!(extents.iter().any(|e| e.start <= at && at + len <= e.end), "{at}+{len} not in {extents:?}");
+        }
+        let covered: u64 = extents.iter().map(|e| e.end - e.start).sum();
+        assert!(covered <= 4 << 20, "{covered} bytes listed as data: {extents:?}");
+
+        let empty = dir.path().join("empty.img");
+        std::fs::File::create(&empty).unwrap().set_len(1 << 30).unwrap();
+        assert_eq!(RawFileSource::open(&empty).unwrap().allocated().unwrap(), Some(vec![]));
+    }
 }
