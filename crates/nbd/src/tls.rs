@@ -1,14 +1,11 @@
-//! Client TLS configuration. xapi's `VDI.get_nbd_info` hands out the host's own (usually self-signed)
+//! Client TLS options. xapi's `VDI.get_nbd_info` hands out the host's own (usually self-signed)
 //! certificate, so a PEM given as trust is accepted both as an exact pin and as a CA.
 
 use std::sync::Arc;
 
-use rustls::client::WebPkiServerVerifier;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::ClientConfig;
+use rustls::pki_types::ServerName;
+use xenvault_tls::ServerTrust;
 
 use crate::error::{Error, Result};
 
@@ -40,10 +37,6 @@ pub struct TlsOptions {
     pub trust: Trust,
 }
 
-fn ring() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
 impl TlsOptions {
     pub(crate) fn server_name(&self) -> Result<ServerName<'static>> {
         ServerName::try_from(self.server_name.clone())
@@ -51,108 +44,13 @@ impl TlsOptions {
     }
 
     pub(crate) fn client_config(&self) -> Result<Arc<ClientConfig>> {
-        let provider = ring();
-        let verifier: Arc<dyn ServerCertVerifier> = match &self.trust {
+        let trust = match &self.trust {
             Trust::Config(config) => return Ok(config.clone()),
-            Trust::Insecure => Arc::new(PinOrCa {
-                pinned: Vec::new(),
-                ca: None,
-                algorithms: provider.signature_verification_algorithms,
-                insecure: true,
-            }),
-            Trust::Pem(pem) => Arc::new(PinOrCa::from_pem(pem, provider.clone())?),
+            Trust::Pem(pem) => ServerTrust::PemPinOrCa(pem.clone()),
+            Trust::Insecure => ServerTrust::Insecure,
         };
-        let config = ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| Error::Tls(e.to_string()))?
-            .dangerous()
-            .with_custom_certificate_verifier(verifier)
-            .with_no_client_auth();
-        Ok(Arc::new(config))
-    }
-}
-
-/// Accepts the exact pinned certificate, or a chain to one of the given certificates used as CAs.
-#[derive(Debug)]
-struct PinOrCa {
-    pinned: Vec<CertificateDer<'static>>,
-    ca: Option<Arc<WebPkiServerVerifier>>,
-    algorithms: WebPkiSupportedAlgorithms,
-    insecure: bool,
-}
-
-impl PinOrCa {
-    fn from_pem(pem: &[u8], provider: Arc<CryptoProvider>) -> Result<Self> {
-        let pinned = CertificateDer::pem_slice_iter(pem)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| Error::Tls(format!("bad PEM certificate: {e}")))?;
-        if pinned.is_empty() {
-            return Err(Error::Tls("no certificate in the PEM text".into()));
-        }
-        let mut roots = RootCertStore::empty();
-        // A leaf that cannot serve as a trust anchor still works as a pin.
-        let (_added, _ignored) = roots.add_parsable_certificates(pinned.iter().cloned());
-        let algorithms = provider.signature_verification_algorithms;
-        let ca = if roots.is_empty() {
-            None
-        } else {
-            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
-                .build()
-                .ok()
-        };
-        Ok(Self {
-            pinned,
-            ca,
-            algorithms,
-            insecure: false,
-        })
-    }
-}
-
-impl ServerCertVerifier for PinOrCa {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        if self.insecure
-            || self
-                .pinned
-                .iter()
-                .any(|p| p.as_ref() == end_entity.as_ref())
-        {
-            return Ok(ServerCertVerified::assertion());
-        }
-        match &self.ca {
-            Some(ca) => ca.verify_server_cert(end_entity, intermediates, server_name, ocsp, now),
-            None => Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::UnknownIssuer,
-            )),
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
+        xenvault_tls::client_config(&trust)
+            .map(Arc::new)
+            .map_err(|e| Error::Tls(e.to_string()))
     }
 }

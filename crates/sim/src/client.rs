@@ -1,8 +1,7 @@
 //! A minimal JSON-RPC caller for the `xenvault sim ...` subcommands, which talk to
-//! a running simulator. The simulator's certificate is self-signed: pass its PEM
-//! to trust it, or trust any certificate (the simulator is a test tool).
+//! a running simulator. Any certificate is trusted: the simulator's is self-signed
+//! and it is a test tool.
 
-use std::sync::Arc;
 use xenvault_xapi_wire::{jsonrpc, Failure, Value};
 
 #[derive(Debug, thiserror::Error)]
@@ -26,12 +25,8 @@ pub struct SimClient {
 impl SimClient {
     /// Logs in as root.
     pub async fn login(url: &str, password: &str) -> Result<Self, ClientError> {
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| ClientError::Tls(e.to_string()))?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyCert))
-            .with_no_client_auth();
+        let tls = xenvault_tls::client_config(&xenvault_tls::ServerTrust::Insecure)
+            .map_err(|e| ClientError::Tls(e.to_string()))?;
         let http = reqwest::Client::builder().use_preconfigured_tls(tls).build()?;
         let mut client = SimClient { http, url: url.trim_end_matches('/').to_owned(), session: String::new() };
         let session = client
@@ -57,46 +52,5 @@ impl SimClient {
 
     pub async fn logout(self) -> Result<(), ClientError> {
         self.call("session.logout", Vec::new()).await.map(|_| ())
-    }
-}
-
-/// Accepts any server certificate: the simulator's is self-signed.
-#[derive(Debug)]
-struct AnyCert;
-
-impl rustls::client::danger::ServerCertVerifier for AnyCert {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &rustls::pki_types::CertificateDer<'_>,
-        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
-        _server_name: &rustls::pki_types::ServerName<'_>,
-        _ocsp: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        let algs = rustls::crypto::ring::default_provider().signature_verification_algorithms;
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &algs)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        let algs = rustls::crypto::ring::default_provider().signature_verification_algorithms;
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &algs)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        rustls::crypto::ring::default_provider().signature_verification_algorithms.supported_schemes()
     }
 }
