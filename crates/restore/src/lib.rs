@@ -3,6 +3,7 @@
 //! instant access to a stored disk over NBD, and exports as raw, VHD or qcow2.
 
 mod error;
+pub mod differential;
 pub mod export;
 pub mod files;
 pub mod nbd;

@@ -1,11 +1,11 @@
 //! Whole-VM restore to a pool from the records the engine stored with the restore point
 //! (`metadata.vm`, format `xenvault-vm/1`): as a new VM (or template), or over the
-//! original VM, optionally writing only the 2 MiB blocks that differ.
+//! original VM, optionally writing only what differs (see [`crate::differential`]).
 
+pub use crate::differential::Method;
 use crate::export::{VHD_BLOCK, present_units, vhd_size, write_vhd};
 use crate::{Error, RepoDisk, Result};
 use bytes::Bytes;
-use futures::StreamExt;
 use serde_json::Value as Json;
 use std::sync::Arc;
 use xenvault_repo::{DiskReader, DiskRecord, Manifest, Repository};
@@ -35,8 +35,18 @@ pub struct DiskRestore {
     pub position: String,
     pub vdi_uuid: String,
     pub size: u64,
-    /// Disk bytes sent to the host (differential: only differing blocks).
+    /// Disk bytes the host writes (differential: only the sectors that differ).
     pub bytes_written: u64,
+    /// Bytes sent to the host: a VHD carries whole 2 MiB blocks, of which the host writes
+    /// only the sectors marked present.
+    pub bytes_sent: u64,
+    /// Bytes of the target disk read to find what differs (none with CBT).
+    pub bytes_compared: u64,
+    /// Differential only: how the differences were found, and why that way.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<Method>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method_reason: Option<String>,
     pub seconds: f64,
 }
 
@@ -85,7 +95,7 @@ async fn call_ref(client: &Client, method: &str, args: &[Value]) -> Result<Strin
 }
 
 /// A reference by uuid, or None when no such object exists.
-async fn by_uuid(client: &Client, class: &str, uuid: &str) -> Result<Option<String>> {
+pub(crate) async fn by_uuid(client: &Client, class: &str, uuid: &str) -> Result<Option<String>> {
     if uuid.is_empty() {
         return Ok(None);
     }
@@ -104,6 +114,8 @@ fn to_value(j: &Json) -> Result<Value> {
 struct StoredDisk<'a> {
     record: &'a DiskRecord,
     position: String,
+    /// The snapshot VDI the disk was read from (the CBT base of a differential restore).
+    snapshot_vdi_uuid: String,
     vdi: Json,
     vbd: Option<Json>,
 }
@@ -121,7 +133,7 @@ fn stored_disks<'a>(m: &'a Manifest, meta: &Json) -> Result<Vec<StoredDisk<'a>>>
         let (vdi_ref, vdi) = found.map(|(r, v)| (r.as_str(), v.clone())).unwrap_or((NULL_REF, Json::Null));
         let vbd = vbds.values().find(|b| vdi_ref != NULL_REF && text(b, "VDI") == vdi_ref).cloned();
         let position = entry.map(|e| text(e, "position").to_owned()).unwrap_or_else(|| record.name.clone());
-        out.push(StoredDisk { record, position, vdi, vbd });
+        out.push(StoredDisk { record, position, snapshot_vdi_uuid: snap_uuid.to_owned(), vdi, vbd });
     }
     Ok(out)
 }
@@ -216,9 +228,20 @@ async fn restore_as_new(
             let disk = disk.clone();
             tokio::task::spawn_blocking(move || present_units(&disk, &tokio::runtime::Handle::current(), VHD_BLOCK)).await??
         };
+        let bytes_sent = vhd_size(d.record.size, blocks.len());
         let bytes_written = upload_blocks(client, &vdi, disk, blocks, progress).await?;
         let vdi_uuid = call(client, "VDI.get_uuid", &[Value::from(vdi.as_str())]).await?.as_str().unwrap_or_default().to_owned();
-        written.push(DiskRestore { position: d.position.clone(), vdi_uuid, size: d.record.size, bytes_written, seconds: t.elapsed().as_secs_f64() });
+        written.push(DiskRestore {
+            position: d.position.clone(),
+            vdi_uuid,
+            size: d.record.size,
+            bytes_written,
+            bytes_sent,
+            bytes_compared: 0,
+            method: None,
+            method_reason: None,
+            seconds: t.elapsed().as_secs_f64(),
+        });
         let vbd = d.vbd.clone().unwrap_or(Json::Null);
         let vbd_spec = serde_json::json!({
             "VM": vm, "VDI": vdi, "userdevice": d.position, "bootable": vbd.get("bootable").and_then(Json::as_bool).unwrap_or(false),
@@ -269,7 +292,7 @@ async fn create_vifs(client: &Client, meta: &Json, vm: &str, original_exists: bo
 }
 
 /// Writes each stored disk over the VM's disk of the same VDI uuid (the VM is shut down
-/// first). Differential: reads the target and sends only the blocks that differ.
+/// first). Differential: finds what differs and sends only that.
 async fn restore_over(
     client: &Client,
     repo: &Repository,
@@ -300,52 +323,34 @@ async fn restore_over(
         }
         let reader = Arc::new(DiskReader::new(repo, d.record).await?);
         let disk = RepoDisk::new(reader.clone(), tokio::runtime::Handle::current());
-        let bytes_written = if differential {
-            let blocks = differing_blocks(client, &vdi, &reader).await?;
-            upload_blocks(client, &vdi, disk, blocks, progress).await?
-        } else {
-            upload_raw(client, &vdi, disk, progress).await?
+        let mut done = DiskRestore {
+            position: d.position.clone(),
+            vdi_uuid: d.record.uuid.clone(),
+            size: d.record.size,
+            bytes_written: d.record.size,
+            bytes_sent: d.record.size,
+            bytes_compared: 0,
+            method: None,
+            method_reason: None,
+            seconds: 0.0,
         };
-        out.push(DiskRestore { position: d.position.clone(), vdi_uuid: d.record.uuid.clone(), size: d.record.size, bytes_written, seconds: t.elapsed().as_secs_f64() });
+        if differential {
+            let plan = crate::differential::plan(client, repo, &vdi, &d.snapshot_vdi_uuid, &reader, progress.as_ref()).await?;
+            tracing::info!(disk = %d.position, method = ?plan.method, reason = %plan.reason, ranges = plan.ranges.len(), "differential restore");
+            let sent = crate::differential::upload_ranges(client, &vdi, disk, plan.ranges).await?;
+            (done.bytes_written, done.bytes_sent, done.bytes_compared) = (sent.written, sent.sent, plan.bytes_compared);
+            (done.method, done.method_reason) = (Some(plan.method), Some(plan.reason));
+        } else {
+            upload_raw(client, &vdi, disk, progress).await?;
+        }
+        done.seconds = t.elapsed().as_secs_f64();
+        out.push(done);
     }
     Ok(out)
 }
 
-/// The 2 MiB blocks where the VDI's current content differs from the restore point.
-async fn differing_blocks(client: &Client, vdi: &str, reader: &DiskReader) -> Result<Vec<u64>> {
-    let mut body = client.export_raw_vdi(&Ref::new(vdi), DiskFormat::Raw, None).await?;
-    let mut current = Vec::with_capacity(VHD_BLOCK as usize);
-    let mut stored = vec![0u8; VHD_BLOCK as usize];
-    let mut block = 0u64;
-    let mut differ = Vec::new();
-    let size = reader.size();
-    loop {
-        let piece = body.next().await.transpose()?;
-        if let Some(p) = &piece {
-            current.extend_from_slice(p);
-        }
-        while current.len() as u64 >= VHD_BLOCK.min(size.saturating_sub(block * VHD_BLOCK)) && block * VHD_BLOCK < size {
-            let len = (size - block * VHD_BLOCK).min(VHD_BLOCK) as usize;
-            let theirs = stored.get_mut(..len).ok_or_else(|| invalid("block length"))?;
-            reader.read_at(block * VHD_BLOCK, theirs).await?;
-            if current.get(..len) != Some(&*theirs) {
-                differ.push(block);
-            }
-            current.drain(..len);
-            block += 1;
-        }
-        if piece.is_none() {
-            break;
-        }
-    }
-    if block * VHD_BLOCK < size {
-        return Err(invalid(format!("the host sent {} of {size} bytes of VDI {vdi}", block * VHD_BLOCK)));
-    }
-    Ok(differ)
-}
-
 /// Pipes a blocking writer into an upload body.
-struct ChannelWriter {
+pub(crate) struct ChannelWriter {
     tx: tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
 }
 
@@ -360,7 +365,7 @@ impl std::io::Write for ChannelWriter {
 }
 
 /// Streams what `produce` writes (on a blocking thread) as the body of an import.
-async fn upload(
+pub(crate) async fn upload(
     client: &Client,
     vdi: &str,
     format: DiskFormat,

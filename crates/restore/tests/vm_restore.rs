@@ -1,5 +1,6 @@
-//! Whole-VM restore on the simulator: as a new VM, over the original, and differential;
-//! each gives disks whose `sim.sha256` equals the restore point's.
+//! Whole-VM restore on the simulator: as a new VM, over the original, and differential
+//! (by CBT and by chunk hashes); each gives disks whose `sim.sha256` equals the restore
+//! point's, and a differential writes what changed, as CBT on the target confirms.
 
 use base64::Engine;
 use std::collections::BTreeMap;
@@ -12,7 +13,7 @@ use xenvault_engine::selection::Selector;
 use xenvault_engine::store::Store;
 use xenvault_engine::strategy::{Level, Requested};
 use xenvault_engine::transfer::NoProgress;
-use xenvault_restore::vm::{Mode, VmRestoreOptions, restore_vm};
+use xenvault_restore::vm::{DiskRestore, Method, Mode, VmRestoreOptions, VmRestoreReport, restore_vm};
 use xenvault_sim::client::SimClient;
 use xenvault_sim::{SimConfig, Simulator};
 use xenvault_xapi::Value;
@@ -29,8 +30,18 @@ async fn digests_of(host: &Host, sim: &SimClient, vm_uuid: &str) -> BTreeMap<Str
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restore_as_new_over_the_original_and_differential() {
+/// A simulated pool, logged-in clients and an empty repository.
+struct Pool {
+    dir: tempfile::TempDir,
+    _sim: xenvault_sim::SimHandle,
+    host: Host,
+    client: xenvault_xapi::Client,
+    sim: SimClient,
+    repo: xenvault_repo::Repository,
+    store: Store,
+}
+
+async fn pool() -> Pool {
     let dir = tempfile::tempdir().unwrap();
     let sim_handle = Simulator::start(SimConfig::new(dir.path().join("sim"))).await.unwrap();
     let fingerprint = xenvault_engine::config::fingerprint_of_pem(&sim_handle.cert_pem).unwrap();
@@ -49,19 +60,41 @@ async fn restore_as_new_over_the_original_and_differential() {
     };
     let repo = xenvault_repo::Repository::init(dir.path().join("repo").to_str().unwrap(), &Default::default(), options).await.unwrap();
     let store = Store::from_repository(repo.clone());
+    Pool { dir, _sim: sim_handle, host, client, sim, repo, store }
+}
 
-    let original = host.vms().await.unwrap().into_iter().find(|v| v.name_label == VM).unwrap();
-    let backup = BackupOptions { selectors: vec![Selector::NameOrUuid(VM.into())], level: Level::Full, strategy: Requested::Auto, ..Default::default() };
-    let report = job::backup(&host, &store, &backup, Arc::new(NoProgress)).await.unwrap().vms.into_iter().next().unwrap();
+/// Backs up the VM; returns the restore point.
+async fn back_up(p: &Pool, level: Level) -> xenvault_repo::Manifest {
+    let backup = BackupOptions { selectors: vec![Selector::NameOrUuid(VM.into())], level, strategy: Requested::Auto, ..Default::default() };
+    let report = job::backup(&p.host, &p.store, &backup, Arc::new(NoProgress)).await.unwrap().vms.into_iter().next().unwrap();
     assert!(matches!(report.status, Status::Ok), "{:?}", report.error);
-    let expected = digests_of(&host, &sim, &original.uuid).await;
-    let m = repo.snapshot(report.restore_point.as_deref().unwrap()).await.unwrap();
+    p.repo.snapshot(report.restore_point.as_deref().unwrap()).await.unwrap()
+}
+
+async fn vdis_of(host: &Host, vm: &xenvault_engine::records::Vm) -> Vec<xenvault_engine::records::Vdi> {
+    host.disks(vm).await.unwrap().into_iter().map(|(_, vdi)| vdi).collect()
+}
+
+/// A guest writes `len` pseudo-random bytes at `offset` (CBT sees it).
+async fn guest_write(sim: &SimClient, vdi_uuid: &str, offset: u64, len: usize, seed: u64) {
+    let data = base64::engine::general_purpose::STANDARD.encode(xenvault_fixtures::random_bytes(seed, "guest", len));
+    let args = vec![Value::from(vdi_uuid), Value::from(offset.to_string()), Value::from(data)];
+    sim.call("sim.write", args).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_as_new_over_the_original_and_differential() {
+    let p = pool().await;
+    let (host, client, sim, repo) = (&p.host, &p.client, &p.sim, &p.repo);
+    let original = host.vms().await.unwrap().into_iter().find(|v| v.name_label == VM).unwrap();
+    let m = back_up(&p, Level::Full).await;
+    let expected = digests_of(host, sim, &original.uuid).await;
 
     // As a new VM, beside the original.
     let opts = VmRestoreOptions { mode: Mode::AsNew, differential: false, sr: None, as_template: false };
-    let new = restore_vm(&client, &repo, &m, &opts, None).await.unwrap();
+    let new = restore_vm(client, repo, &m, &opts, None).await.unwrap();
     assert_ne!(new.vm_uuid, original.uuid);
-    assert_eq!(digests_of(&host, &sim, &new.vm_uuid).await, expected);
+    assert_eq!(digests_of(host, sim, &new.vm_uuid).await, expected);
     let new_vm = host.vms().await.unwrap().into_iter().find(|v| v.uuid == new.vm_uuid).unwrap();
     assert_eq!(new_vm.vifs.len(), original.vifs.len());
     let mac = |vif: &str| {
@@ -72,34 +105,20 @@ async fn restore_as_new_over_the_original_and_differential() {
         assert_ne!(mac(a).await, mac(b).await, "the new VM took the original's MAC");
     }
 
-    // Change a few KiB of each of the original's disks (in one 2 MiB VHD block, the
-    // granularity of an import), then restore differentially over it.
-    let (_, vdis): (Vec<_>, Vec<_>) = host.disks(&original).await.unwrap().into_iter().unzip();
-    let guest_write = base64::engine::general_purpose::STANDARD.encode([0xa5u8; 8192]);
+    // A guest write, then a full overwrite: every byte is sent and written.
+    let vdis = vdis_of(host, &original).await;
     for vdi in &vdis {
-        let args = vec![Value::from(vdi.uuid.as_str()), Value::from((3u64 << 20).to_string()), Value::from(guest_write.as_str())];
-        sim.call("sim.write", args).await.unwrap();
+        guest_write(sim, &vdi.uuid, 3 << 20, 8192, 1).await;
     }
-    assert_ne!(digests_of(&host, &sim, &original.uuid).await, expected);
-    let opts = VmRestoreOptions { mode: Mode::Overwrite, differential: true, sr: None, as_template: false };
-    let diff = restore_vm(&client, &repo, &m, &opts, None).await.unwrap();
-    assert_eq!(diff.vm_uuid, original.uuid);
-    assert_eq!(digests_of(&host, &sim, &original.uuid).await, expected);
-    for d in &diff.disks {
-        assert_eq!(d.bytes_written, 2 << 20, "differential wrote {} of {}", d.bytes_written, d.size);
-    }
-
-    // Nothing differs now: a second differential writes nothing; a full overwrite writes everything.
-    let again = restore_vm(&client, &repo, &m, &opts, None).await.unwrap();
-    assert!(again.disks.iter().all(|d| d.bytes_written == 0), "{:?}", again.disks);
+    assert_ne!(digests_of(host, sim, &original.uuid).await, expected);
     let opts = VmRestoreOptions { mode: Mode::Overwrite, differential: false, sr: None, as_template: false };
-    let full = restore_vm(&client, &repo, &m, &opts, None).await.unwrap();
-    assert!(full.disks.iter().all(|d| d.bytes_written == d.size));
-    assert_eq!(digests_of(&host, &sim, &original.uuid).await, expected);
-    println!("{}", serde_json::to_string(&diff).unwrap());
+    let full = restore_vm(client, repo, &m, &opts, None).await.unwrap();
+    assert_eq!(full.vm_uuid, original.uuid);
+    assert!(full.disks.iter().all(|d| d.bytes_written == d.size && d.bytes_sent == d.size && d.method.is_none()), "{:?}", full.disks);
+    assert_eq!(digests_of(host, sim, &original.uuid).await, expected);
 
     // An XVA export of the restore point imports into the pool with the same disks.
-    let xva = dir.path().join("vm.xva");
+    let xva = p.dir.path().join("vm.xva");
     let (r, mm, path) = (repo.clone(), m.clone(), xva.clone());
     tokio::task::spawn_blocking(move || xenvault_restore::xva::export_xva(&r, &mm, std::fs::File::create(&path).unwrap(), None))
         .await
@@ -113,5 +132,142 @@ async fn restore_as_new_over_the_original_and_differential() {
     let body = futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(std::fs::read(&xva).unwrap()))]);
     let vms = client.import_vm(&sr, body, len, Default::default()).await.unwrap();
     let imported = host.vm(vms[0].as_ref()).await.unwrap();
-    assert_eq!(digests_of(&host, &sim, &imported.uuid).await, expected);
+    assert_eq!(digests_of(host, sim, &imported.uuid).await, expected);
+}
+
+/// The 64 KiB CBT blocks a write touches.
+fn cbt_blocks(writes: &[(u64, usize)]) -> Vec<u64> {
+    let mut blocks: Vec<u64> = writes.iter().flat_map(|&(at, len)| at / 65536..(at + len as u64).div_ceil(65536)).collect();
+    blocks.sort_unstable();
+    blocks.dedup();
+    blocks
+}
+
+/// A differential restore of `m` over the VM, watched by CBT: a `VDI.snapshot` of each
+/// disk just before, then `VDI.list_changed_blocks(snapshot, disk)` tells which 64 KiB
+/// blocks the restore wrote (per disk, in `vdis` order).
+async fn differential_watched(p: &Pool, m: &xenvault_repo::Manifest, vdis: &[xenvault_engine::records::Vdi]) -> (VmRestoreReport, Vec<Vec<u64>>) {
+    let cbt_on = |v: &xenvault_engine::records::Vdi| {
+        let (client, vdi) = (&p.client, v.reference.clone());
+        async move { client.call("VDI.get_cbt_enabled", &[Value::from(vdi.as_str())]).await.unwrap().as_bool() == Some(true) }
+    };
+    let mut probes = Vec::new();
+    for v in vdis {
+        let probe = match cbt_on(v).await {
+            true => Some(p.client.call("VDI.snapshot", &[Value::from(v.reference.as_str())]).await.unwrap().as_str().unwrap().to_owned()),
+            false => None,
+        };
+        probes.push(probe);
+    }
+    let opts = VmRestoreOptions { mode: Mode::Overwrite, differential: true, sr: None, as_template: false };
+    let report = restore_vm(&p.client, &p.repo, m, &opts, None).await.unwrap();
+    println!("{}", serde_json::to_string(&report.disks).unwrap());
+    let mut written = Vec::new();
+    for (v, probe) in vdis.iter().zip(probes) {
+        let Some(probe) = probe else {
+            written.push(Vec::new());
+            continue;
+        };
+        let bitmap = p.client.call("VDI.list_changed_blocks", &[Value::from(probe.as_str()), Value::from(v.reference.as_str())]).await.unwrap();
+        let changed = xenvault_xapi_wire::cbt::ChangedBlocks::decode(bitmap.as_str().unwrap()).unwrap();
+        written.push(changed.changed_blocks().collect());
+        p.client.call("VDI.destroy", &[Value::from(probe.as_str())]).await.unwrap();
+    }
+    (report, written)
+}
+
+fn disk_of<'a>(report: &'a VmRestoreReport, vdi: &xenvault_engine::records::Vdi) -> &'a DiskRestore {
+    report.disks.iter().find(|d| d.vdi_uuid == vdi.uuid).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn differential_restore_writes_what_changed() {
+    let p = pool().await;
+    let (host, sim) = (&p.host, &p.sim);
+    let vm = host.vms().await.unwrap().into_iter().find(|v| v.name_label == VM).unwrap();
+    let vdis = vdis_of(host, &vm).await;
+    for (n, vdi) in vdis.iter().enumerate() {
+        let args = vec![Value::from(vdi.uuid.as_str()), Value::from("40"), Value::from("65536"), Value::from(n.to_string())];
+        sim.call("sim.scribble", args).await.unwrap();
+    }
+    // The full backup leaves its snapshot as CBT metadata: the base of the CBT method.
+    let first = back_up(&p, Level::Full).await;
+    let first_digests = digests_of(host, sim, &vm.uuid).await;
+    let write_all = |writes: &'static [(u64, usize)], seed: u64| {
+        let vdis = vdis.clone();
+        async move {
+            for vdi in &vdis {
+                for (n, &(at, len)) in writes.iter().enumerate() {
+                    guest_write(sim, &vdi.uuid, at, len, seed + n as u64).await;
+                }
+            }
+        }
+    };
+
+    // CBT: the changed 64 KiB blocks are written, the disk is not read.
+    const GUEST_1: &[(u64, usize)] = &[((3 << 20) + 4096, 8192), ((5 << 20) + 62 * 1024, 4096)];
+    write_all(GUEST_1, 10).await;
+    let (report, written) = differential_watched(&p, &first, &vdis).await;
+    assert_eq!(digests_of(host, sim, &vm.uuid).await, first_digests);
+    for (vdi, written) in vdis.iter().zip(&written) {
+        let d = disk_of(&report, vdi);
+        assert_eq!(d.method, Some(Method::Cbt), "{:?}", d.method_reason);
+        assert_eq!(d.bytes_compared, 0);
+        assert_eq!(written, &cbt_blocks(GUEST_1));
+        assert_eq!(d.bytes_written, 3 * 65536, "12 KiB changed in three 64 KiB blocks");
+        // Two 2 MiB VHD blocks (3 MiB and 5 MiB) carry them.
+        assert_eq!(d.bytes_sent, xenvault_vhd::DynamicWriter::<std::io::Sink>::output_size(d.size, 2));
+    }
+
+    // An incremental backup; its snapshot replaces the first one as the CBT base.
+    const GUEST_2: &[(u64, usize)] = &[((7 << 20) + 512, 4096), ((9 << 20) + 60 * 1024, 12288)];
+    write_all(GUEST_2, 20).await;
+    let second = back_up(&p, Level::Inc).await;
+    let second_digests = digests_of(host, sim, &vm.uuid).await;
+    assert_ne!(second_digests, first_digests);
+
+    // The older restore point: its snapshot is gone, so chunk hashes find the 16 KiB
+    // (sector-exact) that differ, written alone.
+    let (report, written) = differential_watched(&p, &first, &vdis).await;
+    assert_eq!(digests_of(host, sim, &vm.uuid).await, first_digests);
+    for (vdi, written) in vdis.iter().zip(&written) {
+        let d = disk_of(&report, vdi);
+        assert_eq!(d.method, Some(Method::Hash));
+        assert!(d.method_reason.as_deref().unwrap().contains("is gone"), "{:?}", d.method_reason);
+        assert_eq!(d.bytes_compared, d.size);
+        assert_eq!(d.bytes_written, 4096 + 12288);
+        assert_eq!(written, &cbt_blocks(GUEST_2));
+    }
+
+    // Back to the latest point with CBT: since its snapshot, only the blocks the last
+    // restore wrote changed.
+    let (report, written) = differential_watched(&p, &second, &vdis).await;
+    assert_eq!(digests_of(host, sim, &vm.uuid).await, second_digests);
+    for (vdi, written) in vdis.iter().zip(&written) {
+        let d = disk_of(&report, vdi);
+        assert_eq!(d.method, Some(Method::Cbt), "{:?}", d.method_reason);
+        assert_eq!(d.bytes_written, cbt_blocks(GUEST_2).len() as u64 * 65536);
+        assert_eq!(written, &cbt_blocks(GUEST_2));
+    }
+
+    // CBT off: hashes again, and exactly the 4 KiB the guest wrote.
+    for vdi in &vdis {
+        p.client.call("VDI.disable_cbt", &[Value::from(vdi.reference.as_str())]).await.unwrap();
+    }
+    write_all(&[(12 << 20, 4096)], 30).await;
+    let (report, _) = differential_watched(&p, &second, &vdis).await;
+    assert_eq!(digests_of(host, sim, &vm.uuid).await, second_digests);
+    for vdi in &vdis {
+        let d = disk_of(&report, vdi);
+        assert_eq!(d.method, Some(Method::Hash));
+        assert!(d.method_reason.as_deref().unwrap().contains("CBT is off"), "{:?}", d.method_reason);
+        assert_eq!(d.bytes_written, 4096);
+    }
+
+    // Nothing differs: nothing written, a VHD without blocks sent.
+    let (report, _) = differential_watched(&p, &second, &vdis).await;
+    for d in &report.disks {
+        assert_eq!((d.bytes_written, d.bytes_compared), (0, d.size));
+        assert_eq!(d.bytes_sent, xenvault_vhd::DynamicWriter::<std::io::Sink>::output_size(d.size, 0));
+    }
 }
