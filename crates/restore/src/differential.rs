@@ -4,9 +4,11 @@
 //! host writes about as much as changed, though the wire carries whole 2 MiB blocks.
 //!
 //! Where it differs, best first:
-//! - CBT: the restore point's snapshot VDI still exists (the engine keeps the last one as
-//!   `cbt_metadata`) and the disk has CBT on: `VDI.list_changed_blocks(snapshot, disk)`
-//!   names the 64 KiB blocks written since; nothing of the disk is read.
+//! - CBT: the disk has CBT on and the restore point's snapshot VDI still exists (the
+//!   engine keeps the last one as `cbt_metadata`): `VDI.list_changed_blocks(snapshot,
+//!   disk)` names the 64 KiB blocks written since; nothing of the disk is read. For an
+//!   older restore point whose snapshot is gone, the snapshot of another point serves,
+//!   adding where the two points differ (from their chunk ids, then their sectors).
 //! - hash: the disk is streamed from the host and each repository chunk hashed with the
 //!   repository's chunk-id key; only chunks whose id differs are read from the restore
 //!   point, and compared sector by sector so only differing sectors are written.
@@ -16,7 +18,7 @@ use crate::{Error, RepoDisk, Result};
 use futures::StreamExt;
 use std::ops::Range;
 use xenvault_repo::crypto::ChunkId;
-use xenvault_repo::{DiskReader, Repository};
+use xenvault_repo::{DiskReader, DiskRecord, Manifest, Repository};
 use xenvault_vhd::{DynamicWriter, SECTOR_SIZE};
 use xenvault_xapi::{Client, DiskFormat, Ref, Value};
 use xenvault_xapi_wire::cbt::{BLOCK_SIZE as CBT_BLOCK, ChangedBlocks};
@@ -50,65 +52,165 @@ fn push_range(ranges: &mut Vec<Range<u64>>, r: Range<u64>) {
     }
 }
 
-/// Where the VDI `vdi` differs from the restore point read by `reader`, whose disk was
-/// backed up from the snapshot VDI `snapshot_uuid` (empty when unknown).
+/// The disk a differential restore writes over.
+pub(crate) struct Target<'a> {
+    /// The VDI's reference.
+    pub vdi: &'a str,
+    /// The restore point being restored.
+    pub point: &'a Manifest,
+    /// The snapshot VDI the restore point's disk was read from (empty when unknown).
+    pub snapshot_vdi_uuid: &'a str,
+}
+
+/// How many other restore points of the disk are tried for a surviving CBT snapshot.
+const OTHER_POINTS_TRIED: usize = 8;
+
+/// Where the target differs from the restore point read by `reader`.
 pub(crate) async fn plan(
     client: &Client,
     repo: &Repository,
-    vdi: &str,
-    snapshot_uuid: &str,
+    target: &Target<'_>,
     reader: &DiskReader,
     progress: Option<&crate::export::Progress>,
 ) -> Result<Plan> {
-    let reason = match changed_since_snapshot(client, vdi, snapshot_uuid, reader.size()).await? {
-        Ok((ranges, reason)) => {
-            if let Some(p) = progress {
-                p(reader.size());
+    let size = reader.size();
+    let cbt = client.call("VDI.get_cbt_enabled", &[Value::from(target.vdi)]).await?;
+    let reason = if cbt.as_bool() != Some(true) {
+        "CBT is off on the disk".to_owned()
+    } else {
+        let direct = match cbt_changes(client, target.vdi, target.snapshot_vdi_uuid, size).await? {
+            Ok(ranges) => {
+                let reason = format!("CBT since the restore point's snapshot {}", target.snapshot_vdi_uuid);
+                Some((ranges, reason))
             }
-            return Ok(Plan { method: Method::Cbt, reason, ranges, bytes_compared: 0 });
+            Err(why_not) => via_other_point(client, repo, target, reader).await?.map(|(ranges, via)| (ranges, format!("{why_not}; {via}"))),
+        };
+        match direct {
+            Some((ranges, reason)) => {
+                if let Some(p) = progress {
+                    p(size);
+                }
+                return Ok(Plan { method: Method::Cbt, reason, ranges, bytes_compared: 0 });
+            }
+            None => "no restore point of the disk has its CBT snapshot left".to_owned(),
         }
-        Err(why_not) => why_not,
     };
-    let (ranges, bytes_compared) = differing_sectors(client, repo, vdi, reader, progress).await?;
-    Ok(Plan { method: Method::Hash, reason, ranges, bytes_compared })
+    let (ranges, bytes_compared) = differing_sectors(client, repo, target.vdi, reader, progress).await?;
+    Ok(Plan { method: Method::Hash, reason: format!("{reason}: compared chunk hashes"), ranges, bytes_compared })
 }
 
-/// The 64 KiB blocks written to `vdi` since the snapshot, with why CBT could be used;
-/// `Ok(Err(reason))` when it cannot. Only transport failures are errors.
-async fn changed_since_snapshot(
+/// The byte ranges (64 KiB blocks) written to `vdi` since the snapshot VDI
+/// `snapshot_uuid`; `Ok(Err(why))` when CBT cannot tell. Only transport failures are errors.
+async fn cbt_changes(
     client: &Client,
     vdi: &str,
     snapshot_uuid: &str,
     size: u64,
-) -> Result<std::result::Result<(Vec<Range<u64>>, String), String>> {
-    let enabled = client.call("VDI.get_cbt_enabled", &[Value::from(vdi)]).await?;
-    if enabled.as_bool() != Some(true) {
-        return Ok(Err("CBT is off on the disk: compared chunk hashes".into()));
-    }
+) -> Result<std::result::Result<Vec<Range<u64>>, String>> {
     if snapshot_uuid.is_empty() {
-        return Ok(Err("the restore point names no snapshot VDI: compared chunk hashes".into()));
+        return Ok(Err("the restore point names no snapshot VDI".into()));
     }
     let Some(snapshot) = crate::vm::by_uuid(client, "VDI", snapshot_uuid).await? else {
-        return Ok(Err(format!(
-            "the restore point's snapshot VDI {snapshot_uuid} is gone: compared chunk hashes"
-        )));
+        return Ok(Err(format!("the snapshot VDI {snapshot_uuid} is gone")));
     };
     let answer = match client.call("VDI.list_changed_blocks", &[Value::from(snapshot.as_str()), Value::from(vdi)]).await {
         Ok(a) => a,
-        Err(e) => return Ok(Err(format!("VDI.list_changed_blocks failed ({e}): compared chunk hashes"))),
+        Err(e) => return Ok(Err(format!("VDI.list_changed_blocks from {snapshot_uuid} failed ({e})"))),
     };
     let Some(changed) = answer.as_str().and_then(|b| ChangedBlocks::decode(b).ok()) else {
-        return Ok(Err(format!("VDI.list_changed_blocks returned no bitmap ({answer:?}): compared chunk hashes")));
+        return Ok(Err(format!("VDI.list_changed_blocks returned no bitmap ({answer:?})")));
     };
     if changed.block_count() < size.div_ceil(CBT_BLOCK) {
-        return Ok(Err(format!(
-            "the CBT bitmap covers {} blocks of a {size}-byte disk: compared chunk hashes",
-            changed.block_count()
-        )));
+        return Ok(Err(format!("the CBT bitmap covers {} blocks of a {size}-byte disk", changed.block_count())));
     }
-    let ranges: Vec<_> = changed.ranges().map(|r| r.start.min(size)..r.end.min(size)).filter(|r| !r.is_empty()).collect();
-    let reason = format!("CBT since the restore point's snapshot {snapshot_uuid}: {} blocks of 64 KiB changed", changed.changed_count());
-    Ok(Ok((ranges, reason)))
+    Ok(Ok(changed.ranges().map(|r| r.start.min(size)..r.end.min(size)).filter(|r| !r.is_empty()).collect()))
+}
+
+/// CBT through another restore point `other` of the disk whose snapshot survives (the
+/// engine keeps only the newest): the disk differs from this point at most where it
+/// changed since `other`'s snapshot, or where `other` differs from this point, which the
+/// two points' chunk ids tell (differing chunks compared by sector). Reads no target.
+async fn via_other_point(
+    client: &Client,
+    repo: &Repository,
+    target: &Target<'_>,
+    reader: &DiskReader,
+) -> Result<Option<(Vec<Range<u64>>, String)>> {
+    let ours = reader.disk();
+    let candidates: Vec<Manifest> = repo
+        .snapshots()
+        .await?
+        .into_iter()
+        .rev()
+        .filter(|m| m.id != target.point.id)
+        .filter(|m| m.disks.iter().any(|d| same_layout(d, ours)))
+        .take(OTHER_POINTS_TRIED)
+        .collect();
+    for other in &candidates {
+        let snapshot = crate::vm::backup_entry(other, &ours.uuid).map(|e| crate::vm::text(e, "snapshot_vdi_uuid")).unwrap_or_default();
+        let Ok(since) = cbt_changes(client, target.vdi, snapshot, reader.size()).await? else { continue };
+        let Some(record) = other.disks.iter().find(|d| same_layout(d, ours)) else { continue };
+        let theirs = DiskReader::new(repo, record).await?;
+        let between = differing_points(reader, &theirs).await?;
+        let reason = format!("CBT since restore point {}'s snapshot {snapshot}, and where the two restore points differ", other.short_id());
+        return Ok(Some((union(since, between), reason)));
+    }
+    Ok(None)
+}
+
+/// The same disk, cut into chunks the same way.
+fn same_layout(a: &DiskRecord, b: &DiskRecord) -> bool {
+    a.uuid == b.uuid && a.size == b.size && a.chunk_size == b.chunk_size && a.page_slots == b.page_slots
+}
+
+/// The sectors where two restore points of one disk (same layout) differ: equal index
+/// pages are skipped, chunks with different ids compared sector by sector.
+async fn differing_points(a: &DiskReader, b: &DiskReader) -> Result<Vec<Range<u64>>> {
+    let per_page = u64::from(a.disk().page_slots);
+    let mut ranges = Vec::new();
+    for (page, (pa, pb)) in a.disk().pages.iter().zip(&b.disk().pages).enumerate() {
+        if pa == pb {
+            continue;
+        }
+        let (ids_a, ids_b) = (a.page(page as u64).await?, b.page(page as u64).await?);
+        for (n, (ia, ib)) in ids_a.iter().zip(ids_b.iter()).enumerate() {
+            if ia != ib {
+                let slot = page as u64 * per_page + n as u64;
+                let (ca, cb) = (a.read_slot(slot).await?, b.read_slot(slot).await?);
+                let len = (a.size() - slot * a.chunk_size()).min(a.chunk_size()) as usize;
+                push_differing_sectors(&mut ranges, slot * a.chunk_size(), len, ca.as_deref().map(Vec::as_slice), cb.as_deref().map(Vec::as_slice));
+            }
+        }
+    }
+    Ok(ranges)
+}
+
+/// Adds the sectors of `len` bytes at `start` where `a` and `b` differ (`None`: zeros).
+fn push_differing_sectors(ranges: &mut Vec<Range<u64>>, start: u64, len: usize, a: Option<&[u8]>, b: Option<&[u8]>) {
+    let sector = SECTOR_SIZE as usize;
+    for at in (0..len).step_by(sector) {
+        let end = (at + sector).min(len);
+        let (sa, sb) = (a.and_then(|a| a.get(at..end)), b.and_then(|b| b.get(at..end)));
+        let differs = match (sa, sb) {
+            (Some(x), Some(y)) => x != y,
+            (Some(x), None) | (None, Some(x)) => x.iter().any(|&v| v != 0),
+            (None, None) => false,
+        };
+        if differs {
+            push_range(ranges, start + at as u64..start + end as u64);
+        }
+    }
+}
+
+/// The union of two increasing lists of disjoint ranges, as one.
+fn union(a: Vec<Range<u64>>, b: Vec<Range<u64>>) -> Vec<Range<u64>> {
+    let mut all: Vec<_> = a.into_iter().chain(b).collect();
+    all.sort_by_key(|r| r.start);
+    let mut out = Vec::with_capacity(all.len());
+    for r in all {
+        push_range(&mut out, r);
+    }
+    out
 }
 
 /// A chunk being hashed on a blocking thread: its id, and the chunk back.
@@ -164,22 +266,9 @@ async fn differing_sectors(
 /// Adds the sectors of chunk `slot` where the disk's `current` content (whose id is `id`)
 /// differs from the restore point's.
 async fn compare_chunk(reader: &DiskReader, slot: u64, id: ChunkId, current: &[u8], ranges: &mut Vec<Range<u64>>) -> Result<()> {
-    if reader.chunk_id(slot).await? == id {
-        return Ok(());
-    }
-    let start = slot * reader.chunk_size();
-    let stored = reader.read_slot(slot).await?;
-    let sector = SECTOR_SIZE as usize;
-    for (n, theirs) in current.chunks(sector).enumerate() {
-        let at = n * sector;
-        let ours = stored.as_ref().and_then(|s| s.get(at..at + theirs.len()));
-        let differs = match ours {
-            Some(ours) => ours != theirs,
-            None => theirs.iter().any(|&b| b != 0),
-        };
-        if differs {
-            push_range(ranges, start + at as u64..start + (at + theirs.len()) as u64);
-        }
+    if reader.chunk_id(slot).await? != id {
+        let stored = reader.read_slot(slot).await?;
+        push_differing_sectors(ranges, slot * reader.chunk_size(), current.len(), Some(current), stored.as_deref().map(Vec::as_slice));
     }
     Ok(())
 }
@@ -270,5 +359,19 @@ mod tests {
         push_range(&mut r, 9 << 20..(9 << 20) + 4096);
         assert_eq!(r, vec![0..1024, (2 << 20) - 512..(2 << 20) + 512, 9 << 20..(9 << 20) + 4096]);
         assert_eq!(blocks_of(&r), vec![0, 1, 4]);
+        assert_eq!(union(vec![0..10, 40..50], vec![5..20, 50..60, 70..80]), vec![0..20, 40..60, 70..80]);
+    }
+
+    #[test]
+    fn sectors_compare_with_holes_as_zeros() {
+        let a = vec![0u8; 2048];
+        let mut b = a.clone();
+        b[600] = 1;
+        b[2047] = 1;
+        let mut r = Vec::new();
+        push_differing_sectors(&mut r, 4096, 2048, Some(&a), Some(&b));
+        push_differing_sectors(&mut r, 8192, 2048, None, Some(&a));
+        push_differing_sectors(&mut r, 16384, 1024, Some(&b[..1024]), None);
+        assert_eq!(r, vec![4096 + 512..4096 + 1024, 4096 + 1536..4096 + 2048, 16384 + 512..16384 + 1024]);
     }
 }

@@ -81,7 +81,7 @@ fn invalid(what: impl Into<String>) -> Error {
     Error::Metadata(what.into())
 }
 
-fn text<'a>(j: &'a Json, key: &str) -> &'a str {
+pub(crate) fn text<'a>(j: &'a Json, key: &str) -> &'a str {
     j.get(key).and_then(Json::as_str).unwrap_or_default()
 }
 
@@ -120,14 +120,19 @@ struct StoredDisk<'a> {
     vbd: Option<Json>,
 }
 
+/// The engine's record of how disk `disk_uuid` was backed up (`metadata.backup.disks`).
+pub(crate) fn backup_entry<'a>(m: &'a Manifest, disk_uuid: &str) -> Option<&'a Json> {
+    let disks = m.metadata.get("backup")?.get("disks")?.as_array()?;
+    disks.iter().find(|e| text(e, "vdi_uuid") == disk_uuid)
+}
+
 fn stored_disks<'a>(m: &'a Manifest, meta: &Json) -> Result<Vec<StoredDisk<'a>>> {
-    let backup = m.metadata.get("backup").and_then(|b| b.get("disks")).and_then(Json::as_array);
     let empty = serde_json::Map::new();
     let vdis = meta.get("VDI").and_then(Json::as_object).unwrap_or(&empty);
     let vbds = meta.get("VBD").and_then(Json::as_object).unwrap_or(&empty);
     let mut out = Vec::new();
     for record in &m.disks {
-        let entry = backup.and_then(|b| b.iter().find(|e| text(e, "vdi_uuid") == record.uuid));
+        let entry = backup_entry(m, &record.uuid);
         let snap_uuid = entry.map(|e| text(e, "snapshot_vdi_uuid")).unwrap_or_default();
         let found = vdis.iter().find(|(_, v)| !snap_uuid.is_empty() && text(v, "uuid") == snap_uuid);
         let (vdi_ref, vdi) = found.map(|(r, v)| (r.as_str(), v.clone())).unwrap_or((NULL_REF, Json::Null));
@@ -157,7 +162,7 @@ pub async fn restore_vm(
         Mode::AsNew => restore_as_new(client, repo, m, meta, vm_record, &disks, original.is_some(), opts, &progress).await?,
         Mode::Overwrite => {
             let vm = original.ok_or_else(|| invalid(format!("the original VM {} no longer exists: restore --as-new", text(vm_record, "uuid"))))?;
-            let written = restore_over(client, repo, &vm, &disks, opts.differential, &progress).await?;
+            let written = restore_over(client, repo, m, &vm, &disks, opts.differential, &progress).await?;
             (vm, text(vm_record, "name_label").to_owned(), written)
         }
     };
@@ -296,6 +301,7 @@ async fn create_vifs(client: &Client, meta: &Json, vm: &str, original_exists: bo
 async fn restore_over(
     client: &Client,
     repo: &Repository,
+    m: &Manifest,
     vm: &str,
     disks: &[StoredDisk<'_>],
     differential: bool,
@@ -335,7 +341,8 @@ async fn restore_over(
             seconds: 0.0,
         };
         if differential {
-            let plan = crate::differential::plan(client, repo, &vdi, &d.snapshot_vdi_uuid, &reader, progress.as_ref()).await?;
+            let target = crate::differential::Target { vdi: &vdi, point: m, snapshot_vdi_uuid: &d.snapshot_vdi_uuid };
+            let plan = crate::differential::plan(client, repo, &target, &reader, progress.as_ref()).await?;
             tracing::info!(disk = %d.position, method = ?plan.method, reason = %plan.reason, ranges = plan.ranges.len(), "differential restore");
             let sent = crate::differential::upload_ranges(client, &vdi, disk, plan.ranges).await?;
             (done.bytes_written, done.bytes_sent, done.bytes_compared) = (sent.written, sent.sent, plan.bytes_compared);

@@ -83,7 +83,7 @@ async fn guest_write(sim: &SimClient, vdi_uuid: &str, offset: u64, len: usize, s
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restore_as_new_over_the_original_and_differential() {
+async fn restore_as_new_over_the_original_and_from_xva() {
     let p = pool().await;
     let (host, client, sim, repo) = (&p.host, &p.client, &p.sim, &p.repo);
     let original = host.vms().await.unwrap().into_iter().find(|v| v.name_label == VM).unwrap();
@@ -226,15 +226,18 @@ async fn differential_restore_writes_what_changed() {
     let second_digests = digests_of(host, sim, &vm.uuid).await;
     assert_ne!(second_digests, first_digests);
 
-    // The older restore point: its snapshot is gone, so chunk hashes find the 16 KiB
-    // (sector-exact) that differ, written alone.
+    // The older restore point: its snapshot is gone, the newer point's serves. The disk
+    // has not changed since that snapshot, and the two points differ in exactly the
+    // 16 KiB the guest wrote (found from chunk ids, then sector by sector): only those
+    // are written, and the disk is not read.
     let (report, written) = differential_watched(&p, &first, &vdis).await;
     assert_eq!(digests_of(host, sim, &vm.uuid).await, first_digests);
     for (vdi, written) in vdis.iter().zip(&written) {
         let d = disk_of(&report, vdi);
-        assert_eq!(d.method, Some(Method::Hash));
-        assert!(d.method_reason.as_deref().unwrap().contains("is gone"), "{:?}", d.method_reason);
-        assert_eq!(d.bytes_compared, d.size);
+        assert_eq!(d.method, Some(Method::Cbt), "{:?}", d.method_reason);
+        let reason = d.method_reason.as_deref().unwrap();
+        assert!(reason.contains("is gone") && reason.contains(second.short_id()), "{reason}");
+        assert_eq!(d.bytes_compared, 0);
         assert_eq!(d.bytes_written, 4096 + 12288);
         assert_eq!(written, &cbt_blocks(GUEST_2));
     }
@@ -250,7 +253,7 @@ async fn differential_restore_writes_what_changed() {
         assert_eq!(written, &cbt_blocks(GUEST_2));
     }
 
-    // CBT off: hashes again, and exactly the 4 KiB the guest wrote.
+    // CBT off: chunk hashes of the streamed disk find exactly the 4 KiB the guest wrote.
     for vdi in &vdis {
         p.client.call("VDI.disable_cbt", &[Value::from(vdi.reference.as_str())]).await.unwrap();
     }
@@ -261,11 +264,16 @@ async fn differential_restore_writes_what_changed() {
         let d = disk_of(&report, vdi);
         assert_eq!(d.method, Some(Method::Hash));
         assert!(d.method_reason.as_deref().unwrap().contains("CBT is off"), "{:?}", d.method_reason);
-        assert_eq!(d.bytes_written, 4096);
+        assert_eq!((d.bytes_written, d.bytes_compared), (4096, d.size));
     }
 
+    // The older point by hashes: the 16 KiB again.
+    let (report, _) = differential_watched(&p, &first, &vdis).await;
+    assert_eq!(digests_of(host, sim, &vm.uuid).await, first_digests);
+    assert!(report.disks.iter().all(|d| d.method == Some(Method::Hash) && d.bytes_written == 4096 + 12288), "{:?}", report.disks);
+
     // Nothing differs: nothing written, a VHD without blocks sent.
-    let (report, _) = differential_watched(&p, &second, &vdis).await;
+    let (report, _) = differential_watched(&p, &first, &vdis).await;
     for d in &report.disks {
         assert_eq!((d.bytes_written, d.bytes_compared), (0, d.size));
         assert_eq!(d.bytes_sent, xenvault_vhd::DynamicWriter::<std::io::Sink>::output_size(d.size, 0));
