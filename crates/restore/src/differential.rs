@@ -74,8 +74,11 @@ pub(crate) async fn plan(
     progress: Option<&crate::export::Progress>,
 ) -> Result<Plan> {
     let size = reader.size();
-    let cbt = client.call("VDI.get_cbt_enabled", &[Value::from(target.vdi)]).await?;
-    let reason = if cbt.as_bool() != Some(true) {
+    // Hosts older than XenServer 7.3 have no CBT at all.
+    let cbt = client.call("VDI.get_cbt_enabled", &[Value::from(target.vdi)]).await;
+    let reason = if let Err(e) = cbt {
+        format!("CBT is unavailable ({e})")
+    } else if cbt.ok().and_then(|v| v.as_bool()) != Some(true) {
         "CBT is off on the disk".to_owned()
     } else {
         let direct = match cbt_changes(client, target.vdi, target.snapshot_vdi_uuid, size).await? {

@@ -253,24 +253,36 @@ async fn differential_restore_writes_what_changed() {
         assert_eq!(written, &cbt_blocks(GUEST_2));
     }
 
-    // CBT off: chunk hashes of the streamed disk find exactly the 4 KiB the guest wrote.
+    // No CBT snapshot left: chunk hashes of the streamed disk find exactly the 4 KiB the
+    // guest wrote, and CBT (still on) sees only those written.
+    for vdi in &vdis {
+        let snapshot = second.metadata["backup"]["disks"].as_array().unwrap().iter().find(|e| e["vdi_uuid"] == vdi.uuid.as_str()).unwrap()["snapshot_vdi_uuid"].as_str().unwrap();
+        let snapshot = p.client.call("VDI.get_by_uuid", &[Value::from(snapshot)]).await.unwrap();
+        p.client.call("VDI.destroy", &[snapshot]).await.unwrap();
+    }
+    const GUEST_3: &[(u64, usize)] = &[(12 << 20, 4096)];
+    write_all(GUEST_3, 30).await;
+    let (report, written) = differential_watched(&p, &second, &vdis).await;
+    assert_eq!(digests_of(host, sim, &vm.uuid).await, second_digests);
+    for (vdi, written) in vdis.iter().zip(&written) {
+        let d = disk_of(&report, vdi);
+        assert_eq!(d.method, Some(Method::Hash));
+        assert!(d.method_reason.as_deref().unwrap().contains("no restore point"), "{:?}", d.method_reason);
+        assert_eq!((d.bytes_written, d.bytes_compared), (4096, d.size));
+        assert_eq!(written, &cbt_blocks(GUEST_3));
+    }
+
+    // CBT off: hashes again.
     for vdi in &vdis {
         p.client.call("VDI.disable_cbt", &[Value::from(vdi.reference.as_str())]).await.unwrap();
     }
-    write_all(&[(12 << 20, 4096)], 30).await;
-    let (report, _) = differential_watched(&p, &second, &vdis).await;
-    assert_eq!(digests_of(host, sim, &vm.uuid).await, second_digests);
-    for vdi in &vdis {
-        let d = disk_of(&report, vdi);
-        assert_eq!(d.method, Some(Method::Hash));
-        assert!(d.method_reason.as_deref().unwrap().contains("CBT is off"), "{:?}", d.method_reason);
-        assert_eq!((d.bytes_written, d.bytes_compared), (4096, d.size));
-    }
-
-    // The older point by hashes: the 16 KiB again.
     let (report, _) = differential_watched(&p, &first, &vdis).await;
     assert_eq!(digests_of(host, sim, &vm.uuid).await, first_digests);
-    assert!(report.disks.iter().all(|d| d.method == Some(Method::Hash) && d.bytes_written == 4096 + 12288), "{:?}", report.disks);
+    for d in &report.disks {
+        assert_eq!(d.method, Some(Method::Hash));
+        assert!(d.method_reason.as_deref().unwrap().contains("CBT is off"), "{:?}", d.method_reason);
+        assert_eq!(d.bytes_written, 4096 + 12288);
+    }
 
     // Nothing differs: nothing written, a VHD without blocks sent.
     let (report, _) = differential_watched(&p, &first, &vdis).await;
