@@ -73,33 +73,34 @@ pub(crate) async fn plan(
     reader: &DiskReader,
     progress: Option<&crate::export::Progress>,
 ) -> Result<Plan> {
-    let size = reader.size();
     // Hosts older than XenServer 7.3 have no CBT at all.
-    let cbt = client.call("VDI.get_cbt_enabled", &[Value::from(target.vdi)]).await;
-    let reason = if let Err(e) = cbt {
-        format!("CBT is unavailable ({e})")
-    } else if cbt.ok().and_then(|v| v.as_bool()) != Some(true) {
-        "CBT is off on the disk".to_owned()
-    } else {
-        let direct = match cbt_changes(client, target.vdi, target.snapshot_vdi_uuid, size).await? {
-            Ok(ranges) => {
-                let reason = format!("CBT since the restore point's snapshot {}", target.snapshot_vdi_uuid);
-                Some((ranges, reason))
-            }
-            Err(why_not) => via_other_point(client, repo, target, reader).await?.map(|(ranges, via)| (ranges, format!("{why_not}; {via}"))),
-        };
-        match direct {
+    let reason = match client.call("VDI.get_cbt_enabled", &[Value::from(target.vdi)]).await.map(|v| v.as_bool()) {
+        Err(e) => format!("CBT is unavailable ({e})"),
+        Ok(Some(true)) => match cbt_plan(client, repo, target, reader).await? {
             Some((ranges, reason)) => {
                 if let Some(p) = progress {
-                    p(size);
+                    p(reader.size());
                 }
                 return Ok(Plan { method: Method::Cbt, reason, ranges, bytes_compared: 0 });
             }
             None => "no restore point of the disk has its CBT snapshot left".to_owned(),
-        }
+        },
+        Ok(_) => "CBT is off on the disk".to_owned(),
     };
     let (ranges, bytes_compared) = differing_sectors(client, repo, target.vdi, reader, progress).await?;
     Ok(Plan { method: Method::Hash, reason: format!("{reason}: compared chunk hashes"), ranges, bytes_compared })
+}
+
+/// With CBT on: the ranges to write and how they were found, from the restore point's own
+/// snapshot, else another point's; None when no snapshot serves.
+async fn cbt_plan(client: &Client, repo: &Repository, target: &Target<'_>, reader: &DiskReader) -> Result<Option<(Vec<Range<u64>>, String)>> {
+    match cbt_changes(client, target.vdi, target.snapshot_vdi_uuid, reader.size()).await? {
+        Ok(ranges) => Ok(Some((ranges, format!("CBT since the restore point's snapshot {}", target.snapshot_vdi_uuid)))),
+        Err(why_not) => {
+            let via = via_other_point(client, repo, target, reader).await?;
+            Ok(via.map(|(ranges, how)| (ranges, format!("{why_not}; {how}"))))
+        }
+    }
 }
 
 /// The byte ranges (64 KiB blocks) written to `vdi` since the snapshot VDI
