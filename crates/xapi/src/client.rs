@@ -29,6 +29,7 @@ pub struct ClientBuilder {
     tls: TlsMode,
     connect_timeout: Duration,
     rpc_timeout: Duration,
+    transfer_idle_timeout: Duration,
     task_poll_interval: Duration,
 }
 
@@ -51,6 +52,13 @@ impl ClientBuilder {
     /// Longest wait for the answer to one RPC (transfers are not limited by it).
     pub fn rpc_timeout(mut self, timeout: Duration) -> Self {
         self.rpc_timeout = timeout;
+        self
+    }
+
+    /// Longest a transfer may go without moving a byte (an export the host stops sending, an
+    /// import it stops reading or answering) before it fails with [`Error::Stalled`].
+    pub fn transfer_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.transfer_idle_timeout = timeout;
         self
     }
 
@@ -95,6 +103,7 @@ impl ClientBuilder {
                 relogin: tokio::sync::Mutex::new(()),
                 next_id: AtomicU64::new(1),
                 rpc_timeout: self.rpc_timeout,
+                transfer_idle_timeout: self.transfer_idle_timeout,
                 task_poll_interval: self.task_poll_interval,
             }),
         })
@@ -142,6 +151,7 @@ pub(crate) struct Inner {
     relogin: tokio::sync::Mutex<()>,
     next_id: AtomicU64,
     rpc_timeout: Duration,
+    pub(crate) transfer_idle_timeout: Duration,
     pub(crate) task_poll_interval: Duration,
 }
 
@@ -169,6 +179,7 @@ impl Client {
             tls: TlsMode::default(),
             connect_timeout: Duration::from_secs(20),
             rpc_timeout: Duration::from_secs(600),
+            transfer_idle_timeout: Duration::from_secs(300),
             task_poll_interval: Duration::from_millis(500),
         }
     }

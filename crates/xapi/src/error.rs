@@ -15,6 +15,14 @@ pub enum Error {
     Connect(String),
     #[error("timed out: {0}")]
     Timeout(String),
+    /// A transfer moved no byte for the client's `transfer_idle_timeout`: the host stopped
+    /// sending an export, or stopped reading or answering an import.
+    #[error("no data from {host} for {} s during {transfer}", .idle.as_secs_f64())]
+    Stalled {
+        host: String,
+        transfer: String,
+        idle: std::time::Duration,
+    },
     /// The connection broke or the request could not be sent.
     #[error("transport error: {0}")]
     Transport(String),

@@ -4,13 +4,14 @@
 //! outcome is read from the task once the body has been moved.
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;
-use futures::stream::{BoxStream, Stream, StreamExt, TryStream};
+use futures::stream::{BoxStream, Stream, StreamExt, TryStream, TryStreamExt};
 use reqwest::Url;
 use xenvault_xapi_wire::Value;
 
@@ -192,7 +193,6 @@ impl Client {
             (key, reference.to_string()),
             ("format", format.as_str().to_owned()),
         ];
-        let body = reqwest::Body::wrap_stream(body);
         let result = self
             .upload(
                 "import_raw_vdi",
@@ -231,7 +231,6 @@ impl Client {
         if options.force {
             query.push(("force", "true".into()));
         }
-        let body = reqwest::Body::wrap_stream(body);
         let result = self
             .upload("import", &query, body, content_length, "xenvault import")
             .await?;
@@ -271,7 +270,8 @@ impl Client {
         label: &str,
     ) -> Result<Download, Error> {
         let task = self.create_task(label, "").await?;
-        let sent = self.get_following_redirects(path, query, &task).await;
+        let stall = self.stall_watch(path, query);
+        let sent = self.get_following_redirects(path, query, &task, &stall).await;
         let response = self.accepted(&task, sent).await?;
         let content_length = response.content_length();
         let settled = Arc::new(AtomicBool::new(false));
@@ -284,7 +284,7 @@ impl Client {
         Ok(Download {
             task,
             content_length,
-            body: guard_body(response.bytes_stream().boxed(), finish),
+            body: guard_body(stall_limited(response.bytes_stream(), stall), finish),
             settled,
             client: self.clone(),
         })
@@ -295,10 +295,12 @@ impl Client {
         path: &str,
         query: &[(&str, String)],
         task: &Ref,
+        stall: &StallWatch,
     ) -> Result<reqwest::Response, Error> {
         let mut url = self.transfer_url(path, query, Some(task))?;
         for _ in 0..MAX_REDIRECTS {
-            let response = self.inner.http.get(url.clone()).send().await?;
+            let sent = tokio::time::timeout(stall.idle, self.inner.http.get(url.clone()).send());
+            let response = sent.await.map_err(|_| stall.error())??;
             match redirect_target(&url, &response)? {
                 Some(next) => url = next,
                 None => return Ok(response),
@@ -309,24 +311,45 @@ impl Client {
         )))
     }
 
-    async fn upload(
+    async fn upload<S>(
         &self,
         path: &str,
         query: &[(&str, String)],
-        body: reqwest::Body,
+        body: S,
         content_length: u64,
         label: &str,
-    ) -> Result<Value, Error> {
+    ) -> Result<Value, Error>
+    where
+        S: TryStream + Send + 'static,
+        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        Bytes: From<S::Ok>,
+    {
         let task = self.create_task(label, "").await?;
-        let sent = self
-            .put_body(path, query, &task, body, content_length)
-            .await;
+        let stall = self.stall_watch(path, query);
+        let turn = HostTurn::default();
+        let body = reqwest::Body::wrap_stream(turn.watch(body));
+        let sent = tokio::select! {
+            sent = self.put_body(path, query, &task, body, content_length) => sent,
+            () = turn.stalled(stall.idle) => Err(stall.error()),
+        };
         let response = self.accepted(&task, sent).await?;
         // The answer carries nothing: the outcome is the task's.
-        if let Err(e) = response.bytes().await {
-            tracing::debug!(error = %e, "reading the end of an upload answer");
+        match tokio::time::timeout(stall.idle, response.bytes()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, "reading the end of an upload answer"),
+            Err(_) => tracing::debug!("the end of an upload answer did not come"),
         }
         self.wait_task(&task, |_| {}, None).await
+    }
+
+    /// What a transfer to `path` reports when it stalls.
+    fn stall_watch(&self, path: &str, query: &[(&str, String)]) -> StallWatch {
+        let params: Vec<String> = query.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        StallWatch {
+            host: self.base_url().origin().ascii_serialization(),
+            transfer: format!("{path} of {}", params.join(", ")),
+            idle: self.inner.transfer_idle_timeout,
+        }
     }
 
     /// Finds where the upload must go with an empty probe (a streamed body cannot be sent
@@ -441,11 +464,11 @@ const DISGUISED_SHOWN: usize = 1024;
 /// an error response after its 200 header) becomes an error, and at the end the task's
 /// outcome is awaited so a failed transfer does not look complete.
 fn guard_body(
-    body: BoxStream<'static, reqwest::Result<Bytes>>,
+    body: BoxStream<'static, Result<Bytes, Error>>,
     finish: BoxFuture<'static, Result<(), Error>>,
 ) -> BoxStream<'static, Result<Bytes, Error>> {
     struct State {
-        body: BoxStream<'static, reqwest::Result<Bytes>>,
+        body: BoxStream<'static, Result<Bytes, Error>>,
         head_checked: bool,
         finish: Option<BoxFuture<'static, Result<(), Error>>>,
     }
@@ -469,7 +492,7 @@ fn guard_body(
         }
         match st.body.next().await {
             Some(Ok(chunk)) => Some((Ok(chunk), Some(st))),
-            Some(Err(e)) => Some((Err(e.into()), None)),
+            Some(Err(e)) => Some((Err(e), None)),
             None => match st.finish.take()?.await {
                 Ok(()) => None,
                 Err(e) => Some((Err(e), None)),
@@ -481,7 +504,7 @@ fn guard_body(
 
 /// The first bytes of the body: enough to see `HTTP/`, and when it is there, enough to
 /// show the message.
-async fn read_head(body: &mut BoxStream<'static, reqwest::Result<Bytes>>) -> Result<Bytes, Error> {
+async fn read_head(body: &mut BoxStream<'static, Result<Bytes, Error>>) -> Result<Bytes, Error> {
     let mut head = BytesMut::new();
     loop {
         let enough = if head.len() >= DISGUISED_HEAD && head.starts_with(b"HTTP/") {
@@ -518,5 +541,146 @@ fn disguised_error(head: &[u8]) -> Error {
             "the host answered 200 with an error as body: {}",
             lines.join(" | ")
         ),
+    }
+}
+
+/// Where a transfer goes and how long it may sit idle: the parts of [`Error::Stalled`].
+#[derive(Debug, Clone)]
+struct StallWatch {
+    host: String,
+    transfer: String,
+    idle: Duration,
+}
+
+impl StallWatch {
+    fn error(&self) -> Error {
+        Error::Stalled {
+            host: self.host.clone(),
+            transfer: self.transfer.clone(),
+            idle: self.idle,
+        }
+    }
+}
+
+/// A download body that fails with [`Error::Stalled`] when no chunk comes for the idle time.
+fn stall_limited(
+    body: impl Stream<Item = reqwest::Result<Bytes>> + Send + 'static,
+    stall: StallWatch,
+) -> BoxStream<'static, Result<Bytes, Error>> {
+    futures::stream::unfold(Some(body.boxed()), move |body| {
+        let stall = stall.clone();
+        async move {
+            let mut body = body?;
+            match tokio::time::timeout(stall.idle, body.next()).await {
+                Ok(Some(Ok(chunk))) => Some((Ok(chunk), Some(body))),
+                Ok(Some(Err(e))) => Some((Err(e.into()), None)),
+                Ok(None) => None,
+                Err(_) => Some((Err(stall.error()), None)),
+            }
+        }
+    })
+    .boxed()
+}
+
+/// Since when an upload has been waiting on the host: from the moment a chunk (or the end)
+/// was handed to the connection until the connection asks for the next one. While our own
+/// source is slow to produce, the clock does not run.
+#[derive(Debug, Clone)]
+struct HostTurn(Arc<Mutex<Option<Instant>>>);
+
+impl Default for HostTurn {
+    /// Connecting and sending the headers are the host's turn.
+    fn default() -> Self {
+        HostTurn(Arc::new(Mutex::new(Some(Instant::now()))))
+    }
+}
+
+impl HostTurn {
+    fn set(&self, since: Option<Instant>) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = since;
+    }
+
+    fn waited(&self) -> Option<Duration> {
+        let since = *self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        since.map(|s| s.elapsed())
+    }
+
+    /// `body`, noting each hand-over.
+    fn watch<S: TryStream + Send + 'static>(
+        &self,
+        body: S,
+    ) -> impl Stream<Item = Result<S::Ok, S::Error>> + Send + 'static {
+        let turn = self.clone();
+        let mut body = Box::pin(body.into_stream());
+        futures::stream::poll_fn(move |cx| {
+            turn.set(None);
+            let polled = body.as_mut().poll_next(cx);
+            if polled.is_ready() {
+                turn.set(Some(Instant::now()));
+            }
+            polled
+        })
+    }
+
+    /// Resolves once the host has held things up for `idle`.
+    async fn stalled(&self, idle: Duration) {
+        loop {
+            let left = match self.waited() {
+                Some(waited) if waited >= idle => return,
+                Some(waited) => idle - waited,
+                None => idle,
+            };
+            tokio::time::sleep(left).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A peer that accepts the upload and never reads it: once the socket buffers are full,
+    /// the connection stops asking for chunks and the watch fires.
+    #[tokio::test]
+    async fn an_upload_the_host_stops_reading_is_seen_as_stalled() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let peer = tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.expect("accept");
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            drop(socket);
+        });
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(
+                crate::tls::client_config(&crate::TlsMode::Insecure).expect("tls"),
+            )
+            .build()
+            .expect("client");
+        let chunks = (0..256).map(|_| Ok::<_, std::io::Error>(Bytes::from(vec![0u8; 1 << 20])));
+        let turn = HostTurn::default();
+        let body = reqwest::Body::wrap_stream(turn.watch(futures::stream::iter(chunks)));
+        let put = http.put(format!("http://{addr}/import")).body(body).send();
+        let outcome = tokio::select! {
+            sent = put => Err(sent),
+            () = turn.stalled(Duration::from_millis(300)) => Ok(()),
+        };
+        peer.abort();
+        assert!(outcome.is_ok(), "the upload ended instead of stalling: {outcome:?}");
+    }
+
+    /// While our own source is slow to produce, the host is not blamed.
+    #[tokio::test]
+    async fn a_slow_source_is_not_a_stalled_host() {
+        let turn = HostTurn::default();
+        let slow = futures::stream::once(async {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            Ok::<_, std::io::Error>(Bytes::from_static(b"late"))
+        });
+        let mut body = Box::pin(turn.watch(slow));
+        let read = tokio::select! {
+            chunk = body.next() => chunk.map(|c| c.map(|b| b.len()).ok()),
+            () = turn.stalled(Duration::from_millis(200)) => None,
+        };
+        assert_eq!(read, Some(Some(4)));
     }
 }

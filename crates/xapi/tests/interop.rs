@@ -12,7 +12,9 @@ use rustls_pki_types::pem::PemObject;
 use sha2::{Digest, Sha256};
 use xenvault_sim::{DemoDisks, SimConfig, SimHandle, Simulator};
 use xenvault_xapi::wire::cbt::{BLOCK_SIZE, ChangedBlocks};
-use xenvault_xapi::{Client, DiskFormat, ImportTarget, Ref, TlsMode, Transport, Value};
+use xenvault_xapi::{
+    Client, ClientBuilder, DiskFormat, Error, ImportTarget, Ref, TlsMode, Transport, Value,
+};
 
 const DISK_SIZE: u64 = 8 << 20;
 
@@ -117,14 +119,19 @@ async fn xo_xen_api_over_json_rpc_sees_exactly_the_written_blocks() {
 
 /// A client logged in over `transport`, pinned to the simulator's certificate.
 async fn logged_in(sim: &SimHandle, transport: Transport) -> Client {
+    logged_in_with(sim, pinned_builder(sim).transport(transport)).await
+}
+
+/// Settings that trust exactly the simulator's certificate.
+fn pinned_builder(sim: &SimHandle) -> ClientBuilder {
     let der = rustls_pki_types::CertificateDer::from_pem_slice(sim.cert_pem.as_bytes())
         .expect("simulator certificate");
     let pin = xenvault_xapi::fingerprint_sha256(der.as_ref());
-    let c = Client::builder(&sim.url)
-        .transport(transport)
-        .tls(TlsMode::pin_sha256_hex(&pin).expect("pin"))
-        .build()
-        .expect("client");
+    Client::builder(&sim.url).tls(TlsMode::pin_sha256_hex(&pin).expect("pin"))
+}
+
+async fn logged_in_with(sim: &SimHandle, builder: ClientBuilder) -> Client {
+    let c = builder.build().expect("client");
     c.login_with_password(&sim.user, &sim.password)
         .await
         .expect("login");
@@ -374,4 +381,49 @@ async fn xva_export_and_import_round_trip() {
             "{compression:?}: imported disks {hashes:?}, want {want}"
         );
     }
+}
+
+/// A host that sends an export's headers and then nothing (the simulator's bandwidth fault
+/// holds back each 1 MiB chunk for about 4 s) ends the download with a typed stall error
+/// after the idle timeout instead of hanging; transfers that keep moving are not cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_export_fails_after_the_idle_timeout() {
+    let (sim, _dir) = start_sim().await;
+    let idle = std::time::Duration::from_secs(1);
+    let c = logged_in_with(&sim, pinned_builder(&sim).transfer_idle_timeout(idle)).await;
+    let (_, vdi) = vm_with_disk(&c).await;
+
+    ok(&c, "sim.set_bandwidth", &["262144".into()]).await;
+    let mut export = c
+        .export_raw_vdi(&vdi, DiskFormat::Raw, None)
+        .await
+        .expect("the headers come");
+    let err = export
+        .next()
+        .await
+        .expect("an item")
+        .expect_err("no data within the idle time");
+    assert!(matches!(err, Error::Stalled { .. }), "{err:?}");
+    let host = sim.url.trim_end_matches('/');
+    assert_eq!(
+        err.to_string(),
+        format!("no data from {host} for 1 s during export_raw_vdi of vdi={vdi}, format=raw")
+    );
+    drop(export);
+
+    // At full speed the same limit lets an export and an import through.
+    ok(&c, "sim.set_bandwidth", &["".into()]).await;
+    let want = ok_text(&c, "sim.sha256", &[(&vdi).into()]).await;
+    let sr = ok_ref(&c, "VDI.get_SR", &[(&vdi).into()]).await;
+    let size = ok(&c, "VDI.get_virtual_size", &[(&vdi).into()]).await;
+    let size = size.as_i64().and_then(|s| u64::try_from(s).ok()).expect("size");
+    let export = c
+        .export_raw_vdi(&vdi, DiskFormat::Raw, None)
+        .await
+        .expect("export");
+    let copy = c
+        .import_raw_vdi(ImportTarget::Sr(&sr), DiskFormat::Raw, export, size)
+        .await
+        .expect("import_raw_vdi under the idle limit");
+    assert_eq!(ok_text(&c, "sim.sha256", &[(&copy).into()]).await, want);
 }
