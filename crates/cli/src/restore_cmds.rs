@@ -8,11 +8,12 @@ use clap::{Args, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use xenvault_fsread::{Entry, EntryKind};
 use xenvault_repo::{DiskReader, Repository};
 use xenvault_restore::RepoDisk;
 use xenvault_restore::export::{DiskFormat, export};
 use xenvault_restore::files::StoredFs;
-use xenvault_restore::nbd::{DiskExport, SingleExport};
+use xenvault_restore::nbd::{DiskExport, SingleExport, TlsIdentity};
 
 #[derive(Subcommand)]
 pub enum Commands {
@@ -46,7 +47,7 @@ pub struct RestoreVmArgs {
     #[command(flatten)]
     config: crate::pool_cmds::ConfigArg,
     /// SR uuid for the new disks (default: the original SR, else the pool's default SR).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "overwrite")]
     sr: Option<String>,
     /// Create a new VM beside the original (the default).
     #[arg(long, conflicts_with = "overwrite")]
@@ -129,6 +130,8 @@ impl DiskArgs {
 fn restore_error(e: xenvault_restore::Error) -> anyhow::Error {
     match e {
         xenvault_restore::Error::Repo(e) => classify(e),
+        // Its message is the file system's own: keep the chain from saying it twice.
+        xenvault_restore::Error::Fs(e) => anyhow::Error::new(e),
         xenvault_restore::Error::Xapi(e) if e.to_string().contains("SESSION_AUTHENTICATION_FAILED") => {
             anyhow::Error::new(e).context(crate::exit::ExitKind::Auth)
         }
@@ -182,13 +185,19 @@ pub enum FilesCommand {
     },
 }
 
-fn print_entries(entries: &[xenvault_restore::files::FileInfo], json: bool) -> Result<()> {
+fn print_entries(entries: &[Entry], json: bool) -> Result<()> {
     if json {
         return print_json(&entries);
     }
     for e in entries {
+        let kind = match e.kind {
+            EntryKind::File => "file",
+            EntryKind::Dir => "dir",
+            EntryKind::Symlink => "symlink",
+            EntryKind::Other => "other",
+        };
         let link = e.symlink_target.as_deref().map(|t| format!(" -> {t}")).unwrap_or_default();
-        println!("{:<7} {:04o} {:>5}:{:<5} {:>12} {:>11} {}{}", e.kind, e.mode, e.uid, e.gid, e.size, e.mtime, e.path, link);
+        println!("{kind:<7} {:04o} {:>5}:{:<5} {:>12} {:>11} {}{}", e.mode, e.uid, e.gid, e.size, e.mtime, e.path, link);
     }
     Ok(())
 }
@@ -253,6 +262,33 @@ pub struct ServeNbdArgs {
     /// Accept writes into a throw-away in-memory overlay (the repository is never written).
     #[arg(long)]
     writable_overlay: bool,
+    /// Require TLS with this certificate (PEM, chain allowed); needs --tls-key.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Require TLS with a fresh self-signed certificate; prints its SHA-256 fingerprint and PEM.
+    #[arg(long, conflicts_with = "tls_cert")]
+    tls: bool,
+}
+
+/// The TLS identity asked for, if any. A generated certificate names the listen host and loopback.
+fn tls_identity(a: &ServeNbdArgs, addr: std::net::SocketAddr) -> Result<Option<TlsIdentity>> {
+    Ok(match (&a.tls_cert, &a.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsIdentity::load(cert, key)?),
+        _ if a.tls => {
+            let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+            let host = a.listen.rsplit_once(':').map_or(a.listen.as_str(), |(h, _)| h).trim_matches(['[', ']']);
+            for name in [host.to_owned(), addr.ip().to_string()] {
+                if !name.is_empty() && !names.contains(&name) && !addr.ip().is_unspecified() {
+                    names.push(name);
+                }
+            }
+            Some(TlsIdentity::self_signed(names)?)
+        }
+        _ => None,
+    })
 }
 
 async fn serve_nbd(a: ServeNbdArgs) -> Result<ExitCode> {
@@ -261,14 +297,20 @@ async fn serve_nbd(a: ServeNbdArgs) -> Result<ExitCode> {
     let export = if a.writable_overlay { DiskExport::with_overlay(reader) } else { DiskExport::read_only(reader) };
     let listener = tokio::net::TcpListener::bind(&a.listen).await.map_err(|e| anyhow!("listening on {}: {e}", a.listen))?;
     let addr = listener.local_addr()?;
-    println!("nbd://{addr}/{name}");
+    let identity = tls_identity(&a, addr).map_err(|e| e.context("setting up TLS"))?;
+    let tls = identity.as_ref().map(TlsIdentity::server_config).transpose().map_err(|e| anyhow!("setting up TLS: {e}"))?;
+    println!("{}://{addr}/{name}", if tls.is_some() { "nbds" } else { "nbd" });
+    if let Some(id) = identity.as_ref().filter(|_| a.tls) {
+        println!("certificate sha256 {}", id.fingerprint().unwrap_or_default());
+        print!("{}", id.cert_pem);
+    }
     use std::io::Write;
     std::io::stdout().flush()?;
     let resolver = Arc::new(SingleExport { name, export: Arc::new(export) });
     let stop = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    xenvault_nbd::serve(listener, xenvault_nbd::ServerConfig::modern(None), resolver, stop).await?;
+    xenvault_nbd::serve(listener, xenvault_nbd::ServerConfig::modern(tls), resolver, stop).await?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -4,7 +4,7 @@
 use crate::{Error, RepoDisk, Result};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use xenvault_fsread::{Content, EntryKind, ExtractStats, FileSystem, Volume};
+use xenvault_fsread::{Content, Entry, EntryKind, ExtractStats, FileSystem, Volume};
 
 /// A volume of a stored disk, as `xenvault files` reports it.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -27,46 +27,6 @@ impl From<&Volume> for VolumeInfo {
             Content::Unknown => "unknown".into(),
         };
         VolumeInfo { name: v.name.clone(), description: v.description.clone(), offset: v.offset, size: v.size, content }
-    }
-}
-
-/// A file or directory inside a stored file system.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct FileInfo {
-    pub name: String,
-    pub path: String,
-    /// `file`, `dir`, `symlink` or `other`.
-    pub kind: &'static str,
-    pub size: u64,
-    pub mode: u32,
-    pub uid: u32,
-    pub gid: u32,
-    pub mtime: i64,
-    pub mtime_nsec: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub symlink_target: Option<String>,
-}
-
-impl From<xenvault_fsread::Entry> for FileInfo {
-    fn from(e: xenvault_fsread::Entry) -> Self {
-        let kind = match e.kind {
-            EntryKind::File => "file",
-            EntryKind::Dir => "dir",
-            EntryKind::Symlink => "symlink",
-            EntryKind::Other => "other",
-        };
-        FileInfo {
-            name: e.name,
-            path: e.path,
-            kind,
-            size: e.size,
-            mode: e.mode,
-            uid: e.uid,
-            gid: e.gid,
-            mtime: e.mtime,
-            mtime_nsec: e.mtime_nsec,
-            symlink_target: e.symlink_target,
-        }
     }
 }
 
@@ -117,16 +77,20 @@ impl StoredFs {
         &self.volume
     }
 
-    pub async fn stat(&self, path: &str) -> Result<FileInfo> {
+    pub async fn stat(&self, path: &str) -> Result<Entry> {
         let (fs, path) = (self.fs.clone(), path.to_string());
-        blocking(move || Ok(fs.stat(&path)?.into())).await
+        blocking(move || Ok(fs.stat(&path)?)).await
     }
 
-    /// Entries of directory `path`, sorted by name.
-    pub async fn list(&self, path: &str) -> Result<Vec<FileInfo>> {
+    /// Entries of directory `path`, sorted by name; `path` itself when it is not a directory.
+    pub async fn list(&self, path: &str) -> Result<Vec<Entry>> {
         let (fs, path) = (self.fs.clone(), path.to_string());
         blocking(move || {
-            let mut entries: Vec<FileInfo> = fs.list(&path)?.into_iter().map(FileInfo::from).collect();
+            let entry = fs.stat(&path)?;
+            if entry.kind != EntryKind::Dir {
+                return Ok(vec![entry]);
+            }
+            let mut entries = fs.list(&path)?;
             entries.sort_by(|a, b| a.name.cmp(&b.name));
             Ok(entries)
         })
@@ -135,9 +99,9 @@ impl StoredFs {
 
     /// Entries matching a glob (`*`, `?`, `**`): a pattern with a `/` matches whole paths,
     /// a bare one matches names anywhere.
-    pub async fn find(&self, pattern: &str) -> Result<Vec<FileInfo>> {
+    pub async fn find(&self, pattern: &str) -> Result<Vec<Entry>> {
         let (fs, pattern) = (self.fs.clone(), pattern.to_string());
-        blocking(move || Ok(fs.find(&pattern)?.into_iter().map(FileInfo::from).collect())).await
+        blocking(move || Ok(fs.find(&pattern)?)).await
     }
 
     /// Extracts the file or directory tree `path` to `dest` with permissions, timestamps

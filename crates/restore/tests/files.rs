@@ -51,7 +51,7 @@ async fn check_disk(repo: &Repository, m: &xenvault_repo::Manifest, n: usize, de
                     assert_eq!((info.size, meta.len()), (f.size, f.size), "{label}");
                     assert_eq!(Some(sha256_file(&local)), f.sha256, "{label}: content");
                 }
-                Kind::Dir => assert!(meta.is_dir() && info.kind == "dir", "{label}"),
+                Kind::Dir => assert!(meta.is_dir() && info.kind == xenvault_fsread::EntryKind::Dir, "{label}"),
                 Kind::Symlink => {
                     assert_eq!(std::fs::read_link(&local).unwrap().to_str(), f.target.as_deref(), "{label}");
                     continue;

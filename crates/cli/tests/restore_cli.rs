@@ -1,0 +1,614 @@
+//! The restore commands' contract through the real `xenvault` binary, against one simulated
+//! pool shared by every test of this file: `restore vm` (as new, over the original,
+//! differential, as a template, onto another SR), `export` in every format to a file and to
+//! stdout, `files ls|get`, `serve-nbd` (plain and TLS), and the exit codes of bad input.
+//! Disks are compared with the simulator's `sim.sha256`, exports with qemu-img, NBD with
+//! nbdinfo/nbdcopy, files with the fixtures' manifest of what the simulated disk holds.
+
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use xenvault_fixtures::{DiskManifest, EntryKind};
+use xenvault_sim::client::SimClient;
+use xenvault_sim::{DemoDisks, SimConfig, SimHandle, Simulator};
+use xenvault_xapi_wire::Value;
+
+const PASS: &str = "restore cli passphrase";
+/// The smallest demo VM with real file systems: one 256 MiB disk, GPT with FAT32 (p1) and NTFS (p2).
+const VM: &str = "win-fileserver";
+const DISK_SIZE: u64 = 256 << 20;
+/// The documented exit codes (crates/cli/src/exit.rs; clap's usage error).
+const FAILURE: i32 = 1;
+const USAGE: i32 = 2;
+const AUTH: i32 = 5;
+
+/// The simulated pool, registered as `sim` (certificate pinned) and as `refused` (wrong
+/// password), a repository, and one restore point of `VM`.
+struct Pool {
+    runtime: tokio::runtime::Runtime,
+    sim: SimHandle,
+    client: SimClient,
+    dir: PathBuf,
+    config: PathBuf,
+    repo: String,
+    id: String,
+    vm_uuid: String,
+    vdi_uuid: String,
+    disk_sha256: String,
+    manifest: DiskManifest,
+}
+
+fn pool() -> &'static Pool {
+    static POOL: OnceLock<Pool> = OnceLock::new();
+    POOL.get_or_init(Pool::start)
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Fails on a panic message whatever the exit code: no input may make the binary panic.
+fn no_panic(out: &Output, what: &str) {
+    let err = text(&out.stderr);
+    assert!(!err.contains("panicked"), "{what} panicked:\n{err}");
+}
+
+fn ok(out: Output, what: &str) -> String {
+    no_panic(&out, what);
+    assert!(out.status.success(), "{what}: exit {:?}\nstdout: {}\nstderr: {}", out.status.code(), text(&out.stdout), text(&out.stderr));
+    text(&out.stdout)
+}
+
+/// Runs a command that must fail with exit `code`; returns its stderr.
+fn fails(out: Output, code: i32, what: &str) -> String {
+    no_panic(&out, what);
+    assert_eq!(out.status.code(), Some(code), "{what}\nstdout: {}\nstderr: {}", text(&out.stdout), text(&out.stderr));
+    text(&out.stderr)
+}
+
+fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}
+
+fn sha256_hex(data: impl Read) -> String {
+    let mut hasher = Sha256::new();
+    let mut reader = BufReader::with_capacity(1 << 20, data);
+    loop {
+        let buf = reader.fill_buf().unwrap();
+        if buf.is_empty() {
+            break;
+        }
+        hasher.update(buf);
+        let n = buf.len();
+        reader.consume(n);
+    }
+    hex::encode(hasher.finalize())
+}
+
+fn sha256_file(path: &Path) -> String {
+    sha256_hex(std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+}
+
+fn tool(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program).args(args).output().unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(out.status.success(), "{program} {args:?}: {}{}", text(&out.stdout), text(&out.stderr));
+    text(&out.stdout)
+}
+
+impl Pool {
+    fn start() -> Pool {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("restore-cli");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let config = SimConfig { demo_disks: DemoDisks::Fixtures, ..SimConfig::new(dir.join("sim")) };
+        let sim = runtime.block_on(Simulator::start(config)).unwrap();
+        let client = runtime.block_on(SimClient::login(&sim.url, &sim.password)).unwrap();
+        let manifest_path = sim.state_dir.join("fixtures/windows.manifest.json");
+        let manifest: DiskManifest = serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
+        let mut pool = Pool {
+            runtime,
+            client,
+            config: dir.join("config.toml"),
+            repo: dir.join("repo").to_str().unwrap().to_owned(),
+            dir,
+            id: String::new(),
+            vm_uuid: String::new(),
+            vdi_uuid: String::new(),
+            disk_sha256: String::new(),
+            manifest,
+            sim,
+        };
+        let fingerprint = xenvault_engine::config::fingerprint_of_pem(&pool.sim.cert_pem).unwrap();
+        let url = pool.sim.url.clone();
+        for (name, password) in [("sim", pool.sim.password.clone()), ("refused", "not the password".to_owned())] {
+            let file = pool.dir.join(format!("{name}.password"));
+            std::fs::write(&file, password).unwrap();
+            let args = ["pool", "add", name, "--url", &url, "--fingerprint", &fingerprint, "--password-file", file.to_str().unwrap()];
+            ok(pool.run(&args), "pool add");
+        }
+        ok(pool.run(&["init", "--repo", &pool.repo, "--kdf-memory-mib", "1", "--kdf-iterations", "1"]), "init");
+        let report = json(&ok(pool.run(&["backup", "--pool", "sim", "--vm", VM, "--repo", &pool.repo, "--json"]), "backup"));
+        let vm = &report["vms"][0];
+        assert_eq!(vm["status"], "ok", "{report}");
+        pool.id = vm["restore_point"].as_str().unwrap().to_owned();
+        pool.vm_uuid = vm["vm_uuid"].as_str().unwrap().to_owned();
+        pool.vdi_uuid = vm["disks"][0]["vdi_uuid"].as_str().unwrap().to_owned();
+        // Nothing writes to the simulated disk after the snapshot: it holds what was backed up.
+        pool.disk_sha256 = pool.sha256(&pool.vdi_uuid);
+        pool
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_xenvault"));
+        cmd.args(args)
+            .env("XENVAULT_PASSPHRASE", PASS)
+            .env("XENVAULT_CONFIG", &self.config)
+            .env("XENVAULT_CACHE_DIR", self.dir.join("cache"))
+            .env("XENVAULT_REPO", &self.repo)
+            .env_remove("XENVAULT_POOL_PASSWORD");
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run xenvault")
+    }
+
+    fn run_with_passphrase(&self, args: &[&str], passphrase: &str) -> Output {
+        self.command(args).env("XENVAULT_PASSPHRASE", passphrase).output().expect("run xenvault")
+    }
+
+    /// A fresh scratch directory for one test.
+    fn scratch(&self, name: &str) -> PathBuf {
+        let d = self.dir.join(name);
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn call(&self, method: &str, params: &[&str]) -> Value {
+        let params = params.iter().map(|p| Value::from(*p)).collect();
+        self.runtime.block_on(self.client.call(method, params)).unwrap_or_else(|e| panic!("{method}: {e}"))
+    }
+
+    fn call_str(&self, method: &str, params: &[&str]) -> String {
+        self.call(method, params).as_str().unwrap_or_else(|| panic!("{method} returned no string")).to_owned()
+    }
+
+    fn refs(&self, method: &str, params: &[&str]) -> Vec<String> {
+        let v = self.call(method, params);
+        v.as_array().unwrap_or_else(|| panic!("{method}: {v:?}")).iter().map(|r| r.as_str().unwrap().to_owned()).collect()
+    }
+
+    fn sha256(&self, vdi_uuid: &str) -> String {
+        self.call_str("sim.sha256", &[vdi_uuid])
+    }
+
+    fn vm_ref(&self, uuid: &str) -> String {
+        self.call_str("VM.get_by_uuid", &[uuid])
+    }
+
+    /// The VDI uuids of a VM's disks, by device position.
+    fn disks(&self, vm_uuid: &str) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        for vbd in self.refs("VM.get_VBDs", &[&self.vm_ref(vm_uuid)]) {
+            if self.call_str("VBD.get_type", &[&vbd]) != "Disk" {
+                continue;
+            }
+            let vdi = self.call_str("VBD.get_VDI", &[&vbd]);
+            out.insert(self.call_str("VBD.get_userdevice", &[&vbd]), self.call_str("VDI.get_uuid", &[&vdi]));
+        }
+        out
+    }
+
+    fn macs(&self, vm_uuid: &str) -> BTreeSet<String> {
+        self.refs("VM.get_VIFs", &[&self.vm_ref(vm_uuid)]).iter().map(|vif| self.call_str("VIF.get_MAC", &[vif])).collect()
+    }
+
+    fn sr_of(&self, vdi_uuid: &str) -> String {
+        let vdi = self.call_str("VDI.get_by_uuid", &[vdi_uuid]);
+        let sr = self.call_str("VDI.get_SR", &[&vdi]);
+        self.call_str("SR.get_uuid", &[&sr])
+    }
+
+    /// `restore vm` with `extra` flags: the JSON report, checked against the contract, and
+    /// every restored disk checked against the backed-up one.
+    fn restore_vm(&self, extra: &[&str]) -> serde_json::Value {
+        let mut args = vec!["restore", "vm", &self.id, "--repo", &self.repo, "--pool", "sim", "--json"];
+        args.extend(extra);
+        let report = json(&ok(self.run(&args), &format!("restore vm {extra:?}")));
+        assert_eq!(report["restore_point"], self.id.as_str(), "{report}");
+        assert_eq!(report["differential"], extra.contains(&"--differential"), "{report}");
+        assert_eq!(report["mode"], if extra.contains(&"--overwrite") { "overwrite" } else { "as-new" }, "{report}");
+        assert!(report["seconds"].as_f64().is_some() && report["name_label"].is_string(), "{report}");
+        let vm_uuid = report["vm_uuid"].as_str().unwrap();
+        let disks = report["disks"].as_array().unwrap();
+        assert_eq!(disks.len(), 1, "{report}");
+        let on_pool = self.disks(vm_uuid);
+        for d in disks {
+            let (position, vdi) = (d["position"].as_str().unwrap(), d["vdi_uuid"].as_str().unwrap());
+            assert_eq!(on_pool.get(position).map(String::as_str), Some(vdi), "{report}");
+            assert_eq!(d["size"], DISK_SIZE, "{report}");
+            assert!(d["bytes_written"].as_u64().is_some_and(|n| n <= DISK_SIZE), "{report}");
+            assert_eq!(self.sha256(vdi), self.disk_sha256, "disk {position} after restore vm {extra:?}");
+        }
+        report
+    }
+
+    /// Overwrites 8 KiB of the original disk as the guest would.
+    fn guest_write(&self) {
+        let data = "paWl".repeat(2730); // 8190 bytes of 0xa5, base64
+        self.call("sim.write", &[&self.vdi_uuid, &(3u64 << 20).to_string(), &data]);
+        assert_ne!(self.sha256(&self.vdi_uuid), self.disk_sha256);
+    }
+}
+
+#[test]
+fn restore_vm_as_new_as_template_onto_an_sr_over_the_original_and_differential() {
+    let p = pool();
+    let original_macs = p.macs(&p.vm_uuid);
+    assert!(!original_macs.is_empty());
+
+    let new = p.restore_vm(&["--as-new"]);
+    let new_uuid = new["vm_uuid"].as_str().unwrap();
+    assert_ne!(new_uuid, p.vm_uuid);
+    assert_eq!(p.call("VM.get_is_a_template", &[&p.vm_ref(new_uuid)]), Value::Bool(false));
+    let new_macs = p.macs(new_uuid);
+    assert_eq!(new_macs.len(), original_macs.len());
+    assert!(new_macs.is_disjoint(&original_macs), "the original still exists: {new_macs:?} must be fresh MACs, not {original_macs:?}");
+
+    let template = p.restore_vm(&["--as-template"]);
+    let template_uuid = template["vm_uuid"].as_str().unwrap();
+    assert!(template_uuid != new_uuid && template_uuid != p.vm_uuid);
+    assert_eq!(p.call("VM.get_is_a_template", &[&p.vm_ref(template_uuid)]), Value::Bool(true));
+
+    // Onto an SR other than the original's (a local SR of host 2): the shared SR.
+    let original_sr = p.sr_of(&p.vdi_uuid);
+    let shared = p
+        .refs("SR.get_all", &[])
+        .into_iter()
+        .find(|sr| p.call("SR.get_shared", &[sr]) == Value::Bool(true))
+        .expect("the demo pool has a shared SR");
+    let shared_uuid = p.call_str("SR.get_uuid", &[&shared]);
+    assert_ne!(shared_uuid, original_sr);
+    let moved = p.restore_vm(&["--as-new", "--sr", &shared_uuid]);
+    assert_eq!(p.sr_of(moved["disks"][0]["vdi_uuid"].as_str().unwrap()), shared_uuid);
+    assert_eq!(p.sr_of(new["disks"][0]["vdi_uuid"].as_str().unwrap()), original_sr, "without --sr: the original SR");
+
+    // Over the original, differentially and in full, after guest writes.
+    p.guest_write();
+    let diff = p.restore_vm(&["--overwrite", "--differential"]);
+    assert_eq!(diff["vm_uuid"], p.vm_uuid.as_str());
+    assert_eq!(diff["disks"][0]["vdi_uuid"], p.vdi_uuid.as_str());
+    p.guest_write();
+    let full = p.restore_vm(&["--overwrite"]);
+    assert_eq!(full["vm_uuid"], p.vm_uuid.as_str());
+    assert_eq!(full["disks"][0]["bytes_written"], DISK_SIZE);
+    assert_eq!(p.macs(&p.vm_uuid), original_macs, "overwriting keeps the VM's own MACs");
+}
+
+/// Checks an XVA (a tar stream) with Python: every chunk against its checksum file, then
+/// the disk reassembled from its 1 MiB chunks (missing ones are zeros); prints its SHA-256.
+const XVA_CHECK: &str = r#"
+import hashlib, re, sys, tarfile, xxhash
+size = int(sys.argv[1])
+chunks, last, names = {}, None, []
+with tarfile.open(fileobj=sys.stdin.buffer, mode="r|") as tar:
+    for m in tar:
+        names.append(m.name)
+        data = tar.extractfile(m).read() if m.isfile() else b""
+        if m.name.endswith(".xxhash"):
+            assert data.decode().strip().upper() == xxhash.xxh64(last).hexdigest().upper(), m.name
+        elif m.name.endswith(".checksum"):
+            assert data.decode().strip() == hashlib.sha1(last).hexdigest(), m.name
+        elif re.fullmatch(r"Ref:\d+/\d{8}", m.name):
+            last = data
+            if data:
+                chunks[int(m.name.split("/")[1])] = data
+assert names[0] == "ova.xml", names[:3]
+disk = hashlib.sha256()
+for n in range((size + (1 << 20) - 1) >> 20):
+    disk.update(chunks.get(n, bytes(min(1 << 20, size - (n << 20)))))
+print(disk.hexdigest())
+"#;
+
+fn check_xva(xva: impl Read) -> String {
+    let mut python = Command::new("python3")
+        .args(["-c", XVA_CHECK, &DISK_SIZE.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut stdin = python.stdin.take().unwrap();
+    let mut xva = xva;
+    std::io::copy(&mut xva, &mut stdin).unwrap();
+    drop(stdin);
+    let out = python.wait_with_output().unwrap();
+    assert!(out.status.success(), "the XVA does not check");
+    text(&out.stdout).trim().to_owned()
+}
+
+/// `export ... --to -` with its stdout streamed to `consume`.
+fn export_stdout<T>(p: &Pool, format: &str, consume: impl FnOnce(&mut dyn Read) -> T) -> T {
+    let mut child = p
+        .command(&["export", &p.id, "--disk", "0", "--format", format, "--to", "-"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let result = consume(child.stdout.as_mut().unwrap());
+    ok(child.wait_with_output().unwrap(), &format!("export {format} to stdout"));
+    result
+}
+
+#[test]
+fn export_every_format_to_a_file_and_to_stdout() {
+    let p = pool();
+    let dir = p.scratch("export");
+    let file = |f: &str| dir.join(format!("disk.{f}"));
+    let path = |f: &str| file(f).to_str().unwrap().to_owned();
+    for format in ["raw", "vhd", "qcow2", "xva"] {
+        let out = ok(p.run(&["export", &p.id, "--disk", "0", "--format", format, "--to", &path(format), "--json"]), format);
+        assert_eq!(json(&out)["to"], path(format).as_str(), "{out}");
+    }
+    let raw = path("raw");
+    assert_eq!(sha256_file(&file("raw")), p.disk_sha256, "raw export");
+    tool("qemu-img", &["compare", "-f", "vpc", "-F", "raw", &path("vhd"), &raw]);
+    tool("qemu-img", &["compare", "-f", "qcow2", "-F", "raw", &path("qcow2"), &raw]);
+    tool("qemu-img", &["check", "-f", "qcow2", &path("qcow2")]);
+    tool("vhdiinfo", &[&path("vhd")]);
+    assert_eq!(check_xva(std::fs::File::open(file("xva")).unwrap()), p.disk_sha256, "XVA export");
+
+    // The same through stdout.
+    assert_eq!(export_stdout(p, "raw", |out| sha256_hex(out)), p.disk_sha256, "raw to stdout");
+    for format in ["vhd", "qcow2"] {
+        let piped = dir.join(format!("stdout.{format}"));
+        export_stdout(p, format, |out| std::io::copy(out, &mut std::fs::File::create(&piped).unwrap()).unwrap());
+        let fmt = if format == "vhd" { "vpc" } else { format };
+        tool("qemu-img", &["compare", "-f", fmt, "-F", "raw", piped.to_str().unwrap(), &raw]);
+    }
+    assert_eq!(export_stdout(p, "xva", |out| check_xva(out)), p.disk_sha256, "XVA to stdout");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn files_ls_and_get_match_what_the_disk_holds() {
+    use std::os::unix::fs::MetadataExt;
+    let p = pool();
+    let dir = p.scratch("files");
+    let fields: BTreeSet<&str> = ["name", "path", "kind", "size", "mode", "uid", "gid", "mtime", "mtime_nsec", "symlink_target"].into();
+    for volume in &p.manifest.volumes {
+        let Some(fs) = &volume.fs else { continue };
+        let part = volume.name.as_str();
+        // Every directory lists (JSON, the contract's fields) at least its manifest children.
+        let dirs = std::iter::once("/").chain(fs.files.iter().filter(|f| f.kind == EntryKind::Dir).map(|f| f.path.as_str()));
+        for d in dirs {
+            let listing = json(&ok(p.run(&["files", "ls", &p.id, "--disk", "0", "--partition", part, d, "--json"]), d));
+            let listed: BTreeMap<&str, &serde_json::Value> =
+                listing.as_array().unwrap().iter().map(|e| (e["path"].as_str().unwrap(), e)).collect();
+            for e in listed.values() {
+                let keys: BTreeSet<&str> = e.as_object().unwrap().keys().map(String::as_str).collect();
+                assert!(keys.is_subset(&fields) && keys.len() >= fields.len() - 1, "{part}:{d}: {e}");
+            }
+            let parent = |path: &str| path.rsplit_once('/').map(|(p, _)| if p.is_empty() { "/" } else { p }).unwrap_or("/").to_owned();
+            for f in fs.files.iter().filter(|f| parent(&f.path) == d) {
+                let e = listed.get(f.path.as_str()).unwrap_or_else(|| panic!("{part}:{d} lacks {}: {listing}", f.path));
+                let kind = match f.kind {
+                    EntryKind::File => "file",
+                    EntryKind::Dir => "dir",
+                    EntryKind::Symlink => "symlink",
+                };
+                assert_eq!(e["kind"], kind, "{part}:{}", f.path);
+                if f.kind == EntryKind::File {
+                    assert_eq!(e["size"], f.size, "{part}:{}", f.path);
+                }
+                if let Some(mtime) = f.mtime {
+                    assert_eq!(e["mtime"], mtime, "{part}:{}", f.path);
+                }
+            }
+        }
+        // The whole tree extracts byte-identically.
+        let dest = dir.join(part);
+        let stats = json(&ok(p.run(&["files", "get", &p.id, "--disk", "0", "--partition", part, "/", "--to", dest.to_str().unwrap(), "--json"]), part));
+        let files = fs.files.iter().filter(|f| f.kind == EntryKind::File);
+        assert_eq!(stats["files"], files.clone().count(), "{stats}");
+        for f in files {
+            let local = dest.join(f.path.trim_start_matches('/'));
+            assert_eq!(Some(sha256_file(&local)), f.sha256, "{part}:{}", f.path);
+            if let Some(mtime) = f.mtime {
+                assert_eq!(std::fs::metadata(&local).unwrap().mtime(), mtime, "{part}:{}", f.path);
+            }
+        }
+    }
+    // One file, to a file name; the default volume is the largest file system (NTFS, p2).
+    let ntfs = p.manifest.volumes.iter().find(|v| v.name == "p2").and_then(|v| v.fs.as_ref()).unwrap();
+    let wanted = ntfs.files.iter().find(|f| f.path.ends_with("installer.msi")).unwrap();
+    let one = dir.join("installer.msi");
+    ok(p.run(&["files", "get", &p.id, "--disk", "0", &wanted.path, "--to", one.to_str().unwrap()]), "files get one file");
+    assert_eq!(Some(sha256_file(&one)), wanted.sha256);
+    // `ls` of a file lists the file itself.
+    let listing = json(&ok(p.run(&["files", "ls", &p.id, "--disk", "0", &wanted.path, "--json"]), "ls of a file"));
+    assert_eq!(listing.as_array().map(Vec::len), Some(1), "{listing}");
+    assert_eq!((&listing[0]["path"], &listing[0]["kind"], &listing[0]["size"]), (&wanted.path.as_str().into(), &"file".into(), &wanted.size.into()));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A running `serve-nbd`: its stdout lines up to the URL (and with `--tls`, the fingerprint
+/// and certificate), stopped with SIGINT on drop.
+struct NbdServer {
+    child: Child,
+    url: String,
+    stdout: BufReader<std::process::ChildStdout>,
+}
+
+impl NbdServer {
+    fn start(p: &Pool, extra: &[&str]) -> NbdServer {
+        let mut args = vec!["serve-nbd", &p.id, "--disk", "0", "--listen", "127.0.0.1:0"];
+        args.extend(extra);
+        let mut child = p.command(&args).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let url = Self::line(&mut stdout);
+        NbdServer { child, url, stdout }
+    }
+
+    fn line(stdout: &mut BufReader<std::process::ChildStdout>) -> String {
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        assert!(!line.is_empty(), "serve-nbd ended early");
+        line.trim_end().to_owned()
+    }
+
+    /// Stops the server the way an operator does (Ctrl-C): it must exit 0.
+    fn stop(mut self) {
+        tool("kill", &["-INT", &self.child.id().to_string()]);
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "serve-nbd exited with {status}");
+    }
+}
+
+/// A failed test must not leave a server running.
+impl Drop for NbdServer {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// What nbdinfo and nbdcopy read from `url`: the size and the SHA-256 of the content.
+fn read_nbd(url: &str) -> (u64, String) {
+    let size = tool("nbdinfo", &["--size", url]).trim().parse().unwrap();
+    let mut copy = Command::new("nbdcopy").args([url, "-"]).stdout(Stdio::piped()).spawn().unwrap();
+    let digest = sha256_hex(copy.stdout.take().unwrap());
+    assert!(copy.wait().unwrap().success(), "nbdcopy {url}");
+    (size, digest)
+}
+
+fn refused(url: &str) {
+    let out = Command::new("nbdinfo").args(["--size", url]).output().unwrap();
+    assert!(!out.status.success(), "{url} was served: {}", text(&out.stdout));
+}
+
+#[test]
+fn serve_nbd_plain_and_over_tls() {
+    let p = pool();
+    let plain = NbdServer::start(p, &[]);
+    assert!(plain.url.starts_with("nbd://127.0.0.1:"), "{}", plain.url);
+    assert_eq!(read_nbd(&plain.url), (DISK_SIZE, p.disk_sha256.clone()));
+    plain.stop();
+
+    // A self-signed certificate: the fingerprint and PEM are printed for the client to trust.
+    let dir = p.scratch("nbd-tls");
+    let mut own = NbdServer::start(p, &["--tls"]);
+    assert!(own.url.starts_with("nbds://127.0.0.1:"), "{}", own.url);
+    let fingerprint = NbdServer::line(&mut own.stdout);
+    let mut pem = String::new();
+    while !pem.contains("-----END CERTIFICATE-----") {
+        pem += &NbdServer::line(&mut own.stdout);
+        pem.push('\n');
+    }
+    let expected = xenvault_engine::config::fingerprint_of_pem(&pem).unwrap();
+    assert_eq!(fingerprint, format!("certificate sha256 {expected}"));
+    let self_signed = dir.join("self-signed");
+    std::fs::create_dir_all(&self_signed).unwrap();
+    std::fs::write(self_signed.join("ca-cert.pem"), &pem).unwrap();
+    let trusting = |url: &str, pki: &Path| format!("{url}?tls-certificates={}", pki.display());
+    assert_eq!(read_nbd(&trusting(&own.url, &self_signed)), (DISK_SIZE, p.disk_sha256.clone()));
+    refused(&own.url.replacen("nbds://", "nbd://", 1));
+
+    // A CA-signed certificate from certtool (RSA key in PKCS#1 PEM after a text dump), given
+    // as files. (certtool's EC keys carry a 33-byte scalar that ring refuses.)
+    let pki = dir.join("pki");
+    std::fs::create_dir_all(&pki).unwrap();
+    let f = |name: &str| pki.join(name).to_str().unwrap().to_owned();
+    std::fs::write(f("ca.info"), "cn = xenvault test CA\nca\ncert_signing_key\nexpiration_days = 30\n").unwrap();
+    std::fs::write(
+        f("server.info"),
+        "organization = xenvault\ncn = localhost\ndns_name = localhost\nip_address = 127.0.0.1\ntls_www_server\nencryption_key\nsigning_key\nexpiration_days = 30\n",
+    )
+    .unwrap();
+    for key in ["ca-key.pem", "server-key.pem"] {
+        tool("certtool", &["--generate-privkey", "--key-type=rsa", "--bits=2048", "--outfile", &f(key)]);
+    }
+    tool("certtool", &["--generate-self-signed", "--load-privkey", &f("ca-key.pem"), "--template", &f("ca.info"), "--outfile", &f("ca-cert.pem")]);
+    tool("certtool", &[
+        "--generate-certificate", "--load-privkey", &f("server-key.pem"), "--load-ca-certificate", &f("ca-cert.pem"),
+        "--load-ca-privkey", &f("ca-key.pem"), "--template", &f("server.info"), "--outfile", &f("server-cert.pem"),
+    ]);
+    let signed = NbdServer::start(p, &["--tls-cert", &f("server-cert.pem"), "--tls-key", &f("server-key.pem")]);
+    assert!(signed.url.starts_with("nbds://"), "{}", signed.url);
+    assert_eq!(read_nbd(&trusting(&signed.url, &pki)), (DISK_SIZE, p.disk_sha256.clone()));
+    // Each server is trusted only through its own certificate.
+    refused(&trusting(&signed.url, &self_signed));
+    refused(&trusting(&own.url, &pki));
+    signed.stop();
+    own.stop();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bad_input_exits_with_the_documented_codes() {
+    let p = pool();
+    let dir = p.scratch("errors");
+    let unknown = "0123456789abcdef0123456789abcdef";
+    let to = dir.join("out.raw");
+    let to = to.to_str().unwrap();
+    let id = p.id.as_str();
+
+    // Unknown restore point, disk, volume, path: failures naming what is wrong.
+    for args in [
+        vec!["restore", "vm", unknown, "--repo", &p.repo, "--pool", "sim", "--json"],
+        vec!["files", "ls", unknown, "--disk", "0", "--json"],
+        vec!["export", unknown, "--disk", "0", "--format", "raw", "--to", to],
+    ] {
+        assert!(fails(p.run(&args), FAILURE, &args.join(" ")).contains("not found"));
+    }
+    for args in [
+        vec!["files", "ls", id, "--disk", "7", "--json"],
+        vec!["files", "get", id, "--disk", "7", "/x", "--to", to],
+        vec!["export", id, "--disk", "7", "--format", "qcow2", "--to", to],
+        vec!["serve-nbd", id, "--disk", "7", "--listen", "127.0.0.1:0"],
+    ] {
+        assert!(fails(p.run(&args), FAILURE, &args.join(" ")).contains("disk 7"));
+    }
+    assert!(!Path::new(to).exists(), "a failed export left a file");
+    let err = fails(p.run(&["files", "ls", id, "--disk", "0", "--partition", "p9", "--json"]), FAILURE, "partition p9");
+    assert!(err.contains("p9") && err.contains("p1, p2"), "{err}");
+    let err = fails(p.run(&["files", "get", id, "--disk", "0", "--partition", "p2", "/no such file", "--to", to]), FAILURE, "missing file");
+    assert!(err.contains("/no such file"), "{err}");
+    let err = fails(p.run(&["restore", "vm", id, "--repo", &p.repo, "--pool", "sim", "--sr", unknown]), FAILURE, "unknown SR");
+    assert!(err.contains(unknown), "{err}");
+    let missing = dir.join("missing.pem");
+    let missing = missing.to_str().unwrap();
+    let err = fails(p.run(&["serve-nbd", id, "--listen", "127.0.0.1:0", "--tls-cert", missing, "--tls-key", missing]), FAILURE, "missing cert");
+    assert!(err.contains("missing.pem"), "{err}");
+
+    // Wrong passphrase and refused pool credentials: AUTH.
+    for args in [
+        vec!["restore", "vm", id, "--repo", &p.repo, "--pool", "sim", "--json"],
+        vec!["files", "ls", id, "--disk", "0", "--json"],
+        vec!["export", id, "--disk", "0", "--format", "vhd", "--to", to],
+        vec!["serve-nbd", id, "--disk", "0", "--listen", "127.0.0.1:0"],
+    ] {
+        assert!(fails(p.run_with_passphrase(&args, "wrong"), AUTH, &args.join(" ")).contains("wrong passphrase"));
+    }
+    fails(p.run(&["restore", "vm", id, "--repo", &p.repo, "--pool", "refused", "--json"]), AUTH, "refused pool credentials");
+
+    // Contradictory or malformed arguments: usage.
+    for args in [
+        vec!["restore", "vm", id, "--pool", "sim", "--differential"],
+        vec!["restore", "vm", id, "--pool", "sim", "--overwrite", "--as-new"],
+        vec!["restore", "vm", id, "--pool", "sim", "--overwrite", "--as-template"],
+        vec!["restore", "vm", id, "--pool", "sim", "--overwrite", "--sr", unknown],
+        vec!["export", id, "--format", "vmdk", "--to", to],
+        vec!["serve-nbd", id, "--tls-cert", to],
+        vec!["serve-nbd", id, "--tls", "--tls-cert", to, "--tls-key", to],
+    ] {
+        fails(p.run(&args), USAGE, &args.join(" "));
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
