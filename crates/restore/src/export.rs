@@ -3,7 +3,10 @@
 
 use crate::{Error, RepoDisk, Result};
 use std::io::Write;
+use std::ops::Range;
 use std::sync::Arc;
+use xenvault_repo::DiskReader;
+use xenvault_repo::ordered::{OrderedChunks, SlotData};
 
 /// xapi's VHD block size (crates/vhd writes only this one).
 pub const VHD_BLOCK: u64 = 2 << 20;
@@ -64,10 +67,15 @@ impl<W: Write> Write for Counting<W> {
 pub(crate) fn present_units(disk: &RepoDisk, handle: &tokio::runtime::Handle, unit: u64) -> Result<Vec<u64>> {
     let reader = disk.reader();
     let cs = reader.chunk_size();
-    let slots = reader.disk().slot_count();
+    let per_page = u64::from(reader.disk().page_slots);
     let mut present = Vec::new();
-    for slot in 0..slots {
-        if !handle.block_on(reader.chunk_id(slot))?.is_zero() {
+    for page in 0..reader.disk().pages.len() as u64 {
+        let ids = handle.block_on(reader.page(page))?;
+        for (i, id) in ids.iter().enumerate() {
+            if id.is_zero() {
+                continue;
+            }
+            let slot = page * per_page + i as u64;
             let first = slot * cs / unit;
             let last = ((slot + 1) * cs).min(reader.size()).div_ceil(unit);
             for u in first..last {
@@ -80,24 +88,80 @@ pub(crate) fn present_units(disk: &RepoDisk, handle: &tokio::runtime::Handle, un
     Ok(present)
 }
 
+/// Reads increasing pieces of the disk from one ordered, read-ahead stream of its chunks.
+struct InOrder {
+    chunks: OrderedChunks,
+    current: Option<SlotData>,
+}
+
+impl InOrder {
+    /// Streams the chunks under the `unit`-sized pieces `units` (increasing).
+    fn new(reader: &DiskReader, handle: &tokio::runtime::Handle, units: &[u64], unit: u64) -> Result<Self> {
+        let cs = reader.chunk_size();
+        let mut ranges: Vec<Range<u64>> = Vec::new();
+        for &u in units {
+            let start = u.saturating_mul(unit) / cs;
+            let end = u.saturating_add(1).saturating_mul(unit).min(reader.size()).div_ceil(cs);
+            match ranges.last_mut() {
+                Some(last) if start <= last.end => last.end = last.end.max(end),
+                _ => ranges.push(start..end),
+            }
+        }
+        let chunks = {
+            let _runtime = handle.enter();
+            reader.chunks_in_order(ranges)?
+        };
+        Ok(InOrder { chunks, current: None })
+    }
+
+    /// The next chunk of the stream.
+    fn next(&mut self) -> Result<Option<SlotData>> {
+        Ok(self.chunks.blocking_next().transpose()?)
+    }
+
+    /// Fills `buf` with the disk's bytes at `offset`; offsets must not go backwards.
+    fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let mut done = 0;
+        while done < buf.len() {
+            let at = offset + done as u64;
+            while self.current.as_ref().is_none_or(|c| c.offset + c.len as u64 <= at) {
+                self.current = Some(self.next()?.ok_or_else(|| Error::Task(format!("disk read at {at} past the planned chunks")))?);
+            }
+            let Some(c) = &self.current else { continue };
+            let within = at.checked_sub(c.offset).ok_or_else(|| Error::Task(format!("disk read at {at} went backwards")))? as usize;
+            let n = (c.len - within).min(buf.len() - done);
+            let out = &mut buf[done..done + n];
+            match &c.data {
+                Some(d) => out.copy_from_slice(d.get(within..within + n).ok_or_else(|| Error::Task("short chunk".into()))?),
+                None => out.fill(0),
+            }
+            done += n;
+        }
+        Ok(())
+    }
+}
+
 /// Writes a dynamic VHD of the disk holding only the 2 MiB `blocks` (increasing); returns
 /// the disk bytes read. Blocking.
 pub fn write_vhd(disk: &RepoDisk, blocks: &[u64], out: impl Write, progress: Option<&Progress>) -> Result<u64> {
     let handle = tokio::runtime::Handle::current();
     let reader = disk.reader();
     let size = reader.size();
+    let mut source = InOrder::new(reader, &handle, blocks, VHD_BLOCK)?;
     let blocks = blocks.iter().map(|&b| u32::try_from(b)).collect::<Result<Vec<_>, _>>();
     let blocks = blocks.map_err(|_| Error::Unsupported("disk too large for a VHD".into()))?;
     let mut w = xenvault_vhd::DynamicWriter::dynamic(out, size, blocks.iter().copied(), Default::default())?;
+    let mut buf = vec![0u8; VHD_BLOCK as usize];
     let mut read = 0;
     for &b in &blocks {
         let offset = u64::from(b) * VHD_BLOCK;
-        let mut buf = vec![0u8; (size - offset).min(VHD_BLOCK) as usize];
-        handle.block_on(reader.read_at(offset, &mut buf))?;
-        w.write_block(b, &buf)?;
-        read += buf.len() as u64;
+        let len = size.saturating_sub(offset).min(VHD_BLOCK) as usize;
+        let block = &mut buf[..len];
+        source.read(offset, block)?;
+        w.write_block(b, block)?;
+        read += len as u64;
         if let Some(p) = progress {
-            p(buf.len() as u64);
+            p(len as u64);
         }
     }
     w.finish()?;
@@ -113,34 +177,31 @@ pub fn vhd_size(disk_size: u64, blocks: usize) -> u64 {
 pub fn export(disk: &RepoDisk, format: DiskFormat, out: impl Write, progress: Option<Progress>) -> Result<ExportStats> {
     let started = std::time::Instant::now();
     let handle = tokio::runtime::Handle::current();
-    let reader = disk.reader().clone();
+    let reader = disk.reader();
     let size = reader.size();
-    let read = |offset: u64, len: u64| -> Result<Vec<u8>> {
-        let mut buf = vec![0u8; len as usize];
-        handle.block_on(reader.read_at(offset, &mut buf))?;
+    let done = |len: u64| {
         if let Some(p) = &progress {
             p(len);
         }
-        Ok(buf)
     };
     let mut out = Counting { inner: std::io::BufWriter::with_capacity(1 << 20, out), count: 0 };
     let mut stats = ExportStats { disk_bytes: size, ..Default::default() };
     match format {
         DiskFormat::Raw => {
-            let cs = reader.chunk_size();
-            let zeros = vec![0u8; cs as usize];
-            for slot in 0..reader.disk().slot_count() {
-                let offset = slot * cs;
-                let len = (size - offset).min(cs);
-                if handle.block_on(reader.chunk_id(slot))?.is_zero() {
-                    out.write_all(zeros.get(..len as usize).unwrap_or(&zeros))?;
-                    if let Some(p) = &progress {
-                        p(len);
+            let zeros = vec![0u8; reader.chunk_size() as usize];
+            let mut chunks = {
+                let _runtime = handle.enter();
+                reader.chunks_in_order(vec![0..reader.disk().slot_count()])?
+            };
+            while let Some(s) = chunks.blocking_next().transpose()? {
+                match &s.data {
+                    Some(data) => {
+                        out.write_all(data)?;
+                        stats.data_bytes += s.len as u64;
                     }
-                } else {
-                    out.write_all(&read(offset, len)?)?;
-                    stats.data_bytes += len;
+                    None => out.write_all(zeros.get(..s.len).unwrap_or(&zeros))?,
                 }
+                done(s.len as u64);
             }
         }
         DiskFormat::Vhd => {
@@ -148,13 +209,18 @@ pub fn export(disk: &RepoDisk, format: DiskFormat, out: impl Write, progress: Op
             stats.data_bytes = write_vhd(disk, &present, &mut out, progress.as_ref())?;
         }
         DiskFormat::Qcow2 => {
-            let present = present_units(disk, &handle, crate::qcow2::CLUSTER)?;
+            use crate::qcow2::CLUSTER;
+            let present = present_units(disk, &handle, CLUSTER)?;
+            let mut source = InOrder::new(reader, &handle, &present, CLUSTER)?;
             let mut w = crate::qcow2::Qcow2Writer::new(&mut out, size, &present)?;
+            let mut buf = vec![0u8; CLUSTER as usize];
             for &c in &present {
-                let offset = c * crate::qcow2::CLUSTER;
-                let len = (size - offset).min(crate::qcow2::CLUSTER);
-                w.write_cluster(c, &read(offset, len)?)?;
-                stats.data_bytes += len;
+                let offset = c * CLUSTER;
+                let cluster = &mut buf[..size.saturating_sub(offset).min(CLUSTER) as usize];
+                source.read(offset, cluster)?;
+                w.write_cluster(c, cluster)?;
+                stats.data_bytes += cluster.len() as u64;
+                done(cluster.len() as u64);
             }
             w.finish()?;
         }

@@ -153,7 +153,9 @@ impl<W: Write> Qcow2Writer<W> {
             return Err(Error::Unsupported(format!("qcow2: cluster {index} written out of order or oversized")));
         }
         self.out.write_all(data)?;
-        self.out.write_all(&vec![0u8; CLUSTER as usize - data.len()])?;
+        if data.len() < CLUSTER as usize {
+            self.out.write_all(&vec![0u8; CLUSTER as usize - data.len()])?;
+        }
         self.next += 1;
         Ok(())
     }

@@ -135,3 +135,23 @@ async fn overlay_takes_writes_without_touching_the_repository() {
     reader.read_at(65_530, &mut stored).await.unwrap();
     assert_eq!(stored, before.to_vec());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_chunk_fails_every_export_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (repo, reader) = stored(dir.path()).await;
+    // The chunk holding the data at 5 MiB.
+    let id = reader.chunk_id((5 << 20) / reader.chunk_size()).await.unwrap();
+    let loc = repo.locate(&id).unwrap();
+    let pack = dir.path().join("repo").join(loc.pack.data_object());
+    let mut data = std::fs::read(&pack).unwrap();
+    data[loc.offset as usize + 40] ^= 0x08;
+    std::fs::write(&pack, data).unwrap();
+
+    for format in [DiskFormat::Raw, DiskFormat::Vhd, DiskFormat::Qcow2] {
+        let disk = RepoDisk::new(reader.clone(), tokio::runtime::Handle::current());
+        let file = std::fs::File::create(dir.path().join("out")).unwrap();
+        let err = tokio::task::spawn_blocking(move || export(&disk, format, file, None)).await.unwrap().unwrap_err();
+        assert!(err.to_string().contains(&format!("chunk {id}")), "{format:?}: {err}");
+    }
+}
