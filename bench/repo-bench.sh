@@ -25,16 +25,8 @@ while (($#)); do
   esac
 done
 
-missing=()
-command -v restic >/dev/null || missing+=(restic)
-command -v borg >/dev/null || missing+=(borgbackup)
-[ -x /usr/bin/time ] || missing+=(time)
-if ((${#missing[@]})); then
-  sudo_cmd=""
-  [ "$(id -u)" -eq 0 ] || sudo_cmd=sudo
-  $sudo_cmd apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+source bench/lib.sh
+bench_install_tools
 if [ ! -x "$bin" ]; then
   cargo build --release -p xenvault
 fi
@@ -45,56 +37,7 @@ dir=$(realpath "$dir")
 image=$dir/disk.img
 bytes=$(numfmt --from=iec "$size")
 
-# The image: repeating 64 MiB groups of OS files from /usr (binaries, libraries, text),
-# zeros (unused space), random data (compressed or encrypted files) and a copy of an
-# earlier region (a cloned file). Generated once per size.
-if [ ! -f "$image" ] || [ "$(stat -c %s "$image")" != "$bytes" ]; then
-  echo "generating a $size mixed image at $image"
-  python3 - "$image" "$bytes" <<'PY'
-import os, random, sys
-path, size = sys.argv[1], int(sys.argv[2])
-MiB = 1 << 20
-rng = random.Random(4)
-
-def os_files():
-    while True:
-        for root, _, names in os.walk("/usr"):
-            for name in sorted(names):
-                p = os.path.join(root, name)
-                try:
-                    if os.path.isfile(p) and not os.path.islink(p):
-                        with open(p, "rb") as f:
-                            yield f.read(16 * MiB)
-                except OSError:
-                    pass
-
-files = os_files()
-with open(path, "wb") as out:
-    out.truncate(size)
-    at = 0
-    while at < size:
-        for kind, mib in (("os", 26), ("zero", 16), ("random", 12), ("copy", 10)):
-            n = min(mib * MiB, size - at)
-            if n <= 0:
-                break
-            out.seek(at)
-            if kind == "os":
-                left = n
-                while left > 0:
-                    data = next(files)[:left]
-                    out.write(data)
-                    left -= len(data)
-            elif kind == "random":
-                out.write(os.urandom(n))
-            elif kind == "copy" and at > 64 * MiB:
-                out.flush()
-                src = rng.randrange(0, at - n) // 4096 * 4096
-                with open(path, "rb") as f:
-                    f.seek(src)
-                    out.write(f.read(n))
-            at += n
-PY
-fi
+make_mixed_image "$image" "$bytes"
 
 # Changes 1% of the image in scattered 64 KiB blocks (CBT granularity).
 change_one_percent() {
@@ -114,20 +57,9 @@ PY
 results=$dir/results.tsv
 : >"$results"
 
-# run TOOL PHASE COMMAND...: times the command, records seconds, MB/s of the image, peak RSS.
+# run TOOL PHASE COMMAND...: times the command, records seconds and peak RSS.
 run() {
-  local tool=$1 phase=$2
-  shift 2
-  local stats=$dir/time.txt
-  if ! /usr/bin/time -v -o "$stats" "$@" >"$dir/$tool-$phase.log" 2>&1; then
-    echo "$tool $phase failed:" >&2
-    tail -20 "$dir/$tool-$phase.log" >&2
-    exit 1
-  fi
-  local secs rss
-  secs=$(awk -F': ' '/Elapsed \(wall clock\)/ {n = split($2, t, ":"); s = 0; for (i = 1; i <= n; i++) s = s * 60 + t[i]; print s}' "$stats")
-  rss=$(awk -F': ' '/Maximum resident set size/ {print int($2 / 1024)}' "$stats")
-  printf '%s\t%s\t%s\t%s\n' "$tool" "$phase" "$secs" "$rss" >>"$results"
+  timed "$results" "$dir/$1-$2.log" "$@"
 }
 
 repo_size() {
