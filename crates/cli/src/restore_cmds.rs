@@ -2,7 +2,7 @@
 //! `serve-nbd` (instant access), `export` (raw, VHD, qcow2) and `restore vm`. The work lives in
 //! `xenvault_restore`; this module parses and reports.
 
-use crate::repo_cmds::{RepoArgs, bytes_bar, classify, human, print_json};
+use crate::repo_cmds::{RepoArgs, bytes_bar, classify, human, print_json, progress_of};
 use anyhow::{Result, anyhow};
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
@@ -78,10 +78,7 @@ async fn restore_vm(a: RestoreVmArgs) -> Result<ExitCode> {
         as_template: a.as_template,
     };
     let bar = bytes_bar(m.total_size(), a.json, &m.source.name);
-    let progress: xenvault_restore::export::Progress = {
-        let bar = bar.clone();
-        Arc::new(move |n| bar.inc(n))
-    };
+    let progress = progress_of(&bar);
     let report = xenvault_restore::vm::restore_vm(&client, &repo, &m, &opts, Some(progress)).await.map_err(restore_error)?;
     bar.finish_and_clear();
     if a.json {
@@ -336,10 +333,7 @@ async fn export_cmd(a: ExportArgs) -> Result<ExitCode> {
     let disk = a.disk.repo_disk().await?;
     let to_stdout = a.to.as_os_str() == "-";
     let bar = bytes_bar(disk.reader().size(), a.json || to_stdout, &disk.reader().disk().name);
-    let progress: xenvault_restore::export::Progress = {
-        let bar = bar.clone();
-        Arc::new(move |n| bar.inc(n))
-    };
+    let progress = progress_of(&bar);
     let out = output(&a.to)?;
     let stats = tokio::task::spawn_blocking(move || export(&disk, format, out, Some(progress))).await?.map_err(restore_error)?;
     bar.finish_and_clear();
@@ -370,10 +364,7 @@ async fn export_xva(a: ExportArgs) -> Result<ExitCode> {
     let repo = a.disk.repo.open().await?;
     let m = repo.snapshot(&a.disk.id).await.map_err(classify)?;
     let bar = bytes_bar(m.total_size(), a.json || a.to.as_os_str() == "-", &m.source.name);
-    let progress: xenvault_restore::export::Progress = {
-        let bar = bar.clone();
-        Arc::new(move |n| bar.inc(n))
-    };
+    let progress = progress_of(&bar);
     let out = output(&a.to)?;
     let started = std::time::Instant::now();
     let m2 = m.clone();

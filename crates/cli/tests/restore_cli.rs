@@ -320,6 +320,7 @@ fn check_xva(xva: impl Read) -> String {
         .args(["-c", XVA_CHECK, &DISK_SIZE.to_string()])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("python3");
     let mut stdin = python.stdin.take().unwrap();
@@ -327,7 +328,7 @@ fn check_xva(xva: impl Read) -> String {
     std::io::copy(&mut xva, &mut stdin).unwrap();
     drop(stdin);
     let out = python.wait_with_output().unwrap();
-    assert!(out.status.success(), "the XVA does not check");
+    assert!(out.status.success(), "the XVA does not check: {}", text(&out.stderr));
     text(&out.stdout).trim().to_owned()
 }
 
