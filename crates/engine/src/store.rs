@@ -215,8 +215,18 @@ struct PendingChunk {
     filled: Vec<(usize, usize)>,
 }
 
+/// Data the host sends past the end of the disk (a malformed NBD reply, XVA or VHD) is an
+/// error, not a write outside the image.
+fn within_disk(offset: u64, len: usize, size: u64) -> Result<(), Error> {
+    match offset.checked_add(len as u64) {
+        Some(end) if end <= size => Ok(()),
+        _ => Err(Error::Protocol(format!("{len} bytes at offset {offset} go past the end of the {size}-byte disk"))),
+    }
+}
+
 impl DiskSink {
     pub async fn write(&self, offset: u64, data: Bytes) -> Result<(), Error> {
+        within_disk(offset, data.len(), self.size)?;
         let mut state = self.state.lock().await;
         let mut at = offset;
         let mut rest = &data[..];
@@ -283,5 +293,19 @@ impl SinkState {
         }
         self.writer.write(pending.start, &pending.data).await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_must_stay_inside_the_disk() {
+        assert!(within_disk(0, 4096, 4096).is_ok());
+        assert!(within_disk(4096, 0, 4096).is_ok());
+        let past = within_disk(4096, 1, 4096).expect_err("one byte past the end");
+        assert!(past.to_string().contains("1 bytes at offset 4096 go past the end of the 4096-byte disk"), "{past}");
+        assert!(within_disk(u64::MAX, 2, u64::MAX).is_err());
     }
 }

@@ -20,7 +20,7 @@ pub async fn read_raw(
     let mut offset = 0u64;
     while let Some(data) = body.try_next().await? {
         let len = data.len() as u64;
-        if offset + len > snapshot.virtual_size {
+        if offset.saturating_add(len) > snapshot.virtual_size {
             return Err(Error::Protocol(format!(
                 "raw export of {} is longer than the disk ({} bytes)",
                 snapshot.uuid, snapshot.virtual_size

@@ -63,7 +63,7 @@ fn parse(
         )));
     }
     let block = u64::from(reader.header().block_size);
-    let changed = (reader.present_blocks().count() as u64 * block).min(disk_size);
+    let changed = (reader.present_blocks().count() as u64).saturating_mul(block).min(disk_size);
     while let Some(extent) = reader.next_extent().map_err(vhd_error)? {
         let item = (extent.offset, Bytes::copy_from_slice(extent.data));
         if out.blocking_send(item).is_err() {
