@@ -136,8 +136,13 @@ impl DiskReader {
 
     /// The slots in `ranges` (increasing, non-overlapping) in disk order, read ahead in
     /// parallel with bounded memory; every chunk is authenticated. Needs a Tokio runtime.
-    pub fn chunks_in_order(&self, ranges: Vec<Range<u64>>) -> Result<OrderedChunks> {
-        OrderedChunks::start(self.repo.clone(), self.disk.clone(), ranges)
+    pub fn chunks_in_order(&self, ranges: impl IntoIterator<Item = Range<u64>>) -> Result<OrderedChunks> {
+        OrderedChunks::start(self.repo.clone(), self.disk.clone(), ranges.into_iter().collect())
+    }
+
+    /// Every slot of the disk in order (see [`Self::chunks_in_order`]).
+    pub fn all_chunks_in_order(&self) -> Result<OrderedChunks> {
+        self.chunks_in_order(std::iter::once(0..self.disk.slot_count()))
     }
 
     /// Restores the whole disk into `path` (created or truncated): holes stay sparse in a
@@ -158,9 +163,10 @@ impl DiskReader {
             file.set_len(self.disk.size).map_err(&io)?;
         }
         let zeros = vec![0u8; if is_regular { 0 } else { self.chunk_size() as usize }];
-        let mut chunks = self.chunks_in_order(vec![0..self.disk.slot_count()])?;
+        let mut chunks = self.all_chunks_in_order()?;
         let mut stats = tokio::task::spawn_blocking(move || {
             let mut stats = RestoreStats::default();
+            let mut written = Writeback::default();
             while let Some(got) = chunks.blocking_next() {
                 let s = got?;
                 let bytes = match &s.data {
@@ -175,6 +181,7 @@ impl DiskReader {
                     (&file).write_all(bytes).map_err(&io)?;
                 } else {
                     file.write_all_at(bytes, s.offset).map_err(&io)?;
+                    written.add(&file, s.offset + s.len as u64);
                 }
                 stats.bytes += s.len as u64;
                 if let Some(p) = &progress {
@@ -189,6 +196,31 @@ impl DiskReader {
         .await??;
         stats.seconds = started.elapsed().as_secs_f64();
         Ok(stats)
+    }
+}
+
+/// Bytes written before the disk is asked to start writing them back.
+const WRITEBACK_STEP: u64 = 64 << 20;
+
+/// Starts writeback of a restore as it goes, so the closing fsync finds little left to
+/// write and dirty pages stay bounded.
+#[derive(Default)]
+struct Writeback {
+    flushed: u64,
+}
+
+impl Writeback {
+    /// Everything below `end` has been written.
+    fn add(&mut self, file: &std::fs::File, end: u64) {
+        if end < self.flushed + WRITEBACK_STEP {
+            return;
+        }
+        use std::os::fd::AsRawFd;
+        let (Ok(from), Ok(len)) = (i64::try_from(self.flushed), i64::try_from(end - self.flushed)) else { return };
+        // SAFETY: only schedules writeback of this file's own pages. A failure is harmless:
+        // the closing fsync still writes everything.
+        unsafe { libc::sync_file_range(file.as_raw_fd(), from, len, libc::SYNC_FILE_RANGE_WRITE) };
+        self.flushed = end;
     }
 }
 

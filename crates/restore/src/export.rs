@@ -191,7 +191,7 @@ pub fn export(disk: &RepoDisk, format: DiskFormat, out: impl Write, progress: Op
             let zeros = vec![0u8; reader.chunk_size() as usize];
             let mut chunks = {
                 let _runtime = handle.enter();
-                reader.chunks_in_order(vec![0..reader.disk().slot_count()])?
+                reader.all_chunks_in_order()?
             };
             while let Some(s) = chunks.blocking_next().transpose()? {
                 match &s.data {
