@@ -158,8 +158,12 @@ async fn try_once(
     }
 }
 
+/// Pieces read ahead of the sink (on top of the reader's own requests in flight).
+const READ_AHEAD: usize = 16;
+
 /// Reads `extents` over the reader's connections (pieces arrive in offset order, as
-/// the sink needs); returns the bytes read.
+/// the sink needs); returns the bytes read. Reading goes on while the sink waits for
+/// the repository (hashing, compressing, a pack upload), through a bounded queue.
 async fn nbd_extents(
     reader: &MultiReader,
     extents: Vec<Extent>,
@@ -167,13 +171,26 @@ async fn nbd_extents(
     key: &str,
     progress: &dyn Progress,
 ) -> Result<u64, Error> {
-    let mut total = 0u64;
-    let mut pieces = reader.read_ranges(extents.into_iter().map(|e| (e.offset, e.length)));
-    while let Some((offset, data)) = pieces.try_next().await? {
-        let len = data.len() as u64;
-        total += len;
-        sink.write(offset, data).await?;
-        progress.advance(key, len);
-    }
+    let (queue, mut arrived) = tokio::sync::mpsc::channel(READ_AHEAD);
+    let read = async move {
+        let mut pieces = reader.read_ranges(extents.into_iter().map(|e| (e.offset, e.length)));
+        while let Some(piece) = pieces.try_next().await? {
+            if queue.send(piece).await.is_err() {
+                break; // The sink failed; its error is the one reported.
+            }
+        }
+        Ok::<_, Error>(())
+    };
+    let store = async {
+        let mut total = 0u64;
+        while let Some((offset, data)) = arrived.recv().await {
+            let len = data.len() as u64;
+            total += len;
+            sink.write(offset, data).await?;
+            progress.advance(key, len);
+        }
+        Ok(total)
+    };
+    let ((), total) = futures::future::try_join(read, store).await?;
     Ok(total)
 }
