@@ -27,6 +27,41 @@ pub enum Commands {
     /// Restore whole VMs to a pool.
     #[command(subcommand)]
     Restore(RestoreCommand),
+    /// Mount a file system of a restore point read-only (FUSE) until interrupted.
+    Mount(MountArgs),
+}
+
+#[derive(Args)]
+pub struct MountArgs {
+    #[command(flatten)]
+    disk: DiskArgs,
+    /// Volume: p1, p5, vg/lv or disk (default: the largest file system).
+    #[arg(long)]
+    partition: Option<String>,
+    /// An existing directory.
+    mountpoint: PathBuf,
+}
+
+async fn mount(a: MountArgs) -> Result<ExitCode> {
+    let fs = a.disk.file_system(a.partition.clone()).await?;
+    let name = format!("xenvault:{}:{}", a.disk.id, fs.volume().name);
+    let mountpoint = a.mountpoint.clone();
+    let mounted = tokio::task::spawn_blocking(move || xenvault_restore::mount::mount(&fs, &mountpoint, &name))
+        .await?
+        .map_err(|e| anyhow!("mounting on {} (FUSE: needs /dev/fuse and root or fusermount3): {e}", a.mountpoint.display()))?;
+    println!("mounted read-only on {}; Ctrl-C unmounts", a.mountpoint.display());
+    use std::io::Write;
+    std::io::stdout().flush()?;
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
+    while !mounted.ended() {
+        tokio::select! {
+            _ = &mut interrupted => break,
+            _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+        }
+    }
+    tokio::task::spawn_blocking(move || mounted.unmount()).await?.map_err(|e| anyhow!("unmounting {}: {e}", a.mountpoint.display()))?;
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(Subcommand)]
@@ -387,5 +422,6 @@ pub async fn run(cmd: Commands) -> Result<ExitCode> {
         Commands::ServeNbd(a) => serve_nbd(a).await,
         Commands::Export(a) => export_cmd(a).await,
         Commands::Restore(RestoreCommand::Vm(a)) => restore_vm(a).await,
+        Commands::Mount(a) => mount(a).await,
     }
 }

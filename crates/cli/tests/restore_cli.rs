@@ -437,22 +437,22 @@ fn files_ls_and_get_match_what_the_disk_holds() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// A running `serve-nbd`: its stdout lines up to the URL (and with `--tls`, the fingerprint
-/// and certificate), stopped with SIGINT on drop.
-struct NbdServer {
+/// A command running until interrupted (`serve-nbd`, `mount`): its first stdout line (the
+/// URL, the mount notice), its further lines, and a stop by SIGINT.
+struct Foreground {
     child: Child,
-    url: String,
+    first: String,
     stdout: BufReader<std::process::ChildStdout>,
 }
 
-impl NbdServer {
-    fn start(p: &Pool, extra: &[&str]) -> NbdServer {
+impl Foreground {
+    fn serve_nbd(p: &Pool, extra: &[&str]) -> Foreground {
         let mut args = vec!["serve-nbd", &p.id, "--disk", "0", "--listen", "127.0.0.1:0"];
         args.extend(extra);
         let mut child = p.command(&args).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let url = Self::line(&mut stdout);
-        NbdServer { child, url, stdout }
+        let first = Self::line(&mut stdout);
+        Foreground { child, first, stdout }
     }
 
     fn line(stdout: &mut BufReader<std::process::ChildStdout>) -> String {
@@ -471,7 +471,7 @@ impl NbdServer {
 }
 
 /// A failed test must not leave a server running.
-impl Drop for NbdServer {
+impl Drop for Foreground {
     fn drop(&mut self) {
         if self.child.try_wait().ok().flatten().is_none() {
             let _ = self.child.kill();
@@ -497,19 +497,19 @@ fn refused(url: &str) {
 #[test]
 fn serve_nbd_plain_and_over_tls() {
     let p = pool();
-    let plain = NbdServer::start(p, &[]);
-    assert!(plain.url.starts_with("nbd://127.0.0.1:"), "{}", plain.url);
-    assert_eq!(read_nbd(&plain.url), (DISK_SIZE, p.disk_sha256.clone()));
+    let plain = Foreground::serve_nbd(p, &[]);
+    assert!(plain.first.starts_with("nbd://127.0.0.1:"), "{}", plain.first);
+    assert_eq!(read_nbd(&plain.first), (DISK_SIZE, p.disk_sha256.clone()));
     plain.stop();
 
     // A self-signed certificate: the fingerprint and PEM are printed for the client to trust.
     let dir = p.scratch("nbd-tls");
-    let mut own = NbdServer::start(p, &["--tls"]);
-    assert!(own.url.starts_with("nbds://127.0.0.1:"), "{}", own.url);
-    let fingerprint = NbdServer::line(&mut own.stdout);
+    let mut own = Foreground::serve_nbd(p, &["--tls"]);
+    assert!(own.first.starts_with("nbds://127.0.0.1:"), "{}", own.first);
+    let fingerprint = Foreground::line(&mut own.stdout);
     let mut pem = String::new();
     while !pem.contains("-----END CERTIFICATE-----") {
-        pem += &NbdServer::line(&mut own.stdout);
+        pem += &Foreground::line(&mut own.stdout);
         pem.push('\n');
     }
     let expected = xenvault_engine::config::fingerprint_of_pem(&pem).unwrap();
@@ -518,8 +518,8 @@ fn serve_nbd_plain_and_over_tls() {
     std::fs::create_dir_all(&self_signed).unwrap();
     std::fs::write(self_signed.join("ca-cert.pem"), &pem).unwrap();
     let trusting = |url: &str, pki: &Path| format!("{url}?tls-certificates={}", pki.display());
-    assert_eq!(read_nbd(&trusting(&own.url, &self_signed)), (DISK_SIZE, p.disk_sha256.clone()));
-    refused(&own.url.replacen("nbds://", "nbd://", 1));
+    assert_eq!(read_nbd(&trusting(&own.first, &self_signed)), (DISK_SIZE, p.disk_sha256.clone()));
+    refused(&own.first.replacen("nbds://", "nbd://", 1));
 
     // A CA-signed certificate from certtool (RSA key in PKCS#1 PEM after a text dump), given
     // as files. (certtool's EC keys carry a 33-byte scalar that ring refuses.)
@@ -540,12 +540,12 @@ fn serve_nbd_plain_and_over_tls() {
         "--generate-certificate", "--load-privkey", &f("server-key.pem"), "--load-ca-certificate", &f("ca-cert.pem"),
         "--load-ca-privkey", &f("ca-key.pem"), "--template", &f("server.info"), "--outfile", &f("server-cert.pem"),
     ]);
-    let signed = NbdServer::start(p, &["--tls-cert", &f("server-cert.pem"), "--tls-key", &f("server-key.pem")]);
-    assert!(signed.url.starts_with("nbds://"), "{}", signed.url);
-    assert_eq!(read_nbd(&trusting(&signed.url, &pki)), (DISK_SIZE, p.disk_sha256.clone()));
+    let signed = Foreground::serve_nbd(p, &["--tls-cert", &f("server-cert.pem"), "--tls-key", &f("server-key.pem")]);
+    assert!(signed.first.starts_with("nbds://"), "{}", signed.first);
+    assert_eq!(read_nbd(&trusting(&signed.first, &pki)), (DISK_SIZE, p.disk_sha256.clone()));
     // Each server is trusted only through its own certificate.
-    refused(&trusting(&signed.url, &self_signed));
-    refused(&trusting(&own.url, &pki));
+    refused(&trusting(&signed.first, &self_signed));
+    refused(&trusting(&own.first, &pki));
     signed.stop();
     own.stop();
     std::fs::remove_dir_all(&dir).unwrap();
@@ -611,5 +611,48 @@ fn bad_input_exits_with_the_documented_codes() {
     ] {
         fails(p.run(&args), USAGE, &args.join(" "));
     }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn mount_shows_the_files_the_disk_holds() {
+    let p = pool();
+    if !Path::new("/dev/fuse").exists() {
+        eprintln!("\n!!! SKIPPED mount test: /dev/fuse does not exist here (no FUSE) !!!\n");
+        return;
+    }
+    let dir = p.scratch("mount");
+    let mountpoint = dir.join("mnt");
+    std::fs::create_dir_all(&mountpoint).unwrap();
+    let mnt = mountpoint.to_str().unwrap();
+    let mut child = p.command(&["mount", &p.id, "--disk", "0", "--partition", "p2", mnt]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    if !line.starts_with("mounted") {
+        let out = child.wait_with_output().unwrap();
+        let err = text(&out.stderr);
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(err.contains("mounting on"), "mount failed before mounting: {err}");
+        eprintln!("\n!!! SKIPPED mount test: FUSE mounting is not possible here: {err} !!!\n");
+        return;
+    }
+    let mounted = Foreground { child, first: line, stdout };
+    let ntfs = p.manifest.volumes.iter().find(|v| v.name == "p2").and_then(|v| v.fs.as_ref()).unwrap();
+    for f in &ntfs.files {
+        let local = mountpoint.join(f.path.trim_start_matches('/'));
+        let meta = std::fs::symlink_metadata(&local).unwrap_or_else(|e| panic!("{}: {e}", f.path));
+        match f.kind {
+            EntryKind::File => {
+                assert_eq!(meta.len(), f.size, "{}", f.path);
+                assert_eq!(Some(sha256_file(&local)), f.sha256, "{}", f.path);
+            }
+            EntryKind::Dir => assert!(meta.is_dir(), "{}", f.path),
+            EntryKind::Symlink => assert_eq!(std::fs::read_link(&local).unwrap().to_str(), f.target.as_deref(), "{}", f.path),
+        }
+    }
+    assert!(std::fs::write(mountpoint.join("new file"), b"x").is_err(), "the mount is writable");
+    mounted.stop();
+    assert_eq!(std::fs::read_dir(&mountpoint).unwrap().count(), 0, "still mounted after Ctrl-C");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -73,6 +73,10 @@ impl StoredFs {
         .await
     }
 
+    pub(crate) fn file_system(&self) -> Arc<dyn FileSystem> {
+        self.fs.clone()
+    }
+
     pub fn volume(&self) -> &VolumeInfo {
         &self.volume
     }

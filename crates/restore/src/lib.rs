@@ -6,6 +6,7 @@ mod error;
 pub mod differential;
 pub mod export;
 pub mod files;
+pub mod mount;
 pub mod nbd;
 pub mod qcow2;
 mod source;
