@@ -151,7 +151,7 @@ async fn via_other_point(
         .take(OTHER_POINTS_TRIED)
         .collect();
     for other in &candidates {
-        let snapshot = crate::vm::backup_entry(other, &ours.uuid).map(|e| crate::vm::text(e, "snapshot_vdi_uuid")).unwrap_or_default();
+        let snapshot = crate::disk::backup_entry(other, &ours.uuid).map(|e| crate::vm::text(e, "snapshot_vdi_uuid")).unwrap_or_default();
         let Ok(since) = cbt_changes(client, target.vdi, snapshot, reader.size()).await? else { continue };
         let Some(record) = other.disks.iter().find(|d| same_layout(d, ours)) else { continue };
         let theirs = DiskReader::new(repo, record).await?;
@@ -305,7 +305,7 @@ pub(crate) async fn upload_ranges(client: &Client, vdi: &str, disk: RepoDisk, ra
     let size = disk.reader().size();
     let blocks = blocks_of(&ranges);
     let sent = DynamicWriter::<std::io::Sink>::output_size(size, blocks.len() as u64);
-    let written = crate::vm::upload(client, vdi, DiskFormat::Vhd, sent, move |mut out| {
+    let written = crate::disk::upload(client, vdi, DiskFormat::Vhd, sent, move |mut out| {
         let written = write_ranges(&disk, &blocks, &ranges, &mut out)?;
         std::io::Write::flush(&mut out)?;
         Ok(written)

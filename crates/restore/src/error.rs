@@ -28,6 +28,12 @@ pub enum Error {
     Io(#[from] std::io::Error),
     #[error("background task failed: {0}")]
     Task(String),
+    /// The restore target does not exist, does not fit, or is in use.
+    #[error("restore target: {0}")]
+    Target(String),
+    /// A restore failed after creating objects in the pool; `cleanup` says what was removed.
+    #[error("{source}; {cleanup}")]
+    CleanedUp { source: Box<Error>, cleanup: String },
 }
 
 impl From<tokio::task::JoinError> for Error {

@@ -4,6 +4,7 @@
 
 mod error;
 pub mod differential;
+pub mod disk;
 pub mod export;
 pub mod files;
 pub mod mount;

@@ -2,85 +2,13 @@
 //! (by CBT and by chunk hashes); each gives disks whose `sim.sha256` equals the restore
 //! point's, and a differential writes what changed, as CBT on the target confirms.
 
-use base64::Engine;
-use std::collections::BTreeMap;
-use std::sync::Arc;
-use xenvault_engine::config::{PoolEntry, PoolLogin, TlsTrust};
-use xenvault_engine::host::Host;
-use xenvault_engine::job::{self, BackupOptions};
-use xenvault_engine::report::Status;
-use xenvault_engine::selection::Selector;
-use xenvault_engine::store::Store;
-use xenvault_engine::strategy::{Level, Requested};
-use xenvault_engine::transfer::NoProgress;
-use xenvault_restore::vm::{DiskRestore, Method, Mode, VmRestoreOptions, VmRestoreReport, restore_vm};
-use xenvault_sim::client::SimClient;
-use xenvault_sim::{SimConfig, Simulator};
+mod common;
+
+use common::{Pool, VM, back_up, call_str, count, digests_of, guest_write, pool, scribble, scribble_and_back_up, vdis_of};
+use xenvault_engine::strategy::Level;
+use xenvault_restore::Error;
+use xenvault_restore::vm::{DiskRestore, Macs, Method, Mode, VmRestoreOptions, VmRestoreReport, restore_vm};
 use xenvault_xapi::Value;
-
-const VM: &str = "debian-web";
-
-async fn digests_of(host: &Host, sim: &SimClient, vm_uuid: &str) -> BTreeMap<String, String> {
-    let vm = host.vms().await.unwrap().into_iter().find(|v| v.uuid == vm_uuid).unwrap();
-    let mut out = BTreeMap::new();
-    for (vbd, vdi) in host.disks(&vm).await.unwrap() {
-        let d = sim.call("sim.sha256", vec![Value::from(vdi.uuid.as_str())]).await.unwrap();
-        out.insert(vbd.userdevice, d.as_str().unwrap().to_owned());
-    }
-    out
-}
-
-/// A simulated pool, logged-in clients and an empty repository.
-struct Pool {
-    dir: tempfile::TempDir,
-    _sim: xenvault_sim::SimHandle,
-    host: Host,
-    client: xenvault_xapi::Client,
-    sim: SimClient,
-    repo: xenvault_repo::Repository,
-    store: Store,
-}
-
-async fn pool() -> Pool {
-    let dir = tempfile::tempdir().unwrap();
-    let sim_handle = Simulator::start(SimConfig::new(dir.path().join("sim"))).await.unwrap();
-    let fingerprint = xenvault_engine::config::fingerprint_of_pem(&sim_handle.cert_pem).unwrap();
-    let login = PoolLogin {
-        name: "test".into(),
-        entry: PoolEntry { url: sim_handle.url.clone(), user: "root".into(), tls: TlsTrust::Fingerprint(fingerprint) },
-        password: sim_handle.password.clone(),
-    };
-    let host = Host::connect(&login).await.unwrap();
-    let client = xenvault_restore::vm::connect(&login).await.unwrap();
-    let sim = SimClient::login(&sim_handle.url, &sim_handle.password).await.unwrap();
-    let options = xenvault_repo::InitOptions {
-        secret: Some(xenvault_repo::keys::Secret::passphrase("test")),
-        kdf: xenvault_repo::keys::KdfParams { memory_kib: 1024, iterations: 1, parallelism: 1 },
-        ..Default::default()
-    };
-    let repo = xenvault_repo::Repository::init(dir.path().join("repo").to_str().unwrap(), &Default::default(), options).await.unwrap();
-    let store = Store::from_repository(repo.clone());
-    Pool { dir, _sim: sim_handle, host, client, sim, repo, store }
-}
-
-/// Backs up the VM; returns the restore point.
-async fn back_up(p: &Pool, level: Level) -> xenvault_repo::Manifest {
-    let backup = BackupOptions { selectors: vec![Selector::NameOrUuid(VM.into())], level, strategy: Requested::Auto, ..Default::default() };
-    let report = job::backup(&p.host, &p.store, &backup, Arc::new(NoProgress)).await.unwrap().vms.into_iter().next().unwrap();
-    assert!(matches!(report.status, Status::Ok), "{:?}", report.error);
-    p.repo.snapshot(report.restore_point.as_deref().unwrap()).await.unwrap()
-}
-
-async fn vdis_of(host: &Host, vm: &xenvault_engine::records::Vm) -> Vec<xenvault_engine::records::Vdi> {
-    host.disks(vm).await.unwrap().into_iter().map(|(_, vdi)| vdi).collect()
-}
-
-/// A guest writes `len` pseudo-random bytes at `offset` (CBT sees it).
-async fn guest_write(sim: &SimClient, vdi_uuid: &str, offset: u64, len: usize, seed: u64) {
-    let data = base64::engine::general_purpose::STANDARD.encode(xenvault_fixtures::random_bytes(seed, "guest", len));
-    let args = vec![Value::from(vdi_uuid), Value::from(offset.to_string()), Value::from(data)];
-    sim.call("sim.write", args).await.unwrap();
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restore_as_new_over_the_original_and_from_xva() {
@@ -91,7 +19,7 @@ async fn restore_as_new_over_the_original_and_from_xva() {
     let expected = digests_of(host, sim, &original.uuid).await;
 
     // As a new VM, beside the original.
-    let opts = VmRestoreOptions { mode: Mode::AsNew, differential: false, sr: None, as_template: false };
+    let opts = VmRestoreOptions { mode: Mode::AsNew, differential: false, ..Default::default() };
     let new = restore_vm(client, repo, &m, &opts, None).await.unwrap();
     assert_ne!(new.vm_uuid, original.uuid);
     assert_eq!(digests_of(host, sim, &new.vm_uuid).await, expected);
@@ -111,7 +39,7 @@ async fn restore_as_new_over_the_original_and_from_xva() {
         guest_write(sim, &vdi.uuid, 3 << 20, 8192, 1).await;
     }
     assert_ne!(digests_of(host, sim, &original.uuid).await, expected);
-    let opts = VmRestoreOptions { mode: Mode::Overwrite, differential: false, sr: None, as_template: false };
+    let opts = VmRestoreOptions { mode: Mode::Overwrite, differential: false, ..Default::default() };
     let full = restore_vm(client, repo, &m, &opts, None).await.unwrap();
     assert_eq!(full.vm_uuid, original.uuid);
     assert!(full.disks.iter().all(|d| d.bytes_written == d.size && d.bytes_sent == d.size && d.method.is_none()), "{:?}", full.disks);
@@ -159,7 +87,7 @@ async fn differential_watched(p: &Pool, m: &xenvault_repo::Manifest, vdis: &[xen
         };
         probes.push(probe);
     }
-    let opts = VmRestoreOptions { mode: Mode::Overwrite, differential: true, sr: None, as_template: false };
+    let opts = VmRestoreOptions { mode: Mode::Overwrite, differential: true, ..Default::default() };
     let report = restore_vm(&p.client, &p.repo, m, &opts, None).await.unwrap();
     println!("{}", serde_json::to_string(&report.disks).unwrap());
     let mut written = Vec::new();
@@ -187,8 +115,7 @@ async fn differential_restore_writes_what_changed() {
     let vm = host.vms().await.unwrap().into_iter().find(|v| v.name_label == VM).unwrap();
     let vdis = vdis_of(host, &vm).await;
     for (n, vdi) in vdis.iter().enumerate() {
-        let args = vec![Value::from(vdi.uuid.as_str()), Value::from("40"), Value::from("65536"), Value::from(n.to_string())];
-        sim.call("sim.scribble", args).await.unwrap();
+        scribble(sim, &vdi.uuid, 40, n as u64).await;
     }
     // The full backup leaves its snapshot as CBT metadata: the base of the CBT method.
     let first = back_up(&p, Level::Full).await;
@@ -290,4 +217,90 @@ async fn differential_restore_writes_what_changed() {
         assert_eq!((d.bytes_written, d.bytes_compared), (0, d.size));
         assert_eq!(d.bytes_sent, xenvault_vhd::DynamicWriter::<std::io::Sink>::output_size(d.size, 0));
     }
+}
+
+/// The network uuid and MAC of each VIF of a VM.
+async fn vifs_of(client: &xenvault_xapi::Client, vm_uuid: &str) -> Vec<(String, String)> {
+    let vm = call_str(client, "VM.get_by_uuid", &[vm_uuid]).await;
+    let mut out = Vec::new();
+    for vif in client.call("VM.get_VIFs", &[Value::from(vm.as_str())]).await.unwrap().as_array().unwrap() {
+        let vif = vif.as_str().unwrap();
+        let network = call_str(client, "VIF.get_network", &[vif]).await;
+        out.push((call_str(client, "network.get_uuid", &[&network]).await, call_str(client, "VIF.get_MAC", &[vif]).await));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_mapping_and_mac_handling() {
+    let p = pool().await;
+    let (client, repo) = (&p.client, &p.repo);
+    let original = p.host.vms().await.unwrap().into_iter().find(|v| v.name_label == VM).unwrap();
+    let [(management, mac)] = <[_; 1]>::try_from(vifs_of(client, &original.uuid).await).unwrap();
+    let management_name = call_str(client, "network.get_name_label", &[&call_str(client, "network.get_by_uuid", &[&management]).await]).await;
+    let nbd = client.call("network.get_by_name_label", &[Value::from("NBD network")]).await.unwrap();
+    let nbd = call_str(client, "network.get_uuid", &[nbd.as_array().unwrap()[0].as_str().unwrap()]).await;
+    let m = back_up(&p, Level::Full).await;
+
+    // Mapped by uuid; the stored MAC kept though the original VM exists.
+    let opts = VmRestoreOptions { network_map: vec![(management.clone(), nbd.clone())], macs: Macs::Keep, ..Default::default() };
+    let kept = restore_vm(client, repo, &m, &opts, None).await.unwrap();
+    assert_eq!(vifs_of(client, &kept.vm_uuid).await, vec![(nbd.clone(), mac.clone())]);
+    assert!(kept.warnings.is_empty(), "{:?}", kept.warnings);
+
+    // Mapped by name; a fresh MAC.
+    let opts = VmRestoreOptions { network_map: vec![(management_name, nbd.clone())], macs: Macs::New, ..Default::default() };
+    let fresh = restore_vm(client, repo, &m, &opts, None).await.unwrap();
+    let [(network, new_mac)] = <[_; 1]>::try_from(vifs_of(client, &fresh.vm_uuid).await).unwrap();
+    assert_eq!(network, nbd);
+    assert_ne!(new_mac, mac);
+
+    // Targets that do not exist are refused before anything is created.
+    let before = (count(client, "VM").await, count(client, "VDI").await);
+    let missing = "00000000-0000-4000-8000-000000000000".to_owned();
+    let bad_network = VmRestoreOptions { network_map: vec![(management.clone(), missing.clone())], ..Default::default() };
+    let bad_sr = VmRestoreOptions { sr_map: vec![("any".into(), missing.clone())], ..Default::default() };
+    for (opts, expected) in [(bad_network, "no network with uuid"), (bad_sr, "no SR with uuid")] {
+        let err = restore_vm(client, repo, &m, &opts, None).await.unwrap_err();
+        assert!(matches!(err, Error::Target(_)) && err.to_string().contains(expected), "{err}");
+    }
+    assert_eq!((count(client, "VM").await, count(client, "VDI").await), before);
+
+    // A restore point whose network this pool lacks: the VIF is left out and reported.
+    let mut foreign = m.clone();
+    for network in foreign.metadata["vm"]["network"].as_object_mut().unwrap().values_mut() {
+        network["uuid"] = missing.clone().into();
+        network["name_label"] = "gone".into();
+    }
+    let report = restore_vm(client, repo, &foreign, &VmRestoreOptions::default(), None).await.unwrap();
+    assert!(vifs_of(client, &report.vm_uuid).await.is_empty());
+    assert!(report.warnings.iter().any(|w| w.contains("not restored") && w.contains("\"gone\"")), "{:?}", report.warnings);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_restore_as_new_removes_what_it_created() {
+    let p = pool().await;
+    let (client, sim) = (&p.client, &p.sim);
+    let m = scribble_and_back_up(&p).await;
+    let objects = || async { [count(client, "VM").await, count(client, "VDI").await, count(client, "VBD").await, count(client, "VIF").await] };
+    let before = objects().await;
+
+    // The first disk's import is cut short.
+    sim.call("sim.set_cut", vec![Value::from("http"), Value::from((64u64 << 10).to_string())]).await.unwrap();
+    let err = restore_vm(client, &p.repo, &m, &VmRestoreOptions::default(), None).await.unwrap_err();
+    sim.call("sim.set_cut", vec![Value::from("http"), Value::from("")]).await.unwrap();
+    let message = err.to_string();
+    assert!(matches!(err, Error::CleanedUp { .. }), "{message}");
+    assert!(message.contains("removed what the restore had created: VBD") || message.contains("removed what the restore had created: VM"), "{message}");
+    assert!(!message.contains("could NOT"), "{message}");
+    assert_eq!(objects().await, before);
+
+    // The last step fails, after every disk was written: all of it goes.
+    let fault = vec![Value::from("VIF.create"), Value::from("INTERNAL_ERROR"), Value::Array(vec![Value::from("injected")]), Value::from("1")];
+    sim.call("sim.inject_fault", fault).await.unwrap();
+    let err = restore_vm(client, &p.repo, &m, &VmRestoreOptions::default(), None).await.unwrap_err();
+    let message = err.to_string();
+    assert!(message.contains("INTERNAL_ERROR") && message.contains("removed"), "{message}");
+    assert_eq!(message.matches("VDI ").count(), m.disks.len(), "{message}");
+    assert_eq!(objects().await, before);
 }
