@@ -11,7 +11,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
-use xenvault_fixtures::{DiskManifest, EntryKind};
+use xenvault_fixtures::{DiskManifest, EntryKind, FsManifest};
 use xenvault_sim::client::SimClient;
 use xenvault_sim::{DemoDisks, SimConfig, SimHandle, Simulator};
 use xenvault_xapi_wire::Value;
@@ -375,9 +375,28 @@ fn export_every_format_to_a_file_and_to_stdout() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Every entry of a file system's manifest, as found under `root` (an extraction or a mount).
+fn check_tree(root: &Path, fs: &FsManifest, label: &str) {
+    use std::os::unix::fs::MetadataExt;
+    for f in &fs.files {
+        let local = root.join(f.path.trim_start_matches('/'));
+        let meta = std::fs::symlink_metadata(&local).unwrap_or_else(|e| panic!("{label}:{}: {e}", f.path));
+        match f.kind {
+            EntryKind::File => {
+                assert_eq!(meta.len(), f.size, "{label}:{}", f.path);
+                assert_eq!(Some(sha256_file(&local)), f.sha256, "{label}:{}", f.path);
+                if let Some(mtime) = f.mtime {
+                    assert_eq!(meta.mtime(), mtime, "{label}:{}", f.path);
+                }
+            }
+            EntryKind::Dir => assert!(meta.is_dir(), "{label}:{}", f.path),
+            EntryKind::Symlink => assert_eq!(std::fs::read_link(&local).unwrap().to_str(), f.target.as_deref(), "{label}:{}", f.path),
+        }
+    }
+}
+
 #[test]
 fn files_ls_and_get_match_what_the_disk_holds() {
-    use std::os::unix::fs::MetadataExt;
     let p = pool();
     let dir = p.scratch("files");
     let fields: BTreeSet<&str> = ["name", "path", "kind", "size", "mode", "uid", "gid", "mtime", "mtime_nsec", "symlink_target"].into();
@@ -414,15 +433,8 @@ fn files_ls_and_get_match_what_the_disk_holds() {
         // The whole tree extracts byte-identically.
         let dest = dir.join(part);
         let stats = json(&ok(p.run(&["files", "get", &p.id, "--disk", "0", "--partition", part, "/", "--to", dest.to_str().unwrap(), "--json"]), part));
-        let files = fs.files.iter().filter(|f| f.kind == EntryKind::File);
-        assert_eq!(stats["files"], files.clone().count(), "{stats}");
-        for f in files {
-            let local = dest.join(f.path.trim_start_matches('/'));
-            assert_eq!(Some(sha256_file(&local)), f.sha256, "{part}:{}", f.path);
-            if let Some(mtime) = f.mtime {
-                assert_eq!(std::fs::metadata(&local).unwrap().mtime(), mtime, "{part}:{}", f.path);
-            }
-        }
+        assert_eq!(stats["files"], fs.files.iter().filter(|f| f.kind == EntryKind::File).count(), "{stats}");
+        check_tree(&dest, fs, part);
     }
     // One file, to a file name; the default volume is the largest file system (NTFS, p2).
     let ntfs = p.manifest.volumes.iter().find(|v| v.name == "p2").and_then(|v| v.fs.as_ref()).unwrap();
@@ -639,18 +651,7 @@ fn mount_shows_the_files_the_disk_holds() {
     }
     let mounted = Foreground { child, first: line, stdout };
     let ntfs = p.manifest.volumes.iter().find(|v| v.name == "p2").and_then(|v| v.fs.as_ref()).unwrap();
-    for f in &ntfs.files {
-        let local = mountpoint.join(f.path.trim_start_matches('/'));
-        let meta = std::fs::symlink_metadata(&local).unwrap_or_else(|e| panic!("{}: {e}", f.path));
-        match f.kind {
-            EntryKind::File => {
-                assert_eq!(meta.len(), f.size, "{}", f.path);
-                assert_eq!(Some(sha256_file(&local)), f.sha256, "{}", f.path);
-            }
-            EntryKind::Dir => assert!(meta.is_dir(), "{}", f.path),
-            EntryKind::Symlink => assert_eq!(std::fs::read_link(&local).unwrap().to_str(), f.target.as_deref(), "{}", f.path),
-        }
-    }
+    check_tree(&mountpoint, ntfs, "mounted p2");
     assert!(std::fs::write(mountpoint.join("new file"), b"x").is_err(), "the mount is writable");
     mounted.stop();
     assert_eq!(std::fs::read_dir(&mountpoint).unwrap().count(), 0, "still mounted after Ctrl-C");
