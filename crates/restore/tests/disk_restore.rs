@@ -59,6 +59,15 @@ async fn disk_restore_to_new_and_existing_vdis() {
     assert_eq!(over.disk.method, Some(Method::Hash), "{:?}", over.disk.method_reason);
     assert_eq!((over.disk.bytes_written, over.disk.bytes_compared), (4096, stored.size));
     assert_eq!(sha256(sim, &new.disk.vdi_uuid).await, expected);
+
+    // Forced over the running VM's own disk: CBT since the backup's snapshot sees nothing
+    // changed, so nothing is written.
+    let target = DiskTarget::Existing { vdi_uuid: stored.uuid.clone() };
+    let opts = DiskRestoreOptions { differential: true, force: true };
+    let forced = restore_disk(client, repo, &m, 0, &target, &opts, None).await.unwrap();
+    assert_eq!(forced.disk.method, Some(Method::Cbt), "{:?}", forced.disk.method_reason);
+    assert_eq!((forced.disk.bytes_written, forced.disk.bytes_compared), (0, 0));
+    assert_eq!(sha256(sim, &stored.uuid).await, expected);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
