@@ -96,6 +96,15 @@ pub struct RestoreVmArgs {
     /// Create the new VM as a template.
     #[arg(long, conflicts_with = "overwrite")]
     as_template: bool,
+    /// New disks of stored SR OLD go to SR NEW (uuids; repeatable; before --sr).
+    #[arg(long = "sr-map", value_name = "OLD=NEW", value_parser = xenvault_restore::vm::parse_mapping, conflicts_with = "overwrite")]
+    sr_map: Vec<(String, String)>,
+    /// VIFs on stored network OLD (uuid or name) go to network NEW (uuid; repeatable).
+    #[arg(long = "network-map", value_name = "OLD=NEW", value_parser = xenvault_restore::vm::parse_mapping, conflicts_with = "overwrite")]
+    network_map: Vec<(String, String)>,
+    /// MAC addresses of new VIFs: auto (stored ones unless the original VM exists), keep, new.
+    #[arg(long, default_value = "auto", conflicts_with = "overwrite")]
+    macs: xenvault_restore::vm::Macs,
     #[arg(long)]
     json: bool,
 }
@@ -111,6 +120,9 @@ async fn restore_vm(a: RestoreVmArgs) -> Result<ExitCode> {
         differential: a.differential,
         sr: a.sr.clone(),
         as_template: a.as_template,
+        sr_map: a.sr_map.clone(),
+        network_map: a.network_map.clone(),
+        macs: a.macs,
     };
     let bar = bytes_bar(m.total_size(), a.json, &m.source.name);
     let progress = progress_of(&bar);
