@@ -40,6 +40,15 @@ async fn disk_restore_to_new_and_existing_vdis() {
     assert!(!new.plugged);
     assert_eq!(client.call("VBD.get_currently_attached", &[Value::from(vbd.as_str())]).await.unwrap().as_bool(), Some(false));
 
+    // Asked to, the VBD is plugged into the running VM.
+    let attach = Attach { vm_uuid: original.uuid.clone(), userdevice: "6".into(), plug: true };
+    let target = DiskTarget::New { sr_uuid: other_sr_uuid.clone(), name_label: Some("plugged".into()), attach: Some(attach) };
+    let plugged = restore_disk(client, repo, &m, 0, &target, &DiskRestoreOptions::default(), None).await.unwrap();
+    assert_eq!(plugged.name_label, "plugged");
+    assert!(plugged.plugged);
+    let vbd = call_str(client, "VBD.get_by_uuid", &[plugged.vbd_uuid.as_deref().unwrap()]).await;
+    assert_eq!(client.call("VBD.get_currently_attached", &[Value::from(vbd.as_str())]).await.unwrap().as_bool(), Some(true));
+
     // The same userdevice again is refused before anything is created.
     let vdis = count(client, "VDI").await;
     let attach = Attach { vm_uuid: original.uuid.clone(), userdevice: "5".into(), plug: false };
