@@ -277,6 +277,10 @@ fn restore_vm_as_new_as_template_onto_an_sr_over_the_original_and_differential()
     let moved = p.restore_vm(&["--as-new", "--sr", &shared_uuid]);
     assert_eq!(p.sr_of(moved["disks"][0]["vdi_uuid"].as_str().unwrap()), shared_uuid);
     assert_eq!(p.sr_of(new["disks"][0]["vdi_uuid"].as_str().unwrap()), original_sr, "without --sr: the original SR");
+    let mapped = p.restore_vm(&["--sr-map", &format!("{original_sr}={shared_uuid}")]);
+    assert_eq!(p.sr_of(mapped["disks"][0]["vdi_uuid"].as_str().unwrap()), shared_uuid, "--sr-map");
+    let kept = p.restore_vm(&["--macs", "keep"]);
+    assert_eq!(p.macs(kept["vm_uuid"].as_str().unwrap()), original_macs, "--macs keep");
 
     // Over the original, differentially and in full, after guest writes.
     p.guest_write();
@@ -617,6 +621,9 @@ fn bad_input_exits_with_the_documented_codes() {
         vec!["restore", "vm", id, "--pool", "sim", "--overwrite", "--as-new"],
         vec!["restore", "vm", id, "--pool", "sim", "--overwrite", "--as-template"],
         vec!["restore", "vm", id, "--pool", "sim", "--overwrite", "--sr", unknown],
+        vec!["restore", "vm", id, "--pool", "sim", "--overwrite", "--sr-map", "a=b"],
+        vec!["restore", "vm", id, "--pool", "sim", "--sr-map", "no-equals-sign"],
+        vec!["restore", "vm", id, "--pool", "sim", "--macs", "random"],
         vec!["export", id, "--format", "vmdk", "--to", to],
         vec!["serve-nbd", id, "--tls-cert", to],
         vec!["serve-nbd", id, "--tls", "--tls-cert", to, "--tls-key", to],
