@@ -136,9 +136,14 @@ fn parse_size(s: &str) -> Result<u32, String> {
     u32::try_from(n * mult).map_err(|_| format!("size too large: {s}"))
 }
 
+/// Prints `v` as JSON; a reader that went away (`| head`) ends the output quietly.
 pub(crate) fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
-    Ok(())
+    use std::io::Write;
+    let text = serde_json::to_string_pretty(v)?;
+    match writeln!(std::io::stdout().lock(), "{text}") {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
 }
 
 pub(crate) fn bytes_bar(total: u64, hidden: bool, what: &str) -> ProgressBar {

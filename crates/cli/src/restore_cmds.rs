@@ -68,6 +68,91 @@ async fn mount(a: MountArgs) -> Result<ExitCode> {
 pub enum RestoreCommand {
     /// Restore the VM of a restore point: as a new VM (default) or over the original.
     Vm(RestoreVmArgs),
+    /// Restore one disk of a restore point: over an existing VDI or into a new one.
+    Disk(RestoreDiskArgs),
+}
+
+#[derive(Args)]
+pub struct RestoreDiskArgs {
+    #[command(flatten)]
+    disk: DiskArgs,
+    /// Pool name, as given to `pool add`.
+    #[arg(long)]
+    pool: String,
+    #[command(flatten)]
+    config: crate::pool_cmds::ConfigArg,
+    /// Write over this VDI (uuid); it must have the stored disk's size.
+    #[arg(long, required_unless_present = "sr", conflicts_with = "sr")]
+    vdi: Option<String>,
+    /// Create a new VDI on this SR (uuid).
+    #[arg(long)]
+    sr: Option<String>,
+    /// Name of the new VDI (default: "<original name> (restored <time>)").
+    #[arg(long, requires = "sr")]
+    name: Option<String>,
+    /// Attach the new VDI to this VM (uuid) ...
+    #[arg(long, requires_all = ["sr", "device"])]
+    attach: Option<String>,
+    /// ... as this userdevice (a free position such as 1, 2, 3).
+    #[arg(long, requires = "attach")]
+    device: Option<String>,
+    /// Plug the new disk into the VM at once when it is running.
+    #[arg(long, requires = "attach")]
+    plug: bool,
+    /// With --vdi: write only what differs (CBT since a restore point's snapshot, else chunk hashes).
+    #[arg(long, requires = "vdi")]
+    differential: bool,
+    /// With --vdi: write even when a running VM has the VDI attached (the guest sees its disk change under it).
+    #[arg(long, requires = "vdi")]
+    force: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+/// One line on what a disk restore wrote, and how it found what differs.
+fn describe(d: &xenvault_restore::vm::DiskRestore) -> String {
+    let mut line = format!("{} written of {}, {} sent", human(d.bytes_written), human(d.size), human(d.bytes_sent));
+    if let Some(method) = &d.method {
+        line += &format!(", {} of the disk compared; differences by {method:?} ({})", human(d.bytes_compared), d.method_reason.as_deref().unwrap_or(""));
+    }
+    line
+}
+
+async fn restore_disk(a: RestoreDiskArgs) -> Result<ExitCode> {
+    use xenvault_restore::disk::{Attach, DiskRestoreOptions, DiskTarget};
+    let repo = a.disk.repo.open().await?;
+    let m = repo.snapshot(&a.disk.id).await.map_err(classify)?;
+    let record = m.disk(&a.disk.disk).ok_or_else(|| classify(xenvault_repo::Error::DiskNotFound(a.disk.disk.clone())))?;
+    let index = m.disks.iter().position(|d| std::ptr::eq(d, record)).unwrap_or_default();
+    // clap guarantees --vdi or --sr, and --device with --attach.
+    let target = match (&a.vdi, &a.sr) {
+        (Some(vdi_uuid), _) => DiskTarget::Existing { vdi_uuid: vdi_uuid.clone() },
+        (None, sr) => DiskTarget::New {
+            sr_uuid: sr.clone().unwrap_or_default(),
+            name_label: a.name.clone(),
+            attach: a.attach.clone().zip(a.device.clone()).map(|(vm_uuid, userdevice)| Attach { vm_uuid, userdevice, plug: a.plug }),
+        },
+    };
+    let login = a.config.store()?.login(&a.pool)?;
+    let client = xenvault_restore::vm::connect(&login).await.map_err(restore_error)?;
+    let opts = DiskRestoreOptions { differential: a.differential, force: a.force };
+    let bar = bytes_bar(record.size, a.json, &record.name);
+    let report = xenvault_restore::disk::restore_disk(&client, &repo, &m, index, &target, &opts, Some(progress_of(&bar)))
+        .await
+        .map_err(restore_error)?;
+    bar.finish_and_clear();
+    if a.json {
+        print_json(&report)?;
+    } else {
+        let d = &report.disk;
+        let what = if report.created { "new VDI" } else { "VDI" };
+        println!("restored disk {} of {} to {what} {} ({}) in {:.1} s", d.position, m.short_id(), report.name_label, d.vdi_uuid, d.seconds);
+        println!("  {}", describe(d));
+        if let Some(vbd) = &report.vbd_uuid {
+            println!("  attached as VBD {vbd}{}", if report.plugged { ", plugged" } else { "" });
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(Args)]
@@ -90,7 +175,7 @@ pub struct RestoreVmArgs {
     /// Write the disks over the original VM's (it is shut down first).
     #[arg(long)]
     overwrite: bool,
-    /// With --overwrite: read each target disk and send only the 2 MiB blocks that differ.
+    /// With --overwrite: write only what differs (CBT since a restore point's snapshot, else chunk hashes of each disk).
     #[arg(long, requires = "overwrite")]
     differential: bool,
     /// Create the new VM as a template.
@@ -133,7 +218,10 @@ async fn restore_vm(a: RestoreVmArgs) -> Result<ExitCode> {
     } else {
         println!("restored {} as VM {} ({}) in {:.1} s", m.short_id(), report.name_label, report.vm_uuid, report.seconds);
         for d in &report.disks {
-            println!("  disk {}: {} written of {} ({})", d.position, human(d.bytes_written), human(d.size), d.vdi_uuid);
+            println!("  disk {} ({}): {}", d.position, d.vdi_uuid, describe(d));
+        }
+        for w in &report.warnings {
+            eprintln!("warning: {w}");
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -434,6 +522,7 @@ pub async fn run(cmd: Commands) -> Result<ExitCode> {
         Commands::ServeNbd(a) => serve_nbd(a).await,
         Commands::Export(a) => export_cmd(a).await,
         Commands::Restore(RestoreCommand::Vm(a)) => restore_vm(a).await,
+        Commands::Restore(RestoreCommand::Disk(a)) => restore_disk(a).await,
         Commands::Mount(a) => mount(a).await,
     }
 }

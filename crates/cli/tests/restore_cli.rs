@@ -294,6 +294,39 @@ fn restore_vm_as_new_as_template_onto_an_sr_over_the_original_and_differential()
     assert_eq!(p.macs(&p.vm_uuid), original_macs, "overwriting keeps the VM's own MACs");
 }
 
+#[test]
+fn restore_disk_into_a_new_vdi_and_differentially_over_it() {
+    let p = pool();
+    let sr = p.sr_of(&p.vdi_uuid);
+    let base = ["restore", "disk", p.id.as_str(), "--disk", "0", "--pool", "sim", "--json"];
+    let args = [&base[..], &["--sr", sr.as_str(), "--name", "restored by the cli test"]].concat();
+    let new = json(&ok(p.run(&args), "restore disk --sr"));
+    assert_eq!(new["created"], true, "{new}");
+    assert_eq!(new["name_label"], "restored by the cli test", "{new}");
+    assert_eq!(new["sr_uuid"], sr.as_str(), "{new}");
+    let vdi = new["vdi_uuid"].as_str().unwrap().to_owned();
+    assert_ne!(vdi, p.vdi_uuid);
+    assert_eq!(p.sha256(&vdi), p.disk_sha256);
+
+    // 8 KiB written over the new disk, then only what differs is written back.
+    p.call("sim.write", &[&vdi, &(5u64 << 20).to_string(), &"paWl".repeat(2730)]);
+    assert_ne!(p.sha256(&vdi), p.disk_sha256);
+    let args = [&base[..], &["--vdi", vdi.as_str(), "--differential"]].concat();
+    let diff = json(&ok(p.run(&args), "restore disk --vdi --differential"));
+    assert_eq!(diff["created"], false, "{diff}");
+    assert_eq!(diff["vdi_uuid"], vdi.as_str(), "{diff}");
+    assert!(diff["method"].is_string(), "{diff}");
+    let written = diff["bytes_written"].as_u64().unwrap();
+    assert!((8190..=64 << 10).contains(&written), "8 KiB changed, {written} written: {diff}");
+    assert_eq!(p.sha256(&vdi), p.disk_sha256);
+
+    fails(p.run(&base), USAGE, "restore disk without --vdi or --sr");
+    let args = [&base[..], &["--sr", sr.as_str(), "--attach", p.vm_uuid.as_str()]].concat();
+    fails(p.run(&args), USAGE, "restore disk --attach without --device");
+    let args = [&base[..], &["--vdi", "00000000-0000-0000-0000-000000000000"]].concat();
+    fails(p.run(&args), FAILURE, "restore disk over a VDI that does not exist");
+}
+
 /// Checks an XVA (a tar stream) with Python: every chunk against its checksum file, then
 /// the disk reassembled from its 1 MiB chunks (missing ones are zeros); prints its SHA-256.
 const XVA_CHECK: &str = r#"
