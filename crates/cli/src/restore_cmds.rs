@@ -13,7 +13,8 @@ use xenvault_repo::{DiskReader, Repository};
 use xenvault_restore::RepoDisk;
 use xenvault_restore::export::{DiskFormat, export};
 use xenvault_restore::files::StoredFs;
-use xenvault_restore::nbd::{DiskExport, SingleExport, TlsIdentity};
+use xenvault_restore::nbd::{DiskExport, SingleExport};
+use xenvault_tls::ServerIdentity;
 
 #[derive(Subcommand)]
 pub enum Commands {
@@ -406,9 +407,9 @@ pub struct ServeNbdArgs {
 }
 
 /// The TLS identity asked for, if any. A generated certificate names the listen host and loopback.
-fn tls_identity(a: &ServeNbdArgs, addr: std::net::SocketAddr) -> Result<Option<TlsIdentity>> {
+fn tls_identity(a: &ServeNbdArgs, addr: std::net::SocketAddr) -> Result<Option<ServerIdentity>> {
     Ok(match (&a.tls_cert, &a.tls_key) {
-        (Some(cert), Some(key)) => Some(TlsIdentity::load(cert, key)?),
+        (Some(cert), Some(key)) => Some(ServerIdentity::load(cert, key)?),
         _ if a.tls => {
             let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
             let host = a.listen.rsplit_once(':').map_or(a.listen.as_str(), |(h, _)| h).trim_matches(['[', ']']);
@@ -417,7 +418,7 @@ fn tls_identity(a: &ServeNbdArgs, addr: std::net::SocketAddr) -> Result<Option<T
                     names.push(name);
                 }
             }
-            Some(TlsIdentity::self_signed(names)?)
+            Some(ServerIdentity::self_signed(names, "xenvault serve-nbd")?)
         }
         _ => None,
     })
@@ -430,10 +431,10 @@ async fn serve_nbd(a: ServeNbdArgs) -> Result<ExitCode> {
     let listener = tokio::net::TcpListener::bind(&a.listen).await.map_err(|e| anyhow!("listening on {}: {e}", a.listen))?;
     let addr = listener.local_addr()?;
     let identity = tls_identity(&a, addr).map_err(|e| e.context("setting up TLS"))?;
-    let tls = identity.as_ref().map(TlsIdentity::server_config).transpose().map_err(|e| anyhow!("setting up TLS: {e}"))?;
+    let tls = identity.as_ref().map(ServerIdentity::server_config).transpose().map_err(|e| anyhow!("setting up TLS: {e}"))?;
     println!("{}://{addr}/{name}", if tls.is_some() { "nbds" } else { "nbd" });
     if let Some(id) = identity.as_ref().filter(|_| a.tls) {
-        println!("certificate sha256 {}", id.fingerprint().unwrap_or_default());
+        println!("certificate sha256 {}", id.fingerprint()?);
         print!("{}", id.cert_pem);
     }
     use std::io::Write;

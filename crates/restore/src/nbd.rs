@@ -5,7 +5,6 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use std::collections::HashMap;
 use std::io;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use xenvault_nbd::proto::{STATE_HOLE, STATE_ZERO};
 use xenvault_nbd::{Export, ExportResolver, Extent, Refusal};
@@ -141,57 +140,5 @@ impl ExportResolver for SingleExport {
     }
     fn list(&self) -> Vec<String> {
         vec![self.name.clone()]
-    }
-}
-
-/// A certificate and its private key, PEM-encoded, for serving NBD over TLS.
-pub struct TlsIdentity {
-    pub cert_pem: String,
-    pub key_pem: String,
-}
-
-impl TlsIdentity {
-    /// Reads a certificate chain and private key (PKCS#8, PKCS#1 or SEC1) from PEM files.
-    pub fn load(cert: &Path, key: &Path) -> io::Result<Self> {
-        let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| io::Error::new(e.kind(), format!("reading {}: {e}", p.display())));
-        Ok(TlsIdentity { cert_pem: read(cert)?, key_pem: read(key)? })
-    }
-
-    /// A fresh self-signed certificate for `names` (DNS names or IP addresses). Marked as a
-    /// CA so that clients trusting it as their root (GnuTLS: libnbd, qemu) accept it.
-    pub fn self_signed(names: Vec<String>) -> io::Result<Self> {
-        let tls = |e: rcgen::Error| io::Error::other(format!("making a certificate: {e}"));
-        let mut params = rcgen::CertificateParams::new(names).map_err(tls)?;
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params.distinguished_name.push(rcgen::DnType::CommonName, "xenvault serve-nbd");
-        let key = rcgen::KeyPair::generate().map_err(tls)?;
-        let cert = params.self_signed(&key).map_err(tls)?;
-        Ok(TlsIdentity { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
-    }
-
-    /// SHA-256 of the (first) certificate, lowercase hex, as `pool add --fingerprint` takes it.
-    pub fn fingerprint(&self) -> Option<String> {
-        xenvault_engine::config::fingerprint_of_pem(&self.cert_pem)
-    }
-
-    /// A rustls server configuration (ring provider) presenting this identity.
-    pub fn server_config(&self) -> io::Result<Arc<rustls::ServerConfig>> {
-        use rustls::pki_types::pem::PemObject;
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-        let tls = |what: &str, e: &dyn std::fmt::Display| io::Error::new(io::ErrorKind::InvalidData, format!("{what}: {e}"));
-        let certs = CertificateDer::pem_slice_iter(self.cert_pem.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| tls("certificate", &e))?;
-        if certs.is_empty() {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "the certificate file holds no CERTIFICATE block"));
-        }
-        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).map_err(|e| tls("private key", &e))?;
-        let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| tls("protocol versions", &e))?
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .map_err(|e| tls("certificate and key (a key rustls cannot parse may load once converted: openssl pkcs8 -topk8 -nocrypt)", &e))?;
-        Ok(Arc::new(config))
     }
 }

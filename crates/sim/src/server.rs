@@ -115,7 +115,7 @@ impl Simulator {
             sim.with(|st| seed::seed(st, [&host_ip, &second_ip], &demo, &seed_dir)).map_err(SimError::Seed)?;
         }
 
-        let tls_config = tls::server_config(&cert).map_err(SimError::Certificate)?;
+        let tls_config = cert.server_config().map_err(|e| SimError::Certificate(std::io::Error::other(e)))?;
         let (stop, stopped) = watch::channel(false);
         let acceptor = (!config.plain_http).then(|| tokio_rustls::TlsAcceptor::from(tls_config.clone()));
         let mut tasks = vec![tokio::spawn(serve_http(listener, acceptor.clone(), sim.clone(), stopped.clone()))];

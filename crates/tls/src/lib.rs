@@ -1,9 +1,13 @@
-//! rustls client configurations shared by the XenAPI, NBD and simulator clients.
+//! rustls configurations shared by the XenAPI, NBD and simulator clients, and by the
+//! servers (simulator, serve-nbd).
 //!
 //! Every configuration is built with the ring provider named explicitly: the dependency graph
 //! may hold two providers (ring and aws-lc-rs) and rustls then refuses to pick one.
 
 use std::sync::Arc;
+
+mod server;
+pub use server::ServerIdentity;
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -60,6 +64,10 @@ pub enum TlsError {
     Fingerprint { text: String, reason: String },
     #[error("TLS protocol versions: {0}")]
     Protocol(rustls::Error),
+    #[error("certificate and private key: {0} (a key rustls cannot parse may load once converted: openssl pkcs8 -topk8 -nocrypt)")]
+    Key(String),
+    #[error("making a certificate: {0}")]
+    Generate(String),
 }
 
 /// The handshake error a pinned verifier gives for another certificate. It travels inside
