@@ -187,6 +187,19 @@ impl Aead {
 thread_local! {
     // Reusing a zstd context per thread saves its allocation on every chunk.
     static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+}
+
+/// Decompresses one zstd frame of at most `max_len` bytes with this thread's context.
+fn decompress(frame: &[u8], max_len: usize) -> std::io::Result<Vec<u8>> {
+    DECOMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let context = match &mut *slot {
+            Some(context) => context,
+            empty => empty.insert(zstd::bulk::Decompressor::new()?),
+        };
+        context.decompress(frame, max_len)
+    })
 }
 
 /// Everything a worker needs to turn plaintext into stored bytes and back.
@@ -293,7 +306,7 @@ impl Crypto {
                 }
                 Ok(inner)
             }
-            Some(&FLAG_ZSTD) => zstd::bulk::decompress(&inner[1..], max_len)
+            Some(&FLAG_ZSTD) => decompress(&inner[1..], max_len)
                 .map_err(|e| Error::corrupt(object(), format!("zstd: {e}"))),
             _ => Err(Error::corrupt(object(), "unknown encoding flag")),
         }
