@@ -61,9 +61,10 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // libnbd sends an IP address as SNI, which rustls warns about on every connection.
     let filter = match cli.verbose {
-        0 => "warn",
-        1 => "info,xenvault=debug",
+        0 => "warn,rustls::msgs::handshake=error",
+        1 => "info,xenvault=debug,rustls::msgs::handshake=error",
         _ => "debug",
     };
     tracing_subscriber::fmt()
@@ -71,6 +72,7 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| filter.into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
