@@ -1,5 +1,6 @@
 //! `xenvault backup`: back up VMs of a registered pool into a repository.
 
+use anyhow::Context;
 use clap::{Args, Subcommand};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use std::collections::HashMap;
@@ -15,6 +16,8 @@ use xenvault_engine::strategy::{Level, Requested};
 use xenvault_engine::transfer::Progress;
 
 use crate::exit::ExitKind;
+use xenvault_repo::backend::RetentionMode;
+use xenvault_repo::retention::{LockReport, lock_restore_points};
 use crate::pool_cmds::ConfigArg;
 
 #[derive(Subcommand)]
@@ -77,6 +80,12 @@ pub struct BackupArgs {
     /// NBD connections per disk.
     #[arg(long, default_value_t = 4)]
     pub nbd_connections: usize,
+    /// Make each new restore point immutable for N days (S3 buckets with object lock; as `xenvault lock`).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=36_500))]
+    pub lock_days: Option<u32>,
+    /// With --lock-days: governance (users with the bypass permission may lift it) or compliance.
+    #[arg(long, default_value = "governance", requires = "lock_days")]
+    pub lock_mode: RetentionMode,
     /// Print one JSON report on stdout.
     #[arg(long)]
     pub json: bool,
@@ -128,22 +137,54 @@ pub async fn run(command: Commands) -> anyhow::Result<ExitCode> {
     let Commands::Backup(args) = command;
     let options = args.options()?;
     let login = args.config.store()?.login(&args.pool)?;
-    let store = xenvault_engine::store::Store::from_repository(args.repo.open().await?);
+    let repo = args.repo.open().await?;
+    if args.lock_days.is_some() {
+        // Before any snapshot: a repository that cannot lock fails the run, not after it.
+        let location = args.repo.location();
+        let backend = xenvault_repo::backend::open(location, &args.repo.backend())?;
+        backend.require_object_lock().await.context("--lock-days")?;
+    }
+    let store = xenvault_engine::store::Store::from_repository(repo.clone());
     let host = Host::connect(&login).await.map_err(auth_kind)?;
     let progress = Bars::new();
     let report = job::backup(&host, &store, &options, progress.clone()).await;
     host.logout().await;
     let report = report?;
     progress.clear();
-    print_report(&report, args.json)
+    let lock = match args.lock_days {
+        Some(days) => {
+            let ids: Vec<String> = report.vms.iter().filter_map(|v| v.restore_point.clone()).collect();
+            let until = chrono::Utc::now() + chrono::Duration::days(i64::from(days));
+            let locked = lock_restore_points(&repo, &args.repo.backend(), &ids, args.lock_mode, until).await;
+            Some(locked.map_err(|e| {
+                anyhow::Error::new(e).context(format!("the restore points {} are stored but NOT locked", ids.join(", ")))
+            }))
+        }
+        None => None,
+    };
+    let locked = lock.as_ref().and_then(|l| l.as_ref().ok());
+    let code = print_report(&report, locked, args.json)?;
+    match lock {
+        Some(Err(e)) => Err(e),
+        _ => Ok(code),
+    }
 }
 
-/// Prints the report and returns the exit code it deserves.
-pub fn print_report(report: &JobReport, json: bool) -> anyhow::Result<ExitCode> {
+/// Prints the report (and the lock applied to its restore points) and returns the exit
+/// code it deserves.
+fn print_report(report: &JobReport, lock: Option<&LockReport>, json: bool) -> anyhow::Result<ExitCode> {
     if json {
-        println!("{}", serde_json::to_string_pretty(report)?);
+        let mut doc = serde_json::to_value(report)?;
+        if let (Some(lock), Some(fields)) = (lock, doc.as_object_mut()) {
+            fields.insert("lock".into(), serde_json::to_value(lock)?);
+        }
+        crate::repo_cmds::print_json(&doc)?;
     } else {
         print!("{}", report.summary());
+        if let Some(lock) = lock {
+            let until = lock.until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            println!("locked {} restore point(s) in {} mode until {until}", lock.restore_points.len(), lock.mode);
+        }
     }
     let failed = report.vms.iter().filter(|v| matches!(v.status, Status::Failed)).count();
     Ok(if failed == 0 {

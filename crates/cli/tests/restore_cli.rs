@@ -636,6 +636,12 @@ fn bad_input_exits_with_the_documented_codes() {
     let missing = missing.to_str().unwrap();
     let err = fails(p.run(&["serve-nbd", id, "--listen", "127.0.0.1:0", "--tls-cert", missing, "--tls-key", missing]), FAILURE, "missing cert");
     assert!(err.contains("missing.pem"), "{err}");
+    // Immutability asked of a repository that cannot give it: refused before any snapshot.
+    let snapshots = || json(&ok(p.run(&["snapshots", "--json"]), "snapshots")).as_array().map(Vec::len);
+    let before = snapshots();
+    let err = fails(p.run(&["backup", "--pool", "sim", "--vm", VM, "--repo", &p.repo, "--lock-days", "1"]), FAILURE, "--lock-days on a directory");
+    assert!(err.contains("--lock-days") && err.contains("object lock"), "{err}");
+    assert_eq!(snapshots(), before, "no restore point may be made");
 
     // Wrong passphrase and refused pool credentials: AUTH.
     for args in [
@@ -660,6 +666,8 @@ fn bad_input_exits_with_the_documented_codes() {
         vec!["export", id, "--format", "vmdk", "--to", to],
         vec!["serve-nbd", id, "--tls-cert", to],
         vec!["serve-nbd", id, "--tls", "--tls-cert", to, "--tls-key", to],
+        vec!["backup", "--pool", "sim", "--vm", VM, "--lock-mode", "compliance"],
+        vec!["backup", "--pool", "sim", "--vm", VM, "--lock-days", "0"],
     ] {
         fails(p.run(&args), USAGE, &args.join(" "));
     }
