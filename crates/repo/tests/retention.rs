@@ -48,6 +48,14 @@ fn delete_version(endpoint: &str, bucket: &str, key: &str) -> u16 {
     curl("DELETE", &format!("{endpoint}/{bucket}/{key}?versionId={version}"), &[]).0
 }
 
+/// A fresh bucket created with object lock enabled.
+fn object_lock_bucket(endpoint: &str) -> String {
+    let bucket = format!("xv-lock-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let (status, headers) = curl("PUT", &format!("{endpoint}/{bucket}"), &["x-amz-bucket-object-lock-enabled: true"]);
+    assert_eq!(status, 200, "create a bucket with object lock: {headers}");
+    bucket
+}
+
 /// A 5 MiB disk of incompressible data and a hole, cut so that it needs two index pages
 /// (64 slots each) and several packs.
 async fn backup(repo: &Repository, name: &str) -> xenvault_repo::Manifest {
@@ -90,13 +98,7 @@ async fn locked_restore_point_survives_version_delete_on_seaweedfs() {
         Err(BackendError::ObjectLockDisabled { .. })
     ));
 
-    let bucket = format!("xv-lock-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-    let (status, headers) = curl(
-        "PUT",
-        &format!("{endpoint}/{bucket}"),
-        &["x-amz-bucket-object-lock-enabled: true"],
-    );
-    assert_eq!(status, 200, "create a bucket with object lock: {headers}");
+    let bucket = object_lock_bucket(&endpoint);
     let url = format!("s3://{bucket}/repo");
     let locked_backend = backend::open(&url, &options).expect("open");
     assert_eq!(locked_backend.kind(), BackendKind::S3);
@@ -203,4 +205,66 @@ async fn local_directory_has_no_object_lock() {
         matches!(err, Err(Error::Backend(BackendError::Unsupported { .. }))),
         "{err:?}"
     );
+}
+
+/// `xenvault sim serve` as a child process, killed on drop.
+struct Simulator(std::process::Child);
+
+impl Drop for Simulator {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_with_lock_days_locks_each_new_restore_point() {
+    use std::io::BufRead;
+    let server = common::s3();
+    let endpoint = server.options().s3_endpoint.expect("endpoint");
+    let url = format!("s3://{}/repo", object_lock_bucket(&endpoint));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
+    let state = dir.path().join("sim");
+    let mut child = Command::new(common::xenvault_bin())
+        .args(["sim", "serve", "--listen", &format!("127.0.0.1:{port}"), "--nbd-port", "0", "--blank-disks-mib", "4"])
+        .arg("--state-dir")
+        .arg(&state)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the simulator");
+    let stdout = child.stdout.take().expect("simulator stdout");
+    let _simulator = Simulator(child);
+    let mut line = String::new();
+    std::io::BufReader::new(stdout).read_line(&mut line).expect("simulator output");
+    let sim_url = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected {line:?}")).to_owned();
+
+    let password = dir.path().join("pool.password");
+    std::fs::write(&password, "xenvault").expect("password file");
+    let xenvault = |args: &[&str]| {
+        let output = Command::new(common::xenvault_bin())
+            .args(args)
+            .envs(server.env())
+            .env("XENVAULT_PASSPHRASE", "lock test")
+            .env("XENVAULT_CONFIG", dir.path().join("config.toml"))
+            .env("XENVAULT_CACHE_DIR", dir.path().join("cache"))
+            .output()
+            .expect("run xenvault");
+        assert!(output.status.success(), "xenvault {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        output.stdout
+    };
+    xenvault(&["pool", "add", "sim", "--url", &sim_url, "--insecure", "--password-file", password.to_str().expect("utf-8")]);
+    xenvault(&["init", "--repo", &url, "--kdf-memory-mib", "1", "--kdf-iterations", "1"]);
+    let stdout = xenvault(&["backup", "--pool", "sim", "--vm", "debian-web", "--repo", &url, "--lock-days", "1", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&stdout).expect("JSON report");
+    let id = report["vms"][0]["restore_point"].as_str().unwrap_or_else(|| panic!("no restore point: {report}"));
+    assert_eq!(report["lock"]["restore_points"], serde_json::json!([id]), "{report}");
+    assert_eq!(report["lock"]["mode"], "governance", "{report}");
+    assert!(report["lock"]["objects"].as_u64().is_some_and(|n| n > 2), "{report}");
+
+    let backend = backend::open(&url, &server.options()).expect("open");
+    let retention = backend.retention(&format!("snapshots/{id}")).await.expect("retention");
+    let retention = retention.unwrap_or_else(|| panic!("the new restore point's manifest is not locked"));
+    assert_eq!(retention.mode, RetentionMode::Governance);
+    assert!(retention.until > Utc::now() + Duration::hours(23), "{retention:?}");
 }

@@ -241,7 +241,7 @@ fn start_seaweedfs() -> StorageServer {
             "-master.volumeSizeLimitMB=64".into(),
             format!("-volume.port={volume}"),
             format!("-volume.port.grpc={volume_grpc}"),
-            "-volume.max=8".into(),
+            "-volume.max=16".into(), // each bucket (a collection) takes volumes of its own
             "-filer".into(),
             format!("-filer.port={filer}"),
             format!("-filer.port.grpc={filer_grpc}"),
