@@ -305,12 +305,7 @@ pub(crate) async fn upload_ranges(client: &Client, vdi: &str, disk: RepoDisk, ra
     let size = disk.reader().size();
     let blocks = blocks_of(&ranges);
     let sent = DynamicWriter::<std::io::Sink>::output_size(size, blocks.len() as u64);
-    let written = crate::disk::upload(client, vdi, DiskFormat::Vhd, sent, move |mut out| {
-        let written = write_ranges(&disk, &blocks, &ranges, &mut out)?;
-        std::io::Write::flush(&mut out)?;
-        Ok(written)
-    })
-    .await?;
+    let written = crate::disk::upload(client, vdi, DiskFormat::Vhd, sent, move |out| write_ranges(&disk, &blocks, &ranges, out)).await?;
     Ok(Sent { written, sent })
 }
 

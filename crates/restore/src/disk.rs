@@ -288,7 +288,8 @@ pub(crate) async fn fill_new(client: &Client, repo: &Repository, d: &StoredDisk<
         tokio::task::spawn_blocking(move || present_units(&disk, &tokio::runtime::Handle::current(), VHD_BLOCK)).await??
     };
     let bytes_sent = vhd_size(d.record.size, blocks.len());
-    let bytes_written = upload_blocks(client, vdi, disk, blocks, progress).await?;
+    let progress = progress.clone();
+    let bytes_written = upload(client, vdi, DiskFormat::Vhd, bytes_sent, move |out| write_vhd(&disk, &blocks, out, progress.as_ref())).await?;
     Ok(DiskRestore {
         position: d.position.clone(),
         vdi_uuid: call_str(client, "VDI.get_uuid", vdi).await?,
@@ -366,16 +367,22 @@ impl std::io::Write for ChannelWriter {
     }
 }
 
-/// Streams what `produce` writes (on a blocking thread) as the body of an import.
+/// Streams what `produce` writes (on a blocking thread) as the body of an import; returns
+/// what `produce` returns.
 pub(crate) async fn upload(
     client: &Client,
     vdi: &str,
     format: DiskFormat,
     length: u64,
-    produce: impl FnOnce(std::io::BufWriter<ChannelWriter>) -> Result<u64> + Send + 'static,
+    produce: impl FnOnce(&mut std::io::BufWriter<ChannelWriter>) -> Result<u64> + Send + 'static,
 ) -> Result<u64> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(8);
-    let writer = tokio::task::spawn_blocking(move || produce(std::io::BufWriter::with_capacity(1 << 20, ChannelWriter { tx })));
+    let writer = tokio::task::spawn_blocking(move || {
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, ChannelWriter { tx });
+        let produced = produce(&mut out)?;
+        std::io::Write::flush(&mut out)?;
+        Ok(produced)
+    });
     let body = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
     let reference = Ref::new(vdi);
     let sent = client.import_raw_vdi(ImportTarget::Vdi(&reference), format, body, length).await;
@@ -386,23 +393,11 @@ pub(crate) async fn upload(
     produced
 }
 
-async fn upload_blocks(client: &Client, vdi: &str, disk: RepoDisk, blocks: Vec<u64>, progress: &Option<Progress>) -> Result<u64> {
-    let length = vhd_size(disk.reader().size(), blocks.len());
-    let progress = progress.clone();
-    upload(client, vdi, DiskFormat::Vhd, length, move |mut out| {
-        let n = write_vhd(&disk, &blocks, &mut out, progress.as_ref())?;
-        std::io::Write::flush(&mut out)?;
-        Ok(n)
-    })
-    .await
-}
-
 async fn upload_raw(client: &Client, vdi: &str, disk: RepoDisk, progress: &Option<Progress>) -> Result<u64> {
     let size = disk.reader().size();
     let progress = progress.clone();
-    upload(client, vdi, DiskFormat::Raw, size, move |mut out| {
-        crate::export::export(&disk, crate::export::DiskFormat::Raw, &mut out, progress)?;
-        std::io::Write::flush(&mut out)?;
+    upload(client, vdi, DiskFormat::Raw, size, move |out| {
+        crate::export::export(&disk, crate::export::DiskFormat::Raw, out, progress)?;
         Ok(size)
     })
     .await
