@@ -136,16 +136,7 @@ pub fn normalise_fingerprint(text: &str) -> Result<String, Error> {
 /// SHA-256 fingerprint (lowercase hex) of the first certificate in a PEM text, the
 /// form `--fingerprint` takes: pins a self-signed host such as the simulator.
 pub fn fingerprint_of_pem(pem: &str) -> Option<String> {
-    use base64::Engine;
-    use sha2::Digest;
-    let body: String = pem
-        .lines()
-        .skip_while(|l| !l.starts_with("-----BEGIN CERTIFICATE-----"))
-        .skip(1)
-        .take_while(|l| !l.starts_with("-----END"))
-        .collect();
-    let der = base64::engine::general_purpose::STANDARD.decode(body.trim()).ok()?;
-    Some(hex::encode(sha2::Sha256::digest(&der)))
+    xenvault_tls::pem_fingerprint_sha256(pem.as_bytes()).ok()
 }
 
 fn read_toml<T: Default + for<'de> Deserialize<'de>>(path: &Path) -> Result<T, Error> {

@@ -124,6 +124,12 @@ pub fn certificates_from_pem(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>,
     Ok(certs)
 }
 
+/// SHA-256 of the first certificate of a PEM text in lowercase hex, as pins are written.
+pub fn pem_fingerprint_sha256(pem: &[u8]) -> Result<String, TlsError> {
+    let certs = certificates_from_pem(pem)?;
+    Ok(certs.first().map(|c| hex::encode(Sha256::digest(c))).unwrap_or_default())
+}
+
 /// A trust store holding exactly the CA certificates of a PEM text.
 pub fn roots_from_pem(pem: &[u8]) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();

@@ -7,8 +7,7 @@ use rustls::ServerConfig;
 use rustls::pki_types::PrivateKeyDer;
 use rustls::pki_types::pem::PemObject;
 
-use crate::{TlsError, certificates_from_pem, ring_provider};
-use sha2::{Digest, Sha256};
+use crate::{TlsError, certificates_from_pem, pem_fingerprint_sha256, ring_provider};
 
 /// A certificate chain and its private key, PEM-encoded.
 #[derive(Clone)]
@@ -40,8 +39,7 @@ impl ServerIdentity {
 
     /// SHA-256 of the first certificate in lowercase hex, as clients pin it.
     pub fn fingerprint(&self) -> Result<String, TlsError> {
-        let certs = certificates_from_pem(self.cert_pem.as_bytes())?;
-        Ok(certs.first().map(|c| hex::encode(Sha256::digest(c))).unwrap_or_default())
+        pem_fingerprint_sha256(self.cert_pem.as_bytes())
     }
 
     /// A server configuration (ring provider, safe protocol versions, no client
