@@ -22,6 +22,7 @@ pub mod prune;
 pub mod reader;
 pub mod repository;
 pub mod retention;
+pub mod select;
 pub mod source;
 pub mod store;
 pub mod verify;
