@@ -6,7 +6,9 @@
 
 use std::sync::Arc;
 
+mod probe;
 mod server;
+pub use probe::server_fingerprint;
 pub use server::ServerIdentity;
 
 use rustls::client::WebPkiServerVerifier;
