@@ -10,6 +10,8 @@ pub enum Error {
     WrongKey,
     #[error("the repository is encrypted: give a passphrase (XENVAULT_PASSPHRASE or --passphrase-file) or a key file")]
     KeyNeeded,
+    #[error("no intact key slot opens with this passphrase or key file, and key slots are damaged (if the secret is right, its slot is among them): {0}")]
+    KeySlotsDamaged(String),
     #[error("no repository at {0} (run `xenvault init` first)")]
     NotARepository(String),
     #[error("a repository already exists at {0}")]
@@ -22,6 +24,8 @@ pub enum Error {
     MissingChunk(String),
     #[error("restore point {0} not found")]
     SnapshotNotFound(String),
+    #[error("restore point {id} is damaged: its manifest cannot be read ({reason})")]
+    SnapshotDamaged { id: String, reason: String },
     #[error("restore point prefix {0} is ambiguous")]
     AmbiguousSnapshot(String),
     #[error("disk {0} not found in the restore point")]
@@ -51,7 +55,7 @@ impl Error {
 
     /// True for errors that mean "stored data is damaged" rather than "cannot run".
     pub fn is_damage(&self) -> bool {
-        matches!(self, Error::Corrupt { .. } | Error::MissingChunk(_))
+        matches!(self, Error::Corrupt { .. } | Error::MissingChunk(_) | Error::SnapshotDamaged { .. } | Error::KeySlotsDamaged(_))
     }
 }
 

@@ -1,15 +1,61 @@
 //! Repository config and key slots: the random master key is wrapped (AES-256-GCM) by a
 //! key-encryption key derived from a passphrase (Argon2id, parameters recorded in the slot)
 //! or from a key file.
+//!
+//! Losing either loses every restore point, so each is stored twice (`config` and
+//! `config.copy`, `keys/ID` and `keycopies/ID`) with a BLAKE3 checksum of its own: a copy
+//! that does not parse or fails its checksum is damage and the other copy is used; only a
+//! well-formed slot whose AEAD fails means a wrong passphrase. Objects written before
+//! copies and checksums existed (one copy, no checksum) keep opening.
 
 use crate::crypto::{Aead, KEY_LEN, MasterKey, fill_random, random_hex};
 use crate::error::{Error, Result};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use zeroize::Zeroizing;
 
 pub const CONFIG_OBJECT: &str = "config";
+pub const CONFIG_COPY_OBJECT: &str = "config.copy";
 pub const KEYS_PREFIX: &str = "keys/";
+/// Second copies of the key slots, under the same file names as in `keys/`.
+pub const KEY_COPIES_PREFIX: &str = "keycopies/";
 pub const FORMAT_VERSION: u32 = 1;
+const CHECKSUM_FIELD: &str = "checksum";
+
+/// Bounds of Argon2id parameters, at init and when reading a slot from the store: a
+/// hostile repository must not make opening it allocate without limit or run for hours.
+pub const MAX_KDF_MEMORY_MIB: u32 = 2048;
+pub const MAX_KDF_ITERATIONS: u32 = 64;
+pub const MAX_KDF_PARALLELISM: u32 = 16;
+
+/// JSON of `value` carrying a BLAKE3 checksum of its canonical form.
+pub(crate) fn to_checked_json<T: Serialize>(object: &str, value: &T) -> Result<Vec<u8>> {
+    let json_error = |e| Error::Json { object: object.into(), source: e };
+    let mut v = serde_json::to_value(value).map_err(json_error)?;
+    let sum = canonical_checksum(&v)?;
+    v.as_object_mut()
+        .ok_or_else(|| Error::Invalid(format!("{object} is not a JSON object")))?
+        .insert(CHECKSUM_FIELD.into(), sum.into());
+    serde_json::to_vec_pretty(&v).map_err(json_error)
+}
+
+/// Reads what [`to_checked_json`] wrote, or an older object without a checksum: anything
+/// that does not parse or fails its checksum is damage.
+pub(crate) fn from_checked_json<T: DeserializeOwned>(object: &str, raw: &[u8]) -> Result<T> {
+    let damaged = |why: String| Error::corrupt(object, why);
+    let mut v: serde_json::Value = serde_json::from_slice(raw).map_err(|e| damaged(format!("not JSON: {e}")))?;
+    let sum = v.as_object_mut().ok_or_else(|| damaged("not a JSON object".into()))?.remove(CHECKSUM_FIELD);
+    match sum {
+        None => {}
+        Some(serde_json::Value::String(s)) if s == canonical_checksum(&v)? => {}
+        Some(_) => return Err(damaged("checksum does not match its content".into())),
+    }
+    serde_json::from_value(v).map_err(|e| damaged(e.to_string()))
+}
+
+fn canonical_checksum(v: &serde_json::Value) -> Result<String> {
+    let bytes = serde_json::to_vec(v).map_err(|e| Error::Json { object: "(checksum)".into(), source: e })?;
+    Ok(blake3::hash(&bytes).to_hex().to_string())
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -66,6 +112,29 @@ pub struct KdfParams {
     pub parallelism: u32,
 }
 
+impl KdfParams {
+    /// Refuses parameters beyond the bounds (or below what Argon2id accepts).
+    pub fn validate(&self) -> Result<()> {
+        let KdfParams { memory_kib, iterations, parallelism } = *self;
+        if memory_kib / 1024 > MAX_KDF_MEMORY_MIB {
+            return Err(Error::Invalid(format!(
+                "Argon2 memory {} MiB is over the limit of {MAX_KDF_MEMORY_MIB} MiB",
+                memory_kib / 1024
+            )));
+        }
+        if !(1..=MAX_KDF_ITERATIONS).contains(&iterations) {
+            return Err(Error::Invalid(format!("Argon2 iterations must be 1 to {MAX_KDF_ITERATIONS}, not {iterations}")));
+        }
+        if !(1..=MAX_KDF_PARALLELISM).contains(&parallelism) {
+            return Err(Error::Invalid(format!("Argon2 parallelism must be 1 to {MAX_KDF_PARALLELISM}, not {parallelism}")));
+        }
+        if memory_kib < 8 * parallelism {
+            return Err(Error::Invalid(format!("Argon2 memory must be at least {} KiB", 8 * parallelism)));
+        }
+        Ok(())
+    }
+}
+
 impl Default for KdfParams {
     fn default() -> Self {
         KdfParams { memory_kib: 64 * 1024, iterations: 3, parallelism: 1 }
@@ -108,6 +177,8 @@ fn derive_kek(kdf: &Kdf, secret: &Secret) -> Result<Option<Zeroizing<[u8; KEY_LE
     let mut kek = Zeroizing::new([0u8; KEY_LEN]);
     match (kdf, secret) {
         (Kdf::Argon2id { memory_kib, iterations, parallelism, salt }, Secret::Passphrase(p)) => {
+            let bounds = KdfParams { memory_kib: *memory_kib, iterations: *iterations, parallelism: *parallelism };
+            bounds.validate().map_err(|e| Error::corrupt("key slot", format!("refusing its KDF parameters: {e}")))?;
             let salt = hex::decode(salt).map_err(|_| Error::corrupt("key slot", "bad salt"))?;
             let params = argon2::Params::new(*memory_kib, *iterations, *parallelism, Some(KEY_LEN))
                 .map_err(|e| Error::corrupt("key slot", format!("argon2 parameters: {e}")))?;
@@ -130,6 +201,7 @@ fn derive_kek(kdf: &Kdf, secret: &Secret) -> Result<Option<Zeroizing<[u8; KEY_LE
 impl KeySlot {
     /// Wraps `master` under `secret` in a new slot.
     pub fn create(master: &MasterKey, secret: &Secret, params: KdfParams, label: &str) -> Result<Self> {
+        params.validate()?;
         let id = random_hex(8)?;
         let salt = random_hex(16)?;
         let kdf = match secret {
@@ -155,8 +227,9 @@ impl KeySlot {
         Ok(MasterKey::from_bytes(&plain))
     }
 
-    pub fn object_name(&self) -> String {
-        format!("{KEYS_PREFIX}{}", self.id)
+    /// Where the slot and its second copy are stored.
+    pub fn object_names(&self) -> [String; 2] {
+        slot_object_names(&self.id)
     }
 
     pub fn kind(&self) -> &'static str {
@@ -165,6 +238,10 @@ impl KeySlot {
             Kdf::KeyFile { .. } => "key-file",
         }
     }
+}
+
+pub fn slot_object_names(id: &str) -> [String; 2] {
+    [format!("{KEYS_PREFIX}{id}"), format!("{KEY_COPIES_PREFIX}{id}")]
 }
 
 /// Creates a new random key file's content (hex text, so it survives copy and paste).
@@ -199,5 +276,38 @@ mod tests {
         let back: KeySlot = serde_json::from_str(&json).unwrap();
         assert!(back.open(&Secret::KeyFile(Zeroizing::new(file))).unwrap().is_some());
         assert!(back.open(&Secret::KeyFile(Zeroizing::new(b"00".to_vec()))).unwrap().is_none());
+    }
+
+    #[test]
+    fn checked_json_tells_damage_and_reads_old_objects() {
+        let master = MasterKey::generate().unwrap();
+        let slot = KeySlot::create(&master, &Secret::passphrase("p"), FAST, "l").unwrap();
+        let json = to_checked_json("keys/x", &slot).unwrap();
+        let back: KeySlot = from_checked_json("keys/x", &json).unwrap();
+        assert_eq!(back.wrapped, slot.wrapped);
+        // One hex digit of the wrapped key changed: still well-formed JSON, caught by the checksum.
+        let text = String::from_utf8(json).unwrap();
+        let digit = if slot.wrapped.starts_with('0') { "1" } else { "0" };
+        let flipped = text.replacen(&slot.wrapped, &format!("{digit}{}", &slot.wrapped[1..]), 1);
+        let e = from_checked_json::<KeySlot>("keys/x", flipped.as_bytes()).unwrap_err();
+        assert!(e.is_damage(), "{e}");
+        let old = serde_json::to_vec(&slot).unwrap();
+        assert!(from_checked_json::<KeySlot>("keys/x", &old).is_ok(), "a slot without checksum still reads");
+    }
+
+    #[test]
+    fn kdf_bounds_at_creation_and_when_read() {
+        let master = MasterKey::generate().unwrap();
+        let huge = KdfParams { memory_kib: u32::MAX, ..FAST };
+        assert!(matches!(KeySlot::create(&master, &Secret::passphrase("p"), huge, ""), Err(Error::Invalid(_))));
+        let forever = KdfParams { iterations: u32::MAX, ..FAST };
+        assert!(matches!(KeySlot::create(&master, &Secret::passphrase("p"), forever, ""), Err(Error::Invalid(_))));
+        // A hostile store raises a stored slot's cost: opening refuses before deriving.
+        let mut slot = KeySlot::create(&master, &Secret::passphrase("p"), FAST, "").unwrap();
+        if let Kdf::Argon2id { memory_kib, .. } = &mut slot.kdf {
+            *memory_kib = 100 << 20;
+        }
+        let opened = slot.open(&Secret::passphrase("p"));
+        assert!(opened.as_ref().is_err_and(Error::is_damage), "{:?}", opened.err());
     }
 }

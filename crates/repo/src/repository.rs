@@ -5,7 +5,10 @@ use crate::cache::Cache;
 use crate::crypto::{ChunkId, Crypto, MasterKey};
 use crate::error::{Error, Result};
 use crate::index::{ChunkIndex, Location};
-use crate::keys::{CONFIG_OBJECT, Encryption, FORMAT_VERSION, KEYS_PREFIX, KdfParams, KeySlot, RepoConfig, Secret};
+use crate::keys::{
+    CONFIG_COPY_OBJECT, CONFIG_OBJECT, Encryption, FORMAT_VERSION, KEY_COPIES_PREFIX, KEYS_PREFIX, KdfParams, KeySlot,
+    RepoConfig, Secret, from_checked_json, slot_object_names, to_checked_json,
+};
 use crate::manifest::{MAX_MANIFEST_LEN, Manifest, SNAPSHOTS_PREFIX};
 use crate::pack::{INDEX_PREFIX, PackEntry, PackName, chunk_aad, open_index};
 use crate::store::Store;
@@ -15,6 +18,11 @@ use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
 
 /// Objects below these prefixes never change once written: safe to cache.
+///
+/// Ordinary reads trust a cached copy: it holds the sealed bytes as stored and is
+/// authenticated (AEAD bound to the object's name) on every open, so it is exactly what
+/// was written. Damage the store suffers after caching is `verify`'s to find: it reads
+/// with [`Source::Store`].
 const IMMUTABLE: [&str; 2] = [SNAPSHOTS_PREFIX, INDEX_PREFIX];
 pub const DAMAGED_PREFIX: &str = "damaged/";
 pub const CONDEMNED_PREFIX: &str = "gc/";
@@ -47,6 +55,16 @@ impl Default for InitOptions {
             chunk_ids_from: None,
         }
     }
+}
+
+/// Where reads of immutable objects (manifests, pack indexes) come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// The local cache when it holds the object, else the store (then cached).
+    Cache,
+    /// The store only: what verify checks. A cached copy that differs from the stored one
+    /// is evicted, so this host stops hiding the damage.
+    Store,
 }
 
 /// A chunk that verify found bad: excluded from the index so the next backup stores it again.
@@ -85,7 +103,7 @@ impl Repository {
     /// Creates a repository at `location` (a path, `s3://bucket/prefix`, `azblob://container/prefix`).
     pub async fn init(location: &str, backend: &BackendOptions, opts: InitOptions) -> Result<Self> {
         let store = Store::open(location, backend)?;
-        if store.get(CONFIG_OBJECT).await?.is_some() {
+        if store.get(CONFIG_OBJECT).await?.is_some() || store.get(CONFIG_COPY_OBJECT).await?.is_some() {
             return Err(Error::AlreadyExists(location.to_string()));
         }
         let master = match &opts.chunk_ids_from {
@@ -111,18 +129,19 @@ impl Repository {
         if opts.encryption == Encryption::Aes256Gcm {
             let secret = opts.secret.as_ref().ok_or(Error::KeyNeeded)?;
             let slot = KeySlot::create(&master, secret, opts.kdf, "initial")?;
-            store.put(&slot.object_name(), to_json(&slot)?).await?;
+            put_copies(&store, &slot.object_names(), &slot).await?;
         }
         // The config goes last: a half-created repository is not a repository.
-        store.put(CONFIG_OBJECT, to_json(&config)?).await?;
+        put_copies(&store, &[CONFIG_COPY_OBJECT, CONFIG_OBJECT], &config).await?;
         Ok(Self::assemble(store, config, master))
     }
 
     /// Opens and unlocks the repository at `location`.
     pub async fn open(location: &str, backend: &BackendOptions, secret: Option<&Secret>) -> Result<Self> {
         let store = Store::open(location, backend)?;
-        let raw = store.get(CONFIG_OBJECT).await?.ok_or_else(|| Error::NotARepository(location.to_string()))?;
-        let config: RepoConfig = from_json(CONFIG_OBJECT, &raw)?;
+        let config: RepoConfig = read_copies(&store, &[CONFIG_OBJECT, CONFIG_COPY_OBJECT])
+            .await?
+            .ok_or_else(|| Error::NotARepository(location.to_string()))?;
         config.validate()?;
         let master = match config.encryption {
             Encryption::None => {
@@ -199,17 +218,22 @@ impl Repository {
 
     // ---- sealed objects ----
 
-    /// Raw stored bytes of `name`, through the cache for immutable objects.
-    pub(crate) async fn fetch(&self, name: &str) -> Result<Option<Vec<u8>>> {
-        let cacheable = IMMUTABLE.iter().any(|p| name.starts_with(p));
-        if let (true, Some(cache)) = (cacheable, &self.inner.cache)
-            && let Some(hit) = cache.get(name)?
-        {
-            return Ok(Some(hit));
+    /// Raw stored bytes of `name`; immutable objects come from `source`.
+    pub(crate) async fn fetch_from(&self, name: &str, source: Source) -> Result<Option<Vec<u8>>> {
+        let cache = self.inner.cache.as_ref().filter(|_| IMMUTABLE.iter().any(|p| name.starts_with(p)));
+        let Some(cache) = cache else { return self.inner.store.get(name).await };
+        let cached = cache.get(name)?;
+        if source == Source::Cache && cached.is_some() {
+            return Ok(cached);
         }
         let got = self.inner.store.get(name).await?;
-        if let (true, Some(cache), Some(data)) = (cacheable, &self.inner.cache, &got) {
-            cache.put(name, data)?;
+        match (&got, cached) {
+            (Some(data), None) if source == Source::Cache => cache.put(name, data)?,
+            (got, Some(cached)) if got.as_ref() != Some(&cached) => {
+                tracing::warn!("{name} as stored differs from this host's cached copy: dropping the cached copy");
+                cache.remove(name)?;
+            }
+            _ => {}
         }
         Ok(got)
     }
@@ -229,7 +253,11 @@ impl Repository {
     }
 
     pub(crate) async fn get_json<T: DeserializeOwned>(&self, name: &str, max: usize) -> Result<Option<T>> {
-        let Some(sealed) = self.fetch(name).await? else { return Ok(None) };
+        self.get_json_from(name, max, Source::Cache).await
+    }
+
+    async fn get_json_from<T: DeserializeOwned>(&self, name: &str, max: usize, source: Source) -> Result<Option<T>> {
+        let Some(sealed) = self.fetch_from(name, source).await? else { return Ok(None) };
         let plain = self.inner.crypto.open(name.as_bytes(), &sealed, max)?;
         from_json(name, &plain).map(Some)
     }
@@ -255,13 +283,17 @@ impl Repository {
 
     /// (readable manifests oldest first, (id, error) of unreadable ones).
     pub async fn snapshots_checked(&self) -> Result<(Vec<Manifest>, Vec<(String, Error)>)> {
+        self.snapshots_from(Source::Cache).await
+    }
+
+    pub(crate) async fn snapshots_from(&self, source: Source) -> Result<(Vec<Manifest>, Vec<(String, Error)>)> {
         let names: Vec<String> = self.inner.store.list(SNAPSHOTS_PREFIX).await?.into_iter().map(|(n, _)| n).collect();
         if let Some(cache) = &self.inner.cache {
             cache.retain(SNAPSHOTS_PREFIX, &names.iter().cloned().collect())?;
         }
         let results: Vec<(String, Result<Option<Manifest>>)> = futures::stream::iter(names)
             .map(|name| async move {
-                let r = self.get_json::<Manifest>(&name, MAX_MANIFEST_LEN).await;
+                let r = self.get_json_from::<Manifest>(&name, MAX_MANIFEST_LEN, source).await;
                 (name, r)
             })
             .buffer_unordered(FETCH_CONCURRENCY)
@@ -282,17 +314,26 @@ impl Repository {
         Ok((good, bad))
     }
 
-    /// The restore point whose id is or starts with `prefix` ("latest" for the newest).
+    /// The restore point whose id is or starts with `prefix` ("latest" for the newest
+    /// readable one). A point whose manifest exists but cannot be read is damage, not
+    /// "not found".
     pub async fn snapshot(&self, prefix: &str) -> Result<Manifest> {
-        let all = self.snapshots().await?;
+        let (good, bad) = self.snapshots_checked().await?;
         if prefix == "latest" {
-            return all.into_iter().last().ok_or_else(|| Error::SnapshotNotFound(prefix.into()));
+            for (id, e) in &bad {
+                tracing::warn!("restore point {id} is unreadable: {e}");
+            }
+            return good.into_iter().last().ok_or_else(|| Error::SnapshotNotFound(prefix.into()));
         }
-        let mut hits = all.into_iter().filter(|m| m.id.starts_with(prefix));
-        match (hits.next(), hits.next()) {
-            (Some(m), None) => Ok(m),
-            (Some(_), Some(_)) => Err(Error::AmbiguousSnapshot(prefix.into())),
-            _ => Err(Error::SnapshotNotFound(prefix.into())),
+        let mut hits = good.into_iter().filter(|m| m.id.starts_with(prefix));
+        let mut damaged = bad.into_iter().filter(|(id, _)| id.starts_with(prefix));
+        match (hits.next(), hits.next(), damaged.next()) {
+            (Some(m), None, None) => Ok(m),
+            (None, None, Some((id, e))) if damaged.next().is_none() => {
+                Err(Error::SnapshotDamaged { id, reason: e.to_string() })
+            }
+            (None, None, None) => Err(Error::SnapshotNotFound(prefix.into())),
+            _ => Err(Error::AmbiguousSnapshot(prefix.into())),
         }
     }
 
@@ -307,14 +348,25 @@ impl Repository {
 
     // ---- key slots ----
 
+    /// The key slots with at least one intact copy (damaged ones are logged).
     pub async fn key_slots(&self) -> Result<Vec<KeySlot>> {
-        let mut out = Vec::new();
-        for (name, _) in self.inner.store.list(KEYS_PREFIX).await? {
-            if let Some(raw) = self.inner.store.get(&name).await? {
-                out.push(from_json::<KeySlot>(&name, &raw)?);
-            }
+        let (mut out, damaged) = read_slots(&self.inner.store).await?;
+        for e in damaged {
+            tracing::warn!("{e}");
         }
         out.sort_by_key(|s| s.created);
+        Ok(out)
+    }
+
+    /// Every stored object holding the config or a key slot, all copies (e.g. to lock them).
+    pub async fn key_objects(&self) -> Result<Vec<String>> {
+        let mut out = vec![CONFIG_OBJECT.to_string()];
+        if self.inner.store.get(CONFIG_COPY_OBJECT).await?.is_some() {
+            out.push(CONFIG_COPY_OBJECT.to_string());
+        }
+        for prefix in [KEYS_PREFIX, KEY_COPIES_PREFIX] {
+            out.extend(self.inner.store.list(prefix).await?.into_iter().map(|(n, _)| n));
+        }
         Ok(out)
     }
 
@@ -325,7 +377,7 @@ impl Repository {
         let master = self.inner.master.clone();
         let (secret, label) = (secret.clone(), label.to_string());
         let slot = tokio::task::spawn_blocking(move || KeySlot::create(&master, &secret, params, &label)).await??;
-        self.inner.store.put(&slot.object_name(), to_json(&slot)?).await?;
+        put_copies(&self.inner.store, &slot.object_names(), &slot).await?;
         Ok(slot)
     }
 
@@ -338,7 +390,10 @@ impl Repository {
         if slots.len() < 2 {
             return Err(Error::Invalid("refusing to remove the last key slot".into()));
         }
-        self.inner.store.delete(&format!("{KEYS_PREFIX}{id}")).await
+        for name in slot_object_names(id) {
+            self.inner.store.delete(&name).await?;
+        }
+        Ok(())
     }
 
     /// The key slot `secret` opens (to change that passphrase).
@@ -356,6 +411,11 @@ impl Repository {
 
     /// Loads new pack indexes (and the damaged / condemned lists) into memory.
     pub async fn refresh_index(&self) -> Result<()> {
+        self.load_index(Source::Cache).await
+    }
+
+    /// Loads the indexes (from `source`; all of them again from the store) into memory.
+    pub(crate) async fn load_index(&self, source: Source) -> Result<()> {
         let mut loaded_once = self.inner.index_loaded.lock().await;
         let damaged = self.load_damaged().await?;
         let condemned = self.load_condemned().await?;
@@ -366,7 +426,10 @@ impl Repository {
         }
         let rebuild = {
             let st = self.read_index();
-            st.damaged != damaged || st.condemned != condemned || st.loaded.iter().any(|p| !present.contains(&p.index_object()))
+            source == Source::Store
+                || st.damaged != damaged
+                || st.condemned != condemned
+                || st.loaded.iter().any(|p| !present.contains(&p.index_object()))
         };
         let todo: Vec<PackName> = {
             let st = self.read_index();
@@ -381,7 +444,7 @@ impl Repository {
         fresh.condemned = condemned;
         let loaded: Vec<Option<(PackName, Vec<PackEntry>)>> = futures::stream::iter(todo)
             .map(|pack| async move {
-                match self.pack_entries(&pack).await {
+                match self.pack_entries_from(&pack, source).await {
                     Ok(e) => Ok(Some((pack, e))),
                     // A damaged index is like a lost pack (verify rebuilds it); retried next refresh.
                     Err(e) if e.is_damage() => {
@@ -427,8 +490,12 @@ impl Repository {
 
     /// Entries of one pack, from its index object.
     pub(crate) async fn pack_entries(&self, pack: &PackName) -> Result<Vec<PackEntry>> {
+        self.pack_entries_from(pack, Source::Cache).await
+    }
+
+    pub(crate) async fn pack_entries_from(&self, pack: &PackName, source: Source) -> Result<Vec<PackEntry>> {
         let name = pack.index_object();
-        let sealed = self.fetch(&name).await?.ok_or_else(|| Error::corrupt(&name, "missing"))?;
+        let sealed = self.fetch_from(&name, source).await?.ok_or_else(|| Error::corrupt(&name, "missing"))?;
         let crypto = self.inner.crypto.clone();
         let pack = pack.clone();
         tokio::task::spawn_blocking(move || open_index(&crypto, &pack, &sealed)).await?
@@ -515,24 +582,69 @@ impl ChunkOpener {
     }
 }
 
-async fn unlock(store: &Store, secret: &Secret) -> Result<MasterKey> {
-    let names = store.list(KEYS_PREFIX).await?;
-    if names.is_empty() {
-        return Err(Error::corrupt(KEYS_PREFIX, "no key slots"));
+/// Writes `value` (with its checksum) under each of `names`, in order.
+async fn put_copies<T: Serialize>(store: &Store, names: &[impl AsRef<str>], value: &T) -> Result<()> {
+    for name in names {
+        store.put(name.as_ref(), to_checked_json(name.as_ref(), value)?).await?;
     }
-    for (name, _) in names {
-        let Some(raw) = store.get(&name).await? else { continue };
-        let slot: KeySlot = from_json(&name, &raw)?;
-        let secret = secret.clone();
-        if let Some(master) = tokio::task::spawn_blocking(move || slot.open(&secret)).await?? {
-            return Ok(master);
-        }
-    }
-    Err(Error::WrongKey)
+    Ok(())
 }
 
-pub(crate) fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>> {
-    serde_json::to_vec_pretty(v).map_err(|e| Error::Json { object: "(new)".into(), source: e })
+/// The first intact copy among `names`: `None` when none exists, damage when every copy
+/// that exists is damaged.
+async fn read_copies<T: DeserializeOwned>(store: &Store, names: &[impl AsRef<str>]) -> Result<Option<T>> {
+    let mut damage = None;
+    for name in names {
+        let Some(raw) = store.get(name.as_ref()).await? else { continue };
+        match from_checked_json(name.as_ref(), &raw) {
+            Ok(v) => return Ok(Some(v)),
+            Err(e) => {
+                tracing::warn!("{e}; reading its other copy");
+                damage.get_or_insert(e);
+            }
+        }
+    }
+    damage.map_or(Ok(None), Err)
+}
+
+/// (key slots with an intact copy, the damage of those without one).
+async fn read_slots(store: &Store) -> Result<(Vec<KeySlot>, Vec<Error>)> {
+    let mut ids = std::collections::BTreeSet::new();
+    for prefix in [KEYS_PREFIX, KEY_COPIES_PREFIX] {
+        ids.extend(store.list(prefix).await?.into_iter().filter_map(|(n, _)| n.strip_prefix(prefix).map(str::to_string)));
+    }
+    let (mut slots, mut damaged) = (Vec::new(), Vec::new());
+    for id in ids {
+        match read_copies::<KeySlot>(store, &slot_object_names(&id)).await {
+            Ok(Some(slot)) => slots.push(slot),
+            Ok(None) => {}
+            Err(e) if e.is_damage() => damaged.push(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((slots, damaged))
+}
+
+/// The master key from the first slot `secret` opens. A well-formed slot that does not
+/// open means a wrong secret; when none opens and some slot is damaged, that is reported.
+async fn unlock(store: &Store, secret: &Secret) -> Result<MasterKey> {
+    let (slots, mut damaged) = read_slots(store).await?;
+    if slots.is_empty() && damaged.is_empty() {
+        return Err(Error::corrupt(KEYS_PREFIX, "no key slots"));
+    }
+    for slot in slots {
+        let (secret, id) = (secret.clone(), slot.id.clone());
+        match tokio::task::spawn_blocking(move || slot.open(&secret)).await? {
+            Ok(Some(master)) => return Ok(master),
+            Ok(None) => {}
+            Err(e) if e.is_damage() => damaged.push(Error::corrupt(format!("key slot {id}"), e.to_string())),
+            Err(e) => return Err(e),
+        }
+    }
+    if damaged.is_empty() {
+        return Err(Error::WrongKey);
+    }
+    Err(Error::KeySlotsDamaged(damaged.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")))
 }
 
 pub(crate) fn from_json<T: DeserializeOwned>(object: &str, raw: &[u8]) -> Result<T> {

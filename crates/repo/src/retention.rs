@@ -13,7 +13,6 @@ use serde::Serialize;
 use crate::backend::{self, BackendOptions, RetentionMode};
 use crate::crypto::ChunkId;
 use crate::error::{Error, Result};
-use crate::keys::CONFIG_OBJECT;
 use crate::manifest::Manifest;
 use crate::reader::DiskReader;
 use crate::repository::Repository;
@@ -69,8 +68,7 @@ pub async fn lock_restore_points(
 
 /// Names of every object the restore points `manifests` need to be restored.
 pub async fn referenced_objects(repo: &Repository, manifests: &[Manifest]) -> Result<BTreeSet<String>> {
-    let mut objects = BTreeSet::from([CONFIG_OBJECT.to_string()]);
-    objects.extend(repo.key_slots().await?.iter().map(|slot| slot.object_name()));
+    let mut objects: BTreeSet<String> = repo.key_objects().await?.into_iter().collect();
     let mut chunks: BTreeSet<ChunkId> = BTreeSet::new();
     for manifest in manifests {
         objects.insert(Manifest::object_name(&manifest.id));

@@ -2,11 +2,15 @@
 //! random share of packs), and names exactly the restore points that damage touches.
 //! Bad chunks are recorded under `damaged/`, which takes them out of the index: the next
 //! backup that meets the same data stores it again, healing every restore point using it.
+//!
+//! verify checks what is stored, never this host's cache: manifests and pack indexes are
+//! read from the store (a cached copy that differs is dropped), so a warm cache cannot
+//! hide damage. A damaged pack index is rebuilt from the copy at the pack's tail.
 
 use crate::crypto::ChunkId;
 use crate::error::{Error, Result};
 use crate::pack::{DATA_PREFIX, INDEX_PREFIX, PackEntry, PackName, chunk_aad, open_index};
-use crate::repository::{DAMAGED_PREFIX, DamagedChunk, Repository};
+use crate::repository::{DAMAGED_PREFIX, DamagedChunk, Repository, Source};
 use futures::StreamExt;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -22,6 +26,8 @@ pub struct VerifyReport {
     pub bytes_checked: u64,
     /// Bad chunks found in this run and not known before.
     pub bad_chunks: Vec<BadChunk>,
+    /// Pack index objects that were unreadable (rebuilt from their pack when it could be).
+    pub damaged_indexes: Vec<DamagedIndex>,
     /// Bad copies already recorded whose chunk has a good copy or is no longer used.
     pub superseded: usize,
     /// Restore point id → what is wrong with it.
@@ -36,15 +42,36 @@ pub struct BadChunk {
     pub reason: String,
 }
 
+#[derive(Debug, Clone, Serialize)]
+pub struct DamagedIndex {
+    pub pack: String,
+    pub reason: String,
+    /// True when the index was rebuilt from the pack's own copy (nothing lost).
+    pub rebuilt: bool,
+}
+
 impl VerifyReport {
     pub fn found_damage(&self) -> bool {
-        !self.bad_chunks.is_empty() || !self.damaged_snapshots.is_empty()
+        !self.bad_chunks.is_empty() || !self.damaged_indexes.is_empty() || !self.damaged_snapshots.is_empty()
+    }
+}
+
+/// Rejects a sample share outside (0, 100] (and NaN): it would check nothing meaningful.
+pub fn check_sample_percent(percent: f64) -> Result<()> {
+    if percent > 0.0 && percent <= 100.0 {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!("sample share must be a percentage in (0, 100], not {percent}")))
     }
 }
 
 /// Checks the repository; `sample_percent` limits the pack check to a random share.
 pub async fn verify(repo: &Repository, sample_percent: Option<f64>, progress: Option<crate::writer::Progress>) -> Result<VerifyReport> {
-    repo.refresh_index().await?;
+    if let Some(pct) = sample_percent {
+        check_sample_percent(pct)?;
+    }
+    // What the stored indexes say, not what this host cached.
+    repo.load_index(Source::Store).await?;
     let mut report = VerifyReport::default();
     let known_damaged = repo.load_damaged().await?;
     let packs: Vec<PackName> =
@@ -63,14 +90,14 @@ pub async fn verify(repo: &Repository, sample_percent: Option<f64>, progress: Op
         None => packs.clone(),
     };
     report.packs_checked = chosen.len();
-    let results: Vec<Result<(u64, u64, Vec<BadChunk>)>> = futures::stream::iter(chosen)
+    let results: Vec<Result<PackCheck>> = futures::stream::iter(chosen)
         .map(|pack| {
             let present = present.contains(&pack);
             let progress = progress.clone();
             async move {
                 let r = check_pack(repo, &pack, present).await;
-                if let (Some(p), Ok((_, bytes, _))) = (&progress, &r) {
-                    p(*bytes);
+                if let (Some(p), Ok(check)) = (&progress, &r) {
+                    p(check.bytes);
                 }
                 r
             }
@@ -80,9 +107,10 @@ pub async fn verify(repo: &Repository, sample_percent: Option<f64>, progress: Op
         .await;
     let mut new_bad = Vec::new();
     for r in results {
-        let (chunks, bytes, bad) = r?;
+        let PackCheck { chunks, bytes, bad, damaged_index } = r?;
         report.chunks_checked += chunks;
         report.bytes_checked += bytes;
+        report.damaged_indexes.extend(damaged_index);
         for b in bad {
             let key = DamagedChunk { id: b.id, pack: b.pack.clone() };
             if known_damaged.contains(&key) {
@@ -112,29 +140,44 @@ fn random_below(percent: f64) -> bool {
     (u32::from_le_bytes(b) as f64 / u32::MAX as f64) * 100.0 < percent
 }
 
-/// Returns (chunks checked, bytes checked, bad chunks) of one pack.
-async fn check_pack(repo: &Repository, pack: &PackName, present: bool) -> Result<(u64, u64, Vec<BadChunk>)> {
-    let sealed_index = repo.fetch(&pack.index_object()).await?.unwrap_or_default();
+/// What checking one pack found.
+#[derive(Default)]
+struct PackCheck {
+    chunks: u64,
+    bytes: u64,
+    bad: Vec<BadChunk>,
+    damaged_index: Option<DamagedIndex>,
+}
+
+async fn check_pack(repo: &Repository, pack: &PackName, present: bool) -> Result<PackCheck> {
     let crypto = repo.crypto().clone();
-    let entries = {
-        let (c, p) = (crypto.clone(), pack.clone());
-        tokio::task::spawn_blocking(move || open_index(&c, &p, &sealed_index)).await?
-    };
-    let entries: Vec<PackEntry> = match entries {
+    let mut check = PackCheck::default();
+    let entries: Vec<PackEntry> = match repo.pack_entries_from(pack, Source::Store).await {
         Ok(e) => e,
-        // The index object is unreadable: rebuild it from the copy at the pack's tail.
-        Err(e) if e.is_damage() && present => rebuild_index(repo, pack).await.map_err(|_| e)?,
+        Err(e) if e.is_damage() => {
+            // The index object is unreadable: rebuild it from the copy at the pack's tail.
+            let rebuilt = match present {
+                true => match rebuild_index(repo, pack).await {
+                    Ok(entries) => Some(entries),
+                    Err(e) if e.is_damage() => None,
+                    Err(e) => return Err(e),
+                },
+                false => None,
+            };
+            check.damaged_index = Some(DamagedIndex { pack: pack.0.clone(), reason: e.to_string(), rebuilt: rebuilt.is_some() });
+            // Not rebuilt: its chunks stay out of the index, so the restore points using them are named.
+            let Some(entries) = rebuilt else { return Ok(check) };
+            entries
+        }
         Err(e) => return Err(e),
     };
+    check.chunks = entries.len() as u64;
     let bad_all = |reason: &str| -> Vec<BadChunk> {
         entries.iter().map(|e| BadChunk { id: e.id, pack: pack.0.clone(), reason: reason.to_string() }).collect()
     };
-    if !present {
-        return Ok((entries.len() as u64, 0, bad_all("pack file missing")));
-    }
-    let data = match repo.store().get(&pack.data_object()).await? {
-        Some(d) => d,
-        None => return Ok((entries.len() as u64, 0, bad_all("pack file missing"))),
+    let data = match present { true => repo.store().get(&pack.data_object()).await?, false => None };
+    let Some(data) = data else {
+        return Ok(PackCheck { bad: bad_all("pack file missing"), ..check });
     };
     let max = repo.max_chunk_len();
     let pack_name = pack.0.clone();
@@ -159,7 +202,7 @@ async fn check_pack(repo: &Repository, pack: &PackName, present: bool) -> Result
                 bad.push(BadChunk { id: e.id, pack: pack_name.clone(), reason });
             }
         }
-        Ok((entries.len() as u64, bytes, bad))
+        Ok(PackCheck { bytes, bad, ..check })
     })
     .await?
 }
@@ -177,7 +220,7 @@ async fn rebuild_index(repo: &Repository, pack: &PackName) -> Result<Vec<PackEnt
 
 /// Walks every restore point: a page or chunk that no good copy backs damages it.
 async fn check_snapshots(repo: &Repository, report: &mut VerifyReport) -> Result<()> {
-    let (good, bad) = repo.snapshots_checked().await?;
+    let (good, bad) = repo.snapshots_from(Source::Store).await?;
     for (id, e) in bad {
         report.damaged_snapshots.entry(id).or_default().push(format!("manifest unreadable: {e}"));
     }
