@@ -22,6 +22,7 @@
 
 mod cbt;
 pub mod client;
+mod datamodel;
 mod db;
 mod dump;
 mod error;

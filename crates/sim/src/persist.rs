@@ -61,7 +61,8 @@ pub fn load(dir: &Path) -> io::Result<(Db, CbtLogs)> {
         let class = canonical_class(&obj.class)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("unknown class {}", obj.class)))?;
         let fields: Record = obj.fields.into_iter().map(|(k, v)| (k, from_json(v))).collect();
-        db.restore(class, reference, fields);
+        // A state saved by an older simulator may lack fields or keep removed ones.
+        db.restore(class, reference, crate::datamodel::conform(class, fields));
     }
     db.set_last_event_id(saved.last_event);
     Ok((db, saved.cbt))

@@ -1,6 +1,7 @@
-//! Default records for each class, with the field names and value shapes xapi uses.
-//! Constructors fill what xapi fills on creation; callers override the rest.
+//! Records as xapi creates them: every field of the class at the datamodel's default
+//! (see [`crate::datamodel`]), then what xapi fills on creation; callers override the rest.
 
+use crate::datamodel;
 use crate::db::{empty_map, epoch_date, new_uuid, now_date, str_map, Record, NULL_REF};
 use xenvault_xapi_wire::Value;
 
@@ -8,23 +9,25 @@ fn empty_list() -> Value {
     Value::Array(Vec::new())
 }
 
-fn record(pairs: Vec<(&str, Value)>) -> Record {
-    pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+/// The defaults of `class` with a fresh uuid and `pairs` on top.
+fn record(class: &str, pairs: Vec<(&str, Value)>) -> Record {
+    let mut r = datamodel::defaults(class);
+    r.insert("uuid".to_owned(), Value::from(new_uuid()));
+    for (k, v) in pairs {
+        debug_assert!(r.contains_key(k), "{class}.{k} is not a field in xapi's datamodel");
+        r.insert(k.to_owned(), v);
+    }
+    r
 }
 
-fn with_name(name_label: &str, mut pairs: Vec<(&str, Value)>) -> Record {
-    pairs.extend([
-        ("uuid", Value::from(new_uuid())),
-        ("name_label", Value::from(name_label)),
-        ("name_description", Value::from("")),
-        ("other_config", empty_map()),
-        ("tags", empty_list()),
-    ]);
-    record(pairs)
+fn with_name(class: &str, name_label: &str, mut pairs: Vec<(&str, Value)>) -> Record {
+    pairs.push(("name_label", Value::from(name_label)));
+    record(class, pairs)
 }
 
 pub fn pool(master: &str, default_sr: &str) -> Record {
     with_name(
+        "pool",
         "",
         vec![
             ("master", master.into()),
@@ -53,6 +56,7 @@ pub fn pool(master: &str, default_sr: &str) -> Record {
 
 pub fn host(name: &str, address: &str, metrics: &str) -> Record {
     with_name(
+        "host",
         name,
         vec![
             ("hostname", name.into()),
@@ -96,10 +100,8 @@ pub fn host(name: &str, address: &str, metrics: &str) -> Record {
 }
 
 pub fn host_metrics(memory: i64) -> Record {
-    record(vec![
-        ("uuid", new_uuid().into()),
+    record("host_metrics", vec![
         ("memory_total", memory.into()),
-        ("memory_free", (memory / 2).into()),
         ("live", true.into()),
         ("last_updated", now_date()),
         ("other_config", empty_map()),
@@ -108,6 +110,7 @@ pub fn host_metrics(memory: i64) -> Record {
 
 pub fn sr(name: &str, sr_type: &str, shared: bool, size: i64) -> Record {
     with_name(
+        "SR",
         name,
         vec![
             ("type", sr_type.into()),
@@ -135,8 +138,7 @@ pub fn sr(name: &str, sr_type: &str, shared: bool, size: i64) -> Record {
 }
 
 pub fn pbd(host: &str, sr: &str) -> Record {
-    record(vec![
-        ("uuid", new_uuid().into()),
+    record("PBD", vec![
         ("host", host.into()),
         ("SR", sr.into()),
         ("device_config", empty_map()),
@@ -147,6 +149,7 @@ pub fn pbd(host: &str, sr: &str) -> Record {
 
 pub fn network(name: &str, bridge: &str, purpose: &[&str]) -> Record {
     with_name(
+        "network",
         name,
         vec![
             ("bridge", bridge.into()),
@@ -165,15 +168,13 @@ pub fn network(name: &str, bridge: &str, purpose: &[&str]) -> Record {
 }
 
 pub fn pif(host: &str, network: &str, device: &str, ip: &str, mac: &str, management: bool) -> Record {
-    record(vec![
-        ("uuid", new_uuid().into()),
+    record("PIF", vec![
         ("device", device.into()),
         ("network", network.into()),
         ("host", host.into()),
         ("MAC", mac.into()),
         ("MTU", 1500i64.into()),
         ("VLAN", (-1i64).into()),
-        ("metrics", NULL_REF.into()),
         ("physical", true.into()),
         ("currently_attached", true.into()),
         ("ip_configuration_mode", if ip.is_empty() { "None" } else { "Static" }.into()),
@@ -196,6 +197,7 @@ pub fn pif(host: &str, network: &str, device: &str, ip: &str, mac: &str, managem
 
 pub fn vm(name: &str, is_a_template: bool, metrics: &str, guest_metrics: &str) -> Record {
     with_name(
+        "VM",
         name,
         vec![
             ("allowed_operations", empty_list()),
@@ -261,7 +263,6 @@ pub fn vm(name: &str, is_a_template: bool, metrics: &str, guest_metrics: &str) -
             ("children", empty_list()),
             ("bios_strings", empty_map()),
             ("protection_policy", NULL_REF.into()),
-            ("is_snapshot_from_vmpp", false.into()),
             ("snapshot_schedule", NULL_REF.into()),
             ("is_vmss_snapshot", false.into()),
             ("appliance", NULL_REF.into()),
@@ -282,17 +283,14 @@ pub fn vm(name: &str, is_a_template: bool, metrics: &str, guest_metrics: &str) -
             ("pending_guidances", empty_list()),
             ("pending_guidances_recommended", empty_list()),
             ("pending_guidances_full", empty_list()),
-            ("groups", empty_list()),
         ],
     )
 }
 
 pub fn vm_metrics() -> Record {
-    record(vec![
-        ("uuid", new_uuid().into()),
+    record("VM_metrics", vec![
         ("memory_actual", 0i64.into()),
         ("VCPUs_number", 0i64.into()),
-        ("VCPUs_utilisation", empty_map()),
         ("VCPUs_CPU", empty_map()),
         ("VCPUs_params", empty_map()),
         ("VCPUs_flags", empty_map()),
@@ -311,13 +309,10 @@ pub fn vm_metrics() -> Record {
 /// Guest metrics as written by guest tools; `features` go into `other`
 /// (xapi reads `feature-quiesce` / `feature-snapshot` there).
 pub fn vm_guest_metrics(os_name: &str, distro: &str, features: &[(&str, &str)]) -> Record {
-    record(vec![
-        ("uuid", new_uuid().into()),
+    record("VM_guest_metrics", vec![
         ("os_version", str_map([("name", os_name), ("distro", distro)])),
         ("PV_drivers_version", str_map([("major", "8"), ("minor", "3"), ("micro", "0"), ("build", "1")])),
         ("PV_drivers_up_to_date", true.into()),
-        ("memory", empty_map()),
-        ("disks", empty_map()),
         ("networks", empty_map()),
         ("other", str_map(features.iter().copied())),
         ("last_updated", now_date()),
@@ -331,6 +326,7 @@ pub fn vm_guest_metrics(os_name: &str, distro: &str, features: &[(&str, &str)]) 
 
 pub fn vdi(name: &str, sr: &str, virtual_size: i64, vdi_type: &str) -> Record {
     let mut r = with_name(
+        "VDI",
         name,
         vec![
             ("allowed_operations", empty_list()),
@@ -367,27 +363,9 @@ pub fn vdi(name: &str, sr: &str, virtual_size: i64, vdi_type: &str) -> Record {
     r
 }
 
-/// Fields VBDs and VIFs share: attachment state, status, QoS.
-fn device(attached: bool, mut pairs: Vec<(&str, Value)>) -> Record {
-    pairs.extend([
-        ("uuid", Value::from(new_uuid())),
-        ("allowed_operations", empty_list()),
-        ("current_operations", empty_map()),
-        ("other_config", empty_map()),
-        ("currently_attached", attached.into()),
-        ("status_code", 0i64.into()),
-        ("status_detail", "".into()),
-        ("runtime_properties", empty_map()),
-        ("qos_algorithm_type", "".into()),
-        ("qos_algorithm_params", empty_map()),
-        ("qos_supported_algorithms", empty_list()),
-        ("metrics", NULL_REF.into()),
-    ]);
-    record(pairs)
-}
-
 pub fn vbd(vm: &str, vdi: &str, userdevice: &str, bootable: bool, attached: bool) -> Record {
-    device(attached, vec![
+    record("VBD", vec![
+        ("currently_attached", attached.into()),
         ("VM", vm.into()),
         ("VDI", vdi.into()),
         ("device", format!("xvd{}", device_letter(userdevice)).into()),
@@ -407,7 +385,8 @@ fn device_letter(userdevice: &str) -> char {
 }
 
 pub fn vif(vm: &str, network: &str, device_name: &str, mac: &str, attached: bool) -> Record {
-    device(attached, vec![
+    record("VIF", vec![
+        ("currently_attached", attached.into()),
         ("device", device_name.into()),
         ("network", network.into()),
         ("VM", vm.into()),
@@ -428,6 +407,7 @@ pub fn vif(vm: &str, network: &str, device_name: &str, mac: &str, attached: bool
 
 pub fn task(name: &str, host: &str) -> Record {
     with_name(
+        "task",
         name,
         vec![
             ("allowed_operations", Value::from(vec!["cancel"])),
@@ -448,8 +428,7 @@ pub fn task(name: &str, host: &str) -> Record {
 }
 
 pub fn session(host: &str, user: &str, originator: &str) -> Record {
-    record(vec![
-        ("uuid", new_uuid().into()),
+    record("session", vec![
         ("this_host", host.into()),
         ("this_user", NULL_REF.into()),
         ("last_active", now_date()),

@@ -87,6 +87,7 @@ pub fn seed(st: &mut State, addresses: [&str; 2], disks: &DemoDisks, state_dir: 
             r.insert("domid".into(), Value::Int(0));
         })?;
         vm::set_power(st, &dom0, "Running", host)?;
+        st.db.set("host", host, "control_domain", Value::from(dom0))?;
     }
 
     let blank = match disks {

@@ -3,32 +3,14 @@
 //! fields and add/remove for writable maps and sets.
 
 use super::{records_of, Args};
-use crate::db::{string_list, CLASSES, NULL_REF};
+use crate::db::{string_list, CLASSES};
 use crate::error::{ApiError, ApiResult};
-use crate::records;
 use crate::state::State;
 use xenvault_xapi_wire::Value;
 
 /// A record of `class` with every field, to know which getters exist.
 fn sample(class: &str) -> crate::db::Record {
-    match class {
-        "session" => records::session(NULL_REF, "", ""),
-        "pool" => records::pool(NULL_REF, NULL_REF),
-        "host" => records::host("", "", NULL_REF),
-        "host_metrics" => records::host_metrics(0),
-        "SR" => records::sr("", "", false, 0),
-        "PBD" => records::pbd(NULL_REF, NULL_REF),
-        "network" => records::network("", "", &[]),
-        "PIF" => records::pif(NULL_REF, NULL_REF, "", "", "", false),
-        "VM" => records::vm("", false, NULL_REF, NULL_REF),
-        "VM_metrics" => records::vm_metrics(),
-        "VM_guest_metrics" => records::vm_guest_metrics("", "", &[]),
-        "VBD" => records::vbd(NULL_REF, NULL_REF, "0", false, false),
-        "VDI" => records::vdi("", NULL_REF, 0, "user"),
-        "VIF" => records::vif(NULL_REF, NULL_REF, "0", "", false),
-        "task" => records::task("", NULL_REF),
-        _ => crate::db::Record::new(),
-    }
+    crate::datamodel::defaults(class)
 }
 
 /// Fields with a setter (xapi's read-write fields that a backup tool touches).
