@@ -25,6 +25,12 @@ pub enum Error {
     Protocol(String),
     #[error("{0}")]
     Hook(String),
+    /// Another backup of the VM holds its lock (see [`crate::vm_lock`]).
+    #[error("skipped: {0}")]
+    VmBusy(String),
+    /// The caller cancelled the job: the snapshot was removed, nothing committed.
+    #[error("cancelled: the snapshot was removed and nothing was committed")]
+    Cancelled,
 }
 
 impl Error {
@@ -48,7 +54,7 @@ impl Error {
     pub fn is_fatal(&self) -> bool {
         matches!(
             self,
-            Error::Repo(_) | Error::Config(_) | Error::NoSuchVm(_) | Error::AmbiguousVm(..) | Error::NoSuchHost(_) | Error::Hook(_)
+            Error::Repo(_) | Error::Config(_) | Error::NoSuchVm(_) | Error::AmbiguousVm(..) | Error::NoSuchHost(_) | Error::Hook(_) | Error::VmBusy(_) | Error::Cancelled
         )
     }
 }

@@ -16,6 +16,10 @@ pub const TAG_BASE: &str = "xenvault.base";
 pub const TAG_SNAPSHOT_VM: &str = "xenvault.snapshot_vm";
 /// The restore point made from the snapshot.
 pub const TAG_RESTORE_POINT: &str = "xenvault.restore_point";
+/// On the source VM, written before `VM.snapshot` and removed once the snapshot is
+/// tagged: the name of the snapshot being taken. A run killed in between leaves an
+/// untagged snapshot of that name, which the next run finds by it.
+pub const TAG_SNAPSHOT_INTENT: &str = "xenvault.snapshot_intent";
 
 pub fn is_ours(other_config: &BTreeMap<String, String>) -> bool {
     other_config.get(TAG_SNAPSHOT).is_some_and(|v| v == "1")

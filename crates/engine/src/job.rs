@@ -5,7 +5,8 @@
 use futures::StreamExt;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
 use crate::host::Host;
@@ -41,6 +42,12 @@ pub struct BackupOptions {
     pub disk_concurrency: usize,
     /// NBD connections per disk.
     pub nbd_connections: usize,
+    /// How long a VM's backup waits for another backup of the same VM to finish
+    /// before it is skipped (see [`crate::vm_lock`]).
+    pub vm_lock_wait: Duration,
+    /// Cancels the job: VMs not started are skipped, running transfers stop, their
+    /// snapshots are removed and nothing more is committed.
+    pub cancel: CancellationToken,
 }
 
 impl Default for BackupOptions {
@@ -58,6 +65,8 @@ impl Default for BackupOptions {
             vm_concurrency: 2,
             disk_concurrency: 2,
             nbd_connections: 4,
+            vm_lock_wait: Duration::from_secs(60),
+            cancel: CancellationToken::new(),
         }
     }
 }
@@ -126,7 +135,7 @@ async fn backup_vm(ctx: &Ctx<'_>, vm: &Vm) -> VmReport {
         warnings: Vec::new(),
         duration_secs: 0.0,
     };
-    if let Err(e) = run_vm(ctx, vm, &mut report).await {
+    if let Err(e) = locked_run_vm(ctx, vm, &mut report).await {
         report.status = Status::Failed;
         report.error = Some(e.to_string());
     }
@@ -141,12 +150,40 @@ struct DiskWork {
     snapshot: Vdi,
     base: Option<BaseDisk>,
     base_record: Option<xenvault_repo::DiskRecord>,
+    /// Ranges of the base the repository lost: read again, never inherited.
+    heal: Vec<std::ops::Range<u64>>,
+    /// Why the base is used only in part, or not at all (said in the disk's reason).
+    base_note: Option<String>,
     cbt_reenabled: bool,
+}
+
+/// Runs the VM's backup holding its lock, on a fresh record of the VM.
+async fn locked_run_vm(ctx: &Ctx<'_>, vm: &Vm, report: &mut VmReport) -> Result<(), Error> {
+    if ctx.options.cancel.is_cancelled() {
+        return Err(Error::Cancelled);
+    }
+    let lock = crate::vm_lock::acquire(ctx.host, vm, &ctx.job_id, ctx.options.vm_lock_wait).await?;
+    if let Some(holder) = &lock.took_over {
+        report.warnings.push(format!("took over the backup lock of a run that is gone: {holder}"));
+    }
+    let result = match ctx.host.vm(&vm.reference).await {
+        Ok(vm) => run_vm(ctx, &vm, report).await,
+        Err(e) => Err(e),
+    };
+    lock.release(ctx.host).await;
+    result
 }
 
 async fn run_vm(ctx: &Ctx<'_>, vm: &Vm, report: &mut VmReport) -> Result<(), Error> {
     let host = ctx.host;
     let options = ctx.options;
+
+    // A snapshot taken by a run killed before it could tag it.
+    let untagged = snapshot::left_by_intent(host, vm).await?;
+    if !untagged.is_empty() {
+        snapshot::remove_left_by_intent(host, vm, &untagged).await?;
+        report.cleaned_snapshots.extend(untagged.into_iter().map(|s| s.uuid));
+    }
 
     // What earlier runs left: the base to build on, and leftovers to remove.
     let cleanup = hygiene::sort_out(snapshot::ours(host, vm).await?, &ctx.job_id);
@@ -197,6 +234,9 @@ async fn run_vm(ctx: &Ctx<'_>, vm: &Vm, report: &mut VmReport) -> Result<(), Err
         vm,
         snapshot_uuid,
     };
+    if options.cancel.is_cancelled() {
+        return Err(Error::Cancelled);
+    }
     if let Some(cmd) = &options.pre_cmd {
         crate::hooks::run("pre", cmd, &hook_ctx(None)).await?;
     }
@@ -229,6 +269,14 @@ async fn run_vm(ctx: &Ctx<'_>, vm: &Vm, report: &mut VmReport) -> Result<(), Err
             snapshot::destroy(host, &taken.vm.reference).await;
             Err(e)
         }
+    }
+}
+
+/// `work`'s output, or None once `cancel` fires (`work` is dropped: its transfers stop).
+async fn unless_cancelled<T>(cancel: &CancellationToken, work: impl std::future::Future<Output = T>) -> Option<T> {
+    tokio::select! {
+        done = work => Some(done),
+        () = cancel.cancelled() => None,
     }
 }
 
@@ -286,12 +334,32 @@ async fn back_up_snapshot(
             .find(|(origin, _)| *origin == source.reference)
             .map(|(_, vdi)| vdi.clone())
             .ok_or_else(|| Error::Protocol(format!("the snapshot has no copy of VDI {}", source.uuid)))?;
-        let (base, base_record) = match base_point {
+        let (mut base, mut base_record) = match base_point {
             Some(point) => base_of(host, history, point, &source, base_snapshot).await?,
             None => (None, None),
         };
+        let (mut heal, mut base_note) = (Vec::new(), None);
+        if let (Some(record), Some(point)) = (&base_record, base_point) {
+            let damage = ctx.store.repository().base_damage(record).await?;
+            if !damage.lost_pages.is_empty() {
+                base_note = Some(format!(
+                    "restore point {} lost {} index page(s) of this disk: nothing of it is inherited",
+                    point.id,
+                    damage.lost_pages.len()
+                ));
+                (base, base_record) = (None, None);
+            } else if !damage.is_empty() {
+                base_note = Some(format!(
+                    "{} damaged or missing chunk range(s) of restore point {} ({} bytes) read again from the snapshot",
+                    damage.lost_chunks.len(),
+                    point.id,
+                    damage.bytes()
+                ));
+                heal = damage.ranges();
+            }
+        }
         let cbt_reenabled = cbt_turned_on.contains(&source.uuid);
-        work.push(DiskWork { vbd, source, snapshot, base, base_record, cbt_reenabled });
+        work.push(DiskWork { vbd, source, snapshot, base, base_record, heal, base_note, cbt_reenabled });
     }
     // Snapshot copies of excluded disks are dropped at once (as Xen Orchestra does for [NOBAK]).
     for (origin, vdi) in &snapshot_disks {
@@ -312,12 +380,14 @@ async fn back_up_snapshot(
     let mut failures: Vec<Vec<(Attempt, String)>> = vec![Vec::new(); work.len()];
     let (id, disk_reports) = loop {
         let point = ctx.store.start(vm, base_point.map(|p| p.id.as_str())).await?;
-        let results: Vec<Result<(DiskReport, xenvault_repo::DiskRecord), DiskError>> =
-            futures::stream::iter(work.iter().zip(failures.iter()))
-                .map(|(disk, failed)| back_up_disk(ctx, &point, vm, level, disk, failed))
-                .buffered(ctx.options.disk_concurrency.max(1))
-                .collect()
-                .await;
+        let transfers = futures::stream::iter(work.iter().zip(failures.iter()))
+            .map(|(disk, failed)| back_up_disk(ctx, &point, vm, level, disk, failed))
+            .buffered(ctx.options.disk_concurrency.max(1))
+            .collect::<Vec<Result<(DiskReport, xenvault_repo::DiskRecord), DiskError>>>();
+        let Some(results) = unless_cancelled(&ctx.options.cancel, transfers).await else {
+            point.abort().await;
+            return Err(Error::Cancelled);
+        };
         let mut retry = false;
         let mut reports = Vec::new();
         for (index, result) in results.into_iter().enumerate() {
@@ -386,12 +456,16 @@ async fn back_up_xva(
         tries += 1;
         let point = ctx.store.start(vm, None).await?;
         ctx.progress.start(&key, &format!("{} (XVA)", vm.name_label), total);
-        let result = async {
+        let result = unless_cancelled(&ctx.options.cancel, async {
             let body = ctx.host.export_vm(&snap.reference).await?;
             crate::xva::store(body, &point, &origin, &key, ctx.progress.as_ref()).await
-        }
+        })
         .await;
         ctx.progress.finish(&key);
+        let Some(result) = result else {
+            point.abort().await;
+            return Err(Error::Cancelled);
+        };
         let (stored, xva) = match result {
             Ok(done) => done,
             Err(e) => {
@@ -498,7 +572,7 @@ async fn back_up_disk(
         nbd_available: !nbd.is_empty(),
     };
     let plan = strategy::plan(&facts);
-    let mut notes = plan.notes.clone();
+    let mut notes: Vec<String> = disk.base_note.iter().cloned().chain(plan.notes.iter().cloned()).collect();
     let mut fallback_notes = plan.fallback_notes.clone();
     for (attempt, error) in failed {
         notes.push(format!("{} broke mid-transfer: {error}", attempt.strategy.label()));
@@ -511,6 +585,7 @@ async fn back_up_disk(
         snapshot: disk.snapshot.clone(),
         base_snapshot: disk.base.as_ref().and_then(|b| b.snapshot_vdi.clone()),
         base_record: disk.base_record.clone(),
+        heal: disk.heal.clone(),
         nbd,
         nbd_connections: ctx.options.nbd_connections,
     };

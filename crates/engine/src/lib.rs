@@ -16,6 +16,7 @@ pub mod snapshot;
 pub mod store;
 pub mod strategy;
 pub mod transfer;
+pub mod vm_lock;
 pub mod xva;
 
 pub use error::Error;

@@ -4,7 +4,7 @@ use xenvault_xapi_wire::Value;
 
 use crate::error::Error;
 use crate::host::Host;
-use crate::hygiene::{TAG_JOB, TAG_SNAPSHOT, TAG_SNAPSHOT_VM};
+use crate::hygiene::{TAG_JOB, TAG_SNAPSHOT, TAG_SNAPSHOT_INTENT, TAG_SNAPSHOT_VM};
 use crate::records::{self, Vm};
 
 /// A snapshot we made, and how.
@@ -17,9 +17,11 @@ pub struct Taken {
 }
 
 /// Snapshots `vm`, quiesced if asked and the guest supports it, else plain (and says
-/// so), then tags it as ours before anything else can fail.
+/// so), then tags it as ours before anything else can fail. The intent is on the VM
+/// before the call (see [`TAG_SNAPSHOT_INTENT`]) and goes once the tags are on.
 pub async fn take(host: &Host, vm: &Vm, job_id: &str, quiesce: bool) -> Result<Taken, Error> {
-    let name = format!("[xenvault] {} {}", vm.name_label, chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ"));
+    let name = format!("[xenvault] {} {}", vm.name_label, chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ"));
+    host.add_to_other_config("VM", &vm.reference, TAG_SNAPSHOT_INTENT, &name).await?;
     let args = || vec![Value::from(vm.reference.as_str()), Value::from(name.as_str())];
     let (reference, quiesced, note) = if quiesce {
         match host.call("VM.snapshot_with_quiesce", args()).await {
@@ -41,6 +43,7 @@ pub async fn take(host: &Host, vm: &Vm, job_id: &str, quiesce: bool) -> Result<T
     let tagged = async {
         host.add_to_other_config("VM", &reference, TAG_SNAPSHOT, "1").await?;
         host.add_to_other_config("VM", &reference, TAG_JOB, job_id).await?;
+        forget_intent(host, vm).await?;
         host.vm(&reference).await
     };
     match tagged.await {
@@ -114,6 +117,39 @@ pub async fn keep_cbt_metadata_only(host: &Host, snapshot: &Vm) -> Vec<String> {
         }
     }
     failures
+}
+
+async fn forget_intent(host: &Host, vm: &Vm) -> Result<(), Error> {
+    host.call("VM.remove_from_other_config", vec![Value::from(vm.reference.as_str()), Value::from(TAG_SNAPSHOT_INTENT)])
+        .await
+        .map(drop)
+}
+
+/// Untagged snapshots a killed run left between `VM.snapshot` and tagging: those of
+/// `vm` named as its recorded intent. Forgets the intent when nothing matches.
+pub async fn left_by_intent(host: &Host, vm: &Vm) -> Result<Vec<Vm>, Error> {
+    let Some(name) = vm.other_config.get(TAG_SNAPSHOT_INTENT) else { return Ok(Vec::new()) };
+    let mut list = Vec::new();
+    for reference in &vm.snapshots {
+        match host.vm(reference).await {
+            Ok(s) if &s.name_label == name && !crate::hygiene::is_ours(&s.other_config) => list.push(s),
+            Ok(_) => {}
+            Err(e) if e.xapi_code() == Some("HANDLE_INVALID") => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if list.is_empty() {
+        forget_intent(host, vm).await?;
+    }
+    Ok(list)
+}
+
+/// Removes what [`left_by_intent`] found, then the intent itself.
+pub async fn remove_left_by_intent(host: &Host, vm: &Vm, left: &[Vm]) -> Result<(), Error> {
+    for snapshot in left {
+        try_destroy(host, &snapshot.reference).await?;
+    }
+    forget_intent(host, vm).await
 }
 
 /// Our snapshots of `vm` (every one tagged by us, whatever its state).

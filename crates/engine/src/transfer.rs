@@ -36,6 +36,8 @@ pub struct DiskTarget {
     pub snapshot: Vdi,
     pub base_snapshot: Option<BaseSnapshotVdi>,
     pub base_record: Option<xenvault_repo::DiskRecord>,
+    /// Ranges the base lost (whole chunks): read from the snapshot whatever changed.
+    pub heal: Vec<std::ops::Range<u64>>,
     pub nbd: Vec<NbdInfo>,
     pub nbd_connections: usize,
 }
@@ -113,6 +115,7 @@ async fn try_once(
                 .map_err(|e| Failure::Unusable(format!("bad CBT bitmap: {e}")))?;
             let extents = cbt::extents(changed.changed_blocks(), CBT_BLOCK, size, u64::MAX);
             let changed_bytes: u64 = extents.iter().map(|e| e.length).sum();
+            let extents = with_heal(extents, &target.heal, size);
             let pool = crate::nbd_pool::connect(&target.nbd, target.nbd_connections).await.map_err(before_writing)?;
             let sink = point.disk_sink(&target.name, &target.vdi_uuid, size, Some(base_record)).await.map_err(while_writing)?;
             let read = nbd_extents(&pool, extents, &sink, key, progress).await.map_err(while_writing)?;
@@ -122,6 +125,9 @@ async fn try_once(
         }
         (Strategy::Vhd, _) => {
             let (base, base_record) = base()?;
+            if !target.heal.is_empty() {
+                return Err(Failure::Unusable("a VHD delta cannot re-read what the base restore point lost".into()));
+            }
             let body = host
                 .export_raw_vdi(&target.snapshot.reference, DiskFormat::Vhd, Some(&base.reference))
                 .await
@@ -156,6 +162,19 @@ async fn try_once(
             Ok(Outcome { record, bytes_read: read, bytes_changed: changed, granularity: point.chunk_size() })
         }
     }
+}
+
+/// The changed extents plus the ranges to heal, merged, in offset order.
+fn with_heal(extents: Vec<Extent>, heal: &[std::ops::Range<u64>], size: u64) -> Vec<Extent> {
+    if heal.is_empty() {
+        return extents;
+    }
+    let ranges: Vec<std::ops::Range<u64>> =
+        extents.iter().map(|e| e.offset..e.offset + e.length).chain(heal.iter().cloned()).collect();
+    xenvault_repo::writer::align_ranges(&ranges, 1, size)
+        .into_iter()
+        .map(|r| Extent { offset: r.start, length: r.end - r.start })
+        .collect()
 }
 
 /// Pieces read ahead of the sink (on top of the reader's own requests in flight).

@@ -379,3 +379,79 @@ async fn a_later_run_cleans_what_an_interrupted_run_left() {
     assert!(report.cleaned_snapshots.contains(&left.vm.uuid), "{:?}", report.cleaned_snapshots);
     env.assert_tidy().await;
 }
+
+/// Flips one byte of the stored copy of `id` (a chunk or an index page) in its pack.
+fn flip_stored(env: &Env, id: &xenvault_repo::crypto::ChunkId) {
+    let loc = env.store.repository().locate(id).expect("the chunk is stored");
+    let file = env._dir.path().join("repo").join(loc.pack.data_object());
+    let mut data = std::fs::read(&file).unwrap();
+    data[loc.offset as usize + 20] ^= 0x40;
+    std::fs::write(&file, data).unwrap();
+}
+
+/// The first non-zero chunk of disk `vdi` in a restore point.
+async fn first_chunk(env: &Env, report: &VmReport, vdi: &str) -> xenvault_repo::crypto::ChunkId {
+    let repo = env.store.repository();
+    let manifest = repo.snapshot(report.restore_point.as_deref().unwrap()).await.unwrap();
+    let disk = manifest.disks.iter().find(|d| d.uuid == vdi).unwrap();
+    let reader = xenvault_repo::DiskReader::new(repo, disk).await.unwrap();
+    for slot in 0..disk.slot_count() {
+        let id = reader.chunk_id(slot).await.unwrap();
+        if !id.is_zero() {
+            return id;
+        }
+    }
+    panic!("disk {vdi} is all zeros");
+}
+
+/// Runs verify (recording what it finds); the restore points it names as damaged.
+async fn verify_damaged(env: &Env) -> Vec<String> {
+    let report = xenvault_repo::verify::verify(env.store.repository(), None, None).await.unwrap();
+    report.damaged_snapshots.into_keys().collect()
+}
+
+#[tokio::test]
+async fn incrementals_after_recorded_damage_restore_exactly() {
+    // Small chunks and pages: a lost page is a small part of the disk.
+    let env = env_with(64 << 10, 64).await;
+    env.scribble("2", 10).await;
+    let first = env.backup(Level::Inc, Requested::Auto).await;
+    env.assert_restores_to(&first, &env.digests().await).await;
+    let vdis = env.vdis().await;
+
+    // A damaged data chunk, recorded by verify: the incremental reads it again.
+    flip_stored(&env, &first_chunk(&env, &first, &vdis[0]).await);
+    assert_eq!(verify_damaged(&env).await, [first.restore_point.clone().unwrap()]);
+    env.scribble("1", 11).await;
+    let healed = env.backup(Level::Inc, Requested::Auto).await;
+    env.assert_restores_to(&healed, &env.digests().await).await;
+    let disk = healed.disks.iter().find(|d| d.vdi_uuid == vdis[0]).unwrap();
+    assert_eq!(disk.strategy, Strategy::Cbt, "{}", disk.reason);
+    assert!(disk.reason.contains("read again from the snapshot"), "{}", disk.reason);
+    assert!(!verify_damaged(&env).await.contains(healed.restore_point.as_ref().unwrap()), "the new point is whole");
+
+    // A lost index page of the base: a full read (deduplicated), said in the reason.
+    let repo = env.store.repository();
+    let manifest = repo.snapshot(healed.restore_point.as_deref().unwrap()).await.unwrap();
+    let page = manifest.disks.iter().find(|d| d.uuid == vdis[0]).unwrap().pages.iter().find(|p| !p.is_zero()).copied().unwrap();
+    flip_stored(&env, &page);
+    assert!(verify_damaged(&env).await.contains(healed.restore_point.as_ref().unwrap()));
+    env.scribble("1", 12).await;
+    let fallback = env.backup(Level::Inc, Requested::Auto).await;
+    env.assert_restores_to(&fallback, &env.digests().await).await;
+    let disk = fallback.disks.iter().find(|d| d.vdi_uuid == vdis[0]).unwrap();
+    assert_eq!(disk.strategy, Strategy::FullRead, "{}", disk.reason);
+    assert!(disk.reason.contains("index page"), "{}", disk.reason);
+    assert!(disk.bytes_stored < disk.size / 2, "the full read stored {} of {}: no dedup", disk.bytes_stored, disk.size);
+
+    // And the chain goes on with CBT.
+    env.scribble("1", 13).await;
+    let next = env.backup(Level::Inc, Requested::Auto).await;
+    env.assert_restores_to(&next, &env.digests().await).await;
+    assert!(next.disks.iter().all(|d| d.strategy == Strategy::Cbt), "{:?}", next.disks);
+    let damaged = verify_damaged(&env).await;
+    for point in [&fallback, &next] {
+        assert!(!damaged.contains(point.restore_point.as_ref().unwrap()), "{damaged:?}");
+    }
+    env.assert_tidy().await;
+}

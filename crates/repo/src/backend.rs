@@ -4,6 +4,7 @@
 //! Paths are relative and `/`-separated (`packs/ab/ab12…`). Every write publishes a whole
 //! object or nothing: object stores are atomic per object, and on a file system we write to
 //! a temporary file and rename it, so a crash never leaves a half-written object visible.
+//! On a file system objects are private to their owner: files 0600, directories 0700.
 
 use std::ops::Range;
 use std::path::{Component, Path, PathBuf};
@@ -214,7 +215,8 @@ pub fn open(url: &str, opts: &BackendOptions) -> Result<Backend> {
                     .with_max_times(opts.retries)
                     .with_min_delay(Duration::from_millis(200))
                     .with_max_delay(Duration::from_secs(20))
-                    .with_jitter(),
+                    .with_jitter()
+                    .with_notify(log_retry),
             ),
     };
     Ok(Backend {
@@ -224,6 +226,18 @@ pub fn open(url: &str, opts: &BackendOptions) -> Result<Backend> {
         fs_root,
         s3,
     })
+}
+
+/// One line per retry: the default logger prints the error's Debug form, which carries a
+/// backtrace when RUST_BACKTRACE is set.
+fn log_retry(event: opendal::layers::RetryEvent<'_>) {
+    tracing::warn!(
+        "{} failed, retry {} in {:.1}s: {}",
+        event.op,
+        event.attempt,
+        event.retry_after.as_secs_f64(),
+        event.err.to_string().replace('\n', " ")
+    );
 }
 
 /// `bucket/some/prefix` → (`bucket`, `some/prefix`).
@@ -322,6 +336,9 @@ impl Backend {
     /// Stores `data` at `path`, replacing any previous object; readers see the old object
     /// or the new one, never a part.
     pub async fn put(&self, path: &str, data: Bytes) -> Result<()> {
+        if self.fs_root.is_some() {
+            return self.fs_write(path, data, FsWrite::Replace).await.map(drop);
+        }
         self.op
             .write(path, data)
             .await
@@ -333,23 +350,32 @@ impl Backend {
     /// Atomic on every backend (S3 `If-None-Match: *`, Azure conditional put, a hard link
     /// on a file system), so it can arbitrate between concurrent writers.
     pub async fn put_if_absent(&self, path: &str, data: Bytes) -> Result<bool> {
-        if let Some(root) = &self.fs_root {
-            let (root, owned_path) = (root.clone(), path.to_string());
-            let created = tokio::task::spawn_blocking(move || fs_put_if_absent(&root, &owned_path, &data))
-                .await
-                .map_err(|e| BackendError::Other {
-                    location: self.location.clone(),
-                    operation: "put_if_absent",
-                    path: path.to_string(),
-                    source: Box::new(opendal::Error::new(ErrorKind::Unexpected, e.to_string())),
-                })?;
-            return created.map_err(|e| self.err("put_if_absent", path, io_error(e)));
+        if self.fs_root.is_some() {
+            return self.fs_write(path, data, FsWrite::IfAbsent).await;
         }
         match self.op.write_with(path, data).if_not_exists(true).await {
             Ok(_) => Ok(true),
             Err(e) if matches!(e.kind(), ErrorKind::ConditionNotMatch | ErrorKind::AlreadyExists) => Ok(false),
             Err(e) => Err(self.err("put_if_absent", path, e)),
         }
+    }
+
+    /// Writes on a file system ourselves: OpenDAL creates files with the umask's mode.
+    async fn fs_write(&self, path: &str, data: Bytes, how: FsWrite) -> Result<bool> {
+        let operation = match how {
+            FsWrite::Replace => "put",
+            FsWrite::IfAbsent => "put_if_absent",
+        };
+        let (root, owned_path) = (self.fs_root.clone().unwrap_or_default(), path.to_string());
+        let written = tokio::task::spawn_blocking(move || fs_write(&root, &owned_path, &data, how))
+            .await
+            .map_err(|e| BackendError::Other {
+                location: self.location.clone(),
+                operation,
+                path: path.to_string(),
+                source: Box::new(opendal::Error::new(ErrorKind::Unexpected, e.to_string())),
+            })?;
+        written.map_err(|e| self.err(operation, path, io_error(e)))
     }
 
     pub async fn get(&self, path: &str) -> Result<Bytes> {
@@ -834,10 +860,26 @@ fn object_info(path: String, meta: &opendal::Metadata) -> ObjectInfo {
     }
 }
 
-/// Writes a temporary file, then hard-links it into place: `link` fails if the target
-/// exists, so exactly one of several concurrent writers wins, and the object appears whole.
-fn fs_put_if_absent(root: &Path, path: &str, data: &[u8]) -> std::io::Result<bool> {
+#[derive(Debug, Clone, Copy)]
+enum FsWrite {
+    /// Rename over any existing object.
+    Replace,
+    /// Hard-link into place: `link` fails if the target exists, so exactly one of several
+    /// concurrent writers wins.
+    IfAbsent,
+}
+
+/// Directories of a file-system repository (and the cache), created private (0700).
+pub(crate) fn create_private_dirs(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+}
+
+/// Writes a private (0600) temporary file, then moves it into place `how` says, so the
+/// object appears whole or not at all. Returns false when `IfAbsent` found an object.
+fn fs_write(root: &Path, path: &str, data: &[u8], how: FsWrite) -> std::io::Result<bool> {
     use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let relative = Path::new(path);
     if path.is_empty() || relative.components().any(|c| !matches!(c, Component::Normal(_))) {
         return Err(std::io::Error::new(
@@ -847,21 +889,25 @@ fn fs_put_if_absent(root: &Path, path: &str, data: &[u8]) -> std::io::Result<boo
     }
     let target = root.join(relative);
     if let Some(parent) = target.parent() {
-        std::fs::create_dir_all(parent)?;
+        create_private_dirs(parent)?;
     }
     let temp_dir = root.join(FS_TEMP_DIR);
-    std::fs::create_dir_all(&temp_dir)?;
+    create_private_dirs(&temp_dir)?;
     let temp = temp_dir.join(uuid::Uuid::new_v4().to_string());
     let result = (|| {
-        let mut file = std::fs::File::create_new(&temp)?;
+        let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&temp)?;
         file.write_all(data)?;
         file.sync_all()?;
-        match std::fs::hard_link(&temp, &target) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
-            Err(e) => Err(e),
+        match how {
+            FsWrite::Replace => std::fs::rename(&temp, &target).map(|()| true),
+            FsWrite::IfAbsent => match std::fs::hard_link(&temp, &target) {
+                Ok(()) => Ok(true),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+                Err(e) => Err(e),
+            },
         }
     })();
+    // After a rename the temporary name is gone already.
     let _ = std::fs::remove_file(&temp);
     result
 }

@@ -27,10 +27,18 @@ pub fn default_dir() -> Option<PathBuf> {
 }
 
 impl Cache {
-    /// Opens (creating) the cache of repository `repo_id` under `dir`.
+    /// Opens (creating) the cache of repository `repo_id` under `dir`. It holds only sealed
+    /// objects, yet stays private like the repository: directory 0700, database 0600
+    /// (SQLite gives its -wal and -shm files the database's mode).
     pub fn open(dir: &Path, repo_id: &str) -> Result<Self> {
-        std::fs::create_dir_all(dir)?;
-        let db = Connection::open(dir.join(format!("{repo_id}.sqlite")))?;
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        crate::backend::create_private_dirs(dir)?;
+        let path = dir.join(format!("{repo_id}.sqlite"));
+        let file = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(&path)?;
+        // A database made by an older version was 0644.
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        drop(file);
+        let db = Connection::open(&path)?;
         db.busy_timeout(std::time::Duration::from_secs(10))?;
         db.pragma_update(None, "journal_mode", "WAL")?;
         db.execute_batch("CREATE TABLE IF NOT EXISTS objects (name TEXT PRIMARY KEY, data BLOB NOT NULL)")?;
@@ -88,5 +96,16 @@ mod tests {
         assert!(c.get("snapshots/a").unwrap().is_none());
         assert!(c.get("snapshots/b").unwrap().is_some());
         assert!(c.get("index/c").unwrap().is_some());
+    }
+
+    #[test]
+    fn private_modes() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let cache_dir = dir.path().join("cache");
+        Cache::open(&cache_dir, "r1").unwrap().put("snapshots/a", b"1").unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&cache_dir), 0o700);
+        assert_eq!(mode(&cache_dir.join("r1.sqlite")), 0o600);
     }
 }

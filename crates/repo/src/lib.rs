@@ -6,6 +6,7 @@
 //! pages, so an incremental re-uses unchanged pages and every restore point stands alone.
 
 pub mod backend;
+pub mod base_damage;
 
 pub mod cache;
 pub mod copy;
@@ -32,8 +33,9 @@ pub use error::{Error, Result};
 pub use manifest::{DiskRecord, Manifest, SourceInfo};
 pub use reader::DiskReader;
 pub use repository::{InitOptions, Repository};
-pub use source::{BlockSource, RawFileSource, VhdFileSource, open_image};
+pub use source::{BlockSource, ImageFormat, RawFileSource, VhdFileSource, open_image};
 pub use backend::BackendOptions;
+pub use base_damage::BaseDamage;
 pub use keys::{Encryption, KdfParams, Secret};
 pub use writer::{BackupSession, DiskWriter, Progress, WriteStats};
 

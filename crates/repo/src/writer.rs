@@ -285,6 +285,8 @@ struct JobResult {
 
 struct OpenPage {
     ids: Vec<ChunkId>,
+    /// Slots written in this restore point; the others inherit `ids` from the base.
+    rewritten: Vec<bool>,
     pending: usize,
     written: usize,
 }
@@ -433,11 +435,15 @@ impl DiskWriter {
         let page = slot / self.page_slots;
         if !self.open_pages.contains_key(&page) {
             let ids = self.load_base_page(page).await?;
-            self.open_pages.insert(page, OpenPage { ids, pending: 0, written: 0 });
+            let rewritten = vec![false; ids.len()];
+            self.open_pages.insert(page, OpenPage { ids, rewritten, pending: 0, written: 0 });
         }
         if let Some(p) = self.open_pages.get_mut(&page) {
             p.pending += 1;
             p.written += 1;
+            if let Some(slot) = p.rewritten.get_mut((slot % self.page_slots) as usize) {
+                *slot = true;
+            }
         }
         while self.jobs.len() >= self.max_jobs {
             self.complete_one().await?;
@@ -505,13 +511,17 @@ impl DiskWriter {
             let inherited = self.base_pages.as_ref().and_then(|p| p.get(page as usize)).copied();
             let id = match self.open_pages.get(&page) {
                 None => {
-                    if inherited.is_some_and(|id| !id.is_zero()) {
+                    if let Some(id) = inherited.filter(|id| !id.is_zero()) {
+                        self.refuse_lost_base(id, first, "index page")?;
                         self.stats.chunks_inherited += count;
                     }
                     inherited.unwrap_or_default()
                 }
                 Some(p) if p.pending > 0 => return Ok(()),
                 Some(p) => {
+                    for (n, id) in p.ids.iter().enumerate().filter(|(n, id)| !id.is_zero() && p.rewritten.get(*n) == Some(&false)) {
+                        self.refuse_lost_base(*id, first + n as u64, "chunk")?;
+                    }
                     if inherited.is_some() {
                         self.stats.chunks_inherited += count - p.written as u64;
                     }
@@ -526,6 +536,17 @@ impl DiskWriter {
             self.next_page += 1;
         }
         Ok(())
+    }
+
+    /// An incremental never references what the repository lost (see `base_damage`).
+    fn refuse_lost_base(&self, id: ChunkId, slot: u64, what: &str) -> Result<()> {
+        if self.packer.known(&id) {
+            return Ok(());
+        }
+        Err(Error::corrupt(
+            format!("{what} {id} of the base of disk {} (at offset {})", self.name, slot * self.chunk_size),
+            "damaged or missing: it must be written again, not inherited",
+        ))
     }
 
     async fn store_page(&self, ids: &[ChunkId]) -> Result<ChunkId> {
