@@ -33,7 +33,7 @@ impl PackName {
     }
 
     /// Associated data the pack index is sealed with.
-    fn index_aad(&self) -> Vec<u8> {
+    pub fn index_aad(&self) -> Vec<u8> {
         format!("packindex/{}", self.0).into_bytes()
     }
 

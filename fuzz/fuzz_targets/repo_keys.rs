@@ -1,0 +1,4 @@
+//! See `xenvault_fuzzing::repo::keys`.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| xenvault_fuzzing::repo::keys(data));
