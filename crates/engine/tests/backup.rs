@@ -455,3 +455,99 @@ async fn incrementals_after_recorded_damage_restore_exactly() {
     }
     env.assert_tidy().await;
 }
+
+#[tokio::test]
+async fn one_backup_per_vm_at_a_time() {
+    use xenvault_engine::vm_lock::{self, Holder, LOCK_KEY};
+    let env = env().await;
+    // Two at once on one VM: the second waits for the first; both restore exactly.
+    let expected = env.digests().await;
+    let (a, b) = tokio::join!(env.backup(Level::Inc, Requested::Auto), env.backup(Level::Inc, Requested::Auto));
+    env.assert_restores_to(&a, &expected).await;
+    env.assert_restores_to(&b, &expected).await;
+    env.assert_tidy().await;
+
+    // A live holder and no waiting: skipped, naming the holder.
+    let vm = env.vm().await;
+    let held = vm_lock::acquire(&env.host, &vm, "other-job", std::time::Duration::ZERO).await.unwrap();
+    let mut no_wait = options(Level::Inc, Requested::Auto);
+    no_wait.vm_lock_wait = std::time::Duration::ZERO;
+    let skipped = env.backup_with(&no_wait).await;
+    assert!(matches!(skipped.status, Status::Failed));
+    let error = skipped.error.unwrap_or_default();
+    assert!(error.contains("skipped") && error.contains("other-job"), "{error}");
+    assert!(skipped.snapshot.is_none(), "no snapshot taken while another run holds the VM");
+    held.release(&env.host).await;
+
+    // A holder that died on this host (a kill -9): taken over, and released at the end.
+    let dead = Holder { host: xenvault_repo::lock::hostname(), pid: u32::MAX, job: "killed".into(), started: chrono::Utc::now() };
+    let value = serde_json::to_string(&dead).unwrap();
+    env.host.add_to_other_config("VM", &vm.reference, LOCK_KEY, &value).await.unwrap();
+    let report = env.backup_with(&no_wait).await;
+    env.assert_restores_to(&report, &expected).await;
+    assert!(report.warnings.iter().any(|w| w.contains("took over") && w.contains("killed")), "{:?}", report.warnings);
+    assert!(env.vm().await.other_config.get(LOCK_KEY).is_none(), "the lock is released");
+}
+
+#[tokio::test]
+async fn an_untagged_snapshot_of_a_killed_run_is_found_by_its_intent() {
+    use xenvault_engine::hygiene::TAG_SNAPSHOT_INTENT;
+    let env = env().await;
+    env.backup(Level::Full, Requested::Auto).await;
+    // Killed between VM.snapshot and tagging: the intent is on the VM, the snapshot untagged.
+    let vm = env.vm().await;
+    let name = format!("[xenvault] {VM} 2026-12-04T10:00:00.000Z");
+    env.host.add_to_other_config("VM", &vm.reference, TAG_SNAPSHOT_INTENT, &name).await.unwrap();
+    let leaked = env.host.call("VM.snapshot", vec![vm.reference.as_str().into(), name.as_str().into()]).await.unwrap();
+    let leaked = env.host.vm(leaked.as_str().unwrap()).await.unwrap();
+    // The user's own snapshot, even one with our name prefix, is not ours.
+    let user = env.host.call("VM.snapshot", vec![vm.reference.as_str().into(), "[xenvault] look-alike".into()]).await.unwrap();
+    let user = user.as_str().unwrap().to_owned();
+
+    env.scribble("1", 21).await;
+    let report = env.backup(Level::Inc, Requested::Auto).await;
+    env.assert_restores_to(&report, &env.digests().await).await;
+    assert!(report.cleaned_snapshots.contains(&leaked.uuid), "{:?}", report.cleaned_snapshots);
+    let vm = env.vm().await;
+    assert!(vm.other_config.get(TAG_SNAPSHOT_INTENT).is_none(), "the intent is cleared");
+    assert!(env.host.vm(&leaked.reference).await.is_err(), "the leaked snapshot is gone");
+    assert!(vm.snapshots.contains(&user), "the user's snapshot stays");
+    xenvault_engine::snapshot::destroy(&env.host, &user).await;
+    env.assert_tidy().await;
+}
+
+/// Cancels the job as soon as the first disk bytes arrive: a cancel mid-transfer.
+struct CancelOnFirstBytes(tokio_util::sync::CancellationToken);
+
+impl xenvault_engine::transfer::Progress for CancelOnFirstBytes {
+    fn start(&self, _: &str, _: &str, _: u64) {}
+    fn advance(&self, _: &str, _: u64) {
+        self.0.cancel();
+    }
+    fn finish(&self, _: &str) {}
+}
+
+#[tokio::test]
+async fn a_cancelled_backup_removes_its_snapshot_and_commits_nothing() {
+    let env = env().await;
+    env.backup(Level::Full, Requested::Auto).await;
+    let points = env.store.repository().snapshots().await.unwrap().len();
+    env.scribble("5", 22).await;
+    let mut options = options(Level::Inc, Requested::Auto);
+    let progress = Arc::new(CancelOnFirstBytes(options.cancel.clone()));
+    options.cancel = progress.0.clone();
+    let report = job::backup(&env.host, &env.store, &options, progress).await.unwrap();
+    let vm_report = &report.vms[0];
+    assert!(matches!(vm_report.status, Status::Failed));
+    assert!(vm_report.error.as_deref().unwrap_or_default().contains("cancelled"), "{:?}", vm_report.error);
+    assert_eq!(env.store.repository().snapshots().await.unwrap().len(), points, "nothing committed");
+    env.assert_tidy().await;
+    assert!(env.vm().await.other_config.get(xenvault_engine::vm_lock::LOCK_KEY).is_none());
+    let locks = std::fs::read_dir(env._dir.path().join("repo/locks")).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(locks, 0, "the repository lock is released");
+
+    // The chain goes on from the last committed point.
+    let report = env.backup(Level::Inc, Requested::Auto).await;
+    env.assert_restores_to(&report, &env.digests().await).await;
+    assert!(report.disks.iter().all(|d| d.strategy == Strategy::Cbt), "{:?}", report.disks);
+}
