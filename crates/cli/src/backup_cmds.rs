@@ -14,6 +14,7 @@ use xenvault_engine::report::{JobReport, Status};
 use xenvault_engine::selection::{SelectOptions, Selector};
 use xenvault_engine::strategy::{Level, Requested};
 use xenvault_engine::transfer::Progress;
+use tokio_util::sync::CancellationToken;
 
 use crate::exit::ExitKind;
 use xenvault_repo::backend::RetentionMode;
@@ -80,6 +81,10 @@ pub struct BackupArgs {
     /// NBD connections per disk.
     #[arg(long, default_value_t = 4)]
     pub nbd_connections: usize,
+    /// Seconds to wait for another backup of the same VM (any process, any node) to
+    /// finish before skipping the VM.
+    #[arg(long, default_value_t = 60)]
+    pub vm_lock_wait: u64,
     /// Make each new restore point immutable for N days (S3 buckets with object lock; as `xenvault lock`).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=36_500))]
     pub lock_days: Option<u32>,
@@ -129,13 +134,44 @@ impl BackupArgs {
             vm_concurrency: self.concurrency,
             disk_concurrency: self.disk_concurrency,
             nbd_connections: self.nbd_connections,
+            vm_lock_wait: std::time::Duration::from_secs(self.vm_lock_wait),
+            cancel: CancellationToken::new(),
         })
     }
+}
+
+/// Exit code of a run stopped by SIGINT or SIGTERM (128 + SIGINT, as shells say).
+const INTERRUPTED: u8 = 130;
+
+/// Cancels `token` at the first SIGINT or SIGTERM, saying what is being cleaned up; a
+/// second one ends the process at once.
+fn cancel_on_signals(token: CancellationToken) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt()).context("catching SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("catching SIGTERM")?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+        eprintln!(
+            "interrupted: stopping the transfers, removing this run's snapshots, releasing the VM and repository locks; nothing more is committed (interrupt again to quit at once)"
+        );
+        token.cancel();
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+        eprintln!("forced exit: the next backup removes what this one left");
+        std::process::exit(i32::from(INTERRUPTED));
+    });
+    Ok(())
 }
 
 pub async fn run(command: Commands) -> anyhow::Result<ExitCode> {
     let Commands::Backup(args) = command;
     let options = args.options()?;
+    cancel_on_signals(options.cancel.clone())?;
     let login = args.config.store()?.login(&args.pool)?;
     let repo = args.repo.open().await?;
     if args.lock_days.is_some() {
@@ -166,6 +202,10 @@ pub async fn run(command: Commands) -> anyhow::Result<ExitCode> {
     let code = print_report(&report, locked, args.json)?;
     match lock {
         Some(Err(e)) => Err(e),
+        _ if options.cancel.is_cancelled() => {
+            eprintln!("interrupted: cleaned up; restore points committed before the interruption are listed above");
+            Ok(ExitCode::from(INTERRUPTED))
+        }
         _ => Ok(code),
     }
 }

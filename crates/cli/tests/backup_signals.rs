@@ -1,0 +1,133 @@
+//! `xenvault backup` interrupted by SIGINT mid-transfer, against a standalone simulator
+//! slowed by its bandwidth fault: exit 130, no snapshot of ours left on the pool, no VM
+//! lock, no live repository lock, nothing committed.
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use xenvault_sim::client::SimClient;
+use xenvault_xapi_wire::Value;
+
+const VM: &str = "debian-web";
+const PASSPHRASE: &str = "signals";
+
+/// The standalone simulator, killed on drop.
+struct Sim {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn xenvault(dir: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_xenvault"));
+    command
+        .env("XENVAULT_PASSPHRASE", PASSPHRASE)
+        .env("XENVAULT_CONFIG", dir.join("config.toml"))
+        .env("XENVAULT_CACHE_DIR", dir.join("cache"));
+    command
+}
+
+fn ok(out: Output, what: &str) -> String {
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    assert!(out.status.success(), "{what}: exit {:?}\n{}\n{}", out.status.code(), text(&out.stdout), text(&out.stderr));
+    text(&out.stdout)
+}
+
+/// A simulator whose transfers run at `bandwidth` bytes/s, a registered pool, a repository.
+fn setup(name: &str, bandwidth: u64) -> (PathBuf, Sim, String) {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).unwrap().port();
+    let mut child = xenvault(&dir)
+        .args(["sim", "serve", "--listen", &format!("127.0.0.1:{port}"), "--nbd-port", "0", "--blank-disks-mib", "64"])
+        .args(["--bandwidth", &bandwidth.to_string()])
+        .arg("--state-dir")
+        .arg(dir.join("sim"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the simulator");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let url = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected {line:?}")).to_owned();
+    let sim = Sim { child, url };
+    let password = dir.join("pool.password");
+    std::fs::write(&password, xenvault_sim::DEFAULT_PASSWORD).unwrap();
+    ok(xenvault(&dir).args(["pool", "add", "sim", "--url", &sim.url, "--insecure", "--password-file"]).arg(&password).output().unwrap(), "pool add");
+    let repo = dir.join("repo").to_str().unwrap().to_owned();
+    ok(xenvault(&dir).args(["init", "--repo", &repo, "--kdf-memory-mib", "1", "--kdf-iterations", "1"]).output().unwrap(), "init");
+    (dir, sim, repo)
+}
+
+fn live_locks(repo: &str) -> usize {
+    std::fs::read_dir(Path::new(repo).join("locks")).map(|d| d.count()).unwrap_or(0)
+}
+
+/// Snapshots on the pool named as ours or tagged as ours, and the VM's backup lock.
+async fn leftovers(sim: &Sim) -> (Vec<String>, Option<String>) {
+    let client = SimClient::login(&sim.url, xenvault_sim::DEFAULT_PASSWORD).await.unwrap();
+    let all = client.call("VM.get_all_records", vec![]).await.unwrap();
+    let Value::Struct(records) = all else { panic!("VM.get_all_records: {all:?}") };
+    let mut snapshots = Vec::new();
+    let mut lock = None;
+    for record in records.values() {
+        let field = |name: &str| record.get(name).and_then(Value::as_str).unwrap_or_default().to_owned();
+        let other_config = record.get("other_config");
+        let tagged = other_config.and_then(|c| c.get("xenvault.snapshot")).is_some();
+        if record.get("is_a_snapshot").and_then(Value::as_bool) == Some(true) && (tagged || field("name_label").starts_with("[xenvault]")) {
+            snapshots.push(field("uuid"));
+        }
+        if field("name_label") == VM {
+            lock = other_config.and_then(|c| c.get("xenvault.backup_lock")).and_then(Value::as_str).map(str::to_owned);
+        }
+    }
+    (snapshots, lock)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_mid_transfer_cleans_up_and_exits_130() {
+    // 2 × 64 MiB at 4 MiB/s: the transfer lasts about half a minute.
+    let (dir, sim, repo) = setup("backup-sigint", 4 << 20);
+    let mut backup = xenvault(&dir)
+        .args(["backup", "--pool", "sim", "--vm", VM, "--repo", &repo, "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The repository lock appears when the restore point starts: the transfer is next.
+    let started = Instant::now();
+    while live_locks(&repo) == 0 {
+        assert!(backup.try_wait().unwrap().is_none(), "the backup ended before its transfer began");
+        assert!(started.elapsed() < Duration::from_secs(120), "the backup never started its transfer");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (during, _) = leftovers(&sim).await;
+    assert_eq!(during.len(), 1, "the running backup's snapshot: {during:?}");
+    let status = Command::new("kill").args(["-INT", &backup.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let out = backup.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "stderr: {stderr}");
+    assert!(stderr.contains("interrupted") && stderr.contains("snapshot"), "says what it cleans: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the JSON report");
+    assert!(report["vms"][0]["error"].as_str().unwrap_or_default().contains("cancelled"), "{report}");
+
+    let (snapshots, lock) = leftovers(&sim).await;
+    assert!(snapshots.is_empty(), "snapshots left: {snapshots:?}");
+    assert_eq!(lock, None, "the VM's backup lock is released");
+    assert_eq!(live_locks(&repo), 0, "the repository lock is released");
+    let listed = ok(xenvault(&dir).args(["snapshots", "--repo", &repo, "--json"]).output().unwrap(), "snapshots");
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(listed.as_array().map(Vec::len), Some(0), "nothing committed: {listed}");
+}
