@@ -1,14 +1,26 @@
-//! The fields of every XenAPI class and the value xapi gives each on creation, from
-//! `datamodel/fields.tsv`: a table that `datamodel/generate.py` derives from xapi's
-//! `doc/data/xenapi.json` (xapi-project/xen-api e2ee48d). Records hold exactly these
+//! The fields of every XenAPI class with the value xapi gives each on creation, and
+//! the calls xapi has, from `datamodel/fields.tsv` and `datamodel/messages.tsv`: tables
+//! that `datamodel/generate.py` derives from xapi's `doc/data/xenapi.json`
+//! (xapi-project/xen-api e2ee48d, the file as of May 2024). Records hold exactly these
 //! fields, as xapi's do.
 
 use crate::db::{Record, NULL_REF};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
 use xenvault_xapi_wire::Value;
 
 const TABLE: &str = include_str!("../datamodel/fields.tsv");
+const MESSAGES: &str = include_str!("../datamodel/messages.tsv");
+
+/// Every `(class, call)` pair of the datamodel, in the table's order.
+pub fn messages() -> impl Iterator<Item = (&'static str, &'static str)> {
+    MESSAGES.lines().filter(|l| !l.starts_with('#')).filter_map(|l| l.split_once('\t'))
+}
+
+pub fn has_message(class: &str, name: &str) -> bool {
+    static SET: OnceLock<HashSet<(&'static str, &'static str)>> = OnceLock::new();
+    SET.get_or_init(|| messages().collect()).contains(&(class, name))
+}
 
 fn table() -> &'static HashMap<&'static str, Record> {
     static DEFAULTS: OnceLock<HashMap<&'static str, Record>> = OnceLock::new();

@@ -105,7 +105,7 @@ impl Simulator {
             plain_http: config.plain_http,
             quiesce_removed: config.quiesce_removed,
         };
-        let state = State { db, storage, cbt, faults: config.faults.clone(), dirty: fresh };
+        let state = State { db, storage, cbt, faults: config.faults.clone(), subscriptions: Default::default(), dirty: fresh };
         let sim = Sim::new(state, runtime);
         if fresh {
             let host_ip = if addr.ip().is_unspecified() { "127.0.0.1".to_owned() } else { addr.ip().to_string() };

@@ -6,6 +6,8 @@ use crate::db::Db;
 use crate::error::{ApiError, ApiResult};
 use crate::faults::Faults;
 use crate::storage::Storage;
+use crate::methods::event::Subscription;
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::Notify;
@@ -15,6 +17,8 @@ pub struct State {
     pub storage: Storage,
     pub cbt: CbtLogs,
     pub faults: Faults,
+    /// `event.register` subscriptions by session (forgotten on restart, like sessions).
+    pub subscriptions: HashMap<String, Subscription>,
     /// Set by changes worth persisting; cleared once saved.
     pub dirty: bool,
 }

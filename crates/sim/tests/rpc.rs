@@ -78,7 +78,25 @@ assert ev["events"] and all(e["class"] == "vm" for e in ev["events"]), ev["event
 s.xenapi.VM.set_name_description(vm, "changed")
 ev2 = getattr(s.xenapi.event, "from")(["vm"], ev["token"], 1.0)
 assert [e["ref"] for e in ev2["events"]] == [vm] and ev2["events"][0]["operation"] == "mod", ev2
-assert "VM.snapshot" in s.xenapi.system.listMethods()
+counts = ev2["valid_ref_counts"]
+assert counts["vm"] >= 4 and all(type(n) is int for n in counts.values()), counts  # int32: <i4>
+# Created and destroyed between two calls: xapi reports neither the add nor the del.
+t = s.xenapi.task.create("short-lived", "")
+s.xenapi.task.destroy(t)
+ev3 = getattr(s.xenapi.event, "from")(["task"], ev2["token"], 0.0)
+assert t not in [e["ref"] for e in ev3["events"]], ev3["events"]
+# The deprecated but still used register/next/unregister and get_current_id.
+first = int(s.xenapi.event.get_current_id())
+s.xenapi.event.register(["vm"])
+s.xenapi.VM.set_name_description(vm, "changed again")
+nxt = s.xenapi.event.next()
+assert [(e["ref"], e["operation"]) for e in nxt] == [(vm, "mod")], nxt
+assert int(nxt[0]["id"]) > first and int(s.xenapi.event.get_current_id()) >= int(nxt[0]["id"])
+s.xenapi.event.unregister(["vm"])
+# Like xapi: a bare list (no status struct), synchronous names, only calls the class has.
+methods = s.system.listMethods()
+assert "VM.snapshot" in methods and "VM.get_all_records" in methods and "event.next" in methods, methods[:5]
+assert "session.get_all_records" not in methods and not [m for m in methods if m.startswith("Async.")]
 s.xenapi.session.logout()
 print("ok")
 "#;
@@ -102,6 +120,58 @@ async fn post(url: &str, body: &str) -> (u16, serde_json::Value) {
     let status = r.status().as_u16();
     let text = r.text().await.unwrap();
     (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
+}
+
+/// xapi's HTTP server picks handlers by the longest path prefix (Xen Orchestra posts
+/// XML-RPC to `/xmlrpc` and downloads from `/export/` and `/export_raw_vdi/`).
+#[tokio::test]
+async fn handlers_match_by_path_prefix_like_xapi() {
+    let setup = Setup::new().await;
+    let url = setup.sim.url.clone();
+    let login = r#"<?xml version="1.0"?><methodCall><methodName>session.login_with_password</methodName><params><param><value>root</value></param><param><value>xenvault</value></param></params></methodCall>"#;
+    for path in ["/", "/RPC2", "/json", "/xmlrpc"] {
+        let r = http().post(format!("{url}{path}")).body(login).send().await.unwrap();
+        assert_eq!(r.status(), 200, "POST {path}");
+        assert_eq!(r.headers()["content-type"], "text/xml", "POST {path}");
+        assert!(r.text().await.unwrap().contains("<value>Success</value>"), "POST {path}");
+    }
+    for path in ["/jsonrpc", "/json", "/"] {
+        let r = http()
+            .request(reqwest::Method::OPTIONS, format!("{url}{path}"))
+            .header("access-control-request-headers", "content-type")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "OPTIONS {path}");
+        assert_eq!(r.headers()["access-control-allow-origin"], "*");
+        assert_eq!(r.headers()["access-control-allow-headers"], "content-type, X-Requested-With");
+        assert_eq!(r.headers()["access-control-allow-methods"], "PUT");
+    }
+    assert_eq!(get(&format!("{url}/no_such_handler")).await.status(), 403);
+
+    let sid = &setup.sid;
+    let want = sha256(&setup.c, &setup.vdi).await;
+    for path in ["/export_raw_vdi", "/export_raw_vdi/", "/export_raw_vdi/disk.raw"] {
+        let r = get(&format!("{url}{path}?session_id={sid}&vdi={}&format=raw", setup.vdi)).await;
+        assert_eq!(r.status(), 200, "GET {path}");
+        let body = r.bytes().await.unwrap();
+        let got = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&body));
+        assert_eq!(got, want, "GET {path}");
+    }
+    let raw = setup.path("disk.raw");
+    download(&format!("{url}/export_raw_vdi/?session_id={sid}&vdi={}&format=raw", setup.vdi), &raw).await;
+    let sr = s(&setup.c.call("VDI.get_SR", vec![setup.vdi.clone().into()]).await.unwrap());
+    let r = upload(&format!("{url}/import_raw_vdi/?session_id={sid}&sr_id={sr}&format=raw"), &raw).await;
+    assert_eq!(r.status(), 200, "PUT /import_raw_vdi/");
+
+    let snap = s(&setup.c.call("VM.snapshot", vec![setup.vm.clone().into(), "prefix".into()]).await.unwrap());
+    let xva = setup.path("vm.xva");
+    for path in ["/export", "/export/", "/export/vm.xva"] {
+        download(&format!("{url}{path}?session_id={sid}&ref={snap}"), &xva).await;
+        let r = upload(&format!("{url}/import/?session_id={sid}&sr_id={sr}"), &xva).await;
+        assert_eq!(r.status(), 200, "PUT /import/ of GET {path}");
+    }
+    setup.sim.stop().await;
 }
 
 #[tokio::test]

@@ -24,31 +24,78 @@ pub type Params = HashMap<String, String>;
 /// Largest RPC body accepted (a `sim.write` carries base64 data).
 const RPC_BODY_LIMIT: usize = 512 << 20;
 
+/// xapi picks a handler by method and the longest prefix of the path, so `/export/`,
+/// `/export_raw_vdi/x` and `POST /xmlrpc` (Xen Orchestra's XML-RPC fallback) all work;
+/// a path no handler claims gets 403. Each prefix here is served with and without a
+/// trailing part.
 pub fn router(sim: SharedSim) -> Router {
-    Router::new()
-        .route("/", post(xmlrpc))
-        // xmlrpc.client (the Python SDK) posts to /RPC2; xapi answers there too.
-        .route("/RPC2", post(xmlrpc))
-        .route("/jsonrpc", post(jsonrpc))
-        .route("/export_raw_vdi", get(raw::export))
-        .route("/import_raw_vdi", put(raw::import))
-        .route("/export", get(xva::export))
-        .route("/import", put(xva::import))
-        .route("/pool/xmldbdump", get(xmldbdump))
+    let prefixed = |router: Router<SharedSim>, prefix: &str, route: axum::routing::MethodRouter<SharedSim>| {
+        // Other methods on these paths fall back to what `/` answers, as in xapi.
+        let route = route.fallback(fallback);
+        router
+            .route(prefix, route.clone())
+            .route(&format!("{prefix}/"), route.clone())
+            .route(&format!("{prefix}/{{*rest}}"), route)
+    };
+    let mut router = Router::new();
+    for (prefix, route) in [
+        ("/jsonrpc", post(jsonrpc)),
+        ("/export_raw_vdi", get(raw::export)),
+        ("/import_raw_vdi", put(raw::import)),
+        ("/export", get(xva::export)),
+        ("/import", put(xva::import)),
+        ("/pool/xmldbdump", get(xmldbdump)),
+    ] {
+        router = prefixed(router, prefix, route);
+    }
+    router
+        .fallback(fallback)
         .layer(DefaultBodyLimit::max(RPC_BODY_LIMIT))
         .with_state(sim)
 }
 
+/// What xapi's `/` prefix answers: XML-RPC for any POST (`/`, `/RPC2`, `/json`,
+/// `/xmlrpc`...), the CORS preflight for OPTIONS, 403 for anything else.
+async fn fallback(State(sim): State<SharedSim>, method: axum::http::Method, headers: HeaderMap, body: Bytes) -> Response {
+    match method {
+        axum::http::Method::POST => xmlrpc(State(sim), body).await,
+        axum::http::Method::OPTIONS => {
+            let asked = headers.get("access-control-request-headers").and_then(|v| v.to_str().ok());
+            let allow = asked.map_or("X-Requested-With".to_owned(), |h| format!("{h}, X-Requested-With"));
+            let mut h = cors_headers();
+            if let Ok(v) = HeaderValue::from_str(&allow) {
+                h.insert("access-control-allow-headers", v);
+            }
+            h.insert("access-control-allow-methods", HeaderValue::from_static("PUT"));
+            (StatusCode::OK, h).into_response()
+        }
+        _ => (
+            StatusCode::FORBIDDEN,
+            [(header::CONTENT_TYPE, "text/html")],
+            "<html><body><h1>HTTP 403 forbidden</h1>Access to the requested resource is forbidden.</body></html>",
+        )
+            .into_response(),
+    }
+}
+
+/// The headers xapi puts on every RPC answer.
+fn cors_headers() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert("access-control-allow-origin", HeaderValue::from_static("*"));
+    h.insert("access-control-allow-headers", HeaderValue::from_static("X-Requested-With"));
+    h
+}
+
 async fn xmlrpc(State(sim): State<SharedSim>, body: Bytes) -> Response {
     match crate::wire::xmlrpc_call(&sim, &body).await {
-        Some(xml) => ([(header::CONTENT_TYPE, "text/xml")], xml).into_response(),
+        Some(xml) => (cors_headers(), [(header::CONTENT_TYPE, "text/xml")], xml).into_response(),
         None => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     }
 }
 
 async fn jsonrpc(State(sim): State<SharedSim>, body: Bytes) -> Response {
     match crate::wire::jsonrpc_call(&sim, &body).await {
-        Some(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
+        Some(json) => (cors_headers(), [(header::CONTENT_TYPE, "application/json")], json).into_response(),
         None => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     }
 }

@@ -13,6 +13,25 @@ use xenvault_xapi_wire::Value;
 pub async fn call(sim: &SharedSim, name: &str, args: &Args<'_>) -> ApiResult<Value> {
     match name {
         "from" => from(sim, args).await,
+        "register" | "unregister" => {
+            args.expect(2)?;
+            let session = args.str(0)?.to_owned();
+            let classes = crate::db::string_list(args.value(1)?);
+            let mut st = sim.lock();
+            let last = st.db.last_event_id();
+            let sub = st.subscriptions.entry(session).or_insert_with(|| Subscription { classes: Vec::new(), last_id: last });
+            if name == "register" {
+                sub.classes.extend(classes);
+            } else {
+                sub.classes.retain(|c| !classes.contains(c));
+            }
+            Ok(Value::from(""))
+        }
+        "next" => next(sim, args).await,
+        "get_current_id" => {
+            args.expect(1)?;
+            Ok(Value::Int(sim.lock().db.last_event_id() as i64))
+        }
         "inject" => {
             args.expect(3)?;
             let (class, reference) = (args.str(1)?, args.str(2)?);
@@ -73,6 +92,48 @@ async fn from(sim: &SharedSim, args: &Args<'_>) -> ApiResult<Value> {
     }
 }
 
+/// What `event.register` asked for, per session, and how far `event.next` has read.
+#[derive(Debug)]
+pub struct Subscription {
+    classes: Vec<String>,
+    last_id: u64,
+}
+
+/// `event.next`: every matching event since the last call (not merged per object, as
+/// in xapi), waiting for one; `SESSION_NOT_REGISTERED` without `event.register`.
+async fn next(sim: &SharedSim, args: &Args<'_>) -> ApiResult<Value> {
+    args.expect(1)?;
+    let session = args.str(0)?;
+    loop {
+        let notified = sim.changed.notified();
+        {
+            let mut st = sim.lock();
+            if !st.db.exists("session", session) {
+                return Err(ApiError::session_invalid(session));
+            }
+            let last = st.db.last_event_id();
+            let Some(sub) = st.subscriptions.get_mut(session) else {
+                return Err(ApiError::new("SESSION_NOT_REGISTERED", [session]));
+            };
+            let since = std::mem::replace(&mut sub.last_id, last);
+            let classes = sub.classes.clone();
+            let log = st.db.events_since(since).ok_or_else(|| ApiError::new("EVENTS_LOST", Vec::<String>::new()))?;
+            let events: Vec<Value> = log
+                .iter()
+                .filter(|e| matches(&classes, e.class, &e.reference))
+                .map(|e| {
+                    let snapshot = st.db.object(&e.reference).map(|o| &o.fields).filter(|_| e.operation != "del");
+                    event(e.id, e.class, e.operation, &e.reference, snapshot)
+                })
+                .collect();
+            if !events.is_empty() {
+                return Ok(Value::Array(events));
+            }
+        }
+        notified.await;
+    }
+}
+
 fn collect(st: &State, subs: &[String], since: Option<u64>) -> ApiResult<Value> {
     let mut events = Vec::new();
     let last = st.db.last_event_id();
@@ -101,6 +162,8 @@ fn collect(st: &State, subs: &[String], since: Option<u64>) -> ApiResult<Value> 
                 let Some(&(id, class, added)) = latest.get(r) else { continue };
                 match st.db.object(r) {
                     Some(o) => events.push(event(id, class, if added { "add" } else { "mod" }, r, Some(&o.fields))),
+                    // xapi reports a deletion only for objects the client could have seen.
+                    None if added => {}
                     None => events.push(event(id, class, "del", r, None)),
                 }
             }

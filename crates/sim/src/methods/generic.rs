@@ -3,7 +3,7 @@
 //! fields and add/remove for writable maps and sets.
 
 use super::{records_of, Args};
-use crate::db::{string_list, CLASSES};
+use crate::db::string_list;
 use crate::error::{ApiError, ApiResult};
 use crate::state::State;
 use xenvault_xapi_wire::Value;
@@ -98,32 +98,6 @@ fn parse<'a>(class: &str, name: &'a str) -> Option<Op<'a>> {
 
 pub fn handles(class: &str, name: &str) -> bool {
     parse(class, name).is_some()
-}
-
-pub fn method_names() -> Vec<String> {
-    let mut names = Vec::new();
-    for class in CLASSES {
-        let fields = sample(class);
-        let mut calls: Vec<String> =
-            ["get_all_records", "get_all", "get_by_uuid", "get_record"].iter().map(|s| s.to_string()).collect();
-        if fields.contains_key("name_label") {
-            calls.push("get_by_name_label".into());
-        }
-        for (f, v) in &fields {
-            calls.push(format!("get_{f}"));
-            if writable(class, f) {
-                calls.push(format!("set_{f}"));
-                match v {
-                    Value::Struct(_) => calls.extend([format!("add_to_{f}"), format!("remove_from_{f}")]),
-                    Value::Array(_) if f == "tags" => calls.extend(["add_tags".into(), "remove_tags".into()]),
-                    Value::Array(_) => calls.extend([format!("add_{f}"), format!("remove_{f}")]),
-                    _ => {}
-                }
-            }
-        }
-        names.extend(calls.into_iter().map(|c| format!("{class}.{c}")));
-    }
-    names
 }
 
 pub fn call(st: &mut State, class: &'static str, name: &str, args: &Args) -> ApiResult<Value> {

@@ -2,7 +2,7 @@
 //! per-class accessors, and the class-specific calls in submodules.
 
 pub mod devices;
-mod event;
+pub mod event;
 mod generic;
 pub mod session;
 mod sim;
@@ -89,27 +89,21 @@ pub async fn call(sim: &SharedSim, method: &str, params: Vec<Value>) -> ApiResul
     dispatch(sim, method, params).await
 }
 
-/// The names `system.listMethods` reports.
+/// The names `system.listMethods` reports: like xapi, the synchronous names of the
+/// datamodel's calls (no `Async.` ones); here only those the simulator answers.
 pub fn list_methods() -> Vec<String> {
-    let mut names = generic::method_names();
-    for (class, calls) in SPECIFIC {
-        for call in *calls {
-            names.push(format!("{class}.{call}"));
-            if !matches!(*class, "session" | "event" | "system") {
-                names.push(format!("Async.{class}.{call}"));
-            }
-        }
-    }
-    names.sort();
-    names.dedup();
-    names
+    let served = |class: &str| class == "event" || crate::db::CLASSES.contains(&class);
+    crate::datamodel::messages()
+        .filter(|(class, name)| served(class) && known(class, name))
+        .map(|(class, name)| format!("{class}.{name}"))
+        .collect()
 }
 
 /// The class-specific calls (the generic accessors come from the records).
 const SPECIFIC: &[(&str, &[&str])] = &[
     ("system", &["listMethods"]),
     ("session", &["login_with_password", "logout", "get_all_subject_identifiers"]),
-    ("event", &["from", "inject"]),
+    ("event", &["from", "inject", "register", "unregister", "next", "get_current_id"]),
     (
         "VM",
         &[
@@ -134,8 +128,10 @@ const SPECIFIC: &[(&str, &[&str])] = &[
     ),
 ];
 
+/// The simulator's own calls, and the generic ones xapi has for that class.
 fn known(class: &str, name: &str) -> bool {
-    SPECIFIC.iter().any(|(c, calls)| *c == class && calls.contains(&name)) || generic::handles(class, name)
+    SPECIFIC.iter().any(|(c, calls)| *c == class && calls.contains(&name))
+        || (generic::handles(class, name) && crate::datamodel::has_message(class, name))
 }
 
 async fn dispatch(sim: &SharedSim, method: &str, params: Vec<Value>) -> ApiResult<Value> {

@@ -37,6 +37,7 @@ fn logout(sim: &SharedSim, args: &Args) -> ApiResult<Value> {
     let session = check(sim, args)?;
     sim.with(|st| {
         st.db.remove(&session);
+        st.subscriptions.remove(&session);
         Ok(Value::from(""))
     })
 }
