@@ -433,6 +433,17 @@ impl Backend {
         self.op.delete(path).await.map_err(|e| self.err("delete", path, e))
     }
 
+    /// Removes temporary files of interrupted writes (a file system's `.tmp/`) older than
+    /// `age`; returns how many. Object stores have none.
+    pub async fn remove_temp_files(&self, age: Duration) -> Result<usize> {
+        let Some(dir) = self.fs_root.as_ref().map(|root| root.join(FS_TEMP_DIR)) else { return Ok(0) };
+        let unexpected = |e: String| self.err("remove_temp_files", FS_TEMP_DIR, opendal::Error::new(ErrorKind::Unexpected, e));
+        let removed = tokio::task::spawn_blocking(move || remove_old_files(&dir, age))
+            .await
+            .map_err(|e| unexpected(e.to_string()))?;
+        removed.map_err(|e| self.err("remove_temp_files", FS_TEMP_DIR, io_error(e)))
+    }
+
     /// Removes many objects with batched requests where the backend has them.
     pub async fn delete_many(&self, paths: Vec<String>) -> Result<()> {
         self.op
@@ -910,6 +921,29 @@ fn fs_write(root: &Path, path: &str, data: &[u8], how: FsWrite) -> std::io::Resu
     // After a rename the temporary name is gone already.
     let _ = std::fs::remove_file(&temp);
     result
+}
+
+/// Removes the files directly in `dir` last modified more than `age` ago.
+fn remove_old_files(dir: &Path, age: Duration) -> std::io::Result<usize> {
+    let entries = match std::fs::read_dir(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        other => other?,
+    };
+    let mut removed = 0;
+    for entry in entries {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        let old = meta.modified()?.elapsed().is_ok_and(|elapsed| elapsed >= age);
+        if !meta.is_file() || !old {
+            continue;
+        }
+        match std::fs::remove_file(entry.path()) {
+            Ok(()) => removed += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(removed)
 }
 
 fn io_error(e: std::io::Error) -> opendal::Error {

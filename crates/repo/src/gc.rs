@@ -1,17 +1,22 @@
-//! Garbage collection, safe while backups run.
+//! Garbage collection, safe while backups and copies run (docs/reliability.md has the
+//! argument in full).
 //!
-//! Two phases. Phase 1 *condemns* the packs no restore point references, in a generation
-//! object `gc/<id>` stamped with its time. A backup writes its lock before it reads the
-//! condemned lists and never deduplicates against a condemned pack, so a backup that
-//! started after a generation cannot come to depend on its packs. Phase 2 deletes a
-//! condemned pack only when it is still unreferenced and no live backup lock is older than
-//! its generation (plus a clock-skew margin): backups that might have picked one of its
-//! chunks before it was condemned have then either published (and the reference is seen)
-//! or died. Without running backups both phases happen in one run.
+//! A pass first *marks*: packs no restore point references are *condemned* in a
+//! generation object `gc/<id>`, stamped with a time at which it was already durable.
+//! Backups write their lock, then read the condemned lists, and never deduplicate against
+//! a condemned pack; so a backup that started after a generation's stamp (plus a clock-skew
+//! margin) cannot come to depend on its packs.
+//!
+//! Then it *sweeps*, in this order: (a) list the live locks; (b) only then read the
+//! restore points again; (c) delete a condemned pack only if no live backup lock in (a)
+//! started before its generation's stamp plus the margin, and no restore point in (b)
+//! references it. A backup commits its manifest before it removes its lock, so any backup
+//! missing from (a) that could have used the pack is visible in (b). A referenced pack is
+//! taken out of its generation again.
 
 use crate::crypto::ChunkId;
 use crate::error::{Error, Result};
-use crate::lock::{LockGuard, LockKind, live_locks};
+use crate::lock::{LockGuard, LockKind, live_locks, remove_stale_locks};
 use crate::pack::{DATA_PREFIX, INDEX_PREFIX, PackName};
 use crate::repository::{CONDEMNED_PREFIX, DAMAGED_PREFIX, DamagedChunk, Repository};
 use chrono::{DateTime, Duration, Utc};
@@ -21,11 +26,16 @@ use std::collections::{BTreeSet, HashSet};
 /// Clock skew tolerated between backup clients and the gc host.
 const SKEW_SECONDS: i64 = 60;
 const MAX_GENERATION_LEN: usize = 64 << 20;
+/// Temporary files of interrupted writes older than this are garbage (a live write of
+/// one pack takes seconds).
+const TEMP_FILE_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
 
-/// One gc generation: packs found unreferenced at `time`.
+/// One gc generation: packs found unreferenced.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Condemned {
-    pub time: DateTime<Utc>,
+    /// A moment at which this generation was durable; `None` until then (a generation
+    /// without a time is stamped by the next pass, which sees it stored).
+    pub time: Option<DateTime<Utc>>,
     pub packs: Vec<String>,
 }
 
@@ -37,36 +47,70 @@ pub struct GcReport {
     pub packs_deleted: usize,
     /// Condemned packs waiting for backups that started before their generation.
     pub packs_waiting: usize,
+    /// Condemned packs a restore point committed meanwhile references: kept.
+    pub packs_rescued: usize,
     pub chunks_referenced: usize,
     pub backups_running: usize,
+    /// Lock objects of dead or stuck runs removed.
+    pub stale_locks_removed: usize,
+    /// Temporary files of interrupted writes removed.
+    pub temp_files_removed: usize,
 }
 
-/// Collects the chunk ids every restore point references (pages and data chunks).
-async fn referenced_chunks(repo: &Repository) -> Result<HashSet<ChunkId>> {
-    let (good, bad) = repo.snapshots_checked().await?;
-    if let Some((id, e)) = bad.into_iter().next() {
-        return Err(Error::Invalid(format!(
-            "restore point {id} is unreadable ({e}); gc would not know what it references: forget it first"
-        )));
-    }
-    let mut refs = HashSet::new();
-    for m in &good {
-        for disk in &m.disks {
-            for page in disk.pages.iter().filter(|p| !p.is_zero()) {
-                if !refs.insert(*page) {
-                    continue; // a shared page: its chunks are already in
-                }
-                match repo.read_chunk(page).await {
-                    Ok(raw) => refs.extend(raw.chunks_exact(32).filter_map(ChunkId::from_slice)),
-                    // A lost page references nothing that could still be read.
-                    Err(e) if e.is_damage() => tracing::warn!("restore point {}: {e}", m.id),
-                    Err(e) => return Err(e),
+/// The chunk ids restore points reference (pages and data chunks).
+#[derive(Default)]
+struct References {
+    manifests: HashSet<String>,
+    chunks: HashSet<ChunkId>,
+}
+
+impl References {
+    /// Adds what the restore points stored now reference (those already seen are
+    /// immutable: only new ones are read). Restore points forgotten since stay in: a
+    /// superset only keeps more.
+    async fn update(&mut self, repo: &Repository) -> Result<()> {
+        let (good, bad) = repo.snapshots_checked().await?;
+        if let Some((id, e)) = bad.into_iter().next() {
+            return Err(Error::Invalid(format!(
+                "restore point {id} is unreadable ({e}); gc would not know what it references: forget it first"
+            )));
+        }
+        for m in good {
+            if !self.manifests.insert(m.id.clone()) {
+                continue;
+            }
+            for disk in &m.disks {
+                for page in disk.pages.iter().filter(|p| !p.is_zero()) {
+                    if !self.chunks.insert(*page) {
+                        continue; // a shared page: its chunks are already in
+                    }
+                    match repo.read_chunk(page).await {
+                        Ok(raw) => self.chunks.extend(raw.chunks_exact(32).filter_map(ChunkId::from_slice)),
+                        // A lost page references nothing that could still be read.
+                        Err(e) if e.is_damage() => tracing::warn!("restore point {}: {e}", m.id),
+                        Err(e) => return Err(e),
+                    }
                 }
             }
         }
+        self.chunks.remove(&ChunkId::ZERO);
+        Ok(())
     }
-    refs.remove(&ChunkId::ZERO);
-    Ok(refs)
+
+    /// True when the index's copy of a referenced chunk is in `pack` (a chunk stored
+    /// twice needs only the copy the index chose, live packs first).
+    async fn use_pack(&self, repo: &Repository, pack: &PackName, damaged: &HashSet<DamagedChunk>) -> Result<bool> {
+        match repo.pack_entries(pack).await {
+            Ok(entries) => Ok(entries.iter().any(|e| {
+                self.chunks.contains(&e.id)
+                    && !damaged.contains(&DamagedChunk { id: e.id, pack: pack.0.clone() })
+                    && repo.locate(&e.id).is_some_and(|l| l.pack == *pack)
+            })),
+            // No readable index: nothing can reference this pack's chunks.
+            Err(e) if e.is_damage() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
 }
 
 pub async fn gc(repo: &Repository) -> Result<GcReport> {
@@ -78,33 +122,31 @@ pub async fn gc(repo: &Repository) -> Result<GcReport> {
 
 async fn run(repo: &Repository, own: &LockGuard) -> Result<GcReport> {
     let mut report = GcReport::default();
-    let locks = live_locks(repo).await?;
-    if locks.iter().any(|(_, l)| l.kind == LockKind::Gc && l.started < own.record.started) {
+    // One gc at a time: the earliest lock (ties broken by name) goes on.
+    let first_gc = live_locks(repo)
+        .await?
+        .into_iter()
+        .filter(|(_, l)| l.kind == LockKind::Gc)
+        .map(|(name, l)| (l.started, name))
+        .min();
+    if first_gc.is_some_and(|(_, name)| name != own.name()) {
         return Err(Error::Locked("another gc is running".into()));
     }
-    repo.refresh_index().await?;
-    let referenced = referenced_chunks(repo).await?;
-    report.chunks_referenced = referenced.len();
-    let damaged = repo.load_damaged().await?;
+    report.stale_locks_removed = remove_stale_locks(repo).await?;
+    report.temp_files_removed = repo.store().remove_temp_files(TEMP_FILE_AGE).await?;
 
+    // Mark.
+    repo.refresh_index().await?;
+    let mut refs = References::default();
+    refs.update(repo).await?;
+    let damaged = repo.load_damaged().await?;
     let data: HashSet<PackName> =
         repo.store().list(DATA_PREFIX).await?.iter().filter_map(|(n, _)| PackName::from_object(n)).collect();
     let indexed: HashSet<PackName> =
         repo.store().list(INDEX_PREFIX).await?.iter().filter_map(|(n, _)| PackName::from_object(n)).collect();
     let mut unused = BTreeSet::new();
     for pack in data.union(&indexed) {
-        let used = match repo.pack_entries(pack).await {
-            // A chunk stored twice keeps only the copy the index chose (live packs first).
-            Ok(entries) => entries.iter().any(|e| {
-                referenced.contains(&e.id)
-                    && !damaged.contains(&DamagedChunk { id: e.id, pack: pack.0.clone() })
-                    && repo.locate(&e.id).is_some_and(|l| l.pack == *pack)
-            }),
-            // No readable index: nothing can reference this pack's chunks.
-            Err(e) if e.is_damage() => false,
-            Err(e) => return Err(e),
-        };
-        if used {
+        if refs.use_pack(repo, pack, &damaged).await? {
             report.packs_referenced += 1;
         } else {
             unused.insert(pack.clone());
@@ -112,7 +154,6 @@ async fn run(repo: &Repository, own: &LockGuard) -> Result<GcReport> {
     }
     report.packs_total = data.union(&indexed).count();
 
-    // Phase 1: a new generation for unused packs not condemned yet.
     let mut generations = Vec::new();
     for (name, _) in repo.store().list(CONDEMNED_PREFIX).await? {
         if let Some(g) = repo.get_json::<Condemned>(&name, MAX_GENERATION_LEN).await? {
@@ -123,27 +164,43 @@ async fn run(repo: &Repository, own: &LockGuard) -> Result<GcReport> {
     let fresh: Vec<String> = unused.iter().filter(|p| !already.contains(&p.0)).map(|p| p.0.clone()).collect();
     if !fresh.is_empty() {
         report.packs_condemned = fresh.len();
-        let g = Condemned { time: Utc::now(), packs: fresh };
         let name = format!("{CONDEMNED_PREFIX}{}", crate::crypto::random_hex(8)?);
+        let g = Condemned { time: None, packs: fresh };
         repo.put_json(&name, &g, true).await?;
         generations.push((name, g));
     }
+    let mut stamped = Vec::new();
+    for (name, mut g) in generations {
+        let time = match g.time {
+            Some(t) => t,
+            None => {
+                // Stored (written above or found in the listing): now is a time it was durable.
+                let now = Utc::now();
+                g.time = Some(now);
+                repo.put_json(&name, &g, true).await?;
+                now
+            }
+        };
+        stamped.push((name, time, g.packs));
+    }
 
-    // Phase 2: locks are listed after every generation is written.
+    // Sweep: (a) locks, then (b) restore points, then (c) delete.
     let backups: Vec<DateTime<Utc>> =
         live_locks(repo).await?.into_iter().filter(|(_, l)| l.kind == LockKind::Backup).map(|(_, l)| l.started).collect();
     report.backups_running = backups.len();
+    repo.refresh_index().await?; // packs of restore points committed since the mark
+    refs.update(repo).await?;
+    report.chunks_referenced = refs.chunks.len();
+    let damaged = repo.load_damaged().await?;
     let mut deleted = HashSet::new();
-    for (name, g) in generations {
-        let cutoff = g.time + Duration::seconds(SKEW_SECONDS);
-        let may_delete = backups.iter().all(|started| *started > cutoff);
+    for (name, time, packs) in stamped {
+        let may_delete = backups.iter().all(|started| *started > time + Duration::seconds(SKEW_SECONDS));
         let mut keep = Vec::new();
-        for p in g.packs {
-            let pack = PackName(p);
-            if !unused.contains(&pack) {
-                continue; // referenced again (by a backup that was running): forget the sentence
-            }
-            if may_delete {
+        for p in &packs {
+            let pack = PackName(p.clone());
+            if refs.use_pack(repo, &pack, &damaged).await? {
+                report.packs_rescued += 1;
+            } else if may_delete {
                 // The index goes first: nobody may find a chunk in a pack that is going away.
                 repo.delete(&pack.index_object()).await?;
                 repo.store().delete(&pack.data_object()).await?;
@@ -156,8 +213,8 @@ async fn run(repo: &Repository, own: &LockGuard) -> Result<GcReport> {
         }
         if keep.is_empty() {
             repo.store().delete(&name).await?;
-        } else {
-            repo.put_json(&name, &Condemned { time: g.time, packs: keep }, true).await?;
+        } else if keep.len() != packs.len() {
+            repo.put_json(&name, &Condemned { time: Some(time), packs: keep }, true).await?;
         }
     }
     forget_damage_records(repo, &deleted).await?;

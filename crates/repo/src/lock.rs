@@ -1,17 +1,28 @@
-//! Repository locks: a running backup or gc announces itself with `locks/<id>`, refreshed
-//! while it runs. Garbage collection uses them to never delete what a running backup may
-//! still reference (see `gc`). A lock whose owner died (same host, pid gone) or that was
-//! not refreshed for `STALE_AFTER` is ignored.
+//! Repository locks: a running backup (or copy) or gc announces itself with `locks/<id>`,
+//! refreshed while it runs. Garbage collection uses them to never delete what a running
+//! backup may still reference (see `gc` and docs/reliability.md). A lock whose owner died
+//! (same host, pid gone) or that was not refreshed for `STALE_AFTER_SECS` is ignored, and
+//! removed by [`remove_stale_locks`].
+//!
+//! Because a stale lock no longer protects anything, its owner must not publish: a lock
+//! that was removed, or whose last successful refresh is older than `SAFE_AGE`, is *lost*,
+//! and [`LockGuard::ensure_held`] (called right before a restore point is committed) fails.
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::repository::Repository;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 pub const LOCKS_PREFIX: &str = "locks/";
 const REFRESH_EVERY: Duration = Duration::from_secs(300);
+/// A failed refresh is retried this often until the lock is lost.
+const RETRY_REFRESH_EVERY: Duration = Duration::from_secs(15);
 const STALE_AFTER_SECS: i64 = 1800;
+/// How old the last successful refresh may be for the owner to still publish: half the
+/// stale time leaves room for clock skew and for the publishing write itself.
+const SAFE_AGE: Duration = Duration::from_secs(STALE_AFTER_SECS as u64 / 2);
 const MAX_LOCK_LEN: usize = 64 << 10;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,11 +57,19 @@ impl LockRecord {
     }
 }
 
+/// What the refresher knows about the lock.
+struct Health {
+    last_refresh: Instant,
+    /// Why the lock no longer protects this run, once it does not.
+    lost: Option<String>,
+}
+
 /// Held while a backup or gc runs; `release` removes it.
 pub struct LockGuard {
     repo: Repository,
     name: String,
     pub record: LockRecord,
+    health: Arc<Mutex<Health>>,
     refresher: tokio::task::JoinHandle<()>,
 }
 
@@ -59,26 +78,80 @@ impl LockGuard {
         let now = Utc::now();
         let record = LockRecord { kind, host: hostname(), pid: std::process::id(), started: now, refreshed: now };
         let name = format!("{LOCKS_PREFIX}{}", crate::crypto::random_hex(8)?);
+        let written = Instant::now();
         repo.put_json(&name, &record, false).await?;
+        let health = Arc::new(Mutex::new(Health { last_refresh: written, lost: None }));
         let refresher = {
-            let (repo, name, mut record) = (repo.clone(), name.clone(), record.clone());
+            let (repo, name, record, health) = (repo.clone(), name.clone(), record.clone(), health.clone());
             tokio::spawn(async move {
+                let mut wait = REFRESH_EVERY;
                 loop {
-                    tokio::time::sleep(REFRESH_EVERY).await;
-                    record.refreshed = Utc::now();
-                    if let Err(e) = repo.put_json(&name, &record, false).await {
-                        tracing::warn!("cannot refresh lock {name}: {e}");
-                    }
+                    tokio::time::sleep(wait).await;
+                    wait = match refresh(&repo, &name, &record, &health).await {
+                        Ok(()) => REFRESH_EVERY,
+                        Err(e) if lost(&health).is_some() => {
+                            tracing::warn!("lock {name} is lost: {e}");
+                            return;
+                        }
+                        Err(e) => {
+                            tracing::warn!("cannot refresh lock {name} (retrying): {e}");
+                            RETRY_REFRESH_EVERY
+                        }
+                    };
                 }
             })
         };
-        Ok(LockGuard { repo: repo.clone(), name, record, refresher })
+        Ok(LockGuard { repo: repo.clone(), name, record, health, refresher })
+    }
+
+    /// Refreshes the lock now and fails if it was removed or went stale at any moment
+    /// (then gc may have deleted what this run references: it must not publish).
+    pub async fn ensure_held(&self) -> Result<()> {
+        let result = refresh(&self.repo, &self.name, &self.record, &self.health).await;
+        match (lost(&self.health), result) {
+            (Some(why), _) => Err(Error::Locked(format!("this run's repository lock is lost ({why}); nothing was committed"))),
+            (None, r) => r,
+        }
+    }
+
+    /// The lock's object name.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     pub async fn release(self) -> Result<()> {
         self.refresher.abort();
         self.repo.store().delete(&self.name).await
     }
+}
+
+fn lost(health: &Mutex<Health>) -> Option<String> {
+    health.lock().unwrap_or_else(|p| p.into_inner()).lost.clone()
+}
+
+/// Rewrites the lock with a new refresh time, unless it is gone or was not refreshed in
+/// time (then the lock is marked lost for good).
+async fn refresh(repo: &Repository, name: &str, record: &LockRecord, health: &Mutex<Health>) -> Result<()> {
+    let mark_lost = |why: String| {
+        let mut h = health.lock().unwrap_or_else(|p| p.into_inner());
+        h.lost.get_or_insert(why.clone());
+        Err(Error::Locked(why))
+    };
+    let attempt = Instant::now();
+    let since = attempt.duration_since(health.lock().unwrap_or_else(|p| p.into_inner()).last_refresh);
+    if since > SAFE_AGE {
+        return mark_lost(format!("not refreshed for {}s", since.as_secs()));
+    }
+    if repo.store().get(name).await?.is_none() {
+        return mark_lost("removed from the repository".into());
+    }
+    let record = LockRecord { refreshed: Utc::now(), ..record.clone() };
+    repo.put_json(name, &record, false).await?;
+    let mut h = health.lock().unwrap_or_else(|p| p.into_inner());
+    if h.lost.is_none() {
+        h.last_refresh = attempt;
+    }
+    Ok(())
 }
 
 impl Drop for LockGuard {
@@ -89,17 +162,44 @@ impl Drop for LockGuard {
     }
 }
 
-/// All locks currently in the repository that are still live.
-pub async fn live_locks(repo: &Repository) -> Result<Vec<(String, LockRecord)>> {
-    let now = Utc::now();
+/// Every lock object: `Some(record)` when readable, `None` when not.
+async fn all_locks(repo: &Repository) -> Result<Vec<(String, Option<LockRecord>)>> {
     let mut out = Vec::new();
     for (name, _) in repo.store().list(LOCKS_PREFIX).await? {
         // A lock deleted between list and get simply finished.
         match repo.get_json::<LockRecord>(&name, MAX_LOCK_LEN).await {
-            Ok(Some(rec)) if rec.is_live(now) => out.push((name, rec)),
-            Ok(_) => {}
-            Err(e) => tracing::warn!("ignoring unreadable lock {name}: {e}"),
+            Ok(Some(rec)) => out.push((name, Some(rec))),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!("ignoring unreadable lock {name}: {e}");
+                out.push((name, None));
+            }
         }
     }
     Ok(out)
+}
+
+/// All locks currently in the repository that are still live.
+pub async fn live_locks(repo: &Repository) -> Result<Vec<(String, LockRecord)>> {
+    let now = Utc::now();
+    Ok(all_locks(repo)
+        .await?
+        .into_iter()
+        .filter_map(|(name, rec)| rec.filter(|r| r.is_live(now)).map(|r| (name, r)))
+        .collect())
+}
+
+/// Removes the locks of dead or stuck runs (and unreadable lock objects, which protect
+/// nothing already); returns how many. Safe at any time: an owner that is in fact still
+/// running finds its lock gone at its next refresh and commits nothing.
+pub async fn remove_stale_locks(repo: &Repository) -> Result<usize> {
+    let now = Utc::now();
+    let mut removed = 0;
+    for (name, rec) in all_locks(repo).await? {
+        if !rec.is_some_and(|r| r.is_live(now)) {
+            repo.store().delete(&name).await?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }

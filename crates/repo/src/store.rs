@@ -50,4 +50,9 @@ impl Store {
     pub async fn delete(&self, name: &str) -> Result<()> {
         Ok(self.backend.delete(name).await?)
     }
+
+    /// Removes temporary files interrupted writes left, older than `age`; returns how many.
+    pub async fn remove_temp_files(&self, age: std::time::Duration) -> Result<usize> {
+        Ok(self.backend.remove_temp_files(age).await?)
+    }
 }

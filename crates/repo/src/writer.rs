@@ -252,6 +252,9 @@ impl BackupSession {
             base: self.base,
             finished: Utc::now(),
         };
+        // A lock that went stale may no longer have kept gc from deleting packs this
+        // restore point references: then it must not appear.
+        self.lock.ensure_held().await?;
         self.repo.write_manifest(&manifest).await?;
         self.lock.release().await?;
         Ok(manifest)
