@@ -36,6 +36,8 @@ pub struct BackendOptions {
     pub max_concurrency: usize,
     /// Retries of a failed request (network errors, 5xx, throttling) with exponential backoff.
     pub retries: usize,
+    /// Tests: storage faults injected under the retry layer (see [`crate::faults`]).
+    pub faults: Option<std::sync::Arc<crate::faults::Faults>>,
 }
 
 impl Default for BackendOptions {
@@ -51,6 +53,7 @@ impl Default for BackendOptions {
             azure_endpoint: None,
             max_concurrency: 16,
             retries: 6,
+            faults: None,
         }
     }
 }
@@ -60,6 +63,8 @@ pub enum BackendKind {
     Fs,
     S3,
     Azblob,
+    /// `memory://name`: process-local, for tests; it behaves like an object store.
+    Memory,
 }
 
 /// One stored object as seen by a listing.
@@ -181,6 +186,8 @@ pub fn open(url: &str, opts: &BackendOptions) -> Result<Backend> {
             azblob_operator(container, prefix, opts).map_err(config_error)?,
             None,
         )
+    } else if let Some(name) = url.strip_prefix("memory://") {
+        (BackendKind::Memory, memory_operator(name).map_err(config_error)?, None)
     } else if url.contains("://") && !url.starts_with("file://") {
         return Err(invalid("supported: a local path, file://, s3://, azblob://"));
     } else {
@@ -191,6 +198,8 @@ pub fn open(url: &str, opts: &BackendOptions) -> Result<Backend> {
         let root = std::path::absolute(path).map_err(|e| invalid(&e.to_string()))?;
         let root_str = root.to_str().ok_or_else(|| invalid("path is not UTF-8"))?;
         let temp_dir = root.join(FS_TEMP_DIR);
+        // OpenDAL would create these with the umask's mode.
+        create_private_dirs(&temp_dir).map_err(|e| classify(&location, "open", "", io_error(e)))?;
         let builder = services::Fs::default()
             .root(root_str)
             .atomic_write_dir(temp_dir.to_str().unwrap_or(root_str));
@@ -198,10 +207,15 @@ pub fn open(url: &str, opts: &BackendOptions) -> Result<Backend> {
         (BackendKind::Fs, op, Some(root))
     };
 
+    // Innermost: injected faults meet the timeouts and retries real ones would.
+    let op = match &opts.faults {
+        Some(faults) => op.layer(crate::faults::FaultLayer(faults.clone())),
+        None => op,
+    };
     let op = match kind {
         // A local disk gains nothing from retries: a full disk must fail at once.
         BackendKind::Fs => op.layer(ConcurrentLimitLayer::new(opts.max_concurrency.max(1))),
-        BackendKind::S3 | BackendKind::Azblob => op
+        BackendKind::S3 | BackendKind::Azblob | BackendKind::Memory => op
             // io_timeout bounds each read/write step, so a lost connection surfaces as a
             // retryable error instead of a hang; generous enough for 64 MiB objects.
             .layer(
@@ -238,6 +252,19 @@ fn log_retry(event: opendal::layers::RetryEvent<'_>) {
         event.retry_after.as_secs_f64(),
         event.err.to_string().replace('\n', " ")
     );
+}
+
+/// The in-memory store called `name`, shared by every open in this process.
+fn memory_operator(name: &str) -> opendal::Result<Operator> {
+    static STORES: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<String, Operator>>> =
+        std::sync::OnceLock::new();
+    let mut stores = STORES.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(op) = stores.get(name) {
+        return Ok(op.clone());
+    }
+    let op = Operator::new(services::Memory::default())?;
+    stores.insert(name.to_string(), op.clone());
+    Ok(op)
 }
 
 /// `bucket/some/prefix` → (`bucket`, `some/prefix`).

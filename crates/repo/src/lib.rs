@@ -12,6 +12,7 @@ pub mod cache;
 pub mod copy;
 pub mod crypto;
 pub mod error;
+pub mod faults;
 pub mod gc;
 pub mod index;
 pub mod keys;
