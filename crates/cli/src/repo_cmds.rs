@@ -278,6 +278,10 @@ pub struct BackupImageArgs {
     /// Groups restore points for retention (default: the first file's absolute path).
     #[arg(long)]
     source_id: Option<String>,
+    /// auto (a VHD by its footer, else raw; files that look like another image format, or
+    /// are named .vhd without being one, are refused), raw (the bytes as they are) or vhd.
+    #[arg(long, default_value = "auto")]
+    format: xenvault_repo::ImageFormat,
     #[arg(long)]
     tag: Vec<String>,
     #[arg(long)]
@@ -285,6 +289,8 @@ pub struct BackupImageArgs {
 }
 
 async fn backup_image(a: BackupImageArgs) -> Result<ExitCode> {
+    // Every file is checked before the repository is locked.
+    let sources = a.files.iter().map(|path| xenvault_repo::open_image(path, a.format)).collect::<Result<Vec<_>, _>>().map_err(classify)?;
     let repo = a.repo.open().await?;
     let first = std::path::absolute(&a.files[0])?;
     let source_id = a.source_id.clone().unwrap_or_else(|| first.display().to_string());
@@ -292,11 +298,11 @@ async fn backup_image(a: BackupImageArgs) -> Result<ExitCode> {
     let session = repo.start_backup(SourceInfo { id: source_id, kind: "image".into(), name }).await.map_err(classify)?;
     let started = std::time::Instant::now();
     let mut files = Vec::new();
-    for (i, path) in a.files.iter().enumerate() {
-        let source = xenvault_repo::open_image(path).map_err(classify)?;
+    for (i, (path, source)) in a.files.iter().zip(sources).enumerate() {
         let bar = bytes_bar(source.size(), a.json, &path.display().to_string());
         let disk_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| format!("disk{i}"));
-        let mut w = session.disk_writer(&disk_name, "", source.size(), None).await.map_err(classify)?;
+        let position = u32::try_from(i)?;
+        let mut w = session.disk_writer(position, &disk_name, "", source.size(), None).await.map_err(classify)?;
         w.set_progress(progress_of(&bar));
         w.write_source(source).await.map_err(classify)?;
         w.finish().await.map_err(classify)?;
@@ -374,9 +380,10 @@ pub struct RestoreImageArgs {
     /// Output file (created or truncated; holes stay sparse).
     #[arg(long)]
     to: PathBuf,
-    /// Disk name, uuid or position (default: the first disk).
-    #[arg(long, default_value = "0")]
-    disk: String,
+    /// Disk position (the VBD userdevice, or the image's place in backup-image), VDI uuid or
+    /// name (default: the disk at the lowest position).
+    #[arg(long)]
+    disk: Option<String>,
     #[arg(long)]
     json: bool,
 }
@@ -384,7 +391,7 @@ pub struct RestoreImageArgs {
 async fn restore_image(a: RestoreImageArgs) -> Result<ExitCode> {
     let repo = a.repo.open().await?;
     let m = repo.snapshot(&a.id).await.map_err(classify)?;
-    let disk = m.disk(&a.disk).ok_or_else(|| classify(xenvault_repo::Error::DiskNotFound(a.disk.clone())))?;
+    let disk = m.disk(a.disk.as_deref()).map_err(classify)?;
     let reader = DiskReader::new(&repo, disk).await.map_err(classify)?;
     let bar = bytes_bar(disk.size, a.json, &disk.name);
     let stats = reader.restore_to_file(&a.to, Some(progress_of(&bar))).await.map_err(classify)?;

@@ -2,8 +2,8 @@
 //! `serve-nbd` (instant access), `export` (raw, VHD, qcow2) and `restore vm`. The work lives in
 //! `xenvault_restore`; this module parses and reports.
 
-use crate::repo_cmds::{RepoArgs, bytes_bar, classify, human, print_json, progress_of};
-use anyhow::{Result, anyhow};
+use crate::repo_cmds::{RepoArgs, bytes_bar, classify, human, print_json, progress_of, restore_point};
+use anyhow::{Context, Result, anyhow};
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,6 +14,7 @@ use xenvault_restore::RepoDisk;
 use xenvault_restore::export::{DiskFormat, export};
 use xenvault_restore::files::StoredFs;
 use xenvault_restore::nbd::{DiskExport, SingleExport};
+use xenvault_engine::inventory::{self, Kind};
 use xenvault_tls::ServerIdentity;
 
 #[derive(Subcommand)]
@@ -82,16 +83,16 @@ pub struct RestoreDiskArgs {
     pool: String,
     #[command(flatten)]
     config: crate::pool_cmds::ConfigArg,
-    /// Write over this VDI (uuid); it must have the stored disk's size.
+    /// Write over this VDI (uuid or name); it must have the stored disk's size.
     #[arg(long, required_unless_present = "sr", conflicts_with = "sr")]
     vdi: Option<String>,
-    /// Create a new VDI on this SR (uuid).
+    /// Create a new VDI on this SR (uuid or name).
     #[arg(long)]
     sr: Option<String>,
     /// Name of the new VDI (default: "<original name> (restored <time>)").
     #[arg(long, requires = "sr")]
     name: Option<String>,
-    /// Attach the new VDI to this VM (uuid) ...
+    /// Attach the new VDI to this VM (uuid or name) ...
     #[arg(long, requires_all = ["sr", "device"])]
     attach: Option<String>,
     /// ... as this userdevice (a free position such as 1, 2, 3).
@@ -106,6 +107,9 @@ pub struct RestoreDiskArgs {
     /// With --vdi: write even when a running VM has the VDI attached (the guest sees its disk change under it).
     #[arg(long, requires = "vdi")]
     force: bool,
+    /// With --vdi on a disk a VM uses: do not ask (needed without a terminal).
+    #[arg(long, requires = "vdi")]
+    yes: bool,
     #[arg(long)]
     json: bool,
 }
@@ -114,7 +118,11 @@ pub struct RestoreDiskArgs {
 fn describe(d: &xenvault_restore::vm::DiskRestore) -> String {
     let mut line = format!("{} written of {}, {} sent", human(d.bytes_written), human(d.size), human(d.bytes_sent));
     if let Some(method) = &d.method {
-        line += &format!(", {} of the disk compared; differences by {method:?} ({})", human(d.bytes_compared), d.method_reason.as_deref().unwrap_or(""));
+        let method = match method {
+            xenvault_restore::differential::Method::Cbt => "CBT",
+            xenvault_restore::differential::Method::Hash => "chunk hashes",
+        };
+        line += &format!(", {} of the disk compared; differences by {method} ({})", human(d.bytes_compared), d.method_reason.as_deref().unwrap_or(""));
     }
     line
 }
@@ -122,23 +130,32 @@ fn describe(d: &xenvault_restore::vm::DiskRestore) -> String {
 async fn restore_disk(a: RestoreDiskArgs) -> Result<ExitCode> {
     use xenvault_restore::disk::{Attach, DiskRestoreOptions, DiskTarget};
     let repo = a.disk.repo.open().await?;
-    let m = repo.snapshot(&a.disk.id).await.map_err(classify)?;
-    let record = m.disk(&a.disk.disk).ok_or_else(|| classify(xenvault_repo::Error::DiskNotFound(a.disk.disk.clone())))?;
-    let index = m.disks.iter().position(|d| std::ptr::eq(d, record)).unwrap_or_default();
-    // clap guarantees --vdi or --sr, and --device with --attach.
-    let target = match (&a.vdi, &a.sr) {
-        (Some(vdi_uuid), _) => DiskTarget::Existing { vdi_uuid: vdi_uuid.clone() },
-        (None, sr) => DiskTarget::New {
-            sr_uuid: sr.clone().unwrap_or_default(),
-            name_label: a.name.clone(),
-            attach: a.attach.clone().zip(a.device.clone()).map(|(vm_uuid, userdevice)| Attach { vm_uuid, userdevice, plug: a.plug }),
-        },
-    };
+    let m = a.disk.restore_point(&repo).await?;
+    let record = m.disk(a.disk.disk.as_deref()).map_err(classify)?;
     let login = a.config.store()?.login(&a.pool)?;
     let client = xenvault_restore::vm::connect(&login).await.map_err(restore_error)?;
+    // clap guarantees --vdi or --sr, and --device with --attach.
+    let target = match (&a.vdi, &a.sr) {
+        (Some(vdi), _) => {
+            let vdi_uuid = resolve(&client, Kind::Vdi, vdi).await?;
+            let users = inventory::vdi_users(&client, &vdi_uuid).await.map_err(crate::backup_cmds::auth_kind)?;
+            if let Some(vm) = users.first() {
+                let what = format!("--vdi {vdi} is a disk of VM {} ({}, {}): restoring replaces its content", vm.name, vm.uuid, vm.power_state);
+                crate::prompt::confirm_by_name(&what, &vm.name, a.yes)?;
+            }
+            DiskTarget::Existing { vdi_uuid }
+        }
+        (None, sr) => {
+            let attach = match a.attach.as_deref().zip(a.device.clone()) {
+                Some((vm, userdevice)) => Some(Attach { vm_uuid: resolve(&client, Kind::Vm, vm).await?, userdevice, plug: a.plug }),
+                None => None,
+            };
+            DiskTarget::New { sr_uuid: resolve(&client, Kind::Sr, sr.as_deref().unwrap_or_default()).await?, name_label: a.name.clone(), attach }
+        }
+    };
     let opts = DiskRestoreOptions { differential: a.differential, force: a.force };
     let bar = bytes_bar(record.size, a.json, &record.name);
-    let report = xenvault_restore::disk::restore_disk(&client, &repo, &m, index, &target, &opts, Some(progress_of(&bar)))
+    let report = xenvault_restore::disk::restore_disk(&client, &repo, &m, a.disk.disk.as_deref(), &target, &opts, Some(progress_of(&bar)))
         .await
         .map_err(restore_error)?;
     bar.finish_and_clear();
@@ -158,34 +175,43 @@ async fn restore_disk(a: RestoreDiskArgs) -> Result<ExitCode> {
 
 #[derive(Args)]
 pub struct RestoreVmArgs {
-    /// Restore point id (or unique prefix, or "latest").
+    /// Restore point id (or a prefix of at least 4 characters, or "latest").
     id: String,
     #[command(flatten)]
     repo: RepoArgs,
+    /// The VM (name or uuid) whose restore points "latest" and prefixes choose from.
+    #[arg(long, visible_alias = "vm")]
+    source: Option<String>,
     /// Pool name, as given to `pool add`.
     #[arg(long)]
     pool: String,
     #[command(flatten)]
     config: crate::pool_cmds::ConfigArg,
-    /// SR uuid for the new disks (default: the original SR, else the pool's default SR).
+    /// SR (uuid or name) for the new disks (default: the original SR, else the pool's default SR).
     #[arg(long, conflicts_with = "overwrite")]
     sr: Option<String>,
     /// Create a new VM beside the original (the default).
     #[arg(long, conflicts_with = "overwrite")]
     as_new: bool,
-    /// Write the disks over the original VM's (it is shut down first).
+    /// Write the disks over the original VM's (it is shut down first; asks, or needs --yes).
     #[arg(long)]
     overwrite: bool,
+    /// With --overwrite: do not ask (needed without a terminal).
+    #[arg(long, requires = "overwrite")]
+    yes: bool,
+    /// Start the VM once restored.
+    #[arg(long, conflicts_with = "as_template")]
+    start: bool,
     /// With --overwrite: write only what differs (CBT since a restore point's snapshot, else chunk hashes of each disk).
     #[arg(long, requires = "overwrite")]
     differential: bool,
     /// Create the new VM as a template.
     #[arg(long, conflicts_with = "overwrite")]
     as_template: bool,
-    /// New disks of stored SR OLD go to SR NEW (uuids; repeatable; before --sr).
+    /// New disks of stored SR OLD (uuid) go to SR NEW (uuid or name; repeatable; before --sr).
     #[arg(long = "sr-map", value_name = "OLD=NEW", value_parser = xenvault_restore::vm::parse_mapping, conflicts_with = "overwrite")]
     sr_map: Vec<(String, String)>,
-    /// VIFs on stored network OLD (uuid or name) go to network NEW (uuid; repeatable).
+    /// VIFs on stored network OLD (uuid or name) go to network NEW (uuid or name; repeatable).
     #[arg(long = "network-map", value_name = "OLD=NEW", value_parser = xenvault_restore::vm::parse_mapping, conflicts_with = "overwrite")]
     network_map: Vec<(String, String)>,
     /// MAC addresses of new VIFs: auto (stored ones unless the original VM exists), keep, new.
@@ -198,26 +224,49 @@ pub struct RestoreVmArgs {
 async fn restore_vm(a: RestoreVmArgs) -> Result<ExitCode> {
     use xenvault_restore::vm::{Mode, VmRestoreOptions};
     let repo = a.repo.open().await?;
-    let m = repo.snapshot(&a.id).await.map_err(classify)?;
+    let m = restore_point(&repo, &a.id, a.source.as_deref()).await?;
     let login = a.config.store()?.login(&a.pool)?;
     let client = xenvault_restore::vm::connect(&login).await.map_err(restore_error)?;
+    let sr = match &a.sr {
+        Some(sr) => Some(resolve(&client, Kind::Sr, sr).await?),
+        None => None,
+    };
+    let before = match a.overwrite {
+        true => inventory::vm_state(&client, &m.source.id).await.map_err(crate::backup_cmds::auth_kind)?,
+        false => None,
+    };
+    if let Some(vm) = &before {
+        let halt = if vm.power_state.eq_ignore_ascii_case("halted") { "" } else { "; it is shut down first" };
+        let what = format!("--overwrite replaces the disks of VM {} ({}, {}){halt}", vm.name, vm.uuid, vm.power_state);
+        crate::prompt::confirm_by_name(&what, &vm.name, a.yes)?;
+    }
     let opts = VmRestoreOptions {
         mode: if a.overwrite { Mode::Overwrite } else { Mode::AsNew },
         differential: a.differential,
-        sr: a.sr.clone(),
+        sr,
         as_template: a.as_template,
-        sr_map: a.sr_map.clone(),
-        network_map: a.network_map.clone(),
+        sr_map: resolve_targets(&client, Kind::Sr, &a.sr_map).await?,
+        network_map: resolve_targets(&client, Kind::Network, &a.network_map).await?,
         macs: a.macs,
     };
     let bar = bytes_bar(m.total_size(), a.json, &m.source.name);
     let progress = progress_of(&bar);
     let report = xenvault_restore::vm::restore_vm(&client, &repo, &m, &opts, Some(progress)).await.map_err(restore_error)?;
     bar.finish_and_clear();
+    if a.start {
+        inventory::start_vm(&client, &report.vm_uuid).await.map_err(crate::backup_cmds::auth_kind).context("starting the restored VM")?;
+    }
+    let after = inventory::vm_state(&client, &report.vm_uuid).await.map_err(crate::backup_cmds::auth_kind)?;
+    let power_state_after = after.map(|vm| vm.power_state);
     if a.json {
-        print_json(&report)?;
+        print_json(&VmRestoreOutput { report: &report, power_state_before: before.as_ref().map(|vm| vm.power_state.clone()), power_state_after })?;
     } else {
         println!("restored {} as VM {} ({}) in {:.1} s", m.short_id(), report.name_label, report.vm_uuid, report.seconds);
+        match (&before, &power_state_after) {
+            (Some(vm), Some(now)) => println!("  power state: {} before, {now} now", vm.power_state),
+            (None, Some(now)) => println!("  power state: {now}"),
+            _ => {}
+        }
         for d in &report.disks {
             println!("  disk {} ({}): {}", d.position, d.vdi_uuid, describe(d));
         }
@@ -228,23 +277,55 @@ async fn restore_vm(a: RestoreVmArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A restore report with the VM's power state around it.
+#[derive(serde::Serialize)]
+struct VmRestoreOutput<'a> {
+    #[serde(flatten)]
+    report: &'a xenvault_restore::vm::VmRestoreReport,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    power_state_before: Option<String>,
+    power_state_after: Option<String>,
+}
+
+/// The uuid of the pool object named `wanted` (a uuid or a unique name).
+async fn resolve(client: &xenvault_xapi::Client, kind: Kind, wanted: &str) -> Result<String> {
+    inventory::resolve(client, kind, wanted).await.map_err(crate::backup_cmds::auth_kind)
+}
+
+/// OLD=NEW mappings with each NEW resolved to a uuid.
+async fn resolve_targets(client: &xenvault_xapi::Client, kind: Kind, map: &[(String, String)]) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for (old, new) in map {
+        out.push((old.clone(), resolve(client, kind, new).await?));
+    }
+    Ok(out)
+}
+
 /// A disk of a restore point.
 #[derive(Args)]
 pub struct DiskArgs {
-    /// Restore point id (or unique prefix, or "latest").
+    /// Restore point id (or a prefix of at least 4 characters, or "latest").
     id: String,
     #[command(flatten)]
     repo: RepoArgs,
-    /// Disk name, uuid or position.
-    #[arg(long, default_value = "0")]
-    disk: String,
+    /// The VM (name or uuid) whose restore points "latest" and prefixes choose from.
+    #[arg(long, visible_alias = "vm")]
+    source: Option<String>,
+    /// Disk position (the VBD userdevice, or the image's place in backup-image), VDI uuid or
+    /// name (default: the disk at the lowest position).
+    #[arg(long)]
+    disk: Option<String>,
 }
 
 impl DiskArgs {
+    async fn restore_point(&self, repo: &Repository) -> Result<xenvault_repo::Manifest> {
+        restore_point(repo, &self.id, self.source.as_deref()).await
+    }
+
     async fn open(&self) -> Result<(Repository, Arc<DiskReader>)> {
         let repo = self.repo.open().await?;
-        let m = repo.snapshot(&self.id).await.map_err(classify)?;
-        let disk = m.disk(&self.disk).ok_or_else(|| classify(xenvault_repo::Error::DiskNotFound(self.disk.clone())))?;
+        let m = self.restore_point(&repo).await?;
+        let disk = m.disk(self.disk.as_deref()).map_err(classify)?;
         let reader = DiskReader::new(&repo, disk).await.map_err(classify)?;
         Ok((repo, Arc::new(reader)))
     }
@@ -290,6 +371,9 @@ pub enum FilesCommand {
         partition: Option<String>,
         #[arg(default_value = "/")]
         path: String,
+        /// Mode, owner, size and modification time of each entry.
+        #[arg(short, long)]
+        long: bool,
         #[arg(long)]
         json: bool,
     },
@@ -300,6 +384,9 @@ pub enum FilesCommand {
         #[arg(long)]
         partition: Option<String>,
         pattern: String,
+        /// Mode, owner, size and modification time of each entry.
+        #[arg(short, long)]
+        long: bool,
         #[arg(long)]
         json: bool,
     },
@@ -310,7 +397,8 @@ pub enum FilesCommand {
         #[arg(long)]
         partition: Option<String>,
         path: String,
-        /// Destination: becomes the file or directory (must not exist for a directory tree's root files to be fresh).
+        /// Destination: becomes the file or directory; an existing directory is filled, nothing
+        /// else that exists is overwritten or followed. `-`: the file's content to stdout.
         #[arg(long)]
         to: PathBuf,
         #[arg(long)]
@@ -318,20 +406,49 @@ pub enum FilesCommand {
     },
 }
 
-fn print_entries(entries: &[Entry], json: bool) -> Result<()> {
+/// `drwxr-xr-x` as `ls -l` shows it, setuid/setgid/sticky included.
+fn mode_string(kind: EntryKind, mode: u32) -> String {
+    let mut s = String::with_capacity(10);
+    s.push(match kind {
+        EntryKind::Dir => 'd',
+        EntryKind::Symlink => 'l',
+        EntryKind::File => '-',
+        EntryKind::Other => '?',
+    });
+    for (shift, special, on, off) in [(6, 0o4000, 's', 'S'), (3, 0o2000, 's', 'S'), (0, 0o1000, 't', 'T')] {
+        let bits = (mode >> shift) & 7;
+        s.push(if bits & 4 != 0 { 'r' } else { '-' });
+        s.push(if bits & 2 != 0 { 'w' } else { '-' });
+        s.push(match (bits & 1 != 0, mode & special != 0) {
+            (true, true) => on,
+            (false, true) => off,
+            (true, false) => 'x',
+            (false, false) => '-',
+        });
+    }
+    s
+}
+
+/// Paths (directories end in `/`), or with `long` an `ls -l` table.
+fn print_entries(entries: &[Entry], json: bool, long: bool) -> Result<()> {
     if json {
         return print_json(&entries);
     }
-    for e in entries {
-        let kind = match e.kind {
-            EntryKind::File => "file",
-            EntryKind::Dir => "dir",
-            EntryKind::Symlink => "symlink",
-            EntryKind::Other => "other",
-        };
-        let link = e.symlink_target.as_deref().map(|t| format!(" -> {t}")).unwrap_or_default();
-        println!("{kind:<7} {:04o} {:>5}:{:<5} {:>12} {:>11} {}{}", e.mode, e.uid, e.gid, e.size, e.mtime, e.path, link);
+    if !long {
+        for e in entries {
+            println!("{}{}", e.path, if e.kind == EntryKind::Dir && e.path != "/" { "/" } else { "" });
+        }
+        return Ok(());
     }
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|e| {
+            let time = chrono::DateTime::from_timestamp(e.mtime, e.mtime_nsec).map(crate::output::time).unwrap_or_else(|| e.mtime.to_string());
+            let link = e.symlink_target.as_deref().map(|t| format!(" -> {t}")).unwrap_or_default();
+            vec![mode_string(e.kind, e.mode), e.uid.to_string(), e.gid.to_string(), e.size.to_string(), time, format!("{}{link}", e.path)]
+        })
+        .collect();
+    crate::output::table(&["MODE", "UID", "GID", "SIZE", "MODIFIED", "PATH"], &rows, &[1, 2, 3]);
     Ok(())
 }
 
@@ -347,18 +464,22 @@ async fn files(cmd: FilesCommand) -> Result<ExitCode> {
                 }
             }
         }
-        FilesCommand::Ls { disk, partition, path, json } => {
+        FilesCommand::Ls { disk, partition, path, long, json } => {
             let fs = disk.file_system(partition).await?;
             let entries = fs.list(&path).await.map_err(restore_error)?;
-            print_entries(&entries, json)?;
+            print_entries(&entries, json, long)?;
         }
-        FilesCommand::Find { disk, partition, pattern, json } => {
+        FilesCommand::Find { disk, partition, pattern, long, json } => {
             let fs = disk.file_system(partition).await?;
             let entries = fs.find(&pattern).await.map_err(restore_error)?;
-            print_entries(&entries, json)?;
+            print_entries(&entries, json, long)?;
         }
         FilesCommand::Get { disk, partition, path, to, json } => {
             let fs = disk.file_system(partition).await?;
+            if to.as_os_str() == "-" {
+                fs.copy_file(&path, std::io::stdout()).await.map_err(restore_error)?;
+                return Ok(ExitCode::SUCCESS);
+            }
             let started = std::time::Instant::now();
             let stats = fs.extract(&path, &to).await.map_err(restore_error)?;
             let secs = started.elapsed().as_secs_f64();
@@ -389,8 +510,8 @@ async fn files(cmd: FilesCommand) -> Result<ExitCode> {
 pub struct ServeNbdArgs {
     #[command(flatten)]
     disk: DiskArgs,
-    /// Address to listen on, e.g. 127.0.0.1:10809.
-    #[arg(long, default_value = "127.0.0.1:10809")]
+    /// Address to listen on. Not NBD's own 10809 by default: xapi-nbd and the simulator hold it.
+    #[arg(long, default_value = "127.0.0.1:10810")]
     listen: String,
     /// Accept writes into a throw-away in-memory overlay (the repository is never written).
     #[arg(long)]
@@ -477,9 +598,9 @@ async fn export_cmd(a: ExportArgs) -> Result<ExitCode> {
         print_json(&serde_json::json!({"format": format, "to": a.to, "stats": stats}))?;
     } else if !to_stdout {
         println!(
-            "exported {} as {:?} to {} ({} written) in {:.1} s",
+            "exported {} as {} to {} ({} written) in {:.1} s",
             human(stats.disk_bytes),
-            format,
+            a.format.to_uppercase(),
             a.to.display(),
             human(stats.output_bytes),
             stats.seconds
@@ -498,7 +619,7 @@ fn output(to: &std::path::Path) -> Result<Box<dyn std::io::Write + Send>> {
 
 async fn export_xva(a: ExportArgs) -> Result<ExitCode> {
     let repo = a.disk.repo.open().await?;
-    let m = repo.snapshot(&a.disk.id).await.map_err(classify)?;
+    let m = a.disk.restore_point(&repo).await?;
     let bar = bytes_bar(m.total_size(), a.json || a.to.as_os_str() == "-", &m.source.name);
     let progress = progress_of(&bar);
     let out = output(&a.to)?;

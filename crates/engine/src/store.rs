@@ -100,9 +100,7 @@ impl Store {
     pub async fn disk_sha256(&self, id: &str, disk: &str) -> Result<String, Error> {
         use sha2::Digest;
         let manifest = self.repo.snapshot(id).await?;
-        let record = manifest
-            .disk(disk)
-            .ok_or_else(|| Error::Protocol(format!("restore point {id} has no disk {disk}")))?;
+        let record = manifest.disk(Some(disk))?;
         let reader = DiskReader::new(&self.repo, record).await?;
         let mut hasher = sha2::Sha256::new();
         let mut buf = vec![0u8; 1 << 20];
@@ -166,8 +164,10 @@ impl Point {
         u64::from(self.repo.config().chunk_size)
     }
 
-    pub async fn disk_sink(&self, name: &str, vdi_uuid: &str, size: u64, base: Option<&DiskRecord>) -> Result<DiskSink, Error> {
-        let writer = self.session.disk_writer(name, vdi_uuid, size, base).await?;
+    /// A sink for the disk at VBD `userdevice`, which becomes its position and name.
+    pub async fn disk_sink(&self, userdevice: &str, vdi_uuid: &str, size: u64, base: Option<&DiskRecord>) -> Result<DiskSink, Error> {
+        let position = userdevice_position(userdevice)?;
+        let writer = self.session.disk_writer(position, userdevice, vdi_uuid, size, base).await?;
         let base_reader = match base {
             Some(record) => Some(DiskReader::new(&self.repo, record).await?),
             None => None,
@@ -189,6 +189,19 @@ impl Point {
         if let Err(e) = self.session.abort().await {
             tracing::warn!("could not release the repository lock: {e}");
         }
+    }
+}
+
+/// The disk number a VBD userdevice stands for: xapi keeps numbers ("0", "5"), but also
+/// accepts device names, where `xvdb`, `sdb` and `hdb` are all disk 1.
+fn userdevice_position(userdevice: &str) -> Result<u32, Error> {
+    if let Ok(n) = userdevice.parse() {
+        return Ok(n);
+    }
+    let letters = ["xvd", "sd", "hd"].iter().find_map(|p| userdevice.strip_prefix(p));
+    match letters.map(str::as_bytes) {
+        Some([letter @ b'a'..=b'p']) => Ok(u32::from(letter - b'a')),
+        _ => Err(Error::Protocol(format!("VBD userdevice {userdevice:?} is not a disk position"))),
     }
 }
 
@@ -299,6 +312,16 @@ impl SinkState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn userdevices_become_positions() {
+        assert_eq!(userdevice_position("0").unwrap(), 0);
+        assert_eq!(userdevice_position("5").unwrap(), 5);
+        assert_eq!(userdevice_position("xvdb").unwrap(), 1);
+        assert_eq!(userdevice_position("hda").unwrap(), 0);
+        assert!(userdevice_position("xvdz").is_err());
+        assert!(userdevice_position("autodetect").is_err());
+    }
 
     #[test]
     fn writes_must_stay_inside_the_disk() {

@@ -201,8 +201,8 @@ pub async fn export(
         // BTreeMap order is the archive's lexicographic Ref:N order.
         for (reference, name) in &metadata.disks {
             let record = manifest
-                .disk(name)
-                .ok_or_else(|| Error::Xva(format!("restore point has no disk {name} for {reference}")))?;
+                .disk(Some(name))
+                .map_err(|e| Error::Xva(format!("no stored disk for {reference}: {e}")))?;
             let reader = xenvault_repo::DiskReader::new(repo, record).await?;
             if tx.send(Some((reference.clone(), record.size))).await.is_err() {
                 break;

@@ -2,9 +2,9 @@
 //! walking, glob search and extraction to the host with modes and mtimes.
 
 use crate::{Entry, EntryKind, Error, FileSystem, join, normalize};
-use std::fs::{self, File, FileTimes};
+use std::fs::{self, File, FileTimes, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
-use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -129,9 +129,14 @@ impl dyn FileSystem + '_ {
     }
 
     /// Writes the file, symlink or directory tree at `path` to `dest` (which becomes that
-    /// entry), with permissions and modification times; holes stay holes.
+    /// entry), with permissions and modification times; holes stay holes. Nothing already
+    /// there is overwritten or followed: an existing directory is filled, anything else
+    /// (a file, a symlink, even to a directory) is refused with [`Error::Exists`].
     pub fn extract(&self, path: &str, dest: &Path) -> Result<ExtractStats, Error> {
         let entry = self.stat(path)?;
+        if let Some(parent) = dest.parent() {
+            fs::create_dir_all(parent)?;
+        }
         let mut stats = ExtractStats::default();
         self.extract_entry(&entry, dest, 0, &mut stats)?;
         Ok(stats)
@@ -143,7 +148,7 @@ impl dyn FileSystem + '_ {
                 if depth >= MAX_DEPTH {
                     return Err(too_deep(&entry.path));
                 }
-                fs::create_dir_all(dest)?;
+                make_dir(dest)?;
                 for child in self.list(&entry.path)? {
                     if child.name.is_empty() || child.name == "." || child.name == ".." || child.name.contains(['/', '\0']) {
                         return Err(Error::UnsafeName(child.path));
@@ -151,11 +156,12 @@ impl dyn FileSystem + '_ {
                     self.extract_entry(&child, &dest.join(&child.name), depth + 1, stats)?;
                 }
                 // Last, so a read-only directory could still be filled.
-                set_meta(&File::open(dest)?, entry)?;
+                let dir = OpenOptions::new().read(true).custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW).open(dest)?;
+                set_meta(&dir, entry)?;
                 stats.dirs += 1;
             }
             EntryKind::File => {
-                let out = File::create(dest)?;
+                let out = OpenOptions::new().write(true).create_new(true).open(dest).map_err(|e| exists(e, dest))?;
                 let mut buf = vec![0u8; CHUNK];
                 let mut pos = 0;
                 while pos < entry.size {
@@ -177,13 +183,26 @@ impl dyn FileSystem + '_ {
             }
             EntryKind::Symlink => {
                 let target = entry.symlink_target.as_deref().unwrap_or_default();
-                std::os::unix::fs::symlink(target, dest)?;
+                std::os::unix::fs::symlink(target, dest).map_err(|e| exists(e, dest))?;
                 stats.symlinks += 1;
             }
             EntryKind::Other => stats.skipped += 1,
         }
         Ok(())
     }
+}
+
+/// Creates directory `dest`, or takes a directory already there, never a symlink to one.
+fn make_dir(dest: &Path) -> Result<(), Error> {
+    match fs::create_dir(dest) {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && fs::symlink_metadata(dest)?.is_dir() => Ok(()),
+        other => other.map_err(|e| exists(e, dest)),
+    }
+}
+
+/// `create_new` and `symlink` fail on anything at `dest`, a dangling symlink included.
+fn exists(e: io::Error, dest: &Path) -> Error {
+    if e.kind() == io::ErrorKind::AlreadyExists { Error::Exists(dest.display().to_string()) } else { Error::Io(e) }
 }
 
 /// Writes `data` at `pos` skipping all-zero 4 KiB blocks, so holes stay holes (the

@@ -47,6 +47,8 @@ pub enum Error {
     NoSuchVolume(String),
     #[error("refusing unsafe name {0:?} while extracting")]
     UnsafeName(String),
+    #[error("{0} already exists: extraction neither overwrites nor follows what is there")]
+    Exists(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -80,7 +80,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let src: Arc<dyn BlockSource> = Arc::new(RawFileSource::open(&image)?);
             let t = Instant::now();
             let session = repo.start_backup(SourceInfo { id: "bench".into(), kind: "image".into(), name: "b".into() }).await?;
-            let mut w = session.disk_writer("d", "", src.size(), None).await?;
+            let mut w = session.disk_writer(0, "d", "", src.size(), None).await?;
             w.write_source(src.clone()).await?;
             w.finish().await?;
             let m = session.commit(serde_json::Value::Null, vec![]).await?;

@@ -28,7 +28,7 @@ pub enum Error {
     SnapshotDamaged { id: String, reason: String },
     #[error("restore point prefix {0} is ambiguous")]
     AmbiguousSnapshot(String),
-    #[error("disk {0} not found in the restore point")]
+    #[error("disk not found: {0}")]
     DiskNotFound(String),
     #[error("invalid argument: {0}")]
     Invalid(String),

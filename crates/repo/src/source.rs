@@ -28,12 +28,29 @@ pub struct RawFileSource {
 
 impl RawFileSource {
     pub fn open(path: &Path) -> Result<Self> {
-        let io = |e| Error::Io { path: path.to_path_buf(), source: e };
-        let file = std::fs::File::open(path).map_err(io)?;
-        // seek(End) also gives block devices their size, where metadata says 0.
-        let size = std::io::Seek::seek(&mut &file, std::io::SeekFrom::End(0)).map_err(io)?;
+        let (file, size) = open_disk_file(path)?;
         Ok(RawFileSource { file, path: path.to_path_buf(), size })
     }
+}
+
+/// Opens a file that can hold a disk, with its size: a non-empty regular file or a block
+/// device. A directory or character device has no size to speak of (a directory's end
+/// offset is huge, `/dev/zero` never ends), and an empty file holds no disk.
+fn open_disk_file(path: &Path) -> Result<(std::fs::File, u64)> {
+    use std::os::unix::fs::FileTypeExt;
+    let io = |e| Error::Io { path: path.to_path_buf(), source: e };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let kind = file.metadata().map_err(io)?.file_type();
+    if !kind.is_file() && !kind.is_block_device() {
+        let what = if kind.is_dir() { "a directory" } else { "not a regular file or block device" };
+        return Err(Error::Invalid(format!("{} is {what}: give a disk image file or a block device", path.display())));
+    }
+    // seek(End) also gives block devices their size, where metadata says 0.
+    let size = std::io::Seek::seek(&mut &file, std::io::SeekFrom::End(0)).map_err(io)?;
+    if size == 0 {
+        return Err(Error::Invalid(format!("{} is empty: there is no disk to back up", path.display())));
+    }
+    Ok((file, size))
 }
 
 impl BlockSource for RawFileSource {
@@ -101,7 +118,7 @@ pub struct VhdFileSource {
 impl VhdFileSource {
     pub fn open(path: &Path) -> Result<Self> {
         let bad = |e: xenvault_vhd::Error| Error::Invalid(format!("{}: {e}", path.display()));
-        let file = std::fs::File::open(path).map_err(|e| Error::Io { path: path.to_path_buf(), source: e })?;
+        let (file, _) = open_disk_file(path)?;
         let reader = xenvault_vhd::VhdReader::open(file).map_err(bad)?;
         if reader.disk_type() == xenvault_vhd::DiskType::Differencing {
             return Err(Error::Invalid(format!(
@@ -131,14 +148,61 @@ impl BlockSource for VhdFileSource {
     }
 }
 
-/// Opens an image file by its content: a VHD (footer cookie `conectix`) or raw.
-pub fn open_image(path: &Path) -> Result<std::sync::Arc<dyn BlockSource>> {
-    let io = |e| Error::Io { path: path.to_path_buf(), source: e };
-    let file = std::fs::File::open(path).map_err(io)?;
-    let len = std::io::Seek::seek(&mut &file, std::io::SeekFrom::End(0)).map_err(io)?;
+/// How [`open_image`] reads an image file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ImageFormat {
+    /// By its content: a VHD by its footer, raw when nothing says otherwise.
+    #[default]
+    Auto,
+    /// The bytes as they are, whatever they look like.
+    Raw,
+    Vhd,
+}
+
+impl std::str::FromStr for ImageFormat {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(ImageFormat::Auto),
+            "raw" => Ok(ImageFormat::Raw),
+            "vhd" => Ok(ImageFormat::Vhd),
+            other => Err(format!("unknown image format {other:?}: auto, raw or vhd")),
+        }
+    }
+}
+
+const VHD_COOKIE: &[u8; 8] = b"conectix";
+/// Leading magic of image formats we do not read: storing one as raw would back up the
+/// container instead of the disk in it.
+const FOREIGN_MAGIC: [(&[u8], &str); 4] =
+    [(b"QFI\xfb", "a qcow2 image"), (b"vhdxfile", "a VHDX image"), (b"KDMV", "a VMDK image"), (b"conectix", "a VHD whose footer is missing or damaged")];
+
+/// Opens an image file (or block device) as `format` says. `Auto` takes a file with a VHD
+/// footer as a VHD and refuses what looks like an image of another kind, or a file named
+/// `.vhd` that is none: those are refused rather than stored as raw bytes.
+pub fn open_image(path: &Path, format: ImageFormat) -> Result<std::sync::Arc<dyn BlockSource>> {
+    let (file, len) = open_disk_file(path)?;
     let mut cookie = [0u8; 8];
-    let is_vhd = len >= 512 && file.read_exact_at(&mut cookie, len - 512).is_ok() && &cookie == b"conectix";
-    Ok(if is_vhd { std::sync::Arc::new(VhdFileSource::open(path)?) } else { std::sync::Arc::new(RawFileSource::open(path)?) })
+    let footer = len >= 512 && file.read_exact_at(&mut cookie, len - 512).is_ok() && &cookie == VHD_COOKIE;
+    let refuse = |what: &str| Error::Invalid(format!("{} is {what}: give --format raw to store its bytes as they are", path.display()));
+    match format {
+        ImageFormat::Raw => return Ok(std::sync::Arc::new(RawFileSource::open(path)?)),
+        ImageFormat::Vhd if !footer => return Err(refuse("not a VHD (no footer)")),
+        _ if footer => return Ok(std::sync::Arc::new(VhdFileSource::open(path)?)),
+        _ => {}
+    }
+    let mut head = [0u8; 8];
+    let head = match file.read_at(&mut head, 0) {
+        Ok(n) => head.get(..n).unwrap_or_default(),
+        Err(e) => return Err(Error::Io { path: path.to_path_buf(), source: e }),
+    };
+    if let Some((_, what)) = FOREIGN_MAGIC.iter().find(|(magic, _)| head.starts_with(magic)) {
+        return Err(refuse(what));
+    }
+    if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("vhd")) {
+        return Err(refuse("named .vhd but is not a VHD (no footer)"));
+    }
+    Ok(std::sync::Arc::new(RawFileSource::open(path)?))
 }
 
 #[cfg(test)]
@@ -167,5 +231,45 @@ mod tests {
         let empty = dir.path().join("empty.img");
         std::fs::File::create(&empty).unwrap().set_len(1 << 30).unwrap();
         assert_eq!(RawFileSource::open(&empty).unwrap().allocated().unwrap(), Some(vec![]));
+    }
+
+    fn refused(path: &Path, format: ImageFormat, says: &str) {
+        let err = open_image(path, format).err().unwrap_or_else(|| panic!("{} opened as {format:?}", path.display()));
+        assert!(err.to_string().contains(says), "{err}");
+    }
+
+    #[test]
+    fn what_holds_no_disk_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        refused(dir.path(), ImageFormat::Auto, "is a directory");
+        refused(dir.path(), ImageFormat::Raw, "is a directory");
+        refused(Path::new("/dev/zero"), ImageFormat::Raw, "not a regular file or block device");
+        let empty = dir.path().join("empty.img");
+        std::fs::File::create(&empty).unwrap();
+        refused(&empty, ImageFormat::Raw, "is empty");
+    }
+
+    #[test]
+    fn images_that_are_not_what_they_seem_are_refused_unless_raw() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, head: &[u8]| {
+            let path = dir.path().join(name);
+            let mut data = vec![0x5a; 64 << 10];
+            data[..head.len()].copy_from_slice(head);
+            std::fs::write(&path, data).unwrap();
+            path
+        };
+        // A dynamic VHD keeps a footer copy at its start: that without the real footer is a cut VHD.
+        let cut = write("cut.vhd", VHD_COOKIE);
+        refused(&cut, ImageFormat::Auto, "footer is missing or damaged");
+        refused(&cut, ImageFormat::Vhd, "not a VHD");
+        let noise = write("noise.vhd", b"");
+        refused(&noise, ImageFormat::Auto, "named .vhd but is not a VHD");
+        refused(&write("disk.img", b"QFI\xfb"), ImageFormat::Auto, "a qcow2 image");
+        for path in [&cut, &noise] {
+            assert_eq!(open_image(path, ImageFormat::Raw).unwrap().size(), 64 << 10);
+        }
+        let plain = write("plain.img", b"");
+        assert_eq!(open_image(&plain, ImageFormat::Auto).unwrap().size(), 64 << 10);
     }
 }

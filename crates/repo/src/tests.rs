@@ -52,7 +52,7 @@ pub(crate) fn source(id: &str) -> SourceInfo {
 pub(crate) async fn backup_file(repo: &Repository, path: &Path, id: &str) -> crate::Manifest {
     let src: Arc<dyn BlockSource> = Arc::new(RawFileSource::open(path).unwrap());
     let session = repo.start_backup(source(id)).await.unwrap();
-    let mut w = session.disk_writer("disk0", "", src.size(), None).await.unwrap();
+    let mut w = session.disk_writer(0, "disk0", "", src.size(), None).await.unwrap();
     w.write_source(src).await.unwrap();
     w.finish().await.unwrap();
     session.commit(serde_json::json!({"file": path}), vec![]).await.unwrap()
@@ -116,7 +116,7 @@ async fn changed_ranges_incremental_equals_new_image() {
     img[(2 << 20)..(2 << 20) + (64 << 10)].fill(0);
     let mut session = repo.start_backup(source("vm")).await.unwrap();
     session.set_base(&base.id);
-    let mut w = session.disk_writer("disk0", "", img.len() as u64, Some(&base.disks[0])).await.unwrap();
+    let mut w = session.disk_writer(0, "disk0", "", img.len() as u64, Some(&base.disks[0])).await.unwrap();
     let mut ranges = w.chunk_ranges(&changes);
     ranges.push((2 << 20)..(2 << 20) + (64 << 10));
     ranges.sort_by_key(|r| r.start);
@@ -292,7 +292,7 @@ async fn gc_while_a_backup_runs_never_deletes_its_chunks() {
     fill_random(&mut run_img).unwrap();
     std::fs::write(&running, &run_img).unwrap();
     let session = repo.start_backup(source("run")).await.unwrap();
-    let mut w = session.disk_writer("disk0", "", run_img.len() as u64, None).await.unwrap();
+    let mut w = session.disk_writer(0, "disk0", "", run_img.len() as u64, None).await.unwrap();
     w.write(0, &run_img).await.unwrap();
     w.finish().await.unwrap();
 
@@ -358,11 +358,11 @@ async fn vhd_images_back_up_like_their_raw_content() {
         .status()
         .expect("qemu-img");
     assert!(status.success());
-    let src = crate::open_image(&vhd).unwrap();
+    let src = crate::open_image(&vhd, crate::ImageFormat::Vhd).unwrap();
     assert_eq!(src.size(), img.len() as u64);
     assert!(src.allocated().unwrap().is_some(), "opened as a VHD");
     let session = repo.start_backup(source("vhd")).await.unwrap();
-    let mut w = session.disk_writer("disk0", "", src.size(), None).await.unwrap();
+    let mut w = session.disk_writer(0, "disk0", "", src.size(), None).await.unwrap();
     w.write_source(src).await.unwrap();
     w.finish().await.unwrap();
     let m = session.commit(serde_json::Value::Null, vec![]).await.unwrap();

@@ -168,9 +168,10 @@ impl BackupSession {
         self.base = Some(base_id.to_string());
     }
 
-    /// A writer for one disk of `size` bytes. With `base`, slots never written inherit the
-    /// base disk's chunks (changed-block incrementals); without, they are zeros.
-    pub async fn disk_writer(&self, name: &str, uuid: &str, size: u64, base: Option<&DiskRecord>) -> Result<DiskWriter> {
+    /// A writer for the disk at `position` (see [`DiskRecord::position`]), of `size` bytes.
+    /// With `base`, slots never written inherit the base disk's chunks (changed-block
+    /// incrementals); without, they are zeros.
+    pub async fn disk_writer(&self, position: u32, name: &str, uuid: &str, size: u64, base: Option<&DiskRecord>) -> Result<DiskWriter> {
         let cfg = self.repo.config();
         if let Some(b) = base
             && (b.size != size || b.chunk_size != cfg.chunk_size || b.page_slots != cfg.page_slots)
@@ -180,7 +181,7 @@ impl BackupSession {
                 b.name, b.size, b.chunk_size, cfg.chunk_size
             )));
         }
-        let position = {
+        let slot = {
             let mut disks = self.disks.lock().unwrap_or_else(|p| p.into_inner());
             disks.push(None);
             disks.len() - 1
@@ -195,6 +196,7 @@ impl BackupSession {
             repo: self.repo.clone(),
             packer: self.packer.clone(),
             disks: self.disks.clone(),
+            slot,
             position,
             name: name.to_string(),
             uuid: uuid.to_string(),
@@ -237,10 +239,15 @@ impl BackupSession {
     ) -> Result<Manifest> {
         self.packer.flush().await?;
         let disks = std::mem::take(&mut *self.disks.lock().unwrap_or_else(|p| p.into_inner()));
-        let disks = disks
+        let mut disks = disks
             .into_iter()
             .collect::<Option<Vec<_>>>()
             .ok_or_else(|| Error::Invalid("a disk writer was not finished".into()))?;
+        // Stored by position whatever order the disks finished in, so a position names one disk.
+        disks.sort_by_key(DiskRecord::position);
+        if let Some(twice) = disks.windows(2).find(|w| w[0].position == w[1].position) {
+            return Err(Error::Invalid(format!("two disks at position {}: {} and {}", twice[0].position(), twice[0].name, twice[1].name)));
+        }
         let manifest = Manifest {
             version: MANIFEST_VERSION,
             id,
@@ -300,7 +307,9 @@ pub struct DiskWriter {
     repo: Repository,
     packer: Arc<Packer>,
     disks: Arc<Mutex<Vec<Option<DiskRecord>>>>,
-    position: usize,
+    /// This disk's entry in `disks`.
+    slot: usize,
+    position: u32,
     name: String,
     uuid: String,
     size: u64,
@@ -585,6 +594,7 @@ impl DiskWriter {
             return Err(Error::Task("pages left open at the end of a disk".into()));
         }
         let record = DiskRecord {
+            position: Some(self.position),
             name: self.name,
             uuid: self.uuid,
             size: self.size,
@@ -596,7 +606,7 @@ impl DiskWriter {
             finished: Utc::now(),
         };
         let mut disks = self.disks.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(slot) = disks.get_mut(self.position) {
+        if let Some(slot) = disks.get_mut(self.slot) {
             *slot = Some(record.clone());
         }
         Ok(record)

@@ -76,7 +76,7 @@ async fn backup(repo: &Repository, name: &str) -> xenvault_repo::Manifest {
         .await
         .expect("start backup");
     let mut writer = session
-        .disk_writer("xvda", "", disk.len() as u64, None)
+        .disk_writer(0, "xvda", "", disk.len() as u64, None)
         .await
         .expect("disk writer");
     writer.write(0, &disk).await.expect("write");

@@ -89,7 +89,7 @@ pub(crate) fn stored_disks(m: &Manifest) -> Vec<StoredDisk<'_>> {
         let found = vdis.iter().find(|(_, v)| !snap_uuid.is_empty() && text(v, "uuid") == snap_uuid);
         let (vdi_ref, vdi) = found.map(|(r, v)| (r.as_str(), v.clone())).unwrap_or((NULL_REF, Json::Null));
         let vbd = vbds.values().find(|b| vdi_ref != NULL_REF && text(b, "VDI") == vdi_ref).cloned();
-        let position = entry.map(|e| text(e, "position").to_owned()).unwrap_or_else(|| record.name.clone());
+        let position = record.position().to_string();
         out.push(StoredDisk { record, position, snapshot_vdi_uuid: snap_uuid.to_owned(), vdi, vbd });
     }
     out
@@ -100,20 +100,22 @@ pub(crate) fn restored_name(label: &str, m: &Manifest) -> String {
     format!("{label} (restored {})", m.time.format("%Y-%m-%d %H:%M"))
 }
 
-/// Restores disk `disk_index` of restore point `m` (an index into `m.disks`) to `target`.
-/// A new VDI is removed again when the restore fails.
+/// Restores the disk of restore point `m` that `which` names (see [`Manifest::disk`]) to
+/// `target`. A new VDI is removed again when the restore fails.
 pub async fn restore_disk(
     client: &Client,
     repo: &Repository,
     m: &Manifest,
-    disk_index: usize,
+    which: Option<&str>,
     target: &DiskTarget,
     opts: &DiskRestoreOptions,
     progress: Option<Progress>,
 ) -> Result<DiskRestoreReport> {
-    let stored = stored_disks(m).into_iter().nth(disk_index).ok_or_else(|| {
-        Error::Target(format!("restore point {} has {} disk(s): there is no disk {disk_index}", m.short_id(), m.disks.len()))
-    })?;
+    let record = m.disk(which)?;
+    let stored = stored_disks(m)
+        .into_iter()
+        .find(|d| std::ptr::eq(d.record, record))
+        .ok_or_else(|| Error::Metadata(format!("disk {} is not among the restore point's disks", record.describe())))?;
     let (vdi, done, vbd) = match target {
         DiskTarget::Existing { vdi_uuid } => {
             let vdi = by_uuid(client, "VDI", vdi_uuid).await?.ok_or_else(|| Error::Target(format!("no VDI with uuid {vdi_uuid}")))?;

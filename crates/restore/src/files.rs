@@ -115,6 +115,17 @@ impl StoredFs {
         blocking(move || Ok(fs.extract(&path, &dest)?)).await
     }
 
+    /// Streams regular file `path` into `out` (e.g. stdout); returns its size.
+    pub async fn copy_file<W: std::io::Write + Send + 'static>(&self, path: &str, mut out: W) -> Result<u64> {
+        let (fs, path) = (self.fs.clone(), path.to_string());
+        blocking(move || {
+            let copied = std::io::copy(&mut fs.open(&path)?, &mut out)?;
+            out.flush()?;
+            Ok(copied)
+        })
+        .await
+    }
+
     /// The bytes of file `path` (for small files: `files cat`).
     pub async fn read(&self, path: &str) -> Result<Vec<u8>> {
         let (fs, path) = (self.fs.clone(), path.to_string());

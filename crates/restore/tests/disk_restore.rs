@@ -27,7 +27,7 @@ async fn disk_restore_to_new_and_existing_vdis() {
     // A new VDI on another SR, attached to the running VM without plugging it.
     let attach = Attach { vm_uuid: original.uuid.clone(), userdevice: "5".into(), plug: false };
     let target = DiskTarget::New { sr_uuid: other_sr_uuid.clone(), name_label: None, attach: Some(attach) };
-    let new = restore_disk(client, repo, &m, 0, &target, &DiskRestoreOptions::default(), None).await.unwrap();
+    let new = restore_disk(client, repo, &m, None, &target, &DiskRestoreOptions::default(), None).await.unwrap();
     println!("{}", serde_json::to_string(&new).unwrap());
     assert!(new.created);
     assert_eq!(new.sr_uuid, other_sr_uuid);
@@ -43,7 +43,7 @@ async fn disk_restore_to_new_and_existing_vdis() {
     // Asked to, the VBD is plugged into the running VM.
     let attach = Attach { vm_uuid: original.uuid.clone(), userdevice: "6".into(), plug: true };
     let target = DiskTarget::New { sr_uuid: other_sr_uuid.clone(), name_label: Some("plugged".into()), attach: Some(attach) };
-    let plugged = restore_disk(client, repo, &m, 0, &target, &DiskRestoreOptions::default(), None).await.unwrap();
+    let plugged = restore_disk(client, repo, &m, None, &target, &DiskRestoreOptions::default(), None).await.unwrap();
     assert_eq!(plugged.name_label, "plugged");
     assert!(plugged.plugged);
     let vbd = call_str(client, "VBD.get_by_uuid", &[plugged.vbd_uuid.as_deref().unwrap()]).await;
@@ -53,7 +53,7 @@ async fn disk_restore_to_new_and_existing_vdis() {
     let vdis = count(client, "VDI").await;
     let attach = Attach { vm_uuid: original.uuid.clone(), userdevice: "5".into(), plug: false };
     let target = DiskTarget::New { sr_uuid: other_sr_uuid.clone(), name_label: Some("again".into()), attach: Some(attach) };
-    let err = restore_disk(client, repo, &m, 0, &target, &DiskRestoreOptions::default(), None).await.unwrap_err();
+    let err = restore_disk(client, repo, &m, None, &target, &DiskRestoreOptions::default(), None).await.unwrap_err();
     assert!(matches!(err, Error::Target(_)) && err.to_string().contains("userdevice 5"), "{err}");
     assert_eq!(count(client, "VDI").await, vdis);
 
@@ -63,7 +63,7 @@ async fn disk_restore_to_new_and_existing_vdis() {
     assert_ne!(sha256(sim, &new.disk.vdi_uuid).await, expected);
     let target = DiskTarget::Existing { vdi_uuid: new.disk.vdi_uuid.clone() };
     let opts = DiskRestoreOptions { differential: true, force: false };
-    let over = restore_disk(client, repo, &m, 0, &target, &opts, None).await.unwrap();
+    let over = restore_disk(client, repo, &m, None, &target, &opts, None).await.unwrap();
     assert!(!over.created);
     assert_eq!(over.disk.method, Some(Method::Hash), "{:?}", over.disk.method_reason);
     assert_eq!((over.disk.bytes_written, over.disk.bytes_compared), (4096, stored.size));
@@ -73,7 +73,7 @@ async fn disk_restore_to_new_and_existing_vdis() {
     // changed, so nothing is written.
     let target = DiskTarget::Existing { vdi_uuid: stored.uuid.clone() };
     let opts = DiskRestoreOptions { differential: true, force: true };
-    let forced = restore_disk(client, repo, &m, 0, &target, &opts, None).await.unwrap();
+    let forced = restore_disk(client, repo, &m, None, &target, &opts, None).await.unwrap();
     assert_eq!(forced.disk.method, Some(Method::Cbt), "{:?}", forced.disk.method_reason);
     assert_eq!((forced.disk.bytes_written, forced.disk.bytes_compared), (0, 0));
     assert_eq!(sha256(sim, &stored.uuid).await, expected);
@@ -88,7 +88,7 @@ async fn disk_restore_refuses_wrong_targets_and_cleans_up() {
     let sr_uuid = call_str(client, "SR.get_uuid", &[&call_str(client, "VDI.get_SR", &[&call_str(client, "VDI.get_by_uuid", &[&stored.uuid]).await]).await]).await;
     let opts = DiskRestoreOptions::default();
     let m = &m;
-    let refused = |target: DiskTarget, opts: DiskRestoreOptions| async move { restore_disk(client, repo, m, 0, &target, &opts, None).await.unwrap_err() };
+    let refused = |target: DiskTarget, opts: DiskRestoreOptions| async move { restore_disk(client, repo, m, None, &target, &opts, None).await.unwrap_err() };
 
     // The original disk is attached to the running VM.
     let err = refused(DiskTarget::Existing { vdi_uuid: stored.uuid.clone() }, opts.clone()).await;
@@ -109,8 +109,8 @@ async fn disk_restore_refuses_wrong_targets_and_cleans_up() {
     let vdis = count(client, "VDI").await;
     let err = refused(DiskTarget::New { sr_uuid: "00000000-0000-4000-8000-000000000000".into(), name_label: None, attach: None }, opts.clone()).await;
     assert!(err.to_string().contains("no SR with uuid"), "{err}");
-    let err = restore_disk(client, repo, m, 9, &DiskTarget::New { sr_uuid: sr_uuid.clone(), name_label: None, attach: None }, &opts, None).await.unwrap_err();
-    assert!(err.to_string().contains("no disk 9"), "{err}");
+    let err = restore_disk(client, repo, m, Some("9"), &DiskTarget::New { sr_uuid: sr_uuid.clone(), name_label: None, attach: None }, &opts, None).await.unwrap_err();
+    assert!(err.to_string().contains("no disk at position 9"), "{err}");
 
     // An import cut short: the new VDI is removed again.
     sim.call("sim.set_cut", vec![Value::from("http"), Value::from((64u64 << 10).to_string())]).await.unwrap();

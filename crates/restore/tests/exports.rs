@@ -34,8 +34,8 @@ async fn stored(dir: &Path) -> (Repository, Arc<DiskReader>) {
     let opts = InitOptions { encryption: Encryption::Aes256Gcm, secret: Some(xenvault_repo::keys::Secret::passphrase("pw")), kdf: xenvault_repo::keys::KdfParams { memory_kib: 1024, iterations: 1, parallelism: 1 }, ..Default::default() };
     let repo = Repository::init(dir.join("repo").to_str().unwrap(), &Default::default(), opts).await.unwrap();
     let session = repo.start_backup(SourceInfo { id: "img".into(), kind: "image".into(), name: "img".into() }).await.unwrap();
-    let source = xenvault_repo::open_image(&src).unwrap();
-    let mut w = session.disk_writer("disk0", "", SIZE, None).await.unwrap();
+    let source = xenvault_repo::open_image(&src, Default::default()).unwrap();
+    let mut w = session.disk_writer(0, "disk0", "", SIZE, None).await.unwrap();
     w.write_source(source).await.unwrap();
     w.finish().await.unwrap();
     let m = session.commit(serde_json::json!({}), vec![]).await.unwrap();

@@ -17,8 +17,8 @@ async fn backed_up(dir: &Path, disks: &[&DemoDisk]) -> (Repository, xenvault_rep
     let repo = Repository::init(dir.join("repo").to_str().unwrap(), &Default::default(), opts).await.unwrap();
     let session = repo.start_backup(SourceInfo { id: "demo".into(), kind: "image".into(), name: "demo".into() }).await.unwrap();
     for (i, d) in disks.iter().enumerate() {
-        let source = xenvault_repo::open_image(&d.path).unwrap();
-        let mut w = session.disk_writer(&format!("disk{i}"), "", source.size(), None).await.unwrap();
+        let source = xenvault_repo::open_image(&d.path, Default::default()).unwrap();
+        let mut w = session.disk_writer(i as u32, &format!("disk{i}"), "", source.size(), None).await.unwrap();
         w.write_source(source).await.unwrap();
         w.finish().await.unwrap();
     }
@@ -89,6 +89,29 @@ async fn files_of_every_demo_file_system_extract_identically() {
     let sparse = out.join("sparse.img");
     root.extract("/var/log/sparse.img", &sparse).await.unwrap();
     assert!(std::fs::metadata(&sparse).unwrap().blocks() * 512 < 1 << 20, "sparse file extracted dense");
+
+    // Nothing at the destination is overwritten or followed: a file, a symlink to a file, a
+    // symlink to a directory, or a symlink inside an existing directory.
+    let refused = |err: Error| assert!(matches!(err, Error::Fs(xenvault_fsread::Error::Exists(_))), "{err}");
+    let victim = out.join("victim");
+    std::fs::write(&victim, b"keep").unwrap();
+    let victim_dir = out.join("victim-dir");
+    std::fs::create_dir(&victim_dir).unwrap();
+    let (link, dir_link, tree) = (out.join("link"), out.join("dir-link"), out.join("etc-again"));
+    std::os::unix::fs::symlink(&victim, &link).unwrap();
+    std::os::unix::fs::symlink(&victim_dir, &dir_link).unwrap();
+    std::fs::create_dir(&tree).unwrap();
+    std::os::unix::fs::symlink(&victim, tree.join("hostname")).unwrap();
+    refused(root.extract("/var/log/sparse.img", &sparse).await.unwrap_err());
+    refused(root.extract("/etc/hostname", &link).await.unwrap_err());
+    refused(root.extract("/etc", &dir_link).await.unwrap_err());
+    refused(root.extract("/etc", &tree).await.unwrap_err());
+    assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
+    assert_eq!(std::fs::read_dir(&victim_dir).unwrap().count(), 0);
+    let streamed = out.join("streamed");
+    assert_eq!(root.copy_file("/etc/hostname", std::fs::File::create(&streamed).unwrap()).await.unwrap(), 11);
+    assert_eq!(std::fs::read(&streamed).unwrap(), b"demo-linux\n");
+    assert!(matches!(root.copy_file("/etc", Vec::new()).await, Err(Error::Fs(xenvault_fsread::Error::NotAFile(_)))));
 
     // Errors are typed: unknown volume, swap holds no file system, missing path.
     let err = StoredFs::open(stored_disk(&repo, &m, 0).await, Some("p9".into())).await.err().unwrap();
