@@ -4,6 +4,8 @@ use std::process::ExitCode;
 
 /// The command failed (any error not classified below).
 pub const FAILURE: u8 = 1;
+/// Bad or missing arguments, an unconfirmed destructive step (clap uses it too).
+pub const USAGE: u8 = 2;
 /// `verify` (or a check) ran to the end and found damage or problems.
 pub const DAMAGE_FOUND: u8 = 3;
 /// Some items of a multi-item job (VMs, disks) failed while others succeeded.
@@ -17,13 +19,43 @@ pub const AUTH: u8 = 5;
 pub fn code_for(error: &anyhow::Error) -> ExitCode {
     let code = match error.downcast_ref::<ExitKind>() {
         Some(ExitKind::Auth) => AUTH,
+        Some(ExitKind::Usage) => USAGE,
         None => FAILURE,
     };
     ExitCode::from(code)
+}
+
+/// The error's messages from the outside in, each said once: a layer whose message
+/// already quotes its cause's (`XenAPI: {0}`) is not followed by that cause again.
+pub fn chain_text(error: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if cause.downcast_ref::<ExitKind>().is_some() || parts.iter().any(|p| p.contains(&text)) {
+            continue;
+        }
+        parts.push(text);
+    }
+    parts.join(": ")
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExitKind {
     #[error("authentication failed")]
     Auth,
+    #[error("usage")]
+    Usage,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_says_each_message_once_and_keeps_the_code() {
+        let inner = std::io::Error::other("connection refused");
+        let e = anyhow::Error::new(inner).context("XenAPI: connection refused").context("logging in to pool lab").context(ExitKind::Auth);
+        assert_eq!(chain_text(&e), "logging in to pool lab: XenAPI: connection refused");
+        assert_eq!(code_for(&e), ExitCode::from(AUTH));
+    }
 }

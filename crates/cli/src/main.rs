@@ -5,13 +5,15 @@ mod backup_cmds;
 mod benchmark_cmd;
 mod demo_cmd;
 mod exit;
+mod output;
 mod pool_cmds;
+mod prompt;
 mod repo_cmds;
 mod restore_cmds;
 mod retention_cmd;
 mod sim_cmds;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -20,6 +22,9 @@ struct Cli {
     /// More log output (repeat for more).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// Show times in UTC instead of the local time zone (JSON is always UTC).
+    #[arg(long, global = true)]
+    utc: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -44,6 +49,13 @@ enum Command {
     Retention(retention_cmd::Commands),
     #[command(flatten)]
     Sim(sim_cmds::Commands),
+    /// Print a shell completion script: xenvault completions bash > /etc/bash_completion.d/xenvault
+    Completions { shell: clap_complete::Shell },
+    /// Write man pages (xenvault.1 and one per subcommand) into a directory.
+    Man {
+        #[arg(long, default_value = ".")]
+        dir: std::path::PathBuf,
+    },
 }
 
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
@@ -56,11 +68,22 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Restore(cmd) => restore_cmds::run(cmd).await,
         Command::Retention(cmd) => retention_cmd::run(cmd).await,
         Command::Sim(cmd) => sim_cmds::run(cmd).await,
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "xenvault", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { dir } => {
+            std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
+            clap_mangen::generate_to(Cli::command(), &dir).map_err(|e| anyhow::anyhow!("writing man pages into {}: {e}", dir.display()))?;
+            println!("man pages written to {}", dir.display());
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    output::use_utc(cli.utc);
     // libnbd sends an IP address as SNI, which rustls warns about on every connection.
     let filter = match cli.verbose {
         0 => "warn,rustls::msgs::handshake=error",
@@ -84,7 +107,7 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli.command)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", exit::chain_text(&e));
             exit::code_for(&e)
         }
     }

@@ -11,7 +11,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use xenvault_repo::backend::BackendOptions;
 use xenvault_repo::keys::{Encryption, KdfParams, Secret, new_key_file_content};
-use xenvault_repo::{DiskReader, InitOptions, Repository, SourceInfo};
+use xenvault_repo::select::{self, SelectError};
+use xenvault_repo::{DiskReader, InitOptions, Manifest, Repository, SourceInfo};
 
 #[derive(Subcommand)]
 pub enum Commands {
@@ -42,9 +43,12 @@ pub struct RepoArgs {
     /// A path, s3://bucket/prefix or azblob://container/prefix.
     #[arg(long, env = "XENVAULT_REPO")]
     repo: String,
-    /// File holding the passphrase (else $XENVAULT_PASSPHRASE).
+    /// File holding the passphrase (else $XENVAULT_PASSPHRASE, --password-command, or a prompt on a terminal).
     #[arg(long)]
     passphrase_file: Option<PathBuf>,
+    /// Command printing the passphrase (e.g. `pass show xenvault`), run with sh -c.
+    #[arg(long, env = "XENVAULT_PASSWORD_COMMAND", conflicts_with = "passphrase_file")]
+    password_command: Option<String>,
     /// Open with a key file instead of a passphrase.
     #[arg(long)]
     key_file: Option<PathBuf>,
@@ -82,13 +86,40 @@ impl RepoArgs {
             let bytes = std::fs::read(path).with_context(|| format!("reading key file {}", path.display()))?;
             return Ok(Some(Secret::key_file(trim_newline(bytes))));
         }
-        passphrase(self.passphrase_file.as_deref(), "XENVAULT_PASSPHRASE")
+        if let Some(command) = &self.password_command {
+            return password_command(command).map(Some);
+        }
+        match passphrase(self.passphrase_file.as_deref(), "XENVAULT_PASSPHRASE")? {
+            Some(secret) => Ok(Some(secret)),
+            None if crate::prompt::interactive() => {
+                Ok(Some(Secret::passphrase(crate::prompt::secret(&format!("passphrase for {}: ", self.repo))?)))
+            }
+            None => Ok(None),
+        }
     }
 
     pub(crate) async fn open(&self) -> Result<Repository> {
         let secret = self.secret()?;
         Repository::open(&self.repo, &self.backend(), secret.as_ref()).await.map_err(classify)
     }
+}
+
+/// The passphrase a command prints (its first line); a failing command is an error.
+fn password_command(command: &str) -> Result<Secret> {
+    let out = std::process::Command::new("sh")
+        .args(["-c", command])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("running --password-command {command:?}"))?;
+    if !out.status.success() {
+        return Err(anyhow!("--password-command {command:?} failed ({})", out.status));
+    }
+    let text = String::from_utf8(out.stdout).map_err(|_| anyhow!("--password-command printed something that is not UTF-8"))?;
+    let line = text.lines().next().unwrap_or_default();
+    if line.is_empty() {
+        return Err(anyhow!("--password-command {command:?} printed no passphrase").context(ExitKind::Usage));
+    }
+    Ok(Secret::passphrase(line.to_owned()))
 }
 
 fn trim_newline(mut b: Vec<u8>) -> Vec<u8> {
@@ -108,17 +139,36 @@ fn passphrase(file: Option<&Path>, var: &str) -> Result<Option<Secret>> {
     Ok(std::env::var(var).ok().filter(|p| !p.is_empty()).map(Secret::passphrase))
 }
 
-/// Wrong keys and refused credentials exit with AUTH; everything else with FAILURE.
+/// Wrong keys and refused credentials exit with AUTH, a missing passphrase with USAGE;
+/// everything else with FAILURE.
 pub(crate) fn classify(e: xenvault_repo::Error) -> anyhow::Error {
     use xenvault_repo::backend::BackendError;
-    let auth = matches!(
-        e,
-        xenvault_repo::Error::WrongKey
-            | xenvault_repo::Error::KeyNeeded
-            | xenvault_repo::Error::Backend(BackendError::AccessDenied { .. })
-    );
+    let kind = match e {
+        xenvault_repo::Error::WrongKey | xenvault_repo::Error::Backend(BackendError::AccessDenied { .. }) => Some(ExitKind::Auth),
+        xenvault_repo::Error::KeyNeeded => Some(ExitKind::Usage),
+        _ => None,
+    };
     let e = anyhow::Error::new(e);
-    if auth { e.context(ExitKind::Auth) } else { e }
+    match kind {
+        Some(kind) => e.context(kind),
+        None => e,
+    }
+}
+
+fn kdf_memory_mib(s: &str) -> Result<u32, String> {
+    let max = xenvault_repo::keys::MAX_KDF_MEMORY_MIB;
+    s.parse().ok().filter(|n| (1..=max).contains(n)).ok_or_else(|| format!("expected 1 to {max} (MiB), not {s:?}"))
+}
+
+fn kdf_iterations(s: &str) -> Result<u32, String> {
+    let max = xenvault_repo::keys::MAX_KDF_ITERATIONS;
+    s.parse().ok().filter(|n| (1..=max).contains(n)).ok_or_else(|| format!("expected 1 to {max}, not {s:?}"))
+}
+
+fn sample_percent(s: &str) -> Result<f64, String> {
+    let pct: f64 = s.parse().map_err(|_| format!("not a number: {s:?}"))?;
+    xenvault_repo::verify::check_sample_percent(pct).map_err(|e| e.to_string())?;
+    Ok(pct)
 }
 
 fn parse_size(s: &str) -> Result<u32, String> {
@@ -196,9 +246,9 @@ pub struct InitArgs {
     #[arg(long, default_value_t = 1)]
     zstd_level: i32,
     /// Argon2id memory in MiB for the passphrase slot.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = kdf_memory_mib)]
     kdf_memory_mib: u32,
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = kdf_iterations)]
     kdf_iterations: u32,
     /// Create a new key file at this path and open the repository with it (instead of a passphrase).
     #[arg(long, conflicts_with = "key_file")]
@@ -251,6 +301,13 @@ async fn init(a: InitArgs) -> Result<ExitCode> {
         print_json(&serde_json::json!({"id": repo.id(), "location": repo.location(), "config": repo.config()}))?;
     } else {
         println!("created repository {} at {}", repo.id(), repo.location());
+    }
+    if encryption == Encryption::Aes256Gcm && a.new_key_file.is_none() {
+        eprintln!(
+            "keep the passphrase safe: without it the backups cannot be read, by anyone. A key file is a second way in: \
+             xenvault key add --new-key-file PATH --repo {} (store it apart from the repository)",
+            repo.location()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -336,38 +393,87 @@ async fn backup_image(a: BackupImageArgs) -> Result<ExitCode> {
 pub struct SnapshotsArgs {
     #[command(flatten)]
     repo: RepoArgs,
-    /// Only restore points of this source id.
-    #[arg(long)]
+    /// Only restore points of this VM (name or uuid) or other source id.
+    #[arg(long, visible_alias = "vm")]
     source: Option<String>,
+    /// Only restore points of this backup job.
+    #[arg(long)]
+    job: Option<String>,
+    /// Only restore points with this tag (repeatable: all of them).
+    #[arg(long)]
+    tag: Vec<String>,
+    /// Only restore points taken at or after this time (RFC 3339, or a date YYYY-MM-DD in UTC).
+    #[arg(long, value_parser = parse_time)]
+    since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only restore points taken at or before this time (RFC 3339, or a date: its end, in UTC).
+    #[arg(long, value_parser = parse_time_end)]
+    until: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only the newest N restore points of each VM.
+    #[arg(long, value_name = "N")]
+    latest: Option<usize>,
     #[arg(long)]
     json: bool,
 }
 
+fn parse_date_or_time(s: &str, end_of_day: bool) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&chrono::Utc));
+    }
+    let day = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| format!("{s:?}: give YYYY-MM-DD or an RFC 3339 time"))?;
+    let time = if end_of_day { day.and_hms_opt(23, 59, 59) } else { day.and_hms_opt(0, 0, 0) };
+    time.map(|t| t.and_utc()).ok_or_else(|| format!("{s:?}: not a time"))
+}
+
+fn parse_time(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    parse_date_or_time(s, false)
+}
+
+fn parse_time_end(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    parse_date_or_time(s, true)
+}
+
+/// Selection failures keep the repository's exit codes; the rest are usage errors.
+pub(crate) fn select_error(e: SelectError) -> anyhow::Error {
+    match e {
+        SelectError::Repo(e) => classify(e),
+        other => anyhow::Error::new(other).context(ExitKind::Usage),
+    }
+}
+
+/// The restore point `wanted` names (`latest` of `source` when given, an id or a prefix).
+pub(crate) async fn restore_point(repo: &Repository, wanted: &str, source: Option<&str>) -> Result<Manifest> {
+    select::restore_point(repo, wanted, source).await.map_err(select_error)
+}
+
 async fn snapshots(a: SnapshotsArgs) -> Result<ExitCode> {
     let repo = a.repo.open().await?;
-    let list: Vec<_> = repo
-        .snapshots()
-        .await
-        .map_err(classify)?
-        .into_iter()
-        .filter(|m| a.source.as_ref().is_none_or(|s| &m.source.id == s))
-        .collect();
+    let filter = select::Filter {
+        source: a.source.clone(),
+        job: a.job.clone(),
+        tags: a.tag.clone(),
+        since: a.since,
+        until: a.until,
+        latest_per_source: a.latest,
+    };
+    let list = filter.apply(repo.snapshots().await.map_err(classify)?);
     if a.json {
         print_json(&list)?;
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{:<10} {:<20} {:<8} {:>10}  {:<30} tags", "id", "time (UTC)", "disks", "size", "source");
-    for m in &list {
-        println!(
-            "{:<10} {:<20} {:<8} {:>10}  {:<30} {}",
-            m.short_id(),
-            m.time.format("%Y-%m-%d %H:%M:%S"),
-            m.disks.len(),
-            human(m.total_size()),
-            m.source.name,
-            m.tags.join(",")
-        );
-    }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|m| {
+            vec![
+                m.short_id().to_owned(),
+                crate::output::time(m.time),
+                m.source.name.clone(),
+                m.disks.len().to_string(),
+                human(m.total_size()),
+                m.tags.join(","),
+            ]
+        })
+        .collect();
+    crate::output::table(&["ID", "TIME", "VM", "DISKS", "SIZE", "TAGS"], &rows, &[3, 4]);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -390,7 +496,7 @@ pub struct RestoreImageArgs {
 
 async fn restore_image(a: RestoreImageArgs) -> Result<ExitCode> {
     let repo = a.repo.open().await?;
-    let m = repo.snapshot(&a.id).await.map_err(classify)?;
+    let m = restore_point(&repo, &a.id, None).await?;
     let disk = m.disk(a.disk.as_deref()).map_err(classify)?;
     let reader = DiskReader::new(&repo, disk).await.map_err(classify)?;
     let bar = bytes_bar(disk.size, a.json, &disk.name);
@@ -416,8 +522,8 @@ async fn restore_image(a: RestoreImageArgs) -> Result<ExitCode> {
 pub struct VerifyArgs {
     #[command(flatten)]
     repo: RepoArgs,
-    /// Check only this share of packs (percent), chosen at random.
-    #[arg(long)]
+    /// Check only this share of packs (percent, more than 0 and at most 100), chosen at random.
+    #[arg(long, value_parser = sample_percent)]
     sample: Option<f64>,
     #[arg(long)]
     json: bool,
@@ -441,6 +547,10 @@ async fn verify(a: VerifyArgs) -> Result<ExitCode> {
         );
         for b in &report.bad_chunks {
             println!("bad chunk {} in pack {}: {}", b.id, b.pack, b.reason);
+        }
+        for d in &report.damaged_indexes {
+            let outcome = if d.rebuilt { "rebuilt from the pack" } else { "its chunks are unusable" };
+            println!("damaged index of pack {} ({outcome}): {}", d.pack, d.reason);
         }
         for (id, problems) in &report.damaged_snapshots {
             println!("damaged restore point {id}:");
@@ -513,7 +623,7 @@ async fn forget(a: ForgetArgs) -> Result<ExitCode> {
         }
         let mut remove = Vec::new();
         for id in &a.ids {
-            remove.push(repo.snapshot(id).await.map_err(classify)?.id);
+            remove.push(restore_point(&repo, id, None).await?.id);
         }
         xenvault_repo::prune::ForgetPlan { keep: Vec::new(), remove }
     };
@@ -603,9 +713,9 @@ pub struct NewKeyArgs {
     /// Create a key file here instead of a passphrase.
     #[arg(long)]
     new_key_file: Option<PathBuf>,
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = kdf_memory_mib)]
     kdf_memory_mib: u32,
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = kdf_iterations)]
     kdf_iterations: u32,
 }
 

@@ -169,6 +169,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     println!("listening on {}", handle.url);
     std::io::stdout().flush().ok();
     eprintln!("NBD on port {}, state in {}", handle.nbd_port, handle.state_dir.display());
+    eprintln!("log in as {} with password {:?}", handle.user, handle.password);
+    if !args.plain_http {
+        let fingerprint = xenvault_tls::pem_fingerprint_sha256(handle.cert_pem.as_bytes()).context("reading the simulator's certificate")?;
+        eprintln!("certificate SHA-256 fingerprint {fingerprint}");
+        eprintln!(
+            "register it: XENVAULT_POOL_PASSWORD='{}' xenvault pool add sim --url {} --user {} --fingerprint {fingerprint}",
+            handle.password, handle.url, handle.user
+        );
+    }
     tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
     handle.stop().await;
     Ok(ExitCode::SUCCESS)

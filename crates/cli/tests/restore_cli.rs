@@ -25,8 +25,8 @@ const FAILURE: i32 = 1;
 const USAGE: i32 = 2;
 const AUTH: i32 = 5;
 
-/// The simulated pool, registered as `sim` (certificate pinned) and as `refused` (wrong
-/// password), a repository, and one restore point of `VM`.
+/// The simulated pool, registered as `sim` (certificate pinned), a repository, and one
+/// restore point of `VM`.
 struct Pool {
     runtime: tokio::runtime::Runtime,
     sim: SimHandle,
@@ -124,12 +124,9 @@ impl Pool {
         };
         let fingerprint = xenvault_engine::config::fingerprint_of_pem(&pool.sim.cert_pem).unwrap();
         let url = pool.sim.url.clone();
-        for (name, password) in [("sim", pool.sim.password.clone()), ("refused", "not the password".to_owned())] {
-            let file = pool.dir.join(format!("{name}.password"));
-            std::fs::write(&file, password).unwrap();
-            let args = ["pool", "add", name, "--url", &url, "--fingerprint", &fingerprint, "--password-file", file.to_str().unwrap()];
-            ok(pool.run(&args), "pool add");
-        }
+        let file = pool.dir.join("sim.password");
+        std::fs::write(&file, &pool.sim.password).unwrap();
+        ok(pool.run(&["pool", "add", "sim", "--url", &url, "--fingerprint", &fingerprint, "--password-file", file.to_str().unwrap()]), "pool add");
         ok(pool.run(&["init", "--repo", &pool.repo, "--kdf-memory-mib", "1", "--kdf-iterations", "1"]), "init");
         let report = json(&ok(pool.run(&["backup", "--pool", "sim", "--vm", VM, "--repo", &pool.repo, "--json"]), "backup"));
         let vm = &report["vms"][0];
@@ -284,11 +281,11 @@ fn restore_vm_as_new_as_template_onto_an_sr_over_the_original_and_differential()
 
     // Over the original, differentially and in full, after guest writes.
     p.guest_write();
-    let diff = p.restore_vm(&["--overwrite", "--differential"]);
+    let diff = p.restore_vm(&["--overwrite", "--yes", "--differential"]);
     assert_eq!(diff["vm_uuid"], p.vm_uuid.as_str());
     assert_eq!(diff["disks"][0]["vdi_uuid"], p.vdi_uuid.as_str());
     p.guest_write();
-    let full = p.restore_vm(&["--overwrite"]);
+    let full = p.restore_vm(&["--overwrite", "--yes"]);
     assert_eq!(full["vm_uuid"], p.vm_uuid.as_str());
     assert_eq!(full["disks"][0]["bytes_written"], DISK_SIZE);
     assert_eq!(p.macs(&p.vm_uuid), original_macs, "overwriting keeps the VM's own MACs");
@@ -652,7 +649,8 @@ fn bad_input_exits_with_the_documented_codes() {
     ] {
         assert!(fails(p.run_with_passphrase(&args, "wrong"), AUTH, &args.join(" ")).contains("wrong passphrase"));
     }
-    fails(p.run(&["restore", "vm", id, "--repo", &p.repo, "--pool", "refused", "--json"]), AUTH, "refused pool credentials");
+    let refused = p.command(&["restore", "vm", id, "--repo", &p.repo, "--pool", "sim", "--json"]).env("XENVAULT_POOL_PASSWORD", "wrong").output().unwrap();
+    fails(refused, AUTH, "refused pool credentials");
 
     // Contradictory or malformed arguments: usage.
     for args in [
@@ -703,5 +701,128 @@ fn mount_shows_the_files_the_disk_holds() {
     assert!(std::fs::write(mountpoint.join("new file"), b"x").is_err(), "the mount is writable");
     mounted.stop();
     assert_eq!(std::fs::read_dir(&mountpoint).unwrap().count(), 0, "still mounted after Ctrl-C");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `pool add|edit|remove` log in before saving and never store what fails; the inventory
+/// lists what restores need, by name and uuid.
+#[test]
+fn pools_are_checked_before_saving_and_list_their_inventory() {
+    let p = pool();
+    let dir = p.scratch("pools");
+    let config = dir.join("config.toml");
+    let run = |args: &[&str], password: &str| {
+        p.command(args).env("XENVAULT_CONFIG", &config).env("XENVAULT_POOL_PASSWORD", password).output().unwrap()
+    };
+    let url = p.sim.url.as_str();
+    let fingerprint = xenvault_engine::config::fingerprint_of_pem(&p.sim.cert_pem).unwrap();
+    let password = p.sim.password.as_str();
+    let listed = || json(&ok(run(&["pool", "list", "--json"], password), "pool list")).as_array().unwrap().len();
+
+    let err = fails(run(&["pool", "add", "lab", "--url", url, "--fingerprint", &fingerprint], "wrong"), AUTH, "wrong password");
+    assert_eq!(err.matches("SESSION_AUTHENTICATION_FAILED").count(), 1, "the cause said once: {err}");
+    fails(run(&["pool", "add", "lab", "--url", "not a url", "--insecure"], password), USAGE, "not a url");
+    fails(run(&["pool", "add", "lab", "--url", "ftp://host", "--insecure"], password), USAGE, "not http(s)");
+    // A self-signed certificate and no terminal to ask on: refused, naming the fingerprint to pin.
+    let err = fails(run(&["pool", "add", "lab", "--url", url], password), USAGE, "untrusted certificate");
+    assert!(err.contains(&fingerprint) && err.contains("--fingerprint"), "{err}");
+    assert_eq!(listed(), 0, "a failed pool add saved something");
+
+    let out = ok(run(&["pool", "add", "lab", "--url", url, "--insecure"], password), "pool add --insecure");
+    assert!(out.contains("lab") && out.contains("insecure"), "{out}");
+    fails(run(&["pool", "edit", "lab", "--fingerprint", &"ab".repeat(32)], password), FAILURE, "edit to a wrong pin");
+    ok(run(&["pool", "edit", "lab", "--fingerprint", &fingerprint], password), "pool edit --fingerprint");
+    let pools = json(&ok(run(&["pool", "list", "--json"], password), "pool list"));
+    assert_eq!(pools[0]["tls"]["sha256"], fingerprint.as_str(), "{pools}");
+    let out = ok(run(&["pool", "check", "lab"], password), "pool check");
+    assert!(!out.contains("pool lab: ("), "empty pool name printed: {out}");
+    ok(run(&["pool", "remove", "lab"], password), "pool remove");
+    fails(run(&["pool", "remove", "lab"], password), USAGE, "pool remove twice");
+    assert_eq!(listed(), 0);
+
+    // Inventory of the shared pool, with the newest restore point of each VM.
+    let vms = json(&ok(p.run(&["pool", "vms", "sim", "--json", "--repo", &p.repo]), "pool vms"));
+    let vm = vms.as_array().unwrap().iter().find(|v| v["uuid"] == p.vm_uuid.as_str()).unwrap_or_else(|| panic!("{vms}"));
+    assert_eq!(vm["name"], VM, "{vm}");
+    assert_eq!(vm["size"], DISK_SIZE, "{vm}");
+    assert!(vm["power_state"].is_string() && vm["last_restore_point"]["id"].is_string(), "{vm}");
+    let table = ok(p.run(&["pool", "vms", "sim"]), "pool vms table");
+    assert!(table.starts_with("NAME") && table.contains(VM) && table.contains(&p.vm_uuid), "{table}");
+    let srs = json(&ok(p.run(&["pool", "srs", "sim", "--json"]), "pool srs"));
+    let sr_uuid = p.sr_of(&p.vdi_uuid);
+    assert!(srs.as_array().unwrap().iter().any(|s| s["uuid"] == sr_uuid.as_str()), "{srs}");
+    let hosts = json(&ok(p.run(&["pool", "hosts", "sim", "--json"]), "pool hosts"));
+    assert_eq!(hosts.as_array().unwrap().iter().filter(|h| h["master"] == true).count(), 1, "{hosts}");
+    let networks = json(&ok(p.run(&["pool", "networks", "sim", "--json"]), "pool networks"));
+    assert!(networks.as_array().unwrap().iter().all(|n| n["uuid"].is_string() && n["bridge"].is_string()), "{networks}");
+
+    // Names work where uuids do; a name that matches nothing lists the candidates.
+    let sr_name = srs.as_array().unwrap().iter().find(|s| s["uuid"] == sr_uuid.as_str()).unwrap()["name"].as_str().unwrap().to_owned();
+    let base = ["restore", "disk", p.id.as_str(), "--disk", "0", "--pool", "sim", "--json"];
+    let by_name = p.run(&[&base[..], &["--sr", sr_name.as_str()]].concat());
+    match srs.as_array().unwrap().iter().filter(|s| s["name"] == sr_name.as_str()).count() {
+        1 => assert_eq!(json(&ok(by_name, "restore disk --sr NAME"))["sr_uuid"], sr_uuid.as_str()),
+        n => {
+            let err = fails(by_name, FAILURE, "ambiguous SR name");
+            assert!(err.contains(&format!("matches {n} SRs")) && err.contains(&sr_uuid), "{err}");
+        }
+    }
+    let err = fails(p.run(&[&base[..], &["--sr", "no such SR"]].concat()), FAILURE, "unknown SR name");
+    assert!(err.contains("no SR matches \"no such SR\"") && err.contains(&sr_uuid), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Overwriting a VM asks first (here, without a terminal, it needs --yes) and reports the
+/// VM's power state; --start starts what was restored.
+#[test]
+fn overwrite_needs_confirmation_and_start_starts() {
+    let p = pool();
+    let args = ["restore", "vm", p.id.as_str(), "--pool", "sim", "--overwrite", "--json"];
+    let before = p.sha256(&p.vdi_uuid);
+    let err = fails(p.run(&args), USAGE, "--overwrite without --yes");
+    assert!(err.contains("--yes") && err.contains(VM), "{err}");
+    assert_eq!(p.sha256(&p.vdi_uuid), before, "refused overwrite changed the disk");
+    let report = json(&ok(p.run(&[&args[..], &["--yes", "--differential"]].concat()), "--overwrite --yes"));
+    assert!(report["power_state_before"].is_string() && report["power_state_after"].is_string(), "{report}");
+    let started = json(&ok(p.run(&["restore", "vm", p.id.as_str(), "--pool", "sim", "--as-new", "--start", "--json"]), "--start"));
+    assert_eq!(started["power_state_after"], "Running", "{started}");
+}
+
+/// Restore points chosen by VM name, `latest` per VM, and prefixes long enough to be sure.
+#[test]
+fn restore_points_by_vm_name_and_safe_prefixes() {
+    let p = pool();
+    let ids = |extra: &[&str]| -> Vec<String> {
+        let list = json(&ok(p.run(&[&["snapshots", "--json"][..], extra].concat()), "snapshots"));
+        list.as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap().to_owned()).collect()
+    };
+    assert!(ids(&["--source", VM]).contains(&p.id), "by VM name");
+    assert_eq!(ids(&["--source", VM]), ids(&["--source", &p.vm_uuid.to_uppercase()]), "name and uuid (any case) agree");
+    assert!(ids(&["--source", "no such VM"]).is_empty());
+    assert_eq!(ids(&["--source", VM, "--latest", "1"]).len(), 1);
+    assert!(ids(&["--since", "2000-01-01", "--until", "2000-01-02"]).is_empty(), "time range");
+    let table = ok(p.run(&["snapshots", "--source", VM]), "snapshots table");
+    assert!(table.starts_with("ID") && table.contains(&p.id[..8]), "{table}");
+
+    let one = &p.id[..1];
+    let err = fails(p.run(&["files", "volumes", one, "--json"]), USAGE, "one-character prefix");
+    assert!(err.contains("too short") && err.contains(&p.id[..8]), "{err}");
+    ok(p.run(&["files", "volumes", &p.id[..6], "--json"]), "six-character prefix");
+    ok(p.run(&["files", "volumes", "latest", "--source", VM, "--json"]), "latest of a VM");
+    let err = fails(p.run(&["files", "volumes", "latest", "--source", "no such VM", "--json"]), USAGE, "latest of an unknown VM");
+    assert!(err.contains("no such VM"), "{err}");
+}
+
+#[test]
+fn completions_and_man_pages() {
+    let p = pool();
+    for shell in ["bash", "zsh", "fish"] {
+        let script = ok(p.run(&["completions", shell]), shell);
+        assert!(script.contains("xenvault") && script.contains("snapshots"), "{shell}: {script}");
+    }
+    let dir = p.scratch("man");
+    ok(p.run(&["man", "--dir", dir.to_str().unwrap()]), "man");
+    let page = std::fs::read_to_string(dir.join("xenvault.1")).unwrap();
+    assert!(page.contains(".TH") && page.contains("snapshots"), "{page}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -92,6 +92,20 @@ impl ConfigStore {
         write_file(&self.path, &to_toml(&config)?, false)
     }
 
+    /// Forgets a pool and its password; false when there was no such pool.
+    pub fn remove_pool(&self, name: &str) -> Result<bool, Error> {
+        let mut config = self.load()?;
+        let mut secrets: Secrets = read_toml(&self.secrets_path())?;
+        let known = config.pools.remove(name).is_some();
+        if secrets.passwords.remove(name).is_some() {
+            write_file(&self.secrets_path(), &to_toml(&secrets)?, true)?;
+        }
+        if known {
+            write_file(&self.path, &to_toml(&config)?, false)?;
+        }
+        Ok(known)
+    }
+
     /// The pool and its password; `XENVAULT_POOL_PASSWORD` overrides the stored one.
     pub fn login(&self, name: &str) -> Result<PoolLogin, Error> {
         let config = self.load()?;

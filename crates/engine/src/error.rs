@@ -10,6 +10,8 @@ pub enum Error {
     AmbiguousVm(String, usize),
     #[error("no host matches {0:?}")]
     NoSuchHost(String),
+    #[error(transparent)]
+    Lookup(#[from] crate::inventory::LookupError),
     #[error("XenAPI: {0}")]
     Xapi(#[from] xenvault_xapi::Error),
     #[error("NBD: {0}")]

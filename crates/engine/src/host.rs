@@ -101,6 +101,11 @@ impl Host {
         Ok(Self { client, pool_name: login.name.clone() })
     }
 
+    /// The logged-in client, for queries such as [`crate::inventory`].
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
     pub async fn call(&self, method: &str, args: Vec<Value>) -> Result<Value, Error> {
         Ok(self.client.call(method, &args).await?)
     }

@@ -7,6 +7,7 @@ pub mod error;
 pub mod hooks;
 pub mod host;
 pub mod hygiene;
+pub mod inventory;
 pub mod job;
 pub mod nbd_pool;
 pub mod records;

@@ -93,7 +93,7 @@ fn listing(candidates: &[Candidate]) -> String {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SelectError {
-    #[error("no restore point matches {wanted:?}{}", .scope.as_deref().map(|s| format!(" for {s}")).unwrap_or_default())]
+    #[error("restore point {wanted:?} not found{}", .scope.as_deref().map(|s| format!(" among those of {s}")).unwrap_or_default())]
     NotFound { wanted: String, scope: Option<String> },
     #[error("restore point id {wanted:?} is too short: give at least {MIN_PREFIX} characters; it matches {}", listing(.candidates))]
     TooShort { wanted: String, candidates: Vec<Candidate> },
