@@ -94,6 +94,39 @@ async fn vhd_exports_match_raw_and_deltas_apply_on_their_base() {
     assert_eq!(sha256(c, &new_vdi).await, sha256(c, &v2).await);
 }
 
+/// A disk whose size is not a multiple of the 2 MiB VHD block: the last block is partial.
+#[tokio::test]
+async fn vhd_export_of_a_disk_with_a_partial_last_block() {
+    let t = Setup::new().await;
+    let (c, sid, sim) = (&t.c, &t.sid, &t.sim);
+    let size: u64 = (4 << 20) + 1_638_400;
+    let sr = s(&c.call("VDI.get_SR", vec![t.vdi.clone().into()]).await.unwrap());
+    let mut rec = std::collections::BTreeMap::new();
+    for (k, v) in [("SR", sr.as_str()), ("name_label", "odd size"), ("type", "user")] {
+        rec.insert(k.to_owned(), xenvault_xapi_wire::Value::from(v));
+    }
+    rec.insert("virtual_size".to_owned(), xenvault_xapi_wire::Value::Int(size as i64));
+    rec.insert("sharable".to_owned(), false.into());
+    rec.insert("read_only".to_owned(), false.into());
+    rec.insert("other_config".to_owned(), xenvault_xapi_wire::Value::Struct(Default::default()));
+    let vdi = s(&c.call("VDI.create", vec![xenvault_xapi_wire::Value::Struct(rec)]).await.unwrap());
+    write(c, &vdi, 100, &[3u8; 4096]).await;
+    write(c, &vdi, size - 512, &[9u8; 512]).await;
+
+    let url = |q: &str| format!("{}/export_raw_vdi?session_id={sid}&vdi={vdi}&{q}", sim.url);
+    download(&url("format=raw"), &t.path("odd.raw")).await;
+    download(&url("format=vhd"), &t.path("odd.vhd")).await;
+    assert_eq!(std::fs::metadata(t.path("odd.raw")).unwrap().len(), size);
+    let vhd = std::fs::read(t.path("odd.vhd")).unwrap();
+    // Footer copy at 0, header, BAT, blocks 0 and 2 (bitmap sector + a whole 2 MiB), footer.
+    assert_eq!(vhd.len() as u64, 2048 + 512 + 2 * (512 + (2 << 20)) + 512);
+    let footer = &vhd[vhd.len() - 512..];
+    assert_eq!(u64::from_be_bytes(footer[48..56].try_into().unwrap()), size, "current size");
+    run(Command::new("qemu-img").args(["compare", "-f", "vpc", "-F", "raw"]).arg(t.path("odd.vhd")).arg(t.path("odd.raw")));
+    let info = run(Command::new("vhdiinfo").arg(t.path("odd.vhd")));
+    assert!(info.contains(&size.to_string()), "{info}");
+}
+
 #[tokio::test]
 async fn nbd_with_tls_reads_what_the_raw_export_holds() {
     let t = Setup::new().await;
@@ -175,6 +208,13 @@ names = []
 with tarfile.open(sys.argv[1]) as t:
     members = t.getmembers()
     assert members[0].name == "ova.xml", members[0].name
+    import re, xmlrpc.client
+    ova = re.sub(r"^<\?xml[^>]*>", "", t.extractfile("ova.xml").read().decode())
+    (doc,), _ = xmlrpc.client.loads("<methodResponse><params><param>%s</param></params></methodResponse>" % ova)
+    (vm,) = [o["snapshot"] for o in doc["objects"] if o["class"] == "VM"]
+    # Like xapi: the snapshot is exported as a plain (template) VM, not as a snapshot.
+    assert vm["is_a_snapshot"] is False and vm["snapshot_of"] == "OpaqueRef:NULL", vm
+    assert vm["is_a_template"] is True and vm["power_state"] == "Halted", vm
     for m in members:
         if m.name.endswith(".xxhash"):
             data = t.extractfile(m.name[:-len(".xxhash")]).read()

@@ -197,10 +197,11 @@ fn send_vhd(
     let mut block = vec![0u8; VHD_BLOCK as usize];
     for (done, &index) in present.iter().enumerate() {
         let offset = u64::from(index) * VHD_BLOCK;
+        // The last block of a disk whose size is not a multiple of 2 MiB holds only the
+        // rest of the disk; the writer pads it with zeros to a whole block, as xapi does.
         let n = (src.size - offset).min(VHD_BLOCK) as usize;
-        block.fill(0);
         src.read(sim, offset, &mut block[..n])?;
-        writer.write_block(index, &block).map_err(vhd_error)?;
+        writer.write_block(index, &block[..n]).map_err(vhd_error)?;
         if task::is_cancelling(sim, task_ref) {
             return Err(ApiError::new("TASK_CANCELLED", [task_ref]));
         }

@@ -57,9 +57,9 @@ fn plan_export(st: &crate::state::State, vm: &str) -> ApiResult<(Vec<OvaObject>,
     let mut objects = Vec::new();
     let mut disks = Vec::new();
     for (class, r) in &order {
-        let rec = st.db.get(class, r)?;
+        let rec = exported(class, st.db.get(class, r)?.clone());
         let id = ids.get(r.as_str()).cloned().unwrap_or_default();
-        objects.push(OvaObject { class: (*class).to_owned(), id: id.clone(), snapshot: rename_refs(&Value::Struct(rec.clone()), &ids) });
+        objects.push(OvaObject { class: (*class).to_owned(), id: id.clone(), snapshot: rename_refs(&Value::Struct(rec), &ids) });
         if *class == "VDI" {
             let disk = vdi::disk_id(st, r)?;
             disks.push(DiskPlan { id, size: st.storage.size(&disk)?, disk });
@@ -67,6 +67,42 @@ fn plan_export(st: &crate::state::State, vm: &str) -> ApiResult<(Vec<OvaObject>,
     }
     disks.sort_by(|a, b| a.id.cmp(&b.id));
     Ok((objects, disks))
+}
+
+/// What xapi's export (without snapshot metadata, not preserving the power state)
+/// writes instead of the live record: the VM comes out as a plain halted VM, even when
+/// it is a snapshot, so an import never creates a snapshot; VBDs come out unplugged.
+fn exported(class: &str, mut rec: Record) -> Record {
+    let mut reset = |field: &str, v: Value| {
+        rec.insert(field.to_owned(), v);
+    };
+    let none = || Value::Array(Vec::new());
+    let null = || Value::from(NULL_REF);
+    match class {
+        "VM" => {
+            reset("power_state", Value::from("Halted"));
+            reset("suspend_VDI", null());
+            reset("is_a_snapshot", Value::Bool(false));
+            reset("snapshot_of", null());
+            reset("snapshots", none());
+            reset("snapshot_time", crate::db::epoch_date());
+            reset("transportable_snapshot_id", Value::from(""));
+            reset("parent", null());
+            reset("current_operations", crate::db::empty_map());
+            reset("allowed_operations", none());
+            reset("crash_dumps", none());
+            reset("consoles", none());
+            reset("protection_policy", null());
+            reset("blobs", crate::db::empty_map());
+        }
+        "VBD" => {
+            reset("currently_attached", Value::Bool(false));
+            reset("current_operations", crate::db::empty_map());
+            reset("allowed_operations", none());
+        }
+        _ => {}
+    }
+    rec
 }
 
 /// Refs to exported objects become their `Ref:N`; any other ref becomes NULL.
