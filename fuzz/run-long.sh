@@ -5,6 +5,7 @@
 #
 #   bash fuzz/run-long.sh                 # every target, 10M executions each
 #   RUNS=100000 bash fuzz/run-long.sh nbd repo_pack
+#   MAX_TIME=120 bash fuzz/run-long.sh   # at most 120 s per target instead
 #
 # New interesting inputs go to fuzz/target/corpus/<target> (not committed); the seeds in
 # fuzz/corpus/<target> are only read. A crash leaves its input in fuzz/artifacts/<target>/:
@@ -13,6 +14,7 @@
 set -uo pipefail
 cd "$(dirname "$0")"
 RUNS=${RUNS:-10000000}
+MAX_TIME=${MAX_TIME:-0} # seconds per target, 0: no limit
 # Per input: seconds before a hang counts as a crash, and the memory cap (allocation bombs).
 TIMEOUT=${TIMEOUT:-10}
 RSS_MB=${RSS_MB:-2048}
@@ -29,7 +31,7 @@ for t in "${targets[@]}"; do
     mkdir -p "target/corpus/$t" "artifacts/$t"
     log="$log_dir/$t.log"
     cargo fuzz run -a "$t" "target/corpus/$t" "corpus/$t" -- \
-        -runs="$RUNS" -timeout="$TIMEOUT" -rss_limit_mb="$RSS_MB" -malloc_limit_mb="$RSS_MB" \
+        -runs="$RUNS" -max_total_time="$MAX_TIME" -timeout="$TIMEOUT" -rss_limit_mb="$RSS_MB" -malloc_limit_mb="$RSS_MB" \
         -print_final_stats=1 >"$log" 2>&1
     rc=$?
     stat() { grep -o "stat::$1: *[0-9]*" "$log" | grep -o '[0-9]*$' | tail -1; }

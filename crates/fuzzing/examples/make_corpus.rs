@@ -9,7 +9,7 @@ use std::io;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use xenvault_fixtures::{Content, GptPart, LvSpec, MbrPart, Tree, GPT_LINUX_FS};
+use xenvault_fixtures::{Content, GptPart, LvSpec, MbrPart, Tree, GPT_MS_BASIC_DATA};
 use xenvault_fsread::ReadAt;
 use xenvault_fuzzing::{fsread, repo};
 use xenvault_repo::keys::{KdfParams, KeySlot};
@@ -59,10 +59,11 @@ fn file_systems(volumes: &Path, disks: &Path, work: &Path) -> Fallible {
     }
     let mbr = [
         MbrPart { size: 2 * MIB, type_id: 0x01, bootable: true, logical: false, image: Some(img("fat12")) },
-        MbrPart { size: 4 * MIB, type_id: 0x83, bootable: false, logical: true, image: Some(img("ext4")) },
+        MbrPart { size: 2 * MIB, type_id: 0x01, bootable: false, logical: true, image: Some(img("fat12")) },
     ];
+    // FAT partitions (and ext4 in the LV) keep the seeds, cut after the last block read, small.
     xenvault_fixtures::mbr_disk(&img("mbr"), 16 * MIB, &mbr)?;
-    let gpt = [GptPart { size: 4 * MIB, type_guid: GPT_LINUX_FS.into(), name: "root".into(), image: Some(img("ext4")) }];
+    let gpt = [GptPart { size: 2 * MIB, type_guid: GPT_MS_BASIC_DATA.into(), name: "data".into(), image: Some(img("fat12")) }];
     xenvault_fixtures::gpt_disk(&img("gpt"), 16 * MIB, &gpt)?;
     let lvs = [LvSpec { name: "root".into(), size: 4 * MIB, segments: 1, image: Some(img("ext4")) }];
     xenvault_fixtures::lvm_disk(&img("lvm"), 16 * MIB, "vg0", &lvs)?;
@@ -247,14 +248,15 @@ fn wire(corpus: &Path, work: &Path) -> Fallible {
         hostname: "fuzz".into(), date: "2026-01-01".into(), product_version: "8.3.0".into(),
         product_brand: "XCP-ng".into(), build_number: "fuzz".into(), xapi_major: 24, xapi_minor: 19, export_vsn: 2,
     };
-    let vdi = Value::Struct([("virtual_size".into(), Value::Str((2 * MIB).to_string()))].into());
+    let vdi = Value::Struct([("virtual_size".into(), Value::Str((MIB + 4096).to_string()))].into());
     let objects = [OvaObject { class: "VDI".into(), id: "Ref:1".into(), snapshot: vdi }];
     for (name, compression) in [("one-disk", Compression::None), ("one-disk-gzip", Compression::Gzip)] {
         let out = Compressor::new(Vec::new(), compression)?;
         let mut xva = XvaWriter::new(out, &ova_xml(&version, &objects), 0, Default::default())?;
-        xva.begin_disk("Ref:1", 2 * MIB)?;
-        xva.write(&disk[..MIB as usize])?;
+        // A zero chunk (skipped) and a short last one keep the seed small.
+        xva.begin_disk("Ref:1", MIB + 4096)?;
         xva.write_zeros(MIB)?;
+        xva.write(&disk[..4096])?;
         write(&corpus.join("xva").join(name), &xva.finish()?.finish()?)?;
     }
 
