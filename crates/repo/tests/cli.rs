@@ -405,3 +405,45 @@ async fn kill_9_at_random_points_never_breaks_the_repository() {
         );
     }
 }
+
+/// A bit flipped in a stored manifest and in a stored pack index while this host's cache
+/// holds good copies: `verify` exits 3 naming the point and the rebuilt index, and
+/// `restore-image` then says the point is damaged, not that it does not exist.
+#[tokio::test]
+async fn verify_with_a_warm_cache_sees_stored_damage() {
+    let mut repo = TestRepo::local();
+    let cache = repo.path("cache").display().to_string();
+    repo.env.push(("XENVAULT_CACHE_DIR", cache));
+    repo.init();
+    let backend = repo.backend();
+    let (image_a, image_b) = (repo.path("a.img"), repo.path("b.img"));
+    write_image(&image_a, 1 << 20, 7);
+    write_image(&image_b, 1 << 20, 8);
+    let id_a = repo.backup(&image_a, "a", &[]);
+    let id_b = repo.backup(&image_b, "b", &[]);
+    assert_eq!(repo.snapshots().len(), 2, "the cache is warm");
+    assert_eq!(repo.verify().0, Some(0));
+
+    for object in [format!("snapshots/{id_a}"), backend.list("index/").await.unwrap()[0].path.clone()] {
+        let mut bytes = backend.get(&object).await.unwrap().to_vec();
+        bytes[40] ^= 0x01;
+        backend.put(&object, bytes.into()).await.unwrap();
+    }
+    let (code, report) = repo.verify();
+    assert_eq!(code, Some(EXIT_DAMAGE_FOUND), "{report}");
+    let damaged: Vec<&String> = report["damaged_snapshots"].as_object().unwrap().keys().collect();
+    assert_eq!(damaged, [&id_a], "b ({id_b}) is intact: {report}");
+    assert_eq!(report["damaged_indexes"][0]["rebuilt"], true, "{report}");
+    let restore = repo.run(&["restore-image", &id_a, "--to", path_str(&repo.path("a.out"))]);
+    let stderr = String::from_utf8_lossy(&restore.stderr);
+    assert!(!restore.status.success() && stderr.contains("damaged"), "{stderr}");
+
+    // Usage errors, not a check of one pack or a KDF bomb.
+    for bad in [["verify", "--sample", "0"], ["verify", "--sample", "NaN"]] {
+        assert_eq!(repo.run(&bad).status.code(), Some(2), "{bad:?}");
+    }
+    let other = TestRepo::local();
+    for bad in [["init", "--kdf-memory-mib", "99999999"], ["init", "--kdf-iterations", "4294967295"]] {
+        assert_eq!(other.run(&bad).status.code(), Some(2), "{bad:?}");
+    }
+}
