@@ -10,6 +10,7 @@ mod common;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use xenvault_repo::BackendOptions;
 use xenvault_repo::keys::{KdfParams, Secret};
 use xenvault_repo::{DiskReader, Error, InitOptions, Repository, SourceInfo};
 
@@ -24,7 +25,7 @@ fn secret() -> Secret {
     Secret::passphrase("torture")
 }
 
-async fn new_repo(location: &str) -> Repository {
+async fn new_repo(location: &str, backend: &BackendOptions) -> Repository {
     let opts = InitOptions {
         secret: Some(secret()),
         kdf: KdfParams { memory_kib: 256, iterations: 1, parallelism: 1 },
@@ -33,7 +34,7 @@ async fn new_repo(location: &str) -> Repository {
         pack_size: 256 << 10,
         ..Default::default()
     };
-    Repository::init(location, &Default::default(), opts).await.expect("init")
+    Repository::init(location, backend, opts).await.expect("init")
 }
 
 /// xorshift64: reproducible from the printed seed.
@@ -136,8 +137,8 @@ async fn forget_and_prune(repo: &Repository, model: &Model, keep: u32) -> xenvau
 }
 
 /// Every expected point restores byte-exactly; returns the ids that do not.
-async fn lost_points(repo: &Repository, model: &Model) -> Vec<String> {
-    let fresh = Repository::open(repo.location(), &Default::default(), Some(&secret())).await.expect("reopen");
+async fn lost_points(repo: &Repository, backend: &BackendOptions, model: &Model) -> Vec<String> {
+    let fresh = Repository::open(repo.location(), backend, Some(&secret())).await.expect("reopen");
     fresh.refresh_index().await.expect("index");
     let mut lost = Vec::new();
     for (id, digest) in model.expected() {
@@ -153,10 +154,10 @@ async fn lost_points(repo: &Repository, model: &Model) -> Vec<String> {
 /// Backups of two sources ∥ a forget+prune loop ∥ copy into a second repository (with its
 /// own prune loop) ∥ verify. Afterwards every committed point that was not forgotten
 /// restores exactly in both repositories and verify finds nothing.
-async fn backups_prune_copy_verify(location_a: &str, location_b: &str) {
+async fn backups_prune_copy_verify(location_a: &str, location_b: &str, backend: &BackendOptions) {
     let rounds = env_number("TORTURE_ROUNDS", 15);
     let mut rng = Rng(seed());
-    let (a, b) = (new_repo(location_a).await, new_repo(location_b).await);
+    let (a, b) = (new_repo(location_a, backend).await, new_repo(location_b, backend).await);
     let (model_a, model_b) = (Model::default(), Model::default());
     let backups_done = AtomicBool::new(false);
     let [prunes, packs_deleted, copies, verifies, copy_failures, checks] = std::array::from_fn(|_| AtomicUsize::new(0));
@@ -228,7 +229,7 @@ async fn backups_prune_copy_verify(location_a: &str, location_b: &str) {
                 tokio::task::yield_now().await;
                 continue;
             };
-            let fresh = Repository::open(a.location(), &Default::default(), Some(&secret())).await.expect("open");
+            let fresh = Repository::open(a.location(), backend, Some(&secret())).await.expect("open");
             let restored = restore_digest(&fresh, &id).await;
             if !model_a.is_forgotten(&id) {
                 match restored {
@@ -247,8 +248,8 @@ async fn backups_prune_copy_verify(location_a: &str, location_b: &str) {
     };
     let ((), (), (), (), mut lost_a) = tokio::join!(backups, prune_a, copy_and_prune_b, verify_a, check_a);
 
-    lost_a.extend(lost_points(&a, &model_a).await);
-    let lost_b = lost_points(&b, &model_b).await;
+    lost_a.extend(lost_points(&a, backend, &model_a).await);
+    let lost_b = lost_points(&b, backend, &model_b).await;
     eprintln!(
         "torture concurrency: {rounds} rounds x 2 sources; a: {} points committed, {} expected, {} lost; \
          b: {} copied, {} expected, {} lost; {} prunes ({} packs deleted), {} copies ({} of forgotten points failed), {} verifies, {} checks",
@@ -267,7 +268,7 @@ async fn backups_prune_copy_verify(location_a: &str, location_b: &str) {
     );
     assert!(lost_a.is_empty() && lost_b.is_empty(), "committed restore points lost: a {lost_a:?}, b {lost_b:?}");
     for repo in [&a, &b] {
-        let fresh = Repository::open(repo.location(), &Default::default(), Some(&secret())).await.expect("reopen");
+        let fresh = Repository::open(repo.location(), backend, Some(&secret())).await.expect("reopen");
         let report = xenvault_repo::verify::verify(&fresh, None, None).await.expect("verify");
         assert!(!report.found_damage(), "verify after the run: {report:?}");
     }
@@ -277,5 +278,27 @@ async fn backups_prune_copy_verify(location_a: &str, location_b: &str) {
 async fn backups_prune_copy_verify_lose_nothing_local() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));
-    backups_prune_copy_verify(a.to_str().unwrap(), b.to_str().unwrap()).await;
+    backups_prune_copy_verify(a.to_str().unwrap(), b.to_str().unwrap(), &BackendOptions::default()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn backups_prune_copy_verify_lose_nothing_s3() {
+    let server = common::s3();
+    backups_prune_copy_verify(&server.url("torture-a"), &server.url("torture-b"), &server.options()).await;
+}
+
+/// The crash loop's short form: `bench/torture/crash-loop.sh` with a few iterations.
+#[test]
+fn kill_9_loop_of_backup_prune_copy_restore_loses_nothing() {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/torture/crash-loop.sh");
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .env("XENVAULT_BIN", common::xenvault_bin())
+        .env("ITERATIONS", env_number("TORTURE_ITERATIONS", 12).to_string())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {script:?}: {e}"));
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    eprintln!("{stdout}");
+    assert!(out.status.success(), "crash loop failed ({}):\n{stdout}\n{stderr}", out.status);
+    assert!(stdout.contains("figure points_lost 0"), "no figures: {stdout}");
 }
