@@ -483,7 +483,7 @@ pub struct RestoreImageArgs {
     id: String,
     #[command(flatten)]
     repo: RepoArgs,
-    /// Output file (created or truncated; holes stay sparse).
+    /// Output file or block device (created or truncated; holes stay sparse), or - for stdout.
     #[arg(long)]
     to: PathBuf,
     /// Disk position (the VBD userdevice, or the image's place in backup-image), VDI uuid or
@@ -499,10 +499,14 @@ async fn restore_image(a: RestoreImageArgs) -> Result<ExitCode> {
     let m = restore_point(&repo, &a.id, None).await?;
     let disk = m.disk(a.disk.as_deref()).map_err(classify)?;
     let reader = DiskReader::new(&repo, disk).await.map_err(classify)?;
-    let bar = bytes_bar(disk.size, a.json, &disk.name);
-    let stats = reader.restore_to_file(&a.to, Some(progress_of(&bar))).await.map_err(classify)?;
+    let to_stdout = a.to.as_os_str() == "-";
+    let to = if to_stdout { std::path::Path::new("/dev/stdout") } else { a.to.as_path() };
+    let bar = bytes_bar(disk.size, a.json || to_stdout, &disk.name);
+    let stats = reader.restore_to_file(to, Some(progress_of(&bar))).await.map_err(classify)?;
     bar.finish_and_clear();
-    if a.json {
+    if to_stdout {
+        // stdout holds the disk: no report.
+    } else if a.json {
         print_json(&serde_json::json!({"snapshot": m.id, "disk": disk.name, "to": a.to, "stats": stats}))?;
     } else {
         println!(
