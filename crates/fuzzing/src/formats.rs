@@ -14,11 +14,17 @@ const MAX_READ: usize = 4 * 1024 * 1024;
 pub fn xmlrpc(data: &[u8]) {
     if let Ok((method, params)) = xmlrpc::decode_call(data) {
         let again = xmlrpc::encode_call(&method, &params);
-        assert!(xmlrpc::decode_call(again.as_bytes()).is_ok(), "re-encoded call rejected");
+        assert!(
+            xmlrpc::decode_call(again.as_bytes()).is_ok(),
+            "re-encoded call rejected"
+        );
     }
     if let Ok(result) = xmlrpc::decode_response(data) {
         let again = xmlrpc::encode_response(&result);
-        assert!(xmlrpc::decode_response(again.as_bytes()).is_ok(), "re-encoded response rejected");
+        assert!(
+            xmlrpc::decode_response(again.as_bytes()).is_ok(),
+            "re-encoded response rejected"
+        );
     }
     if let Ok(text) = std::str::from_utf8(data) {
         let _ = xmlrpc::parse_value(text);
@@ -72,7 +78,10 @@ pub fn xva(data: &[u8]) {
     let disks = reader.disks();
     while let Ok(Some(chunk)) = reader.next_chunk() {
         assert!(!chunk.data.is_empty() && chunk.data.len() as u64 <= CHUNK_SIZE);
-        let disk = disks.iter().find(|d| d.reference == chunk.disk).expect("chunk of a listed disk");
+        let disk = disks
+            .iter()
+            .find(|d| d.reference == chunk.disk)
+            .expect("chunk of a listed disk");
         if let Some(size) = disk.size {
             assert!(chunk.offset + chunk.data.len() as u64 <= size);
         }

@@ -25,7 +25,9 @@ impl ReadAt for ZeroTail {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
         let want = buf.len().min(self.size().saturating_sub(offset) as usize);
         let buf = &mut buf[..want];
-        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(self.0.len());
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(self.0.len());
         let head = (self.0.len() - start).min(want);
         buf[..head].copy_from_slice(&self.0[start..start + head]);
         buf[head..].fill(0);
@@ -50,7 +52,11 @@ pub fn walk_image(image: Arc<dyn ReadAt>, whole_disk: bool) -> usize {
             return open_fs(image).map_or(0, |fs| walk(&*fs));
         }
         let Ok(volumes) = probe(image) else { return 0 };
-        volumes.iter().filter_map(|v| v.open().ok()).map(|fs| walk(&*fs)).sum()
+        volumes
+            .iter()
+            .filter_map(|v| v.open().ok())
+            .map(|fs| walk(&*fs))
+            .sum()
     })
 }
 
@@ -74,9 +80,13 @@ fn walk(fs: &dyn FileSystem) -> usize {
 }
 
 fn read_head(fs: &dyn FileSystem, entry: &Entry) -> u64 {
-    let Ok(file) = fs.open(&entry.path) else { return 0 };
+    let Ok(file) = fs.open(&entry.path) else {
+        return 0;
+    };
     let mut sink = Vec::new();
-    file.take(MAX_FILE_READ).read_to_end(&mut sink).map_or(0, |n| n as u64)
+    file.take(MAX_FILE_READ)
+        .read_to_end(&mut sink)
+        .map_or(0, |n| n as u64)
 }
 
 thread_local! {
@@ -94,7 +104,9 @@ fn checked<T>(f: impl FnOnce() -> T) -> T {
     HOOK.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            let third_party = info.location().is_some_and(|l| l.file().contains("/.cargo/registry/"));
+            let third_party = info
+                .location()
+                .is_some_and(|l| l.file().contains("/.cargo/registry/"));
             if !third_party {
                 OWN_PANIC.with(|p| p.set(true));
                 previous(info);
@@ -103,6 +115,9 @@ fn checked<T>(f: impl FnOnce() -> T) -> T {
     });
     OWN_PANIC.with(|p| p.set(false));
     let out = f();
-    assert!(!OWN_PANIC.with(|p| p.get()), "a panic in our code (see above), even if it was caught");
+    assert!(
+        !OWN_PANIC.with(|p| p.get()),
+        "a panic in our code (see above), even if it was caught"
+    );
     out
 }

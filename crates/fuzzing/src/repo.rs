@@ -6,12 +6,12 @@
 //! the object as stored, and as the plaintext behind the seal (sealed here with a fixed
 //! key), which reaches the parsers that only a key holder, or a bug of ours, could feed.
 
+use xenvault_repo::Secret;
 use xenvault_repo::crypto::{Aead, ChunkId, Crypto, KEY_LEN, MasterKey};
 use xenvault_repo::index::ChunkIndex;
 use xenvault_repo::keys::{Kdf, KeySlot, RepoConfig};
 use xenvault_repo::manifest::{MAX_MANIFEST_LEN, Manifest};
 use xenvault_repo::pack::{PackName, chunk_aad, index_from_pack_tail, open_index};
-use xenvault_repo::Secret;
 
 /// The fixed key: encryption half, then chunk-id half.
 const KEY: [u8; MasterKey::LEN] = [0x42; MasterKey::LEN];
@@ -64,7 +64,9 @@ pub fn pack(data: &[u8]) {
 /// Opens the pack index and every chunk it lists, as `verify` does, and loads the
 /// entries into a chunk index.
 fn check_pack(crypto: &Crypto, name: &PackName, sealed_index: &[u8], data: &[u8]) {
-    let Ok(entries) = open_index(crypto, name, sealed_index) else { return };
+    let Ok(entries) = open_index(crypto, name, sealed_index) else {
+        return;
+    };
     for e in &entries {
         let range = e.offset as usize..(e.offset as usize).saturating_add(e.len as usize);
         if let Some(blob) = data.get(range)
@@ -77,7 +79,10 @@ fn check_pack(crypto: &Crypto, name: &PackName, sealed_index: &[u8], data: &[u8]
     index.add_pack(name, entries.iter().copied());
     index.merge();
     for e in &entries {
-        assert!(index.locate(&e.id).is_some(), "an indexed chunk is not found");
+        assert!(
+            index.locate(&e.id).is_some(),
+            "an indexed chunk is not found"
+        );
     }
 }
 
@@ -87,8 +92,16 @@ pub fn manifest(data: &[u8]) {
     let crypto = crypto();
     let name = Manifest::object_name("fuzz");
     let _ = crypto.open(name.as_bytes(), data, MAX_MANIFEST_LEN);
-    let Ok(plain) = crypto.open(name.as_bytes(), &seal(name.as_bytes(), data), MAX_MANIFEST_LEN) else { return };
-    let Ok(manifest) = serde_json::from_slice::<Manifest>(&plain) else { return };
+    let Ok(plain) = crypto.open(
+        name.as_bytes(),
+        &seal(name.as_bytes(), data),
+        MAX_MANIFEST_LEN,
+    ) else {
+        return;
+    };
+    let Ok(manifest) = serde_json::from_slice::<Manifest>(&plain) else {
+        return;
+    };
     let _ = manifest.total_size();
     let _ = manifest.short_id();
     for disk in &manifest.disks {
@@ -105,18 +118,24 @@ pub fn keys(data: &[u8]) {
         && config.validate().is_ok()
         && let Some(hexed) = &config.plain_master
     {
-        let _ = hex::decode(hexed).ok().and_then(|bytes| MasterKey::from_bytes(&bytes));
+        let _ = hex::decode(hexed)
+            .ok()
+            .and_then(|bytes| MasterKey::from_bytes(&bytes));
     }
-    let Ok(slot) = serde_json::from_slice::<KeySlot>(data) else { return };
+    let Ok(slot) = serde_json::from_slice::<KeySlot>(data) else {
+        return;
+    };
     let _ = slot.open(&Secret::key_file(b"fuzz key file".to_vec()));
     let cheap = match &slot.kdf {
-        Kdf::Argon2id { memory_kib, iterations, parallelism, .. } => {
-            *memory_kib <= 64 && *iterations <= 2 && *parallelism <= 2
-        }
+        Kdf::Argon2id {
+            memory_kib,
+            iterations,
+            parallelism,
+            ..
+        } => *memory_kib <= 64 && *iterations <= 2 && *parallelism <= 2,
         Kdf::KeyFile { .. } => true,
     };
     if cheap {
         let _ = slot.open(&Secret::passphrase("fuzz"));
     }
 }
-

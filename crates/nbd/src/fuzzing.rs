@@ -145,7 +145,8 @@ fn block_on<F: std::future::Future>(f: F) -> Option<F::Output> {
 fn shared_export(writable: bool) -> Arc<dyn Export> {
     static EXPORTS: std::sync::OnceLock<[Arc<dyn Export>; 2]> = std::sync::OnceLock::new();
     let exports = EXPORTS.get_or_init(|| {
-        [false, true].map(|w| Arc::new(MemoryExport::new(vec![0x5a; 1 << 20], w)) as Arc<dyn Export>)
+        [false, true]
+            .map(|w| Arc::new(MemoryExport::new(vec![0x5a; 1 << 20], w)) as Arc<dyn Export>)
     });
     exports[usize::from(writable)].clone()
 }
