@@ -31,7 +31,9 @@ pub fn chain_text(error: &anyhow::Error) -> String {
     let mut parts: Vec<String> = Vec::new();
     for cause in error.chain() {
         let text = cause.to_string();
-        if cause.downcast_ref::<ExitKind>().is_some() || parts.iter().any(|p| p.contains(&text)) {
+        // A chain link is anyhow's wrapper, not the ExitKind itself: recognise it by its text.
+        let exit_kind = [ExitKind::Auth, ExitKind::Usage].iter().any(|k| k.to_string() == text);
+        if exit_kind || parts.iter().any(|p| p.contains(&text)) {
             continue;
         }
         parts.push(text);

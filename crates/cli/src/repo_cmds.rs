@@ -35,6 +35,10 @@ pub enum Commands {
     Key(KeyCommand),
     /// Copy restore points to another repository (only missing chunks move).
     Copy(CopyArgs),
+    /// Restore points, disk bytes and stored bytes per VM, and the deduplication ratio.
+    Stats(StatsArgs),
+    /// Remove the locks of runs that died or hang; list the live ones.
+    Unlock(UnlockArgs),
 }
 
 /// Where the repository is and how to open it.
@@ -432,11 +436,12 @@ fn parse_time_end(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
     parse_date_or_time(s, true)
 }
 
-/// Selection failures keep the repository's exit codes; the rest are usage errors.
+/// A too-short or ambiguous id is a usage error; the rest keep the repository's codes.
 pub(crate) fn select_error(e: SelectError) -> anyhow::Error {
     match e {
         SelectError::Repo(e) => classify(e),
-        other => anyhow::Error::new(other).context(ExitKind::Usage),
+        e @ (SelectError::TooShort { .. } | SelectError::Ambiguous { .. }) => anyhow::Error::new(e).context(ExitKind::Usage),
+        e => anyhow::Error::new(e),
     }
 }
 
@@ -823,6 +828,64 @@ async fn copy(a: CopyArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+#[derive(Args)]
+pub struct StatsArgs {
+    #[command(flatten)]
+    repo: RepoArgs,
+    #[arg(long)]
+    json: bool,
+}
+
+async fn stats(a: StatsArgs) -> Result<ExitCode> {
+    let repo = a.repo.open().await?;
+    let s = xenvault_repo::stats::stats(&repo.snapshots().await.map_err(classify)?);
+    if a.json {
+        print_json(&s)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut rows: Vec<Vec<String>> = s
+        .sources
+        .iter()
+        .map(|v| vec![v.name.clone(), v.id.clone(), v.restore_points.to_string(), human(v.logical_bytes), human(v.stored_bytes)])
+        .collect();
+    rows.push(vec!["total".into(), String::new(), s.restore_points.to_string(), human(s.logical_bytes), human(s.stored_bytes)]);
+    crate::output::table(&["VM", "ID", "RESTORE POINTS", "DISK DATA", "STORED"], &rows, &[2, 3, 4]);
+    println!("deduplication and compression: {:.1}x (disk data restorable per byte stored)", s.dedup_ratio);
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
+pub struct UnlockArgs {
+    #[command(flatten)]
+    repo: RepoArgs,
+    #[arg(long)]
+    json: bool,
+}
+
+async fn unlock(a: UnlockArgs) -> Result<ExitCode> {
+    use xenvault_repo::lock;
+    let repo = a.repo.open().await?;
+    let removed = lock::remove_stale_locks(&repo).await.map_err(classify)?;
+    let live = lock::live_locks(&repo).await.map_err(classify)?;
+    if a.json {
+        let live: Vec<_> = live.iter().map(|(name, r)| serde_json::json!({"name": name, "lock": r})).collect();
+        print_json(&serde_json::json!({"removed": removed, "live": live}))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("removed {removed} stale lock(s)");
+    for (_, r) in &live {
+        println!(
+            "still held: {:?} by {} pid {}, since {}, refreshed {}",
+            r.kind,
+            r.host,
+            r.pid,
+            crate::output::time(r.started),
+            crate::output::time(r.refreshed)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub async fn run(cmd: Commands) -> Result<ExitCode> {
     match cmd {
         Commands::Init(a) => init(a).await,
@@ -834,5 +897,7 @@ pub async fn run(cmd: Commands) -> Result<ExitCode> {
         Commands::Prune(a) => prune(a).await,
         Commands::Key(c) => key(c).await,
         Commands::Copy(a) => copy(a).await,
+        Commands::Stats(a) => stats(a).await,
+        Commands::Unlock(a) => unlock(a).await,
     }
 }

@@ -31,6 +31,66 @@ pub enum Commands {
     Restore(RestoreCommand),
     /// Mount a file system of a restore point read-only (FUSE) until interrupted.
     Mount(MountArgs),
+    /// Write one file of a restore point to stdout.
+    Dump {
+        #[command(flatten)]
+        disk: DiskArgs,
+        /// Volume: p1, p5, vg/lv or disk (default: the largest file system).
+        #[arg(long)]
+        partition: Option<String>,
+        path: String,
+    },
+    /// Files added, removed or modified between two restore points (same disk and volume).
+    Diff(DiffArgs),
+}
+
+#[derive(Args)]
+pub struct DiffArgs {
+    /// The older restore point (id, prefix, or "latest").
+    old: String,
+    /// The newer restore point.
+    new: String,
+    #[command(flatten)]
+    repo: RepoArgs,
+    /// The VM whose restore points "latest" and prefixes choose from.
+    #[arg(long, visible_alias = "vm")]
+    source: Option<String>,
+    /// Disk position, VDI uuid or name (default: the disk at the lowest position).
+    #[arg(long)]
+    disk: Option<String>,
+    /// Volume: p1, p5, vg/lv or disk (default: the largest file system).
+    #[arg(long)]
+    partition: Option<String>,
+    #[arg(long)]
+    json: bool,
+}
+
+async fn diff(a: DiffArgs) -> Result<ExitCode> {
+    let repo = a.repo.open().await?;
+    let mut file_systems = Vec::new();
+    for id in [&a.old, &a.new] {
+        let m = restore_point(&repo, id, a.source.as_deref()).await?;
+        let disk = m.disk(a.disk.as_deref()).map_err(classify)?;
+        let reader = Arc::new(DiskReader::new(&repo, disk).await.map_err(classify)?);
+        let fs = StoredFs::open(RepoDisk::new(reader, tokio::runtime::Handle::current()), a.partition.clone()).await.map_err(restore_error)?;
+        file_systems.push(fs);
+    }
+    let report = xenvault_restore::diff::diff(&file_systems[0], &file_systems[1]).await.map_err(restore_error)?;
+    if a.json {
+        print_json(&report)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    for c in &report.changes {
+        let sign = match c.change {
+            xenvault_restore::diff::Change::Added => "+",
+            xenvault_restore::diff::Change::Removed => "-",
+            xenvault_restore::diff::Change::Modified => "M",
+        };
+        let what = if c.what.is_empty() { String::new() } else { format!("  ({})", c.what.join(", ")) };
+        println!("{sign} {}{what}", c.path);
+    }
+    println!("{} added, {} removed, {} modified, {} unchanged", report.added, report.removed, report.modified, report.unchanged);
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(Args)]
@@ -646,5 +706,11 @@ pub async fn run(cmd: Commands) -> Result<ExitCode> {
         Commands::Restore(RestoreCommand::Vm(a)) => restore_vm(a).await,
         Commands::Restore(RestoreCommand::Disk(a)) => restore_disk(a).await,
         Commands::Mount(a) => mount(a).await,
+        Commands::Dump { disk, partition, path } => {
+            let fs = disk.file_system(partition).await?;
+            fs.copy_file(&path, std::io::stdout()).await.map_err(restore_error)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Commands::Diff(a) => diff(a).await,
     }
 }

@@ -620,7 +620,7 @@ fn bad_input_exits_with_the_documented_codes() {
         vec!["export", id, "--disk", "7", "--format", "qcow2", "--to", to],
         vec!["serve-nbd", id, "--disk", "7", "--listen", "127.0.0.1:0"],
     ] {
-        assert!(fails(p.run(&args), FAILURE, &args.join(" ")).contains("disk 7"));
+        assert!(fails(p.run(&args), FAILURE, &args.join(" ")).contains("no disk at position 7"));
     }
     assert!(!Path::new(to).exists(), "a failed export left a file");
     let err = fails(p.run(&["files", "ls", id, "--disk", "0", "--partition", "p9", "--json"]), FAILURE, "partition p9");
@@ -809,7 +809,7 @@ fn restore_points_by_vm_name_and_safe_prefixes() {
     assert!(err.contains("too short") && err.contains(&p.id[..8]), "{err}");
     ok(p.run(&["files", "volumes", &p.id[..6], "--json"]), "six-character prefix");
     ok(p.run(&["files", "volumes", "latest", "--source", VM, "--json"]), "latest of a VM");
-    let err = fails(p.run(&["files", "volumes", "latest", "--source", "no such VM", "--json"]), USAGE, "latest of an unknown VM");
+    let err = fails(p.run(&["files", "volumes", "latest", "--source", "no such VM", "--json"]), FAILURE, "latest of an unknown VM");
     assert!(err.contains("no such VM"), "{err}");
 }
 
@@ -825,4 +825,37 @@ fn completions_and_man_pages() {
     let page = std::fs::read_to_string(dir.join("xenvault.1")).unwrap();
     assert!(page.contains(".TH") && page.contains("snapshots"), "{page}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// restic habits: `dump` a file to stdout, `diff` two restore points, `stats`, `unlock`,
+/// `files ls -l` with mode strings and dates.
+#[test]
+fn dump_diff_stats_unlock_and_long_listings() {
+    let p = pool();
+    let ntfs = p.manifest.volumes.iter().find(|v| v.name == "p2").and_then(|v| v.fs.as_ref()).unwrap();
+    let wanted = ntfs.files.iter().find(|f| f.path.ends_with("installer.msi")).unwrap();
+    let out = p.run(&["dump", &p.id, &wanted.path]);
+    no_panic(&out, "dump");
+    assert!(out.status.success(), "dump: {}", text(&out.stderr));
+    assert_eq!(Some(sha256_hex(&out.stdout[..])), wanted.sha256);
+
+    let same = json(&ok(p.run(&["diff", &p.id, &p.id, "--partition", "p2", "--json"]), "diff"));
+    assert_eq!(same["changes"].as_array().map(Vec::len), Some(0), "{same}");
+    assert_eq!(same["unchanged"], ntfs.files.len(), "{same}");
+    let err = fails(p.run(&["diff", &p.id, &p.id[..1], "--json"]), USAGE, "diff with a one-character id");
+    assert!(err.contains("too short"), "{err}");
+
+    let stats = json(&ok(p.run(&["stats", "--json"]), "stats"));
+    let vm = stats["sources"].as_array().unwrap().iter().find(|s| s["id"] == p.vm_uuid.as_str()).unwrap_or_else(|| panic!("{stats}"));
+    assert!(vm["restore_points"].as_u64() >= Some(1) && vm["logical_bytes"].as_u64() >= Some(DISK_SIZE), "{stats}");
+    assert!(stats["dedup_ratio"].as_f64().is_some_and(|r| r > 1.0), "{stats}");
+    let unlocked = json(&ok(p.run(&["unlock", "--json"]), "unlock"));
+    assert!(unlocked["removed"].is_u64() && unlocked["live"].is_array(), "{unlocked}");
+
+    let dir = wanted.path.rsplit_once('/').map(|(d, _)| if d.is_empty() { "/" } else { d }).unwrap();
+    let long = ok(p.run(&["files", "ls", "-l", &p.id, "--partition", "p2", dir, "--utc"]), "ls -l");
+    let line = long.lines().find(|l| l.ends_with(&wanted.path)).unwrap_or_else(|| panic!("{long}"));
+    assert!(line.starts_with("-r") && line.contains(" UTC "), "mode string and date expected: {line}");
+    let short = ok(p.run(&["files", "ls", &p.id, "--partition", "p2", dir]), "ls");
+    assert!(short.lines().any(|l| l == wanted.path), "{short}");
 }

@@ -25,6 +25,7 @@ pub mod reader;
 pub mod repository;
 pub mod retention;
 pub mod select;
+pub mod stats;
 pub mod source;
 pub mod store;
 pub mod verify;

@@ -3,6 +3,7 @@
 //! instant access to a stored disk over NBD, and exports as raw, VHD or qcow2.
 
 mod error;
+pub mod diff;
 pub mod differential;
 pub mod disk;
 pub mod export;
