@@ -4,7 +4,7 @@
 # prune loop) ∥ verify ∥ restores of points that must exist; then every committed point
 # not forgotten restores exactly and verify is clean. BACKEND=local (default), s3 or both.
 # Prints the figures of each run (`torture concurrency: ...`); exits 1 when a point is lost.
-set -eu
+set -eu -o pipefail
 cd "$(dirname "$0")/../.."
 ROUNDS=${ROUNDS:-100}
 case ${BACKEND:-local} in
@@ -13,5 +13,5 @@ s3) filter=backups_prune_copy_verify_lose_nothing_s3 ;;
 both) filter=backups_prune_copy_verify_lose_nothing ;;
 *) echo "BACKEND must be local, s3 or both" >&2; exit 2 ;;
 esac
-TORTURE_ROUNDS=$ROUNDS cargo test --release -q -p xenvault-repo --test torture "$filter" -- --nocapture 2>&1 |
+TORTURE_ROUNDS=$ROUNDS cargo test -q -p xenvault-repo --test torture "$filter" -- --nocapture 2>&1 |
   grep -E '^torture|panicked|lost:|test result'
