@@ -162,7 +162,8 @@ async fn locked_run_vm(ctx: &Ctx<'_>, vm: &Vm, report: &mut VmReport) -> Result<
     if ctx.options.cancel.is_cancelled() {
         return Err(Error::Cancelled);
     }
-    let lock = crate::vm_lock::acquire(ctx.host, vm, &ctx.job_id, ctx.options.vm_lock_wait).await?;
+    let acquiring = crate::vm_lock::acquire(ctx.host, vm, &ctx.job_id, ctx.options.vm_lock_wait);
+    let lock = unless_cancelled(&ctx.options.cancel, acquiring).await.ok_or(Error::Cancelled)??;
     if let Some(holder) = &lock.took_over {
         report.warnings.push(format!("took over the backup lock of a run that is gone: {holder}"));
     }

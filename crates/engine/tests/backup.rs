@@ -486,7 +486,7 @@ async fn one_backup_per_vm_at_a_time() {
     let report = env.backup_with(&no_wait).await;
     env.assert_restores_to(&report, &expected).await;
     assert!(report.warnings.iter().any(|w| w.contains("took over") && w.contains("killed")), "{:?}", report.warnings);
-    assert!(env.vm().await.other_config.get(LOCK_KEY).is_none(), "the lock is released");
+    assert!(!env.vm().await.other_config.contains_key(LOCK_KEY), "the lock is released");
 }
 
 #[tokio::test]
@@ -509,7 +509,7 @@ async fn an_untagged_snapshot_of_a_killed_run_is_found_by_its_intent() {
     env.assert_restores_to(&report, &env.digests().await).await;
     assert!(report.cleaned_snapshots.contains(&leaked.uuid), "{:?}", report.cleaned_snapshots);
     let vm = env.vm().await;
-    assert!(vm.other_config.get(TAG_SNAPSHOT_INTENT).is_none(), "the intent is cleared");
+    assert!(!vm.other_config.contains_key(TAG_SNAPSHOT_INTENT), "the intent is cleared");
     assert!(env.host.vm(&leaked.reference).await.is_err(), "the leaked snapshot is gone");
     assert!(vm.snapshots.contains(&user), "the user's snapshot stays");
     xenvault_engine::snapshot::destroy(&env.host, &user).await;
@@ -542,7 +542,7 @@ async fn a_cancelled_backup_removes_its_snapshot_and_commits_nothing() {
     assert!(vm_report.error.as_deref().unwrap_or_default().contains("cancelled"), "{:?}", vm_report.error);
     assert_eq!(env.store.repository().snapshots().await.unwrap().len(), points, "nothing committed");
     env.assert_tidy().await;
-    assert!(env.vm().await.other_config.get(xenvault_engine::vm_lock::LOCK_KEY).is_none());
+    assert!(!env.vm().await.other_config.contains_key(xenvault_engine::vm_lock::LOCK_KEY));
     let locks = std::fs::read_dir(env._dir.path().join("repo/locks")).map(|d| d.count()).unwrap_or(0);
     assert_eq!(locks, 0, "the repository lock is released");
 
