@@ -5,7 +5,7 @@
 // The same steps as xenapi_sdk_cbt.py (enable CBT, snapshot, sim.write, snapshot,
 // VDI.data_destroy, VDI.list_changed_blocks); prints a JSON report, exits 1 on a mismatch.
 
-import { createClient } from 'xen-api'
+import { connect, guestWrite, pickVm, snapshotVdi } from './xapi_helpers.mjs'
 
 const BLOCK = 64 * 1024
 
@@ -33,40 +33,7 @@ function decodeBitmap(b64) {
   return blocks
 }
 
-async function pickVm(xapi) {
-  const candidates = []
-  for (const [ref, vm] of Object.entries(await xapi.call('VM.get_all_records'))) {
-    if (vm.is_a_template || vm.is_a_snapshot || vm.is_control_domain) continue
-    for (const vbd of vm.VBDs) {
-      const rec = await xapi.call('VBD.get_record', vbd)
-      if (rec.type === 'Disk' && rec.VDI !== 'OpaqueRef:NULL') {
-        candidates.push([vm.name_label, ref, rec.VDI])
-        break
-      }
-    }
-  }
-  if (candidates.length === 0) throw new Error('no VM with a disk')
-  candidates.sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0))
-  return candidates[0]
-}
-
-async function snapshotVdi(xapi, snapVm, vdi) {
-  for (const vbd of await xapi.call('VM.get_VBDs', snapVm)) {
-    const d = await xapi.call('VBD.get_VDI', vbd)
-    if (d !== 'OpaqueRef:NULL' && (await xapi.call('VDI.get_snapshot_of', d)) === vdi) return d
-  }
-  throw new Error('snapshot has no copy of the disk')
-}
-
-const [url, user, password] = process.argv.slice(2)
-const xapi = createClient({
-  url,
-  auth: { user, password },
-  allowUnauthorized: true,
-  transport: 'json-rpc',
-  watchEvents: false,
-})
-await xapi.connect()
+const xapi = await connect(process.argv.slice(2), { transport: 'json-rpc', watchEvents: false })
 let failed = false
 try {
   const [name, vm, vdi] = await pickVm(xapi)
@@ -75,11 +42,7 @@ try {
   const size = Number(await xapi.call('VDI.get_virtual_size', vdi))
   const base = await snapshotVdi(xapi, await xapi.call('VM.snapshot', vm, 'interop-base'), vdi)
   const writes = writesFor(size)
-  for (const [off, n] of writes) {
-    const data = Buffer.alloc(n)
-    for (let i = 0; i < n; i++) data[i] = (i % 251) + 1
-    await xapi.call('sim.write', vdi, String(off), data.toString('base64'))
-  }
+  for (const [off, n] of writes) await guestWrite(xapi, vdi, off, n, 0)
   const incr = await snapshotVdi(xapi, await xapi.call('VM.snapshot', vm, 'interop-incr'), vdi)
   // xapi refuses data_destroy while a VBD (here the snapshot VM's) still uses the VDI.
   for (const vbd of await xapi.call('VDI.get_VBDs', base)) await xapi.call('VBD.destroy', vbd)

@@ -97,11 +97,10 @@ async fn python_sdk_over_xml_rpc_sees_exactly_the_written_blocks() {
     check_report(&report);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn xo_xen_api_over_json_rpc_sees_exactly_the_written_blocks() {
+/// The interop npm packages (scripts/setup.sh normally installed them already).
+async fn npm_packages() {
     let dir = interop_dir();
-    if !dir.join("node_modules/xen-api").exists() {
-        // scripts/setup.sh normally did this already.
+    if !dir.join("node_modules/xen-api").exists() || !dir.join("node_modules/vhd-lib").exists() {
         let status = tokio::process::Command::new("npm")
             .current_dir(&dir)
             .args(["ci", "--no-audit", "--no-fund", "--silent"])
@@ -110,6 +109,44 @@ async fn xo_xen_api_over_json_rpc_sees_exactly_the_written_blocks() {
             .expect("npm runs");
         assert!(status.success(), "npm ci in tests/interop failed");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sdk_records_have_exactly_the_datamodel_fields() {
+    let (sim, _dir) = start_sim().await;
+    let table = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../sim/datamodel/fields.tsv");
+    let output = tokio::process::Command::new("python3")
+        .current_dir(interop_dir())
+        .arg("xenapi_sdk_records.py")
+        .args([&sim.url, &sim.user, &sim.password])
+        .arg(&table)
+        .output()
+        .await
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("\"problem_count\": 0"), "{stdout}");
+}
+
+/// Xen Orchestra's client and vhd-lib: snapshot, exports with and without a trailing
+/// slash, imports, and a full + delta VHD chain rebuilt by VhdSynthetic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xo_xen_api_and_vhd_lib_rebuild_a_delta_and_move_disks_and_vms() {
+    npm_packages().await;
+    let (sim, _dir) = start_sim().await;
+    let report = run_script("node", "xen_api_delta.mjs", &sim).await;
+    let checks = report["checks"].as_object().expect("checks");
+    assert!(checks.len() >= 10, "{report}");
+    assert!(checks.values().all(|c| c == true), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xo_xen_api_over_json_rpc_sees_exactly_the_written_blocks() {
+    npm_packages().await;
     let (sim, _dir) = start_sim().await;
     let report = run_script("node", "xen_api_cbt.mjs", &sim).await;
     check_report(&report);
