@@ -18,7 +18,7 @@ tt_bin() {
 
 # xorshift-free random numbers: $RANDOM seeded from $TT_SEED (printed, so a run repeats).
 tt_seed() {
-  TT_SEED=${TT_SEED:-$(date +%s%N | cut -c10-18)}
+  TT_SEED=${TT_SEED:-$((10#$(date +%s%N | cut -c10-18)))}
   RANDOM=$TT_SEED
   echo "seed $TT_SEED (TT_SEED=$TT_SEED repeats the choices)"
 }

@@ -237,3 +237,25 @@ async fn forget_damage_records(repo: &Repository, deleted: &HashSet<String>) -> 
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::tests::new_repo;
+
+    /// Temporary files of interrupted writes go once old; a fresh one (maybe a write in
+    /// progress) stays.
+    #[tokio::test]
+    async fn gc_removes_old_temporary_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("repo");
+        let repo = new_repo(&root, 64 << 10).await;
+        let temp = root.join(".tmp");
+        std::fs::create_dir_all(&temp).unwrap();
+        let old = std::fs::File::create(temp.join("old")).unwrap();
+        old.set_modified(std::time::SystemTime::now() - 2 * super::TEMP_FILE_AGE).unwrap();
+        std::fs::write(temp.join("fresh"), b"x").unwrap();
+        let report = super::gc(&repo).await.unwrap();
+        assert_eq!(report.temp_files_removed, 1, "{report:?}");
+        assert!(!temp.join("old").exists() && temp.join("fresh").exists());
+    }
+}

@@ -203,3 +203,45 @@ pub async fn remove_stale_locks(repo: &Repository) -> Result<usize> {
     }
     Ok(removed)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tests::{new_repo, source};
+
+    /// A backup whose lock was removed (as gc does with a stale one) commits nothing.
+    #[tokio::test]
+    async fn a_backup_with_a_lost_lock_does_not_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = new_repo(&dir.path().join("repo"), 64 << 10).await;
+        let session = repo.start_backup(source("vm")).await.unwrap();
+        let mut w = session.disk_writer(0, "disk0", "", 1 << 20, None).await.unwrap();
+        w.write(0, &vec![7u8; 1 << 20]).await.unwrap();
+        w.finish().await.unwrap();
+        for (name, _) in repo.store().list(LOCKS_PREFIX).await.unwrap() {
+            repo.store().delete(&name).await.unwrap();
+        }
+        let err = session.commit(serde_json::Value::Null, vec![]).await.unwrap_err();
+        assert!(matches!(err, Error::Locked(_)), "{err}");
+        assert!(repo.snapshots().await.unwrap().is_empty(), "nothing committed");
+    }
+
+    /// Locks of dead processes go; live ones stay.
+    #[tokio::test]
+    async fn stale_locks_are_removed_live_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = new_repo(&dir.path().join("repo"), 64 << 10).await;
+        let live = LockGuard::acquire(&repo, LockKind::Backup).await.unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        child.wait().unwrap();
+        let dead = LockRecord { pid: child.id(), ..live.record.clone() };
+        repo.put_json(&format!("{LOCKS_PREFIX}dead"), &dead, false).await.unwrap();
+        let old = LockRecord { host: "elsewhere".into(), refreshed: Utc::now() - chrono::Duration::hours(1), ..live.record.clone() };
+        repo.put_json(&format!("{LOCKS_PREFIX}old"), &old, false).await.unwrap();
+        assert_eq!(remove_stale_locks(&repo).await.unwrap(), 2);
+        let left: Vec<String> = live_locks(&repo).await.unwrap().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(left, [live.name().to_string()]);
+        live.ensure_held().await.unwrap();
+        live.release().await.unwrap();
+    }
+}
