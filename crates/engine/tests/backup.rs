@@ -453,6 +453,15 @@ async fn incrementals_after_recorded_damage_restore_exactly() {
     for point in [&fallback, &next] {
         assert!(!damaged.contains(point.restore_point.as_ref().unwrap()), "{damaged:?}");
     }
+
+    // A whole pack deleted: verify records its chunks and pages, the next run still restores.
+    let lost = env.store.repository().locate(&first_chunk(&env, &next, &vdis[1]).await).unwrap();
+    std::fs::remove_file(env._dir.path().join("repo").join(lost.pack.data_object())).unwrap();
+    assert!(verify_damaged(&env).await.contains(next.restore_point.as_ref().unwrap()));
+    env.scribble("1", 14).await;
+    let after_loss = env.backup(Level::Inc, Requested::Auto).await;
+    env.assert_restores_to(&after_loss, &env.digests().await).await;
+    assert!(!verify_damaged(&env).await.contains(after_loss.restore_point.as_ref().unwrap()));
     env.assert_tidy().await;
 }
 
