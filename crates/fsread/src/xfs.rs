@@ -52,10 +52,10 @@ impl Superblock {
         let dir_blklog = u32::from(b[192]);
         let v5 = version == 5;
         let sane = (512..=65536).contains(&block_size)
-            && block_size == 1 << block_log
+            && Some(block_size) == 1u64.checked_shl(block_log)
             && (256..=2048).contains(&inode_size)
             && inode_size.is_power_of_two()
-            && block_size / inode_size == 1 << inopb_log
+            && Some(block_size / inode_size) == 1u64.checked_shl(inopb_log)
             && (1..=31).contains(&ag_blklog)
             && dir_blklog <= 8
             && (4..=5).contains(&version);
@@ -237,6 +237,10 @@ impl XfsFs {
                 }
             }
             _ => {}
+        }
+        // Byte offsets of file blocks are computed as u64: an extent past that is corrupt.
+        if out.iter().any(|e| (e.offset + e.count).checked_mul(self.sb.block_size).is_none()) {
+            return Err(corrupt(format!("inode {}: an extent lies past the largest file offset", inode.ino)));
         }
         out.sort_by_key(|e| e.offset);
         let map = Arc::new(out);

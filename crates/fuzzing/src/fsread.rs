@@ -1,10 +1,10 @@
 //! Disk images through every file-system reader: partition tables (MBR, GPT), LVM2 and
 //! ext2/3/4, XFS, NTFS and FAT, walked and read with bounded work.
 
-use std::io::{self, Read};
+use std::io;
 use std::sync::{Arc, Once};
 
-use xenvault_fsread::{Entry, EntryKind, FileSystem, ReadAt, open_fs, probe};
+use xenvault_fsread::{EntryKind, FileSystem, ReadAt, open_fs, probe};
 
 /// The input is the head of the image; past it, the image reads as zeros up to this size,
 /// so seeds keep only their non-zero head (file systems check their size against it).
@@ -12,8 +12,8 @@ const IMAGE_SIZE: u64 = 1 << 30;
 /// Entries visited per file system: enough for the seeds' trees, bounded for hostile ones.
 const MAX_ENTRIES: usize = 512;
 /// Bytes read per file and per file system.
-const MAX_FILE_READ: u64 = 64 << 10;
-const MAX_FS_READ: u64 = 1 << 20;
+const MAX_FILE_READ: usize = 64 << 10;
+const MAX_FS_READ: usize = 1 << 20;
 
 /// A disk image: the bytes given, then zeros.
 struct ZeroTail(Vec<u8>);
@@ -65,28 +65,21 @@ pub fn image(data: &[u8]) -> Arc<dyn ReadAt> {
     Arc::new(ZeroTail(data.to_vec()))
 }
 
-/// Lists directories depth first and reads the head of every file, within the bounds.
+/// Lists directories depth first and reads the head of every file (one read each: some
+/// readers resolve the path again on every read), within the bounds.
 fn walk(fs: &dyn FileSystem) -> usize {
-    let (mut seen, mut read) = (0, 0u64);
+    let (mut seen, mut read) = (0, 0);
+    let mut buf = vec![0; MAX_FILE_READ];
     for entry in fs.walk("/").take(MAX_ENTRIES) {
         seen += 1;
-        let Ok(entry) = entry else { continue };
-        let _ = fs.stat(&entry.path);
-        if entry.kind == EntryKind::File && read < MAX_FS_READ {
-            read += read_head(fs, &entry);
+        if let Ok(entry) = entry
+            && entry.kind == EntryKind::File
+            && read < MAX_FS_READ
+        {
+            read += fs.read_at(&entry, 0, &mut buf).unwrap_or(0);
         }
     }
     seen
-}
-
-fn read_head(fs: &dyn FileSystem, entry: &Entry) -> u64 {
-    let Ok(file) = fs.open(&entry.path) else {
-        return 0;
-    };
-    let mut sink = Vec::new();
-    file.take(MAX_FILE_READ)
-        .read_to_end(&mut sink)
-        .map_or(0, |n| n as u64)
 }
 
 thread_local! {
