@@ -41,15 +41,16 @@ fn ok(out: Output, what: &str) -> String {
     text(&out.stdout)
 }
 
-/// A simulator whose transfers run at `bandwidth` bytes/s, a registered pool, a repository.
-fn setup(name: &str, bandwidth: u64) -> (PathBuf, Sim, String) {
+/// A simulator whose transfers run at `bandwidth` bytes/s and whose calls take
+/// `latency_ms` more, a registered pool, a repository.
+fn setup(name: &str, bandwidth: u64, latency_ms: u64) -> (PathBuf, Sim, String) {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).unwrap().port();
     let mut child = xenvault(&dir)
         .args(["sim", "serve", "--listen", &format!("127.0.0.1:{port}"), "--nbd-port", "0", "--blank-disks-mib", "64"])
-        .args(["--bandwidth", &bandwidth.to_string()])
+        .args(["--bandwidth", &bandwidth.to_string(), "--latency-ms", &latency_ms.to_string()])
         .arg("--state-dir")
         .arg(dir.join("sim"))
         .stdout(Stdio::piped())
@@ -93,28 +94,38 @@ async fn leftovers(sim: &Sim) -> (Vec<String>, Option<String>) {
     (snapshots, lock)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigint_mid_transfer_cleans_up_and_exits_130() {
-    // 2 × 64 MiB at 4 MiB/s: the transfer lasts about half a minute.
-    let (dir, sim, repo) = setup("backup-sigint", 4 << 20);
-    let mut backup = xenvault(&dir)
-        .args(["backup", "--pool", "sim", "--vm", VM, "--repo", &repo, "--json"])
+/// `xenvault backup` of the VM, returned once its transfer runs.
+async fn start_backup(dir: &Path, repo: &str) -> Child {
+    let mut backup = xenvault(dir)
+        .args(["backup", "--pool", "sim", "--vm", VM, "--repo", repo, "--json"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     // The repository lock appears when the restore point starts: the transfer is next.
     let started = Instant::now();
-    while live_locks(&repo) == 0 {
+    while live_locks(repo) == 0 {
         assert!(backup.try_wait().unwrap().is_none(), "the backup ended before its transfer began");
         assert!(started.elapsed() < Duration::from_secs(120), "the backup never started its transfer");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
+    backup
+}
+
+fn interrupt(child: &Child) {
+    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_mid_transfer_cleans_up_and_exits_130() {
+    // 2 × 64 MiB at 4 MiB/s: the transfer lasts about half a minute.
+    let (dir, sim, repo) = setup("backup-sigint", 4 << 20, 0);
+    let backup = start_backup(&dir, &repo).await;
     let (during, _) = leftovers(&sim).await;
     assert_eq!(during.len(), 1, "the running backup's snapshot: {during:?}");
-    let status = Command::new("kill").args(["-INT", &backup.id().to_string()]).status().unwrap();
-    assert!(status.success());
+    interrupt(&backup);
     let out = backup.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "stderr: {stderr}");
@@ -130,4 +141,27 @@ async fn sigint_mid_transfer_cleans_up_and_exits_130() {
     let listed = ok(xenvault(&dir).args(["snapshots", "--repo", &repo, "--json"]).output().unwrap(), "snapshots");
     let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
     assert_eq!(listed.as_array().map(Vec::len), Some(0), "nothing committed: {listed}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigint_quits_at_once_and_the_next_run_cleans_up() {
+    // Slow calls: the cleanup after the first signal is still running at the second.
+    let (dir, sim, repo) = setup("backup-sigint-twice", 4 << 20, 300);
+    let backup = start_backup(&dir, &repo).await;
+    interrupt(&backup);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    interrupt(&backup);
+    let out = backup.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "stderr: {stderr}");
+    assert!(stderr.contains("forced exit"), "{stderr}");
+
+    let client = SimClient::login(&sim.url, xenvault_sim::DEFAULT_PASSWORD).await.unwrap();
+    client.call("sim.clear_faults", vec![]).await.unwrap();
+    let report = ok(xenvault(&dir).args(["backup", "--pool", "sim", "--vm", VM, "--repo", &repo, "--json"]).output().unwrap(), "backup");
+    let report: serde_json::Value = serde_json::from_str(&report).unwrap();
+    assert_eq!(report["vms"][0]["status"], "ok", "{report}");
+    let (snapshots, lock) = leftovers(&sim).await;
+    assert_eq!(snapshots.len(), 1, "only the new base is left: {snapshots:?} ({report})");
+    assert_eq!(lock, None);
 }
