@@ -4,6 +4,8 @@
 //! keyed BLAKE3 hash, compressed with zstd, encrypted with AES-256-GCM and packed into pack
 //! files. A restore point (manifest) lists, per disk, the ids of content-addressed index
 //! pages, so an incremental re-uses unchanged pages and every restore point stands alone.
+//! Disks are named by position (a VM's VBD userdevice) and picked with [`Manifest::disk`];
+//! manifests written before positions were recorded still open (see [`manifest`]).
 
 pub mod backend;
 pub mod base_damage;
