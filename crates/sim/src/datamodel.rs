@@ -61,10 +61,16 @@ fn value(kind: &str, text: &str) -> Value {
     }
 }
 
-/// A record of `class` with every datamodel field at xapi's default (empty for a class
-/// the datamodel does not have).
+/// Every datamodel field of `class` at xapi's default (none for a class the datamodel
+/// does not have).
+pub fn fields(class: &str) -> &'static Record {
+    static NONE: Record = Record::new();
+    table().get(class).unwrap_or(&NONE)
+}
+
+/// A new record of `class` with every field at its default.
 pub fn defaults(class: &str) -> Record {
-    table().get(class).cloned().unwrap_or_default()
+    fields(class).clone()
 }
 
 /// `rec` with exactly the fields of `class`: missing ones get their default, fields

@@ -8,11 +8,6 @@ use crate::error::{ApiError, ApiResult};
 use crate::state::State;
 use xenvault_xapi_wire::Value;
 
-/// A record of `class` with every field, to know which getters exist.
-fn sample(class: &str) -> crate::db::Record {
-    crate::datamodel::defaults(class)
-}
-
 /// Fields with a setter (xapi's read-write fields that a backup tool touches).
 fn writable(class: &str, field: &str) -> bool {
     const COMMON: &[&str] = &["name_label", "name_description", "other_config", "tags"];
@@ -55,7 +50,8 @@ enum Op<'a> {
 }
 
 fn parse<'a>(class: &str, name: &'a str) -> Option<Op<'a>> {
-    let fields = sample(class);
+    // The datamodel's fields say which getters, setters and add/remove calls exist.
+    let fields = crate::datamodel::fields(class);
     let is_map = |f: &str| matches!(fields.get(f), Some(Value::Struct(_)));
     let is_set = |f: &str| matches!(fields.get(f), Some(Value::Array(_)));
     let op = match name {
