@@ -3,7 +3,8 @@
 //! messages. File-system images keep only the bytes the readers read (the rest is zeroed
 //! and trailing zeros are cut, since the targets read zeros past the input).
 //!
-//! `cargo run -p xenvault-fuzzing --example make_corpus` (needs the fixtures' tools).
+//! `cargo run -p xenvault-fuzzing --example make_corpus [fs|repo|wire]...` (needs the
+//! fixtures' tools).
 
 use std::io;
 use std::path::Path;
@@ -22,15 +23,24 @@ const MTIME: i64 = 1_700_000_000;
 type Fallible<T = ()> = Result<T, Box<dyn std::error::Error>>;
 
 fn main() -> Fallible {
+    // Arguments pick groups (fs, repo, wire): regenerating all rewrites every image.
+    let groups: Vec<String> = std::env::args().skip(1).collect();
+    let wants = |group: &str| groups.is_empty() || groups.iter().any(|g| g == group);
     let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus");
     let work = tempfile::tempdir()?;
-    file_systems(
-        &corpus.join("fs_volume"),
-        &corpus.join("fs_disk"),
-        work.path(),
-    )?;
-    repository(&corpus)?;
-    wire(&corpus, work.path())?;
+    if wants("fs") {
+        file_systems(
+            &corpus.join("fs_volume"),
+            &corpus.join("fs_disk"),
+            work.path(),
+        )?;
+    }
+    if wants("repo") {
+        repository(&corpus)?;
+    }
+    if wants("wire") {
+        wire(&corpus, work.path())?;
+    }
     Ok(())
 }
 
@@ -299,7 +309,7 @@ fn repository(corpus: &Path) -> Fallible {
     Ok(())
 }
 
-/// XML-RPC calls and responses, a dynamic VHD (by qemu-img), an XVA and NBD conversations.
+/// XML-RPC and JSON-RPC calls and responses, a CBT bitmap, a dynamic VHD (by qemu-img), an XVA and NBD conversations.
 fn wire(corpus: &Path, work: &Path) -> Fallible {
     use xenvault_xapi_wire::{Value, xmlrpc};
     let session = Value::Str("OpaqueRef:0f0e".into());
@@ -323,7 +333,28 @@ fn wire(corpus: &Path, work: &Path) -> Fallible {
     )?;
     write(
         &corpus.join("xmlrpc/response"),
-        xmlrpc::encode_response(&Ok(record)).as_bytes(),
+        xmlrpc::encode_response(&Ok(record.clone())).as_bytes(),
+    )?;
+    use xenvault_xapi_wire::cbt::ChangedBlocks;
+    use xenvault_xapi_wire::jsonrpc::{self, JsonRpcVersion};
+    let params = [
+        Value::Str("OpaqueRef:0f0e".into()),
+        Value::Array(vec![Value::Bool(true), Value::Double(1.5)]),
+    ];
+    write(
+        &corpus.join("jsonrpc/call"),
+        &jsonrpc::encode_call("VM.get_record", &params, 7, JsonRpcVersion::V2),
+    )?;
+    write(
+        &corpus.join("jsonrpc/response"),
+        &jsonrpc::encode_response(JsonRpcVersion::V1, &7.into(), &Ok(record)),
+    )?;
+    let mut changed = ChangedBlocks::for_disk_size(64 * MIB);
+    changed.mark_bytes(MIB..3 * MIB);
+    changed.mark_bytes(40 * MIB..40 * MIB + 1);
+    write(
+        &corpus.join("jsonrpc/cbt-bitmap"),
+        changed.encode().as_bytes(),
     )?;
 
     let raw = work.join("disk.raw");

@@ -1,8 +1,10 @@
-//! The wire and image formats: XML-RPC, VHD, XVA and NBD (both sides).
+//! The wire and image formats: XML-RPC, JSON-RPC, CBT bitmaps, VHD, XVA and NBD (both sides).
 
 use std::io::Cursor;
 
 use xenvault_vhd::{VhdReader, VhdStreamReader};
+use xenvault_xapi_wire::cbt::ChangedBlocks;
+use xenvault_xapi_wire::jsonrpc::{self, JsonRpcVersion};
 use xenvault_xapi_wire::xmlrpc;
 use xenvault_xva::{CHUNK_SIZE, XvaReader, decompress};
 
@@ -28,6 +30,39 @@ pub fn xmlrpc(data: &[u8]) {
     }
     if let Ok(text) = std::str::from_utf8(data) {
         let _ = xmlrpc::parse_value(text);
+    }
+}
+
+/// JSON-RPC decoding never panics and what it accepts re-encodes into what it accepts; the
+/// input is also read as `VDI.list_changed_blocks`' base64 bitmap, whose changed ranges lie
+/// inside the blocks it covers.
+pub fn jsonrpc(data: &[u8]) {
+    if let Ok(call) = jsonrpc::decode_call(data) {
+        let again = jsonrpc::encode_call(&call.method, &call.params, 1, call.version);
+        assert!(
+            jsonrpc::decode_call(&again).is_ok(),
+            "re-encoded call rejected"
+        );
+    }
+    if let Ok(result) = jsonrpc::decode_response(data) {
+        let again = jsonrpc::encode_response(JsonRpcVersion::V2, &1.into(), &result);
+        assert!(
+            jsonrpc::decode_response(&again).is_ok(),
+            "re-encoded response rejected"
+        );
+    }
+    if let Ok(text) = std::str::from_utf8(data)
+        && let Ok(blocks) = ChangedBlocks::decode(text)
+    {
+        let end = blocks.block_count() * xenvault_xapi_wire::cbt::BLOCK_SIZE;
+        assert!(
+            blocks.ranges().all(|r| r.start < r.end && r.end <= end),
+            "range outside the bitmap"
+        );
+        assert_eq!(
+            blocks.changed_blocks().count() as u64,
+            blocks.changed_count()
+        );
     }
 }
 

@@ -23,6 +23,10 @@ pub const TARGETS: &[Target] = &[
         run: formats::xmlrpc,
     },
     Target {
+        name: "jsonrpc",
+        run: formats::jsonrpc,
+    },
+    Target {
         name: "vhd",
         run: formats::vhd,
     },
