@@ -561,6 +561,9 @@ async fn verify(a: VerifyArgs) -> Result<ExitCode> {
             let outcome = if d.rebuilt { "rebuilt from the pack" } else { "its chunks are unusable" };
             println!("damaged index of pack {} ({outcome}): {}", d.pack, d.reason);
         }
+        for object in &report.damaged_key_objects {
+            println!("damaged copy {object} (rewritten from its intact copy)");
+        }
         for (id, problems) in &report.damaged_snapshots {
             println!("damaged restore point {id}:");
             for p in problems {

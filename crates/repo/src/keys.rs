@@ -38,13 +38,15 @@ pub(crate) fn to_checked_json<T: Serialize>(object: &str, value: &T) -> Result<V
     serde_json::to_vec_pretty(&v).map_err(json_error)
 }
 
-/// Reads what [`to_checked_json`] wrote, or an older object without a checksum: anything
-/// that does not parse or fails its checksum is damage.
+/// Reads what [`to_checked_json`] wrote, or an older object without a checksum (second
+/// copies always have one): anything that does not parse or fails its checksum is damage.
 pub(crate) fn from_checked_json<T: DeserializeOwned>(object: &str, raw: &[u8]) -> Result<T> {
     let damaged = |why: String| Error::corrupt(object, why);
     let mut v: serde_json::Value = serde_json::from_slice(raw).map_err(|e| damaged(format!("not JSON: {e}")))?;
     let sum = v.as_object_mut().ok_or_else(|| damaged("not a JSON object".into()))?.remove(CHECKSUM_FIELD);
+    let second_copy = object == CONFIG_COPY_OBJECT || object.starts_with(KEY_COPIES_PREFIX);
     match sum {
+        None if second_copy => return Err(damaged("second copy without its checksum".into())),
         None => {}
         Some(serde_json::Value::String(s)) if s == canonical_checksum(&v)? => {}
         Some(_) => return Err(damaged("checksum does not match its content".into())),

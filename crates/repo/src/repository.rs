@@ -361,6 +361,22 @@ impl Repository {
         Ok(out)
     }
 
+    /// Rewrites each damaged or missing copy of the config and of every key slot from an
+    /// intact copy (so one copy can be lost again); returns the copies that were damaged.
+    /// A missing copy is no damage: repositories written before copies existed gain them.
+    pub(crate) async fn repair_key_objects(&self) -> Result<Vec<String>> {
+        let store = &self.inner.store;
+        let mut ids = std::collections::BTreeSet::new();
+        for prefix in [KEYS_PREFIX, KEY_COPIES_PREFIX] {
+            ids.extend(store.list(prefix).await?.into_iter().filter_map(|(n, _)| n.strip_prefix(prefix).map(str::to_string)));
+        }
+        let mut damaged = repair_copies::<RepoConfig>(store, &[CONFIG_OBJECT, CONFIG_COPY_OBJECT]).await?;
+        for id in ids {
+            damaged.extend(repair_copies::<KeySlot>(store, &slot_object_names(&id)).await?);
+        }
+        Ok(damaged)
+    }
+
     /// Every stored object holding the config or a key slot, all copies (e.g. to lock them).
     pub async fn key_objects(&self) -> Result<Vec<String>> {
         let mut out = vec![CONFIG_OBJECT.to_string()];
@@ -608,6 +624,33 @@ async fn read_copies<T: DeserializeOwned>(store: &Store, names: &[impl AsRef<str
         }
     }
     damage.map_or(Ok(None), Err)
+}
+
+/// Rewrites the damaged or missing ones among the copies `names` from an intact one;
+/// returns the damaged ones.
+async fn repair_copies<T: Serialize + DeserializeOwned>(store: &Store, names: &[impl AsRef<str>]) -> Result<Vec<String>> {
+    let (mut intact, mut rewrite, mut damaged) = (None, Vec::new(), Vec::new());
+    for name in names.iter().map(AsRef::as_ref) {
+        match store.get(name).await? {
+            None => rewrite.push(name),
+            Some(raw) => match from_checked_json::<T>(name, &raw) {
+                Ok(v) => intact = Some(v),
+                Err(e) if e.is_damage() => {
+                    tracing::warn!("{e}");
+                    damaged.push(name.to_string());
+                    rewrite.push(name);
+                }
+                Err(e) => return Err(e),
+            },
+        }
+    }
+    if let Some(value) = intact
+        && let Err(e) = put_copies(store, &rewrite, &value).await
+    {
+        // A read-only store (a mount, a locked bucket) still verifies.
+        tracing::warn!("could not rewrite {}: {e}", rewrite.join(", "));
+    }
+    Ok(damaged)
 }
 
 /// (key slots with an intact copy, the damage of those without one).

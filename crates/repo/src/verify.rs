@@ -28,6 +28,8 @@ pub struct VerifyReport {
     pub bad_chunks: Vec<BadChunk>,
     /// Pack index objects that were unreadable (rebuilt from their pack when it could be).
     pub damaged_indexes: Vec<DamagedIndex>,
+    /// Damaged copies of the config or of key slots (rewritten from their intact copy).
+    pub damaged_key_objects: Vec<String>,
     /// Bad copies already recorded whose chunk has a good copy or is no longer used.
     pub superseded: usize,
     /// Restore point id → what is wrong with it.
@@ -52,7 +54,10 @@ pub struct DamagedIndex {
 
 impl VerifyReport {
     pub fn found_damage(&self) -> bool {
-        !self.bad_chunks.is_empty() || !self.damaged_indexes.is_empty() || !self.damaged_snapshots.is_empty()
+        !self.bad_chunks.is_empty()
+            || !self.damaged_indexes.is_empty()
+            || !self.damaged_key_objects.is_empty()
+            || !self.damaged_snapshots.is_empty()
     }
 }
 
@@ -72,7 +77,7 @@ pub async fn verify(repo: &Repository, sample_percent: Option<f64>, progress: Op
     }
     // What the stored indexes say, not what this host cached.
     repo.load_index(Source::Store).await?;
-    let mut report = VerifyReport::default();
+    let mut report = VerifyReport { damaged_key_objects: repo.repair_key_objects().await?, ..Default::default() };
     let known_damaged = repo.load_damaged().await?;
     let packs: Vec<PackName> =
         repo.store().list(INDEX_PREFIX).await?.iter().filter_map(|(n, _)| PackName::from_object(n)).collect();

@@ -168,6 +168,32 @@ async fn a_repository_with_single_copies_opens() {
     assert_eq!(open(&location).await.expect("old layout opens").snapshot(&id).await.unwrap().id, id);
 }
 
+/// verify rewrites a damaged copy of the config or a key slot from the intact one (and
+/// reports it), and gives a repository of the single-copy layout its second copies.
+#[tokio::test]
+async fn verify_repairs_damaged_copies_and_adds_missing_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let location = dir.path().join("repo").display().to_string();
+    let repo = new_repo(&location).await;
+    let store = backend_of(&location);
+    let [primary, copy] = repo.key_slots().await.unwrap()[0].object_names();
+    store.put("config.copy", b"{}".to_vec().into()).await.unwrap();
+    store.put(&primary, b"garbage".to_vec().into()).await.unwrap();
+    let report = xenvault_repo::verify::verify(&repo, None, None).await.unwrap();
+    assert!(report.found_damage(), "{report:?}");
+    assert_eq!(report.damaged_key_objects, ["config.copy".to_string(), primary.clone()], "{report:?}");
+    let again = xenvault_repo::verify::verify(&repo, None, None).await.unwrap();
+    assert!(!again.found_damage(), "repaired: {again:?}");
+
+    // Lose the other copies now: the repaired ones carry the repository.
+    store.put("config", b"garbage".to_vec().into()).await.unwrap();
+    store.delete(&copy).await.unwrap();
+    let reopened = open(&location).await.expect("opens from the repaired copies");
+    let report = xenvault_repo::verify::verify(&reopened, None, None).await.unwrap();
+    assert_eq!(report.damaged_key_objects, ["config".to_string()], "a missing copy is no damage: {report:?}");
+    assert!(store.exists(&copy).await.unwrap(), "the missing slot copy is written again");
+}
+
 /// A hostile repository raises its slot's Argon2 cost: open refuses at once (no 100 GiB
 /// allocation, no endless loop) and says the slot is damaged.
 #[tokio::test]
