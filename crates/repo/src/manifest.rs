@@ -64,8 +64,9 @@ pub struct DiskRecord {
 }
 
 impl DiskRecord {
+    /// Chunk slots of the disk; none when a damaged record says chunk size 0 (readers refuse it).
     pub fn slot_count(&self) -> u64 {
-        self.size.div_ceil(self.chunk_size as u64)
+        if self.chunk_size == 0 { 0 } else { self.size.div_ceil(u64::from(self.chunk_size)) }
     }
 
     pub fn seconds(&self) -> f64 {
