@@ -91,29 +91,35 @@ async fn demo(host: &Host, store: &Store) -> anyhow::Result<ExitCode> {
         bad += verify(store, report, expected).await?;
     }
     println!("\n== summary (per VM and disk: strategy, read from the host vs changed, stored, time)");
-    for report in [&full, &incremental] {
-        for vm in &report.vms {
-            for disk in &vm.disks {
-                println!(
-                    "{:<5} {:<16} disk {} {:<9} read {:>10} changed {:>10} stored {:>10} {:>6.2}s",
-                    vm.level,
-                    vm.vm_name,
-                    disk.position,
-                    disk.strategy,
+    let rows: Vec<Vec<String>> = [&full, &incremental]
+        .iter()
+        .flat_map(|report| report.vms.iter())
+        .flat_map(|vm| {
+            vm.disks.iter().map(move |disk| {
+                vec![
+                    vm.level.to_string(),
+                    vm.vm_name.clone(),
+                    disk.position.to_string(),
+                    disk.strategy.to_string(),
                     human_bytes(disk.bytes_read),
                     human_bytes(disk.bytes_changed),
                     human_bytes(disk.bytes_stored),
-                    disk.duration_secs
-                );
-            }
-        }
-    }
+                    format!("{:.2} s", disk.duration_secs),
+                ]
+            })
+        })
+        .collect();
+    crate::output::table(&["LEVEL", "VM", "DISK", "STRATEGY", "READ", "CHANGED", "STORED", "TIME"], &rows, &[2, 4, 5, 6, 7]);
     let failed = full.totals.vms_failed + incremental.totals.vms_failed;
     if failed > 0 || bad > 0 {
         println!("{failed} VM backup(s) failed, {bad} disk(s) did not verify");
         return Ok(ExitCode::from(crate::exit::FAILURE));
     }
-    println!("all restore points verified: `xenvault snapshots --repo {} --json` lists them", store.location());
+    // A hint that works as typed: the binary by its full path, the repository by an absolute one.
+    let binary = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "xenvault".into());
+    let repo = std::path::absolute(store.location()).map(|p| p.display().to_string()).unwrap_or_else(|_| store.location().to_owned());
+    let secret = if std::env::var("XENVAULT_PASSPHRASE").is_ok_and(|p| !p.is_empty()) { String::new() } else { format!("XENVAULT_PASSPHRASE={DEMO_PASSPHRASE:?} ") };
+    println!("all restore points verified; list them with:\n  {secret}{binary} snapshots --repo {repo}");
     Ok(ExitCode::SUCCESS)
 }
 

@@ -585,7 +585,7 @@ pub struct ForgetArgs {
     ids: Vec<String>,
     #[command(flatten)]
     repo: RepoArgs,
-    /// Apply the policy only to this source id.
+    /// Apply the policy only to this VM (name or uuid) or other source id.
     #[arg(long)]
     source: Option<String>,
     #[arg(long, default_value_t = 0)]
@@ -620,14 +620,9 @@ async fn forget(a: ForgetArgs) -> Result<ExitCode> {
         monthly: a.keep_monthly,
         yearly: a.keep_yearly,
     };
+    let points = repo.snapshots().await.map_err(classify)?;
     let plan = if a.ids.is_empty() {
-        let all: Vec<_> = repo
-            .snapshots()
-            .await
-            .map_err(classify)?
-            .into_iter()
-            .filter(|m| a.source.as_ref().is_none_or(|s| &m.source.id == s))
-            .collect();
+        let all: Vec<_> = points.iter().filter(|m| a.source.as_deref().is_none_or(|s| select::is_of_source(m, s))).cloned().collect();
         xenvault_repo::prune::plan(&all, &policy).map_err(classify)?
     } else {
         if !policy.is_empty() {
@@ -652,9 +647,15 @@ async fn forget(a: ForgetArgs) -> Result<ExitCode> {
         print_json(&serde_json::json!({"keep": plan.keep, "remove": plan.remove, "dry_run": a.dry_run, "prune": gc}))?;
     } else {
         let verb = if a.dry_run { "would remove" } else { "removed" };
-        for id in &plan.remove {
-            println!("{verb} {id}");
-        }
+        let row = |action: &str, id: &String| {
+            let m = points.iter().find(|m| &m.id == id);
+            let when = m.map(|m| crate::output::time(m.time)).unwrap_or_default();
+            let vm = m.map(|m| m.source.name.clone()).unwrap_or_default();
+            vec![action.to_owned(), id.get(..8).unwrap_or(id).to_owned(), when, vm]
+        };
+        let rows: Vec<Vec<String>> =
+            plan.keep.iter().map(|id| row("keep", id)).chain(plan.remove.iter().map(|id| row(verb, id))).collect();
+        crate::output::table(&["ACTION", "ID", "TIME", "VM"], &rows, &[]);
         println!("{} kept, {} {verb}", plan.keep.len(), plan.remove.len());
         if let Some(r) = gc {
             print_gc(&r);

@@ -859,3 +859,15 @@ fn dump_diff_stats_unlock_and_long_listings() {
     let short = ok(p.run(&["files", "ls", &p.id, "--partition", "p2", dir]), "ls");
     assert!(short.lines().any(|l| l == wanted.path), "{short}");
 }
+
+/// `forget --dry-run` names each restore point's VM and time and what would happen to it.
+#[test]
+fn forget_dry_run_shows_vm_and_time() {
+    let p = pool();
+    let before = json(&ok(p.run(&["snapshots", "--json"]), "snapshots")).as_array().map(Vec::len);
+    let out = ok(p.run(&["forget", "--source", VM, "--keep-last", "1", "--dry-run", "--utc"]), "forget --dry-run");
+    let kept = out.lines().find(|l| l.starts_with("keep")).unwrap_or_else(|| panic!("{out}"));
+    assert!(kept.contains(VM) && kept.contains(" UTC"), "{out}");
+    assert!(out.starts_with("ACTION") && out.contains("1 kept"), "{out}");
+    assert_eq!(json(&ok(p.run(&["snapshots", "--json"]), "snapshots")).as_array().map(Vec::len), before, "a dry run removed something");
+}
