@@ -20,6 +20,10 @@ pub const TAG_RESTORE_POINT: &str = "xenvault.restore_point";
 /// tagged: the name of the snapshot being taken. A run killed in between leaves an
 /// untagged snapshot of that name, which the next run finds by it.
 pub const TAG_SNAPSHOT_INTENT: &str = "xenvault.snapshot_intent";
+/// Keys of a running backup on the source VM. xapi copies `other_config` into a
+/// snapshot, so they are removed from our snapshots and from the stored VM records:
+/// a VM restored from a restore point must not look locked.
+pub const RUN_KEYS: [&str; 2] = [crate::vm_lock::LOCK_KEY, TAG_SNAPSHOT_INTENT];
 
 pub fn is_ours(other_config: &BTreeMap<String, String>) -> bool {
     other_config.get(TAG_SNAPSHOT).is_some_and(|v| v == "1")

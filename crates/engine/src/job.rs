@@ -371,7 +371,14 @@ async fn back_up_snapshot(
         }
     }
 
-    let metadata = host.vm_metadata(vm, snap).await?;
+    let mut metadata = host.vm_metadata(vm, snap).await?;
+    for record in ["vm", "snapshot"] {
+        if let Some(config) = metadata.get_mut(record).and_then(|r| r.get_mut("other_config")).and_then(|c| c.as_object_mut()) {
+            for key in hygiene::RUN_KEYS {
+                config.remove(key);
+            }
+        }
+    }
     if ctx.options.xva {
         let (id, disks) = back_up_xva(ctx, vm, snap, level, &work, metadata).await?;
         report.restore_point = Some(id);

@@ -4,7 +4,7 @@ use xenvault_xapi_wire::Value;
 
 use crate::error::Error;
 use crate::host::Host;
-use crate::hygiene::{TAG_JOB, TAG_SNAPSHOT, TAG_SNAPSHOT_INTENT, TAG_SNAPSHOT_VM};
+use crate::hygiene::{RUN_KEYS, TAG_JOB, TAG_SNAPSHOT, TAG_SNAPSHOT_INTENT, TAG_SNAPSHOT_VM};
 use crate::records::{self, Vm};
 
 /// A snapshot we made, and how.
@@ -43,6 +43,9 @@ pub async fn take(host: &Host, vm: &Vm, job_id: &str, quiesce: bool) -> Result<T
     let tagged = async {
         host.add_to_other_config("VM", &reference, TAG_SNAPSHOT, "1").await?;
         host.add_to_other_config("VM", &reference, TAG_JOB, job_id).await?;
+        for key in RUN_KEYS {
+            host.call("VM.remove_from_other_config", vec![Value::from(reference.as_str()), Value::from(key)]).await?;
+        }
         forget_intent(host, vm).await?;
         host.vm(&reference).await
     };

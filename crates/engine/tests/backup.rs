@@ -496,6 +496,18 @@ async fn one_backup_per_vm_at_a_time() {
     env.assert_restores_to(&report, &expected).await;
     assert!(report.warnings.iter().any(|w| w.contains("took over") && w.contains("killed")), "{:?}", report.warnings);
     assert!(!env.vm().await.other_config.contains_key(LOCK_KEY), "the lock is released");
+
+    // xapi copies other_config into snapshots: neither the base snapshot nor the stored
+    // VM records carry the run's lock or intent (a restored VM must not look locked).
+    let base = xenvault_engine::snapshot::ours(&env.host, &env.vm().await).await.unwrap().remove(0);
+    let manifest = env.store.repository().snapshot(report.restore_point.as_deref().unwrap()).await.unwrap();
+    for key in hygiene::RUN_KEYS {
+        assert!(!base.other_config.contains_key(key), "the base snapshot carries {key}");
+        for record in ["vm", "snapshot"] {
+            let stored = manifest.metadata["vm"][record]["other_config"].as_object().expect("a stored other_config");
+            assert!(!stored.contains_key(key), "stored {record} record carries {key}");
+        }
+    }
 }
 
 #[tokio::test]
