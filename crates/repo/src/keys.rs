@@ -28,7 +28,7 @@ pub const MAX_KDF_ITERATIONS: u32 = 64;
 pub const MAX_KDF_PARALLELISM: u32 = 16;
 
 /// JSON of `value` carrying a BLAKE3 checksum of its canonical form.
-pub(crate) fn to_checked_json<T: Serialize>(object: &str, value: &T) -> Result<Vec<u8>> {
+pub fn to_checked_json<T: Serialize>(object: &str, value: &T) -> Result<Vec<u8>> {
     let json_error = |e| Error::Json { object: object.into(), source: e };
     let mut v = serde_json::to_value(value).map_err(json_error)?;
     let sum = canonical_checksum(&v)?;
@@ -40,7 +40,7 @@ pub(crate) fn to_checked_json<T: Serialize>(object: &str, value: &T) -> Result<V
 
 /// Reads what [`to_checked_json`] wrote, or an older object without a checksum (second
 /// copies always have one): anything that does not parse or fails its checksum is damage.
-pub(crate) fn from_checked_json<T: DeserializeOwned>(object: &str, raw: &[u8]) -> Result<T> {
+pub fn from_checked_json<T: DeserializeOwned>(object: &str, raw: &[u8]) -> Result<T> {
     let damaged = |why: String| Error::corrupt(object, why);
     let mut v: serde_json::Value = serde_json::from_slice(raw).map_err(|e| damaged(format!("not JSON: {e}")))?;
     let sum = v.as_object_mut().ok_or_else(|| damaged("not a JSON object".into()))?.remove(CHECKSUM_FIELD);
