@@ -113,7 +113,8 @@ impl Manifest {
     }
 
     pub fn total_size(&self) -> u64 {
-        self.disks.iter().map(|d| d.size).sum()
+        // Saturating: a damaged manifest may list sizes that add up past u64.
+        self.disks.iter().fold(0, |total, d| total.saturating_add(d.size))
     }
 
     /// The one disk `which` names: a number is a position (never an index into the list),
