@@ -36,7 +36,7 @@ pub async fn copy(src: &Repository, dst: &Repository, ids: &[String]) -> Result<
         let session = dst.start_backup(m.source.clone()).await?;
         for disk in &m.disks {
             let reader = DiskReader::new(src, disk).await?;
-            let mut w = session.disk_writer(disk.position(), &disk.name, &disk.uuid, disk.size, None).await?;
+            let mut w = session.disk_writer(disk.position, &disk.name, &disk.uuid, disk.size, None).await?;
             let by_id = dst.shares_chunk_ids_with(src) && disk.chunk_size as u64 == w.chunk_size();
             let cs = w.chunk_size();
             let slots = disk.size.div_ceil(cs);

@@ -4,13 +4,13 @@
 //!
 //! Disks are identified by their position (a VM disk's VBD userdevice, an image's place
 //! on the command line), unique within a restore point; manifests list them sorted by it.
-//! Manifests written before positions were recorded still open: [`Manifest::settle`]
-//! derives the positions from what they stored (see there).
+//! Manifests written before positions were recorded still open: reading one derives the
+//! positions from what it stored (see [`settle_disks`]).
 
 use crate::crypto::ChunkId;
 use crate::error::{Error, Result};
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 pub const SNAPSHOTS_PREFIX: &str = "snapshots/";
 pub const MANIFEST_VERSION: u32 = 1;
@@ -45,10 +45,9 @@ pub struct DiskStats {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct DiskRecord {
     /// Where the disk sits: the VM's VBD userdevice (as a number), or the image's place
-    /// among those backed up together. `None` only while reading a manifest written
-    /// before positions were recorded, until [`Manifest::settle`] derives it.
-    #[serde(default)]
-    pub position: Option<u32>,
+    /// among those backed up together; unique within a restore point.
+    #[serde(default = "unrecorded")]
+    pub position: u32,
     /// A name for people (the VBD userdevice as written, or the image's file name).
     pub name: String,
     #[serde(default)]
@@ -73,15 +72,10 @@ impl DiskRecord {
         (self.finished - self.started).num_milliseconds() as f64 / 1000.0
     }
 
-    /// The disk's position (`u32::MAX` for a record not yet settled, which sorts last).
-    pub fn position(&self) -> u32 {
-        self.position.unwrap_or(u32::MAX)
-    }
-
     /// "position 5 (name 5, uuid …, 10.0 GiB)": how errors and listings name a disk.
     pub fn describe(&self) -> String {
         let uuid = if self.uuid.is_empty() { String::new() } else { format!(", uuid {}", self.uuid) };
-        format!("position {} (name {:?}{uuid}, {} bytes)", self.position(), self.name, self.size)
+        format!("position {} (name {:?}{uuid}, {} bytes)", self.position, self.name, self.size)
     }
 }
 
@@ -96,6 +90,8 @@ pub struct Manifest {
     pub metadata: serde_json::Value,
     #[serde(default)]
     pub tags: Vec<String>,
+    /// Sorted by position.
+    #[serde(deserialize_with = "settled_disks")]
     pub disks: Vec<DiskRecord>,
     /// The restore point this one was written against (informational: nothing depends on it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -123,10 +119,10 @@ impl Manifest {
     pub fn disk(&self, which: Option<&str>) -> Result<&DiskRecord> {
         let not_found = |why: String| Error::DiskNotFound(format!("{why}; restore point {} has {}", self.short_id(), self.disk_list()));
         let Some(which) = which else {
-            return self.disks.iter().min_by_key(|d| d.position()).ok_or_else(|| not_found("no disk given".into()));
+            return self.disks.iter().min_by_key(|d| d.position).ok_or_else(|| not_found("no disk given".into()));
         };
         if let Ok(position) = which.parse::<u32>() {
-            return self.disks.iter().find(|d| d.position == Some(position)).ok_or_else(|| not_found(format!("no disk at position {position}")));
+            return self.disks.iter().find(|d| d.position == position).ok_or_else(|| not_found(format!("no disk at position {position}")));
         }
         let mut hits = self.disks.iter().filter(|d| (!d.uuid.is_empty() && d.uuid == which) || d.name == which);
         match (hits.next(), hits.next()) {
@@ -144,44 +140,60 @@ impl Manifest {
         }
     }
 
-    /// Completes a manifest just read: derives the positions an older manifest lacks and
-    /// sorts the disks by position. Older VM restore points named each disk by its VBD
-    /// userdevice, so when every name is a distinct number those are the positions; image
-    /// restore points stored their disks in command-line order, so otherwise the place in
-    /// the list is the position.
-    pub fn settle(&mut self) {
-        if self.disks.iter().any(|d| d.position.is_none()) {
-            let names: Option<Vec<u32>> = self.disks.iter().map(|d| d.name.parse().ok()).collect();
-            let distinct = names.as_ref().is_some_and(|n| n.iter().collect::<std::collections::BTreeSet<_>>().len() == n.len());
-            for (i, d) in self.disks.iter_mut().enumerate() {
-                let derived = names.as_ref().filter(|_| distinct).and_then(|n| n.get(i).copied());
-                d.position.get_or_insert(derived.unwrap_or(i as u32));
-            }
+}
+
+/// The position of a disk read from a manifest written before positions were recorded,
+/// until [`settle_disks`] derives it.
+fn unrecorded() -> u32 {
+    u32::MAX
+}
+
+fn settled_disks<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Vec<DiskRecord>, D::Error> {
+    let mut disks = Vec::<DiskRecord>::deserialize(d)?;
+    settle_disks(&mut disks);
+    Ok(disks)
+}
+
+/// Derives the positions an older manifest lacks, then sorts the disks by position. Older VM
+/// restore points named each disk by its VBD userdevice, so when every name is a distinct
+/// number those are the positions; image restore points stored their disks in
+/// command-line order, so otherwise the place in the list is the position.
+fn settle_disks(disks: &mut [DiskRecord]) {
+    if disks.iter().any(|d| d.position == unrecorded()) {
+        let names: Option<Vec<u32>> = disks.iter().map(|d| d.name.parse().ok()).collect();
+        let distinct = names.as_ref().is_some_and(|n| n.iter().collect::<std::collections::BTreeSet<_>>().len() == n.len());
+        for (i, d) in disks.iter_mut().enumerate() {
+            let derived = names.as_ref().filter(|_| distinct).and_then(|n| n.get(i).copied());
+            d.position = derived.unwrap_or(i as u32);
         }
-        self.disks.sort_by_key(DiskRecord::position);
     }
+    disks.sort_by_key(|d| d.position);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn disk(position: Option<u32>, name: &str, uuid: &str) -> DiskRecord {
+    fn disk(position: u32, name: &str, uuid: &str) -> DiskRecord {
         let t = Utc::now();
         DiskRecord { position, name: name.into(), uuid: uuid.into(), size: 1 << 20, chunk_size: 1 << 16, page_slots: 16, pages: vec![], stats: DiskStats::default(), started: t, finished: t }
     }
 
-    fn manifest(disks: Vec<DiskRecord>) -> Manifest {
+    /// The manifest as a repository reads it back, with `position` left out when `old`.
+    fn manifest(disks: Vec<DiskRecord>, old: bool) -> Manifest {
         let t = Utc::now();
-        let mut m = Manifest { version: MANIFEST_VERSION, id: "0123456789abcdef".into(), time: t, source: SourceInfo::default(), metadata: serde_json::Value::Null, tags: vec![], disks, base: None, finished: t };
-        m.settle();
-        m
+        let m = Manifest { version: MANIFEST_VERSION, id: "0123456789abcdef".into(), time: t, source: SourceInfo::default(), metadata: serde_json::Value::Null, tags: vec![], disks, base: None, finished: t };
+        let mut json = serde_json::to_value(&m).unwrap();
+        for d in json["disks"].as_array_mut().unwrap().iter_mut().filter(|_| old) {
+            d.as_object_mut().unwrap().remove("position");
+        }
+        serde_json::from_value(json).unwrap()
     }
 
     #[test]
     fn a_number_is_a_position_never_an_index() {
-        let m = manifest(vec![disk(Some(5), "5", "uuid-5"), disk(Some(0), "0", "uuid-0")]);
-        assert_eq!(m.disks.iter().map(DiskRecord::position).collect::<Vec<_>>(), [0, 5], "sorted by position");
+        let m = manifest(vec![disk(5, "5", "uuid-5"), disk(0, "0", "uuid-0")], false);
+        assert_eq!(m.disks.iter().map(|d| d.position).collect::<Vec<_>>(), [0, 5], "sorted by position");
         assert_eq!(m.disk(Some("5")).unwrap().uuid, "uuid-5");
         assert_eq!(m.disk(Some("0")).unwrap().uuid, "uuid-0");
         assert_eq!(m.disk(Some("uuid-5")).unwrap().name, "5");
@@ -193,23 +205,21 @@ mod tests {
 
     #[test]
     fn a_name_shared_by_two_disks_is_ambiguous() {
-        let m = manifest(vec![disk(Some(0), "disk.img", ""), disk(Some(1), "disk.img", "")]);
+        let m = manifest(vec![disk(0, "disk.img", ""), disk(1, "disk.img", "")], false);
         assert!(m.disk(Some("disk.img")).unwrap_err().to_string().contains("names several disks"));
-        assert_eq!(manifest(vec![]).disk(None).unwrap_err().to_string(), "disk not found: no disk given; restore point 01234567 has no disks");
+        assert_eq!(manifest(vec![], false).disk(None).unwrap_err().to_string(), "disk not found: no disk given; restore point 01234567 has no disks");
     }
 
     #[test]
     fn old_manifests_get_positions_from_what_they_stored() {
         // VM restore points named each disk by its userdevice, in the order the disks finished.
-        let m = manifest(vec![disk(None, "5", "b"), disk(None, "0", "a")]);
-        assert_eq!(m.disks.iter().map(|d| (d.position, d.uuid.as_str())).collect::<Vec<_>>(), [(Some(0), "a"), (Some(5), "b")]);
-        // Image restore points: in command-line order.
-        let m = manifest(vec![disk(None, "b.img", ""), disk(None, "a.img", "")]);
+        let m = manifest(vec![disk(9, "5", "b"), disk(9, "0", "a")], true);
+        assert_eq!(m.disks.iter().map(|d| (d.position, d.uuid.as_str())).collect::<Vec<_>>(), [(0, "a"), (5, "b")]);
+        // Image restore points: in command-line order, whatever the names.
+        let m = manifest(vec![disk(9, "b.img", ""), disk(9, "a.img", "")], true);
         assert_eq!(m.disk(Some("0")).unwrap().name, "b.img");
         assert_eq!(m.disk(Some("1")).unwrap().name, "a.img");
-        // The stored form without positions still reads.
-        let mut json = serde_json::to_value(disk(Some(3), "3", "")).unwrap();
-        json.as_object_mut().unwrap().remove("position");
-        assert_eq!(serde_json::from_value::<DiskRecord>(json).unwrap().position, None);
+        let m = manifest(vec![disk(9, "7", ""), disk(9, "7", "")], true);
+        assert_eq!(m.disks.iter().map(|d| d.position).collect::<Vec<_>>(), [0, 1], "names that are not distinct positions");
     }
 }

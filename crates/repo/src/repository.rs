@@ -304,10 +304,7 @@ impl Repository {
         for (name, r) in results {
             let id = name.trim_start_matches(SNAPSHOTS_PREFIX).to_string();
             match r {
-                Ok(Some(mut m)) if m.id == id => {
-                    m.settle();
-                    good.push(m)
-                }
+                Ok(Some(m)) if m.id == id => good.push(m),
                 Ok(Some(_)) => bad.push((id, Error::corrupt(name, "manifest id does not match its name"))),
                 Ok(None) => {}
                 Err(e) => bad.push((id, e)),

@@ -244,9 +244,9 @@ impl BackupSession {
             .collect::<Option<Vec<_>>>()
             .ok_or_else(|| Error::Invalid("a disk writer was not finished".into()))?;
         // Stored by position whatever order the disks finished in, so a position names one disk.
-        disks.sort_by_key(DiskRecord::position);
+        disks.sort_by_key(|d| d.position);
         if let Some(twice) = disks.windows(2).find(|w| w[0].position == w[1].position) {
-            return Err(Error::Invalid(format!("two disks at position {}: {} and {}", twice[0].position(), twice[0].name, twice[1].name)));
+            return Err(Error::Invalid(format!("two disks at position {}: {} and {}", twice[0].position, twice[0].name, twice[1].name)));
         }
         let manifest = Manifest {
             version: MANIFEST_VERSION,
@@ -594,7 +594,7 @@ impl DiskWriter {
             return Err(Error::Task("pages left open at the end of a disk".into()));
         }
         let record = DiskRecord {
-            position: Some(self.position),
+            position: self.position,
             name: self.name,
             uuid: self.uuid,
             size: self.size,

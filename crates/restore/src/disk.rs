@@ -89,7 +89,7 @@ pub(crate) fn stored_disks(m: &Manifest) -> Vec<StoredDisk<'_>> {
         let found = vdis.iter().find(|(_, v)| !snap_uuid.is_empty() && text(v, "uuid") == snap_uuid);
         let (vdi_ref, vdi) = found.map(|(r, v)| (r.as_str(), v.clone())).unwrap_or((NULL_REF, Json::Null));
         let vbd = vbds.values().find(|b| vdi_ref != NULL_REF && text(b, "VDI") == vdi_ref).cloned();
-        let position = record.position().to_string();
+        let position = record.position.to_string();
         out.push(StoredDisk { record, position, snapshot_vdi_uuid: snap_uuid.to_owned(), vdi, vbd });
     }
     out
