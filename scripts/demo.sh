@@ -3,5 +3,7 @@
 # backup of every VM, guest writes, a CBT incremental, verify, and a summary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
-cargo run --release --bin xenvault -- demo "$@"
+bash scripts/setup.sh --demo
+# The dev profile (dependencies optimised, see Cargo.toml): the test command reuses this
+# build instead of compiling everything a second time; benchmarks build --release.
+cargo run --bin xenvault -- demo "$@"

@@ -4,18 +4,21 @@
 # checkers, restic and borg for benchmarks, the Python XenAPI SDK, SeaweedFS (S3) and npm
 # packages (Azurite, Xen Orchestra's xen-api client). Idempotent and quiet: installs only what
 # is missing or out of date. Exits non-zero, naming what failed, when something cannot be
-# installed.
+# installed. `--demo` installs only what the demo uses (the file-system tools its seeded
+# disks are built with): no checkers, servers or Python/npm packages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+demo_only=false
+[ "${1:-}" = "--demo" ] && demo_only=true
 
 die() {
   echo "setup: $*" >&2
   exit 1
 }
 
-apt_packages=(
-  qemu-utils e2fsprogs ntfs-3g xfsprogs dosfstools mtools fdisk gdisk lvm2
-  nbdkit libnbd-bin gnutls-bin libvhdi-utils python3-libvhdi xva-img restic borgbackup time
+apt_packages=(e2fsprogs ntfs-3g xfsprogs dosfstools mtools fdisk)
+$demo_only || apt_packages+=(
+  qemu-utils gdisk lvm2 nbdkit libnbd-bin gnutls-bin libvhdi-utils python3-libvhdi xva-img restic borgbackup time
 )
 missing_apt_packages() {
   local p
@@ -37,6 +40,8 @@ if ((${#missing[@]})); then
   mapfile -t missing < <(missing_apt_packages)
   ((${#missing[@]} == 0)) || die "still not installed: ${missing[*]}"
 fi
+
+$demo_only && exit 0
 
 python_tools_present() {
   python3 - <<'PY'
