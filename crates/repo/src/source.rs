@@ -35,16 +35,17 @@ impl RawFileSource {
 
 /// Opens a file that can hold a disk, with its size: a non-empty regular file or a block
 /// device. A directory or character device has no size to speak of (a directory's end
-/// offset is huge, `/dev/zero` never ends), and an empty file holds no disk.
+/// offset is huge, `/dev/zero` never ends), an empty file holds no disk, and a FIFO would
+/// block the open itself: the type is checked before opening.
 fn open_disk_file(path: &Path) -> Result<(std::fs::File, u64)> {
     use std::os::unix::fs::FileTypeExt;
     let io = |e| Error::Io { path: path.to_path_buf(), source: e };
-    let file = std::fs::File::open(path).map_err(io)?;
-    let kind = file.metadata().map_err(io)?.file_type();
+    let kind = std::fs::metadata(path).map_err(io)?.file_type();
     if !kind.is_file() && !kind.is_block_device() {
         let what = if kind.is_dir() { "a directory" } else { "not a regular file or block device" };
         return Err(Error::Invalid(format!("{} is {what}: give a disk image file or a block device", path.display())));
     }
+    let file = std::fs::File::open(path).map_err(io)?;
     // seek(End) also gives block devices their size, where metadata says 0.
     let size = std::io::Seek::seek(&mut &file, std::io::SeekFrom::End(0)).map_err(io)?;
     if size == 0 {
@@ -247,6 +248,9 @@ mod tests {
         let empty = dir.path().join("empty.img");
         std::fs::File::create(&empty).unwrap();
         refused(&empty, ImageFormat::Raw, "is empty");
+        let fifo = dir.path().join("fifo");
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        refused(&fifo, ImageFormat::Raw, "not a regular file or block device");
     }
 
     #[test]
