@@ -11,7 +11,7 @@ source ./lib.sh
 ROUNDS=${ROUNDS:-100}
 MIB=4
 TT_WORK=$(mktemp -d /tmp/xv-torture.XXXXXX)
-trap 'kill "$pruner" 2>/dev/null; rm -rf "$TT_WORK"' EXIT
+trap 'kill "$pruner" 2>/dev/null; [ -n "${TT_KEEP:-}" ] || rm -rf "$TT_WORK"' EXIT
 XV=$(tt_bin) || exit 1
 REPO=${REPO:-$TT_WORK/repo}
 tt_seed
@@ -23,7 +23,7 @@ touch "$TT_WORK/pruning"
 (
   n=0
   while [ -e "$TT_WORK/pruning" ]; do
-    "$XV" prune --repo "$REPO" >/dev/null 2>>"$TT_WORK/stderr.log" || echo "prune failed" >&2
+    "$XV" prune --repo "$REPO" --json >>"$TT_WORK/prunes.log" 2>>"$TT_WORK/stderr.log" || echo "prune failed" >&2
     n=$((n + 1))
   done
   echo "$n" >"$TT_WORK/prunes"

@@ -67,9 +67,12 @@ struct References {
 impl References {
     /// Adds what the restore points stored now reference (those already seen are
     /// immutable: only new ones are read). Restore points forgotten since stay in: a
-    /// superset only keeps more.
+    /// superset only keeps more. Refreshes the index after listing them: a manifest is
+    /// stored after its packs, so every page it lists is then findable, and a page that
+    /// is not is really lost (not merely newer than the index).
     async fn update(&mut self, repo: &Repository) -> Result<()> {
         let (good, bad) = repo.snapshots_checked().await?;
+        repo.refresh_index().await?;
         if let Some((id, e)) = bad.into_iter().next() {
             return Err(Error::Invalid(format!(
                 "restore point {id} is unreadable ({e}); gc would not know what it references: forget it first"
@@ -136,7 +139,6 @@ async fn run(repo: &Repository, own: &LockGuard) -> Result<GcReport> {
     report.temp_files_removed = repo.store().remove_temp_files(TEMP_FILE_AGE).await?;
 
     // Mark.
-    repo.refresh_index().await?;
     let mut refs = References::default();
     refs.update(repo).await?;
     let damaged = repo.load_damaged().await?;
@@ -188,7 +190,6 @@ async fn run(repo: &Repository, own: &LockGuard) -> Result<GcReport> {
     let backups: Vec<DateTime<Utc>> =
         live_locks(repo).await?.into_iter().filter(|(_, l)| l.kind == LockKind::Backup).map(|(_, l)| l.started).collect();
     report.backups_running = backups.len();
-    repo.refresh_index().await?; // packs of restore points committed since the mark
     refs.update(repo).await?;
     report.chunks_referenced = refs.chunks.len();
     let damaged = repo.load_damaged().await?;

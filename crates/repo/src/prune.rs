@@ -32,8 +32,10 @@ pub struct ForgetPlan {
 }
 
 type PeriodKey = fn(&DateTime<Utc>) -> (i32, u32, u32, u32);
+/// How many periods of one kind a policy keeps.
+type PeriodCount = fn(&KeepPolicy) -> u32;
 
-fn periods() -> [(fn(&KeepPolicy) -> u32, PeriodKey); 5] {
+fn periods() -> [(PeriodCount, PeriodKey); 5] {
     [
         (|p| p.hourly, |t| (t.year(), t.ordinal(), t.hour(), 0)),
         (|p| p.daily, |t| (t.year(), t.ordinal(), 0, 0)),

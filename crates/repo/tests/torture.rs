@@ -163,8 +163,14 @@ async fn backups_prune_copy_verify(location_a: &str, location_b: &str, backend: 
     let [prunes, packs_deleted, copies, verifies, copy_failures, checks] = std::array::from_fn(|_| AtomicUsize::new(0));
     let seeds: Vec<u64> = (0..5).map(|_| rng.next() | 1).collect();
 
+    // Every operation opens the repository anew, as a separate process would: nothing is
+    // shared through one in-memory index.
+    let open = |repo: &Repository| {
+        let location = repo.location().to_string();
+        async move { Repository::open(&location, backend, Some(&secret())).await.expect("open") }
+    };
     let backup_loop = |source: &'static str, seed: u64| {
-        let (a, model_a) = (&a, &model_a);
+        let (a, model_a, open) = (&a, &model_a, &open);
         async move {
             let mut rng = Rng(seed);
             let mut image = vec![0u8; IMAGE_CHUNKS * CHUNK];
@@ -176,7 +182,7 @@ async fn backups_prune_copy_verify(location_a: &str, location_b: &str, backend: 
                     let at = rng.below(IMAGE_CHUNKS as u64) as usize * CHUNK;
                     rng.fill(&mut image[at..at + CHUNK]);
                 }
-                let id = backup(a, source, &image).await.unwrap_or_else(|e| panic!("backup of {source}: {e}"));
+                let id = backup(&open(a).await, source, &image).await.unwrap_or_else(|e| panic!("backup of {source}: {e}"));
                 model_a.commit(&id, source, blake3::hash(&image));
                 // Gaps between backups, as between scheduled jobs: moments without locks.
                 tokio::time::sleep(std::time::Duration::from_millis(rng.below(60))).await;
@@ -186,7 +192,7 @@ async fn backups_prune_copy_verify(location_a: &str, location_b: &str, backend: 
     let prune_a = async {
         let mut rng = Rng(seeds[2]);
         while !backups_done.load(Ordering::SeqCst) {
-            let deleted = forget_and_prune(&a, &model_a, 2 + rng.below(5) as u32).await.expect("prune of a");
+            let deleted = forget_and_prune(&open(&a).await, &model_a, 2 + rng.below(5) as u32).await.expect("prune of a");
             packs_deleted.fetch_add(deleted, Ordering::SeqCst);
             prunes.fetch_add(1, Ordering::SeqCst);
         }
@@ -196,7 +202,7 @@ async fn backups_prune_copy_verify(location_a: &str, location_b: &str, backend: 
         while !backups_done.load(Ordering::SeqCst) {
             let candidates = model_a.expected();
             if let Some((id, digest)) = candidates.get(rng.below(candidates.len().max(1) as u64) as usize).cloned() {
-                match xenvault_repo::copy::copy(&a, &b, std::slice::from_ref(&id)).await {
+                match xenvault_repo::copy::copy(&open(&a).await, &open(&b).await, std::slice::from_ref(&id)).await {
                     Ok(r) => {
                         for copied in r.copied {
                             model_b.commit(&copied, "copy", digest);
@@ -210,12 +216,12 @@ async fn backups_prune_copy_verify(location_a: &str, location_b: &str, backend: 
                     Err(e) => panic!("copy of {id}, not forgotten: {e}"),
                 }
             }
-            forget_and_prune(&b, &model_b, 3).await.expect("prune of b");
+            forget_and_prune(&open(&b).await, &model_b, 3).await.expect("prune of b");
         }
     };
     let verify_a = async {
         while !backups_done.load(Ordering::SeqCst) {
-            xenvault_repo::verify::verify(&a, None, None).await.expect("verify runs");
+            xenvault_repo::verify::verify(&open(&a).await, None, None).await.expect("verify runs");
             verifies.fetch_add(1, Ordering::SeqCst);
         }
     };
@@ -229,8 +235,7 @@ async fn backups_prune_copy_verify(location_a: &str, location_b: &str, backend: 
                 tokio::task::yield_now().await;
                 continue;
             };
-            let fresh = Repository::open(a.location(), backend, Some(&secret())).await.expect("open");
-            let restored = restore_digest(&fresh, &id).await;
+            let restored = restore_digest(&open(&a).await, &id).await;
             if !model_a.is_forgotten(&id) {
                 match restored {
                     Ok(d) if d == digest => {}
