@@ -871,3 +871,14 @@ fn forget_dry_run_shows_vm_and_time() {
     assert!(out.starts_with("ACTION") && out.contains("1 kept"), "{out}");
     assert_eq!(json(&ok(p.run(&["snapshots", "--json"]), "snapshots")).as_array().map(Vec::len), before, "a dry run removed something");
 }
+
+/// A backup of a VM name that matches nothing lists the VMs there are.
+#[test]
+fn unknown_vm_lists_the_candidates() {
+    let p = pool();
+    let out = p.run(&["backup", "--pool", "sim", "--vm", "no such VM", "--repo", &p.repo]);
+    no_panic(&out, "backup of an unknown VM");
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("no VM matches \"no such VM\"") && err.contains(&format!("{VM} ({})", p.vm_uuid)), "{err}");
+}

@@ -4,12 +4,6 @@
 pub enum Error {
     #[error("configuration: {0}")]
     Config(String),
-    #[error("no VM matches {0:?}")]
-    NoSuchVm(String),
-    #[error("{0:?} matches {1} VMs: give its uuid")]
-    AmbiguousVm(String, usize),
-    #[error("no host matches {0:?}")]
-    NoSuchHost(String),
     #[error(transparent)]
     Lookup(#[from] crate::inventory::LookupError),
     #[error("XenAPI: {0}")]
@@ -56,7 +50,7 @@ impl Error {
     pub fn is_fatal(&self) -> bool {
         matches!(
             self,
-            Error::Repo(_) | Error::Config(_) | Error::NoSuchVm(_) | Error::AmbiguousVm(..) | Error::NoSuchHost(_) | Error::Hook(_) | Error::VmBusy(_) | Error::Cancelled
+            Error::Repo(_) | Error::Config(_) | Error::Lookup(_) | Error::Hook(_) | Error::VmBusy(_) | Error::Cancelled
         )
     }
 }

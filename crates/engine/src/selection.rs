@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use crate::error::Error;
+use crate::inventory::{Candidate, Kind, LookupError, choose};
 use crate::records::Vm;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,20 +56,22 @@ pub fn select(
                 } else {
                     by_uuid
                 };
+                // None or several: the error lists the VMs that could be meant.
+                let listed = |list: Vec<&Vm>| list.iter().map(|vm| Candidate { uuid: vm.uuid.clone(), name: vm.name_label.clone() }).collect();
+                let (kind, wanted) = (Kind::Vm, wanted.clone());
                 match found.len() {
-                    0 => return Err(Error::NoSuchVm(wanted.clone())),
+                    0 => return Err(LookupError::NoMatch { kind, wanted, candidates: listed(vms.iter().filter(eligible).collect()) }.into()),
                     1 => found,
-                    n => return Err(Error::AmbiguousVm(wanted.clone(), n)),
+                    _ => return Err(LookupError::Ambiguous { kind, wanted, candidates: listed(found) }.into()),
                 }
             }
             Selector::Tag(tag) => {
                 vms.iter().filter(eligible).filter(|vm| vm.tags.contains(tag)).collect()
             }
             Selector::Host(wanted) => {
-                let host = hosts
-                    .iter()
-                    .find(|h| h.uuid.eq_ignore_ascii_case(wanted) || &h.name_label == wanted)
-                    .ok_or_else(|| Error::NoSuchHost(wanted.clone()))?;
+                let candidates = hosts.iter().map(|h| Candidate { uuid: h.uuid.clone(), name: h.name_label.clone() }).collect();
+                let uuid = choose(Kind::Host, wanted, candidates)?;
+                let host = hosts.iter().find(|h| h.uuid == uuid).ok_or_else(|| Error::Protocol(format!("host {uuid} vanished")))?;
                 vms.iter()
                     .filter(eligible)
                     .filter(|vm| {
@@ -141,10 +144,8 @@ mod tests {
             select(&vms, &hosts, &[Selector::NameOrUuid("u1".into())], SelectOptions::default())
                 .unwrap();
         assert_eq!(by_uuid[0].name_label, "web");
-        assert!(matches!(
-            select(&vms, &hosts, &[Selector::NameOrUuid("nope".into())], SelectOptions::default()),
-            Err(Error::NoSuchVm(_))
-        ));
+        let missing = select(&vms, &hosts, &[Selector::NameOrUuid("nope".into())], SelectOptions::default()).unwrap_err();
+        assert!(matches!(missing, Error::Lookup(_)) && missing.to_string().contains("web (u1)"), "{missing}");
         let with_templates = SelectOptions { include_templates: true, ..Default::default() };
         assert_eq!(select(&vms, &hosts, &[Selector::All], with_templates).unwrap().len(), 3);
     }
