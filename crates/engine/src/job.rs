@@ -273,6 +273,17 @@ async fn run_vm(ctx: &Ctx<'_>, vm: &Vm, report: &mut VmReport) -> Result<(), Err
     }
 }
 
+/// The stored VM records without this run's lock and intent (see [`hygiene::RUN_KEYS`]).
+fn without_run_keys(metadata: &mut serde_json::Value) {
+    for record in ["vm", "snapshot"] {
+        if let Some(config) = metadata.get_mut(record).and_then(|r| r.get_mut("other_config")).and_then(|c| c.as_object_mut()) {
+            for key in hygiene::RUN_KEYS {
+                config.remove(key);
+            }
+        }
+    }
+}
+
 /// `work`'s output, or None once `cancel` fires (`work` is dropped: its transfers stop).
 async fn unless_cancelled<T>(cancel: &CancellationToken, work: impl std::future::Future<Output = T>) -> Option<T> {
     tokio::select! {
@@ -328,6 +339,10 @@ async fn back_up_snapshot(
 ) -> Result<Keep, Error> {
     let host = ctx.host;
     let snapshot_disks = snapshot::disks_by_origin(host, snap).await?;
+    if base_point.is_some() {
+        // What verify recorded as damaged since this process loaded the index.
+        ctx.store.repository().refresh_index().await?;
+    }
     let mut work = Vec::new();
     for (vbd, source) in disks {
         let snapshot = snapshot_disks
@@ -372,13 +387,7 @@ async fn back_up_snapshot(
     }
 
     let mut metadata = host.vm_metadata(vm, snap).await?;
-    for record in ["vm", "snapshot"] {
-        if let Some(config) = metadata.get_mut(record).and_then(|r| r.get_mut("other_config")).and_then(|c| c.as_object_mut()) {
-            for key in hygiene::RUN_KEYS {
-                config.remove(key);
-            }
-        }
-    }
+    without_run_keys(&mut metadata);
     if ctx.options.xva {
         let (id, disks) = back_up_xva(ctx, vm, snap, level, &work, metadata).await?;
         report.restore_point = Some(id);
