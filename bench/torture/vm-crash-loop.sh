@@ -73,7 +73,7 @@ accept || exit 1
 # Kill moments spread over a little more than one full backup.
 window=$((full_ns / 1000 * 3 / 2))
 
-killed=0 accepted=1 failures=0 fulls=0 incs=0
+killed=0 accepted=1 failures=0 fulls=0 incs=0 inc_cbt=0 inc_disks=0
 loop_started=$(date +%s%N)
 for ((i = 1; i <= ITERATIONS; i++)); do
   for pair in $vdis; do "$XV" sim scribble "${pair#*=}" 2 --write-size 4096 --seed "$i" >/dev/null; done
@@ -87,6 +87,11 @@ for ((i = 1; i <= ITERATIONS; i++)); do
     killed=$((killed + 1))
   elif [ "$TT_STATUS" -eq 0 ] && accept; then
     accepted=$((accepted + 1))
+    # CBT needs the base a killed run may not have tagged: other strategies are fallbacks.
+    if [ $level = inc ]; then
+      read -r cbt disks < <(python3 -c 'import json,sys; d=json.loads(sys.argv[1])["vms"][0]["disks"]; print(sum(x["strategy"]=="cbt" for x in d), len(d))' "$TT_OUT")
+      inc_cbt=$((inc_cbt + cbt)) inc_disks=$((inc_disks + disks))
+    fi
   else
     echo "iteration $i: backup --level $level exited $TT_STATUS unkilled: $TT_OUT" >&2
     failures=$((failures + 1))
@@ -116,6 +121,7 @@ tt_figure runs_inc "$incs"
 tt_figure runs_full "$fulls"
 tt_figure killed "$killed"
 tt_figure backups_accepted "$accepted"
+tt_figure accepted_incremental_disks_by_cbt "$inc_cbt/$inc_disks"
 tt_figure disks_restored_exactly "$((checked - lost))/$checked"
 tt_figure pool_after_cleanup "$state"
 tt_figure failures "$failures"
