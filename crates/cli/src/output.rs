@@ -20,6 +20,17 @@ pub fn time(t: DateTime<Utc>) -> String {
     }
 }
 
+/// Writes lines to stdout; a reader that went away (`| head`) ends the output quietly.
+pub fn lines(lines: impl IntoIterator<Item = String>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    for line in lines {
+        if writeln!(out, "{line}").is_err() {
+            return;
+        }
+    }
+}
+
 /// Prints rows under a header, every column as wide as its widest cell; the columns
 /// listed in `right` (numbers, sizes) align right. The last column is not padded.
 pub fn table(header: &[&str], rows: &[Vec<String>], right: &[usize]) {
@@ -40,10 +51,7 @@ pub fn table(header: &[&str], rows: &[Vec<String>], right: &[usize]) {
                 (false, false) => format!("{c:<w$}", w = widths[i]),
             })
             .collect();
-        println!("{}", text.join("  ").trim_end());
+        text.join("  ").trim_end().to_owned()
     };
-    line(header.to_vec());
-    for row in rows {
-        line(row.iter().map(String::as_str).collect());
-    }
+    lines(std::iter::once(line(header.to_vec())).chain(rows.iter().map(|row| line(row.iter().map(String::as_str).collect()))));
 }

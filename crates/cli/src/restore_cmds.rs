@@ -80,16 +80,17 @@ async fn diff(a: DiffArgs) -> Result<ExitCode> {
         print_json(&report)?;
         return Ok(ExitCode::SUCCESS);
     }
-    for c in &report.changes {
+    let changes = report.changes.iter().map(|c| {
         let sign = match c.change {
             xenvault_restore::diff::Change::Added => "+",
             xenvault_restore::diff::Change::Removed => "-",
             xenvault_restore::diff::Change::Modified => "M",
         };
         let what = if c.what.is_empty() { String::new() } else { format!("  ({})", c.what.join(", ")) };
-        println!("{sign} {}{what}", c.path);
-    }
-    println!("{} added, {} removed, {} modified, {} unchanged", report.added, report.removed, report.modified, report.unchanged);
+        format!("{sign} {}{what}", c.path)
+    });
+    let total = format!("{} added, {} removed, {} modified, {} unchanged", report.added, report.removed, report.modified, report.unchanged);
+    crate::output::lines(changes.chain(std::iter::once(total)));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -495,9 +496,7 @@ fn print_entries(entries: &[Entry], json: bool, long: bool) -> Result<()> {
         return print_json(&entries);
     }
     if !long {
-        for e in entries {
-            println!("{}{}", e.path, if e.kind == EntryKind::Dir && e.path != "/" { "/" } else { "" });
-        }
+        crate::output::lines(entries.iter().map(|e| format!("{}{}", e.path, if e.kind == EntryKind::Dir && e.path != "/" { "/" } else { "" })));
         return Ok(());
     }
     let rows: Vec<Vec<String>> = entries
