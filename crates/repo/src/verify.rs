@@ -159,6 +159,9 @@ async fn check_pack(repo: &Repository, pack: &PackName, present: bool) -> Result
     let mut check = PackCheck::default();
     let entries: Vec<PackEntry> = match repo.pack_entries_from(pack, Source::Store).await {
         Ok(e) => e,
+        // Listed but gone now: gc deleted this pack meanwhile (index first); rebuilding
+        // the index would bring back an index without its pack.
+        Err(e) if e.is_damage() && repo.store().get(&pack.index_object()).await?.is_none() => return Ok(check),
         Err(e) if e.is_damage() => {
             // The index object is unreadable: rebuild it from the copy at the pack's tail.
             let rebuilt = match present {
