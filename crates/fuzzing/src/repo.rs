@@ -9,7 +9,9 @@
 use xenvault_repo::Secret;
 use xenvault_repo::crypto::{Aead, ChunkId, Crypto, KEY_LEN, MasterKey};
 use xenvault_repo::index::ChunkIndex;
-use xenvault_repo::keys::{Kdf, KeySlot, RepoConfig};
+use xenvault_repo::keys::{
+    CONFIG_OBJECT, KEYS_PREFIX, Kdf, KeySlot, RepoConfig, from_checked_json,
+};
 use xenvault_repo::manifest::{MAX_MANIFEST_LEN, Manifest};
 use xenvault_repo::pack::{PackName, chunk_aad, index_from_pack_tail, open_index};
 
@@ -111,10 +113,11 @@ pub fn manifest(data: &[u8]) {
     }
 }
 
-/// The input as the repository config (plaintext JSON) and as a key slot, opened with a
-/// key file and, when its Argon2 cost is small, with a passphrase.
+/// The input as the repository config and as a key slot (checksummed JSON, read as the
+/// repository reads them), the slot opened with a key file and, when its Argon2 cost is
+/// small, with a passphrase.
 pub fn keys(data: &[u8]) {
-    if let Ok(config) = serde_json::from_slice::<RepoConfig>(data)
+    if let Ok(config) = from_checked_json::<RepoConfig>(CONFIG_OBJECT, data)
         && config.validate().is_ok()
         && let Some(hexed) = &config.plain_master
     {
@@ -122,7 +125,7 @@ pub fn keys(data: &[u8]) {
             .ok()
             .and_then(|bytes| MasterKey::from_bytes(&bytes));
     }
-    let Ok(slot) = serde_json::from_slice::<KeySlot>(data) else {
+    let Ok(slot) = from_checked_json::<KeySlot>(&format!("{KEYS_PREFIX}fuzz"), data) else {
         return;
     };
     let _ = slot.open(&Secret::key_file(b"fuzz key file".to_vec()));
