@@ -121,6 +121,10 @@ impl JobReport {
     /// Human summary, one block per VM, one line per disk.
     pub fn summary(&self) -> String {
         use std::fmt::Write;
+        // Disk columns line up across the whole report; names are shown whole.
+        let disks = || self.vms.iter().flat_map(|vm| &vm.disks);
+        let position_width = disks().map(|d| d.position.chars().count()).max().unwrap_or(0);
+        let name_width = disks().map(|d| d.name.chars().count()).max().unwrap_or(0);
         let mut out = String::new();
         for vm in &self.vms {
             let _ = writeln!(
@@ -142,9 +146,9 @@ impl JobReport {
             for disk in &vm.disks {
                 let _ = writeln!(
                     out,
-                    "  disk {} {:<12} {:>9} {:<9} read {:>9} changed {:>9} stored {:>9} in {:.2}s ({}/s) - {}",
+                    "  disk {:<position_width$} {:<name_width$} {:>9} {:<9} read {:>9} changed {:>9} stored {:>9} in {:.2}s ({}/s) - {}",
                     disk.position,
-                    truncate(&disk.name, 12),
+                    disk.name,
                     human_bytes(disk.size),
                     disk.strategy,
                     human_bytes(disk.bytes_read),
@@ -176,10 +180,6 @@ impl JobReport {
     }
 }
 
-fn truncate(text: &str, max: usize) -> String {
-    text.chars().take(max).collect()
-}
-
 pub fn human_bytes(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut value = bytes as f64;
@@ -189,4 +189,66 @@ pub fn human_bytes(bytes: u64) -> String {
         unit += 1;
     }
     if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn disk(position: &str, name: &str) -> DiskReport {
+        DiskReport {
+            position: position.into(),
+            vdi_uuid: String::new(),
+            snapshot_vdi_uuid: String::new(),
+            name: name.into(),
+            size: 1 << 30,
+            strategy: Strategy::Cbt,
+            transport: Transport::Nbd,
+            reason: "changed blocks".into(),
+            bytes_read: 0,
+            bytes_changed: 0,
+            changed_granularity: 65536,
+            bytes_stored: 0,
+            dedup_ratio: 1.0,
+            duration_secs: 1.0,
+            throughput_bytes_per_sec: 0.0,
+            attempts: 1,
+        }
+    }
+
+    /// Long disk names are shown whole and the columns after them still line up.
+    #[test]
+    fn summary_shows_whole_disk_names_aligned() {
+        let long = "database volume for the accounting system";
+        let vm = VmReport {
+            vm_uuid: "u".into(),
+            vm_name: "db01".into(),
+            status: Status::Ok,
+            error: None,
+            level: Level::Full,
+            level_reason: None,
+            restore_point: None,
+            snapshot: None,
+            disks: vec![disk("0", "sys"), disk("12", long)],
+            excluded_disks: Vec::new(),
+            cleaned_snapshots: Vec::new(),
+            warnings: Vec::new(),
+            duration_secs: 1.0,
+        };
+        let report = JobReport {
+            job_id: String::new(),
+            pool: String::new(),
+            repository: String::new(),
+            level: Level::Full,
+            started: String::new(),
+            duration_secs: 1.0,
+            vms: vec![vm],
+            totals: Totals::default(),
+        };
+        let summary = report.summary();
+        let lines: Vec<&str> = summary.lines().filter(|l| l.starts_with("  disk ")).collect();
+        assert!(lines[1].contains(long), "{summary}");
+        let size_at: Vec<Option<usize>> = lines.iter().map(|l| l.find("1.0 GiB")).collect();
+        assert!(size_at[0].is_some() && size_at[0] == size_at[1], "{summary}");
+    }
 }
