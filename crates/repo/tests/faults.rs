@@ -11,10 +11,10 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use xenvault_repo::backend::BackendOptions;
 use xenvault_repo::faults::{FaultKind, FaultOp, Faults};
-use xenvault_repo::keys::{KdfParams, Secret};
-use xenvault_repo::{DiskReader, Error, InitOptions, Repository, SourceInfo};
+use xenvault_repo::keys::Secret;
+use xenvault_repo::{DiskReader, Error, Repository, SourceInfo};
 
-const CHUNK: usize = 64 << 10;
+use common::CHUNK;
 const ALL_OPS: [FaultOp; 5] = [FaultOp::Read, FaultOp::Write, FaultOp::List, FaultOp::Stat, FaultOp::Delete];
 
 fn secret() -> Secret {
@@ -30,14 +30,7 @@ fn faulty(faults: &Arc<Faults>, retries: usize) -> BackendOptions {
 }
 
 async fn init(location: &str, backend: &BackendOptions) -> xenvault_repo::Result<Repository> {
-    let opts = InitOptions {
-        secret: Some(secret()),
-        kdf: KdfParams { memory_kib: 256, iterations: 1, parallelism: 1 },
-        chunk_size: CHUNK as u32,
-        page_slots: 64,
-        pack_size: 256 << 10,
-        ..Default::default()
-    };
+    let opts = common::small_repo_options(secret());
     Repository::init(location, backend, opts).await
 }
 

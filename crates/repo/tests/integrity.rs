@@ -2,26 +2,21 @@
 //! host's cache holds good copies, key slots and the config survive the loss of one copy and
 //! tell damage from a wrong passphrase, KDF parameters are bounded, objects are private.
 
+mod common;
+
 use std::path::Path;
 use xenvault_repo::backend::{self, Backend};
-use xenvault_repo::keys::{KdfParams, Secret};
-use xenvault_repo::{Error, InitOptions, Repository, SourceInfo};
+use xenvault_repo::keys::Secret;
+use xenvault_repo::{Error, Repository, SourceInfo};
 
-const CHUNK: usize = 64 << 10;
+use common::CHUNK;
 
 fn secret() -> Secret {
     Secret::passphrase("integrity")
 }
 
 async fn new_repo(location: &str) -> Repository {
-    let opts = InitOptions {
-        secret: Some(secret()),
-        kdf: KdfParams { memory_kib: 256, iterations: 1, parallelism: 1 },
-        chunk_size: CHUNK as u32,
-        page_slots: 64,
-        pack_size: 256 << 10,
-        ..Default::default()
-    };
+    let opts = common::small_repo_options(secret());
     Repository::init(location, &Default::default(), opts).await.expect("init")
 }
 

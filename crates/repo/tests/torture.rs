@@ -11,10 +11,10 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use xenvault_repo::BackendOptions;
-use xenvault_repo::keys::{KdfParams, Secret};
-use xenvault_repo::{DiskReader, Error, InitOptions, Repository, SourceInfo};
+use xenvault_repo::keys::Secret;
+use xenvault_repo::{DiskReader, Error, Repository, SourceInfo};
 
-const CHUNK: usize = 64 << 10;
+use common::CHUNK;
 const IMAGE_CHUNKS: usize = 24;
 
 fn env_number(name: &str, default: usize) -> usize {
@@ -26,14 +26,7 @@ fn secret() -> Secret {
 }
 
 async fn new_repo(location: &str, backend: &BackendOptions) -> Repository {
-    let opts = InitOptions {
-        secret: Some(secret()),
-        kdf: KdfParams { memory_kib: 256, iterations: 1, parallelism: 1 },
-        chunk_size: CHUNK as u32,
-        page_slots: 64,
-        pack_size: 256 << 10,
-        ..Default::default()
-    };
+    let opts = common::small_repo_options(secret());
     Repository::init(location, backend, opts).await.expect("init")
 }
 

@@ -14,6 +14,23 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use xenvault_repo::backend::BackendOptions;
+use xenvault_repo::keys::{KdfParams, Secret};
+use xenvault_repo::InitOptions;
+
+/// Chunk size of the small repositories the tests create.
+pub const CHUNK: usize = 64 << 10;
+
+/// A small, quick repository: 64 KiB chunks, 64-slot pages, 256 KiB packs, a cheap KDF.
+pub fn small_repo_options(secret: Secret) -> InitOptions {
+    InitOptions {
+        secret: Some(secret),
+        kdf: KdfParams { memory_kib: 256, iterations: 1, parallelism: 1 },
+        chunk_size: CHUNK as u32,
+        page_slots: 64,
+        pack_size: 256 << 10,
+        ..Default::default()
+    }
+}
 
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(90);
 
