@@ -665,9 +665,16 @@ async fn forget(a: ForgetArgs) -> Result<ExitCode> {
 }
 
 fn print_gc(r: &xenvault_repo::gc::GcReport) {
+    use xenvault_engine::report::human_bytes;
+    println!("freed {} in {} packs", human_bytes(r.bytes_deleted), r.packs_deleted);
     println!(
-        "prune: {} packs, {} referenced, {} newly unreferenced, {} deleted, {} waiting for {} running backup(s)",
-        r.packs_total, r.packs_referenced, r.packs_condemned, r.packs_deleted, r.packs_waiting, r.backups_running
+        "prune: {} packs, {} referenced, {} newly unreferenced, {} ({}) waiting for {} running backup(s)",
+        r.packs_total,
+        r.packs_referenced,
+        r.packs_condemned,
+        r.packs_waiting,
+        human_bytes(r.bytes_waiting),
+        r.backups_running
     );
 }
 

@@ -134,6 +134,10 @@ fn init_backup_list_restore_verify_damage_heal_forget_prune() {
     let f = ok(xenvault(dir, &["forget", "--repo", repo_s, "--keep-last", "1", "--prune", "--json"], PASS));
     let f: serde_json::Value = serde_json::from_str(&f).unwrap();
     assert_eq!(f["remove"].as_array().unwrap().len(), 1, "keep-last is per source: {f}");
+    let (packs, bytes) = (f["prune"]["packs_deleted"].as_u64(), f["prune"]["bytes_deleted"].as_u64());
+    assert!(bytes.is_some() && (packs == Some(0)) == (bytes == Some(0)), "freed bytes reported: {f}");
+    let again = ok(xenvault(dir, &["prune", "--repo", repo_s], PASS));
+    assert!(again.starts_with("freed 0 B in 0 packs\n"), "nothing left to free: {again}");
     let left = snapshot_ids(dir, repo_s);
     assert_eq!(left.len(), 2);
     assert!(left.contains(&all[1]) && left.contains(&all[2]));

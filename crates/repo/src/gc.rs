@@ -21,7 +21,7 @@ use crate::pack::{DATA_PREFIX, INDEX_PREFIX, PackName};
 use crate::repository::{CONDEMNED_PREFIX, DAMAGED_PREFIX, DamagedChunk, Repository};
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 /// Clock skew tolerated between backup clients and the gc host.
 const SKEW_SECONDS: i64 = 60;
@@ -45,8 +45,12 @@ pub struct GcReport {
     pub packs_referenced: usize,
     pub packs_condemned: usize,
     pub packs_deleted: usize,
+    /// Stored bytes (pack data and index) the deleted packs took.
+    pub bytes_deleted: u64,
     /// Condemned packs waiting for backups that started before their generation.
     pub packs_waiting: usize,
+    /// Stored bytes the waiting packs take.
+    pub bytes_waiting: u64,
     /// Condemned packs a restore point committed meanwhile references: kept.
     pub packs_rescued: usize,
     pub chunks_referenced: usize,
@@ -142,10 +146,17 @@ async fn run(repo: &Repository, own: &LockGuard) -> Result<GcReport> {
     let mut refs = References::default();
     refs.update(repo).await?;
     let damaged = repo.load_damaged().await?;
-    let data: HashSet<PackName> =
-        repo.store().list(DATA_PREFIX).await?.iter().filter_map(|(n, _)| PackName::from_object(n)).collect();
-    let indexed: HashSet<PackName> =
-        repo.store().list(INDEX_PREFIX).await?.iter().filter_map(|(n, _)| PackName::from_object(n)).collect();
+    let data_objects = repo.store().list(DATA_PREFIX).await?;
+    let index_objects = repo.store().list(INDEX_PREFIX).await?;
+    let data: HashSet<PackName> = data_objects.iter().filter_map(|(n, _)| PackName::from_object(n)).collect();
+    let indexed: HashSet<PackName> = index_objects.iter().filter_map(|(n, _)| PackName::from_object(n)).collect();
+    // Stored bytes per pack, data and index together (a pack listed after this takes 0).
+    let mut pack_bytes: HashMap<String, u64> = HashMap::new();
+    for (name, size) in data_objects.iter().chain(&index_objects) {
+        if let Some(pack) = PackName::from_object(name) {
+            *pack_bytes.entry(pack.0).or_default() += size;
+        }
+    }
     let mut unused = BTreeSet::new();
     for pack in data.union(&indexed) {
         if refs.use_pack(repo, pack, &damaged).await? {
@@ -206,9 +217,11 @@ async fn run(repo: &Repository, own: &LockGuard) -> Result<GcReport> {
                 repo.delete(&pack.index_object()).await?;
                 repo.store().delete(&pack.data_object()).await?;
                 report.packs_deleted += 1;
+                report.bytes_deleted += pack_bytes.get(&pack.0).copied().unwrap_or(0);
                 deleted.insert(pack.0);
             } else {
                 report.packs_waiting += 1;
+                report.bytes_waiting += pack_bytes.get(&pack.0).copied().unwrap_or(0);
                 keep.push(pack.0);
             }
         }

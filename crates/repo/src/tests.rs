@@ -265,11 +265,20 @@ async fn forget_and_prune_keep_the_right_restore_points() {
     let plan = crate::prune::plan(&all, &crate::prune::KeepPolicy { last: 1, ..Default::default() }).unwrap();
     assert_eq!(plan.keep, vec![snaps[2].id.clone()]);
     let packs_before = std::fs::read_dir(repo_dir.join("index")).unwrap().count();
+    let pack_bytes = async || {
+        let mut total = 0;
+        for prefix in [crate::pack::DATA_PREFIX, crate::pack::INDEX_PREFIX] {
+            total += repo.store().list(prefix).await.unwrap().iter().map(|(_, size)| size).sum::<u64>();
+        }
+        total
+    };
+    let bytes_before = pack_bytes().await;
     for id in &plan.remove {
         repo.delete_snapshot(id).await.unwrap();
     }
     let report = crate::gc::gc(&repo).await.unwrap();
     assert!(report.packs_deleted > 0, "{report:?}");
+    assert_eq!(report.bytes_deleted, bytes_before - pack_bytes().await, "{report:?}");
     let packs_after = std::fs::read_dir(repo_dir.join("index")).unwrap().count();
     assert!(packs_after < packs_before);
     assert!(!crate::verify::verify(&repo, None, None).await.unwrap().found_damage());
@@ -300,7 +309,7 @@ async fn gc_while_a_backup_runs_never_deletes_its_chunks() {
     repo.delete_snapshot(&gone.id).await.unwrap();
     let r = crate::gc::gc(&repo).await.unwrap();
     assert_eq!(r.packs_deleted, 0, "{r:?}");
-    assert!(r.packs_waiting > 0 && r.backups_running == 1, "{r:?}");
+    assert!(r.packs_waiting > 0 && r.bytes_waiting > 0 && r.backups_running == 1, "{r:?}");
 
     // A backup starting now must not reuse chunks of condemned packs.
     let again = backup_file(&repo, &old, "old").await;
