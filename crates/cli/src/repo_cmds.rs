@@ -632,7 +632,7 @@ async fn forget(a: ForgetArgs) -> Result<ExitCode> {
         for id in &a.ids {
             remove.push(restore_point(&repo, id, None).await?.id);
         }
-        xenvault_repo::prune::ForgetPlan { keep: Vec::new(), remove }
+        xenvault_repo::prune::ForgetPlan { keep: Vec::new(), remove, reasons: Default::default() }
     };
     if !a.dry_run {
         for id in &plan.remove {
@@ -644,18 +644,27 @@ async fn forget(a: ForgetArgs) -> Result<ExitCode> {
         _ => None,
     };
     if a.json {
-        print_json(&serde_json::json!({"keep": plan.keep, "remove": plan.remove, "dry_run": a.dry_run, "prune": gc}))?;
+        print_json(&serde_json::json!({
+            "keep": plan.keep, "remove": plan.remove, "reasons": plan.reasons, "dry_run": a.dry_run, "prune": gc
+        }))?;
     } else {
         let verb = if a.dry_run { "would remove" } else { "removed" };
         let row = |action: &str, id: &String| {
             let m = points.iter().find(|m| &m.id == id);
             let when = m.map(|m| crate::output::time(m.time)).unwrap_or_default();
             let vm = m.map(|m| m.source.name.clone()).unwrap_or_default();
-            vec![action.to_owned(), id.get(..8).unwrap_or(id).to_owned(), when, vm]
+            // The rules that keep it; a removed point matches none (or was named).
+            let rule = match plan.reasons.get(id).map(Vec::as_slice) {
+                Some([one]) => one.to_string(),
+                Some(several) => format!("several ({})", several.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")),
+                None if a.ids.is_empty() => "no rule".to_owned(),
+                None => "named".to_owned(),
+            };
+            vec![action.to_owned(), id.get(..8).unwrap_or(id).to_owned(), when, rule, vm]
         };
         let rows: Vec<Vec<String>> =
             plan.keep.iter().map(|id| row("keep", id)).chain(plan.remove.iter().map(|id| row(verb, id))).collect();
-        crate::output::table(&["ACTION", "ID", "TIME", "VM"], &rows, &[]);
+        crate::output::table(&["ACTION", "ID", "TIME", "RULE", "VM"], &rows, &[]);
         println!("{} kept, {} {verb}", plan.keep.len(), plan.remove.len());
         if let Some(r) = gc {
             print_gc(&r);

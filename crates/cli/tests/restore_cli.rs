@@ -867,8 +867,12 @@ fn forget_dry_run_shows_vm_and_time() {
     let before = json(&ok(p.run(&["snapshots", "--json"]), "snapshots")).as_array().map(Vec::len);
     let out = ok(p.run(&["forget", "--source", VM, "--keep-last", "1", "--dry-run", "--utc"]), "forget --dry-run");
     let kept = out.lines().find(|l| l.starts_with("keep")).unwrap_or_else(|| panic!("{out}"));
-    assert!(kept.contains(VM) && kept.contains(" UTC"), "{out}");
+    assert!(kept.contains(VM) && kept.contains(" UTC") && kept.contains(" last "), "{out}");
     assert!(out.starts_with("ACTION") && out.contains("1 kept"), "{out}");
+    assert!(out.lines().filter(|l| l.starts_with("would remove")).all(|l| l.contains(" no rule ")), "{out}");
+    let plan = json(&ok(p.run(&["forget", "--source", VM, "--keep-last", "1", "--keep-daily", "1", "--dry-run", "--json"]), "forget --json"));
+    let newest = plan["keep"][0].as_str().unwrap_or_else(|| panic!("{plan}"));
+    assert_eq!(plan["reasons"][newest], serde_json::json!(["last", "daily"]), "{plan}");
     assert_eq!(json(&ok(p.run(&["snapshots", "--json"]), "snapshots")).as_array().map(Vec::len), before, "a dry run removed something");
 }
 
