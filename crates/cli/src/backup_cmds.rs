@@ -279,6 +279,12 @@ impl Progress for Bars {
         }
     }
 
+    fn set_total(&self, key: &str, total: u64) {
+        if let Some(bar) = self.bars.lock().ok().and_then(|b| b.get(key).cloned()) {
+            bar.set_length(total);
+        }
+    }
+
     fn advance(&self, key: &str, bytes: u64) {
         if let Some(bar) = self.bars.lock().ok().and_then(|b| b.get(key).cloned()) {
             bar.inc(bytes);

@@ -14,8 +14,11 @@ use crate::strategy::cbt::{self, CBT_BLOCK, Extent};
 use crate::strategy::{Attempt, BaseSnapshotVdi, Strategy, Transport};
 
 /// Progress of disk transfers, shown as bars by the CLI.
+/// A bar starts at the disk size; a strategy that reads less (changed blocks, a delta)
+/// calls `set_total` with what it will read once it knows, so the bar ends at 100%.
 pub trait Progress: Send + Sync {
     fn start(&self, key: &str, label: &str, total: u64);
+    fn set_total(&self, _key: &str, _total: u64) {}
     fn advance(&self, key: &str, bytes: u64);
     fn finish(&self, key: &str);
 }
@@ -116,6 +119,7 @@ async fn try_once(
             let extents = cbt::extents(changed.changed_blocks(), CBT_BLOCK, size, u64::MAX);
             let changed_bytes: u64 = extents.iter().map(|e| e.length).sum();
             let extents = with_heal(extents, &target.heal, size);
+            progress.set_total(key, extents.iter().map(|e| e.length).sum());
             let pool = crate::nbd_pool::connect(&target.nbd, target.nbd_connections).await.map_err(before_writing)?;
             let sink = point.disk_sink(&target.name, &target.vdi_uuid, size, Some(base_record)).await.map_err(while_writing)?;
             let read = nbd_extents(&pool, extents, &sink, key, progress).await.map_err(while_writing)?;

@@ -14,7 +14,7 @@ use xenvault_engine::report::{JobReport, Status, VmReport};
 use xenvault_engine::selection::Selector;
 use xenvault_engine::store::Store;
 use xenvault_engine::strategy::{Level, Requested, Strategy};
-use xenvault_engine::transfer::NoProgress;
+use xenvault_engine::transfer::{NoProgress, Progress};
 use xenvault_sim::client::SimClient;
 use xenvault_sim::{SimConfig, SimHandle, Simulator};
 use xenvault_xapi_wire::Value;
@@ -68,7 +68,11 @@ impl Env {
     }
 
     async fn backup_with(&self, options: &BackupOptions) -> VmReport {
-        let report: JobReport = job::backup(&self.host, &self.store, options, Arc::new(NoProgress)).await.unwrap();
+        self.backup_showing(options, Arc::new(NoProgress)).await
+    }
+
+    async fn backup_showing(&self, options: &BackupOptions, progress: Arc<dyn Progress>) -> VmReport {
+        let report: JobReport = job::backup(&self.host, &self.store, options, progress).await.unwrap();
         report.vms.into_iter().next().unwrap()
     }
 
@@ -224,11 +228,21 @@ async fn every_level_and_forced_strategy_is_exact() {
     for (round, (level, requested, expected)) in cases.into_iter().enumerate() {
         env.write(&vdis[0], (round as u64 + 1) * 3 * 65536 + 512, format!("round {round}").as_bytes()).await;
         env.scribble("0.5", round as u64).await;
-        let report = env.backup(level, requested).await;
+        let bars = Arc::new(Bars::default());
+        let report = env.backup_showing(&options(level, requested), bars.clone()).await;
         env.assert_restores_to(&report, &env.digests().await).await;
         assert_eq!(report.level, level, "round {round}");
+        let bars = bars.0.lock().unwrap();
         for disk in &report.disks {
             assert_eq!(disk.strategy, expected, "round {round} {level} {requested:?}: {}", disk.reason);
+            // The bar is sized to what this strategy reads, and ends full.
+            let (total, done) = bars[&format!("{}:{}", disk.snapshot_vdi_uuid, disk.strategy)];
+            let read = match disk.strategy {
+                Strategy::Cbt => disk.bytes_read,
+                Strategy::Vhd => disk.bytes_changed,
+                Strategy::FullRead => disk.size,
+            };
+            assert_eq!((total, done), (read, read), "round {round} {}: bar of {} bytes", disk.strategy, disk.size);
         }
         env.assert_tidy().await;
     }
@@ -535,6 +549,23 @@ async fn an_untagged_snapshot_of_a_killed_run_is_found_by_its_intent() {
     assert!(vm.snapshots.contains(&user), "the user's snapshot stays");
     xenvault_engine::snapshot::destroy(&env.host, &user).await;
     env.assert_tidy().await;
+}
+
+/// Each transfer's announced total and bytes advanced, as a progress bar would show them.
+#[derive(Default)]
+struct Bars(std::sync::Mutex<BTreeMap<String, (u64, u64)>>);
+
+impl Progress for Bars {
+    fn start(&self, key: &str, _: &str, total: u64) {
+        self.0.lock().unwrap().insert(key.to_owned(), (total, 0));
+    }
+    fn set_total(&self, key: &str, total: u64) {
+        self.0.lock().unwrap().entry(key.to_owned()).or_default().0 = total;
+    }
+    fn advance(&self, key: &str, bytes: u64) {
+        self.0.lock().unwrap().entry(key.to_owned()).or_default().1 += bytes;
+    }
+    fn finish(&self, _: &str) {}
 }
 
 /// Cancels the job as soon as the first disk bytes arrive: a cancel mid-transfer.

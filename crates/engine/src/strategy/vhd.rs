@@ -32,12 +32,24 @@ pub async fn read_delta(
     let (input, pump) = blocking_body(body);
     let (extent_tx, mut extent_rx) = tokio::sync::mpsc::channel::<(u64, Bytes)>(STAGE_DEPTH);
     let disk_size = snapshot.virtual_size;
-    let parser = tokio::task::spawn_blocking(move || parse(input, disk_size, extent_tx));
+    let (total_tx, total_rx) = tokio::sync::oneshot::channel();
+    let parser = tokio::task::spawn_blocking(move || parse(input, disk_size, total_tx, extent_tx));
     let apply = async {
+        // The parser announces the delta's size before its first extent (or fails).
+        let total = total_rx.await.ok();
+        if let Some(total) = total {
+            progress.set_total(key, total);
+        }
+        let mut applied = 0u64;
         while let Some((offset, data)) = extent_rx.recv().await {
             let len = data.len() as u64;
             sink.write(offset, data).await?;
+            applied += len;
             progress.advance(key, len);
+        }
+        // Sectors of present blocks that the delta leaves to the base are skipped, not read.
+        if let Some(total) = total {
+            progress.advance(key, total.saturating_sub(applied));
         }
         Ok::<(), Error>(())
     };
@@ -49,10 +61,12 @@ pub async fn read_delta(
     Ok(Delta { read, changed, block })
 }
 
-/// Parses the stream, sending every present run of sectors; returns (changed bytes, block size).
+/// Parses the stream, announcing the changed bytes on `total` and then sending every
+/// present run of sectors; returns (changed bytes, block size).
 fn parse(
     input: BlockingBody,
     disk_size: u64,
+    total: tokio::sync::oneshot::Sender<u64>,
     out: tokio::sync::mpsc::Sender<(u64, Bytes)>,
 ) -> Result<(u64, u64), Error> {
     let mut reader = xenvault_vhd::VhdStreamReader::new(input).map_err(vhd_error)?;
@@ -64,6 +78,7 @@ fn parse(
     }
     let block = u64::from(reader.header().block_size);
     let changed = (reader.present_blocks().count() as u64).saturating_mul(block).min(disk_size);
+    let _ = total.send(changed); // The receiver is gone only if the writer failed first.
     while let Some(extent) = reader.next_extent().map_err(vhd_error)? {
         let item = (extent.offset, Bytes::copy_from_slice(extent.data));
         if out.blocking_send(item).is_err() {
