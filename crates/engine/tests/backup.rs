@@ -232,7 +232,7 @@ async fn every_level_and_forced_strategy_is_exact() {
         let report = env.backup_showing(&options(level, requested), bars.clone()).await;
         env.assert_restores_to(&report, &env.digests().await).await;
         assert_eq!(report.level, level, "round {round}");
-        let bars = bars.0.lock().unwrap();
+        let bars = bars.0.lock().unwrap().clone();
         for disk in &report.disks {
             assert_eq!(disk.strategy, expected, "round {round} {level} {requested:?}: {}", disk.reason);
             // The bar is sized to what this strategy reads, and ends full.

@@ -153,6 +153,7 @@ pub fn write_vhd(disk: &RepoDisk, blocks: &[u64], out: impl Write, progress: Opt
     let mut w = xenvault_vhd::DynamicWriter::dynamic(out, size, blocks.iter().copied(), Default::default())?;
     let mut buf = vec![0u8; VHD_BLOCK as usize];
     let mut read = 0;
+    let mut covered = Covered { progress, end: 0 };
     for &b in &blocks {
         let offset = u64::from(b) * VHD_BLOCK;
         let len = size.saturating_sub(offset).min(VHD_BLOCK) as usize;
@@ -160,12 +161,27 @@ pub fn write_vhd(disk: &RepoDisk, blocks: &[u64], out: impl Write, progress: Opt
         source.read(offset, block)?;
         w.write_block(b, block)?;
         read += len as u64;
-        if let Some(p) = progress {
-            p(len as u64);
-        }
+        covered.reach(offset + len as u64);
     }
     w.finish()?;
+    covered.reach(size);
     Ok(read)
+}
+
+/// Progress over the disk's bytes: the units an output leaves out (they read as zeros)
+/// count as done once passed, so a bar sized to the disk ends at 100%.
+struct Covered<'a> {
+    progress: Option<&'a Progress>,
+    end: u64,
+}
+
+impl Covered<'_> {
+    fn reach(&mut self, end: u64) {
+        if let Some(p) = self.progress.filter(|_| end > self.end) {
+            p(end - self.end);
+        }
+        self.end = self.end.max(end);
+    }
 }
 
 /// Size of the VHD [`write_vhd`] writes.
@@ -214,15 +230,17 @@ pub fn export(disk: &RepoDisk, format: DiskFormat, out: impl Write, progress: Op
             let mut source = InOrder::new(reader, &handle, &present, CLUSTER)?;
             let mut w = crate::qcow2::Qcow2Writer::new(&mut out, size, &present)?;
             let mut buf = vec![0u8; CLUSTER as usize];
+            let mut covered = Covered { progress: progress.as_ref(), end: 0 };
             for &c in &present {
                 let offset = c * CLUSTER;
                 let cluster = &mut buf[..size.saturating_sub(offset).min(CLUSTER) as usize];
                 source.read(offset, cluster)?;
                 w.write_cluster(c, cluster)?;
                 stats.data_bytes += cluster.len() as u64;
-                done(cluster.len() as u64);
+                covered.reach(offset + cluster.len() as u64);
             }
             w.finish()?;
+            covered.reach(size);
         }
     }
     out.flush()?;

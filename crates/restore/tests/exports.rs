@@ -53,7 +53,15 @@ fn run(cmd: &mut Command) -> String {
 async fn export_to(reader: &Arc<DiskReader>, format: DiskFormat, path: &Path) -> xenvault_restore::export::ExportStats {
     let disk = RepoDisk::new(reader.clone(), tokio::runtime::Handle::current());
     let file = std::fs::File::create(path).unwrap();
-    tokio::task::spawn_blocking(move || export(&disk, format, file, None)).await.unwrap().unwrap()
+    let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = done.clone();
+    let progress: xenvault_restore::export::Progress = Arc::new(move |n| {
+        counter.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    });
+    let stats = tokio::task::spawn_blocking(move || export(&disk, format, file, Some(progress))).await.unwrap().unwrap();
+    // A bar sized to the disk ends full, holes left out of the image included.
+    assert_eq!(done.load(std::sync::atomic::Ordering::Relaxed), SIZE, "{format:?} progress");
+    stats
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
