@@ -39,6 +39,8 @@ pub enum Commands {
     Stats(StatsArgs),
     /// Remove the locks of runs that died or hang; list the live ones.
     Unlock(UnlockArgs),
+    /// Add or remove tags of a restore point (its manifest stays as written).
+    Tag(TagArgs),
 }
 
 /// Where the repository is and how to open it.
@@ -906,6 +908,41 @@ async fn unlock(a: UnlockArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("change").required(true).multiple(true).args(["add", "remove"])))]
+pub struct TagArgs {
+    #[command(flatten)]
+    repo: RepoArgs,
+    /// Restore point id (or a prefix long enough to be sure).
+    id: String,
+    /// Tag to add (repeatable).
+    #[arg(long)]
+    add: Vec<String>,
+    /// Tag to remove (repeatable).
+    #[arg(long)]
+    remove: Vec<String>,
+    #[arg(long)]
+    json: bool,
+}
+
+async fn tag(a: TagArgs) -> Result<ExitCode> {
+    let repo = a.repo.open().await?;
+    let point = restore_point(&repo, &a.id, None).await?;
+    let mut tags: Vec<String> = point.tags.iter().filter(|t| !a.remove.contains(t)).cloned().collect();
+    for t in &a.add {
+        if !tags.contains(t) {
+            tags.push(t.clone());
+        }
+    }
+    repo.set_tags(&point.id, &tags).await.map_err(classify)?;
+    if a.json {
+        print_json(&serde_json::json!({"id": point.id, "tags": tags}))?;
+    } else {
+        println!("restore point {}: tags {}", point.short_id(), if tags.is_empty() { "(none)".to_owned() } else { tags.join(", ") });
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub async fn run(cmd: Commands) -> Result<ExitCode> {
     match cmd {
         Commands::Init(a) => init(a).await,
@@ -919,5 +956,6 @@ pub async fn run(cmd: Commands) -> Result<ExitCode> {
         Commands::Copy(a) => copy(a).await,
         Commands::Stats(a) => stats(a).await,
         Commands::Unlock(a) => unlock(a).await,
+        Commands::Tag(a) => tag(a).await,
     }
 }

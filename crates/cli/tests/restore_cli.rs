@@ -886,3 +886,23 @@ fn unknown_vm_lists_the_candidates() {
     let err = text(&out.stderr);
     assert!(err.contains("no VM matches \"no such VM\"") && err.contains(&format!("{VM} ({})", p.vm_uuid)), "{err}");
 }
+
+/// `tag` changes what `snapshots --tag` finds and leaves the stored manifest untouched.
+#[test]
+fn tag_adds_and_removes_without_rewriting_the_manifest() {
+    let p = pool();
+    let manifest = Path::new(&p.repo).join("snapshots").join(&p.id);
+    let stored = std::fs::read(&manifest).unwrap();
+    let tagged = |tag: &str| -> Vec<String> {
+        let list = json(&ok(p.run(&["snapshots", "--tag", tag, "--json"]), "snapshots --tag"));
+        list.as_array().unwrap().iter().filter_map(|m| m["id"].as_str().map(str::to_owned)).collect()
+    };
+    let added = json(&ok(p.run(&["tag", &p.id, "--add", "tag-test", "--add", "kept", "--json"]), "tag --add"));
+    assert!(added["tags"].as_array().is_some_and(|t| t.contains(&"tag-test".into()) && t.contains(&"kept".into())), "{added}");
+    assert_eq!(tagged("tag-test"), vec![p.id.clone()]);
+    let out = ok(p.run(&["tag", &p.id, "--remove", "tag-test", "--remove", "kept"]), "tag --remove");
+    assert!(out.contains("tags") && !out.contains("tag-test"), "{out}");
+    assert!(tagged("tag-test").is_empty());
+    assert_eq!(std::fs::read(&manifest).unwrap(), stored, "the manifest was rewritten");
+    fails(p.run(&["tag", &p.id]), USAGE, "tag without a change");
+}

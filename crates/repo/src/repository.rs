@@ -24,6 +24,11 @@ use std::sync::{Arc, RwLock};
 /// was written. Damage the store suffers after caching is `verify`'s to find: it reads
 /// with [`Source::Store`].
 const IMMUTABLE: [&str; 2] = [SNAPSHOTS_PREFIX, INDEX_PREFIX];
+/// `tags/<id>`: the tags of a restore point as last changed by `tag`. Manifests are
+/// immutable (cached, maybe object-locked, named in snapshots' other-config), so the
+/// changed tags live beside them, in an object that is never cached.
+const TAGS_PREFIX: &str = "tags/";
+const MAX_TAGS_LEN: usize = 1 << 20;
 pub const DAMAGED_PREFIX: &str = "damaged/";
 pub const CONDEMNED_PREFIX: &str = "gc/";
 const MAX_SMALL_OBJECT: usize = 64 << 20;
@@ -311,7 +316,27 @@ impl Repository {
             }
         }
         good.sort_by(|a, b| a.time.cmp(&b.time).then_with(|| a.id.cmp(&b.id)));
+        self.apply_changed_tags(&mut good).await?;
         Ok((good, bad))
+    }
+
+    /// Replaces the tags of the restore points whose tags were changed since they were
+    /// written. An unreadable `tags/` object leaves the manifest's own tags (with a warning).
+    async fn apply_changed_tags(&self, points: &mut [Manifest]) -> Result<()> {
+        for (name, _) in self.inner.store.list(TAGS_PREFIX).await? {
+            let Some(m) = points.iter_mut().find(|m| name.strip_prefix(TAGS_PREFIX) == Some(m.id.as_str())) else { continue };
+            match self.get_json::<Vec<String>>(&name, MAX_TAGS_LEN).await {
+                Ok(Some(tags)) => m.tags = tags,
+                Ok(None) => {}
+                Err(e) => tracing::warn!("the changed tags of restore point {} are unreadable ({e}): showing its original tags", m.id),
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets the tags of a restore point, leaving its manifest as it is.
+    pub async fn set_tags(&self, id: &str, tags: &[String]) -> Result<()> {
+        self.put_json(&format!("{TAGS_PREFIX}{id}"), &tags, true).await
     }
 
     /// The restore point whose id is or starts with `prefix` ("latest" for the newest
@@ -343,7 +368,8 @@ impl Repository {
 
     /// Removes a restore point (its data goes at the next `prune`).
     pub async fn delete_snapshot(&self, id: &str) -> Result<()> {
-        self.delete(&Manifest::object_name(id)).await
+        self.delete(&Manifest::object_name(id)).await?;
+        self.delete(&format!("{TAGS_PREFIX}{id}")).await
     }
 
     // ---- key slots ----

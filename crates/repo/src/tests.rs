@@ -273,6 +273,12 @@ async fn forget_and_prune_keep_the_right_restore_points() {
         total
     };
     let bytes_before = pack_bytes().await;
+    // Changed tags show in the listing and go with their restore point.
+    let tags = vec!["kept".to_string()];
+    for id in [&plan.remove[0], &snaps[2].id] {
+        repo.set_tags(id, &tags).await.unwrap();
+    }
+    assert!(repo.snapshots().await.unwrap().iter().all(|m| (m.tags == tags) == (m.id == plan.remove[0] || m.id == snaps[2].id)));
     for id in &plan.remove {
         repo.delete_snapshot(id).await.unwrap();
     }
@@ -284,6 +290,9 @@ async fn forget_and_prune_keep_the_right_restore_points() {
     assert!(!crate::verify::verify(&repo, None, None).await.unwrap().found_damage());
     assert_eq!(restore(&repo, &snaps[2].id, &dir.path().join("o.img")).await, images[2]);
     assert_eq!(repo.snapshots().await.unwrap().len(), 1);
+    assert!(repo_dir.join("tags").join(&snaps[2].id).exists());
+    assert!(!repo_dir.join("tags").join(&plan.remove[0]).exists(), "tags of a forgotten restore point left");
+    assert_eq!(repo.snapshot("latest").await.unwrap().tags, tags);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
