@@ -145,15 +145,20 @@ async fn lost_points(repo: &Repository, backend: &BackendOptions, model: &Model)
 }
 
 /// Backups of two sources ∥ a forget+prune loop ∥ copy into a second repository (with its
-/// own prune loop) ∥ verify. Afterwards every committed point that was not forgotten
-/// restores exactly in both repositories and verify finds nothing.
-async fn backups_prune_copy_verify(location_a: &str, location_b: &str, backend: &BackendOptions) {
+/// own prune loop) ∥ verify. Every other prune of the first repository waits for a moment
+/// when neither source is backing up (as between scheduled jobs): gc deletes only then, a
+/// live backup lock keeps condemned packs, and the run must delete some. Afterwards every
+/// committed point that was not forgotten restores exactly in both repositories and verify
+/// finds nothing.
+async fn backups_prune_copy_verify(backend_name: &str, location_a: &str, location_b: &str, backend: &BackendOptions) {
     let rounds = env_number("TORTURE_ROUNDS", 15);
     let mut rng = Rng(seed());
     let (a, b) = (new_repo(location_a, backend).await, new_repo(location_b, backend).await);
     let (model_a, model_b) = (Model::default(), Model::default());
     let backups_done = AtomicBool::new(false);
-    let [prunes, packs_deleted, copies, verifies, copy_failures, checks] = std::array::from_fn(|_| AtomicUsize::new(0));
+    // Backups hold it shared; a prune that takes it alone runs in a gap between backups.
+    let backup_gap = tokio::sync::RwLock::new(());
+    let [prunes, packs_deleted, packs_deleted_in_gaps, copies, verifies, copy_failures, checks] = std::array::from_fn(|_| AtomicUsize::new(0));
     let seeds: Vec<u64> = (0..5).map(|_| rng.next() | 1).collect();
 
     // Every operation opens the repository anew, as a separate process would: nothing is
@@ -163,7 +168,7 @@ async fn backups_prune_copy_verify(location_a: &str, location_b: &str, backend: 
         async move { Repository::open(&location, backend, Some(&secret())).await.expect("open") }
     };
     let backup_loop = |source: &'static str, seed: u64| {
-        let (a, model_a, open) = (&a, &model_a, &open);
+        let (a, model_a, open, backup_gap) = (&a, &model_a, &open, &backup_gap);
         async move {
             let mut rng = Rng(seed);
             let mut image = vec![0u8; IMAGE_CHUNKS * CHUNK];
@@ -175,7 +180,9 @@ async fn backups_prune_copy_verify(location_a: &str, location_b: &str, backend: 
                     let at = rng.below(IMAGE_CHUNKS as u64) as usize * CHUNK;
                     rng.fill(&mut image[at..at + CHUNK]);
                 }
+                let running = backup_gap.read().await;
                 let id = backup(&open(a).await, source, &image).await.unwrap_or_else(|e| panic!("backup of {source}: {e}"));
+                drop(running);
                 model_a.commit(&id, source, blake3::hash(&image));
                 // Gaps between backups, as between scheduled jobs: moments without locks.
                 tokio::time::sleep(std::time::Duration::from_millis(rng.below(60))).await;
@@ -185,8 +192,14 @@ async fn backups_prune_copy_verify(location_a: &str, location_b: &str, backend: 
     let prune_a = async {
         let mut rng = Rng(seeds[2]);
         while !backups_done.load(Ordering::SeqCst) {
+            let in_gap = prunes.load(Ordering::SeqCst) % 2 == 1;
+            let gap = if in_gap { Some(backup_gap.write().await) } else { None };
             let deleted = forget_and_prune(&open(&a).await, &model_a, 2 + rng.below(5) as u32).await.expect("prune of a");
+            drop(gap);
             packs_deleted.fetch_add(deleted, Ordering::SeqCst);
+            if in_gap {
+                packs_deleted_in_gaps.fetch_add(deleted, Ordering::SeqCst);
+            }
             prunes.fetch_add(1, Ordering::SeqCst);
         }
     };
@@ -249,8 +262,8 @@ async fn backups_prune_copy_verify(location_a: &str, location_b: &str, backend: 
     lost_a.extend(lost_points(&a, backend, &model_a).await);
     let lost_b = lost_points(&b, backend, &model_b).await;
     eprintln!(
-        "torture concurrency: {rounds} rounds x 2 sources; a: {} points committed, {} expected, {} lost; \
-         b: {} copied, {} expected, {} lost; {} prunes ({} packs deleted), {} copies ({} of forgotten points failed), {} verifies, {} checks",
+        "torture concurrency ({backend_name}): {rounds} rounds x 2 sources; a: {} points committed, {} expected, {} lost; \
+         b: {} copied, {} expected, {} lost; {} prunes ({} packs deleted, {} of them in gaps between backups), {} copies ({} of forgotten points failed), {} verifies, {} checks",
         model_a.committed_count(),
         model_a.expected().len(),
         lost_a.len(),
@@ -259,12 +272,14 @@ async fn backups_prune_copy_verify(location_a: &str, location_b: &str, backend: 
         lost_b.len(),
         prunes.load(Ordering::SeqCst),
         packs_deleted.load(Ordering::SeqCst),
+        packs_deleted_in_gaps.load(Ordering::SeqCst),
         copies.load(Ordering::SeqCst),
         copy_failures.load(Ordering::SeqCst),
         verifies.load(Ordering::SeqCst),
         checks.load(Ordering::SeqCst),
     );
     assert!(lost_a.is_empty() && lost_b.is_empty(), "committed restore points lost: a {lost_a:?}, b {lost_b:?}");
+    assert!(packs_deleted.load(Ordering::SeqCst) > 0, "gc deleted no pack while the backups ran");
     for repo in [&a, &b] {
         let fresh = Repository::open(repo.location(), backend, Some(&secret())).await.expect("reopen");
         let report = xenvault_repo::verify::verify(&fresh, None, None).await.expect("verify");
@@ -276,13 +291,13 @@ async fn backups_prune_copy_verify(location_a: &str, location_b: &str, backend: 
 async fn backups_prune_copy_verify_lose_nothing_local() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));
-    backups_prune_copy_verify(a.to_str().unwrap(), b.to_str().unwrap(), &BackendOptions::default()).await;
+    backups_prune_copy_verify("local", a.to_str().unwrap(), b.to_str().unwrap(), &BackendOptions::default()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn backups_prune_copy_verify_lose_nothing_s3() {
     let server = common::s3();
-    backups_prune_copy_verify(&server.url("torture-a"), &server.url("torture-b"), &server.options()).await;
+    backups_prune_copy_verify("s3", &server.url("torture-a"), &server.url("torture-b"), &server.options()).await;
 }
 
 /// The crash loop's short form: `bench/torture/crash-loop.sh` with a few iterations.
