@@ -62,9 +62,14 @@ pub async fn store(
         let mut stored = Vec::new();
         let mut current: Option<(DiskHeader, DiskSink, Instant, u64)> = None;
         let mut headers = Vec::new();
+        // xapi leaves zero chunks out: the bar counts them as passed, so it ends at the
+        // disks' size.
+        let (mut disk_bytes, mut passed, mut covered) = (0u64, 0u64, 0u64);
         while let Some(item) = item_rx.recv().await {
             match item {
                 Item::Header { ova_xml, disks } => {
+                    disk_bytes = disks.iter().map(|d| d.size).sum();
+                    progress.set_total(key, disk_bytes);
                     let names = disks.iter().map(|d| (d.reference.clone(), d.position.clone())).collect();
                     metadata = Some(XvaMetadata { ova_xml, disks: names });
                     headers = disks;
@@ -81,6 +86,7 @@ pub async fn store(
                                 let vdi = origin.get(&header.uuid).cloned().unwrap_or_default();
                                 let sink = point.disk_sink(&header.position, &vdi, header.size, None).await?;
                                 current = Some((header, sink, Instant::now(), 0));
+                                covered = 0;
                                 break;
                             }
                             stored.push(empty_disk(point, header, origin).await?);
@@ -90,8 +96,12 @@ pub async fn store(
                         .as_mut()
                         .ok_or_else(|| Error::Xva(format!("data for {disk}, which ova.xml does not list")))?;
                     *read += data.len() as u64;
-                    progress.advance(key, data.len() as u64);
+                    let end = offset + data.len() as u64;
                     sink.write(offset, data).await?;
+                    let step = end.saturating_sub(covered);
+                    progress.advance(key, step);
+                    passed += step;
+                    covered = covered.max(end);
                 }
             }
         }
@@ -101,6 +111,7 @@ pub async fn store(
         while let Some(header) = headers.pop() {
             stored.push(empty_disk(point, header, origin).await?);
         }
+        progress.advance(key, disk_bytes.saturating_sub(passed));
         let metadata = metadata.ok_or_else(|| Error::Xva("the export held no ova.xml".into()))?;
         Ok::<_, Error>((stored, metadata))
     };

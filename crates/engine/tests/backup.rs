@@ -356,10 +356,16 @@ async fn xva_backup_exports_back_as_the_same_xva_disks() {
     env.write(&vdis[1], 5 << 20, b"data disk content").await;
     let mut options = options(Level::Copy, Requested::Auto);
     options.xva = true;
-    let report = env.backup_with(&options).await;
+    let bars = Arc::new(Bars::default());
+    let report = env.backup_showing(&options, bars.clone()).await;
     let expected = env.digests().await;
     env.assert_restores_to(&report, &expected).await;
     assert!(report.disks.iter().all(|d| d.transport == xenvault_engine::strategy::Transport::HttpXva));
+    // One bar for the archive: sized to its disks, full although zero chunks are left out.
+    let disk_bytes: u64 = report.disks.iter().map(|d| d.size).sum();
+    let read: u64 = report.disks.iter().map(|d| d.bytes_read).sum();
+    assert!(read < disk_bytes, "{read} of {disk_bytes}");
+    assert_eq!(bars.0.lock().unwrap().values().copied().collect::<Vec<_>>(), [(disk_bytes, disk_bytes)]);
     env.assert_tidy().await;
 
     let manifest = env.store.repository().snapshot(report.restore_point.as_deref().unwrap()).await.unwrap();
@@ -548,6 +554,39 @@ async fn an_untagged_snapshot_of_a_killed_run_is_found_by_its_intent() {
     assert!(env.host.vm(&leaked.reference).await.is_err(), "the leaked snapshot is gone");
     assert!(vm.snapshots.contains(&user), "the user's snapshot stays");
     xenvault_engine::snapshot::destroy(&env.host, &user).await;
+    env.assert_tidy().await;
+}
+
+#[tokio::test]
+async fn a_snapshot_xapi_finishes_after_the_next_run_looked_is_still_removed() {
+    use xenvault_engine::hygiene::TAG_SNAPSHOT_INTENT;
+    use xenvault_engine::snapshot::{intents, Intent, INTENT_PENDING_FOR};
+    let env = env().await;
+    env.backup(Level::Full, Requested::Auto).await;
+    // A run killed while xapi was still creating its snapshot (the task goes on without
+    // its client), and an intent of a run long ago whose snapshot never came.
+    let vm = env.vm().await;
+    let now = chrono::Utc::now();
+    let pending = Intent { name: format!("[xenvault] {VM} pending"), at: now };
+    let settled = Intent { name: format!("[xenvault] {VM} never"), at: now - INTENT_PENDING_FOR - chrono::Duration::minutes(1) };
+    let value = serde_json::to_string(&[&settled, &pending]).unwrap();
+    env.host.add_to_other_config("VM", &vm.reference, TAG_SNAPSHOT_INTENT, &value).await.unwrap();
+
+    // The next run finds no snapshot of that name yet: it keeps the pending intent only.
+    env.scribble("1", 31).await;
+    let report = env.backup(Level::Inc, Requested::Auto).await;
+    env.assert_restores_to(&report, &env.digests().await).await;
+    assert_eq!(intents(&env.vm().await), [pending.clone()], "only the pending intent stays");
+
+    // xapi finishes the snapshot: a later run removes it and forgets the intent.
+    let late = env.host.call("VM.snapshot", vec![vm.reference.as_str().into(), pending.name.as_str().into()]).await.unwrap();
+    let late = env.host.vm(late.as_str().unwrap()).await.unwrap();
+    env.scribble("1", 32).await;
+    let report = env.backup(Level::Inc, Requested::Auto).await;
+    env.assert_restores_to(&report, &env.digests().await).await;
+    assert!(report.cleaned_snapshots.contains(&late.uuid), "{:?}", report.cleaned_snapshots);
+    assert!(env.host.vm(&late.reference).await.is_err(), "the late snapshot is gone");
+    assert!(!env.vm().await.other_config.contains_key(TAG_SNAPSHOT_INTENT), "no intent is left");
     env.assert_tidy().await;
 }
 
