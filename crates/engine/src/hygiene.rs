@@ -17,8 +17,9 @@ pub const TAG_SNAPSHOT_VM: &str = "xenvault.snapshot_vm";
 /// The restore point made from the snapshot.
 pub const TAG_RESTORE_POINT: &str = "xenvault.restore_point";
 /// On the source VM, written before `VM.snapshot` and removed once the snapshot is
-/// tagged: the name of the snapshot being taken. A run killed in between leaves an
-/// untagged snapshot of that name, which the next run finds by it.
+/// tagged: the snapshots being taken (a JSON list of name and time, see
+/// [`crate::snapshot::Intent`]). A run killed in between leaves an untagged snapshot of
+/// that name, which a later run finds by it, even one xapi finishes after that run looked.
 pub const TAG_SNAPSHOT_INTENT: &str = "xenvault.snapshot_intent";
 /// Keys of a running backup on the source VM. xapi copies `other_config` into a
 /// snapshot, so they are removed from our snapshots and from the stored VM records:

@@ -181,10 +181,8 @@ async fn run_vm(ctx: &Ctx<'_>, vm: &Vm, report: &mut VmReport) -> Result<(), Err
 
     // A snapshot taken by a run killed before it could tag it.
     let untagged = snapshot::left_by_intent(host, vm).await?;
-    if !untagged.is_empty() {
-        snapshot::remove_left_by_intent(host, vm, &untagged).await?;
-        report.cleaned_snapshots.extend(untagged.into_iter().map(|s| s.uuid));
-    }
+    snapshot::remove_left_by_intent(host, vm, &untagged).await?;
+    report.cleaned_snapshots.extend(untagged.into_iter().map(|s| s.uuid));
 
     // What earlier runs left: the base to build on, and leftovers to remove.
     let cleanup = hygiene::sort_out(snapshot::ours(host, vm).await?, &ctx.job_id);

@@ -21,7 +21,10 @@ pub struct Taken {
 /// before the call (see [`TAG_SNAPSHOT_INTENT`]) and goes once the tags are on.
 pub async fn take(host: &Host, vm: &Vm, job_id: &str, quiesce: bool) -> Result<Taken, Error> {
     let name = format!("[xenvault] {} {}", vm.name_label, chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ"));
-    host.add_to_other_config("VM", &vm.reference, TAG_SNAPSHOT_INTENT, &name).await?;
+    // Fresh: the cleanup before this run may have rewritten the pending intents.
+    let mut intents = intents(&host.vm(&vm.reference).await?);
+    intents.push(Intent { name: name.clone(), at: chrono::Utc::now() });
+    write_intents(host, vm, &intents).await?;
     let args = || vec![Value::from(vm.reference.as_str()), Value::from(name.as_str())];
     let (reference, quiesced, note) = if quiesce {
         match host.call("VM.snapshot_with_quiesce", args()).await {
@@ -46,7 +49,7 @@ pub async fn take(host: &Host, vm: &Vm, job_id: &str, quiesce: bool) -> Result<T
         for key in RUN_KEYS {
             host.call("VM.remove_from_other_config", vec![Value::from(reference.as_str()), Value::from(key)]).await?;
         }
-        forget_intent(host, vm).await?;
+        forget_intent(host, vm, &name).await?;
         host.vm(&reference).await
     };
     match tagged.await {
@@ -122,37 +125,88 @@ pub async fn keep_cbt_metadata_only(host: &Host, snapshot: &Vm) -> Vec<String> {
     failures
 }
 
-async fn forget_intent(host: &Host, vm: &Vm) -> Result<(), Error> {
-    host.call("VM.remove_from_other_config", vec![Value::from(vm.reference.as_str()), Value::from(TAG_SNAPSHOT_INTENT)])
-        .await
-        .map(drop)
+/// How long an intent without its snapshot is kept: xapi goes on creating a snapshot
+/// after its client is gone (a killed run), so it may appear after the next run looked.
+/// Past this no `VM.snapshot` task is still running.
+pub const INTENT_PENDING_FOR: chrono::Duration = chrono::Duration::hours(24);
+
+/// A snapshot about to be taken, recorded on the VM (see [`TAG_SNAPSHOT_INTENT`]).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Intent {
+    pub name: String,
+    pub at: chrono::DateTime<chrono::Utc>,
 }
 
-/// Untagged snapshots a killed run left between `VM.snapshot` and tagging: those of
-/// `vm` named as its recorded intent. Forgets the intent when nothing matches.
+/// The intents recorded on `vm`, oldest first. A value that is not a list (a bare
+/// name, as earlier versions wrote) is one intent of unknown age.
+pub fn intents(vm: &Vm) -> Vec<Intent> {
+    match vm.other_config.get(TAG_SNAPSHOT_INTENT) {
+        None => Vec::new(),
+        Some(value) => serde_json::from_str(value)
+            .unwrap_or_else(|_| vec![Intent { name: value.clone(), at: chrono::DateTime::UNIX_EPOCH }]),
+    }
+}
+
+/// Records `intents` on `vm`, removing the key when there are none. The VM lock is
+/// held, so no other run rewrites the list meanwhile.
+async fn write_intents(host: &Host, vm: &Vm, intents: &[Intent]) -> Result<(), Error> {
+    if intents.is_empty() {
+        return host
+            .call("VM.remove_from_other_config", vec![Value::from(vm.reference.as_str()), Value::from(TAG_SNAPSHOT_INTENT)])
+            .await
+            .map(drop);
+    }
+    let value = serde_json::to_string(intents).map_err(|e| Error::Protocol(format!("encoding the snapshot intents: {e}")))?;
+    host.add_to_other_config("VM", &vm.reference, TAG_SNAPSHOT_INTENT, &value).await
+}
+
+/// Drops the intent named `name`, keeping the others (pending ones of killed runs).
+async fn forget_intent(host: &Host, vm: &Vm, name: &str) -> Result<(), Error> {
+    let mut intents = intents(&host.vm(&vm.reference).await?);
+    intents.retain(|i| i.name != name);
+    write_intents(host, vm, &intents).await
+}
+
+/// Untagged snapshots killed runs left between `VM.snapshot` and tagging: those of
+/// `vm` named as one of its recorded intents. An intent whose snapshot is not there
+/// stays while xapi may still be creating it ([`INTENT_PENDING_FOR`]); the rest go
+/// with [`remove_left_by_intent`].
 pub async fn left_by_intent(host: &Host, vm: &Vm) -> Result<Vec<Vm>, Error> {
-    let Some(name) = vm.other_config.get(TAG_SNAPSHOT_INTENT) else { return Ok(Vec::new()) };
+    let intents = intents(vm);
     let mut list = Vec::new();
+    if intents.is_empty() {
+        return Ok(list);
+    }
     for reference in &vm.snapshots {
         match host.vm(reference).await {
-            Ok(s) if &s.name_label == name && !crate::hygiene::is_ours(&s.other_config) => list.push(s),
+            Ok(s) if intents.iter().any(|i| i.name == s.name_label) && !crate::hygiene::is_ours(&s.other_config) => {
+                list.push(s)
+            }
             Ok(_) => {}
             Err(e) if e.xapi_code() == Some("HANDLE_INVALID") => {}
             Err(e) => return Err(e),
         }
     }
-    if list.is_empty() {
-        forget_intent(host, vm).await?;
-    }
     Ok(list)
 }
 
-/// Removes what [`left_by_intent`] found, then the intent itself.
+/// Removes what [`left_by_intent`] found, then the intents that are settled: matched,
+/// or too old for their snapshot still to appear.
 pub async fn remove_left_by_intent(host: &Host, vm: &Vm, left: &[Vm]) -> Result<(), Error> {
     for snapshot in left {
         try_destroy(host, &snapshot.reference).await?;
     }
-    forget_intent(host, vm).await
+    let now = chrono::Utc::now();
+    let recorded = intents(vm);
+    let pending: Vec<Intent> = recorded
+        .iter()
+        .filter(|i| !left.iter().any(|s| s.name_label == i.name) && now - i.at < INTENT_PENDING_FOR)
+        .cloned()
+        .collect();
+    if pending != recorded {
+        write_intents(host, vm, &pending).await?;
+    }
+    Ok(())
 }
 
 /// Our snapshots of `vm` (every one tagged by us, whatever its state).
