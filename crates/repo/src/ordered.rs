@@ -253,7 +253,12 @@ fn split_results(planned: Result<Vec<Read>>) -> Vec<Result<Read>> {
 /// Fetches one read and opens its chunks in parallel blocking jobs.
 async fn load(repo: &Repository, disk: &DiskRecord, read: Read) -> Result<Vec<SlotData>> {
     let sealed = match &read.pack {
-        Some(pack) => Bytes::from(repo.read_pack_range(pack, read.span.start, read.span.end - read.span.start).await?),
+        Some(pack) => match repo.read_pack_range(pack, read.span.start, read.span.end - read.span.start).await {
+            Ok(sealed) => Bytes::from(sealed),
+            // The pack went (gc kept another copy of its chunks): read them one by one.
+            Err(e) if e.is_damage() => return load_one_by_one(repo, disk, read).await,
+            Err(e) => return Err(e),
+        },
         None => Bytes::new(),
     };
     let chunks: Vec<(usize, ChunkId, Range<usize>)> =
@@ -286,6 +291,23 @@ async fn load(repo: &Repository, disk: &DiskRecord, read: Read) -> Result<Vec<Sl
             *d = Some(plain);
         }
     }
+    into_slots(disk, &read, data)
+}
+
+/// `load` through `Repository::read_chunk`, which finds the copies that are left.
+async fn load_one_by_one(repo: &Repository, disk: &DiskRecord, read: Read) -> Result<Vec<SlotData>> {
+    let mut data = Vec::with_capacity(read.slots.len());
+    for slot in &read.slots {
+        data.push(match slot {
+            Some((id, _)) => Some(Bytes::from(repo.read_chunk(id).await?)),
+            None => None,
+        });
+    }
+    into_slots(disk, &read, data)
+}
+
+/// The slots of `read` with their opened chunks (`None`: a hole), lengths checked.
+fn into_slots(disk: &DiskRecord, read: &Read, data: Vec<Option<Bytes>>) -> Result<Vec<SlotData>> {
     let cs = disk.chunk_size as u64;
     let mut out = Vec::with_capacity(data.len());
     for (i, plain) in data.into_iter().enumerate() {

@@ -580,9 +580,24 @@ impl Repository {
             return Err(Error::Invalid("the zero chunk is never stored".into()));
         }
         let loc = self.locate(id).ok_or_else(|| Error::MissingChunk(id.to_hex()))?;
-        let sealed = self.read_pack_range(&loc.pack, loc.offset as u64, loc.len as u64).await?;
+        let sealed = match self.read_pack_range(&loc.pack, loc.offset as u64, loc.len as u64).await {
+            Ok(sealed) => sealed,
+            Err(e) if e.is_damage() => match self.relocate(id, &loc.pack).await? {
+                Some(again) => self.read_pack_range(&again.pack, again.offset as u64, again.len as u64).await?,
+                None => return Err(e),
+            },
+            Err(e) => return Err(e),
+        };
         let (opener, id) = (self.chunk_opener(), *id);
         tokio::task::spawn_blocking(move || opener.open(&id, &sealed)).await?
+    }
+
+    /// Another copy of chunk `id` than the one in `gone`, after reloading the index: gc may
+    /// delete one copy of a chunk stored twice (keeping the copy its own index chose) after
+    /// this handle loaded its index, so a reader that finds its pack gone looks again.
+    pub(crate) async fn relocate(&self, id: &ChunkId, gone: &PackName) -> Result<Option<Location>> {
+        self.refresh_index().await?;
+        Ok(self.locate(id).filter(|l| l.pack != *gone))
     }
 
     /// `len` stored bytes of a pack's data object from `offset` (one or more sealed chunks).

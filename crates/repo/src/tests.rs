@@ -332,6 +332,44 @@ async fn gc_while_a_backup_runs_never_deletes_its_chunks() {
     assert!(!crate::verify::verify(&repo, None, None).await.unwrap().found_damage());
 }
 
+/// A restore that loaded its index before gc deleted one copy of chunks stored twice (the
+/// copy gc's own index did not choose) finds the other copy instead of failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_with_an_older_index_survives_gc_of_a_duplicate_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo_dir = dir.path().join("repo");
+    let repo = new_repo(&repo_dir, 64 << 10).await;
+    let image = dir.path().join("img");
+    let mut img = vec![0u8; 3 << 20];
+    fill_random(&mut img).unwrap();
+    std::fs::write(&image, &img).unwrap();
+
+    // First copy: packs of a backup that gc condemns before it commits.
+    let session = repo.start_backup(source("vm")).await.unwrap();
+    let mut w = session.disk_writer(0, "disk0", "", img.len() as u64, None).await.unwrap();
+    w.write(0, &img).await.unwrap();
+    w.finish().await.unwrap();
+    let r = crate::gc::gc(&repo).await.unwrap();
+    assert!(r.packs_waiting > 0, "{r:?}");
+    let first = session.commit(serde_json::Value::Null, vec![]).await.unwrap();
+
+    // A reader opens it now: the condemned packs hold the only copy.
+    let reader_repo = Repository::open(repo_dir.to_str().unwrap(), &Default::default(), Some(&secret())).await.unwrap();
+    let reader = crate::DiskReader::new(&reader_repo, &first.disks[0]).await.unwrap();
+
+    // A later backup stores the chunks again (never into condemned packs); gc then deletes
+    // the condemned copy, which the reader's index still points at.
+    backup_file(&repo, &image, "vm").await;
+    let r = crate::gc::gc(&repo).await.unwrap();
+    assert!(r.packs_deleted > 0, "{r:?}");
+
+    let out = dir.path().join("out");
+    reader.restore_to_file(&out, None).await.unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), img);
+    let slot = reader.read_slot(1).await.unwrap().unwrap();
+    assert_eq!(slot.as_slice(), &img[64 << 10..128 << 10]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copy_moves_only_missing_chunks_reencrypted() {
     let dir = tempfile::tempdir().unwrap();
