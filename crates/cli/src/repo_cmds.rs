@@ -405,6 +405,9 @@ pub struct SnapshotsArgs {
     /// Only restore points of this backup job.
     #[arg(long)]
     job: Option<String>,
+    /// Only restore points taken from this pool (registered name) or host (name).
+    #[arg(long)]
+    host: Option<String>,
     /// Only restore points with this tag (repeatable: all of them).
     #[arg(long)]
     tag: Vec<String>,
@@ -457,6 +460,7 @@ async fn snapshots(a: SnapshotsArgs) -> Result<ExitCode> {
     let filter = select::Filter {
         source: a.source.clone(),
         job: a.job.clone(),
+        host: a.host.clone(),
         tags: a.tag.clone(),
         since: a.since,
         until: a.until,

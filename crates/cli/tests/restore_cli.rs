@@ -801,6 +801,8 @@ fn restore_points_by_vm_name_and_safe_prefixes() {
     assert!(ids(&["--source", "no such VM"]).is_empty());
     assert_eq!(ids(&["--source", VM, "--latest", "1"]).len(), 1);
     assert!(ids(&["--since", "2000-01-01", "--until", "2000-01-02"]).is_empty(), "time range");
+    assert!(ids(&["--host", "sim"]).contains(&p.id), "by the pool it was backed up from");
+    assert!(ids(&["--host", "no such host"]).is_empty());
     let table = ok(p.run(&["snapshots", "--source", VM]), "snapshots table");
     assert!(table.starts_with("ID") && table.contains(&p.id[..8]), "{table}");
 

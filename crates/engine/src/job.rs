@@ -13,7 +13,7 @@ use crate::host::Host;
 use crate::hygiene::{self, TAG_BASE, TAG_RESTORE_POINT};
 use crate::records::{Vbd, Vdi, Vm};
 use crate::report::{DiskReport, ExcludedDisk, JobReport, SnapshotReport, Status, VmReport};
-use crate::selection::{self, SelectOptions, Selector};
+use crate::selection::{self, HostName, SelectOptions, Selector};
 use crate::snapshot;
 use crate::strategy::{self, Attempt, BaseDisk, BaseSnapshotVdi, DiskFacts, Level, Requested};
 use crate::transfer::{self, DiskTarget, Progress};
@@ -73,10 +73,19 @@ impl Default for BackupOptions {
 
 struct Ctx<'a> {
     host: &'a Host,
+    /// The pool's hosts, to record which one a VM ran on.
+    hosts: Vec<HostName>,
     store: &'a Store,
     options: &'a BackupOptions,
     job_id: String,
     progress: Arc<dyn Progress>,
+}
+
+impl Ctx<'_> {
+    /// The name of the host `vm` runs on (none when it is halted), kept with its restore points.
+    fn host_of(&self, vm: &Vm) -> Option<&str> {
+        self.hosts.iter().find(|h| h.reference == vm.resident_on).map(|h| h.name_label.as_str())
+    }
 }
 
 /// Runs a backup job; per-VM failures are in the report, not an `Err`.
@@ -93,6 +102,7 @@ pub async fn backup(
     let selected = selection::select(&vms, &hosts, &options.selectors, options.select)?;
     let ctx = Ctx {
         host,
+        hosts,
         store,
         options,
         job_id: uuid::Uuid::new_v4().to_string(),
@@ -425,7 +435,7 @@ async fn back_up_snapshot(
             let entries: Vec<DiskEntry> = reports.iter().map(DiskEntry::from_report).collect();
             let metadata = serde_json::json!({
                 "vm": metadata,
-                "backup": { "job_id": ctx.job_id, "level": level, "disks": entries },
+                "backup": { "job_id": ctx.job_id, "level": level, "pool": ctx.host.pool_name, "host": ctx.host_of(vm), "disks": entries },
             });
             break (point.commit(level, metadata).await?, reports);
         }
@@ -520,7 +530,7 @@ async fn back_up_xva(
         let entries: Vec<DiskEntry> = reports.iter().map(DiskEntry::from_report).collect();
         let metadata = serde_json::json!({
             "vm": metadata,
-            "backup": { "job_id": ctx.job_id, "level": level, "format": "xva", "disks": entries },
+            "backup": { "job_id": ctx.job_id, "level": level, "pool": ctx.host.pool_name, "host": ctx.host_of(vm), "format": "xva", "disks": entries },
             "xva": xva,
         });
         let id = point.commit(level, metadata).await?;

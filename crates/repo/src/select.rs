@@ -18,6 +18,8 @@ pub struct Filter {
     pub source: Option<String>,
     /// The backup job id stored with the restore point.
     pub job: Option<String>,
+    /// The pool (its registered name) or the host (its name) the VM was backed up from.
+    pub host: Option<String>,
     /// Every one of these tags.
     pub tags: Vec<String>,
     pub since: Option<DateTime<Utc>>,
@@ -30,6 +32,10 @@ fn job_of(m: &Manifest) -> Option<&str> {
     m.metadata.pointer("/backup/job_id").and_then(serde_json::Value::as_str)
 }
 
+fn is_from_host(m: &Manifest, host: &str) -> bool {
+    ["/backup/pool", "/backup/host"].iter().any(|at| m.metadata.pointer(at).and_then(serde_json::Value::as_str) == Some(host))
+}
+
 /// Whether `m` is a restore point of the VM (or other source) named or identified by `source`.
 pub fn is_of_source(m: &Manifest, source: &str) -> bool {
     m.source.id.eq_ignore_ascii_case(source) || m.source.name == source
@@ -39,6 +45,7 @@ impl Filter {
     fn matches(&self, m: &Manifest) -> bool {
         self.source.as_deref().is_none_or(|s| is_of_source(m, s))
             && self.job.as_deref().is_none_or(|j| job_of(m) == Some(j))
+            && self.host.as_deref().is_none_or(|h| is_from_host(m, h))
             && self.tags.iter().all(|t| m.tags.contains(t))
             && self.since.is_none_or(|t| m.time >= t)
             && self.until.is_none_or(|t| m.time <= t)
@@ -144,7 +151,7 @@ mod tests {
         serde_json::from_value(serde_json::json!({
             "version": 1, "id": id, "time": time, "finished": time, "disks": [], "tags": tags,
             "source": {"id": vm, "type": "vm", "name": name},
-            "metadata": {"backup": {"job_id": job}},
+            "metadata": {"backup": {"job_id": job, "pool": "prod", "host": format!("xen{}", minute % 2)}},
         }))
         .unwrap()
     }
@@ -172,6 +179,12 @@ mod tests {
         assert_eq!(ids(&job.apply(points())), ["abcd1111", "ef001111"]);
         let window = Filter { since: Some(points()[1].time), until: Some(points()[2].time), ..Default::default() };
         assert_eq!(ids(&window.apply(points())), ["abcd2222", "ef001111"]);
+        let pool = Filter { host: Some("prod".into()), ..Default::default() };
+        assert_eq!(pool.apply(points()).len(), 4);
+        let host = Filter { host: Some("xen1".into()), ..Default::default() };
+        assert_eq!(ids(&host.apply(points())), ["abcd1111", "ef001111"]);
+        let elsewhere = Filter { host: Some("lab".into()), ..Default::default() };
+        assert!(elsewhere.apply(points()).is_empty());
         let latest = Filter { latest_per_source: Some(1), ..Default::default() };
         assert_eq!(ids(&latest.apply(points())), ["abcd2222", "ef002222"]);
     }
