@@ -8,18 +8,18 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
+use tokio_util::sync::CancellationToken;
 use xenvault_engine::host::Host;
 use xenvault_engine::job::{self, BackupOptions};
 use xenvault_engine::report::{JobReport, Status};
 use xenvault_engine::selection::{SelectOptions, Selector};
 use xenvault_engine::strategy::{Level, Requested};
 use xenvault_engine::transfer::Progress;
-use tokio_util::sync::CancellationToken;
 
 use crate::exit::ExitKind;
+use crate::pool_cmds::ConfigArg;
 use xenvault_repo::backend::RetentionMode;
 use xenvault_repo::retention::{LockReport, lock_restore_points};
-use crate::pool_cmds::ConfigArg;
 
 #[derive(Subcommand)]
 pub enum Commands {
@@ -193,7 +193,8 @@ pub async fn run(command: Commands) -> anyhow::Result<ExitCode> {
             let until = chrono::Utc::now() + chrono::Duration::days(i64::from(days));
             let locked = lock_restore_points(&repo, &args.repo.backend(), &ids, args.lock_mode, until).await;
             Some(locked.map_err(|e| {
-                anyhow::Error::new(e).context(format!("the restore points {} are stored but NOT locked", ids.join(", ")))
+                anyhow::Error::new(e)
+                    .context(format!("the restore points {} are stored but NOT locked", ids.join(", ")))
             }))
         }
         None => None,
@@ -238,11 +239,7 @@ fn print_report(report: &JobReport, lock: Option<&LockReport>, json: bool) -> an
 
 /// Credentials refused by the pool get the AUTH exit code.
 pub fn auth_kind(e: xenvault_engine::Error) -> anyhow::Error {
-    if e.is_auth() {
-        anyhow::Error::new(e).context(ExitKind::Auth)
-    } else {
-        e.into()
-    }
+    if e.is_auth() { anyhow::Error::new(e).context(ExitKind::Auth) } else { e.into() }
 }
 
 /// One progress bar per disk, on a terminal only.
@@ -268,9 +265,9 @@ impl Progress for Bars {
     fn start(&self, key: &str, label: &str, total: u64) {
         let Some(multi) = &self.multi else { return };
         let bar = multi.add(ProgressBar::new(total));
-        if let Ok(style) = ProgressStyle::with_template(
-            "{msg:32} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
-        ) {
+        if let Ok(style) =
+            ProgressStyle::with_template("{msg:32} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}")
+        {
             bar.set_style(style.progress_chars("=> "));
         }
         bar.set_message(label.to_owned());

@@ -83,10 +83,7 @@ struct Measurement {
 
 pub async fn run(cmd: Commands) -> anyhow::Result<ExitCode> {
     let Commands::Benchmark(args) = cmd;
-    anyhow::ensure!(
-        args.seconds > 0.0 && args.chunk_size > 0,
-        "--seconds and --chunk-size must be positive"
-    );
+    anyhow::ensure!(args.seconds > 0.0 && args.chunk_size > 0, "--seconds and --chunk-size must be positive");
     let duration = Duration::from_secs_f64(args.seconds);
     let (chunk_size, level) = (args.chunk_size, args.zstd_level);
     let mut results = tokio::task::spawn_blocking(move || cpu_measurements(chunk_size, level, duration))
@@ -129,16 +126,7 @@ impl Samples {
     fn new(chunk_size: usize) -> anyhow::Result<Self> {
         let mut random = vec![0u8; chunk_size];
         fill_random(&mut random)?;
-        let words = [
-            "kernel",
-            "config",
-            "libc.so.6",
-            "/usr/share/doc",
-            "0x7fff",
-            "systemd",
-            "error",
-            "= 42;\n",
-        ];
+        let words = ["kernel", "config", "libc.so.6", "/usr/share/doc", "0x7fff", "systemd", "error", "= 42;\n"];
         let mut text = Vec::with_capacity(chunk_size + 64);
         let mut state = 0x9e37_79b9_u32;
         while text.len() < chunk_size {
@@ -177,11 +165,7 @@ fn cpu_measurements(chunk_size: usize, level: i32, duration: Duration) -> anyhow
     fill_random(&mut aead_key)?;
     let aead = Aead::new(&aead_key);
     let name = b"benchmark";
-    let one = |name: &str, bps: f64| Measurement {
-        name: name.to_string(),
-        threads: 1,
-        bytes_per_second: bps,
-    };
+    let one = |name: &str, bps: f64| Measurement { name: name.to_string(), threads: 1, bytes_per_second: bps };
 
     let compressed = plain.seal(name, &samples.text, true)?;
     let encrypted = aead.seal(name, &samples.random)?;
@@ -214,11 +198,7 @@ fn cpu_measurements(chunk_size: usize, level: i32, duration: Duration) -> anyhow
         ),
         one(
             "decrypt: AES-256-GCM",
-            throughput(duration, || {
-                aead.open(name, &encrypted)
-                    .map(|p| p.len())
-                    .context("decryption failed")
-            })?,
+            throughput(duration, || aead.open(name, &encrypted).map(|p| p.len()).context("decryption failed"))?,
         ),
     ];
 
@@ -280,22 +260,14 @@ async fn store_measurements(location: &str, args: &BenchmarkArgs) -> anyhow::Res
         .with_context(|| format!("upload to {location}"))?;
         let upload = start.elapsed();
         let start = Instant::now();
-        for_each_parallel(
-            &paths,
-            parallel,
-            |store, path| async move { store.get(&path).await.map(drop) },
-            &store,
-        )
-        .await
-        .with_context(|| format!("download from {location}"))?;
+        for_each_parallel(&paths, parallel, |store, path| async move { store.get(&path).await.map(drop) }, &store)
+            .await
+            .with_context(|| format!("download from {location}"))?;
         anyhow::Ok((upload, start.elapsed()))
     }
     .await;
     // Clean up even after a failure, then report the failure.
-    store
-        .delete_many(paths)
-        .await
-        .with_context(|| format!("removing {prefix}/ from {location}"))?;
+    store.delete_many(paths).await.with_context(|| format!("removing {prefix}/ from {location}"))?;
     let (upload, download) = timed?;
     let total = (args.object_size * args.objects) as f64;
     let measure = |what: &str, time: Duration| Measurement {

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use xenvault_engine::Value;
 use xenvault_engine::config::{ConfigStore, PoolEntry, TlsTrust};
 use xenvault_engine::host::Host;
 use xenvault_engine::job::{self, BackupOptions};
@@ -13,7 +14,6 @@ use xenvault_engine::selection::Selector;
 use xenvault_engine::store::Store;
 use xenvault_engine::strategy::Level;
 use xenvault_sim::{DemoDisks, SimConfig, Simulator};
-use xenvault_engine::Value;
 
 /// Used when XENVAULT_PASSPHRASE is not set: the demo repository is not a secret.
 const DEMO_PASSPHRASE: &str = "xenvault-demo";
@@ -41,7 +41,9 @@ pub async fn run(command: Commands) -> anyhow::Result<ExitCode> {
     let passphrase = match std::env::var("XENVAULT_PASSPHRASE") {
         Ok(p) if !p.is_empty() => p,
         _ => {
-            println!("   repository passphrase: {DEMO_PASSPHRASE:?} (the demo's fixed one; set XENVAULT_PASSPHRASE to choose)");
+            println!(
+                "   repository passphrase: {DEMO_PASSPHRASE:?} (the demo's fixed one; set XENVAULT_PASSPHRASE to choose)"
+            );
             DEMO_PASSPHRASE.to_owned()
         }
     };
@@ -109,7 +111,11 @@ async fn demo(host: &Host, store: &Store) -> anyhow::Result<ExitCode> {
             })
         })
         .collect();
-    crate::output::table(&["LEVEL", "VM", "DISK", "STRATEGY", "READ", "CHANGED", "STORED", "TIME"], &rows, &[2, 4, 5, 6, 7]);
+    crate::output::table(
+        &["LEVEL", "VM", "DISK", "STRATEGY", "READ", "CHANGED", "STORED", "TIME"],
+        &rows,
+        &[2, 4, 5, 6, 7],
+    );
     let failed = full.totals.vms_failed + incremental.totals.vms_failed;
     if failed > 0 || bad > 0 {
         println!("{failed} VM backup(s) failed, {bad} disk(s) did not verify");
@@ -117,8 +123,14 @@ async fn demo(host: &Host, store: &Store) -> anyhow::Result<ExitCode> {
     }
     // A hint that works as typed: the binary by its full path, the repository by an absolute one.
     let binary = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "xenvault".into());
-    let repo = std::path::absolute(store.location()).map(|p| p.display().to_string()).unwrap_or_else(|_| store.location().to_owned());
-    let secret = if std::env::var("XENVAULT_PASSPHRASE").is_ok_and(|p| !p.is_empty()) { String::new() } else { format!("XENVAULT_PASSPHRASE={DEMO_PASSPHRASE:?} ") };
+    let repo = std::path::absolute(store.location())
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| store.location().to_owned());
+    let secret = if std::env::var("XENVAULT_PASSPHRASE").is_ok_and(|p| !p.is_empty()) {
+        String::new()
+    } else {
+        format!("XENVAULT_PASSPHRASE={DEMO_PASSPHRASE:?} ")
+    };
     println!("all restore points verified; list them with:\n  {secret}{binary} snapshots --repo {repo}");
     Ok(ExitCode::SUCCESS)
 }
@@ -154,7 +166,13 @@ async fn verify(store: &Store, report: &JobReport, expected: &BTreeMap<String, S
         for disk in &vm.disks {
             let digest = store.disk_sha256(id, &disk.position).await?;
             let ok = expected.get(&disk.vdi_uuid) == Some(&digest);
-            println!("   {} {} disk {}: {}", id.get(..8).unwrap_or(id), vm.vm_name, disk.position, if ok { "ok" } else { "DIFFERS" });
+            println!(
+                "   {} {} disk {}: {}",
+                id.get(..8).unwrap_or(id),
+                vm.vm_name,
+                disk.position,
+                if ok { "ok" } else { "DIFFERS" }
+            );
             bad += usize::from(!ok);
         }
     }

@@ -56,7 +56,10 @@ mod tests {
     #[test]
     fn chain_says_each_message_once_and_keeps_the_code() {
         let inner = std::io::Error::other("connection refused");
-        let e = anyhow::Error::new(inner).context("XenAPI: connection refused").context("logging in to pool lab").context(ExitKind::Auth);
+        let e = anyhow::Error::new(inner)
+            .context("XenAPI: connection refused")
+            .context("logging in to pool lab")
+            .context(ExitKind::Auth);
         assert_eq!(chain_text(&e), "logging in to pool lab: XenAPI: connection refused");
         assert_eq!(code_for(&e), ExitCode::from(AUTH));
     }

@@ -53,5 +53,8 @@ pub fn table(header: &[&str], rows: &[Vec<String>], right: &[usize]) {
             .collect();
         text.join("  ").trim_end().to_owned()
     };
-    lines(std::iter::once(line(header.to_vec())).chain(rows.iter().map(|row| line(row.iter().map(String::as_str).collect()))));
+    lines(
+        std::iter::once(line(header.to_vec()))
+            .chain(rows.iter().map(|row| line(row.iter().map(String::as_str).collect()))),
+    );
 }

@@ -141,7 +141,8 @@ fn usage(message: String) -> anyhow::Error {
 
 /// `http(s)://host[:port]`, nothing else.
 fn check_url(text: &str) -> Result<url::Url> {
-    let url = url::Url::parse(text).map_err(|e| usage(format!("--url {text:?} is not a URL ({e}); e.g. https://10.0.0.1")))?;
+    let url = url::Url::parse(text)
+        .map_err(|e| usage(format!("--url {text:?} is not a URL ({e}); e.g. https://10.0.0.1")))?;
     if !matches!(url.scheme(), "https" | "http") || url.host_str().is_none_or(str::is_empty) {
         return Err(usage(format!("--url {text:?}: give https://HOST (or http://HOST)")));
     }
@@ -188,9 +189,11 @@ async fn settle_trust(login: &mut PoolLogin, trust: &TrustArgs, url: &url::Url) 
     };
     let host = url.host_str().unwrap_or_default().to_owned();
     let port = url.port_or_known_default().unwrap_or(443);
-    let seen = tokio::task::spawn_blocking(move || xenvault_tls::server_fingerprint(&host, port, std::time::Duration::from_secs(15)))
-        .await?
-        .map_err(|_| anyhow::Error::new(untrusted).context(format!("connecting to {url}")))?;
+    let seen = tokio::task::spawn_blocking(move || {
+        xenvault_tls::server_fingerprint(&host, port, std::time::Duration::from_secs(15))
+    })
+    .await?
+    .map_err(|_| anyhow::Error::new(untrusted).context(format!("connecting to {url}")))?;
     if !crate::prompt::interactive() {
         return Err(usage(format!(
             "{url} presents a certificate this machine does not trust, SHA-256 fingerprint {seen}; compare it with the \
@@ -274,7 +277,10 @@ pub async fn run(command: Commands) -> Result<ExitCode> {
             let store = config.store()?;
             if !store.remove_pool(&name)? {
                 let known: Vec<String> = store.load()?.pools.into_keys().collect();
-                return Err(usage(format!("no pool named {name:?}; registered: {}", if known.is_empty() { "none".into() } else { known.join(", ") })));
+                return Err(usage(format!(
+                    "no pool named {name:?}; registered: {}",
+                    if known.is_empty() { "none".into() } else { known.join(", ") }
+                )));
             }
             println!("pool {name} removed from {}", store.path().display());
             Ok(ExitCode::SUCCESS)
@@ -288,8 +294,10 @@ pub async fn run(command: Commands) -> Result<ExitCode> {
                     .collect();
                 print_json(&list)?;
             } else {
-                let rows: Vec<Vec<String>> =
-                    pools.iter().map(|(name, p)| vec![name.clone(), p.url.clone(), p.user.clone(), trust_text(&p.tls)]).collect();
+                let rows: Vec<Vec<String>> = pools
+                    .iter()
+                    .map(|(name, p)| vec![name.clone(), p.url.clone(), p.user.clone(), trust_text(&p.tls)])
+                    .collect();
                 table(&["NAME", "URL", "USER", "CERTIFICATE"], &rows, &[]);
             }
             Ok(ExitCode::SUCCESS)
@@ -303,7 +311,11 @@ pub async fn run(command: Commands) -> Result<ExitCode> {
                 print_json(&summary)?;
             } else {
                 // xapi leaves a pool's name empty until someone sets it; XenCenter shows the master then.
-                let label = if summary.pool_name.is_empty() { format!("unnamed pool of {}", summary.master) } else { summary.pool_name.clone() };
+                let label = if summary.pool_name.is_empty() {
+                    format!("unnamed pool of {}", summary.master)
+                } else {
+                    summary.pool_name.clone()
+                };
                 println!(
                     "pool {name}: {label} ({}), master {}, {} host(s), {} VM(s), API {}",
                     summary.pool_uuid, summary.master, summary.hosts, summary.vms, summary.api_version
@@ -326,7 +338,10 @@ pub async fn run(command: Commands) -> Result<ExitCode> {
             let rows: Vec<Vec<String>> = vms
                 .iter()
                 .map(|v| {
-                    let last = v.last_restore_point.as_ref().map(|p| format!("{} {}", &p.id[..p.id.len().min(8)], time(p.time)));
+                    let last = v
+                        .last_restore_point
+                        .as_ref()
+                        .map(|p| format!("{} {}", &p.id[..p.id.len().min(8)], time(p.time)));
                     vec![
                         v.name.clone(),
                         v.uuid.clone(),
@@ -353,7 +368,11 @@ pub async fn run(command: Commands) -> Result<ExitCode> {
             let rows: Vec<Vec<String>> = srs
                 .iter()
                 .map(|s| {
-                    let notes = [(s.default, "default"), (s.shared, "shared")].iter().filter(|(on, _)| *on).map(|(_, n)| *n).collect::<Vec<_>>();
+                    let notes = [(s.default, "default"), (s.shared, "shared")]
+                        .iter()
+                        .filter(|(on, _)| *on)
+                        .map(|(_, n)| *n)
+                        .collect::<Vec<_>>();
                     vec![s.name.clone(), s.uuid.clone(), s.kind.clone(), human(s.size), human(s.used), notes.join(",")]
                 })
                 .collect();
@@ -370,7 +389,9 @@ pub async fn run(command: Commands) -> Result<ExitCode> {
             }
             let rows: Vec<Vec<String>> = networks
                 .iter()
-                .map(|n| vec![n.name.clone(), n.uuid.clone(), n.bridge.clone(), n.vifs.to_string(), n.purpose.join(",")])
+                .map(|n| {
+                    vec![n.name.clone(), n.uuid.clone(), n.bridge.clone(), n.vifs.to_string(), n.purpose.join(",")]
+                })
                 .collect();
             table(&["NAME", "UUID", "BRIDGE", "VIFS", "PURPOSE"], &rows, &[3]);
             Ok(ExitCode::SUCCESS)

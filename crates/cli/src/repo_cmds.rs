@@ -120,7 +120,8 @@ fn password_command(command: &str) -> Result<Secret> {
     if !out.status.success() {
         return Err(anyhow!("--password-command {command:?} failed ({})", out.status));
     }
-    let text = String::from_utf8(out.stdout).map_err(|_| anyhow!("--password-command printed something that is not UTF-8"))?;
+    let text =
+        String::from_utf8(out.stdout).map_err(|_| anyhow!("--password-command printed something that is not UTF-8"))?;
     let line = text.lines().next().unwrap_or_default();
     if line.is_empty() {
         return Err(anyhow!("--password-command {command:?} printed no passphrase").context(ExitKind::Usage));
@@ -150,7 +151,9 @@ fn passphrase(file: Option<&Path>, var: &str) -> Result<Option<Secret>> {
 pub(crate) fn classify(e: xenvault_repo::Error) -> anyhow::Error {
     use xenvault_repo::backend::BackendError;
     let kind = match e {
-        xenvault_repo::Error::WrongKey | xenvault_repo::Error::Backend(BackendError::AccessDenied { .. }) => Some(ExitKind::Auth),
+        xenvault_repo::Error::WrongKey | xenvault_repo::Error::Backend(BackendError::AccessDenied { .. }) => {
+            Some(ExitKind::Auth)
+        }
         xenvault_repo::Error::KeyNeeded => Some(ExitKind::Usage),
         _ => None,
     };
@@ -295,7 +298,11 @@ async fn init(a: InitArgs) -> Result<ExitCode> {
     let opts = InitOptions {
         encryption,
         secret,
-        kdf: KdfParams { memory_kib: a.kdf_memory_mib.saturating_mul(1024), iterations: a.kdf_iterations, parallelism: 1 },
+        kdf: KdfParams {
+            memory_kib: a.kdf_memory_mib.saturating_mul(1024),
+            iterations: a.kdf_iterations,
+            parallelism: 1,
+        },
         chunk_size: a.chunk_size,
         pack_size: a.pack_size,
         zstd_level: a.zstd_level,
@@ -353,17 +360,24 @@ pub struct BackupImageArgs {
 
 async fn backup_image(a: BackupImageArgs) -> Result<ExitCode> {
     // Every file is checked before the repository is locked.
-    let sources = a.files.iter().map(|path| xenvault_repo::open_image(path, a.format)).collect::<Result<Vec<_>, _>>().map_err(classify)?;
+    let sources = a
+        .files
+        .iter()
+        .map(|path| xenvault_repo::open_image(path, a.format))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(classify)?;
     let repo = a.repo.open().await?;
     let first = std::path::absolute(&a.files[0])?;
     let source_id = a.source_id.clone().unwrap_or_else(|| first.display().to_string());
     let name = first.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let session = repo.start_backup(SourceInfo { id: source_id, kind: "image".into(), name }).await.map_err(classify)?;
+    let session =
+        repo.start_backup(SourceInfo { id: source_id, kind: "image".into(), name }).await.map_err(classify)?;
     let started = std::time::Instant::now();
     let mut files = Vec::new();
     for (i, (path, source)) in a.files.iter().zip(sources).enumerate() {
         let bar = bytes_bar(source.size(), a.json, &path.display().to_string());
-        let disk_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| format!("disk{i}"));
+        let disk_name =
+            path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| format!("disk{i}"));
         let position = u32::try_from(i)?;
         let mut w = session.disk_writer(position, &disk_name, "", source.size(), None).await.map_err(classify)?;
         w.set_progress(progress_of(&bar));
@@ -428,7 +442,8 @@ fn parse_date_or_time(s: &str, end_of_day: bool) -> Result<chrono::DateTime<chro
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
         return Ok(t.with_timezone(&chrono::Utc));
     }
-    let day = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| format!("{s:?}: give YYYY-MM-DD or an RFC 3339 time"))?;
+    let day = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .map_err(|_| format!("{s:?}: give YYYY-MM-DD or an RFC 3339 time"))?;
     let time = if end_of_day { day.and_hms_opt(23, 59, 59) } else { day.and_hms_opt(0, 0, 0) };
     time.map(|t| t.and_utc()).ok_or_else(|| format!("{s:?}: not a time"))
 }
@@ -445,7 +460,9 @@ fn parse_time_end(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
 pub(crate) fn select_error(e: SelectError) -> anyhow::Error {
     match e {
         SelectError::Repo(e) => classify(e),
-        e @ (SelectError::TooShort { .. } | SelectError::Ambiguous { .. }) => anyhow::Error::new(e).context(ExitKind::Usage),
+        e @ (SelectError::TooShort { .. } | SelectError::Ambiguous { .. }) => {
+            anyhow::Error::new(e).context(ExitKind::Usage)
+        }
         e => anyhow::Error::new(e),
     }
 }
@@ -628,7 +645,8 @@ async fn forget(a: ForgetArgs) -> Result<ExitCode> {
     };
     let points = repo.snapshots().await.map_err(classify)?;
     let plan = if a.ids.is_empty() {
-        let all: Vec<_> = points.iter().filter(|m| a.source.as_deref().is_none_or(|s| select::is_of_source(m, s))).cloned().collect();
+        let all: Vec<_> =
+            points.iter().filter(|m| a.source.as_deref().is_none_or(|s| select::is_of_source(m, s))).cloned().collect();
         xenvault_repo::prune::plan(&all, &policy).map_err(classify)?
     } else {
         if !policy.is_empty() {
@@ -662,7 +680,9 @@ async fn forget(a: ForgetArgs) -> Result<ExitCode> {
             // The rules that keep it; a removed point matches none (or was named).
             let rule = match plan.reasons.get(id).map(Vec::as_slice) {
                 Some([one]) => one.to_string(),
-                Some(several) => format!("several ({})", several.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")),
+                Some(several) => {
+                    format!("several ({})", several.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))
+                }
                 None if a.ids.is_empty() => "no rule".to_owned(),
                 None => "named".to_owned(),
             };
@@ -704,7 +724,11 @@ pub struct PruneArgs {
 async fn prune(a: PruneArgs) -> Result<ExitCode> {
     let repo = a.repo.open().await?;
     let r = xenvault_repo::gc::gc(&repo).await.map_err(classify)?;
-    if a.json { print_json(&r)? } else { print_gc(&r) }
+    if a.json {
+        print_json(&r)?
+    } else {
+        print_gc(&r)
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -766,7 +790,11 @@ impl NewKeyArgs {
     }
 
     fn params(&self) -> KdfParams {
-        KdfParams { memory_kib: self.kdf_memory_mib.saturating_mul(1024), iterations: self.kdf_iterations, parallelism: 1 }
+        KdfParams {
+            memory_kib: self.kdf_memory_mib.saturating_mul(1024),
+            iterations: self.kdf_iterations,
+            parallelism: 1,
+        }
     }
 }
 
@@ -872,9 +900,23 @@ async fn stats(a: StatsArgs) -> Result<ExitCode> {
     let mut rows: Vec<Vec<String>> = s
         .sources
         .iter()
-        .map(|v| vec![v.name.clone(), v.id.clone(), v.restore_points.to_string(), human(v.logical_bytes), human(v.stored_bytes)])
+        .map(|v| {
+            vec![
+                v.name.clone(),
+                v.id.clone(),
+                v.restore_points.to_string(),
+                human(v.logical_bytes),
+                human(v.stored_bytes),
+            ]
+        })
         .collect();
-    rows.push(vec!["total".into(), String::new(), s.restore_points.to_string(), human(s.logical_bytes), human(s.stored_bytes)]);
+    rows.push(vec![
+        "total".into(),
+        String::new(),
+        s.restore_points.to_string(),
+        human(s.logical_bytes),
+        human(s.stored_bytes),
+    ]);
     crate::output::table(&["VM", "ID", "RESTORE POINTS", "DISK DATA", "STORED"], &rows, &[2, 3, 4]);
     println!("deduplication and compression: {:.1}x (disk data restorable per byte stored)", s.dedup_ratio);
     Ok(ExitCode::SUCCESS)
@@ -942,7 +984,11 @@ async fn tag(a: TagArgs) -> Result<ExitCode> {
     if a.json {
         print_json(&serde_json::json!({"id": point.id, "tags": tags}))?;
     } else {
-        println!("restore point {}: tags {}", point.short_id(), if tags.is_empty() { "(none)".to_owned() } else { tags.join(", ") });
+        println!(
+            "restore point {}: tags {}",
+            point.short_id(),
+            if tags.is_empty() { "(none)".to_owned() } else { tags.join(", ") }
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

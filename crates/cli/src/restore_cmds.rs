@@ -8,13 +8,13 @@ use clap::{Args, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use xenvault_engine::inventory::{self, Kind};
 use xenvault_fsread::{Entry, EntryKind};
 use xenvault_repo::{DiskReader, Repository};
 use xenvault_restore::RepoDisk;
 use xenvault_restore::export::{DiskFormat, export};
 use xenvault_restore::files::StoredFs;
 use xenvault_restore::nbd::{DiskExport, SingleExport};
-use xenvault_engine::inventory::{self, Kind};
 use xenvault_tls::ServerIdentity;
 
 #[derive(Subcommand)]
@@ -72,7 +72,9 @@ async fn diff(a: DiffArgs) -> Result<ExitCode> {
         let m = restore_point(&repo, id, a.source.as_deref()).await?;
         let disk = m.disk(a.disk.as_deref()).map_err(classify)?;
         let reader = Arc::new(DiskReader::new(&repo, disk).await.map_err(classify)?);
-        let fs = StoredFs::open(RepoDisk::new(reader, tokio::runtime::Handle::current()), a.partition.clone()).await.map_err(restore_error)?;
+        let fs = StoredFs::open(RepoDisk::new(reader, tokio::runtime::Handle::current()), a.partition.clone())
+            .await
+            .map_err(restore_error)?;
         file_systems.push(fs);
     }
     let report = xenvault_restore::diff::diff(&file_systems[0], &file_systems[1]).await.map_err(restore_error)?;
@@ -89,7 +91,10 @@ async fn diff(a: DiffArgs) -> Result<ExitCode> {
         let what = if c.what.is_empty() { String::new() } else { format!("  ({})", c.what.join(", ")) };
         format!("{sign} {}{what}", c.path)
     });
-    let total = format!("{} added, {} removed, {} modified, {} unchanged", report.added, report.removed, report.modified, report.unchanged);
+    let total = format!(
+        "{} added, {} removed, {} modified, {} unchanged",
+        report.added, report.removed, report.modified, report.unchanged
+    );
     crate::output::lines(changes.chain(std::iter::once(total)));
     Ok(ExitCode::SUCCESS)
 }
@@ -109,9 +114,10 @@ async fn mount(a: MountArgs) -> Result<ExitCode> {
     let fs = a.disk.file_system(a.partition.clone()).await?;
     let name = format!("xenvault:{}:{}", a.disk.id, fs.volume().name);
     let mountpoint = a.mountpoint.clone();
-    let mounted = tokio::task::spawn_blocking(move || xenvault_restore::mount::mount(&fs, &mountpoint, &name))
-        .await?
-        .map_err(|e| anyhow!("mounting on {} (FUSE: needs /dev/fuse and root or fusermount3): {e}", a.mountpoint.display()))?;
+    let mounted =
+        tokio::task::spawn_blocking(move || xenvault_restore::mount::mount(&fs, &mountpoint, &name)).await?.map_err(
+            |e| anyhow!("mounting on {} (FUSE: needs /dev/fuse and root or fusermount3): {e}", a.mountpoint.display()),
+        )?;
     println!("mounted read-only on {}; Ctrl-C unmounts", a.mountpoint.display());
     use std::io::Write;
     std::io::stdout().flush()?;
@@ -123,7 +129,9 @@ async fn mount(a: MountArgs) -> Result<ExitCode> {
             _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
         }
     }
-    tokio::task::spawn_blocking(move || mounted.unmount()).await?.map_err(|e| anyhow!("unmounting {}: {e}", a.mountpoint.display()))?;
+    tokio::task::spawn_blocking(move || mounted.unmount())
+        .await?
+        .map_err(|e| anyhow!("unmounting {}: {e}", a.mountpoint.display()))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -183,7 +191,11 @@ fn describe(d: &xenvault_restore::vm::DiskRestore) -> String {
             xenvault_restore::differential::Method::Cbt => "CBT",
             xenvault_restore::differential::Method::Hash => "chunk hashes",
         };
-        line += &format!(", {} of the disk compared; differences by {method} ({})", human(d.bytes_compared), d.method_reason.as_deref().unwrap_or(""));
+        line += &format!(
+            ", {} of the disk compared; differences by {method} ({})",
+            human(d.bytes_compared),
+            d.method_reason.as_deref().unwrap_or("")
+        );
     }
     line
 }
@@ -201,31 +213,55 @@ async fn restore_disk(a: RestoreDiskArgs) -> Result<ExitCode> {
             let vdi_uuid = resolve(&client, Kind::Vdi, vdi).await?;
             let users = inventory::vdi_users(&client, &vdi_uuid).await.map_err(crate::backup_cmds::auth_kind)?;
             if let Some(vm) = users.first() {
-                let what = format!("--vdi {vdi} is a disk of VM {} ({}, {}): restoring replaces its content", vm.name, vm.uuid, vm.power_state);
+                let what = format!(
+                    "--vdi {vdi} is a disk of VM {} ({}, {}): restoring replaces its content",
+                    vm.name, vm.uuid, vm.power_state
+                );
                 crate::prompt::confirm_by_name(&what, &vm.name, a.yes)?;
             }
             DiskTarget::Existing { vdi_uuid }
         }
         (None, sr) => {
             let attach = match a.attach.as_deref().zip(a.device.clone()) {
-                Some((vm, userdevice)) => Some(Attach { vm_uuid: resolve(&client, Kind::Vm, vm).await?, userdevice, plug: a.plug }),
+                Some((vm, userdevice)) => {
+                    Some(Attach { vm_uuid: resolve(&client, Kind::Vm, vm).await?, userdevice, plug: a.plug })
+                }
                 None => None,
             };
-            DiskTarget::New { sr_uuid: resolve(&client, Kind::Sr, sr.as_deref().unwrap_or_default()).await?, name_label: a.name.clone(), attach }
+            DiskTarget::New {
+                sr_uuid: resolve(&client, Kind::Sr, sr.as_deref().unwrap_or_default()).await?,
+                name_label: a.name.clone(),
+                attach,
+            }
         }
     };
     let opts = DiskRestoreOptions { differential: a.differential, force: a.force };
     let bar = bytes_bar(record.size, a.json, &record.name);
-    let report = xenvault_restore::disk::restore_disk(&client, &repo, &m, a.disk.disk.as_deref(), &target, &opts, Some(progress_of(&bar)))
-        .await
-        .map_err(restore_error)?;
+    let report = xenvault_restore::disk::restore_disk(
+        &client,
+        &repo,
+        &m,
+        a.disk.disk.as_deref(),
+        &target,
+        &opts,
+        Some(progress_of(&bar)),
+    )
+    .await
+    .map_err(restore_error)?;
     bar.finish_and_clear();
     if a.json {
         print_json(&report)?;
     } else {
         let d = &report.disk;
         let what = if report.created { "new VDI" } else { "VDI" };
-        println!("restored disk {} of {} to {what} {} ({}) in {:.1} s", d.position, m.short_id(), report.name_label, d.vdi_uuid, d.seconds);
+        println!(
+            "restored disk {} of {} to {what} {} ({}) in {:.1} s",
+            d.position,
+            m.short_id(),
+            report.name_label,
+            d.vdi_uuid,
+            d.seconds
+        );
         println!("  {}", describe(d));
         if let Some(vbd) = &report.vbd_uuid {
             println!("  attached as VBD {vbd}{}", if report.plugged { ", plugged" } else { "" });
@@ -312,17 +348,31 @@ async fn restore_vm(a: RestoreVmArgs) -> Result<ExitCode> {
     };
     let bar = bytes_bar(m.total_size(), a.json, &m.source.name);
     let progress = progress_of(&bar);
-    let report = xenvault_restore::vm::restore_vm(&client, &repo, &m, &opts, Some(progress)).await.map_err(restore_error)?;
+    let report =
+        xenvault_restore::vm::restore_vm(&client, &repo, &m, &opts, Some(progress)).await.map_err(restore_error)?;
     bar.finish_and_clear();
     if a.start {
-        inventory::start_vm(&client, &report.vm_uuid).await.map_err(crate::backup_cmds::auth_kind).context("starting the restored VM")?;
+        inventory::start_vm(&client, &report.vm_uuid)
+            .await
+            .map_err(crate::backup_cmds::auth_kind)
+            .context("starting the restored VM")?;
     }
     let after = inventory::vm_state(&client, &report.vm_uuid).await.map_err(crate::backup_cmds::auth_kind)?;
     let power_state_after = after.map(|vm| vm.power_state);
     if a.json {
-        print_json(&VmRestoreOutput { report: &report, power_state_before: before.as_ref().map(|vm| vm.power_state.clone()), power_state_after })?;
+        print_json(&VmRestoreOutput {
+            report: &report,
+            power_state_before: before.as_ref().map(|vm| vm.power_state.clone()),
+            power_state_after,
+        })?;
     } else {
-        println!("restored {} as VM {} ({}) in {:.1} s", m.short_id(), report.name_label, report.vm_uuid, report.seconds);
+        println!(
+            "restored {} as VM {} ({}) in {:.1} s",
+            m.short_id(),
+            report.name_label,
+            report.vm_uuid,
+            report.seconds
+        );
         match (&before, &power_state_after) {
             (Some(vm), Some(now)) => println!("  power state: {} before, {now} now", vm.power_state),
             (None, Some(now)) => println!("  power state: {now}"),
@@ -354,7 +404,11 @@ async fn resolve(client: &xenvault_xapi::Client, kind: Kind, wanted: &str) -> Re
 }
 
 /// OLD=NEW mappings with each NEW resolved to a uuid.
-async fn resolve_targets(client: &xenvault_xapi::Client, kind: Kind, map: &[(String, String)]) -> Result<Vec<(String, String)>> {
+async fn resolve_targets(
+    client: &xenvault_xapi::Client,
+    kind: Kind,
+    map: &[(String, String)],
+) -> Result<Vec<(String, String)>> {
     let mut out = Vec::new();
     for (old, new) in map {
         out.push((old.clone(), resolve(client, kind, new).await?));
@@ -496,15 +550,28 @@ fn print_entries(entries: &[Entry], json: bool, long: bool) -> Result<()> {
         return print_json(&entries);
     }
     if !long {
-        crate::output::lines(entries.iter().map(|e| format!("{}{}", e.path, if e.kind == EntryKind::Dir && e.path != "/" { "/" } else { "" })));
+        crate::output::lines(
+            entries
+                .iter()
+                .map(|e| format!("{}{}", e.path, if e.kind == EntryKind::Dir && e.path != "/" { "/" } else { "" })),
+        );
         return Ok(());
     }
     let rows: Vec<Vec<String>> = entries
         .iter()
         .map(|e| {
-            let time = chrono::DateTime::from_timestamp(e.mtime, e.mtime_nsec).map(crate::output::time).unwrap_or_else(|| e.mtime.to_string());
+            let time = chrono::DateTime::from_timestamp(e.mtime, e.mtime_nsec)
+                .map(crate::output::time)
+                .unwrap_or_else(|| e.mtime.to_string());
             let link = e.symlink_target.as_deref().map(|t| format!(" -> {t}")).unwrap_or_default();
-            vec![mode_string(e.kind, e.mode), e.uid.to_string(), e.gid.to_string(), e.size.to_string(), time, format!("{}{link}", e.path)]
+            vec![
+                mode_string(e.kind, e.mode),
+                e.uid.to_string(),
+                e.gid.to_string(),
+                e.size.to_string(),
+                time,
+                format!("{}{link}", e.path),
+            ]
         })
         .collect();
     crate::output::table(&["MODE", "UID", "GID", "SIZE", "MODIFIED", "PATH"], &rows, &[1, 2, 3]);
@@ -608,10 +675,12 @@ async fn serve_nbd(a: ServeNbdArgs) -> Result<ExitCode> {
     let (_repo, reader) = a.disk.open().await?;
     let name = reader.disk().name.clone();
     let export = if a.writable_overlay { DiskExport::with_overlay(reader) } else { DiskExport::read_only(reader) };
-    let listener = tokio::net::TcpListener::bind(&a.listen).await.map_err(|e| anyhow!("listening on {}: {e}", a.listen))?;
+    let listener =
+        tokio::net::TcpListener::bind(&a.listen).await.map_err(|e| anyhow!("listening on {}: {e}", a.listen))?;
     let addr = listener.local_addr()?;
     let identity = tls_identity(&a, addr).map_err(|e| e.context("setting up TLS"))?;
-    let tls = identity.as_ref().map(ServerIdentity::server_config).transpose().map_err(|e| anyhow!("setting up TLS: {e}"))?;
+    let tls =
+        identity.as_ref().map(ServerIdentity::server_config).transpose().map_err(|e| anyhow!("setting up TLS: {e}"))?;
     println!("{}://{addr}/{name}", if tls.is_some() { "nbds" } else { "nbd" });
     if let Some(id) = identity.as_ref().filter(|_| a.tls) {
         println!("certificate sha256 {}", id.fingerprint()?);
@@ -651,7 +720,9 @@ async fn export_cmd(a: ExportArgs) -> Result<ExitCode> {
     let bar = bytes_bar(disk.reader().size(), a.json || to_stdout, &disk.reader().disk().name);
     let progress = progress_of(&bar);
     let out = output(&a.to)?;
-    let stats = tokio::task::spawn_blocking(move || export(&disk, format, out, Some(progress))).await?.map_err(restore_error)?;
+    let stats = tokio::task::spawn_blocking(move || export(&disk, format, out, Some(progress)))
+        .await?
+        .map_err(restore_error)?;
     bar.finish_and_clear();
     if a.json {
         print_json(&serde_json::json!({"format": format, "to": a.to, "stats": stats}))?;

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use xenvault_sim::client::SimClient;
-use xenvault_sim::{CallFault, DemoDisks, Faults, SimConfig, Simulator, DEFAULT_PASSWORD};
+use xenvault_sim::{CallFault, DEFAULT_PASSWORD, DemoDisks, Faults, SimConfig, Simulator};
 
 #[derive(Subcommand)]
 pub enum Commands {
@@ -117,7 +117,8 @@ pub async fn run(cmd: Commands) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         SimCommand::Scribble { target, vdi, percent, write_size, seed } => {
-            let params = vec![vdi.into(), percent.to_string().into(), write_size.to_string().into(), seed.to_string().into()];
+            let params =
+                vec![vdi.into(), percent.to_string().into(), write_size.to_string().into(), seed.to_string().into()];
             let count = sim_call(&target, "sim.scribble", params).await?;
             println!("{} writes", count.as_str().unwrap_or("?"));
             Ok(ExitCode::SUCCESS)
@@ -171,7 +172,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     eprintln!("NBD on port {}, state in {}", handle.nbd_port, handle.state_dir.display());
     eprintln!("log in as {} with password {:?}", handle.user, handle.password);
     if !args.plain_http {
-        let fingerprint = xenvault_tls::pem_fingerprint_sha256(handle.cert_pem.as_bytes()).context("reading the simulator's certificate")?;
+        let fingerprint = xenvault_tls::pem_fingerprint_sha256(handle.cert_pem.as_bytes())
+            .context("reading the simulator's certificate")?;
         eprintln!("certificate SHA-256 fingerprint {fingerprint}");
         eprintln!(
             "register it: XENVAULT_POOL_PASSWORD='{}' xenvault pool add sim --url {} --user {} --fingerprint {fingerprint}",

@@ -63,9 +63,22 @@ fn setup(name: &str, bandwidth: u64, latency_ms: u64) -> (PathBuf, Sim, String) 
     let sim = Sim { child, url };
     let password = dir.join("pool.password");
     std::fs::write(&password, xenvault_sim::DEFAULT_PASSWORD).unwrap();
-    ok(xenvault(&dir).args(["pool", "add", "sim", "--url", &sim.url, "--insecure", "--password-file"]).arg(&password).output().unwrap(), "pool add");
+    ok(
+        xenvault(&dir)
+            .args(["pool", "add", "sim", "--url", &sim.url, "--insecure", "--password-file"])
+            .arg(&password)
+            .output()
+            .unwrap(),
+        "pool add",
+    );
     let repo = dir.join("repo").to_str().unwrap().to_owned();
-    ok(xenvault(&dir).args(["init", "--repo", &repo, "--kdf-memory-mib", "1", "--kdf-iterations", "1"]).output().unwrap(), "init");
+    ok(
+        xenvault(&dir)
+            .args(["init", "--repo", &repo, "--kdf-memory-mib", "1", "--kdf-iterations", "1"])
+            .output()
+            .unwrap(),
+        "init",
+    );
     (dir, sim, repo)
 }
 
@@ -84,7 +97,9 @@ async fn leftovers(sim: &Sim) -> (Vec<String>, Option<String>) {
         let field = |name: &str| record.get(name).and_then(Value::as_str).unwrap_or_default().to_owned();
         let other_config = record.get("other_config");
         let tagged = other_config.and_then(|c| c.get("xenvault.snapshot")).is_some();
-        if record.get("is_a_snapshot").and_then(Value::as_bool) == Some(true) && (tagged || field("name_label").starts_with("[xenvault]")) {
+        if record.get("is_a_snapshot").and_then(Value::as_bool) == Some(true)
+            && (tagged || field("name_label").starts_with("[xenvault]"))
+        {
             snapshots.push(field("uuid"));
         }
         if field("name_label") == VM {
@@ -158,7 +173,10 @@ async fn a_second_sigint_quits_at_once_and_the_next_run_cleans_up() {
 
     let client = SimClient::login(&sim.url, xenvault_sim::DEFAULT_PASSWORD).await.unwrap();
     client.call("sim.clear_faults", vec![]).await.unwrap();
-    let report = ok(xenvault(&dir).args(["backup", "--pool", "sim", "--vm", VM, "--repo", &repo, "--json"]).output().unwrap(), "backup");
+    let report = ok(
+        xenvault(&dir).args(["backup", "--pool", "sim", "--vm", VM, "--repo", &repo, "--json"]).output().unwrap(),
+        "backup",
+    );
     let report: serde_json::Value = serde_json::from_str(&report).unwrap();
     assert_eq!(report["vms"][0]["status"], "ok", "{report}");
     let (snapshots, lock) = leftovers(&sim).await;

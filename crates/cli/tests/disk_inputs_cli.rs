@@ -28,7 +28,13 @@ fn ok(out: Output, what: &str) -> String {
 /// A command that must fail with exit 1 and no panic; returns its stderr.
 fn fails(out: Output, what: &str) -> String {
     assert!(!text(&out.stderr).contains("panicked"), "{what} panicked:\n{}", text(&out.stderr));
-    assert_eq!(out.status.code(), Some(FAILURE), "{what}\nstdout: {}\nstderr: {}", text(&out.stdout), text(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(FAILURE),
+        "{what}\nstdout: {}\nstderr: {}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
     text(&out.stderr)
 }
 
@@ -65,7 +71,8 @@ impl Cli {
     }
 
     fn point_count(&self) -> usize {
-        let list: serde_json::Value = serde_json::from_str(&ok(self.run(&["snapshots", "--json"]), "snapshots")).unwrap();
+        let list: serde_json::Value =
+            serde_json::from_str(&ok(self.run(&["snapshots", "--json"]), "snapshots")).unwrap();
         list.as_array().unwrap().len()
     }
 }
@@ -103,20 +110,43 @@ fn disk_positions_select_the_same_disk_in_every_restore_point() {
     let password = cli.dir.join("sim.password");
     std::fs::write(&password, &sim.password).unwrap();
     let fingerprint = xenvault_engine::config::fingerprint_of_pem(&sim.cert_pem).unwrap();
-    ok(cli.run(&["pool", "add", "sim", "--url", &sim.url, "--fingerprint", &fingerprint, "--password-file", password.to_str().unwrap()]), "pool add");
+    ok(
+        cli.run(&[
+            "pool",
+            "add",
+            "sim",
+            "--url",
+            &sim.url,
+            "--fingerprint",
+            &fingerprint,
+            "--password-file",
+            password.to_str().unwrap(),
+        ]),
+        "pool add",
+    );
 
     // The VM's disk at position 0, and a second one of another size at position 5.
     let vms = pool.call("VM.get_by_name_label", vec![Value::from("win-fileserver")]);
     let vm = vms.as_array().unwrap()[0].as_str().unwrap().to_owned();
     let vbds = pool.call("VM.get_VBDs", vec![Value::from(vm.as_str())]);
-    let vbd0 = vbds.as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).find(|v| pool.text("VBD.get_userdevice", &[v]) == "0").unwrap();
+    let vbd0 = vbds
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .find(|v| pool.text("VBD.get_userdevice", &[v]) == "0")
+        .unwrap();
     let vdi0 = pool.text("VBD.get_VDI", &[&vbd0]);
     let sr = pool.text("VDI.get_SR", &[&vdi0]);
     let spec = serde_json::json!({
         "name_label": "data at 5", "name_description": "", "SR": sr, "virtual_size": 8 << 20, "type": "user",
         "sharable": false, "read_only": false, "other_config": {}, "xenstore_data": {}, "sm_config": {}, "tags": [],
     });
-    let vdi5 = pool.call("VDI.create", vec![xenvault_xapi_wire::jsonrpc::from_json(&spec).unwrap()]).as_str().unwrap().to_owned();
+    let vdi5 = pool
+        .call("VDI.create", vec![xenvault_xapi_wire::jsonrpc::from_json(&spec).unwrap()])
+        .as_str()
+        .unwrap()
+        .to_owned();
     let spec = serde_json::json!({
         "VM": vm, "VDI": vdi5, "userdevice": "5", "bootable": false, "mode": "RW", "type": "Disk", "empty": false,
         "unpluggable": false, "other_config": {}, "qos_algorithm_type": "", "qos_algorithm_params": {},
@@ -129,8 +159,11 @@ fn disk_positions_select_the_same_disk_in_every_restore_point() {
     for round in 0..4u8 {
         pool.write(&uuids[0], u64::from(round) << 20, 4096, 0x10 + round);
         pool.write(&uuids[1], u64::from(round) << 20, 8192, 0x50 + round);
-        let report: serde_json::Value =
-            serde_json::from_str(&ok(cli.run(&["backup", "--pool", "sim", "--vm", "win-fileserver", "--json"]), "backup")).unwrap();
+        let report: serde_json::Value = serde_json::from_str(&ok(
+            cli.run(&["backup", "--pool", "sim", "--vm", "win-fileserver", "--json"]),
+            "backup",
+        ))
+        .unwrap();
         let vm = &report["vms"][0];
         assert_eq!(vm["status"], "ok", "{report}");
         if round > 0 {
@@ -143,7 +176,8 @@ fn disk_positions_select_the_same_disk_in_every_restore_point() {
 
     let list: serde_json::Value = serde_json::from_str(&ok(cli.run(&["snapshots", "--json"]), "snapshots")).unwrap();
     for m in list.as_array().unwrap() {
-        let positions: Vec<_> = m["disks"].as_array().unwrap().iter().map(|d| d["position"].as_u64().unwrap()).collect();
+        let positions: Vec<_> =
+            m["disks"].as_array().unwrap().iter().map(|d| d["position"].as_u64().unwrap()).collect();
         assert_eq!(positions, [0, 5], "stored sorted by position: {m}");
     }
     let exported = |id: &str, disk: Option<&str>| {

@@ -87,7 +87,11 @@ fn init_backup_list_restore_verify_damage_heal_forget_prune() {
     let dir = tmp.path();
     let repo = dir.join("repo");
     let repo_s = repo.to_str().unwrap();
-    ok(xenvault(dir, &["init", "--repo", repo_s, "--chunk-size", "64K", "--kdf-memory-mib", "1", "--kdf-iterations", "1"], PASS));
+    ok(xenvault(
+        dir,
+        &["init", "--repo", repo_s, "--chunk-size", "64K", "--kdf-memory-mib", "1", "--kdf-iterations", "1"],
+        PASS,
+    ));
 
     let a = dir.join("a.img");
     let img = image(&a, 1);
@@ -96,7 +100,11 @@ fn init_backup_list_restore_verify_damage_heal_forget_prune() {
     assert_eq!(ids.len(), 1);
 
     let out = dir.join("out.img");
-    ok(xenvault(dir, &["restore-image", &ids[0][..8], "--repo", repo_s, "--to", out.to_str().unwrap(), "--disk", "0"], PASS));
+    ok(xenvault(
+        dir,
+        &["restore-image", &ids[0][..8], "--repo", repo_s, "--to", out.to_str().unwrap(), "--disk", "0"],
+        PASS,
+    ));
     assert_eq!(std::fs::read(&out).unwrap(), img);
     for f in files_under(&repo) {
         assert!(!std::fs::read(&f).unwrap().windows(MARKER.len()).any(|w| w == MARKER), "marker in {f:?}");

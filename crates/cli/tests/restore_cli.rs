@@ -58,7 +58,13 @@ fn no_panic(out: &Output, what: &str) {
 
 fn ok(out: Output, what: &str) -> String {
     no_panic(&out, what);
-    assert!(out.status.success(), "{what}: exit {:?}\nstdout: {}\nstderr: {}", out.status.code(), text(&out.stdout), text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{what}: exit {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        text(&out.stdout),
+        text(&out.stderr)
+    );
     text(&out.stdout)
 }
 
@@ -126,9 +132,23 @@ impl Pool {
         let url = pool.sim.url.clone();
         let file = pool.dir.join("sim.password");
         std::fs::write(&file, &pool.sim.password).unwrap();
-        ok(pool.run(&["pool", "add", "sim", "--url", &url, "--fingerprint", &fingerprint, "--password-file", file.to_str().unwrap()]), "pool add");
+        ok(
+            pool.run(&[
+                "pool",
+                "add",
+                "sim",
+                "--url",
+                &url,
+                "--fingerprint",
+                &fingerprint,
+                "--password-file",
+                file.to_str().unwrap(),
+            ]),
+            "pool add",
+        );
         ok(pool.run(&["init", "--repo", &pool.repo, "--kdf-memory-mib", "1", "--kdf-iterations", "1"]), "init");
-        let report = json(&ok(pool.run(&["backup", "--pool", "sim", "--vm", VM, "--repo", &pool.repo, "--json"]), "backup"));
+        let report =
+            json(&ok(pool.run(&["backup", "--pool", "sim", "--vm", VM, "--repo", &pool.repo, "--json"]), "backup"));
         let vm = &report["vms"][0];
         assert_eq!(vm["status"], "ok", "{report}");
         pool.id = vm["restore_point"].as_str().unwrap().to_owned();
@@ -177,7 +197,11 @@ impl Pool {
 
     fn refs(&self, method: &str, params: &[&str]) -> Vec<String> {
         let v = self.call(method, params);
-        v.as_array().unwrap_or_else(|| panic!("{method}: {v:?}")).iter().map(|r| r.as_str().unwrap().to_owned()).collect()
+        v.as_array()
+            .unwrap_or_else(|| panic!("{method}: {v:?}"))
+            .iter()
+            .map(|r| r.as_str().unwrap().to_owned())
+            .collect()
     }
 
     fn sha256(&self, vdi_uuid: &str) -> String {
@@ -202,7 +226,10 @@ impl Pool {
     }
 
     fn macs(&self, vm_uuid: &str) -> BTreeSet<String> {
-        self.refs("VM.get_VIFs", &[&self.vm_ref(vm_uuid)]).iter().map(|vif| self.call_str("VIF.get_MAC", &[vif])).collect()
+        self.refs("VM.get_VIFs", &[&self.vm_ref(vm_uuid)])
+            .iter()
+            .map(|vif| self.call_str("VIF.get_MAC", &[vif]))
+            .collect()
     }
 
     fn sr_of(&self, vdi_uuid: &str) -> String {
@@ -255,7 +282,10 @@ fn restore_vm_as_new_as_template_onto_an_sr_over_the_original_and_differential()
     assert_eq!(p.call("VM.get_is_a_template", &[&p.vm_ref(new_uuid)]), Value::Bool(false));
     let new_macs = p.macs(new_uuid);
     assert_eq!(new_macs.len(), original_macs.len());
-    assert!(new_macs.is_disjoint(&original_macs), "the original still exists: {new_macs:?} must be fresh MACs, not {original_macs:?}");
+    assert!(
+        new_macs.is_disjoint(&original_macs),
+        "the original still exists: {new_macs:?} must be fresh MACs, not {original_macs:?}"
+    );
 
     let template = p.restore_vm(&["--as-template"]);
     let template_uuid = template["vm_uuid"].as_str().unwrap();
@@ -386,7 +416,8 @@ fn export_every_format_to_a_file_and_to_stdout() {
     let file = |f: &str| dir.join(format!("disk.{f}"));
     let path = |f: &str| file(f).to_str().unwrap().to_owned();
     for format in ["raw", "vhd", "qcow2", "xva"] {
-        let out = ok(p.run(&["export", &p.id, "--disk", "0", "--format", format, "--to", &path(format), "--json"]), format);
+        let out =
+            ok(p.run(&["export", &p.id, "--disk", "0", "--format", format, "--to", &path(format), "--json"]), format);
         assert_eq!(json(&out)["to"], path(format).as_str(), "{out}");
     }
     let raw = path("raw");
@@ -424,7 +455,9 @@ fn check_tree(root: &Path, fs: &FsManifest, label: &str) {
                 }
             }
             EntryKind::Dir => assert!(meta.is_dir(), "{label}:{}", f.path),
-            EntryKind::Symlink => assert_eq!(std::fs::read_link(&local).unwrap().to_str(), f.target.as_deref(), "{label}:{}", f.path),
+            EntryKind::Symlink => {
+                assert_eq!(std::fs::read_link(&local).unwrap().to_str(), f.target.as_deref(), "{label}:{}", f.path)
+            }
         }
     }
 }
@@ -433,12 +466,14 @@ fn check_tree(root: &Path, fs: &FsManifest, label: &str) {
 fn files_ls_and_get_match_what_the_disk_holds() {
     let p = pool();
     let dir = p.scratch("files");
-    let fields: BTreeSet<&str> = ["name", "path", "kind", "size", "mode", "uid", "gid", "mtime", "mtime_nsec", "symlink_target"].into();
+    let fields: BTreeSet<&str> =
+        ["name", "path", "kind", "size", "mode", "uid", "gid", "mtime", "mtime_nsec", "symlink_target"].into();
     for volume in &p.manifest.volumes {
         let Some(fs) = &volume.fs else { continue };
         let part = volume.name.as_str();
         // Every directory lists (JSON, the contract's fields) at least its manifest children.
-        let dirs = std::iter::once("/").chain(fs.files.iter().filter(|f| f.kind == EntryKind::Dir).map(|f| f.path.as_str()));
+        let dirs =
+            std::iter::once("/").chain(fs.files.iter().filter(|f| f.kind == EntryKind::Dir).map(|f| f.path.as_str()));
         for d in dirs {
             let listing = json(&ok(p.run(&["files", "ls", &p.id, "--disk", "0", "--partition", part, d, "--json"]), d));
             let listed: BTreeMap<&str, &serde_json::Value> =
@@ -447,7 +482,9 @@ fn files_ls_and_get_match_what_the_disk_holds() {
                 let keys: BTreeSet<&str> = e.as_object().unwrap().keys().map(String::as_str).collect();
                 assert!(keys.is_subset(&fields) && keys.len() >= fields.len() - 1, "{part}:{d}: {e}");
             }
-            let parent = |path: &str| path.rsplit_once('/').map(|(p, _)| if p.is_empty() { "/" } else { p }).unwrap_or("/").to_owned();
+            let parent = |path: &str| {
+                path.rsplit_once('/').map(|(p, _)| if p.is_empty() { "/" } else { p }).unwrap_or("/").to_owned()
+            };
             for f in fs.files.iter().filter(|f| parent(&f.path) == d) {
                 let e = listed.get(f.path.as_str()).unwrap_or_else(|| panic!("{part}:{d} lacks {}: {listing}", f.path));
                 let kind = match f.kind {
@@ -466,7 +503,22 @@ fn files_ls_and_get_match_what_the_disk_holds() {
         }
         // The whole tree extracts byte-identically.
         let dest = dir.join(part);
-        let stats = json(&ok(p.run(&["files", "get", &p.id, "--disk", "0", "--partition", part, "/", "--to", dest.to_str().unwrap(), "--json"]), part));
+        let stats = json(&ok(
+            p.run(&[
+                "files",
+                "get",
+                &p.id,
+                "--disk",
+                "0",
+                "--partition",
+                part,
+                "/",
+                "--to",
+                dest.to_str().unwrap(),
+                "--json",
+            ]),
+            part,
+        ));
         assert_eq!(stats["files"], fs.files.iter().filter(|f| f.kind == EntryKind::File).count(), "{stats}");
         check_tree(&dest, fs, part);
     }
@@ -474,12 +526,18 @@ fn files_ls_and_get_match_what_the_disk_holds() {
     let ntfs = p.manifest.volumes.iter().find(|v| v.name == "p2").and_then(|v| v.fs.as_ref()).unwrap();
     let wanted = ntfs.files.iter().find(|f| f.path.ends_with("installer.msi")).unwrap();
     let one = dir.join("installer.msi");
-    ok(p.run(&["files", "get", &p.id, "--disk", "0", &wanted.path, "--to", one.to_str().unwrap()]), "files get one file");
+    ok(
+        p.run(&["files", "get", &p.id, "--disk", "0", &wanted.path, "--to", one.to_str().unwrap()]),
+        "files get one file",
+    );
     assert_eq!(Some(sha256_file(&one)), wanted.sha256);
     // `ls` of a file lists the file itself.
     let listing = json(&ok(p.run(&["files", "ls", &p.id, "--disk", "0", &wanted.path, "--json"]), "ls of a file"));
     assert_eq!(listing.as_array().map(Vec::len), Some(1), "{listing}");
-    assert_eq!((&listing[0]["path"], &listing[0]["kind"], &listing[0]["size"]), (&wanted.path.as_str().into(), &"file".into(), &wanted.size.into()));
+    assert_eq!(
+        (&listing[0]["path"], &listing[0]["kind"], &listing[0]["size"]),
+        (&wanted.path.as_str().into(), &"file".into(), &wanted.size.into())
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -581,11 +639,34 @@ fn serve_nbd_plain_and_over_tls() {
     for key in ["ca-key.pem", "server-key.pem"] {
         tool("certtool", &["--generate-privkey", "--key-type=rsa", "--bits=2048", "--outfile", &f(key)]);
     }
-    tool("certtool", &["--generate-self-signed", "--load-privkey", &f("ca-key.pem"), "--template", &f("ca.info"), "--outfile", &f("ca-cert.pem")]);
-    tool("certtool", &[
-        "--generate-certificate", "--load-privkey", &f("server-key.pem"), "--load-ca-certificate", &f("ca-cert.pem"),
-        "--load-ca-privkey", &f("ca-key.pem"), "--template", &f("server.info"), "--outfile", &f("server-cert.pem"),
-    ]);
+    tool(
+        "certtool",
+        &[
+            "--generate-self-signed",
+            "--load-privkey",
+            &f("ca-key.pem"),
+            "--template",
+            &f("ca.info"),
+            "--outfile",
+            &f("ca-cert.pem"),
+        ],
+    );
+    tool(
+        "certtool",
+        &[
+            "--generate-certificate",
+            "--load-privkey",
+            &f("server-key.pem"),
+            "--load-ca-certificate",
+            &f("ca-cert.pem"),
+            "--load-ca-privkey",
+            &f("ca-key.pem"),
+            "--template",
+            &f("server.info"),
+            "--outfile",
+            &f("server-cert.pem"),
+        ],
+    );
     let signed = Foreground::serve_nbd(p, &["--tls-cert", &f("server-cert.pem"), "--tls-key", &f("server-key.pem")]);
     assert!(signed.first.starts_with("nbds://"), "{}", signed.first);
     assert_eq!(read_nbd(&trusting(&signed.first, &pki)), (DISK_SIZE, p.disk_sha256.clone()));
@@ -625,18 +706,34 @@ fn bad_input_exits_with_the_documented_codes() {
     assert!(!Path::new(to).exists(), "a failed export left a file");
     let err = fails(p.run(&["files", "ls", id, "--disk", "0", "--partition", "p9", "--json"]), FAILURE, "partition p9");
     assert!(err.contains("p9") && err.contains("p1, p2"), "{err}");
-    let err = fails(p.run(&["files", "get", id, "--disk", "0", "--partition", "p2", "/no such file", "--to", to]), FAILURE, "missing file");
+    let err = fails(
+        p.run(&["files", "get", id, "--disk", "0", "--partition", "p2", "/no such file", "--to", to]),
+        FAILURE,
+        "missing file",
+    );
     assert!(err.contains("/no such file"), "{err}");
-    let err = fails(p.run(&["restore", "vm", id, "--repo", &p.repo, "--pool", "sim", "--sr", unknown]), FAILURE, "unknown SR");
+    let err = fails(
+        p.run(&["restore", "vm", id, "--repo", &p.repo, "--pool", "sim", "--sr", unknown]),
+        FAILURE,
+        "unknown SR",
+    );
     assert!(err.contains(unknown), "{err}");
     let missing = dir.join("missing.pem");
     let missing = missing.to_str().unwrap();
-    let err = fails(p.run(&["serve-nbd", id, "--listen", "127.0.0.1:0", "--tls-cert", missing, "--tls-key", missing]), FAILURE, "missing cert");
+    let err = fails(
+        p.run(&["serve-nbd", id, "--listen", "127.0.0.1:0", "--tls-cert", missing, "--tls-key", missing]),
+        FAILURE,
+        "missing cert",
+    );
     assert!(err.contains("missing.pem"), "{err}");
     // Immutability asked of a repository that cannot give it: refused before any snapshot.
     let snapshots = || json(&ok(p.run(&["snapshots", "--json"]), "snapshots")).as_array().map(Vec::len);
     let before = snapshots();
-    let err = fails(p.run(&["backup", "--pool", "sim", "--vm", VM, "--repo", &p.repo, "--lock-days", "1"]), FAILURE, "--lock-days on a directory");
+    let err = fails(
+        p.run(&["backup", "--pool", "sim", "--vm", VM, "--repo", &p.repo, "--lock-days", "1"]),
+        FAILURE,
+        "--lock-days on a directory",
+    );
     assert!(err.contains("--lock-days") && err.contains("object lock"), "{err}");
     assert_eq!(snapshots(), before, "no restore point may be made");
 
@@ -649,7 +746,11 @@ fn bad_input_exits_with_the_documented_codes() {
     ] {
         assert!(fails(p.run_with_passphrase(&args, "wrong"), AUTH, &args.join(" ")).contains("wrong passphrase"));
     }
-    let refused = p.command(&["restore", "vm", id, "--repo", &p.repo, "--pool", "sim", "--json"]).env("XENVAULT_POOL_PASSWORD", "wrong").output().unwrap();
+    let refused = p
+        .command(&["restore", "vm", id, "--repo", &p.repo, "--pool", "sim", "--json"])
+        .env("XENVAULT_POOL_PASSWORD", "wrong")
+        .output()
+        .unwrap();
     fails(refused, AUTH, "refused pool credentials");
 
     // Contradictory or malformed arguments: usage.
@@ -683,7 +784,12 @@ fn mount_shows_the_files_the_disk_holds() {
     let mountpoint = dir.join("mnt");
     std::fs::create_dir_all(&mountpoint).unwrap();
     let mnt = mountpoint.to_str().unwrap();
-    let mut child = p.command(&["mount", &p.id, "--disk", "0", "--partition", "p2", mnt]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = p
+        .command(&["mount", &p.id, "--disk", "0", "--partition", "p2", mnt])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     stdout.read_line(&mut line).unwrap();
@@ -719,7 +825,11 @@ fn pools_are_checked_before_saving_and_list_their_inventory() {
     let password = p.sim.password.as_str();
     let listed = || json(&ok(run(&["pool", "list", "--json"], password), "pool list")).as_array().unwrap().len();
 
-    let err = fails(run(&["pool", "add", "lab", "--url", url, "--fingerprint", &fingerprint], "wrong"), AUTH, "wrong password");
+    let err = fails(
+        run(&["pool", "add", "lab", "--url", url, "--fingerprint", &fingerprint], "wrong"),
+        AUTH,
+        "wrong password",
+    );
     assert_eq!(err.matches("SESSION_AUTHENTICATION_FAILED").count(), 1, "the cause said once: {err}");
     fails(run(&["pool", "add", "lab", "--url", "not a url", "--insecure"], password), USAGE, "not a url");
     fails(run(&["pool", "add", "lab", "--url", "ftp://host", "--insecure"], password), USAGE, "not http(s)");
@@ -742,7 +852,8 @@ fn pools_are_checked_before_saving_and_list_their_inventory() {
 
     // Inventory of the shared pool, with the newest restore point of each VM.
     let vms = json(&ok(p.run(&["pool", "vms", "sim", "--json", "--repo", &p.repo]), "pool vms"));
-    let vm = vms.as_array().unwrap().iter().find(|v| v["uuid"] == p.vm_uuid.as_str()).unwrap_or_else(|| panic!("{vms}"));
+    let vm =
+        vms.as_array().unwrap().iter().find(|v| v["uuid"] == p.vm_uuid.as_str()).unwrap_or_else(|| panic!("{vms}"));
     assert_eq!(vm["name"], VM, "{vm}");
     assert_eq!(vm["size"], DISK_SIZE, "{vm}");
     assert!(vm["power_state"].is_string() && vm["last_restore_point"]["id"].is_string(), "{vm}");
@@ -754,10 +865,16 @@ fn pools_are_checked_before_saving_and_list_their_inventory() {
     let hosts = json(&ok(p.run(&["pool", "hosts", "sim", "--json"]), "pool hosts"));
     assert_eq!(hosts.as_array().unwrap().iter().filter(|h| h["master"] == true).count(), 1, "{hosts}");
     let networks = json(&ok(p.run(&["pool", "networks", "sim", "--json"]), "pool networks"));
-    assert!(networks.as_array().unwrap().iter().all(|n| n["uuid"].is_string() && n["bridge"].is_string()), "{networks}");
+    assert!(
+        networks.as_array().unwrap().iter().all(|n| n["uuid"].is_string() && n["bridge"].is_string()),
+        "{networks}"
+    );
 
     // Names work where uuids do; a name that matches nothing lists the candidates.
-    let sr_name = srs.as_array().unwrap().iter().find(|s| s["uuid"] == sr_uuid.as_str()).unwrap()["name"].as_str().unwrap().to_owned();
+    let sr_name = srs.as_array().unwrap().iter().find(|s| s["uuid"] == sr_uuid.as_str()).unwrap()["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let base = ["restore", "disk", p.id.as_str(), "--disk", "0", "--pool", "sim", "--json"];
     let by_name = p.run(&[&base[..], &["--sr", sr_name.as_str()]].concat());
     match srs.as_array().unwrap().iter().filter(|s| s["name"] == sr_name.as_str()).count() {
@@ -784,7 +901,10 @@ fn overwrite_needs_confirmation_and_start_starts() {
     assert_eq!(p.sha256(&p.vdi_uuid), before, "refused overwrite changed the disk");
     let report = json(&ok(p.run(&[&args[..], &["--yes", "--differential"]].concat()), "--overwrite --yes"));
     assert!(report["power_state_before"].is_string() && report["power_state_after"].is_string(), "{report}");
-    let started = json(&ok(p.run(&["restore", "vm", p.id.as_str(), "--pool", "sim", "--as-new", "--start", "--json"]), "--start"));
+    let started = json(&ok(
+        p.run(&["restore", "vm", p.id.as_str(), "--pool", "sim", "--as-new", "--start", "--json"]),
+        "--start",
+    ));
     assert_eq!(started["power_state_after"], "Running", "{started}");
 }
 
@@ -811,7 +931,11 @@ fn restore_points_by_vm_name_and_safe_prefixes() {
     assert!(err.contains("too short") && err.contains(&p.id[..8]), "{err}");
     ok(p.run(&["files", "volumes", &p.id[..6], "--json"]), "six-character prefix");
     ok(p.run(&["files", "volumes", "latest", "--source", VM, "--json"]), "latest of a VM");
-    let err = fails(p.run(&["files", "volumes", "latest", "--source", "no such VM", "--json"]), FAILURE, "latest of an unknown VM");
+    let err = fails(
+        p.run(&["files", "volumes", "latest", "--source", "no such VM", "--json"]),
+        FAILURE,
+        "latest of an unknown VM",
+    );
     assert!(err.contains("no such VM"), "{err}");
 }
 
@@ -848,7 +972,12 @@ fn dump_diff_stats_unlock_and_long_listings() {
     assert!(err.contains("too short"), "{err}");
 
     let stats = json(&ok(p.run(&["stats", "--json"]), "stats"));
-    let vm = stats["sources"].as_array().unwrap().iter().find(|s| s["id"] == p.vm_uuid.as_str()).unwrap_or_else(|| panic!("{stats}"));
+    let vm = stats["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == p.vm_uuid.as_str())
+        .unwrap_or_else(|| panic!("{stats}"));
     assert!(vm["restore_points"].as_u64() >= Some(1) && vm["logical_bytes"].as_u64() >= Some(DISK_SIZE), "{stats}");
     assert!(stats["dedup_ratio"].as_f64().is_some_and(|r| r > 1.0), "{stats}");
     let unlocked = json(&ok(p.run(&["unlock", "--json"]), "unlock"));
@@ -872,10 +1001,17 @@ fn forget_dry_run_shows_vm_and_time() {
     assert!(kept.contains(VM) && kept.contains(" UTC") && kept.contains(" last "), "{out}");
     assert!(out.starts_with("ACTION") && out.contains("1 kept"), "{out}");
     assert!(out.lines().filter(|l| l.starts_with("would remove")).all(|l| l.contains(" no rule ")), "{out}");
-    let plan = json(&ok(p.run(&["forget", "--source", VM, "--keep-last", "1", "--keep-daily", "1", "--dry-run", "--json"]), "forget --json"));
+    let plan = json(&ok(
+        p.run(&["forget", "--source", VM, "--keep-last", "1", "--keep-daily", "1", "--dry-run", "--json"]),
+        "forget --json",
+    ));
     let newest = plan["keep"][0].as_str().unwrap_or_else(|| panic!("{plan}"));
     assert_eq!(plan["reasons"][newest], serde_json::json!(["last", "daily"]), "{plan}");
-    assert_eq!(json(&ok(p.run(&["snapshots", "--json"]), "snapshots")).as_array().map(Vec::len), before, "a dry run removed something");
+    assert_eq!(
+        json(&ok(p.run(&["snapshots", "--json"]), "snapshots")).as_array().map(Vec::len),
+        before,
+        "a dry run removed something"
+    );
 }
 
 /// A backup of a VM name that matches nothing lists the VMs there are.
@@ -900,7 +1036,10 @@ fn tag_adds_and_removes_without_rewriting_the_manifest() {
         list.as_array().unwrap().iter().filter_map(|m| m["id"].as_str().map(str::to_owned)).collect()
     };
     let added = json(&ok(p.run(&["tag", &p.id, "--add", "tag-test", "--add", "kept", "--json"]), "tag --add"));
-    assert!(added["tags"].as_array().is_some_and(|t| t.contains(&"tag-test".into()) && t.contains(&"kept".into())), "{added}");
+    assert!(
+        added["tags"].as_array().is_some_and(|t| t.contains(&"tag-test".into()) && t.contains(&"kept".into())),
+        "{added}"
+    );
     assert_eq!(tagged("tag-test"), vec![p.id.clone()]);
     let out = ok(p.run(&["tag", &p.id, "--remove", "tag-test", "--remove", "kept"]), "tag --remove");
     assert!(out.contains("tags") && !out.contains("tag-test"), "{out}");

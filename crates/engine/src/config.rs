@@ -118,9 +118,11 @@ impl ConfigStore {
             Ok(p) if !p.is_empty() => p,
             _ => {
                 let secrets: Secrets = read_toml(&self.secrets_path())?;
-                secrets.passwords.get(name).cloned().ok_or_else(|| {
-                    Error::Config(format!("no password stored for pool {name:?}"))
-                })?
+                secrets
+                    .passwords
+                    .get(name)
+                    .cloned()
+                    .ok_or_else(|| Error::Config(format!("no password stored for pool {name:?}")))?
             }
         };
         Ok(PoolLogin { name: name.to_owned(), entry, password })
@@ -129,8 +131,8 @@ impl ConfigStore {
 
 /// Reads a password file: the first line, without its line ending.
 pub fn read_password_file(path: &Path) -> Result<String, Error> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
     let password = text.lines().next().unwrap_or_default().to_owned();
     if password.is_empty() {
         return Err(Error::Config(format!("{} holds no password", path.display())));
@@ -155,8 +157,7 @@ pub fn fingerprint_of_pem(pem: &str) -> Option<String> {
 
 fn read_toml<T: Default + for<'de> Deserialize<'de>>(path: &Path) -> Result<T, Error> {
     match std::fs::read_to_string(path) {
-        Ok(text) => toml::from_str(&text)
-            .map_err(|e| Error::Config(format!("{}: {e}", path.display()))),
+        Ok(text) => toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display()))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
         Err(e) => Err(Error::Config(format!("cannot read {}: {e}", path.display()))),
     }

@@ -20,11 +20,7 @@ pub async fn run(phase: &str, command: &str, ctx: &HookContext<'_>) -> Result<()
         .status()
         .await
         .map_err(|e| Error::Hook(format!("{phase} command could not start: {e}")))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(Error::Hook(format!("{phase} command failed ({status})")))
-    }
+    if status.success() { Ok(()) } else { Err(Error::Hook(format!("{phase} command failed ({status})"))) }
 }
 
 /// `sh -c command` with the non-secret part of `inherited` and the VM's identity.
@@ -103,7 +99,16 @@ mod tests {
 
     #[test]
     fn secrets_are_recognised_and_ordinary_variables_kept() {
-        for name in ["XENVAULT_PASSPHRASE", "XENVAULT_POOL_PASSWORD", "AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN", "AZURE_STORAGE_KEY", "AZURE_STORAGE_CONNECTION_STRING", "my_db_password"] {
+        for name in [
+            "XENVAULT_PASSPHRASE",
+            "XENVAULT_POOL_PASSWORD",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SESSION_TOKEN",
+            "AZURE_STORAGE_KEY",
+            "AZURE_STORAGE_CONNECTION_STRING",
+            "my_db_password",
+        ] {
             assert!(is_secret(name), "{name}");
         }
         for name in ["PATH", "HOME", "LANG", "KEYBOARD_LAYOUT"] {

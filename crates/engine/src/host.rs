@@ -1,8 +1,8 @@
 //! The pool as the engine sees it: typed calls over the XenAPI client.
 
+use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 use std::collections::BTreeMap;
-use futures::{StreamExt, TryStreamExt};
 use xenvault_xapi::{Client, Compression, DiskFormat, Ref, TlsMode};
 use xenvault_xapi_wire::Value;
 
@@ -147,7 +147,12 @@ impl Host {
             pool_uuid: pool.get("uuid").and_then(Value::as_str).unwrap_or_default().to_owned(),
             master: host.get("name_label").and_then(Value::as_str).unwrap_or_default().to_owned(),
             hosts: self.hosts().await?.len(),
-            vms: self.vms().await?.iter().filter(|v| !v.is_a_template && !v.is_a_snapshot && !v.is_control_domain).count(),
+            vms: self
+                .vms()
+                .await?
+                .iter()
+                .filter(|v| !v.is_a_template && !v.is_a_snapshot && !v.is_control_domain)
+                .count(),
             api_version,
         })
     }
@@ -222,9 +227,7 @@ impl Host {
 
     pub async fn add_to_other_config(&self, class: &str, reference: &str, key: &str, value: &str) -> Result<(), Error> {
         // add_to_other_config fails on an existing key: remove it first.
-        let _ = self
-            .call(&format!("{class}.remove_from_other_config"), vec![vref(reference), vref(key)])
-            .await;
+        let _ = self.call(&format!("{class}.remove_from_other_config"), vec![vref(reference), vref(key)]).await;
         self.call(&format!("{class}.add_to_other_config"), vec![vref(reference), vref(key), vref(value)])
             .await
             .map(drop)

@@ -68,8 +68,7 @@ mod tests {
     use xenvault_xapi_wire::Value;
 
     fn snap(uuid: &str, time: &str, tags: &[(&str, &str)]) -> Vm {
-        let other: BTreeMap<String, Value> =
-            tags.iter().map(|(k, v)| ((*k).to_owned(), Value::from(*v))).collect();
+        let other: BTreeMap<String, Value> = tags.iter().map(|(k, v)| ((*k).to_owned(), Value::from(*v))).collect();
         let record: BTreeMap<String, Value> = [
             ("uuid".to_owned(), Value::from(uuid)),
             ("snapshot_time".to_owned(), Value::DateTime(time.to_owned())),

@@ -197,8 +197,10 @@ pub async fn vms(client: &Client) -> Result<Vec<VmInfo>, Error> {
         all_records(client, "VDI").await?,
         host_names(client).await?,
     );
-    let vbds: BTreeMap<String, Vbd> = records::all_records(&vbds).into_iter().map(|(r, v)| (r.clone(), Vbd::parse(&r, v))).collect();
-    let vdis: BTreeMap<String, Vdi> = records::all_records(&vdis).into_iter().map(|(r, v)| (r.clone(), Vdi::parse(&r, v))).collect();
+    let vbds: BTreeMap<String, Vbd> =
+        records::all_records(&vbds).into_iter().map(|(r, v)| (r.clone(), Vbd::parse(&r, v))).collect();
+    let vdis: BTreeMap<String, Vdi> =
+        records::all_records(&vdis).into_iter().map(|(r, v)| (r.clone(), Vdi::parse(&r, v))).collect();
     let mut list: Vec<VmInfo> = records::all_records(&vms)
         .into_iter()
         .map(|(r, v)| Vm::parse(&r, v))
@@ -317,7 +319,11 @@ async fn vm_ref(client: &Client, uuid: &str) -> Result<Option<String>, Error> {
 
 async fn vm_state_of(client: &Client, reference: &str) -> Result<VmState, Error> {
     let record = client.call("VM.get_record", &[Value::from(reference)]).await?;
-    Ok(VmState { uuid: text(&record, "uuid"), name: text(&record, "name_label"), power_state: text(&record, "power_state") })
+    Ok(VmState {
+        uuid: text(&record, "uuid"),
+        name: text(&record, "name_label"),
+        power_state: text(&record, "power_state"),
+    })
 }
 
 /// The VM with this uuid, or None when the pool has no such VM.
@@ -330,9 +336,11 @@ pub async fn vm_state(client: &Client, uuid: &str) -> Result<Option<VmState>, Er
 
 /// Starts a halted VM (not paused, no forced placement).
 pub async fn start_vm(client: &Client, uuid: &str) -> Result<(), Error> {
-    let reference = vm_ref(client, uuid)
-        .await?
-        .ok_or_else(|| LookupError::NoMatch { kind: Kind::Vm, wanted: uuid.to_owned(), candidates: Vec::new() })?;
+    let reference = vm_ref(client, uuid).await?.ok_or_else(|| LookupError::NoMatch {
+        kind: Kind::Vm,
+        wanted: uuid.to_owned(),
+        candidates: Vec::new(),
+    })?;
     client.call("VM.start", &[Value::from(reference.as_str()), Value::from(false), Value::from(false)]).await?;
     Ok(())
 }
@@ -371,7 +379,10 @@ mod tests {
         assert_eq!(choose(Kind::Vm, "aaaa-1", all.clone()).unwrap(), "AAAA-1");
         assert_eq!(choose(Kind::Vm, "web", all.clone()).unwrap(), "AAAA-1");
         let ambiguous = choose(Kind::Sr, "db", all.clone()).unwrap_err().to_string();
-        assert!(ambiguous.contains("matches 2 SRs") && ambiguous.contains("bbbb-2") && ambiguous.contains("cccc-3"), "{ambiguous}");
+        assert!(
+            ambiguous.contains("matches 2 SRs") && ambiguous.contains("bbbb-2") && ambiguous.contains("cccc-3"),
+            "{ambiguous}"
+        );
         let none = choose(Kind::Network, "mail", all).unwrap_err().to_string();
         assert!(none.contains("no network matches \"mail\"") && none.contains("web (AAAA-1)"), "{none}");
         assert!(choose(Kind::Vm, "x", vec![]).unwrap_err().to_string().contains("there are none"));

@@ -15,9 +15,9 @@ use crate::records::{Vbd, Vdi, Vm};
 use crate::report::{DiskReport, ExcludedDisk, JobReport, SnapshotReport, Status, VmReport};
 use crate::selection::{self, HostName, SelectOptions, Selector};
 use crate::snapshot;
+use crate::store::{DiskEntry, PastPoint, Point, Store};
 use crate::strategy::{self, Attempt, BaseDisk, BaseSnapshotVdi, DiskFacts, Level, Requested};
 use crate::transfer::{self, DiskTarget, Progress};
-use crate::store::{DiskEntry, PastPoint, Point, Store};
 
 /// Restore point tries per disk beyond the first, when transfers break mid-way.
 const MAX_RETRIES: usize = 3;
@@ -100,14 +100,7 @@ pub async fn backup(
     let vms = host.vms().await?;
     let hosts = host.hosts().await?;
     let selected = selection::select(&vms, &hosts, &options.selectors, options.select)?;
-    let ctx = Ctx {
-        host,
-        hosts,
-        store,
-        options,
-        job_id: uuid::Uuid::new_v4().to_string(),
-        progress,
-    };
+    let ctx = Ctx { host, hosts, store, options, job_id: uuid::Uuid::new_v4().to_string(), progress };
     let vms: Vec<VmReport> = futures::stream::iter(selected.iter())
         .map(|vm| backup_vm(&ctx, vm))
         .buffer_unordered(options.vm_concurrency.max(1))
@@ -237,12 +230,8 @@ async fn run_vm(ctx: &Ctx<'_>, vm: &Vm, report: &mut VmReport) -> Result<(), Err
         }
     }
 
-    let hook_ctx = |snapshot_uuid| crate::hooks::HookContext {
-        pool: &host.pool_name,
-        job_id: &ctx.job_id,
-        vm,
-        snapshot_uuid,
-    };
+    let hook_ctx =
+        |snapshot_uuid| crate::hooks::HookContext { pool: &host.pool_name, job_id: &ctx.job_id, vm, snapshot_uuid };
     if options.cancel.is_cancelled() {
         return Err(Error::Cancelled);
     }
@@ -266,7 +255,20 @@ async fn run_vm(ctx: &Ctx<'_>, vm: &Vm, report: &mut VmReport) -> Result<(), Err
     });
 
     // From here on, any failure removes the snapshot we made.
-    match back_up_snapshot(ctx, vm, &taken.vm, level, &history, base_point, cleanup.keep.as_ref(), disks, &cbt_turned_on, report).await {
+    match back_up_snapshot(
+        ctx,
+        vm,
+        &taken.vm,
+        level,
+        &history,
+        base_point,
+        cleanup.keep.as_ref(),
+        disks,
+        &cbt_turned_on,
+        report,
+    )
+    .await
+    {
         Ok(keep) => {
             let kept_as = settle_snapshots(ctx, &taken.vm, cleanup.keep.as_ref(), keep, report).await;
             if let Some(s) = report.snapshot.as_mut() {
@@ -284,7 +286,9 @@ async fn run_vm(ctx: &Ctx<'_>, vm: &Vm, report: &mut VmReport) -> Result<(), Err
 /// The stored VM records without this run's lock and intent (see [`hygiene::RUN_KEYS`]).
 fn without_run_keys(metadata: &mut serde_json::Value) {
     for record in ["vm", "snapshot"] {
-        if let Some(config) = metadata.get_mut(record).and_then(|r| r.get_mut("other_config")).and_then(|c| c.as_object_mut()) {
+        if let Some(config) =
+            metadata.get_mut(record).and_then(|r| r.get_mut("other_config")).and_then(|c| c.as_object_mut())
+        {
             for key in hygiene::RUN_KEYS {
                 config.remove(key);
             }
@@ -473,7 +477,8 @@ async fn back_up_xva(
     work: &[DiskWork],
     metadata: serde_json::Value,
 ) -> Result<(String, Vec<DiskReport>), Error> {
-    let origin: BTreeMap<String, String> = work.iter().map(|w| (w.snapshot.uuid.clone(), w.source.uuid.clone())).collect();
+    let origin: BTreeMap<String, String> =
+        work.iter().map(|w| (w.snapshot.uuid.clone(), w.source.uuid.clone())).collect();
     let total: u64 = work.iter().map(|w| w.snapshot.virtual_size).sum();
     let key = format!("{}:xva", snap.uuid);
     let mut tries = 0;
@@ -516,7 +521,9 @@ async fn back_up_xva(
                 size: disk.size,
                 strategy: strategy::Strategy::FullRead,
                 transport: strategy::Transport::HttpXva,
-                reason: format!("XVA backup (level {level}): the snapshot exported whole; all-zero chunks skipped by the host"),
+                reason: format!(
+                    "XVA backup (level {level}): the snapshot exported whole; all-zero chunks skipped by the host"
+                ),
                 bytes_read: disk.bytes_read,
                 bytes_changed: disk.size,
                 changed_granularity: xenvault_xva::CHUNK_SIZE,
@@ -560,14 +567,13 @@ async fn base_of(
         .and_then(|p| p.disks.iter().find(|d| d.vdi_uuid == source.uuid))
         .map(|d| d.snapshot_vdi_uuid.as_str())
         .filter(|uuid| !uuid.is_empty());
-    let snapshot_vdi = match snapshot_uuid {
-        Some(uuid) => host
-            .vdi_by_uuid(uuid)
-            .await?
-            .filter(|vdi| vdi.snapshot_of == source.reference)
-            .map(|vdi| BaseSnapshotVdi { has_data: !vdi.is_cbt_metadata(), reference: vdi.reference, uuid: vdi.uuid }),
-        None => None,
-    };
+    let snapshot_vdi =
+        match snapshot_uuid {
+            Some(uuid) => host.vdi_by_uuid(uuid).await?.filter(|vdi| vdi.snapshot_of == source.reference).map(|vdi| {
+                BaseSnapshotVdi { has_data: !vdi.is_cbt_metadata(), reference: vdi.reference, uuid: vdi.uuid }
+            }),
+            None => None,
+        };
     let base = BaseDisk { restore_point: point.id.clone(), snapshot_vdi };
     Ok((Some(base), Some(past.record.clone())))
 }

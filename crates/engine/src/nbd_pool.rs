@@ -16,9 +16,8 @@ pub const PIECE: u32 = 2 << 20;
 /// Connects to the first endpoint offered, over TLS with the host certificate it came
 /// with (plain when it gave none: a network with purpose `insecure_nbd`).
 pub async fn connect(endpoints: &[NbdInfo], connections: usize) -> Result<MultiReader, Error> {
-    let endpoint = endpoints
-        .first()
-        .ok_or_else(|| Error::Protocol("VDI.get_nbd_info offered no NBD endpoint".into()))?;
+    let endpoint =
+        endpoints.first().ok_or_else(|| Error::Protocol("VDI.get_nbd_info offered no NBD endpoint".into()))?;
     let mut options = ConnectOptions::new(endpoint.address.clone(), endpoint.port, endpoint.exportname.clone());
     if !endpoint.cert.is_empty() {
         let server_name = if endpoint.subject.is_empty() { endpoint.address.clone() } else { endpoint.subject.clone() };

@@ -30,20 +30,13 @@ fn string_map(record: &Value, key: &str) -> BTreeMap<String, String> {
     record
         .get(key)
         .and_then(Value::as_struct)
-        .map(|m| {
-            m.iter()
-                .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_owned())))
-                .collect()
-        })
+        .map(|m| m.iter().filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_owned()))).collect())
         .unwrap_or_default()
 }
 
 /// `(ref, record)` pairs of a `get_all_records` answer.
 pub fn all_records(answer: &Value) -> Vec<(String, &Value)> {
-    answer
-        .as_struct()
-        .map(|m| m.iter().map(|(k, v)| (k.clone(), v)).collect())
-        .unwrap_or_default()
+    answer.as_struct().map(|m| m.iter().map(|(k, v)| (k.clone(), v)).collect()).unwrap_or_default()
 }
 
 #[derive(Debug, Clone)]

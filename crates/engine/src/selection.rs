@@ -49,29 +49,39 @@ pub fn select(
     for selector in selectors {
         let matched: Vec<&Vm> = match selector {
             Selector::NameOrUuid(wanted) => {
-                let by_uuid: Vec<&Vm> =
-                    vms.iter().filter(|vm| vm.uuid.eq_ignore_ascii_case(wanted)).collect();
+                let by_uuid: Vec<&Vm> = vms.iter().filter(|vm| vm.uuid.eq_ignore_ascii_case(wanted)).collect();
                 let found = if by_uuid.is_empty() {
                     vms.iter().filter(|vm| &vm.name_label == wanted).filter(eligible).collect()
                 } else {
                     by_uuid
                 };
                 // None or several: the error lists the VMs that could be meant.
-                let listed = |list: Vec<&Vm>| list.iter().map(|vm| Candidate { uuid: vm.uuid.clone(), name: vm.name_label.clone() }).collect();
+                let listed = |list: Vec<&Vm>| {
+                    list.iter().map(|vm| Candidate { uuid: vm.uuid.clone(), name: vm.name_label.clone() }).collect()
+                };
                 let (kind, wanted) = (Kind::Vm, wanted.clone());
                 match found.len() {
-                    0 => return Err(LookupError::NoMatch { kind, wanted, candidates: listed(vms.iter().filter(eligible).collect()) }.into()),
+                    0 => {
+                        return Err(LookupError::NoMatch {
+                            kind,
+                            wanted,
+                            candidates: listed(vms.iter().filter(eligible).collect()),
+                        }
+                        .into());
+                    }
                     1 => found,
                     _ => return Err(LookupError::Ambiguous { kind, wanted, candidates: listed(found) }.into()),
                 }
             }
-            Selector::Tag(tag) => {
-                vms.iter().filter(eligible).filter(|vm| vm.tags.contains(tag)).collect()
-            }
+            Selector::Tag(tag) => vms.iter().filter(eligible).filter(|vm| vm.tags.contains(tag)).collect(),
             Selector::Host(wanted) => {
-                let candidates = hosts.iter().map(|h| Candidate { uuid: h.uuid.clone(), name: h.name_label.clone() }).collect();
+                let candidates =
+                    hosts.iter().map(|h| Candidate { uuid: h.uuid.clone(), name: h.name_label.clone() }).collect();
                 let uuid = choose(Kind::Host, wanted, candidates)?;
-                let host = hosts.iter().find(|h| h.uuid == uuid).ok_or_else(|| Error::Protocol(format!("host {uuid} vanished")))?;
+                let host = hosts
+                    .iter()
+                    .find(|h| h.uuid == uuid)
+                    .ok_or_else(|| Error::Protocol(format!("host {uuid} vanished")))?;
                 vms.iter()
                     .filter(eligible)
                     .filter(|vm| {
@@ -126,25 +136,17 @@ mod tests {
             vm("u3", "tmpl", &[("is_a_template", Value::from(true))]),
             vm("u4", "Control domain", &[("is_control_domain", Value::from(true))]),
         ];
-        let hosts = vec![HostName {
-            reference: "OpaqueRef:h1".into(),
-            uuid: "h1u".into(),
-            name_label: "host1".into(),
-        }];
+        let hosts = vec![HostName { reference: "OpaqueRef:h1".into(), uuid: "h1u".into(), name_label: "host1".into() }];
         let all = select(&vms, &hosts, &[Selector::All], SelectOptions::default()).unwrap();
         assert_eq!(all.iter().map(|v| v.name_label.as_str()).collect::<Vec<_>>(), ["db", "web"]);
-        let tagged =
-            select(&vms, &hosts, &[Selector::Tag("prod".into())], SelectOptions::default()).unwrap();
+        let tagged = select(&vms, &hosts, &[Selector::Tag("prod".into())], SelectOptions::default()).unwrap();
         assert_eq!(tagged.len(), 2);
-        let on_host =
-            select(&vms, &hosts, &[Selector::Host("host1".into())], SelectOptions::default())
-                .unwrap();
+        let on_host = select(&vms, &hosts, &[Selector::Host("host1".into())], SelectOptions::default()).unwrap();
         assert_eq!(on_host.len(), 2);
-        let by_uuid =
-            select(&vms, &hosts, &[Selector::NameOrUuid("u1".into())], SelectOptions::default())
-                .unwrap();
+        let by_uuid = select(&vms, &hosts, &[Selector::NameOrUuid("u1".into())], SelectOptions::default()).unwrap();
         assert_eq!(by_uuid[0].name_label, "web");
-        let missing = select(&vms, &hosts, &[Selector::NameOrUuid("nope".into())], SelectOptions::default()).unwrap_err();
+        let missing =
+            select(&vms, &hosts, &[Selector::NameOrUuid("nope".into())], SelectOptions::default()).unwrap_err();
         assert!(matches!(missing, Error::Lookup(_)) && missing.to_string().contains("web (u1)"), "{missing}");
         let with_templates = SelectOptions { include_templates: true, ..Default::default() };
         assert_eq!(select(&vms, &hosts, &[Selector::All], with_templates).unwrap().len(), 3);

@@ -93,9 +93,7 @@ async fn try_destroy(host: &Host, snapshot: &str) -> Result<(), Error> {
 /// Destroys one snapshot VDI (data or CBT metadata); refuses a VDI that is not a snapshot.
 pub async fn destroy_snapshot_vdi(host: &Host, vdi: &str) -> Result<(), Error> {
     match host.vdi(vdi).await {
-        Ok(record) if record.is_a_snapshot => {
-            host.call("VDI.destroy", vec![Value::from(vdi)]).await.map(drop)
-        }
+        Ok(record) if record.is_a_snapshot => host.call("VDI.destroy", vec![Value::from(vdi)]).await.map(drop),
         Ok(_) => Ok(()),
         // Already gone (destroyed with its VM by the host): nothing to do.
         Err(e) if e.xapi_code() == Some("HANDLE_INVALID") => Ok(()),
@@ -152,11 +150,15 @@ pub fn intents(vm: &Vm) -> Vec<Intent> {
 async fn write_intents(host: &Host, vm: &Vm, intents: &[Intent]) -> Result<(), Error> {
     if intents.is_empty() {
         return host
-            .call("VM.remove_from_other_config", vec![Value::from(vm.reference.as_str()), Value::from(TAG_SNAPSHOT_INTENT)])
+            .call(
+                "VM.remove_from_other_config",
+                vec![Value::from(vm.reference.as_str()), Value::from(TAG_SNAPSHOT_INTENT)],
+            )
             .await
             .map(drop);
     }
-    let value = serde_json::to_string(intents).map_err(|e| Error::Protocol(format!("encoding the snapshot intents: {e}")))?;
+    let value =
+        serde_json::to_string(intents).map_err(|e| Error::Protocol(format!("encoding the snapshot intents: {e}")))?;
     host.add_to_other_config("VM", &vm.reference, TAG_SNAPSHOT_INTENT, &value).await
 }
 

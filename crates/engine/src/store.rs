@@ -61,7 +61,11 @@ pub struct PastDisk {
 }
 
 impl Store {
-    pub async fn open(location: &str, backend: &xenvault_repo::backend::BackendOptions, passphrase: Option<&str>) -> Result<Self, Error> {
+    pub async fn open(
+        location: &str,
+        backend: &xenvault_repo::backend::BackendOptions,
+        passphrase: Option<&str>,
+    ) -> Result<Self, Error> {
         let secret = passphrase.map(xenvault_repo::keys::Secret::passphrase);
         Ok(Self { repo: Repository::open(location, backend, secret.as_ref()).await? })
     }
@@ -126,11 +130,7 @@ impl Store {
 }
 
 fn past_point(manifest: &Manifest) -> Option<PastPoint> {
-    let level = manifest
-        .tags
-        .iter()
-        .find_map(|t| t.strip_prefix(LEVEL_TAG))
-        .and_then(|l| l.parse().ok())?;
+    let level = manifest.tags.iter().find_map(|t| t.strip_prefix(LEVEL_TAG)).and_then(|l| l.parse().ok())?;
     let entries: Vec<DiskEntry> = manifest
         .metadata
         .get("backup")
@@ -165,7 +165,13 @@ impl Point {
     }
 
     /// A sink for the disk at VBD `userdevice`, which becomes its position and name.
-    pub async fn disk_sink(&self, userdevice: &str, vdi_uuid: &str, size: u64, base: Option<&DiskRecord>) -> Result<DiskSink, Error> {
+    pub async fn disk_sink(
+        &self,
+        userdevice: &str,
+        vdi_uuid: &str,
+        size: u64,
+        base: Option<&DiskRecord>,
+    ) -> Result<DiskSink, Error> {
         let position = userdevice_position(userdevice)?;
         let writer = self.session.disk_writer(position, userdevice, vdi_uuid, size, base).await?;
         let base_reader = match base {
@@ -255,9 +261,11 @@ impl DiskSink {
             if state.pending.is_none() && within == 0 && take as u64 == len {
                 state.writer.write(start, piece).await?;
             } else {
-                let pending = state
-                    .pending
-                    .get_or_insert_with(|| PendingChunk { start, data: vec![0; len as usize], filled: Vec::new() });
+                let pending = state.pending.get_or_insert_with(|| PendingChunk {
+                    start,
+                    data: vec![0; len as usize],
+                    filled: Vec::new(),
+                });
                 if let Some(slot) = pending.data.get_mut(within..within + take) {
                     slot.copy_from_slice(piece);
                 }

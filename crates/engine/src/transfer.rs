@@ -121,7 +121,10 @@ async fn try_once(
             let extents = with_heal(extents, &target.heal, size);
             progress.set_total(key, extents.iter().map(|e| e.length).sum());
             let pool = crate::nbd_pool::connect(&target.nbd, target.nbd_connections).await.map_err(before_writing)?;
-            let sink = point.disk_sink(&target.name, &target.vdi_uuid, size, Some(base_record)).await.map_err(while_writing)?;
+            let sink = point
+                .disk_sink(&target.name, &target.vdi_uuid, size, Some(base_record))
+                .await
+                .map_err(while_writing)?;
             let read = nbd_extents(&pool, extents, &sink, key, progress).await.map_err(while_writing)?;
             pool.close().await;
             let record = sink.finish().await.map_err(while_writing)?;
@@ -136,7 +139,10 @@ async fn try_once(
                 .export_raw_vdi(&target.snapshot.reference, DiskFormat::Vhd, Some(&base.reference))
                 .await
                 .map_err(before_writing)?;
-            let sink = point.disk_sink(&target.name, &target.vdi_uuid, size, Some(base_record)).await.map_err(while_writing)?;
+            let sink = point
+                .disk_sink(&target.name, &target.vdi_uuid, size, Some(base_record))
+                .await
+                .map_err(while_writing)?;
             let delta = crate::strategy::vhd::read_delta(body, &target.snapshot, &sink, key, progress)
                 .await
                 .map_err(while_writing)?;
@@ -146,7 +152,8 @@ async fn try_once(
         (Strategy::FullRead, transport) => {
             let sink;
             let read = if transport == Transport::Nbd {
-                let pool = crate::nbd_pool::connect(&target.nbd, target.nbd_connections).await.map_err(before_writing)?;
+                let pool =
+                    crate::nbd_pool::connect(&target.nbd, target.nbd_connections).await.map_err(before_writing)?;
                 sink = point.disk_sink(&target.name, &target.vdi_uuid, size, None).await.map_err(while_writing)?;
                 let read = nbd_extents(&pool, vec![Extent { offset: 0, length: size }], &sink, key, progress)
                     .await
@@ -154,7 +161,10 @@ async fn try_once(
                 pool.close().await;
                 read
             } else {
-                let body = host.export_raw_vdi(&target.snapshot.reference, DiskFormat::Raw, None).await.map_err(before_writing)?;
+                let body = host
+                    .export_raw_vdi(&target.snapshot.reference, DiskFormat::Raw, None)
+                    .await
+                    .map_err(before_writing)?;
                 sink = point.disk_sink(&target.name, &target.vdi_uuid, size, None).await.map_err(while_writing)?;
                 crate::strategy::full::read_raw(body, &target.snapshot, &sink, key, progress)
                     .await

@@ -33,7 +33,12 @@ pub struct Holder {
 
 impl Holder {
     fn ours(job: &str) -> Self {
-        Self { host: xenvault_repo::lock::hostname(), pid: std::process::id(), job: job.to_owned(), started: chrono::Utc::now() }
+        Self {
+            host: xenvault_repo::lock::hostname(),
+            pid: std::process::id(),
+            job: job.to_owned(),
+            started: chrono::Utc::now(),
+        }
     }
 
     /// Its process is gone (same host), or it held the lock too long to be alive.

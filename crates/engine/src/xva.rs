@@ -163,7 +163,8 @@ fn parse(input: BlockingBody, out: tokio::sync::mpsc::Sender<Item>) -> Result<()
         return Ok(());
     }
     while let Some(chunk) = reader.next_chunk().map_err(xva_error)? {
-        let item = Item::Data { disk: chunk.disk.to_owned(), offset: chunk.offset, data: Bytes::copy_from_slice(chunk.data) };
+        let item =
+            Item::Data { disk: chunk.disk.to_owned(), offset: chunk.offset, data: Bytes::copy_from_slice(chunk.data) };
         if out.blocking_send(item).is_err() {
             return Ok(());
         }
@@ -211,9 +212,8 @@ pub async fn export(
     let feed = async {
         // BTreeMap order is the archive's lexicographic Ref:N order.
         for (reference, name) in &metadata.disks {
-            let record = manifest
-                .disk(Some(name))
-                .map_err(|e| Error::Xva(format!("no stored disk for {reference}: {e}")))?;
+            let record =
+                manifest.disk(Some(name)).map_err(|e| Error::Xva(format!("no stored disk for {reference}: {e}")))?;
             let reader = xenvault_repo::DiskReader::new(repo, record).await?;
             if tx.send(Some((reference.clone(), record.size))).await.is_err() {
                 break;

@@ -107,7 +107,12 @@ impl Env {
 
     async fn scribble(&self, percent: &str, seed: u64) {
         for vdi in self.vdis().await {
-            let args = vec![Value::from(vdi.as_str()), Value::from(percent), Value::from("4096"), Value::from(seed.to_string())];
+            let args = vec![
+                Value::from(vdi.as_str()),
+                Value::from(percent),
+                Value::from("4096"),
+                Value::from(seed.to_string()),
+            ];
             self.sim.call("sim.scribble", args).await.unwrap();
         }
     }
@@ -167,7 +172,12 @@ async fn full_then_three_incrementals_restore_exactly() {
         for disk in &report.disks {
             assert_eq!(disk.strategy, Strategy::Cbt, "round {round}: {}", disk.reason);
             assert!(disk.bytes_changed > 0);
-            assert!(disk.bytes_read <= 4 * disk.bytes_changed, "read {} for {} changed", disk.bytes_read, disk.bytes_changed);
+            assert!(
+                disk.bytes_read <= 4 * disk.bytes_changed,
+                "read {} for {} changed",
+                disk.bytes_read,
+                disk.bytes_changed
+            );
             assert!(disk.bytes_read < disk.size / 2, "an incremental read {} of {}", disk.bytes_read, disk.size);
         }
         env.assert_tidy().await;
@@ -285,7 +295,12 @@ async fn xapi_error_fails_cleanly_and_removes_the_snapshot() {
     let env = env().await;
     env.backup(Level::Full, Requested::Auto).await;
     // Every SR.get_record fails: metadata collection, after the snapshot, cannot finish.
-    let args = vec![Value::from("SR.get_record"), Value::from("INTERNAL_ERROR"), Value::Array(vec![Value::from("injected")]), Value::from("")];
+    let args = vec![
+        Value::from("SR.get_record"),
+        Value::from("INTERNAL_ERROR"),
+        Value::Array(vec![Value::from("injected")]),
+        Value::from(""),
+    ];
     env.sim.call("sim.inject_fault", args).await.unwrap();
     let report = env.backup(Level::Inc, Requested::Auto).await;
     assert!(matches!(report.status, Status::Failed));
@@ -370,7 +385,9 @@ async fn xva_backup_exports_back_as_the_same_xva_disks() {
 
     let manifest = env.store.repository().snapshot(report.restore_point.as_deref().unwrap()).await.unwrap();
     let path = env._dir.path().join("again.xva");
-    xenvault_engine::xva::export(env.store.repository(), &manifest, std::fs::File::create(&path).unwrap()).await.unwrap();
+    xenvault_engine::xva::export(env.store.repository(), &manifest, std::fs::File::create(&path).unwrap())
+        .await
+        .unwrap();
     let mut xva = xenvault_xva::XvaReader::new(std::io::BufReader::new(std::fs::File::open(&path).unwrap())).unwrap();
     let disks = xva.disks();
     let mut images: BTreeMap<String, Vec<u8>> =
@@ -453,7 +470,16 @@ async fn incrementals_after_recorded_damage_restore_exactly() {
     // A lost index page of the base: a full read (deduplicated), said in the reason.
     let repo = env.store.repository();
     let manifest = repo.snapshot(healed.restore_point.as_deref().unwrap()).await.unwrap();
-    let page = manifest.disks.iter().find(|d| d.uuid == vdis[0]).unwrap().pages.iter().find(|p| !p.is_zero()).copied().unwrap();
+    let page = manifest
+        .disks
+        .iter()
+        .find(|d| d.uuid == vdis[0])
+        .unwrap()
+        .pages
+        .iter()
+        .find(|p| !p.is_zero())
+        .copied()
+        .unwrap();
     flip_stored(&env, &page);
     assert!(verify_damaged(&env).await.contains(healed.restore_point.as_ref().unwrap()));
     env.scribble("1", 12).await;
@@ -509,7 +535,12 @@ async fn one_backup_per_vm_at_a_time() {
     held.release(&env.host).await;
 
     // A holder that died on this host (a kill -9): taken over, and released at the end.
-    let dead = Holder { host: xenvault_repo::lock::hostname(), pid: u32::MAX, job: "killed".into(), started: chrono::Utc::now() };
+    let dead = Holder {
+        host: xenvault_repo::lock::hostname(),
+        pid: u32::MAX,
+        job: "killed".into(),
+        started: chrono::Utc::now(),
+    };
     let value = serde_json::to_string(&dead).unwrap();
     env.host.add_to_other_config("VM", &vm.reference, LOCK_KEY, &value).await.unwrap();
     let report = env.backup_with(&no_wait).await;
@@ -542,7 +573,8 @@ async fn an_untagged_snapshot_of_a_killed_run_is_found_by_its_intent() {
     let leaked = env.host.call("VM.snapshot", vec![vm.reference.as_str().into(), name.as_str().into()]).await.unwrap();
     let leaked = env.host.vm(leaked.as_str().unwrap()).await.unwrap();
     // The user's own snapshot, even one with our name prefix, is not ours.
-    let user = env.host.call("VM.snapshot", vec![vm.reference.as_str().into(), "[xenvault] look-alike".into()]).await.unwrap();
+    let user =
+        env.host.call("VM.snapshot", vec![vm.reference.as_str().into(), "[xenvault] look-alike".into()]).await.unwrap();
     let user = user.as_str().unwrap().to_owned();
 
     env.scribble("1", 21).await;
@@ -560,7 +592,7 @@ async fn an_untagged_snapshot_of_a_killed_run_is_found_by_its_intent() {
 #[tokio::test]
 async fn a_snapshot_xapi_finishes_after_the_next_run_looked_is_still_removed() {
     use xenvault_engine::hygiene::TAG_SNAPSHOT_INTENT;
-    use xenvault_engine::snapshot::{intents, Intent, INTENT_PENDING_FOR};
+    use xenvault_engine::snapshot::{INTENT_PENDING_FOR, Intent, intents};
     let env = env().await;
     env.backup(Level::Full, Requested::Auto).await;
     // A run killed while xapi was still creating its snapshot (the task goes on without
@@ -568,7 +600,8 @@ async fn a_snapshot_xapi_finishes_after_the_next_run_looked_is_still_removed() {
     let vm = env.vm().await;
     let now = chrono::Utc::now();
     let pending = Intent { name: format!("[xenvault] {VM} pending"), at: now };
-    let settled = Intent { name: format!("[xenvault] {VM} never"), at: now - INTENT_PENDING_FOR - chrono::Duration::minutes(1) };
+    let settled =
+        Intent { name: format!("[xenvault] {VM} never"), at: now - INTENT_PENDING_FOR - chrono::Duration::minutes(1) };
     let value = serde_json::to_string(&[&settled, &pending]).unwrap();
     env.host.add_to_other_config("VM", &vm.reference, TAG_SNAPSHOT_INTENT, &value).await.unwrap();
 
@@ -579,7 +612,8 @@ async fn a_snapshot_xapi_finishes_after_the_next_run_looked_is_still_removed() {
     assert_eq!(intents(&env.vm().await), std::slice::from_ref(&pending), "only the pending intent stays");
 
     // xapi finishes the snapshot: a later run removes it and forgets the intent.
-    let late = env.host.call("VM.snapshot", vec![vm.reference.as_str().into(), pending.name.as_str().into()]).await.unwrap();
+    let late =
+        env.host.call("VM.snapshot", vec![vm.reference.as_str().into(), pending.name.as_str().into()]).await.unwrap();
     let late = env.host.vm(late.as_str().unwrap()).await.unwrap();
     env.scribble("1", 32).await;
     let report = env.backup(Level::Inc, Requested::Auto).await;

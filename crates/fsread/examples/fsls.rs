@@ -15,7 +15,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         eprintln!("probe: {:?}", t.elapsed());
         return Ok(());
     };
-    let volume = volumes.iter().find(|v| &v.name == name).ok_or_else(|| xenvault_fsread::Error::NoSuchVolume(name.clone()))?;
+    let volume =
+        volumes.iter().find(|v| &v.name == name).ok_or_else(|| xenvault_fsread::Error::NoSuchVolume(name.clone()))?;
     let fs = volume.open()?;
     let path = rest.get(1).map_or("/", String::as_str);
     match rest.get(2) {

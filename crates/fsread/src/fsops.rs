@@ -150,13 +150,18 @@ impl dyn FileSystem + '_ {
                 }
                 make_dir(dest)?;
                 for child in self.list(&entry.path)? {
-                    if child.name.is_empty() || child.name == "." || child.name == ".." || child.name.contains(['/', '\0']) {
+                    if child.name.is_empty()
+                        || child.name == "."
+                        || child.name == ".."
+                        || child.name.contains(['/', '\0'])
+                    {
                         return Err(Error::UnsafeName(child.path));
                     }
                     self.extract_entry(&child, &dest.join(&child.name), depth + 1, stats)?;
                 }
                 // Last, so a read-only directory could still be filled.
-                let dir = OpenOptions::new().read(true).custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW).open(dest)?;
+                let dir =
+                    OpenOptions::new().read(true).custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW).open(dest)?;
                 set_meta(&dir, entry)?;
                 stats.dirs += 1;
             }

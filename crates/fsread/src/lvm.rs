@@ -1,8 +1,8 @@
 //! LVM2 physical volumes: label, metadata area and the text metadata, mapped to the linear
 //! logical volumes that live on this PV.
 
-use crate::source::{Mapped, ReadAt, read_vec};
 use crate::Error;
+use crate::source::{Mapped, ReadAt, read_vec};
 use std::sync::Arc;
 
 /// A logical volume found on the PV, ready to read (or why it cannot be).
@@ -204,9 +204,7 @@ fn tokenize(text: &str) -> Result<Vec<Token>, String> {
             c if c.is_whitespace() => {
                 chars.next();
             }
-            '#' => {
-                while chars.next().is_some_and(|c| c != '\n') {}
-            }
+            '#' => while chars.next().is_some_and(|c| c != '\n') {},
             '{' | '}' | '[' | ']' | '=' | ',' => {
                 chars.next();
                 out.push(Token::Punct(c));

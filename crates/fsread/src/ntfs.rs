@@ -78,7 +78,13 @@ impl NtfsFs {
             path,
             kind: if dir { EntryKind::Dir } else { EntryKind::File },
             size,
-            mode: if dir { 0o755 } else if read_only { 0o444 } else { 0o644 },
+            mode: if dir {
+                0o755
+            } else if read_only {
+                0o444
+            } else {
+                0o644
+            },
             uid: 0,
             gid: 0,
             mtime: (t as i64 - EPOCH_DIFF as i64).div_euclid(10_000_000),

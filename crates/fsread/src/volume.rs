@@ -307,7 +307,8 @@ fn gpt(disk: &dyn ReadAt, header: &[u8]) -> Result<Vec<Partition>, Error> {
         if last < first || last >= disk_sectors {
             return Err(corrupt("GPT partition array", format!("entry {} spans sectors {first}..={last}", i + 1)));
         }
-        let name: Vec<u16> = e[56..128].chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).take_while(|&c| c != 0).collect();
+        let name: Vec<u16> =
+            e[56..128].chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).take_while(|&c| c != 0).collect();
         out.push(Partition {
             name: format!("p{}", i + 1),
             description: format!("GPT partition {:?}, type {}", String::from_utf16_lossy(&name), guid(&e[..16])),

@@ -18,7 +18,9 @@ fn be16(b: &[u8], at: usize) -> Result<u16, Error> {
 }
 
 fn be32(b: &[u8], at: usize) -> Result<u32, Error> {
-    b.get(at..at + 4).map(|s| u32::from_be_bytes([s[0], s[1], s[2], s[3]])).ok_or_else(|| corrupt("structure truncated"))
+    b.get(at..at + 4)
+        .map(|s| u32::from_be_bytes([s[0], s[1], s[2], s[3]]))
+        .ok_or_else(|| corrupt("structure truncated"))
 }
 
 fn be64(b: &[u8], at: usize) -> Result<u64, Error> {
@@ -91,7 +93,8 @@ impl Superblock {
         let ag_bits = self.ag_blklog + self.inopb_log;
         let ag = ino >> ag_bits;
         let agino = ino & ((1 << ag_bits) - 1);
-        let block = self.fsb_to_byte((ag << self.ag_blklog) | (agino >> self.inopb_log))
+        let block = self
+            .fsb_to_byte((ag << self.ag_blklog) | (agino >> self.inopb_log))
             .map_err(|_| corrupt(format!("inode {ino} is outside the file system")))?;
         Ok(block + (agino & ((1 << self.inopb_log) - 1)) * self.inode_size)
     }
@@ -268,7 +271,9 @@ impl XfsFs {
         }
         if level == 0 {
             for i in 0..numrecs {
-                out.push(parse_extent(b.get(hdr + i * 16..hdr + i * 16 + 16).ok_or_else(|| corrupt("btree leaf overflows"))?)?);
+                out.push(parse_extent(
+                    b.get(hdr + i * 16..hdr + i * 16 + 16).ok_or_else(|| corrupt("btree leaf overflows"))?,
+                )?);
             }
         } else {
             let maxrecs = (bs - hdr) / 16;

@@ -40,11 +40,14 @@ fn probe_finds_partitions_lvs_and_file_systems() {
 
     let data = volumes(&demo().linux_data);
     let names: Vec<_> = data.iter().map(|v| (v.name.as_str(), v.content.clone(), v.size)).collect();
-    assert_eq!(names, [
-        ("disk", Content::LvmPhysicalVolume, 512 << 20),
-        ("vgdata/home", Content::FileSystem(FsType::Ext), 128 << 20),
-        ("vgdata/srv", Content::FileSystem(FsType::Xfs), 300 << 20),
-    ]);
+    assert_eq!(
+        names,
+        [
+            ("disk", Content::LvmPhysicalVolume, 512 << 20),
+            ("vgdata/home", Content::FileSystem(FsType::Ext), 128 << 20),
+            ("vgdata/srv", Content::FileSystem(FsType::Xfs), 300 << 20),
+        ]
+    );
 
     let win = volumes(&demo().windows);
     let names: Vec<_> = win.iter().map(|v| (v.name.as_str(), v.content.clone())).collect();

@@ -29,11 +29,7 @@ fn main() -> Fallible {
     let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus");
     let work = tempfile::tempdir()?;
     if wants("fs") {
-        file_systems(
-            &corpus.join("fs_volume"),
-            &corpus.join("fs_disk"),
-            work.path(),
-        )?;
+        file_systems(&corpus.join("fs_volume"), &corpus.join("fs_disk"), work.path())?;
     }
     if wants("repo") {
         repository(&corpus)?;
@@ -48,24 +44,13 @@ fn main() -> Fallible {
 /// small and multi-block files, a symlink.
 fn tree() -> Tree {
     let mut t = Tree::new();
-    t.dir("etc", 0o755, MTIME)
-        .file("etc/hostname", "fuzz\n", 0o644, MTIME);
+    t.dir("etc", 0o755, MTIME).file("etc/hostname", "fuzz\n", 0o644, MTIME);
     t.dir("home", 0o755, MTIME).dir("home/user", 0o700, MTIME);
     t.file("home/user/empty", "", 0o600, MTIME);
-    t.file(
-        "home/user/blocks.bin",
-        Content::random(1, "blocks", 20_000),
-        0o644,
-        MTIME,
-    );
+    t.file("home/user/blocks.bin", Content::random(1, "blocks", 20_000), 0o644, MTIME);
     t.dir("many", 0o755, MTIME);
     for i in 0..40 {
-        t.file(
-            &format!("many/file-with-a-longer-name-{i:02}"),
-            "x",
-            0o644,
-            MTIME,
-        );
+        t.file(&format!("many/file-with-a-longer-name-{i:02}"), "x", 0o644, MTIME);
     }
     t.symlink("etc/link", "hostname");
     t
@@ -83,20 +68,8 @@ fn file_systems(volumes: &Path, disks: &Path, work: &Path) -> Fallible {
         seed(&img(name), &volumes.join(name), false)?;
     }
     let mbr = [
-        MbrPart {
-            size: 2 * MIB,
-            type_id: 0x01,
-            bootable: true,
-            logical: false,
-            image: Some(img("fat12")),
-        },
-        MbrPart {
-            size: 2 * MIB,
-            type_id: 0x01,
-            bootable: false,
-            logical: true,
-            image: Some(img("fat12")),
-        },
+        MbrPart { size: 2 * MIB, type_id: 0x01, bootable: true, logical: false, image: Some(img("fat12")) },
+        MbrPart { size: 2 * MIB, type_id: 0x01, bootable: false, logical: true, image: Some(img("fat12")) },
     ];
     // FAT partitions (and ext4 in the LV) keep the seeds, cut after the last block read, small.
     xenvault_fixtures::mbr_disk(&img("mbr"), 16 * MIB, &mbr)?;
@@ -107,12 +80,7 @@ fn file_systems(volumes: &Path, disks: &Path, work: &Path) -> Fallible {
         image: Some(img("fat12")),
     }];
     xenvault_fixtures::gpt_disk(&img("gpt"), 16 * MIB, &gpt)?;
-    let lvs = [LvSpec {
-        name: "root".into(),
-        size: 4 * MIB,
-        segments: 1,
-        image: Some(img("ext4")),
-    }];
+    let lvs = [LvSpec { name: "root".into(), size: 4 * MIB, segments: 1, image: Some(img("ext4")) }];
     xenvault_fixtures::lvm_disk(&img("lvm"), 16 * MIB, "vg0", &lvs)?;
     for name in ["mbr", "gpt", "lvm"] {
         seed(&img(name), &disks.join(name), true)?;
@@ -133,12 +101,7 @@ fn small_xfs(path: &Path, work: &Path) -> Fallible {
     };
     let mut proto = String::from("/dev/null\n0 0\nd--755 0 0\n");
     proto += &file("empty", b"")?;
-    proto += &file(
-        "blocks.bin",
-        &(0..20_000u32)
-            .map(|i| (i * 7 % 251) as u8)
-            .collect::<Vec<_>>(),
-    )?;
+    proto += &file("blocks.bin", &(0..20_000u32).map(|i| (i * 7 % 251) as u8).collect::<Vec<_>>())?;
     proto += "link l--777 0 0 hostname\n";
     for i in 0..40 {
         proto += &file(&format!("file-with-a-longer-name-{i:02}"), b"x")?;
@@ -187,10 +150,7 @@ impl ReadAt for Recorder {
 fn seed(image: &Path, out: &Path, whole_disk: bool) -> Fallible {
     let data = std::fs::read(image)?;
     let blocks = data.len().div_ceil(BLOCK);
-    let recorder = Arc::new(Recorder {
-        data,
-        touched: Mutex::new(vec![false; blocks]),
-    });
+    let recorder = Arc::new(Recorder { data, touched: Mutex::new(vec![false; blocks]) });
     let entries = fsread::walk_image(recorder.clone(), whole_disk);
     let touched = recorder.touched.lock().map_err(|_| "poisoned")?.clone();
     let mut kept = recorder.data.clone();
@@ -203,18 +163,10 @@ fn seed(image: &Path, out: &Path, whole_disk: bool) -> Fallible {
     kept.truncate(end);
     let again = fsread::walk_image(fsread::image(&kept), whole_disk);
     if entries == 0 || again != entries {
-        return Err(format!(
-            "{}: {entries} entries in the image, {again} in the seed",
-            image.display()
-        )
-        .into());
+        return Err(format!("{}: {entries} entries in the image, {again} in the seed", image.display()).into());
     }
     write(out, &kept)?;
-    println!(
-        "{}: {entries} entries, {} KiB",
-        out.display(),
-        kept.len() / 1024
-    );
+    println!("{}: {entries} entries, {} KiB", out.display(), kept.len() / 1024);
     Ok(())
 }
 
@@ -231,27 +183,19 @@ fn repository(corpus: &Path) -> Fallible {
     let aead = repo::aead();
     let name = repo::pack_name();
     let mut pack = PackBuilder::new(1 << 20)?;
-    let chunks: [Vec<u8>; 3] = [
-        b"text that compresses well, well, well, well".repeat(20),
-        vec![1, 2, 3],
-        (0..=255).collect(),
-    ];
+    let chunks: [Vec<u8>; 3] =
+        [b"text that compresses well, well, well, well".repeat(20), vec![1, 2, 3], (0..=255).collect()];
     for chunk in &chunks {
         let id = crypto.chunk_id(chunk);
         let sealed = crypto.seal(&chunk_aad(&id), chunk, true)?;
         if chunk.len() > 100 {
-            write(
-                &corpus.join("repo_pack/chunk-zstd"),
-                &aead.open(&chunk_aad(&id), &sealed).ok_or("open")?,
-            )?;
+            write(&corpus.join("repo_pack/chunk-zstd"), &aead.open(&chunk_aad(&id), &sealed).ok_or("open")?)?;
         }
         pack.add(id, &sealed, chunk.len() as u32);
     }
     // The builder names its pack at random: re-seal its index for the targets' pack name.
     let (random_name, data, index, _) = pack.finish(&crypto)?;
-    let plain_index = aead
-        .open(&random_name.index_aad(), &index)
-        .ok_or("open index")?;
+    let plain_index = aead.open(&random_name.index_aad(), &index).ok_or("open index")?;
     let resealed = repo::seal(&name.index_aad(), &plain_index);
     let mut stored = data[..data.len() - 4 - index.len()].to_vec();
     stored.extend_from_slice(&resealed);
@@ -260,35 +204,17 @@ fn repository(corpus: &Path) -> Fallible {
     write(&corpus.join("repo_pack/index-plaintext"), &plain_index)?;
 
     let master = repo::master();
-    let cheap = KdfParams {
-        memory_kib: 8,
-        iterations: 1,
-        parallelism: 1,
-    };
+    let cheap = KdfParams { memory_kib: 8, iterations: 1, parallelism: 1 };
     let passphrase = KeySlot::create(&master, &Secret::passphrase("fuzz"), cheap, "seed")?;
-    let key_file = KeySlot::create(
-        &master,
-        &Secret::key_file(b"fuzz key file".to_vec()),
-        cheap,
-        "seed",
-    )?;
-    write(
-        &corpus.join("repo_keys/slot-passphrase"),
-        &serde_json::to_vec_pretty(&passphrase)?,
-    )?;
-    write(
-        &corpus.join("repo_keys/slot-key-file"),
-        &serde_json::to_vec_pretty(&key_file)?,
-    )?;
+    let key_file = KeySlot::create(&master, &Secret::key_file(b"fuzz key file".to_vec()), cheap, "seed")?;
+    write(&corpus.join("repo_keys/slot-passphrase"), &serde_json::to_vec_pretty(&passphrase)?)?;
+    write(&corpus.join("repo_keys/slot-key-file"), &serde_json::to_vec_pretty(&key_file)?)?;
     let config = serde_json::json!({
         "version": 1, "id": "fuzz", "created": "2026-01-01T00:00:00Z", "encryption": "none",
         "chunk_size": 262144, "page_slots": 1024, "pack_size": 16777216, "zstd_level": 1,
         "plain_master": hex::encode(master.to_bytes()),
     });
-    write(
-        &corpus.join("repo_keys/config"),
-        &serde_json::to_vec_pretty(&config)?,
-    )?;
+    write(&corpus.join("repo_keys/config"), &serde_json::to_vec_pretty(&config)?)?;
 
     let disk = serde_json::json!({
         "position": 0, "name": "xvda", "uuid": "", "size": 10485760, "chunk_size": 262144,
@@ -313,49 +239,23 @@ fn repository(corpus: &Path) -> Fallible {
 fn wire(corpus: &Path, work: &Path) -> Fallible {
     use xenvault_xapi_wire::{Value, xmlrpc};
     let session = Value::Str("OpaqueRef:0f0e".into());
-    let record = Value::Struct(
-        [
-            ("uuid".into(), Value::Str("a-b".into())),
-            ("size".into(), Value::Int(1 << 30)),
-        ]
-        .into(),
-    );
+    let record =
+        Value::Struct([("uuid".into(), Value::Str("a-b".into())), ("size".into(), Value::Int(1 << 30))].into());
     write(
         &corpus.join("xmlrpc/call"),
-        xmlrpc::encode_call(
-            "VM.get_record",
-            &[
-                session,
-                Value::Array(vec![Value::Bool(true), Value::Double(1.5)]),
-            ],
-        )
-        .as_bytes(),
+        xmlrpc::encode_call("VM.get_record", &[session, Value::Array(vec![Value::Bool(true), Value::Double(1.5)])])
+            .as_bytes(),
     )?;
-    write(
-        &corpus.join("xmlrpc/response"),
-        xmlrpc::encode_response(&Ok(record.clone())).as_bytes(),
-    )?;
+    write(&corpus.join("xmlrpc/response"), xmlrpc::encode_response(&Ok(record.clone())).as_bytes())?;
     use xenvault_xapi_wire::cbt::ChangedBlocks;
     use xenvault_xapi_wire::jsonrpc::{self, JsonRpcVersion};
-    let params = [
-        Value::Str("OpaqueRef:0f0e".into()),
-        Value::Array(vec![Value::Bool(true), Value::Double(1.5)]),
-    ];
-    write(
-        &corpus.join("jsonrpc/call"),
-        &jsonrpc::encode_call("VM.get_record", &params, 7, JsonRpcVersion::V2),
-    )?;
-    write(
-        &corpus.join("jsonrpc/response"),
-        &jsonrpc::encode_response(JsonRpcVersion::V1, &7.into(), &Ok(record)),
-    )?;
+    let params = [Value::Str("OpaqueRef:0f0e".into()), Value::Array(vec![Value::Bool(true), Value::Double(1.5)])];
+    write(&corpus.join("jsonrpc/call"), &jsonrpc::encode_call("VM.get_record", &params, 7, JsonRpcVersion::V2))?;
+    write(&corpus.join("jsonrpc/response"), &jsonrpc::encode_response(JsonRpcVersion::V1, &7.into(), &Ok(record)))?;
     let mut changed = ChangedBlocks::for_disk_size(64 * MIB);
     changed.mark_bytes(MIB..3 * MIB);
     changed.mark_bytes(40 * MIB..40 * MIB + 1);
-    write(
-        &corpus.join("jsonrpc/cbt-bitmap"),
-        changed.encode().as_bytes(),
-    )?;
+    write(&corpus.join("jsonrpc/cbt-bitmap"), changed.encode().as_bytes())?;
 
     let raw = work.join("disk.raw");
     let mut disk = vec![0u8; 2 * MIB as usize];
@@ -364,15 +264,7 @@ fn wire(corpus: &Path, work: &Path) -> Fallible {
     std::fs::write(&raw, &disk)?;
     let vhd = work.join("disk.vhd");
     let status = std::process::Command::new("qemu-img")
-        .args([
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "vpc",
-            "-o",
-            "subformat=dynamic,force_size=on",
-        ])
+        .args(["convert", "-f", "raw", "-O", "vpc", "-o", "subformat=dynamic,force_size=on"])
         .args([&raw, &vhd])
         .status()?;
     if !status.success() {
@@ -392,15 +284,8 @@ fn wire(corpus: &Path, work: &Path) -> Fallible {
         export_vsn: 2,
     };
     let vdi = Value::Struct([("virtual_size".into(), Value::Str((MIB + 4096).to_string()))].into());
-    let objects = [OvaObject {
-        class: "VDI".into(),
-        id: "Ref:1".into(),
-        snapshot: vdi,
-    }];
-    for (name, compression) in [
-        ("one-disk", Compression::None),
-        ("one-disk-gzip", Compression::Gzip),
-    ] {
+    let objects = [OvaObject { class: "VDI".into(), id: "Ref:1".into(), snapshot: vdi }];
+    for (name, compression) in [("one-disk", Compression::None), ("one-disk-gzip", Compression::Gzip)] {
         let out = Compressor::new(Vec::new(), compression)?;
         let mut xva = XvaWriter::new(out, &ova_xml(&version, &objects), 0, Default::default())?;
         // A zero chunk (skipped) and a short last one keep the seed small.

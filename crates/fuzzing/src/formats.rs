@@ -16,17 +16,11 @@ const MAX_READ: usize = 4 * 1024 * 1024;
 pub fn xmlrpc(data: &[u8]) {
     if let Ok((method, params)) = xmlrpc::decode_call(data) {
         let again = xmlrpc::encode_call(&method, &params);
-        assert!(
-            xmlrpc::decode_call(again.as_bytes()).is_ok(),
-            "re-encoded call rejected"
-        );
+        assert!(xmlrpc::decode_call(again.as_bytes()).is_ok(), "re-encoded call rejected");
     }
     if let Ok(result) = xmlrpc::decode_response(data) {
         let again = xmlrpc::encode_response(&result);
-        assert!(
-            xmlrpc::decode_response(again.as_bytes()).is_ok(),
-            "re-encoded response rejected"
-        );
+        assert!(xmlrpc::decode_response(again.as_bytes()).is_ok(), "re-encoded response rejected");
     }
     if let Ok(text) = std::str::from_utf8(data) {
         let _ = xmlrpc::parse_value(text);
@@ -39,30 +33,18 @@ pub fn xmlrpc(data: &[u8]) {
 pub fn jsonrpc(data: &[u8]) {
     if let Ok(call) = jsonrpc::decode_call(data) {
         let again = jsonrpc::encode_call(&call.method, &call.params, 1, call.version);
-        assert!(
-            jsonrpc::decode_call(&again).is_ok(),
-            "re-encoded call rejected"
-        );
+        assert!(jsonrpc::decode_call(&again).is_ok(), "re-encoded call rejected");
     }
     if let Ok(result) = jsonrpc::decode_response(data) {
         let again = jsonrpc::encode_response(JsonRpcVersion::V2, &1.into(), &result);
-        assert!(
-            jsonrpc::decode_response(&again).is_ok(),
-            "re-encoded response rejected"
-        );
+        assert!(jsonrpc::decode_response(&again).is_ok(), "re-encoded response rejected");
     }
     if let Ok(text) = std::str::from_utf8(data)
         && let Ok(blocks) = ChangedBlocks::decode(text)
     {
         let end = blocks.block_count() * xenvault_xapi_wire::cbt::BLOCK_SIZE;
-        assert!(
-            blocks.ranges().all(|r| r.start < r.end && r.end <= end),
-            "range outside the bitmap"
-        );
-        assert_eq!(
-            blocks.changed_blocks().count() as u64,
-            blocks.changed_count()
-        );
+        assert!(blocks.ranges().all(|r| r.start < r.end && r.end <= end), "range outside the bitmap");
+        assert_eq!(blocks.changed_blocks().count() as u64, blocks.changed_count());
     }
 }
 
@@ -113,10 +95,7 @@ pub fn xva(data: &[u8]) {
     let disks = reader.disks();
     while let Ok(Some(chunk)) = reader.next_chunk() {
         assert!(!chunk.data.is_empty() && chunk.data.len() as u64 <= CHUNK_SIZE);
-        let disk = disks
-            .iter()
-            .find(|d| d.reference == chunk.disk)
-            .expect("chunk of a listed disk");
+        let disk = disks.iter().find(|d| d.reference == chunk.disk).expect("chunk of a listed disk");
         if let Some(size) = disk.size {
             assert!(chunk.offset + chunk.data.len() as u64 <= size);
         }

@@ -25,9 +25,7 @@ impl ReadAt for ZeroTail {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
         let want = buf.len().min(self.size().saturating_sub(offset) as usize);
         let buf = &mut buf[..want];
-        let start = usize::try_from(offset)
-            .unwrap_or(usize::MAX)
-            .min(self.0.len());
+        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(self.0.len());
         let head = (self.0.len() - start).min(want);
         buf[..head].copy_from_slice(&self.0[start..start + head]);
         buf[head..].fill(0);
@@ -52,11 +50,7 @@ pub fn walk_image(image: Arc<dyn ReadAt>, whole_disk: bool) -> usize {
             return open_fs(image).map_or(0, |fs| walk(&*fs));
         }
         let Ok(volumes) = probe(image) else { return 0 };
-        volumes
-            .iter()
-            .filter_map(|v| v.open().ok())
-            .map(|fs| walk(&*fs))
-            .sum()
+        volumes.iter().filter_map(|v| v.open().ok()).map(|fs| walk(&*fs)).sum()
     })
 }
 
@@ -97,9 +91,7 @@ fn checked<T>(f: impl FnOnce() -> T) -> T {
     HOOK.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            let third_party = info
-                .location()
-                .is_some_and(|l| l.file().contains("/.cargo/registry/"));
+            let third_party = info.location().is_some_and(|l| l.file().contains("/.cargo/registry/"));
             if !third_party {
                 OWN_PANIC.with(|p| p.set(true));
                 previous(info);
@@ -108,9 +100,6 @@ fn checked<T>(f: impl FnOnce() -> T) -> T {
     });
     OWN_PANIC.with(|p| p.set(false));
     let out = f();
-    assert!(
-        !OWN_PANIC.with(|p| p.get()),
-        "a panic in our code (see above), even if it was caught"
-    );
+    assert!(!OWN_PANIC.with(|p| p.get()), "a panic in our code (see above), even if it was caught");
     out
 }

@@ -18,44 +18,14 @@ pub struct Target {
 
 /// Every fuzz target, in the order `fuzz/run-long.sh` runs them.
 pub const TARGETS: &[Target] = &[
-    Target {
-        name: "xmlrpc",
-        run: formats::xmlrpc,
-    },
-    Target {
-        name: "jsonrpc",
-        run: formats::jsonrpc,
-    },
-    Target {
-        name: "vhd",
-        run: formats::vhd,
-    },
-    Target {
-        name: "xva",
-        run: formats::xva,
-    },
-    Target {
-        name: "nbd",
-        run: formats::nbd,
-    },
-    Target {
-        name: "repo_pack",
-        run: repo::pack,
-    },
-    Target {
-        name: "repo_manifest",
-        run: repo::manifest,
-    },
-    Target {
-        name: "repo_keys",
-        run: repo::keys,
-    },
-    Target {
-        name: "fs_disk",
-        run: fsread::disk,
-    },
-    Target {
-        name: "fs_volume",
-        run: fsread::volume,
-    },
+    Target { name: "xmlrpc", run: formats::xmlrpc },
+    Target { name: "jsonrpc", run: formats::jsonrpc },
+    Target { name: "vhd", run: formats::vhd },
+    Target { name: "xva", run: formats::xva },
+    Target { name: "nbd", run: formats::nbd },
+    Target { name: "repo_pack", run: repo::pack },
+    Target { name: "repo_manifest", run: repo::manifest },
+    Target { name: "repo_keys", run: repo::keys },
+    Target { name: "fs_disk", run: fsread::disk },
+    Target { name: "fs_volume", run: fsread::volume },
 ];

@@ -9,9 +9,7 @@
 use xenvault_repo::Secret;
 use xenvault_repo::crypto::{Aead, ChunkId, Crypto, KEY_LEN, MasterKey};
 use xenvault_repo::index::ChunkIndex;
-use xenvault_repo::keys::{
-    CONFIG_OBJECT, KEYS_PREFIX, Kdf, KeySlot, RepoConfig, from_checked_json,
-};
+use xenvault_repo::keys::{CONFIG_OBJECT, KEYS_PREFIX, Kdf, KeySlot, RepoConfig, from_checked_json};
 use xenvault_repo::manifest::{MAX_MANIFEST_LEN, Manifest};
 use xenvault_repo::pack::{PackName, chunk_aad, index_from_pack_tail, open_index};
 
@@ -81,10 +79,7 @@ fn check_pack(crypto: &Crypto, name: &PackName, sealed_index: &[u8], data: &[u8]
     index.add_pack(name, entries.iter().copied());
     index.merge();
     for e in &entries {
-        assert!(
-            index.locate(&e.id).is_some(),
-            "an indexed chunk is not found"
-        );
+        assert!(index.locate(&e.id).is_some(), "an indexed chunk is not found");
     }
 }
 
@@ -94,11 +89,7 @@ pub fn manifest(data: &[u8]) {
     let crypto = crypto();
     let name = Manifest::object_name("fuzz");
     let _ = crypto.open(name.as_bytes(), data, MAX_MANIFEST_LEN);
-    let Ok(plain) = crypto.open(
-        name.as_bytes(),
-        &seal(name.as_bytes(), data),
-        MAX_MANIFEST_LEN,
-    ) else {
+    let Ok(plain) = crypto.open(name.as_bytes(), &seal(name.as_bytes(), data), MAX_MANIFEST_LEN) else {
         return;
     };
     let Ok(manifest) = serde_json::from_slice::<Manifest>(&plain) else {
@@ -121,21 +112,16 @@ pub fn keys(data: &[u8]) {
         && config.validate().is_ok()
         && let Some(hexed) = &config.plain_master
     {
-        let _ = hex::decode(hexed)
-            .ok()
-            .and_then(|bytes| MasterKey::from_bytes(&bytes));
+        let _ = hex::decode(hexed).ok().and_then(|bytes| MasterKey::from_bytes(&bytes));
     }
     let Ok(slot) = from_checked_json::<KeySlot>(&format!("{KEYS_PREFIX}fuzz"), data) else {
         return;
     };
     let _ = slot.open(&Secret::key_file(b"fuzz key file".to_vec()));
     let cheap = match &slot.kdf {
-        Kdf::Argon2id {
-            memory_kib,
-            iterations,
-            parallelism,
-            ..
-        } => *memory_kib <= 64 && *iterations <= 2 && *parallelism <= 2,
+        Kdf::Argon2id { memory_kib, iterations, parallelism, .. } => {
+            *memory_kib <= 64 && *iterations <= 2 && *parallelism <= 2
+        }
         Kdf::KeyFile { .. } => true,
     };
     if cheap {

@@ -7,26 +7,18 @@ use std::time::Instant;
 use futures::StreamExt;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use xenvault_nbd::fuzzing::{MemoryExport, OneExport};
-use xenvault_nbd::{
-    ConnectOptions, MultiReader, MultiReaderConfig, ServerConfig, TlsOptions, Trust,
-};
+use xenvault_nbd::{ConnectOptions, MultiReader, MultiReaderConfig, ServerConfig, TlsOptions, Trust};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mib: u64 = std::env::args()
-        .nth(1)
-        .map(|a| a.parse())
-        .transpose()?
-        .unwrap_or(256);
+    let mib: u64 = std::env::args().nth(1).map(|a| a.parse()).transpose()?.unwrap_or(256);
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()])?;
     let pem = cert.cert.pem().into_bytes();
     let key = PrivateKeyDer::try_from(cert.signing_key.serialize_der())?;
-    let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_no_client_auth()
-    .with_single_cert(vec![CertificateDer::from(cert.cert.der().to_vec())], key)?;
+    let tls = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(vec![CertificateDer::from(cert.cert.der().to_vec())], key)?;
     let tls = Arc::new(tls);
     let data: Vec<u8> = (0..mib << 20).map(|i| (i % 251) as u8 | 1).collect();
     let export = Arc::new(MemoryExport::new(data, false));
@@ -40,21 +32,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let port = listener.local_addr()?.port();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let with_tls = config.tls.is_some();
-        tokio::spawn(xenvault_nbd::serve(
-            listener,
-            config,
-            Arc::new(OneExport(export.clone())),
-            async move {
-                let _ = stopped.await;
-            },
-        ));
+        tokio::spawn(xenvault_nbd::serve(listener, config, Arc::new(OneExport(export.clone())), async move {
+            let _ = stopped.await;
+        }));
         for connections in [1, 4] {
             let mut opts = ConnectOptions::new("127.0.0.1", port, "disk");
             if with_tls {
-                opts = opts.with_tls(TlsOptions {
-                    server_name: "localhost".into(),
-                    trust: Trust::Pem(pem.clone()),
-                });
+                opts = opts.with_tls(TlsOptions { server_name: "localhost".into(), trust: Trust::Pem(pem.clone()) });
             }
             let config = MultiReaderConfig {
                 connections,
@@ -70,10 +54,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 total += piece?.1.len() as u64;
             }
             let secs = started.elapsed().as_secs_f64();
-            println!(
-                "{label:18} {connections} conn: {:7.0} MiB/s",
-                total as f64 / secs / f64::from(1 << 20)
-            );
+            println!("{label:18} {connections} conn: {:7.0} MiB/s", total as f64 / secs / f64::from(1 << 20));
             drop(pieces);
             reader.close().await;
         }

@@ -128,9 +128,7 @@ pub struct Client {
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client")
-            .field("info", &self.info)
-            .finish_non_exhaustive()
+        f.debug_struct("Client").field("info", &self.info).finish_non_exhaustive()
     }
 }
 
@@ -161,21 +159,11 @@ impl Client {
         request_timeout: Option<Duration>,
     ) -> Client {
         let (read_half, write_half) = tokio::io::split(stream);
-        let shared = Arc::new(Shared {
-            pending: Mutex::new(Pending::default()),
-        });
+        let shared = Arc::new(Shared { pending: Mutex::new(Pending::default()) });
         let (outgoing, rx) = mpsc::channel(64);
         let reader = tokio::spawn(read_replies(read_half, shared.clone(), info.clone()));
         let writer = tokio::spawn(write_requests(write_half, rx, shared.clone()));
-        Client {
-            info,
-            shared,
-            outgoing,
-            next_handle: AtomicU64::new(1),
-            request_timeout,
-            reader,
-            writer,
-        }
+        Client { info, shared, outgoing, next_handle: AtomicU64::new(1), request_timeout, reader, writer }
     }
 
     pub fn info(&self) -> &ExportInfo {
@@ -198,9 +186,7 @@ impl Client {
         if len <= max {
             return self.read_one(offset, len).await;
         }
-        let parts = (0..len)
-            .step_by(max as usize)
-            .map(|at| self.read_one(offset + u64::from(at), max.min(len - at)));
+        let parts = (0..len).step_by(max as usize).map(|at| self.read_one(offset + u64::from(at), max.min(len - at)));
         let mut out = BytesMut::with_capacity(len as usize);
         for part in try_join_all(parts).await? {
             out.extend_from_slice(&part);
@@ -209,17 +195,7 @@ impl Client {
     }
 
     async fn read_one(&self, offset: u64, len: u32) -> Result<Bytes> {
-        match self
-            .request(
-                proto::CMD_READ,
-                0,
-                offset,
-                len,
-                None,
-                Kind::Read { offset, len },
-            )
-            .await?
-        {
+        match self.request(proto::CMD_READ, 0, offset, len, None, Kind::Read { offset, len }).await? {
             Reply::Data(data) => Ok(data),
             _ => Err(Error::Malformed("reply kind for a read")),
         }
@@ -228,22 +204,10 @@ impl Client {
     /// `base:allocation` extents covering (at least the start of) the range.
     pub async fn block_status(&self, offset: u64, len: u32) -> Result<Vec<Extent>> {
         if self.info.base_allocation.is_none() {
-            return Err(Error::Unsupported(
-                "block status (no base:allocation context)",
-            ));
+            return Err(Error::Unsupported("block status (no base:allocation context)"));
         }
         self.check_range(offset, len.into())?;
-        match self
-            .request(
-                proto::CMD_BLOCK_STATUS,
-                0,
-                offset,
-                len,
-                None,
-                Kind::BlockStatus { offset },
-            )
-            .await?
-        {
+        match self.request(proto::CMD_BLOCK_STATUS, 0, offset, len, None, Kind::BlockStatus { offset }).await? {
             Reply::Extents(e) => Ok(e),
             _ => Err(Error::Malformed("reply kind for block status")),
         }
@@ -252,27 +216,15 @@ impl Client {
     /// Writes `data` at `offset` (the server decides whether it allows it).
     pub async fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
         self.check_range(offset, data.len() as u64)?;
-        let parts = data
-            .chunks(self.info.max_request as usize)
-            .enumerate()
-            .map(|(i, chunk)| {
-                let at = offset + (i as u64) * u64::from(self.info.max_request);
-                self.request(
-                    proto::CMD_WRITE,
-                    0,
-                    at,
-                    chunk.len() as u32,
-                    Some(chunk),
-                    Kind::Plain,
-                )
-            });
+        let parts = data.chunks(self.info.max_request as usize).enumerate().map(|(i, chunk)| {
+            let at = offset + (i as u64) * u64::from(self.info.max_request);
+            self.request(proto::CMD_WRITE, 0, at, chunk.len() as u32, Some(chunk), Kind::Plain)
+        });
         try_join_all(parts).await.map(drop)
     }
 
     pub async fn flush(&self) -> Result<()> {
-        self.request(proto::CMD_FLUSH, 0, 0, 0, None, Kind::Plain)
-            .await
-            .map(drop)
+        self.request(proto::CMD_FLUSH, 0, 0, 0, None, Kind::Plain).await.map(drop)
     }
 
     /// Sends NBD_CMD_DISC (after the requests already queued) and waits for the stream to close.
@@ -291,11 +243,7 @@ impl Client {
     fn check_range(&self, offset: u64, len: u64) -> Result<()> {
         match offset.checked_add(len) {
             Some(end) if end <= self.info.size => Ok(()),
-            _ => Err(Error::OutOfRange {
-                offset,
-                len,
-                size: self.info.size,
-            }),
+            _ => Err(Error::OutOfRange { offset, len, size: self.info.size }),
         }
     }
 
@@ -326,9 +274,7 @@ impl Client {
         // One channel message per request keeps a cancelled caller from leaving half a request.
         if self.outgoing.send(msg.freeze()).await.is_err() {
             self.shared.lock().waiting.remove(&handle);
-            return Err(self
-                .failure()
-                .unwrap_or(Error::Closed("before the request was sent")));
+            return Err(self.failure().unwrap_or(Error::Closed("before the request was sent")));
         }
         let reply = match self.request_timeout {
             None => rx.await,
@@ -342,19 +288,12 @@ impl Client {
                 }
             },
         };
-        reply.unwrap_or_else(|_| {
-            Err(self
-                .failure()
-                .unwrap_or(Error::Closed("before the reply arrived")))
-        })
+        reply.unwrap_or_else(|_| Err(self.failure().unwrap_or(Error::Closed("before the reply arrived"))))
     }
 }
 
 fn timed_out(what: &str) -> Error {
-    Error::Io(Arc::new(std::io::Error::new(
-        std::io::ErrorKind::TimedOut,
-        what,
-    )))
+    Error::Io(Arc::new(std::io::Error::new(std::io::ErrorKind::TimedOut, what)))
 }
 
 #[derive(Debug)]
@@ -404,11 +343,7 @@ impl Shared {
     }
 }
 
-async fn write_requests<W: AsyncWrite>(
-    mut w: WriteHalf<W>,
-    mut rx: mpsc::Receiver<Bytes>,
-    shared: Arc<Shared>,
-) {
+async fn write_requests<W: AsyncWrite>(mut w: WriteHalf<W>, mut rx: mpsc::Receiver<Bytes>, shared: Arc<Shared>) {
     while let Some(msg) = rx.recv().await {
         if let Err(e) = w.write_all(&msg).await {
             shared.fail_all(e.into(), []);
@@ -438,11 +373,7 @@ async fn read_replies<R: AsyncRead>(mut r: ReadHalf<R>, shared: Arc<Shared>, inf
 }
 
 fn take_waiter(shared: &Shared, handle: u64) -> Result<Waiter> {
-    shared
-        .lock()
-        .waiting
-        .remove(&handle)
-        .ok_or(Error::UnknownHandle(handle))
+    shared.lock().waiting.remove(&handle).ok_or(Error::UnknownHandle(handle))
 }
 
 async fn read_reply<R: AsyncRead>(
@@ -459,16 +390,11 @@ async fn read_reply<R: AsyncRead>(
             let errno = c.u32().unwrap_or_default();
             let handle = c.u64().unwrap_or_default();
             if assembling.contains_key(&handle) {
-                return Err(Error::Malformed(
-                    "simple reply to a request answered in chunks",
-                ));
+                return Err(Error::Malformed("simple reply to a request answered in chunks"));
             }
             let waiter = take_waiter(shared, handle)?;
             let reply = if errno != 0 {
-                Err(Error::Server {
-                    errno,
-                    message: String::new(),
-                })
+                Err(Error::Server { errno, message: String::new() })
             } else {
                 match waiter.kind {
                     Kind::Read { len, .. } => {
@@ -481,9 +407,7 @@ async fn read_reply<R: AsyncRead>(
                         read_exact(r, &mut data, "in read data").await?;
                         Ok(Reply::Data(data.freeze()))
                     }
-                    Kind::BlockStatus { .. } => {
-                        Err(Error::Malformed("simple reply to block status"))
-                    }
+                    Kind::BlockStatus { .. } => Err(Error::Malformed("simple reply to block status")),
                     Kind::Plain => Ok(Reply::Done),
                 }
             };
@@ -501,13 +425,7 @@ async fn read_reply<R: AsyncRead>(
                         Kind::Read { len, .. } => BytesMut::zeroed(len as usize),
                         _ => BytesMut::new(),
                     };
-                    Assembly {
-                        waiter,
-                        data,
-                        covered: 0,
-                        extents: Vec::new(),
-                        error: None,
-                    }
+                    Assembly { waiter, data, covered: 0, extents: Vec::new(), error: None }
                 }
             };
             read_chunk(r, &chunk, &mut asm, info).await?;
@@ -517,9 +435,9 @@ async fn read_reply<R: AsyncRead>(
             }
             let reply = match (asm.error, asm.waiter.kind) {
                 (Some(e), _) => Err(e),
-                (None, Kind::Read { len, .. }) if asm.covered != u64::from(len) => Err(
-                    Error::Malformed("structured read reply that does not cover the request"),
-                ),
+                (None, Kind::Read { len, .. }) if asm.covered != u64::from(len) => {
+                    Err(Error::Malformed("structured read reply that does not cover the request"))
+                }
                 (None, Kind::Read { .. }) => Ok(Reply::Data(asm.data.freeze())),
                 (None, Kind::BlockStatus { .. }) if asm.extents.is_empty() => {
                     Err(Error::Malformed("block status reply without extents"))
@@ -530,11 +448,9 @@ async fn read_reply<R: AsyncRead>(
             let _ = asm.waiter.tx.send(reply);
             Ok(())
         }
-        found => Err(Error::BadMagic {
-            what: "reply",
-            expected: proto::SIMPLE_REPLY_MAGIC.into(),
-            found: found.into(),
-        }),
+        found => {
+            Err(Error::BadMagic { what: "reply", expected: proto::SIMPLE_REPLY_MAGIC.into(), found: found.into() })
+        }
     }
 }
 
@@ -546,17 +462,11 @@ async fn read_chunk<R: AsyncRead>(
 ) -> Result<()> {
     match (chunk.kind, &asm.waiter.kind) {
         (proto::REPLY_TYPE_OFFSET_DATA, Kind::Read { offset, len }) => {
-            let data_len = chunk.len.checked_sub(8).ok_or(Error::Malformed(
-                "OFFSET_DATA chunk shorter than its offset",
-            ))?;
+            let data_len =
+                chunk.len.checked_sub(8).ok_or(Error::Malformed("OFFSET_DATA chunk shorter than its offset"))?;
             let at: [u8; 8] = read_array(r, "in an OFFSET_DATA chunk").await?;
             let start = slot_in_request(u64::from_be_bytes(at), data_len, *offset, *len)?;
-            read_exact(
-                r,
-                &mut asm.data[start..start + data_len as usize],
-                "in OFFSET_DATA payload",
-            )
-            .await?;
+            read_exact(r, &mut asm.data[start..start + data_len as usize], "in OFFSET_DATA payload").await?;
             asm.covered += u64::from(data_len);
         }
         (proto::REPLY_TYPE_OFFSET_HOLE, Kind::Read { offset, len }) => {
@@ -579,11 +489,7 @@ async fn read_chunk<R: AsyncRead>(
             if Some(context) == info.base_allocation {
                 let mut at = offset + asm.extents.iter().map(|e| e.len).sum::<u64>();
                 while let (Some(len), Some(flags)) = (c.u32(), c.u32()) {
-                    asm.extents.push(Extent {
-                        offset: at,
-                        len: len.into(),
-                        flags,
-                    });
+                    asm.extents.push(Extent { offset: at, len: len.into(), flags });
                     at += u64::from(len);
                 }
             }
@@ -598,21 +504,14 @@ async fn read_chunk<R: AsyncRead>(
             let mut c = Cursor::new(&body);
             let errno = c.u32().ok_or(Error::Malformed("error chunk too short"))?;
             let msg_len = c.u16().ok_or(Error::Malformed("error chunk too short"))?;
-            let message = c
-                .bytes(msg_len.into())
-                .ok_or(Error::Malformed("error chunk message length"))?;
+            let message = c.bytes(msg_len.into()).ok_or(Error::Malformed("error chunk message length"))?;
             if errno == 0 {
                 return Err(Error::Malformed("error chunk with errno 0"));
             }
-            asm.error.get_or_insert(Error::Server {
-                errno,
-                message: String::from_utf8_lossy(message).into_owned(),
-            });
+            asm.error.get_or_insert(Error::Server { errno, message: String::from_utf8_lossy(message).into_owned() });
         }
         _ => {
-            return Err(Error::Malformed(
-                "structured chunk type not valid for the request",
-            ));
+            return Err(Error::Malformed("structured chunk type not valid for the request"));
         }
     }
     Ok(())
@@ -620,9 +519,7 @@ async fn read_chunk<R: AsyncRead>(
 
 /// Position of a chunk inside the read buffer, after checking it lies within the request.
 fn slot_in_request(at: u64, len: u32, req_offset: u64, req_len: u32) -> Result<usize> {
-    let start = at
-        .checked_sub(req_offset)
-        .ok_or(Error::Malformed("chunk before the requested range"))?;
+    let start = at.checked_sub(req_offset).ok_or(Error::Malformed("chunk before the requested range"))?;
     match start.checked_add(len.into()) {
         Some(end) if end <= u64::from(req_len) => Ok(start as usize),
         _ => Err(Error::Malformed("chunk beyond the requested range")),
@@ -631,11 +528,7 @@ fn slot_in_request(at: u64, len: u32, req_offset: u64, req_len: u32) -> Result<u
 
 // ---- handshake ----
 
-async fn send_option<W: AsyncWrite + Unpin + ?Sized>(
-    w: &mut W,
-    option: u32,
-    payload: &[u8],
-) -> Result<()> {
+async fn send_option<W: AsyncWrite + Unpin + ?Sized>(w: &mut W, option: u32, payload: &[u8]) -> Result<()> {
     let len = u32::try_from(payload.len()).map_err(|_| Error::Oversized {
         what: "option",
         len: payload.len() as u64,
@@ -649,24 +542,13 @@ async fn send_option<W: AsyncWrite + Unpin + ?Sized>(
 }
 
 /// One option reply; a reply for another option or with a bad magic is an error.
-async fn read_option_reply<R: AsyncRead + Unpin + ?Sized>(
-    r: &mut R,
-    option: u32,
-) -> Result<(u32, Vec<u8>)> {
+async fn read_option_reply<R: AsyncRead + Unpin + ?Sized>(r: &mut R, option: u32) -> Result<(u32, Vec<u8>)> {
     let h = OptionReplyHeader::decode(&read_array(r, "in an option reply").await?);
     if h.magic != proto::OPTION_REPLY_MAGIC {
-        return Err(Error::BadMagic {
-            what: "option reply",
-            expected: proto::OPTION_REPLY_MAGIC,
-            found: h.magic,
-        });
+        return Err(Error::BadMagic { what: "option reply", expected: proto::OPTION_REPLY_MAGIC, found: h.magic });
     }
     if h.option != option {
-        return Err(Error::UnexpectedOptionReply {
-            option,
-            for_option: h.option,
-            reply: h.reply,
-        });
+        return Err(Error::UnexpectedOptionReply { option, for_option: h.option, reply: h.reply });
     }
     let payload = read_payload(r, h.len, MAX_OPTION_REPLY, "option reply").await?;
     Ok((h.reply, payload))
@@ -676,45 +558,26 @@ fn refused(option: u32, reply: u32, payload: &[u8]) -> Error {
     if reply == proto::REP_ERR_TLS_REQD {
         return Error::TlsRequired;
     }
-    Error::OptionRefused {
-        option,
-        reply,
-        message: String::from_utf8_lossy(payload).into_owned(),
-    }
+    Error::OptionRefused { option, reply, message: String::from_utf8_lossy(payload).into_owned() }
 }
 
 fn unexpected(option: u32, reply: u32) -> Error {
-    Error::UnexpectedOptionReply {
-        option,
-        for_option: option,
-        reply,
-    }
+    Error::UnexpectedOptionReply { option, for_option: option, reply }
 }
 
 /// Negotiates from the server's greeting up to the transmission phase.
-pub(crate) async fn handshake(
-    mut s: BoxStream,
-    opts: &ConnectOptions,
-) -> Result<(BoxStream, ExportInfo)> {
+pub(crate) async fn handshake(mut s: BoxStream, opts: &ConnectOptions) -> Result<(BoxStream, ExportInfo)> {
     let greeting: [u8; 18] = read_array(&mut s, "during the greeting").await?;
     let mut c = Cursor::new(&greeting);
     let (magic, second) = (c.u64().unwrap_or_default(), c.u64().unwrap_or_default());
     if magic != proto::NBD_MAGIC {
-        return Err(Error::BadMagic {
-            what: "greeting",
-            expected: proto::NBD_MAGIC,
-            found: magic,
-        });
+        return Err(Error::BadMagic { what: "greeting", expected: proto::NBD_MAGIC, found: magic });
     }
     match second {
         proto::IHAVEOPT => {}
         proto::OLDSTYLE_MAGIC => return Err(Error::Oldstyle),
         found => {
-            return Err(Error::BadMagic {
-                what: "greeting",
-                expected: proto::IHAVEOPT,
-                found,
-            });
+            return Err(Error::BadMagic { what: "greeting", expected: proto::IHAVEOPT, found });
         }
     }
     let server_flags = c.u16().unwrap_or_default();
@@ -722,8 +585,7 @@ pub(crate) async fn handshake(
         return Err(Error::NotFixedNewstyle);
     }
     let no_zeroes = server_flags & proto::FLAG_NO_ZEROES != 0;
-    let client_flags =
-        u32::from(proto::FLAG_FIXED_NEWSTYLE | if no_zeroes { proto::FLAG_NO_ZEROES } else { 0 });
+    let client_flags = u32::from(proto::FLAG_FIXED_NEWSTYLE | if no_zeroes { proto::FLAG_NO_ZEROES } else { 0 });
     s.write_all(&client_flags.to_be_bytes()).await?;
 
     if let Some(tls) = &opts.tls {
@@ -790,9 +652,7 @@ async fn set_meta_context(s: &mut BoxStream, export: &str) -> Result<Option<u32>
         match read_option_reply(s, proto::OPT_SET_META_CONTEXT).await? {
             (proto::REP_META_CONTEXT, body) => {
                 let mut c = Cursor::new(&body);
-                let id = c
-                    .u32()
-                    .ok_or(Error::Malformed("META_CONTEXT reply too short"))?;
+                let id = c.u32().ok_or(Error::Malformed("META_CONTEXT reply too short"))?;
                 if c.rest() == proto::BASE_ALLOCATION.as_bytes() {
                     context = Some(id);
                 }
@@ -826,16 +686,10 @@ async fn go(s: &mut BoxStream, export: &str, info: &mut ExportInfo) -> Result<bo
                         (info.size, info.flags, got_export) = (size, flags, true);
                     }
                     proto::INFO_BLOCK_SIZE => {
-                        let (Some(minimum), Some(preferred), Some(maximum)) =
-                            (c.u32(), c.u32(), c.u32())
-                        else {
+                        let (Some(minimum), Some(preferred), Some(maximum)) = (c.u32(), c.u32(), c.u32()) else {
                             return Err(Error::Malformed("NBD_INFO_BLOCK_SIZE length"));
                         };
-                        info.block_size = Some(BlockSize {
-                            minimum,
-                            preferred,
-                            maximum,
-                        });
+                        info.block_size = Some(BlockSize { minimum, preferred, maximum });
                     }
                     _ => {} // Informational types we did not ask for are allowed.
                 }
@@ -853,25 +707,17 @@ async fn go(s: &mut BoxStream, export: &str, info: &mut ExportInfo) -> Result<bo
     }
 }
 
-async fn export_name(
-    s: &mut BoxStream,
-    export: &str,
-    no_zeroes: bool,
-    info: &mut ExportInfo,
-) -> Result<()> {
+async fn export_name(s: &mut BoxStream, export: &str, no_zeroes: bool, info: &mut ExportInfo) -> Result<()> {
     send_option(s, proto::OPT_EXPORT_NAME, export.as_bytes()).await?;
     // The server closes the connection instead of replying when it refuses the name.
-    let reply: [u8; 10] = read_array(s, "after EXPORT_NAME")
-        .await
-        .map_err(|e| match e {
-            Error::Closed(_) => Error::ExportRefused(export.to_owned()),
-            e => e,
-        })?;
+    let reply: [u8; 10] = read_array(s, "after EXPORT_NAME").await.map_err(|e| match e {
+        Error::Closed(_) => Error::ExportRefused(export.to_owned()),
+        e => e,
+    })?;
     let mut c = Cursor::new(&reply);
     (info.size, info.flags) = (c.u64().unwrap_or_default(), c.u16().unwrap_or_default());
     if !no_zeroes {
-        let _padding: [u8; proto::EXPORT_NAME_PADDING] =
-            read_array(s, "in EXPORT_NAME padding").await?;
+        let _padding: [u8; proto::EXPORT_NAME_PADDING] = read_array(s, "in EXPORT_NAME padding").await?;
     }
     Ok(())
 }

@@ -14,11 +14,7 @@ pub enum Error {
     #[error("TLS setup: {0}")]
     Tls(String),
     #[error("bad magic {found:#x} in {what} (expected {expected:#x})")]
-    BadMagic {
-        what: &'static str,
-        expected: u64,
-        found: u64,
-    },
+    BadMagic { what: &'static str, expected: u64, found: u64 },
     #[error("NBD server speaks the oldstyle protocol; only fixed newstyle is supported")]
     Oldstyle,
     #[error("NBD server does not support the fixed newstyle handshake")]
@@ -26,25 +22,13 @@ pub enum Error {
     #[error("NBD server requires TLS but the client was not configured for it")]
     TlsRequired,
     #[error("NBD server refused option {option}: {reply} {message:?}", option = proto::option_name(*.option), reply = proto::reply_name(*.reply))]
-    OptionRefused {
-        option: u32,
-        reply: u32,
-        message: String,
-    },
+    OptionRefused { option: u32, reply: u32, message: String },
     #[error("NBD server answered option {option} with unexpected reply {reply:#x} for option {for_option}", option = proto::option_name(*.option))]
-    UnexpectedOptionReply {
-        option: u32,
-        for_option: u32,
-        reply: u32,
-    },
+    UnexpectedOptionReply { option: u32, for_option: u32, reply: u32 },
     #[error("NBD server refused export {0:?} (closed the connection)")]
     ExportRefused(String),
     #[error("NBD {what} of {len} bytes exceeds the limit of {limit}")]
-    Oversized {
-        what: &'static str,
-        len: u64,
-        limit: u64,
-    },
+    Oversized { what: &'static str, len: u64, limit: u64 },
     #[error("malformed NBD {0}")]
     Malformed(&'static str),
     #[error("NBD reply for unknown handle {0:#x}")]
@@ -56,11 +40,7 @@ pub enum Error {
     #[error("NBD export does not support {0}")]
     Unsupported(&'static str),
     #[error("NBD connection {index}: giving up after {attempts} reconnects: {last}")]
-    RetriesExhausted {
-        index: usize,
-        attempts: u32,
-        last: Box<Error>,
-    },
+    RetriesExhausted { index: usize, attempts: u32, last: Box<Error> },
 }
 
 impl From<io::Error> for Error {

@@ -21,19 +21,12 @@ pub struct Scripted {
 
 impl Scripted {
     pub fn new(input: &[u8]) -> Self {
-        Self {
-            input: input.to_vec(),
-            pos: 0,
-        }
+        Self { input: input.to_vec(), pos: 0 }
     }
 }
 
 impl AsyncRead for Scripted {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let rest = self.input.get(self.pos..).unwrap_or_default();
         let n = rest.len().min(buf.remaining());
         buf.put_slice(&rest[..n]);
@@ -43,11 +36,7 @@ impl AsyncRead for Scripted {
 }
 
 impl AsyncWrite for Scripted {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Poll::Ready(Ok(buf.len()))
     }
     fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -66,10 +55,7 @@ pub struct MemoryExport {
 
 impl MemoryExport {
     pub fn new(data: Vec<u8>, writable: bool) -> Self {
-        Self {
-            data: Mutex::new(data),
-            writable,
-        }
+        Self { data: Mutex::new(data), writable }
     }
     pub fn contents(&self) -> Vec<u8> {
         self.data.lock().map(|d| d.clone()).unwrap_or_default()
@@ -86,32 +72,20 @@ impl Export for MemoryExport {
         self.data.lock().map(|d| d.len() as u64).unwrap_or_default()
     }
     fn read_at(&self, offset: u64, len: u32) -> BoxFuture<'_, io::Result<Bytes>> {
-        let data = self
-            .data
-            .lock()
-            .map_err(|_| io::Error::other("poisoned"))
-            .and_then(|d| {
-                d.get(range(offset, len as usize)?)
-                    .map(Bytes::copy_from_slice)
-                    .ok_or(io::ErrorKind::InvalidInput.into())
-            });
+        let data = self.data.lock().map_err(|_| io::Error::other("poisoned")).and_then(|d| {
+            d.get(range(offset, len as usize)?).map(Bytes::copy_from_slice).ok_or(io::ErrorKind::InvalidInput.into())
+        });
         Box::pin(async move { data })
     }
     fn writable(&self) -> bool {
         self.writable
     }
     fn write_at(&self, offset: u64, buf: Bytes) -> BoxFuture<'_, io::Result<()>> {
-        let done = self
-            .data
-            .lock()
-            .map_err(|_| io::Error::other("poisoned"))
-            .and_then(|mut d| {
-                let target = d
-                    .get_mut(range(offset, buf.len())?)
-                    .ok_or(io::ErrorKind::InvalidInput)?;
-                target.copy_from_slice(&buf);
-                Ok(())
-            });
+        let done = self.data.lock().map_err(|_| io::Error::other("poisoned")).and_then(|mut d| {
+            let target = d.get_mut(range(offset, buf.len())?).ok_or(io::ErrorKind::InvalidInput)?;
+            target.copy_from_slice(&buf);
+            Ok(())
+        });
         Box::pin(async move { done })
     }
 }
@@ -144,10 +118,8 @@ fn block_on<F: std::future::Future>(f: F) -> Option<F::Output> {
 /// write changes only the data later inputs read, never the protocol's path.
 fn shared_export(writable: bool) -> Arc<dyn Export> {
     static EXPORTS: std::sync::OnceLock<[Arc<dyn Export>; 2]> = std::sync::OnceLock::new();
-    let exports = EXPORTS.get_or_init(|| {
-        [false, true]
-            .map(|w| Arc::new(MemoryExport::new(vec![0x5a; 1 << 20], w)) as Arc<dyn Export>)
-    });
+    let exports = EXPORTS
+        .get_or_init(|| [false, true].map(|w| Arc::new(MemoryExport::new(vec![0x5a; 1 << 20], w)) as Arc<dyn Export>));
     exports[usize::from(writable)].clone()
 }
 
@@ -161,11 +133,7 @@ pub fn client(data: &[u8]) {
         };
         let client = Client::start(stream, info, None);
         let len = client.size().min(64 << 10) as u32;
-        let _ = futures::join!(
-            client.read(0, len),
-            client.block_status(0, len),
-            client.write(0, &[1; 512])
-        );
+        let _ = futures::join!(client.read(0, len), client.block_status(0, len), client.write(0, &[1; 512]));
     });
 }
 
@@ -174,11 +142,7 @@ pub fn server(data: &[u8]) {
     let Some((&mode, data)) = data.split_first() else {
         return;
     };
-    let config = if mode & 1 == 0 {
-        ServerConfig::xapi(None)
-    } else {
-        ServerConfig::modern(None)
-    };
+    let config = if mode & 1 == 0 { ServerConfig::xapi(None) } else { ServerConfig::modern(None) };
     let server = Server::new(config, Arc::new(OneExport(shared_export(mode & 2 != 0))));
     block_on(server.handle(Scripted::new(data)));
 }

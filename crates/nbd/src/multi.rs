@@ -30,13 +30,7 @@ pub struct MultiReaderConfig {
 
 impl Default for MultiReaderConfig {
     fn default() -> Self {
-        Self {
-            connections: 4,
-            piece_size: 4 << 20,
-            in_flight: 16,
-            reconnects: 1,
-            ordered: true,
-        }
+        Self { connections: 4, piece_size: 4 << 20, in_flight: 16, reconnects: 1, ordered: true }
     }
 }
 
@@ -74,20 +68,9 @@ impl MultiReader {
         };
         let slots = clients
             .into_iter()
-            .map(|c| {
-                Mutex::new(Slot {
-                    client: Arc::new(c),
-                    generation: 0,
-                    reconnects: 0,
-                })
-            })
+            .map(|c| Mutex::new(Slot { client: Arc::new(c), generation: 0, reconnects: 0 }))
             .collect();
-        Ok(MultiReader {
-            opts,
-            config,
-            info,
-            slots,
-        })
+        Ok(MultiReader { opts, config, info, slots })
     }
 
     pub fn info(&self) -> &ExportInfo {
@@ -102,26 +85,15 @@ impl MultiReader {
     /// Reads `(offset, len)` ranges as `(offset, bytes)` pieces of at most `piece_size`, keeping
     /// requests in flight up to a byte budget rather than a count, so that many small ranges
     /// (scattered changed blocks) keep the links as busy as a few large ones.
-    pub fn read_ranges(
-        &self,
-        ranges: impl IntoIterator<Item = (u64, u64)>,
-    ) -> BoxStream<'_, Result<(u64, Bytes)>> {
+    pub fn read_ranges(&self, ranges: impl IntoIterator<Item = (u64, u64)>) -> BoxStream<'_, Result<(u64, Bytes)>> {
         let piece = self.config.piece_size.clamp(1, self.info.max_request);
-        let pieces: Vec<(u64, u32)> = ranges
-            .into_iter()
-            .flat_map(|(offset, len)| split(offset, len, piece))
-            .collect();
+        let pieces: Vec<(u64, u32)> = ranges.into_iter().flat_map(|(offset, len)| split(offset, len, piece)).collect();
         let budget = self.config.in_flight.max(1) as u64 * u64::from(piece);
         let max_requests = self.slots.len() * MAX_REQUESTS_PER_CONNECTION;
-        let mut reads = pieces
-            .into_iter()
-            .enumerate()
-            .map(move |(i, (offset, len))| {
-                let read = self
-                    .read_piece(i % self.slots.len(), offset, len)
-                    .map(move |result| (len, result));
-                (len, read)
-            });
+        let mut reads = pieces.into_iter().enumerate().map(move |(i, (offset, len))| {
+            let read = self.read_piece(i % self.slots.len(), offset, len).map(move |result| (len, result));
+            (len, read)
+        });
         let running = if self.config.ordered {
             InFlight::Ordered(FuturesOrdered::new())
         } else {
@@ -178,31 +150,19 @@ impl MultiReader {
             };
             match client.read(offset, len).await {
                 Ok(data) => return Ok((offset, data)),
-                Err(e) if e.is_connection_lost() => {
-                    self.reconnect(index, slot, generation, e).await?
-                }
+                Err(e) if e.is_connection_lost() => self.reconnect(index, slot, generation, e).await?,
                 Err(e) => return Err(e),
             }
         }
     }
 
     /// Re-opens connection `index` unless another piece already did since `seen_generation`.
-    async fn reconnect(
-        &self,
-        index: usize,
-        slot: &Mutex<Slot>,
-        seen_generation: u64,
-        cause: Error,
-    ) -> Result<()> {
+    async fn reconnect(&self, index: usize, slot: &Mutex<Slot>, seen_generation: u64, cause: Error) -> Result<()> {
         let mut s = slot.lock().await;
         if s.generation != seen_generation {
             return Ok(());
         }
-        let give_up = |last| Error::RetriesExhausted {
-            index,
-            attempts: s.reconnects,
-            last: Box::new(last),
-        };
+        let give_up = |last| Error::RetriesExhausted { index, attempts: s.reconnects, last: Box::new(last) };
         if s.reconnects >= self.config.reconnects {
             return Err(give_up(cause));
         }
@@ -291,10 +251,7 @@ mod tests {
     struct One(Arc<SlowDisk>);
 
     impl ExportResolver for One {
-        fn resolve<'a>(
-            &'a self,
-            _: &'a str,
-        ) -> BoxFuture<'a, std::result::Result<Arc<dyn Export>, Refusal>> {
+        fn resolve<'a>(&'a self, _: &'a str) -> BoxFuture<'a, std::result::Result<Arc<dyn Export>, Refusal>> {
             let disk: Arc<dyn Export> = self.0.clone();
             Box::pin(async move { Ok(disk) })
         }
@@ -306,41 +263,15 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let resolver = Arc::new(One(disk.clone()));
-        tokio::spawn(crate::server::serve(
-            listener,
-            ServerConfig::modern(None),
-            resolver,
-            std::future::pending(),
-        ));
-        let config = MultiReaderConfig {
-            connections: 1,
-            piece_size: 64 << 10,
-            in_flight: 2,
-            reconnects: 0,
-            ordered: true,
-        };
-        let reader = MultiReader::connect(ConnectOptions::new("127.0.0.1", port, "disk"), config)
-            .await
-            .unwrap();
+        tokio::spawn(crate::server::serve(listener, ServerConfig::modern(None), resolver, std::future::pending()));
+        let config =
+            MultiReaderConfig { connections: 1, piece_size: 64 << 10, in_flight: 2, reconnects: 0, ordered: true };
+        let reader = MultiReader::connect(ConnectOptions::new("127.0.0.1", port, "disk"), config).await.unwrap();
         // Scattered 4 KiB blocks: a count of 2 pieces would keep just 2 requests in flight.
         let ranges: Vec<(u64, u64)> = (0..64u64).map(|i| (i * 12288, 4096)).collect();
-        let pieces: Vec<(u64, Bytes)> = reader
-            .read_ranges(ranges.clone())
-            .map(|p| p.unwrap())
-            .collect()
-            .await;
-        assert_eq!(
-            pieces
-                .iter()
-                .map(|(offset, data)| (*offset, data.len() as u64))
-                .collect::<Vec<_>>(),
-            ranges
-        );
-        assert!(
-            pieces
-                .iter()
-                .all(|(offset, data)| data.iter().all(|&b| b == (offset >> 12) as u8))
-        );
+        let pieces: Vec<(u64, Bytes)> = reader.read_ranges(ranges.clone()).map(|p| p.unwrap()).collect().await;
+        assert_eq!(pieces.iter().map(|(offset, data)| (*offset, data.len() as u64)).collect::<Vec<_>>(), ranges);
+        assert!(pieces.iter().all(|(offset, data)| data.iter().all(|&b| b == (offset >> 12) as u8)));
         let most = disk.most.load(Ordering::SeqCst);
         assert!(most > 2, "at most {most} reads ran at once");
     }

@@ -183,11 +183,7 @@ impl OptionHeader {
         b
     }
     pub fn decode(b: &[u8; Self::SIZE]) -> Self {
-        Self {
-            magic: be64(b, 0),
-            option: be32(b, 8),
-            len: be32(b, 12),
-        }
+        Self { magic: be64(b, 0), option: be32(b, 8), len: be32(b, 12) }
     }
 }
 
@@ -211,12 +207,7 @@ impl OptionReplyHeader {
         b
     }
     pub fn decode(b: &[u8; Self::SIZE]) -> Self {
-        Self {
-            magic: be64(b, 0),
-            option: be32(b, 8),
-            reply: be32(b, 12),
-            len: be32(b, 16),
-        }
+        Self { magic: be64(b, 0), option: be32(b, 8), reply: be32(b, 12), len: be32(b, 16) }
     }
 }
 
@@ -234,14 +225,7 @@ pub struct Request {
 impl Request {
     pub const SIZE: usize = 28;
     pub fn new(command: u16, flags: u16, handle: u64, offset: u64, len: u32) -> Self {
-        Self {
-            magic: REQUEST_MAGIC,
-            flags,
-            command,
-            handle,
-            offset,
-            len,
-        }
+        Self { magic: REQUEST_MAGIC, flags, command, handle, offset, len }
     }
     pub fn encode(&self) -> [u8; Self::SIZE] {
         let mut b = [0; Self::SIZE];
@@ -296,12 +280,7 @@ impl ChunkHeader {
     }
     /// Decodes the 16 bytes after the magic (the magic tells simple from structured replies).
     pub fn decode_after_magic(b: &[u8; 16]) -> Self {
-        Self {
-            flags: be16(b, 0),
-            kind: be16(b, 2),
-            handle: be64(b, 4),
-            len: be32(b, 12),
-        }
+        Self { flags: be16(b, 0), kind: be16(b, 2), handle: be64(b, 4), len: be32(b, 12) }
     }
 }
 
@@ -352,21 +331,13 @@ mod tests {
     fn headers_round_trip() {
         let r = Request::new(CMD_READ, CMD_FLAG_DF, 7, 1 << 40, 4096);
         assert_eq!(Request::decode(&r.encode()), r);
-        let c = ChunkHeader {
-            flags: REPLY_FLAG_DONE,
-            kind: REPLY_TYPE_OFFSET_DATA,
-            handle: 9,
-            len: 12,
-        };
+        let c = ChunkHeader { flags: REPLY_FLAG_DONE, kind: REPLY_TYPE_OFFSET_DATA, handle: 9, len: 12 };
         let enc = c.encode();
         let mut tail = [0; 16];
         tail.copy_from_slice(&enc[4..]);
         assert_eq!(ChunkHeader::decode_after_magic(&tail), c);
         let o = OptionReplyHeader::decode(&OptionReplyHeader::encode(OPT_GO, REP_ERR_UNSUP, 3));
-        assert_eq!(
-            (o.magic, o.option, o.reply, o.len),
-            (OPTION_REPLY_MAGIC, OPT_GO, REP_ERR_UNSUP, 3)
-        );
+        assert_eq!((o.magic, o.option, o.reply, o.len), (OPTION_REPLY_MAGIC, OPT_GO, REP_ERR_UNSUP, 3));
     }
 
     #[test]

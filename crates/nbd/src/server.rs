@@ -36,13 +36,7 @@ pub trait Export: Send + Sync + 'static {
     }
     /// `base:allocation` extents from `offset`; the default reports everything as allocated data.
     fn block_status(&self, offset: u64, len: u32) -> BoxFuture<'_, io::Result<Vec<Extent>>> {
-        Box::pin(async move {
-            Ok(vec![Extent {
-                offset,
-                len: len.into(),
-                flags: 0,
-            }])
-        })
+        Box::pin(async move { Ok(vec![Extent { offset, len: len.into(), flags: 0 }]) })
     }
 }
 
@@ -81,18 +75,10 @@ pub struct ServerConfig {
 
 impl ServerConfig {
     pub fn xapi(tls: Option<Arc<rustls::ServerConfig>>) -> Self {
-        Self {
-            behaviour: Behaviour::XapiCompat,
-            tls,
-            max_connections: 16,
-        }
+        Self { behaviour: Behaviour::XapiCompat, tls, max_connections: 16 }
     }
     pub fn modern(tls: Option<Arc<rustls::ServerConfig>>) -> Self {
-        Self {
-            behaviour: Behaviour::Modern,
-            tls,
-            max_connections: 64,
-        }
+        Self { behaviour: Behaviour::Modern, tls, max_connections: 64 }
     }
 }
 
@@ -121,9 +107,7 @@ pub async fn serve(
     resolver: Arc<dyn ExportResolver>,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
-    Arc::new(Server::new(config, resolver))
-        .serve(listener, shutdown)
-        .await
+    Arc::new(Server::new(config, resolver)).serve(listener, shutdown).await
 }
 
 impl Server {
@@ -136,11 +120,7 @@ impl Server {
         }
     }
 
-    pub async fn serve(
-        self: Arc<Self>,
-        listener: TcpListener,
-        shutdown: impl Future<Output = ()>,
-    ) -> io::Result<()> {
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) -> io::Result<()> {
         let mut connections = JoinSet::new();
         tokio::pin!(shutdown);
         loop {
@@ -177,20 +157,14 @@ impl Server {
         let count = self.active.fetch_add(1, Ordering::SeqCst) + 1;
         let _slot = SlotGuard(&self.active);
         if count > self.config.max_connections {
-            tracing::info!(
-                "nbd: refusing connection, already {} open",
-                self.config.max_connections
-            );
+            tracing::info!("nbd: refusing connection, already {} open", self.config.max_connections);
             return;
         }
         let mut stop = self.shutdown.subscribe();
         if *stop.borrow_and_update() {
             return;
         }
-        let conn = Connection {
-            config: &self.config,
-            resolver: self.resolver.as_ref(),
-        };
+        let conn = Connection { config: &self.config, resolver: self.resolver.as_ref() };
         let result = tokio::select! {
             r = conn.handshake(Box::new(stream)) => r,
             _ = stop.changed() => return,
@@ -251,11 +225,8 @@ impl Connection<'_> {
 
     /// Ok(None) when the client ended the handshake (ABORT) or the link must close quietly.
     async fn handshake(&self, mut s: BoxStream) -> Result<Option<Session>> {
-        let flags = if self.modern() {
-            proto::FLAG_FIXED_NEWSTYLE | proto::FLAG_NO_ZEROES
-        } else {
-            proto::FLAG_FIXED_NEWSTYLE
-        };
+        let flags =
+            if self.modern() { proto::FLAG_FIXED_NEWSTYLE | proto::FLAG_NO_ZEROES } else { proto::FLAG_FIXED_NEWSTYLE };
         let mut greeting = Vec::with_capacity(18);
         greeting.extend_from_slice(&proto::NBD_MAGIC.to_be_bytes());
         greeting.extend_from_slice(&proto::IHAVEOPT.to_be_bytes());
@@ -265,9 +236,7 @@ impl Connection<'_> {
         let client_flags = u32::from_be_bytes(read_array(&mut s, "reading client flags").await?);
         let fixed = client_flags & u32::from(proto::FLAG_FIXED_NEWSTYLE) != 0;
         let no_zeroes = self.modern() && client_flags & u32::from(proto::FLAG_NO_ZEROES) != 0;
-        if self.modern()
-            && client_flags & !u32::from(proto::FLAG_FIXED_NEWSTYLE | proto::FLAG_NO_ZEROES) != 0
-        {
+        if self.modern() && client_flags & !u32::from(proto::FLAG_FIXED_NEWSTYLE | proto::FLAG_NO_ZEROES) != 0 {
             return Err(Error::Malformed("unknown client flags"));
         }
         if let Some(tls) = &self.config.tls {
@@ -298,11 +267,7 @@ impl Connection<'_> {
             let (option, payload) = read_option(&mut s).await?;
             match option {
                 proto::OPT_STARTTLS => {
-                    let r = if tls_active {
-                        proto::REP_ERR_INVALID
-                    } else {
-                        proto::REP_ERR_POLICY
-                    };
+                    let r = if tls_active { proto::REP_ERR_INVALID } else { proto::REP_ERR_POLICY };
                     reply(&mut s, option, r, &[]).await?;
                 }
                 proto::OPT_ABORT => {
@@ -323,11 +288,7 @@ impl Connection<'_> {
                     };
                     let mut msg = Vec::with_capacity(10 + proto::EXPORT_NAME_PADDING);
                     msg.extend_from_slice(&export.size().to_be_bytes());
-                    msg.extend_from_slice(
-                        &self
-                            .transmission_flags(export.as_ref(), &agreed)
-                            .to_be_bytes(),
-                    );
+                    msg.extend_from_slice(&self.transmission_flags(export.as_ref(), &agreed).to_be_bytes());
                     if !no_zeroes {
                         msg.extend_from_slice(&[0; proto::EXPORT_NAME_PADDING]);
                     }
@@ -340,9 +301,7 @@ impl Connection<'_> {
                         block_status: agreed.block_status,
                     }));
                 }
-                proto::OPT_LIST if !self.modern() => {
-                    reply(&mut s, option, proto::REP_ERR_POLICY, &[]).await?
-                }
+                proto::OPT_LIST if !self.modern() => reply(&mut s, option, proto::REP_ERR_POLICY, &[]).await?,
                 _ if !self.modern() => reply(&mut s, option, proto::REP_ERR_UNSUP, &[]).await?,
                 proto::OPT_LIST => {
                     for name in self.resolver.list() {
@@ -355,17 +314,10 @@ impl Connection<'_> {
                     reply(&mut s, option, proto::REP_ACK, &[]).await?;
                 }
                 proto::OPT_STRUCTURED_REPLY => {
-                    reply(
-                        &mut s,
-                        option,
-                        proto::REP_ERR_INVALID,
-                        b"no payload expected",
-                    )
-                    .await?
+                    reply(&mut s, option, proto::REP_ERR_INVALID, b"no payload expected").await?
                 }
                 proto::OPT_SET_META_CONTEXT | proto::OPT_LIST_META_CONTEXT => {
-                    self.meta_context(&mut s, option, &payload, &mut agreed)
-                        .await?
+                    self.meta_context(&mut s, option, &payload, &mut agreed).await?
                 }
                 proto::OPT_INFO | proto::OPT_GO => {
                     if let Some(export) = self.info(&mut s, option, &payload, &agreed).await? {
@@ -399,21 +351,9 @@ impl Connection<'_> {
         flags
     }
 
-    async fn meta_context(
-        &self,
-        s: &mut BoxStream,
-        option: u32,
-        payload: &[u8],
-        agreed: &mut Agreed,
-    ) -> Result<()> {
+    async fn meta_context(&self, s: &mut BoxStream, option: u32, payload: &[u8], agreed: &mut Agreed) -> Result<()> {
         if !agreed.structured {
-            return reply(
-                s,
-                option,
-                proto::REP_ERR_INVALID,
-                b"structured replies first",
-            )
-            .await;
+            return reply(s, option, proto::REP_ERR_INVALID, b"structured replies first").await;
         }
         let mut c = Cursor::new(payload);
         let parsed = c.string32().and_then(|_export| {
@@ -421,19 +361,10 @@ impl Connection<'_> {
             (0..n).map(|_| c.string32()).collect::<Option<Vec<_>>>()
         });
         let Some(queries) = parsed.filter(|_| c.remaining() == 0) else {
-            return reply(
-                s,
-                option,
-                proto::REP_ERR_INVALID,
-                b"malformed meta context request",
-            )
-            .await;
+            return reply(s, option, proto::REP_ERR_INVALID, b"malformed meta context request").await;
         };
         let wanted = if option == proto::OPT_LIST_META_CONTEXT {
-            queries.is_empty()
-                || queries
-                    .iter()
-                    .any(|q| *q == proto::BASE_ALLOCATION || *q == "base:")
+            queries.is_empty() || queries.iter().any(|q| *q == proto::BASE_ALLOCATION || *q == "base:")
         } else {
             queries.contains(&proto::BASE_ALLOCATION)
         };
@@ -463,13 +394,7 @@ impl Connection<'_> {
             Some((name, requests))
         });
         let Some((name, requests)) = parsed.filter(|_| c.remaining() == 0) else {
-            reply(
-                s,
-                option,
-                proto::REP_ERR_INVALID,
-                b"malformed INFO/GO request",
-            )
-            .await?;
+            reply(s, option, proto::REP_ERR_INVALID, b"malformed INFO/GO request").await?;
             return Ok(None);
         };
         let export = match self.resolver.resolve(name).await {
@@ -481,11 +406,7 @@ impl Connection<'_> {
         };
         let mut info = proto::INFO_EXPORT.to_be_bytes().to_vec();
         info.extend_from_slice(&export.size().to_be_bytes());
-        info.extend_from_slice(
-            &self
-                .transmission_flags(export.as_ref(), agreed)
-                .to_be_bytes(),
-        );
+        info.extend_from_slice(&self.transmission_flags(export.as_ref(), agreed).to_be_bytes());
         reply(s, option, proto::REP_INFO, &info).await?;
         if requests.contains(&proto::INFO_BLOCK_SIZE) {
             let mut bs = proto::INFO_BLOCK_SIZE.to_be_bytes().to_vec();
@@ -507,16 +428,9 @@ impl Connection<'_> {
 async fn read_option(s: &mut BoxStream) -> Result<(u32, Vec<u8>)> {
     let h = OptionHeader::decode(&read_array(s, "reading an option").await?);
     if h.magic != proto::IHAVEOPT {
-        return Err(Error::BadMagic {
-            what: "option",
-            expected: proto::IHAVEOPT,
-            found: h.magic,
-        });
+        return Err(Error::BadMagic { what: "option", expected: proto::IHAVEOPT, found: h.magic });
     }
-    Ok((
-        h.option,
-        read_payload(s, h.len, MAX_OPTION, "option").await?,
-    ))
+    Ok((h.option, read_payload(s, h.len, MAX_OPTION, "option").await?))
 }
 
 async fn read_request<R: AsyncRead + Unpin + ?Sized>(
@@ -550,9 +464,7 @@ fn errno_of(e: &io::Error) -> u32 {
 }
 
 fn in_range(export: &dyn Export, offset: u64, len: u32) -> bool {
-    offset
-        .checked_add(len.into())
-        .is_some_and(|end| end <= export.size())
+    offset.checked_add(len.into()).is_some_and(|end| end <= export.size())
 }
 
 impl Session {
@@ -563,15 +475,11 @@ impl Session {
             let errno = match req.command {
                 proto::CMD_DISC => return Ok(()),
                 proto::CMD_WRITE => proto::EPERM,
-                proto::CMD_READ
-                    if req.offset % XAPI_SECTOR != 0 || u64::from(req.len) % XAPI_SECTOR != 0 =>
-                {
+                proto::CMD_READ if req.offset % XAPI_SECTOR != 0 || u64::from(req.len) % XAPI_SECTOR != 0 => {
                     proto::EINVAL
                 }
                 proto::CMD_READ => {
-                    self.stream
-                        .write_all(&proto::encode_simple_reply(0, req.handle))
-                        .await?;
+                    self.stream.write_all(&proto::encode_simple_reply(0, req.handle)).await?;
                     if !in_range(self.export.as_ref(), req.offset, req.len) {
                         return Err(Error::OutOfRange {
                             offset: req.offset,
@@ -590,9 +498,7 @@ impl Session {
                 }
                 _ => proto::EINVAL,
             };
-            self.stream
-                .write_all(&proto::encode_simple_reply(errno, req.handle))
-                .await?;
+            self.stream.write_all(&proto::encode_simple_reply(errno, req.handle)).await?;
             self.stream.flush().await?;
             return Ok(());
         }
@@ -606,11 +512,8 @@ impl Session {
         let writer = tokio::spawn(write_replies(w, rx));
         let limit = Arc::new(Semaphore::new(MODERN_IN_FLIGHT));
         let mut tasks = JoinSet::new();
-        let ctx = Arc::new(Handler {
-            export: self.export,
-            structured: self.structured,
-            block_status: self.block_status,
-        });
+        let ctx =
+            Arc::new(Handler { export: self.export, structured: self.structured, block_status: self.block_status });
         let result = loop {
             let req = match read_request(&mut r, &mut stop).await {
                 Ok(Some(req)) => req,
@@ -628,9 +531,7 @@ impl Session {
                 }
                 proto::CMD_WRITE => {
                     let mut buf = BytesMut::zeroed(req.len as usize);
-                    if let Err(e) =
-                        crate::stream::read_exact(&mut r, &mut buf, "reading write data").await
-                    {
+                    if let Err(e) = crate::stream::read_exact(&mut r, &mut buf, "reading write data").await {
                         break Err(e);
                     }
                     Some(buf.freeze())
@@ -666,10 +567,7 @@ fn check_len(data: &Bytes, want: u32) -> Result<()> {
     Ok(())
 }
 
-async fn write_replies<W: AsyncWrite>(
-    mut w: tokio::io::WriteHalf<W>,
-    mut rx: mpsc::Receiver<Vec<Bytes>>,
-) {
+async fn write_replies<W: AsyncWrite>(mut w: tokio::io::WriteHalf<W>, mut rx: mpsc::Receiver<Vec<Bytes>>) {
     while let Some(parts) = rx.recv().await {
         for part in parts {
             if w.write_all(&part).await.is_err() {
@@ -695,29 +593,20 @@ impl Handler {
         let result = match req.command {
             proto::CMD_READ => return self.read(req).await,
             proto::CMD_WRITE if !self.export.writable() => Err(proto::EPERM),
-            proto::CMD_WRITE if !in_range(self.export.as_ref(), req.offset, req.len) => {
-                Err(proto::ENOSPC)
+            proto::CMD_WRITE if !in_range(self.export.as_ref(), req.offset, req.len) => Err(proto::ENOSPC),
+            proto::CMD_WRITE => {
+                self.export.write_at(req.offset, payload.unwrap_or_default()).await.map_err(|e| errno_of(&e))
             }
-            proto::CMD_WRITE => self
-                .export
-                .write_at(req.offset, payload.unwrap_or_default())
-                .await
-                .map_err(|e| errno_of(&e)),
             proto::CMD_FLUSH => self.export.flush().await.map_err(|e| errno_of(&e)),
             proto::CMD_BLOCK_STATUS if self.block_status => return self.block_status(req).await,
             _ => Err(proto::EINVAL),
         };
-        vec![Bytes::copy_from_slice(&proto::encode_simple_reply(
-            result.err().unwrap_or(0),
-            req.handle,
-        ))]
+        vec![Bytes::copy_from_slice(&proto::encode_simple_reply(result.err().unwrap_or(0), req.handle))]
     }
 
     fn error(&self, req: &Request, errno: u32, message: &str) -> Vec<Bytes> {
         if !self.structured {
-            return vec![Bytes::copy_from_slice(&proto::encode_simple_reply(
-                errno, req.handle,
-            ))];
+            return vec![Bytes::copy_from_slice(&proto::encode_simple_reply(errno, req.handle))];
         }
         let message = &message.as_bytes()[..message.len().min(1024)];
         let mut body = BytesMut::with_capacity(6 + message.len());
@@ -728,14 +617,8 @@ impl Handler {
     }
 
     async fn read(&self, req: Request) -> Vec<Bytes> {
-        if !in_range(self.export.as_ref(), req.offset, req.len)
-            || req.len > proto::DEFAULT_MAX_REQUEST
-        {
-            return self.error(
-                &req,
-                proto::EINVAL,
-                "read beyond the end of the export or too large",
-            );
+        if !in_range(self.export.as_ref(), req.offset, req.len) || req.len > proto::DEFAULT_MAX_REQUEST {
+            return self.error(&req, proto::EINVAL, "read beyond the end of the export or too large");
         }
         let data = match self.export.read_at(req.offset, req.len).await {
             Ok(d) if d.len() == req.len as usize => d,
@@ -743,10 +626,7 @@ impl Handler {
             Err(e) => return self.error(&req, errno_of(&e), &e.to_string()),
         };
         if !self.structured {
-            return vec![
-                Bytes::copy_from_slice(&proto::encode_simple_reply(0, req.handle)),
-                data,
-            ];
+            return vec![Bytes::copy_from_slice(&proto::encode_simple_reply(0, req.handle)), data];
         }
         // A zero buffer travels as a hole unless the client forbade fragmenting.
         if req.flags & proto::CMD_FLAG_DF == 0 && data.iter().all(|&b| b == 0) {
@@ -769,11 +649,7 @@ impl Handler {
 
     async fn block_status(&self, req: Request) -> Vec<Bytes> {
         if !in_range(self.export.as_ref(), req.offset, req.len) || req.len == 0 {
-            return self.error(
-                &req,
-                proto::EINVAL,
-                "block status beyond the end of the export",
-            );
+            return self.error(&req, proto::EINVAL, "block status beyond the end of the export");
         }
         let extents = match self.export.block_status(req.offset, req.len).await {
             Ok(e) => e,
@@ -808,11 +684,6 @@ impl Handler {
 
 /// One final structured chunk.
 fn chunk(handle: u64, kind: u16, body: Bytes) -> Vec<Bytes> {
-    let header = ChunkHeader {
-        flags: proto::REPLY_FLAG_DONE,
-        kind,
-        handle,
-        len: body.len() as u32,
-    };
+    let header = ChunkHeader { flags: proto::REPLY_FLAG_DONE, kind, handle, len: body.len() as u32 };
     vec![Bytes::copy_from_slice(&header.encode()), body]
 }

@@ -19,11 +19,7 @@ pub async fn read_array<const N: usize, R: AsyncRead + Unpin + ?Sized>(
     Ok(b)
 }
 
-pub async fn read_exact<R: AsyncRead + Unpin + ?Sized>(
-    r: &mut R,
-    buf: &mut [u8],
-    what: &'static str,
-) -> Result<()> {
+pub async fn read_exact<R: AsyncRead + Unpin + ?Sized>(r: &mut R, buf: &mut [u8], what: &'static str) -> Result<()> {
     match r.read_exact(buf).await {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(Error::Closed(what)),
@@ -40,11 +36,7 @@ pub async fn read_payload<R: AsyncRead + Unpin + ?Sized>(
     what: &'static str,
 ) -> Result<Vec<u8>> {
     if len > limit {
-        return Err(Error::Oversized {
-            what,
-            len: len.into(),
-            limit: limit.into(),
-        });
+        return Err(Error::Oversized { what, len: len.into(), limit: limit.into() });
     }
     let mut buf = vec![0; len as usize];
     read_exact(r, &mut buf, what).await?;

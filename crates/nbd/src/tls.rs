@@ -49,8 +49,6 @@ impl TlsOptions {
             Trust::Pem(pem) => ServerTrust::PemPinOrCa(pem.clone()),
             Trust::Insecure => ServerTrust::Insecure,
         };
-        xenvault_tls::client_config(&trust)
-            .map(Arc::new)
-            .map_err(|e| Error::Tls(e.to_string()))
+        xenvault_tls::client_config(&trust).map(Arc::new).map_err(|e| Error::Tls(e.to_string()))
     }
 }

@@ -18,9 +18,7 @@ use xenvault_nbd::{Client, Error, MultiReader, MultiReaderConfig, ServerConfig};
 // ---- raw protocol helpers ----
 
 async fn send_option<S: AsyncWrite + Unpin>(s: &mut S, option: u32, payload: &[u8]) {
-    s.write_all(&OptionHeader::encode(option, payload.len() as u32))
-        .await
-        .unwrap();
+    s.write_all(&OptionHeader::encode(option, payload.len() as u32)).await.unwrap();
     s.write_all(payload).await.unwrap();
 }
 
@@ -36,13 +34,8 @@ async fn option_reply<S: AsyncRead + Unpin>(s: &mut S) -> (u32, u32) {
 
 async fn assert_closed<S: AsyncRead + Unpin>(s: &mut S) {
     let mut b = [0; 1];
-    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut b))
-        .await
-        .expect("server kept the link open");
-    assert!(
-        matches!(n, Ok(0) | Err(_)),
-        "server sent more data instead of closing"
-    );
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut b)).await.expect("server kept the link open");
+    assert!(matches!(n, Ok(0) | Err(_)), "server sent more data instead of closing");
 }
 
 async fn greet(addr: SocketAddr) -> TcpStream {
@@ -53,9 +46,7 @@ async fn greet(addr: SocketAddr) -> TcpStream {
     assert_eq!(greeting[8..16], IHAVEOPT.to_be_bytes());
     // xapi advertises FIXED_NEWSTYLE only: never NO_ZEROES.
     assert_eq!(greeting[16..], FLAG_FIXED_NEWSTYLE.to_be_bytes());
-    s.write_all(&u32::from(FLAG_FIXED_NEWSTYLE).to_be_bytes())
-        .await
-        .unwrap();
+    s.write_all(&u32::from(FLAG_FIXED_NEWSTYLE).to_be_bytes()).await.unwrap();
     s
 }
 
@@ -68,16 +59,13 @@ fn go_payload(name: &str) -> Vec<u8> {
 fn tls_connector(pki: &Pki) -> tokio_rustls::TlsConnector {
     let mut roots = rustls::RootCertStore::empty();
     roots.add_parsable_certificates(
-        rustls::pki_types::pem::PemObject::pem_slice_iter(&pki.pem("ca-cert.pem"))
-            .map(Result::unwrap),
+        rustls::pki_types::pem::PemObject::pem_slice_iter(&pki.pem("ca-cert.pem")).map(Result::unwrap),
     );
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     tokio_rustls::TlsConnector::from(Arc::new(config))
 }
 
@@ -95,10 +83,7 @@ async fn xapi_compat_answers_options_and_commands_exactly_like_xapi_nbd() {
     }
     send_option(&mut s, OPT_STARTTLS, &[]).await;
     assert_eq!(option_reply(&mut s).await, (OPT_STARTTLS, REP_ACK));
-    let mut s = tls_connector(&pki)
-        .connect(ServerName::try_from("localhost").unwrap(), s)
-        .await
-        .unwrap();
+    let mut s = tls_connector(&pki).connect(ServerName::try_from("localhost").unwrap(), s).await.unwrap();
 
     // After TLS: the modern options are unknown to xapi-nbd.
     for (option, payload, expected) in [
@@ -110,36 +95,24 @@ async fn xapi_compat_answers_options_and_commands_exactly_like_xapi_nbd() {
         (OPT_STARTTLS, vec![], REP_ERR_INVALID),
     ] {
         send_option(&mut s, option, &payload).await;
-        assert_eq!(
-            option_reply(&mut s).await,
-            (option, expected),
-            "option {}",
-            option_name(option)
-        );
+        assert_eq!(option_reply(&mut s).await, (option, expected), "option {}", option_name(option));
     }
     send_option(&mut s, OPT_EXPORT_NAME, EXPORT.as_bytes()).await;
     let mut export = [0; 10 + EXPORT_NAME_PADDING];
     s.read_exact(&mut export).await.unwrap();
     assert_eq!(export[..8], (data.len() as u64).to_be_bytes());
-    assert_eq!(
-        export[8..10],
-        (TFLAG_HAS_FLAGS | TFLAG_READ_ONLY).to_be_bytes()
-    );
+    assert_eq!(export[8..10], (TFLAG_HAS_FLAGS | TFLAG_READ_ONLY).to_be_bytes());
     assert!(export[10..].iter().all(|&b| b == 0));
 
     // READ works (simple reply); WRITE gets EPERM and, as in xapi-nbd, ends the session.
-    s.write_all(&Request::new(CMD_READ, 0, 7, 4096, 4096).encode())
-        .await
-        .unwrap();
+    s.write_all(&Request::new(CMD_READ, 0, 7, 4096, 4096).encode()).await.unwrap();
     let mut reply = [0; 16];
     s.read_exact(&mut reply).await.unwrap();
     assert_eq!(reply, encode_simple_reply(0, 7));
     let mut block = vec![0; 4096];
     s.read_exact(&mut block).await.unwrap();
     assert!(block[..] == data[4096..8192]);
-    s.write_all(&Request::new(CMD_WRITE, 0, 8, 0, 512).encode())
-        .await
-        .unwrap();
+    s.write_all(&Request::new(CMD_WRITE, 0, 8, 0, 512).encode()).await.unwrap();
     s.write_all(&[0; 512]).await.unwrap();
     s.read_exact(&mut reply).await.unwrap();
     assert_eq!(reply, encode_simple_reply(EPERM, 8));
@@ -157,20 +130,14 @@ async fn xapi_compat_answers_options_and_commands_exactly_like_xapi_nbd() {
 async fn xapi_compat_answers_flush_trim_block_status_and_unaligned_reads_with_einval() {
     let data = disk_bytes();
     let (addr, _stop) = start_server(ServerConfig::xapi(None), memory(&data, false)).await;
-    for (command, offset, len) in [
-        (CMD_FLUSH, 0, 0),
-        (CMD_TRIM, 0, 512),
-        (CMD_BLOCK_STATUS, 0, 512),
-        (CMD_READ, 1, 512),
-        (CMD_READ, 0, 100),
-    ] {
+    for (command, offset, len) in
+        [(CMD_FLUSH, 0, 0), (CMD_TRIM, 0, 512), (CMD_BLOCK_STATUS, 0, 512), (CMD_READ, 1, 512), (CMD_READ, 0, 100)]
+    {
         let mut s = greet(addr).await;
         send_option(&mut s, OPT_EXPORT_NAME, EXPORT.as_bytes()).await;
         let mut export = [0; 10 + EXPORT_NAME_PADDING];
         s.read_exact(&mut export).await.unwrap();
-        s.write_all(&Request::new(command, 0, 1, offset, len).encode())
-            .await
-            .unwrap();
+        s.write_all(&Request::new(command, 0, 1, offset, len).encode()).await.unwrap();
         let mut reply = [0; 16];
         s.read_exact(&mut reply).await.unwrap();
         assert_eq!(reply, encode_simple_reply(EINVAL, 1), "command {command}");
@@ -188,19 +155,13 @@ async fn our_client_falls_back_to_export_name_on_xapi_compat_over_tls() {
     let client = Client::connect(&opts).await.unwrap();
     let info = client.info().clone();
     assert!(
-        !info.used_go
-            && !info.structured_replies
-            && info.base_allocation.is_none()
-            && info.read_only(),
+        !info.used_go && !info.structured_replies && info.base_allocation.is_none() && info.read_only(),
         "{info:?}"
     );
     assert_eq!(info.size, data.len() as u64);
     let reads = (0..8u64).map(|i| client.read(i << 20, 1 << 20));
     assert!(futures::future::try_join_all(reads).await.unwrap().concat() == data);
-    assert!(matches!(
-        client.block_status(0, 4096).await,
-        Err(Error::Unsupported(_))
-    ));
+    assert!(matches!(client.block_status(0, 4096).await, Err(Error::Unsupported(_))));
 
     let write = client.write(0, &[1; 512]).await.unwrap_err();
     assert_eq!(write.errno(), Some(EPERM), "{write}");
@@ -209,10 +170,7 @@ async fn our_client_falls_back_to_export_name_on_xapi_compat_over_tls() {
     assert!(after.is_connection_lost(), "{after}");
 
     // Without TLS configured the client gets a typed refusal.
-    assert!(matches!(
-        Client::connect(&options(addr, EXPORT)).await,
-        Err(Error::TlsRequired)
-    ));
+    assert!(matches!(Client::connect(&options(addr, EXPORT)).await, Err(Error::TlsRequired)));
 }
 
 #[tokio::test]
@@ -220,9 +178,7 @@ async fn xapi_compat_serves_sixteen_connections_and_drops_the_seventeenth() {
     let data = vec![7; 1 << 20];
     let (addr, _stop) = start_server(ServerConfig::xapi(None), memory(&data, false)).await;
     let opts = options(addr, EXPORT);
-    let clients = futures::future::try_join_all((0..16).map(|_| Client::connect(&opts)))
-        .await
-        .unwrap();
+    let clients = futures::future::try_join_all((0..16).map(|_| Client::connect(&opts))).await.unwrap();
     let extra = Client::connect(&opts).await.unwrap_err();
     assert!(matches!(extra, Error::Closed(_)), "{extra}");
 
@@ -232,9 +188,7 @@ async fn xapi_compat_serves_sixteen_connections_and_drops_the_seventeenth() {
     let client = loop {
         match Client::connect(&opts).await {
             Ok(c) => break c,
-            Err(_) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(20)).await
-            }
+            Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(20)).await,
             Err(e) => panic!("slots never freed: {e}"),
         }
     };
@@ -242,38 +196,20 @@ async fn xapi_compat_serves_sixteen_connections_and_drops_the_seventeenth() {
 
     // The multi-connection reader makes do with the connections the host grants.
     let (fresh, _stop2) = start_server(ServerConfig::xapi(None), memory(&data, false)).await;
-    let config = MultiReaderConfig {
-        connections: 20,
-        ..Default::default()
-    };
-    let reader = MultiReader::connect(options(fresh, EXPORT), config)
-        .await
-        .unwrap();
+    let config = MultiReaderConfig { connections: 20, ..Default::default() };
+    let reader = MultiReader::connect(options(fresh, EXPORT), config).await.unwrap();
     assert_eq!(reader.connections(), 16);
     let pieces: Vec<_> = reader.read_ranges([(0, 1 << 20)]).collect().await;
-    assert!(
-        pieces
-            .into_iter()
-            .map(|p| p.unwrap().1)
-            .collect::<Vec<_>>()
-            .concat()
-            == data
-    );
+    assert!(pieces.into_iter().map(|p| p.unwrap().1).collect::<Vec<_>>().concat() == data);
 }
 
 #[tokio::test]
 async fn refused_export_names_are_typed_errors() {
     let (xapi, _stop1) = start_server(ServerConfig::xapi(None), memory(&[0; 4096], false)).await;
-    let err = Client::connect(&options(xapi, "/other?session_id=OpaqueRef:bad"))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, Error::ExportRefused(ref name) if name == "/other?session_id=OpaqueRef:bad"),
-        "{err}"
-    );
+    let err = Client::connect(&options(xapi, "/other?session_id=OpaqueRef:bad")).await.unwrap_err();
+    assert!(matches!(err, Error::ExportRefused(ref name) if name == "/other?session_id=OpaqueRef:bad"), "{err}");
 
-    let (modern, _stop2) =
-        start_server(ServerConfig::modern(None), memory(&[0; 4096], false)).await;
+    let (modern, _stop2) = start_server(ServerConfig::modern(None), memory(&[0; 4096], false)).await;
     let err = Client::connect(&options(modern, "nope")).await.unwrap_err();
     assert!(
         matches!(err, Error::OptionRefused { option: OPT_GO, reply: REP_ERR_UNKNOWN, ref message } if message.contains("no such VDI")),
@@ -288,46 +224,19 @@ async fn modern_server_gives_structured_reads_holes_block_status_and_writes() {
     let (addr, _stop) = start_server(ServerConfig::modern(None), export.clone()).await;
     let client = Client::connect(&options(addr, EXPORT)).await.unwrap();
     let info = client.info().clone();
-    assert!(
-        info.used_go
-            && info.structured_replies
-            && info.base_allocation.is_some()
-            && !info.read_only(),
-        "{info:?}"
-    );
-    assert_eq!(
-        info.block_size.map(|b| b.maximum),
-        Some(DEFAULT_MAX_REQUEST)
-    );
+    assert!(info.used_go && info.structured_replies && info.base_allocation.is_some() && !info.read_only(), "{info:?}");
+    assert_eq!(info.block_size.map(|b| b.maximum), Some(DEFAULT_MAX_REQUEST));
 
     // The zero MiB comes back as an OFFSET_HOLE chunk; the client fills in zeros.
     let reads = (0..8u64).map(|i| client.read(i << 20, 1 << 20));
     assert!(futures::future::try_join_all(reads).await.unwrap().concat() == data);
     let extents = client.block_status(4096, 8192).await.unwrap();
-    assert_eq!(
-        extents,
-        vec![xenvault_nbd::Extent {
-            offset: 4096,
-            len: 8192,
-            flags: 0
-        }]
-    );
+    assert_eq!(extents, vec![xenvault_nbd::Extent { offset: 4096, len: 8192, flags: 0 }]);
 
     client.write(1 << 20, &[0xab; 4096]).await.unwrap();
     client.flush().await.unwrap();
-    assert!(
-        client
-            .read(1 << 20, 4096)
-            .await
-            .unwrap()
-            .iter()
-            .all(|&b| b == 0xab)
-    );
-    assert!(
-        export.contents()[1 << 20..(1 << 20) + 4096]
-            .iter()
-            .all(|&b| b == 0xab)
-    );
+    assert!(client.read(1 << 20, 4096).await.unwrap().iter().all(|&b| b == 0xab));
+    assert!(export.contents()[1 << 20..(1 << 20) + 4096].iter().all(|&b| b == 0xab));
     let beyond = client.read(data.len() as u64, 512).await.unwrap_err();
     assert!(matches!(beyond, Error::OutOfRange { .. }), "{beyond}");
     client.close().await.unwrap();
@@ -339,28 +248,16 @@ async fn serve_stops_on_shutdown_and_closes_open_connections() {
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let resolver = Arc::new(Named(memory(&[5; 65536], false)));
-    let server = tokio::spawn(xenvault_nbd::serve(
-        listener,
-        ServerConfig::modern(None),
-        resolver,
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let server = tokio::spawn(xenvault_nbd::serve(listener, ServerConfig::modern(None), resolver, async {
+        let _ = stopped.await;
+    }));
     let client = Client::connect(&options(addr, EXPORT)).await.unwrap();
     assert!(client.read(0, 4096).await.unwrap().iter().all(|&b| b == 5));
 
     stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(5), server)
-        .await
-        .expect("serve did not return")
-        .unwrap()
-        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), server).await.expect("serve did not return").unwrap().unwrap();
     assert!(client.read(0, 4096).await.unwrap_err().is_connection_lost());
-    assert!(
-        Client::connect(&options(addr, EXPORT)).await.is_err(),
-        "still listening"
-    );
+    assert!(Client::connect(&options(addr, EXPORT)).await.is_err(), "still listening");
 }
 
 // ---- scripted misbehaving servers ----
@@ -372,10 +269,7 @@ enum Script {
     OptionReply(Vec<u8>),
     /// After an xapi-like handshake (plus STRUCTURED_REPLY when `structured`), sent in answer to the
     /// first request, given its handle; then the link is closed (nothing to send: kept open).
-    Reply {
-        structured: bool,
-        bytes: fn(u64) -> Vec<u8>,
-    },
+    Reply { structured: bool, bytes: fn(u64) -> Vec<u8> },
 }
 
 /// A one-connection fake server playing `script`.
@@ -405,20 +299,11 @@ async fn fake_server(script: Script) -> SocketAddr {
                     let _ = s.write_all(bytes).await;
                     return;
                 }
-                (
-                    Script::Reply {
-                        structured: true, ..
-                    },
-                    OPT_STRUCTURED_REPLY,
-                ) => s
-                    .write_all(&OptionReplyHeader::encode(h.option, REP_ACK, 0))
-                    .await
-                    .unwrap(),
+                (Script::Reply { structured: true, .. }, OPT_STRUCTURED_REPLY) => {
+                    s.write_all(&OptionReplyHeader::encode(h.option, REP_ACK, 0)).await.unwrap()
+                }
                 (_, OPT_EXPORT_NAME) => break,
-                (_, option) => s
-                    .write_all(&OptionReplyHeader::encode(option, REP_ERR_UNSUP, 0))
-                    .await
-                    .unwrap(),
+                (_, option) => s.write_all(&OptionReplyHeader::encode(option, REP_ERR_UNSUP, 0)).await.unwrap(),
             }
         }
         let mut export = (1u64 << 20).to_be_bytes().to_vec();
@@ -449,14 +334,7 @@ async fn connect_and_read(script: Script) -> Error {
 }
 
 fn chunk(kind: u16, handle: u64, body: &[u8]) -> Vec<u8> {
-    let mut v = ChunkHeader {
-        flags: REPLY_FLAG_DONE,
-        kind,
-        handle,
-        len: body.len() as u32,
-    }
-    .encode()
-    .to_vec();
+    let mut v = ChunkHeader { flags: REPLY_FLAG_DONE, kind, handle, len: body.len() as u32 }.encode().to_vec();
     v.extend_from_slice(body);
     v
 }
@@ -464,39 +342,17 @@ fn chunk(kind: u16, handle: u64, body: &[u8]) -> Vec<u8> {
 #[tokio::test]
 async fn malformed_server_input_gives_typed_errors() {
     let e = connect_and_read(Script::Greeting(b"NOTMAGIC........\0\x01".to_vec())).await;
-    assert!(
-        matches!(
-            e,
-            Error::BadMagic {
-                what: "greeting",
-                ..
-            }
-        ),
-        "{e}"
-    );
+    assert!(matches!(e, Error::BadMagic { what: "greeting", .. }), "{e}");
     let mut oldstyle = NBD_MAGIC.to_be_bytes().to_vec();
     oldstyle.extend_from_slice(&OLDSTYLE_MAGIC.to_be_bytes());
     oldstyle.extend_from_slice(&[0; 2]);
-    assert!(matches!(
-        connect_and_read(Script::Greeting(oldstyle)).await,
-        Error::Oldstyle
-    ));
+    assert!(matches!(connect_and_read(Script::Greeting(oldstyle)).await, Error::Oldstyle));
     let e = connect_and_read(Script::Greeting(NBD_MAGIC.to_be_bytes().to_vec())).await;
     assert!(matches!(e, Error::Closed(_)), "{e}");
 
-    let e = connect_and_read(Script::OptionReply(
-        OptionReplyHeader::encode(OPT_LIST, REP_ACK, 0).to_vec(),
-    ))
-    .await;
+    let e = connect_and_read(Script::OptionReply(OptionReplyHeader::encode(OPT_LIST, REP_ACK, 0).to_vec())).await;
     assert!(
-        matches!(
-            e,
-            Error::UnexpectedOptionReply {
-                option: OPT_STRUCTURED_REPLY,
-                for_option: OPT_LIST,
-                ..
-            }
-        ),
+        matches!(e, Error::UnexpectedOptionReply { option: OPT_STRUCTURED_REPLY, for_option: OPT_LIST, .. }),
         "{e}"
     );
     let e = connect_and_read(Script::OptionReply(
@@ -507,28 +363,13 @@ async fn malformed_server_input_gives_typed_errors() {
     let mut bad = OptionReplyHeader::encode(OPT_STRUCTURED_REPLY, REP_ACK, 0);
     bad[0] ^= 0xff;
     let e = connect_and_read(Script::OptionReply(bad.to_vec())).await;
-    assert!(
-        matches!(
-            e,
-            Error::BadMagic {
-                what: "option reply",
-                ..
-            }
-        ),
-        "{e}"
-    );
+    assert!(matches!(e, Error::BadMagic { what: "option reply", .. }), "{e}");
 
-    let e = connect_and_read(Script::Reply {
-        structured: false,
-        bytes: |_| vec![0xde, 0xad, 0xbe, 0xef, 0, 0, 0, 0],
-    })
-    .await;
+    let e = connect_and_read(Script::Reply { structured: false, bytes: |_| vec![0xde, 0xad, 0xbe, 0xef, 0, 0, 0, 0] })
+        .await;
     assert!(matches!(e, Error::BadMagic { what: "reply", .. }), "{e}");
-    let e = connect_and_read(Script::Reply {
-        structured: false,
-        bytes: |h| encode_simple_reply(0, h + 1).to_vec(),
-    })
-    .await;
+    let e =
+        connect_and_read(Script::Reply { structured: false, bytes: |h| encode_simple_reply(0, h + 1).to_vec() }).await;
     assert!(matches!(e, Error::UnknownHandle(_)), "{e}");
     let e = connect_and_read(Script::Reply {
         structured: false,
@@ -536,83 +377,39 @@ async fn malformed_server_input_gives_typed_errors() {
     })
     .await;
     assert!(matches!(e, Error::Closed(_)), "short read gave {e}");
-    let e = connect_and_read(Script::Reply {
-        structured: false,
-        bytes: |h| chunk(REPLY_TYPE_NONE, h, &[]),
-    })
-    .await;
-    assert!(
-        matches!(e, Error::BadMagic { .. }),
-        "structured reply without negotiation gave {e}"
-    );
+    let e = connect_and_read(Script::Reply { structured: false, bytes: |h| chunk(REPLY_TYPE_NONE, h, &[]) }).await;
+    assert!(matches!(e, Error::BadMagic { .. }), "structured reply without negotiation gave {e}");
 
     // With structured replies: chunks outside the request, simple replies to reads, oversized errors.
     let e = connect_and_read(Script::Reply {
         structured: true,
-        bytes: |h| {
-            chunk(
-                REPLY_TYPE_OFFSET_DATA,
-                h,
-                &[&4096u64.to_be_bytes()[..], &[1; 16]].concat(),
-            )
-        },
+        bytes: |h| chunk(REPLY_TYPE_OFFSET_DATA, h, &[&4096u64.to_be_bytes()[..], &[1; 16]].concat()),
     })
     .await;
     assert!(matches!(e, Error::Malformed(_)), "{e}");
     let e = connect_and_read(Script::Reply {
         structured: true,
-        bytes: |h| {
-            chunk(
-                REPLY_TYPE_OFFSET_HOLE,
-                h,
-                &[&0u64.to_be_bytes()[..], &100u32.to_be_bytes()].concat(),
-            )
-        },
+        bytes: |h| chunk(REPLY_TYPE_OFFSET_HOLE, h, &[&0u64.to_be_bytes()[..], &100u32.to_be_bytes()].concat()),
     })
     .await;
-    assert!(
-        matches!(
-            e,
-            Error::Malformed("structured read reply that does not cover the request")
-        ),
-        "{e}"
-    );
-    let e = connect_and_read(Script::Reply {
-        structured: true,
-        bytes: |h| encode_simple_reply(0, h).to_vec(),
-    })
-    .await;
+    assert!(matches!(e, Error::Malformed("structured read reply that does not cover the request")), "{e}");
+    let e = connect_and_read(Script::Reply { structured: true, bytes: |h| encode_simple_reply(0, h).to_vec() }).await;
     assert!(matches!(e, Error::Malformed(_)), "{e}");
     let e = connect_and_read(Script::Reply {
         structured: true,
         bytes: |h| {
-            [&ChunkHeader {
-                flags: REPLY_FLAG_DONE,
-                kind: REPLY_TYPE_ERROR,
-                handle: h,
-                len: u32::MAX,
-            }
-            .encode()[..]]
-            .concat()
+            [&ChunkHeader { flags: REPLY_FLAG_DONE, kind: REPLY_TYPE_ERROR, handle: h, len: u32::MAX }.encode()[..]]
+                .concat()
         },
     })
     .await;
     assert!(matches!(e, Error::Oversized { .. }), "{e}");
     let e = connect_and_read(Script::Reply {
         structured: true,
-        bytes: |h| {
-            chunk(
-                REPLY_TYPE_ERROR,
-                h,
-                &[&EIO.to_be_bytes()[..], &4u16.to_be_bytes(), b"bad!"].concat(),
-            )
-        },
+        bytes: |h| chunk(REPLY_TYPE_ERROR, h, &[&EIO.to_be_bytes()[..], &4u16.to_be_bytes(), b"bad!"].concat()),
     })
     .await;
-    assert!(
-        matches!(e, Error::Server { errno: EIO, ref message } if message == "bad!"),
-        "{e}"
-    );
+    assert!(matches!(e, Error::Server { errno: EIO, ref message } if message == "bad!"), "{e}");
 }
 
 #[tokio::test]
@@ -621,25 +418,12 @@ async fn fragmented_structured_read_is_reassembled() {
     let addr = fake_server(Script::Reply {
         structured: true,
         bytes: |h| {
-            let mut data = ChunkHeader {
-                flags: 0,
-                kind: REPLY_TYPE_OFFSET_DATA,
-                handle: h,
-                len: 8 + 2048,
-            }
-            .encode()
-            .to_vec();
+            let mut data =
+                ChunkHeader { flags: 0, kind: REPLY_TYPE_OFFSET_DATA, handle: h, len: 8 + 2048 }.encode().to_vec();
             data.extend_from_slice(&2048u64.to_be_bytes());
             data.extend_from_slice(&[0x77; 2048]);
-            [
-                data,
-                chunk(
-                    REPLY_TYPE_OFFSET_HOLE,
-                    h,
-                    &[&0u64.to_be_bytes()[..], &2048u32.to_be_bytes()].concat(),
-                ),
-            ]
-            .concat()
+            [data, chunk(REPLY_TYPE_OFFSET_HOLE, h, &[&0u64.to_be_bytes()[..], &2048u32.to_be_bytes()].concat())]
+                .concat()
         },
     })
     .await;
@@ -652,19 +436,12 @@ async fn fragmented_structured_read_is_reassembled() {
 #[tokio::test]
 async fn a_stuck_server_times_out_as_a_lost_connection() {
     // The fake answers nothing to the request and keeps the link open.
-    let addr = fake_server(Script::Reply {
-        structured: false,
-        bytes: |_| Vec::new(),
-    })
-    .await;
+    let addr = fake_server(Script::Reply { structured: false, bytes: |_| Vec::new() }).await;
     let mut opts = options(addr, "disk");
     opts.request_timeout = Some(Duration::from_millis(200));
     let client = Client::connect(&opts).await.unwrap();
     let err = client.read(0, 4096).await.unwrap_err();
-    assert!(
-        err.is_connection_lost() && err.to_string().contains("timed out"),
-        "{err}"
-    );
+    assert!(err.is_connection_lost() && err.to_string().contains("timed out"), "{err}");
 }
 
 // ---- cut links ----
@@ -697,18 +474,11 @@ async fn cutting_proxy(backend: SocketAddr, cut: usize, after: u64) -> SocketAdd
 async fn multi_reader_reopens_a_cut_connection_once_then_gives_up() {
     let data = disk_bytes();
     let (backend, _stop) = start_server(ServerConfig::modern(None), memory(&data, false)).await;
-    let config = MultiReaderConfig {
-        connections: 2,
-        piece_size: 256 << 10,
-        in_flight: 6,
-        reconnects: 1,
-        ordered: true,
-    };
+    let config =
+        MultiReaderConfig { connections: 2, piece_size: 256 << 10, in_flight: 6, reconnects: 1, ordered: true };
 
     let proxy = cutting_proxy(backend, 1, 1 << 20).await;
-    let reader = MultiReader::connect(options(proxy, EXPORT), config.clone())
-        .await
-        .unwrap();
+    let reader = MultiReader::connect(options(proxy, EXPORT), config.clone()).await.unwrap();
     let mut got = Vec::new();
     reader
         .read_ranges_with::<Error>([(0, data.len() as u64)], |_, b| {
@@ -721,17 +491,9 @@ async fn multi_reader_reopens_a_cut_connection_once_then_gives_up() {
 
     // Every connection cut, and cut again after reopening: a clear error, not a hang.
     let proxy = cutting_proxy(backend, usize::MAX, 1 << 20).await;
-    let reader = MultiReader::connect(options(proxy, EXPORT), config)
-        .await
-        .unwrap();
-    let err = reader
-        .read_ranges_with::<Error>([(0, data.len() as u64)], |_, _| Ok(()))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, Error::RetriesExhausted { attempts: 1, ref last, .. } if last.is_connection_lost()),
-        "{err}"
-    );
+    let reader = MultiReader::connect(options(proxy, EXPORT), config).await.unwrap();
+    let err = reader.read_ranges_with::<Error>([(0, data.len() as u64)], |_, _| Ok(())).await.unwrap_err();
+    assert!(matches!(err, Error::RetriesExhausted { attempts: 1, ref last, .. } if last.is_connection_lost()), "{err}");
 }
 
 #[test]
@@ -767,10 +529,9 @@ fn fuzz_entry_points_survive_truncated_and_corrupted_conversations() {
     client.extend_from_slice(&Request::new(CMD_DISC, 0, 4, 0, 0).encode());
 
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-    for (script, run) in [
-        (&server, xenvault_nbd::fuzzing::client as fn(&[u8])),
-        (&client, xenvault_nbd::fuzzing::server),
-    ] {
+    for (script, run) in
+        [(&server, xenvault_nbd::fuzzing::client as fn(&[u8])), (&client, xenvault_nbd::fuzzing::server)]
+    {
         for cut in (0..script.len()).step_by(7) {
             run(&script[..cut]);
         }

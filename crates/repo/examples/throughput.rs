@@ -79,7 +79,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         for run in ["full", "again"] {
             let src: Arc<dyn BlockSource> = Arc::new(RawFileSource::open(&image)?);
             let t = Instant::now();
-            let session = repo.start_backup(SourceInfo { id: "bench".into(), kind: "image".into(), name: "b".into() }).await?;
+            let session =
+                repo.start_backup(SourceInfo { id: "bench".into(), kind: "image".into(), name: "b".into() }).await?;
             let mut w = session.disk_writer(0, "d", "", src.size(), None).await?;
             w.write_source(src.clone()).await?;
             w.finish().await?;

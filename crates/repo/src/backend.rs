@@ -99,28 +99,12 @@ pub enum BackendError {
     #[error("{location}: the bucket has no object lock (it can only be enabled when the bucket is created)")]
     ObjectLockDisabled { location: String },
     #[error("{location}: {operation} {path}: S3 answered {status} {code}: {message}")]
-    S3 {
-        location: String,
-        operation: &'static str,
-        path: String,
-        status: u16,
-        code: String,
-        message: String,
-    },
+    S3 { location: String, operation: &'static str, path: String, status: u16, code: String, message: String },
     #[error("{location}: {operation}: malformed answer: {message}")]
-    MalformedReply {
-        location: String,
-        operation: &'static str,
-        message: String,
-    },
+    MalformedReply { location: String, operation: &'static str, message: String },
     #[error("{location}: {operation} {path}: {source}")]
     // Boxed: opendal::Error is large and every Result of this module carries the variant.
-    Other {
-        location: String,
-        operation: &'static str,
-        path: String,
-        source: Box<opendal::Error>,
-    },
+    Other { location: String, operation: &'static str, path: String, source: Box<opendal::Error> },
 }
 
 impl BackendError {
@@ -156,36 +140,20 @@ pub struct Backend {
 pub fn open(url: &str, opts: &BackendOptions) -> Result<Backend> {
     // Installs the reqwest HTTP transport OpenDAL's HTTP services need (idempotent).
     opendal::install_default();
-    let invalid = |reason: &str| BackendError::InvalidUrl {
-        url: url.to_string(),
-        reason: reason.to_string(),
-    };
+    let invalid = |reason: &str| BackendError::InvalidUrl { url: url.to_string(), reason: reason.to_string() };
     let location = url.to_string();
-    let config_error = |e: opendal::Error| BackendError::Config {
-        location: location.clone(),
-        message: e.to_string(),
-    };
+    let config_error = |e: opendal::Error| BackendError::Config { location: location.clone(), message: e.to_string() };
 
     let mut s3 = None;
     let (kind, op, fs_root) = if let Some(rest) = url.strip_prefix("s3://") {
         let (bucket, prefix) = split_bucket(rest).ok_or_else(|| invalid("expected s3://bucket[/prefix]"))?;
-        let control = s3_control(bucket, prefix, opts).map_err(|message| BackendError::Config {
-            location: location.clone(),
-            message,
-        })?;
+        let control = s3_control(bucket, prefix, opts)
+            .map_err(|message| BackendError::Config { location: location.clone(), message })?;
         s3 = Some(std::sync::Arc::new(control));
-        (
-            BackendKind::S3,
-            s3_operator(bucket, prefix, opts).map_err(config_error)?,
-            None,
-        )
+        (BackendKind::S3, s3_operator(bucket, prefix, opts).map_err(config_error)?, None)
     } else if let Some(rest) = url.strip_prefix("azblob://") {
         let (container, prefix) = split_bucket(rest).ok_or_else(|| invalid("expected azblob://container[/prefix]"))?;
-        (
-            BackendKind::Azblob,
-            azblob_operator(container, prefix, opts).map_err(config_error)?,
-            None,
-        )
+        (BackendKind::Azblob, azblob_operator(container, prefix, opts).map_err(config_error)?, None)
     } else if let Some(name) = url.strip_prefix("memory://") {
         (BackendKind::Memory, memory_operator(name).map_err(config_error)?, None)
     } else if url.contains("://") && !url.starts_with("file://") {
@@ -200,9 +168,7 @@ pub fn open(url: &str, opts: &BackendOptions) -> Result<Backend> {
         let temp_dir = root.join(FS_TEMP_DIR);
         // OpenDAL would create these with the umask's mode.
         create_private_dirs(&temp_dir).map_err(|e| classify(&location, "open", "", io_error(e)))?;
-        let builder = services::Fs::default()
-            .root(root_str)
-            .atomic_write_dir(temp_dir.to_str().unwrap_or(root_str));
+        let builder = services::Fs::default().root(root_str).atomic_write_dir(temp_dir.to_str().unwrap_or(root_str));
         let op = Operator::new(builder).map_err(|e| classify(&location, "open", "", e))?;
         (BackendKind::Fs, op, Some(root))
     };
@@ -218,11 +184,7 @@ pub fn open(url: &str, opts: &BackendOptions) -> Result<Backend> {
         BackendKind::S3 | BackendKind::Azblob | BackendKind::Memory => op
             // io_timeout bounds each read/write step, so a lost connection surfaces as a
             // retryable error instead of a hang; generous enough for 64 MiB objects.
-            .layer(
-                TimeoutLayer::new()
-                    .with_timeout(Duration::from_secs(120))
-                    .with_io_timeout(Duration::from_secs(60)),
-            )
+            .layer(TimeoutLayer::new().with_timeout(Duration::from_secs(120)).with_io_timeout(Duration::from_secs(60)))
             .layer(ConcurrentLimitLayer::new(opts.max_concurrency.max(1)))
             .layer(
                 RetryLayer::new()
@@ -233,13 +195,7 @@ pub fn open(url: &str, opts: &BackendOptions) -> Result<Backend> {
                     .with_notify(log_retry),
             ),
     };
-    Ok(Backend {
-        op,
-        kind,
-        location,
-        fs_root,
-        s3,
-    })
+    Ok(Backend { op, kind, location, fs_root, s3 })
 }
 
 /// One line per retry: the default logger prints the error's Debug form, which carries a
@@ -282,10 +238,7 @@ fn object_root(prefix: &str) -> String {
 }
 
 fn s3_endpoint(opts: &BackendOptions) -> Option<String> {
-    opts.s3_endpoint
-        .clone()
-        .or_else(|| env("AWS_ENDPOINT_URL_S3"))
-        .or_else(|| env("AWS_ENDPOINT_URL"))
+    opts.s3_endpoint.clone().or_else(|| env("AWS_ENDPOINT_URL_S3")).or_else(|| env("AWS_ENDPOINT_URL"))
 }
 
 fn s3_region(opts: &BackendOptions) -> String {
@@ -366,11 +319,7 @@ impl Backend {
         if self.fs_root.is_some() {
             return self.fs_write(path, data, FsWrite::Replace).await.map(drop);
         }
-        self.op
-            .write(path, data)
-            .await
-            .map(drop)
-            .map_err(|e| self.err("put", path, e))
+        self.op.write(path, data).await.map(drop).map_err(|e| self.err("put", path, e))
     }
 
     /// Stores `data` only if nothing is at `path` yet; returns false when something was.
@@ -394,13 +343,14 @@ impl Backend {
             FsWrite::IfAbsent => "put_if_absent",
         };
         let (root, owned_path) = (self.fs_root.clone().unwrap_or_default(), path.to_string());
-        let written = tokio::task::spawn_blocking(move || fs_write(&root, &owned_path, &data, how))
-            .await
-            .map_err(|e| BackendError::Other {
-                location: self.location.clone(),
-                operation,
-                path: path.to_string(),
-                source: Box::new(opendal::Error::new(ErrorKind::Unexpected, e.to_string())),
+        let written =
+            tokio::task::spawn_blocking(move || fs_write(&root, &owned_path, &data, how)).await.map_err(|e| {
+                BackendError::Other {
+                    location: self.location.clone(),
+                    operation,
+                    path: path.to_string(),
+                    source: Box::new(opendal::Error::new(ErrorKind::Unexpected, e.to_string())),
+                }
             })?;
         written.map_err(|e| self.err(operation, path, io_error(e)))
     }
@@ -412,12 +362,7 @@ impl Backend {
 
     /// Bytes `range` of the object; fails if the object is shorter than `range.end`.
     pub async fn get_range(&self, path: &str, range: Range<u64>) -> Result<Bytes> {
-        let buffer = self
-            .op
-            .read_with(path)
-            .range(range)
-            .await
-            .map_err(|e| self.err("get_range", path, e))?;
+        let buffer = self.op.read_with(path).range(range).await.map_err(|e| self.err("get_range", path, e))?;
         Ok(buffer.to_bytes())
     }
 
@@ -464,7 +409,8 @@ impl Backend {
     /// `age`; returns how many. Object stores have none.
     pub async fn remove_temp_files(&self, age: Duration) -> Result<usize> {
         let Some(dir) = self.fs_root.as_ref().map(|root| root.join(FS_TEMP_DIR)) else { return Ok(0) };
-        let unexpected = |e: String| self.err("remove_temp_files", FS_TEMP_DIR, opendal::Error::new(ErrorKind::Unexpected, e));
+        let unexpected =
+            |e: String| self.err("remove_temp_files", FS_TEMP_DIR, opendal::Error::new(ErrorKind::Unexpected, e));
         let removed = tokio::task::spawn_blocking(move || remove_old_files(&dir, age))
             .await
             .map_err(|e| unexpected(e.to_string()))?;
@@ -473,10 +419,7 @@ impl Backend {
 
     /// Removes many objects with batched requests where the backend has them.
     pub async fn delete_many(&self, paths: Vec<String>) -> Result<()> {
-        self.op
-            .delete_iter(paths)
-            .await
-            .map_err(|e| self.err("delete_many", "", e))
+        self.op.delete_iter(paths).await.map_err(|e| self.err("delete_many", "", e))
     }
 
     /// Whether objects here can be made immutable with [`Backend::retain`]: an S3 bucket
@@ -500,9 +443,7 @@ impl Backend {
         if self.supports_object_lock().await? {
             Ok(())
         } else {
-            Err(BackendError::ObjectLockDisabled {
-                location: self.location.clone(),
-            })
+            Err(BackendError::ObjectLockDisabled { location: self.location.clone() })
         }
     }
 
@@ -523,9 +464,7 @@ impl Backend {
             mode.s3_name(),
             until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
         );
-        let reply = s3
-            .send(&self.location, reqwest::Method::PUT, Some(path), "retention", Bytes::from(body))
-            .await?;
+        let reply = s3.send(&self.location, reqwest::Method::PUT, Some(path), "retention", Bytes::from(body)).await?;
         match reply.status {
             200..=299 => Ok(()),
             _ => Err(reply.into_error(&self.location, "put retention", path)),
@@ -535,15 +474,10 @@ impl Backend {
     /// The retention of the current version of `path`, or `None` when it has none.
     pub async fn retention(&self, path: &str) -> Result<Option<ObjectRetention>> {
         let s3 = self.s3_for("object lock")?;
-        let reply = s3
-            .send(&self.location, reqwest::Method::GET, Some(path), "retention", Bytes::new())
-            .await?;
+        let reply = s3.send(&self.location, reqwest::Method::GET, Some(path), "retention", Bytes::new()).await?;
         // AWS says NoSuchObjectLockConfiguration, SeaweedFS ObjectLockConfigurationNotFoundError.
         if reply.status == 404
-            && matches!(
-                reply.code.as_str(),
-                "NoSuchObjectLockConfiguration" | "ObjectLockConfigurationNotFoundError"
-            )
+            && matches!(reply.code.as_str(), "NoSuchObjectLockConfiguration" | "ObjectLockConfigurationNotFoundError")
         {
             return Ok(None);
         }
@@ -662,17 +596,13 @@ impl S3Reply {
         let message = xml_field(&self.body, "Message").unwrap_or_default();
         match (self.status, self.code.as_str()) {
             (_, "NoSuchBucket") => BackendError::NoSuchBucket { location },
-            (_, "NoSuchKey") | (404, "") => BackendError::NotFound {
-                location,
-                path: path.to_string(),
-            },
+            (_, "NoSuchKey") | (404, "") => BackendError::NotFound { location, path: path.to_string() },
             (_, "InvalidRequest") if message.to_ascii_lowercase().contains("object lock") => {
                 BackendError::ObjectLockDisabled { location }
             }
-            (403, _) => BackendError::AccessDenied {
-                location,
-                message: format!("{operation} {path}: {} {message}", self.code),
-            },
+            (403, _) => {
+                BackendError::AccessDenied { location, message: format!("{operation} {path}: {} {message}", self.code) }
+            }
             (status, code) => BackendError::S3 {
                 location,
                 operation,
@@ -691,8 +621,7 @@ fn s3_control(bucket: &str, prefix: &str, opts: &BackendOptions) -> std::result:
     let mut base = reqwest::Url::parse(&endpoint).map_err(|e| format!("S3 endpoint {endpoint:?}: {e}"))?;
     let bucket_path = if opts.s3_virtual_host_style {
         let host = base.host_str().ok_or_else(|| format!("S3 endpoint {endpoint:?} has no host"))?;
-        base.set_host(Some(&format!("{bucket}.{host}")))
-            .map_err(|e| format!("S3 endpoint {endpoint:?}: {e}"))?;
+        base.set_host(Some(&format!("{bucket}.{host}"))).map_err(|e| format!("S3 endpoint {endpoint:?}: {e}"))?;
         String::new()
     } else {
         format!("/{}", uri_encode(bucket))
@@ -746,10 +675,8 @@ impl S3Control {
         subresource: &str,
         body: Bytes,
     ) -> Result<S3Reply> {
-        let client = self.client().map_err(|message| BackendError::Config {
-            location: location.to_string(),
-            message,
-        })?;
+        let client =
+            self.client().map_err(|message| BackendError::Config { location: location.to_string(), message })?;
         let path = match key {
             Some(key) => format!("{}/{}", self.bucket_path, uri_encode(&format!("{}{key}", self.root))),
             None if self.bucket_path.is_empty() => "/".to_string(),
@@ -761,16 +688,15 @@ impl S3Control {
         let mut delay = Duration::from_millis(200);
         let mut attempt = 0;
         loop {
-            let request = self.sign(client.request(method.clone(), url.clone()), &method, &url, &path, subresource, &body);
+            let request =
+                self.sign(client.request(method.clone(), url.clone()), &method, &url, &path, subresource, &body);
             let outcome = match request.body(body.clone()).send().await {
                 Ok(response) => {
                     let status = response.status().as_u16();
                     match response.text().await {
-                        Ok(text) => Ok(S3Reply {
-                            status,
-                            code: xml_field(&text, "Code").unwrap_or_default(),
-                            body: text,
-                        }),
+                        Ok(text) => {
+                            Ok(S3Reply { status, code: xml_field(&text, "Code").unwrap_or_default(), body: text })
+                        }
                         Err(e) => Err(e.to_string()),
                     }
                 }
@@ -815,10 +741,7 @@ impl S3Control {
         // Sorted by name, as the canonical request wants them.
         let mut headers: Vec<(&str, String)> = Vec::new();
         if !body.is_empty() {
-            headers.push((
-                "content-md5",
-                base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(body)),
-            ));
+            headers.push(("content-md5", base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(body))));
         }
         headers.push(("host", host));
         headers.push(("x-amz-content-sha256", payload_hash.clone()));
@@ -892,9 +815,7 @@ fn object_info(path: String, meta: &opendal::Metadata) -> ObjectInfo {
     ObjectInfo {
         path,
         size: meta.content_length(),
-        modified: meta
-            .last_modified()
-            .map(|t| DateTime::<Utc>::from(std::time::SystemTime::from(t))),
+        modified: meta.last_modified().map(|t| DateTime::<Utc>::from(std::time::SystemTime::from(t))),
     }
 }
 
@@ -920,10 +841,7 @@ fn fs_write(root: &Path, path: &str, data: &[u8], how: FsWrite) -> std::io::Resu
     use std::os::unix::fs::OpenOptionsExt;
     let relative = Path::new(path);
     if path.is_empty() || relative.components().any(|c| !matches!(c, Component::Normal(_))) {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            format!("bad object path {path:?}"),
-        ));
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("bad object path {path:?}")));
     }
     let target = root.join(relative);
     if let Some(parent) = target.parent() {
@@ -996,42 +914,21 @@ fn classify(location: &str, operation: &'static str, path: &str, e: opendal::Err
         return BackendError::DiskFull { location };
     }
     match e.kind() {
-        ErrorKind::NotFound => BackendError::NotFound {
-            location,
-            path: path.to_string(),
-        },
-        ErrorKind::PermissionDenied => BackendError::AccessDenied {
-            location,
-            message: e.to_string(),
-        },
-        ErrorKind::AlreadyExists | ErrorKind::ConditionNotMatch => BackendError::AlreadyExists {
-            location,
-            path: path.to_string(),
-        },
-        ErrorKind::ConfigInvalid => BackendError::Config {
-            location,
-            message: e.to_string(),
-        },
-        ErrorKind::Unsupported => BackendError::Unsupported {
-            location,
-            what: format!("{operation}: {message}"),
-        },
+        ErrorKind::NotFound => BackendError::NotFound { location, path: path.to_string() },
+        ErrorKind::PermissionDenied => BackendError::AccessDenied { location, message: e.to_string() },
+        ErrorKind::AlreadyExists | ErrorKind::ConditionNotMatch => {
+            BackendError::AlreadyExists { location, path: path.to_string() }
+        }
+        ErrorKind::ConfigInvalid => BackendError::Config { location, message: e.to_string() },
+        ErrorKind::Unsupported => BackendError::Unsupported { location, what: format!("{operation}: {message}") },
         // The reqwest transport reports connection failures as "send http request" and
         // broken bodies as "read data from http response"; timeouts come from TimeoutLayer.
         ErrorKind::Unexpected
             if message.contains("http request") || message.contains("http response") || message.contains("timeout") =>
         {
-            BackendError::Network {
-                location,
-                message: e.to_string(),
-            }
+            BackendError::Network { location, message: e.to_string() }
         }
-        _ => BackendError::Other {
-            location,
-            operation,
-            path: path.to_string(),
-            source: Box::new(e),
-        },
+        _ => BackendError::Other { location, operation, path: path.to_string(), source: Box::new(e) },
     }
 }
 

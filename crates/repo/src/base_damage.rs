@@ -69,10 +69,11 @@ impl Repository {
                 damage.lost_pages.push(covered);
                 continue;
             };
-            let lost = ids.iter().enumerate().filter(|(_, id)| !id.is_zero() && !self.has_usable_chunk(id)).map(|(i, _)| {
-                let start = (first + i as u64) * chunk;
-                start..(start + chunk).min(base.size)
-            });
+            let lost =
+                ids.iter().enumerate().filter(|(_, id)| !id.is_zero() && !self.has_usable_chunk(id)).map(|(i, _)| {
+                    let start = (first + i as u64) * chunk;
+                    start..(start + chunk).min(base.size)
+                });
             damage.lost_chunks = merge_into(std::mem::take(&mut damage.lost_chunks), lost);
         }
         Ok(damage)

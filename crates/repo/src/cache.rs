@@ -51,9 +51,7 @@ impl Cache {
     }
 
     pub fn get(&self, name: &str) -> Result<Option<Vec<u8>>> {
-        self.with(|db| {
-            db.query_row("SELECT data FROM objects WHERE name = ?1", params![name], |r| r.get(0)).optional()
-        })
+        self.with(|db| db.query_row("SELECT data FROM objects WHERE name = ?1", params![name], |r| r.get(0)).optional())
     }
 
     pub fn put(&self, name: &str, data: &[u8]) -> Result<()> {

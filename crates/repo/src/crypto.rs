@@ -44,8 +44,7 @@ impl ChunkId {
 
     pub fn from_hex(s: &str) -> Result<Self> {
         let mut out = [0u8; 32];
-        hex::decode_to_slice(s, &mut out)
-            .map_err(|_| Error::Invalid(format!("not a chunk id: {s:?}")))?;
+        hex::decode_to_slice(s, &mut out).map_err(|_| Error::Invalid(format!("not a chunk id: {s:?}")))?;
         Ok(ChunkId(out))
     }
 
@@ -122,9 +121,7 @@ impl Drop for MasterKey {
 }
 
 pub fn fill_random(buf: &mut [u8]) -> Result<()> {
-    SystemRandom::new()
-        .fill(buf)
-        .map_err(|_| Error::Invalid("the system random generator failed".into()))
+    SystemRandom::new().fill(buf).map_err(|_| Error::Invalid("the system random generator failed".into()))
 }
 
 pub fn random_hex(bytes: usize) -> Result<String> {
@@ -152,11 +149,7 @@ impl Aead {
         buf[..NONCE_LEN].copy_from_slice(&nonce);
         let tag = self
             .key
-            .seal_in_place_separate_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(aad),
-                &mut buf[NONCE_LEN..],
-            )
+            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut buf[NONCE_LEN..])
             .map_err(|_| Error::Invalid("encryption failed".into()))?;
         buf.extend_from_slice(tag.as_ref());
         Ok(())
@@ -212,11 +205,7 @@ pub struct Crypto {
 impl Crypto {
     /// `encrypt = false` only for repositories created with `--encryption none`.
     pub fn new(master: &MasterKey, encrypt: bool, zstd_level: i32) -> Self {
-        Crypto {
-            aead: encrypt.then(|| Aead::new(&master.encryption)),
-            id_key: master.chunk_id,
-            zstd_level,
-        }
+        Crypto { aead: encrypt.then(|| Aead::new(&master.encryption)), id_key: master.chunk_id, zstd_level }
     }
 
     pub fn encrypted(&self) -> bool {
@@ -287,10 +276,8 @@ impl Crypto {
                 .open(name, sealed)
                 .ok_or_else(|| Error::corrupt(object(), "authentication failed (damaged or wrong key)"))?,
             None => {
-                let split = sealed
-                    .len()
-                    .checked_sub(PLAIN_SUM_LEN)
-                    .ok_or_else(|| Error::corrupt(object(), "too short"))?;
+                let split =
+                    sealed.len().checked_sub(PLAIN_SUM_LEN).ok_or_else(|| Error::corrupt(object(), "too short"))?;
                 let (body, sum) = sealed.split_at(split);
                 if plain_sum(name, body) != sum {
                     return Err(Error::corrupt(object(), "checksum mismatch"));
@@ -306,8 +293,9 @@ impl Crypto {
                 }
                 Ok(inner)
             }
-            Some(&FLAG_ZSTD) => decompress(&inner[1..], max_len)
-                .map_err(|e| Error::corrupt(object(), format!("zstd: {e}"))),
+            Some(&FLAG_ZSTD) => {
+                decompress(&inner[1..], max_len).map_err(|e| Error::corrupt(object(), format!("zstd: {e}")))
+            }
             _ => Err(Error::corrupt(object(), "unknown encoding flag")),
         }
     }
@@ -327,8 +315,7 @@ fn plain_sum(name: &[u8], body: &[u8]) -> [u8; PLAIN_SUM_LEN] {
 pub fn is_zero(data: &[u8]) -> bool {
     // OR-folding fixed blocks vectorises; early exit per block keeps data chunks cheap.
     let mut blocks = data.chunks_exact(256);
-    blocks.by_ref().all(|b| b.iter().fold(0u8, |acc, &x| acc | x) == 0)
-        && blocks.remainder().iter().all(|&x| x == 0)
+    blocks.by_ref().all(|b| b.iter().fold(0u8, |acc, &x| acc | x) == 0) && blocks.remainder().iter().all(|&x| x == 0)
 }
 
 #[cfg(test)]

@@ -10,7 +10,9 @@ pub enum Error {
     WrongKey,
     #[error("the repository is encrypted: give a passphrase (XENVAULT_PASSPHRASE or --passphrase-file) or a key file")]
     KeyNeeded,
-    #[error("no intact key slot opens with this passphrase or key file, and key slots are damaged (if the secret is right, its slot is among them): {0}")]
+    #[error(
+        "no intact key slot opens with this passphrase or key file, and key slots are damaged (if the secret is right, its slot is among them): {0}"
+    )]
     KeySlotsDamaged(String),
     #[error("no repository at {0} (run `xenvault init` first)")]
     NotARepository(String),
@@ -55,7 +57,10 @@ impl Error {
 
     /// True for errors that mean "stored data is damaged" rather than "cannot run".
     pub fn is_damage(&self) -> bool {
-        matches!(self, Error::Corrupt { .. } | Error::MissingChunk(_) | Error::SnapshotDamaged { .. } | Error::KeySlotsDamaged(_))
+        matches!(
+            self,
+            Error::Corrupt { .. } | Error::MissingChunk(_) | Error::SnapshotDamaged { .. } | Error::KeySlotsDamaged(_)
+        )
     }
 }
 

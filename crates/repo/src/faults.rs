@@ -53,7 +53,10 @@ pub struct Faults {
 impl Faults {
     /// No faults yet; `seed` makes the choices reproducible.
     pub fn new(seed: u64) -> std::sync::Arc<Self> {
-        std::sync::Arc::new(Faults { plan: Mutex::new(Plan { rng: seed | 1, ..Plan::default() }), injected: AtomicU64::new(0) })
+        std::sync::Arc::new(Faults {
+            plan: Mutex::new(Plan { rng: seed | 1, ..Plan::default() }),
+            injected: AtomicU64::new(0),
+        })
     }
 
     /// `percent` of the requests of kinds `ops` fail as `kind`.

@@ -198,8 +198,12 @@ async fn run(repo: &Repository, own: &LockGuard) -> Result<GcReport> {
     }
 
     // Sweep: (a) locks, then (b) restore points, then (c) delete.
-    let backups: Vec<DateTime<Utc>> =
-        live_locks(repo).await?.into_iter().filter(|(_, l)| l.kind == LockKind::Backup).map(|(_, l)| l.started).collect();
+    let backups: Vec<DateTime<Utc>> = live_locks(repo)
+        .await?
+        .into_iter()
+        .filter(|(_, l)| l.kind == LockKind::Backup)
+        .map(|(_, l)| l.started)
+        .collect();
     report.backups_running = backups.len();
     refs.update(repo).await?;
     report.chunks_referenced = refs.chunks.len();

@@ -125,10 +125,14 @@ impl KdfParams {
             )));
         }
         if !(1..=MAX_KDF_ITERATIONS).contains(&iterations) {
-            return Err(Error::Invalid(format!("Argon2 iterations must be 1 to {MAX_KDF_ITERATIONS}, not {iterations}")));
+            return Err(Error::Invalid(format!(
+                "Argon2 iterations must be 1 to {MAX_KDF_ITERATIONS}, not {iterations}"
+            )));
         }
         if !(1..=MAX_KDF_PARALLELISM).contains(&parallelism) {
-            return Err(Error::Invalid(format!("Argon2 parallelism must be 1 to {MAX_KDF_PARALLELISM}, not {parallelism}")));
+            return Err(Error::Invalid(format!(
+                "Argon2 parallelism must be 1 to {MAX_KDF_PARALLELISM}, not {parallelism}"
+            )));
         }
         if memory_kib < 8 * parallelism {
             return Err(Error::Invalid(format!("Argon2 memory must be at least {} KiB", 8 * parallelism)));

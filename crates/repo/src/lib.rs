@@ -27,20 +27,20 @@ pub mod reader;
 pub mod repository;
 pub mod retention;
 pub mod select;
-pub mod stats;
 pub mod source;
+pub mod stats;
 pub mod store;
 pub mod verify;
 pub mod writer;
 
+pub use backend::BackendOptions;
+pub use base_damage::BaseDamage;
 pub use error::{Error, Result};
+pub use keys::{Encryption, KdfParams, Secret};
 pub use manifest::{DiskRecord, Manifest, SourceInfo};
 pub use reader::DiskReader;
 pub use repository::{InitOptions, Repository};
 pub use source::{BlockSource, ImageFormat, RawFileSource, VhdFileSource, open_image};
-pub use backend::BackendOptions;
-pub use base_damage::BaseDamage;
-pub use keys::{Encryption, KdfParams, Secret};
 pub use writer::{BackupSession, DiskWriter, Progress, WriteStats};
 
 #[cfg(test)]

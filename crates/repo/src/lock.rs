@@ -109,7 +109,9 @@ impl LockGuard {
     pub async fn ensure_held(&self) -> Result<()> {
         let result = refresh(&self.repo, &self.name, &self.record, &self.health).await;
         match (lost(&self.health), result) {
-            (Some(why), _) => Err(Error::Locked(format!("this run's repository lock is lost ({why}); nothing was committed"))),
+            (Some(why), _) => {
+                Err(Error::Locked(format!("this run's repository lock is lost ({why}); nothing was committed")))
+            }
             (None, r) => r,
         }
     }
@@ -236,7 +238,11 @@ mod tests {
         child.wait().unwrap();
         let dead = LockRecord { pid: child.id(), ..live.record.clone() };
         repo.put_json(&format!("{LOCKS_PREFIX}dead"), &dead, false).await.unwrap();
-        let old = LockRecord { host: "elsewhere".into(), refreshed: Utc::now() - chrono::Duration::hours(1), ..live.record.clone() };
+        let old = LockRecord {
+            host: "elsewhere".into(),
+            refreshed: Utc::now() - chrono::Duration::hours(1),
+            ..live.record.clone()
+        };
         repo.put_json(&format!("{LOCKS_PREFIX}old"), &old, false).await.unwrap();
         assert_eq!(remove_stale_locks(&repo).await.unwrap(), 2);
         let left: Vec<String> = live_locks(&repo).await.unwrap().into_iter().map(|(n, _)| n).collect();

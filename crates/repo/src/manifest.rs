@@ -117,12 +117,18 @@ impl Manifest {
     /// anything else a VDI uuid or a name. `None` means the disk at the lowest position.
     /// Every command and API that picks a disk of a restore point goes through here.
     pub fn disk(&self, which: Option<&str>) -> Result<&DiskRecord> {
-        let not_found = |why: String| Error::DiskNotFound(format!("{why}; restore point {} has {}", self.short_id(), self.disk_list()));
+        let not_found = |why: String| {
+            Error::DiskNotFound(format!("{why}; restore point {} has {}", self.short_id(), self.disk_list()))
+        };
         let Some(which) = which else {
             return self.disks.iter().min_by_key(|d| d.position).ok_or_else(|| not_found("no disk given".into()));
         };
         if let Ok(position) = which.parse::<u32>() {
-            return self.disks.iter().find(|d| d.position == position).ok_or_else(|| not_found(format!("no disk at position {position}")));
+            return self
+                .disks
+                .iter()
+                .find(|d| d.position == position)
+                .ok_or_else(|| not_found(format!("no disk at position {position}")));
         }
         let mut hits = self.disks.iter().filter(|d| (!d.uuid.is_empty() && d.uuid == which) || d.name == which);
         match (hits.next(), hits.next()) {
@@ -136,10 +142,12 @@ impl Manifest {
     pub fn disk_list(&self) -> String {
         match self.disks.len() {
             0 => "no disks".into(),
-            n => format!("{n} disk(s):{}", self.disks.iter().map(|d| format!("\n  {}", d.describe())).collect::<String>()),
+            n => format!(
+                "{n} disk(s):{}",
+                self.disks.iter().map(|d| format!("\n  {}", d.describe())).collect::<String>()
+            ),
         }
     }
-
 }
 
 /// The position of a disk read from a manifest written before positions were recorded,
@@ -161,7 +169,8 @@ fn settled_disks<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Vec<Dis
 fn settle_disks(disks: &mut [DiskRecord]) {
     if disks.iter().any(|d| d.position == unrecorded()) {
         let names: Option<Vec<u32>> = disks.iter().map(|d| d.name.parse().ok()).collect();
-        let distinct = names.as_ref().is_some_and(|n| n.iter().collect::<std::collections::BTreeSet<_>>().len() == n.len());
+        let distinct =
+            names.as_ref().is_some_and(|n| n.iter().collect::<std::collections::BTreeSet<_>>().len() == n.len());
         for (i, d) in disks.iter_mut().enumerate() {
             let derived = names.as_ref().filter(|_| distinct).and_then(|n| n.get(i).copied());
             d.position = derived.unwrap_or(i as u32);
@@ -176,13 +185,34 @@ mod tests {
 
     fn disk(position: u32, name: &str, uuid: &str) -> DiskRecord {
         let t = Utc::now();
-        DiskRecord { position, name: name.into(), uuid: uuid.into(), size: 1 << 20, chunk_size: 1 << 16, page_slots: 16, pages: vec![], stats: DiskStats::default(), started: t, finished: t }
+        DiskRecord {
+            position,
+            name: name.into(),
+            uuid: uuid.into(),
+            size: 1 << 20,
+            chunk_size: 1 << 16,
+            page_slots: 16,
+            pages: vec![],
+            stats: DiskStats::default(),
+            started: t,
+            finished: t,
+        }
     }
 
     /// The manifest as a repository reads it back, with `position` left out when `old`.
     fn manifest(disks: Vec<DiskRecord>, old: bool) -> Manifest {
         let t = Utc::now();
-        let m = Manifest { version: MANIFEST_VERSION, id: "0123456789abcdef".into(), time: t, source: SourceInfo::default(), metadata: serde_json::Value::Null, tags: vec![], disks, base: None, finished: t };
+        let m = Manifest {
+            version: MANIFEST_VERSION,
+            id: "0123456789abcdef".into(),
+            time: t,
+            source: SourceInfo::default(),
+            metadata: serde_json::Value::Null,
+            tags: vec![],
+            disks,
+            base: None,
+            finished: t,
+        };
         let mut json = serde_json::to_value(&m).unwrap();
         for d in json["disks"].as_array_mut().unwrap().iter_mut().filter(|_| old) {
             d.as_object_mut().unwrap().remove("position");
@@ -199,7 +229,12 @@ mod tests {
         assert_eq!(m.disk(Some("uuid-5")).unwrap().name, "5");
         assert_eq!(m.disk(None).unwrap().uuid, "uuid-0", "the default is the lowest position");
         let err = m.disk(Some("1")).unwrap_err().to_string();
-        assert!(err.contains("no disk at position 1") && err.contains("position 0 (name \"0\", uuid uuid-0") && err.contains("position 5 ("), "{err}");
+        assert!(
+            err.contains("no disk at position 1")
+                && err.contains("position 0 (name \"0\", uuid uuid-0")
+                && err.contains("position 5 ("),
+            "{err}"
+        );
         assert!(m.disk(Some("xvdz")).unwrap_err().to_string().contains("no disk with uuid or name \"xvdz\""));
     }
 
@@ -207,7 +242,10 @@ mod tests {
     fn a_name_shared_by_two_disks_is_ambiguous() {
         let m = manifest(vec![disk(0, "disk.img", ""), disk(1, "disk.img", "")], false);
         assert!(m.disk(Some("disk.img")).unwrap_err().to_string().contains("names several disks"));
-        assert_eq!(manifest(vec![], false).disk(None).unwrap_err().to_string(), "disk not found: no disk given; restore point 01234567 has no disks");
+        assert_eq!(
+            manifest(vec![], false).disk(None).unwrap_err().to_string(),
+            "disk not found: no disk given; restore point 01234567 has no disks"
+        );
     }
 
     #[test]
@@ -220,6 +258,10 @@ mod tests {
         assert_eq!(m.disk(Some("0")).unwrap().name, "b.img");
         assert_eq!(m.disk(Some("1")).unwrap().name, "a.img");
         let m = manifest(vec![disk(9, "7", ""), disk(9, "7", "")], true);
-        assert_eq!(m.disks.iter().map(|d| d.position).collect::<Vec<_>>(), [0, 1], "names that are not distinct positions");
+        assert_eq!(
+            m.disks.iter().map(|d| d.position).collect::<Vec<_>>(),
+            [0, 1],
+            "names that are not distinct positions"
+        );
     }
 }

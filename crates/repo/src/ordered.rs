@@ -274,7 +274,9 @@ async fn load(repo: &Repository, disk: &DiskRecord, read: Read) -> Result<Vec<Sl
                 let plain = match &last {
                     Some((seen, plain)) if *seen == id => plain.clone(),
                     _ => {
-                        let part = sealed.get(range).ok_or_else(|| Error::corrupt(format!("chunk {id}"), "outside its read"))?;
+                        let part = sealed
+                            .get(range)
+                            .ok_or_else(|| Error::corrupt(format!("chunk {id}"), "outside its read"))?;
                         Bytes::from(opener.open(&id, part)?)
                     }
                 };

@@ -1,8 +1,8 @@
 //! The ordered stream and the restore built on it, against random access reads.
 
+use crate::DiskReader;
 use crate::crypto::fill_random;
 use crate::tests::{backup_file, new_repo};
-use crate::DiskReader;
 use std::os::unix::fs::{FileExt, MetadataExt};
 
 const CHUNK: usize = 64 << 10;

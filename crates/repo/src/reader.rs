@@ -4,12 +4,12 @@
 use crate::crypto::ChunkId;
 use crate::error::{Error, Result};
 use crate::manifest::DiskRecord;
+use crate::ordered::OrderedChunks;
 use crate::repository::Repository;
 use crate::writer::parse_page;
-use crate::ordered::OrderedChunks;
 use std::collections::HashMap;
-use std::ops::Range;
 use std::io::Write;
+use std::ops::Range;
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -147,7 +147,11 @@ impl DiskReader {
 
     /// Restores the whole disk into `path` (created or truncated): holes stay sparse in a
     /// regular file and are written as zeros to a device or pipe.
-    pub async fn restore_to_file(&self, path: &Path, progress: Option<crate::writer::Progress>) -> Result<RestoreStats> {
+    pub async fn restore_to_file(
+        &self,
+        path: &Path,
+        progress: Option<crate::writer::Progress>,
+    ) -> Result<RestoreStats> {
         let started = std::time::Instant::now();
         let path = path.to_path_buf();
         let io = {

@@ -130,7 +130,9 @@ impl Repository {
             zstd_level: opts.zstd_level,
             plain_master: (opts.encryption == Encryption::None).then(|| hex::encode(master.to_bytes().as_slice())),
         };
-        config.validate().map_err(|_| Error::Invalid("chunk size must be a power of two from 64 KiB to 16 MiB".into()))?;
+        config
+            .validate()
+            .map_err(|_| Error::Invalid("chunk size must be a power of two from 64 KiB to 16 MiB".into()))?;
         if opts.encryption == Encryption::Aes256Gcm {
             let secret = opts.secret.as_ref().ok_or(Error::KeyNeeded)?;
             let slot = KeySlot::create(&master, secret, opts.kdf, "initial")?;
@@ -324,11 +326,16 @@ impl Repository {
     /// written. An unreadable `tags/` object leaves the manifest's own tags (with a warning).
     async fn apply_changed_tags(&self, points: &mut [Manifest]) -> Result<()> {
         for (name, _) in self.inner.store.list(TAGS_PREFIX).await? {
-            let Some(m) = points.iter_mut().find(|m| name.strip_prefix(TAGS_PREFIX) == Some(m.id.as_str())) else { continue };
+            let Some(m) = points.iter_mut().find(|m| name.strip_prefix(TAGS_PREFIX) == Some(m.id.as_str())) else {
+                continue;
+            };
             match self.get_json::<Vec<String>>(&name, MAX_TAGS_LEN).await {
                 Ok(Some(tags)) => m.tags = tags,
                 Ok(None) => {}
-                Err(e) => tracing::warn!("the changed tags of restore point {} are unreadable ({e}): showing its original tags", m.id),
+                Err(e) => tracing::warn!(
+                    "the changed tags of restore point {} are unreadable ({e}): showing its original tags",
+                    m.id
+                ),
             }
         }
         Ok(())
@@ -391,7 +398,9 @@ impl Repository {
         let store = &self.inner.store;
         let mut ids = std::collections::BTreeSet::new();
         for prefix in [KEYS_PREFIX, KEY_COPIES_PREFIX] {
-            ids.extend(store.list(prefix).await?.into_iter().filter_map(|(n, _)| n.strip_prefix(prefix).map(str::to_string)));
+            ids.extend(
+                store.list(prefix).await?.into_iter().filter_map(|(n, _)| n.strip_prefix(prefix).map(str::to_string)),
+            );
         }
         let mut damaged = repair_copies::<RepoConfig>(store, &[CONFIG_OBJECT, CONFIG_COPY_OBJECT]).await?;
         for id in ids {
@@ -504,7 +513,8 @@ impl Repository {
         loaded.sort_by_key(|(p, _)| !fresh.condemned.contains(p));
         for (pack, entries) in loaded {
             let damaged = &fresh.damaged;
-            let usable = entries.into_iter().filter(|e| !damaged.contains(&DamagedChunk { id: e.id, pack: pack.0.clone() }));
+            let usable =
+                entries.into_iter().filter(|e| !damaged.contains(&DamagedChunk { id: e.id, pack: pack.0.clone() }));
             fresh.chunks.add_pack(&pack, usable);
             fresh.loaded.insert(pack);
         }
@@ -666,7 +676,10 @@ async fn read_copies<T: DeserializeOwned>(store: &Store, names: &[impl AsRef<str
 
 /// Rewrites the damaged or missing ones among the copies `names` from an intact one;
 /// returns the damaged ones.
-async fn repair_copies<T: Serialize + DeserializeOwned>(store: &Store, names: &[impl AsRef<str>]) -> Result<Vec<String>> {
+async fn repair_copies<T: Serialize + DeserializeOwned>(
+    store: &Store,
+    names: &[impl AsRef<str>],
+) -> Result<Vec<String>> {
     let (mut intact, mut rewrite, mut damaged) = (None, Vec::new(), Vec::new());
     for name in names.iter().map(AsRef::as_ref) {
         match store.get(name).await? {
@@ -695,7 +708,9 @@ async fn repair_copies<T: Serialize + DeserializeOwned>(store: &Store, names: &[
 async fn read_slots(store: &Store) -> Result<(Vec<KeySlot>, Vec<Error>)> {
     let mut ids = std::collections::BTreeSet::new();
     for prefix in [KEYS_PREFIX, KEY_COPIES_PREFIX] {
-        ids.extend(store.list(prefix).await?.into_iter().filter_map(|(n, _)| n.strip_prefix(prefix).map(str::to_string)));
+        ids.extend(
+            store.list(prefix).await?.into_iter().filter_map(|(n, _)| n.strip_prefix(prefix).map(str::to_string)),
+        );
     }
     let (mut slots, mut damaged) = (Vec::new(), Vec::new());
     for id in ids {

@@ -33,7 +33,9 @@ fn job_of(m: &Manifest) -> Option<&str> {
 }
 
 fn is_from_host(m: &Manifest, host: &str) -> bool {
-    ["/backup/pool", "/backup/host"].iter().any(|at| m.metadata.pointer(at).and_then(serde_json::Value::as_str) == Some(host))
+    ["/backup/pool", "/backup/host"]
+        .iter()
+        .any(|at| m.metadata.pointer(at).and_then(serde_json::Value::as_str) == Some(host))
 }
 
 /// Whether `m` is a restore point of the VM (or other source) named or identified by `source`.
@@ -83,7 +85,13 @@ pub struct Candidate {
 
 impl std::fmt::Display for Candidate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} ({}, {})", self.id.get(..8).unwrap_or(&self.id), self.source, self.time.format("%Y-%m-%d %H:%M:%S UTC"))
+        write!(
+            f,
+            "{} ({}, {})",
+            self.id.get(..8).unwrap_or(&self.id),
+            self.source,
+            self.time.format("%Y-%m-%d %H:%M:%S UTC")
+        )
     }
 }
 
@@ -121,16 +129,22 @@ pub fn pick<'a>(points: &'a [Manifest], wanted: &str, source: Option<&str>) -> R
     let in_scope: Vec<&Manifest> = points.iter().filter(|m| source.is_none_or(|s| is_of_source(m, s))).collect();
     let not_found = || SelectError::NotFound { wanted: wanted.to_owned(), scope: source.map(str::to_owned) };
     if wanted == "latest" {
-        return in_scope.into_iter().max_by(|a, b| a.time.cmp(&b.time).then_with(|| a.id.cmp(&b.id))).ok_or_else(not_found);
+        return in_scope
+            .into_iter()
+            .max_by(|a, b| a.time.cmp(&b.time).then_with(|| a.id.cmp(&b.id)))
+            .ok_or_else(not_found);
     }
     if let Some(m) = in_scope.iter().find(|m| m.id == wanted) {
         return Ok(m);
     }
-    let hits: Vec<&Manifest> = in_scope.into_iter().filter(|m| !wanted.is_empty() && m.id.starts_with(wanted)).collect();
+    let hits: Vec<&Manifest> =
+        in_scope.into_iter().filter(|m| !wanted.is_empty() && m.id.starts_with(wanted)).collect();
     let candidates = || hits.iter().map(|m| candidate(m)).collect();
     match hits.as_slice() {
         [] => Err(not_found()),
-        _ if wanted.len() < MIN_PREFIX => Err(SelectError::TooShort { wanted: wanted.to_owned(), candidates: candidates() }),
+        _ if wanted.len() < MIN_PREFIX => {
+            Err(SelectError::TooShort { wanted: wanted.to_owned(), candidates: candidates() })
+        }
         [one] => Ok(one),
         _ => Err(SelectError::Ambiguous { wanted: wanted.to_owned(), candidates: candidates() }),
     }

@@ -175,8 +175,12 @@ impl std::str::FromStr for ImageFormat {
 const VHD_COOKIE: &[u8; 8] = b"conectix";
 /// Leading magic of image formats we do not read: storing one as raw would back up the
 /// container instead of the disk in it.
-const FOREIGN_MAGIC: [(&[u8], &str); 4] =
-    [(b"QFI\xfb", "a qcow2 image"), (b"vhdxfile", "a VHDX image"), (b"KDMV", "a VMDK image"), (b"conectix", "a VHD whose footer is missing or damaged")];
+const FOREIGN_MAGIC: [(&[u8], &str); 4] = [
+    (b"QFI\xfb", "a qcow2 image"),
+    (b"vhdxfile", "a VHDX image"),
+    (b"KDMV", "a VMDK image"),
+    (b"conectix", "a VHD whose footer is missing or damaged"),
+];
 
 /// Opens an image file (or block device) as `format` says. `Auto` takes a file with a VHD
 /// footer as a VHD and refuses what looks like an image of another kind, or a file named
@@ -185,7 +189,9 @@ pub fn open_image(path: &Path, format: ImageFormat) -> Result<std::sync::Arc<dyn
     let (file, len) = open_disk_file(path)?;
     let mut cookie = [0u8; 8];
     let footer = len >= 512 && file.read_exact_at(&mut cookie, len - 512).is_ok() && &cookie == VHD_COOKIE;
-    let refuse = |what: &str| Error::Invalid(format!("{} is {what}: give --format raw to store its bytes as they are", path.display()));
+    let refuse = |what: &str| {
+        Error::Invalid(format!("{} is {what}: give --format raw to store its bytes as they are", path.display()))
+    };
     match format {
         ImageFormat::Raw => return Ok(std::sync::Arc::new(RawFileSource::open(path)?)),
         ImageFormat::Vhd if !footer => return Err(refuse("not a VHD (no footer)")),

@@ -46,7 +46,13 @@ pub fn stats(points: &[Manifest]) -> RepoStats {
     let sources: Vec<SourceStats> = by_source.into_values().collect();
     let logical_bytes = sources.iter().map(|s| s.logical_bytes).sum();
     let stored_bytes = sources.iter().map(|s| s.stored_bytes).sum();
-    RepoStats { restore_points: points.len(), logical_bytes, stored_bytes, dedup_ratio: ratio(logical_bytes, stored_bytes), sources }
+    RepoStats {
+        restore_points: points.len(),
+        logical_bytes,
+        stored_bytes,
+        dedup_ratio: ratio(logical_bytes, stored_bytes),
+        sources,
+    }
 }
 
 #[cfg(test)]

@@ -141,7 +141,10 @@ async fn wrong_passphrase_is_refused_and_unencrypted_needs_no_key() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("repo");
     new_repo(&path, 1 << 20).await;
-    let err = Repository::open(path.to_str().unwrap(), &Default::default(), Some(&Secret::passphrase("nope"))).await.err().unwrap();
+    let err = Repository::open(path.to_str().unwrap(), &Default::default(), Some(&Secret::passphrase("nope")))
+        .await
+        .err()
+        .unwrap();
     assert!(matches!(err, crate::Error::WrongKey), "{err}");
     let err = Repository::open(path.to_str().unwrap(), &Default::default(), None).await.err().unwrap();
     assert!(matches!(err, crate::Error::KeyNeeded), "{err}");
@@ -239,7 +242,10 @@ async fn damaged_pack_index_is_rebuilt_from_the_pack() {
     let mut data = std::fs::read(&victim).unwrap();
     data[30] ^= 1;
     std::fs::write(&victim, &data).unwrap();
-    crate::cache::Cache::open(&crate::cache::default_dir().unwrap(), repo.id()).unwrap().remove(&format!("index/{}", victim.file_name().unwrap().to_str().unwrap())).unwrap();
+    crate::cache::Cache::open(&crate::cache::default_dir().unwrap(), repo.id())
+        .unwrap()
+        .remove(&format!("index/{}", victim.file_name().unwrap().to_str().unwrap()))
+        .unwrap();
     let fresh = Repository::open(repo_dir.to_str().unwrap(), &Default::default(), Some(&secret())).await.unwrap();
     let report = crate::verify::verify(&fresh, None, None).await.unwrap();
     // Reported (the store damaged an object) but nothing is lost: no bad chunk, no damaged point.
@@ -278,7 +284,13 @@ async fn forget_and_prune_keep_the_right_restore_points() {
     for id in [&plan.remove[0], &snaps[2].id] {
         repo.set_tags(id, &tags).await.unwrap();
     }
-    assert!(repo.snapshots().await.unwrap().iter().all(|m| (m.tags == tags) == (m.id == plan.remove[0] || m.id == snaps[2].id)));
+    assert!(
+        repo.snapshots()
+            .await
+            .unwrap()
+            .iter()
+            .all(|m| (m.tags == tags) == (m.id == plan.remove[0] || m.id == snaps[2].id))
+    );
     for id in &plan.remove {
         repo.delete_snapshot(id).await.unwrap();
     }
@@ -386,8 +398,17 @@ async fn copy_moves_only_missing_chunks_reencrypted() {
     assert_eq!(restore(&other, &s1.id, &dir.path().join("o1.img")).await, img);
 
     // A target sharing chunk ids: the second copy reads nothing.
-    let opts = InitOptions { secret: Some(Secret::passphrase("t")), kdf: FAST_KDF, chunk_size: 64 << 10, page_slots: 64, pack_size: 1 << 20, chunk_ids_from: Some(src.clone()), ..Default::default() };
-    let mirror = Repository::init(dir.path().join("mirror").to_str().unwrap(), &Default::default(), opts).await.unwrap();
+    let opts = InitOptions {
+        secret: Some(Secret::passphrase("t")),
+        kdf: FAST_KDF,
+        chunk_size: 64 << 10,
+        page_slots: 64,
+        pack_size: 1 << 20,
+        chunk_ids_from: Some(src.clone()),
+        ..Default::default()
+    };
+    let mirror =
+        Repository::init(dir.path().join("mirror").to_str().unwrap(), &Default::default(), opts).await.unwrap();
     let r1 = crate::copy::copy(&src, &mirror, &[s1.id.clone()]).await.unwrap();
     assert!(r1.chunks_read > 0);
     let r2 = crate::copy::copy(&src, &mirror, &[s1.id.clone(), s2.id.clone()]).await.unwrap();

@@ -71,7 +71,11 @@ pub fn check_sample_percent(percent: f64) -> Result<()> {
 }
 
 /// Checks the repository; `sample_percent` limits the pack check to a random share.
-pub async fn verify(repo: &Repository, sample_percent: Option<f64>, progress: Option<crate::writer::Progress>) -> Result<VerifyReport> {
+pub async fn verify(
+    repo: &Repository,
+    sample_percent: Option<f64>,
+    progress: Option<crate::writer::Progress>,
+) -> Result<VerifyReport> {
     if let Some(pct) = sample_percent {
         check_sample_percent(pct)?;
     }
@@ -172,7 +176,8 @@ async fn check_pack(repo: &Repository, pack: &PackName, present: bool) -> Result
                 },
                 false => None,
             };
-            check.damaged_index = Some(DamagedIndex { pack: pack.0.clone(), reason: e.to_string(), rebuilt: rebuilt.is_some() });
+            check.damaged_index =
+                Some(DamagedIndex { pack: pack.0.clone(), reason: e.to_string(), rebuilt: rebuilt.is_some() });
             // Not rebuilt: its chunks stay out of the index, so the restore points using them are named.
             let Some(entries) = rebuilt else { return Ok(check) };
             entries
@@ -183,7 +188,10 @@ async fn check_pack(repo: &Repository, pack: &PackName, present: bool) -> Result
     let bad_all = |reason: &str| -> Vec<BadChunk> {
         entries.iter().map(|e| BadChunk { id: e.id, pack: pack.0.clone(), reason: reason.to_string() }).collect()
     };
-    let data = match present { true => repo.store().get(&pack.data_object()).await?, false => None };
+    let data = match present {
+        true => repo.store().get(&pack.data_object()).await?,
+        false => None,
+    };
     let Some(data) = data else {
         return Ok(PackCheck { bad: bad_all("pack file missing"), ..check });
     };
@@ -217,7 +225,8 @@ async fn check_pack(repo: &Repository, pack: &PackName, present: bool) -> Result
 
 /// Restores `index/<pack>` from the sealed copy at the end of the pack.
 async fn rebuild_index(repo: &Repository, pack: &PackName) -> Result<Vec<PackEntry>> {
-    let data = repo.store().get(&pack.data_object()).await?.ok_or_else(|| Error::corrupt(pack.data_object(), "missing"))?;
+    let data =
+        repo.store().get(&pack.data_object()).await?.ok_or_else(|| Error::corrupt(pack.data_object(), "missing"))?;
     let sealed = crate::pack::index_from_pack_tail(pack, &data)?;
     let entries = open_index(repo.crypto(), pack, &sealed)?;
     repo.delete(&pack.index_object()).await?;

@@ -171,7 +171,14 @@ impl BackupSession {
     /// A writer for the disk at `position` (see [`DiskRecord::position`]), of `size` bytes.
     /// With `base`, slots never written inherit the base disk's chunks (changed-block
     /// incrementals); without, they are zeros.
-    pub async fn disk_writer(&self, position: u32, name: &str, uuid: &str, size: u64, base: Option<&DiskRecord>) -> Result<DiskWriter> {
+    pub async fn disk_writer(
+        &self,
+        position: u32,
+        name: &str,
+        uuid: &str,
+        size: u64,
+        base: Option<&DiskRecord>,
+    ) -> Result<DiskWriter> {
         let cfg = self.repo.config();
         if let Some(b) = base
             && (b.size != size || b.chunk_size != cfg.chunk_size || b.page_slots != cfg.page_slots)
@@ -246,7 +253,10 @@ impl BackupSession {
         // Stored by position whatever order the disks finished in, so a position names one disk.
         disks.sort_by_key(|d| d.position);
         if let Some(twice) = disks.windows(2).find(|w| w[0].position == w[1].position) {
-            return Err(Error::Invalid(format!("two disks at position {}: {} and {}", twice[0].position, twice[0].name, twice[1].name)));
+            return Err(Error::Invalid(format!(
+                "two disks at position {}: {} and {}",
+                twice[0].position, twice[0].name, twice[1].name
+            )));
         }
         let manifest = Manifest {
             version: MANIFEST_VERSION,
@@ -277,7 +287,11 @@ enum JobInput {
     Data(Vec<u8>),
     /// A chunk already stored in this repository (copying between repositories).
     Known(ChunkId),
-    Source { source: Arc<dyn BlockSource>, offset: u64, len: usize },
+    Source {
+        source: Arc<dyn BlockSource>,
+        offset: u64,
+        len: usize,
+    },
 }
 
 enum Outcome {
@@ -531,7 +545,9 @@ impl DiskWriter {
                 }
                 Some(p) if p.pending > 0 => return Ok(()),
                 Some(p) => {
-                    for (n, id) in p.ids.iter().enumerate().filter(|(n, id)| !id.is_zero() && p.rewritten.get(*n) == Some(&false)) {
+                    for (n, id) in
+                        p.ids.iter().enumerate().filter(|(n, id)| !id.is_zero() && p.rewritten.get(*n) == Some(&false))
+                    {
                         self.refuse_lost_base(*id, first + n as u64, "chunk")?;
                     }
                     if inherited.is_some() {
@@ -616,7 +632,9 @@ impl DiskWriter {
 /// Worker side: read, detect zeros, hash, skip known chunks, compress and encrypt.
 fn process_chunk(packer: &Packer, slot: u64, len: u64, input: JobInput) -> Result<JobResult> {
     let data = match input {
-        JobInput::Data(d) if d.is_empty() => return Ok(JobResult { slot, len, id: ChunkId::ZERO, outcome: Outcome::Zero }),
+        JobInput::Data(d) if d.is_empty() => {
+            return Ok(JobResult { slot, len, id: ChunkId::ZERO, outcome: Outcome::Zero });
+        }
         JobInput::Data(d) => d,
         JobInput::Known(id) => return Ok(JobResult { slot, len, id, outcome: Outcome::Known }),
         JobInput::Source { source, offset, len } => {

@@ -11,44 +11,22 @@ async fn exercise(backend: &Backend) {
     let data = Bytes::from((0..100_000u32).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
     backend.put("packs/ab/one", data.clone()).await.expect("put");
     assert_eq!(backend.get("packs/ab/one").await.expect("get"), data);
-    assert_eq!(
-        backend.get_range("packs/ab/one", 1000..1010).await.expect("range"),
-        data.slice(1000..1010)
-    );
+    assert_eq!(backend.get_range("packs/ab/one", 1000..1010).await.expect("range"), data.slice(1000..1010));
     assert!(backend.exists("packs/ab/one").await.expect("exists"));
     assert!(!backend.exists("packs/ab/none").await.expect("exists"));
 
-    backend
-        .put("packs/cd/two", Bytes::from_static(b"2"))
-        .await
-        .expect("put");
-    backend
-        .put("snapshots/s1", Bytes::from_static(b"s"))
-        .await
-        .expect("put");
+    backend.put("packs/cd/two", Bytes::from_static(b"2")).await.expect("put");
+    backend.put("snapshots/s1", Bytes::from_static(b"s")).await.expect("put");
     let mut packs = backend.list("packs").await.expect("list");
     packs.sort_by(|a, b| a.path.cmp(&b.path));
     let listed: Vec<(&str, u64)> = packs.iter().map(|o| (o.path.as_str(), o.size)).collect();
     assert_eq!(listed, [("packs/ab/one", 100_000), ("packs/cd/two", 1)]);
-    assert!(
-        packs.iter().all(|o| o.modified.is_some()),
-        "listing carries modification times: {packs:?}"
-    );
+    assert!(packs.iter().all(|o| o.modified.is_some()), "listing carries modification times: {packs:?}");
     assert_eq!(backend.list("").await.expect("list all").len(), 3);
     assert!(backend.list("nothing/").await.expect("list missing").is_empty());
 
-    assert!(
-        backend
-            .put_if_absent("locks/l", Bytes::from_static(b"first"))
-            .await
-            .expect("create")
-    );
-    assert!(
-        !backend
-            .put_if_absent("locks/l", Bytes::from_static(b"second"))
-            .await
-            .expect("refuse")
-    );
+    assert!(backend.put_if_absent("locks/l", Bytes::from_static(b"first")).await.expect("create"));
+    assert!(!backend.put_if_absent("locks/l", Bytes::from_static(b"second")).await.expect("refuse"));
     assert_eq!(backend.get("locks/l").await.expect("get"), Bytes::from_static(b"first"));
 
     let missing = backend.get("packs/ab/none").await.expect_err("missing object");
@@ -56,17 +34,8 @@ async fn exercise(backend: &Backend) {
 
     backend.delete("packs/ab/one").await.expect("delete");
     backend.delete("packs/ab/one").await.expect("delete twice");
-    backend
-        .delete_many(vec!["packs/cd/two".into(), "snapshots/s1".into()])
-        .await
-        .expect("delete many");
-    let left: Vec<String> = backend
-        .list("")
-        .await
-        .expect("list")
-        .into_iter()
-        .map(|o| o.path)
-        .collect();
+    backend.delete_many(vec!["packs/cd/two".into(), "snapshots/s1".into()]).await.expect("delete many");
+    let left: Vec<String> = backend.list("").await.expect("list").into_iter().map(|o| o.path).collect();
     assert_eq!(left, ["locks/l"]);
 }
 
@@ -95,15 +64,9 @@ async fn azure_azurite() {
 #[tokio::test]
 async fn s3_errors_are_typed() {
     let server = common::s3();
-    let opts = BackendOptions {
-        retries: 0,
-        ..server.options()
-    };
+    let opts = BackendOptions { retries: 0, ..server.options() };
 
-    let wrong_key = BackendOptions {
-        s3_secret_key: Some("not-the-secret".into()),
-        ..opts.clone()
-    };
+    let wrong_key = BackendOptions { s3_secret_key: Some("not-the-secret".into()), ..opts.clone() };
     let backend = backend::open(&server.url("auth"), &wrong_key).expect("open");
     let err = backend.put("x", Bytes::from_static(b"x")).await.expect_err("refused");
     assert!(matches!(err, BackendError::AccessDenied { .. }), "{err:?}");
@@ -113,14 +76,8 @@ async fn s3_errors_are_typed() {
     assert!(matches!(err, BackendError::NoSuchBucket { .. }), "{err:?}");
 
     // A closed port: nothing listens there once the probe socket is gone.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port();
-    let unreachable = BackendOptions {
-        s3_endpoint: Some(format!("http://127.0.0.1:{port}")),
-        ..opts
-    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
+    let unreachable = BackendOptions { s3_endpoint: Some(format!("http://127.0.0.1:{port}")), ..opts };
     let backend = backend::open("s3://b/p", &unreachable).expect("open");
     let err = backend.get("x").await.expect_err("no server");
     assert!(matches!(err, BackendError::Network { .. }), "{err:?}");
@@ -129,10 +86,7 @@ async fn s3_errors_are_typed() {
 #[tokio::test]
 async fn azure_missing_container_is_named() {
     let server = common::azurite();
-    let opts = BackendOptions {
-        retries: 0,
-        ..server.options()
-    };
+    let opts = BackendOptions { retries: 0, ..server.options() };
     let backend = backend::open("azblob://no-such-container/p", &opts).expect("open");
     let err = backend.list("").await.expect_err("no container");
     assert!(matches!(err, BackendError::NoSuchBucket { .. }), "{err:?}");

@@ -29,12 +29,7 @@ impl TestRepo {
     fn local() -> Self {
         let work = tempfile::tempdir().expect("temp dir");
         let url = work.path().join("repo").display().to_string();
-        TestRepo {
-            url,
-            env: Vec::new(),
-            options: BackendOptions::default(),
-            work,
-        }
+        TestRepo { url, env: Vec::new(), options: BackendOptions::default(), work }
     }
 
     /// A fresh repository on a shared object-store server.
@@ -63,9 +58,7 @@ impl TestRepo {
     }
 
     fn run(&self, args: &[&str]) -> Output {
-        self.command(args)
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run xenvault {args:?}: {e}"))
+        self.command(args).output().unwrap_or_else(|e| panic!("cannot run xenvault {args:?}: {e}"))
     }
 
     /// Runs a command that must succeed; returns its stdout.
@@ -108,10 +101,7 @@ impl TestRepo {
             args.extend(["--tag", tag]);
         }
         let out = self.json(&args);
-        out["snapshot"]["id"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no snapshot id in {out}"))
-            .to_string()
+        out["snapshot"]["id"].as_str().unwrap_or_else(|| panic!("no snapshot id in {out}")).to_string()
     }
 
     fn snapshots(&self) -> Vec<serde_json::Value> {
@@ -133,11 +123,7 @@ impl TestRepo {
     fn verify(&self) -> (Option<i32>, serde_json::Value) {
         let out = self.run(&["verify", "--json"]);
         let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "verify --json ({}): {e}\n{}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            )
+            panic!("verify --json ({}): {e}\n{}", out.status, String::from_utf8_lossy(&out.stderr))
         });
         (out.status.code(), report)
     }
@@ -190,11 +176,8 @@ fn make_image(size: usize, seed: u64) -> Vec<u8> {
             0 => {
                 let mut text = Vec::with_capacity(end - start + 128);
                 while text.len() < end - start {
-                    let line = format!(
-                        "/usr/lib/x86_64-linux-gnu/libxv{}.so.{} seed {seed}\n",
-                        rng.below(500),
-                        rng.below(9)
-                    );
+                    let line =
+                        format!("/usr/lib/x86_64-linux-gnu/libxv{}.so.{} seed {seed}\n", rng.below(500), rng.below(9));
                     text.extend_from_slice(line.as_bytes());
                     if rng.below(200) == 0 {
                         text.extend_from_slice(MARKER);
@@ -229,18 +212,11 @@ async fn round_trip(repo: TestRepo) {
     let image = repo.path("disk.img");
     let data = write_image(&image, (3 << 20) + 4321, 1);
     let id = repo.backup(&image, "vm-1", &[]);
-    let listed: Vec<String> = repo
-        .snapshots()
-        .iter()
-        .filter_map(|s| s["id"].as_str().map(String::from))
-        .collect();
+    let listed: Vec<String> = repo.snapshots().iter().filter_map(|s| s["id"].as_str().map(String::from)).collect();
     assert_eq!(listed, std::slice::from_ref(&id));
     assert!(repo.restore(&id) == data, "the restored image differs from the source");
 
-    let wrong = repo
-        .command(&["snapshots", "--json"])
-        .env("XENVAULT_PASSPHRASE", "not the passphrase")
-        .output();
+    let wrong = repo.command(&["snapshots", "--json"]).env("XENVAULT_PASSPHRASE", "not the passphrase").output();
     let wrong = wrong.expect("run xenvault");
     let stderr = String::from_utf8_lossy(&wrong.stderr);
     assert_eq!(wrong.status.code(), Some(EXIT_AUTH), "wrong passphrase: {stderr}");
@@ -252,11 +228,7 @@ async fn round_trip(repo: TestRepo) {
     assert!(objects.len() > 3, "expected packs, indexes, a manifest: {objects:?}");
     for object in objects {
         let stored = backend.get(&object.path).await.expect("get");
-        assert!(
-            !contains(&stored, MARKER),
-            "{} holds plaintext of the image",
-            object.path
-        );
+        assert!(!contains(&stored, MARKER), "{} holds plaintext of the image", object.path);
     }
 }
 
@@ -298,11 +270,7 @@ async fn damage_is_named_and_healed(repo: TestRepo) {
 
     let (code, report) = repo.verify();
     assert_eq!(code, Some(EXIT_DAMAGE_FOUND), "verify must fail: {report}");
-    let damaged: Vec<&String> = report["damaged_snapshots"]
-        .as_object()
-        .expect("damaged_snapshots")
-        .keys()
-        .collect();
+    let damaged: Vec<&String> = report["damaged_snapshots"].as_object().expect("damaged_snapshots").keys().collect();
     assert_eq!(damaged, [&id_a], "only a uses the damaged pack (b is {id_b}): {report}");
     let restore = repo.run(&["restore-image", &id_a, "--to", path_str(&repo.path("bad.img"))]);
     assert!(!restore.status.success(), "restoring damaged data must fail");
@@ -310,10 +278,7 @@ async fn damage_is_named_and_healed(repo: TestRepo) {
     repo.backup(&image_a, "a", &[]);
     let (code, report) = repo.verify();
     assert_eq!(code, Some(0), "the next backup heals: {report}");
-    assert!(
-        repo.restore(&id_a) == data_a,
-        "the healed restore point restores its image"
-    );
+    assert!(repo.restore(&id_a) == data_a, "the healed restore point restores its image");
 }
 
 #[tokio::test]
@@ -328,11 +293,7 @@ async fn damage_is_named_and_healed_s3() {
 
 /// SHA-256 of an image, to remember many versions without keeping them.
 fn digest(data: &[u8]) -> String {
-    ring::digest::digest(&ring::digest::SHA256, data)
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    ring::digest::digest(&ring::digest::SHA256, data).as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// kill -9 at random moments of backup, forget + prune and prune never leaves a repository
@@ -351,9 +312,7 @@ async fn kill_9_at_random_points_never_breaks_the_repository() {
     // Kill points spread over a little more than a whole run.
     let window = started.elapsed().as_micros() as u64 * 3 / 2;
 
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |d| d.as_nanos() as u64);
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
     eprintln!("kill -9 test seed {seed}");
     let mut rng = Rng(seed | 1);
     for i in 1..=ITERATIONS {
@@ -365,9 +324,7 @@ async fn kill_9_at_random_points_never_breaks_the_repository() {
                 rng.fill(&mut data[at..at + (1 << 20)]);
                 std::fs::write(&image, &data).expect("write image");
                 versions.insert(version.clone(), digest(&data));
-                ["backup-image", path_str(&image), "--source-id", "vm", "--tag", &version]
-                    .map(String::from)
-                    .into()
+                ["backup-image", path_str(&image), "--source-id", "vm", "--tag", &version].map(String::from).into()
             }
             1 => ["forget", "--keep-last", "2", "--prune"].map(String::from).into(),
             _ => vec!["prune".to_string()],
@@ -395,14 +352,8 @@ async fn kill_9_at_random_points_never_breaks_the_repository() {
     assert!(!snapshots.is_empty(), "forget --keep-last 2 always keeps some");
     for snapshot in snapshots {
         let id = snapshot["id"].as_str().expect("id");
-        let tag = snapshot["tags"][0]
-            .as_str()
-            .unwrap_or_else(|| panic!("untagged restore point {snapshot}"));
-        assert_eq!(
-            digest(&repo.restore(id)),
-            versions[tag],
-            "restore point {id} ({tag}, seed {seed})"
-        );
+        let tag = snapshot["tags"][0].as_str().unwrap_or_else(|| panic!("untagged restore point {snapshot}"));
+        assert_eq!(digest(&repo.restore(id)), versions[tag], "restore point {id} ({tag}, seed {seed})");
     }
 }
 

@@ -21,9 +21,11 @@ fn curl(method: &str, url: &str, headers: &[&str]) -> (u16, String) {
     if method == "HEAD" {
         command.arg("-I");
     }
-    command
-        .args(["--aws-sigv4", "aws:amz:us-east-1:s3", "--user"])
-        .arg(format!("{}:{}", common::S3_ACCESS_KEY, common::S3_SECRET_KEY));
+    command.args(["--aws-sigv4", "aws:amz:us-east-1:s3", "--user"]).arg(format!(
+        "{}:{}",
+        common::S3_ACCESS_KEY,
+        common::S3_SECRET_KEY
+    ));
     for header in headers {
         command.args(["-H", header]);
     }
@@ -68,17 +70,10 @@ async fn backup(repo: &Repository, name: &str) -> xenvault_repo::Manifest {
         *byte = state as u8;
     }
     let session = repo
-        .start_backup(SourceInfo {
-            id: name.into(),
-            kind: "image".into(),
-            name: name.into(),
-        })
+        .start_backup(SourceInfo { id: name.into(), kind: "image".into(), name: name.into() })
         .await
         .expect("start backup");
-    let mut writer = session
-        .disk_writer(0, "xvda", "", disk.len() as u64, None)
-        .await
-        .expect("disk writer");
+    let mut writer = session.disk_writer(0, "xvda", "", disk.len() as u64, None).await.expect("disk writer");
     writer.write(0, &disk).await.expect("write");
     writer.finish().await.expect("finish disk");
     session.commit(serde_json::Value::Null, vec![]).await.expect("commit")
@@ -93,10 +88,7 @@ async fn locked_restore_point_survives_version_delete_on_seaweedfs() {
     // The shared test bucket was created without object lock.
     let plain = backend::open(&server.url("plain"), &options).expect("open");
     assert!(!plain.supports_object_lock().await.expect("ask plain bucket"));
-    assert!(matches!(
-        plain.require_object_lock().await,
-        Err(BackendError::ObjectLockDisabled { .. })
-    ));
+    assert!(matches!(plain.require_object_lock().await, Err(BackendError::ObjectLockDisabled { .. })));
 
     let bucket = object_lock_bucket(&endpoint);
     let url = format!("s3://{bucket}/repo");
@@ -106,11 +98,7 @@ async fn locked_restore_point_survives_version_delete_on_seaweedfs() {
 
     let init = InitOptions {
         secret: Some(Secret::passphrase("lock test")),
-        kdf: KdfParams {
-            memory_kib: 256,
-            iterations: 1,
-            parallelism: 1,
-        },
+        kdf: KdfParams { memory_kib: 256, iterations: 1, parallelism: 1 },
         chunk_size: CHUNK as u32,
         page_slots: 64,
         pack_size: 1 << 20,
@@ -144,9 +132,7 @@ async fn locked_restore_point_survives_version_delete_on_seaweedfs() {
         let status = delete_version(&endpoint, &bucket, key);
         assert!(!(200..300).contains(&status), "deleting locked {key} answered {status}");
     }
-    let reopened = Repository::open(&url, &options, Some(&Secret::passphrase("lock test")))
-        .await
-        .expect("reopen");
+    let reopened = Repository::open(&url, &options, Some(&Secret::passphrase("lock test"))).await.expect("reopen");
     assert_eq!(reopened.snapshot(&kept.id).await.expect("still there").id, kept.id);
     let report = xenvault_repo::verify::verify(&reopened, None, None).await.expect("verify");
     assert!(!report.found_damage(), "{report:?}");
@@ -193,18 +179,13 @@ async fn local_directory_has_no_object_lock() {
     let repo = Repository::init(
         location.to_str().expect("utf-8"),
         &Default::default(),
-        InitOptions {
-            encryption: xenvault_repo::Encryption::None,
-            ..Default::default()
-        },
+        InitOptions { encryption: xenvault_repo::Encryption::None, ..Default::default() },
     )
     .await
     .expect("init");
-    let err = lock_restore_points(&repo, &Default::default(), &["latest".into()], RetentionMode::Governance, until).await;
-    assert!(
-        matches!(err, Err(Error::Backend(BackendError::Unsupported { .. }))),
-        "{err:?}"
-    );
+    let err =
+        lock_restore_points(&repo, &Default::default(), &["latest".into()], RetentionMode::Governance, until).await;
+    assert!(matches!(err, Err(Error::Backend(BackendError::Unsupported { .. }))), "{err:?}");
 }
 
 /// `xenvault sim serve` as a child process, killed on drop.
@@ -253,9 +234,19 @@ async fn backup_with_lock_days_locks_each_new_restore_point() {
         assert!(output.status.success(), "xenvault {args:?}: {}", String::from_utf8_lossy(&output.stderr));
         output.stdout
     };
-    xenvault(&["pool", "add", "sim", "--url", &sim_url, "--insecure", "--password-file", password.to_str().expect("utf-8")]);
+    xenvault(&[
+        "pool",
+        "add",
+        "sim",
+        "--url",
+        &sim_url,
+        "--insecure",
+        "--password-file",
+        password.to_str().expect("utf-8"),
+    ]);
     xenvault(&["init", "--repo", &url, "--kdf-memory-mib", "1", "--kdf-iterations", "1"]);
-    let stdout = xenvault(&["backup", "--pool", "sim", "--vm", "debian-web", "--repo", &url, "--lock-days", "1", "--json"]);
+    let stdout =
+        xenvault(&["backup", "--pool", "sim", "--vm", "debian-web", "--repo", &url, "--lock-days", "1", "--json"]);
     let report: serde_json::Value = serde_json::from_slice(&stdout).expect("JSON report");
     let id = report["vms"][0]["restore_point"].as_str().unwrap_or_else(|| panic!("no restore point: {report}"));
     assert_eq!(report["lock"]["restore_points"], serde_json::json!([id]), "{report}");

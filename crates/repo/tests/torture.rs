@@ -158,7 +158,8 @@ async fn backups_prune_copy_verify(backend_name: &str, location_a: &str, locatio
     let backups_done = AtomicBool::new(false);
     // Backups hold it shared; a prune that takes it alone runs in a gap between backups.
     let backup_gap = tokio::sync::RwLock::new(());
-    let [prunes, packs_deleted, packs_deleted_in_gaps, copies, verifies, copy_failures, checks] = std::array::from_fn(|_| AtomicUsize::new(0));
+    let [prunes, packs_deleted, packs_deleted_in_gaps, copies, verifies, copy_failures, checks] =
+        std::array::from_fn(|_| AtomicUsize::new(0));
     let seeds: Vec<u64> = (0..5).map(|_| rng.next() | 1).collect();
 
     // Every operation opens the repository anew, as a separate process would: nothing is
@@ -181,7 +182,8 @@ async fn backups_prune_copy_verify(backend_name: &str, location_a: &str, locatio
                     rng.fill(&mut image[at..at + CHUNK]);
                 }
                 let running = backup_gap.read().await;
-                let id = backup(&open(a).await, source, &image).await.unwrap_or_else(|e| panic!("backup of {source}: {e}"));
+                let id =
+                    backup(&open(a).await, source, &image).await.unwrap_or_else(|e| panic!("backup of {source}: {e}"));
                 drop(running);
                 model_a.commit(&id, source, blake3::hash(&image));
                 // Gaps between backups, as between scheduled jobs: moments without locks.
@@ -194,7 +196,8 @@ async fn backups_prune_copy_verify(backend_name: &str, location_a: &str, locatio
         while !backups_done.load(Ordering::SeqCst) {
             let in_gap = prunes.load(Ordering::SeqCst) % 2 == 1;
             let gap = if in_gap { Some(backup_gap.write().await) } else { None };
-            let deleted = forget_and_prune(&open(&a).await, &model_a, 2 + rng.below(5) as u32).await.expect("prune of a");
+            let deleted =
+                forget_and_prune(&open(&a).await, &model_a, 2 + rng.below(5) as u32).await.expect("prune of a");
             drop(gap);
             packs_deleted.fetch_add(deleted, Ordering::SeqCst);
             if in_gap {

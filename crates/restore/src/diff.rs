@@ -74,7 +74,9 @@ pub async fn diff(old: &StoredFs, new: &StoredFs) -> Result<DiffReport> {
     let mut unchanged = 0;
     for (path, b) in &after {
         match before.get(path) {
-            None => changes.push(FileChange { path: path.clone(), change: Change::Added, what: Vec::new(), size: b.size }),
+            None => {
+                changes.push(FileChange { path: path.clone(), change: Change::Added, what: Vec::new(), size: b.size })
+            }
             Some(a) => {
                 let what = differences(a, b);
                 if what.is_empty() {
@@ -90,5 +92,11 @@ pub async fn diff(old: &StoredFs, new: &StoredFs) -> Result<DiffReport> {
     }
     changes.sort_by(|a, b| a.path.cmp(&b.path));
     let count = |c: Change| changes.iter().filter(|x| x.change == c).count();
-    Ok(DiffReport { added: count(Change::Added), removed: count(Change::Removed), modified: count(Change::Modified), unchanged, changes })
+    Ok(DiffReport {
+        added: count(Change::Added),
+        removed: count(Change::Removed),
+        modified: count(Change::Modified),
+        unchanged,
+        changes,
+    })
 }

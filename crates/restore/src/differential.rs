@@ -93,9 +93,16 @@ pub(crate) async fn plan(
 
 /// With CBT on: the ranges to write and how they were found, from the restore point's own
 /// snapshot, else another point's; None when no snapshot serves.
-async fn cbt_plan(client: &Client, repo: &Repository, target: &Target<'_>, reader: &DiskReader) -> Result<Option<(Vec<Range<u64>>, String)>> {
+async fn cbt_plan(
+    client: &Client,
+    repo: &Repository,
+    target: &Target<'_>,
+    reader: &DiskReader,
+) -> Result<Option<(Vec<Range<u64>>, String)>> {
     match cbt_changes(client, target.vdi, target.snapshot_vdi_uuid, reader.size()).await? {
-        Ok(ranges) => Ok(Some((ranges, format!("CBT since the restore point's snapshot {}", target.snapshot_vdi_uuid)))),
+        Ok(ranges) => {
+            Ok(Some((ranges, format!("CBT since the restore point's snapshot {}", target.snapshot_vdi_uuid))))
+        }
         Err(why_not) => {
             let via = via_other_point(client, repo, target, reader).await?;
             Ok(via.map(|(ranges, how)| (ranges, format!("{why_not}; {how}"))))
@@ -117,7 +124,8 @@ async fn cbt_changes(
     let Some(snapshot) = crate::vm::by_uuid(client, "VDI", snapshot_uuid).await? else {
         return Ok(Err(format!("the snapshot VDI {snapshot_uuid} is gone")));
     };
-    let answer = match client.call("VDI.list_changed_blocks", &[Value::from(snapshot.as_str()), Value::from(vdi)]).await {
+    let answer = match client.call("VDI.list_changed_blocks", &[Value::from(snapshot.as_str()), Value::from(vdi)]).await
+    {
         Ok(a) => a,
         Err(e) => return Ok(Err(format!("VDI.list_changed_blocks from {snapshot_uuid} failed ({e})"))),
     };
@@ -151,12 +159,17 @@ async fn via_other_point(
         .take(OTHER_POINTS_TRIED)
         .collect();
     for other in &candidates {
-        let snapshot = crate::disk::backup_entry(other, &ours.uuid).map(|e| crate::vm::text(e, "snapshot_vdi_uuid")).unwrap_or_default();
+        let snapshot = crate::disk::backup_entry(other, &ours.uuid)
+            .map(|e| crate::vm::text(e, "snapshot_vdi_uuid"))
+            .unwrap_or_default();
         let Ok(since) = cbt_changes(client, target.vdi, snapshot, reader.size()).await? else { continue };
         let Some(record) = other.disks.iter().find(|d| same_layout(d, ours)) else { continue };
         let theirs = DiskReader::new(repo, record).await?;
         let between = differing_points(reader, &theirs).await?;
-        let reason = format!("CBT since restore point {}'s snapshot {snapshot}, and where the two restore points differ", other.short_id());
+        let reason = format!(
+            "CBT since restore point {}'s snapshot {snapshot}, and where the two restore points differ",
+            other.short_id()
+        );
         return Ok(Some((union(since, between), reason)));
     }
     Ok(None)
@@ -182,7 +195,13 @@ async fn differing_points(a: &DiskReader, b: &DiskReader) -> Result<Vec<Range<u6
                 let slot = page as u64 * per_page + n as u64;
                 let (ca, cb) = (a.read_slot(slot).await?, b.read_slot(slot).await?);
                 let len = (a.size() - slot * a.chunk_size()).min(a.chunk_size()) as usize;
-                push_differing_sectors(&mut ranges, slot * a.chunk_size(), len, ca.as_deref().map(Vec::as_slice), cb.as_deref().map(Vec::as_slice));
+                push_differing_sectors(
+                    &mut ranges,
+                    slot * a.chunk_size(),
+                    len,
+                    ca.as_deref().map(Vec::as_slice),
+                    cb.as_deref().map(Vec::as_slice),
+                );
             }
         }
     }
@@ -243,7 +262,12 @@ async fn differing_sectors(
             if leftover.is_empty() {
                 leftover = match body.next().await.transpose()? {
                     Some(b) => b,
-                    None => return Err(Error::Metadata(format!("the host sent {} of {size} bytes of VDI {vdi}", read + chunk.len() as u64))),
+                    None => {
+                        return Err(Error::Metadata(format!(
+                            "the host sent {} of {size} bytes of VDI {vdi}",
+                            read + chunk.len() as u64
+                        )));
+                    }
                 };
             }
             let take = (len - chunk.len()).min(leftover.len());
@@ -269,10 +293,22 @@ async fn differing_sectors(
 
 /// Adds the sectors of chunk `slot` where the disk's `current` content (whose id is `id`)
 /// differs from the restore point's.
-async fn compare_chunk(reader: &DiskReader, slot: u64, id: ChunkId, current: &[u8], ranges: &mut Vec<Range<u64>>) -> Result<()> {
+async fn compare_chunk(
+    reader: &DiskReader,
+    slot: u64,
+    id: ChunkId,
+    current: &[u8],
+    ranges: &mut Vec<Range<u64>>,
+) -> Result<()> {
     if reader.chunk_id(slot).await? != id {
         let stored = reader.read_slot(slot).await?;
-        push_differing_sectors(ranges, slot * reader.chunk_size(), current.len(), Some(current), stored.as_deref().map(Vec::as_slice));
+        push_differing_sectors(
+            ranges,
+            slot * reader.chunk_size(),
+            current.len(),
+            Some(current),
+            stored.as_deref().map(Vec::as_slice),
+        );
     }
     Ok(())
 }
@@ -305,7 +341,9 @@ pub(crate) async fn upload_ranges(client: &Client, vdi: &str, disk: RepoDisk, ra
     let size = disk.reader().size();
     let blocks = blocks_of(&ranges);
     let sent = DynamicWriter::<std::io::Sink>::output_size(size, blocks.len() as u64);
-    let written = crate::disk::upload(client, vdi, DiskFormat::Vhd, sent, move |out| write_ranges(&disk, &blocks, &ranges, out)).await?;
+    let written =
+        crate::disk::upload(client, vdi, DiskFormat::Vhd, sent, move |out| write_ranges(&disk, &blocks, &ranges, out))
+            .await?;
     Ok(Sent { written, sent })
 }
 
@@ -328,7 +366,9 @@ fn write_ranges(disk: &RepoDisk, blocks: &[u32], ranges: &[Range<u64>], out: imp
         while let Some(r) = pending.peek() {
             let (from, to) = (r.start.max(start), r.end.min(end));
             if from < to {
-                let piece = buf.get_mut((from - start) as usize..(to - start) as usize).ok_or_else(|| Error::Metadata("range outside its block".into()))?;
+                let piece = buf
+                    .get_mut((from - start) as usize..(to - start) as usize)
+                    .ok_or_else(|| Error::Metadata("range outside its block".into()))?;
                 handle.block_on(reader.read_at(from, piece))?;
                 let sector = |at: u64| u32::try_from((at - start) / SECTOR_SIZE).unwrap_or(u32::MAX);
                 sectors.push(sector(from)..sector(to.next_multiple_of(SECTOR_SIZE)));

@@ -118,7 +118,9 @@ pub async fn restore_disk(
         .ok_or_else(|| Error::Metadata(format!("disk {} is not among the restore point's disks", record.describe())))?;
     let (vdi, done, vbd) = match target {
         DiskTarget::Existing { vdi_uuid } => {
-            let vdi = by_uuid(client, "VDI", vdi_uuid).await?.ok_or_else(|| Error::Target(format!("no VDI with uuid {vdi_uuid}")))?;
+            let vdi = by_uuid(client, "VDI", vdi_uuid)
+                .await?
+                .ok_or_else(|| Error::Target(format!("no VDI with uuid {vdi_uuid}")))?;
             if !opts.force {
                 refuse_if_in_use(client, &vdi, vdi_uuid).await?;
             }
@@ -127,7 +129,9 @@ pub async fn restore_disk(
         }
         DiskTarget::New { sr_uuid, name_label, attach } => {
             // Everything named is checked before anything is created.
-            let sr = by_uuid(client, "SR", sr_uuid).await?.ok_or_else(|| Error::Target(format!("no SR with uuid {sr_uuid}")))?;
+            let sr = by_uuid(client, "SR", sr_uuid)
+                .await?
+                .ok_or_else(|| Error::Target(format!("no SR with uuid {sr_uuid}")))?;
             let vm = match attach {
                 Some(a) => Some((check_attach(client, a).await?, a)),
                 None => None,
@@ -138,7 +142,15 @@ pub async fn restore_disk(
             };
             let mut made = Created::default();
             let result = async {
-                let vdi = create_vdi(client, &sr, &label, text(&stored.vdi, "name_description"), stored.record.size, &mut made).await?;
+                let vdi = create_vdi(
+                    client,
+                    &sr,
+                    &label,
+                    text(&stored.vdi, "name_description"),
+                    stored.record.size,
+                    &mut made,
+                )
+                .await?;
                 let done = fill_new(client, repo, &stored, &vdi, &progress).await?;
                 let vbd = match vm {
                     Some((vm, a)) => Some(attach_vdi(client, &vm, &vdi, a, &mut made).await?),
@@ -190,7 +202,8 @@ async fn refuse_if_in_use(client: &Client, vdi: &str, vdi_uuid: &str) -> Result<
         let attached = call(client, "VBD.get_currently_attached", &[Value::from(vbd)]).await?.as_bool() == Some(true);
         let vm = call_ref(client, "VBD.get_VM", &[Value::from(vbd)]).await?;
         if attached && call_str(client, "VM.get_power_state", &vm).await? == "Running" {
-            let (name, uuid) = (call_str(client, "VM.get_name_label", &vm).await?, call_str(client, "VM.get_uuid", &vm).await?);
+            let (name, uuid) =
+                (call_str(client, "VM.get_name_label", &vm).await?, call_str(client, "VM.get_uuid", &vm).await?);
             return Err(Error::Target(format!(
                 "VDI {vdi_uuid} is attached to the running VM {name:?} ({uuid}): shut the VM down, or force the restore"
             )));
@@ -201,7 +214,9 @@ async fn refuse_if_in_use(client: &Client, vdi: &str, vdi_uuid: &str) -> Result<
 
 /// The VM to attach to, after checking that it exists and the userdevice is free.
 async fn check_attach(client: &Client, a: &Attach) -> Result<String> {
-    let vm = by_uuid(client, "VM", &a.vm_uuid).await?.ok_or_else(|| Error::Target(format!("no VM with uuid {}", a.vm_uuid)))?;
+    let vm = by_uuid(client, "VM", &a.vm_uuid)
+        .await?
+        .ok_or_else(|| Error::Target(format!("no VM with uuid {}", a.vm_uuid)))?;
     let vbds = call(client, "VM.get_VBDs", &[Value::from(vm.as_str())]).await?;
     for vbd in vbds.as_array().into_iter().flatten().filter_map(Value::as_str) {
         if call_str(client, "VBD.get_userdevice", vbd).await? == a.userdevice {
@@ -239,9 +254,15 @@ impl Created {
         }
         let mut removed = Vec::new();
         let mut left = Vec::new();
-        let steps = self.vbds.iter().map(|r| ("VBD", r)).chain(self.vm.iter().map(|r| ("VM", r))).chain(self.vdis.iter().map(|r| ("VDI", r)));
+        let steps = self
+            .vbds
+            .iter()
+            .map(|r| ("VBD", r))
+            .chain(self.vm.iter().map(|r| ("VM", r)))
+            .chain(self.vdis.iter().map(|r| ("VDI", r)));
         for (class, reference) in steps {
-            let uuid = call_str(client, &format!("{class}.get_uuid"), reference).await.unwrap_or_else(|_| reference.clone());
+            let uuid =
+                call_str(client, &format!("{class}.get_uuid"), reference).await.unwrap_or_else(|_| reference.clone());
             match client.call(&format!("{class}.destroy"), &[Value::from(reference.as_str())]).await {
                 Ok(_) => removed.push(format!("{class} {uuid}")),
                 Err(e) => left.push(format!("{class} {uuid} ({e})")),
@@ -257,7 +278,14 @@ impl Created {
 }
 
 /// Creates an empty user VDI on `sr`.
-pub(crate) async fn create_vdi(client: &Client, sr: &str, label: &str, description: &str, size: u64, made: &mut Created) -> Result<String> {
+pub(crate) async fn create_vdi(
+    client: &Client,
+    sr: &str,
+    label: &str,
+    description: &str,
+    size: u64,
+    made: &mut Created,
+) -> Result<String> {
     let spec = serde_json::json!({
         "name_label": label, "name_description": description, "SR": sr,
         "virtual_size": size, "type": "user", "sharable": false, "read_only": false,
@@ -269,7 +297,14 @@ pub(crate) async fn create_vdi(client: &Client, sr: &str, label: &str, descripti
 }
 
 /// Creates a read-write disk VBD (not plugged).
-pub(crate) async fn create_vbd(client: &Client, vm: &str, vdi: &str, userdevice: &str, bootable: bool, made: &mut Created) -> Result<String> {
+pub(crate) async fn create_vbd(
+    client: &Client,
+    vm: &str,
+    vdi: &str,
+    userdevice: &str,
+    bootable: bool,
+    made: &mut Created,
+) -> Result<String> {
     let spec = serde_json::json!({
         "VM": vm, "VDI": vdi, "userdevice": userdevice, "bootable": bootable,
         "mode": "RW", "type": "Disk", "empty": false, "unpluggable": false, "other_config": {},
@@ -281,17 +316,26 @@ pub(crate) async fn create_vbd(client: &Client, vm: &str, vdi: &str, userdevice:
 }
 
 /// Fills a new VDI, which reads as zeros, with the blocks the restore point holds.
-pub(crate) async fn fill_new(client: &Client, repo: &Repository, d: &StoredDisk<'_>, vdi: &str, progress: &Option<Progress>) -> Result<DiskRestore> {
+pub(crate) async fn fill_new(
+    client: &Client,
+    repo: &Repository,
+    d: &StoredDisk<'_>,
+    vdi: &str,
+    progress: &Option<Progress>,
+) -> Result<DiskRestore> {
     let t = std::time::Instant::now();
     let reader = Arc::new(DiskReader::new(repo, d.record).await?);
     let disk = RepoDisk::new(reader, tokio::runtime::Handle::current());
     let blocks = {
         let disk = disk.clone();
-        tokio::task::spawn_blocking(move || present_units(&disk, &tokio::runtime::Handle::current(), VHD_BLOCK)).await??
+        tokio::task::spawn_blocking(move || present_units(&disk, &tokio::runtime::Handle::current(), VHD_BLOCK))
+            .await??
     };
     let bytes_sent = vhd_size(d.record.size, blocks.len());
     let progress = progress.clone();
-    let bytes_written = upload(client, vdi, DiskFormat::Vhd, bytes_sent, move |out| write_vhd(&disk, &blocks, out, progress.as_ref())).await?;
+    let bytes_written =
+        upload(client, vdi, DiskFormat::Vhd, bytes_sent, move |out| write_vhd(&disk, &blocks, out, progress.as_ref()))
+            .await?;
     Ok(DiskRestore {
         position: d.position.clone(),
         vdi_uuid: call_str(client, "VDI.get_uuid", vdi).await?,
@@ -361,7 +405,9 @@ pub(crate) struct ChannelWriter {
 
 impl std::io::Write for ChannelWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.tx.blocking_send(Ok(Bytes::copy_from_slice(buf))).map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))?;
+        self.tx
+            .blocking_send(Ok(Bytes::copy_from_slice(buf)))
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))?;
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {

@@ -125,14 +125,20 @@ impl InOrder {
         while done < buf.len() {
             let at = offset + done as u64;
             while self.current.as_ref().is_none_or(|c| c.offset + c.len as u64 <= at) {
-                self.current = Some(self.next()?.ok_or_else(|| Error::Task(format!("disk read at {at} past the planned chunks")))?);
+                self.current = Some(
+                    self.next()?.ok_or_else(|| Error::Task(format!("disk read at {at} past the planned chunks")))?,
+                );
             }
             let Some(c) = &self.current else { continue };
-            let within = at.checked_sub(c.offset).ok_or_else(|| Error::Task(format!("disk read at {at} went backwards")))? as usize;
+            let within =
+                at.checked_sub(c.offset).ok_or_else(|| Error::Task(format!("disk read at {at} went backwards")))?
+                    as usize;
             let n = (c.len - within).min(buf.len() - done);
             let out = &mut buf[done..done + n];
             match &c.data {
-                Some(d) => out.copy_from_slice(d.get(within..within + n).ok_or_else(|| Error::Task("short chunk".into()))?),
+                Some(d) => {
+                    out.copy_from_slice(d.get(within..within + n).ok_or_else(|| Error::Task("short chunk".into()))?)
+                }
                 None => out.fill(0),
             }
             done += n;

@@ -2,10 +2,10 @@
 //! file-level access (list, find, extract) to the file systems of a stored disk, and
 //! instant access to a stored disk over NBD, and exports as raw, VHD or qcow2.
 
-mod error;
 pub mod diff;
 pub mod differential;
 pub mod disk;
+mod error;
 pub mod export;
 pub mod files;
 pub mod mount;

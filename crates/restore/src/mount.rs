@@ -3,8 +3,8 @@
 
 use crate::files::StoredFs;
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, INodeNo, LockOwner, MountOption, OpenFlags, ReplyAttr, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyXattr, Request,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, INodeNo, LockOwner, MountOption, OpenFlags, ReplyAttr,
+    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyXattr, Request,
 };
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -121,7 +121,10 @@ impl MountedFs {
 
 impl Filesystem for MountedFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let found = self.entry(parent).and_then(|p| Self::child_path(&p, name)).and_then(|path| self.fs.stat(&path).map_err(|e| errno(&e)));
+        let found = self
+            .entry(parent)
+            .and_then(|p| Self::child_path(&p, name))
+            .and_then(|path| self.fs.stat(&path).map_err(|e| errno(&e)));
         match found {
             Ok(e) => reply.entry(&TTL, &attr(self.number(e.clone()), &e), fuser::Generation(0)),
             Err(e) => reply.error(e),

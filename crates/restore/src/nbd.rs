@@ -52,7 +52,9 @@ impl DiskExport {
             let n = (self.block_len(block) - within).min(buf.len() - done);
             let out = buf.get_mut(done..done + n).ok_or_else(|| io::Error::other("read range"))?;
             match self.overlay_block(block) {
-                Some(data) => out.copy_from_slice(data.get(within..within + n).ok_or_else(|| io::Error::other("overlay block"))?),
+                Some(data) => {
+                    out.copy_from_slice(data.get(within..within + n).ok_or_else(|| io::Error::other("overlay block"))?)
+                }
                 None => self.reader.read_at(at, out).await.map_err(io::Error::other)?,
             }
             done += n;

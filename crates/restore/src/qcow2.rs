@@ -119,8 +119,7 @@ impl<W: Write> Qcow2Writer<W> {
         let blocks_start = layout.refcount_table + layout.refcount_table_clusters * CLUSTER;
         let rt = (0..layout.refcount_blocks).map(|b| blocks_start + b * CLUSTER);
         out.write_all(&table(rt, layout.refcount_table_clusters))?;
-        let mut refcounts: Vec<u8> =
-            (0..layout.total_clusters).flat_map(|_| 1u16.to_be_bytes()).collect();
+        let mut refcounts: Vec<u8> = (0..layout.total_clusters).flat_map(|_| 1u16.to_be_bytes()).collect();
         refcounts.resize((layout.refcount_blocks * CLUSTER) as usize, 0);
         out.write_all(&refcounts)?;
         let l1 = (0..layout.l1_entries).map(|i| match layout.l2_tables.binary_search(&i) {

@@ -3,7 +3,9 @@
 //! original VM, optionally writing only what differs (see [`crate::differential`]).
 
 pub use crate::differential::Method;
-use crate::disk::{Created, NULL_REF, StoredDisk, call_str, create_vbd, create_vdi, fill_new, overwrite, restored_name, stored_disks};
+use crate::disk::{
+    Created, NULL_REF, StoredDisk, call_str, create_vbd, create_vdi, fill_new, overwrite, restored_name, stored_disks,
+};
 use crate::{Error, Result};
 use serde_json::Value as Json;
 use xenvault_repo::{Manifest, Repository};
@@ -158,9 +160,11 @@ pub async fn restore_vm(
     progress: Option<Progress>,
 ) -> Result<VmRestoreReport> {
     let started = std::time::Instant::now();
-    let meta = m.metadata.get("vm").filter(|v| text(v, "format") == "xenvault-vm/1").ok_or_else(|| {
-        invalid(format!("restore point {} holds no VM records (not a VM backup?)", m.short_id()))
-    })?;
+    let meta = m
+        .metadata
+        .get("vm")
+        .filter(|v| text(v, "format") == "xenvault-vm/1")
+        .ok_or_else(|| invalid(format!("restore point {} holds no VM records (not a VM backup?)", m.short_id())))?;
     let vm_record = meta.get("vm").filter(|v| v.is_object()).ok_or_else(|| invalid("no VM record"))?;
     let original = by_uuid(client, "VM", text(vm_record, "uuid")).await?;
     let disks = stored_disks(m);
@@ -173,7 +177,9 @@ pub async fn restore_vm(
             }
         }
         Mode::Overwrite => {
-            let vm = original.ok_or_else(|| invalid(format!("the original VM {} no longer exists: restore --as-new", text(vm_record, "uuid"))))?;
+            let vm = original.ok_or_else(|| {
+                invalid(format!("the original VM {} no longer exists: restore --as-new", text(vm_record, "uuid")))
+            })?;
             let written = restore_over(client, repo, m, &vm, &disks, opts.differential, &progress).await?;
             let mut warnings = Vec::new();
             if !opts.sr_map.is_empty() || !opts.network_map.is_empty() {
@@ -213,11 +219,15 @@ impl<'a> NewVm<'a> {
     /// Resolves the SR and network targets, refusing unknown ones before anything is created.
     async fn check(client: &'a Client, meta: &'a Json, opts: &'a VmRestoreOptions) -> Result<Self> {
         let mut warnings = Vec::new();
-        let stored = |class: &str| meta.get(class).and_then(Json::as_object).map(|o| o.values().collect::<Vec<_>>()).unwrap_or_default();
+        let stored = |class: &str| {
+            meta.get(class).and_then(Json::as_object).map(|o| o.values().collect::<Vec<_>>()).unwrap_or_default()
+        };
         let (stored_srs, stored_networks) = (stored("SR"), stored("network"));
         let mut srs = Vec::new();
         for (from, to) in &opts.sr_map {
-            let target = by_uuid(client, "SR", to).await?.ok_or_else(|| Error::Target(format!("SR mapping {from}={to}: no SR with uuid {to}")))?;
+            let target = by_uuid(client, "SR", to)
+                .await?
+                .ok_or_else(|| Error::Target(format!("SR mapping {from}={to}: no SR with uuid {to}")))?;
             if !stored_srs.iter().any(|s| text(s, "uuid") == from) {
                 warnings.push(format!("SR mapping {from}={to}: the restore point has no disk on SR {from}"));
             }
@@ -225,14 +235,19 @@ impl<'a> NewVm<'a> {
         }
         let mut networks = Vec::new();
         for (from, to) in &opts.network_map {
-            let target = by_uuid(client, "network", to).await?.ok_or_else(|| Error::Target(format!("network mapping {from}={to}: no network with uuid {to}")))?;
+            let target = by_uuid(client, "network", to)
+                .await?
+                .ok_or_else(|| Error::Target(format!("network mapping {from}={to}: no network with uuid {to}")))?;
             if !stored_networks.iter().any(|n| text(n, "uuid") == from || text(n, "name_label") == from) {
-                warnings.push(format!("network mapping {from}={to}: the restore point has no VIF on a network {from:?}"));
+                warnings
+                    .push(format!("network mapping {from}={to}: the restore point has no VIF on a network {from:?}"));
             }
             networks.push((from.clone(), target));
         }
         let sr = match &opts.sr {
-            Some(uuid) => Some(by_uuid(client, "SR", uuid).await?.ok_or_else(|| Error::Target(format!("no SR with uuid {uuid}")))?),
+            Some(uuid) => Some(
+                by_uuid(client, "SR", uuid).await?.ok_or_else(|| Error::Target(format!("no SR with uuid {uuid}")))?,
+            ),
             None => None,
         };
         Ok(NewVm { client, meta, opts, srs, sr, networks, made: Created::default(), warnings })
@@ -251,7 +266,19 @@ impl<'a> NewVm<'a> {
         let client = self.client;
         let name = restored_name(text(vm_record, "name_label"), m);
         let mut spec = vm_record.as_object().cloned().unwrap_or_default();
-        for k in ["uuid", "VBDs", "VIFs", "snapshots", "consoles", "power_state", "resident_on", "metrics", "guest_metrics", "parent", "children"] {
+        for k in [
+            "uuid",
+            "VBDs",
+            "VIFs",
+            "snapshots",
+            "consoles",
+            "power_state",
+            "resident_on",
+            "metrics",
+            "guest_metrics",
+            "parent",
+            "children",
+        ] {
             spec.remove(k);
         }
         spec.insert("name_label".into(), Json::from(name.clone()));
@@ -265,7 +292,8 @@ impl<'a> NewVm<'a> {
                 "" => format!("{name} disk {}", d.position),
                 l => l.to_owned(),
             };
-            let vdi = create_vdi(client, &sr, &label, text(&d.vdi, "name_description"), d.record.size, &mut self.made).await?;
+            let vdi = create_vdi(client, &sr, &label, text(&d.vdi, "name_description"), d.record.size, &mut self.made)
+                .await?;
             written.push(fill_new(client, repo, d, &vdi, progress).await?);
             let bootable = d.vbd.as_ref().and_then(|b| b.get("bootable")).and_then(Json::as_bool).unwrap_or(false);
             create_vbd(client, &vm, &vdi, &d.position, bootable, &mut self.made).await?;
@@ -277,7 +305,8 @@ impl<'a> NewVm<'a> {
     /// The SR for a new disk: mapped, else `sr`, else the original SR when it still
     /// exists, else the pool's default SR.
     async fn sr_of(&self, d: &StoredDisk<'_>) -> Result<String> {
-        let stored = self.meta.get("SR").and_then(|s| s.get(text(&d.vdi, "SR"))).map(|s| text(s, "uuid")).unwrap_or_default();
+        let stored =
+            self.meta.get("SR").and_then(|s| s.get(text(&d.vdi, "SR"))).map(|s| text(s, "uuid")).unwrap_or_default();
         if let Some((_, sr)) = self.srs.iter().find(|(from, _)| from == stored) {
             return Ok(sr.clone());
         }
@@ -294,7 +323,11 @@ impl<'a> NewVm<'a> {
     /// the same uuid, else the same name.
     async fn network_of(&self, net: &Json) -> Result<Option<String>> {
         let (uuid, name) = (text(net, "uuid"), text(net, "name_label"));
-        let mapped = self.networks.iter().find(|(from, _)| from == uuid).or_else(|| self.networks.iter().find(|(from, _)| from == name));
+        let mapped = self
+            .networks
+            .iter()
+            .find(|(from, _)| from == uuid)
+            .or_else(|| self.networks.iter().find(|(from, _)| from == name));
         if let Some((_, network)) = mapped {
             return Ok(Some(network.clone()));
         }
@@ -313,7 +346,11 @@ impl<'a> NewVm<'a> {
             let net = networks.get(text(vif, "network")).unwrap_or(&Json::Null);
             let Some(network) = self.network_of(net).await? else {
                 let (uuid, name) = (text(net, "uuid"), text(net, "name_label"));
-                let warning = format!("VIF {} (MAC {}) not restored: no network {name:?} ({uuid}) in the pool; map it to one", text(vif, "device"), text(vif, "MAC"));
+                let warning = format!(
+                    "VIF {} (MAC {}) not restored: no network {name:?} ({uuid}) in the pool; map it to one",
+                    text(vif, "device"),
+                    text(vif, "MAC")
+                );
                 tracing::warn!("{warning}");
                 self.warnings.push(warning);
                 continue;
@@ -336,7 +373,12 @@ impl<'a> NewVm<'a> {
 
 async fn default_sr(client: &Client) -> Result<String> {
     let pools = call(client, "pool.get_all", &[]).await?;
-    let pool = pools.as_array().and_then(|p| p.first()).and_then(Value::as_str).ok_or_else(|| invalid("no pool object"))?.to_owned();
+    let pool = pools
+        .as_array()
+        .and_then(|p| p.first())
+        .and_then(Value::as_str)
+        .ok_or_else(|| invalid("no pool object"))?
+        .to_owned();
     let sr = call_ref(client, "pool.get_default_SR", &[Value::from(pool.as_str())]).await?;
     if sr == NULL_REF {
         return Err(Error::Target("the original SR is gone and the pool has no default SR: choose an SR".into()));
@@ -367,9 +409,9 @@ async fn restore_over(
     }
     let mut out = Vec::new();
     for d in disks {
-        let vdi = by_uuid(client, "VDI", &d.record.uuid)
-            .await?
-            .ok_or_else(|| invalid(format!("the VM's disk {} ({}) no longer exists: restore --as-new", d.position, d.record.uuid)))?;
+        let vdi = by_uuid(client, "VDI", &d.record.uuid).await?.ok_or_else(|| {
+            invalid(format!("the VM's disk {} ({}) no longer exists: restore --as-new", d.position, d.record.uuid))
+        })?;
         out.push(overwrite(client, repo, m, d, &vdi, differential, progress).await?);
     }
     Ok(out)

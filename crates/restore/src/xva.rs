@@ -12,19 +12,31 @@ use xenvault_xva::{OvaObject, OvaVersion, XvaWriter, ova_xml};
 /// Known references become archive ids (`Ref:N`); other references become NULL, as xapi does.
 fn rename_refs(j: &Json, ids: &HashMap<String, String>) -> Json {
     match j {
-        Json::String(s) if s.starts_with("OpaqueRef:") => Json::from(ids.get(s).cloned().unwrap_or_else(|| "OpaqueRef:NULL".into())),
-        Json::Array(a) => Json::Array(a.iter().map(|v| rename_refs(v, ids)).filter(|v| v != "OpaqueRef:NULL").collect()),
+        Json::String(s) if s.starts_with("OpaqueRef:") => {
+            Json::from(ids.get(s).cloned().unwrap_or_else(|| "OpaqueRef:NULL".into()))
+        }
+        Json::Array(a) => {
+            Json::Array(a.iter().map(|v| rename_refs(v, ids)).filter(|v| v != "OpaqueRef:NULL").collect())
+        }
         Json::Object(m) => Json::Object(m.iter().map(|(k, v)| (k.clone(), rename_refs(v, ids))).collect()),
         other => other.clone(),
     }
 }
 
 /// Writes the XVA of restore point `m` to `out`. Blocking: call from `spawn_blocking`.
-pub fn export_xva(repo: &Repository, m: &Manifest, out: impl Write, progress: Option<crate::export::Progress>) -> Result<u64> {
+pub fn export_xva(
+    repo: &Repository,
+    m: &Manifest,
+    out: impl Write,
+    progress: Option<crate::export::Progress>,
+) -> Result<u64> {
     let handle = tokio::runtime::Handle::current();
     let meta = m.metadata.get("vm").filter(|v| v.get("format").and_then(Json::as_str) == Some("xenvault-vm/1"));
     let meta = meta.ok_or_else(|| Error::Metadata(format!("restore point {} holds no VM records", m.short_id())))?;
-    let snapshot = meta.get("snapshot").and_then(Json::as_object).ok_or_else(|| Error::Metadata("no VM snapshot record".into()))?;
+    let snapshot = meta
+        .get("snapshot")
+        .and_then(Json::as_object)
+        .ok_or_else(|| Error::Metadata("no VM snapshot record".into()))?;
     let empty = serde_json::Map::new();
     let section = |name: &str| meta.get(name).and_then(Json::as_object).unwrap_or(&empty);
     let mut vm = snapshot.clone();
@@ -41,7 +53,8 @@ pub fn export_xva(repo: &Repository, m: &Manifest, out: impl Write, progress: Op
             order.push((class, r.clone(), rec.clone()));
         }
     }
-    let mut ids: HashMap<String, String> = order.iter().enumerate().map(|(n, (_, r, _))| (r.clone(), format!("Ref:{n}"))).collect();
+    let mut ids: HashMap<String, String> =
+        order.iter().enumerate().map(|(n, (_, r, _))| (r.clone(), format!("Ref:{n}"))).collect();
     ids.insert(text(meta, "snapshot_ref"), "Ref:0".into());
     for (_, r, rec) in order.iter_mut() {
         if let Some(vbd) = rec.as_object_mut().filter(|_| section("VBD").contains_key(r.as_str())) {
@@ -52,14 +65,20 @@ pub fn export_xva(repo: &Repository, m: &Manifest, out: impl Write, progress: Op
     let mut disks = Vec::new();
     for (class, r, rec) in &order {
         let id = ids.get(r).cloned().unwrap_or_default();
-        let snapshot = xenvault_xapi_wire::jsonrpc::from_json(&rename_refs(rec, &ids)).map_err(|e| Error::Metadata(e.to_string()))?;
+        let snapshot = xenvault_xapi_wire::jsonrpc::from_json(&rename_refs(rec, &ids))
+            .map_err(|e| Error::Metadata(e.to_string()))?;
         objects.push(OvaObject { class: (*class).to_owned(), id: id.clone(), snapshot });
         if *class == "VDI" {
             let uuid = rec.get("uuid").and_then(Json::as_str).unwrap_or_default();
             let stored = m.metadata.get("backup").and_then(|b| b.get("disks")).and_then(Json::as_array);
-            let original = stored.and_then(|d| d.iter().find(|e| e.get("snapshot_vdi_uuid").and_then(Json::as_str) == Some(uuid)));
+            let original =
+                stored.and_then(|d| d.iter().find(|e| e.get("snapshot_vdi_uuid").and_then(Json::as_str) == Some(uuid)));
             let original = original.and_then(|e| e.get("vdi_uuid")).and_then(Json::as_str).unwrap_or(uuid);
-            let record = m.disks.iter().find(|d| d.uuid == original).ok_or_else(|| Error::Metadata(format!("VDI {uuid} is not in the restore point")))?;
+            let record = m
+                .disks
+                .iter()
+                .find(|d| d.uuid == original)
+                .ok_or_else(|| Error::Metadata(format!("VDI {uuid} is not in the restore point")))?;
             disks.push((id, record));
         }
     }

@@ -21,7 +21,8 @@ async fn disk_restore_to_new_and_existing_vdis() {
     let source_sr = call_str(client, "VDI.get_SR", &[&source_vdi]).await;
     let label = call_str(client, "VDI.get_name_label", &[&source_vdi]).await;
     let local = client.call("SR.get_by_name_label", &[Value::from("Local storage")]).await.unwrap();
-    let other_sr = local.as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_owned()).find(|s| *s != source_sr).unwrap();
+    let other_sr =
+        local.as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_owned()).find(|s| *s != source_sr).unwrap();
     let other_sr_uuid = call_str(client, "SR.get_uuid", &[&other_sr]).await;
 
     // A new VDI on another SR, attached to the running VM without plugging it.
@@ -38,21 +39,29 @@ async fn disk_restore_to_new_and_existing_vdis() {
     assert_eq!(call_str(client, "VBD.get_userdevice", &[&vbd]).await, "5");
     assert_eq!(call_str(client, "VBD.get_VM", &[&vbd]).await, original.reference);
     assert!(!new.plugged);
-    assert_eq!(client.call("VBD.get_currently_attached", &[Value::from(vbd.as_str())]).await.unwrap().as_bool(), Some(false));
+    assert_eq!(
+        client.call("VBD.get_currently_attached", &[Value::from(vbd.as_str())]).await.unwrap().as_bool(),
+        Some(false)
+    );
 
     // Asked to, the VBD is plugged into the running VM.
     let attach = Attach { vm_uuid: original.uuid.clone(), userdevice: "6".into(), plug: true };
-    let target = DiskTarget::New { sr_uuid: other_sr_uuid.clone(), name_label: Some("plugged".into()), attach: Some(attach) };
+    let target =
+        DiskTarget::New { sr_uuid: other_sr_uuid.clone(), name_label: Some("plugged".into()), attach: Some(attach) };
     let plugged = restore_disk(client, repo, &m, None, &target, &DiskRestoreOptions::default(), None).await.unwrap();
     assert_eq!(plugged.name_label, "plugged");
     assert!(plugged.plugged);
     let vbd = call_str(client, "VBD.get_by_uuid", &[plugged.vbd_uuid.as_deref().unwrap()]).await;
-    assert_eq!(client.call("VBD.get_currently_attached", &[Value::from(vbd.as_str())]).await.unwrap().as_bool(), Some(true));
+    assert_eq!(
+        client.call("VBD.get_currently_attached", &[Value::from(vbd.as_str())]).await.unwrap().as_bool(),
+        Some(true)
+    );
 
     // The same userdevice again is refused before anything is created.
     let vdis = count(client, "VDI").await;
     let attach = Attach { vm_uuid: original.uuid.clone(), userdevice: "5".into(), plug: false };
-    let target = DiskTarget::New { sr_uuid: other_sr_uuid.clone(), name_label: Some("again".into()), attach: Some(attach) };
+    let target =
+        DiskTarget::New { sr_uuid: other_sr_uuid.clone(), name_label: Some("again".into()), attach: Some(attach) };
     let err = restore_disk(client, repo, &m, None, &target, &DiskRestoreOptions::default(), None).await.unwrap_err();
     assert!(matches!(err, Error::Target(_)) && err.to_string().contains("userdevice 5"), "{err}");
     assert_eq!(count(client, "VDI").await, vdis);
@@ -85,10 +94,17 @@ async fn disk_restore_refuses_wrong_targets_and_cleans_up() {
     let (client, sim, repo) = (&p.client, &p.sim, &p.repo);
     let m = scribble_and_back_up(&p).await;
     let stored = &m.disks[0];
-    let sr_uuid = call_str(client, "SR.get_uuid", &[&call_str(client, "VDI.get_SR", &[&call_str(client, "VDI.get_by_uuid", &[&stored.uuid]).await]).await]).await;
+    let sr_uuid = call_str(
+        client,
+        "SR.get_uuid",
+        &[&call_str(client, "VDI.get_SR", &[&call_str(client, "VDI.get_by_uuid", &[&stored.uuid]).await]).await],
+    )
+    .await;
     let opts = DiskRestoreOptions::default();
     let m = &m;
-    let refused = |target: DiskTarget, opts: DiskRestoreOptions| async move { restore_disk(client, repo, m, None, &target, &opts, None).await.unwrap_err() };
+    let refused = |target: DiskTarget, opts: DiskRestoreOptions| async move {
+        restore_disk(client, repo, m, None, &target, &opts, None).await.unwrap_err()
+    };
 
     // The original disk is attached to the running VM.
     let err = refused(DiskTarget::Existing { vdi_uuid: stored.uuid.clone() }, opts.clone()).await;
@@ -102,19 +118,37 @@ async fn disk_restore_refuses_wrong_targets_and_cleans_up() {
     });
     let small = client.call("VDI.create", &[xenvault_xapi::wire::jsonrpc::from_json(&spec).unwrap()]).await.unwrap();
     let small = call_str(client, "VDI.get_uuid", &[small.as_str().unwrap()]).await;
-    let err = refused(DiskTarget::Existing { vdi_uuid: small }, DiskRestoreOptions { differential: true, force: true }).await;
+    let err =
+        refused(DiskTarget::Existing { vdi_uuid: small }, DiskRestoreOptions { differential: true, force: true }).await;
     assert!(matches!(err, Error::Target(_)) && err.to_string().contains("sizes must match"), "{err}");
 
     // No such SR, no such disk.
     let vdis = count(client, "VDI").await;
-    let err = refused(DiskTarget::New { sr_uuid: "00000000-0000-4000-8000-000000000000".into(), name_label: None, attach: None }, opts.clone()).await;
+    let err = refused(
+        DiskTarget::New { sr_uuid: "00000000-0000-4000-8000-000000000000".into(), name_label: None, attach: None },
+        opts.clone(),
+    )
+    .await;
     assert!(err.to_string().contains("no SR with uuid"), "{err}");
-    let err = restore_disk(client, repo, m, Some("9"), &DiskTarget::New { sr_uuid: sr_uuid.clone(), name_label: None, attach: None }, &opts, None).await.unwrap_err();
+    let err = restore_disk(
+        client,
+        repo,
+        m,
+        Some("9"),
+        &DiskTarget::New { sr_uuid: sr_uuid.clone(), name_label: None, attach: None },
+        &opts,
+        None,
+    )
+    .await
+    .unwrap_err();
     assert!(err.to_string().contains("no disk at position 9"), "{err}");
 
     // An import cut short: the new VDI is removed again.
     sim.call("sim.set_cut", vec![Value::from("http"), Value::from((64u64 << 10).to_string())]).await.unwrap();
     let err = refused(DiskTarget::New { sr_uuid, name_label: None, attach: None }, opts).await;
-    assert!(matches!(err, Error::CleanedUp { .. }) && err.to_string().contains("removed what the restore had created: VDI"), "{err}");
+    assert!(
+        matches!(err, Error::CleanedUp { .. }) && err.to_string().contains("removed what the restore had created: VDI"),
+        "{err}"
+    );
     assert_eq!(count(client, "VDI").await, vdis);
 }

@@ -31,9 +31,15 @@ fn image(path: &Path) {
 async fn stored(dir: &Path) -> (Repository, Arc<DiskReader>) {
     let src = dir.join("disk.raw");
     image(&src);
-    let opts = InitOptions { encryption: Encryption::Aes256Gcm, secret: Some(xenvault_repo::keys::Secret::passphrase("pw")), kdf: xenvault_repo::keys::KdfParams { memory_kib: 1024, iterations: 1, parallelism: 1 }, ..Default::default() };
+    let opts = InitOptions {
+        encryption: Encryption::Aes256Gcm,
+        secret: Some(xenvault_repo::keys::Secret::passphrase("pw")),
+        kdf: xenvault_repo::keys::KdfParams { memory_kib: 1024, iterations: 1, parallelism: 1 },
+        ..Default::default()
+    };
     let repo = Repository::init(dir.join("repo").to_str().unwrap(), &Default::default(), opts).await.unwrap();
-    let session = repo.start_backup(SourceInfo { id: "img".into(), kind: "image".into(), name: "img".into() }).await.unwrap();
+    let session =
+        repo.start_backup(SourceInfo { id: "img".into(), kind: "image".into(), name: "img".into() }).await.unwrap();
     let source = xenvault_repo::open_image(&src, Default::default()).unwrap();
     let mut w = session.disk_writer(0, "disk0", "", SIZE, None).await.unwrap();
     w.write_source(source).await.unwrap();
@@ -58,7 +64,8 @@ async fn export_to(reader: &Arc<DiskReader>, format: DiskFormat, path: &Path) ->
     let progress: xenvault_restore::export::Progress = Arc::new(move |n| {
         counter.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
     });
-    let stats = tokio::task::spawn_blocking(move || export(&disk, format, file, Some(progress))).await.unwrap().unwrap();
+    let stats =
+        tokio::task::spawn_blocking(move || export(&disk, format, file, Some(progress))).await.unwrap().unwrap();
     // A bar sized to the disk ends full, holes left out of the image included.
     assert_eq!(done.load(std::sync::atomic::Ordering::Relaxed), SIZE, "{format:?} progress");
     stats
@@ -100,11 +107,13 @@ async fn nbd_serves_the_restore_point_byte_exactly() {
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    let resolver = Arc::new(SingleExport { name: "disk0".into(), export: Arc::new(DiskExport::read_only(reader.clone())) });
+    let resolver =
+        Arc::new(SingleExport { name: "disk0".into(), export: Arc::new(DiskExport::read_only(reader.clone())) });
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(xenvault_nbd::serve(listener, xenvault_nbd::ServerConfig::modern(None), resolver, async {
-        let _ = stopped.await;
-    }));
+    let server =
+        tokio::spawn(xenvault_nbd::serve(listener, xenvault_nbd::ServerConfig::modern(None), resolver, async {
+            let _ = stopped.await;
+        }));
     let url = format!("nbd://127.0.0.1:{port}/disk0");
     let copy = dir.path().join("nbd.raw");
     let (u, c, r) = (url.clone(), copy.clone(), reference.clone());

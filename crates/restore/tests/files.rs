@@ -7,15 +7,16 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
 use xenvault_fixtures::{DemoDisk, EntryKind as Kind, build_demo_disks};
-use xenvault_repo::{DiskReader, InitOptions, Repository, SourceInfo};
 use xenvault_repo::keys::Encryption;
+use xenvault_repo::{DiskReader, InitOptions, Repository, SourceInfo};
 use xenvault_restore::files::StoredFs;
 use xenvault_restore::{Error, RepoDisk};
 
 async fn backed_up(dir: &Path, disks: &[&DemoDisk]) -> (Repository, xenvault_repo::Manifest) {
     let opts = InitOptions { encryption: Encryption::None, ..Default::default() };
     let repo = Repository::init(dir.join("repo").to_str().unwrap(), &Default::default(), opts).await.unwrap();
-    let session = repo.start_backup(SourceInfo { id: "demo".into(), kind: "image".into(), name: "demo".into() }).await.unwrap();
+    let session =
+        repo.start_backup(SourceInfo { id: "demo".into(), kind: "image".into(), name: "demo".into() }).await.unwrap();
     for (i, d) in disks.iter().enumerate() {
         let source = xenvault_repo::open_image(&d.path, Default::default()).unwrap();
         let mut w = session.disk_writer(i as u32, &format!("disk{i}"), "", source.size(), None).await.unwrap();
@@ -127,7 +128,14 @@ async fn a_disk_without_a_file_system_is_a_clear_error() {
     let path = dir.path().join("noise.raw");
     let noise: Vec<u8> = (0..4u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
     std::fs::write(&path, noise).unwrap();
-    let disk = DemoDisk { path, manifest: xenvault_fixtures::DiskManifest { size: 4 << 20, layout: xenvault_fixtures::Layout::Mbr, volumes: vec![] } };
+    let disk = DemoDisk {
+        path,
+        manifest: xenvault_fixtures::DiskManifest {
+            size: 4 << 20,
+            layout: xenvault_fixtures::Layout::Mbr,
+            volumes: vec![],
+        },
+    };
     let (repo, m) = backed_up(dir.path(), &[&disk]).await;
     let err = StoredFs::open(stored_disk(&repo, &m, 0).await, None).await.err().unwrap();
     assert!(matches!(err, Error::NoFileSystem(_)), "{err}");

@@ -4,7 +4,9 @@
 
 mod common;
 
-use common::{Pool, VM, back_up, call_str, count, digests_of, guest_write, pool, scribble, scribble_and_back_up, vdis_of};
+use common::{
+    Pool, VM, back_up, call_str, count, digests_of, guest_write, pool, scribble, scribble_and_back_up, vdis_of,
+};
 use xenvault_engine::strategy::Level;
 use xenvault_restore::Error;
 use xenvault_restore::vm::{DiskRestore, Macs, Method, Mode, VmRestoreOptions, VmRestoreReport, restore_vm};
@@ -42,16 +44,22 @@ async fn restore_as_new_over_the_original_and_from_xva() {
     let opts = VmRestoreOptions { mode: Mode::Overwrite, differential: false, ..Default::default() };
     let full = restore_vm(client, repo, &m, &opts, None).await.unwrap();
     assert_eq!(full.vm_uuid, original.uuid);
-    assert!(full.disks.iter().all(|d| d.bytes_written == d.size && d.bytes_sent == d.size && d.method.is_none()), "{:?}", full.disks);
+    assert!(
+        full.disks.iter().all(|d| d.bytes_written == d.size && d.bytes_sent == d.size && d.method.is_none()),
+        "{:?}",
+        full.disks
+    );
     assert_eq!(digests_of(host, sim, &original.uuid).await, expected);
 
     // An XVA export of the restore point imports into the pool with the same disks.
     let xva = p.dir.path().join("vm.xva");
     let (r, mm, path) = (repo.clone(), m.clone(), xva.clone());
-    tokio::task::spawn_blocking(move || xenvault_restore::xva::export_xva(&r, &mm, std::fs::File::create(&path).unwrap(), None))
-        .await
-        .unwrap()
-        .unwrap();
+    tokio::task::spawn_blocking(move || {
+        xenvault_restore::xva::export_xva(&r, &mm, std::fs::File::create(&path).unwrap(), None)
+    })
+    .await
+    .unwrap()
+    .unwrap();
     let pool = client.call("pool.get_all", &[]).await.unwrap();
     let pool = pool.as_array().unwrap()[0].as_str().unwrap().to_owned();
     let sr = client.call("pool.get_default_SR", &[Value::from(pool.as_str())]).await.unwrap();
@@ -65,7 +73,8 @@ async fn restore_as_new_over_the_original_and_from_xva() {
 
 /// The 64 KiB CBT blocks a write touches.
 fn cbt_blocks(writes: &[(u64, usize)]) -> Vec<u64> {
-    let mut blocks: Vec<u64> = writes.iter().flat_map(|&(at, len)| at / 65536..(at + len as u64).div_ceil(65536)).collect();
+    let mut blocks: Vec<u64> =
+        writes.iter().flat_map(|&(at, len)| at / 65536..(at + len as u64).div_ceil(65536)).collect();
     blocks.sort_unstable();
     blocks.dedup();
     blocks
@@ -74,15 +83,29 @@ fn cbt_blocks(writes: &[(u64, usize)]) -> Vec<u64> {
 /// A differential restore of `m` over the VM, watched by CBT: a `VDI.snapshot` of each
 /// disk just before, then `VDI.list_changed_blocks(snapshot, disk)` tells which 64 KiB
 /// blocks the restore wrote (per disk, in `vdis` order).
-async fn differential_watched(p: &Pool, m: &xenvault_repo::Manifest, vdis: &[xenvault_engine::records::Vdi]) -> (VmRestoreReport, Vec<Vec<u64>>) {
+async fn differential_watched(
+    p: &Pool,
+    m: &xenvault_repo::Manifest,
+    vdis: &[xenvault_engine::records::Vdi],
+) -> (VmRestoreReport, Vec<Vec<u64>>) {
     let cbt_on = |v: &xenvault_engine::records::Vdi| {
         let (client, vdi) = (&p.client, v.reference.clone());
-        async move { client.call("VDI.get_cbt_enabled", &[Value::from(vdi.as_str())]).await.unwrap().as_bool() == Some(true) }
+        async move {
+            client.call("VDI.get_cbt_enabled", &[Value::from(vdi.as_str())]).await.unwrap().as_bool() == Some(true)
+        }
     };
     let mut probes = Vec::new();
     for v in vdis {
         let probe = match cbt_on(v).await {
-            true => Some(p.client.call("VDI.snapshot", &[Value::from(v.reference.as_str())]).await.unwrap().as_str().unwrap().to_owned()),
+            true => Some(
+                p.client
+                    .call("VDI.snapshot", &[Value::from(v.reference.as_str())])
+                    .await
+                    .unwrap()
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+            ),
             false => None,
         };
         probes.push(probe);
@@ -96,7 +119,11 @@ async fn differential_watched(p: &Pool, m: &xenvault_repo::Manifest, vdis: &[xen
             written.push(Vec::new());
             continue;
         };
-        let bitmap = p.client.call("VDI.list_changed_blocks", &[Value::from(probe.as_str()), Value::from(v.reference.as_str())]).await.unwrap();
+        let bitmap = p
+            .client
+            .call("VDI.list_changed_blocks", &[Value::from(probe.as_str()), Value::from(v.reference.as_str())])
+            .await
+            .unwrap();
         let changed = xenvault_xapi_wire::cbt::ChangedBlocks::decode(bitmap.as_str().unwrap()).unwrap();
         written.push(changed.changed_blocks().collect());
         p.client.call("VDI.destroy", &[Value::from(probe.as_str())]).await.unwrap();
@@ -183,7 +210,14 @@ async fn differential_restore_writes_what_changed() {
     // No CBT snapshot left: chunk hashes of the streamed disk find exactly the 4 KiB the
     // guest wrote, and CBT (still on) sees only those written.
     for vdi in &vdis {
-        let snapshot = second.metadata["backup"]["disks"].as_array().unwrap().iter().find(|e| e["vdi_uuid"] == vdi.uuid.as_str()).unwrap()["snapshot_vdi_uuid"].as_str().unwrap();
+        let snapshot = second.metadata["backup"]["disks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["vdi_uuid"] == vdi.uuid.as_str())
+            .unwrap()["snapshot_vdi_uuid"]
+            .as_str()
+            .unwrap();
         let snapshot = p.client.call("VDI.get_by_uuid", &[Value::from(snapshot)]).await.unwrap();
         p.client.call("VDI.destroy", &[snapshot]).await.unwrap();
     }
@@ -226,7 +260,10 @@ async fn vifs_of(client: &xenvault_xapi::Client, vm_uuid: &str) -> Vec<(String, 
     for vif in client.call("VM.get_VIFs", &[Value::from(vm.as_str())]).await.unwrap().as_array().unwrap() {
         let vif = vif.as_str().unwrap();
         let network = call_str(client, "VIF.get_network", &[vif]).await;
-        out.push((call_str(client, "network.get_uuid", &[&network]).await, call_str(client, "VIF.get_MAC", &[vif]).await));
+        out.push((
+            call_str(client, "network.get_uuid", &[&network]).await,
+            call_str(client, "VIF.get_MAC", &[vif]).await,
+        ));
     }
     out
 }
@@ -237,19 +274,26 @@ async fn network_mapping_and_mac_handling() {
     let (client, repo) = (&p.client, &p.repo);
     let original = p.host.vms().await.unwrap().into_iter().find(|v| v.name_label == VM).unwrap();
     let [(management, mac)] = <[_; 1]>::try_from(vifs_of(client, &original.uuid).await).unwrap();
-    let management_name = call_str(client, "network.get_name_label", &[&call_str(client, "network.get_by_uuid", &[&management]).await]).await;
+    let management_name =
+        call_str(client, "network.get_name_label", &[&call_str(client, "network.get_by_uuid", &[&management]).await])
+            .await;
     let nbd = client.call("network.get_by_name_label", &[Value::from("NBD network")]).await.unwrap();
     let nbd = call_str(client, "network.get_uuid", &[nbd.as_array().unwrap()[0].as_str().unwrap()]).await;
     let m = back_up(&p, Level::Full).await;
 
     // Mapped by uuid; the stored MAC kept though the original VM exists.
-    let opts = VmRestoreOptions { network_map: vec![(management.clone(), nbd.clone())], macs: Macs::Keep, ..Default::default() };
+    let opts = VmRestoreOptions {
+        network_map: vec![(management.clone(), nbd.clone())],
+        macs: Macs::Keep,
+        ..Default::default()
+    };
     let kept = restore_vm(client, repo, &m, &opts, None).await.unwrap();
     assert_eq!(vifs_of(client, &kept.vm_uuid).await, vec![(nbd.clone(), mac.clone())]);
     assert!(kept.warnings.is_empty(), "{:?}", kept.warnings);
 
     // Mapped by name; a fresh MAC.
-    let opts = VmRestoreOptions { network_map: vec![(management_name, nbd.clone())], macs: Macs::New, ..Default::default() };
+    let opts =
+        VmRestoreOptions { network_map: vec![(management_name, nbd.clone())], macs: Macs::New, ..Default::default() };
     let fresh = restore_vm(client, repo, &m, &opts, None).await.unwrap();
     let [(network, new_mac)] = <[_; 1]>::try_from(vifs_of(client, &fresh.vm_uuid).await).unwrap();
     assert_eq!(network, nbd);
@@ -258,7 +302,8 @@ async fn network_mapping_and_mac_handling() {
     // Targets that do not exist are refused before anything is created.
     let before = (count(client, "VM").await, count(client, "VDI").await);
     let missing = "00000000-0000-4000-8000-000000000000".to_owned();
-    let bad_network = VmRestoreOptions { network_map: vec![(management.clone(), missing.clone())], ..Default::default() };
+    let bad_network =
+        VmRestoreOptions { network_map: vec![(management.clone(), missing.clone())], ..Default::default() };
     let bad_sr = VmRestoreOptions { sr_map: vec![("any".into(), missing.clone())], ..Default::default() };
     for (opts, expected) in [(bad_network, "no network with uuid"), (bad_sr, "no SR with uuid")] {
         let err = restore_vm(client, repo, &m, &opts, None).await.unwrap_err();
@@ -274,7 +319,11 @@ async fn network_mapping_and_mac_handling() {
     }
     let report = restore_vm(client, repo, &foreign, &VmRestoreOptions::default(), None).await.unwrap();
     assert!(vifs_of(client, &report.vm_uuid).await.is_empty());
-    assert!(report.warnings.iter().any(|w| w.contains("not restored") && w.contains("\"gone\"")), "{:?}", report.warnings);
+    assert!(
+        report.warnings.iter().any(|w| w.contains("not restored") && w.contains("\"gone\"")),
+        "{:?}",
+        report.warnings
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -282,7 +331,9 @@ async fn failed_restore_as_new_removes_what_it_created() {
     let p = pool().await;
     let (client, sim) = (&p.client, &p.sim);
     let m = scribble_and_back_up(&p).await;
-    let objects = || async { [count(client, "VM").await, count(client, "VDI").await, count(client, "VBD").await, count(client, "VIF").await] };
+    let objects = || async {
+        [count(client, "VM").await, count(client, "VDI").await, count(client, "VBD").await, count(client, "VIF").await]
+    };
     let before = objects().await;
 
     // The first disk's import is cut short.
@@ -291,12 +342,21 @@ async fn failed_restore_as_new_removes_what_it_created() {
     sim.call("sim.set_cut", vec![Value::from("http"), Value::from("")]).await.unwrap();
     let message = err.to_string();
     assert!(matches!(err, Error::CleanedUp { .. }), "{message}");
-    assert!(message.contains("removed what the restore had created: VBD") || message.contains("removed what the restore had created: VM"), "{message}");
+    assert!(
+        message.contains("removed what the restore had created: VBD")
+            || message.contains("removed what the restore had created: VM"),
+        "{message}"
+    );
     assert!(!message.contains("could NOT"), "{message}");
     assert_eq!(objects().await, before);
 
     // The last step fails, after every disk was written: all of it goes.
-    let fault = vec![Value::from("VIF.create"), Value::from("INTERNAL_ERROR"), Value::Array(vec![Value::from("injected")]), Value::from("1")];
+    let fault = vec![
+        Value::from("VIF.create"),
+        Value::from("INTERNAL_ERROR"),
+        Value::Array(vec![Value::from("injected")]),
+        Value::from("1"),
+    ];
     sim.call("sim.inject_fault", fault).await.unwrap();
     let err = restore_vm(client, &p.repo, &m, &VmRestoreOptions::default(), None).await.unwrap_err();
     let message = err.to_string();

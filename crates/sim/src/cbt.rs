@@ -39,9 +39,10 @@ impl CbtLogs {
     /// Deletes the live log and cuts the parent's link to it.
     pub fn disable(&mut self, vdi: &str) {
         if let Some(log) = self.logs.remove(vdi)
-            && let Some(parent) = log.parent.and_then(|p| self.logs.get_mut(&p)) {
-                parent.child = None;
-            }
+            && let Some(parent) = log.parent.and_then(|p| self.logs.get_mut(&p))
+        {
+            parent.child = None;
+        }
     }
 
     /// Records a guest write on a VDI (no-op without CBT).
@@ -63,7 +64,12 @@ impl CbtLogs {
         if let Some(parent) = log.parent.as_ref().and_then(|p| self.logs.get_mut(p)) {
             parent.child = Some(snapshot.to_owned());
         }
-        let fresh = CbtLog { size: log.size, parent: Some(snapshot.to_owned()), child: log.child.take(), changed: BTreeSet::new() };
+        let fresh = CbtLog {
+            size: log.size,
+            parent: Some(snapshot.to_owned()),
+            child: log.child.take(),
+            changed: BTreeSet::new(),
+        };
         log.child = Some(vdi.to_owned());
         self.logs.insert(snapshot.to_owned(), log);
         self.logs.insert(vdi.to_owned(), fresh);

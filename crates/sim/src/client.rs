@@ -2,7 +2,7 @@
 //! a running simulator. Any certificate is trusted: the simulator's is self-signed
 //! and it is a test tool.
 
-use xenvault_xapi_wire::{jsonrpc, Failure, Value};
+use xenvault_xapi_wire::{Failure, Value, jsonrpc};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -30,7 +30,10 @@ impl SimClient {
         let http = reqwest::Client::builder().use_preconfigured_tls(tls).build()?;
         let mut client = SimClient { http, url: url.trim_end_matches('/').to_owned(), session: String::new() };
         let session = client
-            .raw_call("session.login_with_password", vec!["root".into(), password.into(), "1.0".into(), "xenvault".into()])
+            .raw_call(
+                "session.login_with_password",
+                vec!["root".into(), password.into(), "1.0".into(), "xenvault".into()],
+            )
             .await?;
         client.session = session.as_str().unwrap_or_default().to_owned();
         Ok(client)

@@ -4,7 +4,7 @@
 //! (xapi-project/xen-api e2ee48d, the file as of May 2024). Records hold exactly these
 //! fields, as xapi's do.
 
-use crate::db::{Record, NULL_REF};
+use crate::db::{NULL_REF, Record};
 use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
 use xenvault_xapi_wire::Value;
@@ -52,10 +52,7 @@ fn value(kind: &str, text: &str) -> Value {
         "set" => Value::Array(items().map(Value::from).collect()),
         "int_set" => Value::Array(items().filter_map(|i| i.parse().ok()).map(Value::Int).collect()),
         "map" => Value::Struct(
-            items()
-                .filter_map(|kv| kv.split_once('='))
-                .map(|(k, v)| (k.to_owned(), Value::from(v)))
-                .collect(),
+            items().filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.to_owned(), Value::from(v))).collect(),
         ),
         _ => panic!("datamodel/fields.tsv: unknown kind {kind:?}"),
     }

@@ -122,9 +122,7 @@ impl Db {
     }
 
     pub fn field(&self, class: &str, reference: &str, name: &str) -> ApiResult<&Value> {
-        self.get(class, reference)?
-            .get(name)
-            .ok_or_else(|| ApiError::internal(format!("{class} has no field {name}")))
+        self.get(class, reference)?.get(name).ok_or_else(|| ApiError::internal(format!("{class} has no field {name}")))
     }
 
     pub fn str_field(&self, class: &str, reference: &str, name: &str) -> ApiResult<String> {
@@ -141,12 +139,7 @@ impl Db {
     }
 
     /// Changes fields of one object and records one `mod` event.
-    pub fn update(
-        &mut self,
-        class: &str,
-        reference: &str,
-        change: impl FnOnce(&mut Record),
-    ) -> ApiResult<()> {
+    pub fn update(&mut self, class: &str, reference: &str, change: impl FnOnce(&mut Record)) -> ApiResult<()> {
         let obj = match self.objects.get_mut(reference) {
             Some(o) if o.class == class => o,
             _ => return Err(ApiError::handle_invalid(class, reference)),
@@ -215,12 +208,7 @@ impl Db {
         if !TRANSIENT.contains(&class) {
             self.saved_changes += 1;
         }
-        self.events.push_back(Event {
-            id: self.next_event,
-            class,
-            operation,
-            reference: reference.to_owned(),
-        });
+        self.events.push_back(Event { id: self.next_event, class, operation, reference: reference.to_owned() });
         if self.events.len() > EVENT_RING {
             self.events.pop_front();
         }
@@ -241,18 +229,17 @@ impl Db {
     /// Events after `since`; `None` when the ring no longer holds them all.
     pub fn events_since(&self, since: u64) -> Option<Vec<&Event>> {
         if let Some(first) = self.events.front()
-            && since + 1 < first.id {
-                return None;
-            }
+            && since + 1 < first.id
+        {
+            return None;
+        }
         Some(self.events.iter().filter(|e| e.id > since).collect())
     }
 }
 
 /// A set or list value as strings (refs, tags, ...).
 pub fn string_list(v: &Value) -> Vec<String> {
-    v.as_array()
-        .map(|a| a.iter().filter_map(|i| i.as_str().map(str::to_owned)).collect())
-        .unwrap_or_default()
+    v.as_array().map(|a| a.iter().filter_map(|i| i.as_str().map(str::to_owned)).collect()).unwrap_or_default()
 }
 
 /// An empty map value.

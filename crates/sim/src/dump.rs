@@ -1,6 +1,6 @@
 //! `/pool/xmldbdump`: the database in xapi's XML dump layout.
 
-use crate::db::{Db, CLASSES};
+use crate::db::{CLASSES, Db};
 use xenvault_xapi_wire::Value;
 
 fn escape(s: &str, out: &mut String) {

@@ -28,10 +28,7 @@ impl ApiError {
     }
 
     pub fn parameter_count(method: &str, expected: usize, got: usize) -> Self {
-        Self::new(
-            "MESSAGE_PARAMETER_COUNT_MISMATCH",
-            [method.to_owned(), expected.to_string(), got.to_string()],
-        )
+        Self::new("MESSAGE_PARAMETER_COUNT_MISMATCH", [method.to_owned(), expected.to_string(), got.to_string()])
     }
 
     /// A value of the wrong type for a parameter (xapi: `FIELD_TYPE_ERROR [param]`).

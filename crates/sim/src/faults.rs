@@ -52,10 +52,7 @@ pub struct Faults {
 impl Faults {
     /// The failure to answer for `method`, consuming one use of the fault.
     pub fn take_call_fault(&mut self, method: &str) -> Option<ApiError> {
-        let index = self
-            .calls
-            .iter()
-            .position(|f| f.method == "*" || f.method.eq_ignore_ascii_case(method))?;
+        let index = self.calls.iter().position(|f| f.method == "*" || f.method.eq_ignore_ascii_case(method))?;
         let fault = self.calls.get_mut(index)?;
         let error = ApiError::new(&fault.code, fault.params.clone());
         if let Some(n) = fault.times.as_mut() {

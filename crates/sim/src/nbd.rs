@@ -8,13 +8,18 @@ use crate::state::SharedSim;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use xenvault_nbd::{Export, ExportResolver, Refusal, ServerConfig};
 
-pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, sim: SharedSim, mut stopped: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    sim: SharedSim,
+    mut stopped: watch::Receiver<bool>,
+) {
     let resolver = Arc::new(Resolver { sim });
     let shutdown = async move {
         let _ = stopped.changed().await;

@@ -2,10 +2,10 @@
 //! Sessions and tasks are not kept, as xapi forgets them on restart.
 
 use crate::cbt::CbtLogs;
-use crate::db::{canonical_class, Db, Record, TRANSIENT};
+use crate::db::{Db, Record, TRANSIENT, canonical_class};
 use crate::state::State;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value as Json};
+use serde_json::{Map, Value as Json, json};
 use std::collections::BTreeMap;
 use std::fs;
 use std::io;

@@ -2,7 +2,7 @@
 //! (see [`crate::datamodel`]), then what xapi fills on creation; callers override the rest.
 
 use crate::datamodel;
-use crate::db::{empty_map, epoch_date, new_uuid, now_date, str_map, Record, NULL_REF};
+use crate::db::{NULL_REF, Record, empty_map, epoch_date, new_uuid, now_date, str_map};
 use xenvault_xapi_wire::Value;
 
 fn empty_list() -> Value {
@@ -65,16 +65,19 @@ pub fn host(name: &str, address: &str, metrics: &str) -> Record {
             ("API_version_major", 2i64.into()),
             ("API_version_minor", 21i64.into()),
             ("API_version_vendor", "XenSource".into()),
-            ("software_version", str_map([
-                ("product_brand", "XCP-ng"),
-                ("product_version", "8.3.0"),
-                ("platform_name", "XCP"),
-                ("platform_version", "3.4.0"),
-                ("xapi", "24.19"),
-                ("xen", "4.17.4"),
-                ("hostname", name),
-                ("build_number", "cloud"),
-            ])),
+            (
+                "software_version",
+                str_map([
+                    ("product_brand", "XCP-ng"),
+                    ("product_version", "8.3.0"),
+                    ("platform_name", "XCP"),
+                    ("platform_version", "3.4.0"),
+                    ("xapi", "24.19"),
+                    ("xen", "4.17.4"),
+                    ("hostname", name),
+                    ("build_number", "cloud"),
+                ]),
+            ),
             ("cpu_info", str_map([("cpu_count", "4"), ("socket_count", "1"), ("vendor", "GenuineIntel")])),
             ("capabilities", Value::from(vec!["xen-3.0-x86_64", "hvm-3.0-x86_64"])),
             ("memory_overhead", 0i64.into()),
@@ -100,12 +103,15 @@ pub fn host(name: &str, address: &str, metrics: &str) -> Record {
 }
 
 pub fn host_metrics(memory: i64) -> Record {
-    record("host_metrics", vec![
-        ("memory_total", memory.into()),
-        ("live", true.into()),
-        ("last_updated", now_date()),
-        ("other_config", empty_map()),
-    ])
+    record(
+        "host_metrics",
+        vec![
+            ("memory_total", memory.into()),
+            ("live", true.into()),
+            ("last_updated", now_date()),
+            ("other_config", empty_map()),
+        ],
+    )
 }
 
 pub fn sr(name: &str, sr_type: &str, shared: bool, size: i64) -> Record {
@@ -121,11 +127,27 @@ pub fn sr(name: &str, sr_type: &str, shared: bool, size: i64) -> Record {
             ("virtual_allocation", 0i64.into()),
             ("VDIs", empty_list()),
             ("PBDs", empty_list()),
-            ("allowed_operations", Value::from(vec![
-                "vdi_enable_cbt", "vdi_list_changed_blocks", "vdi_disable_cbt", "vdi_data_destroy",
-                "vdi_mirror", "vdi_clone", "vdi_resize", "vdi_snapshot", "vdi_create", "vdi_destroy",
-                "vdi_introduce", "plug", "update", "forget", "scan", "unplug",
-            ])),
+            (
+                "allowed_operations",
+                Value::from(vec![
+                    "vdi_enable_cbt",
+                    "vdi_list_changed_blocks",
+                    "vdi_disable_cbt",
+                    "vdi_data_destroy",
+                    "vdi_mirror",
+                    "vdi_clone",
+                    "vdi_resize",
+                    "vdi_snapshot",
+                    "vdi_create",
+                    "vdi_destroy",
+                    "vdi_introduce",
+                    "plug",
+                    "update",
+                    "forget",
+                    "scan",
+                    "unplug",
+                ]),
+            ),
             ("current_operations", empty_map()),
             ("sm_config", str_map([("devserial", "scsi-sim")])),
             ("blobs", empty_map()),
@@ -138,13 +160,16 @@ pub fn sr(name: &str, sr_type: &str, shared: bool, size: i64) -> Record {
 }
 
 pub fn pbd(host: &str, sr: &str) -> Record {
-    record("PBD", vec![
-        ("host", host.into()),
-        ("SR", sr.into()),
-        ("device_config", empty_map()),
-        ("currently_attached", true.into()),
-        ("other_config", empty_map()),
-    ])
+    record(
+        "PBD",
+        vec![
+            ("host", host.into()),
+            ("SR", sr.into()),
+            ("device_config", empty_map()),
+            ("currently_attached", true.into()),
+            ("other_config", empty_map()),
+        ],
+    )
 }
 
 pub fn network(name: &str, bridge: &str, purpose: &[&str]) -> Record {
@@ -168,31 +193,34 @@ pub fn network(name: &str, bridge: &str, purpose: &[&str]) -> Record {
 }
 
 pub fn pif(host: &str, network: &str, device: &str, ip: &str, mac: &str, management: bool) -> Record {
-    record("PIF", vec![
-        ("device", device.into()),
-        ("network", network.into()),
-        ("host", host.into()),
-        ("MAC", mac.into()),
-        ("MTU", 1500i64.into()),
-        ("VLAN", (-1i64).into()),
-        ("physical", true.into()),
-        ("currently_attached", true.into()),
-        ("ip_configuration_mode", if ip.is_empty() { "None" } else { "Static" }.into()),
-        ("IP", ip.into()),
-        ("netmask", if ip.is_empty() { "" } else { "255.0.0.0" }.into()),
-        ("gateway", "".into()),
-        ("DNS", "".into()),
-        ("IPv6", empty_list()),
-        ("ipv6_configuration_mode", "None".into()),
-        ("ipv6_gateway", "".into()),
-        ("primary_address_type", "IPv4".into()),
-        ("management", management.into()),
-        ("other_config", empty_map()),
-        ("disallow_unplug", false.into()),
-        ("managed", true.into()),
-        ("properties", empty_map()),
-        ("capabilities", empty_list()),
-    ])
+    record(
+        "PIF",
+        vec![
+            ("device", device.into()),
+            ("network", network.into()),
+            ("host", host.into()),
+            ("MAC", mac.into()),
+            ("MTU", 1500i64.into()),
+            ("VLAN", (-1i64).into()),
+            ("physical", true.into()),
+            ("currently_attached", true.into()),
+            ("ip_configuration_mode", if ip.is_empty() { "None" } else { "Static" }.into()),
+            ("IP", ip.into()),
+            ("netmask", if ip.is_empty() { "" } else { "255.0.0.0" }.into()),
+            ("gateway", "".into()),
+            ("DNS", "".into()),
+            ("IPv6", empty_list()),
+            ("ipv6_configuration_mode", "None".into()),
+            ("ipv6_gateway", "".into()),
+            ("primary_address_type", "IPv4".into()),
+            ("management", management.into()),
+            ("other_config", empty_map()),
+            ("disallow_unplug", false.into()),
+            ("managed", true.into()),
+            ("properties", empty_map()),
+            ("capabilities", empty_list()),
+        ],
+    )
 }
 
 pub fn vm(name: &str, is_a_template: bool, metrics: &str, guest_metrics: &str) -> Record {
@@ -288,40 +316,46 @@ pub fn vm(name: &str, is_a_template: bool, metrics: &str, guest_metrics: &str) -
 }
 
 pub fn vm_metrics() -> Record {
-    record("VM_metrics", vec![
-        ("memory_actual", 0i64.into()),
-        ("VCPUs_number", 0i64.into()),
-        ("VCPUs_CPU", empty_map()),
-        ("VCPUs_params", empty_map()),
-        ("VCPUs_flags", empty_map()),
-        ("state", empty_list()),
-        ("start_time", epoch_date()),
-        ("install_time", now_date()),
-        ("last_updated", epoch_date()),
-        ("other_config", empty_map()),
-        ("hvm", true.into()),
-        ("nested_virt", false.into()),
-        ("nomigrate", false.into()),
-        ("current_domain_type", "unspecified".into()),
-    ])
+    record(
+        "VM_metrics",
+        vec![
+            ("memory_actual", 0i64.into()),
+            ("VCPUs_number", 0i64.into()),
+            ("VCPUs_CPU", empty_map()),
+            ("VCPUs_params", empty_map()),
+            ("VCPUs_flags", empty_map()),
+            ("state", empty_list()),
+            ("start_time", epoch_date()),
+            ("install_time", now_date()),
+            ("last_updated", epoch_date()),
+            ("other_config", empty_map()),
+            ("hvm", true.into()),
+            ("nested_virt", false.into()),
+            ("nomigrate", false.into()),
+            ("current_domain_type", "unspecified".into()),
+        ],
+    )
 }
 
 /// Guest metrics as written by guest tools; `features` go into `other`
 /// (xapi reads `feature-quiesce` / `feature-snapshot` there).
 pub fn vm_guest_metrics(os_name: &str, distro: &str, features: &[(&str, &str)]) -> Record {
-    record("VM_guest_metrics", vec![
-        ("os_version", str_map([("name", os_name), ("distro", distro)])),
-        ("PV_drivers_version", str_map([("major", "8"), ("minor", "3"), ("micro", "0"), ("build", "1")])),
-        ("PV_drivers_up_to_date", true.into()),
-        ("networks", empty_map()),
-        ("other", str_map(features.iter().copied())),
-        ("last_updated", now_date()),
-        ("other_config", empty_map()),
-        ("live", true.into()),
-        ("can_use_hotplug_vbd", "yes".into()),
-        ("can_use_hotplug_vif", "yes".into()),
-        ("PV_drivers_detected", true.into()),
-    ])
+    record(
+        "VM_guest_metrics",
+        vec![
+            ("os_version", str_map([("name", os_name), ("distro", distro)])),
+            ("PV_drivers_version", str_map([("major", "8"), ("minor", "3"), ("micro", "0"), ("build", "1")])),
+            ("PV_drivers_up_to_date", true.into()),
+            ("networks", empty_map()),
+            ("other", str_map(features.iter().copied())),
+            ("last_updated", now_date()),
+            ("other_config", empty_map()),
+            ("live", true.into()),
+            ("can_use_hotplug_vbd", "yes".into()),
+            ("can_use_hotplug_vif", "yes".into()),
+            ("PV_drivers_detected", true.into()),
+        ],
+    )
 }
 
 pub fn vdi(name: &str, sr: &str, virtual_size: i64, vdi_type: &str) -> Record {
@@ -364,19 +398,22 @@ pub fn vdi(name: &str, sr: &str, virtual_size: i64, vdi_type: &str) -> Record {
 }
 
 pub fn vbd(vm: &str, vdi: &str, userdevice: &str, bootable: bool, attached: bool) -> Record {
-    record("VBD", vec![
-        ("currently_attached", attached.into()),
-        ("VM", vm.into()),
-        ("VDI", vdi.into()),
-        ("device", format!("xvd{}", device_letter(userdevice)).into()),
-        ("userdevice", userdevice.into()),
-        ("bootable", bootable.into()),
-        ("mode", "RW".into()),
-        ("type", "Disk".into()),
-        ("unpluggable", true.into()),
-        ("storage_lock", false.into()),
-        ("empty", false.into()),
-    ])
+    record(
+        "VBD",
+        vec![
+            ("currently_attached", attached.into()),
+            ("VM", vm.into()),
+            ("VDI", vdi.into()),
+            ("device", format!("xvd{}", device_letter(userdevice)).into()),
+            ("userdevice", userdevice.into()),
+            ("bootable", bootable.into()),
+            ("mode", "RW".into()),
+            ("type", "Disk".into()),
+            ("unpluggable", true.into()),
+            ("storage_lock", false.into()),
+            ("empty", false.into()),
+        ],
+    )
 }
 
 fn device_letter(userdevice: &str) -> char {
@@ -385,24 +422,27 @@ fn device_letter(userdevice: &str) -> char {
 }
 
 pub fn vif(vm: &str, network: &str, device_name: &str, mac: &str, attached: bool) -> Record {
-    record("VIF", vec![
-        ("currently_attached", attached.into()),
-        ("device", device_name.into()),
-        ("network", network.into()),
-        ("VM", vm.into()),
-        ("MAC", mac.into()),
-        ("MTU", 1500i64.into()),
-        ("MAC_autogenerated", false.into()),
-        ("locking_mode", "network_default".into()),
-        ("ipv4_allowed", empty_list()),
-        ("ipv6_allowed", empty_list()),
-        ("ipv4_configuration_mode", "None".into()),
-        ("ipv4_addresses", empty_list()),
-        ("ipv4_gateway", "".into()),
-        ("ipv6_configuration_mode", "None".into()),
-        ("ipv6_addresses", empty_list()),
-        ("ipv6_gateway", "".into()),
-    ])
+    record(
+        "VIF",
+        vec![
+            ("currently_attached", attached.into()),
+            ("device", device_name.into()),
+            ("network", network.into()),
+            ("VM", vm.into()),
+            ("MAC", mac.into()),
+            ("MTU", 1500i64.into()),
+            ("MAC_autogenerated", false.into()),
+            ("locking_mode", "network_default".into()),
+            ("ipv4_allowed", empty_list()),
+            ("ipv6_allowed", empty_list()),
+            ("ipv4_configuration_mode", "None".into()),
+            ("ipv4_addresses", empty_list()),
+            ("ipv4_gateway", "".into()),
+            ("ipv6_configuration_mode", "None".into()),
+            ("ipv6_addresses", empty_list()),
+            ("ipv6_gateway", "".into()),
+        ],
+    )
 }
 
 pub fn task(name: &str, host: &str) -> Record {
@@ -428,21 +468,24 @@ pub fn task(name: &str, host: &str) -> Record {
 }
 
 pub fn session(host: &str, user: &str, originator: &str) -> Record {
-    record("session", vec![
-        ("this_host", host.into()),
-        ("this_user", NULL_REF.into()),
-        ("last_active", now_date()),
-        ("pool", false.into()),
-        ("other_config", empty_map()),
-        ("is_local_superuser", true.into()),
-        ("subject", NULL_REF.into()),
-        ("validation_time", now_date()),
-        ("auth_user_sid", "".into()),
-        ("auth_user_name", user.into()),
-        ("rbac_permissions", empty_list()),
-        ("tasks", empty_list()),
-        ("parent", NULL_REF.into()),
-        ("originator", originator.into()),
-        ("client_certificate", false.into()),
-    ])
+    record(
+        "session",
+        vec![
+            ("this_host", host.into()),
+            ("this_user", NULL_REF.into()),
+            ("last_active", now_date()),
+            ("pool", false.into()),
+            ("other_config", empty_map()),
+            ("is_local_superuser", true.into()),
+            ("subject", NULL_REF.into()),
+            ("validation_time", now_date()),
+            ("auth_user_sid", "".into()),
+            ("auth_user_name", user.into()),
+            ("rbac_permissions", empty_list()),
+            ("tasks", empty_list()),
+            ("parent", NULL_REF.into()),
+            ("originator", originator.into()),
+            ("client_certificate", false.into()),
+        ],
+    )
 }

@@ -2,7 +2,7 @@
 //! (one for NBD), a Linux VM (MBR+ext4 root, LVM data disk, guest tools), a
 //! Windows-like VM (GPT+NTFS, no tools), a Linux template and a VM cloned from it.
 
-use crate::db::{new_ref, NULL_REF};
+use crate::db::{NULL_REF, new_ref};
 use crate::error::{ApiError, ApiResult};
 use crate::methods::{devices, vdi, vm};
 use crate::records;
@@ -94,7 +94,9 @@ pub fn seed(st: &mut State, addresses: [&str; 2], disks: &DemoDisks, state_dir: 
         DemoDisks::Blank(size) => *size,
         DemoDisks::Fixtures => 0,
     };
-    let disk = |img: Option<&xenvault_fixtures::DemoDisk>| (img.map(|d| d.path.clone()), img.map_or(blank, |d| d.manifest.size));
+    let disk = |img: Option<&xenvault_fixtures::DemoDisk>| {
+        (img.map(|d| d.path.clone()), img.map_or(blank, |d| d.manifest.size))
+    };
 
     // Linux VM on the shared SR, running on the master, tools reporting quiesce.
     let linux = add_vm(st, "debian-web", false)?;
@@ -168,11 +170,15 @@ fn add_disk(
 }
 
 fn add_vif(st: &mut State, vm: &str, network: &str, mac: &str) -> ApiResult<()> {
-    let spec: BTreeMap<String, Value> =
-        [("VM", Value::from(vm)), ("network", Value::from(network)), ("MAC", Value::from(mac)), ("device", Value::from("0"))]
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v))
-            .collect();
+    let spec: BTreeMap<String, Value> = [
+        ("VM", Value::from(vm)),
+        ("network", Value::from(network)),
+        ("MAC", Value::from(mac)),
+        ("device", Value::from("0")),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
     devices::create_vif(st, &spec)?;
     Ok(())
 }

@@ -5,7 +5,7 @@ use crate::cbt::CbtLogs;
 use crate::db::Db;
 use crate::state::{Runtime, SharedSim, Sim, State};
 use crate::storage::Storage;
-use crate::{persist, seed, tls, SimConfig};
+use crate::{SimConfig, persist, seed, tls};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
@@ -80,8 +80,9 @@ impl Simulator {
         let fresh = !persist::exists(&dir);
         let (db, cbt) = if fresh { (Db::new(), CbtLogs::default()) } else { persist::load(&dir).map_err(state_err)? };
 
-        let listener =
-            TcpListener::bind(config.listen).await.map_err(|source| SimError::Listen { addr: config.listen, source })?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| SimError::Listen { addr: config.listen, source })?;
         let addr = listener.local_addr().map_err(|source| SimError::Listen { addr: config.listen, source })?;
         // The second host listens on 127.0.0.2 when the first is on 127.0.0.1, so
         // transfers of its local disks can be redirected there as xapi does.
@@ -105,7 +106,8 @@ impl Simulator {
             plain_http: config.plain_http,
             quiesce_removed: config.quiesce_removed,
         };
-        let state = State { db, storage, cbt, faults: config.faults.clone(), subscriptions: Default::default(), dirty: fresh };
+        let state =
+            State { db, storage, cbt, faults: config.faults.clone(), subscriptions: Default::default(), dirty: fresh };
         let sim = Sim::new(state, runtime);
         if fresh {
             let host_ip = if addr.ip().is_unspecified() { "127.0.0.1".to_owned() } else { addr.ip().to_string() };

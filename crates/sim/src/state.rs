@@ -5,8 +5,8 @@ use crate::cbt::CbtLogs;
 use crate::db::Db;
 use crate::error::{ApiError, ApiResult};
 use crate::faults::Faults;
-use crate::storage::Storage;
 use crate::methods::event::Subscription;
+use crate::storage::Storage;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -68,7 +68,8 @@ impl Sim {
             st.dirty = true;
         }
         if st.dirty {
-            crate::persist::save(&self.runtime.state_dir, &st).map_err(|e| ApiError::internal(format!("saving state: {e}")))?;
+            crate::persist::save(&self.runtime.state_dir, &st)
+                .map_err(|e| ApiError::internal(format!("saving state: {e}")))?;
             st.dirty = false;
         }
         result

@@ -34,7 +34,8 @@ impl Storage {
     /// Opens (or creates) the store in `dir`, reloading every disk map.
     pub fn open(dir: &Path) -> io::Result<Self> {
         fs::create_dir_all(dir.join("maps"))?;
-        let slots = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(dir.join("slots.dat"))?;
+        let slots =
+            OpenOptions::new().read(true).write(true).create(true).truncate(false).open(dir.join("slots.dat"))?;
         let slot_count = slots.metadata()?.len().div_ceil(BLOCK);
         let mut store = Storage {
             dir: dir.to_owned(),

@@ -4,7 +4,7 @@
 use crate::error::ApiError;
 use crate::methods;
 use crate::state::SharedSim;
-use xenvault_xapi_wire::{jsonrpc, xmlrpc, Failure, Value};
+use xenvault_xapi_wire::{Failure, Value, jsonrpc, xmlrpc};
 
 fn to_failure(e: ApiError) -> Failure {
     Failure::new(e.code, e.params)
@@ -58,4 +58,3 @@ pub fn task_result_text(v: &Value) -> String {
     xmlrpc::write_value(v, &mut out);
     out
 }
-

@@ -76,7 +76,8 @@ async fn vhd_exports_match_raw_and_deltas_apply_on_their_base() {
 
     // The delta VHD imported onto a clone of the base gives the newer disk.
     let copy = s(&c.call("VDI.clone", vec![v1.clone().into()]).await.unwrap());
-    let r = upload(&format!("{}/import_raw_vdi?session_id={sid}&vdi={copy}&format=vhd", sim.url), &p("delta.vhd")).await;
+    let r =
+        upload(&format!("{}/import_raw_vdi?session_id={sid}&vdi={copy}&format=vhd", sim.url), &p("delta.vhd")).await;
     assert_eq!(r.status(), 200);
     assert_eq!(sha256(c, &copy).await, sha256(c, &v2).await);
 
@@ -122,7 +123,10 @@ async fn vhd_export_of_a_disk_with_a_partial_last_block() {
     assert_eq!(vhd.len() as u64, 2048 + 512 + 2 * (512 + (2 << 20)) + 512);
     let footer = &vhd[vhd.len() - 512..];
     assert_eq!(u64::from_be_bytes(footer[48..56].try_into().unwrap()), size, "current size");
-    run(Command::new("qemu-img").args(["compare", "-f", "vpc", "-F", "raw"]).arg(t.path("odd.vhd")).arg(t.path("odd.raw")));
+    run(Command::new("qemu-img")
+        .args(["compare", "-f", "vpc", "-F", "raw"])
+        .arg(t.path("odd.vhd"))
+        .arg(t.path("odd.raw")));
     let info = run(Command::new("vhdiinfo").arg(t.path("odd.vhd")));
     assert!(info.contains(&size.to_string()), "{info}");
 }
@@ -247,7 +251,12 @@ async fn xva_export_reimports_to_identical_disks() {
         assert_eq!(r.status(), 200);
         let task = r.headers().get("task-id").unwrap().to_str().unwrap().to_owned();
         let result = s(&c.call("task.get_result", vec![task.into()]).await.unwrap());
-        let new_vm = result.split("OpaqueRef:").nth(1).and_then(|r| r.split('<').next()).map(|r| format!("OpaqueRef:{r}")).unwrap();
+        let new_vm = result
+            .split("OpaqueRef:")
+            .nth(1)
+            .and_then(|r| r.split('<').next())
+            .map(|r| format!("OpaqueRef:{r}"))
+            .unwrap();
         let vbds = c.call("VM.get_VBDs", vec![new_vm.clone().into()]).await.unwrap();
         let mut digests = Vec::new();
         for vbd in vbds.as_array().unwrap() {
@@ -283,15 +292,23 @@ async fn nbd_refuses_bad_sessions_and_cuts_when_told() {
     let port = info.get("port").unwrap().as_i64().unwrap();
     let uri = |export: &str| {
         let name = export.trim_start_matches('/').replace('?', "%3F").replace(':', "%3A").replace('=', "%3D");
-        format!("nbds://{}:{port}/{name}?tls-certificates={}&tls-hostname={}", get("address"), pki.display(), get("subject"))
+        format!(
+            "nbds://{}:{port}/{name}?tls-certificates={}&tls-hostname={}",
+            get("address"),
+            pki.display(),
+            get("subject")
+        )
     };
     let nbdcopy = |uri: String, out: std::path::PathBuf| async move {
-        tokio::task::spawn_blocking(move || Command::new("nbdcopy").arg(uri).arg(out).output().unwrap().status.success())
-            .await
-            .unwrap()
+        tokio::task::spawn_blocking(move || {
+            Command::new("nbdcopy").arg(uri).arg(out).output().unwrap().status.success()
+        })
+        .await
+        .unwrap()
     };
     let export = get("exportname");
-    let forged = format!("{}OpaqueRef:00000000-0000-0000-0000-000000000000", export.split("OpaqueRef:").next().unwrap());
+    let forged =
+        format!("{}OpaqueRef:00000000-0000-0000-0000-000000000000", export.split("OpaqueRef:").next().unwrap());
     assert!(!nbdcopy(uri(&forged), work.path().join("a.raw")).await, "a bad session must be refused");
     c.call("sim.set_cut", vec!["nbd".into(), "1048576".into()]).await.unwrap();
     assert!(!nbdcopy(uri(&export), work.path().join("b.raw")).await, "a cut connection must fail the copy");

@@ -106,11 +106,10 @@ async fn python_sdk_over_https() {
     let dir = tempfile::tempdir().unwrap();
     let sim = start(dir.path(), false).await;
     let (url, password) = (sim.url.clone(), sim.password.clone());
-    let out = tokio::task::spawn_blocking(move || {
-        run(Command::new("python3").args(["-c", SDK_SCRIPT, &url, &password]))
-    })
-    .await
-    .unwrap();
+    let out =
+        tokio::task::spawn_blocking(move || run(Command::new("python3").args(["-c", SDK_SCRIPT, &url, &password])))
+            .await
+            .unwrap();
     assert_eq!(out.trim(), "ok");
     sim.stop().await;
 }
@@ -179,7 +178,8 @@ async fn jsonrpc_versions_and_malformed_bodies() {
     let dir = tempfile::tempdir().unwrap();
     let sim = start(dir.path(), true).await;
     let url = format!("{}/jsonrpc", sim.url);
-    let (status, v1) = post(&url, r#"{"method":"session.login_with_password","params":["root","xenvault"],"id":7}"#).await;
+    let (status, v1) =
+        post(&url, r#"{"method":"session.login_with_password","params":["root","xenvault"],"id":7}"#).await;
     assert_eq!(status, 200);
     assert!(v1["error"].is_null() && v1["id"] == 7, "{v1}");
     let session = v1["result"].as_str().unwrap().to_owned();

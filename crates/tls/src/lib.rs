@@ -16,9 +16,7 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
-};
+use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use sha2::{Digest, Sha256};
 
 /// How a client decides to trust the server's certificate.
@@ -66,7 +64,9 @@ pub enum TlsError {
     Fingerprint { text: String, reason: String },
     #[error("TLS protocol versions: {0}")]
     Protocol(rustls::Error),
-    #[error("certificate and private key: {0} (a key rustls cannot parse may load once converted: openssl pkcs8 -topk8 -nocrypt)")]
+    #[error(
+        "certificate and private key: {0} (a key rustls cannot parse may load once converted: openssl pkcs8 -topk8 -nocrypt)"
+    )]
     Key(String),
     #[error("making a certificate: {0}")]
     Generate(String),
@@ -96,14 +96,10 @@ pub fn client_config(trust: &ServerTrust) -> Result<ClientConfig, TlsError> {
     let algorithms = provider.signature_verification_algorithms;
     let accept = match trust {
         ServerTrust::SystemRoots => {
-            return Ok(builder
-                .with_root_certificates(system_roots()?)
-                .with_no_client_auth());
+            return Ok(builder.with_root_certificates(system_roots()?).with_no_client_auth());
         }
         ServerTrust::CaPem(pem) => {
-            return Ok(builder
-                .with_root_certificates(roots_from_pem(pem)?)
-                .with_no_client_auth());
+            return Ok(builder.with_root_certificates(roots_from_pem(pem)?).with_no_client_auth());
         }
         ServerTrust::PinSha256(pin) => Accept::Sha256(*pin),
         ServerTrust::PemPinOrCa(pem) => pin_or_ca(pem, provider)?,
@@ -117,9 +113,8 @@ pub fn client_config(trust: &ServerTrust) -> Result<ClientConfig, TlsError> {
 
 /// Every certificate of a PEM text; at least one.
 pub fn certificates_from_pem(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs = CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TlsError::Pem(e.to_string()))?;
+    let certs =
+        CertificateDer::pem_slice_iter(pem).collect::<Result<Vec<_>, _>>().map_err(|e| TlsError::Pem(e.to_string()))?;
     if certs.is_empty() {
         return Err(TlsError::NoCertificate);
     }
@@ -160,22 +155,13 @@ pub fn fingerprint_sha256(cert_der: &[u8]) -> String {
 /// Parses a SHA-256 fingerprint written as hex, with or without colons or spaces (`AB:CD:...`).
 pub fn parse_sha256_fingerprint(text: &str) -> Result<[u8; 32], TlsError> {
     let digits: String = text.chars().filter(|c| !matches!(c, ':' | ' ')).collect();
-    let invalid = |reason: String| TlsError::Fingerprint {
-        text: text.to_owned(),
-        reason,
-    };
+    let invalid = |reason: String| TlsError::Fingerprint { text: text.to_owned(), reason };
     let bytes = hex::decode(&digits).map_err(|e| invalid(format!("not hex: {e}")))?;
-    bytes.try_into().map_err(|b: Vec<u8>| {
-        invalid(format!("a SHA-256 fingerprint has 32 bytes, got {}", b.len()))
-    })
+    bytes.try_into().map_err(|b: Vec<u8>| invalid(format!("a SHA-256 fingerprint has 32 bytes, got {}", b.len())))
 }
 
 fn colon_hex(bytes: &[u8]) -> String {
-    bytes
-        .iter()
-        .map(|b| format!("{b:02X}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    bytes.iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")
 }
 
 fn pin_or_ca(pem: &[u8], provider: Arc<CryptoProvider>) -> Result<Accept, TlsError> {
@@ -186,9 +172,7 @@ fn pin_or_ca(pem: &[u8], provider: Arc<CryptoProvider>) -> Result<Accept, TlsErr
     let ca = if roots.is_empty() {
         None
     } else {
-        WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
-            .build()
-            .ok()
+        WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider).build().ok()
     };
     Ok(Accept::PinOrCa { pinned, ca })
 }
@@ -198,10 +182,7 @@ fn pin_or_ca(pem: &[u8], provider: Arc<CryptoProvider>) -> Result<Accept, TlsErr
 enum Accept {
     Any,
     Sha256([u8; 32]),
-    PinOrCa {
-        pinned: Vec<CertificateDer<'static>>,
-        ca: Option<Arc<WebPkiServerVerifier>>,
-    },
+    PinOrCa { pinned: Vec<CertificateDer<'static>>, ca: Option<Arc<WebPkiServerVerifier>> },
 }
 
 /// Checks the certificate as `accept` says, and always checks the handshake signatures, so
@@ -227,25 +208,17 @@ impl ServerCertVerifier for Verifier {
                 Ok(ServerCertVerified::assertion())
             }
             Accept::Sha256(pin) => {
-                let mismatch = FingerprintMismatch {
-                    actual: fingerprint_sha256(end_entity.as_ref()),
-                    expected: colon_hex(pin),
-                };
-                Err(rustls::Error::InvalidCertificate(CertificateError::Other(
-                    rustls::OtherError(Arc::new(mismatch)),
-                )))
+                let mismatch =
+                    FingerprintMismatch { actual: fingerprint_sha256(end_entity.as_ref()), expected: colon_hex(pin) };
+                Err(rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(mismatch)))))
             }
-            Accept::PinOrCa { pinned, .. }
-                if pinned.iter().any(|p| p.as_ref() == end_entity.as_ref()) =>
-            {
+            Accept::PinOrCa { pinned, .. } if pinned.iter().any(|p| p.as_ref() == end_entity.as_ref()) => {
                 Ok(ServerCertVerified::assertion())
             }
             Accept::PinOrCa { ca: Some(ca), .. } => {
                 ca.verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
             }
-            Accept::PinOrCa { ca: None, .. } => Err(rustls::Error::InvalidCertificate(
-                CertificateError::UnknownIssuer,
-            )),
+            Accept::PinOrCa { ca: None, .. } => Err(rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)),
         }
     }
 
@@ -294,11 +267,7 @@ mod tests {
             .with_no_client_auth()
             .with_single_cert(vec![der.clone()], key)
             .expect("server config");
-        Host {
-            der,
-            pem: certified.cert.pem(),
-            config: Arc::new(config),
-        }
+        Host { der, pem: certified.cert.pem(), config: Arc::new(config) }
     }
 
     /// Runs a whole handshake in memory; the client's error when it refuses the server.
@@ -361,10 +330,7 @@ mod tests {
         let trust = ServerTrust::PemPinOrCa(host_a.pem.clone().into_bytes());
         handshake(&host_a, &trust, "a.example").expect("pinned by PEM");
         let err = handshake(&host_b, &trust, "b.example").expect_err("another certificate");
-        assert!(
-            matches!(err, rustls::Error::InvalidCertificate(_)),
-            "{err:?}"
-        );
+        assert!(matches!(err, rustls::Error::InvalidCertificate(_)), "{err:?}");
     }
 
     #[test]
@@ -374,16 +340,10 @@ mod tests {
         handshake(&host, &trust, "a.example").expect("trusted by its CA");
         let err = handshake(&host, &trust, "b.example").expect_err("wrong name");
         assert!(
-            matches!(
-                err,
-                rustls::Error::InvalidCertificate(CertificateError::NotValidForNameContext { .. })
-            ),
+            matches!(err, rustls::Error::InvalidCertificate(CertificateError::NotValidForNameContext { .. })),
             "{err:?}"
         );
-        assert!(matches!(
-            client_config(&ServerTrust::CaPem(b"nope".to_vec())),
-            Err(TlsError::NoCertificate)
-        ));
+        assert!(matches!(client_config(&ServerTrust::CaPem(b"nope".to_vec())), Err(TlsError::NoCertificate)));
     }
 
     #[test]

@@ -20,7 +20,8 @@ impl ServerIdentity {
     /// Reads a certificate chain and its private key (PKCS#8, PKCS#1 or SEC1) from PEM files.
     pub fn load(cert: &std::path::Path, key: &std::path::Path) -> std::io::Result<Self> {
         let read = |p: &std::path::Path| {
-            std::fs::read_to_string(p).map_err(|e| std::io::Error::new(e.kind(), format!("reading {}: {e}", p.display())))
+            std::fs::read_to_string(p)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("reading {}: {e}", p.display())))
         };
         Ok(ServerIdentity { cert_pem: read(cert)?, key_pem: read(key)? })
     }

@@ -19,8 +19,7 @@ fn main() {
     let data = xenvault_fixtures::random_bytes(1, "vhd-bench", BLOCK);
 
     let start = Instant::now();
-    let mut w = DynamicWriter::dynamic(Vec::new(), size, 0..BLOCKS, WriterOptions::default())
-        .expect("writer");
+    let mut w = DynamicWriter::dynamic(Vec::new(), size, 0..BLOCKS, WriterOptions::default()).expect("writer");
     for b in 0..BLOCKS {
         w.write_block(b, &data).expect("block");
     }

@@ -97,10 +97,7 @@ impl Geometry {
 
     /// Size in bytes that CHS-based readers (Virtual PC, qemu for most creators) assume.
     pub fn size(&self) -> u64 {
-        u64::from(self.cylinders)
-            * u64::from(self.heads)
-            * u64::from(self.sectors_per_track)
-            * SECTOR_SIZE
+        u64::from(self.cylinders) * u64::from(self.heads) * u64::from(self.sectors_per_track) * SECTOR_SIZE
     }
 }
 
@@ -126,13 +123,7 @@ pub struct Footer {
 impl Footer {
     /// A footer as xapi's vhd library creates it: creator `caml` version 1, host OS 0,
     /// only the reserved feature bit, original size = current size.
-    pub fn xapi(
-        disk_type: DiskType,
-        current_size: u64,
-        data_offset: u64,
-        unique_id: Uuid,
-        timestamp: u32,
-    ) -> Footer {
+    pub fn xapi(disk_type: DiskType, current_size: u64, data_offset: u64, unique_id: Uuid, timestamp: u32) -> Footer {
         Footer {
             features: FEATURES_RESERVED,
             data_offset,
@@ -152,8 +143,8 @@ impl Footer {
     pub fn parse(buf: &[u8; FOOTER_SIZE]) -> Result<Footer> {
         check_structure("footer", buf, FOOTER_COOKIE, FOOTER_CHECKSUM_AT, 12)?;
         let raw_type = be_u32(buf, 60);
-        let disk_type = DiskType::from_u32(raw_type)
-            .ok_or_else(|| Error::Unsupported(format!("disk type {raw_type}")))?;
+        let disk_type =
+            DiskType::from_u32(raw_type).ok_or_else(|| Error::Unsupported(format!("disk type {raw_type}")))?;
         let mut creator_application = [0; 4];
         creator_application.copy_from_slice(&buf[28..32]);
         Ok(Footer {
@@ -300,9 +291,7 @@ impl DynamicHeader {
 }
 
 pub(crate) fn bitmap_size(block_size: u32) -> u64 {
-    (u64::from(block_size) / SECTOR_SIZE)
-        .div_ceil(8)
-        .next_multiple_of(SECTOR_SIZE)
+    (u64::from(block_size) / SECTOR_SIZE).div_ceil(8).next_multiple_of(SECTOR_SIZE)
 }
 
 /// One's complement of the byte sum, the checksum field counting as zero.
@@ -317,8 +306,7 @@ fn checksum_skipping(buf: &[u8], checksum_at: usize) -> u32 {
 
 /// Checksum of a buffer whose checksum field is still zero.
 fn checksum(buf: &[u8]) -> u32 {
-    !buf.iter()
-        .fold(0u32, |acc, &b| acc.wrapping_add(u32::from(b)))
+    !buf.iter().fold(0u32, |acc, &b| acc.wrapping_add(u32::from(b)))
 }
 
 /// Cookie, checksum and format version, checked in that order so that the error says
@@ -341,17 +329,11 @@ fn check_structure(
     let stored = be_u32(buf, checksum_at);
     let computed = checksum_skipping(buf, checksum_at);
     if stored != computed {
-        return Err(Error::BadChecksum {
-            what,
-            stored,
-            computed,
-        });
+        return Err(Error::BadChecksum { what, stored, computed });
     }
     let version = be_u32(buf, version_at);
     if version != FORMAT_VERSION {
-        return Err(Error::Unsupported(format!(
-            "{what} version {version:#010x}"
-        )));
+        return Err(Error::Unsupported(format!("{what} version {version:#010x}")));
     }
     Ok(())
 }
@@ -389,10 +371,7 @@ mod tests {
         let g = Geometry::for_size(10 << 20);
         assert_eq!((g.cylinders, g.heads, g.sectors_per_track), (301, 4, 17));
         let big = Geometry::for_size(3 << 40);
-        assert_eq!(
-            (big.cylinders, big.heads, big.sectors_per_track),
-            (65535, 16, 255)
-        );
+        assert_eq!((big.cylinders, big.heads, big.sectors_per_track), (65535, 16, 255));
     }
 
     #[test]
@@ -401,9 +380,6 @@ mod tests {
         let mut bytes = f.to_bytes();
         assert_eq!(Footer::parse(&bytes).ok(), Some(f));
         bytes[100] ^= 1;
-        assert!(matches!(
-            Footer::parse(&bytes),
-            Err(Error::BadChecksum { .. })
-        ));
+        assert!(matches!(Footer::parse(&bytes), Err(Error::BadChecksum { .. })));
     }
 }

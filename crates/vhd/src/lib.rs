@@ -19,8 +19,8 @@ mod writer;
 use std::io::{self, Read, Seek, SeekFrom};
 
 pub use format::{
-    BAT_UNUSED, DiskType, DynamicHeader, FOOTER_COOKIE, FOOTER_SIZE, Footer, Geometry,
-    HEADER_COOKIE, HEADER_SIZE, NO_DATA_OFFSET, PLATFORM_MACX, ParentLocator, VHD_EPOCH_UNIX,
+    BAT_UNUSED, DiskType, DynamicHeader, FOOTER_COOKIE, FOOTER_SIZE, Footer, Geometry, HEADER_COOKIE, HEADER_SIZE,
+    NO_DATA_OFFSET, PLATFORM_MACX, ParentLocator, VHD_EPOCH_UNIX,
 };
 pub use reader::{Layered, VhdReader};
 pub use stream::{Extent, VhdStreamReader};
@@ -37,17 +37,9 @@ pub enum Error {
     #[error("I/O error: {0}")]
     Io(#[from] io::Error),
     #[error("{what}: bad cookie {found:?}, expected {expected:?}")]
-    BadCookie {
-        what: &'static str,
-        found: String,
-        expected: String,
-    },
+    BadCookie { what: &'static str, found: String, expected: String },
     #[error("{what}: checksum mismatch (stored {stored:#010x}, computed {computed:#010x})")]
-    BadChecksum {
-        what: &'static str,
-        stored: u32,
-        computed: u32,
-    },
+    BadChecksum { what: &'static str, stored: u32, computed: u32 },
     #[error("truncated VHD: {0}")]
     Truncated(String),
     #[error("corrupt VHD: {0}")]

@@ -5,8 +5,8 @@ use std::ops::Range;
 
 use crate::format::{FOOTER_SIZE, HEADER_SIZE};
 use crate::{
-    BAT_UNUSED, DiskType, DynamicHeader, Error, Footer, MAX_DISK_SIZE, ReadAt, Result, SECTOR_SIZE,
-    Zeros, read_exact, read_parent,
+    BAT_UNUSED, DiskType, DynamicHeader, Error, Footer, MAX_DISK_SIZE, ReadAt, Result, SECTOR_SIZE, Zeros, read_exact,
+    read_parent,
 };
 
 /// Bounds on the block size we accept: the spec fixes none, real tools use 512 KiB
@@ -40,18 +40,12 @@ pub(crate) fn check_geometry(footer: &Footer, header: Option<&DynamicHeader>) ->
 }
 
 pub(crate) fn parse_bat(bytes: &[u8]) -> Vec<u32> {
-    bytes
-        .chunks_exact(4)
-        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
+    bytes.chunks_exact(4).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]])).collect()
 }
 
 /// True when bit `sector` (most significant bit first) of a sector bitmap is set.
 pub(crate) fn bit_is_set(bitmap: &[u8], sector: u64) -> bool {
-    usize::try_from(sector / 8)
-        .ok()
-        .and_then(|i| bitmap.get(i))
-        .is_some_and(|byte| byte & (0x80 >> (sector % 8)) != 0)
+    usize::try_from(sector / 8).ok().and_then(|i| bitmap.get(i)).is_some_and(|byte| byte & (0x80 >> (sector % 8)) != 0)
 }
 
 /// A validated VHD file.
@@ -71,21 +65,15 @@ impl<R: Read + Seek> VhdReader<R> {
     /// every block lies inside the file without overlapping metadata or another block.
     pub fn open(mut inner: R) -> Result<Self> {
         let file_size = inner.seek(SeekFrom::End(0))?;
-        let footer_at = file_size.checked_sub(FOOTER_SIZE as u64).ok_or_else(|| {
-            Error::Truncated(format!("{file_size} bytes is smaller than a footer"))
-        })?;
+        let footer_at = file_size
+            .checked_sub(FOOTER_SIZE as u64)
+            .ok_or_else(|| Error::Truncated(format!("{file_size} bytes is smaller than a footer")))?;
         let mut buf = [0u8; FOOTER_SIZE];
         inner.seek(SeekFrom::Start(footer_at))?;
         read_exact(&mut inner, &mut buf, "footer")?;
         let footer = Footer::parse(&buf)?;
-        let mut reader = VhdReader {
-            inner,
-            footer,
-            header: None,
-            bat: Vec::new(),
-            bitmap: Vec::new(),
-            bitmap_block: None,
-        };
+        let mut reader =
+            VhdReader { inner, footer, header: None, bat: Vec::new(), bitmap: Vec::new(), bitmap_block: None };
         match reader.footer.disk_type {
             DiskType::Fixed => {
                 check_geometry(&reader.footer, None)?;
@@ -103,13 +91,8 @@ impl<R: Read + Seek> VhdReader<R> {
 
     fn load_sparse_metadata(&mut self, footer_at: u64) -> Result<()> {
         let data_offset = self.footer.data_offset;
-        if data_offset
-            .checked_add(HEADER_SIZE as u64)
-            .is_none_or(|end| end > footer_at)
-        {
-            return Err(Error::Corrupt(format!(
-                "dynamic header offset {data_offset} lies outside the file"
-            )));
+        if data_offset.checked_add(HEADER_SIZE as u64).is_none_or(|end| end > footer_at) {
+            return Err(Error::Corrupt(format!("dynamic header offset {data_offset} lies outside the file")));
         }
         let mut buf = [0u8; HEADER_SIZE];
         self.inner.seek(SeekFrom::Start(data_offset))?;
@@ -117,11 +100,7 @@ impl<R: Read + Seek> VhdReader<R> {
         let header = DynamicHeader::parse(&buf)?;
         let entries = check_geometry(&self.footer, Some(&header))?;
         let bat_len = u64::from(entries) * 4;
-        if header
-            .table_offset
-            .checked_add(bat_len)
-            .is_none_or(|end| end > footer_at)
-        {
+        if header.table_offset.checked_add(bat_len).is_none_or(|end| end > footer_at) {
             return Err(Error::Corrupt(format!(
                 "BAT at offset {} with {entries} entries lies outside the file",
                 header.table_offset
@@ -156,8 +135,7 @@ impl<R: Read + Seek> VhdReader<R> {
             if let [(_, end_a, a), (start_b, _, b)] = pair
                 && start_b < end_a
             {
-                let name =
-                    |r: &Option<usize>| r.map_or("metadata".to_string(), |i| format!("block {i}"));
+                let name = |r: &Option<usize>| r.map_or("metadata".to_string(), |i| format!("block {i}"));
                 return Err(Error::Corrupt(format!("{} overlaps {}", name(b), name(a))));
             }
         }
@@ -187,11 +165,7 @@ impl<R: Read + Seek> VhdReader<R> {
 
     /// Bytes per block; fixed disks are described as one block per 2 MiB.
     pub fn block_size(&self) -> u64 {
-        u64::from(
-            self.header
-                .as_ref()
-                .map_or(crate::DEFAULT_BLOCK_SIZE, |h| h.block_size),
-        )
+        u64::from(self.header.as_ref().map_or(crate::DEFAULT_BLOCK_SIZE, |h| h.block_size))
     }
 
     /// Indices of the blocks that hold data in this file (all of them for a fixed disk).
@@ -201,11 +175,7 @@ impl<R: Read + Seek> VhdReader<R> {
             return Box::new((0..blocks).map_while(|b| u32::try_from(b).ok()));
         }
         Box::new(
-            self.bat
-                .iter()
-                .enumerate()
-                .filter(|(_, e)| **e != BAT_UNUSED)
-                .filter_map(|(i, _)| u32::try_from(i).ok()),
+            self.bat.iter().enumerate().filter(|(_, e)| **e != BAT_UNUSED).filter_map(|(i, _)| u32::try_from(i).ok()),
         )
     }
 
@@ -226,10 +196,7 @@ impl<R: Read + Seek> VhdReader<R> {
             return Ok(Vec::new());
         }
         self.load_bitmap(block as usize)?;
-        Ok(sector_runs(&self.bitmap, start, end, bs)
-            .filter(|(_, set)| *set)
-            .map(|(r, _)| r)
-            .collect())
+        Ok(sector_runs(&self.bitmap, start, end, bs).filter(|(_, set)| *set).map(|(r, _)| r).collect())
     }
 
     /// Reads disk bytes at `offset`; sectors this file does not hold read as zeros
@@ -240,16 +207,9 @@ impl<R: Read + Seek> VhdReader<R> {
 
     /// Reads disk bytes at `offset`, taking the sectors a differencing disk does not
     /// hold from `parent`. A dynamic disk's absent sectors are zeros.
-    pub fn read_at_with_parent(
-        &mut self,
-        offset: u64,
-        buf: &mut [u8],
-        parent: &mut dyn ReadAt,
-    ) -> Result<()> {
-        let end = offset
-            .checked_add(buf.len() as u64)
-            .filter(|&end| end <= self.footer.current_size)
-            .ok_or_else(|| {
+    pub fn read_at_with_parent(&mut self, offset: u64, buf: &mut [u8], parent: &mut dyn ReadAt) -> Result<()> {
+        let end =
+            offset.checked_add(buf.len() as u64).filter(|&end| end <= self.footer.current_size).ok_or_else(|| {
                 Error::InvalidArgument(format!(
                     "read of {} bytes at {offset} past the disk end ({})",
                     buf.len(),
@@ -273,8 +233,7 @@ impl<R: Read + Seek> VhdReader<R> {
                 Some(data_at) => {
                     self.load_bitmap(block)?;
                     for (run, set) in sector_runs(&self.bitmap, pos, block_end, bs) {
-                        let out =
-                            &mut buf[(run.start - offset) as usize..(run.end - offset) as usize];
+                        let out = &mut buf[(run.start - offset) as usize..(run.end - offset) as usize];
                         if set {
                             self.inner.seek(SeekFrom::Start(data_at + run.start % bs))?;
                             read_exact(&mut self.inner, out, "block data")?;
@@ -294,9 +253,7 @@ impl<R: Read + Seek> VhdReader<R> {
     /// File offset of the data of the block holding disk offset `pos`, if present.
     fn block_offset(&self, pos: u64) -> Option<u64> {
         let header = self.header.as_ref()?;
-        let entry = *self
-            .bat
-            .get(usize::try_from(pos / u64::from(header.block_size)).ok()?)?;
+        let entry = *self.bat.get(usize::try_from(pos / u64::from(header.block_size)).ok()?)?;
         (entry != BAT_UNUSED).then(|| u64::from(entry) * SECTOR_SIZE + header.bitmap_size())
     }
 
@@ -305,8 +262,7 @@ impl<R: Read + Seek> VhdReader<R> {
             return Ok(());
         }
         let entry = self.bat.get(block).copied().unwrap_or(BAT_UNUSED);
-        self.inner
-            .seek(SeekFrom::Start(u64::from(entry) * SECTOR_SIZE))?;
+        self.inner.seek(SeekFrom::Start(u64::from(entry) * SECTOR_SIZE))?;
         self.bitmap_block = None;
         read_exact(&mut self.inner, &mut self.bitmap, "sector bitmap")?;
         self.bitmap_block = Some(block);
@@ -379,8 +335,7 @@ impl<C: Read + Seek, P: ReadAt> Layered<C, P> {
 
 impl<C: Read + Seek, P: ReadAt> ReadAt for Layered<C, P> {
     fn read_exact_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        self.child
-            .read_at_with_parent(offset, buf, &mut self.parent)
+        self.child.read_at_with_parent(offset, buf, &mut self.parent)
     }
 
     fn size(&self) -> u64 {

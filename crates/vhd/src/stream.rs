@@ -51,19 +51,13 @@ impl<R: Read> VhdStreamReader<R> {
         let mut footer_bytes = [0u8; FOOTER_SIZE];
         read_exact(&mut inner, &mut footer_bytes, "footer copy")?;
         let footer = Footer::parse(&footer_bytes).map_err(|e| match e {
-            Error::BadCookie {
-                found, expected, ..
-            } => Error::BadCookie {
-                what: "footer copy at offset 0 (a fixed VHD cannot be streamed)",
-                found,
-                expected,
-            },
+            Error::BadCookie { found, expected, .. } => {
+                Error::BadCookie { what: "footer copy at offset 0 (a fixed VHD cannot be streamed)", found, expected }
+            }
             e => e,
         })?;
         if footer.disk_type == DiskType::Fixed {
-            return Err(Error::Unsupported(
-                "a fixed VHD cannot be read as a stream".into(),
-            ));
+            return Err(Error::Unsupported("a fixed VHD cannot be read as a stream".into()));
         }
         let mut reader = VhdStreamReader {
             inner,
@@ -168,9 +162,7 @@ impl<R: Read> VhdStreamReader<R> {
             let limit = data_end.min(pos + self.buf.len() as u64);
             // pos < limit, so there is always a first run.
             let Some((run, set)) = sector_runs(&self.bitmap, pos, limit, block_size).next() else {
-                return Err(Error::Corrupt(format!(
-                    "empty sector run at disk offset {pos}"
-                )));
+                return Err(Error::Corrupt(format!("empty sector run at disk offset {pos}")));
             };
             let len = run.end - run.start;
             if let Some(cursor) = &mut self.cursor {
@@ -179,10 +171,7 @@ impl<R: Read> VhdStreamReader<R> {
             if set {
                 read_exact(&mut self.inner, &mut self.buf[..len as usize], "block data")?;
                 self.pos += len;
-                return Ok(Some(Extent {
-                    offset: run.start,
-                    data: &self.buf[..len as usize],
-                }));
+                return Ok(Some(Extent { offset: run.start, data: &self.buf[..len as usize] }));
             }
             self.skip(len, "block data")?;
         }
@@ -200,10 +189,8 @@ impl<R: Read> VhdStreamReader<R> {
         let read = self.read(&mut bitmap, "sector bitmap");
         self.bitmap = bitmap;
         read?;
-        self.cursor = Some(BlockCursor {
-            disk_start: u64::from(index) * u64::from(self.header.block_size),
-            consumed: 0,
-        });
+        self.cursor =
+            Some(BlockCursor { disk_start: u64::from(index) * u64::from(self.header.block_size), consumed: 0 });
         Ok(())
     }
 
@@ -224,14 +211,10 @@ impl<R: Read> VhdStreamReader<R> {
             }
         }
         if tail.len() < FOOTER_SIZE {
-            return Err(Error::Truncated(
-                "stream ends without the trailing footer".into(),
-            ));
+            return Err(Error::Truncated("stream ends without the trailing footer".into()));
         }
         if tail != self.footer_bytes {
-            return Err(Error::Corrupt(
-                "trailing footer differs from the copy at the start".into(),
-            ));
+            return Err(Error::Corrupt("trailing footer differs from the copy at the start".into()));
         }
         Ok(())
     }

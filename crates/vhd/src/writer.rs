@@ -7,8 +7,8 @@ use uuid::Uuid;
 
 use crate::format::{FOOTER_SIZE, HEADER_SIZE, bitmap_size};
 use crate::{
-    BAT_UNUSED, DEFAULT_BLOCK_SIZE, DiskType, DynamicHeader, Error, Footer, MAX_DISK_SIZE,
-    NO_DATA_OFFSET, PLATFORM_MACX, ParentLocator, Result, SECTOR_SIZE,
+    BAT_UNUSED, DEFAULT_BLOCK_SIZE, DiskType, DynamicHeader, Error, Footer, MAX_DISK_SIZE, NO_DATA_OFFSET,
+    PLATFORM_MACX, ParentLocator, Result, SECTOR_SIZE,
 };
 
 /// Where xapi puts the header and the BAT; the sector between them is reserved for the
@@ -28,10 +28,7 @@ pub struct WriterOptions {
 
 impl Default for WriterOptions {
     fn default() -> Self {
-        WriterOptions {
-            unique_id: Uuid::new_v4(),
-            timestamp: 0,
-        }
+        WriterOptions { unique_id: Uuid::new_v4(), timestamp: 0 }
     }
 }
 
@@ -70,9 +67,7 @@ impl<W: Write> DynamicWriter<W> {
         let bat = (entries * 4).next_multiple_of(SECTOR_SIZE);
         let block = bitmap_size(DEFAULT_BLOCK_SIZE) + u64::from(DEFAULT_BLOCK_SIZE);
         // Saturating: absurd arguments give an absurd size, not an overflow panic.
-        present_blocks
-            .saturating_mul(block)
-            .saturating_add(BAT_OFFSET + bat + FOOTER_SIZE as u64)
+        present_blocks.saturating_mul(block).saturating_add(BAT_OFFSET + bat + FOOTER_SIZE as u64)
     }
 
     /// Starts a dynamic VHD (disk type 3) and writes everything up to the first block.
@@ -116,24 +111,11 @@ impl<W: Write> DynamicWriter<W> {
         if let Some(&last) = present.last()
             && u64::from(last) >= entries
         {
-            return Err(Error::InvalidArgument(format!(
-                "block {last} is past the end of a disk of {entries} blocks"
-            )));
+            return Err(Error::InvalidArgument(format!("block {last} is past the end of a disk of {entries} blocks")));
         }
 
-        let disk_type = if parent.is_some() {
-            DiskType::Differencing
-        } else {
-            DiskType::Dynamic
-        };
-        let footer = Footer::xapi(
-            disk_type,
-            disk_size,
-            HEADER_OFFSET,
-            options.unique_id,
-            options.timestamp,
-        )
-        .to_bytes();
+        let disk_type = if parent.is_some() { DiskType::Differencing } else { DiskType::Dynamic };
+        let footer = Footer::xapi(disk_type, disk_size, HEADER_OFFSET, options.unique_id, options.timestamp).to_bytes();
         let mut header = DynamicHeader {
             table_offset: BAT_OFFSET,
             // At most MAX_DISK_SIZE / 2 MiB, which fits.
@@ -212,12 +194,7 @@ impl<W: Write> DynamicWriter<W> {
     /// the parent (zeros for a dynamic disk) and xapi's import skips them, so only the
     /// chosen sectors are written. `data` is as for [`Self::write_block`]; what it holds
     /// outside `sectors` is carried but never used. Returns the bytes the sectors cover.
-    pub fn write_block_sectors(
-        &mut self,
-        index: u32,
-        data: &[u8],
-        sectors: &[Range<u32>],
-    ) -> Result<u64> {
+    pub fn write_block_sectors(&mut self, index: u32, data: &[u8], sectors: &[Range<u32>]) -> Result<u64> {
         self.check_block(index, data)?;
         let in_block = data.len() as u64 / SECTOR_SIZE;
         self.bitmap.fill(0);
@@ -255,20 +232,14 @@ impl<W: Write> DynamicWriter<W> {
         let start = u64::from(index) * block_size;
         let len = (self.disk_size - start).min(block_size);
         if data.len() as u64 != len {
-            return Err(Error::InvalidArgument(format!(
-                "block {index} needs {len} bytes of data, got {}",
-                data.len()
-            )));
+            return Err(Error::InvalidArgument(format!("block {index} needs {len} bytes of data, got {}", data.len())));
         }
         Ok(())
     }
 
     fn write_data(&mut self, data: &[u8]) -> Result<()> {
         self.out.write_all(data)?;
-        write_zeros(
-            &mut self.out,
-            u64::from(DEFAULT_BLOCK_SIZE) - data.len() as u64,
-        )?;
+        write_zeros(&mut self.out, u64::from(DEFAULT_BLOCK_SIZE) - data.len() as u64)?;
         self.next += 1;
         Ok(())
     }
@@ -276,9 +247,7 @@ impl<W: Write> DynamicWriter<W> {
     /// Writes the footer after checking that every present block was written.
     pub fn finish(mut self) -> Result<W> {
         if let Some(missing) = self.next_block() {
-            return Err(Error::InvalidArgument(format!(
-                "finished before block {missing} was written"
-            )));
+            return Err(Error::InvalidArgument(format!("finished before block {missing} was written")));
         }
         self.out.write_all(&self.footer)?;
         self.out.flush()?;
@@ -302,19 +271,8 @@ impl<W: Write> FixedWriter<W> {
 
     pub fn new(out: W, disk_size: u64, options: WriterOptions) -> Result<Self> {
         check_disk_size(disk_size)?;
-        let footer = Footer::xapi(
-            DiskType::Fixed,
-            disk_size,
-            NO_DATA_OFFSET,
-            options.unique_id,
-            options.timestamp,
-        );
-        Ok(FixedWriter {
-            out,
-            footer: footer.to_bytes(),
-            disk_size,
-            written: 0,
-        })
+        let footer = Footer::xapi(DiskType::Fixed, disk_size, NO_DATA_OFFSET, options.unique_id, options.timestamp);
+        Ok(FixedWriter { out, footer: footer.to_bytes(), disk_size, written: 0 })
     }
 
     /// Writes the footer after checking that the whole disk was written.
@@ -337,10 +295,7 @@ impl<W: Write> Write for FixedWriter<W> {
         if buf.len() as u64 > room {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!(
-                    "write of {} bytes past the disk end ({room} bytes left)",
-                    buf.len()
-                ),
+                format!("write of {} bytes past the disk end ({room} bytes left)", buf.len()),
             ));
         }
         let n = self.out.write(buf)?;
@@ -379,52 +334,23 @@ mod tests {
     /// The fields xapi's vhd-tool sets that no reader tool shows.
     #[test]
     fn differencing_layout_matches_xapi() {
-        let parent = ParentInfo {
-            unique_id: Uuid::from_u128(9),
-            timestamp: 77,
-            path: "/var/run/sr-mount/s/v.vhd".into(),
-        };
-        let options = WriterOptions {
-            unique_id: Uuid::from_u128(3),
-            timestamp: 0,
-        };
+        let parent =
+            ParentInfo { unique_id: Uuid::from_u128(9), timestamp: 77, path: "/var/run/sr-mount/s/v.vhd".into() };
+        let options = WriterOptions { unique_id: Uuid::from_u128(3), timestamp: 0 };
         let w = DynamicWriter::differencing(Vec::new(), 4 << 20, [1], options, &parent).unwrap();
         let bytes = w.out.clone();
         let footer = Footer::parse(bytes[..FOOTER_SIZE].try_into().unwrap()).unwrap();
         assert_eq!(&footer.creator_application, b"caml");
-        assert_eq!(
-            (
-                footer.creator_version,
-                footer.creator_host_os,
-                footer.features
-            ),
-            (1, 0, 2)
-        );
-        assert_eq!(
-            (footer.data_offset, footer.timestamp, footer.disk_type),
-            (512, 0, DiskType::Differencing)
-        );
+        assert_eq!((footer.creator_version, footer.creator_host_os, footer.features), (1, 0, 2));
+        assert_eq!((footer.data_offset, footer.timestamp, footer.disk_type), (512, 0, DiskType::Differencing));
         let header = DynamicHeader::parse(bytes[512..1536].try_into().unwrap()).unwrap();
-        assert_eq!(
-            (
-                header.table_offset,
-                header.max_table_entries,
-                header.block_size
-            ),
-            (2048, 2, 2 << 20)
-        );
-        assert_eq!(
-            (header.parent_unique_id, header.parent_timestamp),
-            (parent.unique_id, 77)
-        );
+        assert_eq!((header.table_offset, header.max_table_entries, header.block_size), (2048, 2, 2 << 20));
+        assert_eq!((header.parent_unique_id, header.parent_timestamp), (parent.unique_id, 77));
         assert_eq!(header.parent_unicode_name, parent.path);
         let locator = header.parent_locators[0];
         assert_eq!(locator.platform_code, PLATFORM_MACX);
         assert_eq!((locator.data_space, locator.data_offset), (1, 1536));
-        assert_eq!(
-            locator.data_length as usize,
-            "file://".len() + parent.path.len()
-        );
+        assert_eq!(locator.data_length as usize, "file://".len() + parent.path.len());
         // xapi leaves the locator's sector zero-filled; block 1 is the first block.
         assert!(bytes[1536..2048].iter().all(|&b| b == 0));
         assert_eq!(&bytes[2048..2056], &[0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 5]);

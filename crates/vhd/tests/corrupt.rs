@@ -4,8 +4,7 @@ use std::io::Cursor;
 
 use uuid::Uuid;
 use xenvault_vhd::{
-    DynamicHeader, DynamicWriter, Error, FixedWriter, Footer, VhdReader, VhdStreamReader,
-    WriterOptions,
+    DynamicHeader, DynamicWriter, Error, FixedWriter, Footer, VhdReader, VhdStreamReader, WriterOptions,
 };
 
 const BLOCK: usize = 2 * 1024 * 1024;
@@ -14,16 +13,9 @@ const BAT_AT: usize = 2048;
 
 /// A valid dynamic VHD of 6 MiB holding blocks 0 and 2.
 fn valid() -> Vec<u8> {
-    let mut w = DynamicWriter::dynamic(
-        Vec::new(),
-        SIZE,
-        [0, 2],
-        WriterOptions {
-            unique_id: Uuid::from_u128(1),
-            timestamp: 0,
-        },
-    )
-    .unwrap();
+    let mut w =
+        DynamicWriter::dynamic(Vec::new(), SIZE, [0, 2], WriterOptions { unique_id: Uuid::from_u128(1), timestamp: 0 })
+            .unwrap();
     w.write_block(0, &vec![0xAB; BLOCK]).unwrap();
     w.write_block(2, &vec![0xCD; BLOCK]).unwrap();
     w.finish().unwrap()
@@ -90,29 +82,14 @@ fn bad_cookies_and_checksums() {
 
     let mut bytes = valid();
     bytes[512 + 300] ^= 1;
-    assert!(matches!(
-        open(&bytes),
-        Err(Error::BadChecksum {
-            what: "dynamic header",
-            ..
-        })
-    ));
-    assert!(matches!(
-        stream(&bytes),
-        Err(Error::BadChecksum {
-            what: "dynamic header",
-            ..
-        })
-    ));
+    assert!(matches!(open(&bytes), Err(Error::BadChecksum { what: "dynamic header", .. })));
+    assert!(matches!(stream(&bytes), Err(Error::BadChecksum { what: "dynamic header", .. })));
 }
 
 #[test]
 fn truncated_anywhere() {
     let bytes = valid();
-    for cut in (0..bytes.len())
-        .step_by(4093)
-        .chain([511, 512, 1536, 2048, bytes.len() - 1])
-    {
+    for cut in (0..bytes.len()).step_by(4093).chain([511, 512, 1536, 2048, bytes.len() - 1]) {
         assert!(open(&bytes[..cut]).is_err(), "open cut at {cut}");
         assert!(stream(&bytes[..cut]).is_err(), "stream cut at {cut}");
     }
@@ -148,14 +125,8 @@ fn absurd_sizes() {
 
     for block_size in [0, 3, 512, 1 << 31] {
         let odd = with_header(|h| h.block_size = block_size);
-        assert!(
-            matches!(open(&odd), Err(Error::Unsupported(_))),
-            "{block_size}"
-        );
-        assert!(
-            matches!(stream(&odd), Err(Error::Unsupported(_))),
-            "{block_size}"
-        );
+        assert!(matches!(open(&odd), Err(Error::Unsupported(_))), "{block_size}");
+        assert!(matches!(stream(&odd), Err(Error::Unsupported(_))), "{block_size}");
     }
     let far_bat = with_header(|h| h.table_offset = u64::MAX - 10);
     assert!(matches!(open(&far_bat), Err(Error::Corrupt(_))));
@@ -189,14 +160,8 @@ fn stream_refuses_layouts_that_need_seeking_back() {
 fn reads_past_the_end_and_writer_misuse_are_errors() {
     let mut r = VhdReader::open(Cursor::new(valid())).unwrap();
     let mut buf = [0u8; 1024];
-    assert!(matches!(
-        r.read_at(SIZE - 512, &mut buf),
-        Err(Error::InvalidArgument(_))
-    ));
-    assert!(matches!(
-        r.read_at(u64::MAX - 10, &mut buf),
-        Err(Error::InvalidArgument(_))
-    ));
+    assert!(matches!(r.read_at(SIZE - 512, &mut buf), Err(Error::InvalidArgument(_))));
+    assert!(matches!(r.read_at(u64::MAX - 10, &mut buf), Err(Error::InvalidArgument(_))));
 
     let options = WriterOptions::default();
     assert!(DynamicWriter::dynamic(Vec::new(), SIZE, [2, 1], options).is_err());

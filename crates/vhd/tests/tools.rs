@@ -8,8 +8,8 @@ use std::process::Command;
 
 use uuid::Uuid;
 use xenvault_vhd::{
-    DiskType, DynamicWriter, FixedWriter, Layered, ParentInfo, RawDisk, ReadAt, VhdReader,
-    VhdStreamReader, WriterOptions,
+    DiskType, DynamicWriter, FixedWriter, Layered, ParentInfo, RawDisk, ReadAt, VhdReader, VhdStreamReader,
+    WriterOptions,
 };
 
 const MIB: u64 = 1024 * 1024;
@@ -31,9 +31,7 @@ fn disk_with_blocks(size: u64, blocks: &[u64], seed: u64) -> Vec<u8> {
 }
 
 fn run(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed: {}{}",
@@ -45,61 +43,35 @@ fn run(cmd: &mut Command) -> String {
 
 /// Writes `disk` as a dynamic (or differencing) VHD holding the non-zero blocks (or
 /// the given ones), checking the announced output size.
-fn write_dynamic(
-    path: &Path,
-    disk: &[u8],
-    present: &[u32],
-    parent: Option<&ParentInfo>,
-    uid: Uuid,
-) {
+fn write_dynamic(path: &Path, disk: &[u8], present: &[u32], parent: Option<&ParentInfo>, uid: Uuid) {
     let size = disk.len() as u64;
-    let options = WriterOptions {
-        unique_id: uid,
-        timestamp: 0,
-    };
+    let options = WriterOptions { unique_id: uid, timestamp: 0 };
     let out = BufWriter::new(File::create(path).unwrap());
     let mut writer = match parent {
         None => DynamicWriter::dynamic(out, size, present.iter().copied(), options).unwrap(),
-        Some(p) => {
-            DynamicWriter::differencing(out, size, present.iter().copied(), options, p).unwrap()
-        }
+        Some(p) => DynamicWriter::differencing(out, size, present.iter().copied(), options, p).unwrap(),
     };
     let announced = writer.total_size();
     for &b in present {
         let start = u64::from(b) * BLOCK;
         let end = (start + BLOCK).min(size);
-        writer
-            .write_block(b, &disk[start as usize..end as usize])
-            .unwrap();
+        writer.write_block(b, &disk[start as usize..end as usize]).unwrap();
     }
     writer.finish().unwrap();
     assert_eq!(fs::metadata(path).unwrap().len(), announced);
-    assert_eq!(
-        announced,
-        DynamicWriter::<File>::output_size(size, present.len() as u64)
-    );
+    assert_eq!(announced, DynamicWriter::<File>::output_size(size, present.len() as u64));
 }
 
 fn nonzero_blocks(disk: &[u8]) -> Vec<u32> {
-    disk.chunks(BLOCK as usize)
-        .enumerate()
-        .filter(|(_, c)| c.iter().any(|&b| b != 0))
-        .map(|(i, _)| i as u32)
-        .collect()
+    disk.chunks(BLOCK as usize).enumerate().filter(|(_, c)| c.iter().any(|&b| b != 0)).map(|(i, _)| i as u32).collect()
 }
 
 /// qemu sizes `caml` VHDs by CHS geometry unless told to use the footer's size.
 fn qemu_compare(vhd: &Path, raw: &Path) {
     run(Command::new("qemu-img")
         .args(["compare", "-q", "--image-opts"])
-        .arg(format!(
-            "driver=vpc,force_size_calc=current_size,file.driver=file,file.filename={}",
-            vhd.display()
-        ))
-        .arg(format!(
-            "driver=raw,file.driver=file,file.filename={}",
-            raw.display()
-        )));
+        .arg(format!("driver=vpc,force_size_calc=current_size,file.driver=file,file.filename={}", vhd.display()))
+        .arg(format!("driver=raw,file.driver=file,file.filename={}", raw.display())));
 }
 
 fn read_all(r: &mut impl ReadAt, size: u64) -> Vec<u8> {
@@ -109,8 +81,7 @@ fn read_all(r: &mut impl ReadAt, size: u64) -> Vec<u8> {
     let mut pos = 0;
     while pos < size {
         let n = piece.min(size - pos);
-        r.read_exact_at(pos, &mut out[pos as usize..(pos + n) as usize])
-            .unwrap();
+        r.read_exact_at(pos, &mut out[pos as usize..(pos + n) as usize]).unwrap();
         pos += n;
     }
     out
@@ -179,11 +150,7 @@ fn differencing_vhd_on_its_parent_equals_the_newer_disk() {
     fs::write(&newer_raw, &newer).unwrap();
     fs::write(&base_raw, &base).unwrap();
     write_dynamic(&base_vhd, &base, &nonzero_blocks(&base), None, base_uid);
-    let parent = ParentInfo {
-        unique_id: base_uid,
-        timestamp: 12345,
-        path: base_vhd.to_string_lossy().into_owned(),
-    };
+    let parent = ParentInfo { unique_id: base_uid, timestamp: 12345, path: base_vhd.to_string_lossy().into_owned() };
     write_dynamic(&delta_vhd, &newer, &changed, Some(&parent), Uuid::new_v4());
 
     let info = run(Command::new("vhdiinfo").arg(&delta_vhd));
@@ -198,11 +165,7 @@ child.open(sys.argv[1]); parent.open(sys.argv[2]); child.set_parent(parent)
 data = child.read_buffer_at_offset(child.get_media_size(), 0)
 print(hashlib.sha256(data).hexdigest())
 "#;
-    let digest = run(Command::new("/usr/bin/python3")
-        .arg("-c")
-        .arg(script)
-        .arg(&delta_vhd)
-        .arg(&base_vhd));
+    let digest = run(Command::new("/usr/bin/python3").arg("-c").arg(script).arg(&delta_vhd).arg(&base_vhd));
     let expected = run(Command::new("sha256sum").arg(&newer_raw));
     assert_eq!(digest.trim(), expected.split_whitespace().next().unwrap());
 
@@ -220,10 +183,7 @@ print(hashlib.sha256(data).hexdigest())
     let mut s = VhdStreamReader::new(File::open(&delta_vhd).unwrap()).unwrap();
     let mut seen = Vec::new();
     while let Some(e) = s.next_extent().unwrap() {
-        assert_eq!(
-            e.data,
-            &newer[e.offset as usize..e.offset as usize + e.data.len()]
-        );
+        assert_eq!(e.data, &newer[e.offset as usize..e.offset as usize + e.data.len()]);
         seen.push((e.offset, e.data.len()));
     }
     let covered: u64 = seen.iter().map(|(_, n)| *n as u64).sum();
@@ -238,14 +198,10 @@ fn fixed_vhd_we_write_matches_in_qemu() {
     let raw = dir.path().join("disk.raw");
     let vhd = dir.path().join("disk.vhd");
     fs::write(&raw, &disk).unwrap();
-    let mut w =
-        FixedWriter::new(File::create(&vhd).unwrap(), size, WriterOptions::default()).unwrap();
+    let mut w = FixedWriter::new(File::create(&vhd).unwrap(), size, WriterOptions::default()).unwrap();
     std::io::copy(&mut Cursor::new(&disk), &mut w).unwrap();
     w.finish().unwrap();
-    assert_eq!(
-        fs::metadata(&vhd).unwrap().len(),
-        FixedWriter::<File>::output_size(size)
-    );
+    assert_eq!(fs::metadata(&vhd).unwrap().len(), FixedWriter::<File>::output_size(size));
     qemu_compare(&vhd, &raw);
     let info = run(Command::new("vhdiinfo").arg(&vhd));
     assert!(info.contains("Fixed"), "{info}");
@@ -288,11 +244,7 @@ fn differencing_vhd_larger_than_its_parent_reads_zeros_past_the_parent() {
     let base_raw = dir.path().join("base.raw");
     let delta_vhd = dir.path().join("delta.vhd");
     fs::write(&base_raw, &base).unwrap();
-    let parent = ParentInfo {
-        unique_id: Uuid::new_v4(),
-        timestamp: 0,
-        path: "/base.vhd".into(),
-    };
+    let parent = ParentInfo { unique_id: Uuid::new_v4(), timestamp: 0, path: "/base.vhd".into() };
     write_dynamic(&delta_vhd, &newer, &[0, 3], Some(&parent), Uuid::new_v4());
     let delta = VhdReader::open(File::open(&delta_vhd).unwrap()).unwrap();
     let mut layered = Layered::new(delta, RawDisk::new(File::open(&base_raw).unwrap()).unwrap());
@@ -346,9 +298,7 @@ fn partial_case(dir: &Path, size: u64, chosen: &SectorChoice) -> PartialCase {
         for (block, ranges) in chosen {
             let start = u64::from(*block) * BLOCK;
             let end = (start + BLOCK).min(size);
-            written += w
-                .write_block_sectors(*block, &garbage[start as usize..end as usize], ranges)
-                .unwrap();
+            written += w.write_block_sectors(*block, &garbage[start as usize..end as usize], ranges).unwrap();
         }
         let announced = w.total_size();
         w.finish().unwrap();
@@ -356,30 +306,12 @@ fn partial_case(dir: &Path, size: u64, chosen: &SectorChoice) -> PartialCase {
         assert_eq!(written, covered);
     };
     let base_uid = Uuid::new_v4();
-    let (base_vhd, delta_vhd, dynamic_vhd) = (
-        dir.join("base.vhd"),
-        dir.join("delta.vhd"),
-        dir.join("dynamic.vhd"),
-    );
+    let (base_vhd, delta_vhd, dynamic_vhd) = (dir.join("base.vhd"), dir.join("delta.vhd"), dir.join("dynamic.vhd"));
     write_dynamic(&base_vhd, &base, &nonzero_blocks(&base), None, base_uid);
-    let parent = ParentInfo {
-        unique_id: base_uid,
-        timestamp: 0,
-        path: base_vhd.to_string_lossy().into_owned(),
-    };
+    let parent = ParentInfo { unique_id: base_uid, timestamp: 0, path: base_vhd.to_string_lossy().into_owned() };
     write(&delta_vhd, Some(&parent));
     write(&dynamic_vhd, None);
-    PartialCase {
-        size,
-        base,
-        newer,
-        dynamic,
-        garbage,
-        base_vhd,
-        delta_vhd,
-        dynamic_vhd,
-        covered,
-    }
+    PartialCase { size, base, newer, dynamic, garbage, base_vhd, delta_vhd, dynamic_vhd, covered }
 }
 
 /// Our readers see the chosen sectors and nothing else; the stream reader (what the
@@ -387,10 +319,7 @@ fn partial_case(dir: &Path, size: u64, chosen: &SectorChoice) -> PartialCase {
 fn check_with_our_readers(case: &PartialCase) {
     let delta = VhdReader::open(File::open(&case.delta_vhd).unwrap()).unwrap();
     let base = VhdReader::open(File::open(&case.base_vhd).unwrap()).unwrap();
-    assert_eq!(
-        read_all(&mut Layered::new(delta, base), case.size),
-        case.newer
-    );
+    assert_eq!(read_all(&mut Layered::new(delta, base), case.size), case.newer);
     let mut dynamic = VhdReader::open(File::open(&case.dynamic_vhd).unwrap()).unwrap();
     assert_eq!(read_all(&mut dynamic, case.size), case.dynamic);
     let mut s = VhdStreamReader::new(File::open(&case.delta_vhd).unwrap()).unwrap();
@@ -413,10 +342,7 @@ fn partial_sector_bitmaps_read_in_libvhdi() {
     let dir = tempfile::tempdir().unwrap();
     // The last block is partial: 5 MiB + 3 sectors, its bitmap ends inside a byte.
     let size = 5 * MIB + 3 * 512;
-    let chosen = [
-        (0, vec![0..8, 16..32, 24..40]),
-        (2, vec![2040..2048, 2048..2051]),
-    ];
+    let chosen = [(0, vec![0..8, 16..32, 24..40]), (2, vec![2040..2048, 2048..2051])];
     let case = partial_case(dir.path(), size, &chosen);
     let script = r#"
 import sys, hashlib, pyvhdi
@@ -431,16 +357,9 @@ print(hashlib.sha256(child.read_buffer_at_offset(child.get_media_size(), 0)).hex
         let out = run(Command::new("sha256sum").arg(&path));
         out.split_whitespace().next().unwrap().to_owned()
     };
-    let layered = run(Command::new("/usr/bin/python3")
-        .arg("-c")
-        .arg(script)
-        .arg(&case.delta_vhd)
-        .arg(&case.base_vhd));
+    let layered = run(Command::new("/usr/bin/python3").arg("-c").arg(script).arg(&case.delta_vhd).arg(&case.base_vhd));
     assert_eq!(layered.trim(), sha(&case.newer));
-    let alone = run(Command::new("/usr/bin/python3")
-        .arg("-c")
-        .arg(script)
-        .arg(&case.dynamic_vhd));
+    let alone = run(Command::new("/usr/bin/python3").arg("-c").arg(script).arg(&case.dynamic_vhd));
     assert_eq!(alone.trim(), sha(&case.dynamic));
     check_with_our_readers(&case);
 }
@@ -449,10 +368,7 @@ print(hashlib.sha256(child.read_buffer_at_offset(child.get_media_size(), 0)).hex
 fn partial_sector_bitmaps_hold_single_sectors() {
     let dir = tempfile::tempdir().unwrap();
     let size = 5 * MIB + 3 * 512;
-    let chosen = [
-        (0, vec![3..4, 9..11, 10..12, 4095..4096]),
-        (2, vec![0..1, 2050..2051]),
-    ];
+    let chosen = [(0, vec![3..4, 9..11, 10..12, 4095..4096]), (2, vec![0..1, 2050..2051])];
     let case = partial_case(dir.path(), size, &chosen);
     assert_eq!(case.covered, (1 + 3 + 1 + 1 + 1) * 512);
     check_with_our_readers(&case);
@@ -464,19 +380,10 @@ fn sector_ranges_outside_the_block_are_refused() {
     let mut w = DynamicWriter::dynamic(Vec::new(), size, [0, 2], WriterOptions::default()).unwrap();
     let block = vec![0u8; BLOCK as usize];
     let sectors = |r: std::ops::Range<u32>| vec![r];
-    assert!(
-        w.write_block_sectors(0, &block, &sectors(4096..4097))
-            .is_err()
-    );
+    assert!(w.write_block_sectors(0, &block, &sectors(4096..4097)).is_err());
     assert!(w.write_block_sectors(0, &block, &sectors(0..4096)).is_ok());
     // The last block has 4 sectors on the disk.
-    assert!(
-        w.write_block_sectors(2, &[0u8; 2048], &sectors(3..5))
-            .is_err()
-    );
-    assert!(
-        w.write_block_sectors(2, &[0u8; 2048], &sectors(3..4))
-            .is_ok()
-    );
+    assert!(w.write_block_sectors(2, &[0u8; 2048], &sectors(3..5)).is_err());
+    assert!(w.write_block_sectors(2, &[0u8; 2048], &sectors(3..4)).is_ok());
     assert!(w.finish().is_ok());
 }

@@ -28,9 +28,7 @@ impl ChangedBlocks {
     pub fn for_disk_size(disk_size: u64) -> Self {
         let blocks = disk_size.div_ceil(BLOCK_SIZE);
         let bytes = usize::try_from(blocks.div_ceil(8)).unwrap_or(usize::MAX);
-        ChangedBlocks {
-            bitmap: vec![0; bytes],
-        }
+        ChangedBlocks { bitmap: vec![0; bytes] }
     }
 
     pub fn from_bitmap(bitmap: Vec<u8>) -> Self {
@@ -39,10 +37,7 @@ impl ChangedBlocks {
 
     /// Reads the base64 answer of `VDI.list_changed_blocks`.
     pub fn decode(b64: &str) -> Result<Self, WireError> {
-        STANDARD
-            .decode(b64.trim())
-            .map(Self::from_bitmap)
-            .map_err(|e| WireError::Base64(e.to_string()))
+        STANDARD.decode(b64.trim()).map(Self::from_bitmap).map_err(|e| WireError::Base64(e.to_string()))
     }
 
     pub fn encode(&self) -> String {
@@ -68,10 +63,7 @@ impl ChangedBlocks {
 
     /// Marks one block; blocks past the bitmap are ignored (the disk does not have them).
     pub fn mark(&mut self, block: u64) {
-        if let Some(b) = usize::try_from(block / 8)
-            .ok()
-            .and_then(|i| self.bitmap.get_mut(i))
-        {
+        if let Some(b) = usize::try_from(block / 8).ok().and_then(|i| self.bitmap.get_mut(i)) {
             *b |= mask(block);
         }
     }
@@ -97,11 +89,7 @@ impl ChangedBlocks {
             .iter()
             .enumerate()
             .filter(|(_, b)| **b != 0)
-            .flat_map(|(i, b)| {
-                (0..8u64)
-                    .filter(move |bit| b & (0x80 >> bit) != 0)
-                    .map(move |bit| i as u64 * 8 + bit)
-            })
+            .flat_map(|(i, b)| (0..8u64).filter(move |bit| b & (0x80 >> bit) != 0).map(move |bit| i as u64 * 8 + bit))
     }
 
     /// Byte ranges of the changed blocks, adjacent blocks merged. A range may end past the
@@ -151,14 +139,7 @@ mod tests {
     fn ranges_merge_adjacent_blocks() {
         let cb = ChangedBlocks::from_bitmap(vec![0b1110_0001, 0b1000_0000, 0, 0b0000_0001]);
         let ranges: Vec<_> = cb.ranges().collect();
-        assert_eq!(
-            ranges,
-            vec![
-                0..3 * BLOCK_SIZE,
-                7 * BLOCK_SIZE..9 * BLOCK_SIZE,
-                31 * BLOCK_SIZE..32 * BLOCK_SIZE
-            ]
-        );
+        assert_eq!(ranges, vec![0..3 * BLOCK_SIZE, 7 * BLOCK_SIZE..9 * BLOCK_SIZE, 31 * BLOCK_SIZE..32 * BLOCK_SIZE]);
         assert_eq!(ChangedBlocks::from_bitmap(vec![0; 4]).ranges().count(), 0);
     }
 
@@ -175,10 +156,7 @@ mod tests {
 
     #[test]
     fn bad_base64_is_an_error() {
-        assert!(matches!(
-            ChangedBlocks::decode("not base64!"),
-            Err(WireError::Base64(_))
-        ));
+        assert!(matches!(ChangedBlocks::decode("not base64!"), Err(WireError::Base64(_))));
         assert_eq!(ChangedBlocks::decode("").map(|c| c.block_count()), Ok(0));
     }
 }

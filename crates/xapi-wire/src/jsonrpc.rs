@@ -56,17 +56,12 @@ pub fn decode_call(body: &[u8]) -> Result<JsonCall, WireError> {
         Some(Json::String(v)) if v == "2.0" => JsonRpcVersion::V2,
         Some(Json::String(v)) if v == "1.0" => JsonRpcVersion::V1,
         Some(other) => {
-            return Err(WireError::malformed(format!(
-                "unknown jsonrpc version {other}"
-            )));
+            return Err(WireError::malformed(format!("unknown jsonrpc version {other}")));
         }
     };
     let params = match obj.get("params") {
         None | Some(Json::Null) => Vec::new(),
-        Some(Json::Array(items)) => items
-            .iter()
-            .map(|p| from_json_at(p, 0))
-            .collect::<Result<_, _>>()?,
+        Some(Json::Array(items)) => items.iter().map(|p| from_json_at(p, 0)).collect::<Result<_, _>>()?,
         // JSON-RPC 2.0 allows named parameters; xapi passes the object as one argument.
         Some(obj @ Json::Object(_)) if version == JsonRpcVersion::V2 => vec![from_json_at(obj, 0)?],
         Some(_) => return Err(WireError::malformed("\"params\" is not an array")),
@@ -75,42 +70,21 @@ pub fn decode_call(body: &[u8]) -> Result<JsonCall, WireError> {
         Some(id @ (Json::Number(_) | Json::String(_))) => id.clone(),
         _ => return Err(WireError::malformed("\"id\" must be a number or a string")),
     };
-    Ok(JsonCall {
-        method,
-        params,
-        id,
-        version,
-    })
+    Ok(JsonCall { method, params, id, version })
 }
 
 /// An answer in the shape of the call's version.
-pub fn encode_response(
-    version: JsonRpcVersion,
-    id: &Json,
-    result: &Result<Value, Failure>,
-) -> Vec<u8> {
+pub fn encode_response(version: JsonRpcVersion, id: &Json, result: &Result<Value, Failure>) -> Vec<u8> {
     let id = id.to_string();
     let null = || "null".to_owned();
     let fields = match (version, result) {
-        (JsonRpcVersion::V1, Ok(v)) => vec![
-            ("result", to_json(v).to_string()),
-            ("error", null()),
-            ("id", id),
-        ],
+        (JsonRpcVersion::V1, Ok(v)) => vec![("result", to_json(v).to_string()), ("error", null()), ("id", id)],
         (JsonRpcVersion::V1, Err(f)) => {
             let description = Json::Array(f.to_description().iter().map(to_json).collect());
-            vec![
-                ("result", null()),
-                ("error", description.to_string()),
-                ("id", id),
-            ]
+            vec![("result", null()), ("error", description.to_string()), ("id", id)]
         }
         (JsonRpcVersion::V2, Ok(v)) => {
-            vec![
-                ("jsonrpc", json_text("2.0")),
-                ("result", to_json(v).to_string()),
-                ("id", id),
-            ]
+            vec![("jsonrpc", json_text("2.0")), ("result", to_json(v).to_string()), ("id", id)]
         }
         (JsonRpcVersion::V2, Err(f)) => {
             let error = ordered_object(&[
@@ -132,10 +106,7 @@ pub fn decode_response(body: &[u8]) -> Result<Result<Value, Failure>, WireError>
     match obj.get("error") {
         None | Some(Json::Null) => {}
         Some(Json::Array(items)) => {
-            let items = items
-                .iter()
-                .map(|i| from_json_at(i, 0))
-                .collect::<Result<Vec<_>, _>>()?;
+            let items = items.iter().map(|i| from_json_at(i, 0)).collect::<Result<Vec<_>, _>>()?;
             return Failure::from_description(&items)
                 .map(Err)
                 .ok_or_else(|| WireError::malformed("empty or non-text \"error\" array"));
@@ -152,25 +123,17 @@ pub fn decode_response(body: &[u8]) -> Result<Result<Value, Failure>, WireError>
                     .map(|i| from_json_at(i, 0).map(|v| v.to_text().unwrap_or_default()))
                     .collect::<Result<_, _>>()?,
                 // A lone parameter, as xapi's SDK test fixtures show it.
-                Some(other) => vec![
-                    from_json_at(other, 0)?
-                        .to_text()
-                        .unwrap_or_else(|| other.to_string()),
-                ],
+                Some(other) => vec![from_json_at(other, 0)?.to_text().unwrap_or_else(|| other.to_string())],
             };
             return Ok(Err(Failure { code, params }));
         }
         Some(other) => {
-            return Err(WireError::malformed(format!(
-                "unexpected \"error\": {other}"
-            )));
+            return Err(WireError::malformed(format!("unexpected \"error\": {other}")));
         }
     }
     match obj.get("result") {
         Some(v) => Ok(Ok(from_json_at(v, 0)?)),
-        None => Err(WireError::malformed(
-            "response has neither \"result\" nor \"error\"",
-        )),
+        None => Err(WireError::malformed("response has neither \"result\" nor \"error\"")),
     }
 }
 
@@ -208,12 +171,7 @@ fn from_json_at(j: &Json, depth: usize) -> Result<Value, WireError> {
             (None, None, None) => return Err(WireError::malformed(format!("bad number {n}"))),
         },
         Json::String(s) => Value::Str(s.clone()),
-        Json::Array(items) => Value::Array(
-            items
-                .iter()
-                .map(|i| from_json_at(i, depth + 1))
-                .collect::<Result<_, _>>()?,
-        ),
+        Json::Array(items) => Value::Array(items.iter().map(|i| from_json_at(i, depth + 1)).collect::<Result<_, _>>()?),
         Json::Object(m) => Value::Struct(
             m.iter()
                 .map(|(k, v)| Ok((k.clone(), from_json_at(v, depth + 1)?)))
@@ -259,10 +217,7 @@ mod tests {
     fn golden_responses() {
         let id = Json::from(3);
         let ok = Ok(Value::Int(10_737_418_240));
-        let fail = Err(Failure::new(
-            "HANDLE_INVALID",
-            vec!["VDI".into(), "OpaqueRef:x".into()],
-        ));
+        let fail = Err(Failure::new("HANDLE_INVALID", vec!["VDI".into(), "OpaqueRef:x".into()]));
         assert_eq!(
             text(encode_response(JsonRpcVersion::V1, &id, &ok)),
             r#"{"result":10737418240,"error":null,"id":3}"#
@@ -285,35 +240,23 @@ mod tests {
     fn golden_calls() {
         let params = [Value::from("root"), Value::from("pw")];
         assert_eq!(
-            text(encode_call(
-                "session.login_with_password",
-                &params,
-                1,
-                JsonRpcVersion::V2
-            )),
+            text(encode_call("session.login_with_password", &params, 1, JsonRpcVersion::V2)),
             r#"{"jsonrpc":"2.0","method":"session.login_with_password","params":["root","pw"],"id":1}"#
         );
-        assert_eq!(
-            text(encode_call("x", &[], 9, JsonRpcVersion::V1)),
-            r#"{"method":"x","params":[],"id":9}"#
-        );
+        assert_eq!(text(encode_call("x", &[], 9, JsonRpcVersion::V1)), r#"{"method":"x","params":[],"id":9}"#);
     }
 
     #[test]
     fn round_trips_both_versions() {
         let mut m = BTreeMap::new();
         m.insert("size".to_owned(), Value::Int(-5));
-        m.insert(
-            "when".to_owned(),
-            Value::DateTime("20260101T00:00:00Z".into()),
-        );
+        m.insert("when".to_owned(), Value::DateTime("20260101T00:00:00Z".into()));
         m.insert("ok".to_owned(), Value::Bool(true));
         m.insert("ratio".to_owned(), Value::Double(0.25));
         m.insert("list".to_owned(), Value::Array(vec![Value::from("a")]));
         let v = Value::Struct(m);
         for version in [JsonRpcVersion::V1, JsonRpcVersion::V2] {
-            let call = decode_call(&encode_call("VM.x", std::slice::from_ref(&v), 7, version))
-                .expect("call");
+            let call = decode_call(&encode_call("VM.x", std::slice::from_ref(&v), 7, version)).expect("call");
             assert_eq!(call.method, "VM.x");
             assert_eq!(call.version, version);
             assert_eq!(call.id, Json::from(7));
@@ -342,10 +285,7 @@ mod tests {
     #[test]
     fn v2_error_without_data() {
         let body = br#"{"jsonrpc":"2.0","error":{"code":1,"message":"SESSION_INVALID"},"id":1}"#;
-        assert_eq!(
-            decode_response(body),
-            Ok(Err(Failure::new("SESSION_INVALID", vec![])))
-        );
+        assert_eq!(decode_response(body), Ok(Err(Failure::new("SESSION_INVALID", vec![]))));
     }
 
     #[test]
@@ -361,11 +301,7 @@ mod tests {
             b"{\"jsonrpc\":\"3\",\"method\":\"x\",\"id\":1}",
         ];
         for body in calls {
-            assert!(
-                decode_call(body).is_err(),
-                "{:?}",
-                String::from_utf8_lossy(body)
-            );
+            assert!(decode_call(body).is_err(), "{:?}", String::from_utf8_lossy(body));
         }
         let responses: &[&[u8]] = &[
             b"{}",
@@ -375,20 +311,9 @@ mod tests {
             b"{\"result\":",
         ];
         for body in responses {
-            assert!(
-                decode_response(body).is_err(),
-                "{:?}",
-                String::from_utf8_lossy(body)
-            );
+            assert!(decode_response(body).is_err(), "{:?}", String::from_utf8_lossy(body));
         }
-        let deep = format!(
-            "{{\"result\":{}{},\"id\":1}}",
-            "[".repeat(100),
-            "]".repeat(100)
-        );
-        assert_eq!(
-            decode_response(deep.as_bytes()),
-            Err(WireError::TooDeep(MAX_DEPTH))
-        );
+        let deep = format!("{{\"result\":{}{},\"id\":1}}", "[".repeat(100), "]".repeat(100));
+        assert_eq!(decode_response(deep.as_bytes()), Err(WireError::TooDeep(MAX_DEPTH)));
     }
 }

@@ -135,10 +135,7 @@ pub struct Failure {
 
 impl Failure {
     pub fn new(code: impl Into<String>, params: Vec<String>) -> Self {
-        Failure {
-            code: code.into(),
-            params,
-        }
+        Failure { code: code.into(), params }
     }
 
     /// Builds a failure from an `ErrorDescription` array; scalars that are not strings are
@@ -147,19 +144,13 @@ impl Failure {
         let (code, params) = items.split_first()?;
         Some(Failure {
             code: code.to_text()?,
-            params: params
-                .iter()
-                .map(|p| p.to_text().unwrap_or_default())
-                .collect(),
+            params: params.iter().map(|p| p.to_text().unwrap_or_default()).collect(),
         })
     }
 
     /// The `ErrorDescription` array: code first, then the parameters.
     pub fn to_description(&self) -> Vec<Value> {
-        std::iter::once(&self.code)
-            .chain(&self.params)
-            .map(|s| Value::Str(s.clone()))
-            .collect()
+        std::iter::once(&self.code).chain(&self.params).map(|s| Value::Str(s.clone())).collect()
     }
 
     pub fn is(&self, code: &str) -> bool {
@@ -188,8 +179,7 @@ pub mod codes {
     pub const HANDLE_INVALID: &str = "HANDLE_INVALID";
     pub const UUID_INVALID: &str = "UUID_INVALID";
     pub const VM_BAD_POWER_STATE: &str = "VM_BAD_POWER_STATE";
-    pub const VM_SNAPSHOT_WITH_QUIESCE_NOT_SUPPORTED: &str =
-        "VM_SNAPSHOT_WITH_QUIESCE_NOT_SUPPORTED";
+    pub const VM_SNAPSHOT_WITH_QUIESCE_NOT_SUPPORTED: &str = "VM_SNAPSHOT_WITH_QUIESCE_NOT_SUPPORTED";
     pub const VM_SNAPSHOT_WITH_QUIESCE_FAILED: &str = "VM_SNAPSHOT_WITH_QUIESCE_FAILED";
     pub const VDI_NO_CBT_METADATA: &str = "VDI_NO_CBT_METADATA";
     pub const VDI_CBT_ENABLED: &str = "VDI_CBT_ENABLED";

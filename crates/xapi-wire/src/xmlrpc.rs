@@ -36,11 +36,7 @@ pub fn encode_response(result: &Result<Value, Failure>) -> String {
     out.push_str("<methodResponse><params><param><value><struct>");
     let (status, key, value) = match result {
         Ok(v) => ("Success", "Value", std::borrow::Cow::Borrowed(v)),
-        Err(f) => (
-            "Failure",
-            "ErrorDescription",
-            std::borrow::Cow::Owned(Value::Array(f.to_description())),
-        ),
+        Err(f) => ("Failure", "ErrorDescription", std::borrow::Cow::Owned(Value::Array(f.to_description()))),
     };
     write_member("Status", &Value::Str(status.to_owned()), &mut out);
     write_member(key, &value, &mut out);
@@ -144,11 +140,7 @@ fn format_g16(d: f64) -> String {
 }
 
 fn strip_fraction_zeros(s: &str) -> &str {
-    if s.contains('.') {
-        s.trim_end_matches('0').trim_end_matches('.')
-    } else {
-        s
-    }
+    if s.contains('.') { s.trim_end_matches('0').trim_end_matches('.') } else { s }
 }
 
 /// Reads a `<methodCall>`: the method name and its parameters.
@@ -197,10 +189,7 @@ pub fn decode_response(body: &[u8]) -> Result<Result<Value, Failure>, WireError>
             let v = lx.value(0)?;
             lx.expect_close("fault")?;
             let field = |k: &str| v.get(k).and_then(Value::to_text).unwrap_or_default();
-            Err(WireError::Fault {
-                code: field("faultCode"),
-                message: field("faultString"),
-            })
+            Err(WireError::Fault { code: field("faultCode"), message: field("faultString") })
         }
         other => return Err(other.unexpected("<params> or <fault>")),
     };
@@ -215,10 +204,9 @@ pub(crate) fn status_result(v: Value) -> Result<Result<Value, Failure>, WireErro
         return Err(WireError::malformed("response is not a status struct"));
     };
     match fields.get("Status").and_then(Value::as_str) {
-        Some("Success") => fields
-            .remove("Value")
-            .map(Ok)
-            .ok_or_else(|| WireError::malformed("Success response without Value")),
+        Some("Success") => {
+            fields.remove("Value").map(Ok).ok_or_else(|| WireError::malformed("Success response without Value"))
+        }
         Some("Failure") => {
             let description = fields
                 .get("ErrorDescription")
@@ -292,10 +280,7 @@ fn tag_name(raw: &[u8]) -> Result<String, WireError> {
 
 impl<'a> Lexer<'a> {
     fn new(body: &'a [u8]) -> Self {
-        Lexer {
-            reader: Reader::from_reader(body),
-            peeked: None,
-        }
+        Lexer { reader: Reader::from_reader(body), peeked: None }
     }
 
     fn raw(&mut self) -> Result<Tok, WireError> {
@@ -409,26 +394,25 @@ impl<'a> Lexer<'a> {
             "string" => Value::Str(self.text_until(tag)?),
             "int" | "i4" | "i8" => {
                 let text = self.text_until(tag)?;
-                let i = text.trim().parse().map_err(|_| {
-                    WireError::malformed(format!("bad integer {:?}", truncate(&text)))
-                })?;
+                let i = text
+                    .trim()
+                    .parse()
+                    .map_err(|_| WireError::malformed(format!("bad integer {:?}", truncate(&text))))?;
                 Value::Int(i)
             }
             "boolean" => match self.text_until(tag)?.trim() {
                 "1" => Value::Bool(true),
                 "0" => Value::Bool(false),
                 other => {
-                    return Err(WireError::malformed(format!(
-                        "bad boolean {:?}",
-                        truncate(other)
-                    )));
+                    return Err(WireError::malformed(format!("bad boolean {:?}", truncate(other))));
                 }
             },
             "double" => {
                 let text = self.text_until(tag)?;
-                let d = text.trim().parse().map_err(|_| {
-                    WireError::malformed(format!("bad double {:?}", truncate(&text)))
-                })?;
+                let d = text
+                    .trim()
+                    .parse()
+                    .map_err(|_| WireError::malformed(format!("bad double {:?}", truncate(&text))))?;
                 Value::Double(d)
             }
             "dateTime.iso8601" => Value::DateTime(self.text_until(tag)?),
@@ -439,10 +423,7 @@ impl<'a> Lexer<'a> {
             }
             "struct" => Value::Struct(self.struct_members(depth + 1)?),
             other => {
-                return Err(WireError::malformed(format!(
-                    "unsupported XML-RPC type <{}>",
-                    truncate(other)
-                )));
+                return Err(WireError::malformed(format!("unsupported XML-RPC type <{}>", truncate(other))));
             }
         };
         Ok(v)
@@ -498,10 +479,7 @@ fn empty_typed(tag: &str) -> Result<Value, WireError> {
         "string" => Ok(Value::Str(String::new())),
         "array" => Ok(Value::Array(Vec::new())),
         "struct" => Ok(Value::Struct(BTreeMap::new())),
-        other => Err(WireError::malformed(format!(
-            "empty <{}/> has no value",
-            truncate(other)
-        ))),
+        other => Err(WireError::malformed(format!("empty <{}/> has no value", truncate(other)))),
     }
 }
 
@@ -520,10 +498,7 @@ mod tests {
         m.insert("is_a_snapshot".into(), Value::Bool(false));
         m.insert("tags".into(), Value::Array(vec![]));
         m.insert("other_config".into(), Value::Struct(BTreeMap::new()));
-        m.insert(
-            "snapshot_time".into(),
-            Value::DateTime("19700101T00:00:00Z".into()),
-        );
+        m.insert("snapshot_time".into(), Value::DateTime("19700101T00:00:00Z".into()));
         m.insert("memory_overhead".into(), Value::Double(0.5));
         m.insert("name_label".into(), s("a <b> & \"c\"\u{1}"));
         Value::Struct(m)
@@ -561,32 +536,17 @@ mod tests {
             (Value::Bool(true), "<value><boolean>1</boolean></value>"),
             (Value::Bool(false), "<value><boolean>0</boolean></value>"),
             (Value::Double(0.1), "<value><double>0.1</double></value>"),
-            (
-                Value::Double(1326211200.5),
-                "<value><double>1326211200.5</double></value>",
-            ),
+            (Value::Double(1326211200.5), "<value><double>1326211200.5</double></value>"),
             (Value::Double(1e20), "<value><double>1e+20</double></value>"),
-            (
-                Value::Double(1.5e-7),
-                "<value><double>1.5e-07</double></value>",
-            ),
+            (Value::Double(1.5e-7), "<value><double>1.5e-07</double></value>"),
             (Value::Double(0.0), "<value><double>0</double></value>"),
             (
                 Value::DateTime("20261123T08:37:12Z".into()),
                 "<value><dateTime.iso8601>20261123T08:37:12Z</dateTime.iso8601></value>",
             ),
-            (
-                Value::Array(vec![]),
-                "<value><array><data></data></array></value>",
-            ),
-            (
-                Value::Struct(BTreeMap::new()),
-                "<value><struct></struct></value>",
-            ),
-            (
-                s("a<&>\"\u{7}\tz"),
-                "<value>a&lt;&amp;&gt;&quot;\tz</value>",
-            ),
+            (Value::Array(vec![]), "<value><array><data></data></array></value>"),
+            (Value::Struct(BTreeMap::new()), "<value><struct></struct></value>"),
+            (s("a<&>\"\u{7}\tz"), "<value>a&lt;&amp;&gt;&quot;\tz</value>"),
         ];
         for (v, want) in cases {
             let mut out = String::new();
@@ -607,11 +567,7 @@ mod tests {
 
     #[test]
     fn round_trips() {
-        let params = vec![
-            s("OpaqueRef:1"),
-            record(),
-            Value::Array(vec![record(), s("")]),
-        ];
+        let params = vec![s("OpaqueRef:1"), record(), Value::Array(vec![record(), s("")])];
         let xml = encode_call("VM.get_record", &params);
         let (method, back) = decode_call(xml.as_bytes()).expect("decodes");
         assert_eq!(method, "VM.get_record");
@@ -666,14 +622,8 @@ mod tests {
     fn whitespace_only_value_is_a_string() {
         assert_eq!(parse_value("<value>  </value>"), Ok(s("  ")));
         assert_eq!(parse_value("<value/>"), Ok(s("")));
-        assert_eq!(
-            parse_value("<value> <array><data/></array> </value>"),
-            Ok(Value::Array(vec![]))
-        );
-        assert_eq!(
-            parse_value("<value>a&amp;<![CDATA[<b>]]></value>"),
-            Ok(s("a&<b>"))
-        );
+        assert_eq!(parse_value("<value> <array><data/></array> </value>"), Ok(Value::Array(vec![])));
+        assert_eq!(parse_value("<value>a&amp;<![CDATA[<b>]]></value>"), Ok(s("a&<b>")));
     }
 
     #[test]
@@ -688,13 +638,7 @@ mod tests {
         let body = b"<methodResponse><fault><value><struct><member><name>faultCode</name>\
 <value><int>1</int></value></member><member><name>faultString</name><value>boom</value>\
 </member></struct></value></fault></methodResponse>";
-        assert_eq!(
-            decode_response(body),
-            Err(WireError::Fault {
-                code: "1".into(),
-                message: "boom".into()
-            })
-        );
+        assert_eq!(decode_response(body), Err(WireError::Fault { code: "1".into(), message: "boom".into() }));
     }
 
     #[test]
@@ -713,10 +657,7 @@ mod tests {
             b"<methodResponse><params><param><value><struct></struct></value></param></params></methodResponse>",
         ];
         for body in bad {
-            assert!(
-                decode_call(body).is_err() && decode_response(body).is_err(),
-                "{body:?}"
-            );
+            assert!(decode_call(body).is_err() && decode_response(body).is_err(), "{body:?}");
         }
     }
 

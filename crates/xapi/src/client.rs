@@ -80,9 +80,7 @@ impl ClientBuilder {
             .user_agent(concat!("xenvault/", env!("CARGO_PKG_VERSION")));
         // Set even for plain HTTP: reqwest refuses to build without a provider otherwise.
         http = http.tls_backend_preconfigured(tls::client_config(&self.tls)?);
-        let http = http
-            .build()
-            .map_err(|e| Error::Config(format!("HTTP client: {e}")))?;
+        let http = http.build().map_err(|e| Error::Config(format!("HTTP client: {e}")))?;
         let resolved = OnceLock::new();
         match self.transport {
             Transport::Auto => {}
@@ -112,13 +110,8 @@ impl ClientBuilder {
 
 /// `https://host[:port]`, `http://...` or a bare host (HTTPS); path and query are dropped.
 fn parse_base_url(url: &str) -> Result<Url, Error> {
-    let with_scheme = if url.contains("://") {
-        url.to_owned()
-    } else {
-        format!("https://{url}")
-    };
-    let mut base =
-        Url::parse(&with_scheme).map_err(|e| Error::Config(format!("URL {url:?}: {e}")))?;
+    let with_scheme = if url.contains("://") { url.to_owned() } else { format!("https://{url}") };
+    let mut base = Url::parse(&with_scheme).map_err(|e| Error::Config(format!("URL {url:?}: {e}")))?;
     if !matches!(base.scheme(), "http" | "https") || base.host().is_none() {
         return Err(Error::Config(format!("URL {url:?}: need http(s)://host")));
     }
@@ -187,11 +180,7 @@ impl Client {
     /// The host's base URL (`https://host:port/`): the pool master's once a login was sent
     /// there.
     pub fn base_url(&self) -> Url {
-        self.inner
-            .base
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.inner.base.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// The transport in use, once the first call has settled it.
@@ -204,11 +193,7 @@ impl Client {
 
     /// The current session, if logged in.
     pub fn session(&self) -> Option<Ref> {
-        self.inner
-            .session
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.inner.session.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     pub(crate) fn session_or_err(&self) -> Result<Ref, Error> {
@@ -216,41 +201,27 @@ impl Client {
     }
 
     fn set_session(&self, session: Option<Ref>) {
-        *self
-            .inner
-            .session
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = session;
+        *self.inner.session.write().unwrap_or_else(PoisonError::into_inner) = session;
     }
 
     /// Logs in (API version "1.0", originator "xenvault"); the credentials are kept to log in
     /// again when the session expires.
     pub async fn login_with_password(&self, user: &str, password: &str) -> Result<Ref, Error> {
         let session = self.login(user, password).await?;
-        *self
-            .inner
-            .credentials
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some((user.to_owned(), password.to_owned()));
+        *self.inner.credentials.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some((user.to_owned(), password.to_owned()));
         Ok(session)
     }
 
     async fn login(&self, user: &str, password: &str) -> Result<Ref, Error> {
-        let params = [
-            user.into(),
-            password.into(),
-            "1.0".into(),
-            ORIGINATOR.into(),
-        ];
+        let params = [user.into(), password.into(), "1.0".into(), ORIGINATOR.into()];
         let answer = match self.call_raw("session.login_with_password", &params).await {
             // A pool member names its master: sessions are only made there.
             Err(Error::Failure(f)) if f.code == HOST_IS_SLAVE => {
-                let master = f.params.first().ok_or_else(|| {
-                    Error::malformed("HOST_IS_SLAVE without the master's address")
-                })?;
+                let master =
+                    f.params.first().ok_or_else(|| Error::malformed("HOST_IS_SLAVE without the master's address"))?;
                 self.move_to_master(master)?;
-                self.call_raw("session.login_with_password", &params)
-                    .await?
+                self.call_raw("session.login_with_password", &params).await?
             }
             other => other?,
         };
@@ -266,36 +237,22 @@ impl Client {
         let bad = |e: String| Error::malformed(format!("master address {master:?}: {e}"));
         match master.parse::<std::net::SocketAddr>() {
             Ok(addr) => {
-                base.set_ip_host(addr.ip())
-                    .map_err(|()| bad("not a host".into()))?;
-                base.set_port(Some(addr.port()))
-                    .map_err(|()| bad("no port".into()))?;
+                base.set_ip_host(addr.ip()).map_err(|()| bad("not a host".into()))?;
+                base.set_port(Some(addr.port())).map_err(|()| bad("no port".into()))?;
             }
             Err(_) => match master.parse::<std::net::IpAddr>() {
-                Ok(ip) => base
-                    .set_ip_host(ip)
-                    .map_err(|()| bad("not a host".into()))?,
-                Err(_) => base
-                    .set_host(Some(master))
-                    .map_err(|e| bad(e.to_string()))?,
+                Ok(ip) => base.set_ip_host(ip).map_err(|()| bad("not a host".into()))?,
+                Err(_) => base.set_host(Some(master)).map_err(|e| bad(e.to_string()))?,
             },
         }
         tracing::info!(master = %base, "host is a pool member, logging in to the master");
-        *self
-            .inner
-            .base
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = base;
+        *self.inner.base.write().unwrap_or_else(PoisonError::into_inner) = base;
         Ok(())
     }
 
     /// Ends the session; an already expired session counts as logged out.
     pub async fn logout(&self) -> Result<(), Error> {
-        *self
-            .inner
-            .credentials
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = None;
+        *self.inner.credentials.lock().unwrap_or_else(PoisonError::into_inner) = None;
         let Some(session) = self.session() else {
             return Ok(());
         };
@@ -309,36 +266,22 @@ impl Client {
     /// Calls `method` with the session prepended. On `SESSION_INVALID` it logs in again once
     /// (when it has credentials) and repeats the call.
     pub async fn call(&self, method: &str, params: &[Value]) -> Result<Value, Error> {
-        self.call_timeout(method, params, self.inner.rpc_timeout)
-            .await
+        self.call_timeout(method, params, self.inner.rpc_timeout).await
     }
 
-    pub(crate) async fn call_timeout(
-        &self,
-        method: &str,
-        params: &[Value],
-        timeout: Duration,
-    ) -> Result<Value, Error> {
+    pub(crate) async fn call_timeout(&self, method: &str, params: &[Value], timeout: Duration) -> Result<Value, Error> {
         let session = self.session_or_err()?;
-        match self
-            .call_with_session(&session, method, params, timeout)
-            .await
-        {
+        match self.call_with_session(&session, method, params, timeout).await {
             Err(e) if e.is_failure(SESSION_INVALID) && self.has_credentials() => {
                 let fresh = self.relogin(&session).await?;
-                self.call_with_session(&fresh, method, params, timeout)
-                    .await
+                self.call_with_session(&fresh, method, params, timeout).await
             }
             other => other,
         }
     }
 
     fn has_credentials(&self) -> bool {
-        self.inner
-            .credentials
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_some()
+        self.inner.credentials.lock().unwrap_or_else(PoisonError::into_inner).is_some()
     }
 
     async fn relogin(&self, stale: &Ref) -> Result<Ref, Error> {
@@ -346,12 +289,7 @@ impl Client {
         if let Some(current) = self.session().filter(|s| s != stale) {
             return Ok(current); // another call already logged in again
         }
-        let credentials = self
-            .inner
-            .credentials
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
+        let credentials = self.inner.credentials.lock().unwrap_or_else(PoisonError::into_inner).clone();
         let (user, password) = credentials.ok_or(Error::NotLoggedIn)?;
         tracing::debug!("session expired, logging in again");
         self.login(&user, &password).await
@@ -372,16 +310,10 @@ impl Client {
 
     /// Calls `method` with exactly these parameters (no session added).
     pub async fn call_raw(&self, method: &str, params: &[Value]) -> Result<Value, Error> {
-        self.call_raw_timeout(method, params, self.inner.rpc_timeout)
-            .await
+        self.call_raw_timeout(method, params, self.inner.rpc_timeout).await
     }
 
-    async fn call_raw_timeout(
-        &self,
-        method: &str,
-        params: &[Value],
-        timeout: Duration,
-    ) -> Result<Value, Error> {
+    async fn call_raw_timeout(&self, method: &str, params: &[Value], timeout: Duration) -> Result<Value, Error> {
         let outcome = match self.inner.protocol.get() {
             Some(Protocol::Xml) => self.xml_exchange(method, params, timeout).await?,
             Some(Protocol::Json) => self
@@ -404,12 +336,7 @@ impl Client {
         outcome.map_err(Error::Failure)
     }
 
-    async fn json_exchange(
-        &self,
-        method: &str,
-        params: &[Value],
-        timeout: Duration,
-    ) -> Result<Exchange, Error> {
+    async fn json_exchange(&self, method: &str, params: &[Value], timeout: Duration) -> Result<Exchange, Error> {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let body = jsonrpc::encode_call(method, params, id, JsonRpcVersion::V2);
         let url = self.endpoint("jsonrpc")?;
@@ -458,9 +385,7 @@ impl Client {
     }
 
     pub(crate) fn endpoint(&self, path: &str) -> Result<Url, Error> {
-        self.base_url()
-            .join(path)
-            .map_err(|e| Error::Config(format!("URL path {path:?}: {e}")))
+        self.base_url().join(path).map_err(|e| Error::Config(format!("URL path {path:?}: {e}")))
     }
 }
 
@@ -486,10 +411,7 @@ pub(crate) async fn http_error(response: reqwest::Response) -> Error {
 }
 
 fn response_reason(status: u16) -> &'static str {
-    http::StatusCode::from_u16(status)
-        .ok()
-        .and_then(|s| s.canonical_reason())
-        .unwrap_or("")
+    http::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("")
 }
 
 #[cfg(test)]
@@ -500,10 +422,7 @@ mod tests {
     fn base_urls() {
         let ok = |u: &str| parse_base_url(u).map(|u| u.to_string()).ok();
         assert_eq!(ok("host.example"), Some("https://host.example/".into()));
-        assert_eq!(
-            ok("http://10.0.0.1:8080/x?y=1"),
-            Some("http://10.0.0.1:8080/".into())
-        );
+        assert_eq!(ok("http://10.0.0.1:8080/x?y=1"), Some("http://10.0.0.1:8080/".into()));
         assert!(parse_base_url("ftp://h").is_err());
         assert!(parse_base_url("https://").is_err());
     }

@@ -18,11 +18,7 @@ pub enum Error {
     /// A transfer moved no byte for the client's `transfer_idle_timeout`: the host stopped
     /// sending an export, or stopped reading or answering an import.
     #[error("no data from {host} for {} s during {transfer}", .idle.as_secs_f64())]
-    Stalled {
-        host: String,
-        transfer: String,
-        idle: std::time::Duration,
-    },
+    Stalled { host: String, transfer: String, idle: std::time::Duration },
     /// The connection broke or the request could not be sent.
     #[error("transport error: {0}")]
     Transport(String),
@@ -69,9 +65,7 @@ impl From<reqwest::Error> for Error {
     fn from(e: reqwest::Error) -> Self {
         let message = chain_message(&e);
         if let Some(tls) = find_rustls_error(&e) {
-            let url = e
-                .url()
-                .map(|u| format!("{}: ", u.origin().ascii_serialization()));
+            let url = e.url().map(|u| format!("{}: ", u.origin().ascii_serialization()));
             Error::Tls(format!("{}{}", url.unwrap_or_default(), tls_message(tls)))
         } else if e.is_timeout() {
             Error::Timeout(message)
@@ -117,10 +111,7 @@ fn find_rustls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a
         if let Some(tls) = err.downcast_ref::<rustls::Error>() {
             return Some(tls);
         }
-        current = match err
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-        {
+        current = match err.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
             Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
             None => err.source(),
         };

@@ -39,51 +39,32 @@ impl Client {
     /// `<class>.get_all_records`, keyed by reference.
     pub async fn get_all_records(&self, class: &str) -> Result<BTreeMap<Ref, Value>, Error> {
         match self.call(&format!("{class}.get_all_records"), &[]).await? {
-            Value::Struct(records) => {
-                Ok(records.into_iter().map(|(k, v)| (Ref::new(k), v)).collect())
-            }
-            other => Err(Error::malformed(format!(
-                "{class}.get_all_records returned {other:?}"
-            ))),
+            Value::Struct(records) => Ok(records.into_iter().map(|(k, v)| (Ref::new(k), v)).collect()),
+            other => Err(Error::malformed(format!("{class}.get_all_records returned {other:?}"))),
         }
     }
 
     pub async fn get_record(&self, class: &str, reference: &Ref) -> Result<Value, Error> {
-        self.call(&format!("{class}.get_record"), &[reference.into()])
-            .await
+        self.call(&format!("{class}.get_record"), &[reference.into()]).await
     }
 
     pub async fn get_by_uuid(&self, class: &str, uuid: &str) -> Result<Ref, Error> {
-        Ref::from_value(
-            &self
-                .call(&format!("{class}.get_by_uuid"), &[uuid.into()])
-                .await?,
-        )
+        Ref::from_value(&self.call(&format!("{class}.get_by_uuid"), &[uuid.into()]).await?)
     }
 
     /// `event.from(classes, token, timeout)`: waits up to `timeout` for changes after
     /// `token` ("" to start from the beginning).
-    pub async fn event_from(
-        &self,
-        classes: &[&str],
-        token: &str,
-        timeout: Duration,
-    ) -> Result<EventBatch, Error> {
+    pub async fn event_from(&self, classes: &[&str], token: &str, timeout: Duration) -> Result<EventBatch, Error> {
         let classes = Value::Array(classes.iter().map(|c| Value::from(*c)).collect());
         let params = [classes, token.into(), Value::Double(timeout.as_secs_f64())];
         // The call itself lasts up to `timeout`; give the answer time to arrive after that.
-        let answer = self
-            .call_timeout("event.from", &params, timeout + Duration::from_secs(60))
-            .await?;
+        let answer = self.call_timeout("event.from", &params, timeout + Duration::from_secs(60)).await?;
         parse_event_batch(&answer)
     }
 }
 
 fn parse_event_batch(v: &Value) -> Result<EventBatch, Error> {
-    let field = |k: &str| {
-        v.get(k)
-            .ok_or_else(|| Error::malformed(format!("event.from: no {k}")))
-    };
+    let field = |k: &str| v.get(k).ok_or_else(|| Error::malformed(format!("event.from: no {k}")));
     let events = field("events")?
         .as_array()
         .ok_or_else(|| Error::malformed("event.from: events is not an array"))?
@@ -94,47 +75,30 @@ fn parse_event_batch(v: &Value) -> Result<EventBatch, Error> {
     let valid_ref_counts = v
         .get("valid_ref_counts")
         .and_then(Value::as_struct)
-        .map(|m| {
-            m.iter()
-                .filter_map(|(k, n)| Some((k.clone(), n.as_i64()?)))
-                .collect()
-        })
+        .map(|m| m.iter().filter_map(|(k, n)| Some((k.clone(), n.as_i64()?))).collect())
         .unwrap_or_default();
-    Ok(EventBatch {
-        events,
-        token,
-        valid_ref_counts,
-    })
+    Ok(EventBatch { events, token, valid_ref_counts })
 }
 
 fn parse_event(v: &Value) -> Result<Event, Error> {
     let text = |k: &str| {
-        v.get(k)
-            .and_then(Value::to_text)
-            .ok_or_else(|| Error::malformed(format!("event without {k}: {v:?}")))
+        v.get(k).and_then(Value::to_text).ok_or_else(|| Error::malformed(format!("event without {k}: {v:?}")))
     };
     let operation = match text("operation")?.as_str() {
         "add" => EventOperation::Add,
         "mod" => EventOperation::Mod,
         "del" => EventOperation::Del,
         other => {
-            return Err(Error::malformed(format!(
-                "unknown event operation {other:?}"
-            )));
+            return Err(Error::malformed(format!("unknown event operation {other:?}")));
         }
     };
     Ok(Event {
-        id: text("id")?
-            .parse()
-            .map_err(|_| Error::malformed("event id is not a number"))?,
+        id: text("id")?.parse().map_err(|_| Error::malformed("event id is not a number"))?,
         timestamp: text("timestamp")?,
         class: text("class")?,
         operation,
         reference: Ref::new(text("ref")?),
-        snapshot: v
-            .get("snapshot")
-            .filter(|s| s.as_struct().is_some())
-            .cloned(),
+        snapshot: v.get("snapshot").filter(|s| s.as_struct().is_some()).cloned(),
     })
 }
 

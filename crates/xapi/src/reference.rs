@@ -32,9 +32,7 @@ impl Ref {
     pub fn from_value(v: &Value) -> Result<Ref, Error> {
         match v {
             Value::Str(s) => Ok(Ref(s.clone())),
-            other => Err(Error::malformed(format!(
-                "expected a reference, got {other:?}"
-            ))),
+            other => Err(Error::malformed(format!("expected a reference, got {other:?}"))),
         }
     }
 }

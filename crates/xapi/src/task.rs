@@ -32,11 +32,7 @@ impl TaskStatus {
 /// the call returns nothing); anything else is kept as a plain string.
 pub fn decode_task_result(text: &str) -> Result<Value, Error> {
     let trimmed = text.trim_start();
-    if trimmed.starts_with("<value") {
-        Ok(xmlrpc::parse_value(text)?)
-    } else {
-        Ok(Value::Str(text.to_owned()))
-    }
+    if trimmed.starts_with("<value") { Ok(xmlrpc::parse_value(text)?) } else { Ok(Value::Str(text.to_owned())) }
 }
 
 impl Client {
@@ -48,11 +44,7 @@ impl Client {
     /// Creates a task to attach to an HTTP transfer (`task_id=`), so it reports progress and
     /// can be cancelled.
     pub async fn create_task(&self, label: &str, description: &str) -> Result<Ref, Error> {
-        Ref::from_value(
-            &self
-                .call("task.create", &[label.into(), description.into()])
-                .await?,
-        )
+        Ref::from_value(&self.call("task.create", &[label.into(), description.into()]).await?)
     }
 
     pub async fn task_status(&self, task: &Ref) -> Result<TaskStatus, Error> {
@@ -106,11 +98,7 @@ impl Client {
                 }
                 TaskStatus::Pending | TaskStatus::Cancelling => {}
             }
-            if let Some(p) = self
-                .call("task.get_progress", &[task.into()])
-                .await?
-                .as_f64()
-            {
+            if let Some(p) = self.call("task.get_progress", &[task.into()]).await?.as_f64() {
                 progress(p);
             }
             let wait = tokio::time::sleep(self.inner.task_poll_interval);
@@ -161,15 +149,9 @@ mod tests {
     #[test]
     fn task_results() {
         assert_eq!(decode_task_result("").ok(), Some(Value::Str(String::new())));
+        assert_eq!(decode_task_result("<value>OpaqueRef:a</value>").ok(), Some(Value::Str("OpaqueRef:a".into())));
         assert_eq!(
-            decode_task_result("<value>OpaqueRef:a</value>").ok(),
-            Some(Value::Str("OpaqueRef:a".into()))
-        );
-        assert_eq!(
-            decode_task_result(
-                "<value><array><data><value>OpaqueRef:b</value></data></array></value>"
-            )
-            .ok(),
+            decode_task_result("<value><array><data><value>OpaqueRef:b</value></data></array></value>").ok(),
             Some(Value::Array(vec![Value::Str("OpaqueRef:b".into())]))
         );
         assert!(decode_task_result("<value><array>").is_err());

@@ -49,21 +49,12 @@ mod tests {
     #[test]
     fn fingerprint_parsing() {
         let colons = vec!["AB"; 32].join(":");
-        assert_eq!(
-            TlsMode::pin_sha256_hex(&colons).ok(),
-            Some(TlsMode::PinSha256([0xab; 32]))
-        );
-        assert!(matches!(
-            TlsMode::pin_sha256_hex("abcd"),
-            Err(Error::Config(_))
-        ));
+        assert_eq!(TlsMode::pin_sha256_hex(&colons).ok(), Some(TlsMode::PinSha256([0xab; 32])));
+        assert!(matches!(TlsMode::pin_sha256_hex("abcd"), Err(Error::Config(_))));
     }
 
     #[test]
     fn bad_ca_pem_is_a_config_error() {
-        assert!(matches!(
-            client_config(&TlsMode::CaPem(b"nope".to_vec())),
-            Err(Error::Config(_))
-        ));
+        assert!(matches!(client_config(&TlsMode::CaPem(b"nope".to_vec())), Err(Error::Config(_))));
     }
 }

@@ -139,36 +139,23 @@ const MAX_REDIRECTS: usize = 10;
 impl Client {
     /// `GET /export_raw_vdi`: the disk, or with `base` only what differs from it (a
     /// differencing VHD, or a raw image with unchanged regions zeroed).
-    pub async fn export_raw_vdi(
-        &self,
-        vdi: &Ref,
-        format: DiskFormat,
-        base: Option<&Ref>,
-    ) -> Result<Download, Error> {
-        let mut query = vec![
-            ("vdi", vdi.to_string()),
-            ("format", format.as_str().to_owned()),
-        ];
+    pub async fn export_raw_vdi(&self, vdi: &Ref, format: DiskFormat, base: Option<&Ref>) -> Result<Download, Error> {
+        let mut query = vec![("vdi", vdi.to_string()), ("format", format.as_str().to_owned())];
         if let Some(base) = base {
             query.push(("base", base.to_string()));
         }
-        self.download("export_raw_vdi", &query, "xenvault export_raw_vdi")
-            .await
+        self.download("export_raw_vdi", &query, "xenvault export_raw_vdi").await
     }
 
     /// `GET /export`: an XVA of a VM or snapshot.
     pub async fn export_vm(&self, vm: &Ref, compression: Compression) -> Result<Download, Error> {
-        let query = [
-            ("ref", vm.to_string()),
-            ("use_compression", compression.query_value().into()),
-        ];
+        let query = [("ref", vm.to_string()), ("use_compression", compression.query_value().into())];
         self.download("export", &query, "xenvault export").await
     }
 
     /// `GET /pool/xmldbdump`: the pool database.
     pub async fn pool_xmldbdump(&self) -> Result<Download, Error> {
-        self.download("pool/xmldbdump", &[], "xenvault xmldbdump")
-            .await
+        self.download("pool/xmldbdump", &[], "xenvault xmldbdump").await
     }
 
     /// `PUT /import_raw_vdi` of exactly `content_length` bytes (xapi refuses chunked
@@ -189,25 +176,12 @@ impl Client {
             ImportTarget::Vdi(r) => ("vdi", r),
             ImportTarget::Sr(r) => ("sr_id", r),
         };
-        let query = [
-            (key, reference.to_string()),
-            ("format", format.as_str().to_owned()),
-        ];
-        let result = self
-            .upload(
-                "import_raw_vdi",
-                &query,
-                body,
-                content_length,
-                "xenvault import_raw_vdi",
-            )
-            .await?;
+        let query = [(key, reference.to_string()), ("format", format.as_str().to_owned())];
+        let result = self.upload("import_raw_vdi", &query, body, content_length, "xenvault import_raw_vdi").await?;
         match (target, result.as_str()) {
             (_, Some(r)) if r.starts_with("OpaqueRef:") => Ok(Ref::new(r)),
             (ImportTarget::Vdi(vdi), _) => Ok(vdi.clone()),
-            (ImportTarget::Sr(_), _) => Err(Error::malformed(format!(
-                "import into an SR returned {result:?}"
-            ))),
+            (ImportTarget::Sr(_), _) => Err(Error::malformed(format!("import into an SR returned {result:?}"))),
         }
     }
 
@@ -231,9 +205,7 @@ impl Client {
         if options.force {
             query.push(("force", "true".into()));
         }
-        let result = self
-            .upload("import", &query, body, content_length, "xenvault import")
-            .await?;
+        let result = self.upload("import", &query, body, content_length, "xenvault import").await?;
         match result {
             Value::Array(items) => items.iter().map(Ref::from_value).collect(),
             Value::Str(r) if r.starts_with("OpaqueRef:") => Ok(vec![Ref::new(r)]),
@@ -242,12 +214,7 @@ impl Client {
     }
 
     /// The URL of a handler with its parameters, the session and, when given, the task.
-    fn transfer_url(
-        &self,
-        path: &str,
-        query: &[(&str, String)],
-        task: Option<&Ref>,
-    ) -> Result<Url, Error> {
+    fn transfer_url(&self, path: &str, query: &[(&str, String)], task: Option<&Ref>) -> Result<Url, Error> {
         let session = self.session_or_err()?;
         let mut url = self.endpoint(path)?;
         {
@@ -263,12 +230,7 @@ impl Client {
         Ok(url)
     }
 
-    async fn download(
-        &self,
-        path: &str,
-        query: &[(&str, String)],
-        label: &str,
-    ) -> Result<Download, Error> {
+    async fn download(&self, path: &str, query: &[(&str, String)], label: &str) -> Result<Download, Error> {
         let task = self.create_task(label, "").await?;
         let stall = self.stall_watch(path, query);
         let sent = self.get_following_redirects(path, query, &task, &stall).await;
@@ -306,9 +268,7 @@ impl Client {
                 None => return Ok(response),
             }
         }
-        Err(Error::Transport(format!(
-            "more than {MAX_REDIRECTS} redirects for /{path}"
-        )))
+        Err(Error::Transport(format!("more than {MAX_REDIRECTS} redirects for /{path}")))
     }
 
     async fn upload<S>(
@@ -365,41 +325,22 @@ impl Client {
         // Without task_id: the probe is meant to fail and must not fail the task.
         let mut url = self.transfer_url(path, query, None)?;
         for hop in 0..=MAX_REDIRECTS {
-            let probe = self
-                .inner
-                .http
-                .put(url.clone())
-                .header(http::header::CONTENT_LENGTH, 0)
-                .send()
-                .await?;
+            let probe = self.inner.http.put(url.clone()).header(http::header::CONTENT_LENGTH, 0).send().await?;
             match redirect_target(&url, &probe)? {
                 Some(next) if hop < MAX_REDIRECTS => url = next,
                 Some(_) => {
-                    return Err(Error::Transport(format!(
-                        "more than {MAX_REDIRECTS} redirects for /{path}"
-                    )));
+                    return Err(Error::Transport(format!("more than {MAX_REDIRECTS} redirects for /{path}")));
                 }
                 None => break,
             }
         }
         url.query_pairs_mut().append_pair("task_id", task.as_str());
-        Ok(self
-            .inner
-            .http
-            .put(url)
-            .header(http::header::CONTENT_LENGTH, content_length)
-            .body(body)
-            .send()
-            .await?)
+        Ok(self.inner.http.put(url).header(http::header::CONTENT_LENGTH, content_length).body(body).send().await?)
     }
 
     /// The response of a transfer the host accepted. Otherwise the task is dropped and the
     /// error returned.
-    async fn accepted(
-        &self,
-        task: &Ref,
-        sent: Result<reqwest::Response, Error>,
-    ) -> Result<reqwest::Response, Error> {
+    async fn accepted(&self, task: &Ref, sent: Result<reqwest::Response, Error>) -> Result<reqwest::Response, Error> {
         match sent {
             Ok(response) if response.status().is_success() => Ok(response),
             Ok(response) => Err(self.failed_transfer(task, response).await),
@@ -440,9 +381,7 @@ fn redirect_target(current: &Url, response: &reqwest::Response) -> Result<Option
         .get(http::header::LOCATION)
         .and_then(|l| l.to_str().ok())
         .ok_or_else(|| Error::malformed(format!("HTTP {} without Location", response.status())))?;
-    let mut next = current
-        .join(location)
-        .map_err(|e| Error::malformed(format!("redirect to {location:?}: {e}")))?;
+    let mut next = current.join(location).map_err(|e| Error::malformed(format!("redirect to {location:?}: {e}")))?;
     let present: Vec<String> = next.query_pairs().map(|(k, _)| k.into_owned()).collect();
     let missing: Vec<(String, String)> = current
         .query_pairs()
@@ -472,11 +411,7 @@ fn guard_body(
         head_checked: bool,
         finish: Option<BoxFuture<'static, Result<(), Error>>>,
     }
-    let state = State {
-        body,
-        head_checked: false,
-        finish: Some(finish),
-    };
+    let state = State { body, head_checked: false, finish: Some(finish) };
     futures::stream::unfold(Some(state), |state| async move {
         let mut st = state?;
         if !st.head_checked {
@@ -524,24 +459,10 @@ async fn read_head(body: &mut BoxStream<'static, Result<Bytes, Error>>) -> Resul
 
 fn disguised_error(head: &[u8]) -> Error {
     let text = String::from_utf8_lossy(&head[..head.len().min(DISGUISED_SHOWN)]);
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(http::StatusCode::BAD_GATEWAY.as_u16());
-    let lines: Vec<&str> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .take(8)
-        .collect();
-    Error::Http {
-        status,
-        message: format!(
-            "the host answered 200 with an error as body: {}",
-            lines.join(" | ")
-        ),
-    }
+    let status =
+        text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(http::StatusCode::BAD_GATEWAY.as_u16());
+    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).take(8).collect();
+    Error::Http { status, message: format!("the host answered 200 with an error as body: {}", lines.join(" | ")) }
 }
 
 /// Where a transfer goes and how long it may sit idle: the parts of [`Error::Stalled`].
@@ -554,11 +475,7 @@ struct StallWatch {
 
 impl StallWatch {
     fn error(&self) -> Error {
-        Error::Stalled {
-            host: self.host.clone(),
-            transfer: self.transfer.clone(),
-            idle: self.idle,
-        }
+        Error::Stalled { host: self.host.clone(), transfer: self.transfer.clone(), idle: self.idle }
     }
 }
 
@@ -651,9 +568,7 @@ mod tests {
             drop(socket);
         });
         let http = reqwest::Client::builder()
-            .tls_backend_preconfigured(
-                crate::tls::client_config(&crate::TlsMode::Insecure).expect("tls"),
-            )
+            .tls_backend_preconfigured(crate::tls::client_config(&crate::TlsMode::Insecure).expect("tls"))
             .build()
             .expect("client");
         let chunks = (0..256).map(|_| Ok::<_, std::io::Error>(Bytes::from(vec![0u8; 1 << 20])));

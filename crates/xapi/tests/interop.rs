@@ -12,9 +12,7 @@ use rustls_pki_types::pem::PemObject;
 use sha2::{Digest, Sha256};
 use xenvault_sim::{DemoDisks, SimConfig, SimHandle, Simulator};
 use xenvault_xapi::wire::cbt::{BLOCK_SIZE, ChangedBlocks};
-use xenvault_xapi::{
-    Client, ClientBuilder, DiskFormat, Error, ImportTarget, Ref, TlsMode, Transport, Value,
-};
+use xenvault_xapi::{Client, ClientBuilder, DiskFormat, Error, ImportTarget, Ref, TlsMode, Transport, Value};
 
 const DISK_SIZE: u64 = 8 << 20;
 
@@ -41,36 +39,22 @@ async fn run_script(program: &str, script: &str, sim: &SimHandle) -> serde_json:
         .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    let report = stdout
-        .lines()
-        .rev()
-        .find_map(|l| serde_json::from_str(l).ok());
-    assert!(
-        output.status.success(),
-        "{script} failed ({})\n{stdout}\n{stderr}",
-        output.status
-    );
+    let report = stdout.lines().rev().find_map(|l| serde_json::from_str(l).ok());
+    assert!(output.status.success(), "{script} failed ({})\n{stdout}\n{stderr}", output.status);
     report.unwrap_or_else(|| panic!("{script} printed no JSON report\n{stdout}\n{stderr}"))
 }
 
 /// The blocks the scripts write (see `writes_for` there), computed here independently.
 fn expected_blocks(size: u64) -> Vec<u64> {
     let writes = guest_writes(size);
-    let blocks: BTreeSet<u64> = writes
-        .iter()
-        .flat_map(|(off, len)| off / BLOCK_SIZE..=(off + len - 1) / BLOCK_SIZE)
-        .collect();
+    let blocks: BTreeSet<u64> =
+        writes.iter().flat_map(|(off, len)| off / BLOCK_SIZE..=(off + len - 1) / BLOCK_SIZE).collect();
     blocks.into_iter().collect()
 }
 
 /// Inside one block, across a block edge (and a block boundary at 10), the last sector.
 fn guest_writes(size: u64) -> Vec<(u64, u64)> {
-    vec![
-        (0, 4096),
-        (3 * BLOCK_SIZE + 100, BLOCK_SIZE),
-        (10 * BLOCK_SIZE - 1, 2),
-        (size - 512, 512),
-    ]
+    vec![(0, 4096), (3 * BLOCK_SIZE + 100, BLOCK_SIZE), (10 * BLOCK_SIZE - 1, 2), (size - 512, 512)]
 }
 
 /// What every report must show: the bitmap decodes (with our decoder too) to exactly the
@@ -83,10 +67,7 @@ fn check_report(report: &serde_json::Value) {
     let bitmap = report["bitmap"].as_str().expect("bitmap");
     let ours = ChangedBlocks::decode(bitmap).expect("our decoder");
     assert_eq!(ours.changed_blocks().collect::<Vec<_>>(), expected);
-    assert!(
-        ours.block_count() * BLOCK_SIZE >= size,
-        "bitmap shorter than the disk"
-    );
+    assert!(ours.block_count() * BLOCK_SIZE >= size, "bitmap shorter than the disk");
     assert_eq!(report["base_type"], "cbt_metadata");
 }
 
@@ -124,11 +105,7 @@ async fn python_sdk_records_have_exactly_the_datamodel_fields() {
         .await
         .expect("python3 runs");
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
     assert!(stdout.contains("\"problem_count\": 0"), "{stdout}");
 }
 
@@ -161,25 +138,20 @@ async fn logged_in(sim: &SimHandle, transport: Transport) -> Client {
 
 /// Settings that trust exactly the simulator's certificate.
 fn pinned_builder(sim: &SimHandle) -> ClientBuilder {
-    let der = rustls_pki_types::CertificateDer::from_pem_slice(sim.cert_pem.as_bytes())
-        .expect("simulator certificate");
+    let der = rustls_pki_types::CertificateDer::from_pem_slice(sim.cert_pem.as_bytes()).expect("simulator certificate");
     let pin = xenvault_xapi::fingerprint_sha256(der.as_ref());
     Client::builder(&sim.url).tls(TlsMode::pin_sha256_hex(&pin).expect("pin"))
 }
 
 async fn logged_in_with(sim: &SimHandle, builder: ClientBuilder) -> Client {
     let c = builder.build().expect("client");
-    c.login_with_password(&sim.user, &sim.password)
-        .await
-        .expect("login");
+    c.login_with_password(&sim.user, &sim.password).await.expect("login");
     c
 }
 
 /// A call that must succeed.
 async fn ok(c: &Client, method: &str, params: &[Value]) -> Value {
-    c.call(method, params)
-        .await
-        .unwrap_or_else(|e| panic!("{method}: {e}"))
+    c.call(method, params).await.unwrap_or_else(|e| panic!("{method}: {e}"))
 }
 
 async fn ok_ref(c: &Client, method: &str, params: &[Value]) -> Ref {
@@ -188,19 +160,13 @@ async fn ok_ref(c: &Client, method: &str, params: &[Value]) -> Ref {
 
 async fn ok_text(c: &Client, method: &str, params: &[Value]) -> String {
     let v = ok(c, method, params).await;
-    v.as_str()
-        .map(str::to_owned)
-        .unwrap_or_else(|| panic!("{method}: expected a string, got {v:?}"))
+    v.as_str().map(str::to_owned).unwrap_or_else(|| panic!("{method}: expected a string, got {v:?}"))
 }
 
 /// The disks plugged into a VM.
 async fn vm_disks(c: &Client, vm: &Ref) -> Vec<Ref> {
     let mut disks = Vec::new();
-    for vbd in ok(c, "VM.get_VBDs", &[vm.into()])
-        .await
-        .as_array()
-        .unwrap_or_default()
-    {
+    for vbd in ok(c, "VM.get_VBDs", &[vm.into()]).await.as_array().unwrap_or_default() {
         let vdi = ok_ref(c, "VBD.get_VDI", std::slice::from_ref(vbd)).await;
         if !vdi.is_null() {
             disks.push(vdi);
@@ -218,10 +184,7 @@ async fn vm_with_disk(c: &Client) -> (Ref, Ref) {
             continue;
         }
         if let Some(vdi) = vm_disks(c, &vm).await.into_iter().next() {
-            let name = rec
-                .get("name_label")
-                .and_then(Value::as_str)
-                .unwrap_or_default();
+            let name = rec.get("name_label").and_then(Value::as_str).unwrap_or_default();
             candidates.push((name.to_owned(), vm, vdi));
         }
     }
@@ -260,64 +223,35 @@ async fn our_client_over_both_transports_with_a_pinned_certificate() {
         let (vm, vdi) = vm_with_disk(&c).await;
         ok(&c, "VDI.enable_cbt", &[(&vdi).into()]).await;
         let size = ok(&c, "VDI.get_virtual_size", &[(&vdi).into()]).await;
-        let size = size
-            .as_i64()
-            .and_then(|s| u64::try_from(s).ok())
-            .expect("int64 size");
+        let size = size.as_i64().and_then(|s| u64::try_from(s).ok()).expect("int64 size");
         let (_, base) = snapshot(&c, &vm, "ours-base", &vdi).await;
         for (i, (offset, len)) in guest_writes(size).into_iter().enumerate() {
             let data = vec![u8::try_from(i + 1).unwrap_or(1); usize::try_from(len).unwrap_or(0)];
             let b64 = base64::engine::general_purpose::STANDARD.encode(&data);
-            ok(
-                &c,
-                "sim.write",
-                &[(&vdi).into(), offset.to_string().into(), b64.into()],
-            )
-            .await;
+            ok(&c, "sim.write", &[(&vdi).into(), offset.to_string().into(), b64.into()]).await;
         }
         let (_, incr) = snapshot(&c, &vm, "ours-incr", &vdi).await;
         // xapi refuses data_destroy while a VBD (the snapshot VM's) still uses the VDI.
-        for vbd in ok(&c, "VDI.get_VBDs", &[(&base).into()])
-            .await
-            .as_array()
-            .unwrap_or_default()
-        {
+        for vbd in ok(&c, "VDI.get_VBDs", &[(&base).into()]).await.as_array().unwrap_or_default() {
             ok(&c, "VBD.destroy", std::slice::from_ref(vbd)).await;
         }
         ok(&c, "VDI.data_destroy", &[(&base).into()]).await;
-        let bitmap = ok_text(
-            &c,
-            "VDI.list_changed_blocks",
-            &[(&base).into(), (&incr).into()],
-        )
-        .await;
+        let bitmap = ok_text(&c, "VDI.list_changed_blocks", &[(&base).into(), (&incr).into()]).await;
         let changed = ChangedBlocks::decode(&bitmap).expect("bitmap");
         let changed: Vec<u64> = changed.changed_blocks().collect();
         assert_eq!(changed, expected_blocks(size), "{transport:?}");
 
         // A full raw export of the newer snapshot is its content byte for byte.
         let want = ok_text(&c, "sim.sha256", &[(&incr).into()]).await;
-        let export = c
-            .export_raw_vdi(&incr, DiskFormat::Raw, None)
-            .await
-            .expect("export");
+        let export = c.export_raw_vdi(&incr, DiskFormat::Raw, None).await.expect("export");
         let (got, len) = download_sha256(export).await;
-        assert_eq!(
-            (got.as_str(), len),
-            (want.as_str(), size),
-            "{transport:?} raw export"
-        );
+        assert_eq!((got.as_str(), len), (want.as_str(), size), "{transport:?} raw export");
 
         // ...and imported into a new VDI of the same SR it is the same disk again.
         let sr = ok_ref(&c, "VDI.get_SR", &[(&incr).into()]).await;
-        let export = c
-            .export_raw_vdi(&incr, DiskFormat::Raw, None)
-            .await
-            .expect("export");
-        let new_vdi = c
-            .import_raw_vdi(ImportTarget::Sr(&sr), DiskFormat::Raw, export, size)
-            .await
-            .expect("import_raw_vdi");
+        let export = c.export_raw_vdi(&incr, DiskFormat::Raw, None).await.expect("export");
+        let new_vdi =
+            c.import_raw_vdi(ImportTarget::Sr(&sr), DiskFormat::Raw, export, size).await.expect("import_raw_vdi");
         let copy = ok_text(&c, "sim.sha256", &[(&new_vdi).into()]).await;
         assert_eq!(copy, want, "{transport:?} imported copy");
 
@@ -334,48 +268,30 @@ async fn auto_transport_and_relogin_against_the_simulator() {
     assert_eq!(c.transport_in_use(), Some(Transport::JsonRpc));
     // Log the session out behind the client's back: the next call must log in again.
     let stale = c.session().expect("session");
-    c.call_raw("session.logout", &[stale.clone().into()])
-        .await
-        .expect("logout");
-    let pools = c
-        .get_all_records("pool")
-        .await
-        .expect("call after re-login");
+    c.call_raw("session.logout", &[stale.clone().into()]).await.expect("logout");
+    let pools = c.get_all_records("pool").await.expect("call after re-login");
     assert_eq!(pools.len(), 1);
     assert_ne!(c.session(), Some(stale));
 
-    let err = c
-        .call("VM.no_such_call", &[])
-        .await
-        .expect_err("unknown method");
+    let err = c.call("VM.no_such_call", &[]).await.expect_err("unknown method");
     assert!(err.is_failure("MESSAGE_METHOD_UNKNOWN"), "{err:?}");
-    let err = c
-        .get_by_uuid("VM", "not-a-uuid")
-        .await
-        .expect_err("unknown uuid");
+    let err = c.get_by_uuid("VM", "not-a-uuid").await.expect_err("unknown uuid");
     assert!(err.is_failure("UUID_INVALID"), "{err:?}");
 
     // An async call through a task.
     let (vm, _) = vm_with_disk(&c).await;
     let mut progress = Vec::new();
     let params = [(&vm).into(), "async".into()];
-    let snap = c
-        .call_and_wait("VM.snapshot", &params, |p| progress.push(p), None)
-        .await;
+    let snap = c.call_and_wait("VM.snapshot", &params, |p| progress.push(p), None).await;
     let snap = Ref::from_value(&snap.expect("Async.VM.snapshot")).expect("snapshot ref");
     let is_snapshot = ok(&c, "VM.get_is_a_snapshot", &[(&snap).into()]).await;
     assert_eq!(is_snapshot.as_bool(), Some(true));
     assert_eq!(progress.last(), Some(&1.0));
 
-    let batch = c
-        .event_from(&["vm"], "", std::time::Duration::from_secs(1))
-        .await;
+    let batch = c.event_from(&["vm"], "", std::time::Duration::from_secs(1)).await;
     let batch = batch.expect("events");
     assert!(!batch.token.is_empty());
-    assert!(
-        batch.events.iter().any(|e| e.reference == snap),
-        "the new snapshot is in the events"
-    );
+    assert!(batch.events.iter().any(|e| e.reference == snap), "the new snapshot is in the events");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -383,20 +299,12 @@ async fn xva_export_and_import_round_trip() {
     let (sim, _dir) = start_sim().await;
     let c = logged_in(&sim, Transport::Auto).await;
     let (vm, vdi) = vm_with_disk(&c).await;
-    ok(
-        &c,
-        "sim.write",
-        &[(&vdi).into(), "65536".into(), "eGVudmF1bHQ=".into()],
-    )
-    .await;
+    ok(&c, "sim.write", &[(&vdi).into(), "65536".into(), "eGVudmF1bHQ=".into()]).await;
     let (snap_vm, snap_vdi) = snapshot(&c, &vm, "xva", &vdi).await;
     let want = ok_text(&c, "sim.sha256", &[(&snap_vdi).into()]).await;
     let sr = ok_ref(&c, "VDI.get_SR", &[(&vdi).into()]).await;
 
-    for compression in [
-        xenvault_xapi::Compression::None,
-        xenvault_xapi::Compression::Zstd,
-    ] {
+    for compression in [xenvault_xapi::Compression::None, xenvault_xapi::Compression::Zstd] {
         let mut xva = Vec::new();
         let mut export = c.export_vm(&snap_vm, compression).await.expect("export");
         while let Some(chunk) = export.next().await {
@@ -404,19 +312,13 @@ async fn xva_export_and_import_round_trip() {
         }
         let len = xva.len() as u64;
         let body = futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(xva))]);
-        let vms = c
-            .import_vm(&sr, body, len, Default::default())
-            .await
-            .expect("import");
+        let vms = c.import_vm(&sr, body, len, Default::default()).await.expect("import");
         assert_eq!(vms.len(), 1, "{compression:?}");
         let mut hashes = Vec::new();
         for disk in vm_disks(&c, &vms[0]).await {
             hashes.push(ok_text(&c, "sim.sha256", &[(&disk).into()]).await);
         }
-        assert!(
-            hashes.contains(&want),
-            "{compression:?}: imported disks {hashes:?}, want {want}"
-        );
+        assert!(hashes.contains(&want), "{compression:?}: imported disks {hashes:?}, want {want}");
     }
 }
 
@@ -431,21 +333,11 @@ async fn a_stalled_export_fails_after_the_idle_timeout() {
     let (_, vdi) = vm_with_disk(&c).await;
 
     ok(&c, "sim.set_bandwidth", &["262144".into()]).await;
-    let mut export = c
-        .export_raw_vdi(&vdi, DiskFormat::Raw, None)
-        .await
-        .expect("the headers come");
-    let err = export
-        .next()
-        .await
-        .expect("an item")
-        .expect_err("no data within the idle time");
+    let mut export = c.export_raw_vdi(&vdi, DiskFormat::Raw, None).await.expect("the headers come");
+    let err = export.next().await.expect("an item").expect_err("no data within the idle time");
     assert!(matches!(err, Error::Stalled { .. }), "{err:?}");
     let host = sim.url.trim_end_matches('/');
-    assert_eq!(
-        err.to_string(),
-        format!("no data from {host} for 1 s during export_raw_vdi of vdi={vdi}, format=raw")
-    );
+    assert_eq!(err.to_string(), format!("no data from {host} for 1 s during export_raw_vdi of vdi={vdi}, format=raw"));
     drop(export);
 
     // At full speed the same limit lets an export and an import through.
@@ -454,10 +346,7 @@ async fn a_stalled_export_fails_after_the_idle_timeout() {
     let sr = ok_ref(&c, "VDI.get_SR", &[(&vdi).into()]).await;
     let size = ok(&c, "VDI.get_virtual_size", &[(&vdi).into()]).await;
     let size = size.as_i64().and_then(|s| u64::try_from(s).ok()).expect("size");
-    let export = c
-        .export_raw_vdi(&vdi, DiskFormat::Raw, None)
-        .await
-        .expect("export");
+    let export = c.export_raw_vdi(&vdi, DiskFormat::Raw, None).await.expect("export");
     let copy = c
         .import_raw_vdi(ImportTarget::Sr(&sr), DiskFormat::Raw, export, size)
         .await

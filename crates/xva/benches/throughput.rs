@@ -5,9 +5,7 @@ use std::io::Cursor;
 use std::time::Instant;
 
 use xenvault_xapi_wire::Value;
-use xenvault_xva::{
-    CHUNK_SIZE, OvaObject, OvaVersion, WriterOptions, XvaReader, XvaWriter, ova_xml,
-};
+use xenvault_xva::{CHUNK_SIZE, OvaObject, OvaVersion, WriterOptions, XvaReader, XvaWriter, ova_xml};
 
 const CHUNKS: u64 = 256;
 
@@ -41,8 +39,7 @@ fn main() {
     let mut w = XvaWriter::new(Vec::new(), &xml, 0, WriterOptions::default()).expect("writer");
     w.begin_disk("Ref:1", size).expect("disk");
     for i in 0..CHUNKS {
-        w.write(if i % 2 == 0 { &data } else { &zeros })
-            .expect("write");
+        w.write(if i % 2 == 0 { &data } else { &zeros }).expect("write");
     }
     let xva = w.finish().expect("finish");
     report("XvaWriter", size, start);

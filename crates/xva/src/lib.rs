@@ -65,11 +65,7 @@ pub enum Error {
     #[error("bad ova.xml: {0}")]
     Metadata(String),
     #[error("checksum mismatch for {name}: archive says {stored:?}, data hashes to {computed:?}")]
-    ChecksumMismatch {
-        name: String,
-        stored: String,
-        computed: String,
-    },
+    ChecksumMismatch { name: String, stored: String, computed: String },
     /// A caller's mistake: disks out of order, more data than the disk size...
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

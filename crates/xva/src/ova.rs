@@ -79,10 +79,7 @@ pub(crate) fn parse_ova_xml(text: &str) -> Result<(OvaVersion, Vec<OvaObject>)> 
         .remove("version")
         .ok_or_else(|| Error::Metadata("no version struct (legacy <appliance> format?)".into()))?;
     let text_field = |name: &str| -> Result<String> {
-        version
-            .get(name)
-            .and_then(Value::to_text)
-            .ok_or_else(|| Error::Metadata(format!("version.{name} missing")))
+        version.get(name).and_then(Value::to_text).ok_or_else(|| Error::Metadata(format!("version.{name} missing")))
     };
     let int_field = |name: &str| -> Result<i64> {
         version
@@ -99,10 +96,7 @@ pub(crate) fn parse_ova_xml(text: &str) -> Result<(OvaVersion, Vec<OvaObject>)> 
         xapi_major: int_field("xapi_major")?,
         xapi_minor: int_field("xapi_minor")?,
         // xapi treats a missing export_vsn as 0.
-        export_vsn: version
-            .get("export_vsn")
-            .and_then(Value::as_i64)
-            .unwrap_or(0),
+        export_vsn: version.get("export_vsn").and_then(Value::as_i64).unwrap_or(0),
     };
     let Some(Value::Array(items)) = top.remove("objects") else {
         return Err(Error::Metadata("objects missing or not an array".into()));
@@ -119,14 +113,9 @@ pub(crate) fn parse_ova_xml(text: &str) -> Result<(OvaVersion, Vec<OvaObject>)> 
             };
             let class = text("class")?;
             let id = text("id")?;
-            let snapshot = fields
-                .remove("snapshot")
-                .ok_or_else(|| Error::Metadata(format!("object {id} has no snapshot")))?;
-            Ok(OvaObject {
-                class,
-                id,
-                snapshot,
-            })
+            let snapshot =
+                fields.remove("snapshot").ok_or_else(|| Error::Metadata(format!("object {id} has no snapshot")))?;
+            Ok(OvaObject { class, id, snapshot })
         })
         .collect::<Result<Vec<_>>>()?;
     Ok((version, objects))

@@ -54,19 +54,12 @@ pub struct XvaReader<R> {
 impl<R: Read> XvaReader<R> {
     /// Reads and parses `ova.xml`, which must be the first member.
     pub fn new(mut input: R) -> Result<Self> {
-        let member =
-            read_header(&mut input)?.ok_or_else(|| Error::Corrupt("empty archive".into()))?;
+        let member = read_header(&mut input)?.ok_or_else(|| Error::Corrupt("empty archive".into()))?;
         if member.name != OVA_XML {
-            return Err(Error::Corrupt(format!(
-                "first member is {:?}, not ova.xml",
-                member.name
-            )));
+            return Err(Error::Corrupt(format!("first member is {:?}, not ova.xml", member.name)));
         }
         if member.size > MAX_OVA_XML {
-            return Err(Error::Metadata(format!(
-                "ova.xml of {} bytes is too large",
-                member.size
-            )));
+            return Err(Error::Metadata(format!("ova.xml of {} bytes is too large", member.size)));
         }
         // Grows with the data actually read, not with the size the header claims.
         let mut text = Vec::new();
@@ -83,14 +76,7 @@ impl<R: Read> XvaReader<R> {
                 version.export_vsn
             )));
         }
-        Ok(XvaReader {
-            input,
-            version,
-            objects,
-            disk: None,
-            buf: Vec::new(),
-            done: false,
-        })
+        Ok(XvaReader { input, version, objects, disk: None, buf: Vec::new(), done: false })
     }
 
     pub fn version(&self) -> &OvaVersion {
@@ -107,10 +93,7 @@ impl<R: Read> XvaReader<R> {
             .objects
             .iter()
             .filter(|o| o.class == "VDI")
-            .map(|o| DiskInfo {
-                reference: o.id.clone(),
-                size: virtual_size(&o.snapshot),
-            })
+            .map(|o| DiskInfo { reference: o.id.clone(), size: virtual_size(&o.snapshot) })
             .collect();
         disks.sort_by(|a, b| a.reference.cmp(&b.reference));
         disks
@@ -121,11 +104,7 @@ impl<R: Read> XvaReader<R> {
         while !self.done {
             if let Some(offset) = self.read_chunk()? {
                 let disk = self.disk.as_ref().map_or("", |d| d.reference.as_str());
-                return Ok(Some(Chunk {
-                    disk,
-                    offset,
-                    data: &self.buf,
-                }));
+                return Ok(Some(Chunk { disk, offset, data: &self.buf }));
             }
         }
         Ok(None)
@@ -144,15 +123,10 @@ impl<R: Read> XvaReader<R> {
             self.start_disk(reference)?;
         }
         let Some(disk) = self.disk.as_mut() else {
-            return Err(Error::Corrupt(format!(
-                "chunk {} outside any disk",
-                member.name
-            )));
+            return Err(Error::Corrupt(format!("chunk {} outside any disk", member.name)));
         };
         let offset = next_offset(disk, index, &member.name)?;
-        let end = offset
-            .checked_add(member.size)
-            .filter(|&end| end <= disk.size);
+        let end = offset.checked_add(member.size).filter(|&end| end <= disk.size);
         let Some(end) = end.filter(|_| member.size <= CHUNK_SIZE) else {
             return Err(Error::Corrupt(format!(
                 "chunk {} of {} bytes at disk offset {offset} does not fit the disk ({} bytes)",
@@ -179,38 +153,22 @@ impl<R: Read> XvaReader<R> {
                 previous.reference
             )));
         }
-        let object = self
-            .objects
-            .iter()
-            .find(|o| o.class == "VDI" && o.id == reference)
-            .ok_or_else(|| {
-                Error::Corrupt(format!(
-                    "chunks for {reference}, which ova.xml does not describe as a VDI"
-                ))
-            })?;
+        let object = self.objects.iter().find(|o| o.class == "VDI" && o.id == reference).ok_or_else(|| {
+            Error::Corrupt(format!("chunks for {reference}, which ova.xml does not describe as a VDI"))
+        })?;
         // Without a size, chunk offsets could not be bounded.
         let size = virtual_size(&object.snapshot)
             .ok_or_else(|| Error::Metadata(format!("VDI {reference} has no valid virtual_size")))?;
-        self.disk = Some(DiskCursor {
-            reference: reference.to_owned(),
-            size,
-            last: None,
-            end: 0,
-        });
+        self.disk = Some(DiskCursor { reference: reference.to_owned(), size, last: None, end: 0 });
         Ok(())
     }
 
     /// xapi always writes a disk's last chunk, so a complete disk ends at its size.
     fn end_disk(&self) -> Result<()> {
         match &self.disk {
-            Some(DiskCursor {
-                reference,
-                size,
-                end,
-                ..
-            }) if end != size => Err(Error::Truncated(format!(
-                "disk {reference} ends at byte {end} of {size}"
-            ))),
+            Some(DiskCursor { reference, size, end, .. }) if end != size => {
+                Err(Error::Truncated(format!("disk {reference} ends at byte {end} of {size}")))
+            }
             _ => Ok(()),
         }
     }
@@ -221,25 +179,14 @@ impl<R: Read> XvaReader<R> {
 }
 
 fn virtual_size(record: &Value) -> Option<u64> {
-    record
-        .get("virtual_size")?
-        .as_i64()
-        .and_then(|s| u64::try_from(s).ok())
+    record.get("virtual_size")?.as_i64().and_then(|s| u64::try_from(s).ok())
 }
 
 /// `Ref:N/00000012` into (`Ref:N`, 12).
 fn split_chunk_name(name: &str) -> Result<(&str, u64)> {
-    let bad = || {
-        Error::Corrupt(format!(
-            "unexpected member {name:?} where a disk chunk belongs"
-        ))
-    };
+    let bad = || Error::Corrupt(format!("unexpected member {name:?} where a disk chunk belongs"));
     let (reference, number) = name.rsplit_once('/').ok_or_else(bad)?;
-    if reference.is_empty()
-        || number.is_empty()
-        || number.len() > 19
-        || !number.bytes().all(|b| b.is_ascii_digit())
-    {
+    if reference.is_empty() || number.is_empty() || number.len() > 19 || !number.bytes().all(|b| b.is_ascii_digit()) {
         return Err(bad());
     }
     Ok((reference, number.parse().map_err(|_| bad())?))
@@ -266,22 +213,16 @@ fn next_offset(disk: &DiskCursor, index: u64, name: &str) -> Result<u64> {
 
 /// Reads the checksum member that must follow `chunk` and compares its text exactly.
 fn verify_checksum(input: &mut impl Read, chunk: &Member, data: &[u8]) -> Result<()> {
-    let member = read_header(input)?
-        .ok_or_else(|| Error::Corrupt(format!("chunk {} has no checksum file", chunk.name)))?;
+    let member =
+        read_header(input)?.ok_or_else(|| Error::Corrupt(format!("chunk {} has no checksum file", chunk.name)))?;
     let kind = [ChecksumKind::Xxhash, ChecksumKind::Sha1]
         .into_iter()
         .find(|k| member.name.strip_suffix(k.extension()) == Some(chunk.name.as_str()))
         .ok_or_else(|| {
-            Error::Corrupt(format!(
-                "chunk {} is followed by {:?}, not its checksum file",
-                chunk.name, member.name
-            ))
+            Error::Corrupt(format!("chunk {} is followed by {:?}, not its checksum file", chunk.name, member.name))
         })?;
     if member.size > MAX_CHECKSUM_FILE {
-        return Err(Error::Corrupt(format!(
-            "checksum file {} of {} bytes",
-            member.name, member.size
-        )));
+        return Err(Error::Corrupt(format!("checksum file {} of {} bytes", member.name, member.size)));
     }
     let mut stored = vec![0u8; member.size as usize];
     read_exact(input, &mut stored, &member.name)?;

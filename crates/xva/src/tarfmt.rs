@@ -13,9 +13,7 @@ pub(crate) fn write_header(out: &mut impl Write, name: &str, size: u64, mtime: u
     let mut header = tar::Header::new_old();
     let field = &mut header.as_old_mut().name;
     if name.len() >= field.len() {
-        return Err(Error::InvalidArgument(format!(
-            "tar member name {name:?} is too long"
-        )));
+        return Err(Error::InvalidArgument(format!("tar member name {name:?} is too long")));
     }
     field[..name.len()].copy_from_slice(name.as_bytes());
     header.set_mode(0o400);
@@ -65,28 +63,15 @@ pub(crate) fn read_header(input: &mut impl Read) -> Result<Option<Member>> {
             return Ok(None);
         }
         let header = tar::Header::from_byte_slice(&block);
-        let stored = header
-            .cksum()
-            .map_err(|e| Error::Corrupt(format!("tar header checksum field: {e}")))?;
-        let computed: u32 = block
-            .iter()
-            .enumerate()
-            .map(|(i, &b)| {
-                if CHECKSUM_FIELD.contains(&i) {
-                    32
-                } else {
-                    u32::from(b)
-                }
-            })
-            .sum();
+        let stored = header.cksum().map_err(|e| Error::Corrupt(format!("tar header checksum field: {e}")))?;
+        let computed: u32 =
+            block.iter().enumerate().map(|(i, &b)| if CHECKSUM_FIELD.contains(&i) { 32 } else { u32::from(b) }).sum();
         if stored != computed {
             return Err(Error::Corrupt(format!(
                 "tar header checksum {stored} does not match its content ({computed})"
             )));
         }
-        let size = header
-            .entry_size()
-            .map_err(|e| Error::Corrupt(format!("tar member size: {e}")))?;
+        let size = header.entry_size().map_err(|e| Error::Corrupt(format!("tar member size: {e}")))?;
         let name = String::from_utf8_lossy(&header.path_bytes()).into_owned();
         match header.entry_type() {
             tar::EntryType::Regular | tar::EntryType::Continuous => {

@@ -16,10 +16,7 @@ pub struct WriterOptions {
 
 impl Default for WriterOptions {
     fn default() -> Self {
-        WriterOptions {
-            checksum: ChecksumKind::Xxhash,
-            keepalive: Some(Duration::from_secs(5)),
-        }
+        WriterOptions { checksum: ChecksumKind::Xxhash, keepalive: Some(Duration::from_secs(5)) }
     }
 }
 
@@ -54,33 +51,21 @@ impl<W: Write> XvaWriter<W> {
         write_header(&mut out, OVA_XML, size, mtime)?;
         out.write_all(ova_xml.as_bytes())?;
         write_padding(&mut out, size)?;
-        Ok(XvaWriter {
-            out,
-            options,
-            last_output: Instant::now(),
-            previous_reference: None,
-            disk: None,
-        })
+        Ok(XvaWriter { out, options, last_output: Instant::now(), previous_reference: None, disk: None })
     }
 
     /// Starts the next disk, `reference` being its `Ref:N` in `ova.xml`. Disks must come
     /// in lexicographic order of their references (`Ref:10` before `Ref:2`).
     pub fn begin_disk(&mut self, reference: &str, size: u64) -> Result<()> {
         self.check_disk_complete()?;
-        if self
-            .previous_reference
-            .as_deref()
-            .is_some_and(|p| p >= reference)
-        {
+        if self.previous_reference.as_deref().is_some_and(|p| p >= reference) {
             return Err(Error::InvalidArgument(format!(
                 "disk {reference} after {:?}: disks go in lexicographic order",
                 self.previous_reference
             )));
         }
         if reference.is_empty() || reference.contains('/') {
-            return Err(Error::InvalidArgument(format!(
-                "bad disk reference {reference:?}"
-            )));
+            return Err(Error::InvalidArgument(format!("bad disk reference {reference:?}")));
         }
         self.previous_reference = Some(reference.to_owned());
         self.disk = Some(Disk {
@@ -147,15 +132,9 @@ impl<W: Write> XvaWriter<W> {
     }
 
     fn disk_with_room(&mut self, len: u64) -> Result<&mut Disk> {
-        let disk = self
-            .disk
-            .as_mut()
-            .ok_or_else(|| Error::InvalidArgument("disk data written before begin_disk".into()))?;
-        if disk
-            .received
-            .checked_add(len)
-            .is_none_or(|end| end > disk.size)
-        {
+        let disk =
+            self.disk.as_mut().ok_or_else(|| Error::InvalidArgument("disk data written before begin_disk".into()))?;
+        if disk.received.checked_add(len).is_none_or(|end| end > disk.size) {
             return Err(Error::InvalidArgument(format!(
                 "{len} bytes more than disk {} holds ({} of {} written)",
                 disk.reference, disk.received, disk.size
@@ -166,10 +145,9 @@ impl<W: Write> XvaWriter<W> {
 
     fn check_disk_complete(&self) -> Result<()> {
         match &self.disk {
-            Some(d) if d.received < d.size => Err(Error::InvalidArgument(format!(
-                "disk {} has {} of its {} bytes",
-                d.reference, d.received, d.size
-            ))),
+            Some(d) if d.received < d.size => {
+                Err(Error::InvalidArgument(format!("disk {} has {} of its {} bytes", d.reference, d.received, d.size)))
+            }
             _ => Ok(()),
         }
     }
@@ -224,10 +202,7 @@ impl<W: Write> XvaWriter<W> {
     fn write_member(&mut self, name: &str, data: &[u8]) -> Result<()> {
         let kind = self.options.checksum;
         let sum = kind.compute(data);
-        for (member, bytes) in [
-            (name.to_owned(), data),
-            (format!("{name}{}", kind.extension()), sum.as_bytes()),
-        ] {
+        for (member, bytes) in [(name.to_owned(), data), (format!("{name}{}", kind.extension()), sum.as_bytes())] {
             write_header(&mut self.out, &member, bytes.len() as u64, 0)?;
             self.out.write_all(bytes)?;
             write_padding(&mut self.out, bytes.len() as u64)?;
@@ -250,8 +225,5 @@ fn chunk_name(disk: &Disk, index: u64) -> String {
 fn is_zero(data: &[u8]) -> bool {
     // OR-folding fixed-size pieces vectorises; a byte loop with early exit does not.
     let (pieces, tail) = data.as_chunks::<64>();
-    pieces
-        .iter()
-        .all(|p| p.iter().fold(0u8, |acc, &b| acc | b) == 0)
-        && tail.iter().all(|&b| b == 0)
+    pieces.iter().all(|p| p.iter().fold(0u8, |acc, &b| acc | b) == 0) && tail.iter().all(|&b| b == 0)
 }

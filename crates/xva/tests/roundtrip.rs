@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use xenvault_xapi_wire::Value;
 use xenvault_xva::{
-    CHUNK_SIZE, ChecksumKind, Compression, Compressor, Error, OvaObject, OvaVersion, WriterOptions,
-    XvaReader, XvaWriter, decompress, ova_xml,
+    CHUNK_SIZE, ChecksumKind, Compression, Compressor, Error, OvaObject, OvaVersion, WriterOptions, XvaReader,
+    XvaWriter, decompress, ova_xml,
 };
 
 const MIB: usize = CHUNK_SIZE as usize;
@@ -29,11 +29,7 @@ fn test_disks() -> Vec<(String, Vec<u8>)> {
     b[..512].copy_from_slice(&pattern(512, 3));
     let c = vec![0u8; 5 * MIB + 512];
     // Ref:10 sorts before Ref:2.
-    vec![
-        ("Ref:10".into(), a),
-        ("Ref:2".into(), b),
-        ("Ref:3".into(), c),
-    ]
+    vec![("Ref:10".into(), a), ("Ref:2".into(), b), ("Ref:3".into(), c)]
 }
 
 fn version() -> OvaVersion {
@@ -53,38 +49,22 @@ fn objects(disks: &[(String, Vec<u8>)]) -> Vec<OvaObject> {
     let mut objects = vec![OvaObject {
         class: "VM".into(),
         id: "Ref:0".into(),
-        snapshot: Value::Struct(BTreeMap::from([(
-            "name_label".into(),
-            Value::from("vm <&> 1"),
-        )])),
+        snapshot: Value::Struct(BTreeMap::from([("name_label".into(), Value::from("vm <&> 1"))])),
     }];
     for (r, data) in disks {
         objects.push(OvaObject {
             class: "VDI".into(),
             id: r.clone(),
-            snapshot: Value::Struct(BTreeMap::from([(
-                "virtual_size".into(),
-                Value::Str(data.len().to_string()),
-            )])),
+            snapshot: Value::Struct(BTreeMap::from([("virtual_size".into(), Value::Str(data.len().to_string()))])),
         });
     }
     objects
 }
 
 /// Writes the disks, feeding zero runs through `write_zeros` as a sparse source would.
-fn write_xva(
-    disks: &[(String, Vec<u8>)],
-    options: WriterOptions,
-    compression: Compression,
-) -> Vec<u8> {
+fn write_xva(disks: &[(String, Vec<u8>)], options: WriterOptions, compression: Compression) -> Vec<u8> {
     let out = Compressor::new(Vec::new(), compression).unwrap();
-    let mut w = XvaWriter::new(
-        out,
-        &ova_xml(&version(), &objects(disks)),
-        1_700_000_000,
-        options,
-    )
-    .unwrap();
+    let mut w = XvaWriter::new(out, &ova_xml(&version(), &objects(disks)), 1_700_000_000, options).unwrap();
     for (r, data) in disks {
         w.begin_disk(r, data.len() as u64).unwrap();
         for piece in data.chunks(300_000) {
@@ -103,11 +83,8 @@ fn read_xva(archive: &[u8]) -> Result<Vec<(String, Vec<u8>)>, Error> {
     let (input, _) = decompress(Cursor::new(archive))?;
     let mut reader = XvaReader::new(input)?;
     assert_eq!(reader.version(), &version());
-    let mut disks: Vec<(String, Vec<u8>)> = reader
-        .disks()
-        .into_iter()
-        .map(|d| (d.reference, vec![0u8; d.size.unwrap() as usize]))
-        .collect();
+    let mut disks: Vec<(String, Vec<u8>)> =
+        reader.disks().into_iter().map(|d| (d.reference, vec![0u8; d.size.unwrap() as usize])).collect();
     while let Some(chunk) = reader.next_chunk()? {
         let disk = disks.iter_mut().find(|(r, _)| r == chunk.disk).unwrap();
         let at = chunk.offset as usize;
@@ -118,10 +95,7 @@ fn read_xva(archive: &[u8]) -> Result<Vec<(String, Vec<u8>)>, Error> {
 
 fn member_names(archive: &[u8]) -> Vec<String> {
     let mut a = tar::Archive::new(Cursor::new(archive));
-    a.entries()
-        .unwrap()
-        .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
-        .collect()
+    a.entries().unwrap().map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned()).collect()
 }
 
 #[test]
@@ -133,16 +107,8 @@ fn round_trip_is_byte_identical_and_skips_zero_chunks() {
         assert_eq!(detected, compression);
         assert_eq!(read_xva(&archive).unwrap(), disks, "{compression:?}");
     }
-    let names = member_names(&write_xva(
-        &disks,
-        WriterOptions::default(),
-        Compression::None,
-    ));
-    let chunks: Vec<&str> = names
-        .iter()
-        .filter(|n| !n.ends_with(".xxhash"))
-        .map(String::as_str)
-        .collect();
+    let names = member_names(&write_xva(&disks, WriterOptions::default(), Compression::None));
+    let chunks: Vec<&str> = names.iter().filter(|n| !n.ends_with(".xxhash")).map(String::as_str).collect();
     assert_eq!(
         chunks,
         [
@@ -160,17 +126,8 @@ fn round_trip_is_byte_identical_and_skips_zero_chunks() {
 }
 
 fn python(script: &str, args: &[&std::path::Path]) -> String {
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new("python3").arg("-c").arg(script).args(args).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -178,11 +135,7 @@ fn python(script: &str, args: &[&std::path::Path]) -> String {
 fn python_tarfile_and_xxhash_accept_our_archive() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("vm.xva");
-    fs::write(
-        &path,
-        write_xva(&test_disks(), WriterOptions::default(), Compression::None),
-    )
-    .unwrap();
+    fs::write(&path, write_xva(&test_disks(), WriterOptions::default(), Compression::None)).unwrap();
     let script = r#"
 import sys, tarfile, xxhash
 members = {}
@@ -213,22 +166,13 @@ print(checked)
 fn xva_img_exports_our_disks_from_checksum_files() {
     let dir = tempfile::tempdir().unwrap();
     let disks = test_disks();
-    let options = WriterOptions {
-        checksum: ChecksumKind::Sha1,
-        ..WriterOptions::default()
-    };
+    let options = WriterOptions { checksum: ChecksumKind::Sha1, ..WriterOptions::default() };
     let archive = write_xva(&disks, options, Compression::None);
     let xva = dir.path().join("vm.xva");
     fs::write(&xva, &archive).unwrap();
     let unpacked = dir.path().join("unpacked");
     fs::create_dir(&unpacked).unwrap();
-    let tar = Command::new("tar")
-        .arg("-xf")
-        .arg(&xva)
-        .arg("-C")
-        .arg(&unpacked)
-        .status()
-        .unwrap();
+    let tar = Command::new("tar").arg("-xf").arg(&xva).arg("-C").arg(&unpacked).status().unwrap();
     assert!(tar.success());
     for (reference, data) in &disks {
         let out = dir.path().join(format!("{reference}.raw"));
@@ -239,11 +183,7 @@ fn xva_img_exports_our_disks_from_checksum_files() {
             .arg(&out)
             .output()
             .unwrap();
-        assert!(
-            status.status.success(),
-            "{}",
-            String::from_utf8_lossy(&status.stderr)
-        );
+        assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
         assert_eq!(&fs::read(&out).unwrap(), data, "{reference}");
     }
 }
@@ -267,10 +207,7 @@ fn keepalive_chunks_are_accepted_both_ways() {
     let disks = test_disks();
     // xapi's way: a zero keep-alive limit sends one before every middle chunk, and the
     // chunk after each keep-alive takes the following name.
-    let options = WriterOptions {
-        keepalive: Some(Duration::ZERO),
-        ..WriterOptions::default()
-    };
+    let options = WriterOptions { keepalive: Some(Duration::ZERO), ..WriterOptions::default() };
     let archive = write_xva(&disks, options, Compression::None);
     let names = member_names(&archive);
     assert!(names.contains(&"Ref:10/00000002".to_string()), "{names:?}");
@@ -285,10 +222,7 @@ fn keepalive_chunks_are_accepted_both_ways() {
         ("Ref:1/00000002", data[2 * MIB..].to_vec()),
     ];
     let archive = hand_made(&[("Ref:1", data.len())], &entries, ChecksumKind::Xxhash);
-    assert_eq!(
-        read_xva(&archive).unwrap(),
-        vec![("Ref:1".to_string(), data)]
-    );
+    assert_eq!(read_xva(&archive).unwrap(), vec![("Ref:1".to_string(), data)]);
 }
 
 /// An archive built with the tar crate's own (GNU) headers, chunk by chunk.
@@ -298,10 +232,7 @@ fn hand_made(disks: &[(&str, usize)], chunks: &[(&str, Vec<u8>)], kind: Checksum
         .map(|(r, size)| OvaObject {
             class: "VDI".into(),
             id: (*r).into(),
-            snapshot: Value::Struct(BTreeMap::from([(
-                "virtual_size".into(),
-                Value::Str(size.to_string()),
-            )])),
+            snapshot: Value::Struct(BTreeMap::from([("virtual_size".into(), Value::Str(size.to_string()))])),
         })
         .collect();
     let mut b = tar::Builder::new(Vec::new());
@@ -315,10 +246,7 @@ fn hand_made(disks: &[(&str, usize)], chunks: &[(&str, Vec<u8>)], kind: Checksum
     add("ova.xml", ova_xml(&version(), &objects).as_bytes());
     for (name, data) in chunks {
         add(name, data);
-        add(
-            &format!("{name}{}", kind.extension()),
-            kind.compute(data).as_bytes(),
-        );
+        add(&format!("{name}{}", kind.extension()), kind.compute(data).as_bytes());
     }
     b.into_inner().unwrap()
 }
@@ -326,10 +254,7 @@ fn hand_made(disks: &[(&str, usize)], chunks: &[(&str, Vec<u8>)], kind: Checksum
 #[test]
 fn hostile_archives_give_errors() {
     // One small disk keeps the many re-reads below fast.
-    let disks: Vec<_> = test_disks()
-        .into_iter()
-        .filter(|(r, _)| r == "Ref:2")
-        .collect();
+    let disks: Vec<_> = test_disks().into_iter().filter(|(r, _)| r == "Ref:2").collect();
     let archive = write_xva(&disks, WriterOptions::default(), Compression::None);
     // Truncation fails cleanly: inside data, at and inside every member header, and in
     // the end-of-archive blocks.
@@ -345,50 +270,22 @@ fn hostile_archives_give_errors() {
     }
     let data = pattern(2 * MIB, 4);
     let sized = [("Ref:1", data.len())];
-    let chunk = |i: usize| {
-        (
-            if i == 0 {
-                "Ref:1/00000000"
-            } else {
-                "Ref:1/00000001"
-            },
-            data[i * MIB..(i + 1) * MIB].to_vec(),
-        )
-    };
+    let chunk =
+        |i: usize| (if i == 0 { "Ref:1/00000000" } else { "Ref:1/00000001" }, data[i * MIB..(i + 1) * MIB].to_vec());
     let cases: Vec<(&str, Vec<u8>)> = vec![
-        (
-            "chunks out of order",
-            hand_made(&sized, &[chunk(1), chunk(0)], ChecksumKind::Sha1),
-        ),
-        (
-            "missing last chunk",
-            hand_made(&sized, &[chunk(0)], ChecksumKind::Sha1),
-        ),
-        (
-            "repeated chunk",
-            hand_made(&sized, &[chunk(0), chunk(0), chunk(1)], ChecksumKind::Sha1),
-        ),
-        (
-            "unknown disk",
-            hand_made(
-                &[("Ref:9", 2 * MIB)],
-                &[chunk(0), chunk(1)],
-                ChecksumKind::Sha1,
-            ),
-        ),
+        ("chunks out of order", hand_made(&sized, &[chunk(1), chunk(0)], ChecksumKind::Sha1)),
+        ("missing last chunk", hand_made(&sized, &[chunk(0)], ChecksumKind::Sha1)),
+        ("repeated chunk", hand_made(&sized, &[chunk(0), chunk(0), chunk(1)], ChecksumKind::Sha1)),
+        ("unknown disk", hand_made(&[("Ref:9", 2 * MIB)], &[chunk(0), chunk(1)], ChecksumKind::Sha1)),
     ];
     for (what, archive) in cases {
         assert!(read_xva(&archive).is_err(), "{what} accepted");
     }
     // A chunk whose checksum file is missing.
     let mut b = tar::Builder::new(Vec::new());
-    for (name, body) in [
-        (
-            "ova.xml",
-            ova_xml(&version(), &objects(&disks)).into_bytes(),
-        ),
-        ("Ref:2/00000000", vec![0u8; MIB]),
-    ] {
+    for (name, body) in
+        [("ova.xml", ova_xml(&version(), &objects(&disks)).into_bytes()), ("Ref:2/00000000", vec![0u8; MIB])]
+    {
         let mut h = tar::Header::new_gnu();
         h.set_size(body.len() as u64);
         h.set_cksum();
@@ -398,8 +295,6 @@ fn hostile_archives_give_errors() {
     assert!(matches!(read_xva(&missing), Err(Error::Corrupt(m)) if m.contains("no checksum file")));
     // Not even a tar.
     let mut junk = Vec::new();
-    Cursor::new(pattern(10_000, 5))
-        .read_to_end(&mut junk)
-        .unwrap();
+    Cursor::new(pattern(10_000, 5)).read_to_end(&mut junk).unwrap();
     assert!(read_xva(&junk).is_err());
 }

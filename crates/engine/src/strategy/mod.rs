@@ -165,11 +165,8 @@ pub struct Plan {
 pub fn plan(facts: &DiskFacts) -> Plan {
     let mut notes = Vec::new();
     let mut attempts = Vec::new();
-    let full_transport = if facts.nbd_available && facts.requested != Requested::Vhd {
-        Transport::Nbd
-    } else {
-        Transport::HttpRaw
-    };
+    let full_transport =
+        if facts.nbd_available && facts.requested != Requested::Vhd { Transport::Nbd } else { Transport::HttpRaw };
     let base = match (facts.level, &facts.base) {
         (Level::Copy | Level::Full, _) => {
             let why = format!("level {}: the whole disk is read", facts.level);
@@ -194,7 +191,8 @@ pub fn plan(facts: &DiskFacts) -> Plan {
                 None => attempts.push(Attempt {
                     strategy: Strategy::Cbt,
                     transport: Transport::Nbd,
-                    why: "CBT enabled, base snapshot on the host, NBD offered: only changed 64 KiB blocks are read".into(),
+                    why: "CBT enabled, base snapshot on the host, NBD offered: only changed 64 KiB blocks are read"
+                        .into(),
                 }),
                 Some(blocker) => notes.push(format!("CBT not usable: {blocker}")),
             }
@@ -238,11 +236,7 @@ fn cbt_blocker(facts: &DiskFacts, base: &BaseDisk) -> Option<&'static str> {
 
 /// The reason text of the attempt that succeeded, with what was skipped or failed before.
 pub fn reason(notes: &[String], attempt: &Attempt) -> String {
-    if notes.is_empty() {
-        attempt.why.clone()
-    } else {
-        format!("{}; {}", notes.join("; "), attempt.why)
-    }
+    if notes.is_empty() { attempt.why.clone() } else { format!("{}; {}", notes.join("; "), attempt.why) }
 }
 
 #[cfg(test)]

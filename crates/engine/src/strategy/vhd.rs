@@ -96,4 +96,3 @@ fn vhd_error(e: xenvault_vhd::Error) -> Error {
         other => Error::Protocol(format!("bad VHD delta: {other}")),
     }
 }
-

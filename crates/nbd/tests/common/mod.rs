@@ -11,19 +11,14 @@ use std::time::{Duration, Instant};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use xenvault_nbd::fuzzing::MemoryExport;
-use xenvault_nbd::{
-    ConnectOptions, Export, ExportResolver, Refusal, ServerConfig, TlsOptions, Trust,
-};
+use xenvault_nbd::{ConnectOptions, Export, ExportResolver, Refusal, ServerConfig, TlsOptions, Trust};
 
-pub const EXPORT: &str = "/3f5e1a52-7c1e-4d8e-9a47-0d7f0c6a1b2c?session_id=OpaqueRef:7d4b7d35-5b7e-4ab0-a9a5-4a7c0b3d0e11";
+pub const EXPORT: &str =
+    "/3f5e1a52-7c1e-4d8e-9a47-0d7f0c6a1b2c?session_id=OpaqueRef:7d4b7d35-5b7e-4ab0-a9a5-4a7c0b3d0e11";
 
 fn run(cmd: &mut Command) {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// ca-cert.pem, server-cert.pem (CN and SAN localhost / 127.0.0.1), server-key.pem (RSA: qemu wants
@@ -37,29 +32,12 @@ impl Pki {
     pub fn new() -> Pki {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        let certtool = |args: &[&str]| {
-            run(Command::new("certtool")
-                .args(args)
-                .arg("--no-text")
-                .current_dir(d))
-        };
-        std::fs::write(
-            d.join("ca.info"),
-            "cn = xenvault test CA\nca\ncert_signing_key\nexpiration_days = 2\n",
-        )
-        .unwrap();
+        let certtool = |args: &[&str]| run(Command::new("certtool").args(args).arg("--no-text").current_dir(d));
+        std::fs::write(d.join("ca.info"), "cn = xenvault test CA\nca\ncert_signing_key\nexpiration_days = 2\n")
+            .unwrap();
         std::fs::write(d.join("server.info"), "cn = localhost\ndns_name = localhost\nip_address = 127.0.0.1\ntls_www_server\nsigning_key\nencryption_key\nexpiration_days = 2\n").unwrap();
-        let private_key = |file| {
-            certtool(&[
-                "--generate-privkey",
-                "--key-type",
-                "rsa",
-                "--bits",
-                "2048",
-                "--outfile",
-                file,
-            ])
-        };
+        let private_key =
+            |file| certtool(&["--generate-privkey", "--key-type", "rsa", "--bits", "2048", "--outfile", file]);
         private_key("ca-key.pem");
         certtool(&[
             "--generate-self-signed",
@@ -96,10 +74,7 @@ impl Pki {
     }
 
     pub fn client_tls(&self, trust_file: &str) -> TlsOptions {
-        TlsOptions {
-            server_name: "localhost".into(),
-            trust: Trust::Pem(self.pem(trust_file)),
-        }
+        TlsOptions { server_name: "localhost".into(), trust: Trust::Pem(self.pem(trust_file)) }
     }
 
     pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
@@ -108,23 +83,19 @@ impl Pki {
             .collect::<Result<Vec<_>, _>>()
             .unwrap();
         let key = PrivateKeyDer::from_pem_file(self.path().join("server-key.pem")).unwrap();
-        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
         Arc::new(config)
     }
 }
 
 /// 8 MiB: a byte pattern with a 1 MiB zero run in the middle and a zero tail.
 pub fn disk_bytes() -> Vec<u8> {
-    let mut data: Vec<u8> = (0..8u32 << 20)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-        .collect();
+    let mut data: Vec<u8> = (0..8u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
     data[3 << 20..4 << 20].fill(0);
     data[7 << 20..].fill(0);
     data
@@ -146,11 +117,7 @@ pub fn sparse_file(dir: &Path, data: &[u8]) -> PathBuf {
 }
 
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A child process killed when dropped.
@@ -165,19 +132,12 @@ impl Drop for Peer {
 
 /// Starts `cmd` and waits until `port` accepts connections.
 pub fn spawn_listening(cmd: &mut Command, port: u16) -> Peer {
-    let mut peer = Peer(
-        cmd.stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("{cmd:?}: {e}")),
-    );
+    let mut peer =
+        Peer(cmd.stdout(Stdio::null()).stderr(Stdio::inherit()).spawn().unwrap_or_else(|e| panic!("{cmd:?}: {e}")));
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(peer.0.try_wait().unwrap().is_none(), "{cmd:?} exited early");
-        assert!(
-            Instant::now() < deadline,
-            "{cmd:?} never listened on {port}"
-        );
+        assert!(Instant::now() < deadline, "{cmd:?} never listened on {port}");
         std::thread::sleep(Duration::from_millis(50));
     }
     peer
@@ -186,32 +146,11 @@ pub fn spawn_listening(cmd: &mut Command, port: u16) -> Peer {
 /// qemu-nbd serving `file` read-only over TLS with `connections` shared connections.
 pub fn qemu_nbd_tls(pki: &Pki, file: &Path, name: &str, connections: u32) -> (Peer, u16) {
     let port = free_port();
-    let tls = format!(
-        "tls-creds-x509,id=tls0,endpoint=server,dir={},verify-peer=off",
-        pki.path().display()
-    );
+    let tls = format!("tls-creds-x509,id=tls0,endpoint=server,dir={},verify-peer=off", pki.path().display());
     let peer = spawn_listening(
         Command::new("qemu-nbd")
-            .args([
-                "--object",
-                &tls,
-                "--tls-creds",
-                "tls0",
-                "-b",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "-x",
-                name,
-            ])
-            .args([
-                "-f",
-                "raw",
-                "--persistent",
-                "--read-only",
-                "-e",
-                &connections.to_string(),
-            ])
+            .args(["--object", &tls, "--tls-creds", "tls0", "-b", "127.0.0.1", "-p", &port.to_string(), "-x", name])
+            .args(["-f", "raw", "--persistent", "--read-only", "-e", &connections.to_string()])
             .arg(file),
         port,
     );
@@ -222,16 +161,9 @@ pub fn qemu_nbd_tls(pki: &Pki, file: &Path, name: &str, connections: u32) -> (Pe
 pub struct Named(pub Arc<dyn Export>);
 
 impl ExportResolver for Named {
-    fn resolve<'a>(
-        &'a self,
-        name: &'a str,
-    ) -> futures::future::BoxFuture<'a, Result<Arc<dyn Export>, Refusal>> {
+    fn resolve<'a>(&'a self, name: &'a str) -> futures::future::BoxFuture<'a, Result<Arc<dyn Export>, Refusal>> {
         Box::pin(async move {
-            if name == EXPORT {
-                Ok(self.0.clone())
-            } else {
-                Err(Refusal(format!("no such VDI or session: {name}")))
-            }
+            if name == EXPORT { Ok(self.0.clone()) } else { Err(Refusal(format!("no such VDI or session: {name}"))) }
         })
     }
 }
@@ -244,27 +176,15 @@ pub async fn start_server(
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(xenvault_nbd::serve(
-        listener,
-        config,
-        Arc::new(Named(export)),
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    tokio::spawn(xenvault_nbd::serve(listener, config, Arc::new(Named(export)), async move {
+        let _ = stopped.await;
+    }));
     (addr, stop)
 }
 
 /// Our server in xapi's behaviour with TLS required, serving `data` as `EXPORT`.
-pub async fn start_xapi_over_tls(
-    pki: &Pki,
-    data: &[u8],
-) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
-    start_server(
-        ServerConfig::xapi(Some(pki.server_config())),
-        memory(data, false),
-    )
-    .await
+pub async fn start_xapi_over_tls(pki: &Pki, data: &[u8]) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    start_server(ServerConfig::xapi(Some(pki.server_config())), memory(data, false)).await
 }
 
 pub fn memory(data: &[u8], writable: bool) -> Arc<MemoryExport> {

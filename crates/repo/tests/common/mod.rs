@@ -13,9 +13,9 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use xenvault_repo::InitOptions;
 use xenvault_repo::backend::BackendOptions;
 use xenvault_repo::keys::{KdfParams, Secret};
-use xenvault_repo::InitOptions;
 
 /// Chunk size of the small repositories the tests create.
 pub const CHUNK: usize = 64 << 10;
@@ -125,12 +125,7 @@ impl ServerProcess {
             .spawn()
             .unwrap_or_else(|e| panic!("{name}: cannot run bash to start {program}: {e}"));
         let guard = child.stdin.take();
-        ServerProcess {
-            name,
-            child,
-            guard,
-            dir,
-        }
+        ServerProcess { name, child, guard, dir }
     }
 
     /// Panics with the server's log: the message a broken CI setup needs.
@@ -174,20 +169,14 @@ fn free_ports(n: usize) -> Vec<u16> {
     let listeners: Vec<TcpListener> = (0..n)
         .map(|_| TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("no free loopback port: {e}")))
         .collect();
-    listeners
-        .iter()
-        .filter_map(|l| l.local_addr().ok())
-        .map(|a| a.port())
-        .collect()
+    listeners.iter().filter_map(|l| l.local_addr().ok()).map(|a| a.port()).collect()
 }
 
 /// One plain HTTP/1.1 request; returns the status code and body. Enough for the servers'
 /// unauthenticated admin endpoints, without an HTTP client dependency.
 fn http(port: u16, method: &str, path: &str) -> Result<(u16, String), String> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(|e| e.to_string())?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
     let request =
         format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
@@ -198,10 +187,7 @@ fn http(port: u16, method: &str, path: &str) -> Result<(u16, String), String> {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| format!("malformed HTTP response {:?}", response.lines().next()))?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     Ok((status, body))
 }
 
@@ -279,11 +265,9 @@ fn start_seaweedfs() -> StorageServer {
             (status, body) => Err(format!("filer answered {status}: {body}")),
         }
     });
-    process.wait_for("assign a writable volume", || {
-        match http(master, "GET", "/dir/assign")? {
-            (200, body) if body.contains("\"fid\"") => Ok(()),
-            (status, body) => Err(format!("master answered {status}: {body}")),
-        }
+    process.wait_for("assign a writable volume", || match http(master, "GET", "/dir/assign")? {
+        (200, body) if body.contains("\"fid\"") => Ok(()),
+        (status, body) => Err(format!("master answered {status}: {body}")),
     });
     process.wait_for("answer on the S3 port", || http(s3, "GET", "/").map(drop));
     let endpoint = format!("http://127.0.0.1:{s3}");
@@ -316,9 +300,7 @@ pub fn azurite() -> &'static StorageServer {
 fn start_azurite() -> StorageServer {
     let services = services_dir();
     let main_js = services.join("node_modules/azurite/dist/src/blob/main.js");
-    let [port] = free_ports(1)[..] else {
-        panic!("could not reserve a loopback port")
-    };
+    let [port] = free_ports(1)[..] else { panic!("could not reserve a loopback port") };
     let mut process = ServerProcess::spawn("Azurite", "node", |dir| {
         vec![
             main_js.display().to_string(),
@@ -338,9 +320,7 @@ fn start_azurite() -> StorageServer {
     }
     let endpoint = format!("http://127.0.0.1:{port}/{AZURE_ACCOUNT}");
     process.wait_for("accept connections", || {
-        TcpStream::connect(("127.0.0.1", port))
-            .map(drop)
-            .map_err(|e| e.to_string())
+        TcpStream::connect(("127.0.0.1", port)).map(drop).map_err(|e| e.to_string())
     });
     let output = Command::new("node")
         .arg(services.join("create-container.js"))
@@ -348,10 +328,7 @@ fn start_azurite() -> StorageServer {
         .output()
         .unwrap_or_else(|e| process.fail(&format!("cannot run node: {e}")));
     if !output.status.success() {
-        process.fail(&format!(
-            "create the container: {}",
-            String::from_utf8_lossy(&output.stderr)
-        ));
+        process.fail(&format!("create the container: {}", String::from_utf8_lossy(&output.stderr)));
     }
     StorageServer {
         scheme: "azblob",

@@ -57,15 +57,23 @@ pub async fn pool() -> Pool {
         kdf: xenvault_repo::keys::KdfParams { memory_kib: 1024, iterations: 1, parallelism: 1 },
         ..Default::default()
     };
-    let repo = xenvault_repo::Repository::init(dir.path().join("repo").to_str().unwrap(), &Default::default(), options).await.unwrap();
+    let repo = xenvault_repo::Repository::init(dir.path().join("repo").to_str().unwrap(), &Default::default(), options)
+        .await
+        .unwrap();
     let store = Store::from_repository(repo.clone());
     Pool { dir, server: sim_handle, host, client, sim, repo, store }
 }
 
 /// Backs up the VM; returns the restore point.
 pub async fn back_up(p: &Pool, level: Level) -> xenvault_repo::Manifest {
-    let backup = BackupOptions { selectors: vec![Selector::NameOrUuid(VM.into())], level, strategy: Requested::Auto, ..Default::default() };
-    let report = job::backup(&p.host, &p.store, &backup, Arc::new(NoProgress)).await.unwrap().vms.into_iter().next().unwrap();
+    let backup = BackupOptions {
+        selectors: vec![Selector::NameOrUuid(VM.into())],
+        level,
+        strategy: Requested::Auto,
+        ..Default::default()
+    };
+    let report =
+        job::backup(&p.host, &p.store, &backup, Arc::new(NoProgress)).await.unwrap().vms.into_iter().next().unwrap();
     assert!(matches!(report.status, Status::Ok), "{:?}", report.error);
     p.repo.snapshot(report.restore_point.as_deref().unwrap()).await.unwrap()
 }
@@ -80,7 +88,6 @@ pub async fn guest_write(sim: &SimClient, vdi_uuid: &str, offset: u64, len: usiz
     let args = vec![Value::from(vdi_uuid), Value::from(offset.to_string()), Value::from(data)];
     sim.call("sim.write", args).await.unwrap();
 }
-
 
 /// A XenAPI call's string answer (a reference, uuid or field).
 pub async fn call_str(client: &xenvault_xapi::Client, method: &str, args: &[&str]) -> String {
@@ -101,7 +108,12 @@ pub async fn sha256(sim: &SimClient, vdi_uuid: &str) -> String {
 
 /// Fills `percent` of a disk with pseudo-random 64 KiB writes.
 pub async fn scribble(sim: &SimClient, vdi_uuid: &str, percent: u32, seed: u64) {
-    let args = vec![Value::from(vdi_uuid), Value::from(percent.to_string()), Value::from("65536"), Value::from(seed.to_string())];
+    let args = vec![
+        Value::from(vdi_uuid),
+        Value::from(percent.to_string()),
+        Value::from("65536"),
+        Value::from(seed.to_string()),
+    ];
     sim.call("sim.scribble", args).await.unwrap();
 }
 

@@ -9,12 +9,12 @@ use crate::error::ApiError;
 use crate::faults::Transfer;
 use crate::methods::{session, task};
 use crate::state::SharedSim;
+use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
-use axum::Router;
 use std::collections::HashMap;
 use tokio::sync::mpsc;
 use xenvault_xapi_wire::Value;
@@ -48,15 +48,17 @@ pub fn router(sim: SharedSim) -> Router {
     ] {
         router = prefixed(router, prefix, route);
     }
-    router
-        .fallback(fallback)
-        .layer(DefaultBodyLimit::max(RPC_BODY_LIMIT))
-        .with_state(sim)
+    router.fallback(fallback).layer(DefaultBodyLimit::max(RPC_BODY_LIMIT)).with_state(sim)
 }
 
 /// What xapi's `/` prefix answers: XML-RPC for any POST (`/`, `/RPC2`, `/json`,
 /// `/xmlrpc`...), the CORS preflight for OPTIONS, 403 for anything else.
-async fn fallback(State(sim): State<SharedSim>, method: axum::http::Method, headers: HeaderMap, body: Bytes) -> Response {
+async fn fallback(
+    State(sim): State<SharedSim>,
+    method: axum::http::Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     match method {
         axum::http::Method::POST => xmlrpc(State(sim), body).await,
         axum::http::Method::OPTIONS => {
@@ -108,9 +110,10 @@ pub fn begin(sim: &SharedSim, q: &Params, name: &str) -> Result<String, Box<Resp
         return Err(Box::new(StatusCode::UNAUTHORIZED.into_response()));
     }
     if let Some(t) = q.get("task_id")
-        && sim.lock().db.exists("task", t) {
-            return Ok(t.clone());
-        }
+        && sim.lock().db.exists("task", t)
+    {
+        return Ok(t.clone());
+    }
     sim.with(|st| Ok(task::create(st, name, session))).map_err(|e| Box::new(error_response(&e)))
 }
 
@@ -207,13 +210,14 @@ impl BodySender {
         }
         let mut data = data;
         if let Some(limit) = cut
-            && self.sent + data.len() as u64 >= limit {
-                data.truncate(limit.saturating_sub(self.sent) as usize);
-                let _ = self.tx.blocking_send(Ok(Bytes::from(data)));
-                let cut = std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "transfer cut (fault injection)");
-                let _ = self.tx.blocking_send(Err(cut));
-                return false;
-            }
+            && self.sent + data.len() as u64 >= limit
+        {
+            data.truncate(limit.saturating_sub(self.sent) as usize);
+            let _ = self.tx.blocking_send(Ok(Bytes::from(data)));
+            let cut = std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "transfer cut (fault injection)");
+            let _ = self.tx.blocking_send(Err(cut));
+            return false;
+        }
         self.sent += data.len() as u64;
         self.tx.blocking_send(Ok(Bytes::from(data))).is_ok()
     }

@@ -2,7 +2,7 @@
 //! `base=` a delta (differencing VHD, or raw with unchanged regions zero), and
 //! imports into a VDI (`vdi=`) or a new one (`sr_id=`).
 
-use super::{begin, export_headers, fail, maybe_redirect, stream_body, vdi_param, BodySender, Params};
+use super::{BodySender, Params, begin, export_headers, fail, maybe_redirect, stream_body, vdi_param};
 use crate::error::{ApiError, ApiResult};
 use crate::methods::{task, vdi};
 use crate::state::SharedSim;
@@ -12,7 +12,7 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use std::io::{self, Read, Write};
-use xenvault_vhd::{DynamicWriter, ParentInfo, VhdStreamReader, WriterOptions, DEFAULT_BLOCK_SIZE, MAX_DISK_SIZE};
+use xenvault_vhd::{DEFAULT_BLOCK_SIZE, DynamicWriter, MAX_DISK_SIZE, ParentInfo, VhdStreamReader, WriterOptions};
 use xenvault_xapi_wire::Value;
 
 const VHD_BLOCK: u64 = DEFAULT_BLOCK_SIZE as u64;
@@ -345,7 +345,13 @@ fn target_vdi(sim: &SharedSim, target: Target, size: u64) -> ApiResult<String> {
     }
 }
 
-fn receive_raw(sim: &SharedSim, task_ref: &str, target: Target, length: u64, body: &mut impl Read) -> ApiResult<String> {
+fn receive_raw(
+    sim: &SharedSim,
+    task_ref: &str,
+    target: Target,
+    length: u64,
+    body: &mut impl Read,
+) -> ApiResult<String> {
     let vdi_ref = target_vdi(sim, target, length)?;
     let mut buf = vec![0u8; RAW_CHUNK as usize];
     let mut offset = 0u64;

@@ -2,9 +2,9 @@
 //! export_vsn 2: `ova.xml` with the VM, its VBDs, VDIs, VIFs, networks and SRs
 //! under archive-local `Ref:N` ids, then every disk in checksummed 1 MiB chunks.
 
-use super::raw::{content_length, BodyReader, ChunkWriter};
-use super::{begin, export_headers, fail, stream_body, BodySender, Params};
-use crate::db::{new_ref, Record, NULL_REF};
+use super::raw::{BodyReader, ChunkWriter, content_length};
+use super::{BodySender, Params, begin, export_headers, fail, stream_body};
+use crate::db::{NULL_REF, Record, new_ref};
 use crate::error::{ApiError, ApiResult};
 use crate::methods::{devices, task, vdi};
 use crate::state::SharedSim;
@@ -16,7 +16,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use xenvault_xapi_wire::Value;
 use xenvault_xva::{
-    decompress, ova_xml, Compression, Compressor, OvaObject, OvaVersion, WriterOptions, XvaReader, XvaWriter, CHUNK_SIZE,
+    CHUNK_SIZE, Compression, Compressor, OvaObject, OvaVersion, WriterOptions, XvaReader, XvaWriter, decompress,
+    ova_xml,
 };
 
 fn xva_error(e: xenvault_xva::Error) -> ApiError {
@@ -53,13 +54,18 @@ fn plan_export(st: &crate::state::State, vm: &str) -> ApiResult<(Vec<OvaObject>,
         add("VIF", &vif, &mut order);
         add("network", &st.db.str_field("VIF", &vif, "network")?, &mut order);
     }
-    let ids: HashMap<&str, String> = order.iter().enumerate().map(|(n, (_, r))| (r.as_str(), format!("Ref:{n}"))).collect();
+    let ids: HashMap<&str, String> =
+        order.iter().enumerate().map(|(n, (_, r))| (r.as_str(), format!("Ref:{n}"))).collect();
     let mut objects = Vec::new();
     let mut disks = Vec::new();
     for (class, r) in &order {
         let rec = exported(class, st.db.get(class, r)?.clone());
         let id = ids.get(r.as_str()).cloned().unwrap_or_default();
-        objects.push(OvaObject { class: (*class).to_owned(), id: id.clone(), snapshot: rename_refs(&Value::Struct(rec), &ids) });
+        objects.push(OvaObject {
+            class: (*class).to_owned(),
+            id: id.clone(),
+            snapshot: rename_refs(&Value::Struct(rec), &ids),
+        });
         if *class == "VDI" {
             let disk = vdi::disk_id(st, r)?;
             disks.push(DiskPlan { id, size: st.storage.size(&disk)?, disk });
@@ -124,7 +130,8 @@ pub async fn export(State(sim): State<SharedSim>, Query(q): Query<Params>) -> Re
     };
     let prepared = (|| {
         let st = sim.lock();
-        let wanted = q.get("ref").or_else(|| q.get("uuid")).ok_or_else(|| ApiError::internal("Missing ref query parameter"))?;
+        let wanted =
+            q.get("ref").or_else(|| q.get("uuid")).ok_or_else(|| ApiError::internal("Missing ref query parameter"))?;
         let vm = if st.db.exists("VM", wanted) { wanted.clone() } else { st.db.by_uuid("VM", wanted)? };
         crate::methods::vm::require_state(&vm, &st.db.str_field("VM", &vm, "power_state")?, &["Halted", "Suspended"])?;
         let (objects, disks) = plan_export(&st, &vm)?;
@@ -243,9 +250,9 @@ fn receive_xva(sim: &SharedSim, sr: &str, body: BodyReader) -> ApiResult<String>
     let (vm, disk_vdis) = sim.with(|st| create_objects(st, sr, &objects))?;
     let filled = (|| {
         while let Some(chunk) = reader.next_chunk().map_err(xva_error)? {
-            let target = disk_vdis.get(chunk.disk).ok_or_else(|| {
-                ApiError::new("IMPORT_ERROR", [format!("chunk for unknown disk {}", chunk.disk)])
-            })?;
+            let target = disk_vdis
+                .get(chunk.disk)
+                .ok_or_else(|| ApiError::new("IMPORT_ERROR", [format!("chunk for unknown disk {}", chunk.disk)]))?;
             let (offset, data) = (chunk.offset, chunk.data);
             sim.with(|st| vdi::write_guest(st, target, offset, data))?;
         }
@@ -278,10 +285,8 @@ fn create_objects(
     sr: &str,
     objects: &[OvaObject],
 ) -> ApiResult<(String, HashMap<String, String>)> {
-    let vm_obj = objects
-        .iter()
-        .find(|o| o.class == "VM")
-        .ok_or_else(|| ApiError::new("IMPORT_ERROR", ["no VM in ova.xml"]))?;
+    let vm_obj =
+        objects.iter().find(|o| o.class == "VM").ok_or_else(|| ApiError::new("IMPORT_ERROR", ["no VM in ova.xml"]))?;
     let mut spec: BTreeMap<String, Value> = vm_obj.snapshot.as_struct().cloned().unwrap_or_default();
     // An imported snapshot becomes a template, as xapi does.
     let was_snapshot = spec.get("is_a_snapshot").and_then(Value::as_bool).unwrap_or(false);
@@ -290,10 +295,29 @@ fn create_objects(
     st.db.insert("VM_metrics", metrics.clone(), crate::records::vm_metrics());
     let mut rec: Record = crate::records::vm(text(&vm_obj.snapshot, "name_label"), false, &metrics, NULL_REF);
     const KEEP: &[&str] = &[
-        "name_description", "other_config", "tags", "is_a_template", "memory_static_max", "memory_static_min",
-        "memory_dynamic_max", "memory_dynamic_min", "VCPUs_max", "VCPUs_at_startup", "HVM_boot_policy",
-        "HVM_boot_params", "platform", "PV_args", "PV_bootloader", "actions_after_shutdown", "actions_after_reboot",
-        "actions_after_crash", "blocked_operations", "xenstore_data", "domain_type", "NVRAM", "bios_strings",
+        "name_description",
+        "other_config",
+        "tags",
+        "is_a_template",
+        "memory_static_max",
+        "memory_static_min",
+        "memory_dynamic_max",
+        "memory_dynamic_min",
+        "VCPUs_max",
+        "VCPUs_at_startup",
+        "HVM_boot_policy",
+        "HVM_boot_params",
+        "platform",
+        "PV_args",
+        "PV_bootloader",
+        "actions_after_shutdown",
+        "actions_after_reboot",
+        "actions_after_crash",
+        "blocked_operations",
+        "xenstore_data",
+        "domain_type",
+        "NVRAM",
+        "bios_strings",
     ];
     for key in KEEP {
         if let Some(v) = spec.remove(*key) {

@@ -2,7 +2,7 @@
 //! network back-links in step.
 
 use super::Args;
-use crate::db::{new_ref, NULL_REF};
+use crate::db::{NULL_REF, new_ref};
 use crate::error::{ApiError, ApiResult};
 use crate::records;
 use crate::state::State;
@@ -27,7 +27,11 @@ pub fn call(st: &mut State, class: &str, name: &str, args: &Args) -> Option<ApiR
                 let vm_uuid = st.db.str_field("VM", &vm, "uuid").unwrap_or_default();
                 return Err(ApiError::operation_not_allowed(format!("{class} '{uuid}' still attached to '{vm_uuid}'")));
             }
-            if class == "VBD" { remove_vbd(st, &device)? } else { remove_vif(st, &device)? }
+            if class == "VBD" {
+                remove_vbd(st, &device)?
+            } else {
+                remove_vif(st, &device)?
+            }
             Ok(Value::from(""))
         })(),
         (_, "plug" | "unplug" | "unplug_force") => (|| {

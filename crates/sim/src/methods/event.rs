@@ -19,7 +19,8 @@ pub async fn call(sim: &SharedSim, name: &str, args: &Args<'_>) -> ApiResult<Val
             let classes = crate::db::string_list(args.value(1)?);
             let mut st = sim.lock();
             let last = st.db.last_event_id();
-            let sub = st.subscriptions.entry(session).or_insert_with(|| Subscription { classes: Vec::new(), last_id: last });
+            let sub =
+                st.subscriptions.entry(session).or_insert_with(|| Subscription { classes: Vec::new(), last_id: last });
             if name == "register" {
                 sub.classes.extend(classes);
             } else {
@@ -35,7 +36,8 @@ pub async fn call(sim: &SharedSim, name: &str, args: &Args<'_>) -> ApiResult<Val
         "inject" => {
             args.expect(3)?;
             let (class, reference) = (args.str(1)?, args.str(2)?);
-            let class = crate::db::canonical_class(class).ok_or_else(|| ApiError::new("VALUE_NOT_SUPPORTED", ["class", class]))?;
+            let class = crate::db::canonical_class(class)
+                .ok_or_else(|| ApiError::new("VALUE_NOT_SUPPORTED", ["class", class]))?;
             sim.with(|st| {
                 // A no-op update makes a `mod` event, as xapi's inject does.
                 st.db.update(class, reference, |_| {})?;
@@ -169,10 +171,8 @@ fn collect(st: &State, subs: &[String], since: Option<u64>) -> ApiResult<Value> 
             }
         }
     }
-    let counts: BTreeMap<String, Value> = CLASSES
-        .iter()
-        .map(|c| (c.to_lowercase(), Value::Int(st.db.all_of(c).len() as i64)))
-        .collect();
+    let counts: BTreeMap<String, Value> =
+        CLASSES.iter().map(|c| (c.to_lowercase(), Value::Int(st.db.all_of(c).len() as i64))).collect();
     Ok(Value::Struct(
         [
             ("events".to_owned(), Value::Array(events)),

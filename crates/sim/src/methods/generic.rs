@@ -2,7 +2,7 @@
 //! `get_by_name_label`, `get_record`, a getter per field, setters for writable
 //! fields and add/remove for writable maps and sets.
 
-use super::{records_of, Args};
+use super::{Args, records_of};
 use crate::db::string_list;
 use crate::error::{ApiError, ApiResult};
 use crate::state::State;
@@ -13,18 +13,45 @@ fn writable(class: &str, field: &str) -> bool {
     const COMMON: &[&str] = &["name_label", "name_description", "other_config", "tags"];
     let specific: &[&str] = match class {
         "VM" => &[
-            "is_a_template", "affinity", "VCPUs_max", "VCPUs_at_startup", "actions_after_shutdown",
-            "actions_after_reboot", "actions_after_crash", "PV_bootloader", "PV_kernel", "PV_ramdisk", "PV_args",
-            "HVM_boot_policy", "HVM_boot_params", "platform", "xenstore_data", "blocked_operations",
-            "memory_static_max", "memory_static_min", "memory_dynamic_max", "memory_dynamic_min",
-            "ha_restart_priority", "suspend_SR", "start_delay", "shutdown_delay", "order", "user_version",
-            "bios_strings", "NVRAM", "domain_type", "HVM_shadow_multiplier", "PCI_bus",
+            "is_a_template",
+            "affinity",
+            "VCPUs_max",
+            "VCPUs_at_startup",
+            "actions_after_shutdown",
+            "actions_after_reboot",
+            "actions_after_crash",
+            "PV_bootloader",
+            "PV_kernel",
+            "PV_ramdisk",
+            "PV_args",
+            "HVM_boot_policy",
+            "HVM_boot_params",
+            "platform",
+            "xenstore_data",
+            "blocked_operations",
+            "memory_static_max",
+            "memory_static_min",
+            "memory_dynamic_max",
+            "memory_dynamic_min",
+            "ha_restart_priority",
+            "suspend_SR",
+            "start_delay",
+            "shutdown_delay",
+            "order",
+            "user_version",
+            "bios_strings",
+            "NVRAM",
+            "domain_type",
+            "HVM_shadow_multiplier",
+            "PCI_bus",
         ],
         "VDI" => &["sm_config", "xenstore_data", "sharable", "read_only", "on_boot", "allow_caching", "managed"],
         "VBD" => &["userdevice", "bootable", "mode", "type", "unpluggable", "qos_algorithm_params"],
         "VIF" => &["qos_algorithm_params", "locking_mode", "ipv4_allowed", "ipv6_allowed"],
         "SR" => &["sm_config", "physical_size", "shared"],
-        "pool" => &["default_SR", "suspend_image_SR", "crash_dump_SR", "gui_config", "health_check_config", "restrictions"],
+        "pool" => {
+            &["default_SR", "suspend_image_SR", "crash_dump_SR", "gui_config", "health_check_config", "restrictions"]
+        }
         "host" => &["logging", "address", "hostname"],
         "network" => &["MTU", "purpose", "default_locking_mode"],
         "PIF" => &["disallow_unplug", "primary_address_type", "properties"],

@@ -10,7 +10,7 @@ pub mod task;
 pub mod vdi;
 pub mod vm;
 
-use crate::db::{canonical_class, Record};
+use crate::db::{Record, canonical_class};
 use crate::error::{ApiError, ApiResult};
 use crate::state::{SharedSim, State};
 use std::collections::BTreeMap;
@@ -107,16 +107,41 @@ const SPECIFIC: &[(&str, &[&str])] = &[
     (
         "VM",
         &[
-            "snapshot", "snapshot_with_quiesce", "clone", "copy", "destroy", "create", "start", "start_on",
-            "shutdown", "clean_shutdown", "hard_shutdown", "suspend", "resume", "pause", "unpause",
-            "clean_reboot", "hard_reboot", "provision",
+            "snapshot",
+            "snapshot_with_quiesce",
+            "clone",
+            "copy",
+            "destroy",
+            "create",
+            "start",
+            "start_on",
+            "shutdown",
+            "clean_shutdown",
+            "hard_shutdown",
+            "suspend",
+            "resume",
+            "pause",
+            "unpause",
+            "clean_reboot",
+            "hard_reboot",
+            "provision",
         ],
     ),
     (
         "VDI",
         &[
-            "create", "destroy", "clone", "snapshot", "copy", "resize", "enable_cbt", "disable_cbt",
-            "list_changed_blocks", "data_destroy", "get_nbd_info", "forget",
+            "create",
+            "destroy",
+            "clone",
+            "snapshot",
+            "copy",
+            "resize",
+            "enable_cbt",
+            "disable_cbt",
+            "list_changed_blocks",
+            "data_destroy",
+            "get_nbd_info",
+            "forget",
         ],
     ),
     ("VBD", &["create", "destroy", "plug", "unplug", "unplug_force"]),
@@ -184,10 +209,8 @@ async fn dispatch(sim: &SharedSim, method: &str, params: Vec<Value>) -> ApiResul
 fn start_async(sim: &SharedSim, method: &str, params: Vec<Value>) -> ApiResult<Value> {
     let args = Args { method, params: &params };
     let session = session::check(sim, &args)?;
-    let known_method = method
-        .split_once('.')
-        .and_then(|(c, n)| canonical_class(c).map(|c| known(c, n)))
-        .unwrap_or(false);
+    let known_method =
+        method.split_once('.').and_then(|(c, n)| canonical_class(c).map(|c| known(c, n))).unwrap_or(false);
     if !known_method {
         return Err(ApiError::method_unknown(&format!("Async.{method}")));
     }

@@ -3,7 +3,7 @@
 //! checks and error codes of xapi's `Xapi_vdi.check_operation_error` and of SM.
 
 use super::Args;
-use crate::db::{new_ref, new_uuid, now_date, string_list, NULL_REF};
+use crate::db::{NULL_REF, new_ref, new_uuid, now_date, string_list};
 use crate::error::{ApiError, ApiResult};
 use crate::records;
 use crate::state::{Runtime, SharedSim, State};

@@ -1,8 +1,8 @@
 //! `VM.*`: snapshot (and with quiesce), clone, copy, create, destroy and the power
 //! state machine, with xapi's `VM_BAD_POWER_STATE` on a wrong state.
 
-use super::{devices, vdi, Args};
-use crate::db::{empty_map, epoch_date, new_ref, new_uuid, now_date, string_list, Record, NULL_REF};
+use super::{Args, devices, vdi};
+use crate::db::{NULL_REF, Record, empty_map, epoch_date, new_ref, new_uuid, now_date, string_list};
 use crate::error::{ApiError, ApiResult};
 use crate::records;
 use crate::state::{Runtime, State};
@@ -62,8 +62,8 @@ pub fn call(st: &mut State, name: &str, args: &Args, rt: &Runtime) -> Option<Api
             args.expect(2)?;
             create(st, args.map(1)?).map(Value::from)
         })(),
-        "start" | "start_on" | "resume" | "resume_on" | "unpause" | "shutdown" | "clean_shutdown"
-        | "hard_shutdown" | "suspend" | "pause" | "clean_reboot" | "hard_reboot" => power(st, name, args),
+        "start" | "start_on" | "resume" | "resume_on" | "unpause" | "shutdown" | "clean_shutdown" | "hard_shutdown"
+        | "suspend" | "pause" | "clean_reboot" | "hard_reboot" => power(st, name, args),
         _ => return None,
     })
 }
@@ -92,19 +92,11 @@ fn require_halted(st: &State, vm: &str) -> ApiResult<()> {
 /// or `feature-snapshot` in the guest metrics.
 fn check_quiesce(st: &State, vm: &str) -> ApiResult<()> {
     let metrics = st.db.str_field("VM", vm, "guest_metrics")?;
-    let has_feature = st
-        .db
-        .field("VM_guest_metrics", &metrics, "other")
-        .ok()
-        .and_then(Value::as_struct)
-        .is_some_and(|other| {
+    let has_feature =
+        st.db.field("VM_guest_metrics", &metrics, "other").ok().and_then(Value::as_struct).is_some_and(|other| {
             ["feature-quiesce", "feature-snapshot"].iter().any(|f| other.get(*f).and_then(Value::as_str) == Some("1"))
         });
-    if has_feature {
-        Ok(())
-    } else {
-        Err(ApiError::new("VM_SNAPSHOT_WITH_QUIESCE_NOT_SUPPORTED", [vm]))
-    }
+    if has_feature { Ok(()) } else { Err(ApiError::new("VM_SNAPSHOT_WITH_QUIESCE_NOT_SUPPORTED", [vm])) }
 }
 
 fn power(st: &mut State, name: &str, args: &Args) -> ApiResult<Value> {
@@ -139,11 +131,7 @@ fn power(st: &mut State, name: &str, args: &Args) -> ApiResult<Value> {
     };
     require_state(&vm, &state, from)?;
     let to = if name.ends_with("reboot") { "Running" } else { to };
-    let host = if name.ends_with("_on") {
-        args.reference(st, 4, "host")?
-    } else {
-        super::session::master_host(st)
-    };
+    let host = if name.ends_with("_on") { args.reference(st, 4, "host")? } else { super::session::master_host(st) };
     set_power(st, &vm, to, &host)?;
     Ok(Value::from(""))
 }
@@ -287,9 +275,10 @@ pub fn destroy(st: &mut State, vm: &str) -> ApiResult<()> {
     for class in ["VM_metrics", "VM_guest_metrics"] {
         let field = if class == "VM_metrics" { "metrics" } else { "guest_metrics" };
         if let Some(r) = rec.get(field).and_then(Value::as_str)
-            && st.db.exists(class, r) {
-                st.db.remove(r);
-            }
+            && st.db.exists(class, r)
+        {
+            st.db.remove(r);
+        }
     }
     for field in ["snapshot_of", "parent"] {
         let other = rec.get(field).and_then(Value::as_str).unwrap_or(NULL_REF);
@@ -308,8 +297,20 @@ fn create(st: &mut State, spec: &BTreeMap<String, Value>) -> ApiResult<String> {
     st.db.insert("VM_metrics", metrics.clone(), records::vm_metrics());
     let mut rec = records::vm(name, false, &metrics, NULL_REF);
     const SKIP: &[&str] = &[
-        "uuid", "power_state", "VBDs", "VIFs", "snapshots", "metrics", "guest_metrics", "resident_on",
-        "is_a_snapshot", "snapshot_of", "consoles", "children", "is_control_domain", "domid",
+        "uuid",
+        "power_state",
+        "VBDs",
+        "VIFs",
+        "snapshots",
+        "metrics",
+        "guest_metrics",
+        "resident_on",
+        "is_a_snapshot",
+        "snapshot_of",
+        "consoles",
+        "children",
+        "is_control_domain",
+        "domid",
     ];
     for (k, v) in spec {
         if rec.contains_key(k) && !SKIP.contains(&k.as_str()) {
@@ -332,4 +333,3 @@ pub fn add_guest_metrics(st: &mut State, os: &str, distro: &str, features: &[(&s
     st.db.insert("VM_guest_metrics", r.clone(), records::vm_guest_metrics(os, distro, features));
     r
 }
-

@@ -28,11 +28,12 @@ pub fn http() -> reqwest::Client {
 }
 
 pub fn http_with(redirects: reqwest::redirect::Policy) -> reqwest::Client {
-    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_no_client_auth();
+    let tls =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
     reqwest::Client::builder().use_preconfigured_tls(tls).redirect(redirects).build().unwrap()
 }
 
@@ -79,7 +80,12 @@ pub async fn sha256(c: &SimClient, vdi: &str) -> String {
 /// A session ref for HTTP handlers and NBD (plain-HTTP simulator).
 pub async fn session(url: &str, password: &str) -> String {
     use xenvault_xapi_wire::jsonrpc;
-    let body = jsonrpc::encode_call("session.login_with_password", &["root".into(), password.into()], 1, jsonrpc::JsonRpcVersion::V1);
+    let body = jsonrpc::encode_call(
+        "session.login_with_password",
+        &["root".into(), password.into()],
+        1,
+        jsonrpc::JsonRpcVersion::V1,
+    );
     let answer = http().post(format!("{url}/jsonrpc")).body(body).send().await.unwrap();
     s(&jsonrpc::decode_response(&answer.bytes().await.unwrap()).unwrap().unwrap())
 }

@@ -62,19 +62,11 @@ pub struct Mock {
 
 impl Mock {
     pub fn new(jsonrpc: bool) -> Self {
-        Mock {
-            shared: Arc::default(),
-            jsonrpc,
-            jsonrpc_answers_xml: false,
-            redirect_to: None,
-            master: None,
-        }
+        Mock { shared: Arc::default(), jsonrpc, jsonrpc_answers_xml: false, redirect_to: None, master: None }
     }
 
     pub fn state(&self) -> MutexGuard<'_, Shared> {
-        self.shared
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub fn router(&self) -> Router {
@@ -88,9 +80,7 @@ impl Mock {
 
     /// Serves plain HTTP on a loopback port; returns the base URL.
     pub async fn serve(&self) -> String {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr: SocketAddr = listener.local_addr().expect("addr");
         let router = self.router();
         tokio::spawn(async move { axum::serve(listener, router).await });
@@ -105,13 +95,7 @@ impl Mock {
     fn dispatch(&self, method: &str, params: &[Value]) -> Result<Value, Failure> {
         let mut st = self.state();
         st.calls.push(method.to_owned());
-        let text = |i: usize| {
-            params
-                .get(i)
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned()
-        };
+        let text = |i: usize| params.get(i).and_then(Value::as_str).unwrap_or_default().to_owned();
         if method == "session.login_with_password" {
             if let Some(master) = &self.master {
                 return Err(Failure::new("HOST_IS_SLAVE", vec![master.clone()]));
@@ -143,9 +127,7 @@ impl Mock {
                 all.insert("OpaqueRef:vm-1".to_owned(), Value::Struct(vm));
                 Ok(Value::Struct(all))
             }
-            "VM.get_by_uuid" if text(1) == "00000000-0000-4000-8000-000000000001" => {
-                Ok(Value::from("OpaqueRef:vm-1"))
-            }
+            "VM.get_by_uuid" if text(1) == "00000000-0000-4000-8000-000000000001" => Ok(Value::from("OpaqueRef:vm-1")),
             "VM.get_by_uuid" => Err(Failure::new("UUID_INVALID", vec!["VM".into(), text(1)])),
             "task.create" => Ok(Value::from(new_task(&mut st, 0))),
             "Async.VM.snapshot" => Ok(Value::from(new_task(&mut st, 2))),
@@ -177,10 +159,7 @@ impl Mock {
                 st.destroyed_tasks.push(task_ref);
                 Ok(Value::from(""))
             }
-            _ => Err(Failure::new(
-                "MESSAGE_METHOD_UNKNOWN",
-                vec![method.to_owned()],
-            )),
+            _ => Err(Failure::new("MESSAGE_METHOD_UNKNOWN", vec![method.to_owned()])),
         }
     }
 }
@@ -201,9 +180,7 @@ fn new_task(st: &mut Shared, polls: u32) -> String {
 }
 
 fn task_mut<'a>(st: &'a mut Shared, reference: &str) -> Result<&'a mut Task, Failure> {
-    st.tasks
-        .get_mut(reference)
-        .ok_or_else(|| Failure::new("HANDLE_INVALID", vec!["task".into(), reference.into()]))
+    st.tasks.get_mut(reference).ok_or_else(|| Failure::new("HANDLE_INVALID", vec!["task".into(), reference.into()]))
 }
 
 async fn xml_rpc(State(mock): State<Mock>, body: Bytes) -> Response {
@@ -239,17 +216,10 @@ async fn json_rpc(State(mock): State<Mock>, body: Bytes) -> Response {
 /// Location of the same handler on the other host, without the query: the client must
 /// carry session and task over.
 fn redirect(base: &str, path: &str) -> Response {
-    (
-        StatusCode::FOUND,
-        [(header::LOCATION, format!("{base}/{path}"))],
-    )
-        .into_response()
+    (StatusCode::FOUND, [(header::LOCATION, format!("{base}/{path}"))]).into_response()
 }
 
-fn checked_task(
-    mock: &Mock,
-    q: &HashMap<String, String>,
-) -> Result<String, (StatusCode, &'static str)> {
+fn checked_task(mock: &Mock, q: &HashMap<String, String>) -> Result<String, (StatusCode, &'static str)> {
     let st = mock.state();
     let session_ok = q.get("session_id").is_some_and(|s| st.sessions.contains(s));
     if !session_ok {
@@ -261,10 +231,7 @@ fn checked_task(
     }
 }
 
-async fn export_raw_vdi(
-    State(mock): State<Mock>,
-    Query(q): Query<HashMap<String, String>>,
-) -> Response {
+async fn export_raw_vdi(State(mock): State<Mock>, Query(q): Query<HashMap<String, String>>) -> Response {
     if let Some(base) = &mock.redirect_to {
         return redirect(base, "export_raw_vdi");
     }
