@@ -88,14 +88,17 @@ impl PackBuilder {
         self.data.len()
     }
 
-    /// Finishes the pack: returns (pack bytes, sealed index bytes).
-    pub fn finish(mut self, crypto: &Crypto) -> Result<(PackName, Vec<u8>, Vec<u8>, Vec<PackEntry>)> {
+    /// Finishes the pack: its name, the pack bytes, the sealed index bytes and the entries.
+    pub fn finish(mut self, crypto: &Crypto) -> Result<FinishedPack> {
         let index = seal_index(crypto, &self.name, &self.entries)?;
         self.data.extend_from_slice(&index);
         self.data.extend_from_slice(&(index.len() as u32).to_le_bytes());
         Ok((self.name, self.data, index, self.entries))
     }
 }
+
+/// A finished pack: (name, pack bytes, sealed index bytes, entries).
+pub type FinishedPack = (PackName, Vec<u8>, Vec<u8>, Vec<PackEntry>);
 
 pub fn seal_index(crypto: &Crypto, pack: &PackName, entries: &[PackEntry]) -> Result<Vec<u8>> {
     let mut plain = Vec::with_capacity(MAGIC.len() + 4 + entries.len() * ENTRY_LEN);

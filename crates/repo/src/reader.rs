@@ -223,6 +223,7 @@ impl Writeback {
         let (Ok(from), Ok(len)) = (i64::try_from(self.flushed), i64::try_from(end - self.flushed)) else { return };
         // SAFETY: only schedules writeback of this file's own pages. A failure is harmless:
         // the closing fsync still writes everything.
+        #[allow(unsafe_code)]
         unsafe { libc::sync_file_range(file.as_raw_fd(), from, len, libc::SYNC_FILE_RANGE_WRITE) };
         self.flushed = end;
     }

@@ -80,6 +80,7 @@ fn data_extents(file: &std::fs::File, size: u64) -> std::io::Result<Option<Vec<R
     let seek = |at: u64, whence: libc::c_int| -> std::io::Result<Option<u64>> {
         let at = libc::off_t::try_from(at).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
         // SAFETY: lseek only moves the position of a descriptor this file owns; reads use pread.
+        #[allow(unsafe_code)]
         let got = unsafe { libc::lseek(file.as_raw_fd(), at, whence) };
         match u64::try_from(got) {
             Ok(pos) => Ok(Some(pos)),

@@ -393,7 +393,7 @@ async fn copy_moves_only_missing_chunks_reencrypted() {
 
     // A target with its own keys: everything is read and re-sealed.
     let other = new_repo(&dir.path().join("other"), 1 << 20).await;
-    let r = crate::copy::copy(&src, &other, &[s1.id.clone()]).await.unwrap();
+    let r = crate::copy::copy(&src, &other, std::slice::from_ref(&s1.id)).await.unwrap();
     assert_eq!(r.copied, vec![s1.id.clone()]);
     assert_eq!(restore(&other, &s1.id, &dir.path().join("o1.img")).await, img);
 
@@ -409,7 +409,7 @@ async fn copy_moves_only_missing_chunks_reencrypted() {
     };
     let mirror =
         Repository::init(dir.path().join("mirror").to_str().unwrap(), &Default::default(), opts).await.unwrap();
-    let r1 = crate::copy::copy(&src, &mirror, &[s1.id.clone()]).await.unwrap();
+    let r1 = crate::copy::copy(&src, &mirror, std::slice::from_ref(&s1.id)).await.unwrap();
     assert!(r1.chunks_read > 0);
     let r2 = crate::copy::copy(&src, &mirror, &[s1.id.clone(), s2.id.clone()]).await.unwrap();
     assert_eq!(r2.skipped, vec![s1.id.clone()]);

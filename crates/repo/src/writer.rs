@@ -381,7 +381,7 @@ impl DiskWriter {
             )));
         }
         if offset > self.cursor {
-            if offset % self.chunk_size != 0 {
+            if !offset.is_multiple_of(self.chunk_size) {
                 return Err(Error::Invalid(format!("write at {offset} does not start a chunk")));
             }
             self.skip_to(offset).await?;
@@ -402,7 +402,7 @@ impl DiskWriter {
 
     /// Marks whole chunks in `offset..offset+len` as zeros (e.g. discarded blocks).
     pub async fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<()> {
-        if offset % self.chunk_size != 0 || (len % self.chunk_size != 0 && offset + len != self.size) {
+        if !offset.is_multiple_of(self.chunk_size) || (!len.is_multiple_of(self.chunk_size) && offset + len != self.size) {
             return Err(Error::Invalid("write_zeroes must cover whole chunks".into()));
         }
         if offset < self.cursor || !self.partial.is_empty() {
@@ -420,7 +420,7 @@ impl DiskWriter {
 
     /// Sets the chunk at `offset` to `id`, which the caller checked is stored here.
     pub(crate) async fn write_known(&mut self, offset: u64, id: ChunkId) -> Result<()> {
-        if offset % self.chunk_size != 0 || offset < self.cursor || !self.partial.is_empty() {
+        if !offset.is_multiple_of(self.chunk_size) || offset < self.cursor || !self.partial.is_empty() {
             return Err(Error::Invalid(format!("write_known at {offset}: not the next chunk")));
         }
         self.skip_to(offset).await?;

@@ -112,7 +112,7 @@ async fn locked_restore_point_survives_version_delete_on_seaweedfs() {
     let report = lock_restore_points(&repo, &options, &[kept.id[..8].to_string()], RetentionMode::Governance, until)
         .await
         .expect("lock");
-    assert_eq!(report.restore_points, [kept.id.clone()]);
+    assert_eq!(report.restore_points, std::slice::from_ref(&kept.id));
     let objects = referenced_objects(&repo, std::slice::from_ref(&kept)).await.expect("enumerate");
     assert_eq!(report.objects, objects.len());
     assert!(report.packs >= 2, "the disk spans several packs: {report:?}");

@@ -1,0 +1,1 @@
+//! Progress events keyed by (VM, disk position, phase), emitted through one trait.

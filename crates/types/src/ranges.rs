@@ -1,0 +1,1 @@
+//! Sets of byte ranges: CBT changed blocks, differing extents.

@@ -1,0 +1,1 @@
+//! Human units: byte sizes and rates.
