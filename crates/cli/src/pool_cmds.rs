@@ -329,7 +329,7 @@ pub async fn run(command: Commands) -> Result<ExitCode> {
             host.logout().await;
             let mut vms = vms?;
             if let Some(repo) = repo {
-                let points = repo.open().await?.snapshots().await.map_err(crate::repo_cmds::classify)?;
+                let points = repo.open().await?.restore_points().await.map_err(crate::repo_cmds::classify)?;
                 inventory::add_restore_points(&mut vms, &points);
             }
             if json {

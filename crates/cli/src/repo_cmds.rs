@@ -483,7 +483,7 @@ async fn snapshots(a: SnapshotsArgs) -> Result<ExitCode> {
         until: a.until,
         latest_per_source: a.latest,
     };
-    let list = filter.apply(repo.snapshots().await.map_err(classify)?);
+    let list = filter.apply(repo.restore_points().await.map_err(classify)?);
     if a.json {
         print_json(&list)?;
         return Ok(ExitCode::SUCCESS);
@@ -575,7 +575,7 @@ async fn verify(a: VerifyArgs) -> Result<ExitCode> {
             report.packs_total,
             report.chunks_checked,
             human(report.bytes_checked),
-            report.snapshots_checked
+            report.restore_points_checked
         );
         for b in &report.bad_chunks {
             println!("bad chunk {} in pack {}: {}", b.id, b.pack, b.reason);
@@ -587,7 +587,7 @@ async fn verify(a: VerifyArgs) -> Result<ExitCode> {
         for object in &report.damaged_key_objects {
             println!("damaged copy {object} (rewritten from its intact copy)");
         }
-        for (id, problems) in &report.damaged_snapshots {
+        for (id, problems) in &report.damaged_restore_points {
             println!("damaged restore point {id}:");
             for p in problems {
                 println!("  {p}");
@@ -643,7 +643,7 @@ async fn forget(a: ForgetArgs) -> Result<ExitCode> {
         monthly: a.keep_monthly,
         yearly: a.keep_yearly,
     };
-    let points = repo.snapshots().await.map_err(classify)?;
+    let points = repo.restore_points().await.map_err(classify)?;
     let plan = if a.ids.is_empty() {
         let all: Vec<_> =
             points.iter().filter(|m| a.source.as_deref().is_none_or(|s| select::is_of_source(m, s))).cloned().collect();
@@ -660,7 +660,7 @@ async fn forget(a: ForgetArgs) -> Result<ExitCode> {
     };
     if !a.dry_run {
         for id in &plan.remove {
-            repo.delete_snapshot(id).await.map_err(classify)?;
+            repo.delete_restore_point(id).await.map_err(classify)?;
         }
     }
     let gc = match (a.prune, a.dry_run) {
@@ -860,7 +860,7 @@ async fn copy(a: CopyArgs) -> Result<ExitCode> {
     let to_secret = passphrase(a.to_passphrase_file.as_deref(), "XENVAULT_TO_PASSPHRASE")?;
     let dst = Repository::open(&a.to, &a.repo.backend(), to_secret.as_ref()).await.map_err(classify)?;
     let ids = if a.all {
-        src.snapshots().await.map_err(classify)?.into_iter().map(|m| m.id).collect()
+        src.restore_points().await.map_err(classify)?.into_iter().map(|m| m.id).collect()
     } else if a.ids.is_empty() {
         return Err(anyhow!("name restore points to copy, or --all"));
     } else {
@@ -892,7 +892,7 @@ pub struct StatsArgs {
 
 async fn stats(a: StatsArgs) -> Result<ExitCode> {
     let repo = a.repo.open().await?;
-    let s = xenvault_repo::stats::stats(&repo.snapshots().await.map_err(classify)?);
+    let s = xenvault_repo::stats::stats(&repo.restore_points().await.map_err(classify)?);
     if a.json {
         print_json(&s)?;
         return Ok(ExitCode::SUCCESS);

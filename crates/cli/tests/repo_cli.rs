@@ -126,7 +126,7 @@ fn init_backup_list_restore_verify_damage_heal_forget_prune() {
     let v = xenvault(dir, &["verify", "--repo", repo_s, "--json"], PASS);
     assert_eq!(v.status.code(), Some(3));
     let report: serde_json::Value = serde_json::from_slice(&v.stdout).unwrap();
-    assert!(report["damaged_snapshots"].get(&ids[0]).is_some(), "{report}");
+    assert!(report["damaged_restore_points"].get(&ids[0]).is_some(), "{report}");
     // The next backup heals; verify passes again and the old restore point reads back.
     ok(xenvault(dir, &["backup-image", a.to_str().unwrap(), "--repo", repo_s], PASS));
     ok(xenvault(dir, &["verify", "--repo", repo_s], PASS));

@@ -90,7 +90,7 @@ impl Store {
     pub async fn history(&self, vm_uuid: &str) -> Result<Vec<PastPoint>, Error> {
         let mut points: Vec<PastPoint> = self
             .repo
-            .snapshots()
+            .restore_points()
             .await?
             .into_iter()
             .filter(|m| m.source.kind == SOURCE_KIND && m.source.id == vm_uuid)
@@ -103,7 +103,7 @@ impl Store {
     /// SHA-256 (hex) of a disk of a restore point, rebuilt from the repository.
     pub async fn disk_sha256(&self, id: &str, disk: &str) -> Result<String, Error> {
         use sha2::Digest;
-        let manifest = self.repo.snapshot(id).await?;
+        let manifest = self.repo.restore_point(id).await?;
         let record = manifest.disk(Some(disk))?;
         let reader = DiskReader::new(&self.repo, record).await?;
         let mut hasher = sha2::Sha256::new();

@@ -121,7 +121,7 @@ impl Env {
     async fn assert_restores_to(&self, report: &VmReport, expected: &BTreeMap<String, String>) {
         assert!(matches!(report.status, Status::Ok), "backup failed: {:?}", report.error);
         let id = report.restore_point.as_deref().unwrap();
-        let manifest = self.store.repository().snapshot(id).await.unwrap();
+        let manifest = self.store.repository().restore_point(id).await.unwrap();
         assert_eq!(manifest.source.id, report.vm_uuid);
         assert_eq!(manifest.disks.len(), expected.len());
         for disk in &manifest.disks {
@@ -353,7 +353,7 @@ async fn excluded_disks_and_quiesce_fallback_are_reported() {
     if !snapshot.quiesced {
         assert!(snapshot.note.is_some());
     }
-    let manifest = env.store.repository().snapshot(report.restore_point.as_deref().unwrap()).await.unwrap();
+    let manifest = env.store.repository().restore_point(report.restore_point.as_deref().unwrap()).await.unwrap();
     let vdis = env.vdis().await;
     assert_eq!(manifest.disks[0].uuid, vdis[0]);
     let metadata = &manifest.metadata["vm"];
@@ -383,7 +383,7 @@ async fn xva_backup_exports_back_as_the_same_xva_disks() {
     assert_eq!(bars.0.lock().unwrap().values().copied().collect::<Vec<_>>(), [(disk_bytes, disk_bytes)]);
     env.assert_tidy().await;
 
-    let manifest = env.store.repository().snapshot(report.restore_point.as_deref().unwrap()).await.unwrap();
+    let manifest = env.store.repository().restore_point(report.restore_point.as_deref().unwrap()).await.unwrap();
     let path = env._dir.path().join("again.xva");
     xenvault_engine::xva::export(env.store.repository(), &manifest, std::fs::File::create(&path).unwrap())
         .await
@@ -429,7 +429,7 @@ fn flip_stored(env: &Env, id: &xenvault_repo::crypto::ChunkId) {
 /// The first non-zero chunk of disk `vdi` in a restore point.
 async fn first_chunk(env: &Env, report: &VmReport, vdi: &str) -> xenvault_repo::crypto::ChunkId {
     let repo = env.store.repository();
-    let manifest = repo.snapshot(report.restore_point.as_deref().unwrap()).await.unwrap();
+    let manifest = repo.restore_point(report.restore_point.as_deref().unwrap()).await.unwrap();
     let disk = manifest.disks.iter().find(|d| d.uuid == vdi).unwrap();
     let reader = xenvault_repo::DiskReader::new(repo, disk).await.unwrap();
     for slot in 0..disk.slot_count() {
@@ -444,7 +444,7 @@ async fn first_chunk(env: &Env, report: &VmReport, vdi: &str) -> xenvault_repo::
 /// Runs verify (recording what it finds); the restore points it names as damaged.
 async fn verify_damaged(env: &Env) -> Vec<String> {
     let report = xenvault_repo::verify::verify(env.store.repository(), None, None).await.unwrap();
-    report.damaged_snapshots.into_keys().collect()
+    report.damaged_restore_points.into_keys().collect()
 }
 
 #[tokio::test]
@@ -469,7 +469,7 @@ async fn incrementals_after_recorded_damage_restore_exactly() {
 
     // A lost index page of the base: a full read (deduplicated), said in the reason.
     let repo = env.store.repository();
-    let manifest = repo.snapshot(healed.restore_point.as_deref().unwrap()).await.unwrap();
+    let manifest = repo.restore_point(healed.restore_point.as_deref().unwrap()).await.unwrap();
     let page = manifest
         .disks
         .iter()
@@ -551,7 +551,7 @@ async fn one_backup_per_vm_at_a_time() {
     // xapi copies other_config into snapshots: neither the base snapshot nor the stored
     // VM records carry the run's lock or intent (a restored VM must not look locked).
     let base = xenvault_engine::snapshot::ours(&env.host, &env.vm().await).await.unwrap().remove(0);
-    let manifest = env.store.repository().snapshot(report.restore_point.as_deref().unwrap()).await.unwrap();
+    let manifest = env.store.repository().restore_point(report.restore_point.as_deref().unwrap()).await.unwrap();
     for key in hygiene::RUN_KEYS {
         assert!(!base.other_config.contains_key(key), "the base snapshot carries {key}");
         for record in ["vm", "snapshot"] {
@@ -656,7 +656,7 @@ impl xenvault_engine::transfer::Progress for CancelOnFirstBytes {
 async fn a_cancelled_backup_removes_its_snapshot_and_commits_nothing() {
     let env = env().await;
     env.backup(Level::Full, Requested::Auto).await;
-    let points = env.store.repository().snapshots().await.unwrap().len();
+    let points = env.store.repository().restore_points().await.unwrap().len();
     env.scribble("5", 22).await;
     let mut options = options(Level::Inc, Requested::Auto);
     let progress = Arc::new(CancelOnFirstBytes(options.cancel.clone()));
@@ -665,7 +665,7 @@ async fn a_cancelled_backup_removes_its_snapshot_and_commits_nothing() {
     let vm_report = &report.vms[0];
     assert!(matches!(vm_report.status, Status::Failed));
     assert!(vm_report.error.as_deref().unwrap_or_default().contains("cancelled"), "{:?}", vm_report.error);
-    assert_eq!(env.store.repository().snapshots().await.unwrap().len(), points, "nothing committed");
+    assert_eq!(env.store.repository().restore_points().await.unwrap().len(), points, "nothing committed");
     env.assert_tidy().await;
     assert!(!env.vm().await.other_config.contains_key(xenvault_engine::vm_lock::LOCK_KEY));
     let locks = std::fs::read_dir(env._dir.path().join("repo/locks")).map(|d| d.count()).unwrap_or(0);

@@ -26,9 +26,9 @@ pub struct CopyReport {
 /// Copies the restore points `ids` (ids or unique prefixes) from `src` to `dst`.
 pub async fn copy(src: &Repository, dst: &Repository, ids: &[String]) -> Result<CopyReport> {
     let mut report = CopyReport::default();
-    let present: std::collections::HashSet<String> = dst.snapshots().await?.into_iter().map(|m| m.id).collect();
+    let present: std::collections::HashSet<String> = dst.restore_points().await?.into_iter().map(|m| m.id).collect();
     for wanted in ids {
-        let m = src.snapshot(wanted).await?;
+        let m = src.restore_point(wanted).await?;
         if present.contains(&m.id) {
             report.skipped.push(m.id);
             continue;

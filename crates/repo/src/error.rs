@@ -25,9 +25,9 @@ pub enum Error {
     #[error("chunk {0} is not in the repository")]
     MissingChunk(String),
     #[error("restore point {0} not found")]
-    SnapshotNotFound(String),
+    RestorePointNotFound(String),
     #[error("restore point {id} is damaged: its manifest cannot be read ({reason})")]
-    SnapshotDamaged { id: String, reason: String },
+    RestorePointDamaged { id: String, reason: String },
     #[error("restore point prefix {0} is ambiguous")]
     AmbiguousSnapshot(String),
     #[error("disk not found: {0}")]
@@ -59,7 +59,7 @@ impl Error {
     pub fn is_damage(&self) -> bool {
         matches!(
             self,
-            Error::Corrupt { .. } | Error::MissingChunk(_) | Error::SnapshotDamaged { .. } | Error::KeySlotsDamaged(_)
+            Error::Corrupt { .. } | Error::MissingChunk(_) | Error::RestorePointDamaged { .. } | Error::KeySlotsDamaged(_)
         )
     }
 }

@@ -75,7 +75,7 @@ impl References {
     /// stored after its packs, so every page it lists is then findable, and a page that
     /// is not is really lost (not merely newer than the index).
     async fn update(&mut self, repo: &Repository) -> Result<()> {
-        let (good, bad) = repo.snapshots_checked().await?;
+        let (good, bad) = repo.restore_points_checked().await?;
         repo.refresh_index().await?;
         if let Some((id, e)) = bad.into_iter().next() {
             return Err(Error::Invalid(format!(

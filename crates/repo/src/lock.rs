@@ -225,7 +225,7 @@ mod tests {
         }
         let err = session.commit(serde_json::Value::Null, vec![]).await.unwrap_err();
         assert!(matches!(err, Error::Locked(_)), "{err}");
-        assert!(repo.snapshots().await.unwrap().is_empty(), "nothing committed");
+        assert!(repo.restore_points().await.unwrap().is_empty(), "nothing committed");
     }
 
     /// Locks of dead processes go; live ones stay.

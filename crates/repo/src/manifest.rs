@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
 
-pub const SNAPSHOTS_PREFIX: &str = "snapshots/";
+pub const RESTORE_POINTS_PREFIX: &str = "snapshots/";
 pub const MANIFEST_VERSION: u32 = 1;
 /// Manifests are small; this guards decompression of a hostile object.
 pub const MAX_MANIFEST_LEN: usize = 256 << 20;
@@ -101,7 +101,7 @@ pub struct Manifest {
 
 impl Manifest {
     pub fn object_name(id: &str) -> String {
-        format!("{SNAPSHOTS_PREFIX}{id}")
+        format!("{RESTORE_POINTS_PREFIX}{id}")
     }
 
     pub fn short_id(&self) -> &str {

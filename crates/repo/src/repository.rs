@@ -9,7 +9,7 @@ use crate::keys::{
     CONFIG_COPY_OBJECT, CONFIG_OBJECT, Encryption, FORMAT_VERSION, KEY_COPIES_PREFIX, KEYS_PREFIX, KdfParams, KeySlot,
     RepoConfig, Secret, from_checked_json, slot_object_names, to_checked_json,
 };
-use crate::manifest::{MAX_MANIFEST_LEN, Manifest, SNAPSHOTS_PREFIX};
+use crate::manifest::{MAX_MANIFEST_LEN, Manifest, RESTORE_POINTS_PREFIX};
 use crate::pack::{INDEX_PREFIX, PackEntry, PackName, chunk_aad, open_index};
 use crate::store::Store;
 use futures::{StreamExt, TryStreamExt};
@@ -23,7 +23,7 @@ use std::sync::{Arc, RwLock};
 /// authenticated (AEAD bound to the object's name) on every open, so it is exactly what
 /// was written. Damage the store suffers after caching is `verify`'s to find: it reads
 /// with [`Source::Store`].
-const IMMUTABLE: [&str; 2] = [SNAPSHOTS_PREFIX, INDEX_PREFIX];
+const IMMUTABLE: [&str; 2] = [RESTORE_POINTS_PREFIX, INDEX_PREFIX];
 /// `tags/<id>`: the tags of a restore point as last changed by `tag`. Manifests are
 /// immutable (cached, maybe object-locked, named in snapshots' other-config), so the
 /// changed tags live beside them, in an object that is never cached.
@@ -279,9 +279,9 @@ impl Repository {
     // ---- restore points ----
 
     /// All restore points, oldest first. Unreadable manifests are reported, not skipped
-    /// silently: use `snapshots_checked` to see them.
-    pub async fn snapshots(&self) -> Result<Vec<Manifest>> {
-        let (good, bad) = self.snapshots_checked().await?;
+    /// silently: use `restore_points_checked` to see them.
+    pub async fn restore_points(&self) -> Result<Vec<Manifest>> {
+        let (good, bad) = self.restore_points_checked().await?;
         if let Some((name, e)) = bad.into_iter().next() {
             tracing::warn!("restore point {name} is unreadable: {e}");
         }
@@ -289,14 +289,14 @@ impl Repository {
     }
 
     /// (readable manifests oldest first, (id, error) of unreadable ones).
-    pub async fn snapshots_checked(&self) -> Result<(Vec<Manifest>, Vec<(String, Error)>)> {
-        self.snapshots_from(Source::Cache).await
+    pub async fn restore_points_checked(&self) -> Result<(Vec<Manifest>, Vec<(String, Error)>)> {
+        self.restore_points_from(Source::Cache).await
     }
 
-    pub(crate) async fn snapshots_from(&self, source: Source) -> Result<(Vec<Manifest>, Vec<(String, Error)>)> {
-        let names: Vec<String> = self.inner.store.list(SNAPSHOTS_PREFIX).await?.into_iter().map(|(n, _)| n).collect();
+    pub(crate) async fn restore_points_from(&self, source: Source) -> Result<(Vec<Manifest>, Vec<(String, Error)>)> {
+        let names: Vec<String> = self.inner.store.list(RESTORE_POINTS_PREFIX).await?.into_iter().map(|(n, _)| n).collect();
         if let Some(cache) = &self.inner.cache {
-            cache.retain(SNAPSHOTS_PREFIX, &names.iter().cloned().collect())?;
+            cache.retain(RESTORE_POINTS_PREFIX, &names.iter().cloned().collect())?;
         }
         let results: Vec<(String, Result<Option<Manifest>>)> = futures::stream::iter(names)
             .map(|name| async move {
@@ -309,7 +309,7 @@ impl Repository {
         let mut good = Vec::new();
         let mut bad = Vec::new();
         for (name, r) in results {
-            let id = name.trim_start_matches(SNAPSHOTS_PREFIX).to_string();
+            let id = name.trim_start_matches(RESTORE_POINTS_PREFIX).to_string();
             match r {
                 Ok(Some(m)) if m.id == id => good.push(m),
                 Ok(Some(_)) => bad.push((id, Error::corrupt(name, "manifest id does not match its name"))),
@@ -349,22 +349,22 @@ impl Repository {
     /// The restore point whose id is or starts with `prefix` ("latest" for the newest
     /// readable one). A point whose manifest exists but cannot be read is damage, not
     /// "not found".
-    pub async fn snapshot(&self, prefix: &str) -> Result<Manifest> {
-        let (good, bad) = self.snapshots_checked().await?;
+    pub async fn restore_point(&self, prefix: &str) -> Result<Manifest> {
+        let (good, bad) = self.restore_points_checked().await?;
         if prefix == "latest" {
             for (id, e) in &bad {
                 tracing::warn!("restore point {id} is unreadable: {e}");
             }
-            return good.into_iter().last().ok_or_else(|| Error::SnapshotNotFound(prefix.into()));
+            return good.into_iter().last().ok_or_else(|| Error::RestorePointNotFound(prefix.into()));
         }
         let mut hits = good.into_iter().filter(|m| m.id.starts_with(prefix));
         let mut damaged = bad.into_iter().filter(|(id, _)| id.starts_with(prefix));
         match (hits.next(), hits.next(), damaged.next()) {
             (Some(m), None, None) => Ok(m),
             (None, None, Some((id, e))) if damaged.next().is_none() => {
-                Err(Error::SnapshotDamaged { id, reason: e.to_string() })
+                Err(Error::RestorePointDamaged { id, reason: e.to_string() })
             }
-            (None, None, None) => Err(Error::SnapshotNotFound(prefix.into())),
+            (None, None, None) => Err(Error::RestorePointNotFound(prefix.into())),
             _ => Err(Error::AmbiguousSnapshot(prefix.into())),
         }
     }
@@ -374,7 +374,7 @@ impl Repository {
     }
 
     /// Removes a restore point (its data goes at the next `prune`).
-    pub async fn delete_snapshot(&self, id: &str) -> Result<()> {
+    pub async fn delete_restore_point(&self, id: &str) -> Result<()> {
         self.delete(&Manifest::object_name(id)).await?;
         self.delete(&format!("{TAGS_PREFIX}{id}")).await
     }

@@ -45,7 +45,7 @@ pub async fn lock_restore_points(
     backend.require_object_lock().await?;
     let mut manifests = Vec::new();
     for id in ids {
-        let manifest = repo.snapshot(id).await?;
+        let manifest = repo.restore_point(id).await?;
         if !manifests.iter().any(|m: &Manifest| m.id == manifest.id) {
             manifests.push(manifest);
         }

@@ -152,7 +152,7 @@ pub fn pick<'a>(points: &'a [Manifest], wanted: &str, source: Option<&str>) -> R
 
 /// [`pick`] over the repository's readable restore points.
 pub async fn restore_point(repo: &Repository, wanted: &str, source: Option<&str>) -> Result<Manifest, SelectError> {
-    let points = repo.snapshots().await?;
+    let points = repo.restore_points().await?;
     pick(&points, wanted, source).cloned()
 }
 

@@ -59,7 +59,7 @@ pub(crate) async fn backup_file(repo: &Repository, path: &Path, id: &str) -> cra
 }
 
 pub(crate) async fn restore(repo: &Repository, id: &str, out: &Path) -> Vec<u8> {
-    let m = repo.snapshot(id).await.unwrap();
+    let m = repo.restore_point(id).await.unwrap();
     let reader = crate::DiskReader::new(repo, &m.disks[0]).await.unwrap();
     reader.restore_to_file(out, None).await.unwrap();
     std::fs::read(out).unwrap()
@@ -214,11 +214,11 @@ async fn verify_names_damaged_restore_points_and_next_backup_heals() {
     let report = crate::verify::verify(&repo, None, None).await.unwrap();
     assert!(report.found_damage());
     assert_eq!(report.bad_chunks.len(), 1, "{report:?}");
-    let named: Vec<&String> = report.damaged_snapshots.keys().collect();
+    let named: Vec<&String> = report.damaged_restore_points.keys().collect();
     let mut expected = vec![&s1.id, &s2.id];
     expected.sort();
     assert_eq!(named, expected, "exactly the restore points using the chunk");
-    assert!(!report.damaged_snapshots.contains_key(&s3.id));
+    assert!(!report.damaged_restore_points.contains_key(&s3.id));
 
     // The next backup of the same data stores the chunk again: every restore point heals.
     let s4 = backup_file(&repo, &a, "a").await;
@@ -250,7 +250,7 @@ async fn damaged_pack_index_is_rebuilt_from_the_pack() {
     let report = crate::verify::verify(&fresh, None, None).await.unwrap();
     // Reported (the store damaged an object) but nothing is lost: no bad chunk, no damaged point.
     assert!(report.damaged_indexes.len() == 1 && report.damaged_indexes[0].rebuilt, "{report:?}");
-    assert!(report.bad_chunks.is_empty() && report.damaged_snapshots.is_empty(), "{report:?}");
+    assert!(report.bad_chunks.is_empty() && report.damaged_restore_points.is_empty(), "{report:?}");
     assert!(!crate::verify::verify(&fresh, None, None).await.unwrap().found_damage(), "rebuilt for good");
     assert_eq!(restore(&fresh, &s1.id, &dir.path().join("o.img")).await, img);
 }
@@ -267,7 +267,7 @@ async fn forget_and_prune_keep_the_right_restore_points() {
         images.push(make_image(&p, 1 << 20));
         snaps.push(backup_file(&repo, &p, "vm").await);
     }
-    let all = repo.snapshots().await.unwrap();
+    let all = repo.restore_points().await.unwrap();
     let plan = crate::prune::plan(&all, &crate::prune::KeepPolicy { last: 1, ..Default::default() }).unwrap();
     assert_eq!(plan.keep, vec![snaps[2].id.clone()]);
     let packs_before = std::fs::read_dir(repo_dir.join("index")).unwrap().count();
@@ -285,14 +285,14 @@ async fn forget_and_prune_keep_the_right_restore_points() {
         repo.set_tags(id, &tags).await.unwrap();
     }
     assert!(
-        repo.snapshots()
+        repo.restore_points()
             .await
             .unwrap()
             .iter()
             .all(|m| (m.tags == tags) == (m.id == plan.remove[0] || m.id == snaps[2].id))
     );
     for id in &plan.remove {
-        repo.delete_snapshot(id).await.unwrap();
+        repo.delete_restore_point(id).await.unwrap();
     }
     let report = crate::gc::gc(&repo).await.unwrap();
     assert!(report.packs_deleted > 0, "{report:?}");
@@ -301,10 +301,10 @@ async fn forget_and_prune_keep_the_right_restore_points() {
     assert!(packs_after < packs_before);
     assert!(!crate::verify::verify(&repo, None, None).await.unwrap().found_damage());
     assert_eq!(restore(&repo, &snaps[2].id, &dir.path().join("o.img")).await, images[2]);
-    assert_eq!(repo.snapshots().await.unwrap().len(), 1);
+    assert_eq!(repo.restore_points().await.unwrap().len(), 1);
     assert!(repo_dir.join("tags").join(&snaps[2].id).exists());
     assert!(!repo_dir.join("tags").join(&plan.remove[0]).exists(), "tags of a forgotten restore point left");
-    assert_eq!(repo.snapshot("latest").await.unwrap().tags, tags);
+    assert_eq!(repo.restore_point("latest").await.unwrap().tags, tags);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -327,7 +327,7 @@ async fn gc_while_a_backup_runs_never_deletes_its_chunks() {
     w.finish().await.unwrap();
 
     // Meanwhile the old restore point is forgotten and gc runs.
-    repo.delete_snapshot(&gone.id).await.unwrap();
+    repo.delete_restore_point(&gone.id).await.unwrap();
     let r = crate::gc::gc(&repo).await.unwrap();
     assert_eq!(r.packs_deleted, 0, "{r:?}");
     assert!(r.packs_waiting > 0 && r.bytes_waiting > 0 && r.backups_running == 1, "{r:?}");

@@ -33,8 +33,8 @@ pub struct VerifyReport {
     /// Bad copies already recorded whose chunk has a good copy or is no longer used.
     pub superseded: usize,
     /// Restore point id → what is wrong with it.
-    pub damaged_snapshots: BTreeMap<String, Vec<String>>,
-    pub snapshots_checked: usize,
+    pub damaged_restore_points: BTreeMap<String, Vec<String>>,
+    pub restore_points_checked: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -57,7 +57,7 @@ impl VerifyReport {
         !self.bad_chunks.is_empty()
             || !self.damaged_indexes.is_empty()
             || !self.damaged_key_objects.is_empty()
-            || !self.damaged_snapshots.is_empty()
+            || !self.damaged_restore_points.is_empty()
     }
 }
 
@@ -237,14 +237,14 @@ async fn rebuild_index(repo: &Repository, pack: &PackName) -> Result<Vec<PackEnt
 
 /// Walks every restore point: a page or chunk that no good copy backs damages it.
 async fn check_snapshots(repo: &Repository, report: &mut VerifyReport) -> Result<()> {
-    let (good, bad) = repo.snapshots_from(Source::Store).await?;
+    let (good, bad) = repo.restore_points_from(Source::Store).await?;
     for (id, e) in bad {
-        report.damaged_snapshots.entry(id).or_default().push(format!("manifest unreadable: {e}"));
+        report.damaged_restore_points.entry(id).or_default().push(format!("manifest unreadable: {e}"));
     }
     // Verdict per page id, shared between restore points.
     let mut pages: HashMap<ChunkId, Vec<String>> = HashMap::new();
     for m in &good {
-        report.snapshots_checked += 1;
+        report.restore_points_checked += 1;
         let mut problems = Vec::new();
         for disk in &m.disks {
             for (n, page) in disk.pages.iter().enumerate() {
@@ -261,7 +261,7 @@ async fn check_snapshots(repo: &Repository, report: &mut VerifyReport) -> Result
             }
         }
         if !problems.is_empty() {
-            report.damaged_snapshots.insert(m.id.clone(), problems);
+            report.damaged_restore_points.insert(m.id.clone(), problems);
         }
     }
     Ok(())

@@ -104,7 +104,7 @@ impl TestRepo {
         out["snapshot"]["id"].as_str().unwrap_or_else(|| panic!("no snapshot id in {out}")).to_string()
     }
 
-    fn snapshots(&self) -> Vec<serde_json::Value> {
+    fn restore_points(&self) -> Vec<serde_json::Value> {
         match self.json(&["snapshots", "--json"]) {
             serde_json::Value::Array(list) => list,
             other => panic!("snapshots --json is not a list: {other}"),
@@ -212,7 +212,7 @@ async fn round_trip(repo: TestRepo) {
     let image = repo.path("disk.img");
     let data = write_image(&image, (3 << 20) + 4321, 1);
     let id = repo.backup(&image, "vm-1", &[]);
-    let listed: Vec<String> = repo.snapshots().iter().filter_map(|s| s["id"].as_str().map(String::from)).collect();
+    let listed: Vec<String> = repo.restore_points().iter().filter_map(|s| s["id"].as_str().map(String::from)).collect();
     assert_eq!(listed, std::slice::from_ref(&id));
     assert!(repo.restore(&id) == data, "the restored image differs from the source");
 
@@ -270,7 +270,7 @@ async fn damage_is_named_and_healed(repo: TestRepo) {
 
     let (code, report) = repo.verify();
     assert_eq!(code, Some(EXIT_DAMAGE_FOUND), "verify must fail: {report}");
-    let damaged: Vec<&String> = report["damaged_snapshots"].as_object().expect("damaged_snapshots").keys().collect();
+    let damaged: Vec<&String> = report["damaged_restore_points"].as_object().expect("damaged_restore_points").keys().collect();
     assert_eq!(damaged, [&id_a], "only a uses the damaged pack (b is {id_b}): {report}");
     let restore = repo.run(&["restore-image", &id_a, "--to", path_str(&repo.path("bad.img"))]);
     assert!(!restore.status.success(), "restoring damaged data must fail");
@@ -348,7 +348,7 @@ async fn kill_9_at_random_points_never_breaks_the_repository() {
         );
     }
 
-    let snapshots = repo.snapshots();
+    let snapshots = repo.restore_points();
     assert!(!snapshots.is_empty(), "forget --keep-last 2 always keeps some");
     for snapshot in snapshots {
         let id = snapshot["id"].as_str().expect("id");
@@ -372,7 +372,7 @@ async fn verify_with_a_warm_cache_sees_stored_damage() {
     write_image(&image_b, 1 << 20, 8);
     let id_a = repo.backup(&image_a, "a", &[]);
     let id_b = repo.backup(&image_b, "b", &[]);
-    assert_eq!(repo.snapshots().len(), 2, "the cache is warm");
+    assert_eq!(repo.restore_points().len(), 2, "the cache is warm");
     assert_eq!(repo.verify().0, Some(0));
 
     for object in [format!("snapshots/{id_a}"), backend.list("index/").await.unwrap()[0].path.clone()] {
@@ -382,7 +382,7 @@ async fn verify_with_a_warm_cache_sees_stored_damage() {
     }
     let (code, report) = repo.verify();
     assert_eq!(code, Some(EXIT_DAMAGE_FOUND), "{report}");
-    let damaged: Vec<&String> = report["damaged_snapshots"].as_object().unwrap().keys().collect();
+    let damaged: Vec<&String> = report["damaged_restore_points"].as_object().unwrap().keys().collect();
     assert_eq!(damaged, [&id_a], "b ({id_b}) is intact: {report}");
     assert_eq!(report["damaged_indexes"][0]["rebuilt"], true, "{report}");
     let restore = repo.run(&["restore-image", &id_a, "--to", path_str(&repo.path("a.out"))]);

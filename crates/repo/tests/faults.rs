@@ -60,9 +60,9 @@ async fn assert_intact(location: &str, backend: &BackendOptions, committed: &[(S
     let repo = Repository::open(location, backend, Some(&secret())).await.expect("reopen");
     let report = xenvault_repo::verify::verify(&repo, None, None).await.expect("verify");
     assert!(!report.found_damage(), "{report:?}");
-    assert_eq!(report.snapshots_checked, committed.len(), "{report:?}");
+    assert_eq!(report.restore_points_checked, committed.len(), "{report:?}");
     for (id, data) in committed {
-        let m = repo.snapshot(id).await.expect("committed point");
+        let m = repo.restore_point(id).await.expect("committed point");
         let reader = DiskReader::new(&repo, &m.disks[0]).await.expect("reader");
         let mut buf = vec![0u8; reader.size() as usize];
         reader.read_at(0, &mut buf).await.expect("restore");
@@ -93,7 +93,7 @@ async fn retries_carry_backup_verify_and_prune_through_faults() {
 
     let (forgotten, kept) = committed.split_at(3);
     for (id, _) in forgotten {
-        repo.delete_snapshot(id).await.expect("forget");
+        repo.delete_restore_point(id).await.expect("forget");
     }
     let gc = xenvault_repo::gc::gc(&repo).await.expect("prune through faults");
     eprintln!("faults injected: {}, packs deleted by prune: {}", faults.injected(), gc.packs_deleted);
@@ -228,7 +228,7 @@ async fn s3_behind_a_cutting_proxy_loses_nothing() {
     assert!(!report.found_damage(), "{report:?}");
     let (forgotten, kept) = committed.split_at(2);
     for (id, _) in forgotten {
-        repo.delete_snapshot(id).await.expect("forget");
+        repo.delete_restore_point(id).await.expect("forget");
     }
     xenvault_repo::gc::gc(&repo).await.expect("prune through the proxy");
     let (cuts, connections) = (proxy.cuts.load(Ordering::SeqCst), proxy.connections.load(Ordering::SeqCst));

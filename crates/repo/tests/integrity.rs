@@ -67,7 +67,7 @@ async fn verify_checks_the_store_not_a_warm_cache() {
     let id_a = backup(&repo, "a", &a).await;
     let id_b = backup(&repo, "b", &b).await;
     // Warm: every manifest and index is in the cache now.
-    assert_eq!(repo.snapshots().await.unwrap().len(), 2);
+    assert_eq!(repo.restore_points().await.unwrap().len(), 2);
     repo.refresh_index().await.unwrap();
 
     let store = backend_of(&location);
@@ -77,9 +77,9 @@ async fn verify_checks_the_store_not_a_warm_cache() {
 
     let report = xenvault_repo::verify::verify(&repo, None, None).await.unwrap();
     assert!(report.found_damage(), "{report:?}");
-    let damaged: Vec<&String> = report.damaged_snapshots.keys().collect();
+    let damaged: Vec<&String> = report.damaged_restore_points.keys().collect();
     assert_eq!(damaged, [&id_a], "only a's manifest is damaged: {report:?}");
-    assert!(report.damaged_snapshots[&id_a][0].contains("manifest unreadable"), "{report:?}");
+    assert!(report.damaged_restore_points[&id_a][0].contains("manifest unreadable"), "{report:?}");
     let pack = index.trim_start_matches("index/");
     assert!(
         report.damaged_indexes.iter().any(|d| pack.ends_with(&d.pack) && d.rebuilt),
@@ -87,14 +87,14 @@ async fn verify_checks_the_store_not_a_warm_cache() {
     );
 
     // The cached copy of the manifest was dropped: this host now sees what is stored.
-    match repo.snapshot(&id_a).await {
-        Err(e @ Error::SnapshotDamaged { .. }) => assert!(e.to_string().contains(&id_a), "{e}"),
+    match repo.restore_point(&id_a).await {
+        Err(e @ Error::RestorePointDamaged { .. }) => assert!(e.to_string().contains(&id_a), "{e}"),
         other => panic!("expected a damaged restore point, got {:?}", other.map(|m| m.id)),
     }
     let fresh = open(&location).await.unwrap();
-    assert!(matches!(fresh.snapshot(&id_a[..8]).await, Err(Error::SnapshotDamaged { .. })));
-    assert!(matches!(fresh.snapshot("ffffffff").await, Err(Error::SnapshotNotFound(_))));
-    assert_eq!(fresh.snapshot(&id_b).await.unwrap().id, id_b);
+    assert!(matches!(fresh.restore_point(&id_a[..8]).await, Err(Error::RestorePointDamaged { .. })));
+    assert!(matches!(fresh.restore_point("ffffffff").await, Err(Error::RestorePointNotFound(_))));
+    assert_eq!(fresh.restore_point(&id_b).await.unwrap().id, id_b);
     let again = xenvault_repo::verify::verify(&fresh, None, None).await.unwrap();
     assert!(again.damaged_indexes.is_empty(), "the index stays rebuilt: {again:?}");
 }
@@ -131,7 +131,7 @@ async fn config_and_key_slots_survive_one_damaged_copy() {
     store.put(&primary, flipped.into_bytes().into()).await.unwrap();
     store.put("config", b"{ not json".to_vec().into()).await.unwrap();
     let reopened = open(&location).await.expect("opens from the second copies");
-    assert_eq!(reopened.snapshot(&id).await.unwrap().id, id);
+    assert_eq!(reopened.restore_point(&id).await.unwrap().id, id);
     let wrong = Repository::open(&location, &Default::default(), Some(&Secret::passphrase("nope"))).await;
     assert!(matches!(wrong, Err(Error::WrongKey)), "a wrong passphrase is still one: {:?}", wrong.err());
 
@@ -160,7 +160,7 @@ async fn a_repository_with_single_copies_opens() {
     for copy in store.list("keycopies/").await.unwrap() {
         store.delete(&copy.path).await.unwrap();
     }
-    assert_eq!(open(&location).await.expect("old layout opens").snapshot(&id).await.unwrap().id, id);
+    assert_eq!(open(&location).await.expect("old layout opens").restore_point(&id).await.unwrap().id, id);
 }
 
 /// verify rewrites a damaged copy of the config or a key slot from the intact one (and

@@ -133,7 +133,7 @@ async fn locked_restore_point_survives_version_delete_on_seaweedfs() {
         assert!(!(200..300).contains(&status), "deleting locked {key} answered {status}");
     }
     let reopened = Repository::open(&url, &options, Some(&Secret::passphrase("lock test"))).await.expect("reopen");
-    assert_eq!(reopened.snapshot(&kept.id).await.expect("still there").id, kept.id);
+    assert_eq!(reopened.restore_point(&kept.id).await.expect("still there").id, kept.id);
     let report = xenvault_repo::verify::verify(&reopened, None, None).await.expect("verify");
     assert!(!report.found_damage(), "{report:?}");
 

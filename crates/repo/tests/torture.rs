@@ -104,7 +104,7 @@ async fn backup(repo: &Repository, source: &str, image: &[u8]) -> xenvault_repo:
 }
 
 async fn restore_digest(repo: &Repository, id: &str) -> xenvault_repo::Result<blake3::Hash> {
-    let m = repo.snapshot(id).await?;
+    let m = repo.restore_point(id).await?;
     let reader = DiskReader::new(repo, &m.disks[0]).await?;
     let mut buf = vec![0u8; reader.size() as usize];
     reader.read_at(0, &mut buf).await?;
@@ -115,12 +115,12 @@ async fn restore_digest(repo: &Repository, id: &str) -> xenvault_repo::Result<bl
 /// first), then runs gc.
 async fn forget_and_prune(repo: &Repository, model: &Model, keep: u32) -> xenvault_repo::Result<usize> {
     repo.refresh_index().await?;
-    let all = repo.snapshots().await?;
+    let all = repo.restore_points().await?;
     let policy = xenvault_repo::prune::KeepPolicy { last: keep, ..Default::default() };
     let plan = xenvault_repo::prune::plan(&all, &policy)?;
     for id in &plan.remove {
         model.forget(id);
-        repo.delete_snapshot(id).await?;
+        repo.delete_restore_point(id).await?;
     }
     match xenvault_repo::gc::gc(repo).await {
         Ok(r) => Ok(r.packs_deleted),

@@ -150,7 +150,7 @@ async fn via_other_point(
 ) -> Result<Option<(Vec<Range<u64>>, String)>> {
     let ours = reader.disk();
     let candidates: Vec<Manifest> = repo
-        .snapshots()
+        .restore_points()
         .await?
         .into_iter()
         .rev()

@@ -75,7 +75,7 @@ pub async fn back_up(p: &Pool, level: Level) -> xenvault_repo::Manifest {
     let report =
         job::backup(&p.host, &p.store, &backup, Arc::new(NoProgress)).await.unwrap().vms.into_iter().next().unwrap();
     assert!(matches!(report.status, Status::Ok), "{:?}", report.error);
-    p.repo.snapshot(report.restore_point.as_deref().unwrap()).await.unwrap()
+    p.repo.restore_point(report.restore_point.as_deref().unwrap()).await.unwrap()
 }
 
 pub async fn vdis_of(host: &Host, vm: &xenvault_engine::records::Vm) -> Vec<xenvault_engine::records::Vdi> {
