@@ -37,8 +37,11 @@ pub struct LockArgs {
 pub async fn run(cmd: Commands) -> Result<ExitCode> {
     let Commands::Lock(args) = cmd;
     let repo = args.repo.open().await?;
-    let ids =
-        if args.all { repo.restore_points().await.map_err(classify)?.into_iter().map(|m| m.id).collect() } else { args.ids };
+    let ids = if args.all {
+        repo.restore_points().await.map_err(classify)?.into_iter().map(|m| m.id).collect()
+    } else {
+        args.ids
+    };
     let until = Utc::now() + Duration::days(i64::from(args.days));
     let report = lock_restore_points(&repo, &args.repo.backend(), &ids, args.mode, until).await.map_err(classify)?;
     if args.json {

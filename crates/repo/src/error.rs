@@ -59,7 +59,10 @@ impl Error {
     pub fn is_damage(&self) -> bool {
         matches!(
             self,
-            Error::Corrupt { .. } | Error::MissingChunk(_) | Error::RestorePointDamaged { .. } | Error::KeySlotsDamaged(_)
+            Error::Corrupt { .. }
+                | Error::MissingChunk(_)
+                | Error::RestorePointDamaged { .. }
+                | Error::KeySlotsDamaged(_)
         )
     }
 }

@@ -224,7 +224,9 @@ impl Writeback {
         // SAFETY: only schedules writeback of this file's own pages. A failure is harmless:
         // the closing fsync still writes everything.
         #[allow(unsafe_code)]
-        unsafe { libc::sync_file_range(file.as_raw_fd(), from, len, libc::SYNC_FILE_RANGE_WRITE) };
+        unsafe {
+            libc::sync_file_range(file.as_raw_fd(), from, len, libc::SYNC_FILE_RANGE_WRITE)
+        };
         self.flushed = end;
     }
 }

@@ -294,7 +294,8 @@ impl Repository {
     }
 
     pub(crate) async fn restore_points_from(&self, source: Source) -> Result<(Vec<Manifest>, Vec<(String, Error)>)> {
-        let names: Vec<String> = self.inner.store.list(RESTORE_POINTS_PREFIX).await?.into_iter().map(|(n, _)| n).collect();
+        let names: Vec<String> =
+            self.inner.store.list(RESTORE_POINTS_PREFIX).await?.into_iter().map(|(n, _)| n).collect();
         if let Some(cache) = &self.inner.cache {
             cache.retain(RESTORE_POINTS_PREFIX, &names.iter().cloned().collect())?;
         }

@@ -402,7 +402,9 @@ impl DiskWriter {
 
     /// Marks whole chunks in `offset..offset+len` as zeros (e.g. discarded blocks).
     pub async fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<()> {
-        if !offset.is_multiple_of(self.chunk_size) || (!len.is_multiple_of(self.chunk_size) && offset + len != self.size) {
+        if !offset.is_multiple_of(self.chunk_size)
+            || (!len.is_multiple_of(self.chunk_size) && offset + len != self.size)
+        {
             return Err(Error::Invalid("write_zeroes must cover whole chunks".into()));
         }
         if offset < self.cursor || !self.partial.is_empty() {

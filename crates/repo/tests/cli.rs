@@ -270,7 +270,8 @@ async fn damage_is_named_and_healed(repo: TestRepo) {
 
     let (code, report) = repo.verify();
     assert_eq!(code, Some(EXIT_DAMAGE_FOUND), "verify must fail: {report}");
-    let damaged: Vec<&String> = report["damaged_restore_points"].as_object().expect("damaged_restore_points").keys().collect();
+    let damaged: Vec<&String> =
+        report["damaged_restore_points"].as_object().expect("damaged_restore_points").keys().collect();
     assert_eq!(damaged, [&id_a], "only a uses the damaged pack (b is {id_b}): {report}");
     let restore = repo.run(&["restore-image", &id_a, "--to", path_str(&repo.path("bad.img"))]);
     assert!(!restore.status.success(), "restoring damaged data must fail");
