@@ -199,7 +199,7 @@ impl Drop for Simulator {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn backup_with_lock_days_locks_each_new_restore_point() {
+async fn backup_with_lock_days_locks_each_new_restore_point_on_s3() {
     use std::io::BufRead;
     let server = common::s3();
     let endpoint = server.options().s3_endpoint.expect("endpoint");
