@@ -1,0 +1,10 @@
+//! Backup jobs as a service: the job model (what the catalog stores and the API serves),
+//! the cron scheduler behind a controllable clock, the runner that turns a run into engine
+//! work and a task tree, retention after successful runs, and notifications.
+
+pub mod cron;
+pub mod error;
+pub mod model;
+pub mod scheduler;
+
+pub use error::Error;
