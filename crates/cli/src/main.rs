@@ -7,10 +7,12 @@ mod demo_cmd;
 mod exit;
 mod output;
 mod pool_cmds;
+mod progress;
 mod prompt;
 mod repo_cmds;
 mod restore_cmds;
 mod retention_cmd;
+mod server_cmds;
 mod sim_cmds;
 
 use clap::{CommandFactory, Parser, Subcommand};
@@ -48,6 +50,8 @@ enum Command {
     #[command(flatten)]
     Retention(retention_cmd::Commands),
     #[command(flatten)]
+    Server(server_cmds::Commands),
+    #[command(flatten)]
     Sim(sim_cmds::Commands),
     /// Print a shell completion script: xenvault completions bash > /etc/bash_completion.d/xenvault
     Completions { shell: clap_complete::Shell },
@@ -67,6 +71,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Repo(cmd) => repo_cmds::run(cmd).await,
         Command::Restore(cmd) => restore_cmds::run(cmd).await,
         Command::Retention(cmd) => retention_cmd::run(cmd).await,
+        Command::Server(cmd) => server_cmds::run(cmd).await,
         Command::Sim(cmd) => sim_cmds::run(cmd).await,
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "xenvault", &mut std::io::stdout());

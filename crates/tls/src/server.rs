@@ -26,6 +26,35 @@ impl ServerIdentity {
         Ok(ServerIdentity { cert_pem: read(cert)?, key_pem: read(key)? })
     }
 
+    /// Reads `cert`/`key`, or on first start makes a self-signed identity for `names` and
+    /// writes it there (the key readable by its owner only).
+    pub fn load_or_create(
+        cert: &std::path::Path,
+        key: &std::path::Path,
+        names: Vec<String>,
+        common_name: &str,
+    ) -> std::io::Result<Self> {
+        if cert.exists() && key.exists() {
+            return Self::load(cert, key);
+        }
+        let identity = Self::self_signed(names, common_name).map_err(std::io::Error::other)?;
+        let write = |path: &std::path::Path, text: &str, mode: u32| {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(mode)
+                .open(path)
+                .and_then(|mut f| f.write_all(text.as_bytes()))
+                .map_err(|e| std::io::Error::new(e.kind(), format!("writing {}: {e}", path.display())))
+        };
+        write(key, &identity.key_pem, 0o600)?;
+        write(cert, &identity.cert_pem, 0o644)?;
+        Ok(identity)
+    }
+
     /// A fresh self-signed certificate for `names` (DNS names or IP addresses). Marked as a
     /// CA so that clients trusting it as their root (GnuTLS: libnbd, qemu) accept it.
     pub fn self_signed(names: Vec<String>, common_name: &str) -> Result<Self, TlsError> {

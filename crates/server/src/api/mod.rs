@@ -1,0 +1,38 @@
+//! The REST API under /api: each area's routes with their OpenAPI description, joined into
+//! one router and one document; authorization wraps every route.
+
+mod access;
+mod health;
+
+use axum::Json;
+use axum::routing::get;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::AppState;
+use crate::auth::{SecuritySchemes, authorize};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "xenvault", description = "Backup jobs, runs, restore points and restores of XenServer / XCP-ng pools."),
+    modifiers(&SecuritySchemes),
+    tags(
+        (name = "access", description = "Login, tokens, users, audit log"),
+        (name = "health", description = "Liveness"),
+    )
+)]
+struct ApiDoc;
+
+/// The API's routes (not yet given their state) and its OpenAPI document.
+pub fn routes() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(access::router()).merge(health::router()).split_for_parts()
+}
+
+/// The routes behind authorization, plus the public document at /api/openapi.json.
+pub fn finish(routes: axum::Router<AppState>, doc: utoipa::openapi::OpenApi, state: AppState) -> axum::Router {
+    let doc = std::sync::Arc::new(doc);
+    routes
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), authorize))
+        .route("/api/openapi.json", get(move || async move { Json(doc.as_ref().clone()) }))
+        .with_state(state)
+}

@@ -1,0 +1,90 @@
+//! The server's settings: a TOML file (`/etc/xenvault/server.toml` unless told otherwise),
+//! then what the command line overrides.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::StartError;
+
+pub const DEFAULT_CONFIG: &str = "/etc/xenvault/server.toml";
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/xenvault";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// The catalog (unless `catalog` names PostgreSQL), its key, the TLS identity.
+    pub data_dir: PathBuf,
+    /// PEM certificate chain and key; without them a self-signed pair is made in the data dir.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// `postgres://...`; the embedded SQLite file in the data dir when unset.
+    pub catalog: Option<String>,
+    /// The first admin's password (else `XENVAULT_ADMIN_PASSWORD`, else one is generated
+    /// and printed once).
+    pub admin_password: Option<String>,
+    /// How long running jobs get to finish after SIGTERM before they are cancelled.
+    pub shutdown_timeout_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: DEFAULT_LISTEN.parse().expect("a valid default address"),
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            tls_cert: None,
+            tls_key: None,
+            catalog: None,
+            admin_password: None,
+            shutdown_timeout_secs: 30,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Reads `path`. A missing file is an error when the user named it (`explicit`), and
+    /// the defaults when it is the default path.
+    pub fn load(path: &Path, explicit: bool) -> Result<Self, StartError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => return Ok(Self::default()),
+            Err(e) => return Err(StartError::Config(format!("reading {}: {e}", path.display()))),
+        };
+        toml::from_str(&text).map_err(|e| StartError::Config(format!("{}: {e}", path.display())))
+    }
+
+    /// Where the TLS identity comes from: the configured pair, or the self-signed one kept
+    /// in the data dir.
+    pub fn tls_paths(&self) -> Result<(PathBuf, PathBuf, bool), StartError> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Ok((cert.clone(), key.clone(), false)),
+            (None, None) => Ok((self.data_dir.join("server-cert.pem"), self.data_dir.join("server-key.pem"), true)),
+            _ => Err(StartError::Config("give both tls_cert and tls_key, or neither (a self-signed pair)".into())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_default_file_gives_defaults_and_a_missing_named_file_an_error() {
+        let dir = std::env::temp_dir().join(format!("xenvault-server-config-{}", std::process::id()));
+        let missing = dir.join("nope.toml");
+        assert_eq!(ServerConfig::load(&missing, false).expect("defaults").listen.to_string(), DEFAULT_LISTEN);
+        let err = ServerConfig::load(&missing, true).expect_err("named file missing");
+        assert!(err.to_string().contains("nope.toml"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_and_half_tls_pairs_are_refused() {
+        let err = toml::from_str::<ServerConfig>("lisen = \"127.0.0.1:1\"").expect_err("typo");
+        assert!(err.to_string().contains("lisen"), "{err}");
+        let config: ServerConfig = toml::from_str("tls_cert = \"/c.pem\"").expect("parses");
+        assert!(config.tls_paths().is_err());
+    }
+}
