@@ -19,6 +19,7 @@ die() {
 apt_packages=(e2fsprogs ntfs-3g xfsprogs dosfstools mtools fdisk)
 $demo_only || apt_packages+=(
   qemu-utils gdisk lvm2 nbdkit libnbd-bin gnutls-bin libvhdi-utils python3-libvhdi xva-img restic borgbackup time
+  postgresql # the catalog tests start a private cluster (crates/catalog/tests/common)
 )
 missing_apt_packages() {
   local p
