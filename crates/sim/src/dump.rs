@@ -1,19 +1,16 @@
 //! `/pool/xmldbdump`: the database in xapi's XML dump layout.
 
 use crate::db::{CLASSES, Db};
-use xenvault_xapi_wire::Value;
+use xenvault_xapi_wire::{Value, xmlrpc};
 
+/// An attribute value: XML-escaped, with newlines as `%0A` as xapi's database dump writes
+/// them (an XML parser would turn a raw newline in an attribute into a space).
 fn escape(s: &str, out: &mut String) {
-    for c in s.chars() {
-        match c {
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '&' => out.push_str("&amp;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            '\n' => out.push_str("%0A"),
-            c => out.push(c),
+    for (i, line) in s.split('\n').enumerate() {
+        if i > 0 {
+            out.push_str("%0A");
         }
+        xmlrpc::escape_into(line, out);
     }
 }
 
@@ -65,4 +62,14 @@ pub fn database_xml(db: &Db) -> String {
     }
     out.push_str("</database>");
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn attribute_values_escape_markup_and_newlines() {
+        let mut out = String::new();
+        super::escape("a<b & \"c\"\nd\te", &mut out);
+        assert_eq!(out, "a&lt;b &amp; &quot;c&quot;%0Ad\te");
+    }
 }

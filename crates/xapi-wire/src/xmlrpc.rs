@@ -98,8 +98,9 @@ fn write_member(name: &str, value: &Value, out: &mut String) {
 }
 
 /// xapi's escaping: the four markup characters become entities and control characters
-/// that XML 1.0 cannot carry are dropped.
-fn escape_into(s: &str, out: &mut String) {
+/// that XML 1.0 cannot carry are dropped. The one XML escape of the workspace (text and
+/// double-quoted attribute values alike).
+pub fn escape_into(s: &str, out: &mut String) {
     for c in s.chars() {
         match c {
             '<' => out.push_str("&lt;"),
