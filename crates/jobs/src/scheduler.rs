@@ -224,7 +224,9 @@ impl Scheduler {
         let mut fires = Vec::new();
         for (job_id, job) in &mut self.jobs {
             for entry in &mut job.schedules {
-                let Some(at) = entry.next.filter(|at| *at <= now) else { continue };
+                let Some(first) = entry.next.filter(|at| *at <= now) else { continue };
+                // A clock that jumped over several instants fires once, for the latest.
+                let at = entry.cron.latest_at_or_before(now).filter(|latest| *latest > first).unwrap_or(first);
                 fires.push(Fire {
                     job_id: job_id.clone(),
                     schedule_id: entry.schedule_id.clone(),
