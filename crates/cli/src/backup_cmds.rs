@@ -176,9 +176,7 @@ pub async fn run(command: Commands) -> anyhow::Result<ExitCode> {
     let repo = args.repo.open().await?;
     if args.lock_days.is_some() {
         // Before any snapshot: a repository that cannot lock fails the run, not after it.
-        let location = args.repo.location();
-        let backend = xenvault_repo::backend::open(location, &args.repo.backend())?;
-        backend.require_object_lock().await.context("--lock-days")?;
+        repo.backend().require_object_lock().await.context("--lock-days")?;
     }
     let store = xenvault_engine::store::Store::from_repository(repo.clone());
     let host = Host::connect(&login).await.map_err(auth_kind)?;
@@ -191,7 +189,7 @@ pub async fn run(command: Commands) -> anyhow::Result<ExitCode> {
         Some(days) => {
             let ids: Vec<String> = report.vms.iter().filter_map(|v| v.restore_point.clone()).collect();
             let until = chrono::Utc::now() + chrono::Duration::days(i64::from(days));
-            let locked = lock_restore_points(&repo, &args.repo.backend(), &ids, args.lock_mode, until).await;
+            let locked = lock_restore_points(&repo, &ids, args.lock_mode, until).await;
             Some(locked.map_err(|e| {
                 anyhow::Error::new(e)
                     .context(format!("the restore points {} are stored but NOT locked", ids.join(", ")))

@@ -8,7 +8,7 @@ use clap::{Args, Subcommand};
 use serde::Serialize;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
-use xenvault_repo::backend::{self, Backend, BackendError, BackendOptions};
+use xenvault_repo::backend::{self, Backend, BackendError, BackendOptions, ObjectStore};
 use xenvault_repo::crypto::{Aead, Crypto, KEY_LEN, MasterKey, fill_random, is_zero};
 
 #[derive(Subcommand)]

@@ -73,10 +73,6 @@ pub struct RepoArgs {
 }
 
 impl RepoArgs {
-    pub(crate) fn location(&self) -> &str {
-        &self.repo
-    }
-
     pub(crate) fn backend(&self) -> BackendOptions {
         BackendOptions {
             s3_endpoint: self.s3_endpoint.clone(),

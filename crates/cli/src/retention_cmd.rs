@@ -43,7 +43,7 @@ pub async fn run(cmd: Commands) -> Result<ExitCode> {
         args.ids
     };
     let until = Utc::now() + Duration::days(i64::from(args.days));
-    let report = lock_restore_points(&repo, &args.repo.backend(), &ids, args.mode, until).await.map_err(classify)?;
+    let report = lock_restore_points(&repo, &ids, args.mode, until).await.map_err(classify)?;
     if args.json {
         print_json(&report)?;
     } else {

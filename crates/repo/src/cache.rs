@@ -32,7 +32,7 @@ impl Cache {
     /// (SQLite gives its -wal and -shm files the database's mode).
     pub fn open(dir: &Path, repo_id: &str) -> Result<Self> {
         use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-        crate::backend::create_private_dirs(dir)?;
+        crate::local::create_private_dirs(dir)?;
         let path = dir.join(format!("{repo_id}.sqlite"));
         let file = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(&path)?;
         // A database made by an older version was 0644.

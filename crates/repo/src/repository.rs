@@ -1,6 +1,6 @@
 //! Opening, creating and unlocking a repository; sealed object I/O; the chunk index.
 
-use crate::backend::BackendOptions;
+use crate::backend::{BackendOptions, ObjectStore};
 use crate::cache::Cache;
 use crate::crypto::{ChunkId, Crypto, MasterKey};
 use crate::error::{Error, Result};
@@ -107,9 +107,14 @@ pub struct Repository {
 impl Repository {
     /// Creates a repository at `location` (a path, `s3://bucket/prefix`, `azblob://container/prefix`).
     pub async fn init(location: &str, backend: &BackendOptions, opts: InitOptions) -> Result<Self> {
-        let store = Store::open(location, backend)?;
+        Self::init_on(Arc::new(crate::backend::open(location, backend)?), opts).await
+    }
+
+    /// Creates a repository on `backend` (any [`ObjectStore`], e.g. one a test wraps).
+    pub async fn init_on(backend: Arc<dyn ObjectStore>, opts: InitOptions) -> Result<Self> {
+        let store = Store::on(backend);
         if store.get(CONFIG_OBJECT).await?.is_some() || store.get(CONFIG_COPY_OBJECT).await?.is_some() {
-            return Err(Error::AlreadyExists(location.to_string()));
+            return Err(Error::AlreadyExists(store.location().to_string()));
         }
         let master = match &opts.chunk_ids_from {
             Some(other) => {
@@ -145,10 +150,15 @@ impl Repository {
 
     /// Opens and unlocks the repository at `location`.
     pub async fn open(location: &str, backend: &BackendOptions, secret: Option<&Secret>) -> Result<Self> {
-        let store = Store::open(location, backend)?;
+        Self::open_on(Arc::new(crate::backend::open(location, backend)?), secret).await
+    }
+
+    /// Opens and unlocks the repository on `backend` (any [`ObjectStore`]).
+    pub async fn open_on(backend: Arc<dyn ObjectStore>, secret: Option<&Secret>) -> Result<Self> {
+        let store = Store::on(backend);
         let config: RepoConfig = read_copies(&store, &[CONFIG_OBJECT, CONFIG_COPY_OBJECT])
             .await?
-            .ok_or_else(|| Error::NotARepository(location.to_string()))?;
+            .ok_or_else(|| Error::NotARepository(store.location().to_string()))?;
         config.validate()?;
         let master = match config.encryption {
             Encryption::None => {
@@ -196,6 +206,11 @@ impl Repository {
 
     pub fn location(&self) -> &str {
         self.inner.store.location()
+    }
+
+    /// The storage this repository was opened on (object lock, retention).
+    pub fn backend(&self) -> &dyn ObjectStore {
+        self.inner.store.backend().as_ref()
     }
 
     pub(crate) fn store(&self) -> &Store {

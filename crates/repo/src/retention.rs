@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
-use crate::backend::{self, BackendOptions, RetentionMode};
+use crate::backend::RetentionMode;
 use crate::crypto::ChunkId;
 use crate::error::{Error, Result};
 use crate::manifest::Manifest;
@@ -31,17 +31,16 @@ pub struct LockReport {
     pub packs: usize,
 }
 
-/// Locks the restore points `ids` (ids, unique prefixes or "latest") until `until`.
-/// `backend_options` are the ones `repo` was opened with. Everything is enumerated before
-/// the first object is locked, so a damaged restore point fails without a partial lock.
+/// Locks the restore points `ids` (ids, unique prefixes or "latest") until `until`, through
+/// the backend `repo` was opened on. Everything is enumerated before the first object is
+/// locked, so a damaged restore point fails without a partial lock.
 pub async fn lock_restore_points(
     repo: &Repository,
-    backend_options: &BackendOptions,
     ids: &[String],
     mode: RetentionMode,
     until: DateTime<Utc>,
 ) -> Result<LockReport> {
-    let backend = backend::open(repo.location(), backend_options)?;
+    let backend = repo.backend();
     backend.require_object_lock().await?;
     let mut manifests = Vec::new();
     for id in ids {

@@ -1,17 +1,25 @@
-//! The repository's view of storage: named immutable objects on a [`Backend`]. Everything
-//! above this module speaks object names (`config`, `keys/…`, `data/xx/…`, `index/…`, …).
+//! The repository's view of storage: named immutable objects on an [`ObjectStore`].
+//! Everything above this module speaks object names (`config`, `keys/…`, `data/xx/…`,
+//! `index/…`, …).
 
-use crate::backend::{Backend, BackendOptions};
+use std::sync::Arc;
+
+use crate::backend::ObjectStore;
 use crate::error::{Error, Result};
 use bytes::Bytes;
 
 pub struct Store {
-    backend: Backend,
+    backend: Arc<dyn ObjectStore>,
 }
 
 impl Store {
-    pub fn open(location: &str, options: &BackendOptions) -> Result<Self> {
-        Ok(Store { backend: crate::backend::open(location, options)? })
+    pub fn on(backend: Arc<dyn ObjectStore>) -> Self {
+        Store { backend }
+    }
+
+    /// The one backend of this store: retention and lock use it too.
+    pub fn backend(&self) -> &Arc<dyn ObjectStore> {
+        &self.backend
     }
 
     pub fn location(&self) -> &str {

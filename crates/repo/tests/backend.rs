@@ -3,7 +3,7 @@
 mod common;
 
 use bytes::Bytes;
-use xenvault_repo::backend::{self, Backend, BackendError, BackendOptions};
+use xenvault_repo::backend::{self, Backend, BackendError, BackendOptions, ObjectStore};
 
 /// The same contract on every backend: whole-object put/get, ranges, listing with sizes,
 /// conditional create, idempotent delete.

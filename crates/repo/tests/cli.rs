@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
-use xenvault_repo::backend::{self, Backend, BackendOptions};
+use xenvault_repo::backend::{self, Backend, BackendOptions, ObjectStore};
 
 const PASSPHRASE: &str = "correct horse battery staple";
 /// Written into source images; must never appear in a stored object.

@@ -5,7 +5,7 @@
 mod common;
 
 use std::path::Path;
-use xenvault_repo::backend::{self, Backend};
+use xenvault_repo::backend::{self, Backend, ObjectStore};
 use xenvault_repo::keys::Secret;
 use xenvault_repo::{Error, Repository, SourceInfo};
 

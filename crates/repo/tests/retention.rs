@@ -8,7 +8,7 @@ use std::process::Command;
 
 use bytes::Bytes;
 use chrono::{Duration, Utc};
-use xenvault_repo::backend::{self, BackendError, BackendKind, RetentionMode};
+use xenvault_repo::backend::{self, BackendError, BackendKind, ObjectStore, RetentionMode};
 use xenvault_repo::retention::{lock_restore_points, referenced_objects};
 use xenvault_repo::{Error, InitOptions, KdfParams, Repository, Secret, SourceInfo};
 
@@ -109,7 +109,7 @@ async fn locked_restore_point_survives_version_delete_on_seaweedfs() {
     let other = backup(&repo, "other").await;
 
     let until = Utc::now() + Duration::days(1);
-    let report = lock_restore_points(&repo, &options, &[kept.id[..8].to_string()], RetentionMode::Governance, until)
+    let report = lock_restore_points(&repo, &[kept.id[..8].to_string()], RetentionMode::Governance, until)
         .await
         .expect("lock");
     assert_eq!(report.restore_points, std::slice::from_ref(&kept.id));
@@ -184,7 +184,7 @@ async fn local_directory_has_no_object_lock() {
     .await
     .expect("init");
     let err =
-        lock_restore_points(&repo, &Default::default(), &["latest".into()], RetentionMode::Governance, until).await;
+        lock_restore_points(&repo, &["latest".into()], RetentionMode::Governance, until).await;
     assert!(matches!(err, Err(Error::Backend(BackendError::Unsupported { .. }))), "{err:?}");
 }
 
