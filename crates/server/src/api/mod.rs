@@ -2,7 +2,11 @@
 //! one router and one document; authorization wraps every route.
 
 mod access;
+mod connections;
 mod health;
+mod jobs;
+mod metrics;
+mod runs;
 
 use axum::Json;
 use axum::routing::get;
@@ -18,14 +22,25 @@ use crate::auth::{SecuritySchemes, authorize};
     modifiers(&SecuritySchemes),
     tags(
         (name = "access", description = "Login, tokens, users, audit log"),
-        (name = "health", description = "Liveness"),
+        (name = "health", description = "Liveness and metrics"),
+        (name = "pools", description = "XenServer / XCP-ng pools the jobs back up"),
+        (name = "repositories", description = "Repositories the restore points go to"),
+        (name = "jobs", description = "Backup job definitions"),
+        (name = "runs", description = "Run history, task trees, logs, live progress"),
     )
 )]
 struct ApiDoc;
 
 /// The API's routes (not yet given their state) and its OpenAPI document.
 pub fn routes() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
-    OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(access::router()).merge(health::router()).split_for_parts()
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(access::router())
+        .merge(health::router())
+        .merge(connections::router())
+        .merge(jobs::router())
+        .merge(runs::router())
+        .merge(metrics::router())
+        .split_for_parts()
 }
 
 /// The routes behind authorization, plus the public document at /api/openapi.json.
