@@ -2,24 +2,18 @@
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use std::collections::HashMap;
-use std::io::IsTerminal;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
 
 use tokio_util::sync::CancellationToken;
-use xenvault_engine::host::Host;
-use xenvault_engine::job::{self, BackupOptions};
+use xenvault_engine::job::{self, BackupOptions, LockAfterBackup};
 use xenvault_engine::report::{JobReport, Status};
 use xenvault_engine::selection::{SelectOptions, Selector};
 use xenvault_engine::strategy::{Level, Requested};
-use xenvault_engine::transfer::Progress;
+use xenvault_pool::Host;
 
 use crate::exit::ExitKind;
 use crate::pool_cmds::ConfigArg;
 use xenvault_repo::backend::RetentionMode;
-use xenvault_repo::retention::{LockReport, lock_restore_points};
 
 #[derive(Subcommand)]
 pub enum Commands {
@@ -136,6 +130,9 @@ impl BackupArgs {
             nbd_connections: self.nbd_connections,
             vm_lock_wait: std::time::Duration::from_secs(self.vm_lock_wait),
             cancel: CancellationToken::new(),
+            job_id: None,
+            run_id: None,
+            lock: self.lock_days.map(|days| LockAfterBackup { days, mode: self.lock_mode }),
         })
     }
 }
@@ -143,9 +140,13 @@ impl BackupArgs {
 /// Exit code of a run stopped by SIGINT or SIGTERM (128 + SIGINT, as shells say).
 const INTERRUPTED: u8 = 130;
 
-/// Cancels `token` at the first SIGINT or SIGTERM, saying what is being cleaned up; a
-/// second one ends the process at once.
-fn cancel_on_signals(token: CancellationToken) -> anyhow::Result<()> {
+/// Cancels `token` at the first SIGINT or SIGTERM, saying what is being cleaned up
+/// (`stopping`); a second one ends the process at once, saying what may be left (`forced`).
+pub(crate) fn cancel_on_signals(
+    token: CancellationToken,
+    stopping: &'static str,
+    forced: &'static str,
+) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut interrupt = signal(SignalKind::interrupt()).context("catching SIGINT")?;
     let mut terminate = signal(SignalKind::terminate()).context("catching SIGTERM")?;
@@ -154,15 +155,13 @@ fn cancel_on_signals(token: CancellationToken) -> anyhow::Result<()> {
             _ = interrupt.recv() => {}
             _ = terminate.recv() => {}
         }
-        eprintln!(
-            "interrupted: stopping the transfers, removing this run's snapshots, releasing the VM and repository locks; nothing more is committed (interrupt again to quit at once)"
-        );
+        eprintln!("interrupted: {stopping} (interrupt again to quit at once)");
         token.cancel();
         tokio::select! {
             _ = interrupt.recv() => {}
             _ = terminate.recv() => {}
         }
-        eprintln!("forced exit: the next backup removes what this one left");
+        eprintln!("forced exit: {forced}");
         std::process::exit(i32::from(INTERRUPTED));
     });
     Ok(())
@@ -171,37 +170,24 @@ fn cancel_on_signals(token: CancellationToken) -> anyhow::Result<()> {
 pub async fn run(command: Commands) -> anyhow::Result<ExitCode> {
     let Commands::Backup(args) = command;
     let options = args.options()?;
-    cancel_on_signals(options.cancel.clone())?;
+    cancel_on_signals(
+        options.cancel.clone(),
+        "stopping the transfers, removing this run's snapshots, releasing the VM and repository locks; nothing more is committed",
+        "the next backup removes what this one left",
+    )?;
     let login = args.config.store()?.login(&args.pool)?;
     let repo = args.repo.open().await?;
-    if args.lock_days.is_some() {
-        // Before any snapshot: a repository that cannot lock fails the run, not after it.
-        repo.backend().require_object_lock().await.context("--lock-days")?;
-    }
-    let store = xenvault_engine::store::Store::from_repository(repo.clone());
+    let store = xenvault_engine::store::Store::from_repository(repo);
     let host = Host::connect(&login).await.map_err(auth_kind)?;
-    let progress = Bars::new();
+    let progress = crate::progress::Bars::new(false);
     let report = job::backup(&host, &store, &options, progress.clone()).await;
     host.logout().await;
     let report = report?;
     progress.clear();
-    let lock = match args.lock_days {
-        Some(days) => {
-            let ids: Vec<String> = report.vms.iter().filter_map(|v| v.restore_point.clone()).collect();
-            let until = chrono::Utc::now() + chrono::Duration::days(i64::from(days));
-            let locked = lock_restore_points(&repo, &ids, args.lock_mode, until).await;
-            Some(locked.map_err(|e| {
-                anyhow::Error::new(e)
-                    .context(format!("the restore points {} are stored but NOT locked", ids.join(", ")))
-            }))
-        }
-        None => None,
-    };
-    let locked = lock.as_ref().and_then(|l| l.as_ref().ok());
-    let code = print_report(&report, locked, args.json)?;
-    match lock {
-        Some(Err(e)) => Err(e),
-        _ if options.cancel.is_cancelled() => {
+    let code = print_report(&report, args.json)?;
+    match &report.lock_error {
+        Some(e) => Err(anyhow::anyhow!("{e} (--lock-days)")),
+        None if options.cancel.is_cancelled() => {
             eprintln!("interrupted: cleaned up; restore points committed before the interruption are listed above");
             Ok(ExitCode::from(INTERRUPTED))
         }
@@ -209,21 +195,13 @@ pub async fn run(command: Commands) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Prints the report (and the lock applied to its restore points) and returns the exit
+/// Prints the report (with the lock given to its restore points) and returns the exit
 /// code it deserves.
-fn print_report(report: &JobReport, lock: Option<&LockReport>, json: bool) -> anyhow::Result<ExitCode> {
+fn print_report(report: &JobReport, json: bool) -> anyhow::Result<ExitCode> {
     if json {
-        let mut doc = serde_json::to_value(report)?;
-        if let (Some(lock), Some(fields)) = (lock, doc.as_object_mut()) {
-            fields.insert("lock".into(), serde_json::to_value(lock)?);
-        }
-        crate::repo_cmds::print_json(&doc)?;
+        crate::repo_cmds::print_json(report)?;
     } else {
         print!("{}", report.summary());
-        if let Some(lock) = lock {
-            let until = lock.until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-            println!("locked {} restore point(s) in {} mode until {until}", lock.restore_points.len(), lock.mode);
-        }
     }
     let failed = report.vms.iter().filter(|v| matches!(v.status, Status::Failed)).count();
     Ok(if failed == 0 {
@@ -236,59 +214,7 @@ fn print_report(report: &JobReport, lock: Option<&LockReport>, json: bool) -> an
 }
 
 /// Credentials refused by the pool get the AUTH exit code.
-pub fn auth_kind(e: xenvault_engine::Error) -> anyhow::Error {
+pub fn auth_kind(e: impl Into<xenvault_engine::Error>) -> anyhow::Error {
+    let e = e.into();
     if e.is_auth() { anyhow::Error::new(e).context(ExitKind::Auth) } else { e.into() }
-}
-
-/// One progress bar per disk, on a terminal only.
-pub struct Bars {
-    multi: Option<MultiProgress>,
-    bars: Mutex<HashMap<String, ProgressBar>>,
-}
-
-impl Bars {
-    pub fn new() -> Arc<Self> {
-        let multi = std::io::stderr().is_terminal().then(MultiProgress::new);
-        Arc::new(Self { multi, bars: Mutex::new(HashMap::new()) })
-    }
-
-    pub fn clear(&self) {
-        if let Some(multi) = &self.multi {
-            let _ = multi.clear();
-        }
-    }
-}
-
-impl Progress for Bars {
-    fn start(&self, key: &str, label: &str, total: u64) {
-        let Some(multi) = &self.multi else { return };
-        let bar = multi.add(ProgressBar::new(total));
-        if let Ok(style) =
-            ProgressStyle::with_template("{msg:32} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}")
-        {
-            bar.set_style(style.progress_chars("=> "));
-        }
-        bar.set_message(label.to_owned());
-        if let Ok(mut bars) = self.bars.lock() {
-            bars.insert(key.to_owned(), bar);
-        }
-    }
-
-    fn set_total(&self, key: &str, total: u64) {
-        if let Some(bar) = self.bars.lock().ok().and_then(|b| b.get(key).cloned()) {
-            bar.set_length(total);
-        }
-    }
-
-    fn advance(&self, key: &str, bytes: u64) {
-        if let Some(bar) = self.bars.lock().ok().and_then(|b| b.get(key).cloned()) {
-            bar.inc(bytes);
-        }
-    }
-
-    fn finish(&self, key: &str) {
-        if let Some(bar) = self.bars.lock().ok().and_then(|mut b| b.remove(key)) {
-            bar.finish_and_clear();
-        }
-    }
 }

@@ -5,14 +5,14 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use xenvault_engine::Value;
-use xenvault_engine::config::{ConfigStore, PoolEntry, TlsTrust};
-use xenvault_engine::host::Host;
 use xenvault_engine::job::{self, BackupOptions};
-use xenvault_engine::report::{JobReport, human_bytes};
+use xenvault_engine::report::JobReport;
+use xenvault_types::units;
 use xenvault_engine::selection::Selector;
 use xenvault_engine::store::Store;
 use xenvault_engine::strategy::Level;
+use xenvault_pool::config::{ConfigStore, PoolEntry, TlsTrust};
+use xenvault_pool::{Host, Value};
 use xenvault_sim::{DemoDisks, SimConfig, Simulator};
 
 /// Used when XENVAULT_PASSPHRASE is not set: the demo repository is not a secret.
@@ -51,7 +51,7 @@ pub async fn run(command: Commands) -> anyhow::Result<ExitCode> {
     println!("== repository {}", store.location());
 
     let configs = ConfigStore::locate(Some(dir.join("config.toml")))?;
-    let fingerprint = xenvault_engine::config::fingerprint_of_pem(&sim.cert_pem)
+    let fingerprint = xenvault_pool::config::fingerprint_of_pem(&sim.cert_pem)
         .ok_or_else(|| anyhow::anyhow!("the simulator's certificate is not PEM"))?;
     let entry = PoolEntry { url: sim.url.clone(), user: sim.user.clone(), tls: TlsTrust::Fingerprint(fingerprint) };
     configs.add_pool(POOL, entry, &sim.password)?;
@@ -65,7 +65,7 @@ pub async fn run(command: Commands) -> anyhow::Result<ExitCode> {
 }
 
 async fn demo(host: &Host, store: &Store) -> anyhow::Result<ExitCode> {
-    let bars = crate::backup_cmds::Bars::new();
+    let bars = crate::progress::Bars::new(false);
     let mut options = BackupOptions { selectors: vec![Selector::All], level: Level::Full, ..Default::default() };
 
     println!("== full backup of every VM");
@@ -103,9 +103,9 @@ async fn demo(host: &Host, store: &Store) -> anyhow::Result<ExitCode> {
                     vm.vm_name.clone(),
                     disk.position.to_string(),
                     disk.strategy.to_string(),
-                    human_bytes(disk.bytes_read),
-                    human_bytes(disk.bytes_changed),
-                    human_bytes(disk.bytes_stored),
+                    units::bytes(disk.bytes_read),
+                    units::bytes(disk.bytes_changed),
+                    units::bytes(disk.bytes_stored),
                     format!("{:.2} s", disk.duration_secs),
                 ]
             })

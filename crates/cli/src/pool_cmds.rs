@@ -8,10 +8,11 @@ use std::process::ExitCode;
 
 use crate::exit::ExitKind;
 use crate::output::{table, time};
-use crate::repo_cmds::{RepoArgs, human, print_json};
-use xenvault_engine::config::{self, ConfigStore, PoolEntry, PoolLogin, TlsTrust};
-use xenvault_engine::host::Host;
-use xenvault_engine::inventory;
+use crate::repo_cmds::{RepoArgs, print_json};
+use xenvault_types::units;
+use xenvault_pool::Host;
+use xenvault_pool::config::{self, ConfigStore, PoolEntry, PoolLogin, TlsTrust};
+use xenvault_pool::inventory::{self, LastRestorePoint};
 
 #[derive(Subcommand)]
 pub enum Commands {
@@ -330,7 +331,8 @@ pub async fn run(command: Commands) -> Result<ExitCode> {
             let mut vms = vms?;
             if let Some(repo) = repo {
                 let points = repo.open().await?.restore_points().await.map_err(crate::repo_cmds::classify)?;
-                inventory::add_restore_points(&mut vms, &points);
+                let newest = points.iter().map(|m| (m.source.id.as_str(), LastRestorePoint { id: m.id.clone(), time: m.time }));
+                inventory::add_restore_points(&mut vms, newest);
             }
             if json {
                 return print_json(&vms).map(|_| ExitCode::SUCCESS);
@@ -348,7 +350,7 @@ pub async fn run(command: Commands) -> Result<ExitCode> {
                         v.power_state.clone(),
                         v.host.clone(),
                         v.disks.to_string(),
-                        human(v.size),
+                        units::bytes(v.size),
                         v.tags.join(","),
                         last.unwrap_or_else(|| "-".into()),
                     ]
@@ -373,7 +375,7 @@ pub async fn run(command: Commands) -> Result<ExitCode> {
                         .filter(|(on, _)| *on)
                         .map(|(_, n)| *n)
                         .collect::<Vec<_>>();
-                    vec![s.name.clone(), s.uuid.clone(), s.kind.clone(), human(s.size), human(s.used), notes.join(",")]
+                    vec![s.name.clone(), s.uuid.clone(), s.kind.clone(), units::bytes(s.size), units::bytes(s.used), notes.join(",")]
                 })
                 .collect();
             table(&["NAME", "UUID", "TYPE", "SIZE", "USED", ""], &rows, &[3, 4]);

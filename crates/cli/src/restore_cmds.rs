@@ -2,20 +2,23 @@
 //! `serve-nbd` (instant access), `export` (raw, VHD, qcow2) and `restore vm`. The work lives in
 //! `xenvault_restore`; this module parses and reports.
 
-use crate::repo_cmds::{RepoArgs, bytes_bar, classify, human, print_json, progress_of, restore_point};
+use crate::repo_cmds::{RepoArgs, classify, print_json, restore_point};
 use anyhow::{Context, Result, anyhow};
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use xenvault_engine::inventory::{self, Kind};
+use tokio_util::sync::CancellationToken;
 use xenvault_fsread::{Entry, EntryKind};
+use xenvault_pool::inventory::{self, Kind};
 use xenvault_repo::{DiskReader, Repository};
 use xenvault_restore::RepoDisk;
 use xenvault_restore::export::{DiskFormat, export};
 use xenvault_restore::files::StoredFs;
 use xenvault_restore::nbd::{DiskExport, SingleExport};
 use xenvault_tls::ServerIdentity;
+use xenvault_types::progress::{Key, Phase};
+use xenvault_types::units;
 
 #[derive(Subcommand)]
 pub enum Commands {
@@ -185,7 +188,12 @@ pub struct RestoreDiskArgs {
 
 /// One line on what a disk restore wrote, and how it found what differs.
 fn describe(d: &xenvault_restore::vm::DiskRestore) -> String {
-    let mut line = format!("{} written of {}, {} sent", human(d.bytes_written), human(d.size), human(d.bytes_sent));
+    let mut line = format!(
+        "{} written of {}, {} sent",
+        units::bytes(d.bytes_written),
+        units::bytes(d.size),
+        units::bytes(d.bytes_sent)
+    );
     if let Some(method) = &d.method {
         let method = match method {
             xenvault_restore::differential::Method::Cbt => "CBT",
@@ -193,7 +201,7 @@ fn describe(d: &xenvault_restore::vm::DiskRestore) -> String {
         };
         line += &format!(
             ", {} of the disk compared; differences by {method} ({})",
-            human(d.bytes_compared),
+            units::bytes(d.bytes_compared),
             d.method_reason.as_deref().unwrap_or("")
         );
     }
@@ -204,9 +212,10 @@ async fn restore_disk(a: RestoreDiskArgs) -> Result<ExitCode> {
     use xenvault_restore::disk::{Attach, DiskRestoreOptions, DiskTarget};
     let repo = a.disk.repo.open().await?;
     let m = a.disk.restore_point(&repo).await?;
-    let record = m.disk(a.disk.disk.as_deref()).map_err(classify)?;
+    // A disk the restore point lacks is refused before the pool is contacted.
+    m.disk(a.disk.disk.as_deref()).map_err(classify)?;
     let login = a.config.store()?.login(&a.pool)?;
-    let client = xenvault_restore::vm::connect(&login).await.map_err(restore_error)?;
+    let client = xenvault_pool::host::connect(&login).await.map_err(crate::backup_cmds::auth_kind)?;
     // clap guarantees --vdi or --sr, and --device with --attach.
     let target = match (&a.vdi, &a.sr) {
         (Some(vdi), _) => {
@@ -235,8 +244,8 @@ async fn restore_disk(a: RestoreDiskArgs) -> Result<ExitCode> {
             }
         }
     };
-    let opts = DiskRestoreOptions { differential: a.differential, force: a.force };
-    let bar = bytes_bar(record.size, a.json, &record.name);
+    let opts = DiskRestoreOptions { differential: a.differential, force: a.force, ..Default::default() };
+    cancel_restore_on_signals(&opts.cancel)?;
     let report = xenvault_restore::disk::restore_disk(
         &client,
         &repo,
@@ -244,11 +253,10 @@ async fn restore_disk(a: RestoreDiskArgs) -> Result<ExitCode> {
         a.disk.disk.as_deref(),
         &target,
         &opts,
-        Some(progress_of(&bar)),
+        crate::progress::Bars::new(a.json),
     )
     .await
     .map_err(restore_error)?;
-    bar.finish_and_clear();
     if a.json {
         print_json(&report)?;
     } else {
@@ -323,7 +331,7 @@ async fn restore_vm(a: RestoreVmArgs) -> Result<ExitCode> {
     let repo = a.repo.open().await?;
     let m = restore_point(&repo, &a.id, a.source.as_deref()).await?;
     let login = a.config.store()?.login(&a.pool)?;
-    let client = xenvault_restore::vm::connect(&login).await.map_err(restore_error)?;
+    let client = xenvault_pool::host::connect(&login).await.map_err(crate::backup_cmds::auth_kind)?;
     let sr = match &a.sr {
         Some(sr) => Some(resolve(&client, Kind::Sr, sr).await?),
         None => None,
@@ -345,12 +353,11 @@ async fn restore_vm(a: RestoreVmArgs) -> Result<ExitCode> {
         sr_map: resolve_targets(&client, Kind::Sr, &a.sr_map).await?,
         network_map: resolve_targets(&client, Kind::Network, &a.network_map).await?,
         macs: a.macs,
+        ..Default::default()
     };
-    let bar = bytes_bar(m.total_size(), a.json, &m.source.name);
-    let progress = progress_of(&bar);
-    let report =
-        xenvault_restore::vm::restore_vm(&client, &repo, &m, &opts, Some(progress)).await.map_err(restore_error)?;
-    bar.finish_and_clear();
+    cancel_restore_on_signals(&opts.cancel)?;
+    let bars = crate::progress::Bars::new(a.json);
+    let report = xenvault_restore::vm::restore_vm(&client, &repo, &m, &opts, bars).await.map_err(restore_error)?;
     if a.start {
         inventory::start_vm(&client, &report.vm_uuid)
             .await
@@ -456,6 +463,14 @@ impl DiskArgs {
 }
 
 /// Wrong keys and refused credentials keep their exit code through the restore layer.
+fn cancel_restore_on_signals(cancel: &CancellationToken) -> Result<()> {
+    crate::backup_cmds::cancel_on_signals(
+        cancel.clone(),
+        "stopping the restore: what it created is removed, overwritten disks are put back as they were",
+        "what the restore created or began to overwrite is left as it is",
+    )
+}
+
 fn restore_error(e: xenvault_restore::Error) -> anyhow::Error {
     match e {
         xenvault_restore::Error::Repo(e) => classify(e),
@@ -463,6 +478,10 @@ fn restore_error(e: xenvault_restore::Error) -> anyhow::Error {
         xenvault_restore::Error::Fs(e) => anyhow::Error::new(e),
         xenvault_restore::Error::Xapi(e) if e.to_string().contains("SESSION_AUTHENTICATION_FAILED") => {
             anyhow::Error::new(e).context(crate::exit::ExitKind::Auth)
+        }
+        xenvault_restore::Error::Pool(e) => crate::backup_cmds::auth_kind(e),
+        e @ xenvault_restore::Error::AmbiguousVolume { .. } => {
+            anyhow::Error::new(e).context("choose a volume with --partition")
         }
         other => anyhow::Error::new(other),
     }
@@ -586,7 +605,7 @@ async fn files(cmd: FilesCommand) -> Result<ExitCode> {
                 print_json(&vols)?;
             } else {
                 for v in &vols {
-                    println!("{:<16} {:>10} {:<12} {}", v.name, human(v.size), v.content, v.description);
+                    println!("{:<16} {:>10} {:<12} {}", v.name, units::bytes(v.size), v.content, v.description);
                 }
             }
         }
@@ -620,7 +639,7 @@ async fn files(cmd: FilesCommand) -> Result<ExitCode> {
                     stats.files,
                     stats.dirs,
                     stats.symlinks,
-                    human(stats.bytes),
+                    units::bytes(stats.bytes),
                     fs.volume().name,
                     path,
                     to.display(),
@@ -658,13 +677,7 @@ fn tls_identity(a: &ServeNbdArgs, addr: std::net::SocketAddr) -> Result<Option<S
     Ok(match (&a.tls_cert, &a.tls_key) {
         (Some(cert), Some(key)) => Some(ServerIdentity::load(cert, key)?),
         _ if a.tls => {
-            let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
-            let host = a.listen.rsplit_once(':').map_or(a.listen.as_str(), |(h, _)| h).trim_matches(['[', ']']);
-            for name in [host.to_owned(), addr.ip().to_string()] {
-                if !name.is_empty() && !names.contains(&name) && !addr.ip().is_unspecified() {
-                    names.push(name);
-                }
-            }
+            let names = xenvault_restore::nbd::listener_names(&a.listen, addr);
             Some(ServerIdentity::self_signed(names, "xenvault serve-nbd")?)
         }
         _ => None,
@@ -717,22 +730,22 @@ async fn export_cmd(a: ExportArgs) -> Result<ExitCode> {
     let format: DiskFormat = a.format.parse().map_err(|e: String| anyhow!(e))?;
     let disk = a.disk.repo_disk().await?;
     let to_stdout = a.to.as_os_str() == "-";
-    let bar = bytes_bar(disk.reader().size(), a.json || to_stdout, &disk.reader().disk().name);
-    let progress = progress_of(&bar);
+    let stored = disk.reader().disk();
+    let key = Key::new(None, Some(stored.position), Phase::Export);
+    let task = crate::progress::task(a.json || to_stdout, key, stored.name.clone(), stored.size);
     let out = output(&a.to)?;
-    let stats = tokio::task::spawn_blocking(move || export(&disk, format, out, Some(progress)))
+    let stats = tokio::task::spawn_blocking(move || export(&disk, format, out, &task, &CancellationToken::new()))
         .await?
         .map_err(restore_error)?;
-    bar.finish_and_clear();
     if a.json {
         print_json(&serde_json::json!({"format": format, "to": a.to, "stats": stats}))?;
     } else if !to_stdout {
         println!(
             "exported {} as {} to {} ({} written) in {:.1} s",
-            human(stats.disk_bytes),
+            units::bytes(stats.disk_bytes),
             a.format.to_uppercase(),
             a.to.display(),
-            human(stats.output_bytes),
+            units::bytes(stats.output_bytes),
             stats.seconds
         );
     }
@@ -750,20 +763,27 @@ fn output(to: &std::path::Path) -> Result<Box<dyn std::io::Write + Send>> {
 async fn export_xva(a: ExportArgs) -> Result<ExitCode> {
     let repo = a.disk.repo.open().await?;
     let m = a.disk.restore_point(&repo).await?;
-    let bar = bytes_bar(m.total_size(), a.json || a.to.as_os_str() == "-", &m.source.name);
-    let progress = progress_of(&bar);
+    let key = Key::new(Some(&m.source.id), None, Phase::Export);
+    let task = crate::progress::task(a.json || a.to.as_os_str() == "-", key, m.source.name.clone(), m.total_size());
     let out = output(&a.to)?;
     let started = std::time::Instant::now();
     let m2 = m.clone();
-    let bytes = tokio::task::spawn_blocking(move || xenvault_restore::xva::export_xva(&repo, &m2, out, Some(progress)))
-        .await?
-        .map_err(restore_error)?;
-    bar.finish_and_clear();
+    let bytes = tokio::task::spawn_blocking(move || {
+        xenvault_restore::xva::export_xva(&repo, &m2, out, &task, &CancellationToken::new())
+    })
+    .await?
+    .map_err(restore_error)?;
     let secs = started.elapsed().as_secs_f64();
     if a.json {
         print_json(&serde_json::json!({"format": "xva", "to": a.to, "disk_bytes": bytes, "seconds": secs}))?;
     } else if a.to.as_os_str() != "-" {
-        println!("exported VM {} ({}) as XVA to {} in {:.1} s", m.source.name, human(bytes), a.to.display(), secs);
+        println!(
+            "exported VM {} ({}) as XVA to {} in {:.1} s",
+            m.source.name,
+            units::bytes(bytes),
+            a.to.display(),
+            secs
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

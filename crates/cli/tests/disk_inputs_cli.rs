@@ -109,7 +109,7 @@ fn disk_positions_select_the_same_disk_in_every_restore_point() {
     let pool = Sim { runtime, client };
     let password = cli.dir.join("sim.password");
     std::fs::write(&password, &sim.password).unwrap();
-    let fingerprint = xenvault_engine::config::fingerprint_of_pem(&sim.cert_pem).unwrap();
+    let fingerprint = xenvault_pool::config::fingerprint_of_pem(&sim.cert_pem).unwrap();
     ok(
         cli.run(&[
             "pool",

@@ -128,7 +128,7 @@ impl Pool {
             manifest,
             sim,
         };
-        let fingerprint = xenvault_engine::config::fingerprint_of_pem(&pool.sim.cert_pem).unwrap();
+        let fingerprint = xenvault_pool::config::fingerprint_of_pem(&pool.sim.cert_pem).unwrap();
         let url = pool.sim.url.clone();
         let file = pool.dir.join("sim.password");
         std::fs::write(&file, &pool.sim.password).unwrap();
@@ -616,7 +616,7 @@ fn serve_nbd_plain_and_over_tls() {
         pem += &Foreground::line(&mut own.stdout);
         pem.push('\n');
     }
-    let expected = xenvault_engine::config::fingerprint_of_pem(&pem).unwrap();
+    let expected = xenvault_pool::config::fingerprint_of_pem(&pem).unwrap();
     assert_eq!(fingerprint, format!("certificate sha256 {expected}"));
     let self_signed = dir.join("self-signed");
     std::fs::create_dir_all(&self_signed).unwrap();
@@ -821,7 +821,7 @@ fn pools_are_checked_before_saving_and_list_their_inventory() {
         p.command(args).env("XENVAULT_CONFIG", &config).env("XENVAULT_POOL_PASSWORD", password).output().unwrap()
     };
     let url = p.sim.url.as_str();
-    let fingerprint = xenvault_engine::config::fingerprint_of_pem(&p.sim.cert_pem).unwrap();
+    let fingerprint = xenvault_pool::config::fingerprint_of_pem(&p.sim.cert_pem).unwrap();
     let password = p.sim.password.as_str();
     let listed = || json(&ok(run(&["pool", "list", "--json"], password), "pool list")).as_array().unwrap().len();
 

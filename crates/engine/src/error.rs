@@ -5,7 +5,7 @@ pub enum Error {
     #[error("configuration: {0}")]
     Config(String),
     #[error(transparent)]
-    Lookup(#[from] crate::inventory::LookupError),
+    Lookup(#[from] xenvault_pool::inventory::LookupError),
     #[error("XenAPI: {0}")]
     Xapi(#[from] xenvault_xapi::Error),
     #[error("NBD: {0}")]
@@ -27,6 +27,19 @@ pub enum Error {
     /// The caller cancelled the job: the snapshot was removed, nothing committed.
     #[error("cancelled: the snapshot was removed and nothing was committed")]
     Cancelled,
+}
+
+/// Pool errors keep their kind: a refused call stays [`Error::Xapi`], so
+/// [`Error::xapi_code`] and the fatal/auth tests see through them.
+impl From<xenvault_pool::Error> for Error {
+    fn from(e: xenvault_pool::Error) -> Self {
+        match e {
+            xenvault_pool::Error::Config(m) => Error::Config(m),
+            xenvault_pool::Error::Lookup(e) => Error::Lookup(e),
+            xenvault_pool::Error::Xapi(e) => Error::Xapi(e),
+            xenvault_pool::Error::Protocol(m) => Error::Protocol(m),
+        }
+    }
 }
 
 impl Error {

@@ -6,7 +6,7 @@
 use std::ffi::OsString;
 
 use crate::error::Error;
-use crate::records::Vm;
+use xenvault_pool::records::Vm;
 
 pub struct HookContext<'a> {
     pub pool: &'a str,

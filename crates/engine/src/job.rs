@@ -9,15 +9,19 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
-use crate::host::Host;
-use crate::hygiene::{self, TAG_BASE, TAG_RESTORE_POINT};
-use crate::records::{Vbd, Vdi, Vm};
 use crate::report::{DiskReport, ExcludedDisk, JobReport, SnapshotReport, Status, VmReport};
-use crate::selection::{self, HostName, SelectOptions, Selector};
-use crate::snapshot;
-use crate::store::{DiskEntry, PastPoint, Point, Store};
+use crate::selection::{self, SelectOptions, Selector};
+use crate::store::{PastPoint, Point, Store};
 use crate::strategy::{self, Attempt, BaseDisk, BaseSnapshotVdi, DiskFacts, Level, Requested};
-use crate::transfer::{self, DiskTarget, Progress};
+use crate::transfer::{self, DiskTarget};
+use xenvault_pool::host::Host;
+use xenvault_pool::hygiene::{self, TAG_BASE, TAG_RESTORE_POINT};
+use xenvault_pool::records::{HostName, Vbd, Vdi, Vm};
+use xenvault_pool::snapshot;
+use xenvault_repo::backend::RetentionMode;
+use xenvault_repo::retention::lock_restore_points;
+use xenvault_types::metadata::{BackupRun, DiskBackup, VmMetadata, XapiRecords, XvaArchive};
+use xenvault_types::progress::{Key, Phase, Progress, Task};
 
 /// Restore point tries per disk beyond the first, when transfers break mid-way.
 const MAX_RETRIES: usize = 3;
@@ -48,6 +52,23 @@ pub struct BackupOptions {
     /// Cancels the job: VMs not started are skipped, running transfers stop, their
     /// snapshots are removed and nothing more is committed.
     pub cancel: CancellationToken,
+    /// The job this run belongs to (a scheduler's job), kept with every restore point
+    /// and in the report; default: the run id.
+    pub job_id: Option<String>,
+    /// This run's id, kept with every restore point and in the report; it also marks the
+    /// snapshots and VM locks the run takes, so it must be new for each run. Default: a
+    /// new uuid.
+    pub run_id: Option<String>,
+    /// Make each new restore point immutable for a while once the run is over (S3 object
+    /// lock); a repository that cannot lock fails the run before any snapshot.
+    pub lock: Option<LockAfterBackup>,
+}
+
+/// The object lock a run gives its restore points.
+#[derive(Debug, Clone, Copy)]
+pub struct LockAfterBackup {
+    pub days: u32,
+    pub mode: RetentionMode,
 }
 
 impl Default for BackupOptions {
@@ -67,6 +88,9 @@ impl Default for BackupOptions {
             nbd_connections: 4,
             vm_lock_wait: Duration::from_secs(60),
             cancel: CancellationToken::new(),
+            job_id: None,
+            run_id: None,
+            lock: None,
         }
     }
 }
@@ -78,6 +102,7 @@ struct Ctx<'a> {
     store: &'a Store,
     options: &'a BackupOptions,
     job_id: String,
+    run_id: String,
     progress: Arc<dyn Progress>,
 }
 
@@ -97,10 +122,15 @@ pub async fn backup(
 ) -> Result<JobReport, Error> {
     let started_at = chrono::Utc::now();
     let started = Instant::now();
+    if options.lock.is_some() {
+        store.repository().backend().require_object_lock().await.map_err(xenvault_repo::Error::from)?;
+    }
     let vms = host.vms().await?;
     let hosts = host.hosts().await?;
     let selected = selection::select(&vms, &hosts, &options.selectors, options.select)?;
-    let ctx = Ctx { host, hosts, store, options, job_id: uuid::Uuid::new_v4().to_string(), progress };
+    let run_id = options.run_id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let job_id = options.job_id.clone().unwrap_or_else(|| run_id.clone());
+    let ctx = Ctx { host, hosts, store, options, job_id, run_id, progress };
     let vms: Vec<VmReport> = futures::stream::iter(selected.iter())
         .map(|vm| backup_vm(&ctx, vm))
         .buffer_unordered(options.vm_concurrency.max(1))
@@ -108,6 +138,7 @@ pub async fn backup(
         .await;
     let mut report = JobReport {
         job_id: ctx.job_id.clone(),
+        run_id: ctx.run_id.clone(),
         pool: host.pool_name.clone(),
         repository: store.location().to_owned(),
         level: options.level,
@@ -115,9 +146,22 @@ pub async fn backup(
         duration_secs: started.elapsed().as_secs_f64(),
         vms,
         totals: Default::default(),
+        lock: None,
+        lock_error: None,
     };
     report.vms.sort_by(|a, b| a.vm_name.cmp(&b.vm_name).then_with(|| a.vm_uuid.cmp(&b.vm_uuid)));
     report.compute_totals();
+    if let Some(lock) = options.lock {
+        let ids: Vec<String> = report.vms.iter().filter_map(|v| v.restore_point.clone()).collect();
+        let until = chrono::Utc::now() + chrono::Duration::days(i64::from(lock.days));
+        match lock_restore_points(store.repository(), &ids, lock.mode, until).await {
+            Ok(locked) => report.lock = Some(locked),
+            Err(e) => {
+                report.lock_error =
+                    Some(format!("the restore points {} are stored but not locked: {e}", ids.join(", ")))
+            }
+        }
+    }
     Ok(report)
 }
 
@@ -165,14 +209,14 @@ async fn locked_run_vm(ctx: &Ctx<'_>, vm: &Vm, report: &mut VmReport) -> Result<
     if ctx.options.cancel.is_cancelled() {
         return Err(Error::Cancelled);
     }
-    let acquiring = crate::vm_lock::acquire(ctx.host, vm, &ctx.job_id, ctx.options.vm_lock_wait);
+    let acquiring = crate::vm_lock::acquire(ctx.host, vm, &ctx.run_id, ctx.options.vm_lock_wait);
     let lock = unless_cancelled(&ctx.options.cancel, acquiring).await.ok_or(Error::Cancelled)??;
     if let Some(holder) = &lock.took_over {
         report.warnings.push(format!("took over the backup lock of a run that is gone: {holder}"));
     }
     let result = match ctx.host.vm(&vm.reference).await {
         Ok(vm) => run_vm(ctx, &vm, report).await,
-        Err(e) => Err(e),
+        Err(e) => Err(e.into()),
     };
     lock.release(ctx.host).await;
     result
@@ -188,7 +232,7 @@ async fn run_vm(ctx: &Ctx<'_>, vm: &Vm, report: &mut VmReport) -> Result<(), Err
     report.cleaned_snapshots.extend(untagged.into_iter().map(|s| s.uuid));
 
     // What earlier runs left: the base to build on, and leftovers to remove.
-    let cleanup = hygiene::sort_out(snapshot::ours(host, vm).await?, &ctx.job_id);
+    let cleanup = hygiene::sort_out(snapshot::ours(host, vm).await?, &ctx.run_id);
     for stale in &cleanup.remove {
         snapshot::destroy(host, &stale.reference).await;
         report.cleaned_snapshots.push(stale.uuid.clone());
@@ -238,7 +282,7 @@ async fn run_vm(ctx: &Ctx<'_>, vm: &Vm, report: &mut VmReport) -> Result<(), Err
     if let Some(cmd) = &options.pre_cmd {
         crate::hooks::run("pre", cmd, &hook_ctx(None)).await?;
     }
-    let taken = snapshot::take(host, vm, &ctx.job_id, options.quiesce).await;
+    let taken = snapshot::take(host, vm, &ctx.run_id, options.quiesce).await;
     if let Some(cmd) = &options.post_cmd {
         let uuid = taken.as_ref().ok().map(|t| t.vm.uuid.as_str());
         if let Err(e) = crate::hooks::run("post", cmd, &hook_ctx(uuid)).await {
@@ -284,16 +328,43 @@ async fn run_vm(ctx: &Ctx<'_>, vm: &Vm, report: &mut VmReport) -> Result<(), Err
 }
 
 /// The stored VM records without this run's lock and intent (see [`hygiene::RUN_KEYS`]).
-fn without_run_keys(metadata: &mut serde_json::Value) {
-    for record in ["vm", "snapshot"] {
-        if let Some(config) =
-            metadata.get_mut(record).and_then(|r| r.get_mut("other_config")).and_then(|c| c.as_object_mut())
-        {
+fn without_run_keys(records: &mut XapiRecords) {
+    for record in [&mut records.vm, &mut records.snapshot] {
+        if let Some(config) = record.get_mut("other_config").and_then(|c| c.as_object_mut()) {
             for key in hygiene::RUN_KEYS {
                 config.remove(key);
             }
         }
     }
+}
+
+/// What the restore point stores about the VM, its disks as `reports` say, and this run.
+fn vm_metadata(
+    ctx: &Ctx<'_>,
+    vm: &Vm,
+    level: Level,
+    records: XapiRecords,
+    reports: &[DiskReport],
+    xva: Option<XvaArchive>,
+) -> VmMetadata {
+    let disks = reports
+        .iter()
+        .map(|d| DiskBackup {
+            position: d.position.clone(),
+            vdi_uuid: d.vdi_uuid.clone(),
+            snapshot_vdi_uuid: d.snapshot_vdi_uuid.clone(),
+            strategy: d.strategy.to_string(),
+            reason: d.reason.clone(),
+        })
+        .collect();
+    let run = BackupRun {
+        level,
+        job_id: Some(ctx.job_id.clone()),
+        run_id: Some(ctx.run_id.clone()),
+        pool: Some(ctx.host.pool_name.clone()),
+        host: ctx.host_of(vm).map(str::to_owned),
+    };
+    VmMetadata::from_records(records, disks, run, xva)
 }
 
 /// `work`'s output, or None once `cancel` fires (`work` is dropped: its transfers stop).
@@ -398,10 +469,10 @@ async fn back_up_snapshot(
         }
     }
 
-    let mut metadata = host.vm_metadata(vm, snap).await?;
-    without_run_keys(&mut metadata);
+    let mut records = host.vm_records(vm, snap).await?;
+    without_run_keys(&mut records);
     if ctx.options.xva {
-        let (id, disks) = back_up_xva(ctx, vm, snap, level, &work, metadata).await?;
+        let (id, disks) = back_up_xva(ctx, vm, snap, level, &work, records).await?;
         report.restore_point = Some(id);
         report.disks = disks;
         return Ok(if level == Level::Copy { Keep::Remove } else { keep_base(ctx, &work, report) });
@@ -436,12 +507,8 @@ async fn back_up_snapshot(
         }
         if !retry {
             reports.sort_by_key(|d| d.position.parse::<u32>().unwrap_or(u32::MAX));
-            let entries: Vec<DiskEntry> = reports.iter().map(DiskEntry::from_report).collect();
-            let metadata = serde_json::json!({
-                "vm": metadata,
-                "backup": { "job_id": ctx.job_id, "level": level, "pool": ctx.host.pool_name, "host": ctx.host_of(vm), "disks": entries },
-            });
-            break (point.commit(level, metadata).await?, reports);
+            let metadata = vm_metadata(ctx, vm, level, records.clone(), &reports, None);
+            break (point.commit(&metadata).await?, reports);
         }
         point.abort().await;
         if failures.iter().map(Vec::len).sum::<usize>() > MAX_RETRIES * work.len().max(1) {
@@ -475,23 +542,23 @@ async fn back_up_xva(
     snap: &Vm,
     level: Level,
     work: &[DiskWork],
-    metadata: serde_json::Value,
+    records: XapiRecords,
 ) -> Result<(String, Vec<DiskReport>), Error> {
     let origin: BTreeMap<String, String> =
         work.iter().map(|w| (w.snapshot.uuid.clone(), w.source.uuid.clone())).collect();
     let total: u64 = work.iter().map(|w| w.snapshot.virtual_size).sum();
-    let key = format!("{}:xva", snap.uuid);
     let mut tries = 0;
     loop {
         tries += 1;
         let point = ctx.store.start(vm, None).await?;
-        ctx.progress.start(&key, &format!("{} (XVA)", vm.name_label), total);
+        let key = Key::new(Some(&vm.uuid), None, Phase::BackupXva);
+        let task = Task::start(ctx.progress.clone(), key, format!("{} (XVA)", vm.name_label), total);
         let result = unless_cancelled(&ctx.options.cancel, async {
             let body = ctx.host.export_vm(&snap.reference).await?;
-            crate::xva::store(body, &point, &origin, &key, ctx.progress.as_ref()).await
+            crate::xva::store(body, &point, &origin, &task).await
         })
         .await;
-        ctx.progress.finish(&key);
+        drop(task);
         let Some(result) = result else {
             point.abort().await;
             return Err(Error::Cancelled);
@@ -534,13 +601,8 @@ async fn back_up_xva(
                 attempts: tries as u32,
             })
             .collect();
-        let entries: Vec<DiskEntry> = reports.iter().map(DiskEntry::from_report).collect();
-        let metadata = serde_json::json!({
-            "vm": metadata,
-            "backup": { "job_id": ctx.job_id, "level": level, "pool": ctx.host.pool_name, "host": ctx.host_of(vm), "format": "xva", "disks": entries },
-            "xva": xva,
-        });
-        let id = point.commit(level, metadata).await?;
+        let metadata = vm_metadata(ctx, vm, level, records, &reports, Some(xva));
+        let id = point.commit(&metadata).await?;
         return Ok((id, reports));
     }
 }
@@ -609,7 +671,6 @@ async fn back_up_disk(
         notes.push(format!("{} broke mid-transfer: {error}", attempt.strategy.label()));
         notes.append(&mut fallback_notes);
     }
-    let label = format!("{} disk {}", vm.name_label, disk.vbd.userdevice);
     let target = DiskTarget {
         name: disk.vbd.userdevice.clone(),
         vdi_uuid: disk.source.uuid.clone(),
@@ -624,7 +685,12 @@ async fn back_up_disk(
     let attempts = plan.attempts.iter().filter(|a| failed.iter().filter(|(f, _)| f == *a).count() < 2);
     for attempt in attempts {
         let started = Instant::now();
-        match transfer::read_disk(host, point, &target, attempt, &label, ctx.progress.as_ref()).await {
+        let key = Key::new(Some(&vm.uuid), disk.vbd.userdevice.parse().ok(), Phase::Backup);
+        let label = format!("{} disk {} ({})", vm.name_label, disk.vbd.userdevice, attempt.strategy.label());
+        let task = Task::start(ctx.progress.clone(), key, label, disk.snapshot.virtual_size);
+        let read = transfer::read_disk(host, point, &target, attempt, &task).await;
+        drop(task);
+        match read {
             Ok(outcome) => {
                 let seconds = started.elapsed().as_secs_f64();
                 let stats = &outcome.record.stats;

@@ -4,7 +4,7 @@
 use xenvault_nbd::{ConnectOptions, MultiReader, MultiReaderConfig, TlsOptions, Trust};
 
 use crate::error::Error;
-use crate::records::NbdInfo;
+use xenvault_pool::records::NbdInfo;
 
 /// xapi-nbd serves at most this many connections per host.
 pub const MAX_CONNECTIONS: usize = 16;

@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use crate::error::Error;
-use crate::inventory::{Candidate, Kind, LookupError, choose};
-use crate::records::Vm;
+use xenvault_pool::inventory::{Candidate, Kind, LookupError, choose};
+use xenvault_pool::records::{HostName, Vm};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Selector {
@@ -23,14 +23,6 @@ pub struct SelectOptions {
     pub include_templates: bool,
     pub include_snapshots: bool,
     pub include_control_domain: bool,
-}
-
-/// A host as selection needs it: its reference, uuid and name.
-#[derive(Debug, Clone)]
-pub struct HostName {
-    pub reference: String,
-    pub uuid: String,
-    pub name_label: String,
 }
 
 /// The VMs the selectors match, each once, sorted by name then uuid.

@@ -4,14 +4,14 @@
 //! point, locally, instead of from the host).
 
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 use xenvault_repo::writer::BackupSession;
 use xenvault_repo::{DiskReader, DiskRecord, Manifest, Repository, SourceInfo};
 
 use crate::error::Error;
-use crate::records::Vm;
 use crate::strategy::Level;
+use xenvault_pool::records::Vm;
+use xenvault_types::metadata::VmMetadata;
 
 /// `SourceInfo::kind` of a VM restore point.
 pub const SOURCE_KIND: &str = "xen-vm";
@@ -20,28 +20,6 @@ const LEVEL_TAG: &str = "level:";
 
 pub struct Store {
     repo: Repository,
-}
-
-/// Per-disk facts the engine keeps in the manifest's metadata (`metadata.backup.disks`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DiskEntry {
-    pub position: String,
-    pub vdi_uuid: String,
-    pub snapshot_vdi_uuid: String,
-    pub strategy: String,
-    pub reason: String,
-}
-
-impl DiskEntry {
-    pub fn from_report(report: &crate::report::DiskReport) -> Self {
-        Self {
-            position: report.position.clone(),
-            vdi_uuid: report.vdi_uuid.clone(),
-            snapshot_vdi_uuid: report.snapshot_vdi_uuid.clone(),
-            strategy: report.strategy.to_string(),
-            reason: report.reason.clone(),
-        }
-    }
 }
 
 /// An earlier restore point of a VM.
@@ -131,12 +109,9 @@ impl Store {
 
 fn past_point(manifest: &Manifest) -> Option<PastPoint> {
     let level = manifest.tags.iter().find_map(|t| t.strip_prefix(LEVEL_TAG)).and_then(|l| l.parse().ok())?;
-    let entries: Vec<DiskEntry> = manifest
-        .metadata
-        .get("backup")
-        .and_then(|b| b.get("disks"))
-        .and_then(|d| serde_json::from_value(d.clone()).ok())
-        .unwrap_or_default();
+    // Without readable metadata the snapshots are unknown: the disks are read whole again.
+    let metadata = VmMetadata::from_value(&manifest.metadata).ok().flatten();
+    let entries = metadata.map(|m| m.disks).unwrap_or_default();
     let disks = manifest
         .disks
         .iter()
@@ -186,9 +161,9 @@ impl Point {
     }
 
     /// Publishes the restore point; returns its id.
-    pub async fn commit(self, level: Level, metadata: serde_json::Value) -> Result<String, Error> {
-        let tags = vec![SOURCE_KIND.to_owned(), format!("{LEVEL_TAG}{level}")];
-        Ok(self.session.commit(metadata, tags).await?.id)
+    pub async fn commit(self, metadata: &VmMetadata) -> Result<String, Error> {
+        let tags = vec![SOURCE_KIND.to_owned(), format!("{LEVEL_TAG}{}", metadata.backup.level)];
+        Ok(self.session.commit(metadata.to_value(), tags).await?.id)
     }
 
     pub async fn abort(self) {

@@ -7,30 +7,12 @@ use xenvault_nbd::MultiReader;
 use xenvault_xapi::DiskFormat;
 
 use crate::error::Error;
-use crate::host::Host;
-use crate::records::{NbdInfo, Vdi};
 use crate::store::{DiskSink, Point};
 use crate::strategy::cbt::{self, CBT_BLOCK, Extent};
 use crate::strategy::{Attempt, BaseSnapshotVdi, Strategy, Transport};
-
-/// Progress of disk transfers, shown as bars by the CLI.
-/// A bar starts at the disk size; a strategy that reads less (changed blocks, a delta)
-/// calls `set_total` with what it will read once it knows, so the bar ends at 100%.
-pub trait Progress: Send + Sync {
-    fn start(&self, key: &str, label: &str, total: u64);
-    fn set_total(&self, _key: &str, _total: u64) {}
-    fn advance(&self, key: &str, bytes: u64);
-    fn finish(&self, key: &str);
-}
-
-/// For callers that show nothing.
-pub struct NoProgress;
-
-impl Progress for NoProgress {
-    fn start(&self, _: &str, _: &str, _: u64) {}
-    fn advance(&self, _: &str, _: u64) {}
-    fn finish(&self, _: &str) {}
-}
+use xenvault_pool::host::{Host, changed_blocks};
+use xenvault_pool::records::{NbdInfo, Vdi};
+use xenvault_types::progress::Task;
 
 /// One disk to read: the new snapshot, what it can build on, where to read it.
 pub struct DiskTarget {
@@ -62,22 +44,6 @@ pub enum Failure {
     Fatal(Error),
 }
 
-/// Reads one disk with one strategy into a new disk writer of `point`.
-pub async fn read_disk(
-    host: &Host,
-    point: &Point,
-    target: &DiskTarget,
-    attempt: &Attempt,
-    label: &str,
-    progress: &dyn Progress,
-) -> Result<Outcome, Failure> {
-    let key = format!("{}:{}", target.snapshot.uuid, attempt.strategy);
-    progress.start(&key, label, target.snapshot.virtual_size);
-    let result = try_once(host, point, target, attempt, &key, progress).await;
-    progress.finish(&key);
-    result
-}
-
 /// Errors before the writer exists make the strategy unusable; after, they need a new try.
 fn before_writing(e: Error) -> Failure {
     if e.is_fatal() { Failure::Fatal(e) } else { Failure::Unusable(e.to_string()) }
@@ -87,13 +53,15 @@ fn while_writing(e: Error) -> Failure {
     if e.is_fatal() { Failure::Fatal(e) } else { Failure::Retry(e) }
 }
 
-async fn try_once(
+/// Reads one disk with one strategy into a new disk writer of `point`. `task` starts at
+/// the disk size; a strategy that reads less (changed blocks, a delta) sets what it will
+/// read once it knows, so the task ends at 100%.
+pub async fn read_disk(
     host: &Host,
     point: &Point,
     target: &DiskTarget,
     attempt: &Attempt,
-    key: &str,
-    progress: &dyn Progress,
+    task: &Task,
 ) -> Result<Outcome, Failure> {
     let size = target.snapshot.virtual_size;
     let base = || {
@@ -104,28 +72,19 @@ async fn try_once(
     match (attempt.strategy, attempt.transport) {
         (Strategy::Cbt, _) => {
             let (base, base_record) = base()?;
-            let bitmap = host
-                .call(
-                    "VDI.list_changed_blocks",
-                    vec![base.reference.as_str().into(), target.snapshot.reference.as_str().into()],
-                )
+            let changed = changed_blocks(host.client(), &base.reference, &target.snapshot.reference)
                 .await
                 .map_err(|e| Failure::Unusable(format!("VDI.list_changed_blocks: {e}")))?;
-            let changed = bitmap
-                .as_str()
-                .ok_or_else(|| "not a string".to_owned())
-                .and_then(|b| xenvault_xapi_wire::cbt::ChangedBlocks::decode(b).map_err(|e| e.to_string()))
-                .map_err(|e| Failure::Unusable(format!("bad CBT bitmap: {e}")))?;
             let extents = cbt::extents(changed.changed_blocks(), CBT_BLOCK, size, u64::MAX);
             let changed_bytes: u64 = extents.iter().map(|e| e.length).sum();
             let extents = with_heal(extents, &target.heal, size);
-            progress.set_total(key, extents.iter().map(|e| e.length).sum());
+            task.set_total(extents.iter().map(|e| e.length).sum());
             let pool = crate::nbd_pool::connect(&target.nbd, target.nbd_connections).await.map_err(before_writing)?;
             let sink = point
                 .disk_sink(&target.name, &target.vdi_uuid, size, Some(base_record))
                 .await
                 .map_err(while_writing)?;
-            let read = nbd_extents(&pool, extents, &sink, key, progress).await.map_err(while_writing)?;
+            let read = nbd_extents(&pool, extents, &sink, task).await.map_err(while_writing)?;
             pool.close().await;
             let record = sink.finish().await.map_err(while_writing)?;
             Ok(Outcome { record, bytes_read: read, bytes_changed: changed_bytes, granularity: CBT_BLOCK })
@@ -138,14 +97,13 @@ async fn try_once(
             let body = host
                 .export_raw_vdi(&target.snapshot.reference, DiskFormat::Vhd, Some(&base.reference))
                 .await
-                .map_err(before_writing)?;
+                .map_err(|e| before_writing(e.into()))?;
             let sink = point
                 .disk_sink(&target.name, &target.vdi_uuid, size, Some(base_record))
                 .await
                 .map_err(while_writing)?;
-            let delta = crate::strategy::vhd::read_delta(body, &target.snapshot, &sink, key, progress)
-                .await
-                .map_err(while_writing)?;
+            let delta =
+                crate::strategy::vhd::read_delta(body, &target.snapshot, &sink, task).await.map_err(while_writing)?;
             let record = sink.finish().await.map_err(while_writing)?;
             Ok(Outcome { record, bytes_read: delta.read, bytes_changed: delta.changed, granularity: delta.block })
         }
@@ -155,7 +113,7 @@ async fn try_once(
                 let pool =
                     crate::nbd_pool::connect(&target.nbd, target.nbd_connections).await.map_err(before_writing)?;
                 sink = point.disk_sink(&target.name, &target.vdi_uuid, size, None).await.map_err(while_writing)?;
-                let read = nbd_extents(&pool, vec![Extent { offset: 0, length: size }], &sink, key, progress)
+                let read = nbd_extents(&pool, vec![Extent { offset: 0, length: size }], &sink, task)
                     .await
                     .map_err(while_writing)?;
                 pool.close().await;
@@ -164,11 +122,9 @@ async fn try_once(
                 let body = host
                     .export_raw_vdi(&target.snapshot.reference, DiskFormat::Raw, None)
                     .await
-                    .map_err(before_writing)?;
+                    .map_err(|e| before_writing(e.into()))?;
                 sink = point.disk_sink(&target.name, &target.vdi_uuid, size, None).await.map_err(while_writing)?;
-                crate::strategy::full::read_raw(body, &target.snapshot, &sink, key, progress)
-                    .await
-                    .map_err(while_writing)?
+                crate::strategy::full::read_raw(body, &target.snapshot, &sink, task).await.map_err(while_writing)?
             };
             let record = sink.finish().await.map_err(while_writing)?;
             // Against an earlier restore point, "changed" is what the repository did not have.
@@ -197,13 +153,7 @@ const READ_AHEAD: usize = 16;
 /// Reads `extents` over the reader's connections (pieces arrive in offset order, as
 /// the sink needs); returns the bytes read. Reading goes on while the sink waits for
 /// the repository (hashing, compressing, a pack upload), through a bounded queue.
-async fn nbd_extents(
-    reader: &MultiReader,
-    extents: Vec<Extent>,
-    sink: &DiskSink,
-    key: &str,
-    progress: &dyn Progress,
-) -> Result<u64, Error> {
+async fn nbd_extents(reader: &MultiReader, extents: Vec<Extent>, sink: &DiskSink, task: &Task) -> Result<u64, Error> {
     let (queue, mut arrived) = tokio::sync::mpsc::channel(READ_AHEAD);
     let read = async move {
         let mut pieces = reader.read_ranges(extents.into_iter().map(|e| (e.offset, e.length)));
@@ -220,7 +170,7 @@ async fn nbd_extents(
             let len = data.len() as u64;
             total += len;
             sink.write(offset, data).await?;
-            progress.advance(key, len);
+            task.advance(len);
         }
         Ok(total)
     };

@@ -12,11 +12,10 @@ use serde::{Deserialize, Serialize};
 use xenvault_xapi_wire::Value;
 
 use crate::error::Error;
-use crate::host::Host;
-use crate::records::Vm;
+use xenvault_pool::host::Host;
+use xenvault_pool::records::Vm;
 
-/// The `other_config` key holding the lock.
-pub const LOCK_KEY: &str = "xenvault.backup_lock";
+pub use xenvault_pool::hygiene::LOCK_KEY;
 /// No backup holds a VM this long (xapi itself ends transfers after about 24 h).
 pub const MAX_HOLD: chrono::TimeDelta = chrono::TimeDelta::hours(24);
 /// How often a waiting run looks again.
@@ -75,7 +74,7 @@ pub async fn acquire(host: &Host, vm: &Vm, job: &str, wait: Duration) -> Result<
         match added {
             Ok(_) => return Ok(VmLock { vm: vm.reference.clone(), value, took_over }),
             Err(e) if e.xapi_code() == Some(xenvault_xapi_wire::MAP_DUPLICATE_KEY) => {}
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         }
         let Some(current) = host.vm(&vm.reference).await?.other_config.get(LOCK_KEY).cloned() else {
             continue; // Released meanwhile.

@@ -7,20 +7,14 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 use xenvault_xapi_wire::Value;
 
+use crate::body::{BlockingBody, blocking_body};
 use crate::error::Error;
-use crate::host::{BlockingBody, ByteStream, blocking_body};
 use crate::store::{DiskSink, Point};
-use crate::transfer::Progress;
+use xenvault_pool::host::ByteStream;
+use xenvault_types::metadata::{VmMetadata, XvaArchive};
+use xenvault_types::progress::Task;
 
 const STAGE_DEPTH: usize = 8;
-
-/// What the XVA held besides disk data, kept under `metadata.xva`.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct XvaMetadata {
-    pub ova_xml: String,
-    /// `Ref:N` of each disk in the archive → disk name in the restore point.
-    pub disks: BTreeMap<String, String>,
-}
 
 /// One disk as stored from the archive.
 pub struct StoredDisk {
@@ -51,9 +45,8 @@ pub async fn store(
     body: ByteStream,
     point: &Point,
     origin: &BTreeMap<String, String>,
-    key: &str,
-    progress: &dyn Progress,
-) -> Result<(Vec<StoredDisk>, XvaMetadata), Error> {
+    task: &Task,
+) -> Result<(Vec<StoredDisk>, XvaArchive), Error> {
     let (input, pump) = blocking_body(body);
     let (item_tx, mut item_rx) = tokio::sync::mpsc::channel::<Item>(STAGE_DEPTH);
     let parser = tokio::task::spawn_blocking(move || parse(input, item_tx));
@@ -69,9 +62,9 @@ pub async fn store(
             match item {
                 Item::Header { ova_xml, disks } => {
                     disk_bytes = disks.iter().map(|d| d.size).sum();
-                    progress.set_total(key, disk_bytes);
+                    task.set_total(disk_bytes);
                     let names = disks.iter().map(|d| (d.reference.clone(), d.position.clone())).collect();
-                    metadata = Some(XvaMetadata { ova_xml, disks: names });
+                    metadata = Some(XvaArchive { ova_xml, disks: names });
                     headers = disks;
                     headers.reverse();
                 }
@@ -99,7 +92,7 @@ pub async fn store(
                     let end = offset + data.len() as u64;
                     sink.write(offset, data).await?;
                     let step = end.saturating_sub(covered);
-                    progress.advance(key, step);
+                    task.advance(step);
                     passed += step;
                     covered = covered.max(end);
                 }
@@ -111,7 +104,7 @@ pub async fn store(
         while let Some(header) = headers.pop() {
             stored.push(empty_disk(point, header, origin).await?);
         }
-        progress.advance(key, disk_bytes.saturating_sub(passed));
+        task.advance(disk_bytes.saturating_sub(passed));
         let metadata = metadata.ok_or_else(|| Error::Xva("the export held no ova.xml".into()))?;
         Ok::<_, Error>((stored, metadata))
     };
@@ -186,10 +179,9 @@ pub async fn export(
     manifest: &xenvault_repo::Manifest,
     out: impl std::io::Write + Send + 'static,
 ) -> Result<(), Error> {
-    let metadata: XvaMetadata = manifest
-        .metadata
-        .get("xva")
-        .and_then(|x| serde_json::from_value(x.clone()).ok())
+    let metadata = VmMetadata::from_value(&manifest.metadata)
+        .map_err(|e| Error::Xva(format!("restore point {}: {e}", manifest.id)))?
+        .and_then(|m| m.xva)
         .ok_or_else(|| Error::Xva(format!("restore point {} was not made from an XVA", manifest.id)))?;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Option<(String, u64)>>(1);
     let (data_tx, data_rx) = std::sync::mpsc::sync_channel::<Bytes>(STAGE_DEPTH);

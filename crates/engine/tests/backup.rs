@@ -6,17 +6,18 @@
 use base64::Engine;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use xenvault_engine::config::{PoolEntry, PoolLogin, TlsTrust};
-use xenvault_engine::host::Host;
-use xenvault_engine::hygiene;
 use xenvault_engine::job::{self, BackupOptions};
 use xenvault_engine::report::{JobReport, Status, VmReport};
 use xenvault_engine::selection::Selector;
 use xenvault_engine::store::Store;
 use xenvault_engine::strategy::{Level, Requested, Strategy};
-use xenvault_engine::transfer::{NoProgress, Progress};
+use xenvault_pool::config::{PoolEntry, PoolLogin, TlsTrust};
+use xenvault_pool::host::Host;
+use xenvault_pool::hygiene;
 use xenvault_sim::client::SimClient;
 use xenvault_sim::{SimConfig, SimHandle, Simulator};
+use xenvault_types::metadata::VmMetadata;
+use xenvault_types::progress::{Event, HiddenProgress, Key, Phase, Progress, State, Tally};
 use xenvault_xapi_wire::Value;
 
 const VM: &str = "debian-web";
@@ -38,7 +39,7 @@ async fn env() -> Env {
 async fn env_with(chunk_size: u32, page_slots: u32) -> Env {
     let dir = tempfile::tempdir().unwrap();
     let sim = Simulator::start(SimConfig::new(dir.path().join("sim"))).await.unwrap();
-    let fingerprint = xenvault_engine::config::fingerprint_of_pem(&sim.cert_pem).unwrap();
+    let fingerprint = xenvault_pool::config::fingerprint_of_pem(&sim.cert_pem).unwrap();
     let login = PoolLogin {
         name: "test".into(),
         entry: PoolEntry { url: sim.url.clone(), user: "root".into(), tls: TlsTrust::Fingerprint(fingerprint) },
@@ -68,7 +69,7 @@ impl Env {
     }
 
     async fn backup_with(&self, options: &BackupOptions) -> VmReport {
-        self.backup_showing(options, Arc::new(NoProgress)).await
+        self.backup_showing(options, HiddenProgress::shared()).await
     }
 
     async fn backup_showing(&self, options: &BackupOptions, progress: Arc<dyn Progress>) -> VmReport {
@@ -95,7 +96,7 @@ impl Env {
         uuids
     }
 
-    async fn vm(&self) -> xenvault_engine::records::Vm {
+    async fn vm(&self) -> xenvault_pool::records::Vm {
         self.host.vms().await.unwrap().into_iter().find(|v| v.name_label == VM).unwrap()
     }
 
@@ -138,12 +139,12 @@ impl Env {
     /// Our snapshots on the host: none but at most one base.
     async fn assert_tidy(&self) {
         let vm = self.vm().await;
-        let ours = xenvault_engine::snapshot::ours(&self.host, &vm).await.unwrap();
+        let ours = xenvault_pool::snapshot::ours(&self.host, &vm).await.unwrap();
         // Snapshot VDIs (with data or CBT metadata) exist only for the one base.
         let all = self.host.call("VDI.get_all_records", vec![]).await.unwrap();
-        let snapshot_vdis = xenvault_engine::records::all_records(&all)
+        let snapshot_vdis = xenvault_pool::records::all_records(&all)
             .into_iter()
-            .map(|(r, v)| xenvault_engine::records::Vdi::parse(&r, v))
+            .map(|(r, v)| xenvault_pool::records::Vdi::parse(&r, v))
             .filter(|v| v.is_a_snapshot)
             .count();
         let live = self.host.disks(&vm).await.unwrap().len();
@@ -238,15 +239,17 @@ async fn every_level_and_forced_strategy_is_exact() {
     for (round, (level, requested, expected)) in cases.into_iter().enumerate() {
         env.write(&vdis[0], (round as u64 + 1) * 3 * 65536 + 512, format!("round {round}").as_bytes()).await;
         env.scribble("0.5", round as u64).await;
-        let bars = Arc::new(Bars::default());
-        let report = env.backup_showing(&options(level, requested), bars.clone()).await;
+        let tally = Tally::new();
+        let report = env.backup_showing(&options(level, requested), tally.clone()).await;
         env.assert_restores_to(&report, &env.digests().await).await;
         assert_eq!(report.level, level, "round {round}");
-        let bars = bars.0.lock().unwrap().clone();
+        let bars = tally.states();
         for disk in &report.disks {
             assert_eq!(disk.strategy, expected, "round {round} {level} {requested:?}: {}", disk.reason);
             // The bar is sized to what this strategy reads, and ends full.
-            let (total, done) = bars[&format!("{}:{}", disk.snapshot_vdi_uuid, disk.strategy)];
+            let bar = &bars[&Key::new(Some(&report.vm_uuid), disk.position.parse().ok(), Phase::Backup)];
+            let (total, done) = (bar.total, bar.done);
+            assert!(bar.finished && bar.label.contains(disk.strategy.label()), "{bar:?}");
             let read = match disk.strategy {
                 Strategy::Cbt => disk.bytes_read,
                 Strategy::Vhd => disk.bytes_changed,
@@ -356,10 +359,14 @@ async fn excluded_disks_and_quiesce_fallback_are_reported() {
     let manifest = env.store.repository().restore_point(report.restore_point.as_deref().unwrap()).await.unwrap();
     let vdis = env.vdis().await;
     assert_eq!(manifest.disks[0].uuid, vdis[0]);
-    let metadata = &manifest.metadata["vm"];
-    for class in ["vm", "VBD", "VDI", "VIF", "network", "SR"] {
-        assert!(!metadata[class].is_null(), "metadata lacks {class}");
-    }
+    let metadata = VmMetadata::from_value(&manifest.metadata).unwrap().expect("VM metadata");
+    assert_eq!(metadata.disks.len(), 1);
+    assert_eq!(metadata.disks[0].vdi_uuid, vdis[0]);
+    assert_eq!(metadata.vm.uuid, env.vm().await.uuid);
+    let r = &metadata.records;
+    let sections = [r.vbds.len(), r.vdis.len(), r.srs.len(), r.vifs.len(), r.networks.len()];
+    assert!(!r.vm.is_empty() && !r.snapshot.is_empty() && sections.iter().all(|&n| n > 0), "{sections:?}");
+    assert_eq!(metadata.vifs.len(), r.vifs.len());
     env.assert_tidy().await;
 }
 
@@ -371,8 +378,8 @@ async fn xva_backup_exports_back_as_the_same_xva_disks() {
     env.write(&vdis[1], 5 << 20, b"data disk content").await;
     let mut options = options(Level::Copy, Requested::Auto);
     options.xva = true;
-    let bars = Arc::new(Bars::default());
-    let report = env.backup_showing(&options, bars.clone()).await;
+    let tally = Tally::new();
+    let report = env.backup_showing(&options, tally.clone()).await;
     let expected = env.digests().await;
     env.assert_restores_to(&report, &expected).await;
     assert!(report.disks.iter().all(|d| d.transport == xenvault_engine::strategy::Transport::HttpXva));
@@ -380,7 +387,8 @@ async fn xva_backup_exports_back_as_the_same_xva_disks() {
     let disk_bytes: u64 = report.disks.iter().map(|d| d.size).sum();
     let read: u64 = report.disks.iter().map(|d| d.bytes_read).sum();
     assert!(read < disk_bytes, "{read} of {disk_bytes}");
-    assert_eq!(bars.0.lock().unwrap().values().copied().collect::<Vec<_>>(), [(disk_bytes, disk_bytes)]);
+    let bars: Vec<(Key, u64, u64)> = tally.states().into_iter().map(|(k, s)| (k, s.total, s.done)).collect();
+    assert_eq!(bars, [(Key::new(Some(&report.vm_uuid), None, Phase::BackupXva), disk_bytes, disk_bytes)]);
     env.assert_tidy().await;
 
     let manifest = env.store.repository().restore_point(report.restore_point.as_deref().unwrap()).await.unwrap();
@@ -409,7 +417,7 @@ async fn a_later_run_cleans_what_an_interrupted_run_left() {
     env.backup(Level::Full, Requested::Auto).await;
     // An interrupted run: its snapshot is tagged as ours but was never committed.
     let vm = env.vm().await;
-    let left = xenvault_engine::snapshot::take(&env.host, &vm, "crashed-job", false).await.unwrap();
+    let left = xenvault_pool::snapshot::take(&env.host, &vm, "crashed-job", false).await.unwrap();
     env.scribble("1", 4).await;
     let report = env.backup(Level::Inc, Requested::Auto).await;
     env.assert_restores_to(&report, &env.digests().await).await;
@@ -443,7 +451,14 @@ async fn first_chunk(env: &Env, report: &VmReport, vdi: &str) -> xenvault_repo::
 
 /// Runs verify (recording what it finds); the restore points it names as damaged.
 async fn verify_damaged(env: &Env) -> Vec<String> {
-    let report = xenvault_repo::verify::verify(env.store.repository(), None, None).await.unwrap();
+    let report = xenvault_repo::verify::verify(
+        env.store.repository(),
+        None,
+        xenvault_types::progress::HiddenProgress::shared(),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
     report.damaged_restore_points.into_keys().collect()
 }
 
@@ -550,20 +565,22 @@ async fn one_backup_per_vm_at_a_time() {
 
     // xapi copies other_config into snapshots: neither the base snapshot nor the stored
     // VM records carry the run's lock or intent (a restored VM must not look locked).
-    let base = xenvault_engine::snapshot::ours(&env.host, &env.vm().await).await.unwrap().remove(0);
+    let base = xenvault_pool::snapshot::ours(&env.host, &env.vm().await).await.unwrap().remove(0);
     let manifest = env.store.repository().restore_point(report.restore_point.as_deref().unwrap()).await.unwrap();
+    let stored = VmMetadata::from_value(&manifest.metadata).unwrap().expect("VM metadata");
     for key in hygiene::RUN_KEYS {
         assert!(!base.other_config.contains_key(key), "the base snapshot carries {key}");
-        for record in ["vm", "snapshot"] {
-            let stored = manifest.metadata["vm"][record]["other_config"].as_object().expect("a stored other_config");
-            assert!(!stored.contains_key(key), "stored {record} record carries {key}");
+        assert!(!stored.vm.other_config.contains_key(key), "stored VM carries {key}");
+        for record in [&stored.records.vm, &stored.records.snapshot] {
+            let config = record["other_config"].as_object().expect("a stored other_config");
+            assert!(!config.contains_key(key), "a stored VM record carries {key}");
         }
     }
 }
 
 #[tokio::test]
 async fn an_untagged_snapshot_of_a_killed_run_is_found_by_its_intent() {
-    use xenvault_engine::hygiene::TAG_SNAPSHOT_INTENT;
+    use xenvault_pool::hygiene::TAG_SNAPSHOT_INTENT;
     let env = env().await;
     env.backup(Level::Full, Requested::Auto).await;
     // Killed between VM.snapshot and tagging: the intent is on the VM, the snapshot untagged.
@@ -585,14 +602,14 @@ async fn an_untagged_snapshot_of_a_killed_run_is_found_by_its_intent() {
     assert!(!vm.other_config.contains_key(TAG_SNAPSHOT_INTENT), "the intent is cleared");
     assert!(env.host.vm(&leaked.reference).await.is_err(), "the leaked snapshot is gone");
     assert!(vm.snapshots.contains(&user), "the user's snapshot stays");
-    xenvault_engine::snapshot::destroy(&env.host, &user).await;
+    xenvault_pool::snapshot::destroy(&env.host, &user).await;
     env.assert_tidy().await;
 }
 
 #[tokio::test]
 async fn a_snapshot_xapi_finishes_after_the_next_run_looked_is_still_removed() {
-    use xenvault_engine::hygiene::TAG_SNAPSHOT_INTENT;
-    use xenvault_engine::snapshot::{INTENT_PENDING_FOR, Intent, intents};
+    use xenvault_pool::hygiene::TAG_SNAPSHOT_INTENT;
+    use xenvault_pool::snapshot::{INTENT_PENDING_FOR, Intent, intents};
     let env = env().await;
     env.backup(Level::Full, Requested::Auto).await;
     // A run killed while xapi was still creating its snapshot (the task goes on without
@@ -624,32 +641,27 @@ async fn a_snapshot_xapi_finishes_after_the_next_run_looked_is_still_removed() {
     env.assert_tidy().await;
 }
 
-/// Each transfer's announced total and bytes advanced, as a progress bar would show them.
-#[derive(Default)]
-struct Bars(std::sync::Mutex<BTreeMap<String, (u64, u64)>>);
-
-impl Progress for Bars {
-    fn start(&self, key: &str, _: &str, total: u64) {
-        self.0.lock().unwrap().insert(key.to_owned(), (total, 0));
-    }
-    fn set_total(&self, key: &str, total: u64) {
-        self.0.lock().unwrap().entry(key.to_owned()).or_default().0 = total;
-    }
-    fn advance(&self, key: &str, bytes: u64) {
-        self.0.lock().unwrap().entry(key.to_owned()).or_default().1 += bytes;
-    }
-    fn finish(&self, _: &str) {}
+/// Cancels the job once a disk transfer has read some, not all, of its bytes, and keeps
+/// what the transfer looked like then.
+struct CancelMidTransfer {
+    cancel: tokio_util::sync::CancellationToken,
+    tally: Arc<Tally>,
+    at: std::sync::Mutex<Option<State>>,
 }
 
-/// Cancels the job as soon as the first disk bytes arrive: a cancel mid-transfer.
-struct CancelOnFirstBytes(tokio_util::sync::CancellationToken);
-
-impl xenvault_engine::transfer::Progress for CancelOnFirstBytes {
-    fn start(&self, _: &str, _: &str, _: u64) {}
-    fn advance(&self, _: &str, _: u64) {
-        self.0.cancel();
+impl Progress for CancelMidTransfer {
+    fn event(&self, event: &Event) {
+        self.tally.event(event);
+        if let Event::Progressed { key, done, total } = event
+            && key.phase == Phase::Backup
+            && *done > 0
+            && done < total
+            && !self.cancel.is_cancelled()
+        {
+            *self.at.lock().unwrap() = self.tally.states().remove(key);
+            self.cancel.cancel();
+        }
     }
-    fn finish(&self, _: &str) {}
 }
 
 #[tokio::test]
@@ -658,10 +670,12 @@ async fn a_cancelled_backup_removes_its_snapshot_and_commits_nothing() {
     env.backup(Level::Full, Requested::Auto).await;
     let points = env.store.repository().restore_points().await.unwrap().len();
     env.scribble("5", 22).await;
-    let mut options = options(Level::Inc, Requested::Auto);
-    let progress = Arc::new(CancelOnFirstBytes(options.cancel.clone()));
-    options.cancel = progress.0.clone();
-    let report = job::backup(&env.host, &env.store, &options, progress).await.unwrap();
+    let cancelled = options(Level::Inc, Requested::Auto);
+    let progress =
+        Arc::new(CancelMidTransfer { cancel: cancelled.cancel.clone(), tally: Tally::new(), at: None.into() });
+    let report = job::backup(&env.host, &env.store, &cancelled, progress.clone()).await.unwrap();
+    let at = progress.at.lock().unwrap().clone().expect("the transfer was cancelled half-way");
+    assert!(at.label.contains(Strategy::Cbt.label()), "cancelled during a CBT transfer: {at:?}");
     let vm_report = &report.vms[0];
     assert!(matches!(vm_report.status, Status::Failed));
     assert!(vm_report.error.as_deref().unwrap_or_default().contains("cancelled"), "{:?}", vm_report.error);
@@ -671,8 +685,16 @@ async fn a_cancelled_backup_removes_its_snapshot_and_commits_nothing() {
     let locks = std::fs::read_dir(env._dir.path().join("repo/locks")).map(|d| d.count()).unwrap_or(0);
     assert_eq!(locks, 0, "the repository lock is released");
 
-    // The chain goes on from the last committed point.
-    let report = env.backup(Level::Inc, Requested::Auto).await;
-    env.assert_restores_to(&report, &env.digests().await).await;
+    // The chain goes on from the last committed point; the caller's job and run ids are
+    // kept with the restore point and in the report.
+    let mut options = options(Level::Inc, Requested::Auto);
+    (options.job_id, options.run_id) = (Some("nightly".into()), Some("run-7".into()));
+    let job_report = job::backup(&env.host, &env.store, &options, HiddenProgress::shared()).await.unwrap();
+    assert_eq!((job_report.job_id.as_str(), job_report.run_id.as_str()), ("nightly", "run-7"));
+    let report = &job_report.vms[0];
+    env.assert_restores_to(report, &env.digests().await).await;
     assert!(report.disks.iter().all(|d| d.strategy == Strategy::Cbt), "{:?}", report.disks);
+    let point = env.store.repository().restore_point(report.restore_point.as_deref().unwrap()).await.unwrap();
+    let ids = ["/backup/job_id", "/backup/run_id"].map(|at| point.metadata.pointer(at).and_then(|v| v.as_str()));
+    assert_eq!(ids, [Some("nightly"), Some("run-7")]);
 }

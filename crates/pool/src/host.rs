@@ -1,15 +1,15 @@
-//! The pool as the engine sees it: typed calls over the XenAPI client.
+//! A logged-in pool: typed calls over the XenAPI client.
 
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
-use std::collections::BTreeMap;
+use xenvault_types::metadata::{Record, XapiRecords};
 use xenvault_xapi::{Client, Compression, DiskFormat, Ref, TlsMode};
 use xenvault_xapi_wire::Value;
+use xenvault_xapi_wire::cbt::ChangedBlocks;
 
 use crate::config::{PoolLogin, TlsTrust};
 use crate::error::Error;
-use crate::records::{self, NbdInfo, Vbd, Vdi, Vm};
-use crate::selection::HostName;
+use crate::records::{self, HostName, NbdInfo, Vbd, Vdi, Vm};
 
 /// A logged-in session on a pool master.
 pub struct Host {
@@ -30,58 +30,44 @@ pub struct PoolSummary {
 /// A disk export body as it arrives.
 pub type ByteStream = futures::stream::BoxStream<'static, Result<bytes::Bytes, Error>>;
 
-/// Body pieces buffered between the network and a blocking parser.
-const BODY_DEPTH: usize = 8;
-
-/// Hands `body` to a synchronous parser (VHD, XVA) running on a blocking thread: the
-/// reader for that thread, and the future that pumps the body into it (resolving to
-/// the bytes received). Bounded channels keep memory flat.
-pub fn blocking_body(mut body: ByteStream) -> (BlockingBody, impl std::future::Future<Output = Result<u64, Error>>) {
-    let (tx, rx) = tokio::sync::mpsc::channel(BODY_DEPTH);
-    let pump = async move {
-        let mut read = 0u64;
-        loop {
-            match body.try_next().await {
-                Ok(Some(data)) => {
-                    read += data.len() as u64;
-                    if tx.send(Ok(data)).await.is_err() {
-                        break; // the parser stopped: its own error says why
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    let _ = tx.send(Err(e.to_string())).await;
-                    return Err(e);
-                }
-            }
-        }
-        Ok(read)
+/// Logs in to the pool master with the stored credentials and TLS trust: the bare
+/// client, for callers that drive XenAPI themselves (restore's uploads).
+pub async fn connect(login: &PoolLogin) -> Result<Client, Error> {
+    let tls = match &login.entry.tls {
+        TlsTrust::Verify => TlsMode::SystemRoots,
+        TlsTrust::Insecure => TlsMode::Insecure,
+        TlsTrust::Fingerprint(hex) => TlsMode::pin_sha256_hex(hex)?,
     };
-    (BlockingBody { rx, current: bytes::Bytes::new() }, pump)
+    let client = Client::builder(login.entry.url.as_str()).tls(tls).build()?;
+    client.login_with_password(&login.entry.user, &login.password).await?;
+    Ok(client)
 }
 
-/// Blocking `Read` over the body pieces [`blocking_body`] pumps.
-pub struct BlockingBody {
-    rx: tokio::sync::mpsc::Receiver<Result<bytes::Bytes, String>>,
-    current: bytes::Bytes,
-}
-
-impl std::io::Read for BlockingBody {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        while self.current.is_empty() {
-            match self.rx.blocking_recv() {
-                Some(Ok(data)) => self.current = data,
-                Some(Err(e)) => return Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, e)),
-                None => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.current.len());
-        let piece = self.current.split_to(n);
-        if let Some(target) = buf.get_mut(..n) {
-            target.copy_from_slice(&piece);
-        }
-        Ok(n)
+/// The reference of the `class` object with this uuid, or None when there is none
+/// (xapi answers `UUID_INVALID`).
+pub async fn by_uuid(client: &Client, class: &str, uuid: &str) -> Result<Option<String>, Error> {
+    if uuid.is_empty() {
+        return Ok(None);
     }
+    match client.call(&format!("{class}.get_by_uuid"), &[vref(uuid)]).await {
+        Ok(reference) => reference
+            .as_str()
+            .map(|r| Some(r.to_owned()))
+            .ok_or_else(|| Error::Protocol(format!("{class}.get_by_uuid returned {reference:?}"))),
+        Err(e) if e.failure().is_some_and(|f| f.code == "UUID_INVALID") => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The 64 KiB blocks of a disk that changed between the snapshot VDI `from` and the VDI
+/// `to` (`VDI.list_changed_blocks`, both references).
+pub async fn changed_blocks(client: &Client, from: &str, to: &str) -> Result<ChangedBlocks, Error> {
+    let answer = client.call("VDI.list_changed_blocks", &[vref(from), vref(to)]).await?;
+    answer
+        .as_str()
+        .ok_or_else(|| format!("not a string: {answer:?}"))
+        .and_then(|text| ChangedBlocks::decode(text).map_err(|e| e.to_string()))
+        .map_err(|e| Error::Protocol(format!("VDI.list_changed_blocks returned no bitmap ({e})")))
 }
 
 fn vref(s: &str) -> Value {
@@ -91,14 +77,7 @@ fn vref(s: &str) -> Value {
 impl Host {
     /// Logs in to the pool master with the stored credentials and TLS trust.
     pub async fn connect(login: &PoolLogin) -> Result<Self, Error> {
-        let tls = match &login.entry.tls {
-            TlsTrust::Verify => TlsMode::SystemRoots,
-            TlsTrust::Insecure => TlsMode::Insecure,
-            TlsTrust::Fingerprint(hex) => TlsMode::pin_sha256_hex(hex)?,
-        };
-        let client = Client::builder(login.entry.url.as_str()).tls(tls).build()?;
-        client.login_with_password(&login.entry.user, &login.password).await?;
-        Ok(Self { client, pool_name: login.name.clone() })
+        Ok(Self { client: connect(login).await?, pool_name: login.name.clone() })
     }
 
     /// The logged-in client, for queries such as [`crate::inventory`].
@@ -188,13 +167,9 @@ impl Host {
 
     /// The VDI with this uuid, or None when it no longer exists.
     pub async fn vdi_by_uuid(&self, uuid: &str) -> Result<Option<Vdi>, Error> {
-        match self.call("VDI.get_by_uuid", vec![vref(uuid)]).await {
-            Ok(reference) => {
-                let reference = reference.as_str().unwrap_or_default().to_owned();
-                Ok(Some(self.vdi(&reference).await?))
-            }
-            Err(e) if e.xapi_code() == Some("UUID_INVALID") => Ok(None),
-            Err(e) => Err(e),
+        match by_uuid(&self.client, "VDI", uuid).await? {
+            Some(reference) => Ok(Some(self.vdi(&reference).await?)),
+            None => Ok(None),
         }
     }
 
@@ -238,45 +213,44 @@ impl Host {
     }
 
     /// Records a restore to a new pool needs: the VM, its VBDs, VDIs, VIFs, networks and SRs.
-    pub async fn vm_metadata(&self, vm: &Vm, snapshot: &Vm) -> Result<serde_json::Value, Error> {
-        let mut vbds = BTreeMap::new();
-        let mut vdis = BTreeMap::new();
-        let mut srs = BTreeMap::new();
+    pub async fn vm_records(&self, vm: &Vm, snapshot: &Vm) -> Result<XapiRecords, Error> {
+        let mut out = XapiRecords {
+            vm_ref: vm.reference.clone(),
+            vm: stored(&self.record("VM", &vm.reference).await?),
+            snapshot_ref: snapshot.reference.clone(),
+            snapshot: stored(&self.record("VM", &snapshot.reference).await?),
+            ..Default::default()
+        };
         for (vbd_ref, vbd) in self.vbds(snapshot).await? {
             let vdi_ref = vbd.get("VDI").and_then(Value::as_str).unwrap_or(records::NULL_REF).to_owned();
             if vdi_ref != records::NULL_REF {
                 let vdi = self.record("VDI", &vdi_ref).await?;
                 if let Some(sr_ref) = vdi.get("SR").and_then(Value::as_str)
-                    && !srs.contains_key(sr_ref)
+                    && !out.srs.contains_key(sr_ref)
                 {
-                    srs.insert(sr_ref.to_owned(), records::to_json(&self.record("SR", sr_ref).await?));
+                    out.srs.insert(sr_ref.to_owned(), stored(&self.record("SR", sr_ref).await?));
                 }
-                vdis.insert(vdi_ref, records::to_json(&vdi));
+                out.vdis.insert(vdi_ref, stored(&vdi));
             }
-            vbds.insert(vbd_ref, records::to_json(&vbd));
+            out.vbds.insert(vbd_ref, stored(&vbd));
         }
-        let mut vifs = BTreeMap::new();
-        let mut networks = BTreeMap::new();
         for vif_ref in &vm.vifs {
             let vif = self.record("VIF", vif_ref).await?;
             if let Some(net_ref) = vif.get("network").and_then(Value::as_str)
-                && !networks.contains_key(net_ref)
+                && !out.networks.contains_key(net_ref)
             {
-                networks.insert(net_ref.to_owned(), records::to_json(&self.record("network", net_ref).await?));
+                out.networks.insert(net_ref.to_owned(), stored(&self.record("network", net_ref).await?));
             }
-            vifs.insert(vif_ref.clone(), records::to_json(&vif));
+            out.vifs.insert(vif_ref.clone(), stored(&vif));
         }
-        Ok(serde_json::json!({
-            "format": "xenvault-vm/1",
-            "vm_ref": vm.reference,
-            "vm": records::to_json(&self.record("VM", &vm.reference).await?),
-            "snapshot_ref": snapshot.reference,
-            "snapshot": records::to_json(&self.record("VM", &snapshot.reference).await?),
-            "VBD": vbds,
-            "VDI": vdis,
-            "VIF": vifs,
-            "network": networks,
-            "SR": srs,
-        }))
+        Ok(out)
+    }
+}
+
+/// A record as stored in restore-point metadata (JSON; a non-struct answer stores as empty).
+fn stored(record: &Value) -> Record {
+    match records::to_json(record) {
+        serde_json::Value::Object(fields) => fields,
+        _ => Record::new(),
     }
 }

@@ -21,10 +21,13 @@ pub const TAG_RESTORE_POINT: &str = "xenvault.restore_point";
 /// [`crate::snapshot::Intent`]). A run killed in between leaves an untagged snapshot of
 /// that name, which a later run finds by it, even one xapi finishes after that run looked.
 pub const TAG_SNAPSHOT_INTENT: &str = "xenvault.snapshot_intent";
+/// On the source VM: the backup holding it (one backup of a VM at a time, see the
+/// engine's `vm_lock`).
+pub const LOCK_KEY: &str = "xenvault.backup_lock";
 /// Keys of a running backup on the source VM. xapi copies `other_config` into a
 /// snapshot, so they are removed from our snapshots and from the stored VM records:
 /// a VM restored from a restore point must not look locked.
-pub const RUN_KEYS: [&str; 2] = [crate::vm_lock::LOCK_KEY, TAG_SNAPSHOT_INTENT];
+pub const RUN_KEYS: [&str; 2] = [LOCK_KEY, TAG_SNAPSHOT_INTENT];
 
 pub fn is_ours(other_config: &BTreeMap<String, String>) -> bool {
     other_config.get(TAG_SNAPSHOT).is_some_and(|v| v == "1")

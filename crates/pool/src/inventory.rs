@@ -229,14 +229,15 @@ pub async fn vms(client: &Client) -> Result<Vec<VmInfo>, Error> {
     Ok(list)
 }
 
-/// Sets each VM's newest restore point among `points` (matched by VM uuid).
-pub fn add_restore_points(vms: &mut [VmInfo], points: &[xenvault_repo::Manifest]) {
+/// Sets each VM's newest restore point among `points`: (VM uuid, restore point) pairs.
+pub fn add_restore_points<'a>(vms: &mut [VmInfo], points: impl IntoIterator<Item = (&'a str, LastRestorePoint)>) {
+    let points: Vec<_> = points.into_iter().collect();
     for vm in vms {
         vm.last_restore_point = points
             .iter()
-            .filter(|m| m.source.id.eq_ignore_ascii_case(&vm.uuid))
-            .max_by_key(|m| m.time)
-            .map(|m| LastRestorePoint { id: m.id.clone(), time: m.time });
+            .filter(|(uuid, _)| uuid.eq_ignore_ascii_case(&vm.uuid))
+            .max_by_key(|(_, point)| point.time)
+            .map(|(_, point)| point.clone());
     }
 }
 

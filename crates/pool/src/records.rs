@@ -82,6 +82,14 @@ impl Vm {
     }
 }
 
+/// A host as selection needs it: its reference, uuid and name.
+#[derive(Debug, Clone)]
+pub struct HostName {
+    pub reference: String,
+    pub uuid: String,
+    pub name_label: String,
+}
+
 #[derive(Debug, Clone)]
 pub struct Vbd {
     pub reference: String,

@@ -13,15 +13,18 @@
 //!   repository's chunk-id key; only chunks whose id differs are read from the restore
 //!   point, and compared sector by sector so only differing sectors are written.
 
-use crate::export::VHD_BLOCK;
+use crate::disk::{StoredDisk, Writing};
+use crate::export::{VHD_BLOCK, unless_cancelled};
 use crate::{Error, RepoDisk, Result};
 use futures::StreamExt;
 use std::ops::Range;
+use tokio_util::sync::CancellationToken;
 use xenvault_repo::crypto::ChunkId;
 use xenvault_repo::{DiskReader, DiskRecord, Manifest, Repository};
+use xenvault_types::progress::{Phase, Task};
 use xenvault_vhd::{DynamicWriter, SECTOR_SIZE};
 use xenvault_xapi::{Client, DiskFormat, Ref, Value};
-use xenvault_xapi_wire::cbt::{BLOCK_SIZE as CBT_BLOCK, ChangedBlocks};
+use xenvault_xapi_wire::cbt::BLOCK_SIZE as CBT_BLOCK;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -56,8 +59,9 @@ fn push_range(ranges: &mut Vec<Range<u64>>, r: Range<u64>) {
 pub(crate) struct Target<'a> {
     /// The VDI's reference.
     pub vdi: &'a str,
-    /// The restore point being restored.
+    /// The restore point being restored, and its disk.
     pub point: &'a Manifest,
+    pub disk: &'a StoredDisk<'a>,
     /// The snapshot VDI the restore point's disk was read from (empty when unknown).
     pub snapshot_vdi_uuid: &'a str,
 }
@@ -71,23 +75,21 @@ pub(crate) async fn plan(
     repo: &Repository,
     target: &Target<'_>,
     reader: &DiskReader,
-    progress: Option<&crate::export::Progress>,
+    writing: &Writing<'_>,
 ) -> Result<Plan> {
     // Hosts older than XenServer 7.3 have no CBT at all.
     let reason = match client.call("VDI.get_cbt_enabled", &[Value::from(target.vdi)]).await.map(|v| v.as_bool()) {
         Err(e) => format!("CBT is unavailable ({e})"),
         Ok(Some(true)) => match cbt_plan(client, repo, target, reader).await? {
             Some((ranges, reason)) => {
-                if let Some(p) = progress {
-                    p(reader.size());
-                }
                 return Ok(Plan { method: Method::Cbt, reason, ranges, bytes_compared: 0 });
             }
             None => "no restore point of the disk has its CBT snapshot left".to_owned(),
         },
         Ok(_) => "CBT is off on the disk".to_owned(),
     };
-    let (ranges, bytes_compared) = differing_sectors(client, repo, target.vdi, reader, progress).await?;
+    let task = writing.task(target.point, target.disk, Phase::Compare, reader.size());
+    let (ranges, bytes_compared) = differing_sectors(client, repo, target.vdi, reader, &task, writing.cancel).await?;
     Ok(Plan { method: Method::Hash, reason: format!("{reason}: compared chunk hashes"), ranges, bytes_compared })
 }
 
@@ -121,16 +123,12 @@ async fn cbt_changes(
     if snapshot_uuid.is_empty() {
         return Ok(Err("the restore point names no snapshot VDI".into()));
     }
-    let Some(snapshot) = crate::vm::by_uuid(client, "VDI", snapshot_uuid).await? else {
+    let Some(snapshot) = xenvault_pool::host::by_uuid(client, "VDI", snapshot_uuid).await? else {
         return Ok(Err(format!("the snapshot VDI {snapshot_uuid} is gone")));
     };
-    let answer = match client.call("VDI.list_changed_blocks", &[Value::from(snapshot.as_str()), Value::from(vdi)]).await
-    {
-        Ok(a) => a,
+    let changed = match xenvault_pool::host::changed_blocks(client, &snapshot, vdi).await {
+        Ok(changed) => changed,
         Err(e) => return Ok(Err(format!("VDI.list_changed_blocks from {snapshot_uuid} failed ({e})"))),
-    };
-    let Some(changed) = answer.as_str().and_then(|b| ChangedBlocks::decode(b).ok()) else {
-        return Ok(Err(format!("VDI.list_changed_blocks returned no bitmap ({answer:?})")));
     };
     if changed.block_count() < size.div_ceil(CBT_BLOCK) {
         return Ok(Err(format!("the CBT bitmap covers {} blocks of a {size}-byte disk", changed.block_count())));
@@ -159,9 +157,9 @@ async fn via_other_point(
         .take(OTHER_POINTS_TRIED)
         .collect();
     for other in &candidates {
-        let snapshot = crate::disk::backup_entry(other, &ours.uuid)
-            .map(|e| crate::vm::text(e, "snapshot_vdi_uuid"))
-            .unwrap_or_default();
+        // Another point whose metadata does not read names no snapshot: it is passed over.
+        let meta = crate::disk::vm_metadata(other).ok().flatten();
+        let snapshot = meta.as_ref().and_then(|m| m.disk(&ours.uuid)).map_or("", |d| d.snapshot_vdi_uuid.as_str());
         let Ok(since) = cbt_changes(client, target.vdi, snapshot, reader.size()).await? else { continue };
         let Some(record) = other.disks.iter().find(|d| same_layout(d, ours)) else { continue };
         let theirs = DiskReader::new(repo, record).await?;
@@ -247,7 +245,8 @@ async fn differing_sectors(
     repo: &Repository,
     vdi: &str,
     reader: &DiskReader,
-    progress: Option<&crate::export::Progress>,
+    task: &Task,
+    cancel: &CancellationToken,
 ) -> Result<(Vec<Range<u64>>, u64)> {
     let mut body = client.export_raw_vdi(&Ref::new(vdi), DiskFormat::Raw, None).await?;
     let (size, cs) = (reader.size(), reader.chunk_size());
@@ -256,6 +255,7 @@ async fn differing_sectors(
     let mut ranges = Vec::new();
     let mut read = 0u64;
     for slot in 0..reader.disk().slot_count() {
+        unless_cancelled(cancel)?;
         let len = (size - slot * cs).min(cs) as usize;
         let mut chunk = Vec::with_capacity(len);
         while chunk.len() < len {
@@ -280,9 +280,7 @@ async fn differing_sectors(
             let (id, data) = job.await?;
             compare_chunk(reader, done, id, &data, &mut ranges).await?;
         }
-        if let Some(p) = progress {
-            p(len as u64);
-        }
+        task.advance(len as u64);
     }
     if let Some((done, job)) = pending {
         let (id, data) = job.await?;
@@ -336,20 +334,37 @@ fn blocks_of(ranges: &[Range<u64>]) -> Vec<u32> {
     blocks
 }
 
-/// Sends the restore point's content of `ranges` into `vdi` as one VHD import.
-pub(crate) async fn upload_ranges(client: &Client, vdi: &str, disk: RepoDisk, ranges: Vec<Range<u64>>) -> Result<Sent> {
+/// Sends the restore point's content of `ranges` into `vdi` as one VHD import; `task`
+/// counts the bytes of `ranges`.
+pub(crate) async fn upload_ranges(
+    client: &Client,
+    vdi: &str,
+    disk: RepoDisk,
+    ranges: Vec<Range<u64>>,
+    task: Task,
+    cancel: &CancellationToken,
+) -> Result<Sent> {
     let size = disk.reader().size();
     let blocks = blocks_of(&ranges);
     let sent = DynamicWriter::<std::io::Sink>::output_size(size, blocks.len() as u64);
-    let written =
-        crate::disk::upload(client, vdi, DiskFormat::Vhd, sent, move |out| write_ranges(&disk, &blocks, &ranges, out))
-            .await?;
+    let cancel = cancel.clone();
+    let written = crate::disk::upload(client, vdi, DiskFormat::Vhd, sent, move |out| {
+        write_ranges(&disk, &blocks, &ranges, out, &task, &cancel)
+    })
+    .await?;
     Ok(Sent { written, sent })
 }
 
 /// Writes a dynamic VHD holding the restore point's sectors in `ranges` (the other
 /// sectors of its blocks are zeros, marked absent). Blocking.
-fn write_ranges(disk: &RepoDisk, blocks: &[u32], ranges: &[Range<u64>], out: impl std::io::Write) -> Result<u64> {
+fn write_ranges(
+    disk: &RepoDisk,
+    blocks: &[u32],
+    ranges: &[Range<u64>],
+    out: impl std::io::Write,
+    task: &Task,
+    cancel: &CancellationToken,
+) -> Result<u64> {
     let handle = tokio::runtime::Handle::current();
     let reader = disk.reader();
     let size = reader.size();
@@ -358,6 +373,7 @@ fn write_ranges(disk: &RepoDisk, blocks: &[u32], ranges: &[Range<u64>], out: imp
     let mut pending = ranges.iter().peekable();
     let mut buf = Vec::new();
     for &b in blocks {
+        unless_cancelled(cancel)?;
         let start = u64::from(b) * VHD_BLOCK;
         let end = (start + VHD_BLOCK).min(size);
         buf.clear();
@@ -370,6 +386,7 @@ fn write_ranges(disk: &RepoDisk, blocks: &[u32], ranges: &[Range<u64>], out: imp
                     .get_mut((from - start) as usize..(to - start) as usize)
                     .ok_or_else(|| Error::Metadata("range outside its block".into()))?;
                 handle.block_on(reader.read_at(from, piece))?;
+                task.advance(to - from);
                 let sector = |at: u64| u32::try_from((at - start) / SECTOR_SIZE).unwrap_or(u32::MAX);
                 sectors.push(sector(from)..sector(to.next_multiple_of(SECTOR_SIZE)));
             }

@@ -3,13 +3,16 @@
 //! VM. Also the disk pieces whole-VM restore uses: creating and filling VDIs, overwriting
 //! them, and removing what a failed restore created.
 
-use crate::export::{VHD_BLOCK, present_units, vhd_size, write_vhd};
-use crate::vm::{DiskRestore, Progress, by_uuid, call, call_ref, invalid, text, to_value};
+use crate::export::{VHD_BLOCK, present_units, unless_cancelled, vhd_size, write_vhd};
+use crate::vm::{DiskRestore, call, call_ref, invalid, to_value};
 use crate::{Error, RepoDisk, Result};
 use bytes::Bytes;
-use serde_json::Value as Json;
 use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+use xenvault_pool::host::by_uuid;
 use xenvault_repo::{DiskReader, DiskRecord, Manifest, Repository};
+use xenvault_types::metadata::{DiskInfo, VmMetadata};
+use xenvault_types::progress::{Key, Phase, Progress, Task};
 use xenvault_xapi::{Client, DiskFormat, ImportTarget, Ref, Value};
 
 pub(crate) const NULL_REF: &str = "OpaqueRef:NULL";
@@ -40,11 +43,26 @@ pub struct DiskRestoreOptions {
     pub differential: bool,
     /// Over an existing VDI: write even when a running VM has it attached.
     pub force: bool,
+    /// Stops the restore: a new VDI is removed, an existing one put back as it was.
+    pub cancel: CancellationToken,
+    /// Who asked for the restore, carried into the report.
+    pub identity: Identity,
+}
+
+/// The job and run a restore belongs to, as the caller (a scheduler, a service) names them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Identity {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct DiskRestoreReport {
     pub restore_point: String,
+    #[serde(flatten)]
+    pub identity: Identity,
     /// The VDI the stored disk was backed up from.
     pub source_vdi_uuid: String,
     /// Whether the target VDI was created by this restore.
@@ -63,36 +81,22 @@ pub struct DiskRestoreReport {
 pub(crate) struct StoredDisk<'a> {
     pub record: &'a DiskRecord,
     pub position: String,
-    /// The snapshot VDI the disk was read from (the CBT base of a differential restore).
-    pub snapshot_vdi_uuid: String,
-    /// The stored VDI and VBD records (`Null` / `None` when the restore point has none).
-    pub vdi: Json,
-    pub vbd: Option<Json>,
+    /// From the VM metadata (empty for a restore point that has none, e.g. `backup-image`).
+    pub info: DiskInfo,
 }
 
-/// The engine's record of how disk `disk_uuid` was backed up (`metadata.backup.disks`).
-pub(crate) fn backup_entry<'a>(m: &'a Manifest, disk_uuid: &str) -> Option<&'a Json> {
-    let disks = m.metadata.get("backup")?.get("disks")?.as_array()?;
-    disks.iter().find(|e| text(e, "vdi_uuid") == disk_uuid)
+/// The VM metadata of restore point `m`; None when it is not a VM's.
+pub(crate) fn vm_metadata(m: &Manifest) -> Result<Option<VmMetadata>> {
+    VmMetadata::from_value(&m.metadata).map_err(|e| Error::Metadata(format!("restore point {}: {e}", m.short_id())))
 }
 
-/// The restore point's disks with their stored records (`metadata.vm`).
-pub(crate) fn stored_disks(m: &Manifest) -> Vec<StoredDisk<'_>> {
-    let empty = serde_json::Map::new();
-    let meta = m.metadata.get("vm");
-    let vdis = meta.and_then(|v| v.get("VDI")).and_then(Json::as_object).unwrap_or(&empty);
-    let vbds = meta.and_then(|v| v.get("VBD")).and_then(Json::as_object).unwrap_or(&empty);
-    let mut out = Vec::new();
-    for record in &m.disks {
-        let entry = backup_entry(m, &record.uuid);
-        let snap_uuid = entry.map(|e| text(e, "snapshot_vdi_uuid")).unwrap_or_default();
-        let found = vdis.iter().find(|(_, v)| !snap_uuid.is_empty() && text(v, "uuid") == snap_uuid);
-        let (vdi_ref, vdi) = found.map(|(r, v)| (r.as_str(), v.clone())).unwrap_or((NULL_REF, Json::Null));
-        let vbd = vbds.values().find(|b| vdi_ref != NULL_REF && text(b, "VDI") == vdi_ref).cloned();
-        let position = record.position.to_string();
-        out.push(StoredDisk { record, position, snapshot_vdi_uuid: snap_uuid.to_owned(), vdi, vbd });
-    }
-    out
+/// The restore point's disks with what `meta` says about each.
+pub(crate) fn stored_disks<'a>(m: &'a Manifest, meta: Option<&VmMetadata>) -> Vec<StoredDisk<'a>> {
+    let info = |record: &DiskRecord| meta.and_then(|meta| meta.disk(&record.uuid)).cloned().unwrap_or_default();
+    m.disks
+        .iter()
+        .map(|record| StoredDisk { record, position: record.position.to_string(), info: info(record) })
+        .collect()
 }
 
 /// "<label> (restored <restore point time>)": the default name of what a restore creates.
@@ -109,10 +113,11 @@ pub async fn restore_disk(
     which: Option<&str>,
     target: &DiskTarget,
     opts: &DiskRestoreOptions,
-    progress: Option<Progress>,
+    progress: Arc<dyn Progress>,
 ) -> Result<DiskRestoreReport> {
     let record = m.disk(which)?;
-    let stored = stored_disks(m)
+    let meta = vm_metadata(m)?;
+    let stored = stored_disks(m, meta.as_ref())
         .into_iter()
         .find(|d| std::ptr::eq(d.record, record))
         .ok_or_else(|| Error::Metadata(format!("disk {} is not among the restore point's disks", record.describe())))?;
@@ -124,7 +129,14 @@ pub async fn restore_disk(
             if !opts.force {
                 refuse_if_in_use(client, &vdi, vdi_uuid).await?;
             }
-            let done = overwrite(client, repo, m, &stored, &vdi, opts.differential, &progress).await?;
+            check_fits(client, &stored, &vdi).await?;
+            let writing = Writing { progress: &progress, cancel: &opts.cancel };
+            let guard = Guard::take(client, &vdi, &writing).await?;
+            let done = match overwrite(client, repo, m, &stored, &vdi, opts.differential, &writing).await {
+                Ok(done) => done,
+                Err(e) => return Err(guard.put_back(client, e).await),
+            };
+            guard.release(client).await;
             (vdi, done, None)
         }
         DiskTarget::New { sr_uuid, name_label, attach } => {
@@ -142,16 +154,10 @@ pub async fn restore_disk(
             };
             let mut made = Created::default();
             let result = async {
-                let vdi = create_vdi(
-                    client,
-                    &sr,
-                    &label,
-                    text(&stored.vdi, "name_description"),
-                    stored.record.size,
-                    &mut made,
-                )
-                .await?;
-                let done = fill_new(client, repo, &stored, &vdi, &progress).await?;
+                let vdi = create_vdi(client, &sr, &label, &stored.info.name_description, stored.record.size, &mut made)
+                    .await?;
+                let writing = Writing { progress: &progress, cancel: &opts.cancel };
+                let done = fill_new(client, repo, m, &stored, &vdi, &writing).await?;
                 let vbd = match vm {
                     Some((vm, a)) => Some(attach_vdi(client, &vm, &vdi, a, &mut made).await?),
                     None => None,
@@ -170,6 +176,7 @@ pub async fn restore_disk(
     let (vbd_uuid, plugged) = vbd.unzip();
     Ok(DiskRestoreReport {
         restore_point: m.id.clone(),
+        identity: opts.identity.clone(),
         source_vdi_uuid: stored.record.uuid.clone(),
         created: matches!(target, DiskTarget::New { .. }),
         name_label,
@@ -182,7 +189,7 @@ pub async fn restore_disk(
 
 /// The stored disk's name: its VDI's label, else the restore point's name for it.
 fn stored_label(d: &StoredDisk<'_>) -> String {
-    match text(&d.vdi, "name_label") {
+    match d.info.name_label.as_str() {
         "" => d.record.name.clone(),
         l => l.to_owned(),
     }
@@ -315,13 +322,32 @@ pub(crate) async fn create_vbd(
     Ok(vbd)
 }
 
+/// Where a restore's disk writes report, and what stops them.
+pub(crate) struct Writing<'a> {
+    pub progress: &'a Arc<dyn Progress>,
+    pub cancel: &'a CancellationToken,
+}
+
+impl Writing<'_> {
+    /// A task of `phase` over stored disk `d` of restore point `m`, sized `total`.
+    pub fn task(&self, m: &Manifest, d: &StoredDisk<'_>, phase: Phase, total: u64) -> Task {
+        let what = match phase {
+            Phase::Compare => " (compare)",
+            _ => "",
+        };
+        let label = format!("{} disk {}{what}", m.source.name, d.position);
+        Task::start(self.progress.clone(), Key::disk(&m.source.id, d.record.position, phase), label, total)
+    }
+}
+
 /// Fills a new VDI, which reads as zeros, with the blocks the restore point holds.
 pub(crate) async fn fill_new(
     client: &Client,
     repo: &Repository,
+    m: &Manifest,
     d: &StoredDisk<'_>,
     vdi: &str,
-    progress: &Option<Progress>,
+    writing: &Writing<'_>,
 ) -> Result<DiskRestore> {
     let t = std::time::Instant::now();
     let reader = Arc::new(DiskReader::new(repo, d.record).await?);
@@ -332,9 +358,10 @@ pub(crate) async fn fill_new(
             .await??
     };
     let bytes_sent = vhd_size(d.record.size, blocks.len());
-    let progress = progress.clone();
+    let task = writing.task(m, d, Phase::Restore, d.record.size);
+    let cancel = writing.cancel.clone();
     let bytes_written =
-        upload(client, vdi, DiskFormat::Vhd, bytes_sent, move |out| write_vhd(&disk, &blocks, out, progress.as_ref()))
+        upload(client, vdi, DiskFormat::Vhd, bytes_sent, move |out| write_vhd(&disk, &blocks, out, &task, &cancel))
             .await?;
     Ok(DiskRestore {
         position: d.position.clone(),
@@ -349,8 +376,23 @@ pub(crate) async fn fill_new(
     })
 }
 
-/// Writes stored disk `d` of restore point `point` over `vdi`, which must have its size.
-/// Differential: finds what differs and sends only that.
+/// Refuses a VDI that has not the stored disk's size (before anything is changed).
+pub(crate) async fn check_fits(client: &Client, d: &StoredDisk<'_>, vdi: &str) -> Result<()> {
+    let size = call(client, "VDI.get_virtual_size", &[Value::from(vdi)]).await?;
+    let size = size.as_i64().and_then(|s| u64::try_from(s).ok()).or_else(|| size.as_str().and_then(|s| s.parse().ok()));
+    if size != Some(d.record.size) {
+        let vdi_uuid = call_str(client, "VDI.get_uuid", vdi).await?;
+        let size = size.map_or_else(|| "of unknown size".to_owned(), |s| format!("{s} bytes"));
+        return Err(Error::Target(format!(
+            "VDI {vdi_uuid} is {size}, disk {} of the restore point is {} bytes: sizes must match (restore to a new VDI instead)",
+            d.position, d.record.size
+        )));
+    }
+    Ok(())
+}
+
+/// Writes stored disk `d` of restore point `point` over `vdi`, which must have its size
+/// ([`check_fits`]). Differential: finds what differs and sends only that.
 pub(crate) async fn overwrite(
     client: &Client,
     repo: &Repository,
@@ -358,19 +400,10 @@ pub(crate) async fn overwrite(
     d: &StoredDisk<'_>,
     vdi: &str,
     differential: bool,
-    progress: &Option<Progress>,
+    writing: &Writing<'_>,
 ) -> Result<DiskRestore> {
     let t = std::time::Instant::now();
     let vdi_uuid = call_str(client, "VDI.get_uuid", vdi).await?;
-    let size = call(client, "VDI.get_virtual_size", &[Value::from(vdi)]).await?;
-    let size = size.as_i64().and_then(|s| u64::try_from(s).ok()).or_else(|| size.as_str().and_then(|s| s.parse().ok()));
-    if size != Some(d.record.size) {
-        let size = size.map_or_else(|| "of unknown size".to_owned(), |s| format!("{s} bytes"));
-        return Err(Error::Target(format!(
-            "VDI {vdi_uuid} is {size}, disk {} of the restore point is {} bytes: sizes must match (restore to a new VDI instead)",
-            d.position, d.record.size
-        )));
-    }
     let reader = Arc::new(DiskReader::new(repo, d.record).await?);
     let disk = RepoDisk::new(reader.clone(), tokio::runtime::Handle::current());
     let mut done = DiskRestore {
@@ -385,14 +418,16 @@ pub(crate) async fn overwrite(
         seconds: 0.0,
     };
     if differential {
-        let target = crate::differential::Target { vdi, point, snapshot_vdi_uuid: &d.snapshot_vdi_uuid };
-        let plan = crate::differential::plan(client, repo, &target, &reader, progress.as_ref()).await?;
+        let target = crate::differential::Target { vdi, point, disk: d, snapshot_vdi_uuid: &d.info.snapshot_vdi_uuid };
+        let plan = crate::differential::plan(client, repo, &target, &reader, writing).await?;
         tracing::info!(disk = %d.position, method = ?plan.method, reason = %plan.reason, ranges = plan.ranges.len(), "differential restore");
-        let sent = crate::differential::upload_ranges(client, vdi, disk, plan.ranges).await?;
+        let task = writing.task(point, d, Phase::Restore, plan.ranges.iter().map(|r| r.end - r.start).sum());
+        let sent = crate::differential::upload_ranges(client, vdi, disk, plan.ranges, task, writing.cancel).await?;
         (done.bytes_written, done.bytes_sent, done.bytes_compared) = (sent.written, sent.sent, plan.bytes_compared);
         (done.method, done.method_reason) = (Some(plan.method), Some(plan.reason));
     } else {
-        upload_raw(client, vdi, disk, progress).await?;
+        let task = writing.task(point, d, Phase::Restore, d.record.size);
+        upload_raw(client, vdi, disk, task, writing.cancel).await?;
     }
     done.seconds = t.elapsed().as_secs_f64();
     Ok(done)
@@ -416,7 +451,8 @@ impl std::io::Write for ChannelWriter {
 }
 
 /// Streams what `produce` writes (on a blocking thread) as the body of an import; returns
-/// what `produce` returns.
+/// what `produce` returns. When `produce` fails (or is cancelled) the body ends in an
+/// error, so the host drops the import rather than taking a short disk.
 pub(crate) async fn upload(
     client: &Client,
     vdi: &str,
@@ -426,27 +462,94 @@ pub(crate) async fn upload(
 ) -> Result<u64> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(8);
     let writer = tokio::task::spawn_blocking(move || {
+        let abort = tx.clone();
         let mut out = std::io::BufWriter::with_capacity(1 << 20, ChannelWriter { tx });
-        let produced = produce(&mut out)?;
-        std::io::Write::flush(&mut out)?;
-        Ok(produced)
+        let produced = produce(&mut out).and_then(|n| Ok(std::io::Write::flush(&mut out).map(|()| n)?));
+        if let Err(e) = &produced {
+            // The import may be gone already (then nobody reads this).
+            let _ = abort.blocking_send(Err(std::io::Error::other(e.to_string())));
+        }
+        produced
     });
     let body = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
     let reference = Ref::new(vdi);
     let sent = client.import_raw_vdi(ImportTarget::Vdi(&reference), format, body, length).await;
-    // A failed import drops the body: the writer then fails with a broken pipe, which
-    // says less than the import's own error.
     let produced = writer.await?;
-    sent?;
-    produced
+    match (sent, produced) {
+        (_, Err(Error::Cancelled)) => Err(Error::Cancelled),
+        // A failed import drops the body: the writer then fails with a broken pipe, which
+        // says less than the import's own error.
+        (Err(e), _) => Err(e.into()),
+        (Ok(_), produced) => produced,
+    }
 }
 
-async fn upload_raw(client: &Client, vdi: &str, disk: RepoDisk, progress: &Option<Progress>) -> Result<u64> {
+async fn upload_raw(client: &Client, vdi: &str, disk: RepoDisk, task: Task, cancel: &CancellationToken) -> Result<u64> {
     let size = disk.reader().size();
-    let progress = progress.clone();
+    let cancel = cancel.clone();
     upload(client, vdi, DiskFormat::Raw, size, move |out| {
-        crate::export::export(&disk, crate::export::DiskFormat::Raw, out, progress)?;
+        crate::export::export(&disk, crate::export::DiskFormat::Raw, out, &task, &cancel)?;
         Ok(size)
     })
     .await
+}
+
+/// A snapshot of a VDI about to be overwritten: an overwrite that stops half-way
+/// (cancelled, failed) copies it back, so the disk is as it was. Taken once nothing
+/// else can refuse the restore; a cancel before it leaves the disk untouched. An SR
+/// that cannot snapshot gets an unguarded overwrite (and a failure says so).
+pub(crate) struct Guard {
+    vdi: String,
+    snapshot: Result<String, String>,
+}
+
+impl Guard {
+    pub async fn take(client: &Client, vdi: &str, writing: &Writing<'_>) -> Result<Self> {
+        unless_cancelled(writing.cancel)?;
+        let no_params = Value::Struct(Default::default());
+        let snapshot = call_ref(client, "VDI.snapshot", &[Value::from(vdi), no_params]).await.map_err(|e| {
+            tracing::warn!(vdi, error = %e, "no snapshot before the overwrite: a failure leaves the disk half written");
+            e.to_string()
+        });
+        Ok(Guard { vdi: vdi.to_owned(), snapshot })
+    }
+
+    /// The overwrite is done: the snapshot goes.
+    pub async fn release(self, client: &Client) {
+        let Ok(snapshot) = self.snapshot else { return };
+        if let Err(e) = client.call("VDI.destroy", &[Value::from(snapshot.as_str())]).await {
+            tracing::warn!(%snapshot, error = %e, "could not remove the snapshot taken before the overwrite");
+        }
+    }
+
+    /// The overwrite stopped with `error`: the disk gets its content back from the
+    /// snapshot, which then goes. When that fails, the snapshot stays and the error names it.
+    pub async fn put_back(self, client: &Client, error: Error) -> Error {
+        let uuid = call_str(client, "VDI.get_uuid", &self.vdi).await.unwrap_or_else(|_| self.vdi.clone());
+        let cleanup = match &self.snapshot {
+            Err(why) => format!("VDI {uuid} may be half written (no snapshot could be taken before: {why})"),
+            Ok(snapshot) => {
+                let copied = async {
+                    let sr = call_ref(client, "VDI.get_SR", &[Value::from(self.vdi.as_str())]).await?;
+                    let args = [snapshot.as_str(), &sr, NULL_REF, &self.vdi].map(Value::from);
+                    call(client, "VDI.copy", &args).await
+                };
+                match copied.await {
+                    Ok(_) => {
+                        self.release(client).await;
+                        format!("VDI {uuid} was put back as it was before the restore")
+                    }
+                    Err(e) => {
+                        let kept =
+                            call_str(client, "VDI.get_uuid", snapshot).await.unwrap_or_else(|_| snapshot.clone());
+                        format!(
+                            "could NOT put VDI {uuid} back ({e}): its content before the restore is in snapshot VDI {kept}"
+                        )
+                    }
+                }
+            }
+        };
+        tracing::warn!(error = %error, "{cleanup}");
+        Error::CleanedUp { source: Box::new(error), cleanup }
+    }
 }

@@ -10,7 +10,7 @@ pub enum Error {
     Fs(#[from] xenvault_fsread::Error),
     #[error("disk {disk} has no volume {name:?}; it has: {available}")]
     NoSuchVolume { disk: String, name: String, available: String },
-    #[error("disk {disk} has several volumes with file systems ({available}): choose one with --partition")]
+    #[error("disk {disk} has several volumes with file systems ({available})")]
     AmbiguousVolume { disk: String, available: String },
     #[error("disk {0} holds no file system we can read")]
     NoFileSystem(String),
@@ -22,6 +22,8 @@ pub enum Error {
     Xva(#[from] xenvault_xva::Error),
     #[error("XenAPI: {0}")]
     Xapi(#[from] xenvault_xapi::Error),
+    #[error(transparent)]
+    Pool(#[from] xenvault_pool::Error),
     #[error("restore point metadata: {0}")]
     Metadata(String),
     #[error("I/O: {0}")]
@@ -31,9 +33,24 @@ pub enum Error {
     /// The restore target does not exist, does not fit, or is in use.
     #[error("restore target: {0}")]
     Target(String),
+    /// The caller cancelled the operation.
+    #[error("cancelled")]
+    Cancelled,
     /// A restore failed after creating objects in the pool; `cleanup` says what was removed.
     #[error("{source}; {cleanup}")]
     CleanedUp { source: Box<Error>, cleanup: String },
+}
+
+impl Error {
+    /// Whether the operation stopped because the caller cancelled it (also when it then
+    /// cleaned up after itself).
+    pub fn is_cancelled(&self) -> bool {
+        match self {
+            Error::Cancelled => true,
+            Error::CleanedUp { source, .. } => source.is_cancelled(),
+            _ => false,
+        }
+    }
 }
 
 impl From<tokio::task::JoinError> for Error {

@@ -1,14 +1,20 @@
-//! Whole-VM restore to a pool from the records the engine stored with the restore point
-//! (`metadata.vm`, format `xenvault-vm/1`): as a new VM (or template), or over the
+//! Whole-VM restore to a pool from the VM metadata the engine stored with the restore
+//! point ([`VmMetadata`]): as a new VM (or template), or over the
 //! original VM, optionally writing only what differs (see [`crate::differential`]).
 
 pub use crate::differential::Method;
 use crate::disk::{
-    Created, NULL_REF, StoredDisk, call_str, create_vbd, create_vdi, fill_new, overwrite, restored_name, stored_disks,
+    Created, Guard, Identity, NULL_REF, StoredDisk, Writing, call_str, check_fits, create_vbd, create_vdi, fill_new,
+    overwrite, restored_name, stored_disks, vm_metadata,
 };
 use crate::{Error, Result};
 use serde_json::Value as Json;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+use xenvault_pool::host::by_uuid;
 use xenvault_repo::{Manifest, Repository};
+use xenvault_types::metadata::{VifInfo, VmMetadata};
+use xenvault_types::progress::Progress;
 use xenvault_xapi::{Client, Value};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -66,6 +72,11 @@ pub struct VmRestoreOptions {
     /// New VIFs: stored network uuid or name label -> target network uuid.
     pub network_map: Vec<(String, String)>,
     pub macs: Macs,
+    /// Stops the restore: a new VM is removed with its disks; overwritten disks are put
+    /// back as they were (and a VM the restore shut down is started again).
+    pub cancel: CancellationToken,
+    /// Who asked for the restore, carried into the report.
+    pub identity: Identity,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -91,6 +102,8 @@ pub struct DiskRestore {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct VmRestoreReport {
     pub restore_point: String,
+    #[serde(flatten)]
+    pub identity: Identity,
     pub mode: Mode,
     pub differential: bool,
     pub vm_uuid: String,
@@ -101,28 +114,8 @@ pub struct VmRestoreReport {
     pub seconds: f64,
 }
 
-/// Called with the disk bytes done since the last call.
-pub type Progress = crate::export::Progress;
-
-/// Logs in to a registered pool (the uploads need the XenAPI client itself).
-pub async fn connect(login: &xenvault_engine::config::PoolLogin) -> Result<Client> {
-    use xenvault_engine::config::TlsTrust;
-    let tls = match &login.entry.tls {
-        TlsTrust::Verify => xenvault_xapi::TlsMode::SystemRoots,
-        TlsTrust::Insecure => xenvault_xapi::TlsMode::Insecure,
-        TlsTrust::Fingerprint(hex) => xenvault_xapi::TlsMode::pin_sha256_hex(hex)?,
-    };
-    let client = Client::builder(login.entry.url.as_str()).tls(tls).build()?;
-    client.login_with_password(&login.entry.user, &login.password).await?;
-    Ok(client)
-}
-
 pub(crate) fn invalid(what: impl Into<String>) -> Error {
     Error::Metadata(what.into())
-}
-
-pub(crate) fn text<'a>(j: &'a Json, key: &str) -> &'a str {
-    j.get(key).and_then(Json::as_str).unwrap_or_default()
 }
 
 pub(crate) async fn call(client: &Client, method: &str, args: &[Value]) -> Result<Value> {
@@ -132,18 +125,6 @@ pub(crate) async fn call(client: &Client, method: &str, args: &[Value]) -> Resul
 pub(crate) async fn call_ref(client: &Client, method: &str, args: &[Value]) -> Result<String> {
     let v = call(client, method, args).await?;
     v.as_str().map(str::to_owned).ok_or_else(|| invalid(format!("{method} returned {v:?}")))
-}
-
-/// A reference by uuid, or None when no such object exists.
-pub(crate) async fn by_uuid(client: &Client, class: &str, uuid: &str) -> Result<Option<String>> {
-    if uuid.is_empty() {
-        return Ok(None);
-    }
-    match client.call(&format!("{class}.get_by_uuid"), &[Value::from(uuid)]).await {
-        Ok(v) => Ok(v.as_str().map(str::to_owned)),
-        Err(e) if e.to_string().contains("UUID_INVALID") => Ok(None),
-        Err(e) => Err(e.into()),
-    }
 }
 
 pub(crate) fn to_value(j: &Json) -> Result<Value> {
@@ -157,39 +138,37 @@ pub async fn restore_vm(
     repo: &Repository,
     m: &Manifest,
     opts: &VmRestoreOptions,
-    progress: Option<Progress>,
+    progress: Arc<dyn Progress>,
 ) -> Result<VmRestoreReport> {
     let started = std::time::Instant::now();
-    let meta = m
-        .metadata
-        .get("vm")
-        .filter(|v| text(v, "format") == "xenvault-vm/1")
+    let meta = vm_metadata(m)?
         .ok_or_else(|| invalid(format!("restore point {} holds no VM records (not a VM backup?)", m.short_id())))?;
-    let vm_record = meta.get("vm").filter(|v| v.is_object()).ok_or_else(|| invalid("no VM record"))?;
-    let original = by_uuid(client, "VM", text(vm_record, "uuid")).await?;
-    let disks = stored_disks(m);
+    let original = by_uuid(client, "VM", &meta.vm.uuid).await?;
+    let disks = stored_disks(m, Some(&meta));
+    let writing = Writing { progress: &progress, cancel: &opts.cancel };
     let (vm_uuid, name_label, written, warnings) = match opts.mode {
         Mode::AsNew => {
-            let mut new = NewVm::check(client, meta, opts).await?;
-            match new.create(repo, m, vm_record, &disks, original.is_some(), &progress).await {
+            let mut new = NewVm::check(client, &meta, opts).await?;
+            match new.create(repo, m, &disks, original.is_some(), &writing).await {
                 Ok((vm_uuid, name, written)) => (vm_uuid, name, written, new.warnings),
                 Err(e) => return Err(new.made.undo(client, e).await),
             }
         }
         Mode::Overwrite => {
             let vm = original.ok_or_else(|| {
-                invalid(format!("the original VM {} no longer exists: restore --as-new", text(vm_record, "uuid")))
+                invalid(format!("the original VM {} no longer exists: restore it as a new VM", meta.vm.uuid))
             })?;
-            let written = restore_over(client, repo, m, &vm, &disks, opts.differential, &progress).await?;
+            let written = restore_over(client, repo, m, &vm, &disks, opts.differential, &writing).await?;
             let mut warnings = Vec::new();
             if !opts.sr_map.is_empty() || !opts.network_map.is_empty() {
                 warnings.push("SR and network mappings apply to restores as a new VM: ignored".to_owned());
             }
-            (call_str(client, "VM.get_uuid", &vm).await?, text(vm_record, "name_label").to_owned(), written, warnings)
+            (call_str(client, "VM.get_uuid", &vm).await?, meta.vm.name_label.clone(), written, warnings)
         }
     };
     Ok(VmRestoreReport {
         restore_point: m.id.clone(),
+        identity: opts.identity.clone(),
         mode: opts.mode,
         differential: opts.differential,
         vm_uuid,
@@ -203,7 +182,7 @@ pub async fn restore_vm(
 /// A restore as a new VM: where its disks and VIFs go, and what it created so far.
 struct NewVm<'a> {
     client: &'a Client,
-    meta: &'a Json,
+    meta: &'a VmMetadata,
     opts: &'a VmRestoreOptions,
     /// Stored SR uuid -> target SR reference.
     srs: Vec<(String, String)>,
@@ -217,18 +196,14 @@ struct NewVm<'a> {
 
 impl<'a> NewVm<'a> {
     /// Resolves the SR and network targets, refusing unknown ones before anything is created.
-    async fn check(client: &'a Client, meta: &'a Json, opts: &'a VmRestoreOptions) -> Result<Self> {
+    async fn check(client: &'a Client, meta: &'a VmMetadata, opts: &'a VmRestoreOptions) -> Result<Self> {
         let mut warnings = Vec::new();
-        let stored = |class: &str| {
-            meta.get(class).and_then(Json::as_object).map(|o| o.values().collect::<Vec<_>>()).unwrap_or_default()
-        };
-        let (stored_srs, stored_networks) = (stored("SR"), stored("network"));
         let mut srs = Vec::new();
         for (from, to) in &opts.sr_map {
             let target = by_uuid(client, "SR", to)
                 .await?
                 .ok_or_else(|| Error::Target(format!("SR mapping {from}={to}: no SR with uuid {to}")))?;
-            if !stored_srs.iter().any(|s| text(s, "uuid") == from) {
+            if !meta.disks.iter().any(|d| &d.sr_uuid == from) {
                 warnings.push(format!("SR mapping {from}={to}: the restore point has no disk on SR {from}"));
             }
             srs.push((from.clone(), target));
@@ -238,7 +213,7 @@ impl<'a> NewVm<'a> {
             let target = by_uuid(client, "network", to)
                 .await?
                 .ok_or_else(|| Error::Target(format!("network mapping {from}={to}: no network with uuid {to}")))?;
-            if !stored_networks.iter().any(|n| text(n, "uuid") == from || text(n, "name_label") == from) {
+            if !meta.vifs.iter().any(|v| &v.network_uuid == from || &v.network_name == from) {
                 warnings
                     .push(format!("network mapping {from}={to}: the restore point has no VIF on a network {from:?}"));
             }
@@ -258,14 +233,14 @@ impl<'a> NewVm<'a> {
         &mut self,
         repo: &Repository,
         m: &Manifest,
-        vm_record: &Json,
         disks: &[StoredDisk<'_>],
         original_exists: bool,
-        progress: &Option<Progress>,
+        writing: &Writing<'_>,
     ) -> Result<(String, String, Vec<DiskRestore>)> {
         let client = self.client;
-        let name = restored_name(text(vm_record, "name_label"), m);
-        let mut spec = vm_record.as_object().cloned().unwrap_or_default();
+        let name = restored_name(&self.meta.vm.name_label, m);
+        // The whole stored record: fields xenvault does not name (boot, PV, NVRAM, ...) come back too.
+        let mut spec = self.meta.records.vm.clone();
         for k in [
             "uuid",
             "VBDs",
@@ -288,15 +263,13 @@ impl<'a> NewVm<'a> {
         let mut written = Vec::new();
         for d in disks {
             let sr = self.sr_of(d).await?;
-            let label = match text(&d.vdi, "name_label") {
+            let label = match d.info.name_label.as_str() {
                 "" => format!("{name} disk {}", d.position),
                 l => l.to_owned(),
             };
-            let vdi = create_vdi(client, &sr, &label, text(&d.vdi, "name_description"), d.record.size, &mut self.made)
-                .await?;
-            written.push(fill_new(client, repo, d, &vdi, progress).await?);
-            let bootable = d.vbd.as_ref().and_then(|b| b.get("bootable")).and_then(Json::as_bool).unwrap_or(false);
-            create_vbd(client, &vm, &vdi, &d.position, bootable, &mut self.made).await?;
+            let vdi = create_vdi(client, &sr, &label, &d.info.name_description, d.record.size, &mut self.made).await?;
+            written.push(fill_new(client, repo, m, d, &vdi, writing).await?);
+            create_vbd(client, &vm, &vdi, &d.position, d.info.bootable, &mut self.made).await?;
         }
         self.create_vifs(&vm, original_exists).await?;
         Ok((call_str(client, "VM.get_uuid", &vm).await?, name, written))
@@ -305,8 +278,7 @@ impl<'a> NewVm<'a> {
     /// The SR for a new disk: mapped, else `sr`, else the original SR when it still
     /// exists, else the pool's default SR.
     async fn sr_of(&self, d: &StoredDisk<'_>) -> Result<String> {
-        let stored =
-            self.meta.get("SR").and_then(|s| s.get(text(&d.vdi, "SR"))).map(|s| text(s, "uuid")).unwrap_or_default();
+        let stored = d.info.sr_uuid.as_str();
         if let Some((_, sr)) = self.srs.iter().find(|(from, _)| from == stored) {
             return Ok(sr.clone());
         }
@@ -319,10 +291,10 @@ impl<'a> NewVm<'a> {
         }
     }
 
-    /// The network for a VIF on stored network `net`: mapped (by uuid, then name), else
-    /// the same uuid, else the same name.
-    async fn network_of(&self, net: &Json) -> Result<Option<String>> {
-        let (uuid, name) = (text(net, "uuid"), text(net, "name_label"));
+    /// The network for a stored VIF: mapped (by network uuid, then name), else the same
+    /// uuid, else the same name.
+    async fn network_of(&self, vif: &VifInfo) -> Result<Option<String>> {
+        let (uuid, name) = (vif.network_uuid.as_str(), vif.network_name.as_str());
         let mapped = self
             .networks
             .iter()
@@ -340,16 +312,11 @@ impl<'a> NewVm<'a> {
 
     /// The stored VIFs; a VIF whose network is not found is left out, with a warning.
     async fn create_vifs(&mut self, vm: &str, original_exists: bool) -> Result<()> {
-        let empty = serde_json::Map::new();
-        let networks = self.meta.get("network").and_then(Json::as_object).unwrap_or(&empty);
-        for vif in self.meta.get("VIF").and_then(Json::as_object).unwrap_or(&empty).values() {
-            let net = networks.get(text(vif, "network")).unwrap_or(&Json::Null);
-            let Some(network) = self.network_of(net).await? else {
-                let (uuid, name) = (text(net, "uuid"), text(net, "name_label"));
+        for vif in &self.meta.vifs {
+            let Some(network) = self.network_of(vif).await? else {
                 let warning = format!(
-                    "VIF {} (MAC {}) not restored: no network {name:?} ({uuid}) in the pool; map it to one",
-                    text(vif, "device"),
-                    text(vif, "MAC")
+                    "VIF {} (MAC {}) not restored: no network {:?} ({}) in the pool; map it to one",
+                    vif.device, vif.mac, vif.network_name, vif.network_uuid
                 );
                 tracing::warn!("{warning}");
                 self.warnings.push(warning);
@@ -361,8 +328,8 @@ impl<'a> NewVm<'a> {
                 Macs::New => false,
             };
             let spec = serde_json::json!({
-                "device": text(vif, "device"), "network": network, "VM": vm, "MAC": if keep { text(vif, "MAC") } else { "" },
-                "MTU": vif.get("MTU").cloned().unwrap_or(Json::from(1500)), "other_config": {},
+                "device": vif.device, "network": network, "VM": vm, "MAC": if keep { vif.mac.as_str() } else { "" },
+                "MTU": vif.mtu, "other_config": {},
                 "qos_algorithm_type": "", "qos_algorithm_params": {},
             });
             call_ref(self.client, "VIF.create", &[to_value(&spec)?]).await?;
@@ -387,7 +354,8 @@ async fn default_sr(client: &Client) -> Result<String> {
 }
 
 /// Writes each stored disk over the VM's disk of the same VDI uuid (the VM is shut down
-/// first). Differential: finds what differs and sends only that.
+/// first). Differential: finds what differs and sends only that. A restore that stops
+/// half-way puts every disk back as it was and starts the VM again if it shut it down.
 async fn restore_over(
     client: &Client,
     repo: &Repository,
@@ -395,24 +363,64 @@ async fn restore_over(
     vm: &str,
     disks: &[StoredDisk<'_>],
     differential: bool,
-    progress: &Option<Progress>,
+    writing: &Writing<'_>,
 ) -> Result<Vec<DiskRestore>> {
+    let mut targets = Vec::new();
+    for d in disks {
+        let vdi = by_uuid(client, "VDI", &d.record.uuid).await?.ok_or_else(|| {
+            invalid(format!("the VM's disk {} ({}) no longer exists: restore it as a new VM", d.position, d.record.uuid))
+        })?;
+        check_fits(client, d, &vdi).await?;
+        targets.push((d, vdi));
+    }
+    crate::export::unless_cancelled(writing.cancel)?;
     let state = call(client, "VM.get_power_state", &[Value::from(vm)]).await?;
-    match state.as_str() {
-        Some("Halted") => {}
+    let was_running = match state.as_str() {
+        Some("Halted") => false,
         Some("Running") => {
             if client.call("VM.clean_shutdown", &[Value::from(vm)]).await.is_err() {
                 call(client, "VM.hard_shutdown", &[Value::from(vm)]).await?;
             }
+            true
         }
         other => return Err(invalid(format!("the VM is {other:?}: it must be halted or running to be overwritten"))),
+    };
+    let (mut guards, mut begun) = (Vec::new(), 0);
+    let written = async {
+        for (_, vdi) in &targets {
+            guards.push(Guard::take(client, vdi, writing).await?);
+        }
+        let mut out = Vec::new();
+        for (d, vdi) in &targets {
+            begun += 1;
+            out.push(overwrite(client, repo, m, d, vdi, differential, writing).await?);
+        }
+        Ok(out)
     }
-    let mut out = Vec::new();
-    for d in disks {
-        let vdi = by_uuid(client, "VDI", &d.record.uuid).await?.ok_or_else(|| {
-            invalid(format!("the VM's disk {} ({}) no longer exists: restore --as-new", d.position, d.record.uuid))
-        })?;
-        out.push(overwrite(client, repo, m, d, &vdi, differential, progress).await?);
+    .await;
+    match written {
+        Ok(out) => {
+            for guard in guards {
+                guard.release(client).await;
+            }
+            Ok(out)
+        }
+        Err(mut error) => {
+            // Disks not begun are as they were: their snapshots just go.
+            for (n, guard) in guards.into_iter().enumerate() {
+                if n < begun {
+                    error = guard.put_back(client, error).await;
+                } else {
+                    guard.release(client).await;
+                }
+            }
+            if was_running
+                && let Err(e) = call(client, "VM.start", &[Value::from(vm), false.into(), false.into()]).await
+            {
+                error =
+                    Error::CleanedUp { source: Box::new(error), cleanup: format!("could NOT start the VM again: {e}") };
+            }
+            Err(error)
+        }
     }
-    Ok(out)
 }

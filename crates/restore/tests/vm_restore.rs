@@ -10,6 +10,8 @@ use common::{
 use xenvault_engine::strategy::Level;
 use xenvault_restore::Error;
 use xenvault_restore::vm::{DiskRestore, Macs, Method, Mode, VmRestoreOptions, VmRestoreReport, restore_vm};
+use xenvault_types::metadata::VmMetadata;
+use xenvault_types::progress::{HiddenProgress, Phase, Task};
 use xenvault_xapi::Value;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -22,7 +24,7 @@ async fn restore_as_new_over_the_original_and_from_xva() {
 
     // As a new VM, beside the original.
     let opts = VmRestoreOptions { mode: Mode::AsNew, differential: false, ..Default::default() };
-    let new = restore_vm(client, repo, &m, &opts, None).await.unwrap();
+    let new = restore_vm(client, repo, &m, &opts, HiddenProgress::shared()).await.unwrap();
     assert_ne!(new.vm_uuid, original.uuid);
     assert_eq!(digests_of(host, sim, &new.vm_uuid).await, expected);
     let new_vm = host.vms().await.unwrap().into_iter().find(|v| v.uuid == new.vm_uuid).unwrap();
@@ -42,7 +44,7 @@ async fn restore_as_new_over_the_original_and_from_xva() {
     }
     assert_ne!(digests_of(host, sim, &original.uuid).await, expected);
     let opts = VmRestoreOptions { mode: Mode::Overwrite, differential: false, ..Default::default() };
-    let full = restore_vm(client, repo, &m, &opts, None).await.unwrap();
+    let full = restore_vm(client, repo, &m, &opts, HiddenProgress::shared()).await.unwrap();
     assert_eq!(full.vm_uuid, original.uuid);
     assert!(
         full.disks.iter().all(|d| d.bytes_written == d.size && d.bytes_sent == d.size && d.method.is_none()),
@@ -55,7 +57,13 @@ async fn restore_as_new_over_the_original_and_from_xva() {
     let xva = p.dir.path().join("vm.xva");
     let (r, mm, path) = (repo.clone(), m.clone(), xva.clone());
     tokio::task::spawn_blocking(move || {
-        xenvault_restore::xva::export_xva(&r, &mm, std::fs::File::create(&path).unwrap(), None)
+        xenvault_restore::xva::export_xva(
+            &r,
+            &mm,
+            std::fs::File::create(&path).unwrap(),
+            &Task::hidden(Phase::Export),
+            &Default::default(),
+        )
     })
     .await
     .unwrap()
@@ -86,9 +94,9 @@ fn cbt_blocks(writes: &[(u64, usize)]) -> Vec<u64> {
 async fn differential_watched(
     p: &Pool,
     m: &xenvault_repo::Manifest,
-    vdis: &[xenvault_engine::records::Vdi],
+    vdis: &[xenvault_pool::records::Vdi],
 ) -> (VmRestoreReport, Vec<Vec<u64>>) {
-    let cbt_on = |v: &xenvault_engine::records::Vdi| {
+    let cbt_on = |v: &xenvault_pool::records::Vdi| {
         let (client, vdi) = (&p.client, v.reference.clone());
         async move {
             client.call("VDI.get_cbt_enabled", &[Value::from(vdi.as_str())]).await.unwrap().as_bool() == Some(true)
@@ -111,7 +119,7 @@ async fn differential_watched(
         probes.push(probe);
     }
     let opts = VmRestoreOptions { mode: Mode::Overwrite, differential: true, ..Default::default() };
-    let report = restore_vm(&p.client, &p.repo, m, &opts, None).await.unwrap();
+    let report = restore_vm(&p.client, &p.repo, m, &opts, HiddenProgress::shared()).await.unwrap();
     println!("{}", serde_json::to_string(&report.disks).unwrap());
     let mut written = Vec::new();
     for (v, probe) in vdis.iter().zip(probes) {
@@ -131,7 +139,7 @@ async fn differential_watched(
     (report, written)
 }
 
-fn disk_of<'a>(report: &'a VmRestoreReport, vdi: &xenvault_engine::records::Vdi) -> &'a DiskRestore {
+fn disk_of<'a>(report: &'a VmRestoreReport, vdi: &xenvault_pool::records::Vdi) -> &'a DiskRestore {
     report.disks.iter().find(|d| d.vdi_uuid == vdi.uuid).unwrap()
 }
 
@@ -209,15 +217,9 @@ async fn differential_restore_writes_what_changed() {
 
     // No CBT snapshot left: chunk hashes of the streamed disk find exactly the 4 KiB the
     // guest wrote, and CBT (still on) sees only those written.
+    let stored = VmMetadata::from_value(&second.metadata).unwrap().expect("VM metadata");
     for vdi in &vdis {
-        let snapshot = second.metadata["backup"]["disks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|e| e["vdi_uuid"] == vdi.uuid.as_str())
-            .unwrap()["snapshot_vdi_uuid"]
-            .as_str()
-            .unwrap();
+        let snapshot = stored.disk(&vdi.uuid).unwrap().snapshot_vdi_uuid.as_str();
         let snapshot = p.client.call("VDI.get_by_uuid", &[Value::from(snapshot)]).await.unwrap();
         p.client.call("VDI.destroy", &[snapshot]).await.unwrap();
     }
@@ -287,14 +289,14 @@ async fn network_mapping_and_mac_handling() {
         macs: Macs::Keep,
         ..Default::default()
     };
-    let kept = restore_vm(client, repo, &m, &opts, None).await.unwrap();
+    let kept = restore_vm(client, repo, &m, &opts, HiddenProgress::shared()).await.unwrap();
     assert_eq!(vifs_of(client, &kept.vm_uuid).await, vec![(nbd.clone(), mac.clone())]);
     assert!(kept.warnings.is_empty(), "{:?}", kept.warnings);
 
     // Mapped by name; a fresh MAC.
     let opts =
         VmRestoreOptions { network_map: vec![(management_name, nbd.clone())], macs: Macs::New, ..Default::default() };
-    let fresh = restore_vm(client, repo, &m, &opts, None).await.unwrap();
+    let fresh = restore_vm(client, repo, &m, &opts, HiddenProgress::shared()).await.unwrap();
     let [(network, new_mac)] = <[_; 1]>::try_from(vifs_of(client, &fresh.vm_uuid).await).unwrap();
     assert_eq!(network, nbd);
     assert_ne!(new_mac, mac);
@@ -306,18 +308,20 @@ async fn network_mapping_and_mac_handling() {
         VmRestoreOptions { network_map: vec![(management.clone(), missing.clone())], ..Default::default() };
     let bad_sr = VmRestoreOptions { sr_map: vec![("any".into(), missing.clone())], ..Default::default() };
     for (opts, expected) in [(bad_network, "no network with uuid"), (bad_sr, "no SR with uuid")] {
-        let err = restore_vm(client, repo, &m, &opts, None).await.unwrap_err();
+        let err = restore_vm(client, repo, &m, &opts, HiddenProgress::shared()).await.unwrap_err();
         assert!(matches!(err, Error::Target(_)) && err.to_string().contains(expected), "{err}");
     }
     assert_eq!((count(client, "VM").await, count(client, "VDI").await), before);
 
     // A restore point whose network this pool lacks: the VIF is left out and reported.
     let mut foreign = m.clone();
-    for network in foreign.metadata["vm"]["network"].as_object_mut().unwrap().values_mut() {
-        network["uuid"] = missing.clone().into();
-        network["name_label"] = "gone".into();
+    let mut stored = VmMetadata::from_value(&m.metadata).unwrap().expect("VM metadata");
+    for vif in &mut stored.vifs {
+        (vif.network_uuid, vif.network_name) = (missing.clone(), "gone".into());
     }
-    let report = restore_vm(client, repo, &foreign, &VmRestoreOptions::default(), None).await.unwrap();
+    foreign.metadata = stored.to_value();
+    let report =
+        restore_vm(client, repo, &foreign, &VmRestoreOptions::default(), HiddenProgress::shared()).await.unwrap();
     assert!(vifs_of(client, &report.vm_uuid).await.is_empty());
     assert!(
         report.warnings.iter().any(|w| w.contains("not restored") && w.contains("\"gone\"")),
@@ -338,7 +342,8 @@ async fn failed_restore_as_new_removes_what_it_created() {
 
     // The first disk's import is cut short.
     sim.call("sim.set_cut", vec![Value::from("http"), Value::from((64u64 << 10).to_string())]).await.unwrap();
-    let err = restore_vm(client, &p.repo, &m, &VmRestoreOptions::default(), None).await.unwrap_err();
+    let err =
+        restore_vm(client, &p.repo, &m, &VmRestoreOptions::default(), HiddenProgress::shared()).await.unwrap_err();
     sim.call("sim.set_cut", vec![Value::from("http"), Value::from("")]).await.unwrap();
     let message = err.to_string();
     assert!(matches!(err, Error::CleanedUp { .. }), "{message}");
@@ -358,7 +363,8 @@ async fn failed_restore_as_new_removes_what_it_created() {
         Value::from("1"),
     ];
     sim.call("sim.inject_fault", fault).await.unwrap();
-    let err = restore_vm(client, &p.repo, &m, &VmRestoreOptions::default(), None).await.unwrap_err();
+    let err =
+        restore_vm(client, &p.repo, &m, &VmRestoreOptions::default(), HiddenProgress::shared()).await.unwrap_err();
     let message = err.to_string();
     assert!(message.contains("INTERNAL_ERROR") && message.contains("removed"), "{message}");
     assert_eq!(message.matches("VDI ").count(), m.disks.len(), "{message}");

@@ -4,19 +4,13 @@
 use futures::TryStreamExt;
 
 use crate::error::Error;
-use crate::host::ByteStream;
-use crate::records::Vdi;
 use crate::store::DiskSink;
-use crate::transfer::Progress;
+use xenvault_pool::host::ByteStream;
+use xenvault_pool::records::Vdi;
+use xenvault_types::progress::Task;
 
 /// Streams the whole disk into `sink`; returns the bytes read.
-pub async fn read_raw(
-    mut body: ByteStream,
-    snapshot: &Vdi,
-    sink: &DiskSink,
-    key: &str,
-    progress: &dyn Progress,
-) -> Result<u64, Error> {
+pub async fn read_raw(mut body: ByteStream, snapshot: &Vdi, sink: &DiskSink, task: &Task) -> Result<u64, Error> {
     let mut offset = 0u64;
     while let Some(data) = body.try_next().await? {
         let len = data.len() as u64;
@@ -28,7 +22,7 @@ pub async fn read_raw(
         }
         sink.write(offset, data).await?;
         offset += len;
-        progress.advance(key, len);
+        task.advance(len);
     }
     if offset != snapshot.virtual_size {
         return Err(Error::Cut(format!(

@@ -4,11 +4,12 @@
 
 use bytes::Bytes;
 
+use crate::body::{BlockingBody, blocking_body};
 use crate::error::Error;
-use crate::host::{BlockingBody, ByteStream, blocking_body};
-use crate::records::Vdi;
 use crate::store::DiskSink;
-use crate::transfer::Progress;
+use xenvault_pool::host::ByteStream;
+use xenvault_pool::records::Vdi;
+use xenvault_types::progress::Task;
 
 /// Extents buffered between the parser and the repository writer.
 const STAGE_DEPTH: usize = 8;
@@ -22,13 +23,7 @@ pub struct Delta {
 }
 
 /// Applies the delta VHD arriving in `body` to `sink`.
-pub async fn read_delta(
-    body: ByteStream,
-    snapshot: &Vdi,
-    sink: &DiskSink,
-    key: &str,
-    progress: &dyn Progress,
-) -> Result<Delta, Error> {
+pub async fn read_delta(body: ByteStream, snapshot: &Vdi, sink: &DiskSink, task: &Task) -> Result<Delta, Error> {
     let (input, pump) = blocking_body(body);
     let (extent_tx, mut extent_rx) = tokio::sync::mpsc::channel::<(u64, Bytes)>(STAGE_DEPTH);
     let disk_size = snapshot.virtual_size;
@@ -38,18 +33,18 @@ pub async fn read_delta(
         // The parser announces the delta's size before its first extent (or fails).
         let total = total_rx.await.ok();
         if let Some(total) = total {
-            progress.set_total(key, total);
+            task.set_total(total);
         }
         let mut applied = 0u64;
         while let Some((offset, data)) = extent_rx.recv().await {
             let len = data.len() as u64;
             sink.write(offset, data).await?;
             applied += len;
-            progress.advance(key, len);
+            task.advance(len);
         }
         // Sectors of present blocks that the delta leaves to the base are skipped, not read.
         if let Some(total) = total {
-            progress.advance(key, total.saturating_sub(applied));
+            task.advance(total.saturating_sub(applied));
         }
         Ok::<(), Error>(())
     };

@@ -4,15 +4,13 @@
 
 use base64::Engine;
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use xenvault_engine::config::{PoolEntry, PoolLogin, TlsTrust};
-use xenvault_engine::host::Host;
 use xenvault_engine::job::{self, BackupOptions};
 use xenvault_engine::report::Status;
 use xenvault_engine::selection::Selector;
 use xenvault_engine::store::Store;
 use xenvault_engine::strategy::{Level, Requested};
-use xenvault_engine::transfer::NoProgress;
+use xenvault_pool::config::{PoolEntry, PoolLogin, TlsTrust};
+use xenvault_pool::host::Host;
 use xenvault_sim::client::SimClient;
 use xenvault_sim::{SimConfig, Simulator};
 use xenvault_xapi::Value;
@@ -43,14 +41,14 @@ pub struct Pool {
 pub async fn pool() -> Pool {
     let dir = tempfile::tempdir().unwrap();
     let sim_handle = Simulator::start(SimConfig::new(dir.path().join("sim"))).await.unwrap();
-    let fingerprint = xenvault_engine::config::fingerprint_of_pem(&sim_handle.cert_pem).unwrap();
+    let fingerprint = xenvault_pool::config::fingerprint_of_pem(&sim_handle.cert_pem).unwrap();
     let login = PoolLogin {
         name: "test".into(),
         entry: PoolEntry { url: sim_handle.url.clone(), user: "root".into(), tls: TlsTrust::Fingerprint(fingerprint) },
         password: sim_handle.password.clone(),
     };
     let host = Host::connect(&login).await.unwrap();
-    let client = xenvault_restore::vm::connect(&login).await.unwrap();
+    let client = xenvault_pool::host::connect(&login).await.unwrap();
     let sim = SimClient::login(&sim_handle.url, &sim_handle.password).await.unwrap();
     let options = xenvault_repo::InitOptions {
         secret: Some(xenvault_repo::keys::Secret::passphrase("test")),
@@ -72,13 +70,18 @@ pub async fn back_up(p: &Pool, level: Level) -> xenvault_repo::Manifest {
         strategy: Requested::Auto,
         ..Default::default()
     };
-    let report =
-        job::backup(&p.host, &p.store, &backup, Arc::new(NoProgress)).await.unwrap().vms.into_iter().next().unwrap();
+    let report = job::backup(&p.host, &p.store, &backup, xenvault_types::progress::HiddenProgress::shared())
+        .await
+        .unwrap()
+        .vms
+        .into_iter()
+        .next()
+        .unwrap();
     assert!(matches!(report.status, Status::Ok), "{:?}", report.error);
     p.repo.restore_point(report.restore_point.as_deref().unwrap()).await.unwrap()
 }
 
-pub async fn vdis_of(host: &Host, vm: &xenvault_engine::records::Vm) -> Vec<xenvault_engine::records::Vdi> {
+pub async fn vdis_of(host: &Host, vm: &xenvault_pool::records::Vm) -> Vec<xenvault_pool::records::Vdi> {
     host.disks(vm).await.unwrap().into_iter().map(|(_, vdi)| vdi).collect()
 }
 
