@@ -182,7 +182,7 @@ pub async fn run(command: Commands) -> anyhow::Result<ExitCode> {
     let progress = crate::progress::Bars::new(false);
     let report = job::backup(&host, &store, &options, progress.clone()).await;
     host.logout().await;
-    let report = report?;
+    let report = report.map_err(|e| lock_refusal(e, &options))?;
     progress.clear();
     let code = print_report(&report, args.json)?;
     match &report.lock_error {
@@ -193,6 +193,17 @@ pub async fn run(command: Commands) -> anyhow::Result<ExitCode> {
         }
         _ => Ok(code),
     }
+}
+
+/// Names the flag that asked for the object lock a repository cannot give.
+fn lock_refusal(e: xenvault_engine::Error, options: &BackupOptions) -> anyhow::Error {
+    use xenvault_repo::backend::BackendError::{ObjectLockDisabled, Unsupported};
+    let refused = matches!(
+        &e,
+        xenvault_engine::Error::Repo(xenvault_repo::Error::Backend(Unsupported { .. } | ObjectLockDisabled { .. }))
+    );
+    let e = anyhow::Error::new(e);
+    if refused && options.lock.is_some() { e.context("--lock-days needs an S3 bucket with object lock") } else { e }
 }
 
 /// Prints the report (with the lock given to its restore points) and returns the exit

@@ -7,13 +7,13 @@ use std::process::ExitCode;
 
 use xenvault_engine::job::{self, BackupOptions};
 use xenvault_engine::report::JobReport;
-use xenvault_types::units;
 use xenvault_engine::selection::Selector;
 use xenvault_engine::store::Store;
 use xenvault_engine::strategy::Level;
 use xenvault_pool::config::{ConfigStore, PoolEntry, TlsTrust};
 use xenvault_pool::{Host, Value};
 use xenvault_sim::{DemoDisks, SimConfig, Simulator};
+use xenvault_types::units;
 
 /// Used when XENVAULT_PASSPHRASE is not set: the demo repository is not a secret.
 const DEMO_PASSPHRASE: &str = "xenvault-demo";

@@ -9,10 +9,10 @@ use std::process::ExitCode;
 use crate::exit::ExitKind;
 use crate::output::{table, time};
 use crate::repo_cmds::{RepoArgs, print_json};
-use xenvault_types::units;
 use xenvault_pool::Host;
 use xenvault_pool::config::{self, ConfigStore, PoolEntry, PoolLogin, TlsTrust};
 use xenvault_pool::inventory::{self, LastRestorePoint};
+use xenvault_types::units;
 
 #[derive(Subcommand)]
 pub enum Commands {
@@ -331,7 +331,8 @@ pub async fn run(command: Commands) -> Result<ExitCode> {
             let mut vms = vms?;
             if let Some(repo) = repo {
                 let points = repo.open().await?.restore_points().await.map_err(crate::repo_cmds::classify)?;
-                let newest = points.iter().map(|m| (m.source.id.as_str(), LastRestorePoint { id: m.id.clone(), time: m.time }));
+                let newest =
+                    points.iter().map(|m| (m.source.id.as_str(), LastRestorePoint { id: m.id.clone(), time: m.time }));
                 inventory::add_restore_points(&mut vms, newest);
             }
             if json {
@@ -375,7 +376,14 @@ pub async fn run(command: Commands) -> Result<ExitCode> {
                         .filter(|(on, _)| *on)
                         .map(|(_, n)| *n)
                         .collect::<Vec<_>>();
-                    vec![s.name.clone(), s.uuid.clone(), s.kind.clone(), units::bytes(s.size), units::bytes(s.used), notes.join(",")]
+                    vec![
+                        s.name.clone(),
+                        s.uuid.clone(),
+                        s.kind.clone(),
+                        units::bytes(s.size),
+                        units::bytes(s.used),
+                        notes.join(","),
+                    ]
                 })
                 .collect();
             table(&["NAME", "UUID", "TYPE", "SIZE", "USED", ""], &rows, &[3, 4]);

@@ -5,14 +5,15 @@
 use crate::exit::{self, ExitKind};
 use anyhow::{Context, Result, anyhow};
 use clap::{Args, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
 use xenvault_repo::backend::BackendOptions;
 use xenvault_repo::keys::{Encryption, KdfParams, Secret, new_key_file_content};
 use xenvault_repo::select::{self, SelectError};
-use xenvault_repo::{DiskReader, InitOptions, Manifest, Repository, SourceInfo};
+use xenvault_repo::{DiskReader, InitOptions, Manifest, Repository};
+use xenvault_types::progress::{Key, Phase};
+use xenvault_types::units;
 
 #[derive(Subcommand)]
 pub enum Commands {
@@ -153,7 +154,17 @@ pub(crate) fn classify(e: xenvault_repo::Error) -> anyhow::Error {
         xenvault_repo::Error::KeyNeeded => Some(ExitKind::Usage),
         _ => None,
     };
+    let hint = match e {
+        xenvault_repo::Error::KeyNeeded => {
+            Some("no passphrase: set XENVAULT_PASSPHRASE or give --passphrase-file, --password-command or --key-file")
+        }
+        _ => None,
+    };
     let e = anyhow::Error::new(e);
+    let e = match hint {
+        Some(hint) => e.context(hint),
+        None => e,
+    };
     match kind {
         Some(kind) => e.context(kind),
         None => e,
@@ -203,35 +214,6 @@ pub(crate) fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
         _ => Ok(()),
     }
-}
-
-pub(crate) fn bytes_bar(total: u64, hidden: bool, what: &str) -> ProgressBar {
-    if hidden {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(total);
-    bar.set_style(
-        ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    bar.set_message(what.to_string());
-    bar
-}
-
-pub(crate) fn progress_of(bar: &ProgressBar) -> xenvault_repo::writer::Progress {
-    let bar = bar.clone();
-    Arc::new(move |n| bar.inc(n))
-}
-
-pub(crate) fn human(bytes: u64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < units.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    format!("{v:.1} {}", units[u])
 }
 
 #[derive(Args)]
@@ -355,52 +337,38 @@ pub struct BackupImageArgs {
 }
 
 async fn backup_image(a: BackupImageArgs) -> Result<ExitCode> {
-    // Every file is checked before the repository is locked.
-    let sources = a
-        .files
-        .iter()
-        .map(|path| xenvault_repo::open_image(path, a.format))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(classify)?;
     let repo = a.repo.open().await?;
-    let first = std::path::absolute(&a.files[0])?;
-    let source_id = a.source_id.clone().unwrap_or_else(|| first.display().to_string());
-    let name = first.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let session =
-        repo.start_backup(SourceInfo { id: source_id, kind: "image".into(), name }).await.map_err(classify)?;
-    let started = std::time::Instant::now();
-    let mut files = Vec::new();
-    for (i, (path, source)) in a.files.iter().zip(sources).enumerate() {
-        let bar = bytes_bar(source.size(), a.json, &path.display().to_string());
-        let disk_name =
-            path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| format!("disk{i}"));
-        let position = u32::try_from(i)?;
-        let mut w = session.disk_writer(position, &disk_name, "", source.size(), None).await.map_err(classify)?;
-        w.set_progress(progress_of(&bar));
-        w.write_source(source).await.map_err(classify)?;
-        w.finish().await.map_err(classify)?;
-        bar.finish_and_clear();
-        files.push(std::path::absolute(path)?.display().to_string());
-    }
-    let m = session.commit(serde_json::json!({ "files": files }), a.tag.clone()).await.map_err(classify)?;
-    let secs = started.elapsed().as_secs_f64();
-    let size = m.total_size();
+    let options = xenvault_repo::image::ImageBackupOptions {
+        files: a.files.clone(),
+        format: a.format,
+        source_id: a.source_id.clone(),
+        tags: a.tag.clone(),
+    };
+    let report = xenvault_repo::image::backup_images(&repo, &options, crate::progress::Bars::new(a.json))
+        .await
+        .map_err(classify)?;
     if a.json {
-        print_json(&serde_json::json!({"snapshot": m, "seconds": secs, "bytes_per_second": size as f64 / secs}))?;
-    } else {
-        println!("restore point {} ({}) in {:.1} s, {}/s", m.id, human(size), secs, human((size as f64 / secs) as u64));
-        for d in &m.disks {
-            let s = &d.stats;
-            println!(
-                "  {}: {} read, {} zero, {} new → {} stored, {} chunks reused",
-                d.name,
-                human(s.bytes_read),
-                human(s.bytes_zero),
-                human(s.bytes_new),
-                human(s.bytes_stored),
-                s.chunks_reused
-            );
-        }
+        return print_json(&report).map(|_| ExitCode::SUCCESS);
+    }
+    let m = &report.snapshot;
+    println!(
+        "restore point {} ({}) in {:.1} s, {}",
+        m.id,
+        units::bytes(m.total_size()),
+        report.seconds,
+        units::rate(m.total_size(), report.seconds)
+    );
+    for d in &m.disks {
+        let s = &d.stats;
+        println!(
+            "  {}: {} read, {} zero, {} new → {} stored, {} chunks reused",
+            d.name,
+            units::bytes(s.bytes_read),
+            units::bytes(s.bytes_zero),
+            units::bytes(s.bytes_new),
+            units::bytes(s.bytes_stored),
+            s.chunks_reused
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -492,7 +460,7 @@ async fn snapshots(a: SnapshotsArgs) -> Result<ExitCode> {
                 crate::output::time(m.time),
                 m.source.name.clone(),
                 m.disks.len().to_string(),
-                human(m.total_size()),
+                units::bytes(m.total_size()),
                 m.tags.join(","),
             ]
         })
@@ -525,22 +493,22 @@ async fn restore_image(a: RestoreImageArgs) -> Result<ExitCode> {
     let reader = DiskReader::new(&repo, disk).await.map_err(classify)?;
     let to_stdout = a.to.as_os_str() == "-";
     let to = if to_stdout { std::path::Path::new("/dev/stdout") } else { a.to.as_path() };
-    let bar = bytes_bar(disk.size, a.json || to_stdout, &disk.name);
-    let stats = reader.restore_to_file(to, Some(progress_of(&bar))).await.map_err(classify)?;
-    bar.finish_and_clear();
+    let key = Key::disk(&m.source.id, disk.position, Phase::Export);
+    let task = crate::progress::task(a.json || to_stdout, key, disk.name.clone(), disk.size);
+    let stats = reader.restore_to_file(to, task, &CancellationToken::new()).await.map_err(classify)?;
     if to_stdout {
         // stdout holds the disk: no report.
     } else if a.json {
         print_json(&serde_json::json!({"snapshot": m.id, "disk": disk.name, "to": a.to, "stats": stats}))?;
     } else {
         println!(
-            "restored {} ({}) of {} to {} in {:.1} s, {}/s",
+            "restored {} ({}) of {} to {} in {:.1} s, {}",
             disk.name,
-            human(stats.bytes),
+            units::bytes(stats.bytes),
             m.short_id(),
             a.to.display(),
             stats.seconds,
-            human((stats.bytes as f64 / stats.seconds.max(1e-9)) as u64)
+            units::rate(stats.bytes, stats.seconds)
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -559,9 +527,9 @@ pub struct VerifyArgs {
 
 async fn verify(a: VerifyArgs) -> Result<ExitCode> {
     let repo = a.repo.open().await?;
-    let bar = bytes_bar(0, a.json, "verify");
-    let report = xenvault_repo::verify::verify(&repo, a.sample, Some(progress_of(&bar))).await.map_err(classify)?;
-    bar.finish_and_clear();
+    let bars = crate::progress::Bars::new(a.json);
+    let report =
+        xenvault_repo::verify::verify(&repo, a.sample, bars, &CancellationToken::new()).await.map_err(classify)?;
     if a.json {
         print_json(&report)?;
     } else {
@@ -570,7 +538,7 @@ async fn verify(a: VerifyArgs) -> Result<ExitCode> {
             report.packs_checked,
             report.packs_total,
             report.chunks_checked,
-            human(report.bytes_checked),
+            units::bytes(report.bytes_checked),
             report.restore_points_checked
         );
         for b in &report.bad_chunks {
@@ -630,7 +598,7 @@ pub struct ForgetArgs {
 }
 
 async fn forget(a: ForgetArgs) -> Result<ExitCode> {
-    let repo = a.repo.open().await?;
+    use xenvault_repo::forget::{Action, Forget, ForgetOptions};
     let policy = xenvault_repo::prune::KeepPolicy {
         last: a.keep_last,
         hourly: a.keep_hourly,
@@ -639,72 +607,66 @@ async fn forget(a: ForgetArgs) -> Result<ExitCode> {
         monthly: a.keep_monthly,
         yearly: a.keep_yearly,
     };
-    let points = repo.restore_points().await.map_err(classify)?;
-    let plan = if a.ids.is_empty() {
-        let all: Vec<_> =
-            points.iter().filter(|m| a.source.as_deref().is_none_or(|s| select::is_of_source(m, s))).cloned().collect();
-        xenvault_repo::prune::plan(&all, &policy).map_err(classify)?
-    } else {
-        if !policy.is_empty() {
-            return Err(anyhow!("give restore point ids or --keep-* rules, not both"));
-        }
-        let mut remove = Vec::new();
-        for id in &a.ids {
-            remove.push(restore_point(&repo, id, None).await?.id);
-        }
-        xenvault_repo::prune::ForgetPlan { keep: Vec::new(), remove, reasons: Default::default() }
+    let forget = match (a.ids.is_empty(), policy.is_empty()) {
+        (true, true) => return Err(usage("give restore point ids or --keep-* rules")),
+        (false, false) => return Err(usage("give restore point ids or --keep-* rules, not both")),
+        (false, true) => Forget::Named(a.ids.clone()),
+        (true, false) => Forget::Policy { policy, source: a.source.clone() },
     };
-    if !a.dry_run {
-        for id in &plan.remove {
-            repo.delete_restore_point(id).await.map_err(classify)?;
-        }
-    }
-    let gc = match (a.prune, a.dry_run) {
-        (true, false) => Some(xenvault_repo::gc::gc(&repo).await.map_err(classify)?),
-        _ => None,
-    };
+    let repo = a.repo.open().await?;
+    let options = ForgetOptions { forget, dry_run: a.dry_run, prune: a.prune };
+    let report = xenvault_repo::forget::forget(&repo, &options).await.map_err(select_error)?;
     if a.json {
-        print_json(&serde_json::json!({
-            "keep": plan.keep, "remove": plan.remove, "reasons": plan.reasons, "dry_run": a.dry_run, "prune": gc
-        }))?;
-    } else {
-        let verb = if a.dry_run { "would remove" } else { "removed" };
-        let row = |action: &str, id: &String| {
-            let m = points.iter().find(|m| &m.id == id);
-            let when = m.map(|m| crate::output::time(m.time)).unwrap_or_default();
-            let vm = m.map(|m| m.source.name.clone()).unwrap_or_default();
-            // The rules that keep it; a removed point matches none (or was named).
-            let rule = match plan.reasons.get(id).map(Vec::as_slice) {
-                Some([one]) => one.to_string(),
-                Some(several) => {
+        return print_json(&report).map(|_| ExitCode::SUCCESS);
+    }
+    let rows: Vec<Vec<String>> = report
+        .entries
+        .iter()
+        .map(|e| {
+            let action = match e.action {
+                Action::Keep => "keep",
+                Action::Remove => "removed",
+                Action::WouldRemove => "would remove",
+            };
+            let rule = match e.rules.as_slice() {
+                [] if a.ids.is_empty() => "no rule".to_owned(),
+                [] => "named".to_owned(),
+                [one] => one.to_string(),
+                several => {
                     format!("several ({})", several.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))
                 }
-                None if a.ids.is_empty() => "no rule".to_owned(),
-                None => "named".to_owned(),
             };
-            vec![action.to_owned(), id.get(..8).unwrap_or(id).to_owned(), when, rule, vm]
-        };
-        let rows: Vec<Vec<String>> =
-            plan.keep.iter().map(|id| row("keep", id)).chain(plan.remove.iter().map(|id| row(verb, id))).collect();
-        crate::output::table(&["ACTION", "ID", "TIME", "RULE", "VM"], &rows, &[]);
-        println!("{} kept, {} {verb}", plan.keep.len(), plan.remove.len());
-        if let Some(r) = gc {
-            print_gc(&r);
-        }
+            vec![
+                action.to_owned(),
+                e.id.get(..8).unwrap_or(&e.id).to_owned(),
+                crate::output::time(e.time),
+                rule,
+                e.source.clone(),
+            ]
+        })
+        .collect();
+    crate::output::table(&["ACTION", "ID", "TIME", "RULE", "VM"], &rows, &[]);
+    let verb = if a.dry_run { "would remove" } else { "removed" };
+    println!("{} kept, {} {verb}", report.keep.len(), report.remove.len());
+    if let Some(r) = &report.prune {
+        print_gc(r);
     }
     Ok(ExitCode::SUCCESS)
 }
 
+fn usage(message: &str) -> anyhow::Error {
+    anyhow!(message.to_owned()).context(ExitKind::Usage)
+}
+
 fn print_gc(r: &xenvault_repo::gc::GcReport) {
-    use xenvault_engine::report::human_bytes;
-    println!("freed {} in {} packs", human_bytes(r.bytes_deleted), r.packs_deleted);
+    println!("freed {} in {} packs", units::bytes(r.bytes_deleted), r.packs_deleted);
     println!(
         "prune: {} packs, {} referenced, {} newly unreferenced, {} ({}) waiting for {} running backup(s)",
         r.packs_total,
         r.packs_referenced,
         r.packs_condemned,
         r.packs_waiting,
-        human_bytes(r.bytes_waiting),
+        units::bytes(r.bytes_waiting),
         r.backups_running
     );
 }
@@ -795,38 +757,34 @@ impl NewKeyArgs {
 }
 
 async fn key(cmd: KeyCommand) -> Result<ExitCode> {
+    use xenvault_repo::keyring;
     match cmd {
         KeyCommand::List { repo, json } => {
-            let repo = repo.open().await?;
-            let slots = repo.key_slots().await.map_err(classify)?;
+            let keys = keyring::list(&repo.open().await?).await.map_err(classify)?;
             if json {
-                let list: Vec<_> = slots
-                    .iter()
-                    .map(|s| serde_json::json!({"id": s.id, "kind": s.kind(), "label": s.label, "created": s.created}))
-                    .collect();
-                print_json(&list)?;
+                print_json(&keys)?;
             } else {
-                for s in &slots {
-                    println!("{}  {:<10} {}  {}", s.id, s.kind(), s.created.format("%Y-%m-%d %H:%M:%S"), s.label);
-                }
+                let rows: Vec<Vec<String>> = keys
+                    .iter()
+                    .map(|k| vec![k.id.clone(), k.kind.to_owned(), crate::output::time(k.created), k.label.clone()])
+                    .collect();
+                crate::output::table(&["ID", "KIND", "CREATED", "LABEL"], &rows, &[]);
             }
         }
         KeyCommand::Add { repo, new, label } => {
             let repo = repo.open().await?;
-            let slot = repo.add_key(&new.secret()?, new.params(), &label).await.map_err(classify)?;
-            println!("added key slot {}", slot.id);
+            let key = keyring::add(&repo, &new.secret()?, new.params(), &label).await.map_err(classify)?;
+            println!("added key slot {}", key.id);
         }
         KeyCommand::Remove { id, repo } => {
-            repo.open().await?.remove_key(&id).await.map_err(classify)?;
-            println!("removed key slot {id}");
+            let key = keyring::remove(&repo.open().await?, &id).await.map_err(classify)?;
+            println!("removed key slot {}", key.id);
         }
         KeyCommand::Passwd { repo: args, new } => {
             let repo = args.open().await?;
             let current = args.secret()?.ok_or_else(|| classify(xenvault_repo::Error::KeyNeeded))?;
-            let old = repo.slot_for(&current).await.map_err(classify)?;
-            let slot = repo.add_key(&new.secret()?, new.params(), &old.label).await.map_err(classify)?;
-            repo.remove_key(&old.id).await.map_err(classify)?;
-            println!("replaced key slot {} by {}", old.id, slot.id);
+            let change = keyring::change(&repo, &current, &new.secret()?, new.params()).await.map_err(classify)?;
+            println!("replaced key slot {} by {}", change.removed.id, change.added.id);
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -862,7 +820,8 @@ async fn copy(a: CopyArgs) -> Result<ExitCode> {
     } else {
         a.ids.clone()
     };
-    let r = xenvault_repo::copy::copy(&src, &dst, &ids).await.map_err(classify)?;
+    let bars = crate::progress::Bars::new(a.json);
+    let r = xenvault_repo::copy::copy(&src, &dst, &ids, bars, &CancellationToken::new()).await.map_err(classify)?;
     if a.json {
         print_json(&r)?;
     } else {
@@ -872,7 +831,7 @@ async fn copy(a: CopyArgs) -> Result<ExitCode> {
             r.skipped.len(),
             r.chunks_read,
             r.chunks_new,
-            human(r.bytes_new)
+            units::bytes(r.bytes_new)
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -901,8 +860,8 @@ async fn stats(a: StatsArgs) -> Result<ExitCode> {
                 v.name.clone(),
                 v.id.clone(),
                 v.restore_points.to_string(),
-                human(v.logical_bytes),
-                human(v.stored_bytes),
+                units::bytes(v.logical_bytes),
+                units::bytes(v.stored_bytes),
             ]
         })
         .collect();
@@ -910,8 +869,8 @@ async fn stats(a: StatsArgs) -> Result<ExitCode> {
         "total".into(),
         String::new(),
         s.restore_points.to_string(),
-        human(s.logical_bytes),
-        human(s.stored_bytes),
+        units::bytes(s.logical_bytes),
+        units::bytes(s.stored_bytes),
     ]);
     crate::output::table(&["VM", "ID", "RESTORE POINTS", "DISK DATA", "STORED"], &rows, &[2, 3, 4]);
     println!("deduplication and compression: {:.1}x (disk data restorable per byte stored)", s.dedup_ratio);
@@ -927,17 +886,13 @@ pub struct UnlockArgs {
 }
 
 async fn unlock(a: UnlockArgs) -> Result<ExitCode> {
-    use xenvault_repo::lock;
-    let repo = a.repo.open().await?;
-    let removed = lock::remove_stale_locks(&repo).await.map_err(classify)?;
-    let live = lock::live_locks(&repo).await.map_err(classify)?;
+    let report = xenvault_repo::lock::unlock(&a.repo.open().await?).await.map_err(classify)?;
     if a.json {
-        let live: Vec<_> = live.iter().map(|(name, r)| serde_json::json!({"name": name, "lock": r})).collect();
-        print_json(&serde_json::json!({"removed": removed, "live": live}))?;
-        return Ok(ExitCode::SUCCESS);
+        return print_json(&report).map(|_| ExitCode::SUCCESS);
     }
-    println!("removed {removed} stale lock(s)");
-    for (_, r) in &live {
+    println!("removed {} stale lock(s)", report.removed);
+    for live in &report.live {
+        let r = &live.lock;
         println!(
             "still held: {:?} by {} pid {}, since {}, refreshed {}",
             r.kind,
@@ -969,23 +924,12 @@ pub struct TagArgs {
 
 async fn tag(a: TagArgs) -> Result<ExitCode> {
     let repo = a.repo.open().await?;
-    let point = restore_point(&repo, &a.id, None).await?;
-    let mut tags: Vec<String> = point.tags.iter().filter(|t| !a.remove.contains(t)).cloned().collect();
-    for t in &a.add {
-        if !tags.contains(t) {
-            tags.push(t.clone());
-        }
-    }
-    repo.set_tags(&point.id, &tags).await.map_err(classify)?;
+    let change = xenvault_repo::tags::change_tags(&repo, &a.id, &a.add, &a.remove).await.map_err(select_error)?;
     if a.json {
-        print_json(&serde_json::json!({"id": point.id, "tags": tags}))?;
-    } else {
-        println!(
-            "restore point {}: tags {}",
-            point.short_id(),
-            if tags.is_empty() { "(none)".to_owned() } else { tags.join(", ") }
-        );
+        return print_json(&change).map(|_| ExitCode::SUCCESS);
     }
+    let tags = if change.tags.is_empty() { "(none)".to_owned() } else { change.tags.join(", ") };
+    println!("restore point {}: tags {tags}", change.id.get(..8).unwrap_or(&change.id));
     Ok(ExitCode::SUCCESS)
 }
 

@@ -2,6 +2,8 @@
 //! init, backup-image, snapshots --json, restore-image, verify), on a local directory,
 //! SeaweedFS S3 and Azurite.
 
+// The storage servers are the repository tests' own, shared rather than copied.
+#[path = "../../repo/tests/common/mod.rs"]
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -47,7 +49,7 @@ impl TestRepo {
     }
 
     fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(common::xenvault_bin());
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_xenvault"));
         cmd.args(args)
             .arg("--repo")
             .arg(&self.url)
@@ -294,7 +296,8 @@ async fn damage_is_named_and_healed_s3() {
 
 /// SHA-256 of an image, to remember many versions without keeping them.
 fn digest(data: &[u8]) -> String {
-    ring::digest::digest(&ring::digest::SHA256, data).as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(data))
 }
 
 /// kill -9 at random moments of backup, forget + prune and prune never leaves a repository

@@ -1,12 +1,15 @@
 //! What a backup job did, per VM and per disk: the `--json` document and the summary.
 
 use serde::Serialize;
+use xenvault_repo::retention::LockReport;
+use xenvault_types::units;
 
 use crate::strategy::{Level, Strategy, Transport};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct JobReport {
     pub job_id: String,
+    pub run_id: String,
     pub pool: String,
     pub repository: String,
     pub level: Level,
@@ -14,6 +17,12 @@ pub struct JobReport {
     pub duration_secs: f64,
     pub vms: Vec<VmReport>,
     pub totals: Totals,
+    /// The object lock given to the new restore points (`BackupOptions::lock`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lock: Option<LockReport>,
+    /// Why the new restore points, stored, could not be locked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lock_error: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -149,13 +158,13 @@ impl JobReport {
                     "  disk {:<position_width$} {:<name_width$} {:>9} {:<9} read {:>9} changed {:>9} stored {:>9} in {:.2}s ({}/s) - {}",
                     disk.position,
                     disk.name,
-                    human_bytes(disk.size),
+                    units::bytes(disk.size),
                     disk.strategy,
-                    human_bytes(disk.bytes_read),
-                    human_bytes(disk.bytes_changed),
-                    human_bytes(disk.bytes_stored),
+                    units::bytes(disk.bytes_read),
+                    units::bytes(disk.bytes_changed),
+                    units::bytes(disk.bytes_stored),
                     disk.duration_secs,
-                    human_bytes(disk.throughput_bytes_per_sec as u64),
+                    units::bytes(disk.throughput_bytes_per_sec as u64),
                     disk.reason,
                 );
             }
@@ -171,24 +180,22 @@ impl JobReport {
             "{} VM(s) ok, {} failed; read {}, changed {}, stored {} in {:.1}s",
             self.totals.vms_ok,
             self.totals.vms_failed,
-            human_bytes(self.totals.bytes_read),
-            human_bytes(self.totals.bytes_changed),
-            human_bytes(self.totals.bytes_stored),
+            units::bytes(self.totals.bytes_read),
+            units::bytes(self.totals.bytes_changed),
+            units::bytes(self.totals.bytes_stored),
             self.duration_secs,
         );
+        if let Some(lock) = &self.lock {
+            let until = lock.until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            let _ = writeln!(
+                out,
+                "locked {} restore point(s) in {} mode until {until}",
+                lock.restore_points.len(),
+                lock.mode
+            );
+        }
         out
     }
-}
-
-pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
 }
 
 #[cfg(test)]
@@ -237,6 +244,7 @@ mod tests {
         };
         let report = JobReport {
             job_id: String::new(),
+            run_id: String::new(),
             pool: String::new(),
             repository: String::new(),
             level: Level::Full,
@@ -244,6 +252,8 @@ mod tests {
             duration_secs: 1.0,
             vms: vec![vm],
             totals: Totals::default(),
+            lock: None,
+            lock_error: None,
         };
         let summary = report.summary();
         let lines: Vec<&str> = summary.lines().filter(|l| l.starts_with("  disk ")).collect();

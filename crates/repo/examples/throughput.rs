@@ -93,7 +93,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let out = dir.join("restored.raw");
                 let t = Instant::now();
                 let reader = DiskReader::new(&repo, &m.disks[0]).await?;
-                reader.restore_to_file(&out, None).await?;
+                reader
+                    .restore_to_file(
+                        &out,
+                        xenvault_types::progress::Task::hidden(xenvault_types::progress::Phase::Export),
+                        &Default::default(),
+                    )
+                    .await?;
                 line += &format!(" restore {:.0} MB/s", src.size() as f64 / t.elapsed().as_secs_f64() / 1e6);
                 line += &format!(" peak-rss {} MiB", peak_rss_mib());
                 let same = std::fs::read(&out)? == std::fs::read(&image)?;

@@ -8,6 +8,9 @@ use crate::reader::DiskReader;
 use crate::repository::Repository;
 use futures::StreamExt;
 use serde::Serialize;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+use xenvault_types::progress::{Key, Phase, Progress, Task};
 
 /// Chunks fetched from the source at once.
 const PREFETCH: usize = 8;
@@ -23,8 +26,15 @@ pub struct CopyReport {
     pub bytes_new: u64,
 }
 
-/// Copies the restore points `ids` (ids or unique prefixes) from `src` to `dst`.
-pub async fn copy(src: &Repository, dst: &Repository, ids: &[String]) -> Result<CopyReport> {
+/// Copies the restore points `ids` (ids or unique prefixes) from `src` to `dst`, one task
+/// per disk. A cancelled copy commits nothing more (restore points copied before stay).
+pub async fn copy(
+    src: &Repository,
+    dst: &Repository,
+    ids: &[String],
+    progress: Arc<dyn Progress>,
+    cancel: &CancellationToken,
+) -> Result<CopyReport> {
     let mut report = CopyReport::default();
     let present: std::collections::HashSet<String> = dst.restore_points().await?.into_iter().map(|m| m.id).collect();
     for wanted in ids {
@@ -34,46 +44,73 @@ pub async fn copy(src: &Repository, dst: &Repository, ids: &[String]) -> Result<
             continue;
         }
         let session = dst.start_backup(m.source.clone()).await?;
-        for disk in &m.disks {
-            let reader = DiskReader::new(src, disk).await?;
-            let mut w = session.disk_writer(disk.position, &disk.name, &disk.uuid, disk.size, None).await?;
-            let by_id = dst.shares_chunk_ids_with(src) && disk.chunk_size as u64 == w.chunk_size();
-            let cs = w.chunk_size();
-            let slots = disk.size.div_ceil(cs);
-            let mut pieces = futures::stream::iter(0..slots)
-                .map(|slot| {
-                    let reader = &reader;
-                    async move {
-                        let offset = slot * cs;
-                        if by_id {
-                            let id = reader.chunk_id(slot).await?;
-                            if id.is_zero() || dst.has_usable_chunk(&id) {
-                                return Ok::<_, crate::Error>((offset, Some(id), None));
-                            }
-                        }
-                        let mut buf = vec![0u8; (disk.size - offset).min(cs) as usize];
-                        reader.read_at(offset, &mut buf).await?;
-                        Ok((offset, None, Some(buf)))
-                    }
-                })
-                .buffered(PREFETCH);
-            while let Some(piece) = pieces.next().await {
-                match piece? {
-                    (_, Some(id), _) if id.is_zero() => {}
-                    (offset, Some(id), _) => w.write_known(offset, id).await?,
-                    (offset, None, Some(buf)) => {
-                        report.chunks_read += 1;
-                        w.write(offset, &buf).await?;
-                    }
-                    _ => {}
-                }
+        let copied = copy_disks(src, dst, &m, &session, &progress, cancel, &mut report).await;
+        if let Err(e) = copied {
+            if let Err(abort) = session.abort().await {
+                tracing::warn!(error = %abort, "could not abort the copy's session");
             }
-            let rec = w.finish().await?;
-            report.chunks_new += rec.stats.chunks_new;
-            report.bytes_new += rec.stats.bytes_new;
+            return Err(e);
         }
         session.commit_copy(&m).await?;
         report.copied.push(m.id);
     }
     Ok(report)
+}
+
+async fn copy_disks(
+    src: &Repository,
+    dst: &Repository,
+    m: &crate::Manifest,
+    session: &crate::BackupSession,
+    progress: &Arc<dyn Progress>,
+    cancel: &CancellationToken,
+    report: &mut CopyReport,
+) -> Result<()> {
+    for disk in &m.disks {
+        let key = Key::disk(&m.source.id, disk.position, Phase::Copy);
+        let task =
+            Task::start(progress.clone(), key, format!("{} disk {} (copy)", m.source.name, disk.position), disk.size);
+        let reader = DiskReader::new(src, disk).await?;
+        let mut w = session.disk_writer(disk.position, &disk.name, &disk.uuid, disk.size, None).await?;
+        let by_id = dst.shares_chunk_ids_with(src) && disk.chunk_size as u64 == w.chunk_size();
+        let cs = w.chunk_size();
+        let slots = disk.size.div_ceil(cs);
+        let mut pieces = futures::stream::iter(0..slots)
+            .map(|slot| {
+                let reader = &reader;
+                async move {
+                    let offset = slot * cs;
+                    if by_id {
+                        let id = reader.chunk_id(slot).await?;
+                        if id.is_zero() || dst.has_usable_chunk(&id) {
+                            return Ok::<_, crate::Error>((offset, Some(id), None));
+                        }
+                    }
+                    let mut buf = vec![0u8; (disk.size - offset).min(cs) as usize];
+                    reader.read_at(offset, &mut buf).await?;
+                    Ok((offset, None, Some(buf)))
+                }
+            })
+            .buffered(PREFETCH);
+        while let Some(piece) = pieces.next().await {
+            if cancel.is_cancelled() {
+                return Err(crate::Error::Cancelled);
+            }
+            let piece = piece?;
+            task.advance((disk.size - piece.0).min(cs));
+            match piece {
+                (_, Some(id), _) if id.is_zero() => {}
+                (offset, Some(id), _) => w.write_known(offset, id).await?,
+                (offset, None, Some(buf)) => {
+                    report.chunks_read += 1;
+                    w.write(offset, &buf).await?;
+                }
+                _ => {}
+            }
+        }
+        let rec = w.finish().await?;
+        report.chunks_new += rec.stats.chunks_new;
+        report.bytes_new += rec.stats.bytes_new;
+    }
+    Ok(())
 }

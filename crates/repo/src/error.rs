@@ -8,7 +8,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum Error {
     #[error("wrong passphrase or key file: no key slot of this repository opens with it")]
     WrongKey,
-    #[error("the repository is encrypted: give a passphrase (XENVAULT_PASSPHRASE or --passphrase-file) or a key file")]
+    #[error("the repository is encrypted: give a passphrase or a key file")]
     KeyNeeded,
     #[error(
         "no intact key slot opens with this passphrase or key file, and key slots are damaged (if the secret is right, its slot is among them): {0}"
@@ -48,6 +48,9 @@ pub enum Error {
     Json { object: String, source: serde_json::Error },
     #[error("background task failed: {0}")]
     Task(String),
+    /// The caller cancelled the operation.
+    #[error("cancelled")]
+    Cancelled,
 }
 
 impl Error {

@@ -15,8 +15,11 @@ pub mod copy;
 pub mod crypto;
 pub mod error;
 pub mod faults;
+pub mod forget;
 pub mod gc;
+pub mod image;
 pub mod index;
+pub mod keyring;
 pub mod keys;
 mod local;
 pub mod lock;
@@ -32,6 +35,7 @@ pub mod select;
 pub mod source;
 pub mod stats;
 pub mod store;
+pub mod tags;
 pub mod verify;
 pub mod writer;
 
@@ -43,7 +47,7 @@ pub use manifest::{DiskRecord, Manifest, SourceInfo};
 pub use reader::DiskReader;
 pub use repository::{InitOptions, Repository};
 pub use source::{BlockSource, ImageFormat, RawFileSource, VhdFileSource, open_image};
-pub use writer::{BackupSession, DiskWriter, Progress, WriteStats};
+pub use writer::{BackupSession, DiskWriter, WriteStats};
 
 #[cfg(test)]
 mod tests;

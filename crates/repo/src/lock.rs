@@ -206,6 +206,29 @@ pub async fn remove_stale_locks(repo: &Repository) -> Result<usize> {
     Ok(removed)
 }
 
+/// One lock a live run holds.
+#[derive(Debug, Clone, Serialize)]
+pub struct LiveLock {
+    pub name: String,
+    pub lock: LockRecord,
+}
+
+/// What [`unlock`] did and what it left.
+#[derive(Debug, Clone, Serialize)]
+pub struct UnlockReport {
+    /// Locks of dead or stuck runs removed.
+    pub removed: usize,
+    /// Locks of live runs, kept.
+    pub live: Vec<LiveLock>,
+}
+
+/// Removes the locks of dead or stuck runs and lists the live ones.
+pub async fn unlock(repo: &Repository) -> Result<UnlockReport> {
+    let removed = remove_stale_locks(repo).await?;
+    let live = live_locks(repo).await?.into_iter().map(|(name, lock)| LiveLock { name, lock }).collect();
+    Ok(UnlockReport { removed, live })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

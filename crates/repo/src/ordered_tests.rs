@@ -65,7 +65,14 @@ async fn ordered_stream_equals_read_at_with_holes_dedup_and_a_short_tail() {
     assert!(reader.chunks_in_order(std::iter::once(0..slots + 1)).is_err());
 
     let out = dir.path().join("restored.img");
-    let stats = reader.restore_to_file(&out, None).await.unwrap();
+    let stats = reader
+        .restore_to_file(
+            &out,
+            xenvault_types::progress::Task::hidden(xenvault_types::progress::Phase::Export),
+            &Default::default(),
+        )
+        .await
+        .unwrap();
     assert!(std::fs::read(&out).unwrap() == img, "restored image differs");
     assert_eq!(stats.bytes, img.len() as u64);
     assert!(stats.bytes_zero >= 64 * CHUNK as u64);
@@ -83,7 +90,14 @@ async fn restore_to_a_pipe_writes_the_holes_as_zeros() {
         let fifo = fifo.clone();
         std::thread::spawn(move || std::fs::read(fifo).unwrap())
     };
-    reader.restore_to_file(&fifo, None).await.unwrap();
+    reader
+        .restore_to_file(
+            &fifo,
+            xenvault_types::progress::Task::hidden(xenvault_types::progress::Phase::Export),
+            &Default::default(),
+        )
+        .await
+        .unwrap();
     assert!(drain.join().unwrap() == img, "piped image differs");
 }
 
@@ -98,7 +112,14 @@ async fn a_damaged_pack_byte_fails_the_restore_naming_the_chunk() {
     data[loc.offset as usize + loc.len as usize / 2] ^= 0x01;
     std::fs::write(&pack, data).unwrap();
 
-    let err = reader.restore_to_file(&dir.path().join("out.img"), None).await.unwrap_err();
+    let err = reader
+        .restore_to_file(
+            &dir.path().join("out.img"),
+            xenvault_types::progress::Task::hidden(xenvault_types::progress::Phase::Export),
+            &Default::default(),
+        )
+        .await
+        .unwrap_err();
     assert!(err.is_damage(), "{err}");
     assert!(err.to_string().contains(&format!("chunk {id}")), "{err}");
 

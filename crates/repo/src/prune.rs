@@ -75,7 +75,9 @@ fn periods() -> [(KeepRule, PeriodCount, PeriodKey); 5] {
 /// Applies `policy` to each source's restore points separately.
 pub fn plan(snapshots: &[Manifest], policy: &KeepPolicy) -> Result<ForgetPlan> {
     if policy.is_empty() {
-        return Err(Error::Invalid("a retention policy needs at least one --keep-* rule".into()));
+        return Err(Error::Invalid(
+            "a retention policy needs at least one rule (keep last, hourly, daily, weekly, monthly or yearly)".into(),
+        ));
     }
     let mut by_source: BTreeMap<&str, Vec<&Manifest>> = BTreeMap::new();
     for m in snapshots {

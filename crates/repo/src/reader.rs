@@ -146,12 +146,15 @@ impl DiskReader {
     }
 
     /// Restores the whole disk into `path` (created or truncated): holes stay sparse in a
-    /// regular file and are written as zeros to a device or pipe.
+    /// regular file and are written as zeros to a device or pipe. `task` goes to the
+    /// disk's size.
     pub async fn restore_to_file(
         &self,
         path: &Path,
-        progress: Option<crate::writer::Progress>,
+        task: xenvault_types::progress::Task,
+        cancel: &tokio_util::sync::CancellationToken,
     ) -> Result<RestoreStats> {
+        let cancel = cancel.clone();
         let started = std::time::Instant::now();
         let path = path.to_path_buf();
         let io = {
@@ -172,6 +175,9 @@ impl DiskReader {
             let mut stats = RestoreStats::default();
             let mut written = Writeback::default();
             while let Some(got) = chunks.blocking_next() {
+                if cancel.is_cancelled() {
+                    return Err(Error::Cancelled);
+                }
                 let s = got?;
                 let bytes = match &s.data {
                     Some(data) => data,
@@ -188,9 +194,7 @@ impl DiskReader {
                     written.add(&file, s.offset + s.len as u64);
                 }
                 stats.bytes += s.len as u64;
-                if let Some(p) = &progress {
-                    p(s.len as u64);
-                }
+                task.advance(s.len as u64);
             }
             if !is_stream {
                 file.sync_all().map_err(&io)?;

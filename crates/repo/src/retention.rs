@@ -20,7 +20,7 @@ use crate::repository::Repository;
 /// Retention requests in flight at once.
 const CONCURRENCY: usize = 16;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct LockReport {
     /// Full ids of the restore points locked.
     pub restore_points: Vec<String>,

@@ -7,6 +7,7 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 
 use crate::{Manifest, Repository};
+use xenvault_types::metadata::BackupRun;
 
 /// Shortest id prefix accepted even when it matches one restore point.
 pub const MIN_PREFIX: usize = 4;
@@ -28,14 +29,12 @@ pub struct Filter {
     pub latest_per_source: Option<usize>,
 }
 
-fn job_of(m: &Manifest) -> Option<&str> {
-    m.metadata.pointer("/backup/job_id").and_then(serde_json::Value::as_str)
+fn is_of_job(m: &Manifest, job: &str) -> bool {
+    BackupRun::of(&m.metadata).is_some_and(|run| run.job_id.as_deref() == Some(job))
 }
 
 fn is_from_host(m: &Manifest, host: &str) -> bool {
-    ["/backup/pool", "/backup/host"]
-        .iter()
-        .any(|at| m.metadata.pointer(at).and_then(serde_json::Value::as_str) == Some(host))
+    BackupRun::of(&m.metadata).is_some_and(|run| [run.pool, run.host].iter().any(|h| h.as_deref() == Some(host)))
 }
 
 /// Whether `m` is a restore point of the VM (or other source) named or identified by `source`.
@@ -46,7 +45,7 @@ pub fn is_of_source(m: &Manifest, source: &str) -> bool {
 impl Filter {
     fn matches(&self, m: &Manifest) -> bool {
         self.source.as_deref().is_none_or(|s| is_of_source(m, s))
-            && self.job.as_deref().is_none_or(|j| job_of(m) == Some(j))
+            && self.job.as_deref().is_none_or(|j| is_of_job(m, j))
             && self.host.as_deref().is_none_or(|h| is_from_host(m, h))
             && self.tags.iter().all(|t| m.tags.contains(t))
             && self.since.is_none_or(|t| m.time >= t)
@@ -165,7 +164,7 @@ mod tests {
         serde_json::from_value(serde_json::json!({
             "version": 1, "id": id, "time": time, "finished": time, "disks": [], "tags": tags,
             "source": {"id": vm, "type": "vm", "name": name},
-            "metadata": {"backup": {"job_id": job, "pool": "prod", "host": format!("xen{}", minute % 2)}},
+            "metadata": {"backup": {"level": "inc", "job_id": job, "pool": "prod", "host": format!("xen{}", minute % 2)}},
         }))
         .unwrap()
     }

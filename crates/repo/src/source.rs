@@ -191,7 +191,7 @@ pub fn open_image(path: &Path, format: ImageFormat) -> Result<std::sync::Arc<dyn
     let mut cookie = [0u8; 8];
     let footer = len >= 512 && file.read_exact_at(&mut cookie, len - 512).is_ok() && &cookie == VHD_COOKIE;
     let refuse = |what: &str| {
-        Error::Invalid(format!("{} is {what}: give --format raw to store its bytes as they are", path.display()))
+        Error::Invalid(format!("{} is {what}: the raw format stores its bytes as they are", path.display()))
     };
     match format {
         ImageFormat::Raw => return Ok(std::sync::Arc::new(RawFileSource::open(path)?)),

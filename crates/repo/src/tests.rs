@@ -61,7 +61,14 @@ pub(crate) async fn backup_file(repo: &Repository, path: &Path, id: &str) -> cra
 pub(crate) async fn restore(repo: &Repository, id: &str, out: &Path) -> Vec<u8> {
     let m = repo.restore_point(id).await.unwrap();
     let reader = crate::DiskReader::new(repo, &m.disks[0]).await.unwrap();
-    reader.restore_to_file(out, None).await.unwrap();
+    reader
+        .restore_to_file(
+            out,
+            xenvault_types::progress::Task::hidden(xenvault_types::progress::Phase::Export),
+            &Default::default(),
+        )
+        .await
+        .unwrap();
     std::fs::read(out).unwrap()
 }
 
@@ -208,10 +215,18 @@ async fn verify_names_damaged_restore_points_and_next_backup_heals() {
     fill_random(&mut other).unwrap();
     std::fs::write(&c, &other).unwrap();
     let s3 = backup_file(&repo, &c, "c").await;
-    assert!(!crate::verify::verify(&repo, None, None).await.unwrap().found_damage());
+    assert!(
+        !crate::verify::verify(&repo, None, xenvault_types::progress::HiddenProgress::shared(), &Default::default())
+            .await
+            .unwrap()
+            .found_damage()
+    );
 
     damage_first_chunk(&repo, &repo_dir, &s1).await;
-    let report = crate::verify::verify(&repo, None, None).await.unwrap();
+    let report =
+        crate::verify::verify(&repo, None, xenvault_types::progress::HiddenProgress::shared(), &Default::default())
+            .await
+            .unwrap();
     assert!(report.found_damage());
     assert_eq!(report.bad_chunks.len(), 1, "{report:?}");
     let named: Vec<&String> = report.damaged_restore_points.keys().collect();
@@ -223,7 +238,10 @@ async fn verify_names_damaged_restore_points_and_next_backup_heals() {
     // The next backup of the same data stores the chunk again: every restore point heals.
     let s4 = backup_file(&repo, &a, "a").await;
     assert_eq!(s4.disks[0].stats.chunks_new, 1);
-    let report = crate::verify::verify(&repo, None, None).await.unwrap();
+    let report =
+        crate::verify::verify(&repo, None, xenvault_types::progress::HiddenProgress::shared(), &Default::default())
+            .await
+            .unwrap();
     assert!(!report.found_damage(), "{report:?}");
     assert_eq!(report.superseded, 1);
     assert_eq!(restore(&repo, &s1.id, &dir.path().join("s1.img")).await, img);
@@ -247,11 +265,20 @@ async fn damaged_pack_index_is_rebuilt_from_the_pack() {
         .remove(&format!("index/{}", victim.file_name().unwrap().to_str().unwrap()))
         .unwrap();
     let fresh = Repository::open(repo_dir.to_str().unwrap(), &Default::default(), Some(&secret())).await.unwrap();
-    let report = crate::verify::verify(&fresh, None, None).await.unwrap();
+    let report =
+        crate::verify::verify(&fresh, None, xenvault_types::progress::HiddenProgress::shared(), &Default::default())
+            .await
+            .unwrap();
     // Reported (the store damaged an object) but nothing is lost: no bad chunk, no damaged point.
     assert!(report.damaged_indexes.len() == 1 && report.damaged_indexes[0].rebuilt, "{report:?}");
     assert!(report.bad_chunks.is_empty() && report.damaged_restore_points.is_empty(), "{report:?}");
-    assert!(!crate::verify::verify(&fresh, None, None).await.unwrap().found_damage(), "rebuilt for good");
+    assert!(
+        !crate::verify::verify(&fresh, None, xenvault_types::progress::HiddenProgress::shared(), &Default::default())
+            .await
+            .unwrap()
+            .found_damage(),
+        "rebuilt for good"
+    );
     assert_eq!(restore(&fresh, &s1.id, &dir.path().join("o.img")).await, img);
 }
 
@@ -299,7 +326,12 @@ async fn forget_and_prune_keep_the_right_restore_points() {
     assert_eq!(report.bytes_deleted, bytes_before - pack_bytes().await, "{report:?}");
     let packs_after = std::fs::read_dir(repo_dir.join("index")).unwrap().count();
     assert!(packs_after < packs_before);
-    assert!(!crate::verify::verify(&repo, None, None).await.unwrap().found_damage());
+    assert!(
+        !crate::verify::verify(&repo, None, xenvault_types::progress::HiddenProgress::shared(), &Default::default())
+            .await
+            .unwrap()
+            .found_damage()
+    );
     assert_eq!(restore(&repo, &snaps[2].id, &dir.path().join("o.img")).await, images[2]);
     assert_eq!(repo.restore_points().await.unwrap().len(), 1);
     assert!(repo_dir.join("tags").join(&snaps[2].id).exists());
@@ -341,7 +373,12 @@ async fn gc_while_a_backup_runs_never_deletes_its_chunks() {
     assert!(r.packs_deleted > 0, "{r:?}");
     assert_eq!(restore(&repo, &m.id, &dir.path().join("r.img")).await, run_img);
     assert_eq!(restore(&repo, &again.id, &dir.path().join("o.img")).await, old_img);
-    assert!(!crate::verify::verify(&repo, None, None).await.unwrap().found_damage());
+    assert!(
+        !crate::verify::verify(&repo, None, xenvault_types::progress::HiddenProgress::shared(), &Default::default())
+            .await
+            .unwrap()
+            .found_damage()
+    );
 }
 
 /// A restore that loaded its index before gc deleted one copy of chunks stored twice (the
@@ -376,7 +413,14 @@ async fn a_reader_with_an_older_index_survives_gc_of_a_duplicate_copy() {
     assert!(r.packs_deleted > 0, "{r:?}");
 
     let out = dir.path().join("out");
-    reader.restore_to_file(&out, None).await.unwrap();
+    reader
+        .restore_to_file(
+            &out,
+            xenvault_types::progress::Task::hidden(xenvault_types::progress::Phase::Export),
+            &Default::default(),
+        )
+        .await
+        .unwrap();
     assert_eq!(std::fs::read(&out).unwrap(), img);
     let slot = reader.read_slot(1).await.unwrap().unwrap();
     assert_eq!(slot.as_slice(), &img[64 << 10..128 << 10]);
@@ -393,7 +437,15 @@ async fn copy_moves_only_missing_chunks_reencrypted() {
 
     // A target with its own keys: everything is read and re-sealed.
     let other = new_repo(&dir.path().join("other"), 1 << 20).await;
-    let r = crate::copy::copy(&src, &other, std::slice::from_ref(&s1.id)).await.unwrap();
+    let r = crate::copy::copy(
+        &src,
+        &other,
+        std::slice::from_ref(&s1.id),
+        xenvault_types::progress::HiddenProgress::shared(),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.copied, vec![s1.id.clone()]);
     assert_eq!(restore(&other, &s1.id, &dir.path().join("o1.img")).await, img);
 
@@ -409,9 +461,25 @@ async fn copy_moves_only_missing_chunks_reencrypted() {
     };
     let mirror =
         Repository::init(dir.path().join("mirror").to_str().unwrap(), &Default::default(), opts).await.unwrap();
-    let r1 = crate::copy::copy(&src, &mirror, std::slice::from_ref(&s1.id)).await.unwrap();
+    let r1 = crate::copy::copy(
+        &src,
+        &mirror,
+        std::slice::from_ref(&s1.id),
+        xenvault_types::progress::HiddenProgress::shared(),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
     assert!(r1.chunks_read > 0);
-    let r2 = crate::copy::copy(&src, &mirror, &[s1.id.clone(), s2.id.clone()]).await.unwrap();
+    let r2 = crate::copy::copy(
+        &src,
+        &mirror,
+        &[s1.id.clone(), s2.id.clone()],
+        xenvault_types::progress::HiddenProgress::shared(),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
     assert_eq!(r2.skipped, vec![s1.id.clone()]);
     assert_eq!(r2.chunks_read, 0);
     assert_eq!(restore(&mirror, &s2.id, &dir.path().join("o2.img")).await, img);

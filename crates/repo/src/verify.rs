@@ -13,7 +13,10 @@ use crate::pack::{DATA_PREFIX, INDEX_PREFIX, PackEntry, PackName, chunk_aad, ope
 use crate::repository::{DAMAGED_PREFIX, DamagedChunk, Repository, Source};
 use futures::StreamExt;
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+use xenvault_types::progress::{Key, Phase, Progress, Task};
 
 /// Whole packs checked at once (each is held in memory while checked).
 const PACKS_IN_FLIGHT: usize = 2;
@@ -71,10 +74,12 @@ pub fn check_sample_percent(percent: f64) -> Result<()> {
 }
 
 /// Checks the repository; `sample_percent` limits the pack check to a random share.
+/// Progress counts the bytes of the packs checked.
 pub async fn verify(
     repo: &Repository,
     sample_percent: Option<f64>,
-    progress: Option<crate::writer::Progress>,
+    progress: Arc<dyn Progress>,
+    cancel: &CancellationToken,
 ) -> Result<VerifyReport> {
     if let Some(pct) = sample_percent {
         check_sample_percent(pct)?;
@@ -85,8 +90,13 @@ pub async fn verify(
     let known_damaged = repo.load_damaged().await?;
     let packs: Vec<PackName> =
         repo.store().list(INDEX_PREFIX).await?.iter().filter_map(|(n, _)| PackName::from_object(n)).collect();
-    let present: HashSet<PackName> =
-        repo.store().list(DATA_PREFIX).await?.iter().filter_map(|(n, _)| PackName::from_object(n)).collect();
+    let present: HashMap<PackName, u64> = repo
+        .store()
+        .list(DATA_PREFIX)
+        .await?
+        .iter()
+        .filter_map(|(n, size)| Some((PackName::from_object(n)?, *size)))
+        .collect();
     report.packs_total = packs.len();
     let chosen: Vec<PackName> = match sample_percent {
         Some(pct) => {
@@ -99,15 +109,18 @@ pub async fn verify(
         None => packs.clone(),
     };
     report.packs_checked = chosen.len();
+    let total = chosen.iter().filter_map(|p| present.get(p)).sum();
+    let task = Task::start(progress, Key::new(None, None, Phase::Verify), "verify", total);
     let results: Vec<Result<PackCheck>> = futures::stream::iter(chosen)
         .map(|pack| {
-            let present = present.contains(&pack);
-            let progress = progress.clone();
+            let size = present.get(&pack).copied();
+            let task = &task;
             async move {
-                let r = check_pack(repo, &pack, present).await;
-                if let (Some(p), Ok(check)) = (&progress, &r) {
-                    p(check.bytes);
+                if cancel.is_cancelled() {
+                    return Err(Error::Cancelled);
                 }
+                let r = check_pack(repo, &pack, size.is_some()).await;
+                task.advance(size.unwrap_or(0));
                 r
             }
         })

@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use tokio::sync::Semaphore;
 use tokio::task::{JoinHandle, JoinSet};
+use xenvault_types::progress::Task;
 
 /// Pack uploads in flight per session (each holds one pack in memory).
 const UPLOADS_IN_FLIGHT: usize = 3;
@@ -27,9 +28,6 @@ const UPLOADS_IN_FLIGHT: usize = 3;
 const BYTES_IN_FLIGHT: usize = 48 << 20;
 
 pub use crate::manifest::DiskStats as WriteStats;
-
-/// Progress callback: receives the number of disk bytes just processed.
-pub type Progress = Arc<dyn Fn(u64) + Send + Sync>;
 
 /// Collects new chunks into packs and uploads them.
 struct Packer {
@@ -342,7 +340,7 @@ pub struct DiskWriter {
     max_jobs: usize,
     stats: DiskStats,
     started: chrono::DateTime<Utc>,
-    progress: Option<Progress>,
+    progress: Option<Task>,
 }
 
 impl DiskWriter {
@@ -354,8 +352,9 @@ impl DiskWriter {
         self.size
     }
 
-    pub fn set_progress(&mut self, progress: Progress) {
-        self.progress = Some(progress);
+    /// `task` counts the disk bytes written (the write order's, so it ends at the size).
+    pub fn set_progress(&mut self, task: Task) {
+        self.progress = Some(task);
     }
 
     /// Expands byte ranges to whole chunks and merges them: what a changed-block
@@ -519,8 +518,8 @@ impl DiskWriter {
             *x = r.id;
         }
         p.pending -= 1;
-        if let Some(progress) = &self.progress {
-            progress(r.len);
+        if let Some(task) = &self.progress {
+            task.advance(r.len);
         }
         Ok(())
     }

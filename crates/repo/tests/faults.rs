@@ -58,7 +58,14 @@ async fn backup(repo: &Repository, source: &str, image: &[u8]) -> xenvault_repo:
 /// Every `(id, image)` restores byte-exactly from a fresh, healthy handle, and verify is clean.
 async fn assert_intact(location: &str, backend: &BackendOptions, committed: &[(String, Vec<u8>)]) {
     let repo = Repository::open(location, backend, Some(&secret())).await.expect("reopen");
-    let report = xenvault_repo::verify::verify(&repo, None, None).await.expect("verify");
+    let report = xenvault_repo::verify::verify(
+        &repo,
+        None,
+        xenvault_types::progress::HiddenProgress::shared(),
+        &Default::default(),
+    )
+    .await
+    .expect("verify");
     assert!(!report.found_damage(), "{report:?}");
     assert_eq!(report.restore_points_checked, committed.len(), "{report:?}");
     for (id, data) in committed {
@@ -88,7 +95,14 @@ async fn retries_carry_backup_verify_and_prune_through_faults() {
         let id = backup(&repo, "vm", &data).await.unwrap_or_else(|e| panic!("backup {seed}: {e}"));
         committed.push((id, data));
     }
-    let report = xenvault_repo::verify::verify(&repo, None, None).await.expect("verify through faults");
+    let report = xenvault_repo::verify::verify(
+        &repo,
+        None,
+        xenvault_types::progress::HiddenProgress::shared(),
+        &Default::default(),
+    )
+    .await
+    .expect("verify through faults");
     assert!(!report.found_damage(), "{report:?}");
 
     let (forgotten, kept) = committed.split_at(3);
@@ -224,7 +238,14 @@ async fn s3_behind_a_cutting_proxy_loses_nothing() {
         let id = backup(&repo, "vm", &data).await.unwrap_or_else(|e| panic!("backup {seed}: {e}"));
         committed.push((id, data));
     }
-    let report = xenvault_repo::verify::verify(&repo, None, None).await.expect("verify through the proxy");
+    let report = xenvault_repo::verify::verify(
+        &repo,
+        None,
+        xenvault_types::progress::HiddenProgress::shared(),
+        &Default::default(),
+    )
+    .await
+    .expect("verify through the proxy");
     assert!(!report.found_damage(), "{report:?}");
     let (forgotten, kept) = committed.split_at(2);
     for (id, _) in forgotten {

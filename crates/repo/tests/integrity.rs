@@ -75,7 +75,14 @@ async fn verify_checks_the_store_not_a_warm_cache() {
     let index = store.list("index/").await.unwrap().into_iter().next().expect("an index").path;
     flip_byte(&store, &index, 40).await;
 
-    let report = xenvault_repo::verify::verify(&repo, None, None).await.unwrap();
+    let report = xenvault_repo::verify::verify(
+        &repo,
+        None,
+        xenvault_types::progress::HiddenProgress::shared(),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
     assert!(report.found_damage(), "{report:?}");
     let damaged: Vec<&String> = report.damaged_restore_points.keys().collect();
     assert_eq!(damaged, [&id_a], "only a's manifest is damaged: {report:?}");
@@ -95,7 +102,14 @@ async fn verify_checks_the_store_not_a_warm_cache() {
     assert!(matches!(fresh.restore_point(&id_a[..8]).await, Err(Error::RestorePointDamaged { .. })));
     assert!(matches!(fresh.restore_point("ffffffff").await, Err(Error::RestorePointNotFound(_))));
     assert_eq!(fresh.restore_point(&id_b).await.unwrap().id, id_b);
-    let again = xenvault_repo::verify::verify(&fresh, None, None).await.unwrap();
+    let again = xenvault_repo::verify::verify(
+        &fresh,
+        None,
+        xenvault_types::progress::HiddenProgress::shared(),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
     assert!(again.damaged_indexes.is_empty(), "the index stays rebuilt: {again:?}");
 }
 
@@ -104,10 +118,25 @@ async fn verify_refuses_a_meaningless_sample() {
     let dir = tempfile::tempdir().unwrap();
     let repo = new_repo(&dir.path().join("repo").display().to_string()).await;
     for pct in [0.0, -1.0, 100.5, f64::NAN, f64::INFINITY] {
-        let r = xenvault_repo::verify::verify(&repo, Some(pct), None).await;
+        let r = xenvault_repo::verify::verify(
+            &repo,
+            Some(pct),
+            xenvault_types::progress::HiddenProgress::shared(),
+            &Default::default(),
+        )
+        .await;
         assert!(matches!(r, Err(Error::Invalid(_))), "sample {pct} must be refused");
     }
-    assert!(xenvault_repo::verify::verify(&repo, Some(100.0), None).await.is_ok());
+    assert!(
+        xenvault_repo::verify::verify(
+            &repo,
+            Some(100.0),
+            xenvault_types::progress::HiddenProgress::shared(),
+            &Default::default()
+        )
+        .await
+        .is_ok()
+    );
 }
 
 /// One copy of the config and of each key slot may be lost or damaged; all copies damaged
@@ -174,17 +203,38 @@ async fn verify_repairs_damaged_copies_and_adds_missing_ones() {
     let [primary, copy] = repo.key_slots().await.unwrap()[0].object_names();
     store.put("config.copy", b"{}".to_vec().into()).await.unwrap();
     store.put(&primary, b"garbage".to_vec().into()).await.unwrap();
-    let report = xenvault_repo::verify::verify(&repo, None, None).await.unwrap();
+    let report = xenvault_repo::verify::verify(
+        &repo,
+        None,
+        xenvault_types::progress::HiddenProgress::shared(),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
     assert!(report.found_damage(), "{report:?}");
     assert_eq!(report.damaged_key_objects, ["config.copy".to_string(), primary.clone()], "{report:?}");
-    let again = xenvault_repo::verify::verify(&repo, None, None).await.unwrap();
+    let again = xenvault_repo::verify::verify(
+        &repo,
+        None,
+        xenvault_types::progress::HiddenProgress::shared(),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
     assert!(!again.found_damage(), "repaired: {again:?}");
 
     // Lose the other copies now: the repaired ones carry the repository.
     store.put("config", b"garbage".to_vec().into()).await.unwrap();
     store.delete(&copy).await.unwrap();
     let reopened = open(&location).await.expect("opens from the repaired copies");
-    let report = xenvault_repo::verify::verify(&reopened, None, None).await.unwrap();
+    let report = xenvault_repo::verify::verify(
+        &reopened,
+        None,
+        xenvault_types::progress::HiddenProgress::shared(),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
     assert_eq!(report.damaged_key_objects, ["config".to_string()], "a missing copy is no damage: {report:?}");
     assert!(store.exists(&copy).await.unwrap(), "the missing slot copy is written again");
 }

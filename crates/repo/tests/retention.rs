@@ -109,9 +109,8 @@ async fn locked_restore_point_survives_version_delete_on_seaweedfs() {
     let other = backup(&repo, "other").await;
 
     let until = Utc::now() + Duration::days(1);
-    let report = lock_restore_points(&repo, &[kept.id[..8].to_string()], RetentionMode::Governance, until)
-        .await
-        .expect("lock");
+    let report =
+        lock_restore_points(&repo, &[kept.id[..8].to_string()], RetentionMode::Governance, until).await.expect("lock");
     assert_eq!(report.restore_points, std::slice::from_ref(&kept.id));
     let objects = referenced_objects(&repo, std::slice::from_ref(&kept)).await.expect("enumerate");
     assert_eq!(report.objects, objects.len());
@@ -134,7 +133,14 @@ async fn locked_restore_point_survives_version_delete_on_seaweedfs() {
     }
     let reopened = Repository::open(&url, &options, Some(&Secret::passphrase("lock test"))).await.expect("reopen");
     assert_eq!(reopened.restore_point(&kept.id).await.expect("still there").id, kept.id);
-    let report = xenvault_repo::verify::verify(&reopened, None, None).await.expect("verify");
+    let report = xenvault_repo::verify::verify(
+        &reopened,
+        None,
+        xenvault_types::progress::HiddenProgress::shared(),
+        &Default::default(),
+    )
+    .await
+    .expect("verify");
     assert!(!report.found_damage(), "{report:?}");
 
     // The unlocked restore point's manifest is not protected: the same delete succeeds.
@@ -183,8 +189,7 @@ async fn local_directory_has_no_object_lock() {
     )
     .await
     .expect("init");
-    let err =
-        lock_restore_points(&repo, &["latest".into()], RetentionMode::Governance, until).await;
+    let err = lock_restore_points(&repo, &["latest".into()], RetentionMode::Governance, until).await;
     assert!(matches!(err, Err(Error::Backend(BackendError::Unsupported { .. }))), "{err:?}");
 }
 
@@ -258,4 +263,59 @@ async fn backup_with_lock_days_locks_each_new_restore_point_on_s3() {
     let retention = retention.unwrap_or_else(|| panic!("the new restore point's manifest is not locked"));
     assert_eq!(retention.mode, RetentionMode::Governance);
     assert!(retention.until > Utc::now() + Duration::hours(23), "{retention:?}");
+}
+
+/// Credentials from a profile in a shared credentials file, none in the environment: the
+/// `xenvault` binary stores a restore point and locks it (the retention requests are
+/// signed with the chain that signs the stores), and the lock reads back as set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn profile_file_credentials_store_and_lock_on_s3() {
+    let server = common::s3();
+    let endpoint = server.options().s3_endpoint.expect("endpoint");
+    let url = format!("s3://{}/repo", object_lock_bucket(&endpoint));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let credentials = dir.path().join("credentials");
+    std::fs::write(
+        &credentials,
+        format!(
+            "[default]\naws_access_key_id = wrong\naws_secret_access_key = wrong\n\n[xenvault-lock]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+            common::S3_ACCESS_KEY,
+            common::S3_SECRET_KEY
+        ),
+    )
+    .expect("credentials file");
+    let image = dir.path().join("disk.img");
+    std::fs::write(&image, (0..4u32 << 16).map(|i| (i % 251) as u8).collect::<Vec<u8>>()).expect("image");
+    let xenvault = |args: &[&str]| {
+        let output = Command::new(common::xenvault_bin())
+            .args(args)
+            .args(["--repo", &url])
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env_remove("AWS_SESSION_TOKEN")
+            .env("HOME", dir.path())
+            .env("AWS_CONFIG_FILE", dir.path().join("no-config"))
+            .env("AWS_SHARED_CREDENTIALS_FILE", &credentials)
+            .env("AWS_PROFILE", "xenvault-lock")
+            .env("AWS_ENDPOINT_URL", &endpoint)
+            .env("AWS_REGION", "us-east-1")
+            .env("XENVAULT_PASSPHRASE", "lock test")
+            .env("XENVAULT_CACHE_DIR", dir.path().join("cache"))
+            .output()
+            .expect("run xenvault");
+        assert!(output.status.success(), "xenvault {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        output.stdout
+    };
+    xenvault(&["init", "--kdf-memory-mib", "1", "--kdf-iterations", "1"]);
+    xenvault(&["backup-image", image.to_str().expect("utf-8"), "--source-id", "disk"]);
+    let stdout = xenvault(&["lock", "--all", "--days", "1", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&stdout).expect("JSON report");
+    let id = report["restore_points"][0].as_str().unwrap_or_else(|| panic!("nothing locked: {report}"));
+
+    let backend = backend::open(&url, &server.options()).expect("open");
+    let retention = backend.retention(&format!("snapshots/{id}")).await.expect("retention");
+    let retention = retention.unwrap_or_else(|| panic!("the restore point's manifest is not locked"));
+    assert_eq!(retention.mode, RetentionMode::Governance);
+    assert!(retention.until > Utc::now() + Duration::hours(23), "{retention:?}");
+    assert!(backend.retention("config").await.expect("retention").is_some(), "the config is locked too");
 }

@@ -211,7 +211,15 @@ async fn backups_prune_copy_verify(backend_name: &str, location_a: &str, locatio
         while !backups_done.load(Ordering::SeqCst) {
             let candidates = model_a.expected();
             if let Some((id, digest)) = candidates.get(rng.below(candidates.len().max(1) as u64) as usize).cloned() {
-                match xenvault_repo::copy::copy(&open(&a).await, &open(&b).await, std::slice::from_ref(&id)).await {
+                match xenvault_repo::copy::copy(
+                    &open(&a).await,
+                    &open(&b).await,
+                    std::slice::from_ref(&id),
+                    xenvault_types::progress::HiddenProgress::shared(),
+                    &Default::default(),
+                )
+                .await
+                {
                     Ok(r) => {
                         for copied in r.copied {
                             model_b.commit(&copied, "copy", digest);
@@ -230,7 +238,14 @@ async fn backups_prune_copy_verify(backend_name: &str, location_a: &str, locatio
     };
     let verify_a = async {
         while !backups_done.load(Ordering::SeqCst) {
-            xenvault_repo::verify::verify(&open(&a).await, None, None).await.expect("verify runs");
+            xenvault_repo::verify::verify(
+                &open(&a).await,
+                None,
+                xenvault_types::progress::HiddenProgress::shared(),
+                &Default::default(),
+            )
+            .await
+            .expect("verify runs");
             verifies.fetch_add(1, Ordering::SeqCst);
         }
     };
@@ -285,7 +300,14 @@ async fn backups_prune_copy_verify(backend_name: &str, location_a: &str, locatio
     assert!(packs_deleted.load(Ordering::SeqCst) > 0, "gc deleted no pack while the backups ran");
     for repo in [&a, &b] {
         let fresh = Repository::open(repo.location(), backend, Some(&secret())).await.expect("reopen");
-        let report = xenvault_repo::verify::verify(&fresh, None, None).await.expect("verify");
+        let report = xenvault_repo::verify::verify(
+            &fresh,
+            None,
+            xenvault_types::progress::HiddenProgress::shared(),
+            &Default::default(),
+        )
+        .await
+        .expect("verify");
         assert!(!report.found_damage(), "verify after the run: {report:?}");
     }
 }

@@ -4,9 +4,10 @@
 use crate::{Error, RepoDisk, Result};
 use std::io::Write;
 use std::ops::Range;
-use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
 use xenvault_repo::DiskReader;
 use xenvault_repo::ordered::{OrderedChunks, SlotData};
+use xenvault_types::progress::Task;
 
 /// xapi's VHD block size (crates/vhd writes only this one).
 pub const VHD_BLOCK: u64 = 2 << 20;
@@ -30,9 +31,6 @@ impl std::str::FromStr for DiskFormat {
         }
     }
 }
-
-/// Called with the number of disk bytes done since the last call.
-pub type Progress = Arc<dyn Fn(u64) + Send + Sync>;
 
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct ExportStats {
@@ -148,8 +146,15 @@ impl InOrder {
 }
 
 /// Writes a dynamic VHD of the disk holding only the 2 MiB `blocks` (increasing); returns
-/// the disk bytes read. Blocking.
-pub fn write_vhd(disk: &RepoDisk, blocks: &[u64], out: impl Write, progress: Option<&Progress>) -> Result<u64> {
+/// the disk bytes read. Blocking. `task` counts the disk's bytes, the blocks left out
+/// (zeros) as passed, so it ends at the disk's size.
+pub fn write_vhd(
+    disk: &RepoDisk,
+    blocks: &[u64],
+    out: impl Write,
+    task: &Task,
+    cancel: &CancellationToken,
+) -> Result<u64> {
     let handle = tokio::runtime::Handle::current();
     let reader = disk.reader();
     let size = reader.size();
@@ -159,35 +164,24 @@ pub fn write_vhd(disk: &RepoDisk, blocks: &[u64], out: impl Write, progress: Opt
     let mut w = xenvault_vhd::DynamicWriter::dynamic(out, size, blocks.iter().copied(), Default::default())?;
     let mut buf = vec![0u8; VHD_BLOCK as usize];
     let mut read = 0;
-    let mut covered = Covered { progress, end: 0 };
     for &b in &blocks {
+        unless_cancelled(cancel)?;
         let offset = u64::from(b) * VHD_BLOCK;
         let len = size.saturating_sub(offset).min(VHD_BLOCK) as usize;
         let block = &mut buf[..len];
         source.read(offset, block)?;
         w.write_block(b, block)?;
         read += len as u64;
-        covered.reach(offset + len as u64);
+        task.reach(offset + len as u64);
     }
     w.finish()?;
-    covered.reach(size);
+    task.reach(size);
     Ok(read)
 }
 
-/// Progress over the disk's bytes: the units an output leaves out (they read as zeros)
-/// count as done once passed, so a bar sized to the disk ends at 100%.
-struct Covered<'a> {
-    progress: Option<&'a Progress>,
-    end: u64,
-}
-
-impl Covered<'_> {
-    fn reach(&mut self, end: u64) {
-        if let Some(p) = self.progress.filter(|_| end > self.end) {
-            p(end - self.end);
-        }
-        self.end = self.end.max(end);
-    }
+/// Stops blocking work once `cancel` fires.
+pub(crate) fn unless_cancelled(cancel: &CancellationToken) -> Result<()> {
+    if cancel.is_cancelled() { Err(Error::Cancelled) } else { Ok(()) }
 }
 
 /// Size of the VHD [`write_vhd`] writes.
@@ -195,17 +189,19 @@ pub fn vhd_size(disk_size: u64, blocks: usize) -> u64 {
     xenvault_vhd::DynamicWriter::<std::io::Sink>::output_size(disk_size, blocks as u64)
 }
 
-/// Writes the disk to `out` in `format`. Blocking: call from `spawn_blocking`.
-pub fn export(disk: &RepoDisk, format: DiskFormat, out: impl Write, progress: Option<Progress>) -> Result<ExportStats> {
+/// Writes the disk to `out` in `format`; `task` goes to the disk's size. Blocking: call
+/// from `spawn_blocking`.
+pub fn export(
+    disk: &RepoDisk,
+    format: DiskFormat,
+    out: impl Write,
+    task: &Task,
+    cancel: &CancellationToken,
+) -> Result<ExportStats> {
     let started = std::time::Instant::now();
     let handle = tokio::runtime::Handle::current();
     let reader = disk.reader();
     let size = reader.size();
-    let done = |len: u64| {
-        if let Some(p) = &progress {
-            p(len);
-        }
-    };
     let mut out = Counting { inner: std::io::BufWriter::with_capacity(1 << 20, out), count: 0 };
     let mut stats = ExportStats { disk_bytes: size, ..Default::default() };
     match format {
@@ -216,6 +212,7 @@ pub fn export(disk: &RepoDisk, format: DiskFormat, out: impl Write, progress: Op
                 reader.all_chunks_in_order()?
             };
             while let Some(s) = chunks.blocking_next().transpose()? {
+                unless_cancelled(cancel)?;
                 match &s.data {
                     Some(data) => {
                         out.write_all(data)?;
@@ -223,12 +220,12 @@ pub fn export(disk: &RepoDisk, format: DiskFormat, out: impl Write, progress: Op
                     }
                     None => out.write_all(zeros.get(..s.len).unwrap_or(&zeros))?,
                 }
-                done(s.len as u64);
+                task.advance(s.len as u64);
             }
         }
         DiskFormat::Vhd => {
             let present = present_units(disk, &handle, VHD_BLOCK)?;
-            stats.data_bytes = write_vhd(disk, &present, &mut out, progress.as_ref())?;
+            stats.data_bytes = write_vhd(disk, &present, &mut out, task, cancel)?;
         }
         DiskFormat::Qcow2 => {
             use crate::qcow2::CLUSTER;
@@ -236,17 +233,17 @@ pub fn export(disk: &RepoDisk, format: DiskFormat, out: impl Write, progress: Op
             let mut source = InOrder::new(reader, &handle, &present, CLUSTER)?;
             let mut w = crate::qcow2::Qcow2Writer::new(&mut out, size, &present)?;
             let mut buf = vec![0u8; CLUSTER as usize];
-            let mut covered = Covered { progress: progress.as_ref(), end: 0 };
             for &c in &present {
+                unless_cancelled(cancel)?;
                 let offset = c * CLUSTER;
                 let cluster = &mut buf[..size.saturating_sub(offset).min(CLUSTER) as usize];
                 source.read(offset, cluster)?;
                 w.write_cluster(c, cluster)?;
                 stats.data_bytes += cluster.len() as u64;
-                covered.reach(offset + cluster.len() as u64);
+                task.reach(offset + cluster.len() as u64);
             }
             w.finish()?;
-            covered.reach(size);
+            task.reach(size);
         }
     }
     out.flush()?;

@@ -144,3 +144,36 @@ impl ExportResolver for SingleExport {
         vec![self.name.clone()]
     }
 }
+
+/// The names a self-signed certificate for a server listening on `listen` (as given:
+/// `host:port`, `[v6]:port`) and bound to `addr` should carry: loopback always, the host
+/// as given and the bound address unless it is the unspecified one (0.0.0.0, ::), which
+/// no client connects to by that name.
+pub fn listener_names(listen: &str, addr: std::net::SocketAddr) -> Vec<String> {
+    let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+    let host = listen.rsplit_once(':').map_or(listen, |(h, _)| h).trim_matches(['[', ']']);
+    for name in [host.to_owned(), addr.ip().to_string()] {
+        if !name.is_empty() && !names.contains(&name) && !addr.ip().is_unspecified() {
+            names.push(name);
+        }
+    }
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::listener_names;
+
+    #[test]
+    fn certificate_names_cover_loopback_and_the_address_clients_use() {
+        let addr = "192.0.2.7:10810".parse().unwrap();
+        assert_eq!(
+            listener_names("nbd.example:10810", addr),
+            ["localhost", "127.0.0.1", "::1", "nbd.example", "192.0.2.7"]
+        );
+        let any = "0.0.0.0:10810".parse().unwrap();
+        assert_eq!(listener_names("0.0.0.0:10810", any), ["localhost", "127.0.0.1", "::1"]);
+        let v6 = "[::1]:10810".parse().unwrap();
+        assert_eq!(listener_names("[::1]:10810", v6), ["localhost", "127.0.0.1", "::1"]);
+    }
+}

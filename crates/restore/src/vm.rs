@@ -368,7 +368,10 @@ async fn restore_over(
     let mut targets = Vec::new();
     for d in disks {
         let vdi = by_uuid(client, "VDI", &d.record.uuid).await?.ok_or_else(|| {
-            invalid(format!("the VM's disk {} ({}) no longer exists: restore it as a new VM", d.position, d.record.uuid))
+            invalid(format!(
+                "the VM's disk {} ({}) no longer exists: restore it as a new VM",
+                d.position, d.record.uuid
+            ))
         })?;
         check_fits(client, d, &vdi).await?;
         targets.push((d, vdi));

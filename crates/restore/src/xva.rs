@@ -6,7 +6,9 @@ use serde_json::Value as Json;
 use std::collections::HashMap;
 use std::io::Write;
 use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
 use xenvault_repo::{DiskReader, Manifest, Repository};
+use xenvault_types::progress::Task;
 use xenvault_xva::{OvaObject, OvaVersion, XvaWriter, ova_xml};
 
 /// Known references become archive ids (`Ref:N`); other references become NULL, as xapi does.
@@ -23,42 +25,47 @@ fn rename_refs(j: &Json, ids: &HashMap<String, String>) -> Json {
     }
 }
 
-/// Writes the XVA of restore point `m` to `out`. Blocking: call from `spawn_blocking`.
+/// Writes the XVA of restore point `m` to `out`; `task` goes to the disks' total size.
+/// Blocking: call from `spawn_blocking`.
 pub fn export_xva(
     repo: &Repository,
     m: &Manifest,
     out: impl Write,
-    progress: Option<crate::export::Progress>,
+    task: &Task,
+    cancel: &CancellationToken,
 ) -> Result<u64> {
     let handle = tokio::runtime::Handle::current();
-    let meta = m.metadata.get("vm").filter(|v| v.get("format").and_then(Json::as_str) == Some("xenvault-vm/1"));
-    let meta = meta.ok_or_else(|| Error::Metadata(format!("restore point {} holds no VM records", m.short_id())))?;
-    let snapshot = meta
-        .get("snapshot")
-        .and_then(Json::as_object)
-        .ok_or_else(|| Error::Metadata("no VM snapshot record".into()))?;
-    let empty = serde_json::Map::new();
-    let section = |name: &str| meta.get(name).and_then(Json::as_object).unwrap_or(&empty);
-    let mut vm = snapshot.clone();
+    let meta = crate::disk::vm_metadata(m)?
+        .ok_or_else(|| Error::Metadata(format!("restore point {} holds no VM records", m.short_id())))?;
+    let records = &meta.records;
+    if records.snapshot.is_empty() {
+        return Err(Error::Metadata("no VM snapshot record".into()));
+    }
+    let mut vm = records.snapshot.clone();
     vm.insert("is_a_snapshot".into(), Json::from(false));
     vm.insert("snapshot_of".into(), Json::from("OpaqueRef:NULL"));
-    vm.insert("VBDs".into(), Json::from(section("VBD").keys().cloned().collect::<Vec<_>>()));
-    vm.insert("VIFs".into(), Json::from(section("VIF").keys().cloned().collect::<Vec<_>>()));
-    if let Some(name) = meta.get("vm").and_then(|v| v.get("name_label")) {
-        vm.insert("name_label".into(), name.clone());
-    }
-    let mut order: Vec<(&str, String, Json)> = vec![("VM", text(meta, "vm_ref"), Json::Object(vm))];
-    for class in ["VBD", "VDI", "SR", "VIF", "network"] {
-        for (r, rec) in section(class) {
-            order.push((class, r.clone(), rec.clone()));
+    vm.insert("VBDs".into(), Json::from(records.vbds.keys().cloned().collect::<Vec<_>>()));
+    vm.insert("VIFs".into(), Json::from(records.vifs.keys().cloned().collect::<Vec<_>>()));
+    vm.insert("name_label".into(), Json::from(meta.vm.name_label.as_str()));
+    let mut order: Vec<(&str, String, Json)> = vec![("VM", records.vm_ref.clone(), Json::Object(vm))];
+    let sections = [
+        ("VBD", &records.vbds),
+        ("VDI", &records.vdis),
+        ("SR", &records.srs),
+        ("VIF", &records.vifs),
+        ("network", &records.networks),
+    ];
+    for (class, section) in sections {
+        for (r, rec) in section {
+            order.push((class, r.clone(), Json::Object(rec.clone())));
         }
     }
     let mut ids: HashMap<String, String> =
         order.iter().enumerate().map(|(n, (_, r, _))| (r.clone(), format!("Ref:{n}"))).collect();
-    ids.insert(text(meta, "snapshot_ref"), "Ref:0".into());
+    ids.insert(records.snapshot_ref.clone(), "Ref:0".into());
     for (_, r, rec) in order.iter_mut() {
-        if let Some(vbd) = rec.as_object_mut().filter(|_| section("VBD").contains_key(r.as_str())) {
-            vbd.insert("VM".into(), Json::from(text(meta, "vm_ref")));
+        if let Some(vbd) = rec.as_object_mut().filter(|_| records.vbds.contains_key(r.as_str())) {
+            vbd.insert("VM".into(), Json::from(records.vm_ref.as_str()));
         }
     }
     let mut objects = Vec::new();
@@ -70,10 +77,8 @@ pub fn export_xva(
         objects.push(OvaObject { class: (*class).to_owned(), id: id.clone(), snapshot });
         if *class == "VDI" {
             let uuid = rec.get("uuid").and_then(Json::as_str).unwrap_or_default();
-            let stored = m.metadata.get("backup").and_then(|b| b.get("disks")).and_then(Json::as_array);
             let original =
-                stored.and_then(|d| d.iter().find(|e| e.get("snapshot_vdi_uuid").and_then(Json::as_str) == Some(uuid)));
-            let original = original.and_then(|e| e.get("vdi_uuid")).and_then(Json::as_str).unwrap_or(uuid);
+                meta.disks.iter().find(|d| d.snapshot_vdi_uuid == uuid).map_or(uuid, |d| d.vdi_uuid.as_str());
             let record = m
                 .disks
                 .iter()
@@ -102,21 +107,16 @@ pub fn export_xva(
         w.begin_disk(&id, reader.size())?;
         let cs = reader.chunk_size();
         for slot in 0..record.slot_count() {
+            crate::export::unless_cancelled(cancel)?;
             let len = (reader.size() - slot * cs).min(cs);
             match handle.block_on(reader.read_slot(slot))? {
                 Some(data) => w.write(&data)?,
                 None => w.write_zeros(len)?,
             }
-            if let Some(p) = &progress {
-                p(len);
-            }
+            task.advance(len);
         }
         total += disk.reader().size();
     }
     w.finish()?;
     Ok(total)
-}
-
-fn text(j: &Json, key: &str) -> String {
-    j.get(key).and_then(Json::as_str).unwrap_or_default().to_owned()
 }

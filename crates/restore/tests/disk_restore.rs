@@ -7,6 +7,7 @@ use common::{VM, call_str, count, guest_write, pool, scribble_and_back_up, sha25
 use xenvault_restore::Error;
 use xenvault_restore::disk::{Attach, DiskRestoreOptions, DiskTarget, restore_disk};
 use xenvault_restore::vm::Method;
+use xenvault_types::progress::HiddenProgress;
 use xenvault_xapi::Value;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -28,7 +29,9 @@ async fn disk_restore_to_new_and_existing_vdis() {
     // A new VDI on another SR, attached to the running VM without plugging it.
     let attach = Attach { vm_uuid: original.uuid.clone(), userdevice: "5".into(), plug: false };
     let target = DiskTarget::New { sr_uuid: other_sr_uuid.clone(), name_label: None, attach: Some(attach) };
-    let new = restore_disk(client, repo, &m, None, &target, &DiskRestoreOptions::default(), None).await.unwrap();
+    let new = restore_disk(client, repo, &m, None, &target, &DiskRestoreOptions::default(), HiddenProgress::shared())
+        .await
+        .unwrap();
     println!("{}", serde_json::to_string(&new).unwrap());
     assert!(new.created);
     assert_eq!(new.sr_uuid, other_sr_uuid);
@@ -48,7 +51,10 @@ async fn disk_restore_to_new_and_existing_vdis() {
     let attach = Attach { vm_uuid: original.uuid.clone(), userdevice: "6".into(), plug: true };
     let target =
         DiskTarget::New { sr_uuid: other_sr_uuid.clone(), name_label: Some("plugged".into()), attach: Some(attach) };
-    let plugged = restore_disk(client, repo, &m, None, &target, &DiskRestoreOptions::default(), None).await.unwrap();
+    let plugged =
+        restore_disk(client, repo, &m, None, &target, &DiskRestoreOptions::default(), HiddenProgress::shared())
+            .await
+            .unwrap();
     assert_eq!(plugged.name_label, "plugged");
     assert!(plugged.plugged);
     let vbd = call_str(client, "VBD.get_by_uuid", &[plugged.vbd_uuid.as_deref().unwrap()]).await;
@@ -62,7 +68,9 @@ async fn disk_restore_to_new_and_existing_vdis() {
     let attach = Attach { vm_uuid: original.uuid.clone(), userdevice: "5".into(), plug: false };
     let target =
         DiskTarget::New { sr_uuid: other_sr_uuid.clone(), name_label: Some("again".into()), attach: Some(attach) };
-    let err = restore_disk(client, repo, &m, None, &target, &DiskRestoreOptions::default(), None).await.unwrap_err();
+    let err = restore_disk(client, repo, &m, None, &target, &DiskRestoreOptions::default(), HiddenProgress::shared())
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::Target(_)) && err.to_string().contains("userdevice 5"), "{err}");
     assert_eq!(count(client, "VDI").await, vdis);
 
@@ -71,8 +79,8 @@ async fn disk_restore_to_new_and_existing_vdis() {
     guest_write(sim, &new.disk.vdi_uuid, (2 << 20) + 4096, 4096, 7).await;
     assert_ne!(sha256(sim, &new.disk.vdi_uuid).await, expected);
     let target = DiskTarget::Existing { vdi_uuid: new.disk.vdi_uuid.clone() };
-    let opts = DiskRestoreOptions { differential: true, force: false };
-    let over = restore_disk(client, repo, &m, None, &target, &opts, None).await.unwrap();
+    let opts = DiskRestoreOptions { differential: true, force: false, ..Default::default() };
+    let over = restore_disk(client, repo, &m, None, &target, &opts, HiddenProgress::shared()).await.unwrap();
     assert!(!over.created);
     assert_eq!(over.disk.method, Some(Method::Hash), "{:?}", over.disk.method_reason);
     assert_eq!((over.disk.bytes_written, over.disk.bytes_compared), (4096, stored.size));
@@ -81,8 +89,8 @@ async fn disk_restore_to_new_and_existing_vdis() {
     // Forced over the running VM's own disk: CBT since the backup's snapshot sees nothing
     // changed, so nothing is written.
     let target = DiskTarget::Existing { vdi_uuid: stored.uuid.clone() };
-    let opts = DiskRestoreOptions { differential: true, force: true };
-    let forced = restore_disk(client, repo, &m, None, &target, &opts, None).await.unwrap();
+    let opts = DiskRestoreOptions { differential: true, force: true, ..Default::default() };
+    let forced = restore_disk(client, repo, &m, None, &target, &opts, HiddenProgress::shared()).await.unwrap();
     assert_eq!(forced.disk.method, Some(Method::Cbt), "{:?}", forced.disk.method_reason);
     assert_eq!((forced.disk.bytes_written, forced.disk.bytes_compared), (0, 0));
     assert_eq!(sha256(sim, &stored.uuid).await, expected);
@@ -103,7 +111,7 @@ async fn disk_restore_refuses_wrong_targets_and_cleans_up() {
     let opts = DiskRestoreOptions::default();
     let m = &m;
     let refused = |target: DiskTarget, opts: DiskRestoreOptions| async move {
-        restore_disk(client, repo, m, None, &target, &opts, None).await.unwrap_err()
+        restore_disk(client, repo, m, None, &target, &opts, HiddenProgress::shared()).await.unwrap_err()
     };
 
     // The original disk is attached to the running VM.
@@ -118,8 +126,11 @@ async fn disk_restore_refuses_wrong_targets_and_cleans_up() {
     });
     let small = client.call("VDI.create", &[xenvault_xapi::wire::jsonrpc::from_json(&spec).unwrap()]).await.unwrap();
     let small = call_str(client, "VDI.get_uuid", &[small.as_str().unwrap()]).await;
-    let err =
-        refused(DiskTarget::Existing { vdi_uuid: small }, DiskRestoreOptions { differential: true, force: true }).await;
+    let err = refused(
+        DiskTarget::Existing { vdi_uuid: small },
+        DiskRestoreOptions { differential: true, force: true, ..Default::default() },
+    )
+    .await;
     assert!(matches!(err, Error::Target(_)) && err.to_string().contains("sizes must match"), "{err}");
 
     // No such SR, no such disk.
@@ -137,7 +148,7 @@ async fn disk_restore_refuses_wrong_targets_and_cleans_up() {
         Some("9"),
         &DiskTarget::New { sr_uuid: sr_uuid.clone(), name_label: None, attach: None },
         &opts,
-        None,
+        HiddenProgress::shared(),
     )
     .await
     .unwrap_err();

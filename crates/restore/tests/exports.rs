@@ -10,6 +10,7 @@ use xenvault_repo::{DiskReader, InitOptions, Repository, SourceInfo};
 use xenvault_restore::RepoDisk;
 use xenvault_restore::export::{DiskFormat, export};
 use xenvault_restore::nbd::{DiskExport, SingleExport};
+use xenvault_types::progress::{Key, Phase, Tally, Task};
 
 const SIZE: u64 = 48 << 20;
 
@@ -59,15 +60,16 @@ fn run(cmd: &mut Command) -> String {
 async fn export_to(reader: &Arc<DiskReader>, format: DiskFormat, path: &Path) -> xenvault_restore::export::ExportStats {
     let disk = RepoDisk::new(reader.clone(), tokio::runtime::Handle::current());
     let file = std::fs::File::create(path).unwrap();
-    let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let counter = done.clone();
-    let progress: xenvault_restore::export::Progress = Arc::new(move |n| {
-        counter.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-    });
-    let stats =
-        tokio::task::spawn_blocking(move || export(&disk, format, file, Some(progress))).await.unwrap().unwrap();
+    let tally = Tally::new();
+    let key = Key::new(None, Some(0), Phase::Export);
+    let task = Task::start(tally.clone(), key.clone(), "export", SIZE);
+    let stats = tokio::task::spawn_blocking(move || export(&disk, format, file, &task, &Default::default()))
+        .await
+        .unwrap()
+        .unwrap();
     // A bar sized to the disk ends full, holes left out of the image included.
-    assert_eq!(done.load(std::sync::atomic::Ordering::Relaxed), SIZE, "{format:?} progress");
+    let bar = &tally.states()[&key];
+    assert_eq!((bar.done, bar.total, bar.finished), (SIZE, SIZE, true), "{format:?} progress");
     stats
 }
 
@@ -76,7 +78,14 @@ async fn raw_vhd_and_qcow2_exports_equal_the_raw_restore() {
     let dir = tempfile::tempdir().unwrap();
     let (_repo, reader) = stored(dir.path()).await;
     let reference = dir.path().join("restored.raw");
-    reader.restore_to_file(&reference, None).await.unwrap();
+    reader
+        .restore_to_file(
+            &reference,
+            xenvault_types::progress::Task::hidden(xenvault_types::progress::Phase::Export),
+            &Default::default(),
+        )
+        .await
+        .unwrap();
     assert_eq!(std::fs::read(&reference).unwrap(), std::fs::read(dir.path().join("disk.raw")).unwrap());
 
     let raw = dir.path().join("export.raw");
@@ -103,7 +112,14 @@ async fn nbd_serves_the_restore_point_byte_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let (_repo, reader) = stored(dir.path()).await;
     let reference = dir.path().join("restored.raw");
-    reader.restore_to_file(&reference, None).await.unwrap();
+    reader
+        .restore_to_file(
+            &reference,
+            xenvault_types::progress::Task::hidden(xenvault_types::progress::Phase::Export),
+            &Default::default(),
+        )
+        .await
+        .unwrap();
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -168,7 +184,11 @@ async fn a_damaged_chunk_fails_every_export_naming_it() {
     for format in [DiskFormat::Raw, DiskFormat::Vhd, DiskFormat::Qcow2] {
         let disk = RepoDisk::new(reader.clone(), tokio::runtime::Handle::current());
         let file = std::fs::File::create(dir.path().join("out")).unwrap();
-        let err = tokio::task::spawn_blocking(move || export(&disk, format, file, None)).await.unwrap().unwrap_err();
+        let task = Task::hidden(Phase::Export);
+        let err = tokio::task::spawn_blocking(move || export(&disk, format, file, &task, &Default::default()))
+            .await
+            .unwrap()
+            .unwrap_err();
         assert!(err.to_string().contains(&format!("chunk {id}")), "{format:?}: {err}");
     }
 }

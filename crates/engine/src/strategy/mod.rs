@@ -8,43 +8,7 @@ pub mod vhd;
 use serde::Serialize;
 use std::fmt;
 
-/// The backup level of a run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Level {
-    /// A standalone full read that neither uses nor moves the incremental chain.
-    Copy,
-    /// A full read that starts a new chain.
-    Full,
-    /// Changes since the last restore point (the default: forever incremental).
-    Inc,
-    /// Changes since the last FULL.
-    Diff,
-}
-
-impl fmt::Display for Level {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Level::Copy => "copy",
-            Level::Full => "full",
-            Level::Inc => "inc",
-            Level::Diff => "diff",
-        })
-    }
-}
-
-impl std::str::FromStr for Level {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s.to_ascii_lowercase().as_str() {
-            "copy" => Ok(Level::Copy),
-            "full" => Ok(Level::Full),
-            "inc" | "incremental" => Ok(Level::Inc),
-            "diff" | "differential" => Ok(Level::Diff),
-            other => Err(format!("unknown level {other:?} (copy, full, inc, diff)")),
-        }
-    }
-}
+pub use xenvault_types::metadata::Level;
 
 /// What the user asked for with `--strategy`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

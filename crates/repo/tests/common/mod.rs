@@ -1,6 +1,7 @@
-//! Real storage servers for the repository tests, started on free loopback ports the first
-//! time a test asks for one and shared by every test of the test binary: SeaweedFS (S3)
-//! and Azurite (Azure Blob), installed by `tests/services/install.sh`.
+//! Real storage servers for the repository tests (and the CLI's, which include this file),
+//! started on free loopback ports the first time a test asks for one and shared by every
+//! test of the test binary: SeaweedFS (S3) and Azurite (Azure Blob), installed by
+//! `tests/services/install.sh`.
 //!
 //! A server that cannot start fails the test with its log: CI installs them, so a missing
 //! server is a broken setup, not a reason to skip.
@@ -244,7 +245,7 @@ fn start_seaweedfs() -> StorageServer {
             "-master.volumeSizeLimitMB=64".into(),
             format!("-volume.port={volume}"),
             format!("-volume.port.grpc={volume_grpc}"),
-            "-volume.max=16".into(), // each bucket (a collection) takes volumes of its own
+            "-volume.max=64".into(), // each bucket (a collection) takes volumes of its own: 16 ran out with five buckets
             "-filer".into(),
             format!("-filer.port={filer}"),
             format!("-filer.port.grpc={filer_grpc}"),
