@@ -313,12 +313,16 @@ impl ToSql for Value {
         ty: &Type,
         out: &mut bytes::BytesMut,
     ) -> std::result::Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        // Checked here, since `accepts` lets every value through: a value bound to a
+        // parameter of another type would otherwise be sent as wrong bytes.
+        let refused = || format!("cannot bind {self:?} to a parameter of type {ty}").into();
         match self {
             Value::Null => Ok(IsNull::Yes),
             Value::Int(v) if *ty == Type::INT4 => i32::try_from(*v)?.to_sql(ty, out),
-            Value::Int(v) => v.to_sql(ty, out),
-            Value::Text(v) => v.to_sql(ty, out),
-            Value::Bytes(v) => v.to_sql(ty, out),
+            Value::Int(v) if <i64 as ToSql>::accepts(ty) => v.to_sql(ty, out),
+            Value::Text(v) if <String as ToSql>::accepts(ty) => v.to_sql(ty, out),
+            Value::Bytes(v) if <Vec<u8> as ToSql>::accepts(ty) => v.to_sql(ty, out),
+            _ => Err(refused()),
         }
     }
 

@@ -76,6 +76,14 @@ CREATE TABLE tasks (
 CREATE INDEX tasks_by_run ON tasks (run_id, seq);
 CREATE INDEX tasks_by_subject ON tasks (kind, subject);
 CREATE INDEX tasks_by_name ON tasks (kind, name);
+CREATE TABLE vm_last_success (
+    job_id TEXT NOT NULL,
+    vm_uuid TEXT NOT NULL,
+    vm_name TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    finished_at BIGINT NOT NULL,
+    PRIMARY KEY (job_id, vm_uuid)
+);
 CREATE TABLE task_logs (
     id {id},
     run_id TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
-use xenvault_jobs::model::{Run, RunStatus, RunTotals, Task, TaskStatus};
+use xenvault_jobs::model::{Run, RunStatus, RunTotals, Task, TaskKind, TaskStatus};
 
 use crate::db::{Filters, Row, params};
 use crate::error::{Error, Result};
@@ -207,40 +207,53 @@ impl Catalog {
         Ok(())
     }
 
-    /// Adds the task, or stores its new state.
+    /// Adds the task, or stores its new state. A VM task's success also becomes the VM's
+    /// last success for the run's job (when newer than the one recorded).
     pub async fn save_task(&self, task: &Task) -> Result<()> {
-        self.db
-            .execute(
-                &format!(
-                    "INSERT INTO tasks ({TASK_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
+        let mut tx = self.db.begin().await?;
+        tx.execute(
+            &format!(
+                "INSERT INTO tasks ({TASK_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
                      $13, $14, $15, $16)
                      ON CONFLICT (id) DO UPDATE SET name = excluded.name, subject = excluded.subject,
                      status = excluded.status, started_at = excluded.started_at, finished_at = excluded.finished_at,
                      bytes_total = excluded.bytes_total, bytes_read = excluded.bytes_read,
                      bytes_stored = excluded.bytes_stored, strategy = excluded.strategy, reason = excluded.reason,
                      warnings = excluded.warnings, errors = excluded.errors"
-                ),
-                params![
-                    &task.id,
-                    &task.run_id,
-                    task.parent_id.as_deref(),
-                    enum_text(&task.kind)?,
-                    &task.name,
-                    task.subject.as_deref(),
-                    enum_text(&task.status)?,
-                    task.started_at,
-                    task.finished_at,
-                    task.bytes_total,
-                    task.bytes_read,
-                    task.bytes_stored,
-                    task.strategy.as_deref(),
-                    task.reason.as_deref(),
-                    to_json(&task.warnings)?,
-                    to_json(&task.errors)?
-                ],
+            ),
+            params![
+                &task.id,
+                &task.run_id,
+                task.parent_id.as_deref(),
+                enum_text(&task.kind)?,
+                &task.name,
+                task.subject.as_deref(),
+                enum_text(&task.status)?,
+                task.started_at,
+                task.finished_at,
+                task.bytes_total,
+                task.bytes_read,
+                task.bytes_stored,
+                task.strategy.as_deref(),
+                task.reason.as_deref(),
+                to_json(&task.warnings)?,
+                to_json(&task.errors)?
+            ],
+        )
+        .await?;
+        if let (TaskKind::Vm, TaskStatus::Success, Some(vm_uuid), Some(finished_at)) =
+            (task.kind, task.status, &task.subject, task.finished_at)
+        {
+            tx.execute(
+                "INSERT INTO vm_last_success (job_id, vm_uuid, vm_name, run_id, finished_at)
+                 SELECT job_id, CAST($2 AS TEXT), CAST($3 AS TEXT), id, CAST($4 AS BIGINT) FROM runs WHERE id = $1
+                 ON CONFLICT (job_id, vm_uuid) DO UPDATE SET vm_name = excluded.vm_name, run_id = excluded.run_id,
+                 finished_at = excluded.finished_at WHERE excluded.finished_at >= vm_last_success.finished_at",
+                params![&task.run_id, vm_uuid, &task.name, finished_at],
             )
-            .await
-            .map(drop)
+            .await?;
+        }
+        tx.commit().await
     }
 
     /// Appends a log line to the run (and task); returns its id.
@@ -303,7 +316,12 @@ impl Catalog {
             filters.and("status = {}", enum_text(&status)?);
         }
         if let Some(vm) = &query.vm {
-            filters.and("id IN (SELECT run_id FROM tasks WHERE kind = 'vm' AND (subject = {} OR name = {}))", vm);
+            // A UNION, not an OR: each side uses its index.
+            filters.and(
+                "id IN (SELECT run_id FROM tasks WHERE kind = 'vm' AND subject = {} \
+                 UNION SELECT run_id FROM tasks WHERE kind = 'vm' AND name = {})",
+                vm,
+            );
         }
         if let Some(since) = query.since {
             filters.and("queued_at >= {}", since);
@@ -375,20 +393,15 @@ impl Catalog {
     pub async fn vm_last_successes(&self, job_id: Option<&str>) -> Result<Vec<VmLastSuccess>> {
         let mut filters = Filters::default();
         if let Some(job) = job_id {
-            filters.and("r.job_id = {}", job);
+            filters.and("job_id = {}", job);
         }
         let (conditions, values) = filters.into_where();
         let rows = self
             .db
             .query(
                 &format!(
-                    "SELECT subject, name, job_id, run_id, finished_at FROM (
-                       SELECT t.subject, t.name, r.job_id, t.run_id, t.finished_at,
-                              ROW_NUMBER() OVER (PARTITION BY r.job_id, t.subject ORDER BY t.finished_at DESC) AS n
-                       FROM tasks t JOIN runs r ON r.id = t.run_id{conditions}
-                       AND t.kind = 'vm' AND t.status = 'success' AND t.subject IS NOT NULL
-                       AND t.finished_at IS NOT NULL
-                     ) newest WHERE n = 1 ORDER BY name, job_id"
+                    "SELECT vm_uuid, vm_name, job_id, run_id, finished_at FROM vm_last_success{conditions}
+                     ORDER BY vm_name, job_id"
                 ),
                 values,
             )

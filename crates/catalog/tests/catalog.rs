@@ -434,6 +434,10 @@ async fn vm_last_successes_and_last_fired(c: TestCatalog) {
     let manual = c.create_run(run(&job.id, RunStatus::Success, at(100))).await.unwrap();
     c.save_task(&vm_task(&manual, 0, "db01", TaskStatus::Success, at(101))).await.unwrap();
 
+    // A success reported late for an older run does not replace the newer one.
+    let late = c.create_run(run(&job.id, RunStatus::Success, at(2))).await.unwrap();
+    c.save_task(&vm_task(&late, 0, "web01", TaskStatus::Success, at(3))).await.unwrap();
+
     let last = c.vm_last_successes(None).await.unwrap();
     let summary: Vec<(&str, DateTime<Utc>)> = last.iter().map(|s| (s.vm_name.as_str(), s.finished_at)).collect();
     // web01's newest try failed: its last success is the second run.

@@ -5,6 +5,7 @@ mod backup_cmds;
 mod benchmark_cmd;
 mod demo_cmd;
 mod exit;
+mod job_cmds;
 mod output;
 mod pool_cmds;
 mod progress;
@@ -40,6 +41,8 @@ enum Command {
     #[command(flatten)]
     Demo(demo_cmd::Commands),
     #[command(flatten)]
+    Job(job_cmds::Commands),
+    #[command(flatten)]
     Pool(pool_cmds::Commands),
     #[command(flatten)]
     Benchmark(benchmark_cmd::Commands),
@@ -66,6 +69,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Backup(cmd) => backup_cmds::run(cmd).await,
         Command::Demo(cmd) => demo_cmd::run(cmd).await,
+        Command::Job(cmd) => job_cmds::run(cmd).await,
         Command::Pool(cmd) => pool_cmds::run(cmd).await,
         Command::Benchmark(cmd) => benchmark_cmd::run(cmd).await,
         Command::Repo(cmd) => repo_cmds::run(cmd).await,

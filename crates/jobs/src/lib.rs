@@ -5,6 +5,8 @@
 pub mod cron;
 pub mod error;
 pub mod model;
+pub mod runner;
 pub mod scheduler;
+pub mod selection;
 
 pub use error::Error;
