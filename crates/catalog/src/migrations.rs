@@ -149,6 +149,23 @@ CREATE TABLE settings (
     secret {blob},
     updated_at BIGINT NOT NULL
 );
+"#, r#"
+CREATE TABLE restores (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    status TEXT NOT NULL,
+    repository TEXT NOT NULL,
+    restore_point TEXT NOT NULL,
+    requested_by TEXT NOT NULL,
+    request TEXT NOT NULL,
+    progress TEXT NOT NULL,
+    report TEXT,
+    error TEXT,
+    started_at BIGINT NOT NULL,
+    finished_at BIGINT
+);
+CREATE INDEX restores_by_time ON restores (started_at);
+CREATE INDEX restores_by_status ON restores (status);
 "#];
 
 /// The schema version this build writes.
