@@ -175,7 +175,7 @@ pub async fn run(command: Commands) -> anyhow::Result<ExitCode> {
         "stopping the transfers, removing this run's snapshots, releasing the VM and repository locks; nothing more is committed",
         "the next backup removes what this one left",
     )?;
-    let login = args.config.store()?.login(&args.pool)?;
+    let login = args.config.login(&args.pool)?;
     let repo = args.repo.open().await?;
     let store = xenvault_engine::store::Store::from_repository(repo);
     let host = Host::connect(&login).await.map_err(auth_kind)?;

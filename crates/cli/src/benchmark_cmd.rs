@@ -63,13 +63,14 @@ pub struct BackendArgs {
 
 impl BackendArgs {
     fn options(&self) -> BackendOptions {
+        let from_environment = crate::environment::backend_options();
         BackendOptions {
-            s3_endpoint: self.s3_endpoint.clone(),
-            s3_region: self.s3_region.clone(),
+            s3_endpoint: self.s3_endpoint.clone().or(from_environment.s3_endpoint),
+            s3_region: self.s3_region.clone().or(from_environment.s3_region),
             s3_virtual_host_style: self.s3_virtual_host_style,
-            azure_endpoint: self.azure_endpoint.clone(),
+            azure_endpoint: self.azure_endpoint.clone().or(from_environment.azure_endpoint),
             max_concurrency: self.max_concurrency,
-            ..BackendOptions::default()
+            ..from_environment
         }
     }
 }

@@ -10,7 +10,7 @@ use xenvault_engine::report::JobReport;
 use xenvault_engine::selection::Selector;
 use xenvault_engine::store::Store;
 use xenvault_engine::strategy::Level;
-use xenvault_pool::config::{ConfigStore, PoolEntry, TlsTrust};
+use xenvault_pool::config::{ConfigStore, PoolEntry, ServerTrust};
 use xenvault_pool::{Host, Value};
 use xenvault_sim::{DemoDisks, SimConfig, Simulator};
 use xenvault_types::units;
@@ -38,9 +38,9 @@ pub async fn run(command: Commands) -> anyhow::Result<ExitCode> {
     let sim = Simulator::start(config).await?;
     println!("   listening on {}", sim.url);
 
-    let passphrase = match std::env::var("XENVAULT_PASSPHRASE") {
-        Ok(p) if !p.is_empty() => p,
-        _ => {
+    let passphrase = match crate::environment::var("XENVAULT_PASSPHRASE") {
+        Some(p) => p,
+        None => {
             println!(
                 "   repository passphrase: {DEMO_PASSPHRASE:?} (the demo's fixed one; set XENVAULT_PASSPHRASE to choose)"
             );
@@ -50,12 +50,13 @@ pub async fn run(command: Commands) -> anyhow::Result<ExitCode> {
     let store = open_or_init(&dir.join("repo"), &passphrase).await?;
     println!("== repository {}", store.location());
 
-    let configs = ConfigStore::locate(Some(dir.join("config.toml")))?;
+    let configs = ConfigStore::at(dir.join("config.toml"));
     let fingerprint = xenvault_pool::config::fingerprint_of_pem(&sim.cert_pem)
         .ok_or_else(|| anyhow::anyhow!("the simulator's certificate is not PEM"))?;
-    let entry = PoolEntry { url: sim.url.clone(), user: sim.user.clone(), tls: TlsTrust::Fingerprint(fingerprint) };
+    let entry =
+        PoolEntry { url: sim.url.clone(), user: sim.user.clone(), tls: ServerTrust::pin_sha256_hex(&fingerprint)? };
     configs.add_pool(POOL, entry, &sim.password)?;
-    let host = Host::connect(&configs.login(POOL)?).await?;
+    let host = Host::connect(&configs.login(POOL, None)?).await?;
     println!("== pool {POOL:?} registered in {} (certificate pinned)", configs.path().display());
 
     let result = demo(&host, &store).await;
@@ -126,7 +127,7 @@ async fn demo(host: &Host, store: &Store) -> anyhow::Result<ExitCode> {
     let repo = std::path::absolute(store.location())
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| store.location().to_owned());
-    let secret = if std::env::var("XENVAULT_PASSPHRASE").is_ok_and(|p| !p.is_empty()) {
+    let secret = if crate::environment::var("XENVAULT_PASSPHRASE").is_some() {
         String::new()
     } else {
         format!("XENVAULT_PASSPHRASE={DEMO_PASSPHRASE:?} ")

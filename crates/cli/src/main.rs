@@ -4,6 +4,7 @@
 mod backup_cmds;
 mod benchmark_cmd;
 mod demo_cmd;
+mod environment;
 mod exit;
 mod job_cmds;
 mod output;

@@ -10,7 +10,7 @@ use crate::exit::ExitKind;
 use crate::output::{table, time};
 use crate::repo_cmds::{RepoArgs, print_json};
 use xenvault_pool::Host;
-use xenvault_pool::config::{self, ConfigStore, PoolEntry, PoolLogin, TlsTrust};
+use xenvault_pool::config::{self, ConfigStore, PoolEntry, PoolLogin, ServerTrust};
 use xenvault_pool::inventory::{self, LastRestorePoint};
 use xenvault_types::units;
 
@@ -30,7 +30,16 @@ pub struct ConfigArg {
 
 impl ConfigArg {
     pub fn store(&self) -> Result<ConfigStore> {
-        Ok(ConfigStore::locate(self.config.clone())?)
+        let path = match &self.config {
+            Some(path) => path.clone(),
+            None => crate::environment::config_path()?,
+        };
+        Ok(ConfigStore::at(path))
+    }
+
+    /// The pool's login; `XENVAULT_POOL_PASSWORD` overrides the stored password.
+    pub fn login(&self, pool: &str) -> Result<PoolLogin> {
+        Ok(self.store()?.login(pool, crate::environment::pool_password())?)
     }
 }
 
@@ -155,7 +164,7 @@ fn password(file: Option<&PathBuf>, pool: &str) -> Result<Option<String>> {
     if let Some(path) = file {
         return Ok(Some(config::read_password_file(path)?));
     }
-    if let Some(p) = std::env::var("XENVAULT_POOL_PASSWORD").ok().filter(|p| !p.is_empty()) {
+    if let Some(p) = crate::environment::pool_password() {
         return Ok(Some(p));
     }
     if crate::prompt::interactive() {
@@ -176,14 +185,14 @@ async fn log_in(login: &PoolLogin) -> Result<Host> {
 /// passes them, else (on a terminal) its fingerprint once the user accepts it.
 async fn settle_trust(login: &mut PoolLogin, trust: &TrustArgs, url: &url::Url) -> Result<Host> {
     if trust.insecure {
-        login.entry.tls = TlsTrust::Insecure;
+        login.entry.tls = ServerTrust::Insecure;
     } else if let Some(f) = &trust.fingerprint {
-        login.entry.tls = TlsTrust::Fingerprint(config::normalise_fingerprint(f).map_err(|e| usage(e.to_string()))?);
+        login.entry.tls = ServerTrust::pin_sha256_hex(f).map_err(|e| usage(e.to_string()))?;
     }
     let first = Host::connect(login).await;
     let untrusted = match first {
         Ok(host) => return Ok(host),
-        Err(e) if e.is_auth() || login.entry.tls != TlsTrust::Verify || url.scheme() != "https" => {
+        Err(e) if e.is_auth() || login.entry.tls != ServerTrust::SystemRoots || url.scheme() != "https" => {
             return Err(crate::backup_cmds::auth_kind(e)).with_context(|| format!("logging in to {}", url));
         }
         Err(e) => e,
@@ -208,15 +217,16 @@ async fn settle_trust(login: &mut PoolLogin, trust: &TrustArgs, url: &url::Url) 
     if !crate::prompt::yes_no("Trust this certificate (it is pinned: another certificate will be refused)?")? {
         return Err(usage("certificate not trusted: nothing saved".into()));
     }
-    login.entry.tls = TlsTrust::Fingerprint(seen);
+    login.entry.tls = ServerTrust::pin_sha256_hex(&seen)?;
     log_in(login).await
 }
 
-fn trust_text(tls: &TlsTrust) -> String {
+fn trust_text(tls: &ServerTrust) -> String {
     match tls {
-        TlsTrust::Verify => "verify".to_owned(),
-        TlsTrust::Insecure => "insecure".to_owned(),
-        TlsTrust::Fingerprint(f) => format!("pinned {f}"),
+        ServerTrust::SystemRoots => "verify".to_owned(),
+        ServerTrust::Insecure => "insecure".to_owned(),
+        ServerTrust::PinSha256(_) => format!("pinned {}", tls.pinned_sha256_hex().unwrap_or_default()),
+        ServerTrust::CaPem(_) | ServerTrust::PemPinOrCa(_) => "CA certificate".to_owned(),
     }
 }
 
@@ -241,7 +251,7 @@ async fn check_and_save(store: &ConfigStore, mut login: PoolLogin, trust: &Trust
 }
 
 async fn connect(config: &ConfigArg, name: &str) -> Result<Host> {
-    log_in(&config.store()?.login(name)?).await
+    log_in(&config.login(name)?).await
 }
 
 pub async fn run(command: Commands) -> Result<ExitCode> {
@@ -252,16 +262,16 @@ pub async fn run(command: Commands) -> Result<ExitCode> {
             let password = password(password_file.as_ref(), &name)?.ok_or_else(|| {
                 usage("no pool password: give --password-file or XENVAULT_POOL_PASSWORD (or run on a terminal to be asked)".into())
             })?;
-            let login = PoolLogin { name, entry: PoolEntry { url, user, tls: TlsTrust::Verify }, password };
+            let login = PoolLogin { name, entry: PoolEntry { url, user, tls: ServerTrust::SystemRoots }, password };
             check_and_save(&config.store()?, login, &trust, "saved").await
         }
         PoolCommand::Edit { name, url, user, trust, password_file, config } => {
             let store = config.store()?;
-            let mut login = store.login(&name)?;
+            let mut login = config.login(&name)?;
             if let Some(url) = url {
                 login.entry.url = url;
                 // A new address gets its certificate checked afresh.
-                login.entry.tls = TlsTrust::Verify;
+                login.entry.tls = ServerTrust::SystemRoots;
             }
             if let Some(user) = user {
                 login.entry.user = user;
@@ -270,7 +280,7 @@ pub async fn run(command: Commands) -> Result<ExitCode> {
                 login.password = config::read_password_file(file)?;
             }
             if trust.insecure || trust.fingerprint.is_some() {
-                login.entry.tls = TlsTrust::Verify;
+                login.entry.tls = ServerTrust::SystemRoots;
             }
             check_and_save(&store, login, &trust, "updated").await
         }

@@ -75,12 +75,13 @@ pub struct RepoArgs {
 
 impl RepoArgs {
     pub(crate) fn backend(&self) -> BackendOptions {
+        let from_environment = crate::environment::backend_options();
         BackendOptions {
-            s3_endpoint: self.s3_endpoint.clone(),
-            s3_region: self.s3_region.clone(),
-            azure_endpoint: self.azure_endpoint.clone(),
-            azure_account: self.azure_account.clone(),
-            ..Default::default()
+            s3_endpoint: self.s3_endpoint.clone().or(from_environment.s3_endpoint),
+            s3_region: self.s3_region.clone().or(from_environment.s3_region),
+            azure_endpoint: self.azure_endpoint.clone().or(from_environment.azure_endpoint),
+            azure_account: self.azure_account.clone().or(from_environment.azure_account),
+            ..from_environment
         }
     }
 
@@ -140,7 +141,7 @@ fn passphrase(file: Option<&Path>, var: &str) -> Result<Option<Secret>> {
         let text = String::from_utf8(trim_newline(raw)).map_err(|_| anyhow!("passphrase file is not UTF-8"))?;
         return Ok(Some(Secret::passphrase(text)));
     }
-    Ok(std::env::var(var).ok().filter(|p| !p.is_empty()).map(Secret::passphrase))
+    Ok(crate::environment::var(var).map(Secret::passphrase))
 }
 
 /// Wrong keys and refused credentials exit with AUTH, a missing passphrase with USAGE;

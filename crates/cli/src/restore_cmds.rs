@@ -214,7 +214,7 @@ async fn restore_disk(a: RestoreDiskArgs) -> Result<ExitCode> {
     let m = a.disk.restore_point(&repo).await?;
     // A disk the restore point lacks is refused before the pool is contacted.
     m.disk(a.disk.disk.as_deref()).map_err(classify)?;
-    let login = a.config.store()?.login(&a.pool)?;
+    let login = a.config.login(&a.pool)?;
     let client = xenvault_pool::host::connect(&login).await.map_err(crate::backup_cmds::auth_kind)?;
     // clap guarantees --vdi or --sr, and --device with --attach.
     let target = match (&a.vdi, &a.sr) {
@@ -330,7 +330,7 @@ async fn restore_vm(a: RestoreVmArgs) -> Result<ExitCode> {
     use xenvault_restore::vm::{Mode, VmRestoreOptions};
     let repo = a.repo.open().await?;
     let m = restore_point(&repo, &a.id, a.source.as_deref()).await?;
-    let login = a.config.store()?.login(&a.pool)?;
+    let login = a.config.login(&a.pool)?;
     let client = xenvault_pool::host::connect(&login).await.map_err(crate::backup_cmds::auth_kind)?;
     let sr = match &a.sr {
         Some(sr) => Some(resolve(&client, Kind::Sr, sr).await?),

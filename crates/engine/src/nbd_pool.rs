@@ -1,7 +1,7 @@
 //! Opening the several NBD connections a disk is read over, from what
 //! `VDI.get_nbd_info` returned.
 
-use xenvault_nbd::{ConnectOptions, MultiReader, MultiReaderConfig, TlsOptions, Trust};
+use xenvault_nbd::{ConnectOptions, MultiReader, MultiReaderConfig, ServerTrust, TlsOptions};
 
 use crate::error::Error;
 use xenvault_pool::records::NbdInfo;
@@ -21,7 +21,8 @@ pub async fn connect(endpoints: &[NbdInfo], connections: usize) -> Result<MultiR
     let mut options = ConnectOptions::new(endpoint.address.clone(), endpoint.port, endpoint.exportname.clone());
     if !endpoint.cert.is_empty() {
         let server_name = if endpoint.subject.is_empty() { endpoint.address.clone() } else { endpoint.subject.clone() };
-        options = options.with_tls(TlsOptions { server_name, trust: Trust::Pem(endpoint.cert.clone().into_bytes()) });
+        options = options
+            .with_tls(TlsOptions { server_name, trust: ServerTrust::PemPinOrCa(endpoint.cert.clone().into_bytes()) });
     }
     let connections = connections.clamp(1, MAX_CONNECTIONS);
     let config = MultiReaderConfig {

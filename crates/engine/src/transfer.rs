@@ -8,11 +8,12 @@ use xenvault_xapi::DiskFormat;
 
 use crate::error::Error;
 use crate::store::{DiskSink, Point};
-use crate::strategy::cbt::{self, CBT_BLOCK, Extent};
+use crate::strategy::cbt::{self, CBT_BLOCK};
 use crate::strategy::{Attempt, BaseSnapshotVdi, Strategy, Transport};
 use xenvault_pool::host::{Host, changed_blocks};
 use xenvault_pool::records::{NbdInfo, Vdi};
 use xenvault_types::progress::Task;
+use xenvault_types::ranges::RangeSet;
 
 /// One disk to read: the new snapshot, what it can build on, where to read it.
 pub struct DiskTarget {
@@ -75,16 +76,18 @@ pub async fn read_disk(
             let changed = changed_blocks(host.client(), &base.reference, &target.snapshot.reference)
                 .await
                 .map_err(|e| Failure::Unusable(format!("VDI.list_changed_blocks: {e}")))?;
-            let extents = cbt::extents(changed.changed_blocks(), CBT_BLOCK, size, u64::MAX);
-            let changed_bytes: u64 = extents.iter().map(|e| e.length).sum();
-            let extents = with_heal(extents, &target.heal, size);
-            task.set_total(extents.iter().map(|e| e.length).sum());
+            let mut ranges = cbt::changed_ranges(changed.changed_blocks(), CBT_BLOCK, size);
+            let changed_bytes = ranges.bytes();
+            // What the base restore point lost is read again with the changes.
+            ranges.extend(target.heal.iter().cloned());
+            let ranges = ranges.aligned(1, size);
+            task.set_total(ranges.bytes());
             let pool = crate::nbd_pool::connect(&target.nbd, target.nbd_connections).await.map_err(before_writing)?;
             let sink = point
                 .disk_sink(&target.name, &target.vdi_uuid, size, Some(base_record))
                 .await
                 .map_err(while_writing)?;
-            let read = nbd_extents(&pool, extents, &sink, task).await.map_err(while_writing)?;
+            let read = nbd_ranges(&pool, ranges, &sink, task).await.map_err(while_writing)?;
             pool.close().await;
             let record = sink.finish().await.map_err(while_writing)?;
             Ok(Outcome { record, bytes_read: read, bytes_changed: changed_bytes, granularity: CBT_BLOCK })
@@ -113,9 +116,8 @@ pub async fn read_disk(
                 let pool =
                     crate::nbd_pool::connect(&target.nbd, target.nbd_connections).await.map_err(before_writing)?;
                 sink = point.disk_sink(&target.name, &target.vdi_uuid, size, None).await.map_err(while_writing)?;
-                let read = nbd_extents(&pool, vec![Extent { offset: 0, length: size }], &sink, task)
-                    .await
-                    .map_err(while_writing)?;
+                let whole = std::iter::once(0..size).collect();
+                let read = nbd_ranges(&pool, whole, &sink, task).await.map_err(while_writing)?;
                 pool.close().await;
                 read
             } else {
@@ -134,29 +136,16 @@ pub async fn read_disk(
     }
 }
 
-/// The changed extents plus the ranges to heal, merged, in offset order.
-fn with_heal(extents: Vec<Extent>, heal: &[std::ops::Range<u64>], size: u64) -> Vec<Extent> {
-    if heal.is_empty() {
-        return extents;
-    }
-    let ranges: Vec<std::ops::Range<u64>> =
-        extents.iter().map(|e| e.offset..e.offset + e.length).chain(heal.iter().cloned()).collect();
-    xenvault_repo::writer::align_ranges(&ranges, 1, size)
-        .into_iter()
-        .map(|r| Extent { offset: r.start, length: r.end - r.start })
-        .collect()
-}
-
 /// Pieces read ahead of the sink (on top of the reader's own requests in flight).
 const READ_AHEAD: usize = 16;
 
-/// Reads `extents` over the reader's connections (pieces arrive in offset order, as
+/// Reads `ranges` over the reader's connections (pieces arrive in offset order, as
 /// the sink needs); returns the bytes read. Reading goes on while the sink waits for
 /// the repository (hashing, compressing, a pack upload), through a bounded queue.
-async fn nbd_extents(reader: &MultiReader, extents: Vec<Extent>, sink: &DiskSink, task: &Task) -> Result<u64, Error> {
+async fn nbd_ranges(reader: &MultiReader, ranges: RangeSet, sink: &DiskSink, task: &Task) -> Result<u64, Error> {
     let (queue, mut arrived) = tokio::sync::mpsc::channel(READ_AHEAD);
     let read = async move {
-        let mut pieces = reader.read_ranges(extents.into_iter().map(|e| (e.offset, e.length)));
+        let mut pieces = reader.read_ranges(ranges.into_vec().into_iter().map(|r| (r.start, r.end - r.start)));
         while let Some(piece) = pieces.try_next().await? {
             if queue.send(piece).await.is_err() {
                 break; // The sink failed; its error is the one reported.

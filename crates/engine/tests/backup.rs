@@ -3,6 +3,8 @@
 //! the strategy, or the faults; and no snapshot of ours may be left behind but the one
 //! base per VM.
 
+mod common;
+
 use base64::Engine;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -11,13 +13,13 @@ use xenvault_engine::report::{JobReport, Status, VmReport};
 use xenvault_engine::selection::Selector;
 use xenvault_engine::store::Store;
 use xenvault_engine::strategy::{Level, Requested, Strategy};
-use xenvault_pool::config::{PoolEntry, PoolLogin, TlsTrust};
+use xenvault_pool::config::{PoolEntry, PoolLogin, ServerTrust};
 use xenvault_pool::host::Host;
 use xenvault_pool::hygiene;
 use xenvault_sim::client::SimClient;
 use xenvault_sim::{SimConfig, SimHandle, Simulator};
 use xenvault_types::metadata::VmMetadata;
-use xenvault_types::progress::{Event, HiddenProgress, Key, Phase, Progress, State, Tally};
+use xenvault_types::progress::{HiddenProgress, Key, Phase, Progress, Tally};
 use xenvault_xapi_wire::Value;
 
 const VM: &str = "debian-web";
@@ -42,7 +44,11 @@ async fn env_with(chunk_size: u32, page_slots: u32) -> Env {
     let fingerprint = xenvault_pool::config::fingerprint_of_pem(&sim.cert_pem).unwrap();
     let login = PoolLogin {
         name: "test".into(),
-        entry: PoolEntry { url: sim.url.clone(), user: "root".into(), tls: TlsTrust::Fingerprint(fingerprint) },
+        entry: PoolEntry {
+            url: sim.url.clone(),
+            user: "root".into(),
+            tls: ServerTrust::pin_sha256_hex(&fingerprint).unwrap(),
+        },
         password: sim.password.clone(),
     };
     let host = Host::connect(&login).await.unwrap();
@@ -641,29 +647,6 @@ async fn a_snapshot_xapi_finishes_after_the_next_run_looked_is_still_removed() {
     env.assert_tidy().await;
 }
 
-/// Cancels the job once a disk transfer has read some, not all, of its bytes, and keeps
-/// what the transfer looked like then.
-struct CancelMidTransfer {
-    cancel: tokio_util::sync::CancellationToken,
-    tally: Arc<Tally>,
-    at: std::sync::Mutex<Option<State>>,
-}
-
-impl Progress for CancelMidTransfer {
-    fn event(&self, event: &Event) {
-        self.tally.event(event);
-        if let Event::Progressed { key, done, total } = event
-            && key.phase == Phase::Backup
-            && *done > 0
-            && done < total
-            && !self.cancel.is_cancelled()
-        {
-            *self.at.lock().unwrap() = self.tally.states().remove(key);
-            self.cancel.cancel();
-        }
-    }
-}
-
 #[tokio::test]
 async fn a_cancelled_backup_removes_its_snapshot_and_commits_nothing() {
     let env = env().await;
@@ -671,10 +654,9 @@ async fn a_cancelled_backup_removes_its_snapshot_and_commits_nothing() {
     let points = env.store.repository().restore_points().await.unwrap().len();
     env.scribble("5", 22).await;
     let cancelled = options(Level::Inc, Requested::Auto);
-    let progress =
-        Arc::new(CancelMidTransfer { cancel: cancelled.cancel.clone(), tally: Tally::new(), at: None.into() });
+    let progress = common::CancelMidway::new(Phase::Backup, cancelled.cancel.clone());
     let report = job::backup(&env.host, &env.store, &cancelled, progress.clone()).await.unwrap();
-    let at = progress.at.lock().unwrap().clone().expect("the transfer was cancelled half-way");
+    let at = progress.cancelled_at();
     assert!(at.label.contains(Strategy::Cbt.label()), "cancelled during a CBT transfer: {at:?}");
     let vm_report = &report.vms[0];
     assert!(matches!(vm_report.status, Status::Failed));

@@ -13,7 +13,7 @@ use xenvault_jobs::model::{
     Trigger,
 };
 use xenvault_jobs::runner::{self, RunSink, Target};
-use xenvault_pool::config::{PoolEntry, PoolLogin, TlsTrust};
+use xenvault_pool::config::{PoolEntry, PoolLogin, ServerTrust};
 use xenvault_pool::host::Host;
 use xenvault_sim::client::SimClient;
 use xenvault_sim::{SimConfig, SimHandle, Simulator};
@@ -33,7 +33,11 @@ async fn env() -> Env {
     let fingerprint = xenvault_pool::config::fingerprint_of_pem(&sim.cert_pem).unwrap();
     let login = PoolLogin {
         name: "test".into(),
-        entry: PoolEntry { url: sim.url.clone(), user: "root".into(), tls: TlsTrust::Fingerprint(fingerprint) },
+        entry: PoolEntry {
+            url: sim.url.clone(),
+            user: "root".into(),
+            tls: ServerTrust::pin_sha256_hex(&fingerprint).unwrap(),
+        },
         password: sim.password.clone(),
     };
     let host = Host::connect(&login).await.unwrap();

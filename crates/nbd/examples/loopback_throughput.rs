@@ -7,7 +7,7 @@ use std::time::Instant;
 use futures::StreamExt;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use xenvault_nbd::fuzzing::{MemoryExport, OneExport};
-use xenvault_nbd::{ConnectOptions, MultiReader, MultiReaderConfig, ServerConfig, TlsOptions, Trust};
+use xenvault_nbd::{ConnectOptions, MultiReader, MultiReaderConfig, ServerConfig, ServerTrust, TlsOptions};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -38,7 +38,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         for connections in [1, 4] {
             let mut opts = ConnectOptions::new("127.0.0.1", port, "disk");
             if with_tls {
-                opts = opts.with_tls(TlsOptions { server_name: "localhost".into(), trust: Trust::Pem(pem.clone()) });
+                opts = opts.with_tls(TlsOptions {
+                    server_name: "localhost".into(),
+                    trust: ServerTrust::PemPinOrCa(pem.clone()),
+                });
             }
             let config = MultiReaderConfig {
                 connections,

@@ -20,4 +20,5 @@ pub use client::{BlockSize, Client, ConnectOptions, ExportInfo, Extent};
 pub use error::{Error, Result};
 pub use multi::{MultiReader, MultiReaderConfig};
 pub use server::{Behaviour, Export, ExportResolver, Refusal, Server, ServerConfig, serve};
-pub use tls::{TlsOptions, Trust};
+pub use tls::TlsOptions;
+pub use xenvault_tls::ServerTrust;

@@ -1,5 +1,5 @@
 //! Client TLS options. xapi's `VDI.get_nbd_info` hands out the host's own (usually self-signed)
-//! certificate, so a PEM given as trust is accepted both as an exact pin and as a CA.
+//! certificate: trust it with `ServerTrust::PemPinOrCa`, accepted both as an exact pin and as a CA.
 
 use std::sync::Arc;
 
@@ -9,32 +9,11 @@ use xenvault_tls::ServerTrust;
 
 use crate::error::{Error, Result};
 
-/// How the client decides to trust the server's certificate.
-#[derive(Clone)]
-pub enum Trust {
-    /// PEM text holding the server certificate itself (as `get_nbd_info` returns it) or a CA.
-    Pem(Vec<u8>),
-    /// A ready-made rustls configuration.
-    Config(Arc<ClientConfig>),
-    /// Accept any certificate (still encrypted, not authenticated). Only when the user asked.
-    Insecure,
-}
-
-impl std::fmt::Debug for Trust {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Trust::Pem(_) => "Pem",
-            Trust::Config(_) => "Config",
-            Trust::Insecure => "Insecure",
-        })
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct TlsOptions {
     /// Name checked against the certificate (`subject` from `get_nbd_info`); an IP address works too.
     pub server_name: String,
-    pub trust: Trust,
+    pub trust: ServerTrust,
 }
 
 impl TlsOptions {
@@ -44,11 +23,6 @@ impl TlsOptions {
     }
 
     pub(crate) fn client_config(&self) -> Result<Arc<ClientConfig>> {
-        let trust = match &self.trust {
-            Trust::Config(config) => return Ok(config.clone()),
-            Trust::Pem(pem) => ServerTrust::PemPinOrCa(pem.clone()),
-            Trust::Insecure => ServerTrust::Insecure,
-        };
-        xenvault_tls::client_config(&trust).map(Arc::new).map_err(|e| Error::Tls(e.to_string()))
+        xenvault_tls::client_config(&self.trust).map(Arc::new).map_err(|e| Error::Tls(e.to_string()))
     }
 }

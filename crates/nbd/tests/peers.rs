@@ -5,7 +5,9 @@ mod common;
 use std::process::Command;
 
 use common::*;
-use xenvault_nbd::{Client, ConnectOptions, Error, MultiReader, MultiReaderConfig, ServerConfig, TlsOptions, Trust};
+use xenvault_nbd::{
+    Client, ConnectOptions, Error, MultiReader, MultiReaderConfig, ServerConfig, ServerTrust, TlsOptions,
+};
 
 #[tokio::test]
 async fn client_reads_qemu_nbd_tls_export_with_go_byte_exactly() {
@@ -47,7 +49,7 @@ async fn client_reads_qemu_nbd_tls_export_with_go_byte_exactly() {
     misnamed.server_name = "other.example".into();
     let misnamed = ConnectOptions::new("127.0.0.1", port, "disk").with_tls(misnamed);
     assert!(matches!(Client::connect(&misnamed).await, Err(Error::Tls(_))));
-    let insecure = TlsOptions { server_name: "other.example".into(), trust: Trust::Insecure };
+    let insecure = TlsOptions { server_name: "other.example".into(), trust: ServerTrust::Insecure };
     let insecure = ConnectOptions::new("127.0.0.1", port, "disk").with_tls(insecure);
     Client::connect(&insecure).await.unwrap().close().await.unwrap();
 }

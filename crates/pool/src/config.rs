@@ -4,26 +4,16 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+pub use xenvault_tls::ServerTrust;
 
 use crate::error::Error;
-
-/// How the client trusts the pool master's TLS certificate.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case", tag = "mode", content = "sha256")]
-pub enum TlsTrust {
-    /// Verify the chain against the system roots.
-    Verify,
-    /// Pin the SHA-256 fingerprint of the host certificate (hex, colons allowed).
-    Fingerprint(String),
-    /// Accept any certificate: only when asked on the command line.
-    Insecure,
-}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PoolEntry {
     pub url: String,
     pub user: String,
-    pub tls: TlsTrust,
+    /// How the pool master's certificate is checked (system roots, a pinned fingerprint, ...).
+    pub tls: ServerTrust,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -53,18 +43,10 @@ pub struct ConfigStore {
 }
 
 impl ConfigStore {
-    /// `explicit` (from `--config` or `XENVAULT_CONFIG`), else the XDG config directory.
-    pub fn locate(explicit: Option<PathBuf>) -> Result<Self, Error> {
-        if let Some(path) = explicit {
-            return Ok(Self { path });
-        }
-        let base = match std::env::var_os("XDG_CONFIG_HOME").filter(|v| !v.is_empty()) {
-            Some(dir) => PathBuf::from(dir),
-            None => std::env::var_os("HOME")
-                .map(|home| PathBuf::from(home).join(".config"))
-                .ok_or_else(|| Error::Config("neither XDG_CONFIG_HOME nor HOME is set".into()))?,
-        };
-        Ok(Self { path: base.join("xenvault").join("config.toml") })
+    /// The configuration file at `path` (the caller picks it: a flag, the XDG directory, a
+    /// service's state directory); its secrets file sits beside it.
+    pub fn at(path: PathBuf) -> Self {
+        Self { path }
     }
 
     pub fn path(&self) -> &Path {
@@ -106,17 +88,17 @@ impl ConfigStore {
         Ok(known)
     }
 
-    /// The pool and its password; `XENVAULT_POOL_PASSWORD` overrides the stored one.
-    pub fn login(&self, name: &str) -> Result<PoolLogin, Error> {
+    /// The pool and its password: `password` when the caller has one, else the stored one.
+    pub fn login(&self, name: &str, password: Option<String>) -> Result<PoolLogin, Error> {
         let config = self.load()?;
         let entry = config
             .pools
             .get(name)
             .cloned()
             .ok_or_else(|| Error::Config(format!("no pool named {name:?} in {}", self.path.display())))?;
-        let password = match std::env::var("XENVAULT_POOL_PASSWORD") {
-            Ok(p) if !p.is_empty() => p,
-            _ => {
+        let password = match password {
+            Some(password) => password,
+            None => {
                 let secrets: Secrets = read_toml(&self.secrets_path())?;
                 secrets
                     .passwords
@@ -140,17 +122,8 @@ pub fn read_password_file(path: &Path) -> Result<String, Error> {
     Ok(password)
 }
 
-/// Normalises a SHA-256 fingerprint given as hex with or without colons.
-pub fn normalise_fingerprint(text: &str) -> Result<String, Error> {
-    let hex: String = text.chars().filter(|c| *c != ':').collect::<String>().to_ascii_lowercase();
-    if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
-        return Err(Error::Config(format!("{text:?} is not a SHA-256 fingerprint (64 hex digits)")));
-    }
-    Ok(hex)
-}
-
-/// SHA-256 fingerprint (lowercase hex) of the first certificate in a PEM text, the
-/// form `--fingerprint` takes: pins a self-signed host such as the simulator.
+/// SHA-256 fingerprint (lowercase hex) of the first certificate in a PEM text, the form
+/// pins are written in: pins a self-signed host such as the simulator.
 pub fn fingerprint_of_pem(pem: &str) -> Option<String> {
     xenvault_tls::pem_fingerprint_sha256(pem.as_bytes()).ok()
 }
@@ -201,31 +174,22 @@ mod tests {
     #[test]
     fn pool_round_trip_keeps_password_private() {
         let dir = tempfile::tempdir().unwrap();
-        let store = ConfigStore::locate(Some(dir.path().join("c/config.toml"))).unwrap();
-        let entry = PoolEntry {
-            url: "https://10.0.0.1".into(),
-            user: "root".into(),
-            tls: TlsTrust::Fingerprint("ab".repeat(32)),
-        };
+        let store = ConfigStore::at(dir.path().join("c/config.toml"));
+        let entry =
+            PoolEntry { url: "https://10.0.0.1".into(), user: "root".into(), tls: ServerTrust::PinSha256([0xab; 32]) };
         store.add_pool("lab", entry.clone(), "s3cret").unwrap();
         let config_text = std::fs::read_to_string(store.path()).unwrap();
         assert!(!config_text.contains("s3cret"));
-        let login = store.login("lab").unwrap();
+        let login = store.login("lab", None).unwrap();
         assert_eq!(login.entry, entry);
         assert_eq!(login.password, "s3cret");
+        assert_eq!(store.login("lab", Some("given".into())).unwrap().password, "given");
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
             let mode = std::fs::metadata(store.secrets_path()).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
-        assert!(store.login("other").is_err());
-    }
-
-    #[test]
-    fn fingerprint_forms() {
-        let colons = (0..32).map(|_| "AB").collect::<Vec<_>>().join(":");
-        assert_eq!(normalise_fingerprint(&colons).unwrap(), "ab".repeat(32));
-        assert!(normalise_fingerprint("abc").is_err());
+        assert!(store.login("other", None).is_err());
     }
 }

@@ -3,11 +3,11 @@
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 use xenvault_types::metadata::{Record, XapiRecords};
-use xenvault_xapi::{Client, Compression, DiskFormat, Ref, TlsMode};
+use xenvault_xapi::{Client, Compression, DiskFormat, Ref};
 use xenvault_xapi_wire::Value;
 use xenvault_xapi_wire::cbt::ChangedBlocks;
 
-use crate::config::{PoolLogin, TlsTrust};
+use crate::config::PoolLogin;
 use crate::error::Error;
 use crate::records::{self, HostName, NbdInfo, Vbd, Vdi, Vm};
 
@@ -33,12 +33,7 @@ pub type ByteStream = futures::stream::BoxStream<'static, Result<bytes::Bytes, E
 /// Logs in to the pool master with the stored credentials and TLS trust: the bare
 /// client, for callers that drive XenAPI themselves (restore's uploads).
 pub async fn connect(login: &PoolLogin) -> Result<Client, Error> {
-    let tls = match &login.entry.tls {
-        TlsTrust::Verify => TlsMode::SystemRoots,
-        TlsTrust::Insecure => TlsMode::Insecure,
-        TlsTrust::Fingerprint(hex) => TlsMode::pin_sha256_hex(hex)?,
-    };
-    let client = Client::builder(login.entry.url.as_str()).tls(tls).build()?;
+    let client = Client::builder(login.entry.url.as_str()).tls(login.entry.tls.clone()).build()?;
     client.login_with_password(&login.entry.user, &login.password).await?;
     Ok(client)
 }

@@ -28,20 +28,29 @@ use xenvault_tls::ServerTrust;
 use crate::local;
 use crate::s3_lock::{S3ObjectLock, S3Target};
 
-/// Where and how to connect. Fields left `None` fall back to the usual environment
-/// variables (see [`open`]).
+/// Where and how to connect. The caller fills them (the CLI from its flags and the usual
+/// environment variables, a service from its settings): the library reads no environment.
 #[derive(Debug, Clone)]
 pub struct BackendOptions {
     pub s3_endpoint: Option<String>,
+    /// `us-east-1` when `None`.
     pub s3_region: Option<String>,
+    /// With `s3_secret_key`: static keys tried before the credential chain (see [`open`]).
     pub s3_access_key: Option<String>,
     pub s3_secret_key: Option<String>,
+    pub s3_session_token: Option<String>,
     /// `bucket.host` addressing (AWS); the default path style (`host/bucket`) is what
     /// self-hosted S3 servers expect.
     pub s3_virtual_host_style: bool,
     pub azure_account: Option<String>,
     pub azure_key: Option<String>,
+    pub azure_sas_token: Option<String>,
+    /// Used when neither an account nor a key is given.
+    pub azure_connection_string: Option<String>,
     pub azure_endpoint: Option<String>,
+    /// Where this host caches the repository's immutable objects (one SQLite file per
+    /// repository, see [`crate::cache`]); `None`: no cache, every read goes to the store.
+    pub cache_dir: Option<PathBuf>,
     /// Which server certificates HTTPS endpoints (S3, Azure) must present: the system's
     /// CAs by default, or a CA file or a SHA-256 pin as for pools.
     pub tls: ServerTrust,
@@ -60,10 +69,14 @@ impl Default for BackendOptions {
             s3_region: None,
             s3_access_key: None,
             s3_secret_key: None,
+            s3_session_token: None,
             s3_virtual_host_style: false,
             azure_account: None,
             azure_key: None,
+            azure_sas_token: None,
+            azure_connection_string: None,
             azure_endpoint: None,
+            cache_dir: None,
             tls: ServerTrust::SystemRoots,
             max_concurrency: 16,
             retries: 6,
@@ -241,14 +254,11 @@ pub struct Backend {
 
 /// Opens a repository location:
 /// - a local path (or `file:///path`): also NFS and SMB mounts;
-/// - `s3://bucket/prefix`: endpoint, region and keys from `opts`, else `AWS_ENDPOINT_URL`
-///   (or `AWS_ENDPOINT_URL_S3`), `AWS_REGION` (or `AWS_DEFAULT_REGION`), `AWS_ACCESS_KEY_ID`,
-///   `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, then the AWS config and credential files
-///   (`AWS_PROFILE`, `AWS_SHARED_CREDENTIALS_FILE`, `AWS_CONFIG_FILE`), SSO, web identity
-///   and, on AWS only, the instance's role: OpenDAL's (reqsign's) credential chain;
-/// - `azblob://container/prefix`: account, key and endpoint from `opts`, else
-///   `AZURE_STORAGE_CONNECTION_STRING`, or `AZURE_STORAGE_ACCOUNT`, `AZURE_STORAGE_KEY`,
-///   `AZURE_STORAGE_SAS_TOKEN`, `AZURE_STORAGE_ENDPOINT`.
+/// - `s3://bucket/prefix`: endpoint, region and keys from `opts`, then OpenDAL's (reqsign's)
+///   credential chain: its own look at the AWS environment, the config and credential
+///   files, SSO, web identity and, on AWS only, the instance's role;
+/// - `azblob://container/prefix`: account, key, SAS token or connection string and
+///   endpoint from `opts`.
 ///
 /// Nothing is contacted yet: the first request reports unreachable servers or bad keys.
 pub fn open(url: &str, opts: &BackendOptions) -> Result<Backend> {
@@ -368,10 +378,6 @@ fn split_bucket(rest: &str) -> Option<(&str, &str)> {
     (!bucket.is_empty()).then_some((bucket, prefix.trim_matches('/')))
 }
 
-fn env(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.is_empty())
-}
-
 fn object_root(prefix: &str) -> String {
     format!("/{prefix}")
 }
@@ -384,14 +390,8 @@ fn s3_backend(
     opts: &BackendOptions,
     transport: HttpTransporter,
 ) -> std::result::Result<(Operator, S3ObjectLock), String> {
-    let region = opts
-        .s3_region
-        .clone()
-        .or_else(|| env("AWS_REGION"))
-        .or_else(|| env("AWS_DEFAULT_REGION"))
-        .unwrap_or_else(|| "us-east-1".to_string());
-    let custom_endpoint =
-        opts.s3_endpoint.clone().or_else(|| env("AWS_ENDPOINT_URL_S3")).or_else(|| env("AWS_ENDPOINT_URL"));
+    let region = opts.s3_region.clone().unwrap_or_else(|| "us-east-1".to_string());
+    let custom_endpoint = opts.s3_endpoint.clone();
     let credentials = Arc::new(s3_credentials(opts, custom_endpoint.is_some()));
 
     let mut builder = services::S3::default()
@@ -421,8 +421,7 @@ fn s3_backend(
 }
 
 /// The credential chain OpenDAL builds by default (environment, profile files, SSO, web
-/// identity, ECS, instance metadata), behind keys given in `opts` or in the environment
-/// as a pair. A custom endpoint is not AWS: asking EC2 metadata for keys would only add
+/// identity, ECS, instance metadata), behind keys given in `opts` as a pair. A custom endpoint is not AWS: asking EC2 metadata for keys would only add
 /// timeouts.
 fn s3_credentials(opts: &BackendOptions, custom_endpoint: bool) -> ProvideCredentialChain<Credential> {
     let mut default = DefaultCredentialProvider::builder();
@@ -430,13 +429,11 @@ fn s3_credentials(opts: &BackendOptions, custom_endpoint: bool) -> ProvideCreden
         default = default.no_imds();
     }
     let chain = ProvideCredentialChain::new().push(default.build());
-    let key = opts.s3_access_key.clone().or_else(|| env("AWS_ACCESS_KEY_ID"));
-    let secret = opts.s3_secret_key.clone().or_else(|| env("AWS_SECRET_ACCESS_KEY"));
-    match key.zip(secret) {
+    match opts.s3_access_key.as_ref().zip(opts.s3_secret_key.as_ref()) {
         Some((key, secret)) => {
-            let keys = StaticCredentialProvider::new(&key, &secret);
-            chain.push_front(match env("AWS_SESSION_TOKEN") {
-                Some(token) => keys.with_session_token(&token),
+            let keys = StaticCredentialProvider::new(key, secret);
+            chain.push_front(match &opts.s3_session_token {
+                Some(token) => keys.with_session_token(token),
                 None => keys,
             })
         }
@@ -446,26 +443,23 @@ fn s3_credentials(opts: &BackendOptions, custom_endpoint: bool) -> ProvideCreden
 
 fn azblob_operator(container: &str, prefix: &str, opts: &BackendOptions) -> opendal::Result<Operator> {
     let explicit_account = opts.azure_account.is_some() || opts.azure_key.is_some();
-    let mut builder = match env("AZURE_STORAGE_CONNECTION_STRING") {
-        Some(conn) if !explicit_account => services::Azblob::from_connection_string(&conn)?,
+    let mut builder = match &opts.azure_connection_string {
+        Some(conn) if !explicit_account => services::Azblob::from_connection_string(conn)?,
         _ => services::Azblob::default(),
     };
     builder = builder.container(container).root(&object_root(prefix));
-    let account = opts.azure_account.clone().or_else(|| env("AZURE_STORAGE_ACCOUNT"));
-    if let Some(account) = &account {
+    let account = &opts.azure_account;
+    if let Some(account) = account {
         builder = builder.account_name(account);
     }
-    if let Some(key) = opts.azure_key.clone().or_else(|| env("AZURE_STORAGE_KEY")) {
-        builder = builder.account_key(&key);
+    if let Some(key) = &opts.azure_key {
+        builder = builder.account_key(key);
     }
-    if let Some(sas) = env("AZURE_STORAGE_SAS_TOKEN") {
-        builder = builder.sas_token(&sas);
+    if let Some(sas) = &opts.azure_sas_token {
+        builder = builder.sas_token(sas);
     }
-    let endpoint = opts
-        .azure_endpoint
-        .clone()
-        .or_else(|| env("AZURE_STORAGE_ENDPOINT"))
-        .or_else(|| account.as_ref().map(|a| format!("https://{a}.blob.core.windows.net")));
+    let endpoint =
+        opts.azure_endpoint.clone().or_else(|| account.as_ref().map(|a| format!("https://{a}.blob.core.windows.net")));
     if let Some(endpoint) = &endpoint {
         builder = builder.endpoint(endpoint);
     }

@@ -9,6 +9,7 @@ use crate::error::Result;
 use crate::manifest::DiskRecord;
 use crate::repository::Repository;
 use crate::writer::parse_page;
+use xenvault_types::ranges::RangeSet;
 
 /// Byte ranges of a base disk, in whole chunks, that cannot be inherited.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -27,25 +28,12 @@ impl BaseDamage {
 
     /// Every unusable range, ascending and merged.
     pub fn ranges(&self) -> Vec<Range<u64>> {
-        let mut all: Vec<Range<u64>> = self.lost_pages.iter().chain(&self.lost_chunks).cloned().collect();
-        all.sort_by_key(|r| r.start);
-        merge_into(Vec::with_capacity(all.len()), all)
+        self.lost_pages.iter().chain(&self.lost_chunks).cloned().collect::<RangeSet>().into_vec()
     }
 
     pub fn bytes(&self) -> u64 {
         self.ranges().iter().map(|r| r.end - r.start).sum()
     }
-}
-
-/// Appends `ranges` (ascending) to `out`, joining touching ones.
-fn merge_into(mut out: Vec<Range<u64>>, ranges: impl IntoIterator<Item = Range<u64>>) -> Vec<Range<u64>> {
-    for r in ranges {
-        match out.last_mut() {
-            Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
-            _ => out.push(r),
-        }
-    }
-    out
 }
 
 impl Repository {
@@ -74,7 +62,8 @@ impl Repository {
                     let start = (first + i as u64) * chunk;
                     start..(start + chunk).min(base.size)
                 });
-            damage.lost_chunks = merge_into(std::mem::take(&mut damage.lost_chunks), lost);
+            damage.lost_chunks =
+                std::mem::take(&mut damage.lost_chunks).into_iter().chain(lost).collect::<RangeSet>().into_vec();
         }
         Ok(damage)
     }

@@ -1,29 +1,15 @@
 //! Local cache of immutable repository objects (manifests, pack indexes), kept as the
 //! sealed bytes the repository stores, so the cache leaks nothing the store does not.
-//! Listing restore points then costs one LIST plus reads of new manifests only.
+//! Listing restore points then costs one LIST plus reads of new manifests only. The
+//! caller names the directory (`BackendOptions::cache_dir`).
 
 use crate::error::Result;
 use rusqlite::{Connection, OptionalExtension, params};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 
 pub struct Cache {
     db: Mutex<Connection>,
-}
-
-/// `$XENVAULT_CACHE_DIR`, else `$XDG_CACHE_HOME/xenvault`, else `~/.cache/xenvault`.
-pub fn default_dir() -> Option<PathBuf> {
-    if cfg!(test) {
-        // Unit tests must not touch the user's cache.
-        return Some(std::env::temp_dir().join("xenvault-unit-test-cache"));
-    }
-    if let Some(d) = std::env::var_os("XENVAULT_CACHE_DIR") {
-        return Some(PathBuf::from(d));
-    }
-    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
-        return Some(PathBuf::from(d).join("xenvault"));
-    }
-    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("xenvault"))
 }
 
 impl Cache {

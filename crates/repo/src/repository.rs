@@ -15,6 +15,7 @@ use crate::store::Store;
 use futures::{StreamExt, TryStreamExt};
 use serde::{Serialize, de::DeserializeOwned};
 use std::collections::HashSet;
+use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 /// Objects below these prefixes never change once written: safe to cache.
@@ -107,11 +108,16 @@ pub struct Repository {
 impl Repository {
     /// Creates a repository at `location` (a path, `s3://bucket/prefix`, `azblob://container/prefix`).
     pub async fn init(location: &str, backend: &BackendOptions, opts: InitOptions) -> Result<Self> {
-        Self::init_on(Arc::new(crate::backend::open(location, backend)?), opts).await
+        Self::init_cached(Arc::new(crate::backend::open(location, backend)?), opts, backend.cache_dir.as_deref()).await
     }
 
     /// Creates a repository on `backend` (any [`ObjectStore`], e.g. one a test wraps).
     pub async fn init_on(backend: Arc<dyn ObjectStore>, opts: InitOptions) -> Result<Self> {
+        Self::init_cached(backend, opts, None).await
+    }
+
+    /// Creates with this host's cache of immutable objects under `cache_dir`, if any.
+    async fn init_cached(backend: Arc<dyn ObjectStore>, opts: InitOptions, cache_dir: Option<&Path>) -> Result<Self> {
         let store = Store::on(backend);
         if store.get(CONFIG_OBJECT).await?.is_some() || store.get(CONFIG_COPY_OBJECT).await?.is_some() {
             return Err(Error::AlreadyExists(store.location().to_string()));
@@ -145,16 +151,26 @@ impl Repository {
         }
         // The config goes last: a half-created repository is not a repository.
         put_copies(&store, &[CONFIG_COPY_OBJECT, CONFIG_OBJECT], &config).await?;
-        Ok(Self::assemble(store, config, master))
+        Ok(Self::assemble(store, config, master, cache_dir))
     }
 
     /// Opens and unlocks the repository at `location`.
     pub async fn open(location: &str, backend: &BackendOptions, secret: Option<&Secret>) -> Result<Self> {
-        Self::open_on(Arc::new(crate::backend::open(location, backend)?), secret).await
+        Self::open_cached(Arc::new(crate::backend::open(location, backend)?), secret, backend.cache_dir.as_deref())
+            .await
     }
 
     /// Opens and unlocks the repository on `backend` (any [`ObjectStore`]).
     pub async fn open_on(backend: Arc<dyn ObjectStore>, secret: Option<&Secret>) -> Result<Self> {
+        Self::open_cached(backend, secret, None).await
+    }
+
+    /// Opens with this host's cache of immutable objects under `cache_dir`, if any.
+    async fn open_cached(
+        backend: Arc<dyn ObjectStore>,
+        secret: Option<&Secret>,
+        cache_dir: Option<&Path>,
+    ) -> Result<Self> {
         let store = Store::on(backend);
         let config: RepoConfig = read_copies(&store, &[CONFIG_OBJECT, CONFIG_COPY_OBJECT])
             .await?
@@ -171,12 +187,13 @@ impl Repository {
                 unlock(&store, secret).await?
             }
         };
-        Ok(Self::assemble(store, config, master))
+        Ok(Self::assemble(store, config, master, cache_dir))
     }
 
-    fn assemble(store: Store, config: RepoConfig, master: MasterKey) -> Self {
+    fn assemble(store: Store, config: RepoConfig, master: MasterKey, cache_dir: Option<&Path>) -> Self {
         let crypto = Arc::new(Crypto::new(&master, config.encryption == Encryption::Aes256Gcm, config.zstd_level));
-        let cache = crate::cache::default_dir().and_then(|dir| match Cache::open(&dir, &config.id) {
+        // A cache that cannot open costs speed only.
+        let cache = cache_dir.and_then(|dir| match Cache::open(dir, &config.id) {
             Ok(c) => Some(c),
             Err(e) => {
                 tracing::warn!("running without the local cache: {e}");

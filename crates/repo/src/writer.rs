@@ -664,32 +664,6 @@ pub(crate) fn parse_page(raw: &[u8], count: usize) -> Option<Vec<ChunkId>> {
 }
 
 /// Expands ranges to chunk boundaries (clipped to `size`), sorted and merged.
-pub fn align_ranges(ranges: &[std::ops::Range<u64>], chunk: u64, size: u64) -> Vec<std::ops::Range<u64>> {
-    let mut v: Vec<_> = ranges
-        .iter()
-        .filter(|r| r.start < r.end && r.start < size)
-        .map(|r| (r.start / chunk * chunk)..(r.end.div_ceil(chunk).saturating_mul(chunk)).min(size))
-        .collect();
-    v.sort_by_key(|r| r.start);
-    let mut out: Vec<std::ops::Range<u64>> = Vec::with_capacity(v.len());
-    for r in v {
-        match out.last_mut() {
-            Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
-            _ => out.push(r),
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ranges_align_and_merge() {
-        let r = align_ranges(&[10..20, 4096..4097, 0..1, 9000..9001, 12000..13000], 4096, 10000);
-        assert_eq!(r, vec![0..10000]);
-        assert_eq!(align_ranges(&[0..1, 9000..9001], 4096, 10000), vec![0..4096, 8192..10000]);
-        assert!(align_ranges(&[5..5, 20000..20001], 4096, 10000).is_empty());
-    }
+fn align_ranges(ranges: &[std::ops::Range<u64>], chunk: u64, size: u64) -> Vec<std::ops::Range<u64>> {
+    ranges.iter().cloned().collect::<xenvault_types::ranges::RangeSet>().aligned(chunk, size).into_vec()
 }

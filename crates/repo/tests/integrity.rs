@@ -15,13 +15,18 @@ fn secret() -> Secret {
     Secret::passphrase("integrity")
 }
 
+/// This host's cache of the repository at `location` sits beside it.
+fn cached(location: &str) -> backend::BackendOptions {
+    backend::BackendOptions { cache_dir: Some(format!("{location}.cache").into()), ..Default::default() }
+}
+
 async fn new_repo(location: &str) -> Repository {
     let opts = common::small_repo_options(secret());
-    Repository::init(location, &Default::default(), opts).await.expect("init")
+    Repository::init(location, &cached(location), opts).await.expect("init")
 }
 
 async fn open(location: &str) -> xenvault_repo::Result<Repository> {
-    Repository::open(location, &Default::default(), Some(&secret())).await
+    Repository::open(location, &cached(location), Some(&secret())).await
 }
 
 /// Distinct, incompressible content for each seed.

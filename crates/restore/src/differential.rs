@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use xenvault_repo::crypto::ChunkId;
 use xenvault_repo::{DiskReader, DiskRecord, Manifest, Repository};
 use xenvault_types::progress::{Phase, Task};
+use xenvault_types::ranges::RangeSet;
 use xenvault_vhd::{DynamicWriter, SECTOR_SIZE};
 use xenvault_xapi::{Client, DiskFormat, Ref, Value};
 use xenvault_xapi_wire::cbt::BLOCK_SIZE as CBT_BLOCK;
@@ -42,17 +43,6 @@ pub(crate) struct Plan {
     pub ranges: Vec<Range<u64>>,
     /// Bytes of the disk read from the host to find them.
     pub bytes_compared: u64,
-}
-
-/// Appends `r` to increasing disjoint ranges, merging it with the last when they touch.
-fn push_range(ranges: &mut Vec<Range<u64>>, r: Range<u64>) {
-    if r.is_empty() {
-        return;
-    }
-    match ranges.last_mut() {
-        Some(last) if last.end >= r.start => last.end = last.end.max(r.end),
-        _ => ranges.push(r),
-    }
 }
 
 /// The disk a differential restore writes over.
@@ -168,7 +158,9 @@ async fn via_other_point(
             "CBT since restore point {}'s snapshot {snapshot}, and where the two restore points differ",
             other.short_id()
         );
-        return Ok(Some((union(since, between), reason)));
+        let mut changed = between;
+        changed.extend(since);
+        return Ok(Some((changed.into_vec(), reason)));
     }
     Ok(None)
 }
@@ -180,9 +172,9 @@ fn same_layout(a: &DiskRecord, b: &DiskRecord) -> bool {
 
 /// The sectors where two restore points of one disk (same layout) differ: equal index
 /// pages are skipped, chunks with different ids compared sector by sector.
-async fn differing_points(a: &DiskReader, b: &DiskReader) -> Result<Vec<Range<u64>>> {
+async fn differing_points(a: &DiskReader, b: &DiskReader) -> Result<RangeSet> {
     let per_page = u64::from(a.disk().page_slots);
-    let mut ranges = Vec::new();
+    let mut ranges = RangeSet::new();
     for (page, (pa, pb)) in a.disk().pages.iter().zip(&b.disk().pages).enumerate() {
         if pa == pb {
             continue;
@@ -207,7 +199,7 @@ async fn differing_points(a: &DiskReader, b: &DiskReader) -> Result<Vec<Range<u6
 }
 
 /// Adds the sectors of `len` bytes at `start` where `a` and `b` differ (`None`: zeros).
-fn push_differing_sectors(ranges: &mut Vec<Range<u64>>, start: u64, len: usize, a: Option<&[u8]>, b: Option<&[u8]>) {
+fn push_differing_sectors(ranges: &mut RangeSet, start: u64, len: usize, a: Option<&[u8]>, b: Option<&[u8]>) {
     let sector = SECTOR_SIZE as usize;
     for at in (0..len).step_by(sector) {
         let end = (at + sector).min(len);
@@ -218,20 +210,9 @@ fn push_differing_sectors(ranges: &mut Vec<Range<u64>>, start: u64, len: usize, 
             (None, None) => false,
         };
         if differs {
-            push_range(ranges, start + at as u64..start + end as u64);
+            ranges.insert(start + at as u64..start + end as u64);
         }
     }
-}
-
-/// The union of two increasing lists of disjoint ranges, as one.
-fn union(a: Vec<Range<u64>>, b: Vec<Range<u64>>) -> Vec<Range<u64>> {
-    let mut all: Vec<_> = a.into_iter().chain(b).collect();
-    all.sort_by_key(|r| r.start);
-    let mut out = Vec::with_capacity(all.len());
-    for r in all {
-        push_range(&mut out, r);
-    }
-    out
 }
 
 /// A chunk being hashed on a blocking thread: its id, and the chunk back.
@@ -252,7 +233,7 @@ async fn differing_sectors(
     let (size, cs) = (reader.size(), reader.chunk_size());
     let mut pending: Option<(u64, Hashing)> = None;
     let mut leftover = bytes::Bytes::new();
-    let mut ranges = Vec::new();
+    let mut ranges = RangeSet::new();
     let mut read = 0u64;
     for slot in 0..reader.disk().slot_count() {
         unless_cancelled(cancel)?;
@@ -286,7 +267,7 @@ async fn differing_sectors(
         let (id, data) = job.await?;
         compare_chunk(reader, done, id, &data, &mut ranges).await?;
     }
-    Ok((ranges, read))
+    Ok((ranges.into_vec(), read))
 }
 
 /// Adds the sectors of chunk `slot` where the disk's `current` content (whose id is `id`)
@@ -296,7 +277,7 @@ async fn compare_chunk(
     slot: u64,
     id: ChunkId,
     current: &[u8],
-    ranges: &mut Vec<Range<u64>>,
+    ranges: &mut RangeSet,
 ) -> Result<()> {
     if reader.chunk_id(slot).await? != id {
         let stored = reader.read_slot(slot).await?;
@@ -407,15 +388,10 @@ mod tests {
 
     #[test]
     fn ranges_merge_and_map_to_blocks() {
-        let mut r = Vec::new();
-        push_range(&mut r, 0..512);
-        push_range(&mut r, 512..1024);
-        push_range(&mut r, 4096..4096);
-        push_range(&mut r, (2 << 20) - 512..(2 << 20) + 512);
-        push_range(&mut r, 9 << 20..(9 << 20) + 4096);
-        assert_eq!(r, vec![0..1024, (2 << 20) - 512..(2 << 20) + 512, 9 << 20..(9 << 20) + 4096]);
-        assert_eq!(blocks_of(&r), vec![0, 1, 4]);
-        assert_eq!(union(vec![0..10, 40..50], vec![5..20, 50..60, 70..80]), vec![0..20, 40..60, 70..80]);
+        let r: RangeSet = [0..512, 512..1024, 4096..4096, (2 << 20) - 512..(2 << 20) + 512, 9 << 20..(9 << 20) + 4096]
+            .into_iter()
+            .collect();
+        assert_eq!(blocks_of(r.ranges()), vec![0, 1, 4]);
     }
 
     #[test]
@@ -424,10 +400,10 @@ mod tests {
         let mut b = a.clone();
         b[600] = 1;
         b[2047] = 1;
-        let mut r = Vec::new();
+        let mut r = RangeSet::new();
         push_differing_sectors(&mut r, 4096, 2048, Some(&a), Some(&b));
         push_differing_sectors(&mut r, 8192, 2048, None, Some(&a));
         push_differing_sectors(&mut r, 16384, 1024, Some(&b[..1024]), None);
-        assert_eq!(r, vec![4096 + 512..4096 + 1024, 4096 + 1536..4096 + 2048, 16384 + 512..16384 + 1024]);
+        assert_eq!(r.ranges(), [4096 + 512..4096 + 1024, 4096 + 1536..4096 + 2048, 16384 + 512..16384 + 1024]);
     }
 }

@@ -19,10 +19,15 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use sha2::{Digest, Sha256};
 
-/// How a client decides to trust the server's certificate.
-#[derive(Clone, PartialEq, Eq)]
+/// How a client decides to trust the server's certificate: the one trust type of XenAPI,
+/// NBD, storage and pool configurations. Stored (see [`TrustRecord`]) as
+/// `{ mode = "verify" }`, `{ mode = "fingerprint", sha256 = "ab12…" }`, `{ mode = "ca", pem = "…" }`,
+/// `{ mode = "pem-pin-or-ca", pem = "…" }` or `{ mode = "insecure" }`.
+#[derive(Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "TrustRecord", into = "TrustRecord")]
 pub enum ServerTrust {
     /// The operating system's trust store.
+    #[default]
     SystemRoots,
     /// Only these CA certificates (PEM).
     CaPem(Vec<u8>),
@@ -44,6 +49,62 @@ impl std::fmt::Debug for ServerTrust {
             ServerTrust::PinSha256(pin) => write!(f, "PinSha256({})", colon_hex(pin)),
             ServerTrust::PemPinOrCa(_) => f.write_str("PemPinOrCa"),
             ServerTrust::Insecure => f.write_str("Insecure"),
+        }
+    }
+}
+
+impl ServerTrust {
+    /// Pins the certificate whose SHA-256 fingerprint `text` gives as hex, with or without
+    /// colons (`AB:CD:…`).
+    pub fn pin_sha256_hex(text: &str) -> Result<Self, TlsError> {
+        parse_sha256_fingerprint(text).map(ServerTrust::PinSha256)
+    }
+
+    /// The pinned fingerprint in lowercase hex, as pins are written.
+    pub fn pinned_sha256_hex(&self) -> Option<String> {
+        match self {
+            ServerTrust::PinSha256(pin) => Some(hex::encode(pin)),
+            _ => None,
+        }
+    }
+}
+
+/// The serialised form of a [`ServerTrust`]; pool configurations written before it replaced
+/// their own type (`verify`, `fingerprint`, `insecure`) read unchanged.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "mode")]
+enum TrustRecord {
+    Verify,
+    Fingerprint { sha256: String },
+    Ca { pem: String },
+    PemPinOrCa { pem: String },
+    Insecure,
+}
+
+impl TryFrom<TrustRecord> for ServerTrust {
+    type Error = TlsError;
+
+    fn try_from(record: TrustRecord) -> Result<Self, TlsError> {
+        Ok(match record {
+            TrustRecord::Verify => ServerTrust::SystemRoots,
+            TrustRecord::Fingerprint { sha256 } => ServerTrust::pin_sha256_hex(&sha256)?,
+            TrustRecord::Ca { pem } => ServerTrust::CaPem(pem.into_bytes()),
+            TrustRecord::PemPinOrCa { pem } => ServerTrust::PemPinOrCa(pem.into_bytes()),
+            TrustRecord::Insecure => ServerTrust::Insecure,
+        })
+    }
+}
+
+impl From<ServerTrust> for TrustRecord {
+    fn from(trust: ServerTrust) -> Self {
+        // PEM is ASCII text: nothing is lost.
+        let text = |pem: Vec<u8>| String::from_utf8_lossy(&pem).into_owned();
+        match trust {
+            ServerTrust::SystemRoots => TrustRecord::Verify,
+            ServerTrust::PinSha256(pin) => TrustRecord::Fingerprint { sha256: hex::encode(pin) },
+            ServerTrust::CaPem(pem) => TrustRecord::Ca { pem: text(pem) },
+            ServerTrust::PemPinOrCa(pem) => TrustRecord::PemPinOrCa { pem: text(pem) },
+            ServerTrust::Insecure => TrustRecord::Insecure,
         }
     }
 }
@@ -360,5 +421,29 @@ mod tests {
         let short = parse_sha256_fingerprint("abcd").expect_err("too short");
         assert!(short.to_string().contains("has 32 bytes, got 2"), "{short}");
         assert!(parse_sha256_fingerprint(&"zz".repeat(32)).is_err());
+    }
+
+    /// A pool entry as `config.toml` held it before this type: `tls` on its own table.
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct Entry {
+        tls: ServerTrust,
+    }
+
+    #[test]
+    fn trust_reads_the_stored_pool_forms_and_round_trips() {
+        let read = |text: &str| toml::from_str::<Entry>(text).map(|e| e.tls);
+        let pin = "ab".repeat(32);
+        assert_eq!(read("[tls]\nmode = \"verify\"").unwrap(), ServerTrust::SystemRoots);
+        assert_eq!(read("[tls]\nmode = \"insecure\"").unwrap(), ServerTrust::Insecure);
+        let pinned = read(&format!("[tls]\nmode = \"fingerprint\"\nsha256 = \"{pin}\"")).unwrap();
+        assert_eq!(pinned, ServerTrust::PinSha256([0xab; 32]));
+        assert_eq!(pinned.pinned_sha256_hex().as_deref(), Some(pin.as_str()));
+        let bad = read("[tls]\nmode = \"fingerprint\"\nsha256 = \"abc\"").unwrap_err();
+        assert!(bad.to_string().contains("fingerprint"), "{bad}");
+        assert!(read("[tls]\nmode = \"trust-me\"").is_err());
+        for tls in [pinned, ServerTrust::CaPem(b"-----BEGIN CERTIFICATE-----\n".to_vec()), ServerTrust::Insecure] {
+            let entry = Entry { tls };
+            assert_eq!(toml::from_str::<Entry>(&toml::to_string(&entry).unwrap()).unwrap(), entry);
+        }
     }
 }

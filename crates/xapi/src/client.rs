@@ -8,7 +8,7 @@ use reqwest::Url;
 use xenvault_xapi_wire::jsonrpc::{self, JsonRpcVersion};
 use xenvault_xapi_wire::{Failure, HOST_IS_SLAVE, SESSION_INVALID, Value, xmlrpc};
 
-use crate::tls::{self, TlsMode};
+use crate::tls::{self, ServerTrust};
 use crate::{Error, Ref};
 
 /// Which RPC encoding to speak.
@@ -26,7 +26,7 @@ pub enum Transport {
 pub struct ClientBuilder {
     url: String,
     transport: Transport,
-    tls: TlsMode,
+    tls: ServerTrust,
     connect_timeout: Duration,
     rpc_timeout: Duration,
     transfer_idle_timeout: Duration,
@@ -39,7 +39,7 @@ impl ClientBuilder {
         self
     }
 
-    pub fn tls(mut self, tls: TlsMode) -> Self {
+    pub fn tls(mut self, tls: ServerTrust) -> Self {
         self.tls = tls;
         self
     }
@@ -169,7 +169,7 @@ impl Client {
         ClientBuilder {
             url: url.into(),
             transport: Transport::Auto,
-            tls: TlsMode::default(),
+            tls: ServerTrust::default(),
             connect_timeout: Duration::from_secs(20),
             rpc_timeout: Duration::from_secs(600),
             transfer_idle_timeout: Duration::from_secs(300),

@@ -4,10 +4,10 @@
 //! asked).
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), xenvault_xapi::Error> {
-//! use xenvault_xapi::{Client, TlsMode};
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use xenvault_xapi::{Client, ServerTrust};
 //! let client = Client::builder("https://pool-master")
-//!     .tls(TlsMode::pin_sha256_hex("AB:CD:...")?)
+//!     .tls(ServerTrust::pin_sha256_hex("AB:CD:...")?)
 //!     .build()?;
 //! client.login_with_password("root", "secret").await?;
 //! let vms = client.get_all_records("VM").await?;
@@ -27,7 +27,7 @@ pub use error::Error;
 pub use records::{Event, EventBatch, EventOperation};
 pub use reference::Ref;
 pub use task::{TaskStatus, decode_task_result};
-pub use tls::{TlsMode, fingerprint_sha256};
+pub use tls::{ServerTrust, fingerprint_sha256};
 pub use tokio_util::sync::CancellationToken;
 pub use transfer::{Compression, DiskFormat, Download, ImportTarget, VmImportOptions};
 pub use xenvault_xapi_wire::{self as wire, Failure, Value};

@@ -568,7 +568,7 @@ mod tests {
             drop(socket);
         });
         let http = reqwest::Client::builder()
-            .tls_backend_preconfigured(crate::tls::client_config(&crate::TlsMode::Insecure).expect("tls"))
+            .tls_backend_preconfigured(crate::tls::client_config(&crate::ServerTrust::Insecure).expect("tls"))
             .build()
             .expect("client");
         let chunks = (0..256).map(|_| Ok::<_, std::io::Error>(Bytes::from(vec![0u8; 1 << 20])));

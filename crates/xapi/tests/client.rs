@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use mock::{DISK, Mock, PASSWORD, USER};
-use xenvault_xapi::{CancellationToken, Client, DiskFormat, Error, ImportTarget, Ref, TlsMode, Transport, Value};
+use xenvault_xapi::{CancellationToken, Client, DiskFormat, Error, ImportTarget, Ref, ServerTrust, Transport, Value};
 
 fn client(url: &str) -> Client {
     Client::builder(url).task_poll_interval(Duration::from_millis(10)).build().expect("client")
@@ -311,19 +311,19 @@ async fn serve_tls(mock: &Mock) -> (String, String, String) {
 async fn tls_pinning_ca_and_insecure() {
     let mock = Mock::new(true);
     let (url, pem, fingerprint) = serve_tls(&mock).await;
-    let with = |tls: TlsMode| Client::builder(&url).tls(tls).build().expect("client");
+    let with = |tls: ServerTrust| Client::builder(&url).tls(tls).build().expect("client");
 
-    let pinned = with(TlsMode::pin_sha256_hex(&fingerprint).expect("pin"));
+    let pinned = with(ServerTrust::pin_sha256_hex(&fingerprint).expect("pin"));
     pinned.login_with_password(USER, PASSWORD).await.expect("pinned fingerprint accepted");
     let no_colons = fingerprint.replace(':', "").to_lowercase();
-    let pinned = with(TlsMode::pin_sha256_hex(&no_colons).expect("pin"));
+    let pinned = with(ServerTrust::pin_sha256_hex(&no_colons).expect("pin"));
     pinned.login_with_password(USER, PASSWORD).await.expect("same pin without colons");
 
-    let wrong = with(TlsMode::PinSha256([7; 32]));
+    let wrong = with(ServerTrust::PinSha256([7; 32]));
     let err = wrong.login_with_password(USER, PASSWORD).await.expect_err("wrong pin");
     assert!(matches!(&err, Error::Tls(m) if m.contains("does not match")), "{err:?}");
 
-    let trusted = with(TlsMode::CaPem(pem.into_bytes()));
+    let trusted = with(ServerTrust::CaPem(pem.into_bytes()));
     trusted.login_with_password(USER, PASSWORD).await.expect("certificate as CA");
 
     let err = match Client::builder(&url).build() {
@@ -332,6 +332,6 @@ async fn tls_pinning_ca_and_insecure() {
     };
     assert!(matches!(err, Error::Tls(_) | Error::Config(_)), "{err:?}");
 
-    let insecure = with(TlsMode::Insecure);
+    let insecure = with(ServerTrust::Insecure);
     insecure.login_with_password(USER, PASSWORD).await.expect("insecure when asked");
 }

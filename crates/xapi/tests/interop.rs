@@ -12,7 +12,7 @@ use rustls_pki_types::pem::PemObject;
 use sha2::{Digest, Sha256};
 use xenvault_sim::{DemoDisks, SimConfig, SimHandle, Simulator};
 use xenvault_xapi::wire::cbt::{BLOCK_SIZE, ChangedBlocks};
-use xenvault_xapi::{Client, ClientBuilder, DiskFormat, Error, ImportTarget, Ref, TlsMode, Transport, Value};
+use xenvault_xapi::{Client, ClientBuilder, DiskFormat, Error, ImportTarget, Ref, ServerTrust, Transport, Value};
 
 const DISK_SIZE: u64 = 8 << 20;
 
@@ -140,7 +140,7 @@ async fn logged_in(sim: &SimHandle, transport: Transport) -> Client {
 fn pinned_builder(sim: &SimHandle) -> ClientBuilder {
     let der = rustls_pki_types::CertificateDer::from_pem_slice(sim.cert_pem.as_bytes()).expect("simulator certificate");
     let pin = xenvault_xapi::fingerprint_sha256(der.as_ref());
-    Client::builder(&sim.url).tls(TlsMode::pin_sha256_hex(&pin).expect("pin"))
+    Client::builder(&sim.url).tls(ServerTrust::pin_sha256_hex(&pin).expect("pin"))
 }
 
 async fn logged_in_with(sim: &SimHandle, builder: ClientBuilder) -> Client {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use xenvault_nbd::fuzzing::MemoryExport;
-use xenvault_nbd::{ConnectOptions, Export, ExportResolver, Refusal, ServerConfig, TlsOptions, Trust};
+use xenvault_nbd::{ConnectOptions, Export, ExportResolver, Refusal, ServerConfig, ServerTrust, TlsOptions};
 
 pub const EXPORT: &str =
     "/3f5e1a52-7c1e-4d8e-9a47-0d7f0c6a1b2c?session_id=OpaqueRef:7d4b7d35-5b7e-4ab0-a9a5-4a7c0b3d0e11";
@@ -74,7 +74,7 @@ impl Pki {
     }
 
     pub fn client_tls(&self, trust_file: &str) -> TlsOptions {
-        TlsOptions { server_name: "localhost".into(), trust: Trust::Pem(self.pem(trust_file)) }
+        TlsOptions { server_name: "localhost".into(), trust: ServerTrust::PemPinOrCa(self.pem(trust_file)) }
     }
 
     pub fn server_config(&self) -> Arc<rustls::ServerConfig> {

@@ -1,15 +1,11 @@
 //! Setup shared by the restore tests on the simulator: a pool, clients, a repository,
-//! backups of the demo VM, guest writes and disk digests.
+//! guest writes and disk digests. The engine's restore tests include this module and back
+//! the demo VM up on top of it (restore does not depend on the engine).
 #![allow(dead_code)] // each test file uses its own part
 
 use base64::Engine;
 use std::collections::BTreeMap;
-use xenvault_engine::job::{self, BackupOptions};
-use xenvault_engine::report::Status;
-use xenvault_engine::selection::Selector;
-use xenvault_engine::store::Store;
-use xenvault_engine::strategy::{Level, Requested};
-use xenvault_pool::config::{PoolEntry, PoolLogin, TlsTrust};
+use xenvault_pool::config::{PoolEntry, PoolLogin, ServerTrust};
 use xenvault_pool::host::Host;
 use xenvault_sim::client::SimClient;
 use xenvault_sim::{SimConfig, Simulator};
@@ -35,7 +31,6 @@ pub struct Pool {
     pub client: xenvault_xapi::Client,
     pub sim: SimClient,
     pub repo: xenvault_repo::Repository,
-    pub store: Store,
 }
 
 pub async fn pool() -> Pool {
@@ -44,7 +39,11 @@ pub async fn pool() -> Pool {
     let fingerprint = xenvault_pool::config::fingerprint_of_pem(&sim_handle.cert_pem).unwrap();
     let login = PoolLogin {
         name: "test".into(),
-        entry: PoolEntry { url: sim_handle.url.clone(), user: "root".into(), tls: TlsTrust::Fingerprint(fingerprint) },
+        entry: PoolEntry {
+            url: sim_handle.url.clone(),
+            user: "root".into(),
+            tls: ServerTrust::pin_sha256_hex(&fingerprint).unwrap(),
+        },
         password: sim_handle.password.clone(),
     };
     let host = Host::connect(&login).await.unwrap();
@@ -58,27 +57,7 @@ pub async fn pool() -> Pool {
     let repo = xenvault_repo::Repository::init(dir.path().join("repo").to_str().unwrap(), &Default::default(), options)
         .await
         .unwrap();
-    let store = Store::from_repository(repo.clone());
-    Pool { dir, server: sim_handle, host, client, sim, repo, store }
-}
-
-/// Backs up the VM; returns the restore point.
-pub async fn back_up(p: &Pool, level: Level) -> xenvault_repo::Manifest {
-    let backup = BackupOptions {
-        selectors: vec![Selector::NameOrUuid(VM.into())],
-        level,
-        strategy: Requested::Auto,
-        ..Default::default()
-    };
-    let report = job::backup(&p.host, &p.store, &backup, xenvault_types::progress::HiddenProgress::shared())
-        .await
-        .unwrap()
-        .vms
-        .into_iter()
-        .next()
-        .unwrap();
-    assert!(matches!(report.status, Status::Ok), "{:?}", report.error);
-    p.repo.restore_point(report.restore_point.as_deref().unwrap()).await.unwrap()
+    Pool { dir, server: sim_handle, host, client, sim, repo }
 }
 
 pub async fn vdis_of(host: &Host, vm: &xenvault_pool::records::Vm) -> Vec<xenvault_pool::records::Vdi> {
@@ -118,13 +97,4 @@ pub async fn scribble(sim: &SimClient, vdi_uuid: &str, percent: u32, seed: u64) 
         Value::from(seed.to_string()),
     ];
     sim.call("sim.scribble", args).await.unwrap();
-}
-
-/// Scribbles on every disk of the demo VM (so a restore point holds data), then backs it up.
-pub async fn scribble_and_back_up(p: &Pool) -> xenvault_repo::Manifest {
-    let vm = p.host.vms().await.unwrap().into_iter().find(|v| v.name_label == VM).unwrap();
-    for (n, vdi) in vdis_of(&p.host, &vm).await.iter().enumerate() {
-        scribble(&p.sim, &vdi.uuid, 30, n as u64).await;
-    }
-    back_up(p, Level::Full).await
 }

@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use xenvault_catalog::{Connection, ConnectionKind};
-use xenvault_pool::config::{PoolEntry, PoolLogin, TlsTrust, normalise_fingerprint};
+use xenvault_pool::config::{PoolEntry, PoolLogin, ServerTrust};
 use xenvault_repo::repository::Repository;
 
 use crate::AppState;
@@ -66,9 +66,10 @@ pub struct PoolView {
 impl From<Connection<PoolEntry>> for PoolView {
     fn from(c: Connection<PoolEntry>) -> Self {
         let (tls, fingerprint) = match c.settings.tls {
-            TlsTrust::Verify => ("verify", None),
-            TlsTrust::Fingerprint(pin) => ("fingerprint", Some(pin)),
-            TlsTrust::Insecure => ("insecure", None),
+            ServerTrust::SystemRoots => ("verify", None),
+            ref pinned @ ServerTrust::PinSha256(_) => ("fingerprint", pinned.pinned_sha256_hex()),
+            ServerTrust::CaPem(_) | ServerTrust::PemPinOrCa(_) => ("ca", None),
+            ServerTrust::Insecure => ("insecure", None),
         };
         PoolView {
             name: c.name,
@@ -120,7 +121,7 @@ async fn check_pool(login: &PoolLogin) -> ApiResult<PoolCheck> {
         ));
     }
     let url = url::Url::parse(&login.entry.url).ok().filter(|u| u.scheme() == "https");
-    if let (TlsTrust::Verify, Some(url)) = (&login.entry.tls, url) {
+    if let (ServerTrust::SystemRoots, Some(url)) = (&login.entry.tls, url) {
         let host = url.host_str().unwrap_or_default().to_owned();
         let port = url.port_or_known_default().unwrap_or(443);
         let probe = move || xenvault_tls::server_fingerprint(&host, port, std::time::Duration::from_secs(15));
@@ -161,11 +162,9 @@ async fn add_pool(
 ) -> ApiResult<(StatusCode, Json<PoolView>)> {
     let tls = match (&request.fingerprint, request.insecure) {
         (Some(_), true) => return Err(ApiError::invalid("give a fingerprint or insecure, not both")),
-        (Some(pin), false) => {
-            TlsTrust::Fingerprint(normalise_fingerprint(pin).map_err(|e| ApiError::invalid(e.to_string()))?)
-        }
-        (None, true) => TlsTrust::Insecure,
-        (None, false) => TlsTrust::Verify,
+        (Some(pin), false) => ServerTrust::pin_sha256_hex(pin).map_err(|e| ApiError::invalid(e.to_string()))?,
+        (None, true) => ServerTrust::Insecure,
+        (None, false) => ServerTrust::SystemRoots,
     };
     if !matches!(url::Url::parse(&request.url).map(|u| u.scheme().to_owned()).as_deref(), Ok("https" | "http")) {
         return Err(ApiError::invalid(format!("url {:?}: give https://HOST (or http://HOST)", request.url)));

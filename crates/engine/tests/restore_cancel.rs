@@ -4,47 +4,12 @@
 
 mod common;
 
-use common::{VM, count, digests_of, guest_write, pool, scribble_and_back_up, vdis_of};
-use std::sync::{Arc, Mutex};
+use common::{CancelMidway, VM, count, digests_of, guest_write, pool, scribble_and_back_up, vdis_of};
 use tokio_util::sync::CancellationToken;
 use xenvault_restore::disk::{DiskRestoreOptions, DiskTarget, restore_disk};
 use xenvault_restore::vm::{Mode, VmRestoreOptions, restore_vm};
-use xenvault_types::progress::{Event, Phase, Progress, State, Tally};
+use xenvault_types::progress::Phase;
 use xenvault_xapi::Value;
-
-/// Cancels once a disk upload has sent some, not all, of its bytes, and keeps what the
-/// upload looked like then.
-struct CancelMidUpload {
-    cancel: CancellationToken,
-    tally: Arc<Tally>,
-    at: Mutex<Option<State>>,
-}
-
-impl CancelMidUpload {
-    fn new() -> Arc<Self> {
-        Arc::new(CancelMidUpload { cancel: CancellationToken::new(), tally: Tally::new(), at: Mutex::new(None) })
-    }
-
-    /// The upload's state when it was cancelled.
-    fn cancelled_at(&self) -> State {
-        self.at.lock().unwrap().clone().expect("an upload was cancelled half-way")
-    }
-}
-
-impl Progress for CancelMidUpload {
-    fn event(&self, event: &Event) {
-        self.tally.event(event);
-        if let Event::Progressed { key, done, total } = event
-            && key.phase == Phase::Restore
-            && *done > 0
-            && done < total
-            && !self.cancel.is_cancelled()
-        {
-            *self.at.lock().unwrap() = self.tally.states().remove(key);
-            self.cancel.cancel();
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restore_cancelled_mid_upload_leaves_the_pool_as_it_was() {
@@ -60,7 +25,7 @@ async fn a_restore_cancelled_mid_upload_leaves_the_pool_as_it_was() {
     let before = objects().await;
 
     // As a new VM: the VM and the disks made so far go.
-    let watch = CancelMidUpload::new();
+    let watch = CancelMidway::new(Phase::Restore, CancellationToken::new());
     let opts = VmRestoreOptions { cancel: watch.cancel.clone(), ..Default::default() };
     let err = restore_vm(client, repo, &m, &opts, watch.clone()).await.unwrap_err();
     assert!(err.is_cancelled(), "{err}");
@@ -70,7 +35,7 @@ async fn a_restore_cancelled_mid_upload_leaves_the_pool_as_it_was() {
     assert_eq!(objects().await, before, "VMs, VDIs, VBDs, VIFs");
 
     // To a new VDI: it goes.
-    let watch = CancelMidUpload::new();
+    let watch = CancelMidway::new(Phase::Restore, CancellationToken::new());
     let sr = common::call_str(client, "VDI.get_SR", &[vdis[0].reference.as_str()]).await;
     let sr_uuid = common::call_str(client, "SR.get_uuid", &[sr.as_str()]).await;
     let target = DiskTarget::New { sr_uuid, name_label: None, attach: None };
@@ -88,7 +53,7 @@ async fn a_restore_cancelled_mid_upload_leaves_the_pool_as_it_was() {
         client.call("VM.get_power_state", &[Value::from(vm.as_str())]).await.unwrap().as_str().unwrap().to_owned()
     };
     let (power, current) = (state(original.reference.clone()).await, digests_of(host, sim, &original.uuid).await);
-    let watch = CancelMidUpload::new();
+    let watch = CancelMidway::new(Phase::Restore, CancellationToken::new());
     let opts = VmRestoreOptions { mode: Mode::Overwrite, cancel: watch.cancel.clone(), ..Default::default() };
     let err = restore_vm(client, repo, &m, &opts, watch.clone()).await.unwrap_err();
     assert!(err.is_cancelled(), "{err}");
