@@ -9,6 +9,7 @@ pub mod config;
 mod error;
 mod extract;
 mod listener;
+mod web;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -78,7 +79,7 @@ impl Server {
             started: Instant::now(),
             stopping: stopping.clone(),
         };
-        let router = api::finish(routes, doc, state);
+        let router = api::finish(routes, doc, state).merge(web::router());
         let serving = tokio::spawn(listener::serve(listener, tls, router, stopping.clone()));
         Ok(Server { addr, fingerprint, first_admin, interrupted_runs: interrupted.len(), stopping, serving })
     }

@@ -1,0 +1,170 @@
+//! The web UI end to end: a server, the simulated pool and a local repository, driven from
+//! Debian's chromium by tests/ui/web-ui.mjs (playwright-core). The script logs in, adds the
+//! pool (confirming its certificate's fingerprint) and the repository, creates a job, follows
+//! a run's live feed while this side finishes the run, and checks that an operator cannot
+//! edit a job. Screenshots of each step go to target/ui-screenshots/.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use common::{ADMIN_PASSWORD, start};
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use xenvault_catalog::{Catalog, LogLevel, Role};
+use xenvault_jobs::model::{Job, Run, RunStatus, RunTotals, Task, TaskKind, TaskStatus, Trigger};
+use xenvault_repo::{BackendOptions, InitOptions, KdfParams, Repository, Secret};
+use xenvault_sim::{SimConfig, Simulator};
+
+const PASSPHRASE: &str = "repository passphrase";
+const OPERATOR_PASSWORD: &str = "operator password";
+const GIB: u64 = 1 << 30;
+/// What the script prints once the run page follows the live run.
+const WATCHING: &str = "watching-live-run";
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn job(name: &str) -> Job {
+    serde_json::from_value(json!({"name": name, "pool": "sim", "repository": "local",
+        "schedules": [{"cron": "0 1 * * *", "timezone": "Europe/Berlin"}]}))
+    .expect("job")
+}
+
+fn run(job_id: &str, status: RunStatus) -> Run {
+    let now = chrono::Utc::now();
+    Run {
+        id: String::new(),
+        job_id: job_id.into(),
+        schedule_id: None,
+        parent_run_id: None,
+        trigger: Trigger::Schedule,
+        status,
+        level: Some(xenvault_jobs::model::Level::Inc),
+        scheduled_for: Some(now),
+        queued_at: now - chrono::Duration::minutes(3),
+        started_at: Some(now - chrono::Duration::minutes(3)),
+        finished_at: status.is_finished().then_some(now),
+        totals: RunTotals::default(),
+        error: (status == RunStatus::Failed).then(|| "web01: the pool refused the snapshot".to_owned()),
+    }
+}
+
+/// A disk task under `vm`, read by `strategy`, `read` of `total` bytes so far.
+fn disk(run_id: &str, id: &str, vm: &str, name: &str, strategy: &str, reason: &str, read: u64) -> Task {
+    let mut task = Task::started(id.into(), run_id, Some(vm), TaskKind::Disk, name);
+    task.strategy = Some(strategy.into());
+    task.reason = Some(reason.into());
+    task.bytes_total = Some(GIB);
+    task.bytes_read = read;
+    task
+}
+
+/// A failed run of job "flaky" (the dashboard lists failures first) and a running run of
+/// "nightly" whose VM has two disks part-way; returns the running run and its tasks.
+async fn seed_history(catalog: &Catalog) -> (Run, Vec<Task>) {
+    let flaky = catalog.create_job(job("flaky")).await.unwrap();
+    catalog.create_run(run(&flaky.id, RunStatus::Failed)).await.unwrap();
+    let nightly = catalog.create_job(job("nightly")).await.unwrap();
+    let live = catalog.create_run(run(&nightly.id, RunStatus::Running)).await.unwrap();
+    let mut vm = Task::started("vm".into(), &live.id, None, TaskKind::Vm, "web01");
+    vm.subject = Some("0f4c3e2a-web01".into());
+    let tasks = vec![
+        vm,
+        disk(&live.id, "d0", "vm", "0 root", "cbt-nbd", "changed blocks since the last restore point", GIB / 4),
+        disk(&live.id, "d1", "vm", "1 data", "full", "changed block tracking was off", GIB / 8),
+    ];
+    for task in &tasks {
+        catalog.save_task(task).await.unwrap();
+    }
+    catalog.append_log(&live.id, Some("vm"), LogLevel::Info, "snapshot taken").await.unwrap();
+    (live, tasks)
+}
+
+/// The runner's side of the live run: both disks read, the VM and the run succeed.
+async fn finish(catalog: &Catalog, mut live: Run, tasks: Vec<Task>) {
+    for mut task in tasks.into_iter().rev() {
+        task.status = TaskStatus::Success;
+        task.finished_at = Some(chrono::Utc::now());
+        if task.kind == TaskKind::Disk {
+            task.bytes_read = GIB;
+            task.bytes_stored = GIB / 3;
+        }
+        catalog.save_task(&task).await.unwrap();
+    }
+    catalog.append_log(&live.id, Some("d1"), LogLevel::Info, "disk 1 read").await.unwrap();
+    live.status = RunStatus::Success;
+    live.finished_at = Some(chrono::Utc::now());
+    live.totals = RunTotals { vms: 1, vms_ok: 1, vms_failed: 0, bytes_read: 2 * GIB, bytes_stored: 2 * GIB / 3 };
+    catalog.update_run(&live).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_new_admin_sets_up_backups_in_the_browser_and_an_operator_cannot_edit_a_job() {
+    let script_dir = workspace().join("tests/ui");
+    assert!(
+        script_dir.join("node_modules/playwright-core").is_dir() && Path::new("/usr/bin/chromium").exists(),
+        "the web UI test needs Debian's chromium and tests/ui/node_modules: run scripts/setup.sh"
+    );
+    let sim_dir = tempfile::tempdir().unwrap();
+    let sim = Simulator::start(SimConfig::new(sim_dir.path())).await.expect("simulator");
+    let sim_pin = xenvault_tls::pem_fingerprint_sha256(sim.cert_pem.as_bytes()).unwrap();
+    let server = start().await;
+    let repo_dir = tempfile::tempdir().unwrap();
+    let location = repo_dir.path().to_str().unwrap().to_owned();
+    let options = InitOptions {
+        secret: Some(Secret::passphrase(PASSPHRASE)),
+        kdf: KdfParams { memory_kib: 256, iterations: 1, parallelism: 1 },
+        ..Default::default()
+    };
+    Repository::init(&location, &BackendOptions::default(), options).await.expect("init");
+    // The runner's side, through the same catalog (SQLite, WAL: two connections).
+    let catalog = Catalog::open(server.data_dir.path(), None).await.unwrap();
+    catalog.create_user("oscar", OPERATOR_PASSWORD, Role::Operator).await.unwrap();
+    let (live, tasks) = seed_history(&catalog).await;
+
+    let screenshots = workspace().join("target/ui-screenshots");
+    let mut child = tokio::process::Command::new("node")
+        .arg("web-ui.mjs")
+        .current_dir(&script_dir)
+        .env("XV_URL", &server.url)
+        .env("XV_ADMIN_PASSWORD", ADMIN_PASSWORD)
+        .env("XV_OPERATOR_PASSWORD", OPERATOR_PASSWORD)
+        .env("XV_SIM_URL", &sim.url)
+        .env("XV_SIM_PASSWORD", &sim.password)
+        .env("XV_SIM_FINGERPRINT", &sim_pin)
+        .env("XV_REPO", &location)
+        .env("XV_PASSPHRASE", PASSPHRASE)
+        .env("XV_SCREENSHOTS", &screenshots)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node runs");
+    let mut stderr = child.stderr.take().unwrap();
+    let errors = tokio::spawn(async move {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text).await;
+        text
+    });
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut output = String::new();
+    let mut pending = Some((live, tasks));
+    while let Some(line) = lines.next_line().await.unwrap() {
+        output.push_str(&line);
+        output.push('\n');
+        if line == WATCHING
+            && let Some((live, tasks)) = pending.take()
+        {
+            finish(&catalog, live, tasks).await;
+        }
+    }
+    let status = child.wait().await.unwrap();
+    let errors = errors.await.unwrap();
+    assert!(status.success(), "tests/ui/web-ui.mjs failed ({status}):\n{output}\n{errors}");
+    assert!(pending.is_none(), "the script never followed the live run:\n{output}");
+    server.server.shutdown().await;
+}

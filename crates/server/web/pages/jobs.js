@@ -1,0 +1,298 @@
+// Jobs: the list (run now, enable/disable), one job with its recent runs, and the form that
+// creates or replaces a job in one request (nothing half-saved). Buttons appear only for
+// what the signed-in role may do.
+
+import { api, can, seg } from '../api.js';
+import { badge, clearErrors, field, fill, h, placeError } from '../dom.js';
+import { bytes, duration, seconds, time, viewerZone } from '../format.js';
+
+const JOB = '/api/jobs/{job}';
+
+function selectionText(selection) {
+  const parts = [];
+  if (selection.vms?.length) parts.push(`VMs ${selection.vms.join(', ')}`);
+  const smart = selection.smart;
+  if (smart) {
+    if (smart.tags?.length) parts.push(`tagged ${smart.tags.join(' or ')}`);
+    if (smart.hosts?.length) parts.push(`on ${smart.hosts.join(', ')}`);
+    if (smart.power_states?.length) parts.push(smart.power_states.join('/'));
+    if (smart.exclude_tags?.length) parts.push(`not tagged ${smart.exclude_tags.join(', ')}`);
+    if (smart.exclude_vms?.length) parts.push(`except ${smart.exclude_vms.join(', ')}`);
+    if (!parts.length) parts.push('every VM');
+  }
+  return parts.join('; ') || 'no VM';
+}
+
+function scheduleText(schedule) {
+  return `${schedule.cron} (${schedule.timezone}), ${schedule.level}${schedule.enabled ? '' : ', off'}`;
+}
+
+/** Run now, enable/disable, edit, delete: as far as the role allows. */
+function jobActions(job, changed, slot) {
+  const actions = h('div', { class: 'actions' });
+  const button = (label, attrs, action) => {
+    const b = h('button', { type: 'button', ...attrs }, label);
+    b.addEventListener('click', async () => {
+      b.disabled = true;
+      slot.textContent = '';
+      try {
+        await action();
+      } catch (error) {
+        slot.textContent = error.message;
+      } finally {
+        b.disabled = false;
+      }
+    });
+    actions.append(b);
+  };
+  if (can('POST', `${JOB}/run`)) {
+    button('Run now', { class: 'primary', 'aria-label': `Run ${job.name} now` }, async () => {
+      const run = await api('POST', `/api/jobs/${seg(job.id)}/run`);
+      location.hash = `#/runs/${seg(run.id)}`;
+    });
+  }
+  const toggle = job.enabled ? 'disable' : 'enable';
+  if (can('POST', `${JOB}/${toggle}`)) {
+    button(job.enabled ? 'Disable' : 'Enable', { 'aria-label': `${job.enabled ? 'Disable' : 'Enable'} ${job.name}` }, async () => {
+      await api('POST', `/api/jobs/${seg(job.id)}/${toggle}`);
+      await changed();
+    });
+  }
+  if (can('PUT', JOB)) actions.append(h('a', { class: 'button', href: `#/jobs/${seg(job.id)}/edit`, 'aria-label': `Edit ${job.name}` }, 'Edit'));
+  if (can('DELETE', JOB)) {
+    button('Delete', { class: 'danger', 'aria-label': `Delete ${job.name}` }, async () => {
+      if (!confirm(`Delete job ${job.name}? Its runs stay in the history.`)) return;
+      await api('DELETE', `/api/jobs/${seg(job.id)}`);
+      location.hash = '#/jobs';
+      await changed();
+    });
+  }
+  return actions;
+}
+
+export async function lastRun(jobId) {
+  const page = await api('GET', `/api/runs?job=${seg(jobId)}&limit=1`);
+  return page.runs[0] ?? null;
+}
+
+export async function jobsPage(main) {
+  const render = async () => {
+    const jobs = await api('GET', '/api/jobs');
+    const last = await Promise.all(jobs.map((job) => lastRun(job.id)));
+    const rows = jobs.map((job, i) => {
+      const error = h('div', { class: 'error', role: 'alert' });
+      const run = last[i];
+      return h('tr', { 'data-job': job.name },
+        h('td', {}, h('a', { href: `#/jobs/${seg(job.id)}` }, job.name), job.enabled ? '' : [' ', h('span', { class: 'badge' }, 'disabled')]),
+        h('td', { class: 'wide' }, `${job.pool} → ${job.repository}`),
+        h('td', {}, selectionText(job.selection)),
+        h('td', { class: 'wide' }, job.schedules.map((s) => h('div', {}, scheduleText(s)))),
+        h('td', {}, run ? h('a', { href: `#/runs/${seg(run.id)}` }, badge(run.status), ' ', time(run.started_at ?? run.queued_at)) : h('span', { class: 'muted' }, 'never run')),
+        h('td', {}, jobActions(job, render, error), error));
+    });
+    fill(main,
+      h('div', { class: 'actions' }, h('h1', {}, 'Jobs'),
+        can('POST', '/api/jobs') ? h('a', { class: 'button primary', href: '#/jobs/new' }, 'New job') : null),
+      jobs.length
+        ? h('section', {}, h('div', { class: 'table-wrap' }, h('table', {},
+          h('thead', {}, h('tr', {}, h('th', {}, 'Job'), h('th', { class: 'wide' }, 'Pool → repository'), h('th', {}, 'VMs'),
+            h('th', { class: 'wide' }, 'Schedules'), h('th', {}, 'Last run'), h('th', {}, ''))),
+          h('tbody', {}, rows))))
+        : h('p', { class: 'muted' }, 'No job yet.'));
+  };
+  await render();
+}
+
+export async function jobPage(main, key) {
+  const render = async () => {
+    const job = await api('GET', `/api/jobs/${seg(key)}`);
+    const runs = await api('GET', `/api/runs?job=${seg(job.id)}&limit=20`);
+    const error = h('div', { class: 'error', role: 'alert' });
+    const s = job.settings;
+    fill(main,
+      h('h1', {}, `Job ${job.name}`, job.enabled ? '' : [' ', h('span', { class: 'badge' }, 'disabled')]),
+      h('section', {}, jobActions(job, render, error), error,
+        h('dl', {},
+          h('dt', {}, 'Kind'), h('dd', {}, job.kind),
+          h('dt', {}, 'Pool → repository'), h('dd', {}, `${job.pool} → ${job.repository}`),
+          h('dt', {}, 'VMs'), h('dd', {}, selectionText(job.selection)),
+          h('dt', {}, 'Schedules'), h('dd', {}, job.schedules.length ? job.schedules.map((x) => h('div', {}, scheduleText(x), retentionText(x.retention))) : 'by hand only'),
+          h('dt', {}, 'Settings'), h('dd', {}, `${s.vm_concurrency} VMs and ${s.disk_concurrency} disks at once, ${s.nbd_connections} NBD connections, ${s.retries} retries`),
+          h('dt', {}, 'Notifications'), h('dd', {}, `${job.notifications.when}${job.notifications.email.length ? `, email ${job.notifications.email.join(', ')}` : ''}${job.notifications.webhook ? `, webhook ${job.notifications.webhook}` : ''}`))),
+      h('h2', {}, 'Recent runs'),
+      runs.runs.length
+        ? h('section', {}, h('div', { class: 'table-wrap' }, h('table', {}, h('tbody', {}, runs.runs.map((run) => h('tr', {},
+          h('td', {}, h('a', { href: `#/runs/${seg(run.id)}` }, time(run.started_at ?? run.queued_at))),
+          h('td', {}, badge(run.status)), h('td', { class: 'num' }, bytes(run.totals.bytes_stored)),
+          h('td', { class: 'num' }, duration(seconds(run.started_at, run.finished_at)))))))))
+        : h('p', { class: 'muted' }, 'Not run yet.'));
+  };
+  await render();
+}
+
+function retentionText(retention) {
+  const kept = Object.entries(retention).filter(([, n]) => n > 0).map(([k, n]) => `${k} ${n}`);
+  return kept.length ? ` — keeps ${kept.join(', ')}` : ' — keeps everything';
+}
+
+const list = (text) => text.split(',').map((x) => x.trim()).filter(Boolean);
+const optionalNumber = (text) => (text.trim() === '' ? null : Number(text));
+
+function select(name, options, value) {
+  return h('select', { name }, options.map((o) => h('option', { value: o, selected: o === value }, o)));
+}
+
+function numberInput(name, value, attrs = {}) {
+  return h('input', { name, type: 'number', min: 0, value: value ?? '', ...attrs });
+}
+
+const zones = typeof Intl.supportedValuesOf === 'function' ? Intl.supportedValuesOf('timeZone') : [];
+
+function scheduleFieldset(schedule, remove) {
+  const retention = schedule.retention ?? {};
+  const controls = {
+    name: field('Name', h('input', { name: 'schedule-name', value: schedule.name ?? '' })),
+    cron: field('Cron line', h('input', { name: 'cron', required: true, value: schedule.cron ?? '0 2 * * *', spellcheck: 'false' }),
+      'minute hour day month weekday, e.g. 0 2 * * * (daily at 02:00)'),
+    timezone: field('Time zone', h('input', { name: 'timezone', required: true, list: 'zones', value: schedule.timezone ?? viewerZone })),
+    level: field('Level', select('level', ['inc', 'full', 'diff'], schedule.level ?? 'inc')),
+    enabled: field('Enabled', h('input', { name: 'schedule-enabled', type: 'checkbox', checked: schedule.enabled ?? true })),
+  };
+  const keep = ['last', 'hourly', 'daily', 'weekly', 'monthly', 'yearly'].map((k) =>
+    [k, field(`Keep ${k}`, numberInput(`keep-${k}`, retention[k] ?? 0))]);
+  const removeButton = h('button', { type: 'button', class: 'danger' }, 'Remove schedule');
+  const set = h('fieldset', { class: 'schedule' }, h('legend', {}, 'Schedule'),
+    h('div', { class: 'grid' }, Object.values(controls), keep.map(([, f]) => f)), removeButton);
+  removeButton.addEventListener('click', () => remove(set));
+  set.read = () => ({
+    id: schedule.id ?? '',
+    name: controls.name.control.value.trim(),
+    cron: controls.cron.control.value.trim(),
+    timezone: controls.timezone.control.value.trim(),
+    level: controls.level.control.value,
+    enabled: controls.enabled.control.checked,
+    retention: Object.fromEntries(keep.map(([k, f]) => [k, Number(f.control.value || 0)])),
+  });
+  return set;
+}
+
+/** Creates (no key) or replaces a job. Fields the form does not show are kept as they were. */
+export async function jobFormPage(main, key) {
+  if (!can(key ? 'PUT' : 'POST', key ? JOB : '/api/jobs')) {
+    fill(main, h('h1', {}, key ? 'Edit job' : 'New job'),
+      h('p', { class: 'notice', role: 'alert' }, 'Your role may not change jobs.'),
+      key ? h('a', { href: `#/jobs/${seg(key)}` }, 'Back to the job') : null);
+    return;
+  }
+  const [job, pools, repositories] = await Promise.all([
+    key ? api('GET', `/api/jobs/${seg(key)}`) : Promise.resolve(null),
+    api('GET', '/api/pools'), api('GET', '/api/repositories'),
+  ]);
+  const original = job ?? { name: '', enabled: true, kind: 'backup', selection: { vms: [] }, schedules: [{}], settings: {}, notifications: { when: 'failure', email: [] } };
+  const smart = original.selection.smart ?? {};
+  const s = { vm_concurrency: 2, disk_concurrency: 2, nbd_connections: 4, retries: 0, retry_backoff_secs: 60, catch_up_missed: true, ...original.settings };
+
+  const f = {
+    name: field('Name', h('input', { name: 'name', required: true, value: original.name })),
+    kind: field('Kind', select('kind', ['backup', 'backup-xva'], original.kind)),
+    pool: field('Pool', select('pool', pools.map((p) => p.name), original.pool), pools.length ? null : 'Add a pool first.'),
+    repository: field('Repository', select('repository', repositories.map((r) => r.name), original.repository)),
+    enabled: field('Enabled', h('input', { name: 'enabled', type: 'checkbox', checked: original.enabled })),
+    vms: field('VMs by name or uuid', h('input', { name: 'vms', value: (original.selection.vms ?? []).join(', ') }), 'Comma-separated.'),
+    tags: field('VMs with any of these tags', h('input', { name: 'tags', value: (smart.tags ?? []).join(', ') })),
+    hosts: field('On hosts', h('input', { name: 'hosts', value: (smart.hosts ?? []).join(', ') })),
+    excludeTags: field('Except VMs tagged', h('input', { name: 'exclude-tags', value: (smart.exclude_tags ?? []).join(', ') })),
+    excludeVms: field('Except VMs', h('input', { name: 'exclude-vms', value: (smart.exclude_vms ?? []).join(', ') })),
+    vmConcurrency: field('VMs at once', numberInput('vm-concurrency', s.vm_concurrency, { min: 1 })),
+    diskConcurrency: field('Disks at once', numberInput('disk-concurrency', s.disk_concurrency, { min: 1 })),
+    nbd: field('NBD connections', numberInput('nbd-connections', s.nbd_connections, { min: 1 })),
+    retries: field('Retries per VM', numberInput('retries', s.retries)),
+    backoff: field('Retry wait (s)', numberInput('retry-backoff', s.retry_backoff_secs)),
+    vmTimeout: field('VM timeout (s)', numberInput('vm-timeout', s.vm_timeout_secs)),
+    jobTimeout: field('Job timeout (s)', numberInput('job-timeout', s.job_timeout_secs)),
+    speed: field('Speed limit (bytes/s)', numberInput('speed-limit', s.speed_limit_bytes_per_sec)),
+    compression: field('Compression level', numberInput('compression', s.compression_level, { min: -7, max: 22 })),
+    immutability: field('Immutable for (days)', numberInput('immutability', s.immutability_days)),
+    offline: field('Offline backup (shut down, back up, start)', h('input', { name: 'offline', type: 'checkbox', checked: s.offline })),
+    quiesce: field('Quiesce', h('input', { name: 'quiesce', type: 'checkbox', checked: s.quiesce })),
+    catchUp: field('Run once at start when missed', h('input', { name: 'catch-up', type: 'checkbox', checked: s.catch_up_missed })),
+    notifyWhen: field('Notify', select('notify-when', ['failure', 'always', 'never'], original.notifications.when)),
+    emails: field('Email to', h('input', { name: 'email', value: original.notifications.email.join(', ') }), 'Comma-separated addresses.'),
+    webhook: field('Webhook URL', h('input', { name: 'webhook', type: 'url', value: original.notifications.webhook ?? '' })),
+  };
+  const powerStates = ['running', 'halted', 'paused', 'suspended'].map((state) =>
+    [state, field(state, h('input', { type: 'checkbox', name: `power-${state}`, checked: (smart.power_states ?? []).includes(state) }))]);
+
+  const schedules = h('div');
+  const removeSchedule = (set) => set.remove();
+  for (const schedule of original.schedules) schedules.append(scheduleFieldset(schedule, removeSchedule));
+  const addSchedule = h('button', { type: 'button' }, 'Add a schedule');
+  addSchedule.addEventListener('click', () => schedules.append(scheduleFieldset({}, removeSchedule)));
+
+  const submit = h('button', { class: 'primary', type: 'submit' }, key ? 'Save job' : 'Create job');
+  const form = h('form', { 'aria-labelledby': 'job-form-title' },
+    h('h1', { id: 'job-form-title' }, key ? `Edit job ${original.name}` : 'New job'),
+    h('datalist', { id: 'zones' }, zones.map((z) => h('option', { value: z }))),
+    h('section', {}, h('div', { class: 'grid' }, f.name, f.kind, f.pool, f.repository, f.enabled)),
+    h('fieldset', {}, h('legend', {}, 'Which VMs'), h('p', { class: 'hint' }, 'Resolved at every run; the job covers the named VMs and those the rules match.'),
+      h('div', { class: 'grid' }, f.vms, f.tags, f.hosts, f.excludeTags, f.excludeVms),
+      h('fieldset', {}, h('legend', {}, 'Power states (none: all)'), h('div', { class: 'actions' }, powerStates.map(([, x]) => x)))),
+    h('fieldset', {}, h('legend', {}, 'Schedules'), schedules, addSchedule),
+    h('fieldset', {}, h('legend', {}, 'Settings'), h('div', { class: 'grid' }, f.vmConcurrency, f.diskConcurrency, f.nbd, f.retries, f.backoff,
+      f.vmTimeout, f.jobTimeout, f.speed, f.compression, f.immutability, f.offline, f.quiesce, f.catchUp)),
+    h('fieldset', {}, h('legend', {}, 'Notifications'), h('div', { class: 'grid' }, f.notifyWhen, f.emails, f.webhook)),
+    h('div', { class: 'error form-error', role: 'alert' }),
+    h('div', { class: 'actions' }, submit, h('a', { href: key ? `#/jobs/${seg(key)}` : '#/jobs' }, 'Cancel')));
+
+  form.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    clearErrors(form);
+    const tags = list(f.tags.control.value);
+    const hosts = list(f.hosts.control.value);
+    const states = powerStates.filter(([, x]) => x.control.checked).map(([state]) => state);
+    const excludeTags = list(f.excludeTags.control.value);
+    const excludeVms = list(f.excludeVms.control.value);
+    const smartUsed = tags.length || hosts.length || states.length || excludeTags.length || excludeVms.length;
+    const body = {
+      ...original,
+      name: f.name.control.value.trim(),
+      kind: f.kind.control.value,
+      pool: f.pool.control.value,
+      repository: f.repository.control.value,
+      enabled: f.enabled.control.checked,
+      selection: {
+        vms: list(f.vms.control.value),
+        ...(smartUsed ? { smart: { tags, hosts, power_states: states, exclude_tags: excludeTags, exclude_vms: excludeVms } } : {}),
+      },
+      schedules: [...schedules.querySelectorAll('fieldset.schedule')].map((set) => set.read()),
+      settings: {
+        ...s,
+        vm_concurrency: Number(f.vmConcurrency.control.value),
+        disk_concurrency: Number(f.diskConcurrency.control.value),
+        nbd_connections: Number(f.nbd.control.value),
+        retries: Number(f.retries.control.value || 0),
+        retry_backoff_secs: Number(f.backoff.control.value || 0),
+        vm_timeout_secs: optionalNumber(f.vmTimeout.control.value),
+        job_timeout_secs: optionalNumber(f.jobTimeout.control.value),
+        speed_limit_bytes_per_sec: optionalNumber(f.speed.control.value),
+        compression_level: optionalNumber(f.compression.control.value),
+        immutability_days: optionalNumber(f.immutability.control.value),
+        offline: f.offline.control.checked,
+        quiesce: f.quiesce.control.checked,
+        catch_up_missed: f.catchUp.control.checked,
+      },
+      notifications: { when: f.notifyWhen.control.value, email: list(f.emails.control.value), webhook: f.webhook.control.value.trim() || null },
+    };
+    submit.disabled = true;
+    try {
+      const saved = key ? await api('PUT', `/api/jobs/${seg(key)}`, body) : await api('POST', '/api/jobs', body);
+      location.hash = `#/jobs/${seg(saved.id)}`;
+    } catch (error) {
+      placeError(form, error, error.code === 'conflict' ? f.name.control : null);
+    } finally {
+      submit.disabled = false;
+    }
+  });
+  fill(main, form);
+  f.name.control.focus();
+}

@@ -1,0 +1,217 @@
+// The web UI end to end in Debian's chromium, driven by playwright-core. Started by
+// crates/server/tests/web_ui.rs, which runs the server, the simulated pool and a local
+// repository and passes them in XV_* variables. It does what a new admin does, saving a
+// screenshot of each step, then checks that an operator cannot edit a job. Any failed
+// expectation throws: the process exits non-zero and the Rust test shows this output.
+// stdout line "watching-live-run" tells the Rust side the run page is open on the live run.
+
+import { mkdtempSync, mkdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { chromium } from 'playwright-core';
+
+const env = (name) => {
+  const value = process.env[name];
+  if (!value) throw new Error(`${name} is not set (this script is started by crates/server/tests/web_ui.rs)`);
+  return value;
+};
+const url = env('XV_URL');
+const shots = env('XV_SCREENSHOTS');
+mkdirSync(shots, { recursive: true });
+
+// The flags that work on this machine's closed network (no background connections).
+const FLAGS = ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
+  '--disable-component-update', '--disable-sync'];
+const TIMEOUT = 30_000;
+
+function expect(condition, message) {
+  if (!condition) throw new Error(`expectation failed: ${message}`);
+}
+
+async function browser(name) {
+  const profile = mkdtempSync(join(tmpdir(), `xenvault-ui-${name}-`));
+  const context = await chromium.launchPersistentContext(profile, {
+    executablePath: '/usr/bin/chromium', headless: true, args: FLAGS,
+    // The server's certificate is self-signed; the Rust test pins it for its own calls.
+    ignoreHTTPSErrors: true, viewport: { width: 1280, height: 900 }, timezoneId: 'Europe/Berlin',
+  });
+  context.setDefaultTimeout(TIMEOUT);
+  const page = context.pages()[0] ?? await context.newPage();
+  const problems = [];
+  page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+  page.on('console', (m) => { if (m.type() === 'error' && !/status of 4\d\d/.test(m.text())) problems.push(`console: ${m.text()}`); });
+  return { context, page, problems, close: async () => { await context.close(); rmSync(profile, { recursive: true, force: true }); } };
+}
+
+let step = 0;
+async function shot(page, name) {
+  step += 1;
+  const file = join(shots, `${String(step).padStart(2, '0')}-${name}.png`);
+  await page.screenshot({ path: file, fullPage: true });
+  console.log(`screenshot ${file}`);
+}
+
+async function logIn(page, user, password) {
+  await page.goto(url);
+  await page.getByLabel('User').waitFor();
+  // Keyboard only: the user field has the focus, Tab to the password, Enter submits.
+  await page.keyboard.type(user);
+  await page.keyboard.press('Tab');
+  await page.keyboard.type(password);
+  await page.keyboard.press('Enter');
+  await page.locator('#who-user', { hasText: user }).waitFor();
+}
+
+const hex = (text) => text.replace(/[^0-9a-f]/gi, '').toLowerCase();
+
+async function admin() {
+  const { page, problems, close } = await browser('admin');
+  await page.goto(url);
+  await page.getByLabel('User').waitFor();
+  await page.getByLabel('User').fill('admin');
+  await page.getByLabel('Password').fill('wrong password');
+  await page.getByRole('button', { name: 'Log in' }).click();
+  await page.locator('[aria-invalid="true"]').waitFor();
+  const refused = await page.locator('.error:not(:empty)').first().textContent();
+  expect(/wrong user name or password/.test(refused), `a refused login is shown: ${refused}`);
+  await shot(page, 'login-refused');
+
+  await logIn(page, 'admin', env('XV_ADMIN_PASSWORD'));
+  expect((await page.locator('#who-role').textContent()) === 'admin', 'the role is shown');
+  await shot(page, 'dashboard-empty');
+
+  // A pool: the simulator's self-signed certificate is shown to confirm, then pinned.
+  await page.getByRole('link', { name: 'Pools & repositories' }).click();
+  await page.getByRole('heading', { name: 'Add a pool' }).waitFor();
+  await page.getByLabel('Name', { exact: true }).first().fill('sim');
+  await page.getByLabel('Master URL').fill(env('XV_SIM_URL'));
+  await page.getByLabel('Password').fill(env('XV_SIM_PASSWORD'));
+  await page.getByRole('button', { name: 'Add pool' }).click();
+  const shown = await page.locator('[data-fingerprint]').getAttribute('data-fingerprint');
+  expect(hex(shown) === hex(env('XV_SIM_FINGERPRINT')), `the fingerprint shown (${shown}) is the simulator's`);
+  await shot(page, 'pool-fingerprint-to-confirm');
+  await page.getByRole('button', { name: 'Trust this certificate and add the pool' }).click();
+  await page.getByRole('cell', { name: /pinned/ }).waitFor();
+  await page.getByRole('button', { name: 'Test pool sim' }).click();
+  await page.getByText(/\d+ host\(s\), \d+ VM\(s\)/).waitFor();
+  await shot(page, 'pool-added-and-tested');
+
+  // A repository: a wrong passphrase is refused next to the form, the right one adds it.
+  const repoForm = page.locator('form', { has: page.getByRole('heading', { name: 'Add a repository' }) });
+  await repoForm.getByLabel('Name').fill('local');
+  await repoForm.getByLabel('Location').fill(env('XV_REPO'));
+  await repoForm.getByLabel('Passphrase').fill('not the passphrase');
+  await repoForm.getByRole('button', { name: 'Add repository' }).click();
+  await repoForm.locator('[aria-invalid="true"]').waitFor();
+  await shot(page, 'repository-refused');
+  await repoForm.getByLabel('Passphrase').fill(env('XV_PASSPHRASE'));
+  await repoForm.getByRole('button', { name: 'Add repository' }).click();
+  const row = page.locator('tr[data-repository="local"]');
+  await row.waitFor();
+  await row.getByRole('cell', { name: '0', exact: true }).waitFor();
+  await shot(page, 'repository-added');
+
+  // A daily job for the VMs tagged prod; a wrong cron line is shown next to its field.
+  await page.getByRole('link', { name: 'Jobs' }).click();
+  await page.getByRole('link', { name: 'New job' }).click();
+  await page.getByLabel('Name', { exact: true }).first().fill('prod-daily');
+  expect((await page.getByLabel('Pool').inputValue()) === 'sim', 'the pool is offered');
+  expect((await page.getByLabel('Repository').inputValue()) === 'local', 'the repository is offered');
+  await page.getByLabel('VMs with any of these tags').fill('prod');
+  await page.getByLabel('Cron line').fill('61 2 * * *');
+  await page.getByLabel('Time zone').fill('Europe/Berlin');
+  await page.getByLabel('Keep daily').fill('7');
+  await page.getByRole('button', { name: 'Create job' }).click();
+  await page.locator('input[name="cron"][aria-invalid="true"]').waitFor();
+  await shot(page, 'job-cron-refused');
+  await page.getByLabel('Cron line').fill('0 2 * * *');
+  await page.getByRole('button', { name: 'Create job' }).click();
+  await page.getByRole('heading', { name: 'Job prod-daily' }).waitFor();
+  await page.getByText('tagged prod').waitFor();
+  await page.getByText('0 2 * * * (Europe/Berlin), inc').waitFor();
+  await shot(page, 'job-created');
+
+  const runNow = page.getByRole('button', { name: 'Run prod-daily now' });
+  if (await runNow.count()) {
+    await runNow.click();
+    await page.locator('#run-status', { hasText: /success|partial|failed/ }).waitFor({ timeout: 300_000 });
+    expect((await page.locator('#run-status').textContent()) === 'success', 'the run succeeds');
+    const disks = page.locator('.task[data-kind="disk"]');
+    expect((await disks.count()) > 0, 'the run shows its disks');
+    for (const disk of await disks.all()) expect((await disk.locator('.strategy').count()) === 1, 'each disk shows its strategy');
+    await shot(page, 'run-now-finished');
+  } else {
+    console.log('run now: the API has no POST /api/jobs/{job}/run yet, so the page offers no button');
+  }
+
+  // A run in progress (the Rust side finishes it once the page follows its live feed).
+  await page.getByRole('link', { name: 'Runs' }).click();
+  await page.getByLabel('Job').selectOption({ label: 'nightly' });
+  await page.getByRole('button', { name: 'Filter' }).click();
+  await page.getByRole('table').getByRole('link').first().click();
+  await page.locator('#run-status', { hasText: 'running' }).waitFor();
+  await page.locator('progress').first().waitFor();
+  await shot(page, 'run-live');
+  console.log('watching-live-run');
+  await page.locator('#run-status', { hasText: 'success' }).waitFor({ timeout: 60_000 });
+  const disks = page.locator('.task[data-kind="disk"]');
+  expect((await disks.count()) === 2, 'both disks are in the tree');
+  expect((await disks.nth(0).locator('.strategy').textContent()).includes('cbt-nbd'), 'disk 0 shows its strategy');
+  expect((await disks.nth(1).locator('.strategy').textContent()).includes('full'), 'disk 1 shows its strategy');
+  await page.getByText('changed block tracking was off').waitFor();
+  await page.locator('.log', { hasText: 'disk 1 read' }).waitFor();
+  await shot(page, 'run-finished');
+  await page.setViewportSize({ width: 390, height: 844 });
+  await shot(page, 'run-phone');
+  await page.setViewportSize({ width: 1280, height: 900 });
+
+  await page.getByRole('link', { name: 'Dashboard' }).click();
+  await page.locator('tr[data-job="prod-daily"]').waitFor();
+  const order = await page.locator('tr[data-job]').evaluateAll((rows) => rows.map((r) => r.dataset.job));
+  expect(order[0] === 'flaky', `failures come first: ${order.join(', ')}`);
+  await shot(page, 'dashboard');
+
+  await page.getByRole('button', { name: 'Log out' }).click();
+  await page.getByLabel('User').waitFor();
+  expect(problems.length === 0, problems.join('\n'));
+  await close();
+}
+
+async function operator() {
+  const { page, problems, close } = await browser('operator');
+  await logIn(page, 'oscar', env('XV_OPERATOR_PASSWORD'));
+  expect((await page.locator('#who-role').textContent()) === 'operator', 'the operator role is shown');
+  await page.getByRole('link', { name: 'Jobs' }).click();
+  const row = page.locator('tr[data-job="prod-daily"]');
+  await row.waitFor();
+  expect((await page.getByRole('link', { name: 'New job' }).count()) === 0, 'an operator has no New job button');
+  for (const label of ['Edit prod-daily', 'Delete prod-daily', 'Disable prod-daily']) {
+    expect((await page.getByRole('button', { name: label }).count()) + (await page.getByRole('link', { name: label }).count()) === 0,
+      `an operator has no ${label} button`);
+  }
+  await shot(page, 'operator-jobs');
+  await page.goto(`${url}/#/jobs/prod-daily/edit`);
+  await page.getByText('Your role may not change jobs.').waitFor();
+  expect((await page.locator('form input').count()) === 0, 'no job form for an operator');
+  await shot(page, 'operator-edit-refused');
+  // And the API agrees: the same change through the session is refused.
+  const status = await page.evaluate(async () => {
+    const job = await (await fetch('/api/jobs/prod-daily')).json();
+    const answer = await fetch('/api/jobs/prod-daily', { method: 'PUT', headers: { 'content-type': 'application/json',
+      'x-csrf-token': localStorage.getItem('xenvault.csrf') }, body: JSON.stringify({ ...job, name: 'renamed' }) });
+    return answer.status;
+  });
+  expect(status === 403, `the API refuses an operator's job change (got ${status})`);
+  expect(problems.length === 0, problems.join('\n'));
+  await close();
+}
+
+try {
+  await admin();
+  await operator();
+  console.log('web UI: all steps passed');
+  process.exit(0);
+} catch (error) {
+  console.error(error.stack ?? String(error));
+  process.exit(1);
+}
