@@ -324,19 +324,3 @@ async fn backups_prune_copy_verify_lose_nothing_s3() {
     let server = common::s3();
     backups_prune_copy_verify("s3", &server.url("torture-a"), &server.url("torture-b"), &server.options()).await;
 }
-
-/// The crash loop's short form: `bench/torture/crash-loop.sh` with a few iterations.
-#[test]
-fn kill_9_loop_of_backup_prune_copy_restore_loses_nothing() {
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/torture/crash-loop.sh");
-    let out = std::process::Command::new("bash")
-        .arg(&script)
-        .env("XENVAULT_BIN", common::xenvault_bin())
-        .env("ITERATIONS", env_number("TORTURE_ITERATIONS", 12).to_string())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {script:?}: {e}"));
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    eprintln!("{stdout}");
-    assert!(out.status.success(), "crash loop failed ({}):\n{stdout}\n{stderr}", out.status);
-    assert!(stdout.contains("figure points_lost 0"), "no figures: {stdout}");
-}

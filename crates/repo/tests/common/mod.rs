@@ -18,6 +18,8 @@ use xenvault_repo::InitOptions;
 use xenvault_repo::backend::BackendOptions;
 use xenvault_repo::keys::{KdfParams, Secret};
 
+pub mod object_lock;
+
 /// Chunk size of the small repositories the tests create.
 pub const CHUNK: usize = 64 << 10;
 
@@ -46,44 +48,6 @@ pub const AZURE_CONTAINER: &str = "xenvault-test";
 /// The workspace's `tests/services` folder (servers' node modules and helper scripts).
 pub fn services_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/services")
-}
-
-/// The `xenvault` binary. Cargo only gives `CARGO_BIN_EXE_*` to tests of the binary's own
-/// package, so we build it (a no-op after `cargo build --workspace --bins`, as CI does)
-/// next to this test executable: `target/<profile>/deps/<test>` → `target/<profile>/xenvault`.
-/// `XENVAULT_BIN` overrides.
-pub fn xenvault_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(bin) = std::env::var_os("XENVAULT_BIN") {
-            return PathBuf::from(bin);
-        }
-        let exe = std::env::current_exe().unwrap_or_else(|e| panic!("cannot locate the test executable: {e}"));
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .unwrap_or_else(|| panic!("unexpected test executable location {exe:?}"));
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let mut build = Command::new(cargo);
-        build.args(["build", "--quiet", "-p", "xenvault", "--bin", "xenvault"]);
-        match profile_dir.file_name().and_then(|n| n.to_str()) {
-            Some("debug") | None => {}
-            Some("release") => {
-                build.arg("--release");
-            }
-            Some(profile) => {
-                build.args(["--profile", profile]);
-            }
-        }
-        let status = build
-            .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."))
-            .status()
-            .unwrap_or_else(|e| panic!("cannot run cargo to build xenvault: {e}"));
-        assert!(status.success(), "building the xenvault binary failed ({status})");
-        let bin = profile_dir.join("xenvault");
-        assert!(bin.exists(), "{bin:?} missing after cargo build");
-        bin
-    })
 }
 
 /// A fresh, unique name for one test's repository inside a shared bucket or directory.
