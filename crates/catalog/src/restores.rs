@@ -121,9 +121,7 @@ impl Catalog {
         restore.started_at = now();
         self.db
             .execute(
-                &format!(
-                    "INSERT INTO restores ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
-                ),
+                &format!("INSERT INTO restores ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"),
                 params![
                     &restore.id,
                     enum_text(&restore.kind)?,

@@ -73,7 +73,8 @@ impl StoredFs {
         .await
     }
 
-    pub(crate) fn file_system(&self) -> Arc<dyn FileSystem> {
+    /// The file system itself, for synchronous work on a blocking thread (e.g. streaming an archive).
+    pub fn file_system(&self) -> Arc<dyn FileSystem> {
         self.fs.clone()
     }
 

@@ -31,6 +31,10 @@ pub struct AppState {
     started: Instant,
     /// Cancelled when the server stops: long answers (event streams) end with it.
     stopping: CancellationToken,
+    /// Repositories opened for browsing and restores.
+    repositories: Arc<api::restore_points::OpenRepositories>,
+    /// Restores running in the background.
+    restores: Arc<api::restores::RunningRestores>,
 }
 
 /// The first admin, made on the first start of an empty catalog.
@@ -62,6 +66,9 @@ impl Server {
         for run in &interrupted {
             tracing::warn!(run = %run.id, job = %run.job_id, "run left unfinished by the last server stop: marked interrupted");
         }
+        for restore in catalog.interrupt_unfinished_restores().await? {
+            tracing::warn!(restore = %restore.id, "restore left unfinished by the last server stop: marked interrupted");
+        }
         let first_admin = first_admin(&catalog, config.admin_password.as_deref()).await?;
         let identity = tls_identity(&config)?;
         let fingerprint = identity.fingerprint().map_err(|e| StartError::Tls(e.to_string()))?;
@@ -78,6 +85,8 @@ impl Server {
             roles: Arc::new(auth::RouteRoles::from_openapi(&doc)),
             started: Instant::now(),
             stopping: stopping.clone(),
+            repositories: Default::default(),
+            restores: Default::default(),
         };
         let router = api::finish(routes, doc, state).merge(web::router());
         let serving = tokio::spawn(listener::serve(listener, tls, router, stopping.clone()));

@@ -255,11 +255,24 @@ pub struct RepositoryCheck {
     pub dedup_ratio: f64,
 }
 
-async fn check_repository(settings: &RepositorySettings, passphrase: &str) -> ApiResult<RepositoryCheck> {
+/// Opens a repository with its passphrase; failing to is a `repository_unusable` answer.
+pub async fn open_repository(settings: &RepositorySettings, passphrase: &str) -> ApiResult<Repository> {
     let secret = xenvault_repo::keys::Secret::passphrase(passphrase);
-    let repo = Repository::open(&settings.location, &settings.backend(), Some(&secret)).await.map_err(|e| {
+    Repository::open(&settings.location, &settings.backend(), Some(&secret)).await.map_err(|e| {
         ApiError::new(StatusCode::BAD_REQUEST, "repository_unusable", format!("opening {}: {e}", settings.location))
-    })?;
+    })
+}
+
+/// A registered repository and its passphrase.
+pub async fn stored_repository(state: &AppState, name: &str) -> ApiResult<(Connection<RepositorySettings>, String)> {
+    let kind = ConnectionKind::Repository;
+    let repo = state.catalog.connection::<RepositorySettings>(kind, name).await?;
+    let passphrase = state.catalog.connection_secret(kind, name).await?.unwrap_or_default();
+    Ok((repo, passphrase))
+}
+
+async fn check_repository(settings: &RepositorySettings, passphrase: &str) -> ApiResult<RepositoryCheck> {
+    let repo = open_repository(settings, passphrase).await?;
     let points = repo.restore_points().await.map_err(|e| ApiError::internal(format!("listing restore points: {e}")))?;
     let stats = xenvault_repo::stats::stats(&points);
     Ok(RepositoryCheck {
@@ -324,8 +337,6 @@ async fn delete_repository(
     responses((status = 200, body = RepositoryCheck), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn test_repository(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<RepositoryCheck>> {
-    let kind = ConnectionKind::Repository;
-    let repo = state.catalog.connection::<RepositorySettings>(kind, &name).await?;
-    let passphrase = state.catalog.connection_secret(kind, &name).await?.unwrap_or_default();
+    let (repo, passphrase) = stored_repository(&state, &name).await?;
     Ok(Json(check_repository(&repo.settings, &passphrase).await?))
 }

@@ -6,6 +6,8 @@ mod connections;
 mod health;
 mod jobs;
 mod metrics;
+pub mod restore_points;
+pub mod restores;
 mod runs;
 
 use axum::Json;
@@ -27,6 +29,8 @@ use crate::auth::{SecuritySchemes, authorize};
         (name = "repositories", description = "Repositories the restore points go to"),
         (name = "jobs", description = "Backup job definitions"),
         (name = "runs", description = "Run history, task trees, logs, live progress"),
+        (name = "restore-points", description = "Restore points: listing, browsing disks, volumes and files, downloads"),
+        (name = "restores", description = "Restores of VMs, disks and files as tracked tasks"),
     )
 )]
 struct ApiDoc;
@@ -39,6 +43,8 @@ pub fn routes() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(connections::router())
         .merge(jobs::router())
         .merge(runs::router())
+        .merge(restore_points::router())
+        .merge(restores::router())
         .merge(metrics::router())
         .split_for_parts()
 }
