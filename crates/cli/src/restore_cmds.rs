@@ -3,7 +3,7 @@
 //! `xenvault_restore`; this module parses and reports.
 
 use crate::repo_cmds::{RepoArgs, classify, print_json, restore_point};
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Result, anyhow};
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -353,25 +353,14 @@ async fn restore_vm(a: RestoreVmArgs) -> Result<ExitCode> {
         sr_map: resolve_targets(&client, Kind::Sr, &a.sr_map).await?,
         network_map: resolve_targets(&client, Kind::Network, &a.network_map).await?,
         macs: a.macs,
+        start: a.start,
         ..Default::default()
     };
     cancel_restore_on_signals(&opts.cancel)?;
     let bars = crate::progress::Bars::new(a.json);
     let report = xenvault_restore::vm::restore_vm(&client, &repo, &m, &opts, bars).await.map_err(restore_error)?;
-    if a.start {
-        inventory::start_vm(&client, &report.vm_uuid)
-            .await
-            .map_err(crate::backup_cmds::auth_kind)
-            .context("starting the restored VM")?;
-    }
-    let after = inventory::vm_state(&client, &report.vm_uuid).await.map_err(crate::backup_cmds::auth_kind)?;
-    let power_state_after = after.map(|vm| vm.power_state);
     if a.json {
-        print_json(&VmRestoreOutput {
-            report: &report,
-            power_state_before: before.as_ref().map(|vm| vm.power_state.clone()),
-            power_state_after,
-        })?;
+        print_json(&report)?;
     } else {
         println!(
             "restored {} as VM {} ({}) in {:.1} s",
@@ -380,8 +369,8 @@ async fn restore_vm(a: RestoreVmArgs) -> Result<ExitCode> {
             report.vm_uuid,
             report.seconds
         );
-        match (&before, &power_state_after) {
-            (Some(vm), Some(now)) => println!("  power state: {} before, {now} now", vm.power_state),
+        match (&report.power_state_before, &report.power_state_after) {
+            (Some(before), Some(now)) => println!("  power state: {before} before, {now} now"),
             (None, Some(now)) => println!("  power state: {now}"),
             _ => {}
         }
@@ -393,16 +382,6 @@ async fn restore_vm(a: RestoreVmArgs) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// A restore report with the VM's power state around it.
-#[derive(serde::Serialize)]
-struct VmRestoreOutput<'a> {
-    #[serde(flatten)]
-    report: &'a xenvault_restore::vm::VmRestoreReport,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    power_state_before: Option<String>,
-    power_state_after: Option<String>,
 }
 
 /// The uuid of the pool object named `wanted` (a uuid or a unique name).

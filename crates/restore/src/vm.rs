@@ -12,6 +12,7 @@ use serde_json::Value as Json;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use xenvault_pool::host::by_uuid;
+use xenvault_pool::inventory;
 use xenvault_repo::{Manifest, Repository};
 use xenvault_types::metadata::{VifInfo, VmMetadata};
 use xenvault_types::progress::Progress;
@@ -72,6 +73,8 @@ pub struct VmRestoreOptions {
     /// New VIFs: stored network uuid or name label -> target network uuid.
     pub network_map: Vec<(String, String)>,
     pub macs: Macs,
+    /// Start the VM once restored.
+    pub start: bool,
     /// Stops the restore: a new VM is removed with its disks; overwritten disks are put
     /// back as they were (and a VM the restore shut down is started again).
     pub cancel: CancellationToken,
@@ -112,6 +115,11 @@ pub struct VmRestoreReport {
     /// What was not restored as stored (a VIF whose network is missing, an unused mapping).
     pub warnings: Vec<String>,
     pub seconds: f64,
+    /// The original VM's power state before an overwrite.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub power_state_before: Option<String>,
+    /// The restored VM's power state at the end (after the start that was asked for).
+    pub power_state_after: Option<String>,
 }
 
 pub(crate) fn invalid(what: impl Into<String>) -> Error {
@@ -145,6 +153,10 @@ pub async fn restore_vm(
         .ok_or_else(|| invalid(format!("restore point {} holds no VM records (not a VM backup?)", m.short_id())))?;
     let original = by_uuid(client, "VM", &meta.vm.uuid).await?;
     let disks = stored_disks(m, Some(&meta));
+    let power_state_before = match (opts.mode, &original) {
+        (Mode::Overwrite, Some(_)) => inventory::vm_state(client, &meta.vm.uuid).await?.map(|vm| vm.power_state),
+        _ => None,
+    };
     let writing = Writing { progress: &progress, cancel: &opts.cancel };
     let (vm_uuid, name_label, written, warnings) = match opts.mode {
         Mode::AsNew => {
@@ -166,6 +178,10 @@ pub async fn restore_vm(
             (call_str(client, "VM.get_uuid", &vm).await?, meta.vm.name_label.clone(), written, warnings)
         }
     };
+    if opts.start {
+        inventory::start_vm(client, &vm_uuid).await?;
+    }
+    let power_state_after = inventory::vm_state(client, &vm_uuid).await?.map(|vm| vm.power_state);
     Ok(VmRestoreReport {
         restore_point: m.id.clone(),
         identity: opts.identity.clone(),
@@ -176,6 +192,8 @@ pub async fn restore_vm(
         disks: written,
         warnings,
         seconds: started.elapsed().as_secs_f64(),
+        power_state_before,
+        power_state_after,
     })
 }
 
