@@ -348,6 +348,7 @@ impl Work {
                         MacsChoice::Keep => Macs::Keep,
                         MacsChoice::New => Macs::New,
                     },
+                    start: false,
                     cancel,
                     identity,
                 };
