@@ -20,6 +20,7 @@ apt_packages=(e2fsprogs ntfs-3g xfsprogs dosfstools mtools fdisk)
 $demo_only || apt_packages+=(
   qemu-utils gdisk lvm2 nbdkit libnbd-bin gnutls-bin libvhdi-utils python3-libvhdi xva-img restic borgbackup time
   postgresql # the catalog tests start a private cluster (crates/catalog/tests/common)
+  chromium # the web UI test (crates/server/tests/web_ui.rs) drives it with playwright-core (tests/ui)
 )
 missing_apt_packages() {
   local p
@@ -65,7 +66,7 @@ fi
 # in node_modules holds the hash of the manifests last installed, so a changed lock file
 # installs again and an unchanged one does nothing.
 command -v npm >/dev/null || die "npm is not installed (Node 20 + npm are needed for the tests)"
-for dir in tests/services tests/interop; do
+for dir in tests/services tests/interop tests/ui; do
   [ -f "$dir/package.json" ] || continue
   manifests=("$dir/package.json")
   [ -f "$dir/package-lock.json" ] && manifests+=("$dir/package-lock.json")

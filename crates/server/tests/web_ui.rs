@@ -168,3 +168,27 @@ async fn a_new_admin_sets_up_backups_in_the_browser_and_an_operator_cannot_edit_
     assert!(pending.is_none(), "the script never followed the live run:\n{output}");
     server.server.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_page_is_served_with_a_strict_policy_and_revalidated_by_its_etag() {
+    let server = start().await;
+    let page = server.request(reqwest::Method::GET, "/").send().await.unwrap();
+    assert_eq!(page.status(), reqwest::StatusCode::OK);
+    let headers = page.headers().clone();
+    assert!(headers["content-type"].to_str().unwrap().starts_with("text/html"));
+    let policy = headers["content-security-policy"].to_str().unwrap();
+    assert!(policy.contains("script-src 'self'") && policy.contains("frame-ancestors 'none'"), "{policy}");
+    assert!(!policy.contains("unsafe-inline"), "{policy}");
+    assert_eq!(headers["cache-control"], "no-cache");
+    assert!(page.text().await.unwrap().contains("/ui/app.js"));
+
+    let etag = headers["etag"].to_str().unwrap();
+    let again = server.request(reqwest::Method::GET, "/").header("if-none-match", etag).send().await.unwrap();
+    assert_eq!(again.status(), reqwest::StatusCode::NOT_MODIFIED);
+    let script = server.request(reqwest::Method::GET, "/ui/pages/jobs.js").send().await.unwrap();
+    assert!(script.headers()["content-type"].to_str().unwrap().starts_with("text/javascript"));
+    assert_ne!(script.headers()["etag"], etag, "each file has its own tag");
+    let missing = server.request(reqwest::Method::GET, "/ui/../Cargo.toml").send().await.unwrap();
+    assert_eq!(missing.status(), reqwest::StatusCode::NOT_FOUND);
+    server.server.shutdown().await;
+}

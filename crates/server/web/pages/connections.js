@@ -89,7 +89,7 @@ function addPoolForm(added) {
       form.reset();
       await added();
     } catch (error) {
-      const seen = error.code === 'untrusted_certificate' && /fingerprint ([0-9A-Fa-f:]{40,})/.exec(error.message);
+      const seen = error.code === 'untrusted_certificate' && /fingerprint ([0-9A-Fa-f]{2}(?::?[0-9A-Fa-f]{2}){31})/.exec(error.message);
       if (seen) askToTrust(seen[1]);
       else if (error.code === 'pool_login_refused') placeError(form, error, password.control);
       else if (error.code === 'pool_unreachable') showFieldError(url.control, error.message);

@@ -57,7 +57,7 @@ export async function dashboardPage(main) {
     fill(repositories, h('h2', { id: 'repos-use-title' }, 'Repositories'), list.length ? h('ul', {}, list.map((repo, i) => {
       const check = checks[i];
       const text = !check ? '' : check instanceof Error ? check.message
-        : `${check.restore_points} restore points, ${bytes(check.stored_bytes)} stored for ${bytes(check.logical_bytes)} of disks (dedup ${check.dedup_ratio.toFixed(2)}×)`;
+        : `${check.restore_points} restore points, ${bytes(check.stored_bytes)} stored for ${bytes(check.logical_bytes)} of disks ${check.stored_bytes ? ` (dedup ${check.dedup_ratio.toFixed(2)}×)` : ''}`;
       return h('li', {}, h('strong', {}, repo.name), ` ${repo.settings.location} `, h('span', { class: check instanceof Error ? 'error' : 'muted' }, text));
     })) : h('p', {}, 'No repository yet. ', h('a', { href: '#/connections' }, 'Add one')));
   };
