@@ -269,6 +269,23 @@ async fn restore_points_browse_download_and_tracked_restores() {
     assert_eq!(sim_sha256(&sim, new_vdi).await, backed_up_sha);
     assert!(done["progress"].as_array().unwrap().iter().any(|p| p["phase"] == "restore" && p["done"] == p["total"]));
 
+    // Files: /etc extracted to a directory on the server, byte for byte.
+    let destination = dir.path().join("extracted").join("etc");
+    let files = json!({"kind": "files", "repository": "local", "restore_point": point_id,
+        "disk": root_disk.position.to_string(), "volume": "p1", "path": "/etc", "destination": destination});
+    let started: Value = post("/api/restores", &operator, files).await.unwrap().json().await.unwrap();
+    let done = finished(&server, &reader, started["id"].as_str().unwrap()).await;
+    assert_eq!(done["status"], "success", "{done}");
+    assert_eq!(done["report"]["files"], expected_etc.len());
+    for (name, sha) in &expected_etc {
+        let local = destination.parent().unwrap().join(name);
+        assert_eq!(&sha256_hex(&std::fs::read(&local).unwrap()), sha, "{name}");
+    }
+    let outside = json!({"kind": "files", "repository": "local", "restore_point": point_id, "path": "/etc/../..",
+        "destination": destination});
+    assert_error(post("/api/restores", &operator, outside).await.unwrap(), StatusCode::BAD_REQUEST, "invalid_path")
+        .await;
+
     // Cancelled while it runs (every pool call is slowed down to a second, so it is still
     // going when the cancel comes): the VDI it made is removed again.
     let vdis = vdi_count(&client).await;
@@ -286,7 +303,7 @@ async fn restore_points_browse_download_and_tracked_restores() {
 
     // Both stay in the history; the audit log names who did what.
     let history = server.get_json("/api/restores", &reader).await;
-    assert_eq!(history["total"], 2, "{history}");
+    assert_eq!(history["total"], 3, "{history}");
     assert_eq!(server.get_json("/api/restores?status=cancelled", &reader).await["total"], 1);
     let audit = server.get_json("/api/audit", &admin).await;
     let actions: Vec<&str> = audit.as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();

@@ -5,7 +5,7 @@
 //! shown and archived as links, never followed.
 
 use std::collections::HashMap;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::sync::Arc;
 
 use axum::Json;
@@ -562,16 +562,19 @@ async fn download_archive(
     }
     let format = query.format.unwrap_or_default();
     let target = format!("{repo}/{id}/{position}/{volume}:{path}");
-    state.catalog.audit(&who.actor, "restore-point.archive", Some(&target), Some(&format!("{format:?}"))).await?;
+    state
+        .catalog
+        .audit(&who.actor, "restore-point.archive", Some(&target), Some(&format!("{format:?}").to_lowercase()))
+        .await?;
     // Members are named from the directory's own name down ("etc/hostname").
     let top = if entry.path == "/" { volume.replace('/', "-") } else { entry.name.clone() };
     let fs = fs.file_system();
     Ok(match format {
         ArchiveFormat::Tar => streamed("application/x-tar", &format!("{top}.tar"), None, move |out| {
-            write_tar(fs.as_ref(), &path, &top, out)
+            write_archive(fs.as_ref(), &path, &top, TarArchive(tar::Builder::new(out)))
         }),
         ArchiveFormat::Zip => streamed("application/zip", &format!("{top}.zip"), None, move |out| {
-            write_zip(fs.as_ref(), &path, &top, out)
+            write_archive(fs.as_ref(), &path, &top, ZipArchive(zip::ZipWriter::new_stream(out)))
         }),
     })
 }
@@ -582,44 +585,65 @@ fn member_name(root: &str, top: &str, entry: &Entry) -> String {
     format!("{top}/{relative}")
 }
 
-fn write_tar(fs: &dyn FileSystem, root: &str, top: &str, out: &mut BodyWriter) -> Result<(), String> {
+/// One archive format: how each kind of member is written.
+trait ArchiveWriter {
+    fn dir(&mut self, name: &str, entry: &Entry) -> std::io::Result<()>;
+    fn file(&mut self, name: &str, entry: &Entry, content: &mut dyn Read) -> std::io::Result<()>;
+    fn symlink(&mut self, name: &str, entry: &Entry, target: &str) -> std::io::Result<()>;
+    fn finish(self) -> std::io::Result<()>;
+}
+
+/// Writes the tree below `root` (devices and FIFOs left out) as members named from `top` down.
+fn write_archive(fs: &dyn FileSystem, root: &str, top: &str, mut archive: impl ArchiveWriter) -> Result<(), String> {
     let fail = |what: &str, e: &dyn std::fmt::Display| format!("{what}: {e}");
-    let mut tar = tar::Builder::new(out);
-    let header_of = |entry: &Entry, kind: tar::EntryType, size: u64| {
-        let mut header = tar::Header::new_gnu();
-        header.set_entry_type(kind);
-        header.set_size(size);
-        header.set_mode(entry.mode);
-        header.set_uid(entry.uid.into());
-        header.set_gid(entry.gid.into());
-        header.set_mtime(u64::try_from(entry.mtime).unwrap_or(0));
-        header
-    };
     let root_entry = fs.stat(root).map_err(|e| fail(root, &e))?;
-    let mut top_header = header_of(&root_entry, tar::EntryType::Directory, 0);
-    tar.append_data(&mut top_header, format!("{top}/"), std::io::empty()).map_err(|e| fail(top, &e))?;
+    archive.dir(top, &root_entry).map_err(|e| fail(root, &e))?;
     for entry in fs.walk(root) {
         let entry = entry.map_err(|e| fail(root, &e))?;
         let name = member_name(root, top, &entry);
         let written = match entry.kind {
-            EntryKind::Dir => tar.append_data(
-                &mut header_of(&entry, tar::EntryType::Directory, 0),
-                format!("{name}/"),
-                std::io::empty(),
-            ),
+            EntryKind::Dir => archive.dir(&name, &entry),
             EntryKind::File => {
-                let file = fs.open(&entry.path).map_err(|e| fail(&entry.path, &e))?;
-                tar.append_data(&mut header_of(&entry, tar::EntryType::Regular, entry.size), &name, file)
+                let mut file = fs.open(&entry.path).map_err(|e| fail(&entry.path, &e))?;
+                archive.file(&name, &entry, &mut file)
             }
-            EntryKind::Symlink => {
-                let target = entry.symlink_target.clone().unwrap_or_default();
-                tar.append_link(&mut header_of(&entry, tar::EntryType::Symlink, 0), &name, target)
-            }
+            EntryKind::Symlink => archive.symlink(&name, &entry, entry.symlink_target.as_deref().unwrap_or_default()),
             EntryKind::Other => continue,
         };
         written.map_err(|e| fail(&entry.path, &e))?;
     }
-    tar.finish().map_err(|e| fail("finishing the archive", &e))
+    archive.finish().map_err(|e| fail("finishing the archive", &e))
+}
+
+struct TarArchive<W: Write>(tar::Builder<W>);
+
+fn tar_header(entry: &Entry, kind: tar::EntryType, size: u64) -> tar::Header {
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(kind);
+    header.set_size(size);
+    header.set_mode(entry.mode);
+    header.set_uid(entry.uid.into());
+    header.set_gid(entry.gid.into());
+    header.set_mtime(u64::try_from(entry.mtime).unwrap_or(0));
+    header
+}
+
+impl<W: Write> ArchiveWriter for TarArchive<W> {
+    fn dir(&mut self, name: &str, entry: &Entry) -> std::io::Result<()> {
+        self.0.append_data(&mut tar_header(entry, tar::EntryType::Directory, 0), format!("{name}/"), std::io::empty())
+    }
+
+    fn file(&mut self, name: &str, entry: &Entry, content: &mut dyn Read) -> std::io::Result<()> {
+        self.0.append_data(&mut tar_header(entry, tar::EntryType::Regular, entry.size), name, content)
+    }
+
+    fn symlink(&mut self, name: &str, entry: &Entry, target: &str) -> std::io::Result<()> {
+        self.0.append_link(&mut tar_header(entry, tar::EntryType::Symlink, 0), name, target)
+    }
+
+    fn finish(mut self) -> std::io::Result<()> {
+        self.0.finish()
+    }
 }
 
 /// The zip time of a Unix mtime (zip counts local time from 1980; we write UTC).
@@ -639,37 +663,32 @@ fn zip_time(mtime: i64) -> zip::DateTime {
     .unwrap_or_default()
 }
 
-fn write_zip(fs: &dyn FileSystem, root: &str, top: &str, out: &mut BodyWriter) -> Result<(), String> {
-    use zip::write::SimpleFileOptions;
-    let fail = |what: &str, e: &dyn std::fmt::Display| format!("{what}: {e}");
-    let mut zip = zip::ZipWriter::new_stream(out);
-    let options = |entry: &Entry| {
-        SimpleFileOptions::default()
-            .compression_method(zip::CompressionMethod::Deflated)
-            .unix_permissions(entry.mode)
-            .last_modified_time(zip_time(entry.mtime))
-            .large_file(entry.size >= u64::from(u32::MAX))
-    };
-    let root_entry = fs.stat(root).map_err(|e| fail(root, &e))?;
-    zip.add_directory(format!("{top}/"), options(&root_entry)).map_err(|e| fail(top, &e))?;
-    for entry in fs.walk(root) {
-        let entry = entry.map_err(|e| fail(root, &e))?;
-        let name = member_name(root, top, &entry);
-        match entry.kind {
-            EntryKind::Dir => {
-                zip.add_directory(format!("{name}/"), options(&entry)).map_err(|e| fail(&entry.path, &e))?
-            }
-            EntryKind::File => {
-                zip.start_file(&name, options(&entry)).map_err(|e| fail(&entry.path, &e))?;
-                let mut file = fs.open(&entry.path).map_err(|e| fail(&entry.path, &e))?;
-                std::io::copy(&mut file, &mut zip).map_err(|e| fail(&entry.path, &e))?;
-            }
-            EntryKind::Symlink => {
-                let target = entry.symlink_target.clone().unwrap_or_default();
-                zip.add_symlink(&name, target, options(&entry)).map_err(|e| fail(&entry.path, &e))?;
-            }
-            EntryKind::Other => {}
-        }
+/// Zip written forward only (sizes in data descriptors), so it streams.
+struct ZipArchive<W: Write>(zip::ZipWriter<zip::write::StreamWriter<W>>);
+
+fn zip_options(entry: &Entry) -> zip::write::SimpleFileOptions {
+    zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated)
+        .unix_permissions(entry.mode)
+        .last_modified_time(zip_time(entry.mtime))
+        .large_file(entry.size >= u64::from(u32::MAX))
+}
+
+impl<W: Write> ArchiveWriter for ZipArchive<W> {
+    fn dir(&mut self, name: &str, entry: &Entry) -> std::io::Result<()> {
+        self.0.add_directory(format!("{name}/"), zip_options(entry)).map_err(std::io::Error::other)
     }
-    zip.finish().map(drop).map_err(|e| fail("finishing the archive", &e))
+
+    fn file(&mut self, name: &str, entry: &Entry, content: &mut dyn Read) -> std::io::Result<()> {
+        self.0.start_file(name, zip_options(entry)).map_err(std::io::Error::other)?;
+        std::io::copy(content, &mut self.0).map(drop)
+    }
+
+    fn symlink(&mut self, name: &str, entry: &Entry, target: &str) -> std::io::Result<()> {
+        self.0.add_symlink(name, target, zip_options(entry)).map_err(std::io::Error::other)
+    }
+
+    fn finish(self) -> std::io::Result<()> {
+        self.0.finish().map(drop).map_err(std::io::Error::other)
+    }
 }
