@@ -40,7 +40,9 @@ impl Catalog {
         check_schedule_ids(&job)?;
         let at = now();
         let mut tx = self.db.begin().await?;
-        let taken = tx.query_opt("SELECT id FROM jobs WHERE id = $1 OR name = $2", params![&job.id, &job.name]).await?;
+        // LIMIT 1: one job may have the id and another the name.
+        let taken =
+            tx.query_opt("SELECT id FROM jobs WHERE id = $1 OR name = $2 LIMIT 1", params![&job.id, &job.name]).await?;
         if taken.is_some() {
             return Err(Error::Conflict(format!("a job named {:?} (or with id {}) already exists", job.name, job.id)));
         }
