@@ -1,6 +1,8 @@
 //! Restores the API starts, kept in the catalog: recorded, updated, listed with filters and
 //! pages, and marked interrupted when a crash left them running; on SQLite and PostgreSQL.
 
+// Shared with catalog.rs, which uses the parts this file does not.
+#[allow(dead_code)]
 mod common;
 
 use common::TestCatalog;
