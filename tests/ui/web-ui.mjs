@@ -5,7 +5,8 @@
 // expectation throws: the process exits non-zero and the Rust test shows this output.
 // stdout line "watching-live-run" tells the Rust side the run page is open on the live run.
 
-import { mkdtempSync, mkdirSync, rmSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { mkdtempSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
@@ -108,7 +109,9 @@ async function admin() {
   await repoForm.getByRole('button', { name: 'Add repository' }).click();
   const row = page.locator('tr[data-repository="local"]');
   await row.waitFor();
-  await row.getByRole('cell', { name: '0', exact: true }).waitFor();
+  // It holds one restore point: the Rust side backed up the demo VM into it.
+  await row.getByRole('cell', { name: '1', exact: true }).waitFor();
+  await row.getByRole('cell', { name: /^\d+\.\d\d×$/ }).waitFor();
   await shot(page, 'repository-added');
 
   // A daily job for the VMs tagged prod; a wrong cron line is shown next to its field.
@@ -165,6 +168,8 @@ async function admin() {
   await shot(page, 'run-phone');
   await page.setViewportSize({ width: 1280, height: 900 });
 
+  await restore(page);
+
   await page.getByRole('link', { name: 'Dashboard' }).click();
   await page.locator('tr[data-job="prod-daily"]').waitFor();
   const order = await page.locator('tr[data-job]').evaluateAll((rows) => rows.map((r) => r.dataset.job));
@@ -175,6 +180,26 @@ async function admin() {
   await page.getByLabel('User').waitFor();
   expect(problems.length === 0, problems.join('\n'));
   await close();
+}
+
+/** Browses the demo VM's restore point, downloads /etc/hostname, restores the VM as new. */
+async function restore(page) {
+  await page.getByRole('link', { name: 'Restore' }).click();
+  const vm = page.locator(`section[data-vm="${env('XV_VM')}"]`);
+  await vm.getByRole('link').first().click();
+  await page.getByRole('link', { name: 'Browse p1' }).click();
+  await page.getByRole('link', { name: 'etc/' }).click();
+  await page.locator('tr[data-entry="hostname"]').waitFor();
+  await shot(page, 'file-browser');
+  const [download] = await Promise.all([page.waitForEvent('download'), page.getByRole('link', { name: 'Download hostname' }).click()]);
+  const saved = await download.path();
+  const digest = createHash('sha256').update(readFileSync(saved)).digest('hex');
+  expect(digest === env('XV_HOSTNAME_SHA256'), `the downloaded /etc/hostname is the disk's (${digest})`);
+  await page.getByRole('link', { name: 'Back to the restore point' }).click();
+  await page.getByRole('button', { name: 'Restore as a new VM' }).click();
+  await page.locator('#restore-status', { hasText: /success|failed|cancelled/ }).waitFor({ timeout: 300_000 });
+  expect((await page.locator('#restore-status').textContent()) === 'success', 'the VM restore succeeds');
+  await shot(page, 'vm-restored');
 }
 
 async function operator() {

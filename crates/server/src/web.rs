@@ -43,6 +43,7 @@ static ASSETS: &[Asset] = &[
     asset!("pages/connections.js", JS),
     asset!("pages/jobs.js", JS),
     asset!("pages/runs.js", JS),
+    asset!("pages/restore.js", JS),
 ];
 
 /// FNV-1a: a content fingerprint computed at compile time (an ETag, not a security check).

@@ -1,8 +1,9 @@
 //! The web UI end to end: a server, the simulated pool and a local repository, driven from
 //! Debian's chromium by tests/ui/web-ui.mjs (playwright-core). The script logs in, adds the
 //! pool (confirming its certificate's fingerprint) and the repository, creates a job, follows
-//! a run's live feed while this side finishes the run, and checks that an operator cannot
-//! edit a job. Screenshots of each step go to target/ui-screenshots/.
+//! a run's live feed while this side finishes the run, browses a restore point (a real
+//! backup of the simulator's demo VM) and downloads a file, restores the VM as a new one,
+//! and checks that an operator cannot edit a job. Screenshots of each step go to target/ui-screenshots/.
 
 mod common;
 
@@ -13,15 +14,23 @@ use common::{ADMIN_PASSWORD, start};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use xenvault_catalog::{Catalog, LogLevel, Role};
+use xenvault_engine::job::{self as engine, BackupOptions};
+use xenvault_engine::selection::Selector;
+use xenvault_engine::store::Store;
+use xenvault_engine::strategy::{Level, Requested};
+use xenvault_fixtures::DiskManifest;
 use xenvault_jobs::model::{Job, Run, RunStatus, RunTotals, Task, TaskKind, TaskStatus, Trigger};
+use xenvault_pool::config::{PoolEntry, PoolLogin, ServerTrust};
 use xenvault_repo::{BackendOptions, InitOptions, KdfParams, Repository, Secret};
-use xenvault_sim::{SimConfig, Simulator};
+use xenvault_sim::{DemoDisks, SimConfig, SimHandle, Simulator};
 
 const PASSPHRASE: &str = "repository passphrase";
 const OPERATOR_PASSWORD: &str = "operator password";
 const GIB: u64 = 1 << 30;
 /// What the script prints once the run page follows the live run.
 const WATCHING: &str = "watching-live-run";
+/// The simulator's demo VM with real file systems (xenvault-fixtures).
+const VM: &str = "debian-web";
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -101,6 +110,38 @@ async fn finish(catalog: &Catalog, mut live: Run, tasks: Vec<Task>) {
     catalog.update_run(&live).await.unwrap();
 }
 
+/// A full backup of the demo VM into the repository, as a job's run would make it.
+async fn back_up_demo_vm(sim: &SimHandle, fingerprint: &str, repo: Repository) {
+    let login = PoolLogin {
+        name: "sim".into(),
+        entry: PoolEntry {
+            url: sim.url.clone(),
+            user: "root".into(),
+            tls: ServerTrust::pin_sha256_hex(fingerprint).unwrap(),
+        },
+        password: sim.password.clone(),
+    };
+    let host = xenvault_pool::Host::connect(&login).await.unwrap();
+    let backup = BackupOptions {
+        selectors: vec![Selector::NameOrUuid(VM.into())],
+        level: Level::Full,
+        strategy: Requested::Auto,
+        ..Default::default()
+    };
+    let progress = xenvault_types::progress::HiddenProgress::shared();
+    let report = engine::backup(&host, &Store::from_repository(repo), &backup, progress).await.unwrap();
+    assert!(report.vms[0].restore_point.is_some(), "the backup made a restore point");
+}
+
+/// The sha256 the fixtures recorded for /etc/hostname of the demo VM's root file system.
+fn expected_hostname_sha256(sim_dir: &Path) -> String {
+    let manifest = std::fs::read(sim_dir.join("fixtures/linux-root.manifest.json")).expect("fixtures manifest");
+    let manifest: DiskManifest = serde_json::from_slice(&manifest).unwrap();
+    let root = manifest.volumes.iter().find(|v| v.name == "p1").and_then(|v| v.fs.as_ref()).expect("p1 files");
+    let hostname = root.files.iter().find(|f| f.path == "/etc/hostname").expect("/etc/hostname");
+    hostname.sha256.clone().expect("digest")
+}
+
 #[tokio::test]
 async fn a_new_admin_sets_up_backups_in_the_browser_and_an_operator_cannot_edit_a_job() {
     let script_dir = workspace().join("tests/ui");
@@ -109,7 +150,9 @@ async fn a_new_admin_sets_up_backups_in_the_browser_and_an_operator_cannot_edit_
         "the web UI test needs Debian's chromium and tests/ui/node_modules: run scripts/setup.sh"
     );
     let sim_dir = tempfile::tempdir().unwrap();
-    let sim = Simulator::start(SimConfig::new(sim_dir.path())).await.expect("simulator");
+    let sim = Simulator::start(SimConfig { demo_disks: DemoDisks::Fixtures, ..SimConfig::new(sim_dir.path()) })
+        .await
+        .expect("simulator");
     let sim_pin = xenvault_tls::pem_fingerprint_sha256(sim.cert_pem.as_bytes()).unwrap();
     let server = start().await;
     let repo_dir = tempfile::tempdir().unwrap();
@@ -119,7 +162,8 @@ async fn a_new_admin_sets_up_backups_in_the_browser_and_an_operator_cannot_edit_
         kdf: KdfParams { memory_kib: 256, iterations: 1, parallelism: 1 },
         ..Default::default()
     };
-    Repository::init(&location, &BackendOptions::default(), options).await.expect("init");
+    let repo = Repository::init(&location, &BackendOptions::default(), options).await.expect("init");
+    back_up_demo_vm(&sim, &sim_pin, repo).await;
     // The runner's side, through the same catalog (SQLite, WAL: two connections).
     let catalog = Catalog::open(server.data_dir.path(), None).await.unwrap();
     catalog.create_user("oscar", OPERATOR_PASSWORD, Role::Operator).await.unwrap();
@@ -138,6 +182,8 @@ async fn a_new_admin_sets_up_backups_in_the_browser_and_an_operator_cannot_edit_
         .env("XV_REPO", &location)
         .env("XV_PASSPHRASE", PASSPHRASE)
         .env("XV_SCREENSHOTS", &screenshots)
+        .env("XV_VM", VM)
+        .env("XV_HOSTNAME_SHA256", expected_hostname_sha256(sim_dir.path()))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -9,6 +9,7 @@ import { dashboardPage } from './pages/dashboard.js';
 import { connectionsPage } from './pages/connections.js';
 import { jobFormPage, jobPage, jobsPage } from './pages/jobs.js';
 import { runPage, runsPage } from './pages/runs.js';
+import { browsePage, restorePage, restorePointPage } from './pages/restore.js';
 
 const main = document.getElementById('main');
 const top = document.getElementById('top');
@@ -23,6 +24,9 @@ const routes = [
   [/^jobs\/([^/]+)$/, jobPage],
   [/^runs$/, runsPage],
   [/^runs\/([^/]+)$/, runPage],
+  [/^restore$/, restorePage],
+  [/^restore\/([^/]+)\/([^/]+)$/, restorePointPage],
+  [/^restore\/([^/]+)\/([^/]+)\/([^/]+)\/([^/]+)$/, browsePage],
 ];
 
 let me = null;
