@@ -27,6 +27,8 @@ use xenvault_xapi::Value as XapiValue;
 
 const PASSPHRASE: &str = "repository passphrase";
 const VM: &str = "debian-web";
+/// The demo VM with a GPT disk: FAT32 EFI partition and NTFS.
+const WINDOWS_VM: &str = "win-fileserver";
 const JOB: &str = "nightly-job-id";
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -92,7 +94,7 @@ async fn restore_points_browse_download_and_tracked_restores() {
     };
     let repo = Repository::init(&location, &Default::default(), options).await.unwrap();
     let backup = BackupOptions {
-        selectors: vec![Selector::NameOrUuid(VM.into())],
+        selectors: vec![Selector::NameOrUuid(VM.into()), Selector::NameOrUuid(WINDOWS_VM.into())],
         level: Level::Full,
         strategy: Requested::Auto,
         job_id: Some(JOB.into()),
@@ -100,14 +102,19 @@ async fn restore_points_browse_download_and_tracked_restores() {
     };
     let store = Store::from_repository(repo.clone());
     let report = job::backup(&host, &store, &backup, xenvault_types::progress::HiddenProgress::shared()).await.unwrap();
-    let point_id = report.vms[0].restore_point.clone().expect("a restore point");
+    let point_of = |name: &str| {
+        let vm = report.vms.iter().find(|vm| vm.vm_name == name).expect("the VM was backed up");
+        vm.restore_point.clone().unwrap_or_else(|| panic!("{name}: {:?}", vm.error))
+    };
+    let (point_id, windows_point) = (point_of(VM), point_of(WINDOWS_VM));
     let point = repo.restore_point(&point_id).await.unwrap();
     let root_disk = point.disks.iter().min_by_key(|d| d.position).unwrap();
     let backed_up_sha = sim_sha256(&sim, &root_disk.uuid).await;
-    let root_manifest: DiskManifest = serde_json::from_slice(
-        &std::fs::read(sim_dir.join("fixtures").join("linux-root.manifest.json")).expect("fixtures manifest"),
-    )
-    .unwrap();
+    let fixture = |name: &str| -> DiskManifest {
+        let path = sim_dir.join("fixtures").join(format!("{name}.manifest.json"));
+        serde_json::from_slice(&std::fs::read(&path).expect("fixtures manifest")).unwrap()
+    };
+    let (root_manifest, windows_manifest) = (fixture("linux-root"), fixture("windows"));
 
     // The server knows the pool and the repository.
     let server = start().await;
@@ -123,6 +130,7 @@ async fn restore_points_browse_download_and_tracked_restores() {
 
     // Listing and filters.
     let points = "/api/repositories/local/restore-points";
+    assert_eq!(server.get_json(points, &reader).await["total"], 2);
     let page = server.get_json(&format!("{points}?vm={VM}"), &reader).await;
     assert_eq!(page["total"], 1, "{page}");
     let listed = &page["restore_points"][0];
@@ -135,17 +143,22 @@ async fn restore_points_browse_download_and_tracked_restores() {
     assert_eq!(positions, point.disks.iter().map(|d| u64::from(d.position)).collect::<Vec<_>>());
     for (filter, total) in [
         (format!("vm={}", point.source.id), 1),
-        (format!("job={JOB}"), 1),
+        (format!("job={JOB}"), 2),
+        (format!("job={JOB}&vm={WINDOWS_VM}"), 1),
+        ("tag=level:full".to_owned(), 2),
+        ("tag=nope".to_owned(), 0),
         ("job=another".to_owned(), 0),
         ("vm=no-such-vm".to_owned(), 0),
         ("since=2100-01-01T00:00:00Z".to_owned(), 0),
-        ("until=2100-01-01T00:00:00Z".to_owned(), 1),
+        ("until=2100-01-01T00:00:00Z".to_owned(), 2),
     ] {
         let page = server.get_json(&format!("{points}?{filter}"), &reader).await;
         assert_eq!(page["total"], total, "{filter}: {page}");
     }
-    let beyond = server.get_json(&format!("{points}?limit=1&offset=1"), &reader).await;
-    assert_eq!((beyond["total"].as_u64(), beyond["restore_points"].as_array().unwrap().len()), (Some(1), 0));
+    let beyond = server.get_json(&format!("{points}?limit=1&offset=2"), &reader).await;
+    assert_eq!((beyond["total"].as_u64(), beyond["restore_points"].as_array().unwrap().len()), (Some(2), 0));
+    let second = server.get_json(&format!("{points}?limit=1&offset=1"), &reader).await;
+    assert_eq!(second["restore_points"].as_array().unwrap().len(), 1);
     let bad = server.with_token(Method::GET, &format!("{points}?since=yesterday"), &reader).send().await.unwrap();
     assert_error(bad, StatusCode::BAD_REQUEST, "invalid").await;
     let detail = server.get_json(&format!("{points}/{}", &point_id[..8]), &reader).await;
@@ -223,6 +236,24 @@ async fn restore_points_browse_download_and_tracked_restores() {
         }
     }
     assert_eq!(from_zip, expected_etc);
+
+    // The Windows disk's NTFS partition: its largest file, byte for byte.
+    let windows_disk = format!("{points}/{windows_point}/disks/0");
+    let volumes = server.get_json(&format!("{windows_disk}/volumes"), &reader).await;
+    let ntfs = volumes.as_array().unwrap().iter().find(|v| v["content"] == "ntfs").expect("an NTFS volume");
+    let ntfs_name = ntfs["name"].as_str().unwrap();
+    let ntfs_files = windows_manifest.volumes.iter().find(|v| v.name == ntfs_name).and_then(|v| v.fs.as_ref()).unwrap();
+    let biggest = ntfs_files.files.iter().filter(|f| f.kind == EntryKind::File).max_by_key(|f| f.size).unwrap();
+    let parent = biggest.path.rsplit_once('/').map(|(dir, _)| if dir.is_empty() { "/" } else { dir }).unwrap();
+    let encode = |text: &str| url::form_urlencoded::byte_serialize(text.as_bytes()).collect::<String>();
+    let ntfs_root = format!("{windows_disk}/volumes/{ntfs_name}");
+    let listed = server.get_json(&format!("{ntfs_root}/entries?path={}", encode(parent)), &reader).await;
+    let name = biggest.path.rsplit('/').next().unwrap();
+    let seen = listed.as_array().unwrap().iter().find(|e| e["name"] == name).expect("listed");
+    assert_eq!(seen["size"], biggest.size);
+    let url = format!("{ntfs_root}/files?path={}", encode(&biggest.path));
+    let bytes = server.with_token(Method::GET, &url, &operator).send().await.unwrap().bytes().await.unwrap();
+    assert_eq!(Some(sha256_hex(&bytes)), biggest.sha256, "{}", biggest.path);
 
     // Paths that try to leave the file system, and ones that are not there.
     for bad in ["/etc/../../x", "..", "../etc/hostname"] {
