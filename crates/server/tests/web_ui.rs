@@ -110,7 +110,7 @@ async fn finish(catalog: &Catalog, mut live: Run, tasks: Vec<Task>) {
     catalog.update_run(&live).await.unwrap();
 }
 
-/// A full backup of the demo VM into the repository, as a job's run would make it.
+/// Tags the demo VM prod and backs it up (full) into the repository, as a job's run would.
 async fn back_up_demo_vm(sim: &SimHandle, fingerprint: &str, repo: Repository) {
     let login = PoolLogin {
         name: "sim".into(),
@@ -122,6 +122,10 @@ async fn back_up_demo_vm(sim: &SimHandle, fingerprint: &str, repo: Repository) {
         password: sim.password.clone(),
     };
     let host = xenvault_pool::Host::connect(&login).await.unwrap();
+    // The job the admin creates selects the VMs tagged prod.
+    let vm = host.call("VM.get_by_name_label", vec![VM.into()]).await.unwrap();
+    let vm = vm.as_array().and_then(|refs| refs.first()).expect("the demo VM").clone();
+    host.call("VM.add_tags", vec![vm, "prod".into()]).await.unwrap();
     let backup = BackupOptions {
         selectors: vec![Selector::NameOrUuid(VM.into())],
         level: Level::Full,
