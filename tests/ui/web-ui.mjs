@@ -175,6 +175,13 @@ async function admin() {
   const order = await page.locator('tr[data-job]').evaluateAll((rows) => rows.map((r) => r.dataset.job));
   expect(order[0] === 'flaky', `failures come first: ${order.join(', ')}`);
   await shot(page, 'dashboard');
+  // Dark by the system's preference.
+  const background = () => page.evaluate(() => getComputedStyle(document.body).backgroundColor);
+  const light = await background();
+  await page.emulateMedia({ colorScheme: 'dark' });
+  expect((await background()) !== light, 'the page follows a dark system preference');
+  await shot(page, 'dashboard-dark');
+  await page.emulateMedia({ colorScheme: 'light' });
 
   await page.getByRole('button', { name: 'Log out' }).click();
   await page.getByLabel('User').waitFor();

@@ -93,3 +93,20 @@ export function placeError(form, error, fallback) {
 export function badge(status) {
   return h('span', { class: `badge status-${status}` }, status);
 }
+
+/** A button that runs `action`, disabled meanwhile, with its error shown in `slot`. */
+export function actionButton(label, slot, action, attrs = {}) {
+  const button = h('button', { type: 'button', ...attrs }, label);
+  button.addEventListener('click', async () => {
+    button.disabled = true;
+    slot.textContent = '';
+    try {
+      await action();
+    } catch (error) {
+      slot.textContent = error.message;
+    } finally {
+      button.disabled = false;
+    }
+  });
+  return button;
+}

@@ -3,7 +3,7 @@
 // host's and confirms, and the pool is added with that fingerprint pinned.
 
 import { api, can, seg } from '../api.js';
-import { clearErrors, field, fill, h, placeError, showFieldError } from '../dom.js';
+import { actionButton, clearErrors, field, fill, h, placeError, showFieldError } from '../dom.js';
 import { bytes, time } from '../format.js';
 
 export async function connectionsPage(main) {
@@ -11,23 +11,6 @@ export async function connectionsPage(main) {
   const repositories = h('section', { 'aria-labelledby': 'repos-title' });
   fill(main, h('h1', {}, 'Pools & repositories'), pools, repositories);
   await Promise.all([renderPools(pools), renderRepositories(repositories)]);
-}
-
-/** A button that runs `action`, disabled meanwhile, with the error shown in `slot`. */
-function actionButton(label, slot, action, attrs = {}) {
-  const button = h('button', { type: 'button', ...attrs }, label);
-  button.addEventListener('click', async () => {
-    button.disabled = true;
-    slot.textContent = '';
-    try {
-      await action();
-    } catch (error) {
-      slot.textContent = error.message;
-    } finally {
-      button.disabled = false;
-    }
-  });
-  return button;
 }
 
 async function renderPools(section) {

@@ -3,7 +3,7 @@
 // what the signed-in role may do.
 
 import { api, can, seg } from '../api.js';
-import { badge, clearErrors, field, fill, h, placeError } from '../dom.js';
+import { actionButton, badge, clearErrors, field, fill, h, placeError } from '../dom.js';
 import { bytes, duration, seconds, time, viewerZone } from '../format.js';
 
 const JOB = '/api/jobs/{job}';
@@ -30,21 +30,7 @@ function scheduleText(schedule) {
 /** Run now, enable/disable, edit, delete: as far as the role allows. */
 function jobActions(job, changed, slot) {
   const actions = h('div', { class: 'actions' });
-  const button = (label, attrs, action) => {
-    const b = h('button', { type: 'button', ...attrs }, label);
-    b.addEventListener('click', async () => {
-      b.disabled = true;
-      slot.textContent = '';
-      try {
-        await action();
-      } catch (error) {
-        slot.textContent = error.message;
-      } finally {
-        b.disabled = false;
-      }
-    });
-    actions.append(b);
-  };
+  const button = (label, attrs, action) => actions.append(actionButton(label, slot, action, attrs));
   if (can('POST', `${JOB}/run`)) {
     button('Run now', { class: 'primary', 'aria-label': `Run ${job.name} now` }, async () => {
       const run = await api('POST', `/api/jobs/${seg(job.id)}/run`);
