@@ -181,7 +181,8 @@ impl Catalog {
         }
         let (conditions, values) = filters.into_where();
         let limit = query.limit.unwrap_or(50).clamp(1, 1000);
-        let offset = query.offset.unwrap_or(0);
+        // SQL's OFFSET is a signed 64-bit integer; a larger one is past every row anyway.
+        let offset = query.offset.unwrap_or(0).min(i64::MAX as u64);
         let mut conn = self.db.conn().await?;
         let rows = conn
             .query(

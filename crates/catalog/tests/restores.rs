@@ -77,6 +77,8 @@ async fn restores_are_listed_with_filters_and_pages_and_interrupted(c: TestCatal
     assert_eq!(disks.restores.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), [disk.id.as_str()]);
     let page = c.restores(&RestoreQuery { limit: Some(1), offset: Some(2), ..Default::default() }).await.unwrap();
     assert_eq!((page.total, page.restores.len()), (3, 1));
+    let past = c.restores(&RestoreQuery { offset: Some(u64::MAX), ..Default::default() }).await.unwrap();
+    assert_eq!((past.total, past.restores.len()), (3, 0));
 
     // The two still running when the server stopped become interrupted; the failed one stays.
     let interrupted = c.interrupt_unfinished_restores().await.unwrap();
