@@ -18,6 +18,8 @@ const env = (name) => {
 };
 const url = env('XV_URL');
 const shots = env('XV_SCREENSHOTS');
+// Only this run's screenshots.
+rmSync(shots, { recursive: true, force: true });
 mkdirSync(shots, { recursive: true });
 
 // The flags that work on this machine's closed network (no background connections).
@@ -133,6 +135,11 @@ async function admin() {
   await page.getByText('tagged prod').waitFor();
   await page.getByText('0 2 * * * (Europe/Berlin), inc').waitFor();
   await shot(page, 'job-created');
+  // Edit: the whole job is replaced in one request.
+  await page.getByRole('link', { name: 'Edit prod-daily' }).click();
+  await page.getByLabel('Keep daily').fill('14');
+  await page.getByRole('button', { name: 'Save job' }).click();
+  await page.getByText('keeps daily 14').waitFor();
 
   const runNow = page.getByRole('button', { name: 'Run prod-daily now' });
   if (await runNow.count()) {
