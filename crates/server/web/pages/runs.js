@@ -64,6 +64,12 @@ export async function runsPage(main, params) {
       h('td', { class: 'num' }, duration(seconds(run.started_at, run.finished_at))))))))) : null, pager);
 }
 
+/** "VM web01", "disk 0 root", "step retention": the kind unless the name already says it. */
+function taskLabel(task) {
+  const kind = task.kind === 'vm' ? 'VM' : task.kind;
+  return task.name.toLowerCase().startsWith(kind.toLowerCase()) ? task.name : `${kind} ${task.name}`;
+}
+
 function taskNode(task, children) {
   const took = seconds(task.started_at, task.finished_at);
   const details = [
@@ -77,7 +83,7 @@ function taskNode(task, children) {
   const progress = task.status === 'running' && task.bytes_total
     ? h('progress', { max: task.bytes_total, value: task.bytes_read, 'aria-label': `${task.name} progress` }) : null;
   return h('li', {}, h('div', { class: 'task', 'data-kind': task.kind, 'data-task': task.name },
-    h('div', { class: 'task-head' }, h('span', { class: 'task-name' }, `${task.kind === 'vm' ? 'VM' : task.kind} ${task.name}`), badge(task.status), details),
+    h('div', { class: 'task-head' }, h('span', { class: 'task-name' }, taskLabel(task)), badge(task.status), details),
     progress,
     task.warnings.map((w) => h('div', { class: 'status-warning' }, `warning: ${w}`)),
     task.errors.map((e) => h('div', { class: 'error' }, `error: ${e}`))),
