@@ -177,6 +177,16 @@ async function admin() {
 
   await restore(page);
 
+  // Settings: an API token (its secret shown once) and the audit log of what was done.
+  await page.getByRole('link', { name: 'Settings' }).click();
+  await page.getByLabel('Name', { exact: true }).nth(1).fill('monitoring');
+  await page.getByRole('button', { name: 'Create token' }).click();
+  expect((await page.locator('#new-token').textContent()).startsWith('xvt_'), 'the new token is shown once');
+  await page.locator('tr[data-token="monitoring"]').waitFor();
+  await page.locator('tr[data-action="pool.add"]', { hasText: 'sim' }).waitFor();
+  await page.locator('tr[data-action="job.update"]', { hasText: 'prod-daily' }).waitFor();
+  await shot(page, 'settings');
+
   await page.getByRole('link', { name: 'Dashboard' }).click();
   await page.locator('tr[data-job="prod-daily"]').waitFor();
   const order = await page.locator('tr[data-job]').evaluateAll((rows) => rows.map((r) => r.dataset.job));
@@ -224,6 +234,7 @@ async function operator() {
   const row = page.locator('tr[data-job="prod-daily"]');
   await row.waitFor();
   expect((await page.getByRole('link', { name: 'New job' }).count()) === 0, 'an operator has no New job button');
+  expect(!(await page.getByRole('link', { name: 'Settings' }).isVisible()), 'an operator has no Settings page');
   for (const label of ['Edit prod-daily', 'Delete prod-daily', 'Disable prod-daily']) {
     expect((await page.getByRole('button', { name: label }).count()) + (await page.getByRole('link', { name: label }).count()) === 0,
       `an operator has no ${label} button`);

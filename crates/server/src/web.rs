@@ -44,6 +44,7 @@ static ASSETS: &[Asset] = &[
     asset!("pages/jobs.js", JS),
     asset!("pages/runs.js", JS),
     asset!("pages/restore.js", JS),
+    asset!("pages/settings.js", JS),
 ];
 
 /// FNV-1a: a content fingerprint computed at compile time (an ETag, not a security check).

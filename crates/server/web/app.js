@@ -2,7 +2,7 @@
 // so the server only ever serves one page. Each page renders into <main> and may return a
 // function that stops what it started (live feeds, timers) when the viewer leaves it.
 
-import { api, forgetCsrf, loadPermissions, onSignedOut } from './api.js';
+import { api, can, forgetCsrf, loadPermissions, onSignedOut } from './api.js';
 import { fill, h } from './dom.js';
 import { loginPage } from './pages/login.js';
 import { dashboardPage } from './pages/dashboard.js';
@@ -10,6 +10,7 @@ import { connectionsPage } from './pages/connections.js';
 import { jobFormPage, jobPage, jobsPage } from './pages/jobs.js';
 import { runPage, runsPage } from './pages/runs.js';
 import { browsePage, restorePage, restorePointPage } from './pages/restore.js';
+import { settingsPage } from './pages/settings.js';
 
 const main = document.getElementById('main');
 const top = document.getElementById('top');
@@ -24,6 +25,7 @@ const routes = [
   [/^jobs\/([^/]+)$/, jobPage],
   [/^runs$/, runsPage],
   [/^runs\/([^/]+)$/, runPage],
+  [/^settings$/, settingsPage],
   [/^restore$/, restorePage],
   [/^restore\/([^/]+)\/([^/]+)$/, restorePointPage],
   [/^restore\/([^/]+)\/([^/]+)\/([^/]+)\/([^/]+)$/, browsePage],
@@ -73,6 +75,7 @@ async function signedIn(who) {
   fill(document.getElementById('who-user'), me.user);
   fill(document.getElementById('who-role'), me.role);
   document.getElementById('who-role').title = `signed in as ${me.actor}`;
+  document.getElementById('settings-link').hidden = !can('GET', '/api/users');
   top.hidden = false;
   await show();
 }
