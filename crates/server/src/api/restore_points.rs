@@ -535,7 +535,7 @@ pub struct ArchiveParams {
     /// The directory, from the file system's root (default /); `..` is refused.
     pub path: Option<String>,
     /// tar (default) or zip.
-    #[param(value_type = Option<ArchiveFormat>)]
+    #[param(inline)]
     pub format: Option<ArchiveFormat>,
 }
 

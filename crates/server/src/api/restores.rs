@@ -85,7 +85,6 @@ pub enum MacsChoice {
 
 /// A whole VM, to the pool it is restored into.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct VmRestoreRequest {
     pub repository: String,
     /// Its id, or an unambiguous prefix of at least 4 characters.
@@ -128,7 +127,6 @@ pub struct AttachRequest {
 
 /// One disk: into a new VDI on `sr`, or over the existing VDI `vdi` (with `confirm_overwrite`).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct DiskRestoreRequest {
     pub repository: String,
     pub restore_point: String,
@@ -160,7 +158,6 @@ pub struct DiskRestoreRequest {
 
 /// A file or directory of a stored disk, extracted to a directory on the server.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct FilesRestoreRequest {
     pub repository: String,
     pub restore_point: String,
@@ -176,6 +173,8 @@ pub struct FilesRestoreRequest {
     pub destination: String,
 }
 
+/// What to restore, by `kind`. (The variants do not refuse unknown fields: with the tag
+/// beside them, such a schema would match no body.)
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum RestoreRequest {
@@ -517,7 +516,5 @@ mod tests {
         assert_eq!(disk(serde_json::json!({"vdi": "v"})).unwrap_err().code, "confirmation_required");
         assert!(disk(serde_json::json!({"vdi": "v", "confirm_overwrite": true})).is_ok());
         assert!(disk(serde_json::json!({"sr": "s"})).is_ok());
-        let unknown = serde_json::json!({"kind": "disk", "repository": "r", "restore_point": "a", "pool": "p", "sr": "s", "typo": 1});
-        assert!(serde_json::from_value::<RestoreRequest>(unknown).is_err());
     }
 }
