@@ -28,6 +28,9 @@ pub struct ServerConfig {
     pub admin_password: Option<String>,
     /// How long running jobs get to finish after SIGTERM before they are cancelled.
     pub shutdown_timeout_secs: u64,
+    /// Where run reports go by email (jobs' `notifications.email`); without it those
+    /// notifications fail, saying so in the run's log.
+    pub smtp: Option<xenvault_notify::SmtpSettings>,
 }
 
 impl Default for ServerConfig {
@@ -40,6 +43,7 @@ impl Default for ServerConfig {
             catalog: None,
             admin_password: None,
             shutdown_timeout_secs: 30,
+            smtp: None,
         }
     }
 }

@@ -7,13 +7,14 @@ mod api;
 mod auth;
 pub mod config;
 mod error;
+mod executor;
 mod extract;
 mod listener;
 mod web;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use xenvault_catalog::{Catalog, Role};
@@ -35,6 +36,8 @@ pub struct AppState {
     repositories: Arc<api::restore_points::OpenRepositories>,
     /// Restores running in the background.
     restores: Arc<api::restores::RunningRestores>,
+    /// Runs jobs: the scheduler, run now, cancel.
+    executor: Arc<executor::Executor>,
 }
 
 /// The first admin, made on the first start of an empty catalog.
@@ -52,6 +55,8 @@ pub struct Server {
     first_admin: Option<FirstAdmin>,
     interrupted_runs: usize,
     stopping: CancellationToken,
+    executor: Arc<executor::Executor>,
+    shutdown_timeout: Duration,
     serving: tokio::task::JoinHandle<()>,
 }
 
@@ -59,7 +64,8 @@ pub const FIRST_ADMIN: &str = "admin";
 
 impl Server {
     /// Opens the catalog (marking runs a crash left running as interrupted), makes the
-    /// first admin if there is no user, loads or makes the TLS identity, and listens.
+    /// first admin if there is no user, loads or makes the TLS identity, listens, and
+    /// starts running jobs (after removing the snapshots interrupted runs left).
     pub async fn start(config: ServerConfig) -> Result<Server, StartError> {
         let catalog = Catalog::open(&config.data_dir, config.catalog.as_deref()).await?;
         let interrupted = catalog.interrupt_unfinished_runs().await?;
@@ -78,19 +84,33 @@ impl Server {
             .map_err(|source| StartError::Listen { addr: config.listen, source })?;
         let addr = listener.local_addr().map_err(|source| StartError::Listen { addr: config.listen, source })?;
 
+        let catalog = Arc::new(catalog);
+        let executor = executor::Executor::load(catalog.clone(), xenvault_notify::Notifier::new(config.smtp)).await?;
         let stopping = CancellationToken::new();
         let (routes, doc) = api::routes();
         let state = AppState {
-            catalog: Arc::new(catalog),
+            catalog,
             roles: Arc::new(auth::RouteRoles::from_openapi(&doc)),
             started: Instant::now(),
             stopping: stopping.clone(),
             repositories: Default::default(),
             restores: Default::default(),
+            executor: executor.clone(),
         };
+        let interrupted_runs = interrupted.len();
+        executor.run(state.clone(), interrupted);
         let router = api::finish(routes, doc, state).merge(web::router());
         let serving = tokio::spawn(listener::serve(listener, tls, router, stopping.clone()));
-        Ok(Server { addr, fingerprint, first_admin, interrupted_runs: interrupted.len(), stopping, serving })
+        Ok(Server {
+            addr,
+            fingerprint,
+            first_admin,
+            interrupted_runs,
+            stopping,
+            executor,
+            shutdown_timeout: Duration::from_secs(config.shutdown_timeout_secs),
+            serving,
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -115,8 +135,11 @@ impl Server {
         self.interrupted_runs
     }
 
-    /// Stops accepting, lets answers in flight finish, and returns when all is closed.
+    /// Gives running runs the shutdown timeout to finish and cancels the rest (recorded
+    /// cancelled, their snapshots removed), then stops accepting, lets answers in flight
+    /// finish, and returns when all is closed.
     pub async fn shutdown(self) {
+        self.executor.shutdown(self.shutdown_timeout).await;
         self.stopping.cancel();
         let _ = self.serving.await;
     }

@@ -1,19 +1,21 @@
-//! Job definitions: list, create, read, replace, delete, enable and disable. Jobs are
-//! addressed by id or by name.
+//! Job definitions: list, create, read, replace, delete, enable and disable, and run now.
+//! Jobs are addressed by id or by name. Every change reaches the scheduler.
 
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use serde::Deserialize;
+use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use xenvault_catalog::Catalog;
 use xenvault_jobs::cron::CronSchedule;
-use xenvault_jobs::model::Job;
+use xenvault_jobs::model::{Job, Level, Run};
 
 use crate::AppState;
 use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::extract::Body;
+use crate::extract::{Body, Params};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -21,6 +23,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(get_job, replace_job, delete_job))
         .routes(routes!(enable_job))
         .routes(routes!(disable_job))
+        .routes(routes!(run_job))
 }
 
 /// The job with this id, else the one with this name.
@@ -58,6 +61,7 @@ async fn create_job(
 ) -> ApiResult<(StatusCode, Json<Job>)> {
     check(&job)?;
     let job = state.catalog.create_job(job).await?;
+    state.executor.job_changed(&job)?;
     state.catalog.audit(&who.actor, "job.create", Some(&job.id), Some(&job.name)).await?;
     Ok((StatusCode::CREATED, Json(job)))
 }
@@ -83,6 +87,7 @@ async fn replace_job(
     check(&job)?;
     job.id = find_job(&state.catalog, &key).await?.id;
     let job = state.catalog.update_job(job).await?;
+    state.executor.job_changed(&job)?;
     state.catalog.audit(&who.actor, "job.update", Some(&job.id), Some(&job.name)).await?;
     Ok(Json(job))
 }
@@ -95,6 +100,7 @@ async fn replace_job(
 async fn delete_job(State(state): State<AppState>, who: Principal, Path(key): Path<String>) -> ApiResult<StatusCode> {
     let job = find_job(&state.catalog, &key).await?;
     state.catalog.delete_job(&job.id).await?;
+    state.executor.job_removed(&job.id);
     state.catalog.audit(&who.actor, "job.delete", Some(&job.id), Some(&job.name)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -102,6 +108,7 @@ async fn delete_job(State(state): State<AppState>, who: Principal, Path(key): Pa
 async fn set_enabled(state: &AppState, who: &Principal, key: &str, enabled: bool) -> ApiResult<Json<Job>> {
     let id = find_job(&state.catalog, key).await?.id;
     let job = state.catalog.set_job_enabled(&id, enabled).await?;
+    state.executor.job_changed(&job)?;
     let action = if enabled { "job.enable" } else { "job.disable" };
     state.catalog.audit(&who.actor, action, Some(&job.id), Some(&job.name)).await?;
     Ok(Json(job))
@@ -121,4 +128,33 @@ async fn enable_job(State(state): State<AppState>, who: Principal, Path(key): Pa
     responses((status = 200, body = Job), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn disable_job(State(state): State<AppState>, who: Principal, Path(key): Path<String>) -> ApiResult<Json<Job>> {
     set_enabled(&state, &who, &key, false).await
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct RunNow {
+    /// The level of this run (the default: incremental, full when there is nothing to build on).
+    pub level: Option<Level>,
+}
+
+/// Starts a run of the job now, whether its schedules are enabled or not; 409 while the
+/// job runs.
+#[utoipa::path(post, path = "/api/jobs/{job}/run", tag = "jobs",
+    params(("job" = String, Path, description = "id or name"), RunNow),
+    security(("token" = ["operator"]), ("session" = ["operator"])),
+    responses((status = 202, body = Run, description = "the run, started"), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)))]
+async fn run_job(
+    State(state): State<AppState>,
+    who: Principal,
+    Path(key): Path<String>,
+    Params(request): Params<RunNow>,
+) -> ApiResult<(StatusCode, Json<Run>)> {
+    let job = find_job(&state.catalog, &key).await?;
+    let (job_id, job_name) = (job.id.clone(), job.name.clone());
+    let run = state.executor.run_now(&state, job, request.level).await?;
+    let detail = format!("{job_name}: run {}", run.id);
+    state.catalog.audit(&who.actor, "job.run", Some(&job_id), Some(&detail)).await?;
+    Ok((StatusCode::ACCEPTED, Json(run)))
 }

@@ -2,7 +2,7 @@
 //! one router and one document; authorization wraps every route.
 
 mod access;
-mod connections;
+pub mod connections;
 mod health;
 mod jobs;
 mod metrics;

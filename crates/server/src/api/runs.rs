@@ -1,11 +1,12 @@
-//! Run history: list with filters, one run with its task tree, its log, and a live feed
-//! (Server-Sent Events) of its progress until it finishes.
+//! Run history: list with filters, one run with its task tree, its log, a live feed
+//! (Server-Sent Events) of its progress until it finishes, and cancelling a run.
 
 use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use chrono::{DateTime, Utc};
 use futures::Stream;
@@ -14,10 +15,11 @@ use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use xenvault_catalog::{LogLine, RunDetail, RunPage, RunQuery};
-use xenvault_jobs::model::RunStatus;
+use xenvault_jobs::model::{Run, RunStatus};
 
 use crate::AppState;
-use crate::error::{ApiResult, ErrorBody};
+use crate::auth::Principal;
+use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::Params;
 
 /// How often a live feed looks for changes.
@@ -30,6 +32,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(get_run))
         .routes(routes!(run_log))
         .routes(routes!(run_events))
+        .routes(routes!(cancel_run))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -94,12 +97,13 @@ async fn run_log(
     Ok(Json(state.catalog.run_logs(&id, filter.after, filter.limit.unwrap_or(LOG_PAGE)).await?))
 }
 
-/// Live progress: `run` events (the run and its task tree, whenever it changed) and `log`
-/// events (each new log line), ending after the `run` event that shows it finished.
+/// Live progress: `run` events (the run and its task tree, whenever it changed), `log`
+/// events (each new log line) and `progress` events (bytes done of each disk read, while
+/// the run goes), ending after the `run` event that shows it finished.
 #[utoipa::path(get, path = "/api/runs/{id}/events", tag = "runs", params(("id" = String, Path)),
     security(("token" = ["read-only"]), ("session" = ["read-only"])),
     responses((status = 200, content_type = "text/event-stream", body = String,
-        description = "event: run (data: RunDetail as JSON), event: log (data: LogLine as JSON)"),
+        description = "event: run (data: RunDetail as JSON), event: log (data: LogLine as JSON), event: progress (data: [[key, {label, done, total, finished, starts}]])"),
         (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn run_events(
     State(state): State<AppState>,
@@ -114,6 +118,7 @@ struct Feed {
     state: AppState,
     id: String,
     last_detail: Option<String>,
+    last_progress: Option<String>,
     last_log: Option<i64>,
     pending: std::collections::VecDeque<Event>,
     polled: bool,
@@ -121,8 +126,16 @@ struct Feed {
 }
 
 fn feed(state: AppState, id: String) -> impl Stream<Item = Result<Event, Infallible>> {
-    let start =
-        Feed { state, id, last_detail: None, last_log: None, pending: Default::default(), polled: false, done: false };
+    let start = Feed {
+        state,
+        id,
+        last_detail: None,
+        last_progress: None,
+        last_log: None,
+        pending: Default::default(),
+        polled: false,
+        done: false,
+    };
     futures::stream::unfold(start, |mut feed| async move {
         loop {
             if let Some(event) = feed.pending.pop_front() {
@@ -154,6 +167,13 @@ impl Feed {
             self.last_log = Some(line.id);
             self.pending.push_back(json_event("log", &line));
         }
+        if let Some(progress) = self.state.executor.progress(&self.id) {
+            let text = serde_json::to_string(&progress).unwrap_or_default();
+            if self.last_progress.as_ref() != Some(&text) {
+                self.pending.push_back(Event::default().event("progress").data(&text));
+                self.last_progress = Some(text);
+            }
+        }
         let detail = self.state.catalog.run(&self.id).await?;
         self.queue_detail(&detail);
         Ok(())
@@ -171,4 +191,27 @@ impl Feed {
 
 fn json_event<T: serde::Serialize>(name: &str, value: &T) -> Event {
     Event::default().event(name).data(serde_json::to_string(value).unwrap_or_default())
+}
+
+/// Cancels a running run: its VMs not started are skipped, running transfers stop, their
+/// snapshots are removed and nothing more is committed; the run ends "cancelled".
+#[utoipa::path(post, path = "/api/runs/{id}/cancel", tag = "runs", params(("id" = String, Path)),
+    security(("token" = ["operator"]), ("session" = ["operator"])),
+    responses((status = 202, body = Run, description = "cancelling; the run ends shortly"), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "the run has finished, or is not running on this server")))]
+async fn cancel_run(
+    State(state): State<AppState>,
+    who: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<(StatusCode, Json<Run>)> {
+    let run = state.catalog.run(&id).await?.run;
+    if run.status.is_finished() {
+        return Err(ApiError::conflict(format!("run {id} has finished ({:?})", run.status).to_lowercase()));
+    }
+    if !state.executor.cancel(&id) {
+        return Err(ApiError::conflict(format!("run {id} is not running on this server")));
+    }
+    state.catalog.audit(&who.actor, "run.cancel", Some(&id), None).await?;
+    Ok((StatusCode::ACCEPTED, Json(run)))
 }
