@@ -6,7 +6,8 @@ use crate::db::{Db, Engine, params, schema_sql};
 use crate::error::{Error, Result};
 
 /// Migration N (1-based) is `MIGRATIONS[N - 1]`. Append only: never edit a released one.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE pools (
     name TEXT PRIMARY KEY,
     settings TEXT NOT NULL,
@@ -149,7 +150,8 @@ CREATE TABLE settings (
     secret {blob},
     updated_at BIGINT NOT NULL
 );
-"#, r#"
+"#,
+    r#"
 CREATE TABLE restores (
     id TEXT PRIMARY KEY,
     kind TEXT NOT NULL,
@@ -166,7 +168,8 @@ CREATE TABLE restores (
 );
 CREATE INDEX restores_by_time ON restores (started_at);
 CREATE INDEX restores_by_status ON restores (status);
-"#];
+"#,
+];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
