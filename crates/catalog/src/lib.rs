@@ -30,7 +30,7 @@ pub use db::Engine;
 pub use error::{Error, Result};
 pub use migrations::SCHEMA_VERSION;
 pub use restore_points::{RestorePointEntry, RestorePointQuery};
-pub use restores::{Restore, RestoreKind, RestorePage, RestoreProgress, RestoreQuery, RestoreStatus};
+pub use restores::{Restore, RestoreKind, RestorePage, RestoreQuery, RestoreStatus, WorkProgress};
 pub use runs::{LogLevel, LogLine, RunDetail, RunPage, RunQuery, VmLastSuccess};
 pub use secrets::KEY_FILE;
 pub use users::{ApiToken, NewApiToken, NewSession, Role, Session, User};

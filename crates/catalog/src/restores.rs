@@ -36,9 +36,9 @@ impl RestoreStatus {
     }
 }
 
-/// How far one piece of a restore's work got (a disk written to the pool, files extracted).
+/// How far one piece of work got: a disk read into the repository, written to the pool, files extracted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub struct RestoreProgress {
+pub struct WorkProgress {
     pub label: String,
     pub vm: Option<String>,
     pub disk: Option<u32>,
@@ -63,7 +63,7 @@ pub struct Restore {
     /// The request as it was accepted (it holds no secret).
     #[schema(value_type = Object)]
     pub request: serde_json::Value,
-    pub progress: Vec<RestoreProgress>,
+    pub progress: Vec<WorkProgress>,
     /// What the restore did (the library's report), once it succeeded.
     #[schema(value_type = Option<Object>)]
     pub report: Option<serde_json::Value>,

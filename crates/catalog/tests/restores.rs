@@ -6,7 +6,7 @@
 mod common;
 
 use common::TestCatalog;
-use xenvault_catalog::{Error, Restore, RestoreKind, RestoreProgress, RestoreQuery, RestoreStatus};
+use xenvault_catalog::{Error, Restore, RestoreKind, RestoreQuery, RestoreStatus, WorkProgress};
 
 both_backends!(a_restore_is_recorded_updated_and_kept, restores_are_listed_with_filters_and_pages_and_interrupted);
 
@@ -33,7 +33,7 @@ async fn a_restore_is_recorded_updated_and_kept(c: TestCatalog) {
     assert_eq!(c.restore(&made.id).await.unwrap(), made);
 
     made.status = RestoreStatus::Success;
-    made.progress = vec![RestoreProgress {
+    made.progress = vec![WorkProgress {
         label: "web01 disk 0".into(),
         vm: Some("vm-uuid".into()),
         disk: Some(0),

@@ -21,7 +21,7 @@ use xenvault_notify::{Delivery, Notifier};
 use xenvault_pool::Host;
 use xenvault_pool::hygiene::{self, LOCK_KEY, TAG_JOB};
 use xenvault_pool::snapshot;
-use xenvault_types::progress::{Event, Key, Progress, State, Tally};
+use xenvault_types::progress::{Event, Progress, Tally};
 
 use crate::AppState;
 use crate::api::connections::pool_login;
@@ -132,8 +132,8 @@ impl Executor {
     }
 
     /// The latest progress of a running run's disks (none when it is not running here).
-    pub fn progress(&self, run_id: &str) -> Option<Vec<(Key, State)>> {
-        lock(&self.live).get(run_id).map(|live| live.progress.states().into_iter().collect())
+    pub fn progress(&self, run_id: &str) -> Option<Vec<xenvault_catalog::WorkProgress>> {
+        lock(&self.live).get(run_id).map(|live| crate::api::work_progress(&live.progress))
     }
 
     /// No new runs; running ones get `grace` to finish, then are cancelled (the engine

@@ -83,6 +83,14 @@ async fn pools_repositories_jobs_and_metrics() {
         "schedules": [{"cron": "61 2 * * *", "timezone": "Europe/Berlin", "retention": {"last": 7}}]});
     assert_error(post("/api/jobs", &admin, job.clone()).await.unwrap(), StatusCode::BAD_REQUEST, "invalid").await;
     job["schedules"][0]["cron"] = json!("0 2 * * *");
+    for (field, unknown) in [("pool", "nowhere"), ("repository", "")] {
+        let mut stray = job.clone();
+        stray[field] = json!(unknown);
+        let refused = post("/api/jobs", &admin, stray).await.unwrap();
+        assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+        let message = refused.json::<Value>().await.unwrap()["message"].as_str().unwrap().to_owned();
+        assert!(message.contains("is not registered"), "{message}");
+    }
     assert_error(post("/api/jobs", &operator, job.clone()).await.unwrap(), StatusCode::FORBIDDEN, "forbidden").await;
     let created: Value = post("/api/jobs", &admin, job.clone()).await.unwrap().json().await.unwrap();
     assert!(!created["id"].as_str().unwrap().is_empty() && !created["schedules"][0]["id"].as_str().unwrap().is_empty());

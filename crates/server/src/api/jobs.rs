@@ -8,9 +8,9 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
-use xenvault_catalog::Catalog;
+use xenvault_catalog::{Catalog, ConnectionKind};
 use xenvault_jobs::cron::CronSchedule;
-use xenvault_jobs::model::{Job, Level, Run};
+use xenvault_jobs::model::{Job, JobKind, Level, Run};
 
 use crate::AppState;
 use crate::auth::Principal;
@@ -34,10 +34,25 @@ pub async fn find_job(catalog: &Catalog, key: &str) -> ApiResult<Job> {
     }
 }
 
-/// Refuses what could never run: schedules whose cron line or time zone do not parse.
-fn check(job: &Job) -> ApiResult<()> {
+/// Refuses what could never run: schedules whose cron line or time zone do not parse, and a
+/// backup job whose pool or repository is not registered.
+async fn check(catalog: &Catalog, job: &Job) -> ApiResult<()> {
     for schedule in &job.schedules {
         CronSchedule::parse(&schedule.cron, &schedule.timezone).map_err(|e| ApiError::invalid(e.to_string()))?;
+    }
+    if job.kind == JobKind::Sequence {
+        return Ok(());
+    }
+    for (kind, name, route) in [
+        (ConnectionKind::Pool, &job.pool, "/api/pools"),
+        (ConnectionKind::Repository, &job.repository, "/api/repositories"),
+    ] {
+        match catalog.connection::<serde_json::Value>(kind, name).await {
+            Err(xenvault_catalog::Error::NotFound { what, .. }) => {
+                return Err(ApiError::invalid(format!("{what} {name:?} is not registered (add it with POST {route})")));
+            }
+            found => drop(found?),
+        }
     }
     Ok(())
 }
@@ -59,7 +74,7 @@ async fn create_job(
     who: Principal,
     Body(job): Body<Job>,
 ) -> ApiResult<(StatusCode, Json<Job>)> {
-    check(&job)?;
+    check(&state.catalog, &job).await?;
     let job = state.catalog.create_job(job).await?;
     state.executor.job_changed(&job)?;
     state.catalog.audit(&who.actor, "job.create", Some(&job.id), Some(&job.name)).await?;
@@ -84,7 +99,7 @@ async fn replace_job(
     Path(key): Path<String>,
     Body(mut job): Body<Job>,
 ) -> ApiResult<Json<Job>> {
-    check(&job)?;
+    check(&state.catalog, &job).await?;
     job.id = find_job(&state.catalog, &key).await?.id;
     let job = state.catalog.update_job(job).await?;
     state.executor.job_changed(&job)?;

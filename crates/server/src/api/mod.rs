@@ -51,9 +51,28 @@ pub fn routes() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
 
 /// The routes behind authorization, plus the public document at /api/openapi.json.
 pub fn finish(routes: axum::Router<AppState>, doc: utoipa::openapi::OpenApi, state: AppState) -> axum::Router {
+    let mut doc = serde_json::to_value(&doc).expect("the OpenAPI document serializes");
+    runs::describe_event_stream(&mut doc);
     let doc = std::sync::Arc::new(doc);
     routes
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), authorize))
         .route("/api/openapi.json", get(move || async move { Json(doc.as_ref().clone()) }))
         .with_state(state)
+}
+
+/// The state of each piece of work a tally follows, as the API shows it.
+pub(crate) fn work_progress(tally: &xenvault_types::progress::Tally) -> Vec<xenvault_catalog::WorkProgress> {
+    tally
+        .states()
+        .into_iter()
+        .map(|(key, state)| xenvault_catalog::WorkProgress {
+            label: state.label,
+            vm: key.vm,
+            disk: key.disk,
+            phase: serde_json::to_value(key.phase).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
+            done: state.done,
+            total: state.total,
+            finished: state.finished,
+        })
+        .collect()
 }

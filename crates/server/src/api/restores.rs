@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
-use xenvault_catalog::{Restore, RestoreKind, RestorePage, RestoreProgress, RestoreQuery, RestoreStatus};
+use xenvault_catalog::{Restore, RestoreKind, RestorePage, RestoreQuery, RestoreStatus};
 use xenvault_repo::{Manifest, Repository};
 use xenvault_restore::disk::{Attach, DiskRestoreOptions, DiskTarget, Identity, restore_disk};
 use xenvault_restore::files::StoredFs;
@@ -241,25 +241,9 @@ impl RestoreRequest {
 /// A restore with its live progress while it runs.
 fn with_progress(mut restore: Restore, state: &AppState) -> Restore {
     if let Some(running) = state.restores.get(&restore.id) {
-        restore.progress = progress_of(&running.tally);
+        restore.progress = super::work_progress(&running.tally);
     }
     restore
-}
-
-fn progress_of(tally: &Tally) -> Vec<RestoreProgress> {
-    tally
-        .states()
-        .into_iter()
-        .map(|(key, state)| RestoreProgress {
-            label: state.label,
-            vm: key.vm,
-            disk: key.disk,
-            phase: serde_json::to_value(key.phase).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
-            done: state.done,
-            total: state.total,
-            finished: state.finished,
-        })
-        .collect()
 }
 
 /// Starts a restore; it runs in the background: follow it with GET /api/restores/{id}.
@@ -416,7 +400,7 @@ async fn finish(
 ) {
     let result = work.await;
     if let Some(running) = state.restores.get(&record.id) {
-        record.progress = progress_of(&running.tally);
+        record.progress = super::work_progress(&running.tally);
     }
     match result {
         Ok(report) => {

@@ -103,7 +103,7 @@ async fn run_log(
 #[utoipa::path(get, path = "/api/runs/{id}/events", tag = "runs", params(("id" = String, Path)),
     security(("token" = ["read-only"]), ("session" = ["read-only"])),
     responses((status = 200, content_type = "text/event-stream", body = String,
-        description = "event: run (data: RunDetail as JSON), event: log (data: LogLine as JSON), event: progress (data: [[key, {label, done, total, finished, starts}]])"),
+        description = "event: run (data: RunDetail as JSON), event: log (data: LogLine as JSON), event: progress (data: [WorkProgress] as JSON)"),
         (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn run_events(
     State(state): State<AppState>,
@@ -186,6 +186,34 @@ impl Feed {
             self.last_detail = Some(text);
         }
         self.done = detail.run.status.is_finished();
+    }
+}
+
+/// Describes each event of the live feed in the document: utoipa has no `contentSchema`,
+/// which says what the JSON inside an event's `data` is, so it is written here.
+pub fn describe_event_stream(doc: &mut serde_json::Value) {
+    use serde_json::json;
+    let event = |name: &str, data: serde_json::Value| {
+        json!({
+            "type": "object",
+            "required": ["event", "data"],
+            "properties": {
+                "event": { "const": name },
+                "data": { "type": "string", "contentMediaType": "application/json", "contentSchema": data },
+                "id": { "type": "string" },
+                "retry": { "type": "integer" },
+            },
+        })
+    };
+    let progress = json!({ "type": "array", "items": { "$ref": "#/components/schemas/WorkProgress" } });
+    let schema = json!({ "oneOf": [
+        event("run", json!({ "$ref": "#/components/schemas/RunDetail" })),
+        event("log", json!({ "$ref": "#/components/schemas/LogLine" })),
+        event("progress", progress),
+    ]});
+    let media = doc.pointer_mut("/paths/~1api~1runs~1{id}~1events/get/responses/200/content/text~1event-stream");
+    if let Some(media) = media {
+        media["schema"] = schema;
     }
 }
 
