@@ -27,6 +27,11 @@ impl CronSchedule {
         Ok(CronSchedule { cron, zone })
     }
 
+    /// The line in English words (croner's reading), e.g. "At 02:00." or "At every 5 minutes.".
+    pub fn describe(&self) -> String {
+        self.cron.describe()
+    }
+
     /// The first instant strictly after `after` the schedule fires at.
     pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
         let local = after.with_timezone(&self.zone);

@@ -9,6 +9,9 @@ mod metrics;
 pub mod restore_points;
 pub mod restores;
 mod runs;
+mod schedules;
+mod stats;
+mod vms;
 
 use axum::Json;
 use axum::routing::get;
@@ -46,6 +49,9 @@ pub fn routes() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(restore_points::router())
         .merge(restores::router())
         .merge(metrics::router())
+        .merge(vms::router())
+        .merge(stats::router())
+        .merge(schedules::router())
         .split_for_parts()
 }
 
