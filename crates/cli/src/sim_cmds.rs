@@ -82,6 +82,10 @@ pub struct ServeArgs {
     /// Seed the demo VMs with blank disks of this many MiB instead of real file systems.
     #[arg(long)]
     blank_disks_mib: Option<u64>,
+    /// Also seed this many halted VMs fleet-0001... (tag `fleet`), clones of the template
+    /// sharing its disk (first start only).
+    #[arg(long, default_value_t = 0)]
+    fleet_vms: usize,
     /// Fail a call: METHOD=CODE[,PARAM...][:TIMES] (METHOD may be `*`). Repeatable.
     #[arg(long = "fail-call", value_parser = CallFault::parse)]
     fail_calls: Vec<CallFault>,
@@ -155,6 +159,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         if std::net::TcpListener::bind(xapi_port).is_ok() { XAPI_NBD_PORT } else { 0 }
     });
     config.quiesce_removed = args.quiesce_removed;
+    config.fleet_vms = args.fleet_vms;
     config.demo_disks = match args.blank_disks_mib {
         Some(mib) => DemoDisks::Blank(mib << 20),
         None => DemoDisks::Fixtures,

@@ -16,7 +16,8 @@
 //! whose PIFs have 127.0.0.1, VMs `debian-web` (running, tools with
 //! `feature-quiesce`, root + LVM data disk on the shared SR), `win-fileserver`
 //! (running on host 2, no tools, GPT+NTFS disk on host 2's local SR), the template
-//! `Debian 12 template` and `debian-clone` cloned from it. With
+//! `Debian 12 template` and `debian-clone` cloned from it, and [`SimConfig::fleet_vms`]
+//! more clones of it. With
 //! [`DemoDisks::Fixtures`] the disks hold xenvault-fixtures' file systems and
 //! their manifests stay in `STATE_DIR/fixtures/*.manifest.json`.
 
@@ -66,6 +67,9 @@ pub struct SimConfig {
     pub faults: Faults,
     /// Answer `VM.snapshot_with_quiesce` with `MESSAGE_REMOVED`, as xapi ≥ 24 does.
     pub quiesce_removed: bool,
+    /// Halted VMs `fleet-0001`... (tag `fleet`) cloned from the template on first start:
+    /// a large pool whose disks share the template's data.
+    pub fleet_vms: usize,
 }
 
 impl SimConfig {
@@ -81,6 +85,7 @@ impl SimConfig {
             demo_disks: DemoDisks::Blank(16 << 20),
             faults: Faults::default(),
             quiesce_removed: false,
+            fleet_vms: 0,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The demo pool made on first start: two hosts, local and shared SRs, networks
 //! (one for NBD), a Linux VM (MBR+ext4 root, LVM data disk, guest tools), a
-//! Windows-like VM (GPT+NTFS, no tools), a Linux template and a VM cloned from it.
+//! Windows-like VM (GPT+NTFS, no tools), a Linux template and a VM cloned from it, and
+//! optionally a fleet of more clones (halted, tagged `fleet`) for scale tests.
 
 use crate::db::{NULL_REF, new_ref};
 use crate::error::{ApiError, ApiResult};
@@ -25,8 +26,18 @@ pub enum DemoDisks {
 
 const GIB: i64 = 1 << 30;
 
-/// Seeds `st` with the demo pool; `addresses` are where the two hosts listen.
-pub fn seed(st: &mut State, addresses: [&str; 2], disks: &DemoDisks, state_dir: &Path) -> ApiResult<()> {
+/// The tag every fleet VM carries, for a selection to match them all.
+const FLEET_TAG: &str = "fleet";
+
+/// Seeds `st` with the demo pool and `fleet_vms` clones of the template; `addresses` are
+/// where the two hosts listen.
+pub fn seed(
+    st: &mut State,
+    addresses: [&str; 2],
+    disks: &DemoDisks,
+    fleet_vms: usize,
+    state_dir: &Path,
+) -> ApiResult<()> {
     let images = match disks {
         DemoDisks::Fixtures => Some(
             xenvault_fixtures::build_demo_disks(&state_dir.join("fixtures"))
@@ -126,6 +137,12 @@ pub fn seed(st: &mut State, addresses: [&str; 2], disks: &DemoDisks, state_dir: 
     add_vif(st, &template, &management, "52:54:00:12:34:03")?;
     let clone = crate::methods::vm::clone_of(st, &template, "debian-clone")?;
     st.db.set("VM", &clone, "is_a_template", Value::Bool(false))?;
+    // As VM.clone does in xapi: new records, the disks shared copy-on-write (no data copied).
+    for n in 1..=fleet_vms {
+        let vm = crate::methods::vm::clone_of(st, &template, &format!("fleet-{n:04}"))?;
+        st.db.set("VM", &vm, "is_a_template", Value::Bool(false))?;
+        st.db.add_to_set("VM", &vm, "tags", FLEET_TAG)?;
+    }
     // The images now live in the disk store; their manifests stay for tests to read.
     for image in images.iter().flat_map(|i| [&i.linux_root, &i.linux_data, &i.windows]) {
         std::fs::remove_file(&image.path)?;

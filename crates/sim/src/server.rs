@@ -114,7 +114,8 @@ impl Simulator {
             let second_ip = if second.is_some() { "127.0.0.2".to_owned() } else { host_ip.clone() };
             let demo = config.demo_disks.clone();
             let seed_dir = dir.clone();
-            sim.with(|st| seed::seed(st, [&host_ip, &second_ip], &demo, &seed_dir)).map_err(SimError::Seed)?;
+            let fleet = config.fleet_vms;
+            sim.with(|st| seed::seed(st, [&host_ip, &second_ip], &demo, fleet, &seed_dir)).map_err(SimError::Seed)?;
         }
 
         let tls_config = cert.server_config().map_err(|e| SimError::Certificate(std::io::Error::other(e)))?;
