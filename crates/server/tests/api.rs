@@ -3,6 +3,7 @@
 
 mod common;
 
+use chrono::Timelike;
 use common::{assert_error, start};
 use futures::StreamExt;
 use reqwest::{Method, StatusCode};
@@ -187,5 +188,124 @@ async fn the_live_feed_follows_a_run_until_it_finishes_and_the_history_keeps_it(
     assert_eq!(log.as_array().unwrap().len(), 1);
     let missing = server.with_token(Method::GET, "/api/runs/nope/events", &reader).send().await.unwrap();
     assert_error(missing, StatusCode::NOT_FOUND, "not_found").await;
+    server.server.shutdown().await;
+}
+
+/// Waits for a run to finish; returns its status.
+async fn finished(server: &common::TestServer, token: &str, id: &str) -> String {
+    loop {
+        let detail = server.get_json(&format!("/api/runs/{id}"), token).await;
+        match detail["run"]["status"].as_str().unwrap() {
+            "queued" | "running" => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+            done => return done.to_owned(),
+        }
+    }
+}
+
+/// Names and reasons of the listed VMs, in the order listed.
+fn protection(listing: &Value) -> Vec<(String, Option<String>)> {
+    let vms = listing["vms"].as_array().unwrap();
+    vms.iter().map(|vm| (vm["name"].as_str().unwrap().to_owned(), vm["reason"].as_str().map(str::to_owned))).collect()
+}
+
+#[tokio::test]
+async fn the_dashboard_and_job_form_routes_protection_preview_daily_figures_and_schedules() {
+    let sim_dir = tempfile::tempdir().unwrap();
+    let sim = Simulator::start(SimConfig::new(sim_dir.path())).await.expect("simulator");
+    let pin = xenvault_tls::pem_fingerprint_sha256(sim.cert_pem.as_bytes()).unwrap();
+    let server = start().await;
+    let admin = server.token("admin").await;
+    let operator = server.token("operator").await;
+    let reader = server.token("read-only").await;
+    let post = |path: &str, token: &str, body: Value| server.with_token(Method::POST, path, token).json(&body).send();
+    let pool = json!({"name": "sim", "url": sim.url, "password": sim.password, "fingerprint": pin});
+    assert_eq!(post("/api/pools", &admin, pool).await.unwrap().status(), StatusCode::CREATED);
+    let repo_dir = tempfile::tempdir().unwrap();
+    let location = repo_dir.path().to_str().unwrap().to_owned();
+    let options = InitOptions {
+        secret: Some(Secret::passphrase(PASSPHRASE)),
+        kdf: KdfParams { memory_kib: 256, iterations: 1, parallelism: 1 },
+        ..Default::default()
+    };
+    Repository::init(&location, &BackendOptions::default(), options).await.expect("init");
+    let repo = json!({"name": "local", "location": location, "passphrase": PASSPHRASE});
+    assert_eq!(post("/api/repositories", &admin, repo).await.unwrap().status(), StatusCode::CREATED);
+
+    // The preview: what a selection matches now, a VM the pool lacks refused.
+    let preview =
+        |pool: &str, token: &str, selection: Value| post(&format!("/api/pools/{pool}/preview"), token, selection);
+    let matched: Value =
+        preview("sim", &operator, json!({"smart": {"tags": ["demo"]}})).await.unwrap().json().await.unwrap();
+    let names: Vec<&str> = matched.as_array().unwrap().iter().map(|vm| vm["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["debian-web"]);
+    let everything: Value = preview("sim", &operator, json!({"smart": {}})).await.unwrap().json().await.unwrap();
+    assert_eq!(everything.as_array().unwrap().len(), 3, "{everything}");
+    let missing = preview("sim", &operator, json!({"vms": ["no-such-vm"]})).await.unwrap();
+    assert!(assert_error(missing, StatusCode::BAD_REQUEST, "invalid").await.contains("no-such-vm"));
+    assert_error(preview("nowhere", &operator, json!({})).await.unwrap(), StatusCode::NOT_FOUND, "not_found").await;
+    assert_error(preview("sim", &reader, json!({})).await.unwrap(), StatusCode::FORBIDDEN, "forbidden").await;
+
+    // Before any backup: every VM unprotected, the one in a job for want of a restore point.
+    let job = json!({"name": "demo", "pool": "sim", "repository": "local", "selection": {"smart": {"tags": ["demo"]}},
+        "schedules": [{"cron": "0 2 * * *", "timezone": "Europe/Berlin"}]});
+    assert_eq!(post("/api/jobs", &admin, job).await.unwrap().status(), StatusCode::CREATED);
+    let before = server.get_json("/api/vms", &reader).await;
+    assert_eq!(before["days"], 2);
+    assert_eq!(before["problems"], json!([]));
+    let listed = protection(&before);
+    assert_eq!(listed.len(), 3, "{before}");
+    assert!(listed.contains(&("debian-web".into(), Some("no restore point".into()))), "{listed:?}");
+    assert!(listed.contains(&("win-fileserver".into(), Some("in no job".into()))), "{listed:?}");
+    assert_eq!(before["vms"][0]["protected"], false);
+
+    // After a run: the demo VM is protected by its new restore point and listed last.
+    let run: Value = post("/api/jobs/demo/run", &operator, json!({})).await.unwrap().json().await.unwrap();
+    assert_eq!(finished(&server, &reader, run["id"].as_str().unwrap()).await, "success");
+    let after = server.get_json("/api/vms?days=1", &reader).await;
+    let demo = after["vms"].as_array().unwrap().last().unwrap();
+    assert_eq!((demo["name"].as_str(), demo["protected"].as_bool()), (Some("debian-web"), Some(true)), "{after}");
+    assert_eq!(demo["jobs"][0]["name"], "demo");
+    assert_eq!(demo["newest"]["repository"], "local");
+    assert!(protection(&after)[..2].iter().all(|(_, reason)| reason.is_some()), "{after}");
+    let too_long = server.with_token(Method::GET, "/api/vms?days=0", &reader).send().await.unwrap();
+    assert_error(too_long, StatusCode::BAD_REQUEST, "invalid").await;
+
+    // Per day: 30 days, today's holding the run.
+    let days = server.get_json("/api/stats/daily?utc_offset_minutes=-600", &reader).await;
+    let days = days.as_array().unwrap();
+    assert_eq!(days.len(), 30);
+    let today = days.last().unwrap();
+    assert_eq!((today["runs"].as_u64(), today["failed"].as_u64()), (Some(1), Some(0)), "{today}");
+    // The simulator's blank disks are read but store next to nothing.
+    assert!(today["bytes_read"].as_u64().unwrap() > 0, "{today}");
+    assert!(days[..29].iter().all(|d| d["runs"] == 0), "only today has runs");
+    for bad in ["days=0", "days=367", "utc_offset_minutes=900", "days=lots"] {
+        let refused = server.with_token(Method::GET, &format!("/api/stats/daily?{bad}"), &reader).send().await.unwrap();
+        assert_error(refused, StatusCode::BAD_REQUEST, "invalid").await;
+    }
+
+    // Schedules in words with their next times; a bad line or zone is refused.
+    let next = |query: &str| server.with_token(Method::GET, &format!("/api/schedules/next?{query}"), &reader).send();
+    let daily: Value = next("cron=0+2+*+*+*&timezone=Europe/Berlin").await.unwrap().json().await.unwrap();
+    assert_eq!(daily["description"], "At 02:00.");
+    let times: Vec<chrono::DateTime<chrono::Utc>> = serde_json::from_value(daily["next"].clone()).unwrap();
+    assert_eq!(times.len(), 5);
+    for pair in times.windows(2) {
+        let hours = (pair[1] - pair[0]).num_hours();
+        assert!((23..=25).contains(&hours), "a day apart: {times:?}");
+    }
+    // 02:00 in Berlin is 00:00 or 01:00 UTC (summer or winter time).
+    assert!(times.iter().all(|t| t.hour() <= 1 && t.minute() == 0 && t.second() == 0), "{times:?}");
+    let every5: Value = next("cron=*/5+*+*+*+*&timezone=UTC&count=3").await.unwrap().json().await.unwrap();
+    assert_eq!(every5["description"], "At every 5 minutes.");
+    let times: Vec<chrono::DateTime<chrono::Utc>> = serde_json::from_value(every5["next"].clone()).unwrap();
+    assert!(times.len() == 3 && times.windows(2).all(|p| (p[1] - p[0]).num_seconds() == 300), "{times:?}");
+    let sundays: Value = next("cron=0+3+*+*+SUN&timezone=UTC").await.unwrap().json().await.unwrap();
+    assert_eq!(sundays["description"], "At 03:00, on Sunday.");
+    for bad in
+        ["cron=61+2+*+*+*&timezone=UTC", "cron=0+2+*+*+*&timezone=Mars/Olympus", "cron=0+2+*+*+*&timezone=UTC&count=0"]
+    {
+        assert_error(next(bad).await.unwrap(), StatusCode::BAD_REQUEST, "invalid").await;
+    }
     server.server.shutdown().await;
 }
