@@ -222,11 +222,19 @@ impl Crypto {
 
     /// Compresses (unless it does not pay) and seals `plaintext` for object `name`.
     pub fn seal(&self, name: &[u8], plaintext: &[u8], compress: bool) -> Result<Vec<u8>> {
+        self.seal_at(name, plaintext, compress.then_some(self.zstd_level))
+    }
+
+    /// [`Crypto::seal`] compressing at `zstd_level` (none: stored raw).
+    pub fn seal_at(&self, name: &[u8], plaintext: &[u8], zstd_level: Option<i32>) -> Result<Vec<u8>> {
         let head = if self.aead.is_some() { NONCE_LEN } else { 0 };
         let mut buf = Vec::with_capacity(head + 1 + plaintext.len() + TAG_LEN);
         buf.resize(head, 0);
         buf.push(FLAG_ZSTD);
-        let packed = compress && self.compress_into(plaintext, &mut buf)?;
+        let packed = match zstd_level {
+            Some(level) => Self::compress_into(level, plaintext, &mut buf)?,
+            None => false,
+        };
         if !packed {
             buf.truncate(head);
             buf.push(FLAG_RAW);
@@ -243,11 +251,10 @@ impl Crypto {
     }
 
     /// Appends the zstd frame of `plain` to `out`; false when it would not save ≥ 1/32.
-    fn compress_into(&self, plain: &[u8], out: &mut Vec<u8>) -> Result<bool> {
+    fn compress_into(level: i32, plain: &[u8], out: &mut Vec<u8>) -> Result<bool> {
         let start = out.len();
         let limit = plain.len() - plain.len() / 32;
         out.resize(start + limit, 0);
-        let level = self.zstd_level;
         let written = COMPRESSOR.with(|cell| -> Result<Option<usize>> {
             let mut slot = cell.borrow_mut();
             if slot.as_ref().is_none_or(|(l, _)| *l != level) {

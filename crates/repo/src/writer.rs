@@ -32,6 +32,8 @@ pub use crate::manifest::DiskStats as WriteStats;
 /// Collects new chunks into packs and uploads them.
 struct Packer {
     repo: Repository,
+    /// zstd level of the chunks and index pages this session writes.
+    zstd_level: i32,
     state: Mutex<PackerState>,
     permits: Arc<Semaphore>,
     uploads: tokio::sync::Mutex<JoinSet<Result<()>>>,
@@ -46,6 +48,7 @@ struct PackerState {
 impl Packer {
     fn new(repo: Repository) -> Self {
         Packer {
+            zstd_level: repo.config().zstd_level,
             repo,
             state: Mutex::new(PackerState { current: None, pending: HashSet::new() }),
             permits: Arc::new(Semaphore::new(UPLOADS_IN_FLIGHT)),
@@ -126,6 +129,9 @@ impl Packer {
     }
 }
 
+/// The zstd levels a backup session may write at.
+pub const ZSTD_LEVELS: std::ops::RangeInclusive<i32> = 1..=22;
+
 /// One restore point being written. Create disk writers, finish them, then `commit`.
 pub struct BackupSession {
     repo: Repository,
@@ -159,6 +165,22 @@ impl Repository {
 impl BackupSession {
     pub fn repository(&self) -> &Repository {
         &self.repo
+    }
+
+    /// Writes this restore point's chunks at zstd `level` (one of [`ZSTD_LEVELS`]) instead
+    /// of the repository's own; only before the first disk writer.
+    pub fn set_zstd_level(&mut self, level: i32) -> Result<()> {
+        if !ZSTD_LEVELS.contains(&level) {
+            return Err(Error::Invalid(format!(
+                "zstd level {level} is out of range: {} to {}",
+                ZSTD_LEVELS.start(),
+                ZSTD_LEVELS.end()
+            )));
+        }
+        let packer = Arc::get_mut(&mut self.packer)
+            .ok_or_else(|| Error::Invalid("the zstd level is set before the first disk writer".into()))?;
+        packer.zstd_level = level;
+        Ok(())
     }
 
     /// Records which restore point this one was written against (informational only).
@@ -278,6 +300,14 @@ impl BackupSession {
     /// Gives up: uploaded packs stay until gc collects them; the lock goes.
     pub async fn abort(self) -> Result<()> {
         self.lock.release().await
+    }
+
+    /// Stops early on purpose (a cancelled copy): the chunks already packed are uploaded
+    /// and indexed first, so a rerun before the next gc finds them stored and sends none again.
+    pub(crate) async fn abort_keeping_chunks(self) -> Result<()> {
+        let flushed = self.packer.flush().await;
+        self.lock.release().await?;
+        flushed
     }
 }
 
@@ -586,7 +616,7 @@ impl DiskWriter {
         let crypto = self.repo.crypto();
         let id = crypto.chunk_id(&content);
         if !self.packer.known(&id) {
-            let sealed = crypto.seal(&chunk_aad(&id), &content, true)?;
+            let sealed = crypto.seal_at(&chunk_aad(&id), &content, Some(self.packer.zstd_level))?;
             self.packer.add(id, &sealed, content.len() as u32).await?;
         }
         Ok(id)
@@ -652,7 +682,7 @@ fn process_chunk(packer: &Packer, slot: u64, len: u64, input: JobInput) -> Resul
     if packer.known(&id) {
         return Ok(JobResult { slot, len, id, outcome: Outcome::Known });
     }
-    let sealed = crypto.seal(&chunk_aad(&id), &data, true)?;
+    let sealed = crypto.seal_at(&chunk_aad(&id), &data, Some(packer.zstd_level))?;
     Ok(JobResult { slot, len, id, outcome: Outcome::New { sealed } })
 }
 
