@@ -9,6 +9,7 @@ use xenvault_engine::job::{self, BackupOptions, LockAfterBackup};
 use xenvault_engine::report::{JobReport, Status};
 use xenvault_engine::selection::{SelectOptions, Selector};
 use xenvault_engine::strategy::{Level, Requested};
+use xenvault_engine::throttle::RateLimit;
 use xenvault_pool::Host;
 
 use crate::exit::ExitKind;
@@ -85,6 +86,9 @@ pub struct BackupArgs {
     /// With --lock-days: governance (users with the bypass permission may lift it) or compliance.
     #[arg(long, default_value = "governance", requires = "lock_days")]
     pub lock_mode: RetentionMode,
+    /// Bytes per second read from the pool, across every VM and disk of the backup.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub limit_rate: Option<u64>,
     /// Print one JSON report on stdout.
     #[arg(long)]
     pub json: bool,
@@ -133,6 +137,8 @@ impl BackupArgs {
             job_id: None,
             run_id: None,
             lock: self.lock_days.map(|days| LockAfterBackup { days, mode: self.lock_mode }),
+            speed_limit: self.limit_rate.map(RateLimit::new).transpose()?,
+            zstd_level: None,
         })
     }
 }

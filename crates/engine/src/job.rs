@@ -13,6 +13,7 @@ use crate::report::{DiskReport, ExcludedDisk, JobReport, SnapshotReport, Status,
 use crate::selection::{self, SelectOptions, Selector};
 use crate::store::{PastPoint, Point, Store};
 use crate::strategy::{self, Attempt, BaseDisk, BaseSnapshotVdi, DiskFacts, Level, Requested};
+use crate::throttle::{self, RateLimit};
 use crate::transfer::{self, DiskTarget};
 use xenvault_pool::host::Host;
 use xenvault_pool::hygiene::{self, TAG_BASE, TAG_RESTORE_POINT};
@@ -20,6 +21,7 @@ use xenvault_pool::records::{HostName, Vbd, Vdi, Vm};
 use xenvault_pool::snapshot;
 use xenvault_repo::backend::RetentionMode;
 use xenvault_repo::retention::lock_restore_points;
+use xenvault_repo::writer::ZSTD_LEVELS;
 use xenvault_types::metadata::{BackupRun, DiskBackup, VmMetadata, XapiRecords, XvaArchive};
 use xenvault_types::progress::{Key, Phase, Progress, Task};
 
@@ -62,6 +64,10 @@ pub struct BackupOptions {
     /// Make each new restore point immutable for a while once the run is over (S3 object
     /// lock); a repository that cannot lock fails the run before any snapshot.
     pub lock: Option<LockAfterBackup>,
+    /// Bytes per second read from the pool by the whole job (every VM, disk and connection).
+    pub speed_limit: Option<RateLimit>,
+    /// zstd level of the chunks written (one of [`ZSTD_LEVELS`]); the repository's own when none.
+    pub zstd_level: Option<i32>,
 }
 
 /// The object lock a run gives its restore points.
@@ -91,6 +97,8 @@ impl Default for BackupOptions {
             job_id: None,
             run_id: None,
             lock: None,
+            speed_limit: None,
+            zstd_level: None,
         }
     }
 }
@@ -122,6 +130,13 @@ pub async fn backup(
 ) -> Result<JobReport, Error> {
     let started_at = chrono::Utc::now();
     let started = Instant::now();
+    if let Some(level) = options.zstd_level.filter(|l| !ZSTD_LEVELS.contains(l)) {
+        return Err(Error::Config(format!(
+            "compression level {level} is out of range: zstd levels are {} to {}",
+            ZSTD_LEVELS.start(),
+            ZSTD_LEVELS.end()
+        )));
+    }
     if options.lock.is_some() {
         store.repository().backend().require_object_lock().await.map_err(xenvault_repo::Error::from)?;
     }
@@ -479,7 +494,7 @@ async fn back_up_snapshot(
     }
     let mut failures: Vec<Vec<(Attempt, String)>> = vec![Vec::new(); work.len()];
     let (id, disk_reports) = loop {
-        let point = ctx.store.start(vm, base_point.map(|p| p.id.as_str())).await?;
+        let point = ctx.store.start(vm, base_point.map(|p| p.id.as_str()), ctx.options.zstd_level).await?;
         let transfers = futures::stream::iter(work.iter().zip(failures.iter()))
             .map(|(disk, failed)| back_up_disk(ctx, &point, vm, level, disk, failed))
             .buffered(ctx.options.disk_concurrency.max(1))
@@ -550,11 +565,11 @@ async fn back_up_xva(
     let mut tries = 0;
     loop {
         tries += 1;
-        let point = ctx.store.start(vm, None).await?;
+        let point = ctx.store.start(vm, None, ctx.options.zstd_level).await?;
         let key = Key::new(Some(&vm.uuid), None, Phase::BackupXva);
         let task = Task::start(ctx.progress.clone(), key, format!("{} (XVA)", vm.name_label), total);
         let result = unless_cancelled(&ctx.options.cancel, async {
-            let body = ctx.host.export_vm(&snap.reference).await?;
+            let body = throttle::limited(ctx.host.export_vm(&snap.reference).await?, ctx.options.speed_limit.as_ref());
             crate::xva::store(body, &point, &origin, &task).await
         })
         .await;
@@ -680,6 +695,7 @@ async fn back_up_disk(
         heal: disk.heal.clone(),
         nbd,
         nbd_connections: ctx.options.nbd_connections,
+        speed_limit: ctx.options.speed_limit.clone(),
     };
     // A strategy that broke twice mid-transfer gives way to the next one.
     let attempts = plan.attempts.iter().filter(|a| failed.iter().filter(|(f, _)| f == *a).count() < 2);

@@ -97,11 +97,16 @@ impl Store {
         Ok(hex::encode(hasher.finalize()))
     }
 
-    pub async fn start(&self, vm: &Vm, base: Option<&str>) -> Result<Point, Error> {
+    /// A new restore point of `vm`, built on `base`, its chunks compressed at `zstd_level`
+    /// (the repository's own when none).
+    pub async fn start(&self, vm: &Vm, base: Option<&str>, zstd_level: Option<i32>) -> Result<Point, Error> {
         let source = SourceInfo { id: vm.uuid.clone(), kind: SOURCE_KIND.into(), name: vm.name_label.clone() };
         let mut session = self.repo.start_backup(source).await?;
         if let Some(base) = base {
             session.set_base(base);
+        }
+        if let Some(level) = zstd_level {
+            session.set_zstd_level(level)?;
         }
         Ok(Point { session, repo: self.repo.clone() })
     }

@@ -10,6 +10,7 @@ use crate::error::Error;
 use crate::store::{DiskSink, Point};
 use crate::strategy::cbt::{self, CBT_BLOCK};
 use crate::strategy::{Attempt, BaseSnapshotVdi, Strategy, Transport};
+use crate::throttle::{RateLimit, limited};
 use xenvault_pool::host::{Host, changed_blocks};
 use xenvault_pool::records::{NbdInfo, Vdi};
 use xenvault_types::progress::Task;
@@ -26,6 +27,8 @@ pub struct DiskTarget {
     pub heal: Vec<std::ops::Range<u64>>,
     pub nbd: Vec<NbdInfo>,
     pub nbd_connections: usize,
+    /// The job's speed limit, shared with its other reads.
+    pub speed_limit: Option<RateLimit>,
 }
 
 pub struct Outcome {
@@ -87,7 +90,8 @@ pub async fn read_disk(
                 .disk_sink(&target.name, &target.vdi_uuid, size, Some(base_record))
                 .await
                 .map_err(while_writing)?;
-            let read = nbd_ranges(&pool, ranges, &sink, task).await.map_err(while_writing)?;
+            let read =
+                nbd_ranges(&pool, ranges, &sink, task, target.speed_limit.as_ref()).await.map_err(while_writing)?;
             pool.close().await;
             let record = sink.finish().await.map_err(while_writing)?;
             Ok(Outcome { record, bytes_read: read, bytes_changed: changed_bytes, granularity: CBT_BLOCK })
@@ -101,6 +105,7 @@ pub async fn read_disk(
                 .export_raw_vdi(&target.snapshot.reference, DiskFormat::Vhd, Some(&base.reference))
                 .await
                 .map_err(|e| before_writing(e.into()))?;
+            let body = limited(body, target.speed_limit.as_ref());
             let sink = point
                 .disk_sink(&target.name, &target.vdi_uuid, size, Some(base_record))
                 .await
@@ -117,7 +122,8 @@ pub async fn read_disk(
                     crate::nbd_pool::connect(&target.nbd, target.nbd_connections).await.map_err(before_writing)?;
                 sink = point.disk_sink(&target.name, &target.vdi_uuid, size, None).await.map_err(while_writing)?;
                 let whole = std::iter::once(0..size).collect();
-                let read = nbd_ranges(&pool, whole, &sink, task).await.map_err(while_writing)?;
+                let read =
+                    nbd_ranges(&pool, whole, &sink, task, target.speed_limit.as_ref()).await.map_err(while_writing)?;
                 pool.close().await;
                 read
             } else {
@@ -125,6 +131,7 @@ pub async fn read_disk(
                     .export_raw_vdi(&target.snapshot.reference, DiskFormat::Raw, None)
                     .await
                     .map_err(|e| before_writing(e.into()))?;
+                let body = limited(body, target.speed_limit.as_ref());
                 sink = point.disk_sink(&target.name, &target.vdi_uuid, size, None).await.map_err(while_writing)?;
                 crate::strategy::full::read_raw(body, &target.snapshot, &sink, task).await.map_err(while_writing)?
             };
@@ -141,12 +148,22 @@ const READ_AHEAD: usize = 16;
 
 /// Reads `ranges` over the reader's connections (pieces arrive in offset order, as
 /// the sink needs); returns the bytes read. Reading goes on while the sink waits for
-/// the repository (hashing, compressing, a pack upload), through a bounded queue.
-async fn nbd_ranges(reader: &MultiReader, ranges: RangeSet, sink: &DiskSink, task: &Task) -> Result<u64, Error> {
+/// the repository (hashing, compressing, a pack upload), through a bounded queue. The
+/// speed limit holds the reader back, and with it the requests in flight.
+async fn nbd_ranges(
+    reader: &MultiReader,
+    ranges: RangeSet,
+    sink: &DiskSink,
+    task: &Task,
+    speed_limit: Option<&RateLimit>,
+) -> Result<u64, Error> {
     let (queue, mut arrived) = tokio::sync::mpsc::channel(READ_AHEAD);
     let read = async move {
         let mut pieces = reader.read_ranges(ranges.into_vec().into_iter().map(|r| (r.start, r.end - r.start)));
         while let Some(piece) = pieces.try_next().await? {
+            if let Some(limit) = speed_limit {
+                limit.take(piece.1.len() as u64).await;
+            }
             if queue.send(piece).await.is_err() {
                 break; // The sink failed; its error is the one reported.
             }
