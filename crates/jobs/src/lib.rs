@@ -5,8 +5,10 @@
 pub mod cron;
 pub mod error;
 pub mod model;
+pub mod offline;
 pub mod runner;
 pub mod scheduler;
 pub mod selection;
+pub mod snapshot_only;
 
 pub use error::Error;

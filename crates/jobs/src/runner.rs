@@ -2,6 +2,11 @@
 //! engine (with the job's settings, a timeout and retries per VM), records the task tree
 //! (run → VM → disk, and steps) through a [`RunSink`], applies the schedule's retention
 //! after a successful run only, and stops cleanly when cancelled.
+//!
+//! Settings that change the run: a speed limit shared by all its reads, offline backups
+//! (shut down, back up, start again: [`crate::offline`]), snapshot-only runs that keep
+//! rolling snapshots instead of writing restore points ([`crate::snapshot_only`]), the
+//! compression level of the chunks written, and the days new restore points stay locked.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -10,16 +15,26 @@ use std::time::Duration;
 use chrono::Utc;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
-use xenvault_engine::job::{self, BackupOptions};
+use xenvault_engine::job::{self, BackupOptions, LockAfterBackup};
 use xenvault_engine::report::{Status, VmReport};
 use xenvault_engine::selection::Selector;
 use xenvault_engine::store::Store;
+use xenvault_engine::throttle::RateLimit;
 use xenvault_pool::host::Host;
 use xenvault_pool::records::Vm;
+use xenvault_repo::backend::RetentionMode;
+use xenvault_repo::forget::{Forget, ForgetOptions};
+use xenvault_repo::select::SelectError;
+use xenvault_repo::writer::ZSTD_LEVELS;
 use xenvault_types::metadata::BackupRun;
 use xenvault_types::progress::{Event, Progress};
 
-use crate::model::{Job, JobKind, Level, Retention, Run, RunStatus, RunTotals, Schedule, Task, TaskKind, TaskStatus};
+use crate::model::{
+    Job, JobKind, Level, Retention, Run, RunStatus, RunTotals, Schedule, Settings, SnapshotOnly, Task, TaskKind,
+    TaskStatus,
+};
+use crate::offline::{self, Before};
+use crate::snapshot_only;
 
 /// Where a run's record goes (the catalog). Failures to record are the sink's to log: a
 /// backup does not fail because its history could not be written.
@@ -33,7 +48,8 @@ pub trait RunSink: Send + Sync + 'static {
     fn runs_of_schedule(&self, job_id: &str, schedule_id: &str) -> impl Future<Output = Vec<String>> + Send;
 }
 
-/// The pool and repository a backup job runs against.
+/// The pool and repository a backup job runs against (snapshot-only jobs leave the
+/// repository alone).
 pub struct Target<'a> {
     pub host: &'a Host,
     pub store: &'a Store,
@@ -76,7 +92,20 @@ pub async fn run_backup<S: RunSink>(
         })
     });
 
-    let result = back_up_vms(job, level, &run, &target, &sink, &run_cancel, &mut recorder).await;
+    let result = match check_settings(&job.settings, target.store).await {
+        Err(e) => Err(e),
+        Ok(speed_limit) => match job.settings.snapshot_only {
+            Some(rolling) => {
+                let schedule_id = schedule.map_or(snapshot_only::MANUAL, |s| s.id.as_str());
+                roll_snapshots(job, schedule_id, rolling, &run, &target, &run_cancel, &mut recorder)
+                    .await
+                    .map(|totals| (totals, Vec::new()))
+            }
+            None => back_up_vms(job, level, &run, &target, speed_limit, &sink, &run_cancel, &mut recorder)
+                .await
+                .map(|reports| (totals(&reports), reports)),
+        },
+    };
     if let Some(timer) = timer {
         timer.abort();
     }
@@ -86,8 +115,8 @@ pub async fn run_backup<S: RunSink>(
             run.status = RunStatus::Failed;
             run.error = Some(e);
         }
-        Ok(reports) => {
-            run.totals = totals(&reports);
+        Ok((run_totals, reports)) => {
+            run.totals = run_totals;
             run.status = match (run.totals.vms_ok, run.totals.vms_failed) {
                 _ if cancel.is_cancelled() => RunStatus::Cancelled,
                 (_, 0) if !timed_out => RunStatus::Success,
@@ -98,7 +127,9 @@ pub async fn run_backup<S: RunSink>(
                 run.error =
                     Some(format!("the job took longer than its timeout ({} s)", timeout.unwrap_or_default().as_secs()));
             }
+            // Snapshot-only runs keep their own count of snapshots; they make no restore points.
             if run.status == RunStatus::Success
+                && job.settings.snapshot_only.is_none()
                 && let Some(schedule) = schedule.filter(|s| !s.retention.keeps_everything())
             {
                 apply_retention(job, schedule, &reports, &run, target.store, &sink, &mut recorder).await;
@@ -113,6 +144,33 @@ pub async fn run_backup<S: RunSink>(
 
 fn new_id() -> String {
     uuid::Uuid::new_v4().to_string()
+}
+
+/// Refuses settings the run cannot honour before any VM is touched; the speed limit the
+/// whole run shares.
+async fn check_settings(settings: &Settings, store: &Store) -> Result<Option<RateLimit>, String> {
+    if let Some(SnapshotOnly { keep: 0 }) = settings.snapshot_only {
+        return Err("snapshot-only jobs keep at least one snapshot (keep = 0)".into());
+    }
+    if settings.snapshot_only.is_some() {
+        return Ok(None);
+    }
+    if let Some(level) = settings.compression_level.filter(|l| !ZSTD_LEVELS.contains(l)) {
+        return Err(format!(
+            "compression level {level} is out of range: zstd levels are {} to {}",
+            ZSTD_LEVELS.start(),
+            ZSTD_LEVELS.end()
+        ));
+    }
+    if let Some(days) = settings.immutability_days {
+        if days == 0 {
+            return Err("immutability days must be at least 1".into());
+        }
+        store.repository().backend().require_object_lock().await.map_err(|e| {
+            format!("the job keeps restore points immutable for {days} days, but the repository cannot: {e}")
+        })?;
+    }
+    settings.speed_limit_bytes_per_sec.map(RateLimit::new).transpose().map_err(|e| e.to_string())
 }
 
 /// Keeps the task tree in memory (for the outcome and notifications) and in the sink.
@@ -150,11 +208,13 @@ impl<S: RunSink> Recorder<S> {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn back_up_vms<S: RunSink>(
     job: &Job,
     level: Level,
     run: &Run,
     target: &Target<'_>,
+    speed_limit: Option<RateLimit>,
     sink: &Arc<S>,
     cancel: &CancellationToken,
     recorder: &mut Recorder<S>,
@@ -171,12 +231,14 @@ async fn back_up_vms<S: RunSink>(
         .map(|vm| {
             let progress = progress.clone();
             let root_id = root_id.clone();
+            let speed_limit = speed_limit.clone();
             async move {
                 let mut task = Task::started(new_id(), &run.id, Some(&root_id), TaskKind::Vm, &vm.name_label);
                 task.subject = Some(vm.uuid.clone());
                 sink.save_task(&task).await;
-                let report = back_up_vm(job, level, run, vm, target, progress, cancel).await;
-                let tasks = vm_tasks(task, &report);
+                let (report, steps) = back_up_vm(job, level, run, vm, target, speed_limit, progress, cancel).await;
+                let mut tasks = vm_tasks(task, &report);
+                tasks.extend(step_tasks(&tasks[0], steps));
                 for t in &tasks {
                     sink.save_task(t).await;
                 }
@@ -194,18 +256,103 @@ async fn back_up_vms<S: RunSink>(
     Ok(reports)
 }
 
-/// One VM: tries until it succeeds, the tries run out, or the run is cancelled; each try
-/// is cancelled after the job's per-VM timeout.
+/// A step of a VM's run beside its backup (offline shutdown and start, the lock), said
+/// in the run's log by its name.
+struct Step {
+    name: String,
+    error: Option<String>,
+}
+
+impl Step {
+    fn done(name: impl Into<String>) -> Self {
+        Step { name: name.into(), error: None }
+    }
+
+    fn failed(name: impl Into<String>, error: String) -> Self {
+        Step { name: name.into(), error: Some(error) }
+    }
+}
+
+/// One VM, offline if the job says so: shut down before its backup and started again
+/// after it, whatever became of the backup (failed, cancelled, timed out).
+#[allow(clippy::too_many_arguments)]
 async fn back_up_vm(
     job: &Job,
     level: Level,
     run: &Run,
     vm: &Vm,
     target: &Target<'_>,
+    speed_limit: Option<RateLimit>,
     progress: Arc<dyn Progress>,
     cancel: &CancellationToken,
-) -> VmReport {
+) -> (VmReport, Vec<Step>) {
+    if !job.settings.offline {
+        return try_vm(job, level, run, vm, target, speed_limit, progress, cancel).await;
+    }
+    let host = target.host;
+    let before = offline::shut_down(host, vm, offline::CLEAN_SHUTDOWN_TIMEOUT, cancel).await;
+    let mut steps = Vec::new();
+    let shut_down = match before {
+        Ok(Before::AlreadyHalted) => {
+            steps.push(Step::done("offline: the VM was halted already: backed up as it is, not started"));
+            false
+        }
+        Ok(Before::ShutDown) => {
+            steps.push(Step::done("offline: the VM was shut down cleanly for its backup"));
+            true
+        }
+        Err(e) if offline::halted_after_failure(host, vm).await => {
+            // It halted all the same: start it again, back nothing up.
+            steps.push(Step::failed("offline: clean shutdown", e.clone()));
+            let mut report = failed_report(job, vm, level, e);
+            let started = offline::start(host, vm).await;
+            steps.push(started_step(started, &mut report));
+            return (report, steps);
+        }
+        Err(e) => {
+            steps.push(Step::failed("offline: clean shutdown (the VM was left running)", e.clone()));
+            return (failed_report(job, vm, level, e), steps);
+        }
+    };
+    let (mut report, mut backup_steps) = try_vm(job, level, run, vm, target, speed_limit, progress, cancel).await;
+    steps.append(&mut backup_steps);
+    if shut_down {
+        let started = offline::start(host, vm).await;
+        steps.push(started_step(started, &mut report));
+    }
+    (report, steps)
+}
+
+/// The step of starting the VM again; a VM left down fails, however its backup went.
+fn started_step(started: Result<(), String>, report: &mut VmReport) -> Step {
+    match started {
+        Ok(()) => Step::done("offline: the VM was started again"),
+        Err(e) => {
+            report.status = Status::Failed;
+            report.error = Some(match report.error.take() {
+                Some(earlier) => format!("{earlier}; {e}"),
+                None => e.clone(),
+            });
+            Step::failed("offline: start the VM again", e)
+        }
+    }
+}
+
+/// One VM: tries until it succeeds, the tries run out, or the run is cancelled; each try
+/// is cancelled after the job's per-VM timeout.
+#[allow(clippy::too_many_arguments)]
+async fn try_vm(
+    job: &Job,
+    level: Level,
+    run: &Run,
+    vm: &Vm,
+    target: &Target<'_>,
+    speed_limit: Option<RateLimit>,
+    progress: Arc<dyn Progress>,
+    cancel: &CancellationToken,
+) -> (VmReport, Vec<Step>) {
     let settings = &job.settings;
+    let lock = settings.immutability_days.map(|days| LockAfterBackup { days, mode: RetentionMode::Governance });
     let mut warnings = Vec::new();
     let mut attempt = 0;
     loop {
@@ -223,6 +370,9 @@ async fn back_up_vm(
             cancel: try_cancel.clone(),
             job_id: Some(job.id.clone()),
             run_id: Some(run.id.clone()),
+            lock,
+            speed_limit: speed_limit.clone(),
+            zstd_level: settings.compression_level,
             ..Default::default()
         };
         let backup = job::backup(target.host, target.store, &options, progress.clone());
@@ -243,8 +393,26 @@ async fn back_up_vm(
             }
         };
         let (result, timed_out) = timed.await;
+        let mut steps = Vec::new();
         let mut report = match result {
-            Ok(mut job_report) if !job_report.vms.is_empty() => job_report.vms.remove(0),
+            Ok(mut job_report) if !job_report.vms.is_empty() => {
+                let mut report = job_report.vms.remove(0);
+                if let Some(locked) = job_report.lock.filter(|l| !l.restore_points.is_empty()) {
+                    steps.push(Step::done(format!(
+                        "restore point locked until {} ({:?} mode, {} objects)",
+                        locked.until.format("%Y-%m-%d %H:%M UTC"),
+                        locked.mode,
+                        locked.objects
+                    )));
+                }
+                // Stored but not immutable: not what the job promises.
+                if let Some(e) = job_report.lock_error {
+                    report.status = Status::Failed;
+                    report.error = Some(e.clone());
+                    steps.push(Step::failed("lock the restore point", e));
+                }
+                report
+            }
             Ok(_) => failed_report(job, vm, level, "the VM is no longer in the pool".into()),
             Err(e) => failed_report(job, vm, level, e.to_string()),
         };
@@ -259,7 +427,7 @@ async fn back_up_vm(
         let failed = matches!(report.status, Status::Failed);
         if !failed || attempt >= settings.retries || cancel.is_cancelled() {
             report.warnings.splice(0..0, warnings);
-            return report;
+            return (report, steps);
         }
         // Exponential backoff, cut short by cancellation.
         let wait = settings.retry_backoff_secs.saturating_mul(1 << attempt.min(16));
@@ -330,6 +498,98 @@ fn vm_tasks(mut vm_task: Task, report: &VmReport) -> Vec<Task> {
     tasks
 }
 
+/// The steps of a VM, finished, under its task.
+fn step_tasks(vm_task: &Task, steps: Vec<Step>) -> Vec<Task> {
+    steps
+        .into_iter()
+        .map(|step| {
+            let mut task = Task::started(new_id(), &vm_task.run_id, Some(&vm_task.id), TaskKind::Step, &step.name);
+            task.finished_at = vm_task.finished_at;
+            task.status = if step.error.is_some() { TaskStatus::Failed } else { TaskStatus::Success };
+            task.errors.extend(step.error);
+            task
+        })
+        .collect()
+}
+
+/// A snapshot-only run: each VM snapshotted and its older rolling snapshots of this job
+/// and schedule destroyed (one VM task each, the snapshot and removals as its steps).
+async fn roll_snapshots<S: RunSink>(
+    job: &Job,
+    schedule_id: &str,
+    rolling: SnapshotOnly,
+    run: &Run,
+    target: &Target<'_>,
+    cancel: &CancellationToken,
+    recorder: &mut Recorder<S>,
+) -> Result<RunTotals, String> {
+    if job.kind == JobKind::Sequence {
+        return Err("a sequence runs other jobs; run it with run_sequence".into());
+    }
+    let vms = crate::selection::resolve(target.host, &job.selection).await.map_err(|e| e.to_string())?;
+    let root_id = recorder.root_id();
+    let sink = recorder.sink.clone();
+    let outcomes: Vec<Vec<Task>> = futures::stream::iter(vms.iter())
+        .map(|vm| {
+            let (root_id, sink) = (root_id.clone(), sink.clone());
+            async move {
+                let mut task = Task::started(new_id(), &run.id, Some(&root_id), TaskKind::Vm, &vm.name_label);
+                task.subject = Some(vm.uuid.clone());
+                sink.save_task(&task).await;
+                let rolled = match cancel.is_cancelled() {
+                    true => Err("cancelled before its snapshot".to_owned()),
+                    false => snapshot_only::roll(target.host, vm, &job.id, schedule_id, rolling.keep).await,
+                };
+                task.finished_at = Some(Utc::now());
+                let mut steps = Vec::new();
+                match rolled {
+                    Ok(rolled) => {
+                        task.status = TaskStatus::Success;
+                        task.reason = Some(format!(
+                            "rolling snapshot {} taken; {} of this job and schedule kept (keep {})",
+                            rolled.uuid, rolled.kept, rolling.keep
+                        ));
+                        if rolled.kept > rolling.keep as usize {
+                            task.warnings.push(format!(
+                                "{} snapshots of this job and schedule remain, more than {}: some could not be destroyed",
+                                rolled.kept, rolling.keep
+                            ));
+                        }
+                        steps.push(Step::done(format!("snapshot {} ({}) taken", rolled.name, rolled.uuid)));
+                        if !rolled.removed.is_empty() {
+                            steps.push(Step::done(format!(
+                                "older snapshots destroyed with their disks: {}",
+                                rolled.removed.join(", ")
+                            )));
+                        }
+                    }
+                    Err(e) => {
+                        task.status = TaskStatus::Failed;
+                        task.errors.push(e);
+                    }
+                }
+                let mut tasks = vec![task];
+                tasks.extend(step_tasks(&tasks[0], steps));
+                for t in &tasks {
+                    sink.save_task(t).await;
+                }
+                tasks
+            }
+        })
+        .buffer_unordered(job.settings.vm_concurrency.max(1) as usize)
+        .collect()
+        .await;
+    let mut totals = RunTotals { vms: outcomes.len() as u32, ..Default::default() };
+    for tasks in outcomes {
+        match tasks[0].status {
+            TaskStatus::Success => totals.vms_ok += 1,
+            _ => totals.vms_failed += 1,
+        }
+        recorder.tasks.extend(tasks);
+    }
+    Ok(totals)
+}
+
 fn totals(reports: &[VmReport]) -> RunTotals {
     let mut totals = RunTotals { vms: reports.len() as u32, ..Default::default() };
     for report in reports {
@@ -388,13 +648,15 @@ fn schedule_label(schedule: &Schedule) -> &str {
     if schedule.name.is_empty() { &schedule.id } else { &schedule.name }
 }
 
+/// The points this schedule's retention no longer keeps go through the repository's
+/// `forget` (removal, then garbage collection).
 async fn forget_and_prune<S: RunSink>(
     job: &Job,
     schedule: &Schedule,
     reports: &[VmReport],
     store: &Store,
     sink: &S,
-) -> Result<(usize, u64), xenvault_repo::Error> {
+) -> Result<(usize, u64), SelectError> {
     let runs = sink.runs_of_schedule(&job.id, &schedule.id).await;
     let repo = store.repository();
     let points: Vec<xenvault_repo::Manifest> = repo
@@ -409,14 +671,12 @@ async fn forget_and_prune<S: RunSink>(
         })
         .collect();
     let plan = xenvault_repo::prune::plan(&points, &keep_policy(&schedule.retention))?;
-    for id in &plan.remove {
-        repo.delete_restore_point(id).await?;
-    }
     if plan.remove.is_empty() {
         return Ok((0, 0));
     }
-    let gc = xenvault_repo::gc::gc(repo).await?;
-    Ok((plan.remove.len(), gc.bytes_deleted))
+    let options = ForgetOptions { forget: Forget::Named(plan.remove), dry_run: false, prune: true };
+    let report = xenvault_repo::forget::forget(repo, &options).await?;
+    Ok((report.remove.len(), report.prune.map_or(0, |gc| gc.bytes_deleted)))
 }
 
 fn keep_policy(r: &Retention) -> xenvault_repo::prune::KeepPolicy {
