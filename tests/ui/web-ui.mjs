@@ -116,6 +116,18 @@ async function admin() {
   await row.getByRole('cell', { name: /^\d+\.\d\d×$/ }).waitFor();
   await shot(page, 'repository-added');
 
+  // The dashboard: the demo VM has a restore point (the Rust side's backup) but is in no job,
+  // so it is listed as not protected, unprotected VMs first; the 30-day chart is drawn.
+  await page.getByRole('link', { name: 'Dashboard' }).click();
+  const demoVm = page.locator(`#protection tr[data-vm="${env('XV_VM')}"]`);
+  await demoVm.waitFor();
+  expect((await demoVm.getAttribute('data-protected')) === 'false', 'the demo VM is not protected yet');
+  expect((await demoVm.textContent()).includes('in no job'), 'the reason is shown');
+  expect((await page.locator('#protection tbody tr').first().getAttribute('data-protected')) === 'false', 'unprotected VMs come first');
+  expect((await page.locator('svg.chart rect.bar').count()) === 30, 'the chart has a bar per day for 30 days');
+  expect((await page.getByLabel('Not protected without a restore point in (days)').inputValue()) === '2', 'the default is 2 days');
+  await shot(page, 'dashboard-unprotected');
+
   // A daily job for the VMs tagged prod; a wrong cron line is shown next to its field.
   await page.getByRole('link', { name: 'Jobs' }).click();
   await page.getByRole('link', { name: 'New job' }).click();
@@ -123,17 +135,30 @@ async function admin() {
   expect((await page.getByLabel('Pool').inputValue()) === 'sim', 'the pool is offered');
   expect((await page.getByLabel('Repository').inputValue()) === 'local', 'the repository is offered');
   await page.getByLabel('VMs with any of these tags').fill('prod');
-  await page.getByLabel('Cron line').fill('61 2 * * *');
+  // The live preview: the VMs tagged prod now, the demo VM only.
+  await page.locator(`.preview li[data-vm="${env('XV_VM')}"]`).waitFor();
+  await page.locator('.preview h3', { hasText: 'Matching VMs now: 1' }).waitFor();
+  expect((await page.locator('.preview li').count()) === 1, 'only the prod VM matches');
   await page.getByLabel('Time zone').fill('Europe/Berlin');
   await page.getByLabel('Keep daily').fill('7');
+  await page.locator('.schedule-reading .reading', { hasText: 'At 02:00.' }).waitFor();
+  await shot(page, 'job-preview-and-schedule');
+  // A wrong cron line: its reading says why while typing, and the job is refused.
+  await page.getByLabel('Cron line').fill('61 2 * * *');
+  await page.locator('.schedule-reading .error', { hasText: '61 2' }).waitFor();
   await page.getByRole('button', { name: 'Create job' }).click();
   await page.locator('input[name="cron"][aria-invalid="true"]').waitFor();
   await shot(page, 'job-cron-refused');
   await page.getByLabel('Cron line').fill('0 2 * * *');
+  await page.locator('ol.next-runs li').nth(4).waitFor();
   await page.getByRole('button', { name: 'Create job' }).click();
   await page.getByRole('heading', { name: 'Job prod-daily' }).waitFor();
   await page.getByText('tagged prod').waitFor();
   await page.getByText('0 2 * * * (Europe/Berlin), inc').waitFor();
+  // The schedule in words with its next 5 runs, at 02:00 in its zone (the browser's is Berlin too).
+  await page.locator('.schedule-view .reading', { hasText: 'At 02:00.' }).waitFor();
+  const nextRuns = await page.locator('.schedule-view ol.next-runs time').allTextContents();
+  expect(nextRuns.length === 5 && nextRuns.every((t) => /02:00/.test(t)), `5 next runs at 02:00: ${nextRuns.join(' | ')}`);
   await shot(page, 'job-created');
   // Edit: the whole job is replaced in one request.
   await page.getByRole('link', { name: 'Edit prod-daily' }).click();
@@ -150,6 +175,14 @@ async function admin() {
     expect((await disks.count()) > 0, 'the run shows its disks');
     for (const disk of await disks.all()) expect((await disk.locator('.strategy').count()) === 1, 'each disk shows its strategy');
     await shot(page, 'run-now-finished');
+    // Now the demo VM is in a job with a fresh restore point: protected, listed after the rest.
+    await page.getByRole('link', { name: 'Dashboard' }).click();
+    await page.locator(`#protection tr[data-vm="${env('XV_VM')}"][data-protected="true"]`).waitFor();
+    const protection = await page.locator('#protection tbody tr').evaluateAll((rows) => rows.map((r) => r.dataset.protected));
+    expect(protection.lastIndexOf('false') < protection.indexOf('true'), `unprotected VMs before protected ones: ${protection.join(', ')}`);
+    await page.getByText('The figures as a table').click();
+    await page.locator('#daily-figures tbody tr').first().waitFor();
+    await shot(page, 'dashboard-protected');
   } else {
     console.log('run now: the API has no POST /api/jobs/{job}/run yet, so the page offers no button');
   }
@@ -199,6 +232,9 @@ async function admin() {
   expect((await background()) !== light, 'the page follows a dark system preference');
   await shot(page, 'dashboard-dark');
   await page.emulateMedia({ colorScheme: 'light' });
+  await page.setViewportSize({ width: 390, height: 844 });
+  await shot(page, 'dashboard-phone');
+  await page.setViewportSize({ width: 1280, height: 900 });
 
   await page.getByRole('button', { name: 'Log out' }).click();
   await page.getByLabel('User').waitFor();

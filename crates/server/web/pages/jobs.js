@@ -1,12 +1,76 @@
 // Jobs: the list (run now, enable/disable), one job with its recent runs, and the form that
-// creates or replaces a job in one request (nothing half-saved). Buttons appear only for
-// what the signed-in role may do.
+// creates or replaces a job in one request (nothing half-saved), with a live preview of the
+// VMs its selection matches and each schedule read in words with its next runs. Buttons
+// appear only for what the signed-in role may do.
 
 import { api, can, seg } from '../api.js';
 import { actionButton, badge, clearErrors, field, fill, h, placeError } from '../dom.js';
-import { bytes, duration, seconds, time, viewerZone } from '../format.js';
+import { bytes, duration, relative, seconds, time, viewerZone } from '../format.js';
 
 const JOB = '/api/jobs/{job}';
+const PREVIEW = '/api/pools/{name}/preview';
+/** How long typing must pause before the form asks the server again. */
+const TYPING_PAUSE_MS = 350;
+const NEXT_RUNS = 5;
+
+/** `action` once `TYPING_PAUSE_MS` passed without another call. */
+function afterTyping(action) {
+  let timer = null;
+  return () => {
+    clearTimeout(timer);
+    timer = setTimeout(action, TYPING_PAUSE_MS);
+  };
+}
+
+/** Calls `load` and shows what it gives with `show`, ignoring answers overtaken by a later call. */
+function latestOnly(load, show) {
+  let asked = 0;
+  return async (...args) => {
+    asked += 1;
+    const mine = asked;
+    let outcome;
+    try {
+      outcome = { value: await load(...args) };
+    } catch (error) {
+      outcome = { error };
+    }
+    if (mine === asked) show(outcome);
+  };
+}
+
+function zonedFormat(timezone) {
+  const options = { weekday: 'short', year: 'numeric', month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit' };
+  try {
+    return new Intl.DateTimeFormat(undefined, { ...options, timeZone: timezone });
+  } catch {
+    return new Intl.DateTimeFormat(undefined, options);
+  }
+}
+
+const nextRuns = (cron, timezone) =>
+  api('GET', `/api/schedules/next?cron=${seg(cron)}&timezone=${seg(timezone)}&count=${NEXT_RUNS}`);
+
+/** Fills `slot` with a schedule's reading: the line in words and its next runs in its own zone. */
+function showReading(slot, { value, error }) {
+  if (error) {
+    fill(slot, h('div', { class: 'error' }, error.message));
+    return;
+  }
+  const format = zonedFormat(value.timezone);
+  fill(slot, h('div', { class: 'reading' }, value.description),
+    value.next.length
+      ? [h('div', { class: 'hint' }, `Next runs (${value.timezone}):`), h('ol', { class: 'next-runs', 'aria-label': `Next runs of ${value.cron}` },
+        value.next.map((iso) => h('li', {}, h('time', { datetime: iso, title: new Date(iso).toString() }, format.format(new Date(iso))),
+          h('span', { class: 'muted' }, ` ${relative(iso)}`))))]
+      : h('div', { class: 'hint' }, 'It never fires.'));
+}
+
+/** A schedule's reading, filled once the server answers. */
+function scheduleReading(schedule) {
+  const slot = h('div', { class: 'schedule-reading' });
+  nextRuns(schedule.cron, schedule.timezone).then((value) => showReading(slot, { value }), (error) => showReading(slot, { error }));
+  return slot;
+}
 
 function selectionText(selection) {
   const parts = [];
@@ -102,7 +166,7 @@ export async function jobPage(main, key) {
           h('dt', {}, 'Kind'), h('dd', {}, job.kind),
           h('dt', {}, 'Pool → repository'), h('dd', {}, `${job.pool} → ${job.repository}`),
           h('dt', {}, 'VMs'), h('dd', {}, selectionText(job.selection)),
-          h('dt', {}, 'Schedules'), h('dd', {}, job.schedules.length ? job.schedules.map((x) => h('div', {}, scheduleText(x), retentionText(x.retention))) : 'by hand only'),
+          h('dt', {}, 'Schedules'), h('dd', {}, job.schedules.length ? job.schedules.map((x) => h('div', { class: 'schedule-view' }, scheduleText(x), retentionText(x.retention), scheduleReading(x))) : 'by hand only'),
           h('dt', {}, 'Settings'), h('dd', {}, `${s.vm_concurrency} VMs and ${s.disk_concurrency} disks at once, ${s.nbd_connections} NBD connections, ${s.retries} retries`),
           h('dt', {}, 'Notifications'), h('dd', {}, `${job.notifications.when}${job.notifications.email.length ? `, email ${job.notifications.email.join(', ')}` : ''}${job.notifications.webhook ? `, webhook ${job.notifications.webhook}` : ''}`))),
       h('h2', {}, 'Recent runs'),
@@ -147,9 +211,15 @@ function scheduleFieldset(schedule, remove) {
   const keep = ['last', 'hourly', 'daily', 'weekly', 'monthly', 'yearly'].map((k) =>
     [k, field(`Keep ${k}`, numberInput(`keep-${k}`, retention[k] ?? 0))]);
   const removeButton = h('button', { type: 'button', class: 'danger' }, 'Remove schedule');
+  const reading = h('div', { class: 'schedule-reading', 'aria-live': 'polite' });
   const set = h('fieldset', { class: 'schedule' }, h('legend', {}, 'Schedule'),
-    h('div', { class: 'grid' }, Object.values(controls), keep.map(([, f]) => f)), removeButton);
+    h('div', { class: 'grid' }, Object.values(controls), keep.map(([, f]) => f)), reading, removeButton);
   removeButton.addEventListener('click', () => remove(set));
+  const read = latestOnly(() => nextRuns(controls.cron.control.value.trim(), controls.timezone.control.value.trim()),
+    (outcome) => showReading(reading, outcome));
+  const reread = afterTyping(read);
+  for (const control of [controls.cron.control, controls.timezone.control]) control.addEventListener('input', reread);
+  read();
   set.read = () => ({
     id: schedule.id ?? '',
     name: controls.name.control.value.trim(),
@@ -215,6 +285,32 @@ export async function jobFormPage(main, key) {
   const addSchedule = h('button', { type: 'button' }, 'Add a schedule');
   addSchedule.addEventListener('click', () => schedules.append(scheduleFieldset({}, removeSchedule)));
 
+  const readSelection = () => {
+    const tags = list(f.tags.control.value);
+    const hosts = list(f.hosts.control.value);
+    const states = powerStates.filter(([, x]) => x.control.checked).map(([state]) => state);
+    const excludeTags = list(f.excludeTags.control.value);
+    const excludeVms = list(f.excludeVms.control.value);
+    const smartUsed = tags.length || hosts.length || states.length || excludeTags.length || excludeVms.length;
+    return {
+      vms: list(f.vms.control.value),
+      ...(smartUsed ? { smart: { tags, hosts, power_states: states, exclude_tags: excludeTags, exclude_vms: excludeVms } } : {}),
+    };
+  };
+  const preview = h('div', { class: 'preview', 'aria-live': 'polite' });
+  const showPreview = ({ value, error }) => {
+    if (error) {
+      fill(preview, h('h3', {}, 'Matching VMs now'), h('div', { class: 'error' }, error.message));
+      return;
+    }
+    fill(preview, h('h3', {}, `Matching VMs now: ${value.length}`), value.length
+      ? h('ul', { class: 'vm-list' }, value.map((vm) => h('li', { 'data-vm': vm.name }, h('strong', {}, vm.name), ' ',
+        h('span', { class: 'muted' }, vm.power_state.toLowerCase()), vm.tags.length ? [' ', vm.tags.map((t) => h('span', { class: 'badge' }, t))] : null)))
+      : h('p', { class: 'muted' }, 'None: the job would back up nothing.'));
+  };
+  const previewNow = latestOnly(() => api('POST', `/api/pools/${seg(f.pool.control.value)}/preview`, readSelection()), showPreview);
+  const mayPreview = can('POST', PREVIEW) && pools.length > 0;
+
   const submit = h('button', { class: 'primary', type: 'submit' }, key ? 'Save job' : 'Create job');
   const form = h('form', { 'aria-labelledby': 'job-form-title' },
     h('h1', { id: 'job-form-title' }, key ? `Edit job ${original.name}` : 'New job'),
@@ -222,7 +318,8 @@ export async function jobFormPage(main, key) {
     h('section', {}, h('div', { class: 'grid' }, f.name, f.kind, f.pool, f.repository, f.enabled)),
     h('fieldset', {}, h('legend', {}, 'Which VMs'), h('p', { class: 'hint' }, 'Resolved at every run; the job covers the named VMs and those the rules match.'),
       h('div', { class: 'grid' }, f.vms, f.tags, f.hosts, f.excludeTags, f.excludeVms),
-      h('fieldset', {}, h('legend', {}, 'Power states (none: all)'), h('div', { class: 'actions' }, powerStates.map(([, x]) => x)))),
+      h('fieldset', {}, h('legend', {}, 'Power states (none: all)'), h('div', { class: 'actions' }, powerStates.map(([, x]) => x))),
+      mayPreview ? preview : null),
     h('fieldset', {}, h('legend', {}, 'Schedules'), schedules, addSchedule),
     h('fieldset', {}, h('legend', {}, 'Settings'), h('div', { class: 'grid' }, f.vmConcurrency, f.diskConcurrency, f.nbd, f.retries, f.backoff,
       f.vmTimeout, f.jobTimeout, f.speed, f.compression, f.immutability, f.offline, f.quiesce, f.catchUp)),
@@ -233,12 +330,6 @@ export async function jobFormPage(main, key) {
   form.addEventListener('submit', async (event) => {
     event.preventDefault();
     clearErrors(form);
-    const tags = list(f.tags.control.value);
-    const hosts = list(f.hosts.control.value);
-    const states = powerStates.filter(([, x]) => x.control.checked).map(([state]) => state);
-    const excludeTags = list(f.excludeTags.control.value);
-    const excludeVms = list(f.excludeVms.control.value);
-    const smartUsed = tags.length || hosts.length || states.length || excludeTags.length || excludeVms.length;
     const body = {
       ...original,
       name: f.name.control.value.trim(),
@@ -246,10 +337,7 @@ export async function jobFormPage(main, key) {
       pool: f.pool.control.value,
       repository: f.repository.control.value,
       enabled: f.enabled.control.checked,
-      selection: {
-        vms: list(f.vms.control.value),
-        ...(smartUsed ? { smart: { tags, hosts, power_states: states, exclude_tags: excludeTags, exclude_vms: excludeVms } } : {}),
-      },
+      selection: readSelection(),
       schedules: [...schedules.querySelectorAll('fieldset.schedule')].map((set) => set.read()),
       settings: {
         ...s,
@@ -279,6 +367,14 @@ export async function jobFormPage(main, key) {
       submit.disabled = false;
     }
   });
+  if (mayPreview) {
+    const selectionChanged = afterTyping(previewNow);
+    for (const control of [f.vms, f.tags, f.hosts, f.excludeTags, f.excludeVms, ...powerStates.map(([, x]) => x)].map((x) => x.control)) {
+      control.addEventListener('input', selectionChanged);
+    }
+    f.pool.control.addEventListener('change', previewNow);
+    previewNow();
+  }
   fill(main, form);
   f.name.control.focus();
 }
