@@ -104,18 +104,7 @@ impl Api {
         if response.status().is_success() {
             return Ok(response);
         }
-        let status = response.status();
-        let text = response.text().await.unwrap_or_default();
-        let message = serde_json::from_str::<Value>(&text)
-            .ok()
-            .and_then(|v| v["message"].as_str().map(str::to_owned))
-            .unwrap_or(text);
-        let error = anyhow!("the server answered {status}: {message}");
-        Err(if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
-            error.context(ExitKind::Auth)
-        } else {
-            error
-        })
+        Err(answer_error(response).await)
     }
 
     async fn json<T: serde::de::DeserializeOwned>(
@@ -125,6 +114,23 @@ impl Api {
         body: Option<&Value>,
     ) -> Result<T> {
         Ok(self.send(method, path, body).await?.json().await?)
+    }
+}
+
+/// What an unsuccessful answer of the server says (its JSON error's message), as an
+/// authentication failure for 401 and 403.
+pub(crate) async fn answer_error(response: reqwest::Response) -> anyhow::Error {
+    let status = response.status();
+    let text = response.text().await.unwrap_or_default();
+    let message = serde_json::from_str::<Value>(&text)
+        .ok()
+        .and_then(|v| v["message"].as_str().map(str::to_owned))
+        .unwrap_or(text);
+    let error = anyhow!("the server answered {status}: {message}");
+    if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+        error.context(ExitKind::Auth)
+    } else {
+        error
     }
 }
 

@@ -63,7 +63,7 @@ pub async fn run(Commands::Server(args): Commands) -> Result<ExitCode> {
 }
 
 /// SIGTERM (systemd, docker stop) or SIGINT (Ctrl-C).
-async fn stop_signal() -> Result<()> {
+pub(crate) async fn stop_signal() -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     tokio::select! {
