@@ -31,6 +31,8 @@ pub struct ServerConfig {
     /// Where run reports go by email (jobs' `notifications.email`); without it those
     /// notifications fail, saying so in the run's log.
     pub smtp: Option<xenvault_notify::SmtpSettings>,
+    /// Where instant access serves disks over NBD (each on a port of its own).
+    pub instant_access_address: std::net::IpAddr,
 }
 
 impl Default for ServerConfig {
@@ -44,6 +46,7 @@ impl Default for ServerConfig {
             admin_password: None,
             shutdown_timeout_secs: 30,
             smtp: None,
+            instant_access_address: std::net::Ipv4Addr::LOCALHOST.into(),
         }
     }
 }

@@ -38,6 +38,8 @@ pub struct AppState {
     restores: Arc<api::restores::RunningRestores>,
     /// Runs jobs: the scheduler, run now, cancel.
     executor: Arc<executor::Executor>,
+    /// Restore points' disks served over NBD.
+    instant: Arc<api::instant::InstantAccess>,
 }
 
 /// The first admin, made on the first start of an empty catalog.
@@ -96,6 +98,7 @@ impl Server {
             repositories: Default::default(),
             restores: Default::default(),
             executor: executor.clone(),
+            instant: Arc::new(api::instant::InstantAccess::new(config.instant_access_address)),
         };
         let interrupted_runs = interrupted.len();
         executor.run(state.clone(), interrupted);

@@ -3,7 +3,9 @@
 
 mod access;
 pub mod connections;
+mod export;
 mod health;
+pub mod instant;
 mod jobs;
 mod metrics;
 pub mod restore_points;
@@ -48,6 +50,8 @@ pub fn routes() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(runs::router())
         .merge(restore_points::router())
         .merge(restores::router())
+        .merge(export::router())
+        .merge(instant::router())
         .merge(metrics::router())
         .merge(vms::router())
         .merge(stats::router())

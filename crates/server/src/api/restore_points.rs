@@ -255,8 +255,13 @@ async fn get_restore_point(
     }))
 }
 
-/// A stored disk of a restore point, readable by the file system readers.
-async fn stored_disk(state: &AppState, repo: &str, id: &str, position: &str) -> ApiResult<RepoDisk> {
+/// A stored disk of a restore point, readable by the file system readers, with its restore point.
+pub(crate) async fn stored_disk(
+    state: &AppState,
+    repo: &str,
+    id: &str,
+    position: &str,
+) -> ApiResult<(Manifest, RepoDisk)> {
     if position.is_empty() || !position.bytes().all(|b| b.is_ascii_digit()) {
         return Err(ApiError::invalid(format!("disk position {position:?}: give the disk's number (0, 1, ...)")));
     }
@@ -264,7 +269,7 @@ async fn stored_disk(state: &AppState, repo: &str, id: &str, position: &str) -> 
     let m = restore_point(&repo, id).await?;
     let record = m.disk(Some(position)).map_err(|e| ApiError::not_found(e.to_string()))?;
     let reader = DiskReader::new(&repo, record).await.map_err(|e| restore_error(e.into()))?;
-    Ok(RepoDisk::new(Arc::new(reader), tokio::runtime::Handle::current()))
+    Ok((m, RepoDisk::new(Arc::new(reader), tokio::runtime::Handle::current())))
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -290,7 +295,7 @@ async fn list_volumes(
     State(state): State<AppState>,
     Path((repo, id, position)): Path<(String, String, String)>,
 ) -> ApiResult<Json<Vec<VolumeView>>> {
-    let disk = stored_disk(&state, &repo, &id, &position).await?;
+    let (_, disk) = stored_disk(&state, &repo, &id, &position).await?;
     let volumes = xenvault_restore::files::volumes(disk).await.map_err(restore_error)?;
     let browsable = ["ext2", "ext3", "ext4", "xfs", "ntfs", "fat"];
     Ok(Json(
@@ -331,7 +336,7 @@ pub struct PathParam {
 }
 
 async fn open_fs(state: &AppState, repo: &str, id: &str, position: &str, volume: &str) -> ApiResult<StoredFs> {
-    let disk = stored_disk(state, repo, id, position).await?;
+    let (_, disk) = stored_disk(state, repo, id, position).await?;
     StoredFs::open(disk, Some(volume.to_owned())).await.map_err(restore_error)
 }
 
@@ -402,7 +407,7 @@ async fn list_entries(
 
 /// Writes what it is given to a download's body in pieces; fails (ending the work) once
 /// the client has gone.
-struct BodyWriter {
+pub(crate) struct BodyWriter {
     sender: mpsc::Sender<Result<Bytes, std::io::Error>>,
     piece: Vec<u8>,
 }
@@ -466,7 +471,7 @@ fn attachment(name: &str) -> HeaderValue {
 }
 
 /// Runs `write` on a blocking thread, streaming what it writes as the answer's body.
-fn streamed(
+pub(crate) fn streamed(
     content_type: &'static str,
     file_name: &str,
     length: Option<u64>,
