@@ -8,6 +8,7 @@ pub mod error;
 pub mod hooks;
 pub mod job;
 pub mod nbd_pool;
+pub mod pool_metadata;
 pub mod report;
 pub mod selection;
 pub mod store;

@@ -25,6 +25,7 @@ mod cbt;
 pub mod client;
 mod datamodel;
 mod db;
+mod db_restore;
 mod dump;
 mod error;
 pub mod faults;

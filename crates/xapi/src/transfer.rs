@@ -158,6 +158,19 @@ impl Client {
         self.download("pool/xmldbdump", &[], "xenvault xmldbdump").await
     }
 
+    /// `PUT /pool/xmldbdump` of a database dump of `content_length` bytes (what
+    /// `xe pool-restore-database` sends). With `dry_run` the host only checks it; otherwise
+    /// xapi restarts on it after a fuse (30 s), which ends every session.
+    pub async fn pool_restore_database<S>(&self, body: S, content_length: u64, dry_run: bool) -> Result<(), Error>
+    where
+        S: TryStream + Send + 'static,
+        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        Bytes: From<S::Ok>,
+    {
+        let query = [("dry_run", dry_run.to_string())];
+        self.upload("pool/xmldbdump", &query, body, content_length, "xenvault restore database").await.map(drop)
+    }
+
     /// `PUT /import_raw_vdi` of exactly `content_length` bytes (xapi refuses chunked
     /// uploads). Returns the VDI written: the new one when importing into an SR.
     pub async fn import_raw_vdi<S>(

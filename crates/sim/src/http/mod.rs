@@ -3,6 +3,7 @@
 //! each authenticated by `session_id` and tracked by a task, as xapi does.
 
 mod raw;
+mod xmldb;
 mod xva;
 
 use crate::error::ApiError;
@@ -11,7 +12,7 @@ use crate::methods::{session, task};
 use crate::state::SharedSim;
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -44,7 +45,7 @@ pub fn router(sim: SharedSim) -> Router {
         ("/import_raw_vdi", put(raw::import)),
         ("/export", get(xva::export)),
         ("/import", put(xva::import)),
-        ("/pool/xmldbdump", get(xmldbdump)),
+        ("/pool/xmldbdump", get(xmldb::dump).put(xmldb::restore)),
     ] {
         router = prefixed(router, prefix, route);
     }
@@ -252,21 +253,4 @@ fn tokio_stream_of(
     mut rx: mpsc::Receiver<Result<Bytes, std::io::Error>>,
 ) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
-}
-
-/// `GET /pool/xmldbdump`: the database as XML (xapi's `<database>` layout: one
-/// `<table>` per class, one `<row>` per object, fields as attributes).
-async fn xmldbdump(State(sim): State<SharedSim>, Query(q): Query<Params>) -> Response {
-    let task_ref = match begin(&sim, &q, "pool.dump_database") {
-        Ok(t) => t,
-        Err(r) => return *r,
-    };
-    let xml = {
-        let st = sim.lock();
-        crate::dump::database_xml(&st.db)
-    };
-    task::complete(&sim, &task_ref, Ok(Value::from("")));
-    let mut headers = export_headers(&task_ref, "text/xml", "xmldbdump.xml");
-    headers.remove("content-disposition");
-    (headers, xml).into_response()
 }
