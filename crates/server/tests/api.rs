@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use xenvault_catalog::Catalog;
 use xenvault_jobs::model::{Run, RunStatus, RunTotals, Task, TaskKind, TaskStatus, Trigger};
 use xenvault_repo::{BackendOptions, InitOptions, KdfParams, Repository, Secret};
-use xenvault_sim::{SimConfig, Simulator};
+use xenvault_sim::{SimConfig, SimHandle, Simulator};
 
 const PASSPHRASE: &str = "repository passphrase";
 
@@ -19,11 +19,30 @@ fn hex_only(text: &str) -> String {
     text.chars().filter(char::is_ascii_hexdigit).collect::<String>().to_ascii_lowercase()
 }
 
-#[tokio::test]
-async fn pools_repositories_jobs_and_metrics() {
+/// A simulator in its own directory, and its certificate's SHA-256 fingerprint.
+async fn simulator() -> (tempfile::TempDir, SimHandle, String) {
     let sim_dir = tempfile::tempdir().unwrap();
     let sim = Simulator::start(SimConfig::new(sim_dir.path())).await.expect("simulator");
-    let sim_pin = xenvault_tls::pem_fingerprint_sha256(sim.cert_pem.as_bytes()).unwrap();
+    let pin = xenvault_tls::pem_fingerprint_sha256(sim.cert_pem.as_bytes()).unwrap();
+    (sim_dir, sim, pin)
+}
+
+/// A new local repository (fast key derivation) and its location.
+async fn new_repository() -> (tempfile::TempDir, String) {
+    let repo_dir = tempfile::tempdir().unwrap();
+    let location = repo_dir.path().to_str().unwrap().to_owned();
+    let options = InitOptions {
+        secret: Some(Secret::passphrase(PASSPHRASE)),
+        kdf: KdfParams { memory_kib: 256, iterations: 1, parallelism: 1 },
+        ..Default::default()
+    };
+    Repository::init(&location, &BackendOptions::default(), options).await.expect("init");
+    (repo_dir, location)
+}
+
+#[tokio::test]
+async fn pools_repositories_jobs_and_metrics() {
+    let (_sim_dir, sim, sim_pin) = simulator().await;
     let server = start().await;
     let admin = server.token("admin").await;
     let operator = server.token("operator").await;
@@ -54,14 +73,7 @@ async fn pools_repositories_jobs_and_metrics() {
     assert!(check["vms"].as_u64().unwrap() > 0, "{check}");
 
     // A repository is added once it opens with the passphrase.
-    let repo_dir = tempfile::tempdir().unwrap();
-    let location = repo_dir.path().to_str().unwrap().to_owned();
-    let options = InitOptions {
-        secret: Some(Secret::passphrase(PASSPHRASE)),
-        kdf: KdfParams { memory_kib: 256, iterations: 1, parallelism: 1 },
-        ..Default::default()
-    };
-    Repository::init(&location, &BackendOptions::default(), options).await.expect("init");
+    let (_repo_dir, location) = new_repository().await;
     let wrong = json!({"name": "local", "location": location, "passphrase": "nope"});
     assert_error(
         post("/api/repositories", &admin, wrong).await.unwrap(),
@@ -210,9 +222,7 @@ fn protection(listing: &Value) -> Vec<(String, Option<String>)> {
 
 #[tokio::test]
 async fn the_dashboard_and_job_form_routes_protection_preview_daily_figures_and_schedules() {
-    let sim_dir = tempfile::tempdir().unwrap();
-    let sim = Simulator::start(SimConfig::new(sim_dir.path())).await.expect("simulator");
-    let pin = xenvault_tls::pem_fingerprint_sha256(sim.cert_pem.as_bytes()).unwrap();
+    let (_sim_dir, sim, pin) = simulator().await;
     let server = start().await;
     let admin = server.token("admin").await;
     let operator = server.token("operator").await;
@@ -220,14 +230,7 @@ async fn the_dashboard_and_job_form_routes_protection_preview_daily_figures_and_
     let post = |path: &str, token: &str, body: Value| server.with_token(Method::POST, path, token).json(&body).send();
     let pool = json!({"name": "sim", "url": sim.url, "password": sim.password, "fingerprint": pin});
     assert_eq!(post("/api/pools", &admin, pool).await.unwrap().status(), StatusCode::CREATED);
-    let repo_dir = tempfile::tempdir().unwrap();
-    let location = repo_dir.path().to_str().unwrap().to_owned();
-    let options = InitOptions {
-        secret: Some(Secret::passphrase(PASSPHRASE)),
-        kdf: KdfParams { memory_kib: 256, iterations: 1, parallelism: 1 },
-        ..Default::default()
-    };
-    Repository::init(&location, &BackendOptions::default(), options).await.expect("init");
+    let (_repo_dir, location) = new_repository().await;
     let repo = json!({"name": "local", "location": location, "passphrase": PASSPHRASE});
     assert_eq!(post("/api/repositories", &admin, repo).await.unwrap().status(), StatusCode::CREATED);
 
@@ -279,7 +282,7 @@ async fn the_dashboard_and_job_form_routes_protection_preview_daily_figures_and_
     // The simulator's blank disks are read but store next to nothing.
     assert!(today["bytes_read"].as_u64().unwrap() > 0, "{today}");
     assert!(days[..29].iter().all(|d| d["runs"] == 0), "only today has runs");
-    for bad in ["days=0", "days=367", "utc_offset_minutes=900", "days=lots"] {
+    for bad in ["days=0", "days=367", "utc_offset_minutes=900", "utc_offset_minutes=-98690745", "days=lots"] {
         let refused = server.with_token(Method::GET, &format!("/api/stats/daily?{bad}"), &reader).send().await.unwrap();
         assert_error(refused, StatusCode::BAD_REQUEST, "invalid").await;
     }

@@ -69,8 +69,10 @@ async fn daily_stats(
         return Err(ApiError::invalid(format!("days {days}: give 1 to {MAX_DAYS}")));
     }
     let minutes = query.utc_offset_minutes.unwrap_or(0);
-    let zone = FixedOffset::east_opt(minutes * 60)
-        .filter(|_| minutes.abs() <= MAX_OFFSET_MINUTES)
+    // The range is checked before the multiplication, which a wild offset would overflow.
+    let zone = Some(minutes)
+        .filter(|m| (-MAX_OFFSET_MINUTES..=MAX_OFFSET_MINUTES).contains(m))
+        .and_then(|m| FixedOffset::east_opt(m * 60))
         .ok_or_else(|| ApiError::invalid(format!("utc_offset_minutes {minutes}: give -840 to 840")))?;
     let today = Utc::now().with_timezone(&zone).date_naive();
     let first = today - Duration::days(i64::from(days) - 1);
