@@ -222,6 +222,8 @@ async function admin() {
 
   await page.getByRole('link', { name: 'Dashboard' }).click();
   await page.locator('tr[data-job="prod-daily"]').waitFor();
+  await page.locator('#protection tbody tr').first().waitFor();
+  await page.locator('svg.chart').waitFor();
   const order = await page.locator('tr[data-job]').evaluateAll((rows) => rows.map((r) => r.dataset.job));
   expect(order[0] === 'flaky', `failures come first: ${order.join(', ')}`);
   await shot(page, 'dashboard');

@@ -622,6 +622,15 @@ impl DiskWriter {
         Ok(id)
     }
 
+    /// Stops this disk early (a cancelled copy): the chunks already submitted are still
+    /// packed, so the session can keep them for a rerun; no page is written.
+    pub(crate) async fn drain(mut self) -> Result<()> {
+        while !self.jobs.is_empty() {
+            self.complete_one().await?;
+        }
+        Ok(())
+    }
+
     /// Finishes the disk: waits for its chunks and closes every page.
     pub async fn finish(mut self) -> Result<DiskRecord> {
         if !self.partial.is_empty() {
