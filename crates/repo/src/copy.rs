@@ -22,8 +22,10 @@ pub struct CopyReport {
     pub skipped: Vec<String>,
     /// Chunks read from the source (the rest were known to the target by id).
     pub chunks_read: u64,
+    /// Data chunks the target lacked and stored, their bytes before and after sealing.
     pub chunks_new: u64,
     pub bytes_new: u64,
+    pub bytes_stored: u64,
 }
 
 /// Copies the restore points `ids` (ids or unique prefixes) from `src` to `dst`, one task
@@ -43,18 +45,36 @@ pub async fn copy(
             report.skipped.push(m.id);
             continue;
         }
-        let session = dst.start_backup(m.source.clone()).await?;
-        let copied = copy_disks(src, dst, &m, &session, &progress, cancel, &mut report).await;
-        if let Err(e) = copied {
-            if let Err(abort) = session.abort().await {
-                tracing::warn!(error = %abort, "could not abort the copy's session");
-            }
-            return Err(e);
-        }
-        session.commit_copy(&m).await?;
+        copy_point(src, dst, &m, &progress, cancel, &mut report).await?;
         report.copied.push(m.id);
     }
     Ok(report)
+}
+
+/// Copies the restore point `m` of `src` into `dst`, which lacks it. Cancelled, it stores
+/// the chunks it already packed before giving up, so a rerun does not send them again.
+pub(crate) async fn copy_point(
+    src: &Repository,
+    dst: &Repository,
+    m: &crate::Manifest,
+    progress: &Arc<dyn Progress>,
+    cancel: &CancellationToken,
+    report: &mut CopyReport,
+) -> Result<()> {
+    let session = dst.start_backup(m.source.clone()).await?;
+    match copy_disks(src, dst, m, &session, progress, cancel, report).await {
+        Ok(()) => session.commit_copy(m).await.map(drop),
+        Err(e) => {
+            let ended = match e {
+                crate::Error::Cancelled => session.abort_keeping_chunks().await,
+                _ => session.abort().await,
+            };
+            if let Err(end) = ended {
+                tracing::warn!(error = %end, "could not end the copy's session");
+            }
+            Err(e)
+        }
+    }
 }
 
 async fn copy_disks(
@@ -94,6 +114,7 @@ async fn copy_disks(
             .buffered(PREFETCH);
         while let Some(piece) = pieces.next().await {
             if cancel.is_cancelled() {
+                w.drain().await?;
                 return Err(crate::Error::Cancelled);
             }
             let piece = piece?;
@@ -111,6 +132,7 @@ async fn copy_disks(
         let rec = w.finish().await?;
         report.chunks_new += rec.stats.chunks_new;
         report.bytes_new += rec.stats.bytes_new;
+        report.bytes_stored += rec.stats.bytes_stored;
     }
     Ok(())
 }

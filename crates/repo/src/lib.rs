@@ -24,6 +24,7 @@ pub mod keys;
 mod local;
 pub mod lock;
 pub mod manifest;
+pub mod mirror;
 pub mod ordered;
 pub mod pack;
 pub mod prune;

@@ -164,14 +164,14 @@ fn random_below(percent: f64) -> bool {
 
 /// What checking one pack found.
 #[derive(Default)]
-struct PackCheck {
-    chunks: u64,
-    bytes: u64,
-    bad: Vec<BadChunk>,
-    damaged_index: Option<DamagedIndex>,
+pub(crate) struct PackCheck {
+    pub(crate) chunks: u64,
+    pub(crate) bytes: u64,
+    pub(crate) bad: Vec<BadChunk>,
+    pub(crate) damaged_index: Option<DamagedIndex>,
 }
 
-async fn check_pack(repo: &Repository, pack: &PackName, present: bool) -> Result<PackCheck> {
+pub(crate) async fn check_pack(repo: &Repository, pack: &PackName, present: bool) -> Result<PackCheck> {
     let crypto = repo.crypto().clone();
     let mut check = PackCheck::default();
     let entries: Vec<PackEntry> = match repo.pack_entries_from(pack, Source::Store).await {
@@ -280,7 +280,7 @@ async fn check_snapshots(repo: &Repository, report: &mut VerifyReport) -> Result
     Ok(())
 }
 
-async fn check_page(repo: &Repository, page: &ChunkId) -> Result<Vec<String>> {
+pub(crate) async fn check_page(repo: &Repository, page: &ChunkId) -> Result<Vec<String>> {
     let raw = match repo.read_chunk(page).await {
         Ok(r) => r,
         Err(e) if e.is_damage() => return Ok(vec![format!("index page unreadable: {e}")]),
