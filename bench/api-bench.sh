@@ -11,6 +11,7 @@
 # Usage: bench/api-bench.sh [--runs 10000] [--seconds 10] [--dir DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib.sh
 
 runs=10000 seconds=10 dir=/tmp/xenvault-api-bench
 while (($#)); do
@@ -35,26 +36,9 @@ rm -rf "$dir" && mkdir -p "$dir/data"
 echo "== catalog: $runs runs (the library's own query times follow)"
 target/debug/examples/runs_bench "$dir/data" - "$runs"
 
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-url="https://127.0.0.1:$port"
-password=$(python3 -c 'import secrets; print(secrets.token_urlsafe(18))')
-XENVAULT_ADMIN_PASSWORD=$password target/debug/xenvault server --config /dev/null \
-  --listen "127.0.0.1:$port" --data-dir "$dir/data" >"$dir/server.log" 2>&1 &
-server_pid=$!
-trap 'kill "$server_pid" 2>/dev/null; wait "$server_pid" 2>/dev/null; rm -rf "$dir"' EXIT
-for _ in $(seq 100); do
-  curl -ksf "$url/api/openapi.json" -o /dev/null && break
-  kill -0 "$server_pid" 2>/dev/null || { cat "$dir/server.log" >&2; exit 1; }
-  sleep 0.2
-done
-
-# An admin token, made through the web login (session cookie + CSRF token).
-csrf=$(curl -ksf -c "$dir/cookies" -H 'content-type: application/json' \
-  -d "{\"user\": \"admin\", \"password\": \"$password\"}" "$url/api/auth/login" |
-  python3 -c 'import json, sys; print(json.load(sys.stdin)["csrf_token"])')
-token=$(curl -ksf -b "$dir/cookies" -H 'content-type: application/json' -H "x-csrf-token: $csrf" \
-  -d '{"name": "api bench", "role": "admin"}' "$url/api/tokens" |
-  python3 -c 'import json, sys; print(json.load(sys.stdin)["secret"])')
+trap 'kill "${server_pid:-}" 2>/dev/null; wait "${server_pid:-}" 2>/dev/null; rm -rf "$dir"' EXIT
+bench_server "$dir"
+url=$server_url
 total=$(curl -ksf -H "authorization: Bearer $token" "$url/api/runs?limit=1" |
   python3 -c 'import json, sys; print(json.load(sys.stdin)["total"])')
 echo "== API: xenvault server on $url, $total runs in the catalog, wrk for ${seconds}s per line"

@@ -82,3 +82,29 @@ timed() {
   rss=$(awk -F': ' '/Maximum resident set size/ {print int($2 / 1024)}' "$stats")
   printf '%s\t%s\t%s\t%s\n' "$tool" "$phase" "$secs" "$rss" >>"$results"
 }
+
+# bench_server DIR: starts the built `xenvault server` on a free loopback port (catalog in
+# DIR/data, log in DIR/server.log) and sets server_pid (set it in an EXIT trap first),
+# server_url and token, an admin API token made through the web login (session cookie +
+# CSRF token).
+bench_server() {
+  local dir=$1 port password csrf
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  server_url="https://127.0.0.1:$port"
+  password=$(python3 -c 'import secrets; print(secrets.token_urlsafe(18))')
+  mkdir -p "$dir/data"
+  XENVAULT_ADMIN_PASSWORD=$password target/debug/xenvault server --config /dev/null \
+    --listen "127.0.0.1:$port" --data-dir "$dir/data" >"$dir/server.log" 2>&1 &
+  server_pid=$!
+  for _ in $(seq 100); do
+    curl -ksf "$server_url/api/openapi.json" -o /dev/null && break
+    kill -0 "$server_pid" 2>/dev/null || { cat "$dir/server.log" >&2; exit 1; }
+    sleep 0.2
+  done
+  csrf=$(curl -ksf -c "$dir/cookies" -H 'content-type: application/json' \
+    -d "{\"user\": \"admin\", \"password\": \"$password\"}" "$server_url/api/auth/login" |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["csrf_token"])')
+  token=$(curl -ksf -b "$dir/cookies" -H 'content-type: application/json' -H "x-csrf-token: $csrf" \
+    -d '{"name": "bench", "role": "admin"}' "$server_url/api/tokens" |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["secret"])')
+}
