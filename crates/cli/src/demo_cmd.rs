@@ -229,27 +229,21 @@ async fn run_server(dir: &Path, listen: SocketAddr) -> anyhow::Result<ExitCode> 
         first_run(&api, &job).await?;
         anyhow::Ok(api.token)
     };
-    let token = tokio::select! {
-        token = setup => Some(token),
-        stopped = &mut stop => { stopped?; None }
+    let setup_or_stop = tokio::select! {
+        token = setup => token.map(Some),
+        stopped = &mut stop => stopped.map(|()| None),
     };
-    if let Some(token) = token {
-        match token {
-            Ok(token) => {
-                print_ready(&server, &admin_password, &token);
-                (&mut stop).await?;
-            }
-            Err(e) => {
-                server.shutdown().await;
-                sim.stop().await;
-                return Err(e);
-            }
+    let outcome = match setup_or_stop {
+        Ok(Some(token)) => {
+            print_ready(&server, &admin_password, &token);
+            (&mut stop).await
         }
-    }
+        other => other.map(drop),
+    };
     eprintln!("stopping the server and the simulated pool");
     server.shutdown().await;
     sim.stop().await;
-    Ok(ExitCode::SUCCESS)
+    outcome.map(|()| ExitCode::SUCCESS)
 }
 
 /// The demo's admin client of its own server: an API token kept in DATA_DIR/demo-token
