@@ -56,6 +56,11 @@ for call, args, code in [
         assert e.details[0] == code, (code, e.details)
 try:
     s.xenapi.VM.clean_shutdown(win)
+    raise SystemExit("clean shutdown of a VM without guest tools accepted")
+except XenAPI.Failure as e:
+    assert e.details == ["VM_LACKS_FEATURE", win], e.details
+try:
+    s.xenapi.VM.hard_shutdown(win)
     s.xenapi.VM.hard_shutdown(win)
     raise SystemExit("shutdown of a halted VM accepted")
 except XenAPI.Failure as e:

@@ -99,6 +99,13 @@ fn check_quiesce(st: &State, vm: &str) -> ApiResult<()> {
     if has_feature { Ok(()) } else { Err(ApiError::new("VM_SNAPSHOT_WITH_QUIESCE_NOT_SUPPORTED", [vm])) }
 }
 
+/// A clean shutdown or reboot asks the guest, through its PV drivers: xapi refuses
+/// with `VM_LACKS_FEATURE` when no guest tools report in (no guest metrics).
+fn check_cooperative(st: &State, vm: &str) -> ApiResult<()> {
+    let metrics = st.db.str_field("VM", vm, "guest_metrics")?;
+    if st.db.exists("VM_guest_metrics", &metrics) { Ok(()) } else { Err(ApiError::new("VM_LACKS_FEATURE", [vm])) }
+}
+
 fn power(st: &mut State, name: &str, args: &Args) -> ApiResult<Value> {
     let expected_arity: &[usize] = match name {
         "start" | "resume" => &[4],
@@ -130,6 +137,9 @@ fn power(st: &mut State, name: &str, args: &Args) -> ApiResult<Value> {
         _ => (&["Paused", "Suspended", "Running"], "Halted"),
     };
     require_state(&vm, &state, from)?;
+    if name.starts_with("clean_") {
+        check_cooperative(st, &vm)?;
+    }
     let to = if name.ends_with("reboot") { "Running" } else { to };
     let host = if name.ends_with("_on") { args.reference(st, 4, "host")? } else { super::session::master_host(st) };
     set_power(st, &vm, to, &host)?;
