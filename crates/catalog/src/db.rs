@@ -400,8 +400,8 @@ impl Db {
     }
 
     /// The connection, outside any transaction: one a dropped (cancelled or failed)
-    /// transaction left open is rolled back first, and a lost PostgreSQL connection is
-    /// opened again.
+    /// transaction left open is rolled back first (SQLite's are already, by `Conn`'s
+    /// drop), and a lost PostgreSQL connection is opened again.
     pub async fn conn(&self) -> Result<Conn<'_>> {
         let mut guard = self.conn.lock().await;
         match &mut *guard {
@@ -457,6 +457,21 @@ impl Db {
 /// The held connection (maybe inside a transaction).
 pub(crate) struct Conn<'a> {
     guard: MutexGuard<'a, Connection>,
+}
+
+/// A SQLite transaction dropped before its commit (an early return, an error) is rolled
+/// back now: left open until this catalog's next statement, it would keep the file's
+/// write lock, and another process's writers would wait for it and fail with "database
+/// is locked". (A PostgreSQL one cannot be ended without waiting: [`Db::conn`] does it.)
+impl Drop for Conn<'_> {
+    fn drop(&mut self) {
+        // Should the rollback fail, the next `Db::conn` tries again.
+        if let Connection::Sqlite(c) = &mut *self.guard
+            && !c.is_autocommit()
+        {
+            let _ = c.execute_batch("ROLLBACK");
+        }
+    }
 }
 
 impl Conn<'_> {

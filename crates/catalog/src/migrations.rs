@@ -190,7 +190,9 @@ pub(crate) async fn migrate(db: &Db) -> Result<()> {
             return Err(Error::SchemaTooNew { found: current, known: SCHEMA_VERSION });
         }
         if current == SCHEMA_VERSION {
-            return Ok(());
+            // Ends the transaction now: PostgreSQL would keep the table lock (and other
+            // servers' migrations waiting) until this catalog's next statement.
+            return tx.commit().await;
         }
         let index = usize::try_from(current).map_err(|_| Error::Corrupt(format!("schema version {current}")))?;
         tx.batch(&schema_sql(engine, MIGRATIONS[index])).await?;

@@ -27,6 +27,7 @@ both_backends!(
     restore_points_are_indexed_per_vm_and_job,
     the_audit_log_pages_back,
     settings_keep_their_secret_apart,
+    two_catalogs_on_one_database_write_at_once,
 );
 
 fn at(minutes: i64) -> DateTime<Utc> {
@@ -540,4 +541,44 @@ async fn settings_keep_their_secret_apart(c: TestCatalog) {
     assert_eq!(c.setting_secret("smtp").await.unwrap().as_deref(), Some("mail-password-1"));
     assert!(!format!("{:?}", c.raw("SELECT * FROM settings").await).contains("mail-password-1"));
     assert_eq!(c.setting_secret("absent").await.unwrap(), None);
+}
+
+/// Two catalogs on one database (a server and `xenvault job`, or a second server), each
+/// in its own thread and runtime as two processes would be, writing at the same time:
+/// a writer waits for the other's transaction instead of failing ("database is locked").
+async fn two_catalogs_on_one_database_write_at_once(c: TestCatalog) {
+    const WRITES: usize = 150;
+    let start = std::sync::Arc::new(std::sync::Barrier::new(2));
+    let mut writers = Vec::new();
+    for name in ["first", "second"] {
+        let (data_dir, database) = (c.data_dir.path().to_owned(), c.database());
+        let start = start.clone();
+        writers.push(std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async {
+                // Opened here: a PostgreSQL connection is driven by the runtime that opened it.
+                let catalog = xenvault_catalog::Catalog::open(&data_dir, database.as_deref()).await?;
+                start.wait();
+                for i in 0..WRITES {
+                    let job_id = format!("job-{name}");
+                    let mut started = catalog.create_run(run(&job_id, RunStatus::Running, Utc::now())).await?;
+                    let task = Task::started(format!("{}-vm", started.id), &started.id, None, TaskKind::Vm, "web01");
+                    catalog.save_task(&task).await?;
+                    catalog.append_log(&started.id, Some(&task.id), LogLevel::Info, &format!("{name} {i}")).await?;
+                    started.status = RunStatus::Success;
+                    started.finished_at = Some(Utc::now());
+                    catalog.update_run(&started).await?;
+                    catalog.audit(name, "job.run", Some(&job_id), None).await?;
+                }
+                Ok::<_, Error>(())
+            })
+        }));
+    }
+    for writer in writers {
+        writer.join().expect("writer thread").expect("every write of both catalogs succeeds");
+    }
+    let all = [[(2 * WRITES).to_string()]];
+    assert_eq!(c.raw("SELECT COUNT(*) FROM runs WHERE status = 'success'").await, all);
+    assert_eq!(c.raw("SELECT COUNT(*) FROM task_logs").await, all);
+    assert_eq!(c.raw("SELECT COUNT(*) FROM audit_log").await, all);
 }
