@@ -15,13 +15,13 @@ use crate::crypto::ChunkId;
 use crate::error::{Error, Result};
 use crate::forget::{Forget, ForgetOptions, ForgetReport};
 use crate::manifest::Manifest;
-use crate::pack::{DATA_PREFIX, PackName};
+use crate::pack::PackName;
 use crate::prune::KeepPolicy;
 use crate::reader::DiskReader;
 use crate::repository::{Repository, Source};
 use crate::retention::LockReport;
 use crate::select::{self, SelectError};
-use crate::verify::{BadChunk, DamagedIndex, check_pack, check_page};
+use crate::verify::{BadChunk, DamagedIndex, check_pack, check_page, stored_pack_sizes};
 use chrono::Utc;
 use futures::StreamExt;
 use serde::Serialize;
@@ -274,13 +274,7 @@ async fn verify_points(
         }
     }
     let packs: BTreeSet<PackName> = chunks.iter().filter_map(|id| dst.locate(id)).map(|l| l.pack).collect();
-    let sizes: HashMap<PackName, u64> = dst
-        .store()
-        .list(DATA_PREFIX)
-        .await?
-        .iter()
-        .filter_map(|(n, size)| Some((PackName::from_object(n)?, *size)))
-        .collect();
+    let sizes = stored_pack_sizes(dst).await?;
     verify.packs_checked = packs.len();
     let total = packs.iter().filter_map(|p| sizes.get(p)).sum();
     let task = Task::start(progress, Key::new(None, None, Phase::Verify), "verify the mirror", total);

@@ -90,13 +90,7 @@ pub async fn verify(
     let known_damaged = repo.load_damaged().await?;
     let packs: Vec<PackName> =
         repo.store().list(INDEX_PREFIX).await?.iter().filter_map(|(n, _)| PackName::from_object(n)).collect();
-    let present: HashMap<PackName, u64> = repo
-        .store()
-        .list(DATA_PREFIX)
-        .await?
-        .iter()
-        .filter_map(|(n, size)| Some((PackName::from_object(n)?, *size)))
-        .collect();
+    let present = stored_pack_sizes(repo).await?;
     report.packs_total = packs.len();
     let chosen: Vec<PackName> = match sample_percent {
         Some(pct) => {
@@ -237,6 +231,12 @@ pub(crate) async fn check_pack(repo: &Repository, pack: &PackName, present: bool
 }
 
 /// Restores `index/<pack>` from the sealed copy at the end of the pack.
+/// The data packs the store holds now, with their sizes.
+pub(crate) async fn stored_pack_sizes(repo: &Repository) -> Result<HashMap<PackName, u64>> {
+    let listed = repo.store().list(DATA_PREFIX).await?;
+    Ok(listed.iter().filter_map(|(n, size)| Some((PackName::from_object(n)?, *size))).collect())
+}
+
 async fn rebuild_index(repo: &Repository, pack: &PackName) -> Result<Vec<PackEntry>> {
     let data =
         repo.store().get(&pack.data_object()).await?.ok_or_else(|| Error::corrupt(pack.data_object(), "missing"))?;
