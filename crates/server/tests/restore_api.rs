@@ -316,6 +316,10 @@ async fn restore_points_browse_download_and_tracked_restores() {
         "destination": destination});
     assert_error(post("/api/restores", &operator, outside).await.unwrap(), StatusCode::BAD_REQUEST, "invalid_path")
         .await;
+    let started_template = json!({"kind": "vm", "repository": "local", "restore_point": point_id, "pool": "sim",
+        "as_template": true, "start": true});
+    assert_error(post("/api/restores", &operator, started_template).await.unwrap(), StatusCode::BAD_REQUEST, "invalid")
+        .await;
 
     // Cancelled while it runs (every pool call is slowed down to a second, so it is still
     // going when the cancel comes): the VDI it made is removed again.

@@ -112,6 +112,9 @@ pub struct VmRestoreRequest {
     pub network_map: BTreeMap<String, String>,
     #[serde(default)]
     pub macs: MacsChoice,
+    /// Start the VM once restored (not with as_template).
+    #[serde(default)]
+    pub start: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -211,6 +214,9 @@ impl RestoreRequest {
         };
         match self {
             RestoreRequest::Vm(r) if r.mode == VmMode::Overwrite && !r.confirm_overwrite => Err(unconfirmed()),
+            RestoreRequest::Vm(r) if r.start && r.as_template => {
+                Err(ApiError::invalid("a template cannot be started: leave out \"start\" or \"as_template\""))
+            }
             RestoreRequest::Disk(r) => match (&r.sr, &r.vdi) {
                 (Some(_), Some(_)) | (None, None) => {
                     Err(ApiError::invalid("give either \"sr\" (a new VDI) or \"vdi\" (over an existing one)"))
@@ -331,7 +337,7 @@ impl Work {
                         MacsChoice::Keep => Macs::Keep,
                         MacsChoice::New => Macs::New,
                     },
-                    start: false,
+                    start: r.start,
                     cancel,
                     identity,
                 };
