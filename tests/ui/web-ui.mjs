@@ -189,7 +189,7 @@ async function admin() {
 
   // A run in progress (the Rust side finishes it once the page follows its live feed).
   await page.getByRole('link', { name: 'Runs' }).click();
-  await page.getByLabel('Job').selectOption({ label: 'nightly' });
+  await page.getByLabel('Job', { exact: true }).selectOption({ label: 'nightly' });
   await page.getByRole('button', { name: 'Filter' }).click();
   await page.getByRole('table').getByRole('link').first().click();
   await page.locator('#run-status', { hasText: 'running' }).waitFor();
