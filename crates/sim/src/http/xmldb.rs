@@ -12,7 +12,7 @@
 //! and task then.
 
 use super::raw::{BodyReader, content_length};
-use super::{Params, begin, export_headers, fail};
+use super::{Params, begin, export_headers, fail, stream_body};
 use crate::db_restore;
 use crate::methods::task;
 use crate::state::SharedSim;
@@ -28,8 +28,12 @@ use xenvault_xapi_wire::Value;
 /// than xapi's 30 s so tests do not idle, long enough for a client to read its task.
 pub const RESTORE_FUSE: Duration = Duration::from_secs(2);
 
+/// Pieces the dump is streamed in, so that the cut and bandwidth faults apply within it.
+const DUMP_PIECE: usize = 64 << 10;
+
 /// `GET /pool/xmldbdump`: the database as XML (xapi's `<database>` layout: one
-/// `<table>` per class, one `<row>` per object, fields as attributes).
+/// `<table>` per class, one `<row>` per object, fields as attributes), streamed without a
+/// length like xapi's, under the cut and bandwidth faults of every HTTP transfer.
 pub async fn dump(State(sim): State<SharedSim>, Query(q): Query<Params>) -> Response {
     let task_ref = match begin(&sim, &q, "pool.dump_database") {
         Ok(t) => t,
@@ -39,10 +43,18 @@ pub async fn dump(State(sim): State<SharedSim>, Query(q): Query<Params>) -> Resp
         let st = sim.lock();
         crate::dump::database_xml(&st.db)
     };
-    task::complete(&sim, &task_ref, Ok(Value::from("")));
     let mut headers = export_headers(&task_ref, "text/xml", "xmldbdump.xml");
     headers.remove("content-disposition");
-    (headers, xml).into_response()
+    let task = task_ref.clone();
+    let body = stream_body(&sim, task_ref, move |out| {
+        for piece in xml.as_bytes().chunks(DUMP_PIECE) {
+            if !out.send(piece.to_vec()) {
+                return Err(crate::ApiError::new("TASK_CANCELLED", [task.as_str()]));
+            }
+        }
+        Ok(())
+    });
+    (headers, body).into_response()
 }
 
 /// `PUT /pool/xmldbdump[?dry_run=true]`: checks and (unless a dry run) restores a dump.
