@@ -40,6 +40,8 @@ pub struct AppState {
     executor: Arc<executor::Executor>,
     /// Restore points' disks served over NBD.
     instant: Arc<api::instant::InstantAccess>,
+    /// Repository verifies running in the background.
+    verifies: Arc<api::verify::RunningVerifies>,
 }
 
 /// The first admin, made on the first start of an empty catalog.
@@ -99,6 +101,7 @@ impl Server {
             restores: Default::default(),
             executor: executor.clone(),
             instant: Arc::new(api::instant::InstantAccess::new(config.instant_access_address)),
+            verifies: Default::default(),
         };
         let interrupted_runs = interrupted.len();
         executor.run(state.clone(), interrupted);

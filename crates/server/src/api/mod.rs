@@ -10,9 +10,11 @@ mod jobs;
 mod metrics;
 pub mod restore_points;
 pub mod restores;
+mod restore_targets;
 mod runs;
 mod schedules;
 mod stats;
+pub mod verify;
 mod vms;
 
 use axum::Json;
@@ -56,6 +58,8 @@ pub fn routes() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(vms::router())
         .merge(stats::router())
         .merge(schedules::router())
+        .merge(restore_targets::router())
+        .merge(verify::router())
         .split_for_parts()
 }
 
