@@ -144,7 +144,7 @@ impl BackupArgs {
 }
 
 /// Exit code of a run stopped by SIGINT or SIGTERM (128 + SIGINT, as shells say).
-const INTERRUPTED: u8 = 130;
+pub(crate) const INTERRUPTED: u8 = 130;
 
 /// Cancels `token` at the first SIGINT or SIGTERM, saying what is being cleaned up
 /// (`stopping`); a second one ends the process at once, saying what may be left (`forced`).

@@ -7,6 +7,8 @@ mod demo_cmd;
 mod environment;
 mod exit;
 mod job_cmds;
+mod metadata_cmds;
+mod mirror_cmd;
 mod output;
 mod pool_cmds;
 mod progress;
@@ -44,6 +46,10 @@ enum Command {
     #[command(flatten)]
     Job(job_cmds::Commands),
     #[command(flatten)]
+    Metadata(metadata_cmds::Commands),
+    #[command(flatten)]
+    Mirror(mirror_cmd::Commands),
+    #[command(flatten)]
     Pool(pool_cmds::Commands),
     #[command(flatten)]
     Benchmark(benchmark_cmd::Commands),
@@ -71,6 +77,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Backup(cmd) => backup_cmds::run(cmd).await,
         Command::Demo(cmd) => demo_cmd::run(cmd).await,
         Command::Job(cmd) => job_cmds::run(cmd).await,
+        Command::Metadata(cmd) => metadata_cmds::run(cmd).await,
+        Command::Mirror(cmd) => mirror_cmd::run(cmd).await,
         Command::Pool(cmd) => pool_cmds::run(cmd).await,
         Command::Benchmark(cmd) => benchmark_cmd::run(cmd).await,
         Command::Repo(cmd) => repo_cmds::run(cmd).await,

@@ -567,6 +567,42 @@ async fn verify(a: VerifyArgs) -> Result<ExitCode> {
     Ok(ExitCode::from(if report.found_damage() { exit::DAMAGE_FOUND } else { 0 }))
 }
 
+/// Retention rules (`--keep-*`); all zero keeps everything.
+#[derive(Args, Clone, Copy)]
+pub struct KeepArgs {
+    /// Keep the newest N restore points of each VM.
+    #[arg(long, default_value_t = 0)]
+    keep_last: u32,
+    /// Keep the newest restore point of each of the last N hours (per VM).
+    #[arg(long, default_value_t = 0)]
+    keep_hourly: u32,
+    /// Keep the newest restore point of each of the last N days (per VM).
+    #[arg(long, default_value_t = 0)]
+    keep_daily: u32,
+    /// Keep the newest restore point of each of the last N weeks (per VM).
+    #[arg(long, default_value_t = 0)]
+    keep_weekly: u32,
+    /// Keep the newest restore point of each of the last N months (per VM).
+    #[arg(long, default_value_t = 0)]
+    keep_monthly: u32,
+    /// Keep the newest restore point of each of the last N years (per VM).
+    #[arg(long, default_value_t = 0)]
+    keep_yearly: u32,
+}
+
+impl KeepArgs {
+    pub(crate) fn policy(&self) -> xenvault_repo::prune::KeepPolicy {
+        xenvault_repo::prune::KeepPolicy {
+            last: self.keep_last,
+            hourly: self.keep_hourly,
+            daily: self.keep_daily,
+            weekly: self.keep_weekly,
+            monthly: self.keep_monthly,
+            yearly: self.keep_yearly,
+        }
+    }
+}
+
 #[derive(Args)]
 pub struct ForgetArgs {
     /// Restore point ids to remove (instead of a policy).
@@ -576,18 +612,8 @@ pub struct ForgetArgs {
     /// Apply the policy only to this VM (name or uuid) or other source id.
     #[arg(long)]
     source: Option<String>,
-    #[arg(long, default_value_t = 0)]
-    keep_last: u32,
-    #[arg(long, default_value_t = 0)]
-    keep_hourly: u32,
-    #[arg(long, default_value_t = 0)]
-    keep_daily: u32,
-    #[arg(long, default_value_t = 0)]
-    keep_weekly: u32,
-    #[arg(long, default_value_t = 0)]
-    keep_monthly: u32,
-    #[arg(long, default_value_t = 0)]
-    keep_yearly: u32,
+    #[command(flatten)]
+    keep: KeepArgs,
     /// Show what would go, remove nothing.
     #[arg(long)]
     dry_run: bool,
@@ -600,14 +626,7 @@ pub struct ForgetArgs {
 
 async fn forget(a: ForgetArgs) -> Result<ExitCode> {
     use xenvault_repo::forget::{Action, Forget, ForgetOptions};
-    let policy = xenvault_repo::prune::KeepPolicy {
-        last: a.keep_last,
-        hourly: a.keep_hourly,
-        daily: a.keep_daily,
-        weekly: a.keep_weekly,
-        monthly: a.keep_monthly,
-        yearly: a.keep_yearly,
-    };
+    let policy = a.keep.policy();
     let forget = match (a.ids.is_empty(), policy.is_empty()) {
         (true, true) => return Err(usage("give restore point ids or --keep-* rules")),
         (false, false) => return Err(usage("give restore point ids or --keep-* rules, not both")),
@@ -655,11 +674,11 @@ async fn forget(a: ForgetArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn usage(message: &str) -> anyhow::Error {
+pub(crate) fn usage(message: &str) -> anyhow::Error {
     anyhow!(message.to_owned()).context(ExitKind::Usage)
 }
 
-fn print_gc(r: &xenvault_repo::gc::GcReport) {
+pub(crate) fn print_gc(r: &xenvault_repo::gc::GcReport) {
     println!("freed {} in {} packs", units::bytes(r.bytes_deleted), r.packs_deleted);
     println!(
         "prune: {} packs, {} referenced, {} newly unreferenced, {} ({}) waiting for {} running backup(s)",
@@ -791,18 +810,40 @@ async fn key(cmd: KeyCommand) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The repository `copy` and `mirror` write to, opened with its own passphrase.
+#[derive(Args)]
+pub struct TargetArgs {
+    /// The target repository: a path, s3://bucket/prefix or azblob://container/prefix
+    /// (reached with the same storage options as the source).
+    #[arg(long)]
+    pub(crate) to: String,
+    /// File holding the target's passphrase (else $XENVAULT_TO_PASSPHRASE).
+    #[arg(long)]
+    to_passphrase_file: Option<PathBuf>,
+}
+
+impl TargetArgs {
+    pub(crate) async fn open(&self, backend: &BackendOptions) -> Result<Repository> {
+        let secret = passphrase(self.to_passphrase_file.as_deref(), "XENVAULT_TO_PASSPHRASE")?;
+        match Repository::open(&self.to, backend, secret.as_ref()).await {
+            Err(xenvault_repo::Error::KeyNeeded) => Err(anyhow!(
+                "no passphrase for the target {}: set XENVAULT_TO_PASSPHRASE or give --to-passphrase-file",
+                self.to
+            )
+            .context(ExitKind::Usage)),
+            opened => opened.map_err(|e| classify(e).context(format!("opening the target {}", self.to))),
+        }
+    }
+}
+
 #[derive(Args)]
 pub struct CopyArgs {
     /// Restore point ids (or prefixes); none with --all.
     ids: Vec<String>,
     #[command(flatten)]
     repo: RepoArgs,
-    /// Target repository.
-    #[arg(long)]
-    to: String,
-    /// Passphrase file of the target (else $XENVAULT_TO_PASSPHRASE).
-    #[arg(long)]
-    to_passphrase_file: Option<PathBuf>,
+    #[command(flatten)]
+    target: TargetArgs,
     /// Copy every restore point the target lacks.
     #[arg(long)]
     all: bool,
@@ -812,8 +853,7 @@ pub struct CopyArgs {
 
 async fn copy(a: CopyArgs) -> Result<ExitCode> {
     let src = a.repo.open().await?;
-    let to_secret = passphrase(a.to_passphrase_file.as_deref(), "XENVAULT_TO_PASSPHRASE")?;
-    let dst = Repository::open(&a.to, &a.repo.backend(), to_secret.as_ref()).await.map_err(classify)?;
+    let dst = a.target.open(&a.repo.backend()).await?;
     let ids = if a.all {
         src.restore_points().await.map_err(classify)?.into_iter().map(|m| m.id).collect()
     } else if a.ids.is_empty() {

@@ -6,7 +6,7 @@ use chrono::{Duration, Utc};
 use clap::{Args, Subcommand};
 use std::process::ExitCode;
 use xenvault_repo::backend::RetentionMode;
-use xenvault_repo::retention::lock_restore_points;
+use xenvault_repo::retention::{LockReport, lock_restore_points};
 
 #[derive(Subcommand)]
 pub enum Commands {
@@ -47,14 +47,19 @@ pub async fn run(cmd: Commands) -> Result<ExitCode> {
     if args.json {
         print_json(&report)?;
     } else {
-        println!(
-            "locked {} restore point(s) in {} mode until {}: {} objects, {} packs",
-            report.restore_points.len(),
-            report.mode,
-            report.until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            report.objects,
-            report.packs
-        );
+        println!("{}", lock_summary(&report));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `locked N restore point(s) in MODE mode until TIME: N objects, N packs`.
+pub(crate) fn lock_summary(report: &LockReport) -> String {
+    format!(
+        "locked {} restore point(s) in {} mode until {}: {} objects, {} packs",
+        report.restore_points.len(),
+        report.mode,
+        report.until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        report.objects,
+        report.packs
+    )
 }

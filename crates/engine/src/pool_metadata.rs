@@ -140,7 +140,8 @@ async fn download(host: &Host, task: &Task) -> Result<Vec<u8>, Error> {
     let mut body = host.client().pool_xmldbdump().await?;
     let mut dump = Vec::new();
     while let Some(piece) = body.next().await {
-        let piece = piece?;
+        let piece = piece
+            .map_err(|e| Error::Cut(format!("the pool database download broke off after {} bytes: {e}", dump.len())))?;
         if dump.len() + piece.len() > MAX_DUMP {
             return Err(Error::Protocol(format!("the pool database dump is larger than {MAX_DUMP} bytes")));
         }
