@@ -6,64 +6,8 @@
 // stdout line "watching-live-run" tells the Rust side the run page is open on the live run.
 
 import { createHash } from 'node:crypto';
-import { mkdtempSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { chromium } from 'playwright-core';
-
-const env = (name) => {
-  const value = process.env[name];
-  if (!value) throw new Error(`${name} is not set (this script is started by crates/server/tests/web_ui.rs)`);
-  return value;
-};
-const url = env('XV_URL');
-const shots = env('XV_SCREENSHOTS');
-// Only this run's screenshots.
-rmSync(shots, { recursive: true, force: true });
-mkdirSync(shots, { recursive: true });
-
-// The flags that work on this machine's closed network (no background connections).
-const FLAGS = ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
-  '--disable-component-update', '--disable-sync'];
-const TIMEOUT = 30_000;
-
-function expect(condition, message) {
-  if (!condition) throw new Error(`expectation failed: ${message}`);
-}
-
-async function browser(name) {
-  const profile = mkdtempSync(join(tmpdir(), `xenvault-ui-${name}-`));
-  const context = await chromium.launchPersistentContext(profile, {
-    executablePath: '/usr/bin/chromium', headless: true, args: FLAGS,
-    // The server's certificate is self-signed; the Rust test pins it for its own calls.
-    ignoreHTTPSErrors: true, viewport: { width: 1280, height: 900 }, timezoneId: 'Europe/Berlin',
-  });
-  context.setDefaultTimeout(TIMEOUT);
-  const page = context.pages()[0] ?? await context.newPage();
-  const problems = [];
-  page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
-  page.on('console', (m) => { if (m.type() === 'error' && !/status of 4\d\d/.test(m.text())) problems.push(`console: ${m.text()}`); });
-  return { context, page, problems, close: async () => { await context.close(); rmSync(profile, { recursive: true, force: true }); } };
-}
-
-let step = 0;
-async function shot(page, name) {
-  step += 1;
-  const file = join(shots, `${String(step).padStart(2, '0')}-${name}.png`);
-  await page.screenshot({ path: file, fullPage: true });
-  console.log(`screenshot ${file}`);
-}
-
-async function logIn(page, user, password) {
-  await page.goto(url);
-  await page.getByLabel('User').waitFor();
-  // Keyboard only: the user field has the focus, Tab to the password, Enter submits.
-  await page.keyboard.type(user);
-  await page.keyboard.press('Tab');
-  await page.keyboard.type(password);
-  await page.keyboard.press('Enter');
-  await page.locator('#who-user', { hasText: user }).waitFor();
-}
+import { readFileSync } from 'node:fs';
+import { browser, env, expect, logIn, main, shot, url } from './lib.mjs';
 
 const hex = (text) => text.replace(/[^0-9a-f]/gi, '').toLowerCase();
 
@@ -294,12 +238,7 @@ async function operator() {
   await close();
 }
 
-try {
+await main('web UI', async () => {
   await admin();
   await operator();
-  console.log('web UI: all steps passed');
-  process.exit(0);
-} catch (error) {
-  console.error(error.stack ?? String(error));
-  process.exit(1);
-}
+});

@@ -10,7 +10,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use common::{ADMIN_PASSWORD, start};
+use common::{ADMIN_PASSWORD, TestServer, start};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use xenvault_catalog::{Catalog, LogLevel, Role};
@@ -110,9 +110,9 @@ async fn finish(catalog: &Catalog, mut live: Run, tasks: Vec<Task>) {
     catalog.update_run(&live).await.unwrap();
 }
 
-/// Tags the demo VM prod and backs it up (full) into the repository, as a job's run would.
-async fn back_up_demo_vm(sim: &SimHandle, fingerprint: &str, repo: Repository) {
-    let login = PoolLogin {
+/// Root's login to the simulator, its certificate pinned.
+fn sim_login(sim: &SimHandle, fingerprint: &str) -> PoolLogin {
+    PoolLogin {
         name: "sim".into(),
         entry: PoolEntry {
             url: sim.url.clone(),
@@ -120,8 +120,12 @@ async fn back_up_demo_vm(sim: &SimHandle, fingerprint: &str, repo: Repository) {
             tls: ServerTrust::pin_sha256_hex(fingerprint).unwrap(),
         },
         password: sim.password.clone(),
-    };
-    let host = xenvault_pool::Host::connect(&login).await.unwrap();
+    }
+}
+
+/// Tags the demo VM prod and backs it up (full) into the repository, as a job's run would.
+async fn back_up_demo_vm(sim: &SimHandle, fingerprint: &str, repo: Repository) {
+    let host = xenvault_pool::Host::connect(&sim_login(sim, fingerprint)).await.unwrap();
     // The job the admin creates selects the VMs tagged prod.
     let vm = host.call("VM.get_by_name_label", vec![VM.into()]).await.unwrap();
     let vm = vm.as_array().and_then(|refs| refs.first()).expect("the demo VM").clone();
@@ -146,11 +150,20 @@ fn expected_hostname_sha256(sim_dir: &Path) -> String {
     hostname.sha256.clone().expect("digest")
 }
 
-#[tokio::test]
-async fn a_new_admin_sets_up_backups_in_the_browser_and_an_operator_cannot_edit_a_job() {
-    let script_dir = workspace().join("tests/ui");
+/// The simulated pool (with real file systems), a server and a local repository holding a
+/// full backup of the demo VM (tagged prod), as both browser tests start.
+struct Bench {
+    sim_dir: tempfile::TempDir,
+    sim: SimHandle,
+    sim_pin: String,
+    server: TestServer,
+    _repo_dir: tempfile::TempDir,
+    location: String,
+}
+
+async fn bench() -> Bench {
     assert!(
-        script_dir.join("node_modules/playwright-core").is_dir() && Path::new("/usr/bin/chromium").exists(),
+        workspace().join("tests/ui/node_modules/playwright-core").is_dir() && Path::new("/usr/bin/chromium").exists(),
         "the web UI test needs Debian's chromium and tests/ui/node_modules: run scripts/setup.sh"
     );
     let sim_dir = tempfile::tempdir().unwrap();
@@ -168,55 +181,153 @@ async fn a_new_admin_sets_up_backups_in_the_browser_and_an_operator_cannot_edit_
     };
     let repo = Repository::init(&location, &BackendOptions::default(), options).await.expect("init");
     back_up_demo_vm(&sim, &sim_pin, repo).await;
+    Bench { sim_dir, sim, sim_pin, server, _repo_dir: repo_dir, location }
+}
+
+impl Bench {
+    /// Runs tests/ui/`script` in node with the server's address, the demo VM's name, the
+    /// screenshot folder target/ui-screenshots/`shots` and `vars`; `on_line` sees each line
+    /// it prints as it comes. Fails the test when the script fails; returns what it printed.
+    async fn run_script(
+        &self,
+        script: &str,
+        shots: &str,
+        vars: &[(&str, &str)],
+        mut on_line: impl AsyncFnMut(&str),
+    ) -> String {
+        let mut command = tokio::process::Command::new("node");
+        command
+            .arg(script)
+            .current_dir(workspace().join("tests/ui"))
+            .env("XV_URL", &self.server.url)
+            .env("XV_SCREENSHOTS", workspace().join("target/ui-screenshots").join(shots))
+            .env("XV_VM", VM);
+        for (name, value) in vars {
+            command.env(name, value);
+        }
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("node runs");
+        let mut stderr = child.stderr.take().unwrap();
+        let errors = tokio::spawn(async move {
+            let mut text = String::new();
+            let _ = stderr.read_to_string(&mut text).await;
+            text
+        });
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut output = String::new();
+        while let Some(line) = lines.next_line().await.unwrap() {
+            output.push_str(&line);
+            output.push('\n');
+            on_line(&line).await;
+        }
+        let status = child.wait().await.unwrap();
+        let errors = errors.await.unwrap();
+        assert!(status.success(), "tests/ui/{script} failed ({status}):\n{output}\n{errors}");
+        output
+    }
+
+    /// A session on the simulator, as root.
+    async fn sim_host(&self) -> xenvault_pool::Host {
+        xenvault_pool::Host::connect(&sim_login(&self.sim, &self.sim_pin)).await.unwrap()
+    }
+}
+
+#[tokio::test]
+async fn a_new_admin_sets_up_backups_in_the_browser_and_an_operator_cannot_edit_a_job() {
+    let bench = bench().await;
     // The runner's side, through the same catalog (SQLite, WAL: two connections).
-    let catalog = Catalog::open(server.data_dir.path(), None).await.unwrap();
+    let catalog = Catalog::open(bench.server.data_dir.path(), None).await.unwrap();
     catalog.create_user("oscar", OPERATOR_PASSWORD, Role::Operator).await.unwrap();
     let (live, tasks) = seed_history(&catalog).await;
 
-    let screenshots = workspace().join("target/ui-screenshots");
-    let mut child = tokio::process::Command::new("node")
-        .arg("web-ui.mjs")
-        .current_dir(&script_dir)
-        .env("XV_URL", &server.url)
-        .env("XV_ADMIN_PASSWORD", ADMIN_PASSWORD)
-        .env("XV_OPERATOR_PASSWORD", OPERATOR_PASSWORD)
-        .env("XV_SIM_URL", &sim.url)
-        .env("XV_SIM_PASSWORD", &sim.password)
-        .env("XV_SIM_FINGERPRINT", &sim_pin)
-        .env("XV_REPO", &location)
-        .env("XV_PASSPHRASE", PASSPHRASE)
-        .env("XV_SCREENSHOTS", &screenshots)
-        .env("XV_VM", VM)
-        .env("XV_HOSTNAME_SHA256", expected_hostname_sha256(sim_dir.path()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("node runs");
-    let mut stderr = child.stderr.take().unwrap();
-    let errors = tokio::spawn(async move {
-        let mut text = String::new();
-        let _ = stderr.read_to_string(&mut text).await;
-        text
-    });
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut output = String::new();
+    let hostname_sha256 = expected_hostname_sha256(bench.sim_dir.path());
+    let vars = [
+        ("XV_ADMIN_PASSWORD", ADMIN_PASSWORD),
+        ("XV_OPERATOR_PASSWORD", OPERATOR_PASSWORD),
+        ("XV_SIM_URL", bench.sim.url.as_str()),
+        ("XV_SIM_PASSWORD", bench.sim.password.as_str()),
+        ("XV_SIM_FINGERPRINT", bench.sim_pin.as_str()),
+        ("XV_REPO", bench.location.as_str()),
+        ("XV_PASSPHRASE", PASSPHRASE),
+        ("XV_HOSTNAME_SHA256", hostname_sha256.as_str()),
+    ];
     let mut pending = Some((live, tasks));
-    while let Some(line) = lines.next_line().await.unwrap() {
-        output.push_str(&line);
-        output.push('\n');
-        if line == WATCHING
-            && let Some((live, tasks)) = pending.take()
-        {
-            finish(&catalog, live, tasks).await;
-        }
-    }
-    let status = child.wait().await.unwrap();
-    let errors = errors.await.unwrap();
-    assert!(status.success(), "tests/ui/web-ui.mjs failed ({status}):\n{output}\n{errors}");
+    let output = bench
+        .run_script("web-ui.mjs", "", &vars, async |line| {
+            if line == WATCHING
+                && let Some((live, tasks)) = pending.take()
+            {
+                finish(&catalog, live, tasks).await;
+            }
+        })
+        .await;
     assert!(pending.is_none(), "the script never followed the live run:\n{output}");
-    server.server.shutdown().await;
+    bench.server.server.shutdown().await;
+}
+
+/// The reference of the simulator's VM or network named `name`.
+async fn by_name(host: &xenvault_pool::Host, class: &str, name: &str) -> String {
+    let found = host.call(&format!("{class}.get_by_name_label"), vec![name.into()]).await.unwrap();
+    found.as_array().and_then(|refs| refs.first()).and_then(|r| r.as_str()).expect(name).to_owned()
+}
+
+/// The sha256 of the demo VM's root disk (position 0), as the simulator computes it.
+async fn root_disk_sha256(host: &xenvault_pool::Host) -> (String, String) {
+    let vm = host.vm(&by_name(host, "VM", VM).await).await.unwrap();
+    let (_, root) =
+        host.disks(&vm).await.unwrap().into_iter().find(|(vbd, _)| vbd.userdevice == "0").expect("root disk");
+    let digest = host.call("sim.sha256", vec![root.reference.as_str().into()]).await.unwrap();
+    (root.reference, digest.as_str().expect("sha256").to_owned())
+}
+
+#[tokio::test]
+async fn an_operator_verifies_exports_serves_and_restores_from_the_restore_page() {
+    let bench = bench().await;
+    let catalog = Catalog::open(bench.server.data_dir.path(), None).await.unwrap();
+    catalog.create_user("oscar", OPERATOR_PASSWORD, Role::Operator).await.unwrap();
+    let admin = bench.server.token("admin").await;
+    let pool =
+        json!({"name": "sim", "url": bench.sim.url, "password": bench.sim.password, "fingerprint": bench.sim_pin});
+    let repository = json!({"name": "local", "location": bench.location, "passphrase": PASSPHRASE});
+    for (path, body) in [("/api/pools", pool), ("/api/repositories", repository)] {
+        let added = bench.server.with_token(reqwest::Method::POST, path, &admin).json(&body).send().await.unwrap();
+        assert_eq!(added.status(), reqwest::StatusCode::CREATED, "{path}: {}", added.text().await.unwrap());
+    }
+    // The disk as backed up; then written over, so the restore over the original has work.
+    let host = bench.sim_host().await;
+    let (root, backed_up) = root_disk_sha256(&host).await;
+    host.call("sim.scribble", vec![root.as_str().into(), "3".into(), "65536".into(), "7".into()]).await.unwrap();
+    assert_ne!(root_disk_sha256(&host).await.1, backed_up, "the scribble changed the disk");
+
+    let vars = [("XV_OPERATOR_PASSWORD", OPERATOR_PASSWORD), ("XV_DISK0_SHA256", backed_up.as_str())];
+    let mut new_vm = None;
+    bench
+        .run_script("restore-ui.mjs", "restore", &vars, async |line| {
+            if let Some(uuid) = line.strip_prefix("new-vm ") {
+                new_vm = Some(uuid.to_owned());
+            }
+        })
+        .await;
+
+    // The original's disk holds what was backed up again.
+    assert_eq!(root_disk_sha256(&host).await.1, backed_up, "the restore over the original put the disk back");
+    // The VM restored as new has its interface on the network the page mapped it to.
+    let new_vm = new_vm.expect("the script names the VM restored as new");
+    let vm = host.call("VM.get_by_uuid", vec![new_vm.as_str().into()]).await.unwrap();
+    let vifs = host.call("VM.get_VIFs", vec![vm]).await.unwrap();
+    let vif = vifs.as_array().and_then(|v| v.first()).expect("the restored VM has a VIF").clone();
+    let network = host.call("VIF.get_network", vec![vif]).await.unwrap();
+    assert_eq!(network.as_str(), Some(by_name(&host, "network", "NBD network").await.as_str()));
+    // The verify's result is kept.
+    let verify = bench.server.get_json("/api/repositories/local/verify", &admin).await;
+    assert_eq!(verify["status"], "ok", "{verify}");
+    host.logout().await;
+    bench.server.server.shutdown().await;
 }
 
 #[tokio::test]

@@ -1,10 +1,14 @@
 // Pools and repositories: list, add, test, delete. A pool whose certificate this server
 // does not trust is shown with the fingerprint it presented; the admin compares it with the
-// host's and confirms, and the pool is added with that fingerprint pinned.
+// host's and confirms, and the pool is added with that fingerprint pinned. Each repository
+// shows its size, dedup ratio and last verify, with "Verify now".
 
 import { api, can, seg } from '../api.js';
-import { actionButton, clearErrors, field, fill, h, placeError, showFieldError } from '../dom.js';
-import { bytes, time } from '../format.js';
+import { actionButton, badge, clearErrors, field, fill, h, placeError, showFieldError } from '../dom.js';
+import { bytes, relative, time } from '../format.js';
+
+const VERIFY = '/api/repositories/{name}/verify';
+const VERIFY_POLL_MS = 2000;
 
 export async function connectionsPage(main) {
   const pools = h('section', { 'aria-labelledby': 'pools-title' });
@@ -117,6 +121,8 @@ async function renderRepositories(section) {
       fill(cells.ratio, check.stored_bytes ? `${check.dedup_ratio.toFixed(2)}×` : '—');
     };
     const actions = h('div', { class: 'actions' });
+    const verified = h('td', { class: 'verify' }, '—');
+    if (can('GET', VERIFY)) showVerify(repo.name, verified, actions, error);
     if (mayTest) {
       actions.append(actionButton('Test', error, test, { 'aria-label': `Test repository ${repo.name}` }));
       test().catch((e) => { error.textContent = e.message; });
@@ -129,7 +135,7 @@ async function renderRepositories(section) {
       }, { class: 'danger', 'aria-label': `Delete repository ${repo.name}` }));
     }
     return h('tr', { 'data-repository': repo.name }, h('td', {}, repo.name), h('td', {}, repo.settings.location),
-      cells.points, cells.stored, cells.logical, cells.ratio, h('td', { class: 'wide' }, time(repo.updated_at)),
+      cells.points, cells.stored, cells.logical, cells.ratio, verified, h('td', { class: 'wide' }, time(repo.updated_at)),
       h('td', {}, actions, error));
   });
   fill(section,
@@ -137,11 +143,60 @@ async function renderRepositories(section) {
     list.length
       ? h('div', { class: 'table-wrap' }, h('table', {},
         h('thead', {}, h('tr', {}, h('th', {}, 'Name'), h('th', {}, 'Location'), h('th', { class: 'num' }, 'Restore points'),
-          h('th', { class: 'num' }, 'Stored'), h('th', { class: 'num wide' }, 'Disk data'), h('th', { class: 'num' }, 'Dedup'),
+          h('th', { class: 'num' }, 'Stored'), h('th', { class: 'num wide' }, 'Disk data'), h('th', { class: 'num' }, 'Dedup'), h('th', {}, 'Verified'),
           h('th', { class: 'wide' }, 'Changed'), h('th', {}, ''))),
         h('tbody', {}, rows)))
       : h('p', { class: 'muted' }, 'No repository yet.'),
     can('POST', '/api/repositories') ? addRepositoryForm(() => renderRepositories(section)) : null);
+}
+
+/**
+ * The repository's last verify ("ok 3 h ago", "damaged: 2 bad chunks"), followed while one
+ * runs, and a "Verify now" button for those who may start one.
+ */
+function showVerify(name, cell, actions, error) {
+  const path = `/api/repositories/${seg(name)}/verify`;
+  let button = null;
+  const render = (verify) => {
+    if (!verify) {
+      fill(cell, h('span', { class: 'muted' }, 'never verified'));
+      return;
+    }
+    if (button) button.disabled = verify.status === 'running';
+    if (verify.status === 'running') {
+      const done = verify.progress.reduce((sum, p) => sum + p.done, 0);
+      const total = verify.progress.reduce((sum, p) => sum + p.total, 0);
+      fill(cell, badge('running'), ' verifying, started ', time(verify.started_at),
+        h('progress', { max: total || 1, value: done, 'aria-label': `Verifying ${name}` }));
+      setTimeout(() => poll(false), VERIFY_POLL_MS);
+      return;
+    }
+    const finished = time(verify.finished_at);
+    finished.textContent = relative(verify.finished_at);
+    const damage = [[verify.bad_chunks, 'bad chunk(s)'], [verify.damaged_indexes, 'unreadable pack index(es)'],
+      [verify.damaged_key_objects, 'damaged key object(s)'], [verify.damaged_restore_points.length, 'restore point(s) touched']]
+      .filter(([count]) => count > 0).map(([count, what]) => `${count} ${what}`).join(', ');
+    fill(cell, h('span', { 'data-verify': verify.status },
+      verify.status === 'ok' ? [badge('ok'), ` verified, ${verify.chunks_checked} chunks (${bytes(verify.bytes_checked)}) intact, `, finished]
+        : verify.status === 'damaged' ? [badge('damaged'), ` ${damage}, `, finished]
+          : [badge('failed'), ` ${verify.error ?? ''}, `, finished]));
+  };
+  // The first call comes before the row is on the page; later ones stop once it is gone.
+  const poll = async (first) => {
+    if (!first && !cell.isConnected) return;
+    try {
+      render(await api('GET', path));
+    } catch (e) {
+      if (e.code === 'never_verified') render(null);
+      else error.textContent = e.message;
+    }
+  };
+  if (can('POST', VERIFY)) {
+    button = actionButton('Verify now', error, async () => render(await api('POST', path)),
+      { 'aria-label': `Verify repository ${name} now` });
+    actions.append(button);
+  }
+  poll(true);
 }
 
 function addRepositoryForm(added) {
