@@ -7,11 +7,13 @@
 // instant access to disk 0 read by qemu-img from the connection string shown, then stopped;
 // the VM restored as a new one with its network mapped; a disk restored to a new VDI; the
 // VM restored over the original (refused without the confirmation, next to it, then
-// differential). stdout "new-vm UUID" names the VM restored as new for the Rust side.
+// differential); last, the Rust side damages a pack and verify now names the damage.
+// stdout "new-vm UUID" names the VM restored as new for the Rust side; after "damage-a-pack"
+// the script waits for the file XV_DAMAGED_MARKER, which the Rust side makes once it has.
 
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { browser, env, expect, logIn, main, shot } from './lib.mjs';
@@ -54,6 +56,24 @@ async function repositoryStatus(page) {
   await row.locator('[data-verify="ok"]').waitFor({ timeout: 120_000 });
   expect(/verified, \d+ chunks .* intact/.test(await row.locator('[data-verify]').textContent()), 'the verify result is shown');
   await shot(page, 'repository-verified');
+}
+
+/** Verify now finds the pack the Rust side damaged. */
+async function damageFound(page) {
+  console.log('damage-a-pack');
+  const marker = env('XV_DAMAGED_MARKER');
+  for (let waited = 0; !existsSync(marker); waited += 100) {
+    expect(waited < 30_000, 'the Rust side damages a pack');
+    await new Promise((resolve) => { setTimeout(resolve, 100); });
+  }
+  await page.getByRole('link', { name: 'Pools & repositories' }).click();
+  const row = page.locator('tr[data-repository="local"]');
+  await row.locator('[data-verify="ok"]').waitFor();
+  await page.getByRole('button', { name: 'Verify repository local now' }).click();
+  await row.locator('[data-verify="damaged"]').waitFor({ timeout: 120_000 });
+  const shown = await row.locator('[data-verify]').textContent();
+  expect(/\d+ bad chunk\(s\), \d+ restore point\(s\) touched/.test(shown), `the damage is shown: ${shown}`);
+  await shot(page, 'repository-damaged');
 }
 
 async function exports(page) {
@@ -143,6 +163,7 @@ await main('restore UI', async () => {
   await exports(page);
   await instantAccess(page);
   await restores(page);
+  await damageFound(page);
   expect(problems.length === 0, problems.join('\n'));
   await close();
   rmSync(work, { recursive: true, force: true });

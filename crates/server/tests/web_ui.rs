@@ -285,6 +285,20 @@ async fn root_disk_sha256(host: &xenvault_pool::Host) -> (String, String) {
     (root.reference, digest.as_str().expect("sha256").to_owned())
 }
 
+/// Flips 64 bytes a third into the repository's largest pack: a chunk there no longer authenticates.
+fn damage_largest_pack(repository: &Path) {
+    let packs = std::fs::read_dir(repository.join("data"))
+        .unwrap()
+        .flat_map(|shard| std::fs::read_dir(shard.unwrap().path()).unwrap().map(|pack| pack.unwrap().path()));
+    let largest = packs.max_by_key(|pack| std::fs::metadata(pack).unwrap().len()).expect("a pack");
+    let mut bytes = std::fs::read(&largest).unwrap();
+    let middle = bytes.len() / 3;
+    for byte in &mut bytes[middle..middle + 64] {
+        *byte = !*byte;
+    }
+    std::fs::write(&largest, bytes).unwrap();
+}
+
 #[tokio::test]
 async fn an_operator_verifies_exports_serves_and_restores_from_the_restore_page() {
     let bench = bench().await;
@@ -304,12 +318,21 @@ async fn an_operator_verifies_exports_serves_and_restores_from_the_restore_page(
     host.call("sim.scribble", vec![root.as_str().into(), "3".into(), "65536".into(), "7".into()]).await.unwrap();
     assert_ne!(root_disk_sha256(&host).await.1, backed_up, "the scribble changed the disk");
 
-    let vars = [("XV_OPERATOR_PASSWORD", OPERATOR_PASSWORD), ("XV_DISK0_SHA256", backed_up.as_str())];
+    let marker = tempfile::tempdir().unwrap();
+    let marker = marker.path().join("damaged");
+    let vars = [
+        ("XV_OPERATOR_PASSWORD", OPERATOR_PASSWORD),
+        ("XV_DISK0_SHA256", backed_up.as_str()),
+        ("XV_DAMAGED_MARKER", marker.to_str().unwrap()),
+    ];
     let mut new_vm = None;
     bench
         .run_script("restore-ui.mjs", "restore", &vars, async |line| {
             if let Some(uuid) = line.strip_prefix("new-vm ") {
                 new_vm = Some(uuid.to_owned());
+            } else if line == "damage-a-pack" {
+                damage_largest_pack(Path::new(&bench.location));
+                std::fs::write(&marker, b"").unwrap();
             }
         })
         .await;
@@ -323,9 +346,10 @@ async fn an_operator_verifies_exports_serves_and_restores_from_the_restore_page(
     let vif = vifs.as_array().and_then(|v| v.first()).expect("the restored VM has a VIF").clone();
     let network = host.call("VIF.get_network", vec![vif]).await.unwrap();
     assert_eq!(network.as_str(), Some(by_name(&host, "network", "NBD network").await.as_str()));
-    // The verify's result is kept.
+    // The last verify's result is kept: the damage.
     let verify = bench.server.get_json("/api/repositories/local/verify", &admin).await;
-    assert_eq!(verify["status"], "ok", "{verify}");
+    assert_eq!(verify["status"], "damaged", "{verify}");
+    assert!(verify["bad_chunks"].as_u64().unwrap() > 0, "{verify}");
     host.logout().await;
     bench.server.server.shutdown().await;
 }
