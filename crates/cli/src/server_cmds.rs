@@ -16,8 +16,8 @@ pub enum Commands {
 
 #[derive(Args)]
 pub struct ServerArgs {
-    /// Server settings (TOML): listen, data_dir, tls_cert, tls_key, catalog, admin_password,
-    /// shutdown_timeout_secs.
+    /// Server settings (TOML; every key in docs/server.md): listen, data_dir, catalog, TLS,
+    /// SMTP for email reports, cache and restore directories, shutdown timeout.
     #[arg(long, env = "XENVAULT_SERVER_CONFIG")]
     config: Option<PathBuf>,
     /// Address to listen on [default: 127.0.0.1:8443, or the config's].
@@ -40,6 +40,7 @@ pub async fn run(Commands::Server(args): Commands) -> Result<ExitCode> {
     if settings.admin_password.is_none() {
         settings.admin_password = std::env::var("XENVAULT_ADMIN_PASSWORD").ok().filter(|p| !p.is_empty());
     }
+    let grace = settings.shutdown_timeout_secs;
     let server = Server::start(settings).await?;
     if let Some(admin) = server.first_admin() {
         match &admin.generated_password {
@@ -57,7 +58,7 @@ pub async fn run(Commands::Server(args): Commands) -> Result<ExitCode> {
     println!("certificate SHA-256 fingerprint {}", server.fingerprint());
     println!("listening on {}", server.url());
     stop_signal().await?;
-    eprintln!("stopping: finishing answers in flight");
+    eprintln!("stopping: running jobs get {grace} s to finish, then are cancelled (their snapshots removed)");
     server.shutdown().await;
     Ok(ExitCode::SUCCESS)
 }

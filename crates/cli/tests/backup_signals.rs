@@ -2,29 +2,17 @@
 //! slowed by its bandwidth fault: exit 130, no snapshot of ours left on the pool, no VM
 //! lock, no live repository lock, nothing committed.
 
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use standalone_sim::StandaloneSim;
 use xenvault_sim::client::SimClient;
-use xenvault_xapi_wire::Value;
+
+mod standalone_sim;
 
 const VM: &str = "debian-web";
 const PASSPHRASE: &str = "signals";
-
-/// The standalone simulator, killed on drop.
-struct Sim {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Sim {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn xenvault(dir: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_xenvault"));
@@ -43,24 +31,14 @@ fn ok(out: Output, what: &str) -> String {
 
 /// A simulator whose transfers run at `bandwidth` bytes/s and whose calls take
 /// `latency_ms` more, a registered pool, a repository.
-fn setup(name: &str, bandwidth: u64, latency_ms: u64) -> (PathBuf, Sim, String) {
+fn setup(name: &str, bandwidth: u64, latency_ms: u64) -> (PathBuf, StandaloneSim, String) {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).unwrap().port();
-    let mut child = xenvault(&dir)
-        .args(["sim", "serve", "--listen", &format!("127.0.0.1:{port}"), "--nbd-port", "0", "--blank-disks-mib", "64"])
-        .args(["--bandwidth", &bandwidth.to_string(), "--latency-ms", &latency_ms.to_string()])
-        .arg("--state-dir")
-        .arg(dir.join("sim"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the simulator");
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let url = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected {line:?}")).to_owned();
-    let sim = Sim { child, url };
+    let sim = StandaloneSim::start(
+        &dir.join("sim"),
+        &["--blank-disks-mib", "64", "--bandwidth", &bandwidth.to_string(), "--latency-ms", &latency_ms.to_string()],
+    );
     let password = dir.join("pool.password");
     std::fs::write(&password, xenvault_sim::DEFAULT_PASSWORD).unwrap();
     ok(
@@ -87,25 +65,10 @@ fn live_locks(repo: &str) -> usize {
 }
 
 /// Snapshots on the pool named as ours or tagged as ours, and the VM's backup lock.
-async fn leftovers(sim: &Sim) -> (Vec<String>, Option<String>) {
-    let client = SimClient::login(&sim.url, xenvault_sim::DEFAULT_PASSWORD).await.unwrap();
-    let all = client.call("VM.get_all_records", vec![]).await.unwrap();
-    let Value::Struct(records) = all else { panic!("VM.get_all_records: {all:?}") };
-    let mut snapshots = Vec::new();
-    let mut lock = None;
-    for record in records.values() {
-        let field = |name: &str| record.get(name).and_then(Value::as_str).unwrap_or_default().to_owned();
-        let other_config = record.get("other_config");
-        let tagged = other_config.and_then(|c| c.get("xenvault.snapshot")).is_some();
-        if record.get("is_a_snapshot").and_then(Value::as_bool) == Some(true)
-            && (tagged || field("name_label").starts_with("[xenvault]"))
-        {
-            snapshots.push(field("uuid"));
-        }
-        if field("name_label") == VM {
-            lock = other_config.and_then(|c| c.get("xenvault.backup_lock")).and_then(Value::as_str).map(str::to_owned);
-        }
-    }
+async fn leftovers(sim: &StandaloneSim) -> (Vec<String>, Option<String>) {
+    let vms = sim.vms().await;
+    let snapshots = vms.iter().filter(|vm| vm.is_our_snapshot()).map(|vm| vm.uuid.clone()).collect();
+    let lock = vms.iter().find(|vm| vm.name_label == VM).and_then(|vm| vm.backup_lock()).map(str::to_owned);
     (snapshots, lock)
 }
 

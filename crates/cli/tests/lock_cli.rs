@@ -5,43 +5,22 @@
 // The storage servers are the repository tests' own, shared rather than copied.
 #[path = "../../repo/tests/common/mod.rs"]
 mod common;
+mod standalone_sim;
 
 use chrono::{Duration, Utc};
 use common::object_lock;
+use standalone_sim::StandaloneSim;
 use std::process::Command;
 use xenvault_repo::backend::{self, ObjectStore, RetentionMode};
 
-/// `xenvault sim serve` as a child process, killed on drop.
-struct Simulator(std::process::Child);
-
-impl Drop for Simulator {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backup_with_lock_days_locks_each_new_restore_point_on_s3() {
-    use std::io::BufRead;
     let server = common::s3();
     let endpoint = server.options().s3_endpoint.expect("endpoint");
     let url = format!("s3://{}/repo", object_lock::object_lock_bucket(&endpoint));
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
-    let state = dir.path().join("sim");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_xenvault"))
-        .args(["sim", "serve", "--listen", &format!("127.0.0.1:{port}"), "--nbd-port", "0", "--blank-disks-mib", "4"])
-        .arg("--state-dir")
-        .arg(&state)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("start the simulator");
-    let stdout = child.stdout.take().expect("simulator stdout");
-    let _simulator = Simulator(child);
-    let mut line = String::new();
-    std::io::BufReader::new(stdout).read_line(&mut line).expect("simulator output");
-    let sim_url = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected {line:?}")).to_owned();
+    let sim = StandaloneSim::start(&dir.path().join("sim"), &["--blank-disks-mib", "4"]);
+    let sim_url = sim.url.clone();
 
     let password = dir.path().join("pool.password");
     std::fs::write(&password, "xenvault").expect("password file");

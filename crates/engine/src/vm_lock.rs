@@ -89,7 +89,7 @@ pub async fn acquire(host: &Host, vm: &Vm, job: &str, wait: Duration) -> Result<
             }
             // Stale or unreadable: removed only if it is still the value judged stale.
             stale => {
-                remove_if(host, &vm.reference, &current).await?;
+                remove_if_held(host, &vm.reference, &current).await?;
                 took_over = stale;
             }
         }
@@ -98,14 +98,15 @@ pub async fn acquire(host: &Host, vm: &Vm, job: &str, wait: Duration) -> Result<
 
 impl VmLock {
     pub async fn release(self, host: &Host) {
-        if let Err(e) = remove_if(host, &self.vm, &self.value).await {
+        if let Err(e) = remove_if_held(host, &self.vm, &self.value).await {
             tracing::warn!("could not release the backup lock of {}: {e} (the next run takes it over)", self.vm);
         }
     }
 }
 
-/// Removes the lock key if it still holds `value` (never another run's lock).
-async fn remove_if(host: &Host, vm: &str, value: &str) -> Result<(), Error> {
+/// Removes the lock key of VM `vm` if it still holds `value` (never another run's lock):
+/// also how a server frees the locks of runs a crash ended.
+pub async fn remove_if_held(host: &Host, vm: &str, value: &str) -> Result<(), xenvault_pool::Error> {
     if host.vm(vm).await?.other_config.get(LOCK_KEY).map(String::as_str) == Some(value) {
         host.call("VM.remove_from_other_config", vec![Value::from(vm), Value::from(LOCK_KEY)]).await?;
     }

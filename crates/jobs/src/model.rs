@@ -208,6 +208,41 @@ pub struct Settings {
     pub catch_up_missed: bool,
 }
 
+impl Settings {
+    /// What no run could honour, refused when the job is saved and again before a run.
+    pub fn check(&self) -> Result<(), String> {
+        use xenvault_repo::writer::ZSTD_LEVELS;
+        let counts = [
+            ("vm_concurrency", self.vm_concurrency),
+            ("disk_concurrency", self.disk_concurrency),
+            ("nbd_connections", self.nbd_connections),
+        ];
+        if let Some((name, _)) = counts.iter().find(|(_, n)| *n == 0) {
+            return Err(format!("{name} must be at least 1"));
+        }
+        if let Some(SnapshotOnly { keep: 0 }) = self.snapshot_only {
+            return Err("snapshot-only jobs keep at least one snapshot (keep = 0)".into());
+        }
+        if let Some(level) = self.compression_level.filter(|l| !ZSTD_LEVELS.contains(l)) {
+            return Err(format!(
+                "compression level {level} is out of range: zstd levels are {} to {}",
+                ZSTD_LEVELS.start(),
+                ZSTD_LEVELS.end()
+            ));
+        }
+        if self.immutability_days == Some(0) {
+            return Err("immutability days must be at least 1".into());
+        }
+        if self.speed_limit_bytes_per_sec == Some(0) {
+            return Err("a speed limit must be at least 1 byte per second".into());
+        }
+        if self.vm_timeout_secs == Some(0) || self.job_timeout_secs == Some(0) {
+            return Err("a timeout must be at least 1 second".into());
+        }
+        Ok(())
+    }
+}
+
 impl Default for Settings {
     fn default() -> Self {
         Self {

@@ -25,7 +25,6 @@ use xenvault_pool::records::Vm;
 use xenvault_repo::backend::RetentionMode;
 use xenvault_repo::forget::{Forget, ForgetOptions};
 use xenvault_repo::select::SelectError;
-use xenvault_repo::writer::ZSTD_LEVELS;
 use xenvault_types::metadata::BackupRun;
 use xenvault_types::progress::{Event, Progress};
 
@@ -48,11 +47,16 @@ pub trait RunSink: Send + Sync + 'static {
     fn runs_of_schedule(&self, job_id: &str, schedule_id: &str) -> impl Future<Output = Vec<String>> + Send;
 }
 
-/// The pool and repository a backup job runs against (snapshot-only jobs leave the
-/// repository alone).
+/// The pool and repository a job runs against (snapshot-only jobs need no repository).
 pub struct Target<'a> {
     pub host: &'a Host,
-    pub store: &'a Store,
+    pub store: Option<&'a Store>,
+}
+
+/// What backing up VMs needs: both.
+struct BackupTarget<'a> {
+    host: &'a Host,
+    store: &'a Store,
 }
 
 /// What a run did: its final record and its task tree.
@@ -101,9 +105,15 @@ pub async fn run_backup<S: RunSink>(
                     .await
                     .map(|totals| (totals, Vec::new()))
             }
-            None => back_up_vms(job, level, &run, &target, speed_limit, &sink, &run_cancel, &mut recorder)
-                .await
-                .map(|reports| (totals(&reports), reports)),
+            None => match target.store {
+                Some(store) => {
+                    let target = BackupTarget { host: target.host, store };
+                    back_up_vms(job, level, &run, &target, speed_limit, &sink, &run_cancel, &mut recorder)
+                        .await
+                        .map(|reports| (totals(&reports), reports))
+                }
+                None => Err("the job has no repository to back up into".into()),
+            },
         },
     };
     if let Some(timer) = timer {
@@ -131,8 +141,9 @@ pub async fn run_backup<S: RunSink>(
             if run.status == RunStatus::Success
                 && job.settings.snapshot_only.is_none()
                 && let Some(schedule) = schedule.filter(|s| !s.retention.keeps_everything())
+                && let Some(store) = target.store
             {
-                apply_retention(job, schedule, &reports, &run, target.store, &sink, &mut recorder).await;
+                apply_retention(job, schedule, &reports, &run, store, &sink, &mut recorder).await;
             }
         }
     }
@@ -148,24 +159,13 @@ fn new_id() -> String {
 
 /// Refuses settings the run cannot honour before any VM is touched; the speed limit the
 /// whole run shares.
-async fn check_settings(settings: &Settings, store: &Store) -> Result<Option<RateLimit>, String> {
-    if let Some(SnapshotOnly { keep: 0 }) = settings.snapshot_only {
-        return Err("snapshot-only jobs keep at least one snapshot (keep = 0)".into());
-    }
+async fn check_settings(settings: &Settings, store: Option<&Store>) -> Result<Option<RateLimit>, String> {
+    settings.check()?;
     if settings.snapshot_only.is_some() {
         return Ok(None);
     }
-    if let Some(level) = settings.compression_level.filter(|l| !ZSTD_LEVELS.contains(l)) {
-        return Err(format!(
-            "compression level {level} is out of range: zstd levels are {} to {}",
-            ZSTD_LEVELS.start(),
-            ZSTD_LEVELS.end()
-        ));
-    }
     if let Some(days) = settings.immutability_days {
-        if days == 0 {
-            return Err("immutability days must be at least 1".into());
-        }
+        let Some(store) = store else { return Err("the job has no repository".into()) };
         store.repository().backend().require_object_lock().await.map_err(|e| {
             format!("the job keeps restore points immutable for {days} days, but the repository cannot: {e}")
         })?;
@@ -213,7 +213,7 @@ async fn back_up_vms<S: RunSink>(
     job: &Job,
     level: Level,
     run: &Run,
-    target: &Target<'_>,
+    target: &BackupTarget<'_>,
     speed_limit: Option<RateLimit>,
     sink: &Arc<S>,
     cancel: &CancellationToken,
@@ -281,7 +281,7 @@ async fn back_up_vm(
     level: Level,
     run: &Run,
     vm: &Vm,
-    target: &Target<'_>,
+    target: &BackupTarget<'_>,
     speed_limit: Option<RateLimit>,
     progress: Arc<dyn Progress>,
     cancel: &CancellationToken,
@@ -346,7 +346,7 @@ async fn try_vm(
     level: Level,
     run: &Run,
     vm: &Vm,
-    target: &Target<'_>,
+    target: &BackupTarget<'_>,
     speed_limit: Option<RateLimit>,
     progress: Arc<dyn Progress>,
     cancel: &CancellationToken,

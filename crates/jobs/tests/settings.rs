@@ -147,7 +147,7 @@ async fn the_compression_level_changes_what_is_stored() {
         let location = env.dir.path().join(format!("repo-level-{level}"));
         let store = new_store(location.to_str().unwrap(), &Default::default()).await;
         job.settings.compression_level = Some(level);
-        let outcome = env.run_into(&store, &job, None, &sink, CancellationToken::new()).await;
+        let outcome = env.run_into(Some(&store), &job, None, &sink, CancellationToken::new()).await;
         assert_eq!(outcome.run.status, RunStatus::Success, "{:?}", outcome.tasks);
         stored.push(outcome.run.totals.bytes_stored);
     }
@@ -178,7 +178,7 @@ async fn immutability_locks_new_restore_points_and_needs_object_lock() {
     let endpoint = options.s3_endpoint.clone().unwrap();
     let url = format!("s3://{}/repo", storage::object_lock::object_lock_bucket(&endpoint));
     let store = new_store(&url, &options).await;
-    let outcome = env.run_into(&store, &job, None, &sink, CancellationToken::new()).await;
+    let outcome = env.run_into(Some(&store), &job, None, &sink, CancellationToken::new()).await;
     assert_eq!(outcome.run.status, RunStatus::Success, "{:?}", outcome.tasks);
     assert!(steps(&outcome.tasks).iter().any(|s| s.starts_with("restore point locked until")), "{:?}", outcome.tasks);
     let point = store.repository().restore_points().await.unwrap().pop().unwrap();

@@ -33,6 +33,11 @@ pub struct ServerConfig {
     pub smtp: Option<xenvault_notify::SmtpSettings>,
     /// Where instant access serves disks over NBD (each on a port of its own).
     pub instant_access_address: std::net::IpAddr,
+    /// Where repositories' immutable objects are cached (default `<data_dir>/cache`).
+    pub cache_dir: Option<PathBuf>,
+    /// The only directory file restores write into (default `<data_dir>/restores`): a
+    /// restore's destination is a path inside it.
+    pub restore_root: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -47,6 +52,8 @@ impl Default for ServerConfig {
             shutdown_timeout_secs: 30,
             smtp: None,
             instant_access_address: std::net::Ipv4Addr::LOCALHOST.into(),
+            cache_dir: None,
+            restore_root: None,
         }
     }
 }
@@ -63,6 +70,14 @@ impl ServerConfig {
         toml::from_str(&text).map_err(|e| StartError::Config(format!("{}: {e}", path.display())))
     }
 
+    /// The directories the server writes besides the catalog, defaults resolved.
+    pub fn work_dirs(&self) -> WorkDirs {
+        WorkDirs {
+            cache: self.cache_dir.clone().unwrap_or_else(|| self.data_dir.join("cache")),
+            restores: self.restore_root.clone().unwrap_or_else(|| self.data_dir.join("restores")),
+        }
+    }
+
     /// Where the TLS identity comes from: the configured pair, or the self-signed one kept
     /// in the data dir.
     pub fn tls_paths(&self) -> Result<(PathBuf, PathBuf, bool), StartError> {
@@ -72,6 +87,13 @@ impl ServerConfig {
             _ => Err(StartError::Config("give both tls_cert and tls_key, or neither (a self-signed pair)".into())),
         }
     }
+}
+
+/// See [`ServerConfig::cache_dir`] and [`ServerConfig::restore_root`].
+#[derive(Debug, Clone)]
+pub struct WorkDirs {
+    pub cache: PathBuf,
+    pub restores: PathBuf,
 }
 
 #[cfg(test)]
@@ -85,6 +107,15 @@ mod tests {
         assert_eq!(ServerConfig::load(&missing, false).expect("defaults").listen.to_string(), DEFAULT_LISTEN);
         let err = ServerConfig::load(&missing, true).expect_err("named file missing");
         assert!(err.to_string().contains("nope.toml"), "{err}");
+    }
+
+    #[test]
+    fn the_documented_example_parses() {
+        let doc = include_str!("../../../docs/server.md");
+        let example = doc.split("```toml\n").nth(1).and_then(|rest| rest.split("```").next()).expect("a TOML example");
+        let config: ServerConfig = toml::from_str(example).expect("docs/server.md's example");
+        assert_eq!(config.work_dirs().restores, Path::new("/var/lib/xenvault/restores"));
+        assert_eq!(config.smtp.expect("smtp").port, 587);
     }
 
     #[test]

@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use xenvault_catalog::{Catalog, LogLevel, RunQuery};
 use xenvault_engine::store::Store;
+use xenvault_engine::vm_lock;
 use xenvault_jobs::model::{Job, JobKind, Level, OnFailure, Run, RunStatus, RunTotals, Schedule, Task, Trigger};
 use xenvault_jobs::runner::{self, Outcome, RunSink, Target};
 use xenvault_jobs::scheduler::{Claim, Decision, RunningJobs, Scheduler, SharedScheduler, SystemClock};
@@ -228,7 +229,7 @@ impl Executor {
         let outcome = match connect(state, job).await {
             Ok((host, store)) => {
                 let sink = Arc::new(CatalogSink { catalog: self.catalog.clone(), progress: live.progress.clone() });
-                let target = Target { host: &host, store: &store };
+                let target = Target { host: &host, store: store.as_ref() };
                 let outcome = runner::run_backup(job, schedule, run, target, sink, live.cancel.clone()).await;
                 host.logout().await;
                 outcome
@@ -408,14 +409,21 @@ fn delivery_line(delivery: &Delivery) -> (LogLevel, String) {
     }
 }
 
-/// The job's pool, logged in, and its repository, opened with its passphrase.
-async fn connect(state: &AppState, job: &Job) -> Result<(Host, Store), String> {
+/// The job's pool, logged in, and its repository (none for snapshot-only jobs), opened
+/// with its passphrase.
+async fn connect(state: &AppState, job: &Job) -> Result<(Host, Option<Store>), String> {
     let login = pool_login(state, &job.pool).await.map_err(|e| format!("pool {}: {}", job.pool, e.message))?;
-    let repo = repository(state, &job.repository)
-        .await
-        .map_err(|e| format!("repository {}: {}", job.repository, e.message))?;
+    let store = match job.settings.snapshot_only {
+        Some(_) => None,
+        None => {
+            let repo = repository(state, &job.repository)
+                .await
+                .map_err(|e| format!("repository {}: {}", job.repository, e.message))?;
+            Some(Store::from_repository(repo))
+        }
+    };
     let host = Host::connect(&login).await.map_err(|e| format!("logging in to pool {}: {e}", job.pool))?;
-    Ok((host, Store::from_repository(repo)))
+    Ok((host, store))
 }
 
 /// Removes the snapshots run `run_id` of `job` left; returns their uuids.
@@ -434,11 +442,13 @@ async fn remove_snapshots_of_run(host: &Host, run_id: &str) -> Result<Vec<String
         if vm.is_a_snapshot && ours && !hygiene::is_base(&vm.other_config) && tag_names_run(&vm, TAG_JOB, run_id) {
             snapshot::destroy(host, &vm.reference).await;
             removed.push(vm.uuid);
-        } else if !vm.is_a_snapshot && lock_holder_is(&vm, run_id) {
+        } else if let Some(lock) = lock_held_by(&vm, run_id) {
             // Taken but never tagged: found by the intent the run recorded while it held the lock.
             let left = snapshot::left_by_intent(host, &vm).await?;
             snapshot::remove_left_by_intent(host, &vm, &left).await?;
             removed.extend(left.into_iter().map(|s| s.uuid));
+            // The dead run's lock, so that another node's run need not wait for it to go stale.
+            vm_lock::remove_if_held(host, &vm.reference, &lock).await?;
         }
     }
     Ok(removed)
@@ -448,10 +458,11 @@ fn tag_names_run(vm: &xenvault_pool::records::Vm, key: &str, run_id: &str) -> bo
     vm.other_config.get(key).is_some_and(|v| v == run_id)
 }
 
-/// The VM's backup lock names this run as its holder (the lock's `job` is the run id).
-fn lock_holder_is(vm: &xenvault_pool::records::Vm, run_id: &str) -> bool {
-    let Some(value) = vm.other_config.get(LOCK_KEY) else { return false };
-    serde_json::from_str::<serde_json::Value>(value).is_ok_and(|holder| holder["job"] == run_id)
+/// The VM's backup lock when it names this run as its holder (the lock's `job` is the run id).
+fn lock_held_by(vm: &xenvault_pool::records::Vm, run_id: &str) -> Option<String> {
+    let value = vm.other_config.get(LOCK_KEY).filter(|_| !vm.is_a_snapshot)?;
+    let holder = serde_json::from_str::<serde_json::Value>(value).ok()?;
+    (holder["job"] == run_id).then(|| value.clone())
 }
 
 /// Records a run in the catalog; live progress stays in memory for the runs feed.

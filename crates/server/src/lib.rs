@@ -36,6 +36,8 @@ pub struct AppState {
     repositories: Arc<api::restore_points::OpenRepositories>,
     /// Restores running in the background.
     restores: Arc<api::restores::RunningRestores>,
+    /// The repositories' cache and the file restores' root.
+    dirs: Arc<config::WorkDirs>,
     /// Runs jobs: the scheduler, run now, cancel.
     executor: Arc<executor::Executor>,
     /// Restore points' disks served over NBD.
@@ -89,6 +91,7 @@ impl Server {
         let addr = listener.local_addr().map_err(|source| StartError::Listen { addr: config.listen, source })?;
 
         let catalog = Arc::new(catalog);
+        let dirs = Arc::new(config.work_dirs());
         let executor = executor::Executor::load(catalog.clone(), xenvault_notify::Notifier::new(config.smtp)).await?;
         let stopping = CancellationToken::new();
         let (routes, doc) = api::routes();
@@ -99,6 +102,7 @@ impl Server {
             stopping: stopping.clone(),
             repositories: Default::default(),
             restores: Default::default(),
+            dirs,
             executor: executor.clone(),
             instant: Arc::new(api::instant::InstantAccess::new(config.instant_access_address)),
             verifies: Default::default(),

@@ -104,6 +104,28 @@ async fn pools_repositories_jobs_and_metrics() {
         let message = refused.json::<Value>().await.unwrap()["message"].as_str().unwrap().to_owned();
         assert!(message.contains("is not registered"), "{message}");
     }
+    // Settings no run could honour are refused when saved, not at every run.
+    for (setting, value, said) in [
+        ("compression_level", json!(99), "compression level 99 is out of range"),
+        ("speed_limit_bytes_per_sec", json!(0), "speed limit must be at least"),
+        ("vm_concurrency", json!(0), "vm_concurrency must be at least 1"),
+        ("immutability_days", json!(0), "immutability days must be at least 1"),
+        ("snapshot_only", json!({"keep": 0}), "keep at least one snapshot"),
+    ] {
+        let mut unusable = job.clone();
+        unusable["settings"] = json!({ setting: value });
+        let refused = post("/api/jobs", &admin, unusable).await.unwrap();
+        assert_eq!(refused.status(), StatusCode::BAD_REQUEST, "{setting}");
+        let message = refused.json::<Value>().await.unwrap()["message"].as_str().unwrap().to_owned();
+        assert!(message.contains(said), "{setting}: {message}");
+    }
+    // A snapshot-only job writes to no repository: it needs none registered.
+    let mut rolling = job.clone();
+    rolling["name"] = json!("rolling");
+    rolling["repository"] = json!("");
+    rolling["settings"] = json!({"snapshot_only": {"keep": 3}});
+    let rolling = post("/api/jobs", &admin, rolling).await.unwrap();
+    assert_eq!(rolling.status(), StatusCode::CREATED, "{}", rolling.text().await.unwrap());
     assert_error(post("/api/jobs", &operator, job.clone()).await.unwrap(), StatusCode::FORBIDDEN, "forbidden").await;
     let created: Value = post("/api/jobs", &admin, job.clone()).await.unwrap().json().await.unwrap();
     assert!(!created["id"].as_str().unwrap().is_empty() && !created["schedules"][0]["id"].as_str().unwrap().is_empty());

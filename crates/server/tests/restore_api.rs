@@ -300,22 +300,39 @@ async fn restore_points_browse_download_and_tracked_restores() {
     assert_eq!(sim_sha256(&sim, new_vdi).await, backed_up_sha);
     assert!(done["progress"].as_array().unwrap().iter().any(|p| p["phase"] == "restore" && p["done"] == p["total"]));
 
-    // Files: /etc extracted to a directory on the server, byte for byte.
-    let destination = dir.path().join("extracted").join("etc");
-    let files = json!({"kind": "files", "repository": "local", "restore_point": point_id,
-        "disk": root_disk.position.to_string(), "volume": "p1", "path": "/etc", "destination": destination});
-    let started: Value = post("/api/restores", &operator, files).await.unwrap().json().await.unwrap();
+    // Files: /etc extracted into the server's restore root, byte for byte.
+    let files = |destination: &str| {
+        json!({"kind": "files", "repository": "local", "restore_point": point_id,
+            "disk": root_disk.position.to_string(), "volume": "p1", "path": "/etc", "destination": destination})
+    };
+    let restore_root = server.data_dir.path().join("restores");
+    let started: Value = post("/api/restores", &operator, files("extracted/etc")).await.unwrap().json().await.unwrap();
     let done = finished(&server, &reader, started["id"].as_str().unwrap()).await;
     assert_eq!(done["status"], "success", "{done}");
     assert_eq!(done["report"]["files"], expected_etc.len());
+    assert_eq!(done["report"]["destination"], restore_root.join("extracted/etc").to_str().unwrap());
     for (name, sha) in &expected_etc {
-        let local = destination.parent().unwrap().join(name);
+        let local = restore_root.join("extracted").join(name);
         assert_eq!(&sha256_hex(&std::fs::read(&local).unwrap()), sha, "{name}");
     }
-    let outside = json!({"kind": "files", "repository": "local", "restore_point": point_id, "path": "/etc/../..",
-        "destination": destination});
+    let mut outside = files("again");
+    outside["path"] = json!("/etc/../..");
     assert_error(post("/api/restores", &operator, outside).await.unwrap(), StatusCode::BAD_REQUEST, "invalid_path")
         .await;
+    // An operator writes only inside the restore root: not elsewhere on the server, not over
+    // an earlier restore, and not through a link (restored trees carry links).
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    for destination in [elsewhere.join("etc").to_str().unwrap(), "../elsewhere/etc", "extracted/./../x", ""] {
+        let refused = post("/api/restores", &operator, files(destination)).await.unwrap();
+        assert_error(refused, StatusCode::BAD_REQUEST, "invalid").await;
+    }
+    std::os::unix::fs::symlink(&elsewhere, restore_root.join("link")).unwrap();
+    for destination in ["extracted/etc", "link/etc"] {
+        let refused = post("/api/restores", &operator, files(destination)).await.unwrap();
+        assert_error(refused, StatusCode::BAD_REQUEST, "restore_target").await;
+    }
+    assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0, "nothing was written through the link");
     let started_template = json!({"kind": "vm", "repository": "local", "restore_point": point_id, "pool": "sim",
         "as_template": true, "start": true});
     assert_error(post("/api/restores", &operator, started_template).await.unwrap(), StatusCode::BAD_REQUEST, "invalid")

@@ -143,13 +143,15 @@ impl Env {
         sink: &Arc<MemorySink>,
         cancel: CancellationToken,
     ) -> runner::Outcome {
-        self.run_into(&self.store, job, schedule, sink, cancel).await
+        // As the server does: a snapshot-only job gets no repository.
+        let store = job.settings.snapshot_only.is_none().then_some(&self.store);
+        self.run_into(store, job, schedule, sink, cancel).await
     }
 
     /// A run of `job` backing up into `store`.
     pub async fn run_into(
         &self,
-        store: &Store,
+        store: Option<&Store>,
         job: &Job,
         schedule: Option<&str>,
         sink: &Arc<MemorySink>,

@@ -217,10 +217,11 @@ pub struct RepositorySettings {
 }
 
 impl RepositorySettings {
-    fn backend(&self) -> xenvault_repo::backend::BackendOptions {
+    fn backend(&self, cache_dir: &std::path::Path) -> xenvault_repo::backend::BackendOptions {
         xenvault_repo::backend::BackendOptions {
             s3_endpoint: self.s3_endpoint.clone(),
             s3_region: self.s3_region.clone(),
+            cache_dir: Some(cache_dir.to_owned()),
             ..Default::default()
         }
     }
@@ -255,10 +256,15 @@ pub struct RepositoryCheck {
     pub dedup_ratio: f64,
 }
 
-/// Opens a repository with its passphrase; failing to is a `repository_unusable` answer.
-pub async fn open_repository(settings: &RepositorySettings, passphrase: &str) -> ApiResult<Repository> {
+/// Opens a repository with its passphrase (its immutable objects cached in the server's
+/// cache directory); failing to is a `repository_unusable` answer.
+pub async fn open_repository(
+    state: &AppState,
+    settings: &RepositorySettings,
+    passphrase: &str,
+) -> ApiResult<Repository> {
     let secret = xenvault_repo::keys::Secret::passphrase(passphrase);
-    Repository::open(&settings.location, &settings.backend(), Some(&secret)).await.map_err(|e| {
+    Repository::open(&settings.location, &settings.backend(&state.dirs.cache), Some(&secret)).await.map_err(|e| {
         ApiError::new(StatusCode::BAD_REQUEST, "repository_unusable", format!("opening {}: {e}", settings.location))
     })
 }
@@ -271,8 +277,12 @@ pub async fn stored_repository(state: &AppState, name: &str) -> ApiResult<(Conne
     Ok((repo, passphrase))
 }
 
-async fn check_repository(settings: &RepositorySettings, passphrase: &str) -> ApiResult<RepositoryCheck> {
-    let repo = open_repository(settings, passphrase).await?;
+async fn check_repository(
+    state: &AppState,
+    settings: &RepositorySettings,
+    passphrase: &str,
+) -> ApiResult<RepositoryCheck> {
+    let repo = open_repository(state, settings, passphrase).await?;
     let points = repo.restore_points().await.map_err(|e| ApiError::internal(format!("listing restore points: {e}")))?;
     let stats = xenvault_repo::stats::stats(&points);
     Ok(RepositoryCheck {
@@ -310,7 +320,7 @@ async fn add_repository(
     who: Principal,
     Body(request): Body<AddRepository>,
 ) -> ApiResult<(StatusCode, Json<RepositoryCheck>)> {
-    let check = check_repository(&request.settings, &request.passphrase).await?;
+    let check = check_repository(&state, &request.settings, &request.passphrase).await?;
     let kind = ConnectionKind::Repository;
     state.catalog.add_connection(kind, &request.name, &request.settings, Some(&request.passphrase)).await?;
     state.catalog.audit(&who.actor, "repository.add", Some(&request.name), Some(&request.settings.location)).await?;
@@ -338,5 +348,5 @@ async fn delete_repository(
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn test_repository(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<RepositoryCheck>> {
     let (repo, passphrase) = stored_repository(&state, &name).await?;
-    Ok(Json(check_repository(&repo.settings, &passphrase).await?))
+    Ok(Json(check_repository(&state, &repo.settings, &passphrase).await?))
 }

@@ -34,8 +34,9 @@ pub async fn find_job(catalog: &Catalog, key: &str) -> ApiResult<Job> {
     }
 }
 
-/// Refuses what could never run: schedules whose cron line or time zone do not parse, and a
-/// backup job whose pool or repository is not registered.
+/// Refuses what could never run: schedules whose cron line or time zone do not parse,
+/// settings no run could honour, and a backup job whose pool or repository (unless it
+/// keeps snapshots only) is not registered.
 async fn check(catalog: &Catalog, job: &Job) -> ApiResult<()> {
     for schedule in &job.schedules {
         CronSchedule::parse(&schedule.cron, &schedule.timezone).map_err(|e| ApiError::invalid(e.to_string()))?;
@@ -43,10 +44,12 @@ async fn check(catalog: &Catalog, job: &Job) -> ApiResult<()> {
     if job.kind == JobKind::Sequence {
         return Ok(());
     }
-    for (kind, name, route) in [
-        (ConnectionKind::Pool, &job.pool, "/api/pools"),
-        (ConnectionKind::Repository, &job.repository, "/api/repositories"),
-    ] {
+    job.settings.check().map_err(ApiError::invalid)?;
+    let mut needed = vec![(ConnectionKind::Pool, &job.pool, "/api/pools")];
+    if job.settings.snapshot_only.is_none() {
+        needed.push((ConnectionKind::Repository, &job.repository, "/api/repositories"));
+    }
+    for (kind, name, route) in needed {
         match catalog.connection::<serde_json::Value>(kind, name).await {
             Err(xenvault_catalog::Error::NotFound { what, .. }) => {
                 return Err(ApiError::invalid(format!("{what} {name:?} is not registered (add it with POST {route})")));

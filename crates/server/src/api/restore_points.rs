@@ -61,7 +61,7 @@ pub async fn repository(state: &AppState, name: &str) -> ApiResult<Repository> {
     let repo = match open.get(name) {
         Some((updated_at, repo)) if *updated_at == stored.updated_at => repo.clone(),
         _ => {
-            let repo = open_repository(&stored.settings, &passphrase).await?;
+            let repo = open_repository(state, &stored.settings, &passphrase).await?;
             open.insert(name.to_owned(), (stored.updated_at, repo.clone()));
             repo
         }

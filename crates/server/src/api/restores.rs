@@ -3,6 +3,7 @@
 //! model, recorded in the catalog (so they stay in the history) with their report or error.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::{Path as FsPath, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use axum::Json;
@@ -171,8 +172,9 @@ pub struct FilesRestoreRequest {
     pub volume: Option<String>,
     /// Inside the file system; `..` is refused.
     pub path: String,
-    /// An absolute path on the server that does not exist yet (or an empty directory's
-    /// parent): nothing there is overwritten or followed.
+    /// A path inside the server's restore root (`restore_root`, default
+    /// `<data_dir>/restores`) that does not exist yet: nothing there is overwritten, and
+    /// no symbolic link on the way is followed.
     pub destination: String,
 }
 
@@ -229,11 +231,11 @@ impl RestoreRequest {
             },
             RestoreRequest::Files(r) => {
                 crate::api::restore_points::inside_path(Some(&r.path))?;
-                let destination = std::path::Path::new(&r.destination);
-                if !destination.is_absolute() || destination.components().any(|c| c == std::path::Component::ParentDir)
-                {
+                let destination = FsPath::new(&r.destination);
+                let plain = destination.components().all(|c| matches!(c, std::path::Component::Normal(_)));
+                if r.destination.is_empty() || !plain {
                     return Err(ApiError::invalid(format!(
-                        "destination {:?}: give an absolute path on the server without '..'",
+                        "destination {:?}: give a relative path inside the server's restore root, without '..'",
                         r.destination
                     )));
                 }
@@ -263,6 +265,10 @@ async fn start_restore(
     Body(request): Body<RestoreRequest>,
 ) -> ApiResult<(StatusCode, Json<Restore>)> {
     request.check()?;
+    if let RestoreRequest::Files(r) = &request {
+        files_destination(&state.dirs.restores, &r.destination)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "restore_target", e))?;
+    }
     let (repo_name, wanted) = request.source();
     let repo = repository(&state, repo_name).await?;
     let m = restore_point(&repo, wanted).await?;
@@ -296,7 +302,8 @@ async fn start_restore(
     // The server's stop cancels it too.
     let running = Running { cancel: state.stopping.child_token(), tally: Tally::new() };
     state.restores.insert(&record.id, running.clone());
-    let work = Work { repo, manifest: m, client, running, id: record.id.clone() };
+    let restore_root = state.dirs.restores.clone();
+    let work = Work { repo, manifest: m, client, running, id: record.id.clone(), restore_root };
     tokio::spawn(finish(state.clone(), record.clone(), work.run(request)));
     Ok((StatusCode::ACCEPTED, Json(record)))
 }
@@ -308,6 +315,8 @@ struct Work {
     client: Option<xenvault_xapi::Client>,
     running: Running,
     id: String,
+    /// Where files restores write.
+    restore_root: PathBuf,
 }
 
 impl Work {
@@ -369,8 +378,12 @@ impl Work {
                 if cancel.is_cancelled() {
                     return Err(xenvault_restore::Error::Cancelled);
                 }
-                let stats = fs.extract(&r.path, std::path::Path::new(&r.destination)).await?;
+                // Checked again right before writing: a link may have appeared since the request.
+                let destination =
+                    files_destination(&self.restore_root, &r.destination).map_err(xenvault_restore::Error::Target)?;
+                let stats = fs.extract(&r.path, &destination).await?;
                 to_report(&FilesReport {
+                    destination: destination.display().to_string(),
                     files: stats.files,
                     dirs: stats.dirs,
                     symlinks: stats.symlinks,
@@ -383,9 +396,38 @@ impl Work {
     }
 }
 
+/// `destination` (checked by [`RestoreRequest::check`]) under the restore root `root`,
+/// which is made (private) if missing. Refused when the path exists, or when a directory on
+/// the way is a symbolic link: restored trees carry links, and one restore must not lead
+/// the next outside the root.
+fn files_destination(root: &FsPath, destination: &str) -> Result<PathBuf, String> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(root)
+        .map_err(|e| format!("making the restore root {}: {e}", root.display()))?;
+    let mut path = root.to_owned();
+    for component in FsPath::new(destination).components() {
+        path.push(component);
+        match std::fs::symlink_metadata(&path) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                return Err(format!("{}: a symbolic link is on the way; choose another destination", path.display()));
+            }
+            Ok(meta) if !meta.is_dir() => return Err(format!("{}: exists and is not a directory", path.display())),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(root.join(destination)),
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        }
+    }
+    Err(format!("{}: exists already; choose a new destination", path.display()))
+}
+
 /// What a files restore wrote.
 #[derive(Debug, Serialize)]
 struct FilesReport {
+    /// Where on the server.
+    destination: String,
     files: u64,
     dirs: u64,
     symlinks: u64,
