@@ -2,6 +2,8 @@
 //! VM or per job without opening every repository. The repositories stay the truth:
 //! [`Catalog::sync_restore_points`] replaces a repository's entries with its listing.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -103,6 +105,27 @@ impl Catalog {
             upsert(&mut tx, entry).await?;
         }
         tx.commit().await
+    }
+
+    /// The newest restore point of each VM (by uuid), over every repository: one query for
+    /// the protection overview, however many VMs.
+    pub async fn newest_restore_points(&self) -> Result<HashMap<String, RestorePointEntry>> {
+        let rows = self
+            .db
+            .query(
+                &format!(
+                    "SELECT {COLUMNS} FROM restore_points newest WHERE created_at =
+                     (SELECT MAX(created_at) FROM restore_points other WHERE other.vm_uuid = newest.vm_uuid)"
+                ),
+                params![],
+            )
+            .await?;
+        let mut newest = HashMap::new();
+        for entry in rows.iter().map(entry_row) {
+            let entry = entry?;
+            newest.insert(entry.vm_uuid.clone(), entry);
+        }
+        Ok(newest)
     }
 
     pub async fn restore_points(&self, query: &RestorePointQuery) -> Result<Vec<RestorePointEntry>> {

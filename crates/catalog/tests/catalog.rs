@@ -2,6 +2,8 @@
 
 mod common;
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use common::TestCatalog;
 use xenvault_catalog::{
@@ -491,6 +493,21 @@ async fn restore_points_are_indexed_per_vm_and_job(c: TestCatalog) {
     assert_eq!(ids(by_job.unwrap()), ["main/p2", "main/p1"]);
     let window = RestorePointQuery { since: Some(at(2)), until: Some(at(4)), ..Default::default() };
     assert_eq!(ids(c.restore_points(&window).await.unwrap()), ["main/p3", "main/p2"]);
+    // The newest per VM across repositories, keyed by uuid (a VM named like another VM's
+    // uuid cannot take its place).
+    c.index_restore_point(&point("main", "p4", "uuid-db01", None, 5)).await.unwrap();
+    let newest = c.newest_restore_points().await.unwrap();
+    let newest: BTreeMap<&str, String> =
+        newest.iter().map(|(vm, p)| (vm.as_str(), format!("{}/{}", p.repository, p.point_id))).collect();
+    assert_eq!(
+        newest,
+        BTreeMap::from([
+            ("uuid-db01", "main/p3".into()),
+            ("uuid-uuid-db01", "main/p4".into()),
+            ("uuid-web01", "offsite/p1".into())
+        ])
+    );
+    c.unindex_restore_points("main", &["p4".into()]).await.unwrap();
 
     c.unindex_restore_points("main", &["p1".into()]).await.unwrap();
     let main = RestorePointQuery { repository: Some("main".into()), ..Default::default() };

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
-use xenvault_catalog::{ConnectionKind, RestorePointEntry, RestorePointQuery};
+use xenvault_catalog::{ConnectionKind, RestorePointEntry};
 use xenvault_engine::selection::{SelectOptions, Selector, select};
 use xenvault_jobs::model::{JobKind, Selection};
 use xenvault_jobs::selection::resolve_among;
@@ -98,6 +98,7 @@ async fn vm_protection(
     let mut problems = index_restore_points(&state).await?;
     let jobs: Vec<_> = state.catalog.jobs().await?.into_iter().filter(|j| j.kind != JobKind::Sequence).collect();
     let since = Utc::now() - Duration::days(i64::from(days));
+    let mut newest_points = state.catalog.newest_restore_points().await?;
     let mut listed = Vec::new();
     for pool in state.catalog.connections::<PoolEntry>(ConnectionKind::Pool).await? {
         let (vms, hosts) = match pool_vms(&state, &pool.name).await {
@@ -124,7 +125,11 @@ async fn vm_protection(
         for vm in select(&vms, &hosts, &[Selector::All], SelectOptions::default())
             .map_err(|e| ApiError::internal(e.to_string()))?
         {
-            let newest = newest_restore_point(&state, &vm.uuid).await?;
+            let newest = newest_points.remove(&vm.uuid).map(|p| NewestRestorePoint {
+                repository: p.repository,
+                point_id: p.point_id,
+                created_at: p.created_at,
+            });
             let jobs = covering.remove(&vm.uuid).unwrap_or_default();
             let reason = match &newest {
                 _ if jobs.is_empty() => Some("in no job".to_owned()),
@@ -182,12 +187,6 @@ fn index_entry(repository: &str, manifest: &Manifest) -> RestorePointEntry {
         created_at: manifest.time,
         size: manifest.total_size(),
     }
-}
-
-async fn newest_restore_point(state: &AppState, uuid: &str) -> ApiResult<Option<NewestRestorePoint>> {
-    let query = RestorePointQuery { vm: Some(uuid.to_owned()), limit: Some(1), ..Default::default() };
-    let newest = state.catalog.restore_points(&query).await?.into_iter().find(|p| p.vm_uuid == uuid);
-    Ok(newest.map(|p| NewestRestorePoint { repository: p.repository, point_id: p.point_id, created_at: p.created_at }))
 }
 
 /// The pool's VM and host records, read through its stored login.
