@@ -1,11 +1,15 @@
 //! Backup jobs as a service: the job model (what the catalog stores and the API serves),
 //! the cron scheduler behind a controllable clock, the runner that turns a run into engine
-//! work and a task tree, retention after successful runs, and notifications.
+//! work and a task tree, retention after successful runs, and notifications. Besides
+//! backups: mirror jobs (repository to repository) and pool-metadata jobs (the pool's
+//! database).
 
 pub mod cron;
 pub mod error;
+pub mod mirror;
 pub mod model;
 pub mod offline;
+mod pool_metadata;
 pub mod runner;
 pub mod scheduler;
 pub mod selection;

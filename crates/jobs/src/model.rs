@@ -35,6 +35,38 @@ pub struct Job {
     /// The jobs a `sequence` runs, in order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sequence: Option<Sequence>,
+    /// Where a `mirror` job copies its repository's restore points to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<Mirror>,
+}
+
+impl Job {
+    /// What the job's kind needs and what it cannot use, refused when the job is saved and
+    /// again before a run (the registered pool and repositories are the caller's to check).
+    pub fn check_kind(&self) -> Result<(), String> {
+        let smart = self.selection.smart.is_some();
+        match (self.kind, &self.mirror) {
+            (JobKind::Mirror, None) => Err("a mirror job needs `mirror` (its target repository)".into()),
+            (JobKind::Mirror, Some(mirror)) if mirror.target.is_empty() => {
+                Err("a mirror job needs the name of its target repository (`mirror.target`)".into())
+            }
+            (JobKind::Mirror, Some(mirror)) if mirror.target == self.repository => {
+                Err(format!("a mirror job's target must be another repository than its source {:?}", self.repository))
+            }
+            (JobKind::Mirror, _) if smart => {
+                Err("a mirror job selects restore points by VM (`selection.vms`), not by smart selection".into())
+            }
+            (JobKind::Mirror | JobKind::PoolMetadata, _) if self.settings.snapshot_only.is_some() => {
+                Err("snapshot-only is a setting of backup jobs".into())
+            }
+            (JobKind::PoolMetadata, _) if smart || !self.selection.vms.is_empty() => {
+                Err("a pool-metadata job backs up the pool's database: it selects no VMs".into())
+            }
+            (JobKind::Mirror, _) => Ok(()),
+            (_, Some(_)) => Err("`mirror` is for mirror jobs only".into()),
+            _ => Ok(()),
+        }
+    }
 }
 
 fn yes() -> bool {
@@ -51,6 +83,11 @@ pub enum JobKind {
     BackupXva,
     /// Runs other jobs one after the other.
     Sequence,
+    /// Copies restore points of its repository to another repository (`mirror`): only
+    /// missing chunks move; the schedule's retention is the target's.
+    Mirror,
+    /// Backs up the pool's database (`/pool/xmldbdump`) into its repository.
+    PoolMetadata,
 }
 
 /// Which VMs a job covers, resolved at every run so VMs created later are picked up.
@@ -291,6 +328,24 @@ pub enum NotifyWhen {
     #[default]
     Failure,
     Never,
+}
+
+/// A mirror job's target and filters. The job's `repository` is the source and
+/// `selection.vms` (names or uuids) narrows it to those VMs' restore points.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Mirror {
+    /// The registered repository the restore points are copied to (its own key and retention).
+    pub target: String,
+    /// Only the newest restore point of each VM.
+    #[serde(default)]
+    pub latest: bool,
+    /// Only restore points made by this backup job (its id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_job: Option<String>,
+    /// Verify the mirrored restore points on the target after each run.
+    #[serde(default = "yes")]
+    pub verify: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

@@ -66,8 +66,9 @@ pub struct Outcome {
     pub tasks: Vec<Task>,
 }
 
-/// Runs `run` (created by the caller, e.g. queued in the catalog) of a backup job. The
-/// schedule gives the level and the retention (none for a manual run: no retention).
+/// Runs `run` (created by the caller, e.g. queued in the catalog) of a backup job, or of a
+/// pool-metadata job ([`crate::pool_metadata`]). The schedule gives the level and the
+/// retention (none for a manual run: no retention).
 pub async fn run_backup<S: RunSink>(
     job: &Job,
     schedule: Option<&Schedule>,
@@ -76,39 +77,34 @@ pub async fn run_backup<S: RunSink>(
     sink: Arc<S>,
     cancel: CancellationToken,
 ) -> Outcome {
+    match job.kind {
+        JobKind::PoolMetadata => return crate::pool_metadata::run(job, schedule, run, target, sink, cancel).await,
+        JobKind::Mirror => {
+            let mut frame = Frame::start(job, &mut run, &sink, &cancel).await;
+            let why = "a mirror job copies between two repositories: run it with mirror::run";
+            frame.settle(&mut run, Err(why.into()));
+            return frame.end(run).await;
+        }
+        JobKind::Backup | JobKind::BackupXva | JobKind::Sequence => {}
+    }
     let level = run.level.or(schedule.map(|s| s.level)).unwrap_or_default();
     run.level = Some(level);
-    run.status = RunStatus::Running;
-    run.started_at = Some(Utc::now());
-    sink.save_run(&run).await;
-    let root = Task::started(new_id(), &run.id, None, TaskKind::Run, &job.name);
-    sink.save_task(&root).await;
-    let mut recorder = Recorder { sink: sink.clone(), tasks: vec![root] };
-
-    // The job's timeout cancels like a user would; the run then says why.
-    let run_cancel = cancel.child_token();
-    let timeout = job.settings.job_timeout_secs.map(Duration::from_secs);
-    let timer = timeout.map(|limit| {
-        let token = run_cancel.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(limit).await;
-            token.cancel();
-        })
-    });
-
+    let mut frame = Frame::start(job, &mut run, &sink, &cancel).await;
+    let run_cancel = frame.cancel.clone();
+    let recorder = &mut frame.recorder;
     let result = match check_settings(&job.settings, target.store).await {
         Err(e) => Err(e),
         Ok(speed_limit) => match job.settings.snapshot_only {
             Some(rolling) => {
                 let schedule_id = schedule.map_or(snapshot_only::MANUAL, |s| s.id.as_str());
-                roll_snapshots(job, schedule_id, rolling, &run, &target, &run_cancel, &mut recorder)
+                roll_snapshots(job, schedule_id, rolling, &run, &target, &run_cancel, recorder)
                     .await
                     .map(|totals| (totals, Vec::new()))
             }
             None => match target.store {
                 Some(store) => {
                     let target = BackupTarget { host: target.host, store };
-                    back_up_vms(job, level, &run, &target, speed_limit, &sink, &run_cancel, &mut recorder)
+                    back_up_vms(job, level, &run, &target, speed_limit, &sink, &run_cancel, recorder)
                         .await
                         .map(|reports| (totals(&reports), reports))
                 }
@@ -116,44 +112,96 @@ pub async fn run_backup<S: RunSink>(
             },
         },
     };
-    if let Some(timer) = timer {
-        timer.abort();
+    let (result, reports) = match result {
+        Ok((run_totals, reports)) => (Ok(run_totals), reports),
+        Err(e) => (Err(e), Vec::new()),
+    };
+    frame.settle(&mut run, result);
+    // Snapshot-only runs keep their own count of snapshots; they make no restore points.
+    if run.status == RunStatus::Success
+        && job.settings.snapshot_only.is_none()
+        && let Some(schedule) = schedule.filter(|s| !s.retention.keeps_everything())
+        && let Some(store) = target.store
+    {
+        apply_retention(job, schedule, &reports, &run, store, &sink, &mut frame.recorder).await;
     }
-    let timed_out = run_cancel.is_cancelled() && !cancel.is_cancelled();
-    match result {
-        Err(e) => {
-            run.status = RunStatus::Failed;
-            run.error = Some(e);
-        }
-        Ok((run_totals, reports)) => {
-            run.totals = run_totals;
-            run.status = match (run.totals.vms_ok, run.totals.vms_failed) {
-                _ if cancel.is_cancelled() => RunStatus::Cancelled,
-                (_, 0) if !timed_out => RunStatus::Success,
-                (0, _) => RunStatus::Failed,
-                _ => RunStatus::Partial,
-            };
-            if timed_out {
-                run.error =
-                    Some(format!("the job took longer than its timeout ({} s)", timeout.unwrap_or_default().as_secs()));
-            }
-            // Snapshot-only runs keep their own count of snapshots; they make no restore points.
-            if run.status == RunStatus::Success
-                && job.settings.snapshot_only.is_none()
-                && let Some(schedule) = schedule.filter(|s| !s.retention.keeps_everything())
-                && let Some(store) = target.store
-            {
-                apply_retention(job, schedule, &reports, &run, store, &sink, &mut recorder).await;
-            }
-        }
-    }
-    run.finished_at = Some(Utc::now());
-    recorder.finish_root(&run).await;
-    sink.save_run(&run).await;
-    Outcome { run, tasks: recorder.tasks }
+    frame.end(run).await
 }
 
-fn new_id() -> String {
+/// What every kind of run shares: the run marked running with its root task, the job's
+/// timeout, and the record of how it ended.
+pub(crate) struct Frame<S: RunSink> {
+    pub(crate) recorder: Recorder<S>,
+    /// Cancelled by the caller, or when the job's timeout passes.
+    pub(crate) cancel: CancellationToken,
+    caller: CancellationToken,
+    timeout: Option<Duration>,
+    timer: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl<S: RunSink> Frame<S> {
+    pub(crate) async fn start(job: &Job, run: &mut Run, sink: &Arc<S>, cancel: &CancellationToken) -> Self {
+        run.status = RunStatus::Running;
+        run.started_at = Some(Utc::now());
+        sink.save_run(run).await;
+        let root = Task::started(new_id(), &run.id, None, TaskKind::Run, &job.name);
+        sink.save_task(&root).await;
+        // The job's timeout cancels like a user would; the run then says why.
+        let run_cancel = cancel.child_token();
+        let timeout = job.settings.job_timeout_secs.map(Duration::from_secs);
+        let timer = timeout.map(|limit| {
+            let token = run_cancel.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(limit).await;
+                token.cancel();
+            })
+        });
+        Frame {
+            recorder: Recorder { sink: sink.clone(), tasks: vec![root] },
+            cancel: run_cancel,
+            caller: cancel.clone(),
+            timeout,
+            timer,
+        }
+    }
+
+    /// Sets the run's status from what the work returned: its totals, or why it failed.
+    pub(crate) fn settle(&mut self, run: &mut Run, result: Result<RunTotals, String>) {
+        if let Some(timer) = self.timer.take() {
+            timer.abort();
+        }
+        let timed_out = self.cancel.is_cancelled() && !self.caller.is_cancelled();
+        match result {
+            Err(e) => {
+                run.status = RunStatus::Failed;
+                run.error = Some(e);
+            }
+            Ok(run_totals) => {
+                run.totals = run_totals;
+                run.status = match (run.totals.vms_ok, run.totals.vms_failed) {
+                    _ if self.caller.is_cancelled() => RunStatus::Cancelled,
+                    (_, 0) if !timed_out => RunStatus::Success,
+                    (0, _) => RunStatus::Failed,
+                    _ => RunStatus::Partial,
+                };
+                if timed_out {
+                    let limit = self.timeout.unwrap_or_default().as_secs();
+                    run.error = Some(format!("the job took longer than its timeout ({limit} s)"));
+                }
+            }
+        }
+    }
+
+    /// Closes the run's root task and stores the finished run.
+    pub(crate) async fn end(mut self, mut run: Run) -> Outcome {
+        run.finished_at = Some(Utc::now());
+        self.recorder.finish_root(&run).await;
+        self.recorder.sink.save_run(&run).await;
+        Outcome { run, tasks: self.recorder.tasks }
+    }
+}
+
+pub(crate) fn new_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
@@ -174,17 +222,17 @@ async fn check_settings(settings: &Settings, store: Option<&Store>) -> Result<Op
 }
 
 /// Keeps the task tree in memory (for the outcome and notifications) and in the sink.
-struct Recorder<S: RunSink> {
+pub(crate) struct Recorder<S: RunSink> {
     sink: Arc<S>,
     tasks: Vec<Task>,
 }
 
 impl<S: RunSink> Recorder<S> {
-    fn root_id(&self) -> String {
+    pub(crate) fn root_id(&self) -> String {
         self.tasks[0].id.clone()
     }
 
-    async fn save(&mut self, task: Task) {
+    pub(crate) async fn save(&mut self, task: Task) {
         self.sink.save_task(&task).await;
         match self.tasks.iter_mut().find(|t| t.id == task.id) {
             Some(slot) => *slot = task,
@@ -225,7 +273,7 @@ async fn back_up_vms<S: RunSink>(
     let vms = crate::selection::resolve(target.host, &job.selection).await.map_err(|e| e.to_string())?;
     let root_id = recorder.root_id();
     // VM tasks start as they are reached; each VM records its own subtree when it ends.
-    let progress: Arc<dyn Progress> = Arc::new(Forward { sink: sink.clone(), run_id: run.id.clone() });
+    let progress = forward_progress(sink, run);
     let concurrency = job.settings.vm_concurrency.max(1) as usize;
     let outcomes: Vec<(VmReport, Vec<Task>)> = futures::stream::iter(vms.iter())
         .map(|vm| {
@@ -256,19 +304,19 @@ async fn back_up_vms<S: RunSink>(
     Ok(reports)
 }
 
-/// A step of a VM's run beside its backup (offline shutdown and start, the lock), said
-/// in the run's log by its name.
-struct Step {
+/// A finished step under a task, said in the run's log by its name: beside a VM's backup
+/// (offline shutdown and start, the lock), after a mirror (retention, lock, verify).
+pub(crate) struct Step {
     name: String,
     error: Option<String>,
 }
 
 impl Step {
-    fn done(name: impl Into<String>) -> Self {
+    pub(crate) fn done(name: impl Into<String>) -> Self {
         Step { name: name.into(), error: None }
     }
 
-    fn failed(name: impl Into<String>, error: String) -> Self {
+    pub(crate) fn failed(name: impl Into<String>, error: String) -> Self {
         Step { name: name.into(), error: Some(error) }
     }
 }
@@ -499,7 +547,7 @@ fn vm_tasks(mut vm_task: Task, report: &VmReport) -> Vec<Task> {
 }
 
 /// The steps of a VM, finished, under its task.
-fn step_tasks(vm_task: &Task, steps: Vec<Step>) -> Vec<Task> {
+pub(crate) fn step_tasks(vm_task: &Task, steps: Vec<Step>) -> Vec<Task> {
     steps
         .into_iter()
         .map(|step| {
@@ -603,6 +651,11 @@ fn totals(reports: &[VmReport]) -> RunTotals {
     totals
 }
 
+/// Engine progress of `run`, forwarded to the sink.
+pub(crate) fn forward_progress<S: RunSink>(sink: &Arc<S>, run: &Run) -> Arc<dyn Progress> {
+    Arc::new(Forward { sink: sink.clone(), run_id: run.id.clone() })
+}
+
 /// Engine progress, forwarded to the sink under the run's id.
 struct Forward<S: RunSink> {
     sink: Arc<S>,
@@ -627,10 +680,27 @@ async fn apply_retention<S: RunSink>(
     sink: &Arc<S>,
     recorder: &mut Recorder<S>,
 ) {
+    let points = points_of_schedule(job, schedule, reports, store, sink.as_ref()).await;
+    retention_step(schedule, run, store.repository(), points, recorder).await;
+}
+
+/// Removes the restore points `points` (those a schedule made) that the schedule's
+/// retention no longer keeps, then collects the garbage; recorded as a step of the run.
+pub(crate) async fn retention_step<S: RunSink>(
+    schedule: &Schedule,
+    run: &Run,
+    repo: &xenvault_repo::Repository,
+    points: Result<Vec<xenvault_repo::Manifest>, SelectError>,
+    recorder: &mut Recorder<S>,
+) {
     let name = format!("retention of schedule {}", schedule_label(schedule));
     let mut task = Task::started(new_id(), &run.id, Some(&recorder.root_id()), TaskKind::Step, &name);
     recorder.save(task.clone()).await;
-    match forget_and_prune(job, schedule, reports, store, sink.as_ref()).await {
+    let forgotten = match points {
+        Ok(points) => forget_and_prune(repo, &points, &schedule.retention).await,
+        Err(e) => Err(e),
+    };
+    match forgotten {
         Ok((removed, freed)) => {
             task.status = TaskStatus::Success;
             task.reason = Some(format!("{removed} restore points removed, {freed} bytes freed"));
@@ -648,18 +718,17 @@ fn schedule_label(schedule: &Schedule) -> &str {
     if schedule.name.is_empty() { &schedule.id } else { &schedule.name }
 }
 
-/// The points this schedule's retention no longer keeps go through the repository's
-/// `forget` (removal, then garbage collection).
-async fn forget_and_prune<S: RunSink>(
+/// The restore points of the backed-up VMs that this schedule's runs of the job made.
+async fn points_of_schedule<S: RunSink>(
     job: &Job,
     schedule: &Schedule,
     reports: &[VmReport],
     store: &Store,
     sink: &S,
-) -> Result<(usize, u64), SelectError> {
+) -> Result<Vec<xenvault_repo::Manifest>, SelectError> {
     let runs = sink.runs_of_schedule(&job.id, &schedule.id).await;
-    let repo = store.repository();
-    let points: Vec<xenvault_repo::Manifest> = repo
+    Ok(store
+        .repository()
         .restore_points()
         .await?
         .into_iter()
@@ -669,8 +738,17 @@ async fn forget_and_prune<S: RunSink>(
                 b.job_id.as_deref() == Some(&job.id) && b.run_id.as_ref().is_some_and(|id| runs.contains(id))
             })
         })
-        .collect();
-    let plan = xenvault_repo::prune::plan(&points, &keep_policy(&schedule.retention))?;
+        .collect())
+}
+
+/// The points of `points` that `retention` no longer keeps go through the repository's
+/// `forget` (removal, then garbage collection): how many, and the bytes freed.
+async fn forget_and_prune(
+    repo: &xenvault_repo::Repository,
+    points: &[xenvault_repo::Manifest],
+    retention: &Retention,
+) -> Result<(usize, u64), SelectError> {
+    let plan = xenvault_repo::prune::plan(points, &keep_policy(retention))?;
     if plan.remove.is_empty() {
         return Ok((0, 0));
     }
@@ -679,7 +757,7 @@ async fn forget_and_prune<S: RunSink>(
     Ok((report.remove.len(), report.prune.map_or(0, |gc| gc.bytes_deleted)))
 }
 
-fn keep_policy(r: &Retention) -> xenvault_repo::prune::KeepPolicy {
+pub(crate) fn keep_policy(r: &Retention) -> xenvault_repo::prune::KeepPolicy {
     xenvault_repo::prune::KeepPolicy {
         last: r.last,
         hourly: r.hourly,

@@ -35,8 +35,9 @@ pub async fn find_job(catalog: &Catalog, key: &str) -> ApiResult<Job> {
 }
 
 /// Refuses what could never run: schedules whose cron line or time zone do not parse,
-/// settings no run could honour, and a backup job whose pool or repository (unless it
-/// keeps snapshots only) is not registered.
+/// settings no run could honour or the job's kind cannot use, and a job whose pool or
+/// repository (unless it keeps snapshots only) is not registered; a mirror job needs its
+/// two repositories and no pool.
 async fn check(catalog: &Catalog, job: &Job) -> ApiResult<()> {
     for schedule in &job.schedules {
         CronSchedule::parse(&schedule.cron, &schedule.timezone).map_err(|e| ApiError::invalid(e.to_string()))?;
@@ -45,7 +46,12 @@ async fn check(catalog: &Catalog, job: &Job) -> ApiResult<()> {
         return Ok(());
     }
     job.settings.check().map_err(ApiError::invalid)?;
-    let mut needed = vec![(ConnectionKind::Pool, &job.pool, "/api/pools")];
+    job.check_kind().map_err(ApiError::invalid)?;
+    let mut needed = match &job.mirror {
+        // Repository to repository: no pool.
+        Some(mirror) => vec![(ConnectionKind::Repository, &mirror.target, "/api/repositories")],
+        None => vec![(ConnectionKind::Pool, &job.pool, "/api/pools")],
+    };
     if job.settings.snapshot_only.is_none() {
         needed.push((ConnectionKind::Repository, &job.repository, "/api/repositories"));
     }
