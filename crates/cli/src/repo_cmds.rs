@@ -674,7 +674,7 @@ async fn forget(a: ForgetArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub(crate) fn usage(message: &str) -> anyhow::Error {
+fn usage(message: &str) -> anyhow::Error {
     anyhow!(message.to_owned()).context(ExitKind::Usage)
 }
 
