@@ -38,7 +38,8 @@ pub fn exists(dir: &Path) -> bool {
     dir.join(FILE).exists()
 }
 
-pub fn save(dir: &Path, st: &State) -> io::Result<()> {
+/// The state as `db.json` holds it (taken under the state lock, written outside it).
+pub fn serialize(st: &State) -> io::Result<Vec<u8>> {
     let objects = st
         .db
         .objects()
@@ -49,8 +50,13 @@ pub fn save(dir: &Path, st: &State) -> io::Result<()> {
         })
         .collect();
     let saved = Saving { last_event: st.db.last_event_id(), objects, cbt: &st.cbt };
+    Ok(serde_json::to_vec(&saved)?)
+}
+
+/// Replaces `db.json` in `dir` with `bytes` (whole or not at all).
+pub fn write(dir: &Path, bytes: &[u8]) -> io::Result<()> {
     let tmp = dir.join("db.json.tmp");
-    fs::write(&tmp, serde_json::to_vec(&saved)?)?;
+    fs::write(&tmp, bytes)?;
     fs::rename(tmp, dir.join(FILE))
 }
 

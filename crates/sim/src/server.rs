@@ -61,6 +61,10 @@ impl SimHandle {
 impl Drop for SimHandle {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
+        // The background saver is aborted below: what it had not saved yet is saved here.
+        if let Err(e) = self.sim.flush() {
+            tracing::error!("saving the simulator's state in {}: {e}", self.state_dir.display());
+        }
         for t in &self.tasks {
             t.abort();
         }
@@ -125,6 +129,7 @@ impl Simulator {
         if let Some(second) = second {
             tasks.push(tokio::spawn(serve_http(second, acceptor, sim.clone(), stopped.clone())));
         }
+        tasks.push(tokio::spawn(crate::state::save_in_background(sim.clone(), stopped.clone())));
         tasks.push(tokio::spawn(crate::nbd::serve(nbd_listener, tls_config, sim.clone(), stopped)));
         let scheme = if config.plain_http { "http" } else { "https" };
         Ok(SimHandle {
