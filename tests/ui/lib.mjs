@@ -4,7 +4,7 @@
 import { mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { chromium } from 'playwright-core';
+import { chromium, firefox } from 'playwright-core';
 
 export const env = (name) => {
   const value = process.env[name];
@@ -20,32 +20,61 @@ for (const file of readdirSync(shots)) if (file.endsWith('.png')) rmSync(join(sh
 // The flags that work on this machine's closed network (no background connections).
 const FLAGS = ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
   '--disable-component-update', '--disable-sync'];
+// XV_BROWSER picks Debian's chromium (the default) or firefox-esr, which playwright-core
+// drives over WebDriver BiDi (the moz-firefox channel) with the executable given.
+// The system's colour preference is set at launch: Firefox over BiDi does not emulate it later.
+// Page errors that are the driver's own: in Firefox, playwright-core's <style> elements (put in
+// on navigation and for screenshots) are held to the page's CSP and reported; the page makes
+// none, and in Chromium every CSP report still counts.
+const ENGINES = {
+  chromium: {
+    type: chromium,
+    options: (dark) => ({ executablePath: '/usr/bin/chromium', args: FLAGS, colorScheme: dark ? 'dark' : 'light' }),
+    driverErrors: null,
+  },
+  firefox: {
+    type: firefox,
+    options: (dark) => ({ channel: 'moz-firefox', executablePath: '/usr/bin/firefox-esr',
+      firefoxUserPrefs: { 'layout.css.prefers-color-scheme.content-override': dark ? 0 : 1 } }),
+    driverErrors: /blocked an inline style \(style-src-elem\) from being applied/,
+  },
+};
+const engine = ENGINES[process.env.XV_BROWSER ?? 'chromium'];
+if (!engine) throw new Error(`XV_BROWSER=${process.env.XV_BROWSER}: give chromium or firefox`);
 const TIMEOUT = 30_000;
 
 export function expect(condition, message) {
   if (!condition) throw new Error(`expectation failed: ${message}`);
 }
 
-/** Chromium with a fresh profile; `problems` collects page errors and console errors. */
-export async function browser(name) {
+/**
+ * The browser with a fresh profile, its system preferring a light (or `dark`) colour scheme;
+ * `problems` collects page errors and console errors.
+ */
+export async function browser(name, { dark = false } = {}) {
   const profile = mkdtempSync(join(tmpdir(), `xenvault-ui-${name}-`));
-  const context = await chromium.launchPersistentContext(profile, {
-    executablePath: '/usr/bin/chromium', headless: true, args: FLAGS,
+  const context = await engine.type.launchPersistentContext(profile, {
+    ...engine.options(dark), headless: true,
     // The server's certificate is self-signed; the Rust test pins it for its own calls.
     ignoreHTTPSErrors: true, viewport: { width: 1280, height: 900 }, timezoneId: 'Europe/Berlin', acceptDownloads: true,
   });
   context.setDefaultTimeout(TIMEOUT);
   const page = context.pages()[0] ?? await context.newPage();
-  lastPage = page;
+  openPages.push(page);
   const problems = [];
-  page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+  page.on('pageerror', (e) => { if (!engine.driverErrors?.test(e.message)) problems.push(`page error: ${e.message}`); });
   page.on('console', (m) => { if (m.type() === 'error' && !/status of 4\d\d/.test(m.text())) problems.push(`console: ${m.text()}`); });
-  return { context, page, problems, close: async () => { await context.close(); rmSync(profile, { recursive: true, force: true }); } };
+  const close = async () => {
+    openPages.splice(openPages.indexOf(page), 1);
+    await context.close();
+    rmSync(profile, { recursive: true, force: true });
+  };
+  return { context, page, problems, close };
 }
 
 let step = 0;
-/** The page a failure is shown from. */
-let lastPage = null;
+/** The pages open now: a failure is shown from the newest. */
+const openPages = [];
 export async function shot(page, name) {
   step += 1;
   const file = join(shots, `${String(step).padStart(2, '0')}-${name}.png`);
@@ -72,9 +101,10 @@ export async function main(name, steps) {
     process.exit(0);
   } catch (error) {
     console.error(error.stack ?? String(error));
-    if (lastPage && !lastPage.isClosed()) {
-      await shot(lastPage, 'failure').catch(() => {});
-      console.error(`the page showed:\n${await lastPage.locator('main').innerText().catch((e) => e.message)}`);
+    const page = openPages.at(-1);
+    if (page) {
+      await shot(page, 'failure').catch(() => {});
+      console.error(`the page showed:\n${await page.locator('main').innerText().catch((e) => e.message)}`);
     }
     process.exit(1);
   }

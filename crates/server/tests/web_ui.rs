@@ -1,9 +1,12 @@
-//! The web UI end to end: a server, the simulated pool and a local repository, driven from
-//! Debian's chromium by tests/ui/web-ui.mjs (playwright-core). The script logs in, adds the
-//! pool (confirming its certificate's fingerprint) and the repository, creates a job, follows
-//! a run's live feed while this side finishes the run, browses a restore point (a real
-//! backup of the simulator's demo VM) and downloads a file, restores the VM as a new one,
-//! and checks that an operator cannot edit a job. Screenshots of each step go to target/ui-screenshots/.
+//! The web UI end to end: a server, the simulated pool and a local repository, driven by
+//! playwright-core from Debian's chromium, and firefox-esr for the admin path too. Script
+//! tests/ui/web-ui.mjs logs in, adds the pool (confirming its certificate's fingerprint) and
+//! the repository, creates a job, follows a run's live feed while this side finishes the
+//! run, browses a restore point (a real backup of the simulator's demo VM) and downloads a
+//! file, restores the VM as a new one, and checks that an operator cannot edit a job.
+//! tests/ui/restore-ui.mjs, as an operator: verify now, disk exports, instant access, and
+//! restores as new (network mapped), of a disk, and over the original. Screenshots of each
+//! step go to target/ui-screenshots/ (restore/ and firefox/ for those).
 
 mod common;
 
@@ -239,6 +242,21 @@ impl Bench {
 
 #[tokio::test]
 async fn a_new_admin_sets_up_backups_in_the_browser_and_an_operator_cannot_edit_a_job() {
+    admin_and_operator("chromium").await;
+}
+
+#[tokio::test]
+async fn the_admin_and_operator_paths_work_in_firefox() {
+    admin_and_operator("firefox").await;
+}
+
+/// tests/ui/web-ui.mjs in `browser` (chromium or firefox), its screenshots in
+/// target/ui-screenshots (chromium) or its subfolder firefox.
+async fn admin_and_operator(browser: &str) {
+    assert!(
+        browser == "chromium" || Path::new("/usr/bin/firefox-esr").exists(),
+        "the Firefox browser test needs Debian's firefox-esr: run scripts/setup.sh"
+    );
     let bench = bench().await;
     // The runner's side, through the same catalog (SQLite, WAL: two connections).
     let catalog = Catalog::open(bench.server.data_dir.path(), None).await.unwrap();
@@ -255,10 +273,12 @@ async fn a_new_admin_sets_up_backups_in_the_browser_and_an_operator_cannot_edit_
         ("XV_REPO", bench.location.as_str()),
         ("XV_PASSPHRASE", PASSPHRASE),
         ("XV_HOSTNAME_SHA256", hostname_sha256.as_str()),
+        ("XV_BROWSER", browser),
     ];
+    let shots = if browser == "chromium" { "" } else { browser };
     let mut pending = Some((live, tasks));
     let output = bench
-        .run_script("web-ui.mjs", "", &vars, async |line| {
+        .run_script("web-ui.mjs", shots, &vars, async |line| {
             if line == WATCHING
                 && let Some((live, tasks)) = pending.take()
             {
