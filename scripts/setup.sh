@@ -21,6 +21,7 @@ $demo_only || apt_packages+=(
   qemu-utils gdisk lvm2 nbdkit libnbd-bin gnutls-bin libvhdi-utils python3-libvhdi xva-img restic borgbackup time
   postgresql # the catalog tests start a private cluster (crates/catalog/tests/common)
   chromium # the web UI test (crates/server/tests/web_ui.rs) drives it with playwright-core (tests/ui)
+  firefox-esr # and this one too, over WebDriver BiDi (the admin path in Firefox)
 )
 missing_apt_packages() {
   local p
