@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use xenvault_catalog::{Catalog, LogLevel, RunQuery};
 use xenvault_engine::store::Store;
 use xenvault_engine::vm_lock;
+use xenvault_jobs::mirror::{self, Repositories};
 use xenvault_jobs::model::{Job, JobKind, Level, OnFailure, Run, RunStatus, RunTotals, Schedule, Task, Trigger};
 use xenvault_jobs::runner::{self, Outcome, RunSink, Target};
 use xenvault_jobs::scheduler::{Claim, Decision, RunningJobs, Scheduler, SharedScheduler, SystemClock};
@@ -22,6 +23,7 @@ use xenvault_notify::{Delivery, Notifier};
 use xenvault_pool::Host;
 use xenvault_pool::hygiene::{self, LOCK_KEY, TAG_JOB};
 use xenvault_pool::snapshot;
+use xenvault_repo::Repository;
 use xenvault_types::progress::{Event, Progress, Tally};
 
 use crate::AppState;
@@ -223,18 +225,29 @@ impl Executor {
         self.live_count.send_replace(runs.len());
     }
 
-    /// One backup run: connects to the job's pool and repository, runs it, notifies.
+    /// One run: connects to what the job works on (pool and repository, or the mirror's
+    /// two repositories), runs it, notifies.
     async fn run_job(&self, state: &AppState, job: &Job, schedule: Option<&Schedule>, run: Run, live: &LiveRun) -> Run {
         let run_id = run.id.clone();
-        let outcome = match connect(state, job).await {
-            Ok((host, store)) => {
-                let sink = Arc::new(CatalogSink { catalog: self.catalog.clone(), progress: live.progress.clone() });
-                let target = Target { host: &host, store: store.as_ref() };
-                let outcome = runner::run_backup(job, schedule, run, target, sink, live.cancel.clone()).await;
-                host.logout().await;
-                outcome
+        let sink = Arc::new(CatalogSink { catalog: self.catalog.clone(), progress: live.progress.clone() });
+        let outcome = if job.kind == JobKind::Mirror {
+            match mirror_repositories(state, job).await {
+                Ok((source, target)) => {
+                    let repos = Repositories { source: &source, target: &target };
+                    mirror::run(job, schedule, run, repos, sink, live.cancel.clone()).await
+                }
+                Err(message) => self.failed_before_start(run, message).await,
             }
-            Err(message) => self.failed_before_start(run, message).await,
+        } else {
+            match connect(state, job).await {
+                Ok((host, store)) => {
+                    let target = Target { host: &host, store: store.as_ref() };
+                    let outcome = runner::run_backup(job, schedule, run, target, sink, live.cancel.clone()).await;
+                    host.logout().await;
+                    outcome
+                }
+                Err(message) => self.failed_before_start(run, message).await,
+            }
         };
         self.notify(job, &outcome).await;
         self.unregister(&run_id);
@@ -327,7 +340,8 @@ impl Executor {
     /// the backup lock of), and says so in its log.
     async fn clean_after_crash(&self, state: &AppState, run: &Run) {
         let job = match self.catalog.job(&run.job_id).await {
-            Ok(job) if job.kind != JobKind::Sequence => job,
+            // Only backups take snapshots.
+            Ok(job) if matches!(job.kind, JobKind::Backup | JobKind::BackupXva) => job,
             Ok(_) => return,
             Err(e) => {
                 let message = format!("the pool was not cleaned after the interruption: job {}: {e}", run.job_id);
@@ -424,6 +438,16 @@ async fn connect(state: &AppState, job: &Job) -> Result<(Host, Option<Store>), S
     };
     let host = Host::connect(&login).await.map_err(|e| format!("logging in to pool {}: {e}", job.pool))?;
     Ok((host, store))
+}
+
+/// A mirror job's source (`repository`) and target repositories, opened.
+async fn mirror_repositories(state: &AppState, job: &Job) -> Result<(Repository, Repository), String> {
+    let target_name = job.mirror.as_ref().map(|m| m.target.as_str()).ok_or("the job has no mirror target")?;
+    let open = |name: &str| {
+        let name = name.to_owned();
+        async move { repository(state, &name).await.map_err(|e| format!("repository {name}: {}", e.message)) }
+    };
+    Ok((open(&job.repository).await?, open(target_name).await?))
 }
 
 /// Removes the snapshots run `run_id` of `job` left; returns their uuids.

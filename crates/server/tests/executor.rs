@@ -155,6 +155,45 @@ async fn run_now_makes_a_restore_point_naming_the_job_and_the_run() {
     env.server.server.shutdown().await;
 }
 
+#[tokio::test]
+async fn a_mirror_job_copies_the_backups_to_a_second_repository() {
+    let env = env(30).await;
+    env.create_job(backup_job("nightly")).await;
+    let backup = env.run_now("nightly").await;
+    let backup = env.finished(backup["id"].as_str().unwrap()).await;
+    assert_eq!(backup["run"]["status"], "success", "{backup:#}");
+
+    // A repository of its own (its own master key, though the passphrase is the same).
+    let target_dir = tempfile::tempdir().unwrap();
+    let target_location = target_dir.path().to_str().unwrap().to_owned();
+    let options = InitOptions {
+        secret: Some(Secret::passphrase(PASSPHRASE)),
+        kdf: KdfParams { memory_kib: 256, iterations: 1, parallelism: 1 },
+        ..Default::default()
+    };
+    Repository::init(&target_location, &BackendOptions::default(), options).await.expect("init");
+    let target = json!({"name": "offsite", "location": target_location, "passphrase": PASSPHRASE});
+    assert_eq!(env.post("/api/repositories", &env.admin, target).await.status(), StatusCode::CREATED);
+    env.create_job(json!({"name": "to-offsite", "kind": "mirror", "repository": "local",
+        "mirror": {"target": "offsite"}, "schedules": [{"cron": "0 5 * * *"}]}))
+        .await;
+
+    let run = env.run_now("to-offsite").await;
+    let id = run["id"].as_str().unwrap();
+    let detail = env.finished(id).await;
+    assert_eq!(detail["run"]["status"], "success", "{detail:#}\n{:#?}", env.log(id).await);
+    let copied: Vec<String> = restore_points(&target_location).await.into_iter().map(|m| m.id).collect();
+    let source: Vec<String> = restore_points(&env.repo_location).await.into_iter().map(|m| m.id).collect();
+    assert_eq!(copied.len(), 1);
+    assert_eq!(copied, source, "the mirror keeps restore point ids");
+    // The protection overview counts only the backup job as covering the VM.
+    let vms = env.server.get_json("/api/vms", &env.operator).await;
+    let vm = vms["vms"].as_array().unwrap().iter().find(|v| v["name"] == VM).expect("the VM").clone();
+    let jobs: Vec<&str> = vm["jobs"].as_array().unwrap().iter().map(|j| j["name"].as_str().unwrap()).collect();
+    assert_eq!(jobs, ["nightly"]);
+    env.server.server.shutdown().await;
+}
+
 /// Slows the simulator's transfers, starts a run and waits until its snapshot exists.
 async fn start_slow_run(env: &Env, job: &str) -> String {
     env.sim.set_faults(Faults { bandwidth: Some(256 * 1024), ..Default::default() });

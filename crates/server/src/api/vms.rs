@@ -96,7 +96,14 @@ async fn vm_protection(
         return Err(ApiError::invalid(format!("days {days}: give 1 to {MAX_DAYS}")));
     }
     let mut problems = index_restore_points(&state).await?;
-    let jobs: Vec<_> = state.catalog.jobs().await?.into_iter().filter(|j| j.kind != JobKind::Sequence).collect();
+    // The jobs that back VMs up: sequences, mirrors and pool metadata cover none themselves.
+    let jobs: Vec<_> = state
+        .catalog
+        .jobs()
+        .await?
+        .into_iter()
+        .filter(|j| matches!(j.kind, JobKind::Backup | JobKind::BackupXva))
+        .collect();
     let since = Utc::now() - Duration::days(i64::from(days));
     let mut newest_points = state.catalog.newest_restore_points().await?;
     let mut listed = Vec::new();
