@@ -51,18 +51,24 @@ async fn env(grace_secs: u64) -> Env {
     let pool = json!({"name": "sim", "url": sim.url, "password": sim.password, "fingerprint": pin});
     let added = server.with_token(Method::POST, "/api/pools", &admin).json(&pool).send().await.unwrap();
     assert_eq!(added.status(), StatusCode::CREATED);
-    let repo_dir = tempfile::tempdir().unwrap();
-    let repo_location = repo_dir.path().to_str().unwrap().to_owned();
+    let (repo_dir, repo_location) = new_repository().await;
+    let repo = json!({"name": "local", "location": repo_location, "passphrase": PASSPHRASE});
+    let added = server.with_token(Method::POST, "/api/repositories", &admin).json(&repo).send().await.unwrap();
+    assert_eq!(added.status(), StatusCode::CREATED);
+    Env { server, sim, admin, operator, repo_location, _dirs: vec![sim_dir, repo_dir] }
+}
+
+/// A new local repository (in a temporary directory) and its location.
+async fn new_repository() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let location = dir.path().to_str().unwrap().to_owned();
     let options = InitOptions {
         secret: Some(Secret::passphrase(PASSPHRASE)),
         kdf: KdfParams { memory_kib: 256, iterations: 1, parallelism: 1 },
         ..Default::default()
     };
-    Repository::init(&repo_location, &BackendOptions::default(), options).await.expect("init");
-    let repo = json!({"name": "local", "location": repo_location, "passphrase": PASSPHRASE});
-    let added = server.with_token(Method::POST, "/api/repositories", &admin).json(&repo).send().await.unwrap();
-    assert_eq!(added.status(), StatusCode::CREATED);
-    Env { server, sim, admin, operator, repo_location, _dirs: vec![sim_dir, repo_dir] }
+    Repository::init(&location, &BackendOptions::default(), options).await.expect("init");
+    (dir, location)
 }
 
 impl Env {
@@ -164,14 +170,7 @@ async fn a_mirror_job_copies_the_backups_to_a_second_repository() {
     assert_eq!(backup["run"]["status"], "success", "{backup:#}");
 
     // A repository of its own (its own master key, though the passphrase is the same).
-    let target_dir = tempfile::tempdir().unwrap();
-    let target_location = target_dir.path().to_str().unwrap().to_owned();
-    let options = InitOptions {
-        secret: Some(Secret::passphrase(PASSPHRASE)),
-        kdf: KdfParams { memory_kib: 256, iterations: 1, parallelism: 1 },
-        ..Default::default()
-    };
-    Repository::init(&target_location, &BackendOptions::default(), options).await.expect("init");
+    let (_target_dir, target_location) = new_repository().await;
     let target = json!({"name": "offsite", "location": target_location, "passphrase": PASSPHRASE});
     assert_eq!(env.post("/api/repositories", &env.admin, target).await.status(), StatusCode::CREATED);
     env.create_job(json!({"name": "to-offsite", "kind": "mirror", "repository": "local",
