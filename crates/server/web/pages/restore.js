@@ -157,12 +157,12 @@ function vmRestoreForm(repo, point, stored, poolName, targets) {
     h('p', {}, `The VM ${name} (${point.vm_uuid}) is shut down if it runs, and its disks are overwritten with this restore point's. What they hold now is lost.`)),
   confirm, differential);
   const srMaps = distinct(stored?.disks ?? [], (d) => d.sr_uuid).map((d) => field(`Disks from SR ${d.sr_name || d.sr_uuid}`,
-    h('select', { name: 'sr-map', 'data-from': d.sr_uuid }, option('', 'that SR if the pool has it, else the SR below'),
+    h('select', { name: 'sr-map', 'data-from': d.sr_uuid }, option('', 'the same SR, else as below'),
       targets.srs.map((sr) => option(sr.uuid, srText(sr))))));
   const sr = field('Other disks go to', h('select', { name: 'sr' },
-    option('', 'their original SR if the pool has it, else the pool\'s default SR'), targets.srs.map((s) => option(s.uuid, srText(s)))));
+    option('', 'their own SR, else the default SR'), targets.srs.map((s) => option(s.uuid, srText(s)))));
   const networkMaps = distinct(stored?.vifs ?? [], (v) => v.network_uuid).map((v) => field(`Interfaces on network ${v.network_name || v.network_uuid}`,
-    h('select', { name: 'network-map', 'data-from': v.network_uuid }, option('', 'that network (by uuid, then name)'),
+    h('select', { name: 'network-map', 'data-from': v.network_uuid }, option('', 'the same network (uuid, then name)'),
       targets.networks.map((n) => option(n.uuid, `${n.name} (${n.bridge})`)))));
   const macs = field('MAC addresses', h('select', { name: 'macs' },
     [['auto', 'the stored ones unless the original VM still exists'], ['keep', 'keep the stored ones'], ['new', 'new ones']]
