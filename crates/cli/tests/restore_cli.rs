@@ -5,7 +5,11 @@
 //! Disks are compared with the simulator's `sim.sha256`, exports with qemu-img, NBD with
 //! nbdinfo/nbdcopy, files with the fixtures' manifest of what the simulated disk holds.
 
+mod sim_pool;
+mod standalone_sim;
+
 use sha2::{Digest, Sha256};
+use sim_pool::{fails, json, no_panic, ok, text};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -44,39 +48,6 @@ struct Pool {
 fn pool() -> &'static Pool {
     static POOL: OnceLock<Pool> = OnceLock::new();
     POOL.get_or_init(Pool::start)
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// Fails on a panic message whatever the exit code: no input may make the binary panic.
-fn no_panic(out: &Output, what: &str) {
-    let err = text(&out.stderr);
-    assert!(!err.contains("panicked"), "{what} panicked:\n{err}");
-}
-
-fn ok(out: Output, what: &str) -> String {
-    no_panic(&out, what);
-    assert!(
-        out.status.success(),
-        "{what}: exit {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
-}
-
-/// Runs a command that must fail with exit `code`; returns its stderr.
-fn fails(out: Output, code: i32, what: &str) -> String {
-    no_panic(&out, what);
-    assert_eq!(out.status.code(), Some(code), "{what}\nstdout: {}\nstderr: {}", text(&out.stdout), text(&out.stderr));
-    text(&out.stderr)
-}
-
-fn json(s: &str) -> serde_json::Value {
-    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
 }
 
 fn sha256_hex(data: impl Read) -> String {

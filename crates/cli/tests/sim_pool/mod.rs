@@ -25,9 +25,14 @@ pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// Fails on a panic message whatever the exit code: no input may make the binary panic.
+pub fn no_panic(out: &Output, what: &str) {
+    assert!(!text(&out.stderr).contains("panicked"), "{what} panicked:\n{}", text(&out.stderr));
+}
+
 /// The command's stdout; fails the test on a non-zero exit or a panic.
 pub fn ok(out: Output, what: &str) -> String {
-    assert!(!text(&out.stderr).contains("panicked"), "{what} panicked:\n{}", text(&out.stderr));
+    no_panic(&out, what);
     assert!(
         out.status.success(),
         "{what}: exit {:?}\nstdout: {}\nstderr: {}",
@@ -40,7 +45,7 @@ pub fn ok(out: Output, what: &str) -> String {
 
 /// The stderr of a command that must exit with `code` (and not panic).
 pub fn fails(out: Output, code: i32, what: &str) -> String {
-    assert!(!text(&out.stderr).contains("panicked"), "{what} panicked:\n{}", text(&out.stderr));
+    no_panic(&out, what);
     assert_eq!(out.status.code(), Some(code), "{what}\nstdout: {}\nstderr: {}", text(&out.stdout), text(&out.stderr));
     text(&out.stderr)
 }
