@@ -5,7 +5,8 @@
 // restore over the original has something to put back. Steps: verify the repository now;
 // export disk 0 as raw (bytes equal to the disk backed up) and qcow2 (qemu-img compare);
 // instant access to disk 0 read by qemu-img from the connection string shown, then stopped;
-// the VM restored as a new one with its network mapped; a disk restored to a new VDI; the
+// the VM restored as a new one with its network mapped; a disk restored to a new VDI and
+// again over it (differential: nothing written); the
 // VM restored over the original (refused without the confirmation, next to it, then
 // differential); last, the Rust side damages a pack and verify now names the damage.
 // stdout "new-vm UUID" names the VM restored as new for the Rust side; after "damage-a-pack"
@@ -134,6 +135,17 @@ async function restores(page) {
   const disk = await restoreSucceeds(diskForm, 'Restore the disk');
   expect(disk.created && disk.name_label === 'data disk back' && disk.vdi_uuid, `a new VDI: ${JSON.stringify(disk)}`);
   await shot(page, 'disk-restored');
+  // And back over that new disk, differential: it holds the same data, so nothing is written.
+  await page.reload();
+  await diskForm.getByLabel('Disk', { exact: true }).selectOption('1');
+  await diskForm.getByLabel('Over an existing disk (its content is replaced)').check();
+  const vdi = diskForm.getByLabel('Disk to overwrite');
+  await vdi.selectOption(await vdi.locator('option', { hasText: 'data disk back' }).getAttribute('value'));
+  await diskForm.getByLabel('I understand: this disk\'s content is replaced').check();
+  await diskForm.getByLabel('Differential: write only the blocks that differ').check();
+  const again = await restoreSucceeds(diskForm, 'Restore the disk');
+  expect(!again.created && again.vdi_uuid === disk.vdi_uuid && again.bytes_written === 0,
+    `over the same data nothing is written: ${JSON.stringify(again)}`);
 
   // Over the original: the page warns, the API refuses without the confirmation (shown
   // next to it), then a differential restore writes back only what changed.

@@ -13,7 +13,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use common::{ADMIN_PASSWORD, TestServer, start};
+use common::{ADMIN_PASSWORD, TestServer, assert_error, start};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use xenvault_catalog::{Catalog, LogLevel, Role};
@@ -332,6 +332,16 @@ async fn an_operator_verifies_exports_serves_and_restores_from_the_restore_page(
         let added = bench.server.with_token(reqwest::Method::POST, path, &admin).json(&body).send().await.unwrap();
         assert_eq!(added.status(), reqwest::StatusCode::CREATED, "{path}: {}", added.text().await.unwrap());
     }
+    // The routes the page adds: nothing verified yet, verify is not for read-only users,
+    // and the pool's targets name the network the script maps to.
+    let verify = "/api/repositories/local/verify";
+    let never = bench.server.with_token(reqwest::Method::GET, verify, &admin).send().await.unwrap();
+    assert_error(never, reqwest::StatusCode::NOT_FOUND, "never_verified").await;
+    let read_only = bench.server.token("read-only").await;
+    let refused = bench.server.with_token(reqwest::Method::POST, verify, &read_only).send().await.unwrap();
+    assert_eq!(refused.status(), reqwest::StatusCode::FORBIDDEN);
+    let targets = bench.server.get_json("/api/pools/sim/targets", &read_only).await;
+    assert!(targets["networks"].as_array().unwrap().iter().any(|n| n["name"] == "NBD network"), "{targets}");
     // The disk as backed up; then written over, so the restore over the original has work.
     let host = bench.sim_host().await;
     let (root, backed_up) = root_disk_sha256(&host).await;
@@ -367,9 +377,9 @@ async fn an_operator_verifies_exports_serves_and_restores_from_the_restore_page(
     let network = host.call("VIF.get_network", vec![vif]).await.unwrap();
     assert_eq!(network.as_str(), Some(by_name(&host, "network", "NBD network").await.as_str()));
     // The last verify's result is kept: the damage.
-    let verify = bench.server.get_json("/api/repositories/local/verify", &admin).await;
-    assert_eq!(verify["status"], "damaged", "{verify}");
-    assert!(verify["bad_chunks"].as_u64().unwrap() > 0, "{verify}");
+    let last = bench.server.get_json(verify, &admin).await;
+    assert_eq!(last["status"], "damaged", "{last}");
+    assert!(last["bad_chunks"].as_u64().unwrap() > 0, "{last}");
     host.logout().await;
     bench.server.server.shutdown().await;
 }
