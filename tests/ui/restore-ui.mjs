@@ -90,8 +90,14 @@ async function exports(page) {
 
 async function instantAccess(page) {
   const section = page.locator('section', { has: page.getByRole('heading', { name: 'Instant access over NBD' }) });
-  await section.getByLabel('Disk').selectOption('0');
-  await section.getByRole('button', { name: 'Start instant access' }).click();
+  // Keyboard only: the disk, Tab past TLS to the button, Enter.
+  await section.getByLabel('Disk').focus();
+  await page.keyboard.press('Home');
+  await page.keyboard.press('Tab');
+  await page.keyboard.press('Tab');
+  expect(await section.getByRole('button', { name: 'Start instant access' }).evaluate((b) => b === document.activeElement),
+    'Tab reaches Start instant access');
+  await page.keyboard.press('Enter');
   const served = section.locator('li[data-instant]');
   await served.waitFor();
   const address = (await served.locator('code.connection').textContent()).trim();
