@@ -72,6 +72,10 @@ async fn schemathesis_finds_no_server_error_and_no_schema_violation() {
         .args(["--phases", "examples,coverage,fuzzing"])
         .args(["--max-examples", "10", "--max-time", "90", "--seed", "13", "--workers", "2"])
         .args(["--request-timeout", "10", "--generation-database", "none", "--no-color"])
+        // A connection dropped at the TLS layer (seen once in a fresh-clone CI run: "EOF
+        // occurred in violation of protocol" on one request, not reproduced) is tried
+        // again; a 5xx or a schema violation is an answer, which no retry hides.
+        .args(["--request-retries", "2"])
         .env("SCHEMATHESIS_HOOKS", "hooks")
         .env("PYTHONPATH", work.path())
         .env("OWN_TOKEN_ID", &own_token_id)
