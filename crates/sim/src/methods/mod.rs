@@ -125,6 +125,7 @@ const SPECIFIC: &[(&str, &[&str])] = &[
             "clean_reboot",
             "hard_reboot",
             "provision",
+            "revert",
         ],
     ),
     (
@@ -149,7 +150,17 @@ const SPECIFIC: &[(&str, &[&str])] = &[
     ("task", &["create", "cancel", "destroy", "set_status", "set_progress", "set_result", "set_error_info"]),
     (
         "sim",
-        &["write", "scribble", "sha256", "inject_fault", "clear_faults", "set_cut", "set_latency", "set_bandwidth"],
+        &[
+            "write",
+            "scribble",
+            "sha256",
+            "inject_fault",
+            "clear_faults",
+            "set_cut",
+            "set_latency",
+            "set_bandwidth",
+            "crash_on_boot",
+        ],
     ),
 ];
 
@@ -192,6 +203,7 @@ async fn dispatch(sim: &SharedSim, method: &str, params: Vec<Value>) -> ApiResul
     }
     match class {
         "VDI" if name == "data_destroy" => vdi::data_destroy(sim, &args).await,
+        "VM" if crate::boot::BOOTS.contains(&name) => crate::boot::start(sim, name, &args).await,
         _ => sim.with(|st| {
             let specific = match class {
                 "VM" => vm::call(st, name, &args, &sim.runtime),

@@ -1,5 +1,6 @@
-//! `VM.*`: snapshot (and with quiesce), clone, copy, create, destroy and the power
-//! state machine, with xapi's `VM_BAD_POWER_STATE` on a wrong state.
+//! `VM.*`: snapshot (and with quiesce), clone, copy, create, destroy, revert and the power
+//! state machine, with xapi's `VM_BAD_POWER_STATE` on a wrong state and
+//! `OPERATION_BLOCKED` on an operation named in `blocked_operations`.
 
 use super::{Args, devices, vdi};
 use crate::db::{NULL_REF, Record, empty_map, epoch_date, new_ref, new_uuid, now_date, string_list};
@@ -61,6 +62,11 @@ pub fn call(st: &mut State, name: &str, args: &Args, rt: &Runtime) -> Option<Api
         "create" => (|| {
             args.expect(2)?;
             create(st, args.map(1)?).map(Value::from)
+        })(),
+        "revert" => (|| {
+            args.expect(2)?;
+            let snapshot = args.reference(st, 1, "VM")?;
+            revert(st, &snapshot).map(|()| Value::from(""))
         })(),
         "start" | "start_on" | "resume" | "resume_on" | "unpause" | "shutdown" | "clean_shutdown" | "hard_shutdown"
         | "suspend" | "pause" | "clean_reboot" | "hard_reboot" => power(st, name, args),
@@ -124,6 +130,11 @@ fn power(st: &mut State, name: &str, args: &Args) -> ApiResult<Value> {
     if rec.get("is_a_template").and_then(Value::as_bool) == Some(true) {
         return Err(ApiError::new("VM_IS_TEMPLATE", [vm.as_str(), name]));
     }
+    // xapi checks the user's blocks first (Xapi_vm_lifecycle.check_operation_error).
+    if let Some(reason) = rec.get("blocked_operations").and_then(Value::as_struct).and_then(|b| b.get(name)) {
+        let reason = reason.as_str().unwrap_or_default();
+        return Err(ApiError::new("OPERATION_BLOCKED", [vm.as_str(), reason]));
+    }
     let state = power_state(st, &vm)?;
     // Allowed states in xapi's order (Xapi_vm_lifecycle.allowed_power_states).
     let (from, to): (&[&str], &str) = match name {
@@ -140,15 +151,30 @@ fn power(st: &mut State, name: &str, args: &Args) -> ApiResult<Value> {
     if name.starts_with("clean_") {
         check_cooperative(st, &vm)?;
     }
-    let to = if name.ends_with("reboot") { "Running" } else { to };
     let host = if name.ends_with("_on") { args.reference(st, 4, "host")? } else { super::session::master_host(st) };
-    set_power(st, &vm, to, &host)?;
+    if name.ends_with("reboot") {
+        // The old domain goes and a new one boots (new domid, guest agent reporting again).
+        set_power(st, &vm, "Halted", &host)?;
+        set_power(st, &vm, "Running", &host)?;
+    } else {
+        set_power(st, &vm, to, &host)?;
+    }
     Ok(Value::from(""))
 }
 
-/// Moves a VM to `state`, updating residency and device attachment.
+/// Moves a VM to `state`, updating residency and device attachment. A VM that comes up
+/// gets a new domain (domid, `VM_metrics.start_time`); one that goes down loses its
+/// domain and its guest metrics, as xapi's `force_state_reset` does.
 pub fn set_power(st: &mut State, vm: &str, state: &str, host: &str) -> ApiResult<()> {
     let running = state == "Running" || state == "Paused";
+    let domid = match st.db.field("VM", vm, "domid")?.as_i64() {
+        Some(domid) if running && domid >= 0 => domid,
+        _ if running => crate::boot::new_domain(st, vm)?,
+        _ => {
+            crate::boot::forget_guest_metrics(st, vm)?;
+            -1
+        }
+    };
     let old_host = st.db.str_field("VM", vm, "resident_on")?;
     if st.db.exists("host", &old_host) {
         st.db.remove_from_set("host", &old_host, "resident_VMs", vm)?;
@@ -160,7 +186,7 @@ pub fn set_power(st: &mut State, vm: &str, state: &str, host: &str) -> ApiResult
     st.db.update("VM", vm, |r| {
         r.insert("power_state".into(), Value::from(state));
         r.insert("resident_on".into(), Value::from(resident));
-        r.insert("domid".into(), Value::Int(if running { 1 } else { -1 }));
+        r.insert("domid".into(), Value::Int(domid));
     })?;
     for class in ["VBD", "VIF"] {
         for device in st.db.refs_field("VM", vm, &format!("{class}s"))? {
@@ -330,6 +356,85 @@ fn create(st: &mut State, spec: &BTreeMap<String, Value>) -> ApiResult<String> {
     let reference = new_ref();
     st.db.insert("VM", reference.clone(), rec);
     Ok(reference)
+}
+
+/// Fields `VM.revert` leaves as they are on the VM (xapi's `do_not_copy`, and what makes
+/// the snapshot a snapshot: xapi copies the VM's record kept at snapshot time instead).
+const NOT_REVERTED: &[&str] = &[
+    "uuid",
+    "name_label",
+    "name_description",
+    "power_state",
+    "parent",
+    "children",
+    "current_operations",
+    "allowed_operations",
+    "metrics",
+    "guest_metrics",
+    "resident_on",
+    "domid",
+    "snapshots",
+    "tags",
+    "consoles",
+    "VBDs",
+    "VIFs",
+    "suspend_VDI",
+    "is_a_snapshot",
+    "is_a_template",
+    "snapshot_of",
+    "snapshot_time",
+    "snapshot_info",
+];
+
+/// `VM.revert(snapshot)`: the VM the snapshot is of gets its disks back as clones of the
+/// snapshot's VDIs (xapi's way on SRs without `VDI.revert`: the disks' refs and uuids
+/// change), its VIFs and fields as they were, and the snapshot as parent. Its own disks
+/// that the snapshot has copies of are destroyed; the others are left unattached.
+fn revert(st: &mut State, snapshot: &str) -> ApiResult<()> {
+    let snap = st.db.get("VM", snapshot)?.clone();
+    let vm = snap.get("snapshot_of").and_then(Value::as_str).unwrap_or(NULL_REF).to_owned();
+    if snap.get("is_a_snapshot").and_then(Value::as_bool) != Some(true) || !st.db.exists("VM", &vm) {
+        return Err(ApiError::new("VM_REVERT_FAILED", [snapshot, vm.as_str()]));
+    }
+    require_state(&vm, &power_state(st, &vm)?, &["Halted", "Suspended"])?;
+    let snap_vbds = snap.get("VBDs").map(string_list).unwrap_or_default();
+    let copied: Vec<String> = snap_vbds
+        .iter()
+        .filter_map(|vbd| st.db.str_field("VBD", vbd, "VDI").ok())
+        .filter_map(|vdi| st.db.str_field("VDI", &vdi, "snapshot_of").ok())
+        .collect();
+    let current = st.db.get("VM", &vm)?.clone();
+    for vbd in current.get("VBDs").map(string_list).unwrap_or_default() {
+        let vdi = st.db.str_field("VBD", &vbd, "VDI")?;
+        devices::remove_vbd(st, &vbd)?;
+        if copied.contains(&vdi) {
+            vdi::destroy(st, &vdi)?;
+        }
+    }
+    for vif in current.get("VIFs").map(string_list).unwrap_or_default() {
+        devices::remove_vif(st, &vif)?;
+    }
+    for vbd in snap_vbds {
+        let mut spec = st.db.get("VBD", &vbd)?.clone();
+        let old_vdi = spec.get("VDI").and_then(Value::as_str).unwrap_or(NULL_REF).to_owned();
+        let new_vdi = if st.db.exists("VDI", &old_vdi) { vdi::clone(st, &old_vdi)? } else { NULL_REF.to_owned() };
+        spec.insert("VM".into(), Value::from(vm.as_str()));
+        spec.insert("VDI".into(), Value::from(new_vdi.as_str()));
+        spec.insert("empty".into(), Value::Bool(new_vdi == NULL_REF));
+        devices::create_vbd(st, &spec)?;
+    }
+    for vif in snap.get("VIFs").map(string_list).unwrap_or_default() {
+        let mut spec = st.db.get("VIF", &vif)?.clone();
+        spec.insert("VM".into(), Value::from(vm.as_str()));
+        devices::create_vif(st, &spec)?;
+    }
+    st.db.update("VM", &vm, |r| {
+        for (k, v) in snap.iter().filter(|(k, _)| !NOT_REVERTED.contains(&k.as_str())) {
+            r.insert(k.clone(), v.clone());
+        }
+        r.insert("parent".into(), Value::from(snapshot));
+    })?;
+    set_power(st, &vm, "Halted", NULL_REF)
 }
 
 /// `VM.clone` for the seed: a halted copy sharing the disks.
