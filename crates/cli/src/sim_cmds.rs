@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use xenvault_sim::client::SimClient;
-use xenvault_sim::{CallFault, DEFAULT_PASSWORD, DemoDisks, Faults, SimConfig, Simulator};
+use xenvault_sim::{BootCrash, CallFault, DEFAULT_PASSWORD, DemoDisks, Faults, SimConfig, Simulator};
 
 #[derive(Subcommand)]
 pub enum Commands {
@@ -104,6 +104,12 @@ pub struct ServeArgs {
     /// Answer VM.snapshot_with_quiesce with MESSAGE_REMOVED, like xapi 24 and later.
     #[arg(long)]
     quiesce_removed: bool,
+    /// Crash VMs (name glob or uuid) this many seconds after each start: VM=SECONDS. Repeatable.
+    #[arg(long = "crash-on-boot", value_parser = BootCrash::parse)]
+    crash_on_boot: Vec<BootCrash>,
+    /// How long after a start the guest agent of a VM with guest tools reports, in milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    guest_agent_delay_ms: u64,
 }
 
 pub async fn run(cmd: Commands) -> anyhow::Result<ExitCode> {
@@ -170,7 +176,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         cut_nbd_after: args.cut_nbd_after,
         latency_ms: args.latency_ms,
         bandwidth: args.bandwidth,
+        boot_crashes: args.crash_on_boot,
     };
+    config.guest_agent_delay = std::time::Duration::from_millis(args.guest_agent_delay_ms);
     let handle = Simulator::start(config).await.context("starting the simulator")?;
     println!("listening on {}", handle.url);
     std::io::stdout().flush().ok();

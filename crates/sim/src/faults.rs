@@ -36,6 +36,30 @@ pub enum Transfer {
     Nbd,
 }
 
+/// VMs (name glob, e.g. `web*`, or uuid) whose domain crashes `after_secs` seconds
+/// after every start, before or after the guest agent reports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BootCrash {
+    pub vm: String,
+    pub after_secs: u64,
+}
+
+impl BootCrash {
+    /// Parses `VM=SECONDS` (the `--crash-on-boot` flag).
+    pub fn parse(spec: &str) -> Result<Self, String> {
+        let (vm, secs) = spec.rsplit_once('=').ok_or_else(|| format!("{spec:?}: expected VM=SECONDS"))?;
+        let after_secs = secs.parse().map_err(|_| format!("{spec:?}: bad number of seconds {secs:?}"))?;
+        if vm.is_empty() {
+            return Err(format!("{spec:?}: empty VM name"));
+        }
+        Ok(BootCrash { vm: vm.to_owned(), after_secs })
+    }
+
+    fn matches(&self, name_label: &str, uuid: &str) -> bool {
+        self.vm == uuid || xenvault_fsread::glob_match(&self.vm, name_label)
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Faults {
     pub calls: Vec<CallFault>,
@@ -47,6 +71,9 @@ pub struct Faults {
     pub latency_ms: u64,
     /// Caps transfer speed (HTTP and NBD), bytes per second.
     pub bandwidth: Option<u64>,
+    /// VMs that crash after they start.
+    #[serde(default)]
+    pub boot_crashes: Vec<BootCrash>,
 }
 
 impl Faults {
@@ -62,6 +89,12 @@ impl Faults {
             }
         }
         Some(error)
+    }
+
+    /// How long after a start the VM `name_label` (`uuid`) crashes, if a fault says so.
+    pub fn boot_crash(&self, name_label: &str, uuid: &str) -> Option<Duration> {
+        let fault = self.boot_crashes.iter().find(|f| f.matches(name_label, uuid))?;
+        Some(Duration::from_secs(fault.after_secs))
     }
 
     pub fn cut_after(&self, transfer: Transfer) -> Option<u64> {
@@ -92,5 +125,19 @@ mod tests {
         assert!(faults.take_call_fault("vm.snapshot").is_some());
         assert!(faults.take_call_fault("VM.snapshot").is_none());
         assert!(CallFault::parse("nothing").is_err());
+    }
+
+    #[test]
+    fn boot_crashes_match_a_name_glob_or_uuid() {
+        let faults = Faults {
+            boot_crashes: vec![BootCrash::parse("debian-*=3").unwrap(), BootCrash::parse("1234-abcd=0").unwrap()],
+            ..Faults::default()
+        };
+        assert_eq!(faults.boot_crash("debian-web restored", "x"), Some(Duration::from_secs(3)));
+        assert_eq!(faults.boot_crash("win-fileserver", "1234-abcd"), Some(Duration::ZERO));
+        assert_eq!(faults.boot_crash("win-fileserver", "x"), None);
+        for bad in ["vm", "=3", "vm=soon"] {
+            assert!(BootCrash::parse(bad).is_err(), "{bad}");
+        }
     }
 }

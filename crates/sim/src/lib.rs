@@ -8,7 +8,13 @@
 //! write_size, seed)`, `sim.sha256(session, vdi)`, `sim.inject_fault(session,
 //! method, code, [params], times)`, `sim.clear_faults(session)`,
 //! `sim.set_cut(session, "http"|"nbd", bytes)`, `sim.set_latency(session, ms)`,
-//! `sim.set_bandwidth(session, bytes_per_second)` (`""` clears a limit).
+//! `sim.set_bandwidth(session, bytes_per_second)` (`""` clears a limit),
+//! `sim.crash_on_boot(session, vm_name_glob_or_uuid, seconds)`.
+//!
+//! Boots: `VM.start` (and reboots) give the VM a new domain (`domid`,
+//! `VM_metrics.start_time`); when its boot disk's file system carries xe-guest-utilities the
+//! guest agent reports after [`SimConfig::guest_agent_delay`] (`VM_guest_metrics` with the
+//! disk's `/etc/os-release`); a halted VM loses its guest metrics, as in xapi.
 //!
 //! The demo pool: hosts `xenvault-sim-1` (master, the listen address) and
 //! `xenvault-sim-2` (127.0.0.2 when listening on 127.0.0.1: transfers of its local
@@ -21,6 +27,7 @@
 //! [`DemoDisks::Fixtures`] the disks hold xenvault-fixtures' file systems and
 //! their manifests stay in `STATE_DIR/fixtures/*.manifest.json`.
 
+mod boot;
 mod cbt;
 pub mod client;
 mod datamodel;
@@ -42,12 +49,13 @@ mod tls;
 mod wire;
 
 pub use error::ApiError;
-pub use faults::{CallFault, Faults};
+pub use faults::{BootCrash, CallFault, Faults};
 pub use seed::DemoDisks;
 pub use server::{SimError, SimHandle, Simulator};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// How to run a simulator.
 #[derive(Debug, Clone)]
@@ -68,6 +76,9 @@ pub struct SimConfig {
     pub faults: Faults,
     /// Answer `VM.snapshot_with_quiesce` with `MESSAGE_REMOVED`, as xapi ≥ 24 does.
     pub quiesce_removed: bool,
+    /// How long after a start the guest agent of a VM whose boot disk carries guest tools
+    /// reports (guest metrics appear).
+    pub guest_agent_delay: Duration,
     /// Halted VMs `fleet-0001`... (tag `fleet`) cloned from the template on first start:
     /// a large pool whose disks share the template's data.
     pub fleet_vms: usize,
@@ -87,6 +98,7 @@ impl SimConfig {
             faults: Faults::default(),
             quiesce_removed: false,
             fleet_vms: 0,
+            guest_agent_delay: Duration::from_millis(500),
         }
     }
 }

@@ -109,9 +109,18 @@ impl Simulator {
             nbd_port,
             plain_http: config.plain_http,
             quiesce_removed: config.quiesce_removed,
+            guest_agent_delay: config.guest_agent_delay,
         };
-        let state =
-            State { db, storage, cbt, faults: config.faults.clone(), subscriptions: Default::default(), dirty: fresh };
+        let mut state = State {
+            db,
+            storage,
+            cbt,
+            faults: config.faults.clone(),
+            subscriptions: Default::default(),
+            dirty: fresh,
+            last_domid: 0,
+        };
+        state.last_domid = crate::boot::highest_domid(&state);
         let sim = Sim::new(state, runtime);
         if fresh {
             let host_ip = if addr.ip().is_unspecified() { "127.0.0.1".to_owned() } else { addr.ip().to_string() };

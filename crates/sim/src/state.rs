@@ -22,6 +22,8 @@ pub struct State {
     pub subscriptions: HashMap<String, Subscription>,
     /// Set by changes worth persisting; cleared once saved.
     pub dirty: bool,
+    /// The last domid given to a domain (each start gets the next, as on a Xen host).
+    pub last_domid: i64,
 }
 
 /// Fixed facts about the running simulator.
@@ -36,6 +38,8 @@ pub struct Runtime {
     pub plain_http: bool,
     /// xapi ≥ 24 (Quebec) removed `VM.snapshot_with_quiesce`: answer `MESSAGE_REMOVED`.
     pub quiesce_removed: bool,
+    /// How long a booting guest's agent takes to report.
+    pub guest_agent_delay: Duration,
 }
 
 pub struct Sim {

@@ -3,7 +3,7 @@
 
 use super::Args;
 use crate::error::{ApiError, ApiResult};
-use crate::faults::CallFault;
+use crate::faults::{BootCrash, CallFault};
 use crate::state::{SharedSim, State};
 use base64::Engine;
 use sha2::{Digest, Sha256};
@@ -64,6 +64,13 @@ pub async fn call(sim: &SharedSim, name: &str, args: &Args<'_>) -> ApiResult<Val
                 times,
             };
             sim.lock().faults.calls.push(fault);
+            Ok(Value::from(""))
+        }
+        "crash_on_boot" => {
+            // (session, VM name glob or uuid, seconds after each start)
+            args.expect(3)?;
+            let fault = BootCrash { vm: args.str(1)?.to_owned(), after_secs: u64_arg(args, 2)? };
+            sim.lock().faults.boot_crashes.push(fault);
             Ok(Value::from(""))
         }
         "clear_faults" => {
