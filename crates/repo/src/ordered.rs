@@ -264,26 +264,33 @@ async fn load(repo: &Repository, disk: &DiskRecord, read: Read) -> Result<Vec<Sl
     let chunks: Vec<(usize, ChunkId, Range<usize>)> =
         read.slots.iter().enumerate().filter_map(|(i, s)| s.clone().map(|(id, r)| (i, id, r))).collect();
     let per_job = (OPEN_JOB_BYTES / disk.chunk_size.max(1) as u64).max(1) as usize;
+    let chunk_size = disk.chunk_size as usize;
     let jobs = chunks.chunks(per_job).map(|job| {
         let (job, sealed, opener) = (job.to_vec(), sealed.clone(), repo.chunk_opener());
         tokio::task::spawn_blocking(move || {
-            let mut last: Option<(ChunkId, Bytes)> = None;
-            let mut out = Vec::with_capacity(job.len());
+            // One buffer for the job's chunks, decompressed straight into it; the slots are
+            // slices of it.
+            let mut plain = Vec::with_capacity(job.len() * chunk_size);
+            let mut spans: Vec<(usize, Range<usize>)> = Vec::with_capacity(job.len());
+            let mut last: Option<(ChunkId, Range<usize>)> = None;
             for (i, id, range) in job {
                 // A chunk repeated in a row (a pattern-filled disk) is opened once.
-                let plain = match &last {
-                    Some((seen, plain)) if *seen == id => plain.clone(),
+                let span = match &last {
+                    Some((seen, span)) if *seen == id => span.clone(),
                     _ => {
                         let part = sealed
                             .get(range)
                             .ok_or_else(|| Error::corrupt(format!("chunk {id}"), "outside its read"))?;
-                        Bytes::from(opener.open(&id, part)?)
+                        let start = plain.len();
+                        opener.open_into(&id, part, &mut plain)?;
+                        start..plain.len()
                     }
                 };
-                last = Some((id, plain.clone()));
-                out.push((i, plain));
+                last = Some((id, span.clone()));
+                spans.push((i, span));
             }
-            Ok::<_, Error>(out)
+            let plain = Bytes::from(plain);
+            Ok::<_, Error>(spans.into_iter().map(|(i, span)| (i, plain.slice(span))).collect::<Vec<_>>())
         })
     });
     let opened = futures::future::try_join_all(jobs).await?;

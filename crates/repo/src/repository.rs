@@ -669,16 +669,25 @@ pub(crate) struct ChunkOpener {
 impl ChunkOpener {
     /// Decrypts (authenticating), decompresses and re-hashes the sealed chunk `id`.
     pub(crate) fn open(&self, id: &ChunkId, sealed: &[u8]) -> Result<Vec<u8>> {
-        let plain = self.crypto.open(&chunk_aad(id), sealed, self.max_len).map_err(|e| match e {
+        let mut plain = Vec::new();
+        self.open_into(id, sealed, &mut plain)?;
+        Ok(plain)
+    }
+
+    /// [`Self::open`] appending the plaintext to `out` (decompressed straight into it).
+    pub(crate) fn open_into(&self, id: &ChunkId, sealed: &[u8], out: &mut Vec<u8>) -> Result<()> {
+        let start = out.len();
+        self.crypto.open_into(&chunk_aad(id), sealed, self.max_len, out).map_err(|e| match e {
             // The aad is binary: name the chunk by its hex id instead.
             Error::Corrupt { reason, .. } => Error::corrupt(format!("chunk {id}"), reason),
             other => other,
         })?;
         // Decryption authenticates; re-hashing also catches an unencrypted repository's damage.
-        if self.crypto.chunk_id(&plain) != *id {
+        if self.crypto.chunk_id(&out[start..]) != *id {
+            out.truncate(start);
             return Err(Error::corrupt(format!("chunk {id}"), "content does not match its id"));
         }
-        Ok(plain)
+        Ok(())
     }
 }
 

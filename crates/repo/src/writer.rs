@@ -37,6 +37,8 @@ struct Packer {
     state: Mutex<PackerState>,
     permits: Arc<Semaphore>,
     uploads: tokio::sync::Mutex<JoinSet<Result<()>>>,
+    /// Read buffers of finished chunks, and of chunks that arrive by `write`.
+    buffers: BufferPool,
 }
 
 struct PackerState {
@@ -53,6 +55,7 @@ impl Packer {
             state: Mutex::new(PackerState { current: None, pending: HashSet::new() }),
             permits: Arc::new(Semaphore::new(UPLOADS_IN_FLIGHT)),
             uploads: tokio::sync::Mutex::new(JoinSet::new()),
+            buffers: BufferPool::default(),
         }
     }
 
@@ -65,26 +68,41 @@ impl Packer {
         self.state().pending.contains(id) || self.repo.has_usable_chunk(id)
     }
 
-    /// Adds a sealed chunk; false when another worker stored the same id meanwhile.
-    async fn add(self: &Arc<Self>, id: ChunkId, sealed: &[u8], raw_len: u32) -> Result<bool> {
-        let pack_size = self.repo.config().pack_size as usize;
-        let full = {
-            let mut st = self.state();
-            if st.pending.contains(&id) || self.repo.has_usable_chunk(&id) {
-                return Ok(false);
-            }
-            st.pending.insert(id);
-            let current = match st.current.as_mut() {
-                Some(c) => c,
-                None => st.current.insert(PackBuilder::new(pack_size + pack_size / 8)?),
-            };
-            current.add(id, sealed, raw_len);
-            if current.len() >= pack_size { st.current.take() } else { None }
-        };
-        if let Some(pack) = full {
-            self.upload(pack).await?;
+    /// Claims `id` for the caller to store; false when it needs no storing (stored, or
+    /// claimed by another worker). Claiming before sealing means a chunk met twice at
+    /// once is compressed once.
+    fn claim(&self, id: ChunkId) -> bool {
+        let mut st = self.state();
+        if st.pending.contains(&id) || self.repo.has_usable_chunk(&id) {
+            return false;
         }
-        Ok(true)
+        st.pending.insert(id);
+        true
+    }
+
+    /// Appends a claimed chunk's sealed blob to the current pack; returns the pack when
+    /// that filled it (the caller uploads it). A copy of compressed bytes, under the lock.
+    fn append(&self, id: ChunkId, sealed: &[u8], raw_len: u32) -> Result<Option<PackBuilder>> {
+        let pack_size = self.repo.config().pack_size as usize;
+        let mut st = self.state();
+        let current = match st.current.as_mut() {
+            Some(c) => c,
+            None => st.current.insert(PackBuilder::new(pack_size + pack_size / 8)?),
+        };
+        current.add(id, sealed, raw_len);
+        Ok(if current.len() >= pack_size { st.current.take() } else { None })
+    }
+
+    /// Seals and stores the whole object `content` with id `id` unless it is known.
+    async fn add(self: &Arc<Self>, id: ChunkId, content: &[u8]) -> Result<()> {
+        if !self.claim(id) {
+            return Ok(());
+        }
+        let sealed = self.repo.crypto().seal_at(&chunk_aad(&id), content, Some(self.zstd_level))?;
+        if let Some(full) = self.append(id, &sealed, content.len() as u32)? {
+            self.upload(full).await?;
+        }
+        Ok(())
     }
 
     async fn upload(self: &Arc<Self>, pack: PackBuilder) -> Result<()> {
@@ -129,8 +147,9 @@ impl Packer {
     }
 }
 
-/// The zstd levels a backup session may write at.
-pub const ZSTD_LEVELS: std::ops::RangeInclusive<i32> = 1..=22;
+/// The zstd levels a backup session may write at: the negative ones are zstd's fast
+/// levels (`zstd --fast=N`), for backups bound by the CPU; 0 is zstd's default, 3.
+pub const ZSTD_LEVELS: std::ops::RangeInclusive<i32> = -7..=22;
 
 /// One restore point being written. Create disk writers, finish them, then `commit`.
 pub struct BackupSession {
@@ -325,7 +344,11 @@ enum JobInput {
 enum Outcome {
     Zero,
     Known,
-    New { sealed: Vec<u8> },
+    /// Stored as `stored` sealed bytes; `full` is the pack this chunk filled.
+    New {
+        stored: u64,
+        full: Option<PackBuilder>,
+    },
 }
 
 struct JobResult {
@@ -419,6 +442,10 @@ impl DiskWriter {
             let slot = self.cursor / self.chunk_size;
             let want = (self.chunk_len(slot) as usize) - self.partial.len();
             let (head, rest) = data.split_at(want.min(data.len()));
+            if self.partial.is_empty() {
+                self.partial = self.packer.buffers.take(0);
+                self.partial.reserve_exact(want);
+            }
             self.partial.extend_from_slice(head);
             data = rest;
             if self.partial.len() == self.chunk_len(slot) as usize {
@@ -531,13 +558,12 @@ impl DiskWriter {
         match r.outcome {
             Outcome::Zero => self.stats.bytes_zero += r.len,
             Outcome::Known => self.stats.chunks_reused += 1,
-            Outcome::New { sealed } => {
-                if self.packer.add(r.id, &sealed, r.len as u32).await? {
-                    self.stats.chunks_new += 1;
-                    self.stats.bytes_new += r.len;
-                    self.stats.bytes_stored += sealed.len() as u64;
-                } else {
-                    self.stats.chunks_reused += 1;
+            Outcome::New { stored, full } => {
+                self.stats.chunks_new += 1;
+                self.stats.bytes_new += r.len;
+                self.stats.bytes_stored += stored;
+                if let Some(pack) = full {
+                    self.packer.upload(pack).await?;
                 }
             }
         }
@@ -613,12 +639,8 @@ impl DiskWriter {
             return Ok(ChunkId::ZERO);
         }
         let content: Vec<u8> = ids.iter().flat_map(|id| id.0).collect();
-        let crypto = self.repo.crypto();
-        let id = crypto.chunk_id(&content);
-        if !self.packer.known(&id) {
-            let sealed = crypto.seal_at(&chunk_aad(&id), &content, Some(self.packer.zstd_level))?;
-            self.packer.add(id, &sealed, content.len() as u32).await?;
-        }
+        let id = self.repo.crypto().chunk_id(&content);
+        self.packer.add(id, &content).await?;
         Ok(id)
     }
 
@@ -669,7 +691,13 @@ impl DiskWriter {
     }
 }
 
-/// Worker side: read, detect zeros, hash, skip known chunks, compress and encrypt.
+thread_local! {
+    // Each worker thread seals into its own buffer, reused from chunk to chunk.
+    static SEALED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Worker side: read, detect zeros, hash, skip known chunks, compress and encrypt, append
+/// to the pack.
 fn process_chunk(packer: &Packer, slot: u64, len: u64, input: JobInput) -> Result<JobResult> {
     let data = match input {
         JobInput::Data(d) if d.is_empty() => {
@@ -678,21 +706,62 @@ fn process_chunk(packer: &Packer, slot: u64, len: u64, input: JobInput) -> Resul
         JobInput::Data(d) => d,
         JobInput::Known(id) => return Ok(JobResult { slot, len, id, outcome: Outcome::Known }),
         JobInput::Source { source, offset, len } => {
-            let mut buf = vec![0u8; len];
-            source.read_at(offset, &mut buf)?;
+            let mut buf = packer.buffers.take(len);
+            if let Err(e) = source.read_at(offset, &mut buf) {
+                packer.buffers.give(buf);
+                return Err(e);
+            }
             buf
         }
     };
-    if is_zero(&data) {
+    let result = store_chunk(packer, slot, len, &data);
+    packer.buffers.give(data);
+    result
+}
+
+fn store_chunk(packer: &Packer, slot: u64, len: u64, data: &[u8]) -> Result<JobResult> {
+    if is_zero(data) {
         return Ok(JobResult { slot, len, id: ChunkId::ZERO, outcome: Outcome::Zero });
     }
     let crypto = packer.repo.crypto();
-    let id = crypto.chunk_id(&data);
-    if packer.known(&id) {
+    let id = crypto.chunk_id(data);
+    if !packer.claim(id) {
         return Ok(JobResult { slot, len, id, outcome: Outcome::Known });
     }
-    let sealed = crypto.seal_at(&chunk_aad(&id), &data, Some(packer.zstd_level))?;
-    Ok(JobResult { slot, len, id, outcome: Outcome::New { sealed } })
+    SEALED.with(|cell| {
+        let mut sealed = cell.borrow_mut();
+        sealed.clear();
+        crypto.seal_into(&chunk_aad(&id), data, Some(packer.zstd_level), &mut sealed)?;
+        let full = packer.append(id, &sealed, len as u32)?;
+        Ok(JobResult { slot, len, id, outcome: Outcome::New { stored: sealed.len() as u64, full } })
+    })
+}
+
+/// Chunk-sized read buffers handed from finished jobs to new ones, so that a backup does
+/// not allocate (and the kernel does not zero) a fresh buffer per chunk.
+#[derive(Default)]
+struct BufferPool {
+    free: Mutex<Vec<Vec<u8>>>,
+}
+
+/// Buffers kept at most: the jobs in flight of a few disks.
+const POOLED_BUFFERS: usize = 64;
+
+impl BufferPool {
+    /// A buffer of `len` bytes, its content whatever it last held.
+    fn take(&self, len: usize) -> Vec<u8> {
+        let reused = self.free.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let mut buf = reused.unwrap_or_default();
+        buf.resize(len, 0);
+        buf
+    }
+
+    fn give(&self, buf: Vec<u8>) {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        if free.len() < POOLED_BUFFERS && buf.capacity() > 0 {
+            free.push(buf);
+        }
+    }
 }
 
 pub(crate) fn parse_page(raw: &[u8], count: usize) -> Option<Vec<ChunkId>> {
