@@ -12,6 +12,7 @@ mod db;
 mod error;
 mod jobs;
 mod migrations;
+mod queue;
 mod restore_points;
 mod restores;
 mod runs;
@@ -29,6 +30,9 @@ pub use connections::{Connection, ConnectionKind};
 pub use db::Engine;
 pub use error::{Error, Result};
 pub use migrations::SCHEMA_VERSION;
+pub use queue::{
+    Affinity, LimitScope, MAX_ATTEMPTS, NodeInfo, NodeStatus, PlannedVm, QueueCounts, QueuedTask, TaskEnd,
+};
 pub use restore_points::{RestorePointEntry, RestorePointQuery};
 pub use restores::{Restore, RestoreKind, RestorePage, RestoreQuery, RestoreStatus, WorkProgress};
 pub use runs::{LogLevel, LogLine, RunDetail, RunPage, RunQuery, VmLastSuccess};
@@ -44,6 +48,8 @@ pub const SQLITE_FILE: &str = "catalog.sqlite";
 pub struct Catalog {
     db: Db,
     key: SecretKey,
+    /// The registered node (a server or a scale-out node) this catalog's runs belong to.
+    owner: std::sync::OnceLock<String>,
 }
 
 impl Catalog {
@@ -62,7 +68,22 @@ impl Catalog {
             None => Db::open_sqlite(&data_dir.join(SQLITE_FILE)).await?,
         };
         migrations::migrate(&db).await?;
-        Ok(Catalog { db, key })
+        Ok(Catalog { db, key, owner: std::sync::OnceLock::new() })
+    }
+
+    /// Registers `node` and makes it the owner of the runs this catalog creates from now
+    /// on (once per catalog; the caller keeps the node's heartbeat going).
+    pub async fn act_as(&self, node: &NodeInfo) -> Result<()> {
+        self.register_node(node).await?;
+        self.owner
+            .set(node.name.clone())
+            .map_err(|_| Error::Conflict(format!("this catalog already acts as node {}", self.owner().unwrap_or("?"))))
+    }
+
+    /// The node this catalog acts as ([`Catalog::act_as`]): a server that hands its runs
+    /// out to scale-out nodes.
+    pub fn owner(&self) -> Option<&str> {
+        self.owner.get().map(String::as_str)
     }
 
     pub async fn engine(&self) -> Engine {

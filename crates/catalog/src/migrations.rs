@@ -169,6 +169,48 @@ CREATE TABLE restores (
 CREATE INDEX restores_by_time ON restores (started_at);
 CREATE INDEX restores_by_status ON restores (status);
 "#,
+    // Scale-out (queue.rs): the node that ran a VM task, the nodes, the VM-task queue and
+    // its concurrency limits.
+    r#"
+ALTER TABLE tasks ADD COLUMN node TEXT;
+ALTER TABLE runs ADD COLUMN owner TEXT;
+CREATE TABLE nodes (
+    name TEXT PRIMARY KEY,
+    concurrency BIGINT NOT NULL,
+    lease_ms BIGINT NOT NULL,
+    affinity TEXT NOT NULL,
+    started_at BIGINT NOT NULL,
+    heartbeat_at BIGINT NOT NULL,
+    stopped_at BIGINT
+);
+CREATE TABLE queue (
+    id TEXT PRIMARY KEY,
+    run_id TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+    parent_task_id TEXT NOT NULL,
+    vm_uuid TEXT NOT NULL,
+    vm_name TEXT NOT NULL,
+    pool TEXT NOT NULL,
+    host TEXT NOT NULL,
+    srs TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts BIGINT NOT NULL,
+    lease_owner TEXT,
+    lease_expires_at BIGINT,
+    lost_by TEXT,
+    queued_at BIGINT NOT NULL,
+    taken_at BIGINT,
+    finished_at BIGINT,
+    UNIQUE (run_id, vm_uuid)
+);
+CREATE INDEX queue_by_state ON queue (state, queued_at, id);
+CREATE INDEX queue_by_owner ON queue (lease_owner);
+CREATE TABLE queue_limits (
+    scope TEXT NOT NULL,
+    name TEXT NOT NULL,
+    max_running BIGINT NOT NULL,
+    PRIMARY KEY (scope, name)
+);
+"#,
 ];
 
 /// The schema version this build writes.

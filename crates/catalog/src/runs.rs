@@ -104,7 +104,7 @@ fn run_row(row: &Row) -> Result<Run> {
 }
 
 const TASK_COLUMNS: &str = "id, run_id, parent_id, kind, name, subject, status, started_at, finished_at, \
-     bytes_total, bytes_read, bytes_stored, strategy, reason, warnings, errors";
+     bytes_total, bytes_read, bytes_stored, strategy, reason, warnings, errors, node";
 
 fn task_row(row: &Row) -> Result<Task> {
     Ok(Task {
@@ -124,6 +124,7 @@ fn task_row(row: &Row) -> Result<Task> {
         reason: row.opt_text(13)?,
         warnings: row.json(14)?,
         errors: row.json(15)?,
+        node: row.opt_text(16)?,
     })
 }
 
@@ -151,8 +152,8 @@ impl Catalog {
         }
         tx.execute(
             &format!(
-                "INSERT INTO runs ({RUN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, \
-                 $15, $16, $17)"
+                "INSERT INTO runs ({RUN_COLUMNS}, owner) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
+                 $13, $14, $15, $16, $17, $18)"
             ),
             params![
                 &run.id,
@@ -171,7 +172,8 @@ impl Catalog {
                 run.totals.vms_failed,
                 run.totals.bytes_read,
                 run.totals.bytes_stored,
-                run.error.as_deref()
+                run.error.as_deref(),
+                self.owner()
             ],
         )
         .await?;
@@ -214,12 +216,12 @@ impl Catalog {
         tx.execute(
             &format!(
                 "INSERT INTO tasks ({TASK_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
-                     $13, $14, $15, $16)
+                     $13, $14, $15, $16, $17)
                      ON CONFLICT (id) DO UPDATE SET name = excluded.name, subject = excluded.subject,
                      status = excluded.status, started_at = excluded.started_at, finished_at = excluded.finished_at,
                      bytes_total = excluded.bytes_total, bytes_read = excluded.bytes_read,
                      bytes_stored = excluded.bytes_stored, strategy = excluded.strategy, reason = excluded.reason,
-                     warnings = excluded.warnings, errors = excluded.errors"
+                     warnings = excluded.warnings, errors = excluded.errors, node = excluded.node"
             ),
             params![
                 &task.id,
@@ -237,7 +239,8 @@ impl Catalog {
                 task.strategy.as_deref(),
                 task.reason.as_deref(),
                 to_json(&task.warnings)?,
-                to_json(&task.errors)?
+                to_json(&task.errors)?,
+                task.node.as_deref()
             ],
         )
         .await?;
@@ -349,13 +352,22 @@ impl Catalog {
 
     /// At start-up: runs a stopped server left queued or running become interrupted (now),
     /// and so do their running tasks. Returns those runs, for the caller to clean what they
-    /// left behind (tagged snapshots).
+    /// left behind (tagged snapshots). On a shared catalog only this catalog's owner's runs
+    /// ([`Catalog::act_as`]), runs without an owner, and those of owners no longer alive
+    /// (heartbeat older than their lease) are taken: another live server's runs are left.
     pub async fn interrupt_unfinished_runs(&self) -> Result<Vec<Run>> {
         let at = now();
         let interrupted = enum_text(&RunStatus::Interrupted)?;
         let mut tx = self.db.begin().await?;
         let rows = tx
-            .query(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE {UNFINISHED} ORDER BY queued_at"), params![])
+            .query(
+                &format!(
+                    "SELECT {RUN_COLUMNS} FROM runs WHERE {UNFINISHED} AND (owner IS NULL OR owner = $1 OR NOT EXISTS \
+                     (SELECT 1 FROM nodes n WHERE n.name = runs.owner AND n.stopped_at IS NULL \
+                     AND n.heartbeat_at + n.lease_ms >= $2)) ORDER BY queued_at"
+                ),
+                params![self.owner(), at],
+            )
             .await?;
         let mut runs = rows.iter().map(run_row).collect::<Result<Vec<_>>>()?;
         for run in &mut runs {
@@ -367,6 +379,11 @@ impl Catalog {
             tx.execute(
                 "UPDATE tasks SET status = $2, finished_at = $3 WHERE run_id = $1 AND status = $4",
                 params![&run.id, enum_text(&TaskStatus::Interrupted)?, at, enum_text(&TaskStatus::Running)?],
+            )
+            .await?;
+            tx.execute(
+                "UPDATE queue SET state = 'cancelled', finished_at = $2 WHERE run_id = $1 AND state = 'queued'",
+                params![&run.id, at],
             )
             .await?;
             run.status = RunStatus::Interrupted;

@@ -9,6 +9,7 @@ mod exit;
 mod job_cmds;
 mod metadata_cmds;
 mod mirror_cmd;
+mod node_cmd;
 mod output;
 mod pool_cmds;
 mod progress;
@@ -50,6 +51,8 @@ enum Command {
     #[command(flatten)]
     Mirror(mirror_cmd::Commands),
     #[command(flatten)]
+    Node(node_cmd::Commands),
+    #[command(flatten)]
     Pool(pool_cmds::Commands),
     #[command(flatten)]
     Benchmark(benchmark_cmd::Commands),
@@ -79,6 +82,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Job(cmd) => job_cmds::run(cmd).await,
         Command::Metadata(cmd) => metadata_cmds::run(cmd).await,
         Command::Mirror(cmd) => mirror_cmd::run(cmd).await,
+        Command::Node(cmd) => node_cmd::run(cmd).await,
         Command::Pool(cmd) => pool_cmds::run(cmd).await,
         Command::Benchmark(cmd) => benchmark_cmd::run(cmd).await,
         Command::Repo(cmd) => repo_cmds::run(cmd).await,

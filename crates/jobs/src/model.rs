@@ -451,6 +451,9 @@ pub struct Task {
     pub reason: Option<String>,
     pub warnings: Vec<String>,
     pub errors: Vec<String>,
+    /// The scale-out node that ran this VM's backup (none when the server ran it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 impl Task {
@@ -473,6 +476,7 @@ impl Task {
             reason: None,
             warnings: Vec::new(),
             errors: Vec::new(),
+            node: None,
         }
     }
 }

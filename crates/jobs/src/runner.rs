@@ -54,9 +54,10 @@ pub struct Target<'a> {
 }
 
 /// What backing up VMs needs: both.
-struct BackupTarget<'a> {
-    host: &'a Host,
-    store: &'a Store,
+#[derive(Clone, Copy)]
+pub struct BackupTarget<'a> {
+    pub host: &'a Host,
+    pub store: &'a Store,
 }
 
 /// What a run did: its final record and its task tree.
@@ -118,14 +119,69 @@ pub async fn run_backup<S: RunSink>(
     };
     frame.settle(&mut run, result);
     // Snapshot-only runs keep their own count of snapshots; they make no restore points.
-    if run.status == RunStatus::Success
-        && job.settings.snapshot_only.is_none()
-        && let Some(schedule) = schedule.filter(|s| !s.retention.keeps_everything())
+    if job.settings.snapshot_only.is_none()
         && let Some(store) = target.store
     {
-        apply_retention(job, schedule, &reports, &run, store, &sink, &mut frame.recorder).await;
+        let backed_up: Vec<String> = reports.into_iter().map(|r| r.vm_uuid).collect();
+        retention_after_success(job, schedule, &backed_up, &run, store, &sink, &mut frame.recorder).await;
     }
     frame.end(run).await
+}
+
+/// A backup run whose VMs are backed up elsewhere (scale-out nodes taking them from a
+/// queue, each with [`back_up_vm_task`]): the same frame as [`run_backup`] (running, root
+/// task, timeout, status from totals, end) and the schedule's retention after a success.
+/// `work` gets the root task's id and the run's cancellation; it hands the VMs out, waits
+/// for them, and returns the run's totals and the uuids of the VMs it backed up.
+pub async fn run_distributed<S, W, F>(
+    job: &Job,
+    schedule: Option<&Schedule>,
+    mut run: Run,
+    store: &Store,
+    sink: Arc<S>,
+    cancel: CancellationToken,
+    work: W,
+) -> Outcome
+where
+    S: RunSink,
+    W: FnOnce(String, CancellationToken) -> F,
+    F: Future<Output = Result<(RunTotals, Vec<String>), String>>,
+{
+    run.level = Some(run.level.or(schedule.map(|s| s.level)).unwrap_or_default());
+    let mut frame = Frame::start(job, &mut run, &sink, &cancel).await;
+    let result = match (job.kind, check_settings(&job.settings, Some(store)).await) {
+        (JobKind::Backup | JobKind::BackupXva, Ok(_)) if job.settings.snapshot_only.is_none() => {
+            work(frame.recorder.root_id(), frame.cancel.clone()).await
+        }
+        (_, Err(e)) => Err(e),
+        _ => Err("only backup jobs are handed out to scale-out nodes".into()),
+    };
+    let (result, backed_up) = match result {
+        Ok((totals, backed_up)) => (Ok(totals), backed_up),
+        Err(e) => (Err(e), Vec::new()),
+    };
+    frame.settle(&mut run, result);
+    retention_after_success(job, schedule, &backed_up, &run, store, &sink, &mut frame.recorder).await;
+    frame.end(run).await
+}
+
+/// The schedule's retention over the VMs `backed_up`, when the run succeeded (a manual
+/// run, or a schedule that keeps everything, removes nothing).
+async fn retention_after_success<S: RunSink>(
+    job: &Job,
+    schedule: Option<&Schedule>,
+    backed_up: &[String],
+    run: &Run,
+    store: &Store,
+    sink: &Arc<S>,
+    recorder: &mut Recorder<S>,
+) {
+    if run.status == RunStatus::Success
+        && let Some(schedule) = schedule.filter(|s| !s.retention.keeps_everything())
+    {
+        let points = points_of_schedule(job, schedule, backed_up, store, sink.as_ref()).await;
+        retention_step(schedule, run, store.repository(), points, recorder).await;
+    }
 }
 
 /// What every kind of run shares: the run marked running with its root task, the job's
@@ -206,8 +262,8 @@ pub(crate) fn new_id() -> String {
 }
 
 /// Refuses settings the run cannot honour before any VM is touched; the speed limit the
-/// whole run shares.
-async fn check_settings(settings: &Settings, store: Option<&Store>) -> Result<Option<RateLimit>, String> {
+/// whole run shares (on a scale-out node: the VMs that node backs up at once).
+pub async fn check_settings(settings: &Settings, store: Option<&Store>) -> Result<Option<RateLimit>, String> {
     settings.check()?;
     if settings.snapshot_only.is_some() {
         return Ok(None);
@@ -277,21 +333,8 @@ async fn back_up_vms<S: RunSink>(
     let concurrency = job.settings.vm_concurrency.max(1) as usize;
     let outcomes: Vec<(VmReport, Vec<Task>)> = futures::stream::iter(vms.iter())
         .map(|vm| {
-            let progress = progress.clone();
-            let root_id = root_id.clone();
-            let speed_limit = speed_limit.clone();
-            async move {
-                let mut task = Task::started(new_id(), &run.id, Some(&root_id), TaskKind::Vm, &vm.name_label);
-                task.subject = Some(vm.uuid.clone());
-                sink.save_task(&task).await;
-                let (report, steps) = back_up_vm(job, level, run, vm, target, speed_limit, progress, cancel).await;
-                let mut tasks = vm_tasks(task, &report);
-                tasks.extend(step_tasks(&tasks[0], steps));
-                for t in &tasks {
-                    sink.save_task(t).await;
-                }
-                (report, tasks)
-            }
+            let vm_run = VmRun { job, level, run, parent_id: &root_id };
+            back_up_vm_task(vm_run, vm, *target, speed_limit.clone(), progress.clone(), sink, cancel)
         })
         .buffer_unordered(concurrency)
         .collect()
@@ -302,6 +345,41 @@ async fn back_up_vms<S: RunSink>(
         reports.push(report);
     }
     Ok(reports)
+}
+
+/// Which run a VM is backed up for, and where its task goes.
+#[derive(Clone, Copy)]
+pub struct VmRun<'a> {
+    pub job: &'a Job,
+    pub level: Level,
+    pub run: &'a Run,
+    /// The run's root task.
+    pub parent_id: &'a str,
+}
+
+/// One VM of a run as a task under the run's root task: started, backed up with the job's
+/// settings (offline, timeout, retries), then its result with a task per disk and step,
+/// all recorded through `sink`. What the server's runs and the scale-out nodes share.
+pub async fn back_up_vm_task<S: RunSink>(
+    vm_run: VmRun<'_>,
+    vm: &Vm,
+    target: BackupTarget<'_>,
+    speed_limit: Option<RateLimit>,
+    progress: Arc<dyn Progress>,
+    sink: &Arc<S>,
+    cancel: &CancellationToken,
+) -> (VmReport, Vec<Task>) {
+    let VmRun { job, level, run, parent_id } = vm_run;
+    let mut task = Task::started(new_id(), &run.id, Some(parent_id), TaskKind::Vm, &vm.name_label);
+    task.subject = Some(vm.uuid.clone());
+    sink.save_task(&task).await;
+    let (report, steps) = back_up_vm(job, level, run, vm, &target, speed_limit, progress, cancel).await;
+    let mut tasks = vm_tasks(task, &report);
+    tasks.extend(step_tasks(&tasks[0], steps));
+    for t in &tasks {
+        sink.save_task(t).await;
+    }
+    (report, tasks)
 }
 
 /// A finished step under a task, said in the run's log by its name: beside a VM's backup
@@ -668,22 +746,6 @@ impl<S: RunSink> Progress for Forward<S> {
     }
 }
 
-/// Forgets the restore points of the backed-up VMs that this schedule made and its
-/// retention no longer keeps, then collects the garbage. Counted per VM and per schedule,
-/// so a weekly full's retention never removes the five-minute incrementals' points.
-async fn apply_retention<S: RunSink>(
-    job: &Job,
-    schedule: &Schedule,
-    reports: &[VmReport],
-    run: &Run,
-    store: &Store,
-    sink: &Arc<S>,
-    recorder: &mut Recorder<S>,
-) {
-    let points = points_of_schedule(job, schedule, reports, store, sink.as_ref()).await;
-    retention_step(schedule, run, store.repository(), points, recorder).await;
-}
-
 /// Removes the restore points `points` (those a schedule made) that the schedule's
 /// retention no longer keeps, then collects the garbage; recorded as a step of the run.
 pub(crate) async fn retention_step<S: RunSink>(
@@ -719,10 +781,12 @@ fn schedule_label(schedule: &Schedule) -> &str {
 }
 
 /// The restore points of the backed-up VMs that this schedule's runs of the job made.
+/// Counted per VM and per schedule, so a weekly full's retention never removes the
+/// five-minute incrementals' points.
 async fn points_of_schedule<S: RunSink>(
     job: &Job,
     schedule: &Schedule,
-    reports: &[VmReport],
+    backed_up: &[String],
     store: &Store,
     sink: &S,
 ) -> Result<Vec<xenvault_repo::Manifest>, SelectError> {
@@ -732,7 +796,7 @@ async fn points_of_schedule<S: RunSink>(
         .restore_points()
         .await?
         .into_iter()
-        .filter(|m| reports.iter().any(|r| m.source.id == r.vm_uuid))
+        .filter(|m| backed_up.contains(&m.source.id))
         .filter(|m| {
             BackupRun::of(&m.metadata).is_some_and(|b| {
                 b.job_id.as_deref() == Some(&job.id) && b.run_id.as_ref().is_some_and(|id| runs.contains(id))

@@ -38,6 +38,12 @@ pub struct ServerConfig {
     /// The only directory file restores write into (default `<data_dir>/restores`): a
     /// restore's destination is a path inside it.
     pub restore_root: Option<PathBuf>,
+    /// Backup runs are handed out VM by VM to scale-out nodes (`xenvault node`) through
+    /// the catalog's queue instead of running here; needs a PostgreSQL `catalog`.
+    pub scale_out: bool,
+    /// This server's name among the nodes (default `server@HOSTNAME`): its runs are its
+    /// own, and another server's restart leaves them alone while it heartbeats.
+    pub node_name: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -54,6 +60,8 @@ impl Default for ServerConfig {
             instant_access_address: std::net::Ipv4Addr::LOCALHOST.into(),
             cache_dir: None,
             restore_root: None,
+            scale_out: false,
+            node_name: None,
         }
     }
 }

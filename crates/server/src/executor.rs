@@ -14,15 +14,13 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use xenvault_catalog::{Catalog, LogLevel, RunQuery};
 use xenvault_engine::store::Store;
-use xenvault_engine::vm_lock;
 use xenvault_jobs::mirror::{self, Repositories};
 use xenvault_jobs::model::{Job, JobKind, Level, OnFailure, Run, RunStatus, RunTotals, Schedule, Task, Trigger};
-use xenvault_jobs::runner::{self, Outcome, RunSink, Target};
+use xenvault_jobs::runner::{self, BackupTarget, Outcome, RunSink, Target};
 use xenvault_jobs::scheduler::{Claim, Decision, RunningJobs, Scheduler, SharedScheduler, SystemClock};
+use xenvault_node::{cleanup, planner, record};
 use xenvault_notify::{Delivery, Notifier};
 use xenvault_pool::Host;
-use xenvault_pool::hygiene::{self, LOCK_KEY, TAG_JOB};
-use xenvault_pool::snapshot;
 use xenvault_repo::Repository;
 use xenvault_types::progress::{Event, Progress, Tally};
 
@@ -241,8 +239,17 @@ impl Executor {
         } else {
             match connect(state, job).await {
                 Ok((host, store)) => {
-                    let target = Target { host: &host, store: store.as_ref() };
-                    let outcome = runner::run_backup(job, schedule, run, target, sink, live.cancel.clone()).await;
+                    let cancel = live.cancel.clone();
+                    let outcome = match store.as_ref().filter(|_| self.hands_out(job)) {
+                        Some(store) => {
+                            let target = BackupTarget { host: &host, store };
+                            planner::run_queued(&self.catalog, job, schedule, run, target, sink, cancel).await
+                        }
+                        None => {
+                            let target = Target { host: &host, store: store.as_ref() };
+                            runner::run_backup(job, schedule, run, target, sink, cancel).await
+                        }
+                    };
                     host.logout().await;
                     outcome
                 }
@@ -252,6 +259,14 @@ impl Executor {
         self.notify(job, &outcome).await;
         self.unregister(&run_id);
         outcome.run
+    }
+
+    /// Whether the job's VMs are handed out to scale-out nodes (the server plans its runs
+    /// for them): image and XVA backups on a server in scale-out mode.
+    fn hands_out(&self, job: &Job) -> bool {
+        self.catalog.owner().is_some()
+            && matches!(job.kind, JobKind::Backup | JobKind::BackupXva)
+            && job.settings.snapshot_only.is_none()
     }
 
     /// A run that could not start (pool or repository unusable): failed, saying why.
@@ -454,39 +469,9 @@ async fn mirror_repositories(state: &AppState, job: &Job) -> Result<(Repository,
 async fn remove_left_snapshots(state: &AppState, job: &Job, run_id: &str) -> Result<Vec<String>, String> {
     let login = pool_login(state, &job.pool).await.map_err(|e| e.message)?;
     let host = Host::connect(&login).await.map_err(|e| e.to_string())?;
-    let result = remove_snapshots_of_run(&host, run_id).await.map_err(|e| e.to_string());
+    let result = cleanup::remove_snapshots_of_run(&host, run_id, None).await.map_err(|e| e.to_string());
     host.logout().await;
     result
-}
-
-async fn remove_snapshots_of_run(host: &Host, run_id: &str) -> Result<Vec<String>, xenvault_pool::Error> {
-    let mut removed = Vec::new();
-    for vm in host.vms().await? {
-        let ours = hygiene::is_ours(&vm.other_config);
-        if vm.is_a_snapshot && ours && !hygiene::is_base(&vm.other_config) && tag_names_run(&vm, TAG_JOB, run_id) {
-            snapshot::destroy(host, &vm.reference).await;
-            removed.push(vm.uuid);
-        } else if let Some(lock) = lock_held_by(&vm, run_id) {
-            // Taken but never tagged: found by the intent the run recorded while it held the lock.
-            let left = snapshot::left_by_intent(host, &vm).await?;
-            snapshot::remove_left_by_intent(host, &vm, &left).await?;
-            removed.extend(left.into_iter().map(|s| s.uuid));
-            // The dead run's lock, so that another node's run need not wait for it to go stale.
-            vm_lock::remove_if_held(host, &vm.reference, &lock).await?;
-        }
-    }
-    Ok(removed)
-}
-
-fn tag_names_run(vm: &xenvault_pool::records::Vm, key: &str, run_id: &str) -> bool {
-    vm.other_config.get(key).is_some_and(|v| v == run_id)
-}
-
-/// The VM's backup lock when it names this run as its holder (the lock's `job` is the run id).
-fn lock_held_by(vm: &xenvault_pool::records::Vm, run_id: &str) -> Option<String> {
-    let value = vm.other_config.get(LOCK_KEY).filter(|_| !vm.is_a_snapshot)?;
-    let holder = serde_json::from_str::<serde_json::Value>(value).ok()?;
-    (holder["job"] == run_id).then(|| value.clone())
 }
 
 /// Records a run in the catalog; live progress stays in memory for the runs feed.
@@ -503,14 +488,7 @@ impl RunSink for CatalogSink {
     }
 
     async fn save_task(&self, task: &Task) {
-        if let Err(e) = self.catalog.save_task(task).await {
-            tracing::error!(run = %task.run_id, "recording task {}: {e}", task.name);
-        }
-        for (level, message) in task_log_lines(task) {
-            if let Err(e) = self.catalog.append_log(&task.run_id, Some(&task.id), level, &message).await {
-                tracing::error!(run = %task.run_id, "writing the run's log: {e}");
-            }
-        }
+        record::save_task(&self.catalog, task).await;
     }
 
     fn progress(&self, _run_id: &str, event: &Event) {
@@ -537,21 +515,4 @@ impl RunSink for CatalogSink {
             query.offset = Some(query.offset.unwrap_or(0) + count);
         }
     }
-}
-
-/// What a task's new state says in the run's log: its start, its end, its warnings and
-/// errors.
-fn task_log_lines(task: &Task) -> Vec<(LogLevel, String)> {
-    use xenvault_jobs::model::TaskStatus;
-    let subject = format!("{} {}", format!("{:?}", task.kind).to_lowercase(), task.name);
-    if task.status == TaskStatus::Running {
-        return vec![(LogLevel::Info, format!("{subject}: started"))];
-    }
-    let status = format!("{:?}", task.status).to_lowercase();
-    let level = if task.status == TaskStatus::Success { LogLevel::Info } else { LogLevel::Warning };
-    let mut lines =
-        vec![(level, format!("{subject}: {status}, {} bytes read, {} stored", task.bytes_read, task.bytes_stored))];
-    lines.extend(task.warnings.iter().map(|w| (LogLevel::Warning, format!("{subject}: {w}"))));
-    lines.extend(task.errors.iter().map(|e| (LogLevel::Error, format!("{subject}: {e}"))));
-    lines
 }

@@ -74,6 +74,9 @@ impl Server {
     /// starts running jobs (after removing the snapshots interrupted runs left).
     pub async fn start(config: ServerConfig) -> Result<Server, StartError> {
         let catalog = Catalog::open(&config.data_dir, config.catalog.as_deref()).await?;
+        if config.scale_out {
+            xenvault_node::planner::join(&catalog, config.node_name.as_deref()).await.map_err(StartError::Config)?;
+        }
         let interrupted = catalog.interrupt_unfinished_runs().await?;
         for run in &interrupted {
             tracing::warn!(run = %run.id, job = %run.job_id, "run left unfinished by the last server stop: marked interrupted");
@@ -94,6 +97,9 @@ impl Server {
         let dirs = Arc::new(config.work_dirs());
         let executor = executor::Executor::load(catalog.clone(), xenvault_notify::Notifier::new(config.smtp)).await?;
         let stopping = CancellationToken::new();
+        if catalog.owner().is_some() {
+            tokio::spawn(xenvault_node::planner::keep_alive(catalog.clone(), stopping.clone()));
+        }
         let (routes, doc) = api::routes();
         let state = AppState {
             catalog,

@@ -204,28 +204,7 @@ async fn test_pool(State(state): State<AppState>, Path(name): Path<String>) -> A
     Ok(Json(check_pool(&pool_login(&state, &name).await?).await?))
 }
 
-/// Where a repository is; its passphrase is the connection's secret.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RepositorySettings {
-    /// A directory, s3://bucket/prefix or azblob://container/prefix.
-    pub location: String,
-    #[serde(default)]
-    pub s3_endpoint: Option<String>,
-    #[serde(default)]
-    pub s3_region: Option<String>,
-}
-
-impl RepositorySettings {
-    fn backend(&self, cache_dir: &std::path::Path) -> xenvault_repo::backend::BackendOptions {
-        xenvault_repo::backend::BackendOptions {
-            s3_endpoint: self.s3_endpoint.clone(),
-            s3_region: self.s3_region.clone(),
-            cache_dir: Some(cache_dir.to_owned()),
-            ..Default::default()
-        }
-    }
-}
+pub use xenvault_node::connect::RepositorySettings;
 
 /// Unknown fields are refused by the flattened settings.
 #[derive(Debug, Deserialize, ToSchema)]
