@@ -192,6 +192,7 @@ CREATE TABLE queue (
     pool TEXT NOT NULL,
     host TEXT NOT NULL,
     srs TEXT NOT NULL,
+    position BIGINT NOT NULL,
     state TEXT NOT NULL,
     attempts BIGINT NOT NULL,
     lease_owner TEXT,
@@ -202,7 +203,7 @@ CREATE TABLE queue (
     finished_at BIGINT,
     UNIQUE (run_id, vm_uuid)
 );
-CREATE INDEX queue_by_state ON queue (state, queued_at, id);
+CREATE INDEX queue_by_state ON queue (state, queued_at, position);
 CREATE INDEX queue_by_owner ON queue (lease_owner);
 CREATE TABLE queue_limits (
     scope TEXT NOT NULL,

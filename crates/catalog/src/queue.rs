@@ -312,15 +312,15 @@ impl Catalog {
         Ok(())
     }
 
-    /// Queues one task per VM of run `run_id`, under its root task; a VM already queued
-    /// for the run is refused (a conflict): each VM once per run.
+    /// Queues one task per VM of run `run_id`, under its root task, handed out in this
+    /// order; a VM already queued for the run is refused (a conflict): each VM once per run.
     pub async fn enqueue(&self, run_id: &str, parent_task_id: &str, vms: &[PlannedVm]) -> Result<()> {
         let at = now();
         let mut tx = self.db.begin().await?;
-        for vm in vms {
+        for (position, vm) in vms.iter().enumerate() {
             tx.execute(
-                "INSERT INTO queue (id, run_id, parent_task_id, vm_uuid, vm_name, pool, host, srs, state, attempts,
-                 queued_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0, $10)",
+                "INSERT INTO queue (id, run_id, parent_task_id, vm_uuid, vm_name, pool, host, srs, position, state,
+                 attempts, queued_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 0, $11)",
                 params![
                     uuid::Uuid::new_v4().to_string(),
                     run_id,
@@ -330,6 +330,7 @@ impl Catalog {
                     &vm.pool,
                     &vm.host,
                     to_json(&vm.srs)?,
+                    position as u64,
                     QUEUED,
                     at
                 ],
@@ -395,7 +396,7 @@ impl Catalog {
         let rows = tx
             .query(
                 &format!(
-                    "SELECT {TASK_COLUMNS} FROM queue WHERE state = $1{affinity} ORDER BY queued_at, id \
+                    "SELECT {TASK_COLUMNS} FROM queue WHERE state = $1{affinity} ORDER BY queued_at, position \
                      LIMIT {candidates}{skip_locked}"
                 ),
                 values,
