@@ -142,6 +142,10 @@ impl Row {
         millis_to_time(self.int(i)?)
     }
 
+    pub fn into_values(self) -> Vec<Value> {
+        self.0
+    }
+
     /// A column holding JSON text of `T`.
     pub fn json<T: serde::de::DeserializeOwned>(&self, i: usize) -> Result<T> {
         let text = self.text(i)?;

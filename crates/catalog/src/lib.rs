@@ -9,6 +9,7 @@
 mod audit;
 mod connections;
 mod db;
+mod dump;
 mod error;
 mod jobs;
 mod migrations;
@@ -28,6 +29,7 @@ use serde::de::DeserializeOwned;
 pub use audit::{AuditEntry, AuditQuery};
 pub use connections::{Connection, ConnectionKind};
 pub use db::Engine;
+pub use dump::{CatalogDump, DumpValue, TableDump};
 pub use error::{Error, Result};
 pub use migrations::SCHEMA_VERSION;
 pub use queue::{

@@ -18,6 +18,8 @@ const KEY_LEN: usize = 32;
 
 pub(crate) struct SecretKey {
     key: LessSafeKey,
+    /// The key file's bytes: a configuration backup carries them so its sealed secrets open.
+    raw: [u8; KEY_LEN],
 }
 
 impl SecretKey {
@@ -39,7 +41,43 @@ impl SecretKey {
         let bytes: [u8; KEY_LEN] =
             bytes.try_into().map_err(|b: Vec<u8>| key_error(format!("{} bytes, expected {KEY_LEN}", b.len())))?;
         let key = UnboundKey::new(&AES_256_GCM, &bytes).map_err(|_| key_error("unusable key".into()))?;
-        Ok(SecretKey { key: LessSafeKey::new(key) })
+        Ok(SecretKey { key: LessSafeKey::new(key), raw: bytes })
+    }
+
+    pub fn bytes(&self) -> &[u8; KEY_LEN] {
+        &self.raw
+    }
+
+    /// Writes `raw` as `dir/catalog.key` (0600, whole or not at all). A different key
+    /// already there is replaced only when `replace`: it is what opens that catalog's secrets.
+    pub fn install(dir: &Path, raw: &[u8], replace: bool) -> Result<()> {
+        let path = dir.join(KEY_FILE);
+        let key_error = |message: String| Error::Key { path: path.display().to_string(), message };
+        if raw.len() != KEY_LEN {
+            return Err(key_error(format!("{} bytes, expected {KEY_LEN}", raw.len())));
+        }
+        match std::fs::read(&path) {
+            Ok(existing) if existing == raw => return Ok(()),
+            Ok(_) if !replace => {
+                return Err(Error::Conflict(format!(
+                    "{} already holds another key (the secrets of the catalog it belongs to)",
+                    path.display()
+                )));
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(key_error(e.to_string())),
+        }
+        let partial = dir.join(format!("{KEY_FILE}.partial"));
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&partial)
+            .and_then(|mut file| file.write_all(raw).and_then(|()| file.sync_all()))
+            .and_then(|()| std::fs::rename(&partial, &path));
+        written.map_err(|e| key_error(e.to_string()))
     }
 
     /// nonce ‖ ciphertext ‖ tag.

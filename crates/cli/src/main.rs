@@ -3,6 +3,7 @@
 
 mod backup_cmds;
 mod benchmark_cmd;
+mod config_backup_cmds;
 mod demo_cmd;
 mod environment;
 mod exit;

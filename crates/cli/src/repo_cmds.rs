@@ -135,7 +135,7 @@ fn trim_newline(mut b: Vec<u8>) -> Vec<u8> {
 }
 
 /// A passphrase from `file`, else from the environment variable `var`.
-fn passphrase(file: Option<&Path>, var: &str) -> Result<Option<Secret>> {
+pub(crate) fn passphrase(file: Option<&Path>, var: &str) -> Result<Option<Secret>> {
     if let Some(path) = file {
         let raw = std::fs::read(path).with_context(|| format!("reading passphrase file {}", path.display()))?;
         let text = String::from_utf8(trim_newline(raw)).map_err(|_| anyhow!("passphrase file is not UTF-8"))?;

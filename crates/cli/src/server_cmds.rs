@@ -1,5 +1,6 @@
 //! `xenvault server`: runs the service (REST API, jobs) in the foreground until SIGTERM
-//! or Ctrl-C.
+//! or Ctrl-C; `xenvault server backup-config|list-config|restore-config` back its own
+//! configuration up and bring it back (`config_backup_cmds`).
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
@@ -16,6 +17,9 @@ pub enum Commands {
 
 #[derive(Args)]
 pub struct ServerArgs {
+    /// Without a command: run the service.
+    #[command(subcommand)]
+    command: Option<crate::config_backup_cmds::ConfigCommand>,
     /// Server settings (TOML; every key in docs/server.md): listen, data_dir, catalog, TLS,
     /// SMTP for email reports, cache and restore directories, shutdown timeout.
     #[arg(long, env = "XENVAULT_SERVER_CONFIG")]
@@ -29,6 +33,9 @@ pub struct ServerArgs {
 }
 
 pub async fn run(Commands::Server(args): Commands) -> Result<ExitCode> {
+    if let Some(command) = args.command {
+        return crate::config_backup_cmds::run(command).await;
+    }
     let path = args.config.clone().unwrap_or_else(|| PathBuf::from(config::DEFAULT_CONFIG));
     let mut settings = ServerConfig::load(&path, args.config.is_some())?;
     if let Some(listen) = args.listen {

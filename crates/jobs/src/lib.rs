@@ -2,8 +2,9 @@
 //! the cron scheduler behind a controllable clock, the runner that turns a run into engine
 //! work and a task tree, retention after successful runs, and notifications. Besides
 //! backups: mirror jobs (repository to repository) and pool-metadata jobs (the pool's
-//! database).
+//! database) and config-backup jobs (the server's own configuration).
 
+pub mod config_backup;
 pub mod cron;
 pub mod error;
 pub mod mirror;

@@ -56,11 +56,17 @@ impl Job {
             (JobKind::Mirror, _) if smart => {
                 Err("a mirror job selects restore points by VM (`selection.vms`), not by smart selection".into())
             }
-            (JobKind::Mirror | JobKind::PoolMetadata, _) if self.settings.snapshot_only.is_some() => {
+            (JobKind::Mirror | JobKind::PoolMetadata | JobKind::ConfigBackup, _)
+                if self.settings.snapshot_only.is_some() =>
+            {
                 Err("snapshot-only is a setting of backup jobs".into())
             }
             (JobKind::PoolMetadata, _) if smart || !self.selection.vms.is_empty() => {
                 Err("a pool-metadata job backs up the pool's database: it selects no VMs".into())
+            }
+            (JobKind::ConfigBackup, _) if smart || !self.selection.vms.is_empty() || !self.pool.is_empty() => {
+                Err("a config-backup job backs up the server's own configuration: it has no pool and selects no VMs"
+                    .into())
             }
             (JobKind::Mirror, _) => Ok(()),
             (_, Some(_)) => Err("`mirror` is for mirror jobs only".into()),
@@ -88,6 +94,9 @@ pub enum JobKind {
     Mirror,
     /// Backs up the pool's database (`/pool/xmldbdump`) into its repository.
     PoolMetadata,
+    /// Backs up xenvault's own configuration (server config, catalog, keys), sealed with
+    /// the server's configuration backup passphrase, into its repository.
+    ConfigBackup,
 }
 
 /// Which VMs a job covers, resolved at every run so VMs created later are picked up.

@@ -80,9 +80,12 @@ pub async fn run_backup<S: RunSink>(
 ) -> Outcome {
     match job.kind {
         JobKind::PoolMetadata => return crate::pool_metadata::run(job, schedule, run, target, sink, cancel).await,
-        JobKind::Mirror => {
+        JobKind::Mirror | JobKind::ConfigBackup => {
             let mut frame = Frame::start(job, &mut run, &sink, &cancel).await;
-            let why = "a mirror job copies between two repositories: run it with mirror::run";
+            let why = match job.kind {
+                JobKind::Mirror => "a mirror job copies between two repositories: run it with mirror::run",
+                _ => "a config-backup job backs up the server's configuration: run it with config_backup::run",
+            };
             frame.settle(&mut run, Err(why.into()));
             return frame.end(run).await;
         }

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::StartError;
 
@@ -12,7 +12,7 @@ pub const DEFAULT_CONFIG: &str = "/etc/xenvault/server.toml";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/xenvault";
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
@@ -44,6 +44,9 @@ pub struct ServerConfig {
     /// This server's name among the nodes (default `server@HOSTNAME`): its runs are its
     /// own, and another server's restart leaves them alone while it heartbeats.
     pub node_name: Option<String>,
+    /// The passphrase config-backup jobs seal the server's configuration with (a file
+    /// holding it; else `XENVAULT_CONFIG_PASSPHRASE`): not any repository's.
+    pub config_backup_passphrase_file: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -62,6 +65,7 @@ impl Default for ServerConfig {
             restore_root: None,
             scale_out: false,
             node_name: None,
+            config_backup_passphrase_file: None,
         }
     }
 }

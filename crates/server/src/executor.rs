@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use xenvault_catalog::{Catalog, LogLevel, RunQuery};
 use xenvault_engine::store::Store;
+use xenvault_jobs::config_backup;
 use xenvault_jobs::mirror::{self, Repositories};
 use xenvault_jobs::model::{Job, JobKind, Level, OnFailure, Run, RunStatus, RunTotals, Schedule, Task, Trigger};
 use xenvault_jobs::runner::{self, BackupTarget, Outcome, RunSink, Target};
@@ -223,8 +224,8 @@ impl Executor {
         self.live_count.send_replace(runs.len());
     }
 
-    /// One run: connects to what the job works on (pool and repository, or the mirror's
-    /// two repositories), runs it, notifies.
+    /// One run: connects to what the job works on (pool and repository, the mirror's two
+    /// repositories, or a config backup's repository), runs it, notifies.
     async fn run_job(&self, state: &AppState, job: &Job, schedule: Option<&Schedule>, run: Run, live: &LiveRun) -> Run {
         let run_id = run.id.clone();
         let sink = Arc::new(CatalogSink { catalog: self.catalog.clone(), progress: live.progress.clone() });
@@ -235,6 +236,14 @@ impl Executor {
                     mirror::run(job, schedule, run, repos, sink, live.cancel.clone()).await
                 }
                 Err(message) => self.failed_before_start(run, message).await,
+            }
+        } else if job.kind == JobKind::ConfigBackup {
+            match repository(state, &job.repository).await {
+                Ok(repo) => {
+                    let sealed = crate::config_backup::sealed_for_run(&state.config, &state.catalog);
+                    config_backup::run(job, schedule, run, &repo, sealed, sink, live.cancel.clone()).await
+                }
+                Err(e) => self.failed_before_start(run, format!("repository {}: {}", job.repository, e.message)).await,
             }
         } else {
             match connect(state, job).await {

@@ -6,6 +6,7 @@
 mod api;
 mod auth;
 pub mod config;
+pub mod config_backup;
 mod error;
 mod executor;
 mod extract;
@@ -44,6 +45,8 @@ pub struct AppState {
     instant: Arc<api::instant::InstantAccess>,
     /// Repository verifies running in the background.
     verifies: Arc<api::verify::RunningVerifies>,
+    /// The settings the server started with (config-backup jobs back them up).
+    config: Arc<ServerConfig>,
 }
 
 /// The first admin, made on the first start of an empty catalog.
@@ -77,6 +80,7 @@ impl Server {
         if config.scale_out {
             xenvault_node::planner::join(&catalog, config.node_name.as_deref()).await.map_err(StartError::Config)?;
         }
+        let settings = Arc::new(config.clone());
         let interrupted = catalog.interrupt_unfinished_runs().await?;
         for run in &interrupted {
             tracing::warn!(run = %run.id, job = %run.job_id, "run left unfinished by the last server stop: marked interrupted");
@@ -112,6 +116,7 @@ impl Server {
             executor: executor.clone(),
             instant: Arc::new(api::instant::InstantAccess::new(config.instant_access_address)),
             verifies: Default::default(),
+            config: settings,
         };
         let interrupted_runs = interrupted.len();
         executor.run(state.clone(), interrupted);

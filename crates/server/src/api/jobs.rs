@@ -37,7 +37,7 @@ pub async fn find_job(catalog: &Catalog, key: &str) -> ApiResult<Job> {
 /// Refuses what could never run: schedules whose cron line or time zone do not parse,
 /// settings no run could honour or the job's kind cannot use, and a job whose pool or
 /// repository (unless it keeps snapshots only) is not registered; a mirror job needs its
-/// two repositories and no pool.
+/// two repositories and no pool, a config-backup job its repository only.
 async fn check(catalog: &Catalog, job: &Job) -> ApiResult<()> {
     for schedule in &job.schedules {
         CronSchedule::parse(&schedule.cron, &schedule.timezone).map_err(|e| ApiError::invalid(e.to_string()))?;
@@ -50,6 +50,8 @@ async fn check(catalog: &Catalog, job: &Job) -> ApiResult<()> {
     let mut needed = match &job.mirror {
         // Repository to repository: no pool.
         Some(mirror) => vec![(ConnectionKind::Repository, &mirror.target, "/api/repositories")],
+        // The server's own configuration: no pool either.
+        None if job.kind == JobKind::ConfigBackup => Vec::new(),
         None => vec![(ConnectionKind::Pool, &job.pool, "/api/pools")],
     };
     if job.settings.snapshot_only.is_none() {
