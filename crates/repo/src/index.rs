@@ -2,7 +2,11 @@
 //!
 //! Only a 12-byte id prefix is kept (a false match needs ~2^48 chunks to become likely);
 //! readers authenticate every blob against the full id, so a prefix clash cannot return
-//! wrong data. 1 TiB of unique data at 1 MiB chunks costs 24 MiB here.
+//! wrong data. Memory: 24 bytes per unique chunk, up to 48 while a batch is merged (the
+//! sorted vector is rebuilt), plus ~200 bytes per pack (~1 byte per chunk). At the default
+//! 256 KiB chunks 1 TiB of unique data costs 96 MiB (192 MiB at a merge), so 1 GiB of RAM
+//! holds the index of ~5 TiB of unique data (~10 TiB between merges); at 1 MiB chunks, 4x
+//! that. Past that limit the index would have to move to disk, which it does not yet.
 
 use crate::crypto::ChunkId;
 use crate::pack::{PackEntry, PackName};
