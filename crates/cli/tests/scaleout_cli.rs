@@ -4,7 +4,8 @@
 //! holds VMs. Its leases expire, the other nodes take its VMs, clean what it left on the
 //! pool, and back them up: the run succeeds with every VM backed up exactly once (one
 //! restore point per VM for the run), no snapshot of the run remains on the pool, the API
-//! names the node of every VM, and the repository verifies.
+//! names the node of every VM, and the repository verifies, though gc (prune) ran over
+//! and over while the nodes wrote.
 
 #[path = "../../catalog/tests/common/mod.rs"]
 #[allow(dead_code, unused_macros)]
@@ -133,6 +134,37 @@ fn node(catalog: &str, name: &str, data_dir: &Path, env: &[(&'static str, String
     Process(child)
 }
 
+/// A quarter of each fleet VM's disk written with its own random data: the nodes then
+/// write packs (blank disks store none), which gc running alongside must not lose.
+async fn fill_fleet_disks(url: &str) {
+    use xenvault_xapi_wire::Value as X;
+    let client = xenvault_sim::client::SimClient::login(url, xenvault_sim::DEFAULT_PASSWORD).await.expect("log in");
+    let records = |answer: X| match answer {
+        X::Struct(map) => map,
+        other => panic!("expected records: {other:?}"),
+    };
+    let vms = records(client.call("VM.get_all_records", vec![]).await.expect("VMs"));
+    let fleet: Vec<&String> = vms
+        .iter()
+        .filter(|(_, vm)| {
+            vm.get("tags").and_then(X::as_array).is_some_and(|t| t.iter().any(|t| t.as_str() == Some("fleet")))
+        })
+        .map(|(reference, _)| reference)
+        .collect();
+    assert_eq!(fleet.len(), VMS);
+    let vbds = records(client.call("VBD.get_all_records", vec![]).await.expect("VBDs"));
+    let mut filled = 0;
+    for vbd in vbds.values() {
+        let field = |name: &str| vbd.get(name).and_then(X::as_str).unwrap_or_default().to_owned();
+        if field("type") == "Disk" && fleet.contains(&&field("VM")) {
+            filled += 1;
+            let params = vec![field("VDI").into(), "25".into(), "65536".into(), filled.to_string().into()];
+            client.call("sim.scribble", params).await.expect("sim.scribble");
+        }
+    }
+    assert_eq!(filled, VMS, "one disk per fleet VM");
+}
+
 fn xenvault(args: &[&str], env: &[(&'static str, String)]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_xenvault"))
         .args(args)
@@ -163,6 +195,8 @@ async fn three_nodes_back_up_sixty_vms_once_each_and_take_over_a_killed_node() {
         &["--blank-disks-mib", "4", "--fleet-vms", &VMS.to_string(), "--latency-ms", "20"],
     );
 
+    fill_fleet_disks(&sim.url).await;
+
     let data_dir = dir.path().join("server");
     let config = dir.path().join("server.toml");
     let settings = format!(
@@ -187,6 +221,21 @@ async fn three_nodes_back_up_sixty_vms_once_each_and_take_over_a_killed_node() {
     // The nodes read the sealed secrets with the server's key, from its data directory.
     let mut nodes: BTreeMap<&str, Process> =
         NODES.iter().map(|name| (*name, node(catalog_url, name, &data_dir, &env))).collect();
+    // Garbage collection runs over and over while the nodes write: packs not referenced yet
+    // are condemned, and the two-phase rule must keep every one a backup commits.
+    let stop_gc = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let gc = {
+        let (stop, repo, env) = (stop_gc.clone(), repo.clone(), env.clone());
+        std::thread::spawn(move || {
+            let mut passes = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let prune = xenvault(&["prune", "--repo", &repo], &env);
+                assert!(prune.status.success(), "prune: {}", text(&prune.stderr));
+                passes += 1;
+            }
+            passes
+        })
+    };
     let run = api.call(Method::POST, &format!("/api/jobs/{job_id}/run?level=full"), None).await;
     let run_id = run["id"].as_str().unwrap().to_owned();
 
@@ -221,11 +270,18 @@ async fn three_nodes_back_up_sixty_vms_once_each_and_take_over_a_killed_node() {
         assert!(started.elapsed() < DEADLINE, "run {run_id} did not end: {}", detail["run"]);
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    println!("the run took {:?}", started.elapsed());
+    stop_gc.store(true, std::sync::atomic::Ordering::SeqCst);
+    let gc_passes = gc.join().expect("the gc loop");
+    println!("the run took {:?}; {gc_passes} gc passes ran meanwhile", started.elapsed());
+    assert!(gc_passes >= 2, "gc ran {gc_passes} times during the run");
     let failed: Vec<_> = vm_tasks(&detail).into_iter().filter(|t| t["status"] == "failed").collect();
     assert_eq!(detail["run"]["status"], "success", "{}\nfailed: {failed:?}", detail["run"]);
     assert_eq!(detail["run"]["totals"]["vms"], VMS, "{}", detail["run"]);
     assert_eq!(detail["run"]["totals"]["vms_ok"], VMS, "{}", detail["run"]);
+    let stored = detail["run"]["totals"]["bytes_stored"].as_u64().unwrap_or_default();
+    println!("{stored} bytes stored");
+    // A quarter of 4 MiB scribbled at random offsets (some overlap): well over 512 KiB each.
+    assert!(stored >= (VMS as u64) << 19, "each VM stores its own data: {stored}");
 
     // Every VM has one successful task, run by a named node; the killed node's VMs were
     // taken over (their tasks on it interrupted, a success on another node).
