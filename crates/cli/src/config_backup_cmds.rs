@@ -20,12 +20,15 @@ use xenvault_types::units;
 pub enum ConfigCommand {
     /// Back xenvault's own configuration (settings, catalog, keys) up into a repository,
     /// sealed with the configuration backup passphrase (not the repository's).
-    BackupConfig(BackupArgs),
+    #[command(name = "backup-config")]
+    Backup(BackupArgs),
     /// List the configuration backups of a repository.
-    ListConfig(ListArgs),
+    #[command(name = "list-config")]
+    List(ListArgs),
     /// Restore a configuration backup into a fresh data directory: pools, repositories,
     /// jobs, users, run history and restore point records come back.
-    RestoreConfig(RestoreArgs),
+    #[command(name = "restore-config")]
+    Restore(RestoreArgs),
 }
 
 /// The configuration backup passphrase.
@@ -110,9 +113,9 @@ pub struct RestoreArgs {
 
 pub async fn run(command: ConfigCommand) -> Result<ExitCode> {
     match command {
-        ConfigCommand::BackupConfig(a) => backup(a).await,
-        ConfigCommand::ListConfig(a) => list(a).await,
-        ConfigCommand::RestoreConfig(a) => restore(a).await,
+        ConfigCommand::Backup(a) => backup(a).await,
+        ConfigCommand::List(a) => list(a).await,
+        ConfigCommand::Restore(a) => restore(a).await,
     }
 }
 
