@@ -7,6 +7,7 @@ mod config_backup_cmds;
 mod demo_cmd;
 mod environment;
 mod exit;
+mod health_cmds;
 mod job_cmds;
 mod metadata_cmds;
 mod mirror_cmd;
@@ -46,6 +47,8 @@ enum Command {
     #[command(flatten)]
     Demo(demo_cmd::Commands),
     #[command(flatten)]
+    Health(health_cmds::Commands),
+    #[command(flatten)]
     Job(job_cmds::Commands),
     #[command(flatten)]
     Metadata(metadata_cmds::Commands),
@@ -80,6 +83,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Backup(cmd) => backup_cmds::run(cmd).await,
         Command::Demo(cmd) => demo_cmd::run(cmd).await,
+        Command::Health(cmd) => health_cmds::run(cmd).await,
         Command::Job(cmd) => job_cmds::run(cmd).await,
         Command::Metadata(cmd) => metadata_cmds::run(cmd).await,
         Command::Mirror(cmd) => mirror_cmd::run(cmd).await,

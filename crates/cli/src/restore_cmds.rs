@@ -385,7 +385,7 @@ async fn restore_vm(a: RestoreVmArgs) -> Result<ExitCode> {
 }
 
 /// The uuid of the pool object named `wanted` (a uuid or a unique name).
-async fn resolve(client: &xenvault_xapi::Client, kind: Kind, wanted: &str) -> Result<String> {
+pub(crate) async fn resolve(client: &xenvault_xapi::Client, kind: Kind, wanted: &str) -> Result<String> {
     inventory::resolve(client, kind, wanted).await.map_err(crate::backup_cmds::auth_kind)
 }
 
@@ -450,7 +450,7 @@ fn cancel_restore_on_signals(cancel: &CancellationToken) -> Result<()> {
     )
 }
 
-fn restore_error(e: xenvault_restore::Error) -> anyhow::Error {
+pub(crate) fn restore_error(e: xenvault_restore::Error) -> anyhow::Error {
     match e {
         xenvault_restore::Error::Repo(e) => classify(e),
         // Its message is the file system's own: keep the chain from saying it twice.
