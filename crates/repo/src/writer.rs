@@ -43,6 +43,8 @@ struct Packer {
 
 struct PackerState {
     current: Option<PackBuilder>,
+    /// The next pack's buffer, made on the async side (see `keep_spare`).
+    spare: Option<PackBuilder>,
     /// Ids in the current pack or in uploads not yet indexed.
     pending: HashSet<ChunkId>,
 }
@@ -52,7 +54,7 @@ impl Packer {
         Packer {
             zstd_level: repo.config().zstd_level,
             repo,
-            state: Mutex::new(PackerState { current: None, pending: HashSet::new() }),
+            state: Mutex::new(PackerState { current: None, spare: None, pending: HashSet::new() }),
             permits: Arc::new(Semaphore::new(UPLOADS_IN_FLIGHT)),
             uploads: tokio::sync::Mutex::new(JoinSet::new()),
             buffers: BufferPool::default(),
@@ -85,10 +87,13 @@ impl Packer {
     fn append(&self, id: ChunkId, sealed: &[u8], raw_len: u32) -> Result<Option<PackBuilder>> {
         let pack_size = self.repo.config().pack_size as usize;
         let mut st = self.state();
-        let current = match st.current.as_mut() {
-            Some(c) => c,
-            None => st.current.insert(PackBuilder::new(pack_size + pack_size / 8)?),
-        };
+        if st.current.is_none() {
+            st.current = Some(match st.spare.take() {
+                Some(spare) => spare,
+                None => PackBuilder::new(pack_size + pack_size / 8)?,
+            });
+        }
+        let Some(current) = st.current.as_mut() else { return Err(Error::Task("no pack to append to".into())) };
         current.add(id, sealed, raw_len);
         Ok(if current.len() >= pack_size { st.current.take() } else { None })
     }
@@ -105,7 +110,20 @@ impl Packer {
         Ok(())
     }
 
+    /// Makes the next pack's buffer here, on the async side: made by the worker that fills
+    /// a pack, 18 MiB buffers land in each worker thread's own malloc arena, and a backup's
+    /// RSS grew from ~115 to ~430 MiB.
+    fn keep_spare(&self) -> Result<()> {
+        let pack_size = self.repo.config().pack_size as usize;
+        let mut st = self.state();
+        if st.spare.is_none() {
+            st.spare = Some(PackBuilder::new(pack_size + pack_size / 8)?);
+        }
+        Ok(())
+    }
+
     async fn upload(self: &Arc<Self>, pack: PackBuilder) -> Result<()> {
+        self.keep_spare()?;
         let permit = self.permits.clone().acquire_owned().await.map_err(|e| Error::Task(e.to_string()))?;
         let mut uploads = self.uploads.lock().await;
         // Surface a failed upload early instead of at commit.
@@ -227,6 +245,7 @@ impl BackupSession {
                 b.name, b.size, b.chunk_size, cfg.chunk_size
             )));
         }
+        self.packer.keep_spare()?;
         let slot = {
             let mut disks = self.disks.lock().unwrap_or_else(|p| p.into_inner());
             disks.push(None);
