@@ -1,6 +1,7 @@
 //! `xenvault benchmark`: how fast this machine hashes, compresses, encrypts and stores
 //! chunks (like `proxmox-backup-client benchmark`), measured with the repository's own
-//! primitives so the figures are the ones a backup gets.
+//! primitives on real data (a disk image given with `--sample`, else files of this
+//! machine's /usr), so the figures are the ones a backup of such data gets.
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -26,9 +27,17 @@ pub struct BenchmarkArgs {
     /// Seconds per measurement.
     #[arg(long, default_value_t = 1.0)]
     seconds: f64,
-    /// Chunk size in bytes for the CPU measurements.
-    #[arg(long, default_value_t = 1 << 20)]
+    /// Chunk size in bytes for the CPU measurements (the default is the repository default).
+    #[arg(long, default_value_t = 256 << 10)]
     chunk_size: usize,
+    /// Measure on this disk image (or any file): pieces spread over all of it, zeros
+    /// included, so the pipeline figure predicts a full backup of it. Default: files under
+    /// /usr (an operating system's own data, without the zeros of a disk's free space).
+    #[arg(long)]
+    sample: Option<std::path::PathBuf>,
+    /// Bytes of sample data.
+    #[arg(long, default_value_t = 128 << 20)]
+    sample_size: usize,
     /// Size of each object in the store measurement (the default is the default pack size).
     #[arg(long, default_value_t = 16 << 20)]
     object_size: usize,
@@ -82,14 +91,37 @@ struct Measurement {
     bytes_per_second: f64,
 }
 
+/// What the CPU figures were measured on.
+#[derive(Serialize)]
+struct SampleReport {
+    source: String,
+    bytes: usize,
+    /// Share of the sample in all-zero chunks (skipped by a backup before hashing).
+    zero_share: f64,
+    /// Sealed bytes over the sample's non-zero bytes at the measured zstd level.
+    stored_share: f64,
+}
+
+#[derive(Serialize)]
+struct Report {
+    sample: SampleReport,
+    measurements: Vec<Measurement>,
+}
+
 pub async fn run(cmd: Commands) -> anyhow::Result<ExitCode> {
     let Commands::Benchmark(args) = cmd;
     anyhow::ensure!(args.seconds > 0.0 && args.chunk_size > 0, "--seconds and --chunk-size must be positive");
+    anyhow::ensure!(args.sample_size >= args.chunk_size, "--sample-size must hold at least one chunk");
     let duration = Duration::from_secs_f64(args.seconds);
-    let (chunk_size, level) = (args.chunk_size, args.zstd_level);
-    let mut results = tokio::task::spawn_blocking(move || cpu_measurements(chunk_size, level, duration))
-        .await
-        .context("benchmark thread")??;
+    let (chunk_size, level, sample_size, sample) =
+        (args.chunk_size, args.zstd_level, args.sample_size, args.sample.clone());
+    let (sample, mut results) = tokio::task::spawn_blocking(move || {
+        let sample = Sample::load(sample.as_deref(), sample_size, chunk_size)?;
+        let results = cpu_measurements(&sample, level, duration)?;
+        anyhow::Ok((sample, results))
+    })
+    .await
+    .context("benchmark thread")??;
     match &args.repo {
         Some(repo) => results.extend(store_measurements(repo, &args).await?),
         None => {
@@ -99,16 +131,25 @@ pub async fn run(cmd: Commands) -> anyhow::Result<ExitCode> {
             results.extend(measured?);
         }
     }
+    let report = Report { sample: sample.report(level)?, measurements: results };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&results)?);
-    } else {
-        for m in &results {
-            println!(
-                "{:<78} {:>9.1} MB/s",
-                format!("{} ({} thread{})", m.name, m.threads, plural(m.threads)),
-                m.bytes_per_second / 1e6
-            );
-        }
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let s = &report.sample;
+    println!(
+        "sample: {} MiB of {}; {:.0}% in zero chunks, the rest stored at {:.0}% of its size (zstd {level})",
+        s.bytes >> 20,
+        s.source,
+        s.zero_share * 100.0,
+        s.stored_share * 100.0
+    );
+    for m in &report.measurements {
+        println!(
+            "{:<78} {:>9.1} MB/s",
+            format!("{} ({} thread{})", m.name, m.threads, plural(m.threads)),
+            m.bytes_per_second / 1e6
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -117,34 +158,97 @@ fn plural(n: usize) -> &'static str {
     if n == 1 { "" } else { "s" }
 }
 
-/// Test data like a disk's: half random (incompressible), half text-like (compressible).
-struct Samples {
-    random: Vec<u8>,
-    text: Vec<u8>,
+/// Real data cut into chunks, as a backup would see it.
+struct Sample {
+    source: String,
+    chunks: Vec<Vec<u8>>,
 }
 
-impl Samples {
-    fn new(chunk_size: usize) -> anyhow::Result<Self> {
-        let mut random = vec![0u8; chunk_size];
-        fill_random(&mut random)?;
-        let words = ["kernel", "config", "libc.so.6", "/usr/share/doc", "0x7fff", "systemd", "error", "= 42;\n"];
-        let mut text = Vec::with_capacity(chunk_size + 64);
-        let mut state = 0x9e37_79b9_u32;
-        while text.len() < chunk_size {
-            // xorshift: varied but repetitive text, compressible like logs and binaries.
-            state ^= state << 13;
-            state ^= state >> 17;
-            state ^= state << 5;
-            text.extend_from_slice(words[(state % words.len() as u32) as usize].as_bytes());
-            text.push(b' ');
-        }
-        text.truncate(chunk_size);
-        Ok(Samples { random, text })
+/// Pieces a disk image sample is read in, spread over the whole image.
+const IMAGE_PIECE: usize = 4 << 20;
+
+impl Sample {
+    fn load(path: Option<&std::path::Path>, size: usize, chunk_size: usize) -> anyhow::Result<Self> {
+        let (source, data) = match path {
+            Some(path) => (path.display().to_string(), read_spread(path, size)?),
+            None => ("files under /usr".to_string(), read_usr_files(size)?),
+        };
+        let chunks: Vec<Vec<u8>> = data.chunks_exact(chunk_size).map(<[u8]>::to_vec).collect();
+        anyhow::ensure!(!chunks.is_empty(), "{source}: less than one chunk of data ({} bytes)", data.len());
+        Ok(Sample { source, chunks })
     }
 
-    fn mixed(&self) -> [&[u8]; 2] {
-        [&self.random, &self.text]
+    fn bytes(&self) -> usize {
+        self.chunks.iter().map(Vec::len).sum()
     }
+
+    fn data_chunks(&self) -> impl Iterator<Item = &Vec<u8>> {
+        self.chunks.iter().filter(|c| !is_zero(c))
+    }
+
+    fn report(&self, level: i32) -> anyhow::Result<SampleReport> {
+        let crypto = Crypto::new(&MasterKey::generate()?, true, level);
+        let (mut data, mut stored) = (0usize, 0usize);
+        for chunk in self.data_chunks() {
+            data += chunk.len();
+            stored += crypto.seal(b"sample", chunk, true)?.len();
+        }
+        Ok(SampleReport {
+            source: self.source.clone(),
+            bytes: self.bytes(),
+            zero_share: 1.0 - data as f64 / self.bytes() as f64,
+            stored_share: if data == 0 { 0.0 } else { stored as f64 / data as f64 },
+        })
+    }
+}
+
+/// `size` bytes of `path` in pieces spread evenly over it (all of it when smaller).
+fn read_spread(path: &std::path::Path, size: usize) -> anyhow::Result<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let len = file.seek(SeekFrom::End(0)).with_context(|| format!("reading {}", path.display()))?;
+    let pieces = size.div_ceil(IMAGE_PIECE).max(1) as u64;
+    let stride = (len / pieces).max(IMAGE_PIECE as u64);
+    let mut out = Vec::with_capacity(size);
+    let mut at = 0;
+    while out.len() < size && at < len {
+        let want = IMAGE_PIECE.min(size - out.len());
+        file.seek(SeekFrom::Start(at))?;
+        let got = (&mut file).take(want as u64).read_to_end(&mut out)?;
+        if got == 0 {
+            break;
+        }
+        at += stride;
+    }
+    Ok(out)
+}
+
+/// `size` bytes of the regular files under /usr, in directory order.
+fn read_usr_files(size: usize) -> anyhow::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut out = Vec::with_capacity(size);
+    let mut dirs = vec![std::path::PathBuf::from("/usr")];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        let mut entries: Vec<_> = entries.filter_map(|e| e.ok()).collect();
+        entries.sort_by_key(|e| std::cmp::Reverse(e.file_name()));
+        for entry in entries {
+            let Ok(kind) = entry.file_type() else { continue };
+            if kind.is_dir() {
+                dirs.push(entry.path());
+            } else if kind.is_file()
+                && let Ok(file) = std::fs::File::open(entry.path())
+            {
+                let left = (size - out.len()) as u64;
+                let _ = file.take(left).read_to_end(&mut out);
+                if out.len() >= size {
+                    return Ok(out);
+                }
+            }
+        }
+    }
+    anyhow::ensure!(!out.is_empty(), "no readable files under /usr to measure on: give --sample");
+    Ok(out)
 }
 
 /// Runs `step` (which processes some bytes and returns how many) for about `duration`.
@@ -157,8 +261,7 @@ fn throughput(duration: Duration, mut step: impl FnMut() -> anyhow::Result<usize
     Ok(bytes as f64 / start.elapsed().as_secs_f64())
 }
 
-fn cpu_measurements(chunk_size: usize, level: i32, duration: Duration) -> anyhow::Result<Vec<Measurement>> {
-    let samples = Samples::new(chunk_size)?;
+fn cpu_measurements(sample: &Sample, level: i32, duration: Duration) -> anyhow::Result<Vec<Measurement>> {
     let master = MasterKey::generate()?;
     let plain = Crypto::new(&master, false, level);
     let encrypting = Crypto::new(&master, true, level);
@@ -167,56 +270,66 @@ fn cpu_measurements(chunk_size: usize, level: i32, duration: Duration) -> anyhow
     let aead = Aead::new(&aead_key);
     let name = b"benchmark";
     let one = |name: &str, bps: f64| Measurement { name: name.to_string(), threads: 1, bytes_per_second: bps };
-
-    let compressed = plain.seal(name, &samples.text, true)?;
-    let encrypted = aead.seal(name, &samples.random)?;
+    // The single-thread figures cycle through the sample's non-zero chunks.
+    let data: Vec<&Vec<u8>> = sample.data_chunks().collect();
+    anyhow::ensure!(!data.is_empty(), "{}: the sample is all zeros", sample.source);
+    let compressed = data.iter().map(|c| plain.seal(name, c, true)).collect::<Result<Vec<_>, _>>()?;
+    let encrypted = data.iter().map(|c| aead.seal(name, c)).collect::<Result<Vec<_>, _>>()?;
+    let cycle = |f: &mut dyn FnMut(usize) -> anyhow::Result<usize>| {
+        let mut turn = 0;
+        throughput(duration, || {
+            turn = (turn + 1) % data.len();
+            f(turn)
+        })
+    };
     let mut results = vec![
         one(
             "chunk ids: BLAKE3 keyed",
-            throughput(duration, || {
-                std::hint::black_box(plain.chunk_id(&samples.random));
-                Ok(chunk_size)
+            cycle(&mut |i| {
+                std::hint::black_box(plain.chunk_id(data[i]));
+                Ok(data[i].len())
             })?,
         ),
         // An unencrypted seal is zstd plus a short checksum: compression dominates.
         one(
-            &format!("compress: zstd-{level}, text-like data"),
-            throughput(duration, || {
-                std::hint::black_box(plain.seal(name, &samples.text, true)?);
-                Ok(chunk_size)
+            &format!("compress: zstd {level} (incompressible chunks skipped by the probe)"),
+            cycle(&mut |i| {
+                std::hint::black_box(plain.seal(name, data[i], true)?);
+                Ok(data[i].len())
             })?,
         ),
-        one(
-            "decompress: zstd, text-like data",
-            throughput(duration, || Ok(plain.open(name, &compressed, chunk_size)?.len()))?,
-        ),
+        one("decompress: zstd", cycle(&mut |i| Ok(plain.open(name, &compressed[i], data[i].len())?.len()))?),
         one(
             "encrypt: AES-256-GCM",
-            throughput(duration, || {
-                std::hint::black_box(aead.seal(name, &samples.random)?);
-                Ok(chunk_size)
+            cycle(&mut |i| {
+                std::hint::black_box(aead.seal(name, data[i])?);
+                Ok(data[i].len())
             })?,
         ),
         one(
             "decrypt: AES-256-GCM",
-            throughput(duration, || aead.open(name, &encrypted).map(|p| p.len()).context("decryption failed"))?,
+            cycle(&mut |i| aead.open(name, &encrypted[i]).map(|p| p.len()).context("decryption failed"))?,
         ),
     ];
 
-    // The whole per-chunk work of a backup (zero test, id, compress, encrypt) on every
-    // core, over alternating random and text-like chunks.
+    // The whole per-chunk work of a backup (zero test, id, compress, encrypt into a reused
+    // buffer) on every core, over every chunk of the sample, zeros included: bytes of
+    // sample per second, which is what a full backup of data like it gets from the CPU.
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let next = std::sync::atomic::AtomicUsize::new(0);
     let pipeline = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..threads)
             .map(|_| {
                 scope.spawn(|| {
-                    let mut turn = 0usize;
+                    let mut sealed = Vec::new();
                     throughput(duration, || {
-                        turn += 1;
-                        let chunk = samples.mixed()[turn % 2];
+                        let turn = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let chunk = &sample.chunks[turn % sample.chunks.len()];
                         if !is_zero(chunk) {
                             let id = encrypting.chunk_id(chunk);
-                            std::hint::black_box(encrypting.seal(&id.0, chunk, true)?);
+                            sealed.clear();
+                            encrypting.seal_into(&id.0, chunk, Some(level), &mut sealed)?;
+                            std::hint::black_box(&sealed);
                         }
                         Ok(chunk.len())
                     })
@@ -229,7 +342,7 @@ fn cpu_measurements(chunk_size: usize, level: i32, duration: Duration) -> anyhow
             .sum::<anyhow::Result<f64>>()
     })?;
     results.push(Measurement {
-        name: "chunk pipeline: id + zstd + AES-256-GCM, mixed data".into(),
+        name: "chunk pipeline: zero test + id + zstd + AES-256-GCM, the sample".into(),
         threads,
         bytes_per_second: pipeline,
     });
