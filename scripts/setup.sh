@@ -22,6 +22,7 @@ $demo_only || apt_packages+=(
   postgresql # the catalog tests start a private cluster (crates/catalog/tests/common)
   chromium # the web UI test (crates/server/tests/web_ui.rs) drives it with playwright-core (tests/ui)
   firefox-esr # and this one too, over WebDriver BiDi (the admin path in Firefox)
+  samba nfs-ganesha nfs-ganesha-vfs # nfs:// and smb:// repositories (crates/repo/tests/common/file_servers.rs)
 )
 missing_apt_packages() {
   local p

@@ -15,7 +15,7 @@ fn first(names: &[&str]) -> Option<String> {
     names.iter().find_map(|name| var(name))
 }
 
-/// Storage options from the AWS and Azure variables and this user's cache directory; flags
+/// Storage options from the AWS, Azure and SMB variables and this user's cache directory; flags
 /// override them afterwards. Profile files, SSO and instance roles stay with the S3
 /// credential chain of the backend.
 pub fn backend_options() -> BackendOptions {
@@ -33,6 +33,10 @@ pub fn backend_options() -> BackendOptions {
         azure_sas_token: var("AZURE_STORAGE_SAS_TOKEN"),
         azure_endpoint: var("AZURE_STORAGE_ENDPOINT"),
         azure_connection_string: connection_string,
+        smb_user: var("XENVAULT_SMB_USER"),
+        smb_password: var("XENVAULT_SMB_PASSWORD"),
+        smb_password_file: var("XENVAULT_SMB_PASSWORD_FILE").map(PathBuf::from),
+        smb_domain: var("XENVAULT_SMB_DOMAIN"),
         cache_dir: cache_dir(),
         ..BackendOptions::default()
     }

@@ -47,7 +47,8 @@ pub enum Commands {
 /// Where the repository is and how to open it.
 #[derive(Args, Clone)]
 pub struct RepoArgs {
-    /// A path, s3://bucket/prefix or azblob://container/prefix.
+    /// A path, s3://bucket/prefix, azblob://container/prefix, nfs://host/export/path or
+    /// smb://[user@]host/share/path.
     #[arg(long, env = "XENVAULT_REPO")]
     repo: String,
     /// File holding the passphrase (else $XENVAULT_PASSPHRASE, --password-command, or a prompt on a terminal).

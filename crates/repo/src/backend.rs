@@ -1,5 +1,5 @@
 //! Where repository objects live: a local directory (also NFS/SMB mounts), an S3-compatible
-//! bucket or an Azure Blob container, behind one trait, [`ObjectStore`], the repository
+//! bucket, an Azure Blob container or an NFS or SMB share reached without a mount, behind one trait, [`ObjectStore`], the repository
 //! opens through. [`open`] builds the implementation for a location: an OpenDAL operator
 //! with retries, timeouts, bounded concurrency and (in tests) injected faults, the same
 //! layers for every kind of location.
@@ -26,7 +26,10 @@ use reqsign_core::ProvideCredentialChain;
 use xenvault_tls::ServerTrust;
 
 use crate::local;
+use crate::nfs;
+use crate::remote::RemoteFs;
 use crate::s3_lock::{S3ObjectLock, S3Target};
+use crate::smb;
 
 /// Where and how to connect. The caller fills them (the CLI from its flags and the usual
 /// environment variables, a service from its settings): the library reads no environment.
@@ -48,6 +51,12 @@ pub struct BackendOptions {
     /// Used when neither an account nor a key is given.
     pub azure_connection_string: Option<String>,
     pub azure_endpoint: Option<String>,
+    /// `smb://` login: the user (when the URL names none), the password (or a file whose
+    /// first line is the password) and the domain (workgroup) of the account, if any.
+    pub smb_user: Option<String>,
+    pub smb_password: Option<String>,
+    pub smb_password_file: Option<PathBuf>,
+    pub smb_domain: Option<String>,
     /// Where this host caches the repository's immutable objects (one SQLite file per
     /// repository, see [`crate::cache`]); `None`: no cache, every read goes to the store.
     pub cache_dir: Option<PathBuf>,
@@ -76,6 +85,10 @@ impl Default for BackendOptions {
             azure_sas_token: None,
             azure_connection_string: None,
             azure_endpoint: None,
+            smb_user: None,
+            smb_password: None,
+            smb_password_file: None,
+            smb_domain: None,
             cache_dir: None,
             tls: ServerTrust::SystemRoots,
             max_concurrency: 16,
@@ -92,6 +105,10 @@ pub enum BackendKind {
     Azblob,
     /// `memory://name`: process-local, for tests; it behaves like an object store.
     Memory,
+    /// `nfs://host/export/path` through a userspace NFSv4.1 client (see [`crate::nfs`]).
+    Nfs,
+    /// `smb://host/share/path` through a userspace SMB2/3 client (see [`crate::smb`]).
+    Smb,
 }
 
 /// One stored object as seen by a listing.
@@ -250,6 +267,8 @@ pub struct Backend {
     fs_root: Option<PathBuf>,
     /// Object lock, on S3 only: signed like the operator's requests, on its transport.
     object_lock: Option<Arc<S3ObjectLock>>,
+    /// The client of an NFS or SMB location, for its temporary files.
+    remote: Option<Arc<dyn RemoteFs>>,
 }
 
 /// Opens a repository location:
@@ -258,7 +277,9 @@ pub struct Backend {
 ///   credential chain: its own look at the AWS environment, the config and credential
 ///   files, SSO, web identity and, on AWS only, the instance's role;
 /// - `azblob://container/prefix`: account, key, SAS token or connection string and
-///   endpoint from `opts`.
+///   endpoint from `opts`;
+/// - `nfs://host[:port]/export/path`: NFSv4.1 without a mount, as this process's uid/gid;
+/// - `smb://[user@]host[:port]/share/path`: SMB2/3 without a mount, password from `opts`.
 ///
 /// Nothing is contacted yet: the first request reports unreachable servers or bad keys.
 pub fn open(url: &str, opts: &BackendOptions) -> Result<Backend> {
@@ -269,6 +290,7 @@ pub fn open(url: &str, opts: &BackendOptions) -> Result<Backend> {
     let config_error = |message: String| BackendError::Config { location: location.clone(), message };
 
     let mut object_lock = None;
+    let mut remote: Option<Arc<dyn RemoteFs>> = None;
     let (kind, op, fs_root) = if let Some(rest) = url.strip_prefix("s3://") {
         let (bucket, prefix) = split_bucket(rest).ok_or_else(|| invalid("expected s3://bucket[/prefix]"))?;
         let transport = http_transport(&opts.tls).map_err(config_error)?;
@@ -282,8 +304,22 @@ pub fn open(url: &str, opts: &BackendOptions) -> Result<Backend> {
         (BackendKind::Azblob, with_transport(op, transport), None)
     } else if let Some(name) = url.strip_prefix("memory://") {
         (BackendKind::Memory, memory_operator(name).map_err(|e| config_error(e.to_string()))?, None)
+    } else if let Some(rest) = url.strip_prefix("nfs://") {
+        let fs: Arc<dyn RemoteFs> = Arc::new(nfs::NfsFs::new(nfs::parse(rest).map_err(invalid)?));
+        remote = Some(fs.clone());
+        (BackendKind::Nfs, crate::remote::operator("nfs", url, fs), None)
+    } else if let Some(rest) = url.strip_prefix("smb://") {
+        let login = smb::SmbLogin {
+            user: opts.smb_user.clone(),
+            password: opts.smb_password.clone(),
+            password_file: opts.smb_password_file.clone(),
+            domain: opts.smb_domain.clone(),
+        };
+        let fs: Arc<dyn RemoteFs> = Arc::new(smb::SmbFs::new(smb::parse(rest).map_err(invalid)?, login));
+        remote = Some(fs.clone());
+        (BackendKind::Smb, crate::remote::operator("smb", url, fs), None)
     } else if url.contains("://") && !url.starts_with("file://") {
-        return Err(invalid("supported: a local path, file://, s3://, azblob://"));
+        return Err(invalid("supported: a local path, file://, s3://, azblob://, nfs://, smb://"));
     } else {
         let path = url.strip_prefix("file://").unwrap_or(url);
         if path.is_empty() {
@@ -305,7 +341,7 @@ pub fn open(url: &str, opts: &BackendOptions) -> Result<Backend> {
     let op = match kind {
         // A local disk gains nothing from retries: a full disk must fail at once.
         BackendKind::Fs => op.layer(ConcurrentLimitLayer::new(opts.max_concurrency.max(1))),
-        BackendKind::S3 | BackendKind::Azblob | BackendKind::Memory => op
+        BackendKind::S3 | BackendKind::Azblob | BackendKind::Memory | BackendKind::Nfs | BackendKind::Smb => op
             // io_timeout bounds each read/write step, so a lost connection surfaces as a
             // retryable error instead of a hang; generous enough for 64 MiB objects.
             .layer(TimeoutLayer::new().with_timeout(Duration::from_secs(120)).with_io_timeout(Duration::from_secs(60)))
@@ -319,7 +355,7 @@ pub fn open(url: &str, opts: &BackendOptions) -> Result<Backend> {
                     .with_notify(log_retry),
             ),
     };
-    Ok(Backend { op, kind, location, fs_root, object_lock })
+    Ok(Backend { op, kind, location, fs_root, object_lock, remote })
 }
 
 /// One line per retry: the default logger prints the error's Debug form, which carries a
@@ -553,9 +589,13 @@ impl ObjectStore for Backend {
         Box::pin(async move { self.op.delete_iter(paths).await.map_err(|e| self.err("delete_many", "", e)) })
     }
 
-    /// A file system's `.tmp/`.
+    /// A file system's or a file server's `.tmp/`.
     fn remove_temp_files(&self, age: Duration) -> BoxFuture<'_, Result<usize>> {
         Box::pin(async move {
+            if let Some(remote) = &self.remote {
+                let removed = crate::remote::remove_old_temp_files(remote.as_ref(), age).await;
+                return removed.map_err(|e| self.err("remove_temp_files", local::TEMP_DIR, e));
+            }
             let Some(root) = self.fs_root.clone() else { return Ok(0) };
             let operation = "remove_temp_files";
             let removed =
@@ -674,7 +714,10 @@ fn classify(location: &str, operation: &'static str, path: &str, e: opendal::Err
         // The reqwest transport reports connection failures as "send http request" and
         // broken bodies as "read data from http response"; timeouts come from TimeoutLayer.
         ErrorKind::Unexpected
-            if message.contains("http request") || message.contains("http response") || message.contains("timeout") =>
+            if message.contains("http request")
+                || message.contains("http response")
+                || message.contains("timeout")
+                || message.starts_with(crate::remote::NETWORK) =>
         {
             BackendError::Network { location, message: e.to_string() }
         }

@@ -1,4 +1,5 @@
-//! The storage backend against a local directory, SeaweedFS (S3) and Azurite (Azure Blob).
+//! The storage backend against a local directory, SeaweedFS (S3), Azurite (Azure Blob),
+//! nfs-ganesha (NFS) and Samba (SMB).
 
 mod common;
 
@@ -62,6 +63,56 @@ async fn azure_azurite() {
 }
 
 #[tokio::test]
+async fn nfs_ganesha() {
+    let server = common::file_servers::nfs();
+    let backend = backend::open(&server.url("backend"), &server.options()).expect("open");
+    exercise(&backend).await;
+}
+
+#[tokio::test]
+async fn smb_samba() {
+    let server = common::file_servers::smb();
+    let backend = backend::open(&server.url("backend"), &server.options()).expect("open");
+    exercise(&backend).await;
+}
+
+/// A wrong SMB password is refused at once (no retries), named as such; a missing one
+/// never reaches the server; a share that does not exist is named.
+#[tokio::test]
+async fn smb_errors_are_typed() {
+    let server = common::file_servers::smb();
+    let wrong = BackendOptions { retries: 0, ..common::file_servers::smb_options("not-the-password") };
+    let err = backend::open(&server.url("auth"), &wrong).expect("open").list("").await.expect_err("refused");
+    assert!(
+        matches!(&err, BackendError::AccessDenied { message, .. } if message.contains("wrong user name or password")),
+        "{err:?}"
+    );
+
+    let none = BackendOptions { retries: 0, ..BackendOptions::default() };
+    let err = backend::open(&server.url("auth"), &none).expect("open").list("").await.expect_err("no password");
+    assert!(
+        matches!(&err, BackendError::Config { message, .. } if message.contains("XENVAULT_SMB_PASSWORD")),
+        "{err:?}"
+    );
+
+    let opts = BackendOptions { retries: 0, ..server.options() };
+    let other_share = server.url("x").replace("/repo/", "/no-such-share/");
+    let err = backend::open(&other_share, &opts).expect("open").list("").await.expect_err("no share");
+    assert!(matches!(&err, BackendError::Config { message, .. } if message.contains("no-such-share")), "{err:?}");
+}
+
+/// Nothing listening: a network error, for both protocols.
+#[tokio::test]
+async fn file_servers_unreachable_are_network_errors() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
+    let opts = BackendOptions { retries: 0, ..common::file_servers::smb_options("pw") };
+    for url in [format!("nfs://127.0.0.1:{port}/repo/x"), format!("smb://u@127.0.0.1:{port}/repo/x")] {
+        let err = backend::open(&url, &opts).expect("open").get("config").await.expect_err("no server");
+        assert!(matches!(err, BackendError::Network { .. }), "{url}: {err:?}");
+    }
+}
+
+#[tokio::test]
 async fn s3_errors_are_typed() {
     let server = common::s3();
     let opts = BackendOptions { retries: 0, ..server.options() };
@@ -94,7 +145,9 @@ async fn azure_missing_container_is_named() {
 
 #[test]
 fn bad_locations_are_rejected() {
-    for url in ["ftp://host/x", "s3://", "azblob:///prefix", ""] {
+    for url in
+        ["ftp://host/x", "s3://", "azblob:///prefix", "", "nfs://host", "nfs://host/", "smb://nas/", "smb://a:b@nas/s"]
+    {
         let err = backend::open(url, &BackendOptions::default()).expect_err(url);
         assert!(matches!(err, BackendError::InvalidUrl { .. }), "{url}: {err:?}");
     }

@@ -18,6 +18,7 @@ use xenvault_repo::InitOptions;
 use xenvault_repo::backend::BackendOptions;
 use xenvault_repo::keys::{KdfParams, Secret};
 
+pub mod file_servers;
 pub mod object_lock;
 
 /// Chunk size of the small repositories the tests create.
