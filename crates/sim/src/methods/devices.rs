@@ -1,5 +1,6 @@
 //! `VBD.*` and `VIF.*`: create, destroy, plug, unplug, keeping the VM, VDI and
-//! network back-links in step.
+//! network back-links in step; `network.create` and `network.destroy` (internal
+//! networks, without PIFs).
 
 use super::Args;
 use crate::db::{NULL_REF, new_ref};
@@ -17,6 +18,23 @@ pub fn call(st: &mut State, class: &str, name: &str, args: &Args) -> Option<ApiR
         ("VIF", "create") => (|| {
             args.expect(2)?;
             create_vif(st, args.map(1)?).map(Value::from)
+        })(),
+        ("network", "create") => (|| {
+            args.expect(2)?;
+            Ok(Value::from(create_network(st, args.map(1)?)))
+        })(),
+        ("network", "destroy") => (|| {
+            args.expect(2)?;
+            let network = args.reference(st, 1, "network")?;
+            // Xapi_network.destroy: a network still used by a VIF or a PIF stays.
+            for (field, code) in [("VIFs", "NETWORK_CONTAINS_VIF"), ("PIFs", "NETWORK_CONTAINS_PIF")] {
+                let users = st.db.refs_field("network", &network, field)?;
+                if !users.is_empty() {
+                    return Err(ApiError::new(code, users));
+                }
+            }
+            st.db.remove(&network);
+            Ok(Value::from(""))
         })(),
         (_, "destroy") => (|| {
             args.expect(2)?;
@@ -94,6 +112,20 @@ fn next_free_device(st: &State, vm: &str) -> ApiResult<String> {
         .filter_map(|v| st.db.str_field("VBD", v, "userdevice").ok())
         .collect();
     Ok((0..16).map(|n| n.to_string()).find(|d| !used.contains(d)).unwrap_or_else(|| "16".into()))
+}
+
+/// A network without PIFs (xapi names its bridge `xapi<N>`), with the given fields.
+fn create_network(st: &mut State, spec: &std::collections::BTreeMap<String, Value>) -> String {
+    let bridge = format!("xapi{}", st.db.all_of("network").len());
+    let mut fields = records::network(text(spec, "name_label", ""), &bridge, &[]);
+    for key in ["name_description", "MTU", "other_config", "tags"] {
+        if let Some(v) = spec.get(key) {
+            fields.insert(key.to_owned(), v.clone());
+        }
+    }
+    let reference = new_ref();
+    st.db.insert("network", reference.clone(), fields);
+    reference
 }
 
 pub fn create_vif(st: &mut State, rec: &std::collections::BTreeMap<String, Value>) -> ApiResult<String> {

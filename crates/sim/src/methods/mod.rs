@@ -147,6 +147,7 @@ const SPECIFIC: &[(&str, &[&str])] = &[
     ),
     ("VBD", &["create", "destroy", "plug", "unplug", "unplug_force"]),
     ("VIF", &["create", "destroy", "plug", "unplug"]),
+    ("network", &["create", "destroy"]),
     ("task", &["create", "cancel", "destroy", "set_status", "set_progress", "set_result", "set_error_info"]),
     (
         "sim",
@@ -208,7 +209,7 @@ async fn dispatch(sim: &SharedSim, method: &str, params: Vec<Value>) -> ApiResul
             let specific = match class {
                 "VM" => vm::call(st, name, &args, &sim.runtime),
                 "VDI" => vdi::call(st, name, &args, &sim.runtime),
-                "VBD" | "VIF" => devices::call(st, class, name, &args),
+                "VBD" | "VIF" | "network" => devices::call(st, class, name, &args),
                 "task" => task::call(st, name, &args),
                 _ => None,
             };
