@@ -15,10 +15,11 @@
 
 use crate::disk::{StoredDisk, Writing};
 use crate::export::{VHD_BLOCK, unless_cancelled};
-use crate::{Error, RepoDisk, Result};
+use crate::{Error, Result};
 use futures::StreamExt;
 use std::ops::Range;
 use tokio_util::sync::CancellationToken;
+use xenvault_fsread::ReadAt;
 use xenvault_repo::crypto::ChunkId;
 use xenvault_repo::{DiskReader, DiskRecord, Manifest, Repository};
 use xenvault_types::progress::{Phase, Task};
@@ -199,7 +200,7 @@ async fn differing_points(a: &DiskReader, b: &DiskReader) -> Result<RangeSet> {
 }
 
 /// Adds the sectors of `len` bytes at `start` where `a` and `b` differ (`None`: zeros).
-fn push_differing_sectors(ranges: &mut RangeSet, start: u64, len: usize, a: Option<&[u8]>, b: Option<&[u8]>) {
+pub fn push_differing_sectors(ranges: &mut RangeSet, start: u64, len: usize, a: Option<&[u8]>, b: Option<&[u8]>) {
     let sector = SECTOR_SIZE as usize;
     for at in (0..len).step_by(sector) {
         let end = (at + sector).min(len);
@@ -293,7 +294,7 @@ async fn compare_chunk(
 }
 
 /// What a differential upload cost.
-pub(crate) struct Sent {
+pub struct Sent {
     /// Disk bytes the host writes (sectors marked present).
     pub written: u64,
     /// VHD bytes on the wire.
@@ -315,17 +316,19 @@ fn blocks_of(ranges: &[Range<u64>]) -> Vec<u32> {
     blocks
 }
 
-/// Sends the restore point's content of `ranges` into `vdi` as one VHD import; `task`
-/// counts the bytes of `ranges`.
-pub(crate) async fn upload_ranges(
+/// Sends the content of `ranges` of `disk` (a restore point's disk, or any disk read
+/// from blocking threads, as replication's NBD source) into `vdi` as one VHD import;
+/// `task` counts the bytes of `ranges`, which must be sector-aligned, increasing and
+/// disjoint.
+pub async fn upload_ranges(
     client: &Client,
     vdi: &str,
-    disk: RepoDisk,
+    disk: impl ReadAt + 'static,
     ranges: Vec<Range<u64>>,
     task: Task,
     cancel: &CancellationToken,
 ) -> Result<Sent> {
-    let size = disk.reader().size();
+    let size = disk.size();
     let blocks = blocks_of(&ranges);
     let sent = DynamicWriter::<std::io::Sink>::output_size(size, blocks.len() as u64);
     let cancel = cancel.clone();
@@ -336,19 +339,17 @@ pub(crate) async fn upload_ranges(
     Ok(Sent { written, sent })
 }
 
-/// Writes a dynamic VHD holding the restore point's sectors in `ranges` (the other
-/// sectors of its blocks are zeros, marked absent). Blocking.
+/// Writes a dynamic VHD holding the disk's sectors in `ranges` (the other sectors of
+/// its blocks are zeros, marked absent). Blocking.
 fn write_ranges(
-    disk: &RepoDisk,
+    disk: &impl ReadAt,
     blocks: &[u32],
     ranges: &[Range<u64>],
     out: impl std::io::Write,
     task: &Task,
     cancel: &CancellationToken,
 ) -> Result<u64> {
-    let handle = tokio::runtime::Handle::current();
-    let reader = disk.reader();
-    let size = reader.size();
+    let size = disk.size();
     let mut w = DynamicWriter::dynamic(out, size, blocks.iter().copied(), Default::default())?;
     let mut written = 0;
     let mut pending = ranges.iter().peekable();
@@ -366,7 +367,9 @@ fn write_ranges(
                 let piece = buf
                     .get_mut((from - start) as usize..(to - start) as usize)
                     .ok_or_else(|| Error::Metadata("range outside its block".into()))?;
-                handle.block_on(reader.read_at(from, piece))?;
+                if disk.read_at(from, piece).map_err(read_error)? < piece.len() {
+                    return Err(Error::Metadata(format!("the disk ended before byte {to} of {size}")));
+                }
                 task.advance(to - from);
                 let sector = |at: u64| u32::try_from((at - start) / SECTOR_SIZE).unwrap_or(u32::MAX);
                 sectors.push(sector(from)..sector(to.next_multiple_of(SECTOR_SIZE)));
@@ -380,6 +383,19 @@ fn write_ranges(
     }
     w.finish()?;
     Ok(written)
+}
+
+/// A read error of the disk written from; the repository's own (damage, a wrong key)
+/// keeps its kind through [`crate::RepoDisk`]'s I/O error.
+fn read_error(e: std::io::Error) -> Error {
+    let kind = e.kind();
+    match e.into_inner() {
+        Some(inner) => match inner.downcast::<xenvault_repo::Error>() {
+            Ok(repo) => Error::Repo(*repo),
+            Err(other) => Error::Io(std::io::Error::new(kind, other)),
+        },
+        None => Error::Io(kind.into()),
+    }
 }
 
 #[cfg(test)]

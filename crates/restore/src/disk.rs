@@ -246,7 +246,7 @@ async fn attach_vdi(client: &Client, vm: &str, vdi: &str, a: &Attach, made: &mut
 
 /// What a restore created in the pool, to remove when it fails.
 #[derive(Default)]
-pub(crate) struct Created {
+pub struct Created {
     pub vm: Option<String>,
     pub vbds: Vec<String>,
     pub vdis: Vec<String>,
@@ -285,7 +285,7 @@ impl Created {
 }
 
 /// Creates an empty user VDI on `sr`.
-pub(crate) async fn create_vdi(
+pub async fn create_vdi(
     client: &Client,
     sr: &str,
     label: &str,
@@ -304,7 +304,7 @@ pub(crate) async fn create_vdi(
 }
 
 /// Creates a read-write disk VBD (not plugged).
-pub(crate) async fn create_vbd(
+pub async fn create_vbd(
     client: &Client,
     vm: &str,
     vdi: &str,

@@ -135,7 +135,8 @@ pub(crate) async fn call_ref(client: &Client, method: &str, args: &[Value]) -> R
     v.as_str().map(str::to_owned).ok_or_else(|| invalid(format!("{method} returned {v:?}")))
 }
 
-pub(crate) fn to_value(j: &Json) -> Result<Value> {
+/// A JSON value (a stored record, a spec) as a XenAPI value.
+pub fn to_value(j: &Json) -> Result<Value> {
     xenvault_xapi::wire::jsonrpc::from_json(j).map_err(|e| invalid(format!("stored record: {e}")))
 }
 
@@ -195,6 +196,31 @@ pub async fn restore_vm(
         power_state_before,
         power_state_after,
     })
+}
+
+/// The `VM.create` argument for a new VM named `name` from a VM's stored record: the whole
+/// record, so fields xenvault does not name (boot, PV, NVRAM, ...) come back too, without
+/// what belongs to the original VM (identity, devices, power state, family).
+pub fn new_vm_spec(stored: &serde_json::Map<String, Json>, name: &str, as_template: bool) -> Json {
+    let mut spec = stored.clone();
+    for k in [
+        "uuid",
+        "VBDs",
+        "VIFs",
+        "snapshots",
+        "consoles",
+        "power_state",
+        "resident_on",
+        "metrics",
+        "guest_metrics",
+        "parent",
+        "children",
+    ] {
+        spec.remove(k);
+    }
+    spec.insert("name_label".into(), Json::from(name));
+    spec.insert("is_a_template".into(), Json::from(as_template));
+    Json::Object(spec)
 }
 
 /// A restore as a new VM: where its disks and VIFs go, and what it created so far.
@@ -257,26 +283,8 @@ impl<'a> NewVm<'a> {
     ) -> Result<(String, String, Vec<DiskRestore>)> {
         let client = self.client;
         let name = restored_name(&self.meta.vm.name_label, m);
-        // The whole stored record: fields xenvault does not name (boot, PV, NVRAM, ...) come back too.
-        let mut spec = self.meta.records.vm.clone();
-        for k in [
-            "uuid",
-            "VBDs",
-            "VIFs",
-            "snapshots",
-            "consoles",
-            "power_state",
-            "resident_on",
-            "metrics",
-            "guest_metrics",
-            "parent",
-            "children",
-        ] {
-            spec.remove(k);
-        }
-        spec.insert("name_label".into(), Json::from(name.clone()));
-        spec.insert("is_a_template".into(), Json::from(self.opts.as_template));
-        let vm = call_ref(client, "VM.create", &[to_value(&Json::Object(spec))?]).await?;
+        let spec = new_vm_spec(&self.meta.records.vm, &name, self.opts.as_template);
+        let vm = call_ref(client, "VM.create", &[to_value(&spec)?]).await?;
         self.made.vm = Some(vm.clone());
         let mut written = Vec::new();
         for d in disks {
