@@ -1,7 +1,8 @@
 // The web UI end to end in Debian's chromium, driven by playwright-core. Started by
 // crates/server/tests/web_ui.rs, which runs the server, the simulated pool and a local
 // repository and passes them in XV_* variables. It does what a new admin does, saving a
-// screenshot of each step, then checks that an operator cannot edit a job. Any failed
+// screenshot of each step (a backup job, then a second repository and a mirror job to it,
+// both made in the job form and run), then checks that an operator cannot edit a job. Any failed
 // expectation throws: the process exits non-zero and the Rust test shows this output.
 // stdout line "watching-live-run" tells the Rust side the run page is open on the live run.
 
@@ -155,6 +156,7 @@ async function admin() {
   await page.setViewportSize({ width: 1280, height: 900 });
 
   await restore(page);
+  await mirrorJob(page);
 
   // Settings: an API token (its secret shown once) and the audit log of what was done.
   await page.getByRole('link', { name: 'Settings' }).click();
@@ -211,6 +213,47 @@ async function restore(page) {
   await page.locator('#restore-status', { hasText: /success|failed|cancelled/ }).waitFor({ timeout: 300_000 });
   expect((await page.locator('#restore-status').textContent()) === 'success', 'the VM restore succeeds');
   await shot(page, 'vm-restored');
+}
+
+/**
+ * A second repository, then a mirror job made in the form (the kind shows its own fields) and
+ * run now: the Rust side checks the restore points arrived there.
+ */
+async function mirrorJob(page) {
+  await page.getByRole('link', { name: 'Pools & repositories' }).click();
+  const repoForm = page.locator('form', { has: page.getByRole('heading', { name: 'Add a repository' }) });
+  await repoForm.getByLabel('Name').fill('offsite');
+  await repoForm.getByLabel('Location').fill(env('XV_MIRROR_REPO'));
+  await repoForm.getByLabel('Passphrase').fill(env('XV_MIRROR_PASSPHRASE'));
+  await repoForm.getByRole('button', { name: 'Add repository' }).click();
+  await page.locator('tr[data-repository="offsite"]').waitFor();
+
+  await page.getByRole('link', { name: 'Jobs' }).click();
+  await page.getByRole('link', { name: 'New job' }).click();
+  const kinds = await page.getByLabel('Kind').locator('option').allTextContents();
+  for (const kind of ['backup', 'backup-xva', 'mirror', 'pool-metadata', 'config-backup']) {
+    expect(kinds.includes(kind), `the form offers the ${kind} kind (${kinds.join(', ')})`);
+  }
+  await page.getByLabel('Name', { exact: true }).first().fill('offsite-copy');
+  await page.getByLabel('Kind').selectOption('mirror');
+  await page.locator('#kind-hint', { hasText: 'only missing chunks move' }).waitFor();
+  expect(!(await page.getByLabel('Pool').isVisible()), 'a mirror job has no pool');
+  expect(!(await page.getByLabel('VMs with any of these tags').isVisible()), 'nor selection rules');
+  expect(!(await page.getByLabel('VMs at once').isVisible()), 'nor per-VM backup settings');
+  expect(await page.getByLabel('VMs by name or uuid').isVisible(), 'VMs by name narrow what is copied');
+  await page.getByLabel('Repository').selectOption('local');
+  await page.getByLabel('Copy to').selectOption('offsite');
+  await page.getByLabel('Keep last').clear();
+  await page.getByLabel('Keep last').fill('5');
+  await shot(page, 'job-mirror-form');
+  await page.getByRole('button', { name: 'Create job' }).click();
+  await page.getByRole('heading', { name: 'Job offsite-copy' }).waitFor();
+  await page.getByText('local → offsite').waitFor();
+  await page.getByText('to offsite, every restore point, verified after copying').waitFor();
+  await page.getByRole('button', { name: 'Run offsite-copy now' }).click();
+  await page.locator('#run-status', { hasText: /success|partial|failed|cancelled|interrupted/ }).waitFor({ timeout: 120_000 });
+  expect((await page.locator('#run-status').textContent()) === 'success', 'the mirror run succeeds');
+  await shot(page, 'mirror-run-finished');
 }
 
 async function operator() {

@@ -3,7 +3,9 @@
 //! tests/ui/web-ui.mjs logs in, adds the pool (confirming its certificate's fingerprint) and
 //! the repository, creates a job, follows a run's live feed while this side finishes the
 //! run, browses a restore point (a real backup of the simulator's demo VM) and downloads a
-//! file, restores the VM as a new one, and checks that an operator cannot edit a job.
+//! file, restores the VM as a new one, adds a second repository and a mirror job to it from
+//! the job form and runs it (the restore points arrive there), and checks that an operator
+//! cannot edit a job.
 //! tests/ui/restore-ui.mjs, as an operator: verify now, disk exports, instant access, and
 //! restores as new (network mapped), of a disk, and over the original. Screenshots of each
 //! step go to target/ui-screenshots/ (restore/ and firefox/ for those).
@@ -28,6 +30,8 @@ use xenvault_repo::{BackendOptions, InitOptions, KdfParams, Repository, Secret};
 use xenvault_sim::{DemoDisks, SimConfig, SimHandle, Simulator};
 
 const PASSPHRASE: &str = "repository passphrase";
+/// The mirror job's target repository's.
+const MIRROR_PASSPHRASE: &str = "offsite passphrase";
 const OPERATOR_PASSWORD: &str = "operator password";
 const GIB: u64 = 1 << 30;
 /// What the script prints once the run page follows the live run.
@@ -264,6 +268,15 @@ async fn admin_and_operator(browser: &str) {
     let (live, tasks) = seed_history(&catalog).await;
 
     let hostname_sha256 = expected_hostname_sha256(bench.sim_dir.path());
+    // The mirror job's target: another repository with its own passphrase.
+    let offsite_dir = tempfile::tempdir().unwrap();
+    let offsite = offsite_dir.path().to_str().unwrap().to_owned();
+    let offsite_options = InitOptions {
+        secret: Some(Secret::passphrase(MIRROR_PASSPHRASE)),
+        kdf: KdfParams { memory_kib: 256, iterations: 1, parallelism: 1 },
+        ..Default::default()
+    };
+    let offsite_repo = Repository::init(&offsite, &BackendOptions::default(), offsite_options).await.expect("init");
     let vars = [
         ("XV_ADMIN_PASSWORD", ADMIN_PASSWORD),
         ("XV_OPERATOR_PASSWORD", OPERATOR_PASSWORD),
@@ -274,6 +287,8 @@ async fn admin_and_operator(browser: &str) {
         ("XV_PASSPHRASE", PASSPHRASE),
         ("XV_HOSTNAME_SHA256", hostname_sha256.as_str()),
         ("XV_BROWSER", browser),
+        ("XV_MIRROR_REPO", offsite.as_str()),
+        ("XV_MIRROR_PASSPHRASE", MIRROR_PASSPHRASE),
     ];
     let shots = if browser == "chromium" { "" } else { browser };
     let mut pending = Some((live, tasks));
@@ -287,6 +302,11 @@ async fn admin_and_operator(browser: &str) {
         })
         .await;
     assert!(pending.is_none(), "the script never followed the live run:\n{output}");
+    let mirrored = offsite_repo.restore_points().await.expect("the mirror's restore points");
+    assert!(
+        mirrored.iter().any(|m| m.source.name == VM),
+        "the mirror job copied the VM's restore points: {mirrored:?}"
+    );
     bench.server.server.shutdown().await;
 }
 

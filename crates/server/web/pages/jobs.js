@@ -1,6 +1,7 @@
 // Jobs: the list (run now, enable/disable), one job with its recent runs, and the form that
 // creates or replaces a job in one request (nothing half-saved), with a live preview of the
-// VMs its selection matches and each schedule read in words with its next runs. Buttons
+// VMs its selection matches and each schedule read in words with its next runs. The form
+// offers every kind of the job model and shows the fields the chosen kind uses. Buttons
 // appear only for what the signed-in role may do.
 
 import { api, can, seg } from '../api.js';
@@ -12,6 +13,21 @@ const PREVIEW = '/api/pools/{name}/preview';
 /** How long typing must pause before the form asks the server again. */
 const TYPING_PAUSE_MS = 350;
 const NEXT_RUNS = 5;
+
+/**
+ * The kinds the form offers (the job model's, sequences aside) and what each uses: a pool,
+ * VMs by name (`vms`), selection rules (`rules`), a mirror target (`mirror`), the per-VM
+ * backup settings (`backup`).
+ */
+const KINDS = {
+  backup: { pool: true, vms: true, rules: true, backup: true, hint: 'Image backup of the VMs\' disks (CBT and NBD when possible).' },
+  'backup-xva': { pool: true, vms: true, rules: true, backup: true, hint: 'Full backup from an XVA export, re-exportable as an XVA.' },
+  mirror: { vms: true, mirror: true,
+    hint: 'Copies the restore points of the repository to another one: only missing chunks move; the schedule\'s retention is the target\'s. The VMs narrow what is copied (none: all).' },
+  'pool-metadata': { pool: true, hint: 'Backs up the pool\'s database (xapi\'s pool dump) into the repository.' },
+  'config-backup': {
+    hint: 'Backs up this server\'s own configuration (settings, catalog, keys), sealed with its configuration backup passphrase (config_backup_passphrase_file in its settings), into the repository.' },
+};
 
 /** `action` once `TYPING_PAUSE_MS` passed without another call. */
 function afterTyping(action) {
@@ -87,6 +103,20 @@ function selectionText(selection) {
   return parts.join('; ') || 'no VM';
 }
 
+/** Where a job reads from and writes to. */
+function whereText(job) {
+  if (job.kind === 'mirror') return `${job.repository} → ${job.mirror?.target ?? '?'}`;
+  if (job.kind === 'config-backup') return `this server → ${job.repository}`;
+  return `${job.pool} → ${job.repository}`;
+}
+
+function mirrorText(mirror) {
+  const parts = [`to ${mirror.target}`, mirror.latest ? 'newest per VM only' : 'every restore point'];
+  if (mirror.source_job) parts.push(`made by job ${mirror.source_job}`);
+  parts.push(mirror.verify ? 'verified after copying' : 'not verified');
+  return parts.join(', ');
+}
+
 function scheduleText(schedule) {
   return `${schedule.cron} (${schedule.timezone}), ${schedule.level}${schedule.enabled ? '' : ', off'}`;
 }
@@ -134,7 +164,7 @@ export async function jobsPage(main) {
       const run = last[i];
       return h('tr', { 'data-job': job.name },
         h('td', {}, h('a', { href: `#/jobs/${seg(job.id)}` }, job.name), job.enabled ? '' : [' ', h('span', { class: 'badge' }, 'disabled')]),
-        h('td', { class: 'wide' }, `${job.pool} → ${job.repository}`),
+        h('td', { class: 'wide' }, whereText(job)),
         h('td', {}, selectionText(job.selection)),
         h('td', { class: 'wide' }, job.schedules.map((s) => h('div', {}, scheduleText(s)))),
         h('td', {}, run ? h('a', { href: `#/runs/${seg(run.id)}` }, badge(run.status), ' ', time(run.started_at ?? run.queued_at)) : h('span', { class: 'muted' }, 'never run')),
@@ -145,7 +175,7 @@ export async function jobsPage(main) {
         can('POST', '/api/jobs') ? h('a', { class: 'button primary', href: '#/jobs/new' }, 'New job') : null),
       jobs.length
         ? h('section', {}, h('div', { class: 'table-wrap' }, h('table', {},
-          h('thead', {}, h('tr', {}, h('th', {}, 'Job'), h('th', { class: 'wide' }, 'Pool → repository'), h('th', {}, 'VMs'),
+          h('thead', {}, h('tr', {}, h('th', {}, 'Job'), h('th', { class: 'wide' }, 'From → to'), h('th', {}, 'VMs'),
             h('th', { class: 'wide' }, 'Schedules'), h('th', {}, 'Last run'), h('th', {}, ''))),
           h('tbody', {}, rows))))
         : h('p', { class: 'muted' }, 'No job yet.'));
@@ -164,7 +194,8 @@ export async function jobPage(main, key) {
       h('section', {}, jobActions(job, render, error), error,
         h('dl', {},
           h('dt', {}, 'Kind'), h('dd', {}, job.kind),
-          h('dt', {}, 'Pool → repository'), h('dd', {}, `${job.pool} → ${job.repository}`),
+          h('dt', {}, 'From → to'), h('dd', {}, whereText(job)),
+          job.mirror ? [h('dt', {}, 'Mirror'), h('dd', {}, mirrorText(job.mirror))] : null,
           h('dt', {}, 'VMs'), h('dd', {}, selectionText(job.selection)),
           h('dt', {}, 'Schedules'), h('dd', {}, job.schedules.length ? job.schedules.map((x) => h('div', { class: 'schedule-view' }, scheduleText(x), retentionText(x.retention), scheduleReading(x))) : 'by hand only'),
           h('dt', {}, 'Settings'), h('dd', {}, `${s.vm_concurrency} VMs and ${s.disk_concurrency} disks at once, ${s.nbd_connections} NBD connections, ${s.retries} retries`),
@@ -240,20 +271,30 @@ export async function jobFormPage(main, key) {
       key ? h('a', { href: `#/jobs/${seg(key)}` }, 'Back to the job') : null);
     return;
   }
-  const [job, pools, repositories] = await Promise.all([
+  const [job, pools, repositories, jobs] = await Promise.all([
     key ? api('GET', `/api/jobs/${seg(key)}`) : Promise.resolve(null),
-    api('GET', '/api/pools'), api('GET', '/api/repositories'),
+    api('GET', '/api/pools'), api('GET', '/api/repositories'), api('GET', '/api/jobs'),
   ]);
   const original = job ?? { name: '', enabled: true, kind: 'backup', selection: { vms: [] }, schedules: [{}], settings: {}, notifications: { when: 'failure', email: [] } };
   const smart = original.selection.smart ?? {};
   const s = { vm_concurrency: 2, disk_concurrency: 2, nbd_connections: 4, retries: 0, retry_backoff_secs: 60, catch_up_missed: true, ...original.settings };
+  const mirror = { target: '', latest: false, source_job: null, verify: true, ...original.mirror };
+  const backupJobs = jobs.filter((j) => j.kind === 'backup' || j.kind === 'backup-xva');
 
   const f = {
     name: field('Name', h('input', { name: 'name', required: true, value: original.name })),
-    kind: field('Kind', select('kind', ['backup', 'backup-xva'], original.kind)),
+    kind: field('Kind', select('kind', Object.keys(KINDS), original.kind)),
     pool: field('Pool', select('pool', pools.map((p) => p.name), original.pool), pools.length ? null : 'Add a pool first.'),
     repository: field('Repository', select('repository', repositories.map((r) => r.name), original.repository)),
     enabled: field('Enabled', h('input', { name: 'enabled', type: 'checkbox', checked: original.enabled })),
+    // Not named "... repository": the Repository field is found by its label.
+    target: field('Copy to', select('mirror-target', repositories.map((r) => r.name), mirror.target),
+      'Another registered repository, with its own key and retention.'),
+    latest: field('Only the newest restore point of each VM', h('input', { name: 'mirror-latest', type: 'checkbox', checked: mirror.latest })),
+    sourceJob: field('Only restore points made by job', h('select', { name: 'mirror-source-job' },
+      h('option', { value: '' }, 'any job'),
+      backupJobs.map((j) => h('option', { value: j.id, selected: j.id === mirror.source_job }, j.name)))),
+    verify: field('Verify after copying', h('input', { name: 'mirror-verify', type: 'checkbox', checked: mirror.verify })),
     vms: field('VMs by name or uuid', h('input', { name: 'vms', value: (original.selection.vms ?? []).join(', ') }), 'Comma-separated.'),
     tags: field('VMs with any of these tags', h('input', { name: 'tags', value: (smart.tags ?? []).join(', ') })),
     hosts: field('On hosts', h('input', { name: 'hosts', value: (smart.hosts ?? []).join(', ') })),
@@ -312,14 +353,18 @@ export async function jobFormPage(main, key) {
   const mayPreview = can('POST', PREVIEW) && pools.length > 0;
 
   const submit = h('button', { class: 'primary', type: 'submit' }, key ? 'Save job' : 'Create job');
+  const kindHint = h('p', { class: 'hint', id: 'kind-hint', 'aria-live': 'polite' });
+  const vmsHint = h('p', { class: 'hint' }, 'Resolved at every run; the job covers the named VMs and those the rules match.');
+  const powerSet = h('fieldset', {}, h('legend', {}, 'Power states (none: all)'), h('div', { class: 'actions' }, powerStates.map(([, x]) => x)));
+  const vmsSet = h('fieldset', {}, h('legend', {}, 'Which VMs'), vmsHint,
+    h('div', { class: 'grid' }, f.vms, f.tags, f.hosts, f.excludeTags, f.excludeVms), powerSet, mayPreview ? preview : null);
+  const mirrorSet = h('fieldset', {}, h('legend', {}, 'Mirror'), h('div', { class: 'grid' }, f.target, f.sourceJob, f.latest, f.verify));
   const form = h('form', { 'aria-labelledby': 'job-form-title' },
     h('h1', { id: 'job-form-title' }, key ? `Edit job ${original.name}` : 'New job'),
     h('datalist', { id: 'zones' }, zones.map((z) => h('option', { value: z }))),
-    h('section', {}, h('div', { class: 'grid' }, f.name, f.kind, f.pool, f.repository, f.enabled)),
-    h('fieldset', {}, h('legend', {}, 'Which VMs'), h('p', { class: 'hint' }, 'Resolved at every run; the job covers the named VMs and those the rules match.'),
-      h('div', { class: 'grid' }, f.vms, f.tags, f.hosts, f.excludeTags, f.excludeVms),
-      h('fieldset', {}, h('legend', {}, 'Power states (none: all)'), h('div', { class: 'actions' }, powerStates.map(([, x]) => x))),
-      mayPreview ? preview : null),
+    h('section', {}, h('div', { class: 'grid' }, f.name, f.kind, f.pool, f.repository, f.enabled), kindHint),
+    mirrorSet,
+    vmsSet,
     h('fieldset', {}, h('legend', {}, 'Schedules'), schedules, addSchedule),
     h('fieldset', {}, h('legend', {}, 'Settings'), h('div', { class: 'grid' }, f.vmConcurrency, f.diskConcurrency, f.nbd, f.retries, f.backoff,
       f.vmTimeout, f.jobTimeout, f.speed, f.compression, f.immutability, f.offline, f.quiesce, f.catchUp)),
@@ -327,17 +372,37 @@ export async function jobFormPage(main, key) {
     h('div', { class: 'error form-error', role: 'alert' }),
     h('div', { class: 'actions' }, submit, h('a', { href: key ? `#/jobs/${seg(key)}` : '#/jobs' }, 'Cancel')));
 
+  const uses = () => KINDS[f.kind.control.value] ?? KINDS.backup;
+  /** Shows the fields the chosen kind uses (the others keep their values, unsent). */
+  const showKind = () => {
+    const kind = uses();
+    kindHint.textContent = kind.hint;
+    f.pool.hidden = !kind.pool;
+    mirrorSet.hidden = !kind.mirror;
+    vmsSet.hidden = !kind.vms;
+    for (const rule of [f.tags, f.hosts, f.excludeTags, f.excludeVms, powerSet, vmsHint, preview]) rule.hidden = !kind.rules;
+    for (const setting of [f.vmConcurrency, f.diskConcurrency, f.nbd, f.retries, f.backoff, f.vmTimeout, f.speed, f.compression,
+      f.offline, f.quiesce]) setting.hidden = !kind.backup;
+    f.immutability.hidden = !(kind.backup || kind.mirror);
+  };
+  f.kind.control.addEventListener('change', showKind);
+  showKind();
+
   form.addEventListener('submit', async (event) => {
     event.preventDefault();
     clearErrors(form);
+    const kind = uses();
     const body = {
       ...original,
       name: f.name.control.value.trim(),
       kind: f.kind.control.value,
-      pool: f.pool.control.value,
+      pool: kind.pool ? f.pool.control.value : '',
       repository: f.repository.control.value,
       enabled: f.enabled.control.checked,
-      selection: readSelection(),
+      selection: kind.rules ? readSelection() : { vms: kind.vms ? list(f.vms.control.value) : [] },
+      mirror: kind.mirror
+        ? { target: f.target.control.value, latest: f.latest.control.checked, source_job: f.sourceJob.control.value || null, verify: f.verify.control.checked }
+        : undefined,
       schedules: [...schedules.querySelectorAll('fieldset.schedule')].map((set) => set.read()),
       settings: {
         ...s,
