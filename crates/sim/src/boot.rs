@@ -197,7 +197,8 @@ fn os_release(text: &[u8]) -> GuestOs {
     let version = field("VERSION_ID");
     let mut numbers = version.split('.');
     let major = numbers.next().unwrap_or_default().to_owned();
-    let minor = numbers.next().unwrap_or("0").to_owned();
+    // "12" is 12.0; no VERSION_ID at all says nothing.
+    let minor = numbers.next().unwrap_or(if major.is_empty() { "" } else { "0" }).to_owned();
     GuestOs { name: field("PRETTY_NAME"), distro: field("ID"), major, minor }
 }
 
