@@ -42,14 +42,20 @@ as_pg "$PG_BIN/pg_ctl -D $WORK/pg -l $WORK/pg.log -w -o '-p $PG_PORT -k $WORK -c
 psql_q() { psql -h 127.0.0.1 -p "$PG_PORT" -U xenvault -d "$1" -At -c "$2"; }
 
 S3_PORT=$(port); MASTER=$(port); VOLUME=$(port); FILER=$(port)
+# gRPC ports given too: weed's default (port + 10000) may be taken.
+G1=$(port); G2=$(port); G3=$(port); G4=$(port)
 echo '{"identities":[{"name":"b","credentials":[{"accessKey":"bench","secretKey":"benchsecret"}],"actions":["Admin","Read","Write","List","Tagging"]}]}' >"$WORK/s3.json"
 mkdir -p "$WORK/weed"
-weed server -dir="$WORK/weed" -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.port="$MASTER" -volume.port="$VOLUME" \
-  -filer -filer.port="$FILER" -s3 -s3.port="$S3_PORT" -s3.config="$WORK/s3.json" -volume.max=64 \
+weed server -dir="$WORK/weed" -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.port="$MASTER" -master.port.grpc="$G1" \
+  -volume.port="$VOLUME" -volume.port.grpc="$G2" -filer -filer.port="$FILER" -filer.port.grpc="$G3" \
+  -s3 -s3.port="$S3_PORT" -s3.port.grpc="$G4" -s3.config="$WORK/s3.json" -volume.max=64 \
   -s3.port.iceberg=0 -s3.port.lance=0 >"$WORK/weed.log" 2>&1 &
 PIDS+=($!)
 export AWS_ENDPOINT_URL=http://127.0.0.1:$S3_PORT AWS_REGION=us-east-1 AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=benchsecret
-until curl -sf -X POST "http://127.0.0.1:$FILER/buckets/bench/" >/dev/null 2>&1; do sleep 1; done
+until curl -sf -X POST "http://127.0.0.1:$FILER/buckets/bench/" >/dev/null 2>&1; do
+  kill -0 "${PIDS[-1]}" 2>/dev/null || { echo "weed exited:"; tail -20 "$WORK/weed.log"; exit 1; }
+  sleep 1
+done
 until curl -s "http://127.0.0.1:$S3_PORT/" >/dev/null 2>&1; do sleep 1; done
 
 # start_server DB FLEET: a simulator with FLEET VMs, a server on database DB with the
