@@ -77,7 +77,7 @@ impl NfsFs {
     }
 
     /// Runs `op` on the mount; a connection error drops the mount, so the retry connects again.
-    async fn with_mount<'a, T, F, Fut>(&'a self, operation: &str, path: &str, op: F) -> Result<T>
+    async fn with_mount<T, F, Fut>(&self, operation: &str, path: &str, op: F) -> Result<T>
     where
         F: FnOnce(Arc<Box<dyn Mount>>, String) -> Fut,
         Fut: Future<Output = std::result::Result<T, NfsError>>,

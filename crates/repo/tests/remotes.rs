@@ -124,7 +124,7 @@ async fn server_killed_mid_backup(
     let _back = start(data.path(), port);
     let repo = Repository::open(&location, &opts, Some(&secret())).await.expect("reopen on the new server");
     let points: Vec<String> = repo.restore_points().await.expect("points").into_iter().map(|m| m.id).collect();
-    assert_eq!(points, [id.clone()], "only the first backup is committed");
+    assert_eq!(points, std::slice::from_ref(&id), "only the first backup is committed");
     assert_restores(&repo, &[(id, first)]).await;
 }
 
