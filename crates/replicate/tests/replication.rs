@@ -60,6 +60,7 @@ async fn full_incremental_rollback_test_and_failover_across_pools() {
 
     // Full: a new replica on the other pool, equal to the source, tagged and blocked.
     let report = replicate(&source.host, &target.host, &options, HiddenProgress::shared()).await.unwrap();
+    eprint!("full: {}", report.summary());
     let vm = &report.vms[0];
     assert_eq!(vm.status, Status::Ok, "{:?}", vm.error);
     assert_eq!(vm.kind, Some(Kind::Full));
@@ -84,6 +85,7 @@ async fn full_incremental_rollback_test_and_failover_across_pools() {
         }
     }
     let report = replicate(&source.host, &target.host, &options, HiddenProgress::shared()).await.unwrap();
+    eprint!("incremental: {}", report.summary());
     let vm = &report.vms[0];
     assert_eq!(vm.status, Status::Ok, "{:?}", vm.error);
     assert_eq!((vm.kind, vm.replica_uuid.as_str()), (Some(Kind::Incremental), replica_uuid.as_str()));
