@@ -4,7 +4,7 @@
 use crate::crypto::ChunkId;
 use crate::error::{Error, Result};
 use crate::manifest::DiskRecord;
-use crate::ordered::{OrderedChunks, SlotData};
+use crate::ordered::OrderedChunks;
 use crate::repository::Repository;
 use crate::writer::parse_page;
 use std::collections::HashMap;
@@ -169,15 +169,37 @@ impl DiskReader {
         if is_regular {
             file.set_len(self.disk.size).map_err(&io)?;
         }
-        let chunk_size = self.chunk_size() as usize;
-        let chunks = self.all_chunks_in_order()?;
+        let zeros = vec![0u8; if is_regular { 0 } else { self.chunk_size() as usize }];
+        let mut chunks = self.all_chunks_in_order()?;
         let mut stats = tokio::task::spawn_blocking(move || {
-            let target = Target { file: &file, io: &io, task: &task, cancel: &cancel };
-            if is_stream {
-                target.write_stream(chunks, chunk_size)
-            } else {
-                target.write_positioned(chunks, is_regular, chunk_size)
+            let mut stats = RestoreStats::default();
+            let mut written = Writeback::default();
+            while let Some(got) = chunks.blocking_next() {
+                if cancel.is_cancelled() {
+                    return Err(Error::Cancelled);
+                }
+                let s = got?;
+                let bytes = match &s.data {
+                    Some(data) => data,
+                    None if is_regular => {
+                        stats.bytes_zero += s.len as u64;
+                        &[][..]
+                    }
+                    None => zeros.get(..s.len).unwrap_or(&zeros),
+                };
+                if is_stream {
+                    (&file).write_all(bytes).map_err(&io)?;
+                } else {
+                    file.write_all_at(bytes, s.offset).map_err(&io)?;
+                    written.add(&file, s.offset + s.len as u64);
+                }
+                stats.bytes += s.len as u64;
+                task.advance(s.len as u64);
             }
+            if !is_stream {
+                file.sync_all().map_err(&io)?;
+            }
+            Ok::<_, Error>(stats)
         })
         .await??;
         stats.seconds = started.elapsed().as_secs_f64();
@@ -185,125 +207,31 @@ impl DiskReader {
     }
 }
 
-/// What a restore writes into, for the blocking thread that drives it.
-struct Target<'a, F: Fn(std::io::Error) -> Error> {
-    file: &'a std::fs::File,
-    io: &'a F,
-    task: &'a xenvault_types::progress::Task,
-    cancel: &'a tokio_util::sync::CancellationToken,
-}
-
-/// Threads copying a restore into a file or device: the kernel's copy into the page
-/// cache costs as much as decompressing, so it is spread over cores too.
-const MAX_WRITERS: usize = 4;
-
-impl<F: Fn(std::io::Error) -> Error + Sync> Target<'_, F> {
-    /// A pipe or character device: every byte in order, holes as zeros.
-    fn write_stream(&self, mut chunks: OrderedChunks, chunk_size: usize) -> Result<RestoreStats> {
-        let zeros = vec![0u8; chunk_size];
-        let mut stats = RestoreStats::default();
-        while let Some(got) = chunks.blocking_next() {
-            if self.cancel.is_cancelled() {
-                return Err(Error::Cancelled);
-            }
-            let s = got?;
-            let bytes = s.data.as_deref().unwrap_or_else(|| zeros.get(..s.len).unwrap_or(&zeros));
-            (&*self.file).write_all(bytes).map_err(self.io)?;
-            stats.bytes += s.len as u64;
-            self.task.advance(s.len as u64);
-        }
-        Ok(stats)
-    }
-
-    /// A regular file (holes left sparse) or a block device (holes written as zeros):
-    /// positioned writes from several threads, then one fsync.
-    fn write_positioned(&self, mut chunks: OrderedChunks, is_regular: bool, chunk_size: usize) -> Result<RestoreStats> {
-        // Holes of a block device are written as zeros.
-        let zeros = vec![0u8; if is_regular { 0 } else { chunk_size }];
-        let writers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, MAX_WRITERS);
-        let (tx, rx) = std::sync::mpsc::sync_channel::<SlotData>(writers * 2);
-        let rx = Mutex::new(rx);
-        let mut stats = RestoreStats::default();
-        let written = std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..writers).map(|_| scope.spawn(|| self.write_slots(&rx, &zeros))).collect();
-            let fed = (|| {
-                while let Some(got) = chunks.blocking_next() {
-                    if self.cancel.is_cancelled() {
-                        return Err(Error::Cancelled);
-                    }
-                    let s = got?;
-                    stats.bytes += s.len as u64;
-                    if s.data.is_none() && is_regular {
-                        stats.bytes_zero += s.len as u64;
-                        self.task.advance(s.len as u64);
-                        continue;
-                    }
-                    if tx.send(s).is_err() {
-                        // A writer failed: its error is the one to report.
-                        break;
-                    }
-                }
-                Ok(())
-            })();
-            drop(tx);
-            let mut outcome = fed;
-            for handle in handles {
-                let wrote = handle.join().unwrap_or_else(|_| Err(Error::Task("a restore writer panicked".into())));
-                outcome = outcome.and(wrote);
-            }
-            outcome
-        });
-        written?;
-        self.file.sync_all().map_err(self.io)?;
-        Ok(stats)
-    }
-
-    /// One writer thread: slots from `rx` until it closes.
-    fn write_slots(&self, rx: &Mutex<std::sync::mpsc::Receiver<SlotData>>, zeros: &[u8]) -> Result<()> {
-        let mut writeback = Writeback::default();
-        loop {
-            let next = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
-            let Ok(s) = next else { return Ok(()) };
-            let bytes = s.data.as_deref().unwrap_or_else(|| zeros.get(..s.len).unwrap_or(zeros));
-            self.file.write_all_at(bytes, s.offset).map_err(self.io)?;
-            writeback.add(self.file, s.offset..s.offset + s.len as u64);
-            self.task.advance(s.len as u64);
-        }
-    }
-}
-
-/// Bytes one writer writes before the disk is asked to start writing them back.
+/// Bytes written before the disk is asked to start writing them back.
 const WRITEBACK_STEP: u64 = 64 << 20;
 
 /// Starts writeback of a restore as it goes, so the closing fsync finds little left to
-/// write and dirty pages stay bounded. Each writer thread has its own: the span of what
-/// it wrote since its last request.
+/// write and dirty pages stay bounded.
 #[derive(Default)]
 struct Writeback {
-    span: Option<Range<u64>>,
-    bytes: u64,
+    flushed: u64,
 }
 
 impl Writeback {
-    fn add(&mut self, file: &std::fs::File, wrote: Range<u64>) {
-        self.bytes += wrote.end - wrote.start;
-        let span = match self.span.take() {
-            Some(s) => s.start.min(wrote.start)..s.end.max(wrote.end),
-            None => wrote,
-        };
-        if self.bytes < WRITEBACK_STEP {
-            self.span = Some(span);
+    /// Everything below `end` has been written.
+    fn add(&mut self, file: &std::fs::File, end: u64) {
+        if end < self.flushed + WRITEBACK_STEP {
             return;
         }
-        self.bytes = 0;
         use std::os::fd::AsRawFd;
-        let (Ok(from), Ok(len)) = (i64::try_from(span.start), i64::try_from(span.end - span.start)) else { return };
+        let (Ok(from), Ok(len)) = (i64::try_from(self.flushed), i64::try_from(end - self.flushed)) else { return };
         // SAFETY: only schedules writeback of this file's own pages. A failure is harmless:
         // the closing fsync still writes everything.
         #[allow(unsafe_code)]
         unsafe {
             libc::sync_file_range(file.as_raw_fd(), from, len, libc::SYNC_FILE_RANGE_WRITE)
         };
+        self.flushed = end;
     }
 }
 
