@@ -86,7 +86,7 @@ TOML
     -d '{"user":"admin","password":"bench-admin-pw"}' "$API/api/auth/login" >"$WORK/session.json"
   CSRF=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["csrf_token"])' "$WORK/session.json")
   FP=$(openssl x509 -in "$WORK/sim-$db/cert.pem" -noout -fingerprint -sha256 | cut -d= -f2)
-  call POST /api/pools "{\"name\":\"sim\",\"url\":\"$SIM_URL\",\"password\":\"xenvault\",\"fingerprint\":\"$FP\"}"
+  call POST /api/pools "{\"name\":\"sim\",\"url\":\"$SIM_URL\",\"password\":\"xenvault\",\"fingerprint\":\"$FP\"}" >/dev/null
 }
 call() { curl -sfk -b "$WORK/cookies" -H "x-csrf-token: $CSRF" -H 'content-type: application/json' -X "$1" "$API$2" ${3:+-d "$3"}; }
 wait_run() {
@@ -99,7 +99,7 @@ wait_run() {
 # One run of a fresh repository with N nodes: wall time, nodes' CPU seconds, GiB read.
 throughput() {
   local nodes=$1 repo="s3://bench/run-$1-$RANDOM"
-  XENVAULT_PASSPHRASE=bench "$XV" init --repo "$repo" >/dev/null
+  XENVAULT_PASSPHRASE=bench "$XV" init --repo "$repo" >/dev/null 2>&1
   call POST /api/repositories "{\"name\":\"r$nodes\",\"location\":\"$repo\",\"passphrase\":\"bench\",\"s3_endpoint\":\"$AWS_ENDPOINT_URL\",\"s3_region\":\"us-east-1\"}" >/dev/null
   local job; job=$(call POST /api/jobs "{\"name\":\"j$nodes\",\"pool\":\"sim\",\"repository\":\"r$nodes\",\"selection\":{\"smart\":{\"tags\":[\"fleet\"]}},\"settings\":{\"retries\":2,\"retry_backoff_secs\":1}}" | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
   local node_pids=()
@@ -111,8 +111,10 @@ throughput() {
   local start; start=$(date +%s.%N)
   local run; run=$(call POST "/api/jobs/$job/run?level=full" | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
   local status; status=$(wait_run "$run")
-  local wall; wall=$(echo "$(date +%s.%N) - $start" | bc)
-  kill -TERM "${node_pids[@]}"; wait "${node_pids[@]}" 2>/dev/null || true
+  local wall; wall=$(python3 -c "import sys; print(float(sys.argv[1]) - float(sys.argv[2]))" "$(date +%s.%N)" "$start")
+  # The nodes are children of /usr/bin/time, which writes their CPU times when they exit.
+  for p in "${node_pids[@]}"; do pkill -TERM -P "$p" || true; done
+  wait "${node_pids[@]}" 2>/dev/null || true
   local cpu; cpu=$(cat "$WORK"/cpu-"$nodes"-* | awk '{s += $1 + $2} END {print s}')
   local read; read=$(call GET "/api/runs/$run" | python3 -c 'import json,sys; print(json.load(sys.stdin)["run"]["totals"]["bytes_read"])')
   python3 - "$nodes" "$status" "$wall" "$cpu" "$read" <<'PY'
@@ -132,7 +134,7 @@ echo "== queue latency and planning: $PLAN_VMS VMs, at most 8 VMs of the pool at
 kill "$SERVER_PID" "$SIM_PID"
 start_server plan "$PLAN_VMS"
 psql_q plan "INSERT INTO queue_limits (scope, name, max_running) VALUES ('pool', 'sim', 8)" >/dev/null
-XENVAULT_PASSPHRASE=bench "$XV" init --repo s3://bench/plan >/dev/null
+XENVAULT_PASSPHRASE=bench "$XV" init --repo s3://bench/plan >/dev/null 2>&1
 call POST /api/repositories "{\"name\":\"plan\",\"location\":\"s3://bench/plan\",\"passphrase\":\"bench\",\"s3_endpoint\":\"$AWS_ENDPOINT_URL\",\"s3_region\":\"us-east-1\"}" >/dev/null
 JOB=$(call POST /api/jobs '{"name":"plan","pool":"sim","repository":"plan","selection":{"smart":{"tags":["fleet"]}}}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
 NODE_PIDS=()
