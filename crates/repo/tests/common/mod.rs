@@ -9,6 +9,7 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::OnceLock;
@@ -88,6 +89,9 @@ impl ServerProcess {
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
+            // A group of its own: smbd run without its own group signals the whole group
+            // it is in when it stops, which would otherwise be cargo and the test command.
+            .process_group(0)
             .spawn()
             .unwrap_or_else(|e| panic!("{name}: cannot run bash to start {program}: {e}"));
         let guard = child.stdin.take();
