@@ -230,6 +230,8 @@ async function mirrorJob(page) {
 
   await page.getByRole('link', { name: 'Jobs' }).click();
   await page.getByRole('link', { name: 'New job' }).click();
+  // The form fills its kinds when the job model arrives: read them once it has.
+  await page.getByLabel('Kind').locator('option', { hasText: 'config-backup' }).waitFor({ state: 'attached' });
   const kinds = await page.getByLabel('Kind').locator('option').allTextContents();
   for (const kind of ['backup', 'backup-xva', 'mirror', 'pool-metadata', 'config-backup']) {
     expect(kinds.includes(kind), `the form offers the ${kind} kind (${kinds.join(', ')})`);
